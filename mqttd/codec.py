@@ -1,0 +1,25 @@
+"""The MQTT codec facade: picks the compiled parser/encoder when available.
+
+``ParserPy``/``encode_py`` always exist; ``ParserC``/``encode_c`` only when the
+Cython build loaded; ``Parser``/``encode`` are the best available. No logic
+lives here.
+"""
+
+from __future__ import annotations
+
+from ._accel import use_c
+from ._codec_py import MAX_PACKET_SIZE, ParserPy, encode_py
+from .errors import PacketError
+
+__all__ = ["MAX_PACKET_SIZE", "Parser", "ParserPy", "PacketError", "encode", "encode_py"]
+
+if use_c("codec"):
+    from ._speedups._codec import Parser as ParserC
+    from ._speedups._codec import encode as encode_c
+
+    Parser = ParserC
+    encode = encode_c
+    __all__ += ["ParserC", "encode_c"]
+else:
+    Parser = ParserPy  # type: ignore[assignment,misc]
+    encode = encode_py
