@@ -1,0 +1,624 @@
+"""The per-client protocol state machine (EMQX's emqx_channel), free of I/O.
+
+``handle_in(packet)`` applies one packet from the client and returns the
+channel's output: a list of encoded packets for the connection to write.
+``deliver()`` is how the broker hands it a message for this client. When the
+channel decides the connection must end it sets ``closing``; the connection
+writes what is pending and closes the socket. Timers belong to the connection,
+which calls ``handle_timeout(name)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .codec import encode
+from .errors import PacketError
+from .message import Message
+from .packets import (
+    AUTH, CONNACK, CONNECT, DISCONNECT, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC,
+    PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack, Connect, Disconnect, Pingresp,
+    Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, SubOpts, Unsuback,
+)
+from .reasons import ReasonCode as RC
+from .session import WAIT_ACK
+from .topics import filter_error, has_disallowed_chars, is_wildcard, parse_shared
+
+if TYPE_CHECKING:
+    from .config import Zone
+    from .node import Node
+    from .session import Delivery, Session
+
+log = logging.getLogger("mqttd.channel")
+
+IDLE, CONNECTED, DISCONNECTED = 0, 1, 2
+
+_PINGRESP = encode(Pingresp(), 4)
+
+# MQTT 5 CONNACK reason -> the nearest 3.1/3.1.1 return code (None: close without CONNACK).
+_V3_CONNACK = {0x84: 1, 0x85: 2, 0x86: 4, 0x87: 5, 0x8A: 5, 0x8C: 5, 0x88: 3, 0x89: 3,
+               0x97: 3, 0x9F: 3, 0x9A: 3, 0x9B: 3, 0x90: 3}
+
+
+class Channel:
+    """One client connection's MQTT state: CONNECT, QoS flows, subscriptions, will."""
+
+    __slots__ = (
+        "node", "zone", "peer", "out", "wakeup", "state", "version", "client_id", "username",
+        "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
+        "client_max_packet", "receive_maximum", "closing", "close_reason", "paused",
+        "normal_disconnect", "connected_at", "created_at", "clean_start", "proto_name",
+        "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
+    )
+
+    def __init__(self, node: Node, zone: Zone, peer: str = "", out: list[bytes] | None = None
+                 ) -> None:
+        self.node = node
+        self.zone = zone
+        self.peer = peer
+        #: Encoded packets waiting to be written; the connection owns the writing.
+        self.out: list[bytes] = out if out is not None else []
+        #: Called when output appears outside handle_in (a delivery from another client).
+        self.wakeup: Any = None
+        self.state = IDLE
+        self.version = 0
+        self.client_id = ""
+        self.username: str | None = None
+        self.session: Session | None = None
+        self.will: Message | None = None
+        self.keepalive = 0
+        self.alias_in: dict[int, str] = {}
+        self.alias_out: dict[str, int] = {}
+        self.alias_out_max = 0
+        self.client_max_packet = 0
+        self.receive_maximum = 0
+        self.closing = False
+        self.close_reason = ""
+        self.paused = False
+        self.normal_disconnect = False
+        self.created_at = time.time()
+        self.connected_at = 0.0
+        self.clean_start = True
+        self.proto_name = ""
+        self.recv_pkt = 0
+        self.send_pkt = 0
+        self.recv_msg = 0
+        self.send_msg = 0
+        self.dropped = 0
+        self.tracer: Any = None
+
+    # --- output ----------------------------------------------------------------------
+
+    def _send(self, packet: Any) -> None:
+        data = encode(packet, self.version)
+        if self.client_max_packet and len(data) > self.client_max_packet:
+            # [MQTT-3.1.2-24]: never send a client more than it accepts.
+            self.dropped += 1
+            return
+        self.out.append(data)
+        self.send_pkt += 1
+        if self.tracer is not None:
+            self.tracer("SEND", packet)
+
+    def _close(self, reason: str, code: int | None = None) -> None:
+        """End the connection; on MQTT 5 after CONNACK, tell the client why first."""
+        if self.closing:
+            return
+        if code is not None and self.version == 5 and self.state == CONNECTED:
+            self._send(Disconnect(code))
+        self.closing = True
+        self.close_reason = reason
+
+    # --- input -----------------------------------------------------------------------
+
+    def handle_in(self, packet: Any) -> list[bytes]:
+        """Apply one packet from the client; returns the pending output."""
+        if self.closing:
+            return self.out
+        self.recv_pkt += 1
+        if self.tracer is not None:
+            self.tracer("RECV", packet)
+        ptype = packet.packet_type
+        if self.state == CONNECTED:
+            if ptype == PUBLISH:
+                self._in_publish(packet)
+            elif ptype == PUBACK:
+                self._in_puback(packet)
+            elif ptype == PUBREC:
+                self._in_pubrec(packet)
+            elif ptype == PUBREL:
+                self._in_pubrel(packet)
+            elif ptype == PUBCOMP:
+                self._in_pubcomp(packet)
+            elif ptype == PINGREQ:
+                self.out.append(_PINGRESP)
+                self.send_pkt += 1
+            elif ptype == SUBSCRIBE:
+                self._in_subscribe(packet)
+            elif ptype == UNSUBSCRIBE:
+                self._in_unsubscribe(packet)
+            elif ptype == DISCONNECT:
+                self._in_disconnect(packet)
+            elif ptype == CONNECT:
+                self._close("second CONNECT", RC.PROTOCOL_ERROR)
+            elif ptype == AUTH:
+                # No enhanced authentication was started at CONNECT [MQTT-4.12.0-7].
+                self._close("AUTH without an authentication method", RC.PROTOCOL_ERROR)
+            else:  # CONNACK, SUBACK, UNSUBACK, PINGRESP: server-only packets
+                self._close("server-only packet from a client", RC.PROTOCOL_ERROR)
+        elif self.state == IDLE:
+            if ptype == CONNECT:
+                self._in_connect(packet)
+            else:
+                self._close("first packet is not CONNECT")
+        return self.out
+
+    def handle_frame_error(self, err: PacketError, parser_version: int) -> list[bytes]:
+        """The parser rejected the client's bytes: answer as the spec says, then close."""
+        code = err.reason_code
+        if self.state == IDLE:
+            if code == RC.UNSUPPORTED_PROTOCOL_VERSION and "level" in err.message:
+                # [MQTT-3.1.2-2]: CONNACK 0x01 in the format every level can read.
+                self.out.append(encode(Connack(False, 1), 4))
+            elif parser_version == 5:
+                self.version = 5
+                self.out.append(encode(Connack(False, code), 5))
+            self._close("bad CONNECT: " + err.message)
+        else:
+            self._close(err.message, code)
+        return self.out
+
+    def handle_timeout(self, name: str) -> list[bytes]:
+        if name == "keepalive":
+            self._close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
+        elif name == "connect":
+            self._close("no CONNECT in time")
+        return self.out
+
+    # --- CONNECT ---------------------------------------------------------------------
+
+    def _refuse(self, code: int, reason: str) -> None:
+        if self.version == 5:
+            self.out.append(encode(Connack(False, code), 5))
+        else:
+            v3 = _V3_CONNACK.get(code)
+            if v3 is not None:
+                self.out.append(encode(Connack(False, v3), 4))
+        self._close("connection refused: " + reason)
+
+    def _in_connect(self, p: Connect) -> None:
+        zone = self.zone
+        self.version = version = p.proto_level
+        self.proto_name = p.proto_name
+        self.clean_start = p.clean_start
+        props = p.properties
+        client_id = p.client_id
+        if zone.use_username_as_clientid and p.username:
+            client_id = p.username
+        assigned = None
+        if not client_id:
+            if version == 5 or (version == 4 and p.clean_start):
+                client_id = assigned = "mqttd-" + uuid.uuid4().hex
+            else:
+                return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
+        if len(client_id) > zone.max_clientid_len or has_disallowed_chars(client_id):
+            return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
+        if "authentication_method" in props:
+            return self._refuse(RC.BAD_AUTHENTICATION_METHOD, "unsupported authentication method")
+        if not zone.allow_anonymous and p.username is None:
+            return self._refuse(RC.NOT_AUTHORIZED, "anonymous clients are not allowed")
+        code = self.node.authenticate(client_id, p.username, p.password, self.peer)
+        if code:
+            return self._refuse(code, "authentication failed")
+        will = p.will
+        if will is not None:
+            if will.qos > zone.max_qos_allowed:
+                return self._refuse(RC.QOS_NOT_SUPPORTED, "will QoS not supported")
+            if will.retain and not zone.retain_available:
+                return self._refuse(RC.RETAIN_NOT_SUPPORTED, "will retain not supported")
+            if will.topic.startswith("$SYS"):
+                return self._refuse(RC.TOPIC_NAME_INVALID, "will topic in $SYS")
+            self.will = Message(zone.mountpoint + will.topic, will.payload, will.qos, will.retain,
+                                will.properties, client_id)
+        self.client_id = client_id
+        self.username = p.username
+        keepalive = p.keepalive
+        ack_props: dict[str, Any] = {}
+        if version == 5:
+            expiry = props.get("session_expiry_interval", 0)
+            if zone.server_keepalive:
+                keepalive = zone.server_keepalive
+                ack_props["server_keep_alive"] = keepalive
+            self.client_max_packet = props.get("maximum_packet_size", 0)
+            self.alias_out_max = props.get("topic_alias_maximum", 0)
+            client_rm = props.get("receive_maximum", 65535)
+        else:
+            expiry = 0 if p.clean_start else zone.session_expiry_interval
+            client_rm = 65535
+        if expiry > zone.max_session_expiry_interval:
+            expiry = zone.max_session_expiry_interval
+            if version == 5:
+                ack_props["session_expiry_interval"] = expiry
+        self.keepalive = keepalive
+        self.receive_maximum = zone.max_awaiting_rel or 65535
+        session, present = self.node.registry.open_session(
+            self, client_id, p.clean_start, expiry,
+            max_inflight=min(client_rm, zone.max_inflight or 65535))
+        self.session = session
+        self.state = CONNECTED
+        self.connected_at = time.time()
+        if version == 5:
+            if assigned is not None:
+                ack_props["assigned_client_identifier"] = assigned
+            if zone.max_awaiting_rel:
+                ack_props["receive_maximum"] = self.receive_maximum
+            if zone.max_qos_allowed < 2:
+                ack_props["maximum_qos"] = zone.max_qos_allowed
+            if not zone.retain_available:
+                ack_props["retain_available"] = 0
+            ack_props["maximum_packet_size"] = zone.max_packet_size
+            ack_props["topic_alias_maximum"] = zone.max_topic_alias
+            if not zone.wildcard_subscription:
+                ack_props["wildcard_subscription_available"] = 0
+            if not zone.shared_subscription:
+                ack_props["shared_subscription_available"] = 0
+        self._send(Connack(present, 0, ack_props))
+        if present:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Resend what the resumed session had in flight (with DUP), then drain its queue."""
+        session = self.session
+        assert session is not None
+        now = time.monotonic()
+        for pid, entry in list(session.inflight.items()):
+            delivery, state = entry
+            if state == WAIT_ACK:
+                pub = session.build_publish(delivery, pid, now, dup=True)
+                if pub is None:
+                    session.drop_inflight(pid)
+                    continue
+                self._send_publish(pub)
+            else:
+                self._send(Pubrel(pid))
+        self.drain()
+
+    # --- PUBLISH from the client ------------------------------------------------------
+
+    def _in_publish(self, p: Publish) -> None:
+        zone = self.zone
+        qos = p.qos
+        topic = p.topic
+        props = p.properties
+        if props:
+            if "topic_alias" in props:
+                alias = props["topic_alias"]
+                if alias == 0 or alias > zone.max_topic_alias:
+                    return self._close("topic alias out of range", RC.TOPIC_ALIAS_INVALID)
+                if topic:
+                    self.alias_in[alias] = topic
+                else:
+                    topic = self.alias_in.get(alias, "")
+                    if not topic:
+                        return self._close("unknown topic alias", RC.PROTOCOL_ERROR)
+                props = dict(props)
+                del props["topic_alias"]
+            if "subscription_identifier" in props:
+                return self._close("subscription identifier from a client", RC.PROTOCOL_ERROR)
+        if qos > zone.max_qos_allowed:
+            return self._close("QoS not supported", RC.QOS_NOT_SUPPORTED)
+        if p.retain and not zone.retain_available:
+            return self._close("retain not supported", RC.RETAIN_NOT_SUPPORTED)
+        session = self.session
+        assert session is not None
+        if qos == 2:
+            if p.packet_id in session.awaiting_rel:
+                # A resend of a QoS 2 message we already have: acknowledge, deliver once.
+                self._send(Pubrec(p.packet_id))
+                return
+            if len(session.awaiting_rel) >= self.receive_maximum:
+                return self._close("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
+        self.recv_msg += 1
+        code = self._check_publish(topic, props, p.payload)
+        if code:
+            if qos == 1:
+                self._send(Puback(p.packet_id, code if self.version == 5 else 0))
+            elif qos == 2:
+                if self.version == 5:
+                    self._send(Pubrec(p.packet_id, code))
+                else:  # 3.1.1 has no way to refuse: complete the flow, drop the message
+                    session.await_rel(p.packet_id)
+                    self._send(Pubrec(p.packet_id))
+            return
+        msg = Message(zone.mountpoint + topic if zone.mountpoint else topic, p.payload, qos,
+                      p.retain, props, self.client_id)
+        n = self.node.publish(msg)
+        if qos == 1:
+            self._send(Puback(p.packet_id, 0 if n or self.version != 5 else
+                              RC.NO_MATCHING_SUBSCRIBERS))
+        elif qos == 2:
+            session.await_rel(p.packet_id)
+            self._send(Pubrec(p.packet_id, 0 if n or self.version != 5 else
+                              RC.NO_MATCHING_SUBSCRIBERS))
+
+    def _check_publish(self, topic: str, props: dict[str, Any], payload: bytes) -> int:
+        """0 if the client may publish this, else the reason code to refuse it with."""
+        if topic.startswith("$"):
+            if topic.startswith("$SYS") or topic.startswith("$share/") or \
+                    topic.startswith("$queue/"):
+                return RC.NOT_AUTHORIZED
+        zone = self.zone
+        if zone.max_topic_levels and topic.count("/") >= zone.max_topic_levels:
+            return RC.TOPIC_NAME_INVALID
+        if props.get("payload_format_indicator") == 1:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return RC.PAYLOAD_FORMAT_INVALID
+        return self.node.check_acl(self, "publish", topic)
+
+    def _in_pubrel(self, p: Pubrel) -> None:
+        session = self.session
+        assert session is not None
+        if session.release(p.packet_id):
+            self._send(Pubcomp(p.packet_id))
+        else:
+            self._send(Pubcomp(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND
+                               if self.version == 5 else 0))
+
+    # --- acknowledgements of our deliveries ---------------------------------------------
+
+    def _in_puback(self, p: Puback) -> None:
+        session = self.session
+        assert session is not None
+        entry = session.ack(p.packet_id, 1)
+        if entry == "mismatch":
+            return self._close("PUBACK for a QoS 2 message", RC.PROTOCOL_ERROR)
+        if entry is not None:
+            self.node.acked(self, entry[0][0])
+            self.drain()
+
+    def _in_pubrec(self, p: Pubrec) -> None:
+        session = self.session
+        assert session is not None
+        entry = session.ack(p.packet_id, 2)
+        if entry == "mismatch":
+            return self._close("PUBREC for a QoS 1 message", RC.PROTOCOL_ERROR)
+        if entry is None:
+            self._send(Pubrel(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND
+                              if self.version == 5 else 0))
+            return
+        if p.reason_code >= 0x80:
+            # The receiver refused the message: the flow ends here [MQTT-4.3.3].
+            session.drop_inflight(p.packet_id)
+            self.drain()
+            return
+        session.released(p.packet_id)
+        self._send(Pubrel(p.packet_id))
+
+    def _in_pubcomp(self, p: Pubcomp) -> None:
+        session = self.session
+        assert session is not None
+        entry = session.complete(p.packet_id)
+        if entry == "mismatch":
+            return self._close("PUBCOMP before PUBREL", RC.PROTOCOL_ERROR)
+        if entry is not None:
+            self.node.acked(self, entry[0][0])
+            self.drain()
+
+    # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------
+
+    def _in_subscribe(self, p: Any) -> None:
+        zone = self.zone
+        session = self.session
+        assert session is not None
+        v5 = self.version == 5
+        subids = p.properties.get("subscription_identifier")
+        subid = subids[0] if subids else 0
+        codes = []
+        retained: list[tuple[str, SubOpts, int]] = []
+        for topic_filter, opts in p.topics:
+            code = self._check_subscribe(topic_filter, session)
+            if code:
+                codes.append(code if v5 else 0x80)
+                continue
+            qos = opts.qos if opts.qos <= zone.max_qos_allowed else zone.max_qos_allowed
+            if qos != opts.qos or (not v5 and zone.ignore_loop_deliver):
+                opts = SubOpts(qos, opts.no_local or (not v5 and zone.ignore_loop_deliver),
+                               opts.retain_as_published, opts.retain_handling)
+            if zone.mountpoint:
+                topic_filter = _mount(zone.mountpoint, topic_filter)
+            is_new = self.node.subscribe(self, topic_filter, opts, subid)
+            codes.append(qos)
+            if opts.retain_handling == 0 or (opts.retain_handling == 1 and is_new):
+                retained.append((topic_filter, opts, subid))
+        self._send(Suback(p.packet_id, codes))
+        for topic_filter, opts, sid in retained:
+            self._send_retained(topic_filter, opts, sid)
+
+    def _check_subscribe(self, topic_filter: str, session: Session) -> int:
+        zone = self.zone
+        if filter_error(topic_filter):
+            return RC.TOPIC_FILTER_INVALID
+        share = parse_shared(topic_filter)
+        real = topic_filter
+        if share is not None:
+            if not zone.shared_subscription:
+                return RC.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            real = share[1]
+        if is_wildcard(real) and not zone.wildcard_subscription:
+            return RC.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+        if zone.max_topic_levels and real.count("/") >= zone.max_topic_levels:
+            return RC.TOPIC_FILTER_INVALID
+        if topic_filter in zone.deny_subscribe:
+            return RC.UNSPECIFIED_ERROR
+        if (zone.max_subscriptions and topic_filter not in session.subscriptions
+                and len(session.subscriptions) >= zone.max_subscriptions):
+            return RC.QUOTA_EXCEEDED
+        return self.node.check_acl(self, "subscribe", topic_filter)
+
+    def _send_retained(self, topic_filter: str, opts: SubOpts, subid: int) -> None:
+        if parse_shared(topic_filter) is not None:
+            return  # retained messages are not sent for shared subscriptions
+        for msg in self.node.broker.retainer.match(topic_filter):
+            qos = opts.qos if opts.qos < msg.qos else msg.qos
+            self.deliver((msg, qos, True, (subid,) if subid else (), None), None)
+
+    def _in_unsubscribe(self, p: Any) -> None:
+        codes = []
+        for topic_filter in p.topics:
+            if self.zone.mountpoint:
+                topic_filter = _mount(self.zone.mountpoint, topic_filter)
+            found = self.node.unsubscribe(self, topic_filter)
+            codes.append(0 if found else RC.NO_SUBSCRIPTION_EXISTED)
+        self._send(Unsuback(p.packet_id, codes if self.version == 5 else []))
+
+    # --- DISCONNECT ------------------------------------------------------------------
+
+    def _in_disconnect(self, p: Disconnect) -> None:
+        session = self.session
+        assert session is not None
+        if self.version == 5:
+            expiry = p.properties.get("session_expiry_interval")
+            if expiry is not None:
+                if session.expiry_interval == 0 and expiry != 0:
+                    return self._close("session expiry set after 0", RC.PROTOCOL_ERROR)
+                session.expiry_interval = min(expiry, self.zone.max_session_expiry_interval)
+        if p.reason_code != RC.DISCONNECT_WITH_WILL_MESSAGE:
+            self.will = None
+        self.normal_disconnect = True
+        self._close("client disconnected")
+
+    # --- delivery to this client -------------------------------------------------------
+
+    def deliver(self, delivery: Delivery, encoded: dict[Any, bytes] | None) -> None:
+        """Send (or queue) one delivery from the broker to this client."""
+        if self.closing:
+            assert self.session is not None
+            self.session.enqueue(delivery)
+            return
+        out = self.out
+        was_empty = not out
+        session = self.session
+        assert session is not None
+        qos = delivery[1]
+        if qos == 0:
+            if self.paused:
+                self.dropped += 1  # a slow consumer loses QoS 0, never QoS 1/2
+                return
+            msg = delivery[0]
+            if (encoded is not None and not delivery[3] and not msg.expiry
+                    and not self.alias_out_max and self.tracer is None):
+                # Identical bytes for every QoS 0 subscriber of this form: encode once.
+                key = (self.version == 5, delivery[2])
+                data = encoded.get(key)
+                if data is None:
+                    data = encoded[key] = encode(
+                        Publish(msg.topic, msg.payload, 0, delivery[2], False, 0,
+                                msg.properties), self.version)
+                if self.client_max_packet and len(data) > self.client_max_packet:
+                    self.dropped += 1
+                    return
+                out.append(data)
+                self.send_pkt += 1
+                self.send_msg += 1
+            else:
+                pub = session.build_publish(delivery, 0, time.monotonic())
+                if pub is None:
+                    return
+                self._send_publish(pub)
+        elif self.paused or not session.window_open():
+            session.enqueue(delivery)
+            return
+        else:
+            pub = session.build_publish(delivery, 0, time.monotonic())
+            if pub is None:
+                return
+            pub.packet_id = session.start_inflight(delivery)
+            self._send_publish(pub)
+        if was_empty and out and self.wakeup is not None:
+            self.wakeup()
+
+    def _send_publish(self, pub: Publish) -> None:
+        if self.alias_out_max and self.version == 5:
+            alias = self.alias_out.get(pub.topic)
+            if alias is not None:
+                pub.properties = dict(pub.properties, topic_alias=alias)
+                pub.topic = ""
+            elif len(self.alias_out) < self.alias_out_max:
+                alias = self.alias_out[pub.topic] = len(self.alias_out) + 1
+                pub.properties = dict(pub.properties, topic_alias=alias)
+        before = len(self.out)
+        self._send(pub)
+        if len(self.out) > before:
+            self.send_msg += 1
+        elif pub.qos:
+            # Too large for the client: behave as if it was delivered [MQTT-3.1.2-25].
+            assert self.session is not None
+            self.session.drop_inflight(pub.packet_id)
+
+    def drain(self) -> None:
+        """Move queued deliveries into the inflight window while it has room."""
+        session = self.session
+        if session is None or self.paused or self.closing:
+            return
+        mq = session.mqueue
+        now = time.monotonic()
+        was_empty = not self.out
+        while mq and session.window_open():
+            delivery = mq.popleft()
+            pub = session.build_publish(delivery, 0, now)
+            if pub is None:
+                continue
+            if delivery[1]:
+                pub.packet_id = session.start_inflight(delivery)
+            self._send_publish(pub)
+        if was_empty and self.out and self.wakeup is not None:
+            self.wakeup()
+
+    def set_paused(self, paused: bool) -> None:
+        """The socket's write buffer crossed its high (True) or low (False) watermark."""
+        self.paused = paused
+        if not paused:
+            self.drain()
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close this client from the server side (takeover, admin kick, shutdown)."""
+        self._close(reason, code)
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def info(self) -> dict[str, Any]:
+        """What `mqttd ctl clients show` prints."""
+        session = self.session
+        info: dict[str, Any] = {
+            "clientid": self.client_id,
+            "username": self.username,
+            "peername": self.peer,
+            "proto_name": self.proto_name,
+            "proto_ver": self.version,
+            "clean_start": self.clean_start,
+            "keepalive": self.keepalive,
+            "connected": self.state == CONNECTED and not self.closing,
+            "created_at": self.created_at,
+            "connected_at": self.connected_at,
+            "recv_pkt": self.recv_pkt,
+            "send_pkt": self.send_pkt,
+            "recv_msg": self.recv_msg,
+            "send_msg": self.send_msg,
+        }
+        if session is not None:
+            info.update(session.info())
+            info["dropped"] = session.dropped + self.dropped
+        return info
+
+
+def _mount(mountpoint: str, topic_filter: str) -> str:
+    share = parse_shared(topic_filter)
+    if share is None:
+        return mountpoint + topic_filter
+    group, real = share
+    return ("$share/%s/" % group if group is not None else "$queue/") + mountpoint + real

@@ -1,0 +1,46 @@
+"""The broker's message: what a PUBLISH becomes between its sender and its subscribers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+_monotonic = time.monotonic
+
+
+class Message:
+    """An application message in flight through the broker (EMQX's #message{}).
+
+    ``properties`` are the publisher's MQTT 5 properties less the Topic Alias;
+    ``expiry`` is a ``time.monotonic()`` deadline from Message Expiry Interval,
+    or 0.0 when the message never expires. ``sender`` is the publishing client's
+    id (None for the broker's own messages, e.g. $SYS).
+    """
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "sender", "timestamp", "expiry")
+
+    def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                 properties: dict[str, Any] | None = None, sender: str | None = None) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties if properties is not None else {}
+        self.sender = sender
+        self.timestamp = time.time()
+        interval = self.properties.get("message_expiry_interval") if properties else None
+        self.expiry = _monotonic() + interval if interval is not None else 0.0
+
+    def remaining_expiry(self, now: float) -> int | None:
+        """Whole seconds left before expiry (None if it never expires; <= 0 if expired)."""
+        if not self.expiry:
+            return None
+        left = self.expiry - now
+        return int(left) + (1 if left > int(left) else 0)
+
+    def expired(self, now: float) -> bool:
+        return bool(self.expiry) and now >= self.expiry
+
+    def __repr__(self) -> str:
+        return (f"Message({self.topic!r}, {self.payload[:32]!r}, qos={self.qos}, "
+                f"retain={self.retain}, sender={self.sender!r})")

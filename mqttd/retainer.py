@@ -1,0 +1,60 @@
+"""Retained messages (EMQX's emqx_retainer): the last retained message per topic."""
+
+from __future__ import annotations
+
+import time
+
+from .message import Message
+from .topics import match
+
+
+class Retainer:
+    """Topic -> its retained message. An empty payload deletes."""
+
+    def __init__(self) -> None:
+        self._store: dict[str, Message] = {}
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def store(self, msg: Message) -> None:
+        if msg.payload:
+            self._store[msg.topic] = msg
+        else:
+            self._store.pop(msg.topic, None)
+
+    def get(self, topic: str) -> Message | None:
+        msg = self._store.get(topic)
+        if msg is not None and msg.expired(time.monotonic()):
+            del self._store[topic]
+            return None
+        return msg
+
+    def match(self, topic_filter: str) -> list[Message]:
+        """Unexpired retained messages whose topic matches ``topic_filter``."""
+        now = time.monotonic()
+        if "+" not in topic_filter and "#" not in topic_filter:
+            msg = self.get(topic_filter)
+            return [msg] if msg is not None else []
+        found = []
+        expired = []
+        for topic, msg in self._store.items():
+            if match(topic_filter, topic):
+                if msg.expired(now):
+                    expired.append(topic)
+                else:
+                    found.append(msg)
+        for topic in expired:
+            del self._store[topic]
+        return found
+
+    def topics(self) -> list[str]:
+        return list(self._store)
+
+    def delete(self, topic: str) -> bool:
+        return self._store.pop(topic, None) is not None
+
+    def clear(self) -> int:
+        n = len(self._store)
+        self._store.clear()
+        return n

@@ -1,0 +1,150 @@
+"""The route table (EMQX's emqx_router + the broker's subscriber tables), one node.
+
+Each topic filter that has subscribers has a :class:`Route`: its plain
+subscribers and its shared-subscription groups. Exact filters are found with
+one dict lookup; wildcard filters live in the trie. ``match(topic)`` is cached
+per topic; the cache holds Route objects, so it is invalidated only when a
+filter gains its first or loses its last subscriber, not on every subscribe.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any
+
+from .topics import is_wildcard
+from .trie import Trie
+
+_CACHE_LIMIT = 65536
+
+#: What a subscriber entry holds: (SubOpts, subscription identifier or 0).
+SubEntry = tuple[Any, int]
+
+
+class SharedGroup:
+    """The members of one shared subscription group on one filter."""
+
+    __slots__ = ("name", "topic_filter", "members", "_next", "_sticky")
+
+    def __init__(self, name: str | None, topic_filter: str) -> None:
+        self.name = name
+        self.topic_filter = topic_filter
+        self.members: dict[Any, SubEntry] = {}
+        self._next = 0
+        self._sticky: Any = None
+
+    def pick(self, strategy: str, sender: str | None, exclude: Any = None) -> Any:
+        """Choose the member that gets the next message (online members first)."""
+        members = [s for s in self.members if s is not exclude]
+        if not members:
+            return None
+        online = [s for s in members if s.channel is not None]
+        pool = online or members
+        if strategy == "round_robin":
+            self._next += 1
+            return pool[self._next % len(pool)]
+        if strategy == "sticky":
+            if self._sticky not in pool:
+                self._sticky = random.choice(pool)
+            return self._sticky
+        if strategy == "hash":
+            return pool[zlib.crc32((sender or "").encode()) % len(pool)]
+        return random.choice(pool)
+
+
+class Route:
+    """Subscribers of one topic filter (without any $share/ prefix)."""
+
+    __slots__ = ("topic_filter", "subs", "groups")
+
+    def __init__(self, topic_filter: str) -> None:
+        self.topic_filter = topic_filter
+        self.subs: dict[Any, SubEntry] = {}
+        self.groups: dict[str | None, SharedGroup] = {}
+
+
+class Router:
+    """Topic filter -> subscribers, with wildcard matching through the trie."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self._trie = Trie()
+        self._cache: dict[str, list[Route]] = {}
+
+    def match(self, topic: str) -> list[Route]:
+        """Every route whose filter matches ``topic``."""
+        cached = self._cache.get(topic)
+        if cached is not None:
+            return cached
+        routes = self.routes
+        found = [routes[f] for f in self._trie.match(topic)]
+        exact = routes.get(topic)
+        if exact is not None:
+            found.append(exact)
+        cache = self._cache
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[topic] = found
+        return found
+
+    def _route(self, topic_filter: str) -> Route:
+        route = self.routes.get(topic_filter)
+        if route is None:
+            route = self.routes[topic_filter] = Route(topic_filter)
+            if is_wildcard(topic_filter):
+                self._trie.insert(topic_filter)
+            self._cache = {}
+        return route
+
+    def _maybe_drop(self, route: Route) -> None:
+        if not route.subs and not route.groups:
+            del self.routes[route.topic_filter]
+            if is_wildcard(route.topic_filter):
+                self._trie.delete(route.topic_filter)
+            self._cache = {}
+
+    def add(self, topic_filter: str, group: str | None, shared: bool, session: Any,
+            entry: SubEntry) -> None:
+        """Add (or update) ``session``'s subscription to ``topic_filter``."""
+        route = self._route(topic_filter)
+        if shared:
+            g = route.groups.get(group)
+            if g is None:
+                g = route.groups[group] = SharedGroup(group, topic_filter)
+            g.members[session] = entry
+        else:
+            route.subs[session] = entry
+
+    def remove(self, topic_filter: str, group: str | None, shared: bool, session: Any) -> bool:
+        route = self.routes.get(topic_filter)
+        if route is None:
+            return False
+        if shared:
+            g = route.groups.get(group)
+            if g is None or g.members.pop(session, None) is None:
+                return False
+            if not g.members:
+                del route.groups[group]
+        elif route.subs.pop(session, None) is None:
+            return False
+        self._maybe_drop(route)
+        return True
+
+    def group(self, topic_filter: str, group: str | None) -> SharedGroup | None:
+        route = self.routes.get(topic_filter)
+        return route.groups.get(group) if route is not None else None
+
+    # --- statistics ------------------------------------------------------------------
+
+    def count_routes(self) -> int:
+        return len(self.routes)
+
+    def count_subscriptions(self) -> tuple[int, int]:
+        """(all subscriptions, shared subscriptions)."""
+        plain = shared = 0
+        for route in self.routes.values():
+            plain += len(route.subs)
+            for g in route.groups.values():
+                shared += len(g.members)
+        return plain + shared, shared

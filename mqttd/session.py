@@ -1,0 +1,182 @@
+"""Session state (EMQX's emqx_session): plain data and the bookkeeping of the QoS flows.
+
+Nothing here touches a socket or the event loop, so a session can be kept
+while its client is offline, resumed by a new connection, and later saved
+to and restored from a durable store. The channel decides what to send;
+the session remembers what is in flight, queued, and awaiting release.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from .message import Message
+from .packets import Publish, SubOpts
+
+#: A pending delivery to this session: (message, qos, retain flag, subscription ids,
+#: shared group key or None). Shared deliveries carry their group so that they can be
+#: handed to another member if this session ends before they are acknowledged.
+Delivery = tuple[Message, int, bool, tuple[int, ...], Any]
+
+#: Inflight states of an outgoing QoS 1/2 message.
+WAIT_ACK = 0  # PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
+WAIT_COMP = 1  # PUBREL sent, waiting for PUBCOMP
+
+
+class Session:
+    """One client's session: subscriptions, inflight window, message queue, QoS 2 state."""
+
+    __slots__ = (
+        "client_id", "expiry_interval", "created_at", "subscriptions", "inflight", "mqueue",
+        "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0", "_next_pid",
+        "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
+    )
+
+    def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
+                 max_mqueue_len: int = 1000, mqueue_store_qos0: bool = True) -> None:
+        self.client_id = client_id
+        self.expiry_interval = expiry_interval
+        self.created_at = time.time()
+        #: topic filter as subscribed (with any $share/ prefix) -> (options, subscription id)
+        self.subscriptions: dict[str, tuple[SubOpts, int]] = {}
+        #: packet id -> [delivery, state]; insertion order is send order
+        self.inflight: dict[int, list[Any]] = {}
+        self.mqueue: deque[Delivery] = deque()
+        #: packet id of a QoS 2 message received from the client -> time received
+        self.awaiting_rel: dict[int, float] = {}
+        self.max_inflight = max_inflight
+        self.max_mqueue_len = max_mqueue_len
+        self.mqueue_store_qos0 = mqueue_store_qos0
+        self._next_pid = 1
+        self.channel: Any = None  # the connected Channel, or None while offline
+        self.persistent = expiry_interval > 0
+        self.delivered = 0
+        self.enqueued = 0
+        self.dropped = 0
+        self.expire_handle: Any = None
+
+    # --- outgoing ---------------------------------------------------------------------
+
+    def next_packet_id(self) -> int:
+        pid = self._next_pid
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid + 1 if pid < 0xFFFF else 1
+        self._next_pid = pid + 1 if pid < 0xFFFF else 1
+        return pid
+
+    def window_open(self) -> bool:
+        return len(self.inflight) < self.max_inflight
+
+    def enqueue(self, delivery: Delivery) -> Delivery | None:
+        """Queue a delivery; returns the delivery dropped to make room (or refused), if any."""
+        if delivery[1] == 0 and not self.mqueue_store_qos0:
+            self.dropped += 1
+            return delivery
+        mq = self.mqueue
+        dropped = None
+        if self.max_mqueue_len and len(mq) >= self.max_mqueue_len:
+            dropped = mq.popleft()  # like EMQX: the oldest message makes room
+            self.dropped += 1
+        mq.append(delivery)
+        self.enqueued += 1
+        return dropped
+
+    def start_inflight(self, delivery: Delivery) -> int:
+        pid = self.next_packet_id()
+        self.inflight[pid] = [delivery, WAIT_ACK]
+        return pid
+
+    def build_publish(self, delivery: Delivery, packet_id: int, now: float,
+                      dup: bool = False) -> Publish | None:
+        """The PUBLISH for a delivery, or None if its message has expired."""
+        msg, qos, retain, subids, _ = delivery
+        props = msg.properties
+        if msg.expiry or subids:
+            props = dict(props)
+            if msg.expiry:
+                left = msg.remaining_expiry(now)
+                if left is not None and left <= 0:
+                    return None
+                props["message_expiry_interval"] = left
+            if subids:
+                props["subscription_identifier"] = list(subids)
+        return Publish(msg.topic, msg.payload, qos, retain, dup, packet_id, props)
+
+    def ack(self, packet_id: int, expected_qos: int) -> list[Any] | str | None:
+        """Handle PUBACK (expected_qos 1) or PUBREC (2) for an inflight packet id.
+
+        Returns the inflight entry, None if the id is unknown, or ``"mismatch"``
+        when the ack does not fit the message's QoS or state.
+        """
+        entry = self.inflight.get(packet_id)
+        if entry is None:
+            return None
+        if entry[0][1] != expected_qos or entry[1] != WAIT_ACK:
+            return "mismatch"
+        if expected_qos == 1:
+            del self.inflight[packet_id]
+            self.delivered += 1
+        return entry
+
+    def released(self, packet_id: int) -> None:
+        """PUBREC accepted: the message now waits for PUBCOMP."""
+        self.inflight[packet_id][1] = WAIT_COMP
+
+    def complete(self, packet_id: int) -> list[Any] | str | None:
+        """Handle PUBCOMP."""
+        entry = self.inflight.get(packet_id)
+        if entry is None:
+            return None
+        if entry[1] != WAIT_COMP:
+            return "mismatch"
+        del self.inflight[packet_id]
+        self.delivered += 1
+        return entry
+
+    def drop_inflight(self, packet_id: int) -> None:
+        self.inflight.pop(packet_id, None)
+
+    # --- incoming QoS 2 -----------------------------------------------------------------
+
+    def await_rel(self, packet_id: int) -> bool:
+        """Record an incoming QoS 2 packet id; False if it is already awaiting PUBREL."""
+        if packet_id in self.awaiting_rel:
+            return False
+        self.awaiting_rel[packet_id] = time.monotonic()
+        return True
+
+    def release(self, packet_id: int) -> bool:
+        return self.awaiting_rel.pop(packet_id, None) is not None
+
+    def expire_awaiting_rel(self, timeout: float) -> int:
+        """Forget QoS 2 packet ids that waited longer than ``timeout``; returns how many."""
+        if not self.awaiting_rel:
+            return 0
+        deadline = time.monotonic() - timeout
+        stale = [pid for pid, t in self.awaiting_rel.items() if t < deadline]
+        for pid in stale:
+            del self.awaiting_rel[pid]
+        return len(stale)
+
+    def pending(self) -> list[Delivery]:
+        """Every delivery not yet completed: inflight first (send order), then queued."""
+        return [entry[0] for entry in self.inflight.values()] + list(self.mqueue)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "clientid": self.client_id,
+            "expiry_interval": self.expiry_interval,
+            "created_at": self.created_at,
+            "subscriptions": len(self.subscriptions),
+            "inflight": len(self.inflight),
+            "max_inflight": self.max_inflight,
+            "mqueue_len": len(self.mqueue),
+            "max_mqueue": self.max_mqueue_len,
+            "awaiting_rel": len(self.awaiting_rel),
+            "delivered": self.delivered,
+            "enqueued": self.enqueued,
+            "dropped": self.dropped,
+        }
