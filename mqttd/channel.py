@@ -51,7 +51,7 @@ class Channel:
         "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
         "client_max_packet", "receive_maximum", "closing", "close_reason", "paused",
         "normal_disconnect", "connected_at", "created_at", "clean_start", "proto_name",
-        "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
+        "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer", "will_delay",
     )
 
     def __init__(self, node: Node, zone: Zone, peer: str = "", out: list[bytes] | None = None
@@ -69,6 +69,7 @@ class Channel:
         self.username: str | None = None
         self.session: Session | None = None
         self.will: Message | None = None
+        self.will_delay = 0
         self.keepalive = 0
         self.alias_in: dict[int, str] = {}
         self.alias_out: dict[str, int] = {}
@@ -221,8 +222,13 @@ class Channel:
                 return self._refuse(RC.RETAIN_NOT_SUPPORTED, "will retain not supported")
             if will.topic.startswith("$SYS"):
                 return self._refuse(RC.TOPIC_NAME_INVALID, "will topic in $SYS")
+            # Will Delay Interval is for the server; the rest travel with the message.
+            will_props = will.properties
+            self.will_delay = will_props.get("will_delay_interval", 0)
+            if self.will_delay:
+                will_props = {k: v for k, v in will_props.items() if k != "will_delay_interval"}
             self.will = Message(zone.mountpoint + will.topic, will.payload, will.qos, will.retain,
-                                will.properties, client_id)
+                                will_props, client_id)
         self.client_id = client_id
         self.username = p.username
         keepalive = p.keepalive
@@ -231,6 +237,9 @@ class Channel:
             expiry = props.get("session_expiry_interval", 0)
             if zone.server_keepalive:
                 keepalive = zone.server_keepalive
+            elif zone.max_keepalive and (keepalive == 0 or keepalive > zone.max_keepalive):
+                keepalive = zone.max_keepalive
+            if keepalive != p.keepalive:
                 ack_props["server_keep_alive"] = keepalive
             self.client_max_packet = props.get("maximum_packet_size", 0)
             self.alias_out_max = props.get("topic_alias_maximum", 0)

@@ -29,8 +29,11 @@ class Zone:
     shared_subscription: bool = True
     #: random | round_robin | sticky | hash (of client id).
     shared_subscription_strategy: str = "round_robin"
-    #: MQTT 5 Server Keep Alive sent in CONNACK (0 = accept the client's value).
+    #: MQTT 5 Server Keep Alive imposed on every client (0 = accept the client's value).
     server_keepalive: int = 0
+    #: Largest keepalive an MQTT 5 client may ask for; 0 or more gets this as Server Keep Alive
+    #: (mosquitto's max_keepalive; 0 = no limit).
+    max_keepalive: int = 0
     #: A client is dropped after keepalive × backoff × 2 without traffic (0.75 → 1.5×).
     keepalive_backoff: float = 0.75
     #: Subscriptions per client (0 = unlimited).
@@ -91,3 +94,219 @@ class Settings:
 
     def zone(self, name: str) -> Zone:
         return self.zones[name]
+
+
+# --- loading and validation -------------------------------------------------------------
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file; ``errors`` holds one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
+
+#: Zone keys given as durations (seconds, or a string such as "30s", "2h").
+_DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
+              "max_session_expiry_interval"}
+#: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").
+_SIZES = {"max_packet_size"}
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "max_packet_size": (16, 268_435_460),
+    "max_clientid_len": (23, 65535),
+    "max_topic_levels": (0, 65535),
+    "max_qos_allowed": (0, 2),
+    "max_topic_alias": (0, 65535),
+    "server_keepalive": (0, 65535),
+    "max_keepalive": (0, 65535),
+    "keepalive_backoff": (0.5, 10),
+    "max_subscriptions": (0, 2 ** 31),
+    "max_inflight": (1, 65535),
+    "max_awaiting_rel": (0, 65535),
+    "await_rel_timeout": (0, 2 ** 31),
+    "session_expiry_interval": (0, 0xFFFFFFFF),
+    "max_session_expiry_interval": (0, 0xFFFFFFFF),
+    "max_mqueue_len": (0, 2 ** 31),
+    "idle_timeout": (0.1, 3600),
+    "rate_limit_messages_in": (0, 2 ** 31),
+    "rate_limit_bytes_in": (0, 2 ** 40),
+    "port": (0, 65535),
+    "max_connections": (1, 2 ** 31),
+    "backlog": (1, 65535),
+    "sys_interval": (0, 86400),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+_ZONE_FIELDS = {f.name: f for f in dataclasses.fields(Zone) if f.name != "name"}
+_LISTENER_FIELDS = {f.name: f for f in dataclasses.fields(Listener) if f.name != "name"}
+_NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level",
+                "sys_interval": "sys_interval"}
+
+
+def _parse_unit(value: str, units: dict[str, float]) -> float | None:
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+    if not m:
+        return None
+    unit = m.group(2).lower() or next(iter(units))
+    if unit not in units:
+        return None
+    return float(m.group(1)) * units[unit]
+
+
+def _coerce(key: str, value: object, default: object) -> tuple[object, str | None]:
+    """Convert a TOML value for ``key``; returns (value, error)."""
+    if isinstance(value, str) and key in _DURATIONS:
+        parsed = _parse_unit(value, _DURATION_UNITS)
+        if parsed is None:
+            return None, f"not a duration: {value!r} (use seconds or e.g. \"30s\", \"2h\")"
+        value = int(parsed) if isinstance(default, int) else parsed
+    elif isinstance(value, str) and key in _SIZES:
+        parsed = _parse_unit(value, _SIZE_UNITS)
+        if parsed is None:
+            return None, f"not a size: {value!r} (use bytes or e.g. \"64KB\", \"1MB\")"
+        value = int(parsed)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            return None, f"expected true or false, got {_tname(value)}"
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"expected an integer, got {_tname(value)}"
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, f"expected a number, got {_tname(value)}"
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            return None, f"expected a string, got {_tname(value)}"
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None, f"expected a list of strings, got {_tname(value)}"
+    if key in _RANGES and isinstance(value, (int, float)):
+        lo, hi = _RANGES[key]
+        if not lo <= value <= hi:
+            return None, f"{value} is out of range ({lo:g}..{hi:g})"
+    if key in _CHOICES and value not in _CHOICES[key]:
+        return None, f"{value!r} is not one of {', '.join(_CHOICES[key])}"
+    return value, None
+
+
+def _tname(value: object) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _unknown(path: str, key: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{path}{key}: unknown key{hint}"
+
+
+def _apply(target: object, table: dict, fields: dict, path: str, errors: list[str]) -> None:
+    for key, value in table.items():
+        if key not in fields:
+            errors.append(_unknown(path, key, list(fields)))
+            continue
+        value, err = _coerce(key, value, getattr(target, key))
+        if err:
+            errors.append(f"{path}{key}: {err}")
+        else:
+            setattr(target, key, value)
+
+
+def parse_settings(data: dict, base: Settings | None = None) -> Settings:
+    """Build Settings from a parsed TOML document; raises ConfigError listing every problem.
+
+    Zone keys resolve Zone > Global ``[mqtt]`` > embedded default: each
+    ``[zones.<name>]`` starts from the global zone and overrides it.
+    """
+    errors: list[str] = []
+    settings = base or Settings()
+    sections = {"node", "mqtt", "zones", "listeners"}
+    for key in data:
+        if key not in sections:
+            errors.append(_unknown("", key, sorted(sections)))
+    node = data.get("node", {})
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key not in _NODE_FIELDS:
+                errors.append(_unknown("node.", key, list(_NODE_FIELDS)))
+                continue
+            attr = _NODE_FIELDS[key]
+            value, err = _coerce(key, value, getattr(settings, attr))
+            if err:
+                errors.append(f"node.{key}: {err}")
+            else:
+                setattr(settings, attr, value)
+    else:
+        errors.append("node: expected a table")
+    global_zone = settings.zones.get("default", Zone()).replace(name="default")
+    mqtt = data.get("mqtt", {})
+    if isinstance(mqtt, dict):
+        _apply(global_zone, mqtt, _ZONE_FIELDS, "mqtt.", errors)
+    else:
+        errors.append("mqtt: expected a table")
+    zones = {"default": global_zone}
+    zone_tables = data.get("zones", {})
+    if not isinstance(zone_tables, dict):
+        errors.append("zones: expected a table of zones")
+        zone_tables = {}
+    for name, table in zone_tables.items():
+        if not isinstance(table, dict):
+            errors.append(f"zones.{name}: expected a table")
+            continue
+        zone = global_zone.replace(name=name)
+        _apply(zone, table, _ZONE_FIELDS, f"zones.{name}.", errors)
+        zones[name] = zone
+    listeners = []
+    listener_tables = data.get("listeners")
+    if listener_tables is None:
+        listeners = list(settings.listeners)
+    elif not isinstance(listener_tables, dict):
+        errors.append("listeners: expected a table of listeners")
+    else:
+        for name, table in listener_tables.items():
+            if not isinstance(table, dict):
+                errors.append(f"listeners.{name}: expected a table")
+                continue
+            listener = Listener(name=name)
+            _apply(listener, table, _LISTENER_FIELDS, f"listeners.{name}.", errors)
+            if listener.zone not in zones and not any(
+                    e.startswith(f"listeners.{name}.zone") for e in errors):
+                errors.append(f"listeners.{name}.zone: no zone named {listener.zone!r}"
+                              f" (zones: {', '.join(sorted(zones))})")
+            listeners.append(listener)
+        if not listeners:
+            errors.append("listeners: at least one listener is needed")
+    if errors:
+        raise ConfigError(errors)
+    settings.zones = zones
+    settings.listeners = listeners
+    return settings
+
+
+def load_settings(path: str) -> Settings:
+    """Read and validate a TOML configuration file; errors are prefixed with the file name."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
+    try:
+        return parse_settings(data)
+    except ConfigError as err:
+        raise ConfigError([f"{path}: {e}" for e in err.errors]) from None

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mqttd.connection")
 
+#: Seconds a closing connection keeps draining the client's input before it is aborted.
+LINGER = 2.0
+
 
 class Flusher:
     """Writes every connection that has output, once per event-loop turn."""
@@ -67,6 +70,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._queued = False
         self._lost = False
+        self._closing = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -113,6 +117,9 @@ class Connection(asyncio.Protocol):
             self._start_keepalive()
         self.flush()
 
+    def eof_received(self) -> bool:
+        return False  # the client closed its side: close ours too
+
     def pause_writing(self) -> None:
         if self.channel is not None:
             self.channel.set_paused(True)
@@ -157,7 +164,24 @@ class Connection(asyncio.Protocol):
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         channel = self.channel
-        if channel is not None and channel.closing and not transport.is_closing():
+        if channel is not None and channel.closing and not self._closing:
+            self._close_lingering(transport)
+
+    def _close_lingering(self, transport: Any) -> None:
+        """Close our side, but keep reading (and discarding) a little while.
+
+        Closing a socket that still receives data makes the kernel answer with
+        RST, which can destroy our last DISCONNECT in the client's receive
+        buffer and break its pending writes. Half-close instead (FIN after the
+        pending output), discard what arrives, and abort after LINGER seconds.
+        """
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer = self.loop.call_later(LINGER, transport.abort)
+        else:
             transport.close()
 
     # --- timers ------------------------------------------------------------------------

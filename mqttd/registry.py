@@ -90,7 +90,7 @@ class Registry:
         will = channel.will
         channel.will = None
         if will is not None:
-            delay = will.properties.get("will_delay_interval", 0) if will.properties else 0
+            delay = channel.will_delay
             if delay and session.expiry_interval:
                 self._schedule_will(client_id, will, delay)
             else:

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from .. import __version__
-from ..config import Listener, Settings
+from ..config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
     name="mqttd",
@@ -32,27 +32,53 @@ def default_data_dir() -> str:
     return os.path.join(base, "mqttd")
 
 
+def _load(config: str | None) -> Settings:
+    """Settings from ``config`` (or the embedded defaults); a bad file exits 2."""
+    if config is None:
+        return Settings()
+    try:
+        return load_settings(config)
+    except ConfigError as err:
+        for line in err.errors:
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def start(
-    bind: str = typer.Option("127.0.0.1", "--bind", help="Address the listener binds to."),
-    port: int = typer.Option(1883, "--port", min=0, max=65535,
-                             help="TCP port (0 picks a free one)."),
+    config: str = typer.Option(None, "--config", "-c", help="TOML configuration file."),
+    bind: str = typer.Option(None, "--bind",
+                             help="Address of the default listener [default: 127.0.0.1]."),
+    port: int = typer.Option(None, "--port", min=0, max=65535,
+                             help="TCP port of the default listener, 0 picks a free one "
+                                  "[default: 1883]."),
     data_dir: str = typer.Option(None, "--data-dir",
                                  help="Data directory [default: $MQTTD_DATA_DIR or "
                                       "~/.local/state/mqttd]."),
-    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    log_level: str = typer.Option(None, "--log-level",
+                                  help="debug, info, warning or error [default: info]."),
     no_uvloop: bool = typer.Option(False, "--no-uvloop", help="Use asyncio's own event loop."),
 ) -> None:
     """Run the broker in the foreground until SIGINT or SIGTERM."""
-    level = log_level.lower()
-    if level not in LOG_LEVELS:
+    if log_level is not None and log_level.lower() not in LOG_LEVELS:
         typer.echo(f"mqttd: --log-level must be one of {', '.join(LOG_LEVELS)}, "
                    f"not {log_level!r}", err=True)
         raise typer.Exit(2)
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+    settings = _load(config)
+    if log_level is not None:
+        settings.log_level = log_level.lower()
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    elif not settings.data_dir:
+        settings.data_dir = default_data_dir()
+    if bind is not None or port is not None:
+        first = settings.listeners[0]
+        if bind is not None:
+            first.bind = bind
+        if port is not None:
+            first.port = port
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(data_dir=data_dir or default_data_dir(), log_level=level,
-                        listeners=[Listener(name="default", bind=bind, port=port)])
     from ..server import ListenerError, run
 
     try:
@@ -60,6 +86,20 @@ def start(
     except ListenerError as err:
         typer.echo(f"mqttd: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    config: str = typer.Option(..., "--config", "-c", help="TOML configuration file."),
+) -> None:
+    """Validate a configuration file: every problem on its own line, exit 2 if any."""
+    settings = _load(config)
+    typer.echo(f"{config}: ok ({len(settings.zones)} zones, "
+               f"{len(settings.listeners)} listeners)")
 
 
 @app.command()

@@ -1,0 +1,5 @@
+"""``python -m mqttd`` is the ``mqttd`` command."""
+
+from .cli import main
+
+main()
