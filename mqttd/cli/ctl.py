@@ -1,0 +1,324 @@
+"""``mqttd ctl``: the client of the daemon's control socket (emqx_ctl's role).
+
+It knows no command: it sends the words it was given to
+``<data_dir>/mqttd.sock`` and renders what comes back (text, tables, JSON),
+so ``mqttd ctl help`` and the daemon cannot disagree. Arguments of built-in
+commands are checked here first against the same registry, so a typo exits 2
+with the usage lines even when the daemon is down.
+
+Options, anywhere before ``--``: ``--data-dir DIR`` (else ``-c/--config FILE``'s
+``node.data_dir``, else ``$MQTTD_DATA_DIR``, else the default data directory, as
+``mqttd start`` places it), ``--json``, ``--timeout SECONDS``, ``-h/--help``.
+
+Exit codes: 0 ok, 1 failed, 2 bad arguments, 69 daemon not running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+from typing import Any, TextIO
+
+from ..ctl import protocol as P
+
+DEFAULT_TIMEOUT = 60.0
+#: Rows a table collects before it fixes its column widths and starts printing.
+FIRST_PAGE = 200
+#: Widest a column gets from its content (longer cells are cut with an ellipsis).
+MAX_COLUMN = 60
+
+
+class Options:
+    """The global options of ``mqttd ctl`` and the command words left."""
+
+    def __init__(self) -> None:
+        self.data_dir: str | None = None
+        self.config: str | None = None
+        self.json = False
+        self.timeout = DEFAULT_TIMEOUT
+        self.help = False
+        self.argv: list[str] = []
+
+
+class _Usage(Exception):
+    pass
+
+
+def parse_options(args: list[str]) -> Options:
+    """Take the global options out of ``args`` (anywhere before ``--``)."""
+    o = Options()
+    i = 0
+    while i < len(args):
+        word = args[i]
+        i += 1
+        if word == "--":
+            o.argv += args[i - 1:]  # the command sees the "--" too
+            break
+        name, eq, value = word.partition("=")
+        if name in ("--data-dir", "--config", "-c", "--timeout"):
+            if not eq:
+                if i >= len(args):
+                    raise _Usage(f"{name} needs a value")
+                value = args[i]
+                i += 1
+            if name == "--data-dir":
+                o.data_dir = value
+            elif name == "--timeout":
+                try:
+                    o.timeout = float(value)
+                except ValueError:
+                    raise _Usage(f"--timeout must be a number of seconds, not {value!r}"
+                                 ) from None
+            else:
+                o.config = value
+        elif word == "--json":
+            o.json = True
+        elif word in ("-h", "--help"):
+            o.help = True
+        else:
+            o.argv.append(word)
+    return o
+
+
+def socket_path(o: Options) -> str:
+    """Where ``mqttd start`` put the control socket for these options."""
+    from . import default_data_dir
+
+    data_dir = o.data_dir
+    if data_dir is None and o.config is not None:
+        from ..config import ConfigError, load_settings
+
+        try:
+            data_dir = load_settings(o.config).data_dir or None
+        except ConfigError as err:
+            raise _Usage("\n".join(err.errors)) from None
+    if data_dir is None:
+        data_dir = default_data_dir()
+    return os.path.join(os.path.abspath(os.path.expanduser(data_dir)), P.SOCKET_NAME)
+
+
+def main(args: list[str]) -> int:
+    """Run ``mqttd ctl`` with ``args``; returns the exit code."""
+    try:
+        o = parse_options(args)
+    except _Usage as err:
+        print(f"mqttd ctl: {err}", file=sys.stderr)
+        return P.EXIT_USAGE
+    argv = o.argv
+    if o.help or not argv:
+        argv = ["help"] + argv[:1]
+    from ..ctl.commands import build_registry
+    from ..ctl.registry import UsageError
+    from ..ctl.server import usage_message
+
+    local = build_registry()
+    if local.has_noun(argv[0]):
+        try:
+            local.lookup(argv)
+        except UsageError as err:
+            print(usage_message(local, err), file=sys.stderr)
+            return P.EXIT_USAGE
+    try:
+        path = socket_path(o)
+    except _Usage as err:
+        print(f"mqttd ctl: {err}", file=sys.stderr)
+        return P.EXIT_USAGE
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(o.timeout)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        sock.close()
+        if argv[0] == "help":  # help works without a daemon: the same registry
+            return _local_help(local, argv, o.json)
+        print(f"cannot connect to {path}: is mqttd running?", file=sys.stderr)
+        return P.EXIT_UNAVAILABLE
+    except OSError as err:
+        sock.close()
+        print(f"cannot connect to {path}: {err.strerror or err}", file=sys.stderr)
+        return P.EXIT_FAILED
+    try:
+        return _converse(sock, argv, o)
+    finally:
+        sock.close()
+
+
+def _local_help(registry: Any, argv: list[str], as_json: bool) -> int:
+    noun = argv[1] if len(argv) > 1 else None
+    if noun is not None and not registry.has_noun(noun):
+        print(f"mqttd ctl: unknown command {noun!r} (the daemon is not running, so only "
+              "built-in commands are known)", file=sys.stderr)
+        return P.EXIT_USAGE
+    if as_json:
+        data = [d for d in registry.help_data() if noun is None or d["command"] == noun]
+        print(json.dumps(data, indent=2))
+    elif noun is not None:
+        print("\n".join(registry.usage_lines(noun)))
+    else:
+        sys.stdout.write(registry.help_text())
+    return P.EXIT_OK
+
+
+def _converse(sock: socket.socket, argv: list[str], o: Options) -> int:
+    width = shutil.get_terminal_size((100, 24)).columns
+    request = {"proto": P.PROTOCOL, "v": P.VERSION, "argv": argv, "json": o.json,
+               "width": width, "cwd": os.getcwd()}
+    renderer = Renderer(sys.stdout, sys.stderr)
+    following = False
+    try:
+        sock.sendall(P.encode(request))
+        stream = sock.makefile("rb")
+        first = True
+        while True:
+            line = stream.readline()
+            if not line:
+                renderer.finish()
+                print("mqttd ctl: the connection to mqttd closed before the command finished",
+                      file=sys.stderr)
+                return P.EXIT_FAILED
+            frame = json.loads(line)
+            kind = frame.get("t")
+            if first:
+                first = False
+                if kind != "hello" or frame.get("v") != P.VERSION:
+                    print(f"mqttd ctl: the daemon speaks control protocol v{frame.get('v')}, "
+                          f"this mqttd ctl speaks v{P.VERSION} (daemon: mqttd "
+                          f"{frame.get('version', '?')}); use the mqttd ctl of the same "
+                          "version", file=sys.stderr)
+                    return P.EXIT_FAILED
+                continue
+            if kind == "exit":
+                renderer.finish()
+                return int(frame.get("code", 0))
+            if kind == "follow":
+                following = True
+                sock.settimeout(None)
+                continue
+            renderer.handle(frame)
+    except TimeoutError:
+        renderer.finish()
+        print(f"mqttd ctl: no answer from mqttd within {o.timeout:g}s", file=sys.stderr)
+        return P.EXIT_FAILED
+    except KeyboardInterrupt:
+        renderer.finish()
+        return P.EXIT_OK if following else 128 + signal.SIGINT
+    except BrokenPipeError:
+        # stdout closed early (| head): stop quietly, as the shell expects.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except (ConnectionError, ValueError) as err:
+        renderer.finish()
+        print(f"mqttd ctl: lost the connection to mqttd: {err}", file=sys.stderr)
+        return P.EXIT_FAILED
+
+
+class Renderer:
+    """Writes response frames: text as is, tables through rich, page by page."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out = out
+        self.err = err
+        self.table: TableWriter | None = None
+
+    def handle(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("t")
+        if kind == "out":
+            self.out.write(frame["s"])
+            self.out.flush()
+        elif kind == "err":
+            self.out.flush()
+            self.err.write(frame["s"])
+            self.err.flush()
+        elif kind == "table":
+            self.table = TableWriter(self.out, frame["columns"])
+        elif kind == "rows" and self.table is not None:
+            self.table.add(frame["rows"])
+        elif kind == "table_end" and self.table is not None:
+            self.table.finish()
+            self.table = None
+            footer = frame.get("footer")
+            if footer:
+                self.out.write(footer + "\n")
+                self.out.flush()
+
+    def finish(self) -> None:
+        if self.table is not None:
+            self.table.finish()
+            self.table = None
+
+
+class TableWriter:
+    """A table streamed in pages, laid out like rich's ``SIMPLE_HEAD`` box: the first
+    ``FIRST_PAGE`` rows fix the column widths, later pages reuse them.
+
+    Rows are formatted here rather than by ``rich.table.Table``, which needs every row
+    before it can print and spends about a millisecond per row: a listing of 100,000
+    clients must start at once and finish in seconds. rich styles the header on a
+    terminal (``NO_COLOR`` is honoured).
+    """
+
+    SEP = "   "
+
+    def __init__(self, out: TextIO, columns: list[dict[str, str]]) -> None:
+        self.out = out
+        self.columns = columns
+        self.rows: list[list[str]] = []
+        self.widths: list[int] | None = None
+        self.header_done = False
+        self.tty = out.isatty()
+
+    def add(self, rows: list[list[str]]) -> None:
+        self.rows.extend(rows)
+        if self.widths is not None or len(self.rows) >= FIRST_PAGE:
+            self._print()
+
+    def finish(self) -> None:
+        if self.rows or not self.header_done:
+            self._print()
+
+    def _layout(self) -> list[int]:
+        widths = [min(MAX_COLUMN, max([len(c["header"])]
+                                      + [len(r[i]) for r in self.rows if i < len(r)]))
+                  for i, c in enumerate(self.columns)]
+        if self.tty:  # fit the terminal: narrow the widest columns first
+            room = shutil.get_terminal_size((100, 24)).columns - len(self.SEP) * (
+                len(widths) - 1)
+            while sum(widths) > room and max(widths, default=0) > 4:
+                widths[widths.index(max(widths))] -= 1
+        return widths
+
+    def _line(self, cells: list[str]) -> str:
+        assert self.widths is not None
+        parts = []
+        for cell, c, w in zip(cells, self.columns, self.widths):
+            if len(cell) > w:
+                cell = cell[:w - 1] + "\u2026"
+            parts.append(cell.rjust(w) if c.get("justify") == "right" else cell.ljust(w))
+        return self.SEP.join(parts).rstrip()
+
+    def _print(self) -> None:
+        if self.widths is None:
+            self.widths = self._layout()
+        out = self.out
+        if not self.header_done:
+            self.header_done = True
+            header = self._line([c["header"] for c in self.columns])
+            rule = "\u2500" * (sum(self.widths) + len(self.SEP) * (len(self.widths) - 1))
+            if self.tty and not os.environ.get("NO_COLOR"):
+                from rich.console import Console
+                from rich.text import Text
+
+                console = Console(file=out, highlight=False, soft_wrap=True)
+                console.print(Text(header, style="bold"))
+            else:
+                out.write(header + "\n")
+            out.write(rule + "\n")
+        if self.rows:
+            out.write("\n".join(self._line(r) for r in self.rows) + "\n")
+        out.flush()
+        self.rows = []
