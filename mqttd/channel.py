@@ -26,6 +26,7 @@ from .packets import (
 from .reasons import ReasonCode as RC
 from .session import WAIT_ACK
 from .topics import filter_error, has_disallowed_chars, is_wildcard, parse_shared
+from .topics import match as topic_match
 
 if TYPE_CHECKING:
     from .config import Zone
@@ -40,7 +41,7 @@ _PINGRESP = encode(Pingresp(), 4)
 
 # MQTT 5 CONNACK reason -> the nearest 3.1/3.1.1 return code (None: close without CONNACK).
 _V3_CONNACK = {0x84: 1, 0x85: 2, 0x86: 4, 0x87: 5, 0x8A: 5, 0x8C: 5, 0x88: 3, 0x89: 3,
-               0x97: 3, 0x9F: 3, 0x9A: 3, 0x9B: 3, 0x90: 3}
+               0x97: 3, 0x9F: 3, 0x9A: 3, 0x9B: 3, 0x90: 5}
 
 
 class Channel:
@@ -52,6 +53,7 @@ class Channel:
         "client_max_packet", "receive_maximum", "closing", "close_reason", "paused",
         "normal_disconnect", "connected_at", "created_at", "clean_start", "proto_name",
         "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer", "will_delay",
+        "mountpoint",
     )
 
     def __init__(self, node: Node, zone: Zone, peer: str = "", out: list[bytes] | None = None
@@ -90,6 +92,9 @@ class Channel:
         self.send_msg = 0
         self.dropped = 0
         self.tracer: Any = None
+        #: The zone's topic prefix: added to what the client publishes and subscribes to,
+        #: taken off what it is sent.
+        self.mountpoint = zone.mountpoint
 
     # --- output ----------------------------------------------------------------------
 
@@ -104,12 +109,26 @@ class Channel:
         if self.tracer is not None:
             self.tracer("SEND", packet)
 
+    def _send_with_reason(self, packet: Any, reason: str) -> None:
+        """Send an MQTT 5 CONNACK/DISCONNECT carrying ``reason`` as its Reason String, or
+        without it when that would pass the client's Maximum Packet Size [MQTT-3.2.2-19]
+        (Request Problem Information never forbids it on these two packets)."""
+        packet.properties = dict(packet.properties, reason_string=reason)
+        data = encode(packet, 5)
+        if self.client_max_packet and len(data) > self.client_max_packet:
+            del packet.properties["reason_string"]
+            data = encode(packet, 5)
+        self.out.append(data)
+        self.send_pkt += 1
+        if self.tracer is not None:
+            self.tracer("SEND", packet)
+
     def _close(self, reason: str, code: int | None = None) -> None:
         """End the connection; on MQTT 5 after CONNACK, tell the client why first."""
         if self.closing:
             return
         if code is not None and self.version == 5 and self.state == CONNECTED:
-            self._send(Disconnect(code))
+            self._send_with_reason(Disconnect(code), reason)
         self.closing = True
         self.close_reason = reason
 
@@ -137,6 +156,8 @@ class Channel:
             elif ptype == PINGREQ:
                 self.out.append(_PINGRESP)
                 self.send_pkt += 1
+                if self.tracer is not None:
+                    self.tracer("SEND", Pingresp())
             elif ptype == SUBSCRIBE:
                 self._in_subscribe(packet)
             elif ptype == UNSUBSCRIBE:
@@ -157,16 +178,23 @@ class Channel:
                 self._close("first packet is not CONNECT")
         return self.out
 
+    def handle_first_packet_type(self, packet_type: int) -> list[bytes]:
+        """The type of the first packet on the connection, known from its first byte: anything
+        but CONNECT ends the connection without a reply [MQTT-3.1.0-1]."""
+        if self.state == IDLE and packet_type != CONNECT:
+            self._close("first packet is not CONNECT")
+        return self.out
+
     def handle_frame_error(self, err: PacketError, parser_version: int) -> list[bytes]:
         """The parser rejected the client's bytes: answer as the spec says, then close."""
         code = err.reason_code
         if self.state == IDLE:
             if code == RC.UNSUPPORTED_PROTOCOL_VERSION and "level" in err.message:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 in the format every level can read.
-                self.out.append(encode(Connack(False, 1), 4))
+                self._send(Connack(False, 1))  # self.version is 0: the 3.1.1 format
             elif parser_version == 5:
                 self.version = 5
-                self.out.append(encode(Connack(False, code), 5))
+                self._send_with_reason(Connack(False, code), err.message)
             self._close("bad CONNECT: " + err.message)
         else:
             self._close(err.message, code)
@@ -183,11 +211,11 @@ class Channel:
 
     def _refuse(self, code: int, reason: str) -> None:
         if self.version == 5:
-            self.out.append(encode(Connack(False, code), 5))
+            self._send_with_reason(Connack(False, code), reason)
         else:
             v3 = _V3_CONNACK.get(code)
             if v3 is not None:
-                self.out.append(encode(Connack(False, v3), 4))
+                self._send(Connack(False, v3))
         self._close("connection refused: " + reason)
 
     def _in_connect(self, p: Connect) -> None:
@@ -224,8 +252,8 @@ class Channel:
                 return self._refuse(RC.TOPIC_NAME_INVALID, "will topic in $SYS")
             # Will Delay Interval is for the server; the rest travel with the message.
             will_props = will.properties
-            self.will_delay = will_props.get("will_delay_interval", 0)
-            if self.will_delay:
+            if "will_delay_interval" in will_props:
+                self.will_delay = will_props["will_delay_interval"]
                 will_props = {k: v for k, v in will_props.items() if k != "will_delay_interval"}
             self.will = Message(zone.mountpoint + will.topic, will.payload, will.qos, will.retain,
                                 will_props, client_id)
@@ -241,10 +269,16 @@ class Channel:
                 keepalive = zone.max_keepalive
             if keepalive != p.keepalive:
                 ack_props["server_keep_alive"] = keepalive
-            self.client_max_packet = props.get("maximum_packet_size", 0)
+            client_max_packet = props.get("maximum_packet_size", 0)
             self.alias_out_max = props.get("topic_alias_maximum", 0)
             client_rm = props.get("receive_maximum", 65535)
         else:
+            if zone.max_keepalive and keepalive > zone.max_keepalive:
+                # 3.1/3.1.1 cannot be told a Server Keep Alive: refuse rather than let the
+                # client idle past the limit (mosquitto >= 2.0.12 does the same). Keepalive
+                # 0 ("none") stays allowed: the Paho 3.1.1 suite and most 3.1.1 tools use it.
+                return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID,
+                                    "keepalive %d is above max_keepalive" % keepalive)
             expiry = 0 if p.clean_start else zone.session_expiry_interval
             client_rm = 65535
         if expiry > zone.max_session_expiry_interval:
@@ -275,6 +309,10 @@ class Channel:
             if not zone.shared_subscription:
                 ack_props["shared_subscription_available"] = 0
         self._send(Connack(present, 0, ack_props))
+        if version == 5:
+            # From here on nothing larger than the client's Maximum Packet Size is sent. The
+            # CONNACK itself is exempt: without it the client cannot go on at all.
+            self.client_max_packet = client_max_packet
         if present:
             self._resume()
 
@@ -384,7 +422,7 @@ class Channel:
         session = self.session
         assert session is not None
         entry = session.ack(p.packet_id, 1)
-        if entry == "mismatch":
+        if isinstance(entry, str):  # "mismatch"
             return self._close("PUBACK for a QoS 2 message", RC.PROTOCOL_ERROR)
         if entry is not None:
             self.node.acked(self, entry[0][0])
@@ -394,7 +432,13 @@ class Channel:
         session = self.session
         assert session is not None
         entry = session.ack(p.packet_id, 2)
-        if entry == "mismatch":
+        if isinstance(entry, str):  # "mismatch"
+            entry = session.inflight[p.packet_id]
+            if entry[0][1] == 2:
+                # PUBREC again (a 3.1.1 client retransmitting): our PUBREL was lost or
+                # crossed it; repeating PUBREL is harmless, closing would not be.
+                self._send(Pubrel(p.packet_id))
+                return
             return self._close("PUBREC for a QoS 1 message", RC.PROTOCOL_ERROR)
         if entry is None:
             self._send(Pubrel(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND
@@ -412,7 +456,7 @@ class Channel:
         session = self.session
         assert session is not None
         entry = session.complete(p.packet_id)
-        if entry == "mismatch":
+        if isinstance(entry, str):  # "mismatch"
             return self._close("PUBCOMP before PUBREL", RC.PROTOCOL_ERROR)
         if entry is not None:
             self.node.acked(self, entry[0][0])
@@ -462,7 +506,10 @@ class Channel:
             return RC.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
         if zone.max_topic_levels and real.count("/") >= zone.max_topic_levels:
             return RC.TOPIC_FILTER_INVALID
-        if topic_filter in zone.deny_subscribe:
+        deny = zone.deny_subscribe
+        if deny and (topic_filter in deny or real in deny
+                     or any(is_wildcard(d) and topic_match(d, real) for d in deny)):
+            # A listed filter, or one a listed wildcard covers: "a/#" refuses "a/b/+" too.
             return RC.UNSPECIFIED_ERROR
         if (zone.max_subscriptions and topic_filter not in session.subscriptions
                 and len(session.subscriptions) >= zone.max_subscriptions):
@@ -496,7 +543,9 @@ class Channel:
                 if session.expiry_interval == 0 and expiry != 0:
                     return self._close("session expiry set after 0", RC.PROTOCOL_ERROR)
                 session.expiry_interval = min(expiry, self.zone.max_session_expiry_interval)
-        if p.reason_code != RC.DISCONNECT_WITH_WILL_MESSAGE:
+        if p.reason_code == RC.SUCCESS:
+            # Only a normal disconnection (0x00) deletes the will [MQTT-3.1.2-8]; 0x04 asks
+            # for it explicitly and any error code leaves it to be published.
             self.will = None
         self.normal_disconnect = True
         self._close("client disconnected")
@@ -520,7 +569,8 @@ class Channel:
                 return
             msg = delivery[0]
             if (encoded is not None and not delivery[3] and not msg.expiry
-                    and not self.alias_out_max and self.tracer is None):
+                    and not self.alias_out_max and self.tracer is None
+                    and not self.mountpoint):
                 # Identical bytes for every QoS 0 subscriber of this form: encode once.
                 key = (self.version == 5, delivery[2])
                 data = encoded.get(key)
@@ -552,19 +602,29 @@ class Channel:
             self.wakeup()
 
     def _send_publish(self, pub: Publish) -> None:
+        mountpoint = self.mountpoint
+        if mountpoint and pub.topic.startswith(mountpoint):
+            # The zone's clients see their topics without the prefix they were mounted on.
+            pub.topic = pub.topic[len(mountpoint):]
+        new_alias = None
         if self.alias_out_max and self.version == 5:
             alias = self.alias_out.get(pub.topic)
             if alias is not None:
                 pub.properties = dict(pub.properties, topic_alias=alias)
                 pub.topic = ""
             elif len(self.alias_out) < self.alias_out_max:
-                alias = self.alias_out[pub.topic] = len(self.alias_out) + 1
+                new_alias = pub.topic
+                alias = self.alias_out[new_alias] = len(self.alias_out) + 1
                 pub.properties = dict(pub.properties, topic_alias=alias)
         before = len(self.out)
         self._send(pub)
         if len(self.out) > before:
             self.send_msg += 1
-        elif pub.qos:
+            return
+        if new_alias is not None:
+            # The client never saw this mapping: using it later would be a protocol error.
+            del self.alias_out[new_alias]
+        if pub.qos:
             # Too large for the client: behave as if it was delivered [MQTT-3.1.2-25].
             assert self.session is not None
             self.session.drop_inflight(pub.packet_id)

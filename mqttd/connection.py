@@ -98,6 +98,13 @@ class Connection(asyncio.Protocol):
             return
         self.last_recv = self.loop.time()
         was_idle = channel.state == IDLE
+        if was_idle and data and not self.parser.buffered and data[0] & 0xF0 != 0x10:
+            # The stream's first packet is not a CONNECT: refuse it on its first byte,
+            # before buffering whatever body its header announces (CVE-2023-0809).
+            log.info("closing %s: first packet is not CONNECT", channel.peer)
+            channel.handle_first_packet_type(data[0] >> 4)
+            self.flush()
+            return
         error = None
         try:
             packets = self.parser.feed(data)
@@ -165,6 +172,11 @@ class Connection(asyncio.Protocol):
             out.clear()
         channel = self.channel
         if channel is not None and channel.closing and not self._closing:
+            if channel.state == CONNECTED:
+                # The channel is finished now, not when the peer gets round to closing its
+                # side (the linger can take seconds; a dead peer never does): its will and
+                # its session's expiry start at once.
+                self.node.registry.detach(channel)
             self._close_lingering(transport)
 
     def _close_lingering(self, transport: Any) -> None:

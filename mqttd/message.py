@@ -13,8 +13,10 @@ class Message:
 
     ``properties`` are the publisher's MQTT 5 properties less the Topic Alias;
     ``expiry`` is a ``time.monotonic()`` deadline from Message Expiry Interval,
-    or 0.0 when the message never expires. ``sender`` is the publishing client's
-    id (None for the broker's own messages, e.g. $SYS).
+    or 0.0 when the message never expires. An interval of 0 counts as none (as in
+    mosquitto): it is passed on as 0, never a reason to drop the message unsent.
+    ``sender`` is the publishing client's id (None for the broker's own
+    messages, e.g. $SYS).
     """
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "sender", "timestamp", "expiry")
@@ -29,7 +31,14 @@ class Message:
         self.sender = sender
         self.timestamp = time.time()
         interval = self.properties.get("message_expiry_interval") if properties else None
-        self.expiry = _monotonic() + interval if interval is not None else 0.0
+        self.expiry = _monotonic() + interval if interval else 0.0
+
+    def restamp(self) -> None:
+        """Start the message's clock now: a Will is built at CONNECT but published later,
+        and its Message Expiry Interval counts from publication (MQTT 5.0 3.1.3.2.3)."""
+        self.timestamp = time.time()
+        interval = self.properties.get("message_expiry_interval")
+        self.expiry = _monotonic() + interval if interval else 0.0
 
     def remaining_expiry(self, now: float) -> int | None:
         """Whole seconds left before expiry (None if it never expires; <= 0 if expired)."""

@@ -6,6 +6,15 @@ DISCONNECT 0x8E), its session is resumed or discarded as the new CONNECT
 asks, and no second session can appear for the same id. Offline sessions
 expire on a timer; delayed wills are published when their delay passes or
 their session ends, whichever is first.
+
+A taken-over connection's will follows the same rule as a delayed will: the
+new connection for the client id arrives before any delay could pass, so the
+will is published only if the session ends with the takeover (either side
+asked for a clean start / expiry 0), as mosquitto does (test 07-will-takeover).
+
+QoS 2 packet ids a client never releases are forgotten after
+``await_rel_timeout`` by one periodic sweep over the sessions (a timer, not a
+task; started with the first session), so no per-message timer exists.
 """
 
 from __future__ import annotations
@@ -27,6 +36,10 @@ log = logging.getLogger("mqttd.registry")
 #: Session Expiry Interval meaning "never expires".
 NEVER = 0xFFFFFFFF
 
+#: Bounds on the awaiting-PUBREL sweep period (half the shortest zone timeout).
+_SWEEP_MIN = 0.1
+_SWEEP_MAX = 60.0
+
 
 class Registry:
     """Client id -> live channel, and client id -> session (connected or offline)."""
@@ -37,12 +50,20 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         #: client id -> (will message, timer handle) for wills waiting out their delay
         self._wills: dict[str, tuple[Message, Any]] = {}
+        self._sweep_handle: Any = None
+        self.awaiting_rel_expired = 0
 
     def open_session(self, channel: Channel, client_id: str, clean_start: bool, expiry: int,
                      *, max_inflight: int) -> tuple[Session, bool]:
         """Attach ``channel`` to a new or resumed session; returns (session, present)."""
+        if self._sweep_handle is None:
+            self._start_sweep()
         old = self.channels.get(client_id)
+        taken_will = None
         if old is not None and old is not channel:
+            # The old connection's will waits for the outcome (see the module docstring).
+            taken_will = old.will
+            old.will = None
             self._takeover(old)
         zone = channel.zone
         session = self.sessions.get(client_id)
@@ -58,15 +79,21 @@ class Registry:
                 # the will is not sent [MQTT-3.1.3-9].
                 self._cancel_will(client_id)
                 self.node.run_hook("session.resumed", session)
+        if taken_will is not None and not present:
+            self._send_will(taken_will)  # the taken-over session ended
         if session is None:
             session = Session(client_id, expiry_interval=expiry, max_inflight=max_inflight,
                               max_mqueue_len=zone.max_mqueue_len,
-                              mqueue_store_qos0=zone.mqueue_store_qos0)
+                              mqueue_store_qos0=zone.mqueue_store_qos0,
+                              await_rel_timeout=zone.await_rel_timeout)
             self.sessions[client_id] = session
             self.node.run_hook("session.created", session)
-        else:
+        else:  # a resumed session takes the limits of the zone it is connected through now
             session.expiry_interval = expiry
             session.max_inflight = max_inflight
+            session.max_mqueue_len = zone.max_mqueue_len
+            session.mqueue_store_qos0 = zone.mqueue_store_qos0
+            session.await_rel_timeout = zone.await_rel_timeout
         session.persistent = expiry > 0
         session.channel = channel
         self.channels[client_id] = channel
@@ -94,7 +121,7 @@ class Registry:
             if delay and session.expiry_interval:
                 self._schedule_will(client_id, will, delay)
             else:
-                self.node.publish_will(will)
+                self._send_will(will)
         if session.expiry_interval == 0:
             self.discard(session, "terminated")
         elif session.expiry_interval != NEVER:
@@ -110,7 +137,11 @@ class Registry:
     def _fire_will(self, client_id: str) -> None:
         entry = self._wills.pop(client_id, None)
         if entry is not None:
-            self.node.publish_will(entry[0])
+            self._send_will(entry[0])
+
+    def _send_will(self, will: Message) -> None:
+        will.restamp()  # its Message Expiry Interval starts now, not at CONNECT
+        self.node.publish_will(will)
 
     def _cancel_will(self, client_id: str) -> None:
         entry = self._wills.pop(client_id, None)
@@ -137,7 +168,7 @@ class Registry:
         entry = self._wills.pop(session.client_id, None)
         if entry is not None:
             entry[1].cancel()
-            self.node.publish_will(entry[0])
+            self._send_will(entry[0])
         broker = self.node.broker
         broker.unsubscribe_all(session)
         pending = session.pending()
@@ -145,8 +176,10 @@ class Registry:
             broker.redispatch_shared(session, pending)
         session.inflight.clear()
         session.mqueue.clear()
-        self.node.run_hook("session.terminated" if why != "discarded" else "session.discarded",
-                           session)
+        if why == "discarded":
+            self.node.run_hook("session.discarded", session)
+        else:  # "terminated", "expired", ...: the reason is part of the hook's arguments
+            self.node.run_hook("session.terminated", session, why)
 
     def kick(self, client_id: str) -> bool:
         channel = self.channels.get(client_id)
@@ -164,3 +197,33 @@ class Registry:
             return False
         self.discard(session, "discarded")
         return True
+
+    # --- awaiting-PUBREL sweep ----------------------------------------------------------
+
+    def _start_sweep(self) -> None:
+        timeouts = [z.await_rel_timeout for z in self.node.settings.zones.values()
+                    if z.await_rel_timeout > 0]
+        if not timeouts:
+            self._sweep_handle = False  # nothing ever expires: never sweep
+            return
+        period = min(max(min(timeouts) / 2, _SWEEP_MIN), _SWEEP_MAX)
+        loop = asyncio.get_running_loop()
+        self._sweep_handle = loop.call_later(period, self._sweep, period)
+
+    def _sweep(self, period: float) -> None:
+        """Forget incoming QoS 2 packet ids that waited too long for PUBREL (online or not)."""
+        # Rearmed first, so that one failure cannot end the sweeping for good.
+        self._sweep_handle = asyncio.get_running_loop().call_later(period, self._sweep, period)
+        expired = 0
+        for session in self.sessions.values():
+            if session.awaiting_rel and session.await_rel_timeout > 0:
+                expired += session.expire_awaiting_rel(session.await_rel_timeout)
+        if expired:
+            self.awaiting_rel_expired += expired
+            log.debug("forgot %d QoS 2 packet ids not released in time", expired)
+
+    def close(self) -> None:
+        """Stop the registry's timers (the node is shutting down)."""
+        if self._sweep_handle:
+            self._sweep_handle.cancel()
+        self._sweep_handle = None

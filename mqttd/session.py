@@ -32,10 +32,12 @@ class Session:
         "client_id", "expiry_interval", "created_at", "subscriptions", "inflight", "mqueue",
         "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0", "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
+        "await_rel_timeout",
     )
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
-                 max_mqueue_len: int = 1000, mqueue_store_qos0: bool = True) -> None:
+                 max_mqueue_len: int = 1000, mqueue_store_qos0: bool = True,
+                 await_rel_timeout: float = 300.0) -> None:
         self.client_id = client_id
         self.expiry_interval = expiry_interval
         self.created_at = time.time()
@@ -56,6 +58,9 @@ class Session:
         self.enqueued = 0
         self.dropped = 0
         self.expire_handle: Any = None
+        #: Seconds an incoming QoS 2 packet id may wait for PUBREL (0 = forever); the
+        #: registry's sweep applies it, so a client that never sends PUBREL cannot pin ids.
+        self.await_rel_timeout = await_rel_timeout
 
     # --- outgoing ---------------------------------------------------------------------
 
@@ -99,6 +104,7 @@ class Session:
             if msg.expiry:
                 left = msg.remaining_expiry(now)
                 if left is not None and left <= 0:
+                    self.dropped += 1  # expired while queued or in flight
                     return None
                 props["message_expiry_interval"] = left
             if subids:
@@ -162,8 +168,11 @@ class Session:
         return len(stale)
 
     def pending(self) -> list[Delivery]:
-        """Every delivery not yet completed: inflight first (send order), then queued."""
-        return [entry[0] for entry in self.inflight.values()] + list(self.mqueue)
+        """Every delivery the client may not have received: inflight first (send order),
+        then queued. A QoS 2 message whose PUBREC arrived (WAIT_COMP) is the client's
+        already, so it is not among them: handing it to another member would duplicate it."""
+        return ([entry[0] for entry in self.inflight.values() if entry[1] == WAIT_ACK]
+                + list(self.mqueue))
 
     def info(self) -> dict[str, Any]:
         return {

@@ -25,8 +25,9 @@ property strings and user properties; a wrong protocol level gets CONNACK 0x01
 in the 3.1.1 format whatever the client's level; an invalid filter gets SUBACK
 0x80/0x8F rather than a disconnect (S9, "tolerated alternative").
 
-Rows the table words as "close" are asserted literally even where the broker
-could argue for a CONNACK (C9 ``$SYS`` will on 3.x). Wills are checked too: a
+Rows the table words as "close" are asserted literally; a ``$SYS`` will topic
+is well-formed and refused by policy, so it gets the C20 reaction (CONNACK 0x05
+on 3.x, 0x90 on 5.0). Wills are checked too: a
 refused CONNECT leaves no will behind, a connection closed on an error or an
 invalid DISCONNECT publishes its will, a valid DISCONNECT discards it.
 
@@ -604,9 +605,10 @@ for v in V345:
     for _name, _wt, _code in (("empty", "", PROTO), ("plus", "a/+", PROTO),
                               ("hash", "a/#", PROTO), ("only-hash", "#", PROTO)):
         pre("C9", f"will-topic-{_name}", v, conn(v, will_topic=_wt), reject(v, _code, "connect"))
-    # "$SYS" is the broker's: refused as Topic Name invalid on 5.0, a plain close on 3.x.
+    # "$SYS" is the broker's: a well-formed CONNECT refused by policy (C20), so Topic Name
+    # invalid on 5.0 and "not authorized" on 3.x [MQTT-3.2.2-5].
     pre("C9", "will-topic-SYS", v, conn(v, will_topic="$SYS/x"),
-        connack(0x90) if v == 5 else CLOSE)
+        connack(0x90) if v == 5 else connack(0x05))
     pre("C9", "will-topic-dollar-other", v, conn(v, will_topic="$other/x"),
         accept(("CONNACK", 0)))
     pre("C9", "will-topic-slash", v, conn(v, will_topic="/"), accept(("CONNACK", 0)))
