@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 _LISTENING = re.compile(r"listener (\S+) on ([0-9.]+):(\d+)")
@@ -37,11 +39,12 @@ class BrokerProcess:
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         self.ports: dict[str, int] = {}
+        expected = len(tomllib.loads(text).get("listeners", {})) or 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, _host, port in _LISTENING.findall(self.log()):
                 self.ports[name] = int(port)
-            if self.ports:
+            if len(self.ports) >= expected:
                 break
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mqttd exited with {self.proc.returncode}:\n{self.log()}")
@@ -67,8 +70,13 @@ class BrokerProcess:
         self._log.close()
         return self.proc.returncode
 
+    def cleanup(self) -> None:
+        """Remove the temporary directory (config, log, data)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def __enter__(self) -> BrokerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.cleanup()
