@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .hooks import Hooks
 from .message import Message
+from .metrics import (
+    DELIVERY_DROPPED_NO_LOCAL, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_QUEUE_FULL,
+    MESSAGES_DELIVERED, MESSAGES_DROPPED_NO_SUBSCRIBERS, Metrics,
+)
 from .packets import SubOpts
 from .retainer import Retainer
 from .router import Router
@@ -24,6 +29,9 @@ class Broker:
         self.retainer = Retainer()
         self.shared_strategy = shared_strategy
         self.dropped_no_subscribers = 0
+        #: The node's counters and hooks (the node sets them; a broker alone has its own).
+        self.metrics: Any = Metrics()
+        self.hooks = Hooks()
 
     # --- subscriptions ---------------------------------------------------------------
 
@@ -62,22 +70,32 @@ class Broker:
         routes = self.router.match(msg.topic)
         if not routes:
             self.dropped_no_subscribers += 1
+            if not msg.topic.startswith("$SYS/"):  # EMQX does not count its own either
+                self.metrics.inc(MESSAGES_DROPPED_NO_SUBSCRIBERS)
+                if self.hooks.message_dropped:
+                    self.hooks.run("message.dropped", msg, "no_subscribers")
             return 0
         sender = msg.sender
         mqos = msg.qos
-        encoded: dict[Any, bytes] = {}
+        # QoS 0 bytes shared by the subscribers; none while a message.delivered callback
+        # exists, which may give each subscriber its own message (see Channel.deliver).
+        encoded: dict[Any, bytes] | None = None if self.hooks.message_delivered else {}
         if len(routes) == 1:
             route = routes[0]
             n = 0
             for session, (opts, subid) in route.subs.items():
                 if opts.no_local and sender == session.client_id:
+                    self._no_local(session, msg)
                     continue
                 qos = opts.qos if opts.qos < mqos else mqos
                 retain = msg.retain and opts.retain_as_published
-                _deliver(session, (msg, qos, retain, (subid,) if subid else (), None), encoded)
+                _deliver(session, (msg, qos, retain, (subid,) if subid else (), None), encoded,
+                         self)
                 n += 1
             if route.groups:
                 n += self._dispatch_groups(route, msg, encoded)
+            if n:
+                self.metrics.inc(MESSAGES_DELIVERED, n)
             return n
         # Several filters match: one delivery per session with the highest QoS and all
         # subscription identifiers (MQTT 5.0 section 4.8.1 / 3.3.4).
@@ -86,6 +104,7 @@ class Broker:
         for route in routes:
             for session, (opts, subid) in route.subs.items():
                 if opts.no_local and sender == session.client_id:
+                    self._no_local(session, msg)
                     continue
                 qos = opts.qos if opts.qos < mqos else mqos
                 retain = msg.retain and opts.retain_as_published
@@ -101,10 +120,31 @@ class Broker:
             if route.groups:
                 n += self._dispatch_groups(route, msg, encoded)
         for session, (qos, retain, subids) in merged.items():
-            _deliver(session, (msg, qos, retain, tuple(subids), None), encoded)
-        return n + len(merged)
+            _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
+        n += len(merged)
+        if n:
+            self.metrics.inc(MESSAGES_DELIVERED, n)
+        return n
 
-    def _dispatch_groups(self, route: Any, msg: Message, encoded: dict[Any, bytes]) -> int:
+    def _no_local(self, session: Any, msg: Message) -> None:
+        """A subscriber's own message, not sent back because of No Local."""
+        self.metrics.inc(DELIVERY_DROPPED_NO_LOCAL)
+        if self.hooks.delivery_dropped:
+            self.hooks.run("delivery.dropped", session, msg, "no_local")
+
+    def queue_dropped(self, session: Any, delivery: Any) -> None:
+        """An offline session's full queue pushed ``delivery`` out (or refused a QoS 0)."""
+        if delivery[1]:
+            self.metrics.inc(DELIVERY_DROPPED_QUEUE_FULL)
+            reason = "queue_full"
+        else:
+            self.metrics.inc(DELIVERY_DROPPED_QOS0_MSG)
+            reason = "qos0_msg"
+        if self.hooks.delivery_dropped:
+            self.hooks.run("delivery.dropped", session, delivery[0], reason)
+
+    def _dispatch_groups(self, route: Any, msg: Message, encoded: dict[Any, bytes] | None
+                         ) -> int:
         n = 0
         for group in route.groups.values():
             session = group.pick(self.shared_strategy, msg.sender)
@@ -113,7 +153,8 @@ class Broker:
             opts, subid = group.members[session]
             qos = opts.qos if opts.qos < msg.qos else msg.qos
             retain = msg.retain and opts.retain_as_published
-            _deliver(session, (msg, qos, retain, (subid,) if subid else (), group), encoded)
+            _deliver(session, (msg, qos, retain, (subid,) if subid else (), group), encoded,
+                     self)
             n += 1
         return n
 
@@ -129,14 +170,19 @@ class Broker:
             opts, subid = group.members[session]
             q = opts.qos if opts.qos < msg.qos else msg.qos
             retain = msg.retain and opts.retain_as_published
-            _deliver(session, (msg, q, retain, (subid,) if subid else (), group), {})
+            _deliver(session, (msg, q, retain, (subid,) if subid else (), group), None, self)
             n += 1
+        if n:
+            self.metrics.inc(MESSAGES_DELIVERED, n)
         return n
 
 
-def _deliver(session: Any, delivery: Any, encoded: dict[Any, bytes]) -> None:
+def _deliver(session: Any, delivery: Any, encoded: dict[Any, bytes] | None, broker: Broker
+             ) -> None:
     channel = session.channel
     if channel is not None:
         channel.deliver(delivery, encoded)
     else:
-        session.enqueue(delivery)
+        dropped = session.enqueue(delivery)
+        if dropped is not None:
+            broker.queue_dropped(session, dropped)

@@ -18,6 +18,23 @@ from typing import TYPE_CHECKING, Any
 from .codec import encode
 from .errors import PacketError
 from .message import Message
+from .metrics import (
+    CLIENT_CONNACK, CLIENT_CONNECT, CLIENT_CONNECTED, CLIENT_SUBSCRIBE, CLIENT_UNSUBSCRIBE,
+    DELIVERY_DROPPED_EXPIRED, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_TOO_LARGE,
+    MESSAGES_QOS0_RECEIVED, MESSAGES_QOS0_SENT, MESSAGES_QOS1_RECEIVED, MESSAGES_QOS1_SENT,
+    MESSAGES_QOS2_RECEIVED, MESSAGES_QOS2_SENT,
+    PACKETS_AUTH_RECEIVED, PACKETS_AUTH_SENT, PACKETS_CONNACK_AUTH_ERROR, PACKETS_CONNACK_ERROR,
+    PACKETS_CONNACK_SENT, PACKETS_CONNECT_RECEIVED, PACKETS_DISCONNECT_RECEIVED,
+    PACKETS_DISCONNECT_SENT, PACKETS_PINGREQ_RECEIVED, PACKETS_PINGRESP_SENT,
+    PACKETS_PUBACK_INUSE, PACKETS_PUBACK_MISSED, PACKETS_PUBACK_RECEIVED, PACKETS_PUBACK_SENT,
+    PACKETS_PUBCOMP_INUSE, PACKETS_PUBCOMP_MISSED, PACKETS_PUBCOMP_RECEIVED,
+    PACKETS_PUBCOMP_SENT, PACKETS_PUBLISH_AUTH_ERROR, PACKETS_PUBLISH_DROPPED,
+    PACKETS_PUBLISH_ERROR, PACKETS_PUBLISH_INUSE, PACKETS_PUBREC_INUSE, PACKETS_PUBREC_MISSED,
+    PACKETS_PUBREC_RECEIVED, PACKETS_PUBREC_SENT, PACKETS_PUBREL_MISSED,
+    PACKETS_PUBREL_RECEIVED, PACKETS_PUBREL_SENT, PACKETS_SUBACK_SENT,
+    PACKETS_SUBSCRIBE_AUTH_ERROR, PACKETS_SUBSCRIBE_ERROR, PACKETS_SUBSCRIBE_RECEIVED,
+    PACKETS_UNSUBACK_SENT, PACKETS_UNSUBSCRIBE_ERROR, PACKETS_UNSUBSCRIBE_RECEIVED,
+)
 from .packets import (
     AUTH, CONNACK, CONNECT, DISCONNECT, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC,
     PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack, Connect, Disconnect, Pingresp,
@@ -43,6 +60,20 @@ _PINGRESP = encode(Pingresp(), 4)
 _V3_CONNACK = {0x84: 1, 0x85: 2, 0x86: 4, 0x87: 5, 0x8A: 5, 0x8C: 5, 0x88: 3, 0x89: 3,
                0x97: 3, 0x9F: 3, 0x9A: 3, 0x9B: 3, 0x90: 5}
 
+# Metrics by packet type (index = type). -1: not counted by type. A PUBLISH is counted by
+# its QoS (messages.qosN.*, whose sums are messages.* and packets.publish.*), and a
+# server-only packet from a client only in packets.received, as EMQX does.
+_RECV = (-1, PACKETS_CONNECT_RECEIVED, -1, -1, PACKETS_PUBACK_RECEIVED, PACKETS_PUBREC_RECEIVED,
+         PACKETS_PUBREL_RECEIVED, PACKETS_PUBCOMP_RECEIVED, PACKETS_SUBSCRIBE_RECEIVED, -1,
+         PACKETS_UNSUBSCRIBE_RECEIVED, -1, PACKETS_PINGREQ_RECEIVED, -1,
+         PACKETS_DISCONNECT_RECEIVED, PACKETS_AUTH_RECEIVED)
+_SENT = (-1, -1, PACKETS_CONNACK_SENT, -1, PACKETS_PUBACK_SENT, PACKETS_PUBREC_SENT,
+         PACKETS_PUBREL_SENT, PACKETS_PUBCOMP_SENT, -1, PACKETS_SUBACK_SENT, -1,
+         PACKETS_UNSUBACK_SENT, -1, PACKETS_PINGRESP_SENT, PACKETS_DISCONNECT_SENT,
+         PACKETS_AUTH_SENT)
+_QOS_RECV = (MESSAGES_QOS0_RECEIVED, MESSAGES_QOS1_RECEIVED, MESSAGES_QOS2_RECEIVED)
+_QOS_SENT = (MESSAGES_QOS0_SENT, MESSAGES_QOS1_SENT, MESSAGES_QOS2_SENT)
+
 
 class Channel:
     """One client connection's MQTT state: CONNECT, QoS flows, subscriptions, will."""
@@ -53,7 +84,7 @@ class Channel:
         "client_max_packet", "receive_maximum", "closing", "close_reason", "paused",
         "normal_disconnect", "connected_at", "created_at", "clean_start", "proto_name",
         "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer", "will_delay",
-        "mountpoint",
+        "mountpoint", "metrics", "hooks", "sockport",
     )
 
     def __init__(self, node: Node, zone: Zone, peer: str = "", out: list[bytes] | None = None
@@ -95,6 +126,11 @@ class Channel:
         #: The zone's topic prefix: added to what the client publishes and subscribes to,
         #: taken off what it is sent.
         self.mountpoint = zone.mountpoint
+        #: The node's counters and hook chains (looked up once, used on every packet).
+        self.metrics = node.metrics
+        self.hooks = node.hooks
+        #: The local port the client connected to (set by the connection).
+        self.sockport = 0
 
     # --- output ----------------------------------------------------------------------
 
@@ -106,6 +142,9 @@ class Channel:
             return
         self.out.append(data)
         self.send_pkt += 1
+        idx = _SENT[packet.packet_type]
+        if idx >= 0:
+            self.metrics.inc(idx)
         if self.tracer is not None:
             self.tracer("SEND", packet)
 
@@ -120,8 +159,24 @@ class Channel:
             data = encode(packet, 5)
         self.out.append(data)
         self.send_pkt += 1
+        self.metrics.inc(_SENT[packet.packet_type])
         if self.tracer is not None:
             self.tracer("SEND", packet)
+
+    def _drop(self, idx: int, reason: str, msg: Message) -> None:
+        """A delivery to this client is dropped: count it, tell the delivery.dropped hook.
+        (``self.dropped``/``session.dropped``, the per-client figures, are kept by the caller.)"""
+        self.metrics.inc(idx)
+        hooks = self.hooks
+        if hooks.delivery_dropped:
+            hooks.run("delivery.dropped", self.session, msg, reason)
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        """Queue a delivery in the session; count the one a full queue pushed out."""
+        assert self.session is not None
+        dropped = self.session.enqueue(delivery)
+        if dropped is not None:
+            self.node.broker.queue_dropped(self.session, dropped)
 
     def _close(self, reason: str, code: int | None = None) -> None:
         """End the connection; on MQTT 5 after CONNACK, tell the client why first."""
@@ -142,6 +197,9 @@ class Channel:
         if self.tracer is not None:
             self.tracer("RECV", packet)
         ptype = packet.packet_type
+        idx = _RECV[ptype]
+        if idx >= 0:
+            self.metrics.inc(idx)
         if self.state == CONNECTED:
             if ptype == PUBLISH:
                 self._in_publish(packet)
@@ -156,6 +214,7 @@ class Channel:
             elif ptype == PINGREQ:
                 self.out.append(_PINGRESP)
                 self.send_pkt += 1
+                self.metrics.inc(PACKETS_PINGRESP_SENT)
                 if self.tracer is not None:
                     self.tracer("SEND", Pingresp())
             elif ptype == SUBSCRIBE:
@@ -192,9 +251,11 @@ class Channel:
             if code == RC.UNSUPPORTED_PROTOCOL_VERSION and "level" in err.message:
                 # [MQTT-3.1.2-2]: CONNACK 0x01 in the format every level can read.
                 self._send(Connack(False, 1))  # self.version is 0: the 3.1.1 format
+                self.metrics.inc(PACKETS_CONNACK_ERROR)
             elif parser_version == 5:
                 self.version = 5
                 self._send_with_reason(Connack(False, code), err.message)
+                self.metrics.inc(PACKETS_CONNACK_ERROR)
             self._close("bad CONNECT: " + err.message)
         else:
             self._close(err.message, code)
@@ -210,12 +271,25 @@ class Channel:
     # --- CONNECT ---------------------------------------------------------------------
 
     def _refuse(self, code: int, reason: str) -> None:
+        metrics = self.metrics
+        metrics.inc(CLIENT_CONNACK)
+        props: dict[str, Any] = {}
+        hooks = self.hooks
+        if hooks.client_connack:
+            props = hooks.run_fold("client.connack", (self, code), props)
+        sent = True
         if self.version == 5:
-            self._send_with_reason(Connack(False, code), reason)
+            self._send_with_reason(Connack(False, code, props), reason)
         else:
             v3 = _V3_CONNACK.get(code)
             if v3 is not None:
                 self._send(Connack(False, v3))
+            else:
+                sent = False
+        if sent:
+            metrics.inc(PACKETS_CONNACK_ERROR)
+            if code == RC.BAD_USER_NAME_OR_PASSWORD or code == RC.NOT_AUTHORIZED:
+                metrics.inc(PACKETS_CONNACK_AUTH_ERROR)
         self._close("connection refused: " + reason)
 
     def _in_connect(self, p: Connect) -> None:
@@ -223,7 +297,11 @@ class Channel:
         self.version = version = p.proto_level
         self.proto_name = p.proto_name
         self.clean_start = p.clean_start
+        self.metrics.inc(CLIENT_CONNECT)
         props = p.properties
+        hooks = self.hooks
+        if hooks.client_connect:
+            props = hooks.run_fold("client.connect", (self, p), props)
         client_id = p.client_id
         if zone.use_username_as_clientid and p.username:
             client_id = p.username
@@ -308,11 +386,18 @@ class Channel:
                 ack_props["wildcard_subscription_available"] = 0
             if not zone.shared_subscription:
                 ack_props["shared_subscription_available"] = 0
-        self._send(Connack(present, 0, ack_props))
+        metrics = self.metrics
+        metrics.inc(CLIENT_CONNACK)
+        if hooks.client_connack:
+            ack_props = hooks.run_fold("client.connack", (self, 0), ack_props)
+        self._send(Connack(present, 0, ack_props if version == 5 else {}))
         if version == 5:
             # From here on nothing larger than the client's Maximum Packet Size is sent. The
             # CONNACK itself is exempt: without it the client cannot go on at all.
             self.client_max_packet = client_max_packet
+        metrics.inc(CLIENT_CONNECTED)
+        if hooks.client_connected:
+            hooks.run("client.connected", self)
         if present:
             self._resume()
 
@@ -327,8 +412,9 @@ class Channel:
                 pub = session.build_publish(delivery, pid, now, dup=True)
                 if pub is None:
                     session.drop_inflight(pid)
+                    self._drop(DELIVERY_DROPPED_EXPIRED, "expired", delivery[0])
                     continue
-                self._send_publish(pub)
+                self._send_publish(pub, delivery[0])
             else:
                 self._send(Pubrel(pid))
         self.drain()
@@ -338,6 +424,8 @@ class Channel:
     def _in_publish(self, p: Publish) -> None:
         zone = self.zone
         qos = p.qos
+        metrics = self.metrics
+        metrics.inc(_QOS_RECV[qos])
         topic = p.topic
         props = p.properties
         if props:
@@ -364,13 +452,17 @@ class Channel:
         if qos == 2:
             if p.packet_id in session.awaiting_rel:
                 # A resend of a QoS 2 message we already have: acknowledge, deliver once.
+                metrics.inc(PACKETS_PUBLISH_INUSE)
                 self._send(Pubrec(p.packet_id))
                 return
             if len(session.awaiting_rel) >= self.receive_maximum:
+                metrics.inc(PACKETS_PUBLISH_DROPPED)
                 return self._close("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
         self.recv_msg += 1
         code = self._check_publish(topic, props, p.payload)
         if code:
+            metrics.inc(PACKETS_PUBLISH_AUTH_ERROR if code == RC.NOT_AUTHORIZED
+                        else PACKETS_PUBLISH_ERROR)
             if qos == 1:
                 self._send(Puback(p.packet_id, code if self.version == 5 else 0))
             elif qos == 2:
@@ -413,6 +505,7 @@ class Channel:
         if session.release(p.packet_id):
             self._send(Pubcomp(p.packet_id))
         else:
+            self.metrics.inc(PACKETS_PUBREL_MISSED)
             self._send(Pubcomp(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND
                                if self.version == 5 else 0))
 
@@ -423,16 +516,20 @@ class Channel:
         assert session is not None
         entry = session.ack(p.packet_id, 1)
         if isinstance(entry, str):  # "mismatch"
+            self.metrics.inc(PACKETS_PUBACK_INUSE)
             return self._close("PUBACK for a QoS 2 message", RC.PROTOCOL_ERROR)
         if entry is not None:
             self.node.acked(self, entry[0][0])
             self.drain()
+        else:
+            self.metrics.inc(PACKETS_PUBACK_MISSED)
 
     def _in_pubrec(self, p: Pubrec) -> None:
         session = self.session
         assert session is not None
         entry = session.ack(p.packet_id, 2)
         if isinstance(entry, str):  # "mismatch"
+            self.metrics.inc(PACKETS_PUBREC_INUSE)
             entry = session.inflight[p.packet_id]
             if entry[0][1] == 2:
                 # PUBREC again (a 3.1.1 client retransmitting): our PUBREL was lost or
@@ -441,6 +538,7 @@ class Channel:
                 return
             return self._close("PUBREC for a QoS 1 message", RC.PROTOCOL_ERROR)
         if entry is None:
+            self.metrics.inc(PACKETS_PUBREC_MISSED)
             self._send(Pubrel(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND
                               if self.version == 5 else 0))
             return
@@ -457,10 +555,13 @@ class Channel:
         assert session is not None
         entry = session.complete(p.packet_id)
         if isinstance(entry, str):  # "mismatch"
+            self.metrics.inc(PACKETS_PUBCOMP_INUSE)
             return self._close("PUBCOMP before PUBREL", RC.PROTOCOL_ERROR)
         if entry is not None:
             self.node.acked(self, entry[0][0])
             self.drain()
+        else:
+            self.metrics.inc(PACKETS_PUBCOMP_MISSED)
 
     # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------
 
@@ -473,9 +574,22 @@ class Channel:
         subid = subids[0] if subids else 0
         codes = []
         retained: list[tuple[str, SubOpts, int]] = []
-        for topic_filter, opts in p.topics:
-            code = self._check_subscribe(topic_filter, session)
+        metrics = self.metrics
+        metrics.inc(CLIENT_SUBSCRIBE)
+        topics = p.topics
+        hooks = self.hooks
+        if hooks.client_subscribe:
+            topics = hooks.run_fold("client.subscribe", (self, p.properties), list(topics))
+        failed = denied = False
+        for topic_filter, opts in topics:
+            if isinstance(opts, int):  # a client.subscribe callback refused this filter
+                code = opts if opts >= 0x80 else RC.UNSPECIFIED_ERROR
+            else:
+                code = self._check_subscribe(topic_filter, session)
             if code:
+                failed = True
+                if code == RC.NOT_AUTHORIZED:
+                    denied = True
                 codes.append(code if v5 else 0x80)
                 continue
             qos = opts.qos if opts.qos <= zone.max_qos_allowed else zone.max_qos_allowed
@@ -488,6 +602,10 @@ class Channel:
             codes.append(qos)
             if opts.retain_handling == 0 or (opts.retain_handling == 1 and is_new):
                 retained.append((topic_filter, opts, subid))
+        if failed:
+            metrics.inc(PACKETS_SUBSCRIBE_ERROR)
+            if denied:
+                metrics.inc(PACKETS_SUBSCRIBE_AUTH_ERROR)
         self._send(Suback(p.packet_id, codes))
         for topic_filter, opts, sid in retained:
             self._send_retained(topic_filter, opts, sid)
@@ -525,11 +643,18 @@ class Channel:
 
     def _in_unsubscribe(self, p: Any) -> None:
         codes = []
-        for topic_filter in p.topics:
+        self.metrics.inc(CLIENT_UNSUBSCRIBE)
+        topics = p.topics
+        hooks = self.hooks
+        if hooks.client_unsubscribe:
+            topics = hooks.run_fold("client.unsubscribe", (self, p.properties), list(topics))
+        for topic_filter in topics:
             if self.zone.mountpoint:
                 topic_filter = _mount(self.zone.mountpoint, topic_filter)
             found = self.node.unsubscribe(self, topic_filter)
             codes.append(0 if found else RC.NO_SUBSCRIPTION_EXISTED)
+        if len(codes) != codes.count(0):
+            self.metrics.inc(PACKETS_UNSUBSCRIBE_ERROR)
         self._send(Unsuback(p.packet_id, codes if self.version == 5 else []))
 
     # --- DISCONNECT ------------------------------------------------------------------
@@ -553,19 +678,31 @@ class Channel:
     # --- delivery to this client -------------------------------------------------------
 
     def deliver(self, delivery: Delivery, encoded: dict[Any, bytes] | None) -> None:
-        """Send (or queue) one delivery from the broker to this client."""
+        """Send (or queue) one delivery from the broker to this client.
+
+        ``encoded`` is the broker's per-publish cache of QoS 0 bytes shared by every
+        subscriber, or None. The broker passes None while a message.delivered callback
+        exists, so the shared fast path never has to look for one: the hook runs here,
+        for deliveries without the cache (retained messages come that way too).
+        """
         if self.closing:
-            assert self.session is not None
-            self.session.enqueue(delivery)
+            self._enqueue(delivery)
             return
         out = self.out
         was_empty = not out
         session = self.session
         assert session is not None
+        if encoded is None:
+            hooks = self.hooks
+            if hooks.message_delivered:
+                msg = hooks.run_fold("message.delivered", (self,), delivery[0])
+                if msg is not delivery[0]:  # a callback changed the message
+                    delivery = (msg, delivery[1], delivery[2], delivery[3], delivery[4])
         qos = delivery[1]
         if qos == 0:
-            if self.paused:
-                self.dropped += 1  # a slow consumer loses QoS 0, never QoS 1/2
+            if self.paused:  # a slow consumer loses QoS 0, never QoS 1/2
+                self.dropped += 1
+                self._drop(DELIVERY_DROPPED_QOS0_MSG, "qos0_msg", delivery[0])
                 return
             msg = delivery[0]
             if (encoded is not None and not delivery[3] and not msg.expiry
@@ -580,28 +717,32 @@ class Channel:
                                 msg.properties), self.version)
                 if self.client_max_packet and len(data) > self.client_max_packet:
                     self.dropped += 1
+                    self._drop(DELIVERY_DROPPED_TOO_LARGE, "too_large", msg)
                     return
                 out.append(data)
                 self.send_pkt += 1
                 self.send_msg += 1
+                self.metrics.inc(MESSAGES_QOS0_SENT)
             else:
                 pub = session.build_publish(delivery, 0, time.monotonic())
                 if pub is None:
+                    self._drop(DELIVERY_DROPPED_EXPIRED, "expired", msg)
                     return
-                self._send_publish(pub)
+                self._send_publish(pub, msg)
         elif self.paused or not session.window_open():
-            session.enqueue(delivery)
+            self._enqueue(delivery)
             return
         else:
             pub = session.build_publish(delivery, 0, time.monotonic())
             if pub is None:
+                self._drop(DELIVERY_DROPPED_EXPIRED, "expired", delivery[0])
                 return
             pub.packet_id = session.start_inflight(delivery)
-            self._send_publish(pub)
+            self._send_publish(pub, delivery[0])
         if was_empty and out and self.wakeup is not None:
             self.wakeup()
 
-    def _send_publish(self, pub: Publish) -> None:
+    def _send_publish(self, pub: Publish, msg: Message) -> None:
         mountpoint = self.mountpoint
         if mountpoint and pub.topic.startswith(mountpoint):
             # The zone's clients see their topics without the prefix they were mounted on.
@@ -620,7 +761,9 @@ class Channel:
         self._send(pub)
         if len(self.out) > before:
             self.send_msg += 1
+            self.metrics.inc(_QOS_SENT[pub.qos])
             return
+        self._drop(DELIVERY_DROPPED_TOO_LARGE, "too_large", msg)
         if new_alias is not None:
             # The client never saw this mapping: using it later would be a protocol error.
             del self.alias_out[new_alias]
@@ -641,10 +784,11 @@ class Channel:
             delivery = mq.popleft()
             pub = session.build_publish(delivery, 0, now)
             if pub is None:
+                self._drop(DELIVERY_DROPPED_EXPIRED, "expired", delivery[0])
                 continue
             if delivery[1]:
                 pub.packet_id = session.start_inflight(delivery)
-            self._send_publish(pub)
+            self._send_publish(pub, delivery[0])
         if was_empty and self.out and self.wakeup is not None:
             self.wakeup()
 

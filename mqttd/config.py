@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -31,18 +32,21 @@ class Zone:
     shared_subscription_strategy: str = "round_robin"
     #: MQTT 5 Server Keep Alive imposed on every client (0 = accept the client's value).
     server_keepalive: int = 0
-    #: Largest keepalive an MQTT 5 client may ask for; 0 or more gets this as Server Keep Alive
-    #: (mosquitto's max_keepalive; 0 = no limit).
+    #: Largest keepalive a client may ask for (mosquitto's max_keepalive; 0 = no limit). An
+    #: MQTT 5 client asking for 0 or more gets this as Server Keep Alive; a 3.1/3.1.1 client
+    #: is refused with CONNACK 0x02, having no way to learn it.
     max_keepalive: int = 0
     #: A client is dropped after keepalive × backoff × 2 without traffic (0.75 → 1.5×).
     keepalive_backoff: float = 0.75
     #: Subscriptions per client (0 = unlimited).
     max_subscriptions: int = 0
     upgrade_qos: bool = False
-    #: QoS 1/2 messages in flight to a client (also our MQTT 5 Receive Maximum).
+    #: QoS 1/2 messages in flight to a client (capped by the client's Receive Maximum).
     max_inflight: int = 32
-    #: QoS 2 messages from a client awaiting PUBREL (0 = unlimited).
+    #: QoS 2 messages from a client awaiting PUBREL (0 = unlimited); also the Receive Maximum
+    #: the broker advertises to MQTT 5 clients.
     max_awaiting_rel: int = 100
+    #: Seconds a QoS 2 packet id from a client may wait for its PUBREL (0 = forever).
     await_rel_timeout: float = 300.0
     #: Session expiry for 3.1.1 clients with clean session 0 (MQTT 5 clients say their own).
     session_expiry_interval: int = 7200
@@ -57,7 +61,8 @@ class Zone:
     use_username_as_clientid: bool = False
     #: Do not deliver a client's messages back to itself (3.1.1's "no local").
     ignore_loop_deliver: bool = False
-    #: Topic filters whose subscription is refused with 0x80 (an operator deny list).
+    #: Topic filters whose subscription is refused with 0x80 (an operator deny list): a filter
+    #: listed here, or one a listed wildcard filter covers ("a/#" also refuses "a/b/+").
     deny_subscribe: list[str] = field(default_factory=list)
     #: Per-connection inbound rate limits: messages/s and bytes/s (0 = none).
     rate_limit_messages_in: float = 0.0
@@ -76,8 +81,26 @@ class Listener:
     bind: str = "127.0.0.1"
     port: int = 1883
     zone: str = "default"
+    #: Live connections at most; a socket accepted over it is closed at once (counted).
     max_connections: int = 1_024_000
+    #: New connections per second at most (0 = no limit); over it a socket is closed at once
+    #: (counted). EMQX's listener key of the same name.
+    max_conn_rate: float = 0.0
     backlog: int = 1024
+
+
+@dataclass(slots=True)
+class PluginSpec:
+    """A plugin named in the configuration: where its class is and the options it gets.
+
+    ``ref`` is ``"module:Class"`` (imported) or the name of an entry point in the
+    ``mqttd.plugins`` group (an installed distribution's plugin).
+    """
+
+    name: str
+    ref: str
+    enabled: bool = True
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -91,6 +114,10 @@ class Settings:
     listeners: list[Listener] = field(default_factory=lambda: [Listener()])
     #: Seconds between $SYS publications.
     sys_interval: float = 60.0
+    #: Payload bytes a trace line shows before cutting (mqttd ctl trace --payload-limit).
+    trace_payload_limit: int = 256
+    #: Plugins loaded at start, in order (``[plugins]`` in the file).
+    plugins: list[PluginSpec] = field(default_factory=list)
 
     def zone(self, name: str) -> Zone:
         return self.zones[name]
@@ -136,8 +163,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "rate_limit_bytes_in": (0, 2 ** 40),
     "port": (0, 65535),
     "max_connections": (1, 2 ** 31),
+    "max_conn_rate": (0, 2 ** 31),
     "backlog": (1, 65535),
     "sys_interval": (0, 86400),
+    "trace_payload_limit": (0, 2 ** 20),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),
@@ -147,7 +176,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _ZONE_FIELDS = {f.name: f for f in dataclasses.fields(Zone) if f.name != "name"}
 _LISTENER_FIELDS = {f.name: f for f in dataclasses.fields(Listener) if f.name != "name"}
 _NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level",
-                "sys_interval": "sys_interval"}
+                "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit"}
 
 
 def _parse_unit(value: str, units: dict[str, float]) -> float | None:
@@ -232,7 +261,7 @@ def parse_settings(data: dict, base: Settings | None = None) -> Settings:
     """
     errors: list[str] = []
     settings = base or Settings()
-    sections = {"node", "mqtt", "zones", "listeners"}
+    sections = {"node", "mqtt", "zones", "listeners", "plugins"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -288,11 +317,82 @@ def parse_settings(data: dict, base: Settings | None = None) -> Settings:
             listeners.append(listener)
         if not listeners:
             errors.append("listeners: at least one listener is needed")
+    plugins = _parse_plugins(data["plugins"], errors) if "plugins" in data else None
     if errors:
         raise ConfigError(errors)
     settings.zones = zones
     settings.listeners = listeners
+    if plugins is not None:
+        settings.plugins = plugins
     return settings
+
+
+_PLUGIN_REF = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+_PLUGIN_KEYS = ("class", "enabled")
+
+
+def _plugin_ref_error(ref: object) -> str | None:
+    """Why ``ref`` is not a plugin reference ("module:Class" or an entry point name)."""
+    import re
+
+    if not isinstance(ref, str):
+        return f"expected a string, got {_tname(ref)}"
+    if ":" in ref:
+        module, _, attr = ref.partition(":")
+        if re.fullmatch(_PLUGIN_REF, module) and re.fullmatch(_PLUGIN_REF, attr):
+            return None
+        return f"{ref!r} is not \"module:Class\""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", ref):
+        return None
+    return f"{ref!r} is neither \"module:Class\" nor an entry point name"
+
+
+def _parse_plugins(section: object, errors: list[str]) -> list[PluginSpec]:
+    """``plugins = ["mod:Class", "entry-point", ...]``, or a ``[plugins]`` table whose keys
+    name plugins: ``name = "mod:Class"``, ``name = true|false`` (the entry point called
+    ``name``), or ``[plugins.name]`` with ``class``, ``enabled`` and the plugin's options."""
+    specs: list[PluginSpec] = []
+    if isinstance(section, list):
+        for i, ref in enumerate(section):
+            err = _plugin_ref_error(ref)
+            if err:
+                errors.append(f"plugins[{i}]: {err}")
+            elif any(s.name == ref for s in specs):
+                errors.append(f"plugins[{i}]: {ref!r} is listed twice")
+            else:
+                specs.append(PluginSpec(str(ref), str(ref)))
+        return specs
+    if not isinstance(section, dict):
+        errors.append("plugins: expected a list of plugins or a table")
+        return specs
+    for name, value in section.items():
+        path = f"plugins.{name}"
+        if isinstance(value, bool):
+            spec = PluginSpec(name, name, value)
+        elif isinstance(value, str):
+            spec = PluginSpec(name, value)
+        elif isinstance(value, dict):
+            cls: Any = value.get("class", name)
+            enabled = value.get("enabled", True)
+            if not isinstance(enabled, bool):
+                errors.append(f"{path}.enabled: expected true or false, got {_tname(enabled)}")
+                continue
+            err = _plugin_ref_error(cls)
+            if err:
+                errors.append(f"{path}.class: {err}")
+                continue
+            options = {k: v for k, v in value.items() if k not in _PLUGIN_KEYS}
+            spec = PluginSpec(name, cls, enabled, options)
+        else:
+            errors.append(f"{path}: expected \"module:Class\", true/false or a table, "
+                          f"got {_tname(value)}")
+            continue
+        err = _plugin_ref_error(spec.ref)
+        if err:
+            errors.append(f"{path}: {err}")
+            continue
+        specs.append(spec)
+    return specs
 
 
 def load_settings(path: str) -> Settings:

@@ -5,6 +5,13 @@ the channel, and everything the read produced is written in one call.
 Deliveries from other clients append to this connection's output and ask the
 :class:`Flusher` for one write at the end of the loop turn, however many
 messages arrived in it.
+
+Bytes are counted here (``bytes.received`` per read, ``bytes.sent`` per write),
+and ``packets.received`` once per read. An unexpected exception while handling
+a read (a bug) is logged once with the client id, counted
+(``connections.crashed``) and closes this connection only. A zone with inbound
+rate limits gets a :class:`~mqttd.limiter.ConnLimiter`: over budget, reading
+pauses for as long as the budget needs to recover.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from typing import TYPE_CHECKING, Any
 from .channel import CONNECTED, IDLE, Channel
 from .codec import Parser
 from .errors import PacketError
+from .limiter import ConnLimiter
+from .metrics import (
+    BYTES_RECEIVED, BYTES_SENT, CLIENT_DISCONNECTED, CONNECTIONS_CRASHED,
+    CONNECTIONS_RATE_LIMITED, PACKETS_RECEIVED,
+)
+from .packets import PUBLISH
 
 if TYPE_CHECKING:
     from .config import Zone
@@ -49,7 +62,10 @@ class Flusher:
         self._pending = []
         self._scheduled = False
         for conn in pending:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:  # one connection's bug must not cost the others their write
+                conn.crashed("writing")
 
 
 class Connection(asyncio.Protocol):
@@ -71,6 +87,14 @@ class Connection(asyncio.Protocol):
         self._queued = False
         self._lost = False
         self._closing = False
+        self.metrics = node.metrics
+        #: Inbound rate limits (None when the zone sets none: zero cost).
+        self.limiter = ConnLimiter.for_zone(zone)
+        #: The timer that resumes reading after a rate-limit pause.
+        self._paused_until: asyncio.TimerHandle | None = None
+        #: client.disconnected has run for this connection's client.
+        self._gone = False
+        self._crashed = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -86,12 +110,41 @@ class Connection(asyncio.Protocol):
         peer_s = "%s:%s" % (peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
         channel = Channel(self.node, self.zone, peer_s, self.out)
         channel.wakeup = self._wakeup
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):
+            channel.sockport = sockname[1]
         self.channel = channel
         self.connections.add(self)
         self.last_recv = self.loop.time()
         self._timer = self.loop.call_later(self.zone.idle_timeout, self._on_connect_timeout)
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:
+            self.crashed("handling its input")
+
+    def crashed(self, doing: str) -> None:
+        """An unexpected exception (a bug) in this connection's handling: log it once with
+        the client id, count it, and close this connection only."""
+        if self._lost or self._crashed:
+            return
+        self._crashed = True
+        channel = self.channel
+        who = (channel.client_id or channel.peer) if channel is not None else "?"
+        log.exception("connection of %s crashed while %s; closing it", who, doing)
+        self.metrics.inc(CONNECTIONS_CRASHED)
+        if channel is not None:
+            if not channel.closing:
+                channel.closing = True
+                channel.close_reason = "internal error"
+        self.out.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _received(self, data: bytes) -> None:
+        metrics = self.metrics
+        metrics.inc(BYTES_RECEIVED, len(data))
         channel = self.channel
         assert channel is not None
         if channel.closing:
@@ -112,10 +165,14 @@ class Connection(asyncio.Protocol):
             packets = err.packets
             error = err
         handle = channel.handle_in
+        n = 0
         for packet in packets:
+            n += 1
             handle(packet)
             if channel.closing:
                 break
+        if n:
+            metrics.inc(PACKETS_RECEIVED, n)
         if error is not None and not channel.closing:
             log.info("closing %s (%s): %s", channel.client_id or channel.peer,
                      "0x%02X" % error.reason_code, error.message)
@@ -123,6 +180,33 @@ class Connection(asyncio.Protocol):
         if was_idle and channel.state == CONNECTED:
             self._start_keepalive()
         self.flush()
+        limiter = self.limiter
+        if limiter is not None and not channel.closing:
+            messages = 0
+            for packet in packets[:n]:
+                if packet.packet_type == PUBLISH:
+                    messages += 1
+            pause = limiter.check(messages, len(data), self.loop.time())
+            if pause > 0:
+                self._pause_reading(pause)
+
+    # --- rate limit ----------------------------------------------------------------------
+
+    def _pause_reading(self, seconds: float) -> None:
+        """Over the inbound budget: stop reading until it has recovered (TCP pushes back)."""
+        if self._paused_until is not None or self.transport is None:
+            return
+        self.metrics.inc(CONNECTIONS_RATE_LIMITED)
+        self.transport.pause_reading()
+        self._paused_until = self.loop.call_later(seconds, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._paused_until = None
+        if self._lost or self.transport is None:
+            return
+        # The client was not idle, we were not reading: its keepalive counts from now.
+        self.last_recv = self.loop.time()
+        self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False  # the client closed its side: close ours too
@@ -141,16 +225,30 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._paused_until is not None:
+            self._paused_until.cancel()
+            self._paused_until = None
         self.connections.discard(self)
         channel = self.channel
         if channel is None:
             return
         if channel.state == CONNECTED:
-            self.node.registry.detach(channel)
             reason = channel.close_reason or ("connection lost: %s" % exc if exc else
                                               "connection closed by the client")
             log.debug("client %s disconnected: %s", channel.client_id, reason)
+            self._client_gone(channel, reason)  # before the session ends, as in EMQX
+            self.node.registry.detach(channel)
         channel.state = 2
+
+    def _client_gone(self, channel: Channel, reason: str) -> None:
+        """The connected client is finished (once per connection): client.disconnected."""
+        if self._gone:
+            return
+        self._gone = True
+        self.metrics.inc(CLIENT_DISCONNECTED)
+        hooks = self.node.hooks
+        if hooks.client_disconnected:
+            hooks.run("client.disconnected", channel, reason)
 
     # --- output ------------------------------------------------------------------------
 
@@ -168,14 +266,17 @@ class Connection(asyncio.Protocol):
             return
         out = self.out
         if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            transport.write(data)
             out.clear()
+            self.metrics.inc(BYTES_SENT, len(data))
         channel = self.channel
         if channel is not None and channel.closing and not self._closing:
             if channel.state == CONNECTED:
                 # The channel is finished now, not when the peer gets round to closing its
                 # side (the linger can take seconds; a dead peer never does): its will and
                 # its session's expiry start at once.
+                self._client_gone(channel, channel.close_reason)
                 self.node.registry.detach(channel)
             self._close_lingering(transport)
 
@@ -190,6 +291,10 @@ class Connection(asyncio.Protocol):
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._paused_until is not None:  # drain what the client sends while we linger
+            self._paused_until.cancel()
+            self._paused_until = None
+            transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
             self._timer = self.loop.call_later(LINGER, transport.abort)
@@ -226,6 +331,8 @@ class Connection(asyncio.Protocol):
         if channel is None or channel.closing or self._lost:
             return
         deadline = self.last_recv + self._keepalive_window()
+        if self._paused_until is not None:  # the rate limiter holds the client: not idle
+            deadline = self.loop.time() + self._keepalive_window()
         if self.loop.time() >= deadline:
             log.info("client %s: keepalive timeout", channel.client_id)
             channel.handle_timeout("keepalive")

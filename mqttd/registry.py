@@ -23,6 +23,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .metrics import (
+    SESSION_CREATED, SESSION_DISCARDED, SESSION_RESUMED, SESSION_TAKEOVERED, SESSION_TERMINATED,
+)
 from .reasons import ReasonCode as RC
 from .session import Session
 
@@ -78,7 +81,11 @@ class Registry:
                 # A new connection for the session before the will delay passed:
                 # the will is not sent [MQTT-3.1.3-9].
                 self._cancel_will(client_id)
-                self.node.run_hook("session.resumed", session)
+                if old is not None and old is not channel:
+                    # A live session handed from one connection to the next (EMQX's
+                    # takeover); a clean start instead discards it (session.discarded).
+                    self._event(SESSION_TAKEOVERED, "session.takeovered", session)
+                self._event(SESSION_RESUMED, "session.resumed", session)
         if taken_will is not None and not present:
             self._send_will(taken_will)  # the taken-over session ended
         if session is None:
@@ -87,7 +94,7 @@ class Registry:
                               mqueue_store_qos0=zone.mqueue_store_qos0,
                               await_rel_timeout=zone.await_rel_timeout)
             self.sessions[client_id] = session
-            self.node.run_hook("session.created", session)
+            self._event(SESSION_CREATED, "session.created", session)
         else:  # a resumed session takes the limits of the zone it is connected through now
             session.expiry_interval = expiry
             session.max_inflight = max_inflight
@@ -102,7 +109,6 @@ class Registry:
     def _takeover(self, old: Channel) -> None:
         log.info("client %s taken over by a new connection", old.client_id)
         old.kick(RC.SESSION_TAKEN_OVER, "session taken over")
-        self.node.run_hook("session.takeovered", old.session)
         self.detach(old)
 
     def detach(self, channel: Channel) -> None:
@@ -177,9 +183,27 @@ class Registry:
         session.inflight.clear()
         session.mqueue.clear()
         if why == "discarded":
-            self.node.run_hook("session.discarded", session)
+            self._event(SESSION_DISCARDED, "session.discarded", session)
         else:  # "terminated", "expired", ...: the reason is part of the hook's arguments
-            self.node.run_hook("session.terminated", session, why)
+            self._event(SESSION_TERMINATED, "session.terminated", session, why)
+
+    def _event(self, idx: int, point: str, *args: Any) -> None:
+        """A session lifecycle event: its counter, then its hook point."""
+        node = self.node
+        node.metrics.inc(idx)
+        node.hooks.run(point, *args)
+
+    def register_stats(self, stats: Any) -> None:
+        """Keep connections, channels and sessions in the node's stats (every second)."""
+
+        def update() -> dict[str, int]:
+            sessions = self.sessions
+            n = len(sessions)
+            return {"connections": len(self.channels), "channels": n, "sessions": n,
+                    "sessions.persistent": sum(1 for s in sessions.values() if s.persistent),
+                    "subscribers": sum(1 for s in sessions.values() if s.subscriptions)}
+
+        stats.update_interval("registry", update)
 
     def kick(self, client_id: str) -> bool:
         channel = self.channels.get(client_id)

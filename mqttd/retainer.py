@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .message import Message
 from .topics import match
@@ -47,6 +48,10 @@ class Retainer:
         for topic in expired:
             del self._store[topic]
         return found
+
+    def register_stats(self, stats: Any) -> None:
+        """Keep the number of retained messages in the node's stats (every second)."""
+        stats.update_interval("retainer", lambda: {"retained": len(self._store)})
 
     def topics(self) -> list[str]:
         return list(self._store)

@@ -71,6 +71,9 @@ class Router:
         self.routes: dict[str, Route] = {}
         self._trie = Trie()
         self._cache: dict[str, list[Route]] = {}
+        #: Subscriptions held, plain and shared (kept as they change, for the stats).
+        self._plain = 0
+        self._shared = 0
 
     def match(self, topic: str) -> list[Route]:
         """Every route whose filter matches ``topic``."""
@@ -82,6 +85,10 @@ class Router:
         exact = routes.get(topic)
         if exact is not None:
             found.append(exact)
+        if topic.startswith("$SYS/"):
+            # Not cached: presence topics name a client each (one entry per connect would
+            # crowd out the real topics), and the periodic ones are published once a round.
+            return found
         cache = self._cache
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
@@ -112,8 +119,12 @@ class Router:
             g = route.groups.get(group)
             if g is None:
                 g = route.groups[group] = SharedGroup(group, topic_filter)
+            if session not in g.members:
+                self._shared += 1
             g.members[session] = entry
         else:
+            if session not in route.subs:
+                self._plain += 1
             route.subs[session] = entry
 
     def remove(self, topic_filter: str, group: str | None, shared: bool, session: Any) -> bool:
@@ -124,10 +135,13 @@ class Router:
             g = route.groups.get(group)
             if g is None or g.members.pop(session, None) is None:
                 return False
+            self._shared -= 1
             if not g.members:
                 del route.groups[group]
         elif route.subs.pop(session, None) is None:
             return False
+        else:
+            self._plain -= 1
         self._maybe_drop(route)
         return True
 
@@ -142,9 +156,15 @@ class Router:
 
     def count_subscriptions(self) -> tuple[int, int]:
         """(all subscriptions, shared subscriptions)."""
-        plain = shared = 0
-        for route in self.routes.values():
-            plain += len(route.subs)
-            for g in route.groups.values():
-                shared += len(g.members)
-        return plain + shared, shared
+        return self._plain + self._shared, self._shared
+
+    def register_stats(self, stats: Any) -> None:
+        """Keep topics, routes and subscriptions in the node's stats (every second)."""
+
+        def update() -> dict[str, int]:
+            n = len(self.routes)  # one node: one route per filter with subscribers
+            subs = self._plain + self._shared
+            return {"topics": n, "routes": n, "subscriptions": subs, "suboptions": subs,
+                    "subscriptions.shared": self._shared}
+
+        stats.update_interval("router", update)

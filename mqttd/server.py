@@ -3,22 +3,64 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
 from ._accel import LOADED
 from .config import Listener, Settings
 from .connection import Connection, Flusher
+from .limiter import TokenBucket
+from .metrics import CONNECTIONS_REFUSED_MAX_CONN_RATE, CONNECTIONS_REFUSED_MAX_CONNECTIONS
 from .node import Node
+from .plugins import PluginError
 from .reasons import ReasonCode as RC
+from .trace import traced_connection_class
 
 log = logging.getLogger("mqttd")
 
 
 class ListenerError(Exception):
-    """A listener could not be opened (address in use, permission denied, ...)."""
+    """The server could not start: a listener could not be opened (address in use,
+    permission denied, ...) or a configured plugin could not be loaded."""
+
+
+class _Refused(asyncio.Protocol):
+    """A socket accepted over a listener's limits: closed at once, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _Live(set[Connection]):
+    """One listener's live connections, mirrored into the server-wide set.
+
+    ``pending`` counts sockets accepted (a Connection made) whose connection_made
+    has not run yet: asyncio accepts a whole backlog burst in one turn, before any
+    of them is added here, so the limit check must count them too.
+    """
+
+    def __init__(self, everyone: set[Connection]) -> None:
+        super().__init__()
+        self.everyone = everyone
+        self.pending = 0
+
+    def add(self, conn: Connection) -> None:
+        if self.pending:
+            self.pending -= 1
+        super().add(conn)
+        self.everyone.add(conn)
+
+    def discard(self, conn: object) -> None:
+        super().discard(conn)
+        self.everyone.discard(conn)
+
+
+#: Seconds between two log lines about refused sockets on one listener.
+_REFUSED_LOG_EVERY = 10.0
 
 
 class Server:
@@ -31,6 +73,14 @@ class Server:
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self._stopped: asyncio.Event | None = None
         self._flusher: Flusher | None = None
+        #: The control socket (mqttd.ctl.server.CtlServer), when settings.data_dir is set.
+        self.ctl: Any = None
+        #: Per listener: its configuration, its bound address, its live connections.
+        self.listener_config: dict[str, Listener] = {}
+        self.listener_addr: dict[str, tuple[str, int]] = {}
+        self.listener_conns: dict[str, set[Connection]] = {}
+        self._shutdown: asyncio.Event | None = None
+        self._stop_reason = "signal received"
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""
@@ -44,6 +94,16 @@ class Server:
         self._flusher = Flusher(loop)
         log.info("mqttd %s starting, speedups: %s", __version__,
                  ", ".join(f"{k}={v}" for k, v in LOADED.items()))
+        if self.settings.data_dir:
+            # First: a second daemon on the same data directory fails before binding.
+            from .ctl.server import CtlServer
+
+            self.ctl = CtlServer(self)
+            await self.ctl.start()
+        try:
+            self.node.start()
+        except PluginError as err:
+            raise ListenerError(str(err)) from None
         for listener in self.settings.listeners:
             await self.start_listener(listener)
 
@@ -53,8 +113,35 @@ class Server:
         flusher = self._flusher
         assert flusher is not None
 
-        def factory() -> Connection:
-            return Connection(self.node, zone, flusher, self.connections)
+        live = _Live(self.connections)
+        self.listener_conns[listener.name] = live
+        bucket = TokenBucket(listener.max_conn_rate) if listener.max_conn_rate > 0 else None
+        metrics = self.node.metrics
+        max_conns = listener.max_connections
+        refused_log = [-_REFUSED_LOG_EVERY]
+
+        def refuse(idx: int, why: str) -> asyncio.Protocol:
+            metrics.inc(idx)
+            now = loop.time()
+            if now - refused_log[0] >= _REFUSED_LOG_EVERY:
+                refused_log[0] = now
+                log.warning("listener %s: refusing connections over %s (logged at most "
+                            "every %gs; counted in metrics)", listener.name, why,
+                            _REFUSED_LOG_EVERY)
+            return _Refused()
+
+        def factory() -> asyncio.Protocol:
+            # Refuse in the accept path, before any per-connection state exists.
+            if len(live) + live.pending >= max_conns:
+                return refuse(CONNECTIONS_REFUSED_MAX_CONNECTIONS,
+                              f"max_connections ({max_conns})")
+            if bucket is not None and not bucket.try_take(1, loop.time()):
+                return refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
+                              f"max_conn_rate ({listener.max_conn_rate:g}/s)")
+            live.pending += 1
+            if self.node.trace.clients:  # a client trace is waiting for its CONNECT
+                return traced_connection_class()(self.node, zone, flusher, live)
+            return Connection(self.node, zone, flusher, live)
 
         try:
             server = await loop.create_server(factory, listener.bind, listener.port,
@@ -65,6 +152,8 @@ class Server:
                 f"(listener {listener.name}): {err.strerror or err}") from None
         self.listeners[listener.name] = server
         host, port = self.bound(listener.name)
+        self.listener_config[listener.name] = listener
+        self.listener_addr[listener.name] = (host, port)
         log.info("listener %s on %s:%d (zone %s)", listener.name, host, port, listener.zone)
 
     async def stop(self) -> None:
@@ -84,23 +173,80 @@ class Server:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        await self.node.stop()
         if self._stopped is not None:
             self._stopped.set()
         log.info("mqttd stopped")
+        if self.ctl is not None:
+            await self.ctl.close()  # last: `mqttd ctl stop` is told when all is done
 
-    async def serve_forever(self) -> None:
-        """Start, run until SIGINT/SIGTERM, then shut down gracefully."""
-        await self.start()
+    # --- listeners at run time (mqttd ctl listeners) ----------------------------------
+
+    async def stop_listener(self, name: str) -> tuple[str, int]:
+        """Stop accepting on a running listener and close its clients (MQTT 5 clients get
+        DISCONNECT 0x8B); returns the address it was bound to. KeyError if not running."""
+        server = self.listeners.pop(name)
+        server.close()
+        for conn in list(self.listener_conns.get(name, ())):
+            conn.shutdown(RC.SERVER_SHUTTING_DOWN)
+        try:
+            await asyncio.wait_for(server.wait_closed(), 2.0)
+        except TimeoutError:
+            pass
+        host, port = self.listener_addr[name]
+        log.info("listener %s on %s:%d stopped", name, host, port)
+        return host, port
+
+    async def restart_listener(self, name: str) -> tuple[str, int]:
+        """(Re)start a configured listener on the port it had (a configured port 0 keeps
+        the port it was given, so clients can come back); KeyError if unknown."""
+        listener = self.listener_config[name]
+        if name in self.listeners:
+            await self.stop_listener(name)
+        port = listener.port or self.listener_addr[name][1]
+        await self.start_listener(dataclasses.replace(listener, port=port))
+        self.listener_config[name] = listener
+        return self.listener_addr[name]
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Shut down gracefully, as SIGTERM does (``mqttd ctl stop``)."""
+        self._stop_reason = reason
+        if self._shutdown is not None:
+            self._shutdown.set()
+        else:  # started with start(), not serve_forever(): stop directly
+            log.info("%s, shutting down", reason)
+            asyncio.ensure_future(self.stop())
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start, run until SIGINT/SIGTERM or ``request_stop()``, then shut down gracefully.
+
+        ``on_ready`` is called once every listener and the control socket are up.
+        """
+        self._shutdown = asyncio.Event()
+        try:
+            await self.start()
+        except BaseException:
+            if self.ctl is not None:
+                await self.ctl.close()
+            raise
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("signal received, shutting down")
+            loop.add_signal_handler(sig, self.request_stop, "signal received")
+        if on_ready is not None:
+            on_ready()
+        await self._shutdown.wait()
+        log.info("%s, shutting down", self._stop_reason)
         await self.stop()
 
 
-def run(settings: Settings, *, use_uvloop: bool = True) -> Any:
+def run(settings: Settings, *, use_uvloop: bool = True,
+        on_ready: Callable[[], None] | None = None) -> Any:
     """Run the broker in this process until it is told to stop."""
     server = Server(settings)
     if use_uvloop:
@@ -109,5 +255,5 @@ def run(settings: Settings, *, use_uvloop: bool = True) -> Any:
         except ImportError:
             uvloop = None  # type: ignore[assignment]
         if uvloop is not None:
-            return uvloop.run(server.serve_forever())
-    return asyncio.run(server.serve_forever())
+            return uvloop.run(server.serve_forever(on_ready))
+    return asyncio.run(server.serve_forever(on_ready))

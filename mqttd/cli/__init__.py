@@ -1,10 +1,15 @@
-"""The ``mqttd`` command line (Typer): ``mqttd start`` runs the broker."""
+"""The ``mqttd`` command line (Typer): ``mqttd start`` runs the broker, ``mqttd ctl`` talks to
+a running one (see :mod:`mqttd.cli.ctl`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import select
+import signal
+import subprocess
 import sys
+import time
 
 import typer
 
@@ -58,8 +63,11 @@ def start(
     log_level: str = typer.Option(None, "--log-level",
                                   help="debug, info, warning or error [default: info]."),
     no_uvloop: bool = typer.Option(False, "--no-uvloop", help="Use asyncio's own event loop."),
+    daemon: bool = typer.Option(False, "--daemon", "-d",
+                                help="Run in the background (pid file and log file in the data "
+                                     "directory); return once it listens, exit 1 if it fails."),
 ) -> None:
-    """Run the broker in the foreground until SIGINT or SIGTERM."""
+    """Run the broker until SIGINT, SIGTERM or `mqttd ctl stop` (foreground unless --daemon)."""
     if log_level is not None and log_level.lower() not in LOG_LEVELS:
         typer.echo(f"mqttd: --log-level must be one of {', '.join(LOG_LEVELS)}, "
                    f"not {log_level!r}", err=True)
@@ -77,15 +85,111 @@ def start(
             first.bind = bind
         if port is not None:
             first.port = port
+    if daemon:
+        raise typer.Exit(_daemonize(config, bind, port, settings.data_dir, log_level,
+                                    no_uvloop))
     logging.basicConfig(level=getattr(logging, settings.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..ctl.server import ControlSocketError
     from ..server import ListenerError, run
 
+    # Set by `mqttd start --daemon` in its child: a pipe to say "ready" on.
+    ready_fd = os.environ.pop(_READY_ENV, None)
+
+    def on_ready() -> None:
+        if ready_fd is not None:
+            try:
+                os.write(int(ready_fd), b"ready\n")
+                os.close(int(ready_fd))
+            except OSError:
+                pass
+
     try:
-        run(settings, use_uvloop=not no_uvloop)
-    except ListenerError as err:
+        run(settings, use_uvloop=not no_uvloop, on_ready=on_ready)
+    except (ListenerError, ControlSocketError) as err:
         typer.echo(f"mqttd: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+_READY_ENV = "MQTTD_READY_FD"
+#: Seconds `mqttd start --daemon` waits for the daemon to listen.
+DAEMON_START_TIMEOUT = 30.0
+
+
+def _daemonize(config: str | None, bind: str | None, port: int | None, data_dir: str,
+               log_level: str | None, no_uvloop: bool) -> int:
+    """Start ``mqttd start`` detached (new session, stdin closed, output to the log file),
+    wait until it listens or fails; returns the exit code for this process."""
+    from ..ctl.protocol import LOG_NAME, PID_NAME
+
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    except OSError as err:
+        typer.echo(f"mqttd: cannot create data directory {data_dir}: {err.strerror}", err=True)
+        return 1
+    log_path = os.path.join(data_dir, LOG_NAME)
+    cmd = [sys.executable, "-m", "mqttd", "start", "--data-dir", data_dir]
+    if config is not None:
+        cmd += ["--config", os.path.abspath(config)]
+    if bind is not None:
+        cmd += ["--bind", bind]
+    if port is not None:
+        cmd += ["--port", str(port)]
+    if log_level is not None:
+        cmd += ["--log-level", log_level]
+    if no_uvloop:
+        cmd.append("--no-uvloop")
+    # The child must import this very mqttd, whatever its working directory.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    read_fd, write_fd = os.pipe()
+    env[_READY_ENV] = str(write_fd)
+    with open(log_path, "ab") as log_file:
+        offset = log_file.tell()
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                                    start_new_session=True, cwd=data_dir, env=env)
+        finally:
+            os.close(write_fd)
+    ready = b""
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while b"\n" not in ready:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([pipe], [], [], left)[0]:
+                break
+            chunk = pipe.read(64)
+            if not chunk:  # the child exited (or closed the pipe) without being ready
+                break
+            ready += chunk
+    if ready.startswith(b"ready"):
+        typer.echo(f"mqttd started (pid {proc.pid}, pid file "
+                   f"{os.path.join(data_dir, PID_NAME)}); log: {log_path}")
+        return 0
+    try:
+        code = proc.wait(5.0)
+        why = f"exited with code {code}"
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        why = f"did not start listening within {DAEMON_START_TIMEOUT:g}s (stopped it)"
+    typer.echo(f"mqttd failed to start: {why}; log: {log_path}", err=True)
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            tail = f.read().decode(errors="replace").strip().splitlines()[-10:]
+    except OSError:
+        tail = []
+    for line in tail:
+        typer.echo(f"  {line}", err=True)
+    return 1
 
 
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
@@ -100,6 +204,22 @@ def config_check(
     settings = _load(config)
     typer.echo(f"{config}: ok ({len(settings.zones)} zones, "
                f"{len(settings.listeners)} listeners)")
+
+
+@app.command("ctl", add_help_option=False, context_settings={
+    "allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def ctl(ctx: typer.Context) -> None:
+    """Control a running mqttd (EMQX's emqx_ctl): `mqttd ctl help` lists the commands.
+
+    mqttd ctl [--data-dir DIR | -c FILE] [--json] [--timeout S] <command> [<args>]
+    """
+    from .ctl import main as ctl_main
+
+    try:
+        code = ctl_main(list(ctx.args))
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+    raise typer.Exit(code)
 
 
 @app.command()

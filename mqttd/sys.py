@@ -1,0 +1,176 @@
+"""The ``$SYS`` topics (EMQX's emqx_sys and its presence module).
+
+Every ``sys_interval`` seconds (node setting, default 60; 0 turns it off) the
+node publishes, under ``$SYS/brokers/<node>/``:
+
+* ``version`` and ``sysdescr`` (retained), and ``$SYS/brokers`` itself
+  (retained: the node names, comma-joined);
+* ``uptime`` (``"1 days, 2 hours, 3 minutes, 4 seconds"``: leading zero units
+  left out, as EMQX prints it) and ``datetime`` (local ``YYYY-MM-DD HH:MM:SS``);
+* ``stats/<stat>``, one message per stat with its dots kept
+  (``stats/connections.count``), the value as text;
+* ``metrics/<metric>`` with every ``.`` of the name replaced by ``/``
+  (``metrics/packets/publish/received``), the value as text.
+
+The first publication happens at start, so the retained topics are there at
+once. EMQX publishes uptime and datetime on a separate 30 s heartbeat; here
+everything follows ``sys_interval``.
+
+Presence: when a client connects or disconnects, a JSON message (QoS 1, as
+EMQX's presence module sends it) goes to
+``$SYS/brokers/<node>/clients/<clientid>/connected`` or ``.../disconnected``,
+with EMQX's fields (times in milliseconds since the epoch, as EMQX 4.1+).
+
+``$SYS`` messages go straight to the broker: they do not run the
+``message.publish`` hook and are not counted in ``messages.publish``
+(EMQX does not count them either). Clients cannot publish to ``$SYS``: the
+channel refuses it (PUBACK/PUBREC 0x87, or the message is dropped on 3.1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .message import Message
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["SysPublisher", "format_uptime", "reason_token"]
+
+log = logging.getLogger("mqttd.sys")
+
+SYSDESCR = "mqttd: an MQTT 3.1/3.1.1/5.0 broker"
+PRESENCE_QOS = 1
+
+#: Close reasons as the channel words them -> EMQX's disconnect reason atoms.
+_REASONS = {
+    "client disconnected": "normal",
+    "session taken over": "takeovered",
+    "kicked by the operator": "kicked",
+    "keepalive timeout": "keepalive_timeout",
+    "server shutting down": "shutdown",
+    "connection closed by the client": "closed",
+    "": "closed",
+}
+
+
+def reason_token(reason: str) -> str:
+    """EMQX's name for a disconnect reason (``normal``, ``takeovered``, ...), else the text."""
+    token = _REASONS.get(reason)
+    if token is not None:
+        return token
+    if reason.startswith("connection lost"):
+        return "closed"
+    return reason
+
+
+def format_uptime(seconds: float) -> str:
+    """``"4 minutes, 52 seconds"``: EMQX's uptime, leading zero units left out."""
+    secs = int(seconds)
+    parts = [(secs // 86400, "days"), (secs // 3600 % 24, "hours"),
+             (secs // 60 % 60, "minutes"), (secs % 60, "seconds")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return ", ".join(f"{n} {unit}" for n, unit in parts)
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)
+
+
+class SysPublisher:
+    """Publishes the node's ``$SYS`` topics and the presence events."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.prefix = f"$SYS/brokers/{node.settings.node}/"
+        self._hooked = False
+
+    # --- presence -------------------------------------------------------------------
+
+    def load_presence(self) -> None:
+        """Start publishing presence events (hooks on client.connected/disconnected)."""
+        if not self._hooked:
+            hooks = self.node.hooks
+            hooks.add("client.connected", self.on_connected)
+            hooks.add("client.disconnected", self.on_disconnected)
+            self._hooked = True
+
+    def unload_presence(self) -> None:
+        if self._hooked:
+            self.node.hooks.delete("client.connected", self.on_connected)
+            self.node.hooks.delete("client.disconnected", self.on_disconnected)
+            self._hooked = False
+
+    def _client(self, channel: Any) -> dict[str, Any]:
+        peer = channel.peer or ""
+        ip = peer.rsplit(":", 1)[0] if ":" in peer else peer
+        return {
+            "clientid": channel.client_id,
+            "username": channel.username,
+            "ipaddress": ip.strip("[]"),
+            "sockport": getattr(channel, "sockport", 0) or 0,
+            "proto_name": channel.proto_name,
+            "proto_ver": channel.version,
+            "connected_at": _ms(channel.connected_at),
+        }
+
+    def on_connected(self, channel: Any) -> None:
+        session = channel.session
+        info = self._client(channel)
+        info.update({
+            "ts": _ms(time.time()),
+            "connack": 0,
+            "keepalive": channel.keepalive,
+            "clean_start": channel.clean_start,
+            "expiry_interval": session.expiry_interval if session is not None else 0,
+        })
+        self.publish(f"clients/{channel.client_id}/connected", _json(info), qos=PRESENCE_QOS)
+
+    def on_disconnected(self, channel: Any, reason: str) -> None:
+        now = time.time()
+        info = self._client(channel)
+        info.update({"ts": _ms(now), "reason": reason_token(reason),
+                     "disconnected_at": _ms(now)})
+        self.publish(f"clients/{channel.client_id}/disconnected", _json(info),
+                     qos=PRESENCE_QOS)
+
+    # --- the periodic topics --------------------------------------------------------
+
+    def publish(self, suffix: str, payload: bytes, *, qos: int = 0, retain: bool = False
+                ) -> int:
+        """Publish ``payload`` to ``$SYS/brokers/<node>/<suffix>``; returns sessions reached."""
+        return self.node.broker.publish(Message(self.prefix + suffix, payload, qos, retain))
+
+    def publish_all(self) -> None:
+        """One round of the periodic topics."""
+        node = self.node
+        publish = self.publish
+        publish("version", __version__.encode(), retain=True)
+        publish("sysdescr", SYSDESCR.encode(), retain=True)
+        node.broker.publish(Message("$SYS/brokers", node.settings.node.encode(), 0, True))
+        publish("uptime", format_uptime(time.time() - node.started_at).encode())
+        publish("datetime", time.strftime("%Y-%m-%d %H:%M:%S").encode())
+        for name, value in node.stats.snapshot().items():
+            publish("stats/" + name, str(value).encode())
+        for name, value in node.metrics.snapshot().items():
+            publish("metrics/" + name.replace(".", "/"), str(value).encode())
+
+    async def run(self, interval: float) -> None:
+        """The $SYS worker: publish now, then every ``interval`` seconds (run it supervised)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            self.publish_all()
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+def _json(info: dict[str, Any]) -> bytes:
+    return json.dumps(info, separators=(",", ":")).encode()
