@@ -178,10 +178,16 @@ def test_listing_100k_clients_in_pages() -> None:
             "import test_ctl_scale as t\n"
             "with tempfile.TemporaryDirectory(prefix='mqttd-100k-') as tmp:\n"
             "    print(json.dumps(uvloop.run(t._list_100k(tmp))))" % here)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    n, worst, elapsed = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert n == 100_000
-    assert worst < MAX_PAUSE, f"the loop stalled {worst * 1000:.1f} ms (listing took " \
-                              f"{elapsed:.1f} s)"
+    # A stall the listing causes shows in every attempt; the scheduler of a shared 2-core
+    # machine (another process on both cores) only in some: up to three attempts.
+    stalls = []
+    for _attempt in range(3):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        n, worst, elapsed = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert n == 100_000
+        stalls.append(f"{worst * 1000:.1f} ms (listing took {elapsed:.1f} s)")
+        if worst < MAX_PAUSE:
+            break
+    assert worst < MAX_PAUSE, "the loop stalled " + ", ".join(stalls)
