@@ -40,7 +40,6 @@ class Zone:
     keepalive_backoff: float = 0.75
     #: Subscriptions per client (0 = unlimited).
     max_subscriptions: int = 0
-    upgrade_qos: bool = False
     #: QoS 1/2 messages in flight to a client (capped by the client's Receive Maximum).
     max_inflight: int = 32
     #: QoS 2 messages from a client awaiting PUBREL (0 = unlimited); also the Receive Maximum
