@@ -634,6 +634,15 @@ def _enc_publish(p: Publish, version: int) -> bytes:
     return _frame(first, body)
 
 
+def encode_publish(topic: str, payload: bytes, qos: int, retain: bool, dup: bool,
+                   packet_id: int, properties: dict[str, Any], version: int) -> bytes:
+    """``encode_py(Publish(topic, payload, qos, retain, dup, packet_id, properties), version)``
+    without the Publish: the broker's QoS 0 delivery path encodes straight from the message.
+    The compiled twin must return the same bytes (tests/test_codec_publish.py)."""
+    return _enc_publish(Publish(topic, payload, qos, retain, dup, packet_id, properties),
+                        version)
+
+
 def _enc_ack(first: int, p: Any, version: int) -> bytes:
     body = bytearray(p.packet_id.to_bytes(2, "big"))
     if version == 5 and (p.reason_code or p.properties):

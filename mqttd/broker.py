@@ -77,20 +77,31 @@ class Broker:
             return 0
         sender = msg.sender
         mqos = msg.qos
+        mretain = msg.retain
         # QoS 0 bytes shared by the subscribers; none while a message.delivered callback
         # exists, which may give each subscriber its own message (see Channel.deliver).
         encoded: dict[Any, bytes] | None = None if self.hooks.message_delivered else {}
         if len(routes) == 1:
+            # The common case (one matching filter), once per message: locals, and
+            # _deliver inlined (one Python call less per subscriber).
             route = routes[0]
             n = 0
             for session, (opts, subid) in route.subs.items():
                 if opts.no_local and sender == session.client_id:
                     self._no_local(session, msg)
                     continue
-                qos = opts.qos if opts.qos < mqos else mqos
-                retain = msg.retain and opts.retain_as_published
-                _deliver(session, (msg, qos, retain, (subid,) if subid else (), None), encoded,
-                         self)
+                qos = opts.qos
+                if qos > mqos:
+                    qos = mqos
+                delivery = (msg, qos, mretain and opts.retain_as_published,
+                            (subid,) if subid else (), None)
+                channel = session.channel
+                if channel is not None:
+                    channel.deliver(delivery, encoded)
+                else:
+                    dropped = session.enqueue(delivery)
+                    if dropped is not None:
+                        self.queue_dropped(session, dropped)
                 n += 1
             if route.groups:
                 n += self._dispatch_groups(route, msg, encoded)

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .codec import encode
+from .codec import encode, encode_publish
 from .errors import PacketError
 from .message import Message
 from .metrics import (
@@ -445,7 +445,8 @@ class Channel:
                 return self._close("subscription identifier from a client", RC.PROTOCOL_ERROR)
         if qos > zone.max_qos_allowed:
             return self._close("QoS not supported", RC.QOS_NOT_SUPPORTED)
-        if p.retain and not zone.retain_available:
+        retain = p.retain
+        if retain and not zone.retain_available:
             return self._close("retain not supported", RC.RETAIN_NOT_SUPPORTED)
         session = self.session
         assert session is not None
@@ -459,7 +460,8 @@ class Channel:
                 metrics.inc(PACKETS_PUBLISH_DROPPED)
                 return self._close("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
         self.recv_msg += 1
-        code = self._check_publish(topic, props, p.payload)
+        payload = p.payload
+        code = self._check_publish(topic, props, payload)
         if code:
             metrics.inc(PACKETS_PUBLISH_AUTH_ERROR if code == RC.NOT_AUTHORIZED
                         else PACKETS_PUBLISH_ERROR)
@@ -472,9 +474,11 @@ class Channel:
                     session.await_rel(p.packet_id)
                     self._send(Pubrec(p.packet_id))
             return
-        msg = Message(zone.mountpoint + topic if zone.mountpoint else topic, p.payload, qos,
-                      p.retain, props, self.client_id)
-        n = self.node.publish(msg)
+        mountpoint = zone.mountpoint
+        n = self.node.publish(Message(mountpoint + topic if mountpoint else topic, payload, qos,
+                                      retain, props, self.client_id))
+        if not qos:  # QoS 0: nothing to acknowledge
+            return
         if qos == 1:
             self._send(Puback(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
@@ -485,14 +489,14 @@ class Channel:
 
     def _check_publish(self, topic: str, props: dict[str, Any], payload: bytes) -> int:
         """0 if the client may publish this, else the reason code to refuse it with."""
-        if topic.startswith("$"):
+        if topic[:1] == "$":  # a slice, not a method call: this runs for every message
             if topic.startswith("$SYS") or topic.startswith("$share/") or \
                     topic.startswith("$queue/"):
                 return RC.NOT_AUTHORIZED
-        zone = self.zone
-        if zone.max_topic_levels and topic.count("/") >= zone.max_topic_levels:
+        max_levels = self.zone.max_topic_levels
+        if max_levels and topic.count("/") >= max_levels:
             return RC.TOPIC_NAME_INVALID
-        if props.get("payload_format_indicator") == 1:
+        if props and props.get("payload_format_indicator") == 1:
             try:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
@@ -709,12 +713,14 @@ class Channel:
                     and not self.alias_out_max and self.tracer is None
                     and not self.mountpoint):
                 # Identical bytes for every QoS 0 subscriber of this form: encode once.
-                key = (self.version == 5, delivery[2])
+                retain = delivery[2]
+                key = (self.version == 5, retain)
                 data = encoded.get(key)
                 if data is None:
-                    data = encoded[key] = encode(
-                        Publish(msg.topic, msg.payload, 0, delivery[2], False, 0,
-                                msg.properties), self.version)
+                    # Straight from the message's fields: no Publish object per message.
+                    data = encoded[key] = encode_publish(
+                        msg.topic, msg.payload, 0, retain, False, 0, msg.properties,
+                        self.version)
                 if self.client_max_packet and len(data) > self.client_max_packet:
                     self.dropped += 1
                     self._drop(DELIVERY_DROPPED_TOO_LARGE, "too_large", msg)

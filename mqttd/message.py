@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 _monotonic = time.monotonic
+_time = time.time  # one global lookup per message instead of a module attribute lookup
 
 
 class Message:
@@ -29,9 +30,12 @@ class Message:
         self.retain = retain
         self.properties = properties if properties is not None else {}
         self.sender = sender
-        self.timestamp = time.time()
-        interval = self.properties.get("message_expiry_interval") if properties else None
-        self.expiry = _monotonic() + interval if interval else 0.0
+        self.timestamp = _time()
+        if properties:
+            interval = properties.get("message_expiry_interval")
+            self.expiry = _monotonic() + interval if interval else 0.0
+        else:  # the common case: no properties, never expires
+            self.expiry = 0.0
 
     def restamp(self) -> None:
         """Start the message's clock now: a Will is built at CONNECT but published later,

@@ -1358,13 +1358,16 @@ cdef inline PyObject* _field(PyObject* p, int k, int i) noexcept:
 
 
 cdef object _enc_publish(PyObject* p, bint v5):
-    cdef PyObject* topic = _field(p, K_PUBLISH, 0)
-    cdef PyObject* payload = _field(p, K_PUBLISH, 1)
-    cdef PyObject* qos_o = _field(p, K_PUBLISH, 2)
-    cdef PyObject* retain_o = _field(p, K_PUBLISH, 3)
-    cdef PyObject* dup_o = _field(p, K_PUBLISH, 4)
-    cdef PyObject* pid_o = _field(p, K_PUBLISH, 5)
-    cdef PyObject* props = _field(p, K_PUBLISH, 6)
+    return _enc_publish_fields(
+        _field(p, K_PUBLISH, 0), _field(p, K_PUBLISH, 1), _field(p, K_PUBLISH, 2),
+        _field(p, K_PUBLISH, 3), _field(p, K_PUBLISH, 4), _field(p, K_PUBLISH, 5),
+        _field(p, K_PUBLISH, 6), v5)
+
+
+cdef object _enc_publish_fields(PyObject* topic, PyObject* payload, PyObject* qos_o,
+                                PyObject* retain_o, PyObject* dup_o, PyObject* pid_o,
+                                PyObject* props, bint v5):
+    """A PUBLISH from its fields (borrowed; NULL for an unset slot), or None to hand over."""
     cdef long qos, pid = 0
     cdef int retain, dup
     cdef Py_ssize_t tlen, plen, body
@@ -1671,6 +1674,21 @@ cdef object _enc_reason(PyObject* p, int k, unsigned int first, bint v5):
         return wb_frame(&b, first)
     finally:
         wb_free(&b)
+
+
+def encode_publish(topic, payload, qos, retain, dup, packet_id, properties, version):
+    """``encode(Publish(topic, payload, qos, retain, dup, packet_id, properties), version)``
+    without building the Publish (the broker's per-message QoS 0 delivery); the same bytes
+    as ``mqttd._codec_py.encode_publish``, which encodes what the fast path does not take."""
+    cdef long ver
+    if mq_small(<PyObject*>version, 0xFF, &ver):
+        out = _enc_publish_fields(<PyObject*>topic, <PyObject*>payload, <PyObject*>qos,
+                                  <PyObject*>retain, <PyObject*>dup, <PyObject*>packet_id,
+                                  <PyObject*>properties, ver == 5)
+        if out is not None:
+            return out
+    return _encode_py(_packets.Publish(topic, payload, qos, retain, dup, packet_id,
+                                       properties), version)
 
 
 def encode(packet, version=4):
