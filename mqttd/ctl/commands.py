@@ -106,13 +106,13 @@ def _payload_json(payload: bytes) -> dict[str, Any]:
 
 async def scan(items: Iterable[Any], fn: Callable[[Any], None]) -> None:
     """``fn(item)`` for each item, yielding to the loop every few milliseconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + PAGE_SECONDS
+    clock = time.monotonic  # uvloop's loop.time() does not move within one callback
+    deadline = clock() + PAGE_SECONDS
     for i, item in enumerate(items):
         fn(item)
-        if i % 64 == 63 and loop.time() >= deadline:
+        if i % 64 == 63 and clock() >= deadline:
             await asyncio.sleep(0)
-            deadline = loop.time() + PAGE_SECONDS
+            deadline = clock() + PAGE_SECONDS
 
 
 def _plural(word: str) -> Callable[[int], str]:

@@ -152,7 +152,9 @@ class Context:
         away meanwhile. Human mode sends the columns' cells (or, with ``line``, one
         text line per row), --json the whole row dicts as one JSON array.
         """
-        loop = asyncio.get_running_loop()
+        # time.monotonic, not loop.time(): uvloop's clock is cached at the start of a loop
+        # iteration and does not move while a page is being built.
+        clock = time.monotonic
         if self.json:
             self.frame({"t": "out", "s": "["})
         elif line is None:
@@ -162,7 +164,7 @@ class Context:
         it = iter(items)
         done = False
         while not done:
-            deadline = loop.time() + PAGE_SECONDS
+            deadline = clock() + PAGE_SECONDS
             page: list[Any] = []
             for _ in range(PAGE_ROWS):
                 try:
@@ -179,7 +181,7 @@ class Context:
                     page.append(line(r))
                 else:
                     page.append([c.cell(r) for c in columns])
-                if loop.time() >= deadline:
+                if clock() >= deadline:
                     break
             if page:
                 if self.json:
