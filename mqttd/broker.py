@@ -158,31 +158,27 @@ class Broker:
                          ) -> int:
         n = 0
         for group in route.groups.values():
-            session = group.pick(self.shared_strategy, msg.sender)
-            if session is None:
-                continue
-            opts, subid = group.members[session]
-            qos = opts.qos if opts.qos < msg.qos else msg.qos
-            retain = msg.retain and opts.retain_as_published
-            _deliver(session, (msg, qos, retain, (subid,) if subid else (), group), encoded,
-                     self)
-            n += 1
+            n += self._to_member(group, msg, encoded, None)
         return n
+
+    def _to_member(self, group: Any, msg: Message, encoded: dict[Any, bytes] | None,
+                   exclude: Any) -> int:
+        """Deliver ``msg`` to the member ``group`` picks (not ``exclude``); 1 if one existed."""
+        session = group.pick(self.shared_strategy, msg.sender, exclude=exclude)
+        if session is None:
+            return 0
+        opts, subid = group.members[session]
+        qos = opts.qos if opts.qos < msg.qos else msg.qos
+        retain = msg.retain and opts.retain_as_published
+        _deliver(session, (msg, qos, retain, (subid,) if subid else (), group), encoded, self)
+        return 1
 
     def redispatch_shared(self, leaving: Any, deliveries: list[Any]) -> int:
         """Hand a leaving member's unfinished QoS 1/2 shared deliveries to other members."""
         n = 0
         for msg, qos, _retain, _subids, group in deliveries:
-            if group is None or qos == 0:
-                continue
-            session = group.pick(self.shared_strategy, msg.sender, exclude=leaving)
-            if session is None:
-                continue
-            opts, subid = group.members[session]
-            q = opts.qos if opts.qos < msg.qos else msg.qos
-            retain = msg.retain and opts.retain_as_published
-            _deliver(session, (msg, q, retain, (subid,) if subid else (), group), None, self)
-            n += 1
+            if group is not None and qos:
+                n += self._to_member(group, msg, None, leaving)
         if n:
             self.metrics.inc(MESSAGES_DELIVERED, n)
         return n

@@ -345,7 +345,3 @@ class Connection(asyncio.Protocol):
         if self.channel is not None:
             self.channel.kick(code, "server shutting down")
         self.flush()
-
-    def info(self) -> dict[str, Any]:
-        assert self.channel is not None
-        return self.channel.info()

@@ -145,10 +145,6 @@ class Router:
         self._maybe_drop(route)
         return True
 
-    def group(self, topic_filter: str, group: str | None) -> SharedGroup | None:
-        route = self.routes.get(topic_filter)
-        return route.groups.get(group) if route is not None else None
-
     # --- statistics ------------------------------------------------------------------
 
     def count_routes(self) -> int:
