@@ -57,8 +57,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from mqttd import _accel  # noqa: E402
-from mqttd import codec  # noqa: E402
-from mqttd.packets import (  # noqa: E402
+from mqttd.mqtt import codec  # noqa: E402
+from mqttd.mqtt.packets import (  # noqa: E402
     Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
     Suback, SubOpts, Subscribe, Unsuback, Will,
 )

@@ -11,7 +11,7 @@ The filter set mimics a broker's subscriptions: 50% exact, 25% with one or two
 with a large space of device ids. Match topics are half the topics of stored
 exact filters (so they hit) and half fresh topics of the same shape. Each number
 is the median over repeats; "match" is the mean cost of one ``match()`` call
-over the sampled topics. Brute force is a scan with ``mqttd.topics.match`` and
+over the sampled topics. Brute force is a scan with ``mqttd.mqtt.topics.match`` and
 runs only at sizes up to 100k, on few topics. Do not run this while tests run
 on the same machine.
 """
@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mqttd import topics
+from mqttd.mqtt import topics
 from mqttd._accel import NO_EXTENSIONS
-from mqttd._trie_py import TriePy
+from mqttd.core._trie_py import TriePy
 
 ROOTS = ["sensors", "devices", "home", "factory", "vehicles", "fleet", "grid", "farm"]
 SITES = [f"site{i}" for i in range(200)]

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .broker import Broker
+from .core.dispatch import Broker
 from .config import Settings
 from .hooks import Hooks
 from .metrics import (
@@ -29,16 +29,16 @@ from .metrics import (
     Metrics,
 )
 from .plugins import PluginManager
-from .registry import Registry
+from .core.registry import Registry
 from .stats import Stats
 from .supervisor import Supervisor
-from .sys import SysPublisher
-from .trace import TraceManager
+from .sys_topics import SysPublisher
+from .trace.manager import TraceManager
 
 if TYPE_CHECKING:
-    from .channel import Channel
-    from .message import Message
-    from .packets import SubOpts
+    from .core.channel import Channel
+    from .core.message import Message
+    from .mqtt.packets import SubOpts
 
 log = logging.getLogger("mqttd.node")
 

@@ -13,13 +13,13 @@ from typing import Any
 from . import __version__
 from ._accel import LOADED
 from .config import Listener, Settings
-from .connection import Connection, Flusher
-from .limiter import TokenBucket
+from .transport.connection import Connection, Flusher
+from .transport.limiter import TokenBucket
 from .metrics import CONNECTIONS_REFUSED_MAX_CONN_RATE, CONNECTIONS_REFUSED_MAX_CONNECTIONS
 from .node import Node
 from .plugins import PluginError
-from .reasons import ReasonCode as RC
-from .trace import traced_connection_class
+from .mqtt.reasons import ReasonCode as RC
+from .trace.manager import traced_connection_class
 
 log = logging.getLogger("mqttd")
 

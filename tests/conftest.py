@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import mqttd._accel as accel
-from mqttd._codec_py import ParserPy, encode_py
+from mqttd.mqtt._codec_py import ParserPy, encode_py
 
 NO_EXTENSIONS_REASON = (
     "MQTTD_NO_EXTENSIONS is set: the compiled implementations are deliberately not used"

@@ -35,8 +35,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqttd.codec import Parser
-from mqttd.packets import Connack
+from mqttd.mqtt.codec import Parser
+from mqttd.mqtt.packets import Connack
 
 WAIT = 5.0  # seconds any single expected event may take
 

@@ -22,9 +22,9 @@ import builder as B
 from broker import BrokerProcess
 from e2e_util import Client, uid
 
-from mqttd.codec import Parser
+from mqttd.mqtt.codec import Parser
 from mqttd.metrics import ALL_NAMES, NAMES
-from mqttd.packets import Connack, Publish, Suback
+from mqttd.mqtt.packets import Connack, Publish, Suback
 
 WAIT = 5.0
 

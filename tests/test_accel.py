@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import mqttd._accel as accel
-import mqttd.codec
+import mqttd.mqtt.codec
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_EXTENSIONS_REASON = (
@@ -26,8 +26,8 @@ NO_EXTENSIONS_REASON = (
 )
 
 PROBE = """
-import json, mqttd, mqttd._accel as a, mqttd.codec as c
-from mqttd._codec_py import ParserPy, encode_py
+import json, mqttd, mqttd._accel as a, mqttd.mqtt.codec as c
+from mqttd.mqtt._codec_py import ParserPy, encode_py
 print(json.dumps({
     "file": mqttd.__file__, "loaded": a.LOADED, "components": list(a.COMPONENTS),
     "no_extensions": a.NO_EXTENSIONS, "parser_is_py": c.Parser is ParserPy,
@@ -83,13 +83,13 @@ def test_every_component_loaded_c_in_this_run() -> None:
     expected = "py" if accel.NO_EXTENSIONS else "c"
     assert accel.LOADED == {name: expected for name in accel.COMPONENTS}
     if accel.NO_EXTENSIONS:
-        assert mqttd.codec.Parser is mqttd.codec.ParserPy
-        assert mqttd.codec.encode is mqttd.codec.encode_py
+        assert mqttd.mqtt.codec.Parser is mqttd.mqtt.codec.ParserPy
+        assert mqttd.mqtt.codec.encode is mqttd.mqtt.codec.encode_py
     else:
         from mqttd._speedups import _codec
 
-        assert mqttd.codec.Parser is _codec.Parser
-        assert mqttd.codec.encode is _codec.encode
+        assert mqttd.mqtt.codec.Parser is _codec.Parser
+        assert mqttd.mqtt.codec.encode is _codec.encode
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -101,11 +101,16 @@ def test_switch_values(value: str | None, expected: bool) -> None:
     assert accel._flag(value) is expected
 
 
+#: The package each accelerated component belongs to ("" = a leaf service at the top).
+_LAYER = {"codec": "mqtt", "trie": "core", "metrics": ""}
+
+
 @pytest.mark.parametrize("name", accel.COMPONENTS)
 def test_component_layout(name: str) -> None:
     """Facade, pure-Python reference, Cython source and stub for every accelerated component."""
-    assert (ROOT / "mqttd" / f"{name}.py").is_file()
-    assert (ROOT / "mqttd" / f"_{name}_py.py").is_file()
+    home = ROOT / "mqttd" / _LAYER[name]  # the facade and reference live in their layer
+    assert (home / f"{name}.py").is_file()
+    assert (home / f"_{name}_py.py").is_file()
     assert (ROOT / "mqttd" / "_speedups" / f"_{name}.pyx").is_file()
     assert (ROOT / "mqttd" / "_speedups" / f"_{name}.pyi").is_file()
 

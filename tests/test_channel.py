@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from mqttd.channel import CONNECTED, Channel
-from mqttd.codec import Parser
+from mqttd.core.channel import CONNECTED, Channel
+from mqttd.mqtt.codec import Parser
 from mqttd.config import Settings, Zone
-from mqttd.message import Message
+from mqttd.core.message import Message
 from mqttd.node import Node
-from mqttd.packets import (
+from mqttd.mqtt.packets import (
     Auth,
     Connack,
     Connect,
@@ -39,7 +39,7 @@ from mqttd.packets import (
     Unsubscribe,
     Will,
 )
-from mqttd.session import WAIT_ACK, WAIT_COMP
+from mqttd.core.session import WAIT_ACK, WAIT_COMP
 
 
 def in_loop(fn: Any) -> Any:

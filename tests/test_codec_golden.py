@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import builder as B
 import pytest
 
-from mqttd.errors import PacketError
-from mqttd.packets import (
+from mqttd.mqtt.errors import PacketError
+from mqttd.mqtt.packets import (
     Auth,
     Connack,
     Connect,

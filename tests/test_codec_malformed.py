@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import builder as B
 import pytest
 
-from mqttd.errors import PacketError
-from mqttd.packets import Pingreq, Puback, Publish
+from mqttd.mqtt.errors import PacketError
+from mqttd.mqtt.packets import Pingreq, Puback, Publish
 
 MAL, PROTO, VERSION, TOO_LARGE = 0x81, 0x82, 0x84, 0x95
 E = B.EMPTY_PROPS

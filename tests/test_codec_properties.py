@@ -20,8 +20,8 @@ import builder as B
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttd.errors import PacketError
-from mqttd.packets import (
+from mqttd.mqtt.errors import PacketError
+from mqttd.mqtt.packets import (
     Auth,
     Connack,
     Connect,

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from test_codec_properties import PACKET_ID, TOPIC, properties
 
 from mqttd import _accel as accel
-from mqttd._codec_py import encode_publish as encode_publish_py
-from mqttd._codec_py import encode_py
-from mqttd.packets import Publish
+from mqttd.mqtt._codec_py import encode_publish as encode_publish_py
+from mqttd.mqtt._codec_py import encode_py
+from mqttd.mqtt.packets import Publish
 
 
 class _NoC:

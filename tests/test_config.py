@@ -17,7 +17,7 @@ import builder as B
 import pytest
 from broker import BrokerProcess
 
-from mqttd.codec import ParserPy
+from mqttd.mqtt.codec import ParserPy
 from mqttd.config import Listener, Zone
 
 ROOT = Path(__file__).resolve().parents[1]

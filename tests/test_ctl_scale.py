@@ -25,11 +25,11 @@ import pytest
 from broker import BrokerProcess
 from e2e_util import WAIT, assert_clean_log
 
-from mqttd.channel import CONNECTED, Channel
+from mqttd.core.channel import CONNECTED, Channel
 from mqttd.config import Settings
-from mqttd.packets import SubOpts
+from mqttd.mqtt.packets import SubOpts
 from mqttd.server import Server
-from mqttd.session import Session
+from mqttd.core.session import Session
 
 #: The longest pause another client may see while a listing runs.
 MAX_PAUSE = 0.050

@@ -10,7 +10,7 @@ import sys
 import pytest
 from e2e_util import WAIT, Client, assert_clean_log, start_broker, uid
 
-from mqttd.packets import Disconnect
+from mqttd.mqtt.packets import Disconnect
 
 pytest_plugins = ["e2e_util"]
 

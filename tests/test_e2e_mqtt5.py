@@ -7,7 +7,7 @@ import builder as B
 import pytest
 from e2e_util import PacketTypes, broker_fixture, prop, props, uid
 
-from mqttd.packets import Disconnect, Pingresp, Puback, Publish, Suback
+from mqttd.mqtt.packets import Disconnect, Pingresp, Puback, Publish, Suback
 
 pytest_plugins = ["e2e_util"]
 

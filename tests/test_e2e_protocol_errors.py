@@ -10,7 +10,7 @@ import builder as B
 import pytest
 from e2e_util import broker_fixture, uid
 
-from mqttd.packets import Disconnect, Pingresp, Suback
+from mqttd.mqtt.packets import Disconnect, Pingresp, Suback
 
 pytest_plugins = ["e2e_util"]
 

@@ -11,7 +11,7 @@ import builder as B
 import pytest
 from e2e_util import BrokerProcess, assert_clean_log, log_size, start_broker, uid, wait_log
 
-from mqttd.packets import (
+from mqttd.mqtt.packets import (
     Disconnect,
     Pingresp,
     Puback,

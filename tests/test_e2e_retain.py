@@ -10,7 +10,7 @@ import builder as B
 import pytest
 from e2e_util import PacketTypes, broker_fixture, prop, props, uid
 
-from mqttd.packets import Disconnect
+from mqttd.mqtt.packets import Disconnect
 
 pytest_plugins = ["e2e_util"]
 

@@ -8,7 +8,7 @@ import builder as B
 import pytest
 from e2e_util import Closed, PacketTypes, broker_fixture, log_size, prop, props, uid, wait_log
 
-from mqttd.packets import Connack, Disconnect, Pingresp, Publish, Suback
+from mqttd.mqtt.packets import Connack, Disconnect, Pingresp, Publish, Suback
 
 pytest_plugins = ["e2e_util"]
 

@@ -12,7 +12,7 @@ import builder as B
 import pytest
 from e2e_util import WAIT, assert_clean_log, broker_fixture, start_broker, uid
 
-from mqttd.packets import Publish, Pubrel, Suback
+from mqttd.mqtt.packets import Publish, Pubrel, Suback
 
 pytest_plugins = ["e2e_util"]
 

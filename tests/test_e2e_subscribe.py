@@ -8,7 +8,7 @@ import builder as B
 import pytest
 from e2e_util import PacketTypes, broker_fixture, prop, props, sub_opts, uid
 
-from mqttd.packets import Suback, Unsuback
+from mqttd.mqtt.packets import Suback, Unsuback
 
 pytest_plugins = ["e2e_util"]
 

@@ -11,7 +11,7 @@ import builder as B
 import pytest
 from e2e_util import PacketTypes, broker_fixture, prop, props, uid
 
-from mqttd.packets import Connack
+from mqttd.mqtt.packets import Connack
 
 pytest_plugins = ["e2e_util"]
 

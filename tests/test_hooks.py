@@ -497,9 +497,9 @@ class _Client:
     """A channel and a parser for what it writes (no socket: the channel does no I/O)."""
 
     def __init__(self, node: Node, client_id: str) -> None:
-        from mqttd.channel import Channel
-        from mqttd.codec import Parser
-        from mqttd.packets import Connect
+        from mqttd.core.channel import Channel
+        from mqttd.mqtt.codec import Parser
+        from mqttd.mqtt.packets import Connect
 
         self.channel = ch = Channel(node, node.settings.zone("default"), "127.0.0.1:1")
         self.parser = Parser(version=5)
@@ -523,7 +523,7 @@ def _world() -> tuple[Node, Any]:
 def test_subscribe_fold_rewrites_and_refuses_filters() -> None:
     import asyncio
 
-    from mqttd.packets import Suback, SubOpts, Subscribe
+    from mqttd.mqtt.packets import Suback, SubOpts, Subscribe
 
     async def body() -> None:
         node, client = _world()
@@ -555,8 +555,8 @@ def test_subscribe_fold_rewrites_and_refuses_filters() -> None:
 def test_publish_and_delivered_folds() -> None:
     import asyncio
 
-    from mqttd.message import Message
-    from mqttd.packets import Publish, SubOpts, Subscribe
+    from mqttd.core.message import Message
+    from mqttd.mqtt.packets import Publish, SubOpts, Subscribe
 
     async def body() -> None:
         node, client = _world()

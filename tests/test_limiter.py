@@ -1,4 +1,4 @@
-"""Rate limits (mqttd.limiter): the token bucket's arithmetic, and real clients held to a
+"""Rate limits (mqttd.transport.limiter): the token bucket's arithmetic, and real clients held to a
 connection's inbound limits and a listener's accept limits."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mqttd.config import Zone
-from mqttd.limiter import ConnLimiter, TokenBucket
+from mqttd.transport.limiter import ConnLimiter, TokenBucket
 
 
 def test_bucket_burst_then_debt() -> None:
@@ -183,7 +183,7 @@ def test_inbound_rate_is_held_to_the_limit(kind: str) -> None:
     from e2e_util import BrokerProcess, Raw
     from sys_util import SysMetrics
 
-    from mqttd.packets import Publish, Suback
+    from mqttd.mqtt.packets import Publish, Suback
 
     n, payload = 600, b"x" * 1000
     frame = B.publish("rl/t", payload)
@@ -234,7 +234,7 @@ def test_unlimited_zone_is_not_slowed() -> None:
     import builder as B
     from e2e_util import BrokerProcess, Raw
 
-    from mqttd.packets import Publish, Suback
+    from mqttd.mqtt.packets import Publish, Suback
 
     n, frame = 600, B.publish("fast/t", b"x" * 1000)
     b = BrokerProcess()

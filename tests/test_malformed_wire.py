@@ -18,7 +18,7 @@ the reference parser. Row ids (F1, C5, S1, P3, U4, V5, ...) are the rows of
   is read the server cannot know which format the client would read).
 
 Where the standard leaves a choice, the reaction asserted is mqttd's documented
-choice (module docstring of mqttd.topics, mqttd.channel): control characters and
+choice (module docstring of mqttd.mqtt.topics, mqttd.core.channel): control characters and
 non-characters (S3) are refused in client ids (CONNACK 0x02/0x85), topic names,
 filters, will topics and response topics (0x81), accepted in user names,
 property strings and user properties; a wrong protocol level gets CONNACK 0x01

@@ -18,7 +18,7 @@ from mqttd import _accel
 from mqttd import metrics as facade
 from mqttd._metric_names import ALL_NAMES, COUNT, DERIVED, FAMILIES, NAMES
 from mqttd._metrics_py import MetricsPy
-from mqttd.packets import (
+from mqttd.mqtt.packets import (
     Connack,
     Disconnect,
     Pingresp,

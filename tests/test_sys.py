@@ -1,4 +1,4 @@
-"""$SYS (mqttd.sys): the periodic topics, presence events, and clients kept out of $SYS."""
+"""$SYS (mqttd.sys_topics): the periodic topics, presence events, and clients kept out of $SYS."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from e2e_util import BrokerProcess, Client, uid
 from mqttd import __version__
 from mqttd.metrics import NAMES as METRIC_NAMES
 from mqttd.stats import NAMES as STAT_NAMES
-from mqttd.sys import format_uptime, reason_token
+from mqttd.sys_topics import format_uptime, reason_token
 
 NODE = "mqttd@127.0.0.1"
 PREFIX = f"$SYS/brokers/{NODE}/"

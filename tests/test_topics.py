@@ -1,4 +1,4 @@
-"""mqttd.topics: filter validity, shared subscriptions, matching, refused characters.
+"""mqttd.mqtt.topics: filter validity, shared subscriptions, matching, refused characters.
 
 Tables from MQTT-MALFORMED.md rows S3, S9, S10, S12, S13 and the examples of
 MQTT 5.0 §4.7 / 3.1.1 §4.7 (topic wildcards, '$' topics).
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttd.topics import (
+from mqttd.mqtt.topics import (
     filter_error,
     has_disallowed_chars,
     is_wildcard,

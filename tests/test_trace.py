@@ -20,11 +20,11 @@ from broker import BrokerProcess
 from e2e_util import WAIT, Client, assert_clean_log, mosquitto_pub, uid
 from test_ctl import ctl, ctl_json, data_dir, ok, wait_until
 
-from mqttd.channel import Channel
+from mqttd.core.channel import Channel
 from mqttd.config import Settings
-from mqttd.message import Message
+from mqttd.core.message import Message
 from mqttd.node import Node
-from mqttd.packets import (
+from mqttd.mqtt.packets import (
     Auth,
     Connack,
     Connect,
@@ -40,7 +40,7 @@ from mqttd.packets import (
     Unsubscribe,
     Will,
 )
-from mqttd.trace import ChannelTracer, ConnectProbe, format_packet
+from mqttd.trace.manager import ChannelTracer, ConnectProbe, format_packet
 
 # --- the packet format ----------------------------------------------------------------------
 

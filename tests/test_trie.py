@@ -1,4 +1,4 @@
-"""The subscription trie, pure and compiled, against the brute-force matcher in mqttd.topics."""
+"""The subscription trie, pure and compiled, against the brute-force matcher in mqttd.mqtt.topics."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mqttd import _accel, topics
-from mqttd import trie as trie_facade
-from mqttd._trie_py import TriePy
+from mqttd import _accel
+from mqttd.mqtt import topics
+from mqttd.core import trie as trie_facade
+from mqttd.core._trie_py import TriePy
 
 _NO_C_REASON = "MQTTD_NO_EXTENSIONS is set: the compiled trie is not in use"
 

@@ -19,9 +19,9 @@ from typing import Any, NamedTuple, Self
 
 import builder as B
 
-from mqttd.codec import ParserPy
-from mqttd.errors import PacketError
-from mqttd.packets import (
+from mqttd.mqtt.codec import ParserPy
+from mqttd.mqtt.errors import PacketError
+from mqttd.mqtt.packets import (
     Auth,
     Connack,
     Disconnect,

@@ -2,7 +2,7 @@
 
 from typing import Any, Final
 
-from ..packets import Packet
+from mqttd._speedups.packets import Packet
 
 MAX_PACKET_SIZE: Final[int]
 

@@ -40,13 +40,13 @@ from libc.string cimport memcmp, memcpy
 import dataclasses
 import operator
 
-from mqttd import packets as _packets
-from mqttd import properties as P
-from mqttd import reasons as R
-from mqttd._codec_py import encode_py as _encode_py
-from mqttd.errors import MALFORMED_PACKET, PACKET_TOO_LARGE, PROTOCOL_ERROR
-from mqttd.errors import UNSUPPORTED_PROTOCOL_VERSION, PacketError
-from mqttd.packets import PACKET_NAMES
+from mqttd.mqtt import packets as _packets
+from mqttd.mqtt import properties as P
+from mqttd.mqtt import reasons as R
+from mqttd.mqtt._codec_py import encode_py as _encode_py
+from mqttd.mqtt.errors import MALFORMED_PACKET, PACKET_TOO_LARGE, PROTOCOL_ERROR
+from mqttd.mqtt.errors import UNSUPPORTED_PROTOCOL_VERSION, PacketError
+from mqttd.mqtt.packets import PACKET_NAMES
 
 cdef extern from *:
     """

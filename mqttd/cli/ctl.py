@@ -112,7 +112,7 @@ def main(args: list[str]) -> int:
     if o.help or not argv:
         argv = ["help"] + argv[:1]
     from ..ctl.commands import build_registry
-    from ..ctl.registry import UsageError
+    from ..ctl.table import UsageError
     from ..ctl.server import usage_message
 
     local = build_registry()

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._accel import LOADED
-from ..packets import SubOpts
-from ..topics import filter_error, is_wildcard, match, parse_shared
-from ..trace import FileSink, LiveSink, format_bytes, format_properties
-from .registry import Args, CtlError, Registry, UsageError
+from ..mqtt.packets import SubOpts
+from ..mqtt.topics import filter_error, is_wildcard, match, parse_shared
+from ..trace.manager import FileSink, LiveSink, format_bytes, format_properties
+from .table import Args, CtlError, Registry, UsageError
 from .server import PAGE_SECONDS, Col
 
 if TYPE_CHECKING:

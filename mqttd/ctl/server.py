@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from . import protocol as P
-from .registry import CtlError, Registry, UsageError
+from .table import CtlError, Registry, UsageError
 
 if TYPE_CHECKING:
     from ..server import Server

@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 from .message import Message
-from .packets import Publish, SubOpts
+from ..mqtt.packets import Publish, SubOpts
 
 #: A pending delivery to this session: (message, qos, retain flag, subscription ids,
 #: shared group key or None). Shared deliveries carry their group so that they can be

@@ -15,10 +15,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .codec import encode, encode_publish
-from .errors import PacketError
+from ..mqtt.codec import encode, encode_publish
+from ..mqtt.errors import PacketError
 from .message import Message
-from .metrics import (
+from ..metrics import (
     CLIENT_CONNACK, CLIENT_CONNECT, CLIENT_CONNECTED, CLIENT_SUBSCRIBE, CLIENT_UNSUBSCRIBE,
     DELIVERY_DROPPED_EXPIRED, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_TOO_LARGE,
     MESSAGES_QOS0_RECEIVED, MESSAGES_QOS0_SENT, MESSAGES_QOS1_RECEIVED, MESSAGES_QOS1_SENT,
@@ -35,19 +35,19 @@ from .metrics import (
     PACKETS_SUBSCRIBE_AUTH_ERROR, PACKETS_SUBSCRIBE_ERROR, PACKETS_SUBSCRIBE_RECEIVED,
     PACKETS_UNSUBACK_SENT, PACKETS_UNSUBSCRIBE_ERROR, PACKETS_UNSUBSCRIBE_RECEIVED,
 )
-from .packets import (
+from ..mqtt.packets import (
     AUTH, CONNACK, CONNECT, DISCONNECT, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC,
     PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack, Connect, Disconnect, Pingresp,
     Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, SubOpts, Unsuback,
 )
-from .reasons import ReasonCode as RC
+from ..mqtt.reasons import ReasonCode as RC
 from .session import WAIT_ACK
-from .topics import filter_error, has_disallowed_chars, is_wildcard, parse_shared
-from .topics import match as topic_match
+from ..mqtt.topics import filter_error, has_disallowed_chars, is_wildcard, parse_shared
+from ..mqtt.topics import match as topic_match
 
 if TYPE_CHECKING:
-    from .config import Zone
-    from .node import Node
+    from ..config import Zone
+    from ..node import Node
     from .session import Delivery, Session
 
 log = logging.getLogger("mqttd.channel")

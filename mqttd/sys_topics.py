@@ -36,7 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .message import Message
+from .core.message import Message
 
 if TYPE_CHECKING:
     from .node import Node

@@ -23,16 +23,16 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .metrics import (
+from ..metrics import (
     SESSION_CREATED, SESSION_DISCARDED, SESSION_RESUMED, SESSION_TAKEOVERED, SESSION_TERMINATED,
 )
-from .reasons import ReasonCode as RC
+from ..mqtt.reasons import ReasonCode as RC
 from .session import Session
 
 if TYPE_CHECKING:
     from .channel import Channel
     from .message import Message
-    from .node import Node
+    from ..node import Node
 
 log = logging.getLogger("mqttd.registry")
 

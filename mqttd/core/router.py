@@ -13,7 +13,7 @@ import random
 import zlib
 from typing import Any
 
-from .topics import is_wildcard
+from ..mqtt.topics import is_wildcard
 from .trie import Trie
 
 _CACHE_LIMIT = 65536

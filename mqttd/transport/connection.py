@@ -21,19 +21,19 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .channel import CONNECTED, IDLE, Channel
-from .codec import Parser
-from .errors import PacketError
+from ..core.channel import CONNECTED, IDLE, Channel
+from ..mqtt.codec import Parser
+from ..mqtt.errors import PacketError
 from .limiter import ConnLimiter
-from .metrics import (
+from ..metrics import (
     BYTES_RECEIVED, BYTES_SENT, CLIENT_DISCONNECTED, CONNECTIONS_CRASHED,
     CONNECTIONS_RATE_LIMITED, PACKETS_RECEIVED,
 )
-from .packets import PUBLISH
+from ..mqtt.packets import PUBLISH
 
 if TYPE_CHECKING:
-    from .config import Zone
-    from .node import Node
+    from ..config import Zone
+    from ..node import Node
 
 log = logging.getLogger("mqttd.connection")
 

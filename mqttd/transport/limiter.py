@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Zone
+    from ..config import Zone
 
 __all__ = ["ConnLimiter", "TokenBucket"]
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .hooks import Hooks
+from ..hooks import Hooks
 from .message import Message
-from .metrics import (
+from ..metrics import (
     DELIVERY_DROPPED_NO_LOCAL, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_QUEUE_FULL,
     MESSAGES_DELIVERED, MESSAGES_DROPPED_NO_SUBSCRIBERS, Metrics,
 )
-from .packets import SubOpts
+from ..mqtt.packets import SubOpts
 from .retainer import Retainer
 from .router import Router
-from .topics import parse_shared
+from ..mqtt.topics import parse_shared
 
 
 class Broker:

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .packets import (
+from ..mqtt.packets import (
     AUTH,
     CONNACK,
     CONNECT,
@@ -40,12 +40,12 @@ from .packets import (
     UNSUBACK,
     UNSUBSCRIBE,
 )
-from .topics import match
+from ..mqtt.topics import match
 
 if TYPE_CHECKING:
-    from .channel import Channel
-    from .message import Message
-    from .node import Node
+    from ..core.channel import Channel
+    from ..core.message import Message
+    from ..node import Node
 
 log = logging.getLogger("mqttd.trace")
 
@@ -475,7 +475,7 @@ def traced_connection_class() -> type:
     """
     global _traced_connection
     if _traced_connection is None:
-        from .connection import Connection
+        from ..transport.connection import Connection
 
         class TracedConnection(Connection):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from .message import Message
-from .topics import match
+from ..mqtt.topics import match
 
 
 class Retainer:
