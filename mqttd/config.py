@@ -7,6 +7,8 @@ embedded defaults below need no file.
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -409,3 +411,13 @@ def load_settings(path: str) -> Settings:
         return parse_settings(data)
     except ConfigError as err:
         raise ConfigError([f"{path}: {e}" for e in err.errors]) from None
+
+
+def default_data_dir() -> str:
+    """``$MQTTD_DATA_DIR``, else ``$XDG_STATE_HOME/mqttd``, else ``~/.local/state/mqttd``."""
+    env = os.environ.get("MQTTD_DATA_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return os.path.join(base, "mqttd")

@@ -1,60 +1,45 @@
-"""The broker node: wires the broker, the registry and the extension points together.
+"""The composition root: builds one node's services and wires them together.
 
-Channels talk to the rest of the broker only through the node, so that
-authentication, authorisation and the hook points sit in one place.
+No protocol logic lives here: each service is built with exactly what it
+needs (the broker gets the loop's timers, the trace manager the registry,
+``$SYS`` the dispatcher and the counters, plugins a :class:`PluginContext`),
+so no object reaches through another to find a third.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from .core.dispatch import Broker
 from .config import Settings
+from .core.broker import Broker
+from .core.message import Message
 from .hooks import Hooks
-from .metrics import (
-    CLIENT_ACL_ALLOW,
-    CLIENT_ACL_DENY,
-    CLIENT_ACL_IGNORE,
-    CLIENT_AUTH_ANONYMOUS,
-    CLIENT_AUTH_FAILURE,
-    CLIENT_AUTH_IGNORE,
-    CLIENT_AUTH_SUCCESS,
-    HOOKS_FAILED,
-    MESSAGES_ACKED,
-    MESSAGES_PUBLISH,
-    MESSAGES_RETAINED,
-    WORKERS_RESTARTED,
-    Metrics,
-)
-from .plugins import PluginManager
-from .core.registry import Registry
+from .metrics import HOOKS_FAILED, WORKERS_RESTARTED, Metrics
+from .plugins import PluginContext, PluginManager
 from .stats import Stats
 from .supervisor import Supervisor
 from .sys_topics import SysPublisher
 from .trace.manager import TraceManager
 
-if TYPE_CHECKING:
-    from .core.channel import Channel
-    from .core.message import Message
-    from .mqtt.packets import SubOpts
 
-log = logging.getLogger("mqttd.node")
+class LoopTimers:
+    """The core's :class:`~mqttd.core.services.Timers` on the running event loop."""
+
+    __slots__ = ()
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any
+                   ) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, callback, *args)
 
 
 class Node:
-    """One mqttd node: settings, broker (router + retainer) and registry."""
+    """One mqttd node: settings, counters, hooks, the broker and the operations services."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
-        default_zone = next(iter(self.settings.zones.values()))
-        self.broker = Broker(shared_strategy=default_zone.shared_subscription_strategy)
-        self.registry = Registry(self)
-        #: Client and topic traces (mqttd ctl trace). ``topic_traces`` is its filter table:
-        #: empty while no topic is traced, so the publish path pays one falsy test.
-        self.trace = TraceManager(self)
-        self.topic_traces = self.trace.topics
+        self.settings = settings = settings or Settings()
         #: Wall-clock time the node was created (uptime counts from here).
         self.started_at = time.time()
         #: Counters by index (mqttd.metrics); gauges with their maxima (mqttd.stats).
@@ -63,12 +48,25 @@ class Node:
         #: Extension points: chains of callbacks per hook point (mqttd.hooks).
         self.hooks = Hooks()
         self.hooks.on_failure = self._hook_failed
-        self.broker.metrics = self.metrics
-        self.broker.hooks = self.hooks
-        self.plugins = PluginManager(self)
+        #: What every channel calls: access, publish, subscribe, sessions.
+        self.broker = Broker(settings, self.metrics, self.hooks, LoopTimers())
+        self.registry = self.broker.registry
+        self.dispatcher = self.broker.dispatcher
+        #: Client and topic traces (mqttd ctl trace); the broker tests the topic table's
+        #: truth on every publish.
+        self.trace = TraceManager(self.registry, settings.trace_payload_limit)
+        self.broker.topic_traces = self.trace.topics
+        self.broker.trace_publish = self.trace.on_publish
+        self.plugins = PluginManager(PluginContext(self.hooks, self.metrics, self.stats,
+                                                   settings, self.publish))
         #: Background workers (stats tick, $SYS, sweeps, trace writers), restarted on crash.
         self.supervisor = Supervisor(on_restart=self._worker_restarted)
-        self.sys = SysPublisher(self)
+        self.sys = SysPublisher(settings.node, self.dispatcher, self.hooks, self.stats,
+                                self.metrics, self.started_at)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
+        """Publish as the broker itself (plugins' ``ctx.publish``); sessions reached."""
+        return self.broker.publish(Message(topic, payload, qos, retain))
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -78,7 +76,11 @@ class Node:
         Raises mqttd.plugins.PluginError if a configured plugin cannot be loaded.
         """
         self.plugins.load_all(self.settings.plugins)
-        self._register_stats()
+        # Each component registers its own update function (EMQX's emqx_cm, emqx_router
+        # and emqx_retainer each call emqx_stats:update_interval in their init).
+        self.registry.register_stats(self.stats)
+        self.broker.router.register_stats(self.stats)
+        self.broker.retainer.register_stats(self.stats)
         self.sys.load_presence()
         self.supervisor.start_child("stats", self.stats.run)
         interval = self.settings.sys_interval
@@ -91,100 +93,8 @@ class Node:
         self.sys.unload_presence()
         self.plugins.unload_all()
 
-    def _register_stats(self) -> None:
-        # Each component registers its own update function (EMQX's emqx_cm, emqx_router
-        # and emqx_retainer each call emqx_stats:update_interval in their init).
-        self.registry.register_stats(self.stats)
-        self.broker.router.register_stats(self.stats)
-        self.broker.retainer.register_stats(self.stats)
-
     def _hook_failed(self) -> None:
         self.metrics.inc(HOOKS_FAILED)
 
     def _worker_restarted(self) -> None:
         self.metrics.inc(WORKERS_RESTARTED)
-
-    # --- the seams the channel and the registry call --------------------------------
-
-    def run_hook(self, name: str, *args: Any) -> None:
-        """Run hook point ``name`` (a notification) with ``args``."""
-        self.hooks.run(name, *args)
-
-    def authenticate(self, client_id: str, username: str | None, password: bytes | None,
-                     peer: str) -> int:
-        """0 to accept the client, or a CONNACK reason code to refuse it.
-
-        Without an authentication callback every client is accepted (counted as
-        ``client.auth.ignore``); with one, the fold's result decides.
-        """
-        metrics = self.metrics  # client.authenticate is the sum of the three outcomes
-        hooks = self.hooks
-        if hooks.client_authenticate:
-            code = int(hooks.run_fold("client.authenticate",
-                                      (client_id, username, password, peer), 0))
-            metrics.inc(CLIENT_AUTH_FAILURE if code else CLIENT_AUTH_SUCCESS)
-        else:
-            code = 0
-            metrics.inc(CLIENT_AUTH_IGNORE)
-        if not code and username is None:
-            metrics.inc(CLIENT_AUTH_ANONYMOUS)
-        return code
-
-    def check_acl(self, channel: Channel, action: str, topic: str) -> int:
-        """0 to allow ``action`` ("publish"/"subscribe") on ``topic``, else a reason code."""
-        metrics = self.metrics  # client.check_acl is the sum of the three outcomes
-        hooks = self.hooks
-        if hooks.client_check_acl:
-            code = int(hooks.run_fold("client.check_acl", (channel, action, topic), 0))
-            metrics.inc(CLIENT_ACL_DENY if code else CLIENT_ACL_ALLOW)
-            return code
-        metrics.inc(CLIENT_ACL_IGNORE)
-        return 0
-
-    def publish(self, msg: Message) -> int:
-        """Publish a client's message (or a will): the message.publish hook, then the broker.
-
-        Returns the number of sessions reached. ``$SYS`` messages do not come this way.
-        """
-        metrics = self.metrics
-        metrics.inc(MESSAGES_PUBLISH)
-        hooks = self.hooks
-        if hooks.message_publish:
-            result = hooks.run_fold("message.publish", (), msg)
-            if result is None:
-                log.debug("a message.publish callback stopped the message to %s", msg.topic)
-                return 0
-            msg = result
-        if msg.retain and msg.payload:
-            metrics.inc(MESSAGES_RETAINED)
-        n = self.broker.publish(msg)
-        if self.topic_traces:
-            self.trace.on_publish(msg, n)
-        return n
-
-    def publish_will(self, msg: Message) -> None:
-        log.debug("publishing will of %s to %s", msg.sender, msg.topic)
-        self.publish(msg)
-
-    def subscribe(self, channel: Channel, topic_filter: str, opts: SubOpts, subid: int) -> bool:
-        """Add the subscription to the channel's session; True if it is new (not replaced)."""
-        is_new = self.broker.subscribe(channel.session, topic_filter, opts, subid)
-        hooks = self.hooks
-        if hooks.session_subscribed:
-            hooks.run("session.subscribed", channel.session, topic_filter, opts, is_new)
-        return is_new
-
-    def unsubscribe(self, channel: Channel, topic_filter: str) -> bool:
-        """Remove the subscription; False if the session had none for ``topic_filter``."""
-        found = self.broker.unsubscribe(channel.session, topic_filter)
-        hooks = self.hooks
-        if found and hooks.session_unsubscribed:
-            hooks.run("session.unsubscribed", channel.session, topic_filter)
-        return found
-
-    def acked(self, channel: Channel, msg: Message) -> None:
-        """A client acknowledged a QoS 1/2 delivery (PUBACK, or PUBCOMP)."""
-        self.metrics.inc(MESSAGES_ACKED)
-        hooks = self.hooks
-        if hooks.message_acked:
-            hooks.run("message.acked", channel, msg)

@@ -12,10 +12,13 @@ Installed plugins are only *discovered* (``discover()``, ``mqttd ctl plugins
 list``); a plugin is loaded only when the configuration (or an operator)
 names it, never because it happens to be installed.
 
-The plugin protocol: the class is called as ``Class(node, options)``
-(``options`` is the plugin's table from the configuration, without ``class``
-and ``enabled``), then its ``load()`` is called, which registers hooks on
-``node.hooks``. ``unload()``, if the plugin has one, is called when it is
+The plugin protocol: the class is called as ``Class(ctx, options)`` where
+``ctx`` is a :class:`PluginContext` (the node's hooks, metrics, stats, settings
+and a ``publish`` function: the whole surface a plugin may rely on) and
+``options`` is the plugin's table from the configuration, without ``class``
+and ``enabled``; then its ``load()`` is called, which registers hooks on
+``ctx.hooks``. Hook callbacks receive :class:`~mqttd.core.services.ClientInfo`,
+``Message`` and session views, never a live channel or connection. ``unload()``, if the plugin has one, is called when it is
 unloaded. :class:`Plugin` is a convenient base: its :meth:`Plugin.hook`
 registers a callback and remembers it, and its ``unload`` removes every
 callback it registered.
@@ -30,15 +33,17 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .config import PluginSpec
+from .config import PluginSpec, Settings
+from .hooks import Hooks
+from .metrics import Metrics
+from .stats import Stats
 
-if TYPE_CHECKING:
-    from .node import Node
-
-__all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginError", "PluginManager", "discover", "resolve"]
+__all__ = ["ENTRY_POINT_GROUP", "Plugin", "PluginContext", "PluginError", "PluginManager",
+           "discover", "resolve"]
 
 log = logging.getLogger("mqttd.plugins")
 
@@ -49,20 +54,44 @@ class PluginError(Exception):
     """A plugin could not be found, imported, created or loaded."""
 
 
+class Publish(Protocol):
+    """``publish(topic, payload, qos=0, retain=False)``: publish as the broker (no client
+    is the sender; the ``message.publish`` hook runs); returns the sessions reached."""
+
+    def __call__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+                 ) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PluginContext:
+    """What a plugin is given: the documented surface of the node (EMQX plugins see
+    emqx_hooks, emqx_metrics and emqx_broker:publish; mosquitto plugins an accessor API)."""
+
+    #: The node's hook chains: ``hooks.add(point, callback, priority)``.
+    hooks: Hooks
+    #: Counters by index (``metrics.inc``, ``metrics.snapshot()``).
+    metrics: Metrics
+    #: Gauges with their maxima (``stats.snapshot()``, ``stats.update_interval``).
+    stats: Stats
+    #: The node's configuration (read-only by convention).
+    settings: Settings
+    publish: Publish
+
+
 class Plugin:
     """Optional base class for plugins: remembers its hooks and removes them on unload."""
 
     #: One line for ``mqttd ctl plugins list``.
     description = ""
 
-    def __init__(self, node: Node, options: dict[str, Any]) -> None:
-        self.node = node
+    def __init__(self, ctx: PluginContext, options: dict[str, Any]) -> None:
+        self.ctx = ctx
         self.options = options
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
 
     def hook(self, point: str, callback: Callable[..., Any], priority: int = 0) -> None:
         """Add ``callback`` to ``point`` on the node's hooks; removed again by unload()."""
-        self.node.hooks.add(point, callback, priority)
+        self.ctx.hooks.add(point, callback, priority)
         self._hooks.append((point, callback))
 
     def load(self) -> None:
@@ -70,7 +99,7 @@ class Plugin:
 
     def unload(self) -> None:
         for point, callback in self._hooks:
-            self.node.hooks.delete(point, callback)
+            self.ctx.hooks.delete(point, callback)
         self._hooks.clear()
 
 
@@ -116,8 +145,8 @@ class _Loaded:
 class PluginManager:
     """The node's loaded plugins (EMQX's emqx_plugins, for Python classes)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, ctx: PluginContext) -> None:
+        self.ctx = ctx
         self._loaded: dict[str, _Loaded] = {}
 
     def load(self, spec: PluginSpec | str) -> Any:
@@ -130,7 +159,7 @@ class PluginManager:
         if not callable(cls):
             raise PluginError(f"plugin {spec.name}: {spec.ref} is not a class")
         try:
-            instance = cls(self.node, dict(spec.options))
+            instance = cls(self.ctx, dict(spec.options))
             load = getattr(instance, "load", None)
             if load is not None:
                 load()

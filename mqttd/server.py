@@ -19,7 +19,6 @@ from .metrics import CONNECTIONS_REFUSED_MAX_CONN_RATE, CONNECTIONS_REFUSED_MAX_
 from .node import Node
 from .plugins import PluginError
 from .mqtt.reasons import ReasonCode as RC
-from .trace.manager import traced_connection_class
 
 log = logging.getLogger("mqttd")
 
@@ -140,9 +139,10 @@ class Server:
                 return refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
                               f"max_conn_rate ({listener.max_conn_rate:g}/s)")
             live.pending += 1
-            if self.node.trace.clients:  # a client trace is waiting for its CONNECT
-                return traced_connection_class()(self.node, zone, flusher, live)
-            return Connection(self.node, zone, flusher, live)
+            trace = self.node.trace
+            # While a client trace waits for its client, each new channel is shown to it.
+            return Connection(self.node.broker, zone, flusher, live,
+                              trace.watch if trace.clients else None)
 
         try:
             server = await loop.create_server(factory, listener.bind, listener.port,

@@ -33,41 +33,22 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import __version__
+from .core.dispatch import Dispatcher
 from .core.message import Message
+from .core.services import ClientInfo, CloseReason
+from .hooks import Hooks
+from .metrics import Metrics
+from .stats import Stats
 
-if TYPE_CHECKING:
-    from .node import Node
-
-__all__ = ["SysPublisher", "format_uptime", "reason_token"]
+__all__ = ["SysPublisher", "format_uptime"]
 
 log = logging.getLogger("mqttd.sys")
 
 SYSDESCR = "mqttd: an MQTT 3.1/3.1.1/5.0 broker"
 PRESENCE_QOS = 1
-
-#: Close reasons as the channel words them -> EMQX's disconnect reason atoms.
-_REASONS = {
-    "client disconnected": "normal",
-    "session taken over": "takeovered",
-    "kicked by the operator": "kicked",
-    "keepalive timeout": "keepalive_timeout",
-    "server shutting down": "shutdown",
-    "connection closed by the client": "closed",
-    "": "closed",
-}
-
-
-def reason_token(reason: str) -> str:
-    """EMQX's name for a disconnect reason (``normal``, ``takeovered``, ...), else the text."""
-    token = _REASONS.get(reason)
-    if token is not None:
-        return token
-    if reason.startswith("connection lost"):
-        return "closed"
-    return reason
 
 
 def format_uptime(seconds: float) -> str:
@@ -87,9 +68,15 @@ def _ms(t: float) -> int:
 class SysPublisher:
     """Publishes the node's ``$SYS`` topics and the presence events."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.prefix = f"$SYS/brokers/{node.settings.node}/"
+    def __init__(self, node_name: str, dispatcher: Dispatcher, hooks: Hooks, stats: Stats,
+                 metrics: Metrics, started_at: float) -> None:
+        self.node_name = node_name
+        self.dispatcher = dispatcher
+        self.hooks = hooks
+        self.stats = stats
+        self.metrics = metrics
+        self.started_at = started_at
+        self.prefix = f"$SYS/brokers/{node_name}/"
         self._hooked = False
 
     # --- presence -------------------------------------------------------------------
@@ -97,48 +84,45 @@ class SysPublisher:
     def load_presence(self) -> None:
         """Start publishing presence events (hooks on client.connected/disconnected)."""
         if not self._hooked:
-            hooks = self.node.hooks
+            hooks = self.hooks
             hooks.add("client.connected", self.on_connected)
             hooks.add("client.disconnected", self.on_disconnected)
             self._hooked = True
 
     def unload_presence(self) -> None:
         if self._hooked:
-            self.node.hooks.delete("client.connected", self.on_connected)
-            self.node.hooks.delete("client.disconnected", self.on_disconnected)
+            self.hooks.delete("client.connected", self.on_connected)
+            self.hooks.delete("client.disconnected", self.on_disconnected)
             self._hooked = False
 
-    def _client(self, channel: Any) -> dict[str, Any]:
-        peer = channel.peer or ""
-        ip = peer.rsplit(":", 1)[0] if ":" in peer else peer
+    @staticmethod
+    def _client(client: ClientInfo) -> dict[str, Any]:
         return {
-            "clientid": channel.client_id,
-            "username": channel.username,
-            "ipaddress": ip.strip("[]"),
-            "sockport": getattr(channel, "sockport", 0) or 0,
-            "proto_name": channel.proto_name,
-            "proto_ver": channel.version,
-            "connected_at": _ms(channel.connected_at),
+            "clientid": client.client_id,
+            "username": client.username,
+            "ipaddress": client.peerhost,
+            "sockport": client.sockport,
+            "proto_name": client.proto_name,
+            "proto_ver": client.proto_ver,
+            "connected_at": _ms(client.connected_at),
         }
 
-    def on_connected(self, channel: Any) -> None:
-        session = channel.session
-        info = self._client(channel)
+    def on_connected(self, client: ClientInfo) -> None:
+        info = self._client(client)
         info.update({
             "ts": _ms(time.time()),
             "connack": 0,
-            "keepalive": channel.keepalive,
-            "clean_start": channel.clean_start,
-            "expiry_interval": session.expiry_interval if session is not None else 0,
+            "keepalive": client.keepalive,
+            "clean_start": client.clean_start,
+            "expiry_interval": client.expiry_interval,
         })
-        self.publish(f"clients/{channel.client_id}/connected", _json(info), qos=PRESENCE_QOS)
+        self.publish(f"clients/{client.client_id}/connected", _json(info), qos=PRESENCE_QOS)
 
-    def on_disconnected(self, channel: Any, reason: str) -> None:
+    def on_disconnected(self, client: ClientInfo, reason: CloseReason) -> None:
         now = time.time()
-        info = self._client(channel)
-        info.update({"ts": _ms(now), "reason": reason_token(reason),
-                     "disconnected_at": _ms(now)})
-        self.publish(f"clients/{channel.client_id}/disconnected", _json(info),
+        info = self._client(client)
+        info.update({"ts": _ms(now), "reason": reason.value, "disconnected_at": _ms(now)})
+        self.publish(f"clients/{client.client_id}/disconnected", _json(info),
                      qos=PRESENCE_QOS)
 
     # --- the periodic topics --------------------------------------------------------
@@ -146,20 +130,19 @@ class SysPublisher:
     def publish(self, suffix: str, payload: bytes, *, qos: int = 0, retain: bool = False
                 ) -> int:
         """Publish ``payload`` to ``$SYS/brokers/<node>/<suffix>``; returns sessions reached."""
-        return self.node.broker.publish(Message(self.prefix + suffix, payload, qos, retain))
+        return self.dispatcher.publish(Message(self.prefix + suffix, payload, qos, retain))
 
     def publish_all(self) -> None:
         """One round of the periodic topics."""
-        node = self.node
         publish = self.publish
         publish("version", __version__.encode(), retain=True)
         publish("sysdescr", SYSDESCR.encode(), retain=True)
-        node.broker.publish(Message("$SYS/brokers", node.settings.node.encode(), 0, True))
-        publish("uptime", format_uptime(time.time() - node.started_at).encode())
+        self.dispatcher.publish(Message("$SYS/brokers", self.node_name.encode(), 0, True))
+        publish("uptime", format_uptime(time.time() - self.started_at).encode())
         publish("datetime", time.strftime("%Y-%m-%d %H:%M:%S").encode())
-        for name, value in node.stats.snapshot().items():
+        for name, value in self.stats.snapshot().items():
             publish("stats/" + name, str(value).encode())
-        for name, value in node.metrics.snapshot().items():
+        for name, value in self.metrics.snapshot().items():
             publish("metrics/" + name.replace(".", "/"), str(value).encode())
 
     async def run(self, interval: float) -> None:

@@ -1,5 +1,5 @@
 """The Channel state machine driven without sockets: packet objects in, encoded packets out
-(decoded again with mqttd's parser), with the node's registry, broker and sessions in the
+(decoded again with mqttd's pure-Python parser), with the node's registry, broker and sessions in the
 same process so their state can be looked at directly. For the flows where a socket test
 would see less: QoS 2 states, the inflight window, takeover, topic alias maps, the
 awaiting-PUBREL sweep and the shared hand-over.
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mqttd.core.channel import CONNECTED, Channel
-from mqttd.mqtt.codec import Parser
+from mqttd.mqtt._codec_py import ParserPy
 from mqttd.config import Settings, Zone
 from mqttd.core.message import Message
 from mqttd.node import Node
@@ -59,9 +59,9 @@ class Probe:
     """A channel plus a parser for what it writes."""
 
     def __init__(self, node: Node, zone: Zone, version: int) -> None:
-        self.channel = Channel(node, zone, "test:1")
+        self.channel = Channel(node.broker, zone, "test:1")
         self.version = version
-        self.parser = Parser(version=version)
+        self.parser = ParserPy(version=version)
 
     def out(self) -> list[Any]:
         out = self.channel.out
@@ -110,8 +110,7 @@ class World:
 
     def lost(self, probe: Probe) -> None:
         """What the connection does when its socket closes."""
-        self.registry.detach(probe.channel)
-        probe.channel.state = 2
+        probe.channel.handle_close()
 
 
 
@@ -144,7 +143,7 @@ def test_inbound_qos2_unknown_pubrel_311():
 def test_outbound_qos2_states():
     w = World()
     sub = w.subscriber("sub", "t", 2)
-    w.node.publish(Message("t", b"x", 2))
+    w.node.broker.publish(Message("t", b"x", 2))
     (p,) = sub.out()
     assert p.qos == 2 and p.packet_id
     assert sub.session.inflight[p.packet_id][1] == WAIT_ACK
@@ -163,7 +162,7 @@ def test_outbound_qos2_states():
 def test_wrong_ack_for_qos2_delivery_is_a_protocol_error(ack):
     w = World()
     sub = w.subscriber("sub", "t", 2)
-    w.node.publish(Message("t", b"x", 2))
+    w.node.broker.publish(Message("t", b"x", 2))
     (p,) = sub.out()
     (d,) = sub.send(ack(p.packet_id))
     assert isinstance(d, Disconnect) and d.reason_code == 0x82
@@ -174,7 +173,7 @@ def test_wrong_ack_for_qos2_delivery_is_a_protocol_error(ack):
 def test_refused_pubrec_ends_the_flow():
     w = World()
     sub = w.subscriber("sub", "t", 2)
-    w.node.publish(Message("t", b"x", 2))
+    w.node.broker.publish(Message("t", b"x", 2))
     (p,) = sub.out()
     assert sub.send(Pubrec(p.packet_id, 0x80)) == []
     assert sub.session.inflight == {}
@@ -187,7 +186,7 @@ def test_inflight_window_and_queue_order():
     w = World()
     sub = w.subscriber("sub", "t", 1, receive_maximum=2)
     for i in range(5):
-        w.node.publish(Message("t", b"%d" % i, 1))
+        w.node.broker.publish(Message("t", b"%d" % i, 1))
     first = sub.out()
     assert [p.payload for p in first] == [b"0", b"1"]
     assert len(sub.session.inflight) == 2 and len(sub.session.mqueue) == 3
@@ -196,7 +195,7 @@ def test_inflight_window_and_queue_order():
     nxt = sub.send(Puback(first[1].packet_id))
     assert [p.payload for p in nxt] == [b"3"]
     # QoS 0 is not held back by a full window.
-    w.node.publish(Message("t", b"q0", 0))
+    w.node.broker.publish(Message("t", b"q0", 0))
     assert [p.payload for p in sub.out()] == [b"q0"]
 
 
@@ -213,7 +212,7 @@ def test_offline_queue_drops_oldest():
     sub = w.subscriber("sub", "t", 1, clean=False, expiry=60)
     w.lost(sub)
     for i in range(4):
-        w.node.publish(Message("t", b"%d" % i, 1))
+        w.node.broker.publish(Message("t", b"%d" % i, 1))
     s = w.registry.sessions["sub"]
     assert [d[0].payload for d in s.mqueue] == [b"2", b"3"]
     assert s.dropped == 2
@@ -223,8 +222,8 @@ def test_offline_queue_drops_oldest():
 def test_redelivery_on_resume_has_dup_and_same_ids():
     w = World()
     sub = w.subscriber("sub", "t", 2, clean=False, expiry=60)
-    w.node.publish(Message("t", b"a", 1))
-    w.node.publish(Message("t", b"b", 2))
+    w.node.broker.publish(Message("t", b"a", 1))
+    w.node.broker.publish(Message("t", b"b", 2))
     a, b = sub.out()
     sub.send(Pubrec(b.packet_id))
     w.lost(sub)
@@ -356,7 +355,7 @@ def test_outbound_topic_alias_map():
     w = World()
     sub = w.subscriber("sub", "#", 0, topic_alias_maximum=2)
     for t in ("a", "b", "c", "a", "b", "c"):
-        w.node.publish(Message(t, t.encode(), 0))
+        w.node.broker.publish(Message(t, t.encode(), 0))
     got = [(p.topic, p.properties.get("topic_alias")) for p in sub.out()]
     assert got == [("a", 1), ("b", 2), ("c", None), ("", 1), ("", 2), ("c", None)]
     assert sub.channel.alias_out == {"a": 1, "b": 2}
@@ -366,12 +365,12 @@ def test_outbound_topic_alias_map():
 def test_too_large_packet_is_dropped_counted_and_spends_no_alias():
     w = World()
     sub = w.subscriber("sub", "t", 1, topic_alias_maximum=5, maximum_packet_size=60)
-    w.node.publish(Message("t", b"x" * 100, 1))
+    w.node.broker.publish(Message("t", b"x" * 100, 1))
     assert sub.out() == []
     assert sub.channel.dropped == 1
     assert sub.session.inflight == {}  # as if delivered [MQTT-3.1.2-25]
     assert sub.channel.alias_out == {}
-    w.node.publish(Message("t", b"small", 1))
+    w.node.broker.publish(Message("t", b"small", 1))
     (p,) = sub.out()
     assert (p.topic, p.properties["topic_alias"]) == ("t", 1)
 
@@ -395,7 +394,7 @@ def test_shared_handover_skips_messages_the_client_already_received():
     a = w.subscriber("a", "$share/g/t", 2, receive_maximum=1)
     b = w.subscriber("b", "$share/g/t", 2)
     for i in range(4):
-        w.node.publish(Message("t", b"%d" % i, 2))
+        w.node.broker.publish(Message("t", b"%d" % i, 2))
     got_a, got_b = a.out(), b.out()
     assert len(got_a) == 1 and len(got_b) == 2 and len(a.session.mqueue) == 1
     a.send(Pubrec(got_a[0].packet_id))  # a has it now: WAIT_COMP

@@ -14,7 +14,8 @@ import time
 import typer
 
 from .. import __version__
-from ..config import ConfigError, Settings, load_settings
+from ..config import ConfigError, Settings, default_data_dir, load_settings
+from .ctl import main as ctl_main
 
 app = typer.Typer(
     name="mqttd",
@@ -25,16 +26,6 @@ app = typer.Typer(
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def default_data_dir() -> str:
-    """``$MQTTD_DATA_DIR``, else ``$XDG_STATE_HOME/mqttd``, else ``~/.local/state/mqttd``."""
-    env = os.environ.get("MQTTD_DATA_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                            "state")
-    return os.path.join(base, "mqttd")
 
 
 def _load(config: str | None) -> Settings:
@@ -213,8 +204,6 @@ def ctl(ctx: typer.Context) -> None:
 
     mqttd ctl [--data-dir DIR | -c FILE] [--json] [--timeout S] <command> [<args>]
     """
-    from .ctl import main as ctl_main
-
     try:
         code = ctl_main(list(ctx.args))
     except KeyboardInterrupt:

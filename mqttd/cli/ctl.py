@@ -23,6 +23,7 @@ import socket
 import sys
 from typing import Any, TextIO
 
+from ..config import ConfigError, default_data_dir, load_settings
 from ..ctl import protocol as P
 
 DEFAULT_TIMEOUT = 60.0
@@ -86,12 +87,8 @@ def parse_options(args: list[str]) -> Options:
 
 def socket_path(o: Options) -> str:
     """Where ``mqttd start`` put the control socket for these options."""
-    from . import default_data_dir
-
     data_dir = o.data_dir
     if data_dir is None and o.config is not None:
-        from ..config import ConfigError, load_settings
-
         try:
             data_dir = load_settings(o.config).data_dir or None
         except ConfigError as err:

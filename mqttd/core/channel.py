@@ -3,26 +3,33 @@
 ``handle_in(packet)`` applies one packet from the client and returns the
 channel's output: a list of encoded packets for the connection to write.
 ``deliver()`` is how the broker hands it a message for this client. When the
-channel decides the connection must end it sets ``closing``; the connection
-writes what is pending and closes the socket. Timers belong to the connection,
-which calls ``handle_timeout(name)``.
+channel decides the connection must end it sets ``closing`` (with a
+:class:`~mqttd.core.services.CloseReason`); the connection writes what is
+pending, closes the socket and calls ``handle_close()``, which ends the
+client's part in its session (EMQX's ``terminate``): every transport shares
+that lifecycle. Timers belong to the connection, which calls
+``handle_timeout(name)``. Everything outside the channel is reached through
+the :class:`~mqttd.core.services.ChannelServices` it is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from ..mqtt.codec import encode, encode_publish
-from ..mqtt.errors import PacketError
-from .message import Message
+from ..config import Zone
+from ..hooks import Hooks
 from ..metrics import (
-    CLIENT_CONNACK, CLIENT_CONNECT, CLIENT_CONNECTED, CLIENT_SUBSCRIBE, CLIENT_UNSUBSCRIBE,
+    CLIENT_CONNACK, CLIENT_CONNECT, CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_SUBSCRIBE,
+    CLIENT_UNSUBSCRIBE,
     DELIVERY_DROPPED_EXPIRED, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_TOO_LARGE,
     MESSAGES_QOS0_RECEIVED, MESSAGES_QOS0_SENT, MESSAGES_QOS1_RECEIVED, MESSAGES_QOS1_SENT,
-    MESSAGES_QOS2_RECEIVED, MESSAGES_QOS2_SENT,
+    MESSAGES_QOS2_RECEIVED, MESSAGES_QOS2_SENT, Metrics,
     PACKETS_AUTH_RECEIVED, PACKETS_AUTH_SENT, PACKETS_CONNACK_AUTH_ERROR, PACKETS_CONNACK_ERROR,
     PACKETS_CONNACK_SENT, PACKETS_CONNECT_RECEIVED, PACKETS_DISCONNECT_RECEIVED,
     PACKETS_DISCONNECT_SENT, PACKETS_PINGREQ_RECEIVED, PACKETS_PINGRESP_SENT,
@@ -35,24 +42,84 @@ from ..metrics import (
     PACKETS_SUBSCRIBE_AUTH_ERROR, PACKETS_SUBSCRIBE_ERROR, PACKETS_SUBSCRIBE_RECEIVED,
     PACKETS_UNSUBACK_SENT, PACKETS_UNSUBSCRIBE_ERROR, PACKETS_UNSUBSCRIBE_RECEIVED,
 )
+from ..mqtt.codec import encode, encode_publish
+from ..mqtt.errors import PacketError
 from ..mqtt.packets import (
-    AUTH, CONNACK, CONNECT, DISCONNECT, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC,
-    PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack, Connect, Disconnect, Pingresp,
-    Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback, SubOpts, Unsuback,
+    AUTH, CONNECT, DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
+    UNSUBSCRIBE, Connack, Connect, Disconnect, Pingresp, Puback, Pubcomp, Publish, Pubrec,
+    Pubrel, Suback, Subscribe, SubOpts, Unsuback, Unsubscribe,
 )
 from ..mqtt.reasons import ReasonCode as RC
-from .session import WAIT_ACK
 from ..mqtt.topics import filter_error, has_disallowed_chars, is_wildcard, parse_shared
 from ..mqtt.topics import match as topic_match
-
-if TYPE_CHECKING:
-    from ..config import Zone
-    from ..node import Node
-    from .session import Delivery, Session
+from .message import Message
+from .services import ClientInfo, CloseReason, SessionOwner
+from .session import WAIT_ACK, AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
 
-IDLE, CONNECTED, DISCONNECTED = 0, 1, 2
+
+class ChannelState(enum.IntEnum):
+    """Where a channel is in its life (EMQX's conn_state)."""
+
+    IDLE = 0  # connected socket, no CONNECT accepted yet
+    CONNECTED = 1  # CONNACK 0 sent: the client is attached to its session
+    DISCONNECTED = 2  # handle_close() ran: the client's part in its session is over
+
+
+IDLE, CONNECTED, DISCONNECTED = ChannelState.IDLE, ChannelState.CONNECTED, ChannelState.DISCONNECTED
+_PROTO = CloseReason.PROTOCOL_ERROR
+
+
+class ChannelServices(Protocol):
+    """Every call a channel makes outside itself (EMQX's emqx_channel calling
+    emqx_access_control, emqx_broker, emqx_cm and emqx_hooks)."""
+
+    metrics: Metrics
+    hooks: Hooks
+
+    def authenticate(self, client_id: str, username: str | None, password: bytes | None,
+                     peer: str) -> int:
+        """0 to accept the client, else a CONNACK reason code."""
+        ...
+
+    def check_acl(self, client: ClientInfo, action: str, topic: str) -> int:
+        """0 to allow ``action`` ('publish' | 'subscribe') on ``topic``, else a reason code."""
+        ...
+
+    def publish(self, msg: Message) -> int:
+        """Publish a client's message; returns the number of sessions reached."""
+        ...
+
+    def subscribe(self, session: Session, topic_filter: str, opts: SubOpts, subid: int
+                  ) -> bool:
+        """Add a subscription; True if it is new for the session."""
+        ...
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        """Remove a subscription; False if the session had none for the filter."""
+        ...
+
+    def retained(self, topic_filter: str) -> list[Message]:
+        """The retained messages a new subscription to ``topic_filter`` receives."""
+        ...
+
+    def acked(self, client: ClientInfo, msg: Message) -> None:
+        """The client acknowledged a QoS 1/2 delivery."""
+        ...
+
+    def queue_dropped(self, session: Session, delivery: Delivery) -> None:
+        """A full queue pushed ``delivery`` out of ``session``."""
+        ...
+
+    def open_session(self, owner: SessionOwner, zone: Zone, clean_start: bool, expiry: int,
+                     *, max_inflight: int) -> tuple[Session, bool]:
+        """Attach ``owner`` to a new or resumed session: (session, session present)."""
+        ...
+
+    def close_session(self, owner: SessionOwner) -> None:
+        """The owner's connection ended: its will and its session's expiry start."""
+        ...
 
 _PINGRESP = encode(Pingresp(), 4)
 
@@ -79,23 +146,23 @@ class Channel:
     """One client connection's MQTT state: CONNECT, QoS flows, subscriptions, will."""
 
     __slots__ = (
-        "node", "zone", "peer", "out", "wakeup", "state", "version", "client_id", "username",
-        "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
-        "client_max_packet", "receive_maximum", "closing", "close_reason", "paused",
-        "normal_disconnect", "connected_at", "created_at", "clean_start", "proto_name",
-        "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer", "will_delay",
-        "mountpoint", "metrics", "hooks", "sockport",
+        "services", "zone", "peer", "out", "wakeup", "state", "version", "client_id",
+        "username", "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
+        "client_max_packet", "receive_maximum", "closing", "close_reason", "close_detail",
+        "paused", "normal_disconnect", "connected_at", "created_at", "clean_start",
+        "proto_name", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
+        "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo",
     )
 
-    def __init__(self, node: Node, zone: Zone, peer: str = "", out: list[bytes] | None = None
-                 ) -> None:
-        self.node = node
+    def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
+                 out: list[bytes] | None = None) -> None:
+        self.services = services
         self.zone = zone
         self.peer = peer
         #: Encoded packets waiting to be written; the connection owns the writing.
         self.out: list[bytes] = out if out is not None else []
         #: Called when output appears outside handle_in (a delivery from another client).
-        self.wakeup: Any = None
+        self.wakeup: Callable[[], None] | None = None
         self.state = IDLE
         self.version = 0
         self.client_id = ""
@@ -110,7 +177,9 @@ class Channel:
         self.client_max_packet = 0
         self.receive_maximum = 0
         self.closing = False
-        self.close_reason = ""
+        #: Why the connection ends (set with ``closing``), and a readable detail for the log.
+        self.close_reason: CloseReason | None = None
+        self.close_detail = ""
         self.paused = False
         self.normal_disconnect = False
         self.created_at = time.time()
@@ -122,15 +191,31 @@ class Channel:
         self.recv_msg = 0
         self.send_msg = 0
         self.dropped = 0
-        self.tracer: Any = None
+        #: Called with ("RECV" | "SEND", packet) for every packet while the client is traced.
+        self.tracer: Callable[[str, Any], None] | None = None
         #: The zone's topic prefix: added to what the client publishes and subscribes to,
         #: taken off what it is sent.
         self.mountpoint = zone.mountpoint
         #: The node's counters and hook chains (looked up once, used on every packet).
-        self.metrics = node.metrics
-        self.hooks = node.hooks
+        self.metrics = services.metrics
+        self.hooks = services.hooks
         #: The local port the client connected to (set by the connection).
         self.sockport = 0
+        self._clientinfo: ClientInfo | None = None
+
+    @property
+    def clientinfo(self) -> ClientInfo:
+        """This client as hooks and management see it (built when first asked for, and
+        again after CONNACK settles its facts)."""
+        info = self._clientinfo
+        if info is None:
+            session = self.session
+            info = self._clientinfo = ClientInfo(
+                self.client_id, self.username, self.peer, self.sockport, self.proto_name,
+                self.version, self.clean_start, self.keepalive, self.zone.name,
+                self.mountpoint, session.expiry_interval if session is not None else 0,
+                self.connected_at)
+        return info
 
     # --- output ----------------------------------------------------------------------
 
@@ -176,16 +261,42 @@ class Channel:
         assert self.session is not None
         dropped = self.session.enqueue(delivery)
         if dropped is not None:
-            self.node.broker.queue_dropped(self.session, dropped)
+            self.services.queue_dropped(self.session, dropped)
 
-    def _close(self, reason: str, code: int | None = None) -> None:
+    def _close(self, reason: CloseReason, detail: str, code: int | None = None) -> None:
         """End the connection; on MQTT 5 after CONNACK, tell the client why first."""
         if self.closing:
             return
         if code is not None and self.version == 5 and self.state == CONNECTED:
-            self._send_with_reason(Disconnect(code), reason)
+            self._send_with_reason(Disconnect(code), detail)
         self.closing = True
         self.close_reason = reason
+        self.close_detail = detail
+
+    def handle_close(self, reason: CloseReason = CloseReason.CLOSED, detail: str = "") -> None:
+        """The connection is over (or about to be: closing, lingering): end the client's
+        part in its session once (EMQX's ``terminate``). ``reason``/``detail`` apply only if
+        the channel had not decided to close itself.
+
+        ``client.disconnected`` runs before the session is detached, as in EMQX; detaching
+        starts the will (or its delay) and the session's expiry.
+        """
+        if not self.closing:
+            self.closing = True
+            self.close_reason = reason
+            self.close_detail = detail
+        if self.state != CONNECTED:
+            self.state = DISCONNECTED
+            return
+        self.state = DISCONNECTED
+        reason = self.close_reason or CloseReason.CLOSED
+        log.debug("client %s disconnected: %s (%s)", self.client_id, reason.value,
+                  self.close_detail)
+        self.metrics.inc(CLIENT_DISCONNECTED)
+        hooks = self.hooks
+        if hooks.client_disconnected:
+            hooks.run("client.disconnected", self.clientinfo, reason)
+        self.services.close_session(self)
 
     # --- input -----------------------------------------------------------------------
 
@@ -224,24 +335,26 @@ class Channel:
             elif ptype == DISCONNECT:
                 self._in_disconnect(packet)
             elif ptype == CONNECT:
-                self._close("second CONNECT", RC.PROTOCOL_ERROR)
+                self._close(_PROTO, "second CONNECT", RC.PROTOCOL_ERROR)
             elif ptype == AUTH:
                 # No enhanced authentication was started at CONNECT [MQTT-4.12.0-7].
-                self._close("AUTH without an authentication method", RC.PROTOCOL_ERROR)
+                self._close(_PROTO, "AUTH without an authentication method",
+                            RC.PROTOCOL_ERROR)
             else:  # CONNACK, SUBACK, UNSUBACK, PINGRESP: server-only packets
-                self._close("server-only packet from a client", RC.PROTOCOL_ERROR)
+                self._close(_PROTO, "server-only packet from a client",
+                            RC.PROTOCOL_ERROR)
         elif self.state == IDLE:
             if ptype == CONNECT:
                 self._in_connect(packet)
             else:
-                self._close("first packet is not CONNECT")
+                self._close(_PROTO, "first packet is not CONNECT")
         return self.out
 
     def handle_first_packet_type(self, packet_type: int) -> list[bytes]:
         """The type of the first packet on the connection, known from its first byte: anything
         but CONNECT ends the connection without a reply [MQTT-3.1.0-1]."""
         if self.state == IDLE and packet_type != CONNECT:
-            self._close("first packet is not CONNECT")
+            self._close(_PROTO, "first packet is not CONNECT")
         return self.out
 
     def handle_frame_error(self, err: PacketError, parser_version: int) -> list[bytes]:
@@ -256,16 +369,17 @@ class Channel:
                 self.version = 5
                 self._send_with_reason(Connack(False, code), err.message)
                 self.metrics.inc(PACKETS_CONNACK_ERROR)
-            self._close("bad CONNECT: " + err.message)
+            self._close(CloseReason.FRAME_ERROR, "bad CONNECT: " + err.message)
         else:
-            self._close(err.message, code)
+            self._close(CloseReason.FRAME_ERROR, err.message, code)
         return self.out
 
     def handle_timeout(self, name: str) -> list[bytes]:
         if name == "keepalive":
-            self._close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
+            self._close(CloseReason.KEEPALIVE_TIMEOUT, "keepalive timeout",
+                        RC.KEEP_ALIVE_TIMEOUT)
         elif name == "connect":
-            self._close("no CONNECT in time")
+            self._close(CloseReason.CONNECT_TIMEOUT, "no CONNECT in time")
         return self.out
 
     # --- CONNECT ---------------------------------------------------------------------
@@ -276,7 +390,7 @@ class Channel:
         props: dict[str, Any] = {}
         hooks = self.hooks
         if hooks.client_connack:
-            props = hooks.run_fold("client.connack", (self, code), props)
+            props = hooks.run_fold("client.connack", (self.clientinfo, code), props)
         sent = True
         if self.version == 5:
             self._send_with_reason(Connack(False, code, props), reason)
@@ -290,7 +404,7 @@ class Channel:
             metrics.inc(PACKETS_CONNACK_ERROR)
             if code == RC.BAD_USER_NAME_OR_PASSWORD or code == RC.NOT_AUTHORIZED:
                 metrics.inc(PACKETS_CONNACK_AUTH_ERROR)
-        self._close("connection refused: " + reason)
+        self._close(CloseReason.CONNECT_REFUSED, "connection refused: " + reason)
 
     def _in_connect(self, p: Connect) -> None:
         zone = self.zone
@@ -300,8 +414,10 @@ class Channel:
         self.metrics.inc(CLIENT_CONNECT)
         props = p.properties
         hooks = self.hooks
+        self.username = p.username
         if hooks.client_connect:
-            props = hooks.run_fold("client.connect", (self, p), props)
+            self.client_id = p.client_id
+            props = hooks.run_fold("client.connect", (self.clientinfo, p), props)
         client_id = p.client_id
         if zone.use_username_as_clientid and p.username:
             client_id = p.username
@@ -311,13 +427,15 @@ class Channel:
                 client_id = assigned = "mqttd-" + uuid.uuid4().hex
             else:
                 return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
+        self.client_id = client_id
+        self._clientinfo = None  # the id is settled: hooks from here on see it
         if len(client_id) > zone.max_clientid_len or has_disallowed_chars(client_id):
             return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
         if "authentication_method" in props:
             return self._refuse(RC.BAD_AUTHENTICATION_METHOD, "unsupported authentication method")
         if not zone.allow_anonymous and p.username is None:
             return self._refuse(RC.NOT_AUTHORIZED, "anonymous clients are not allowed")
-        code = self.node.authenticate(client_id, p.username, p.password, self.peer)
+        code = self.services.authenticate(client_id, p.username, p.password, self.peer)
         if code:
             return self._refuse(code, "authentication failed")
         will = p.will
@@ -365,12 +483,13 @@ class Channel:
                 ack_props["session_expiry_interval"] = expiry
         self.keepalive = keepalive
         self.receive_maximum = zone.max_awaiting_rel or 65535
-        session, present = self.node.registry.open_session(
-            self, client_id, p.clean_start, expiry,
+        session, present = self.services.open_session(
+            self, zone, p.clean_start, expiry,
             max_inflight=min(client_rm, zone.max_inflight or 65535))
         self.session = session
         self.state = CONNECTED
         self.connected_at = time.time()
+        self._clientinfo = None  # keepalive, expiry and connected_at are settled now
         if version == 5:
             if assigned is not None:
                 ack_props["assigned_client_identifier"] = assigned
@@ -389,7 +508,7 @@ class Channel:
         metrics = self.metrics
         metrics.inc(CLIENT_CONNACK)
         if hooks.client_connack:
-            ack_props = hooks.run_fold("client.connack", (self, 0), ack_props)
+            ack_props = hooks.run_fold("client.connack", (self.clientinfo, 0), ack_props)
         self._send(Connack(present, 0, ack_props if version == 5 else {}))
         if version == 5:
             # From here on nothing larger than the client's Maximum Packet Size is sent. The
@@ -397,7 +516,7 @@ class Channel:
             self.client_max_packet = client_max_packet
         metrics.inc(CLIENT_CONNECTED)
         if hooks.client_connected:
-            hooks.run("client.connected", self)
+            hooks.run("client.connected", self.clientinfo)
         if present:
             self._resume()
 
@@ -432,22 +551,22 @@ class Channel:
             if "topic_alias" in props:
                 alias = props["topic_alias"]
                 if alias == 0 or alias > zone.max_topic_alias:
-                    return self._close("topic alias out of range", RC.TOPIC_ALIAS_INVALID)
+                    return self._close(_PROTO, "topic alias out of range", RC.TOPIC_ALIAS_INVALID)
                 if topic:
                     self.alias_in[alias] = topic
                 else:
                     topic = self.alias_in.get(alias, "")
                     if not topic:
-                        return self._close("unknown topic alias", RC.PROTOCOL_ERROR)
+                        return self._close(_PROTO, "unknown topic alias", RC.PROTOCOL_ERROR)
                 props = dict(props)
                 del props["topic_alias"]
             if "subscription_identifier" in props:
-                return self._close("subscription identifier from a client", RC.PROTOCOL_ERROR)
+                return self._close(_PROTO, "subscription identifier from a client", RC.PROTOCOL_ERROR)
         if qos > zone.max_qos_allowed:
-            return self._close("QoS not supported", RC.QOS_NOT_SUPPORTED)
+            return self._close(_PROTO, "QoS not supported", RC.QOS_NOT_SUPPORTED)
         retain = p.retain
         if retain and not zone.retain_available:
-            return self._close("retain not supported", RC.RETAIN_NOT_SUPPORTED)
+            return self._close(_PROTO, "retain not supported", RC.RETAIN_NOT_SUPPORTED)
         session = self.session
         assert session is not None
         if qos == 2:
@@ -458,7 +577,7 @@ class Channel:
                 return
             if len(session.awaiting_rel) >= self.receive_maximum:
                 metrics.inc(PACKETS_PUBLISH_DROPPED)
-                return self._close("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
+                return self._close(_PROTO, "receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
         self.recv_msg += 1
         payload = p.payload
         code = self._check_publish(topic, props, payload)
@@ -471,11 +590,11 @@ class Channel:
                 if self.version == 5:
                     self._send(Pubrec(p.packet_id, code))
                 else:  # 3.1.1 has no way to refuse: complete the flow, drop the message
-                    session.await_rel(p.packet_id)
+                    session.await_rel(p.packet_id, time.monotonic())
                     self._send(Pubrec(p.packet_id))
             return
         mountpoint = zone.mountpoint
-        n = self.node.publish(Message(mountpoint + topic if mountpoint else topic, payload, qos,
+        n = self.services.publish(Message(mountpoint + topic if mountpoint else topic, payload, qos,
                                       retain, props, self.client_id))
         if not qos:  # QoS 0: nothing to acknowledge
             return
@@ -483,7 +602,7 @@ class Channel:
             self._send(Puback(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
         elif qos == 2:
-            session.await_rel(p.packet_id)
+            session.await_rel(p.packet_id, time.monotonic())
             self._send(Pubrec(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
 
@@ -501,7 +620,7 @@ class Channel:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
                 return RC.PAYLOAD_FORMAT_INVALID
-        return self.node.check_acl(self, "publish", topic)
+        return self.services.check_acl(self.clientinfo, "publish", topic)
 
     def _in_pubrel(self, p: Pubrel) -> None:
         session = self.session
@@ -519,20 +638,20 @@ class Channel:
         session = self.session
         assert session is not None
         entry = session.ack(p.packet_id, 1)
-        if isinstance(entry, str):  # "mismatch"
+        if entry is AckFault.MISMATCH:
             self.metrics.inc(PACKETS_PUBACK_INUSE)
-            return self._close("PUBACK for a QoS 2 message", RC.PROTOCOL_ERROR)
-        if entry is not None:
-            self.node.acked(self, entry[0][0])
-            self.drain()
-        else:
+            return self._close(_PROTO, "PUBACK for a QoS 2 message", RC.PROTOCOL_ERROR)
+        if entry is AckFault.UNKNOWN:
             self.metrics.inc(PACKETS_PUBACK_MISSED)
+            return
+        self.services.acked(self.clientinfo, entry[0][0])
+        self.drain()
 
     def _in_pubrec(self, p: Pubrec) -> None:
         session = self.session
         assert session is not None
         entry = session.ack(p.packet_id, 2)
-        if isinstance(entry, str):  # "mismatch"
+        if entry is AckFault.MISMATCH:
             self.metrics.inc(PACKETS_PUBREC_INUSE)
             entry = session.inflight[p.packet_id]
             if entry[0][1] == 2:
@@ -540,8 +659,8 @@ class Channel:
                 # crossed it; repeating PUBREL is harmless, closing would not be.
                 self._send(Pubrel(p.packet_id))
                 return
-            return self._close("PUBREC for a QoS 1 message", RC.PROTOCOL_ERROR)
-        if entry is None:
+            return self._close(_PROTO, "PUBREC for a QoS 1 message", RC.PROTOCOL_ERROR)
+        if entry is AckFault.UNKNOWN:
             self.metrics.inc(PACKETS_PUBREC_MISSED)
             self._send(Pubrel(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND
                               if self.version == 5 else 0))
@@ -558,18 +677,18 @@ class Channel:
         session = self.session
         assert session is not None
         entry = session.complete(p.packet_id)
-        if isinstance(entry, str):  # "mismatch"
+        if entry is AckFault.MISMATCH:
             self.metrics.inc(PACKETS_PUBCOMP_INUSE)
-            return self._close("PUBCOMP before PUBREL", RC.PROTOCOL_ERROR)
-        if entry is not None:
-            self.node.acked(self, entry[0][0])
-            self.drain()
-        else:
+            return self._close(_PROTO, "PUBCOMP before PUBREL", RC.PROTOCOL_ERROR)
+        if entry is AckFault.UNKNOWN:
             self.metrics.inc(PACKETS_PUBCOMP_MISSED)
+            return
+        self.services.acked(self.clientinfo, entry[0][0])
+        self.drain()
 
     # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------
 
-    def _in_subscribe(self, p: Any) -> None:
+    def _in_subscribe(self, p: Subscribe) -> None:
         zone = self.zone
         session = self.session
         assert session is not None
@@ -583,7 +702,8 @@ class Channel:
         topics = p.topics
         hooks = self.hooks
         if hooks.client_subscribe:
-            topics = hooks.run_fold("client.subscribe", (self, p.properties), list(topics))
+            topics = hooks.run_fold("client.subscribe", (self.clientinfo, p.properties),
+                                    list(topics))
         failed = denied = False
         for topic_filter, opts in topics:
             if isinstance(opts, int):  # a client.subscribe callback refused this filter
@@ -602,7 +722,7 @@ class Channel:
                                opts.retain_as_published, opts.retain_handling)
             if zone.mountpoint:
                 topic_filter = _mount(zone.mountpoint, topic_filter)
-            is_new = self.node.subscribe(self, topic_filter, opts, subid)
+            is_new = self.services.subscribe(session, topic_filter, opts, subid)
             codes.append(qos)
             if opts.retain_handling == 0 or (opts.retain_handling == 1 and is_new):
                 retained.append((topic_filter, opts, subid))
@@ -636,26 +756,29 @@ class Channel:
         if (zone.max_subscriptions and topic_filter not in session.subscriptions
                 and len(session.subscriptions) >= zone.max_subscriptions):
             return RC.QUOTA_EXCEEDED
-        return self.node.check_acl(self, "subscribe", topic_filter)
+        return self.services.check_acl(self.clientinfo, "subscribe", topic_filter)
 
     def _send_retained(self, topic_filter: str, opts: SubOpts, subid: int) -> None:
         if parse_shared(topic_filter) is not None:
             return  # retained messages are not sent for shared subscriptions
-        for msg in self.node.broker.retainer.match(topic_filter):
+        for msg in self.services.retained(topic_filter):
             qos = opts.qos if opts.qos < msg.qos else msg.qos
             self.deliver((msg, qos, True, (subid,) if subid else (), None), None)
 
-    def _in_unsubscribe(self, p: Any) -> None:
+    def _in_unsubscribe(self, p: Unsubscribe) -> None:
+        session = self.session
+        assert session is not None
         codes = []
         self.metrics.inc(CLIENT_UNSUBSCRIBE)
         topics = p.topics
         hooks = self.hooks
         if hooks.client_unsubscribe:
-            topics = hooks.run_fold("client.unsubscribe", (self, p.properties), list(topics))
+            topics = hooks.run_fold("client.unsubscribe", (self.clientinfo, p.properties),
+                                    list(topics))
         for topic_filter in topics:
             if self.zone.mountpoint:
                 topic_filter = _mount(self.zone.mountpoint, topic_filter)
-            found = self.node.unsubscribe(self, topic_filter)
+            found = self.services.unsubscribe(session, topic_filter)
             codes.append(0 if found else RC.NO_SUBSCRIPTION_EXISTED)
         if len(codes) != codes.count(0):
             self.metrics.inc(PACKETS_UNSUBSCRIBE_ERROR)
@@ -670,14 +793,14 @@ class Channel:
             expiry = p.properties.get("session_expiry_interval")
             if expiry is not None:
                 if session.expiry_interval == 0 and expiry != 0:
-                    return self._close("session expiry set after 0", RC.PROTOCOL_ERROR)
+                    return self._close(_PROTO, "session expiry set after 0", RC.PROTOCOL_ERROR)
                 session.expiry_interval = min(expiry, self.zone.max_session_expiry_interval)
         if p.reason_code == RC.SUCCESS:
             # Only a normal disconnection (0x00) deletes the will [MQTT-3.1.2-8]; 0x04 asks
             # for it explicitly and any error code leaves it to be published.
             self.will = None
         self.normal_disconnect = True
-        self._close("client disconnected")
+        self._close(CloseReason.NORMAL, "client disconnected")
 
     # --- delivery to this client -------------------------------------------------------
 
@@ -699,7 +822,7 @@ class Channel:
         if encoded is None:
             hooks = self.hooks
             if hooks.message_delivered:
-                msg = hooks.run_fold("message.delivered", (self,), delivery[0])
+                msg = hooks.run_fold("message.delivered", (self.clientinfo,), delivery[0])
                 if msg is not delivery[0]:  # a callback changed the message
                     delivery = (msg, delivery[1], delivery[2], delivery[3], delivery[4])
         qos = delivery[1]
@@ -804,9 +927,9 @@ class Channel:
         if not paused:
             self.drain()
 
-    def kick(self, code: int, reason: str) -> None:
+    def kick(self, code: int, reason: CloseReason, detail: str) -> None:
         """Close this client from the server side (takeover, admin kick, shutdown)."""
-        self._close(reason, code)
+        self._close(reason, detail, code)
         if self.wakeup is not None:
             self.wakeup()
 

@@ -1,4 +1,4 @@
-"""Publish and dispatch (EMQX's emqx_broker): from one message to every subscriber.
+"""Dispatch (the routing half of EMQX's emqx_broker): from one message to every subscriber.
 
 A message goes to each matching plain subscriber once, however many of its
 filters match (the highest granted QoS wins and every Subscription Identifier
@@ -10,32 +10,33 @@ from __future__ import annotations
 from typing import Any
 
 from ..hooks import Hooks
-from .message import Message
 from ..metrics import (
     DELIVERY_DROPPED_NO_LOCAL, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_QUEUE_FULL,
     MESSAGES_DELIVERED, MESSAGES_DROPPED_NO_SUBSCRIBERS, Metrics,
 )
 from ..mqtt.packets import SubOpts
-from .retainer import Retainer
-from .router import Router
 from ..mqtt.topics import parse_shared
+from .message import Message
+from .retainer import Retainer
+from .router import Route, Router, SharedGroup
+from .session import Delivery, Session
 
 
-class Broker:
+class Dispatcher:
     """Routes messages to sessions; owns the router and the retained store."""
 
-    def __init__(self, shared_strategy: str = "round_robin") -> None:
+    def __init__(self, metrics: Metrics, hooks: Hooks, shared_strategy: str = "round_robin"
+                 ) -> None:
         self.router = Router()
         self.retainer = Retainer()
         self.shared_strategy = shared_strategy
         self.dropped_no_subscribers = 0
-        #: The node's counters and hooks (the node sets them; a broker alone has its own).
-        self.metrics: Any = Metrics()
-        self.hooks = Hooks()
+        self.metrics = metrics
+        self.hooks = hooks
 
     # --- subscriptions ---------------------------------------------------------------
 
-    def subscribe(self, session: Any, topic_filter: str, opts: SubOpts, subid: int) -> bool:
+    def subscribe(self, session: Session, topic_filter: str, opts: SubOpts, subid: int) -> bool:
         """Add a subscription; True if it is new for this session (False: replaced)."""
         share = parse_shared(topic_filter)
         if share is not None:
@@ -47,7 +48,7 @@ class Broker:
         session.subscriptions[topic_filter] = (opts, subid)
         return is_new
 
-    def unsubscribe(self, session: Any, topic_filter: str) -> bool:
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
         share = parse_shared(topic_filter)
@@ -57,7 +58,7 @@ class Broker:
             self.router.remove(topic_filter, None, False, session)
         return True
 
-    def unsubscribe_all(self, session: Any) -> None:
+    def unsubscribe_all(self, session: Session) -> None:
         for topic_filter in list(session.subscriptions):
             self.unsubscribe(session, topic_filter)
 
@@ -110,7 +111,7 @@ class Broker:
             return n
         # Several filters match: one delivery per session with the highest QoS and all
         # subscription identifiers (MQTT 5.0 section 4.8.1 / 3.3.4).
-        merged: dict[Any, list[Any]] = {}
+        merged: dict[Session, list[Any]] = {}
         n = 0
         for route in routes:
             for session, (opts, subid) in route.subs.items():
@@ -137,13 +138,13 @@ class Broker:
             self.metrics.inc(MESSAGES_DELIVERED, n)
         return n
 
-    def _no_local(self, session: Any, msg: Message) -> None:
+    def _no_local(self, session: Session, msg: Message) -> None:
         """A subscriber's own message, not sent back because of No Local."""
         self.metrics.inc(DELIVERY_DROPPED_NO_LOCAL)
         if self.hooks.delivery_dropped:
             self.hooks.run("delivery.dropped", session, msg, "no_local")
 
-    def queue_dropped(self, session: Any, delivery: Any) -> None:
+    def queue_dropped(self, session: Session, delivery: Delivery) -> None:
         """An offline session's full queue pushed ``delivery`` out (or refused a QoS 0)."""
         if delivery[1]:
             self.metrics.inc(DELIVERY_DROPPED_QUEUE_FULL)
@@ -154,15 +155,15 @@ class Broker:
         if self.hooks.delivery_dropped:
             self.hooks.run("delivery.dropped", session, delivery[0], reason)
 
-    def _dispatch_groups(self, route: Any, msg: Message, encoded: dict[Any, bytes] | None
+    def _dispatch_groups(self, route: Route, msg: Message, encoded: dict[Any, bytes] | None
                          ) -> int:
         n = 0
         for group in route.groups.values():
             n += self._to_member(group, msg, encoded, None)
         return n
 
-    def _to_member(self, group: Any, msg: Message, encoded: dict[Any, bytes] | None,
-                   exclude: Any) -> int:
+    def _to_member(self, group: SharedGroup, msg: Message, encoded: dict[Any, bytes] | None,
+                   exclude: Session | None) -> int:
         """Deliver ``msg`` to the member ``group`` picks (not ``exclude``); 1 if one existed."""
         session = group.pick(self.shared_strategy, msg.sender, exclude=exclude)
         if session is None:
@@ -173,7 +174,7 @@ class Broker:
         _deliver(session, (msg, qos, retain, (subid,) if subid else (), group), encoded, self)
         return 1
 
-    def redispatch_shared(self, leaving: Any, deliveries: list[Any]) -> int:
+    def redispatch_shared(self, leaving: Session, deliveries: list[Delivery]) -> int:
         """Hand a leaving member's unfinished QoS 1/2 shared deliveries to other members."""
         n = 0
         for msg, qos, _retain, _subids, group in deliveries:
@@ -184,12 +185,12 @@ class Broker:
         return n
 
 
-def _deliver(session: Any, delivery: Any, encoded: dict[Any, bytes] | None, broker: Broker
-             ) -> None:
+def _deliver(session: Session, delivery: Delivery, encoded: dict[Any, bytes] | None,
+             dispatcher: Dispatcher) -> None:
     channel = session.channel
     if channel is not None:
         channel.deliver(delivery, encoded)
     else:
         dropped = session.enqueue(delivery)
         if dropped is not None:
-            broker.queue_dropped(session, dropped)
+            dispatcher.queue_dropped(session, dropped)

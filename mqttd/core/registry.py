@@ -19,20 +19,22 @@ task; started with the first session), so no per-message timer exists.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from typing import Any
 
+from ..config import Zone
+from ..hooks import Hooks
 from ..metrics import (
     SESSION_CREATED, SESSION_DISCARDED, SESSION_RESUMED, SESSION_TAKEOVERED, SESSION_TERMINATED,
+    Metrics,
 )
 from ..mqtt.reasons import ReasonCode as RC
+from .dispatch import Dispatcher
+from .message import Message
+from .services import CloseReason, SessionOwner, TimerHandle, Timers
 from .session import Session
-
-if TYPE_CHECKING:
-    from .channel import Channel
-    from .message import Message
-    from ..node import Node
 
 log = logging.getLogger("mqttd.registry")
 
@@ -47,18 +49,29 @@ _SWEEP_MAX = 60.0
 class Registry:
     """Client id -> live channel, and client id -> session (connected or offline)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.channels: dict[str, Channel] = {}
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics, hooks: Hooks, timers: Timers,
+                 publish_will: Callable[[Message], Any], await_rel_timeouts: list[float],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.hooks = hooks
+        self.timers = timers
+        self.clock = clock
+        self._publish_will = publish_will
+        #: Every zone's await_rel_timeout: the sweep runs at half the shortest.
+        self._await_rel_timeouts = await_rel_timeouts
+        self.channels: dict[str, SessionOwner] = {}
         self.sessions: dict[str, Session] = {}
         #: client id -> (will message, timer handle) for wills waiting out their delay
-        self._wills: dict[str, tuple[Message, Any]] = {}
-        self._sweep_handle: Any = None
+        self._wills: dict[str, tuple[Message, TimerHandle]] = {}
+        #: None: not started; False: no zone ever expires awaiting PUBREL ids.
+        self._sweep_handle: TimerHandle | bool | None = None
         self.awaiting_rel_expired = 0
 
-    def open_session(self, channel: Channel, client_id: str, clean_start: bool, expiry: int,
+    def open_session(self, channel: SessionOwner, zone: Zone, clean_start: bool, expiry: int,
                      *, max_inflight: int) -> tuple[Session, bool]:
         """Attach ``channel`` to a new or resumed session; returns (session, present)."""
+        client_id = channel.client_id
         if self._sweep_handle is None:
             self._start_sweep()
         old = self.channels.get(client_id)
@@ -68,7 +81,6 @@ class Registry:
             taken_will = old.will
             old.will = None
             self._takeover(old)
-        zone = channel.zone
         session = self.sessions.get(client_id)
         present = False
         if session is not None:
@@ -106,17 +118,17 @@ class Registry:
         self.channels[client_id] = channel
         return session, present
 
-    def _takeover(self, old: Channel) -> None:
+    def _takeover(self, old: SessionOwner) -> None:
         log.info("client %s taken over by a new connection", old.client_id)
-        old.kick(RC.SESSION_TAKEN_OVER, "session taken over")
+        old.kick(RC.SESSION_TAKEN_OVER, CloseReason.TAKEN_OVER, "session taken over")
         self.detach(old)
 
-    def detach(self, channel: Channel) -> None:
+    def detach(self, channel: SessionOwner) -> None:
         """The channel's connection ended (or was taken over): deal with will and session."""
-        session = channel.session
+        client_id = channel.client_id
+        session = self.sessions.get(client_id)
         if session is None or session.channel is not channel:
             return
-        client_id = channel.client_id
         session.channel = None
         if self.channels.get(client_id) is channel:
             del self.channels[client_id]
@@ -131,13 +143,11 @@ class Registry:
         if session.expiry_interval == 0:
             self.discard(session, "terminated")
         elif session.expiry_interval != NEVER:
-            loop = asyncio.get_running_loop()
-            session.expire_handle = loop.call_later(session.expiry_interval, self._expire,
-                                                    session)
+            session.expire_handle = self.timers.call_later(session.expiry_interval,
+                                                           self._expire, session)
 
     def _schedule_will(self, client_id: str, will: Message, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        handle = loop.call_later(delay, self._fire_will, client_id)
+        handle = self.timers.call_later(delay, self._fire_will, client_id)
         self._wills[client_id] = (will, handle)
 
     def _fire_will(self, client_id: str) -> None:
@@ -147,7 +157,7 @@ class Registry:
 
     def _send_will(self, will: Message) -> None:
         will.restamp()  # its Message Expiry Interval starts now, not at CONNECT
-        self.node.publish_will(will)
+        self._publish_will(will)
 
     def _cancel_will(self, client_id: str) -> None:
         entry = self._wills.pop(client_id, None)
@@ -175,11 +185,11 @@ class Registry:
         if entry is not None:
             entry[1].cancel()
             self._send_will(entry[0])
-        broker = self.node.broker
-        broker.unsubscribe_all(session)
+        dispatcher = self.dispatcher
+        dispatcher.unsubscribe_all(session)
         pending = session.pending()
         if pending:
-            broker.redispatch_shared(session, pending)
+            dispatcher.redispatch_shared(session, pending)
         session.inflight.clear()
         session.mqueue.clear()
         if why == "discarded":
@@ -189,9 +199,8 @@ class Registry:
 
     def _event(self, idx: int, point: str, *args: Any) -> None:
         """A session lifecycle event: its counter, then its hook point."""
-        node = self.node
-        node.metrics.inc(idx)
-        node.hooks.run(point, *args)
+        self.metrics.inc(idx)
+        self.hooks.run(point, *args)
 
     def register_stats(self, stats: Any) -> None:
         """Keep connections, channels and sessions in the node's stats (every second)."""
@@ -209,7 +218,7 @@ class Registry:
         channel = self.channels.get(client_id)
         if channel is None:
             return False
-        channel.kick(RC.ADMINISTRATIVE_ACTION, "kicked by the operator")
+        channel.kick(RC.ADMINISTRATIVE_ACTION, CloseReason.KICKED, "kicked by the operator")
         self.detach(channel)
         return True
 
@@ -225,29 +234,29 @@ class Registry:
     # --- awaiting-PUBREL sweep ----------------------------------------------------------
 
     def _start_sweep(self) -> None:
-        timeouts = [z.await_rel_timeout for z in self.node.settings.zones.values()
-                    if z.await_rel_timeout > 0]
+        timeouts = [t for t in self._await_rel_timeouts if t > 0]
         if not timeouts:
             self._sweep_handle = False  # nothing ever expires: never sweep
             return
         period = min(max(min(timeouts) / 2, _SWEEP_MIN), _SWEEP_MAX)
-        loop = asyncio.get_running_loop()
-        self._sweep_handle = loop.call_later(period, self._sweep, period)
+        self._sweep_handle = self.timers.call_later(period, self._sweep, period)
 
     def _sweep(self, period: float) -> None:
         """Forget incoming QoS 2 packet ids that waited too long for PUBREL (online or not)."""
         # Rearmed first, so that one failure cannot end the sweeping for good.
-        self._sweep_handle = asyncio.get_running_loop().call_later(period, self._sweep, period)
+        self._sweep_handle = self.timers.call_later(period, self._sweep, period)
         expired = 0
+        now = self.clock()
         for session in self.sessions.values():
             if session.awaiting_rel and session.await_rel_timeout > 0:
-                expired += session.expire_awaiting_rel(session.await_rel_timeout)
+                expired += session.expire_awaiting_rel(session.await_rel_timeout, now)
         if expired:
             self.awaiting_rel_expired += expired
             log.debug("forgot %d QoS 2 packet ids not released in time", expired)
 
     def close(self) -> None:
         """Stop the registry's timers (the node is shutting down)."""
-        if self._sweep_handle:
-            self._sweep_handle.cancel()
+        handle = self._sweep_handle
+        if handle is not None and not isinstance(handle, bool):
+            handle.cancel()
         self._sweep_handle = None

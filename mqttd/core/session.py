@@ -8,21 +8,32 @@ the session remembers what is in flight, queued, and awaiting release.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import deque
 from typing import Any
 
-from .message import Message
 from ..mqtt.packets import Publish, SubOpts
+from .message import Message
 
-#: A pending delivery to this session: (message, qos, retain flag, subscription ids,
-#: shared group key or None). Shared deliveries carry their group so that they can be
-#: handed to another member if this session ends before they are acknowledged.
-Delivery = tuple[Message, int, bool, tuple[int, ...], Any]
+from .services import Delivery, SessionOwner, TimerHandle
+
+__all__ = ["WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery", "Inflight", "Session"]
+
 
 #: Inflight states of an outgoing QoS 1/2 message.
 WAIT_ACK = 0  # PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
 WAIT_COMP = 1  # PUBREL sent, waiting for PUBCOMP
+
+#: An inflight entry: [delivery, WAIT_ACK | WAIT_COMP] (a list: its state changes in place).
+Inflight = list[Any]
+
+
+class AckFault(enum.Enum):
+    """Why an acknowledgement of ours did not complete a flow step."""
+
+    UNKNOWN = "unknown"  # no message in flight under that packet id
+    MISMATCH = "mismatch"  # the ack does not fit the message's QoS or its state
 
 
 class Session:
@@ -44,7 +55,7 @@ class Session:
         #: topic filter as subscribed (with any $share/ prefix) -> (options, subscription id)
         self.subscriptions: dict[str, tuple[SubOpts, int]] = {}
         #: packet id -> [delivery, state]; insertion order is send order
-        self.inflight: dict[int, list[Any]] = {}
+        self.inflight: dict[int, Inflight] = {}
         self.mqueue: deque[Delivery] = deque()
         #: packet id of a QoS 2 message received from the client -> time received
         self.awaiting_rel: dict[int, float] = {}
@@ -52,12 +63,13 @@ class Session:
         self.max_mqueue_len = max_mqueue_len
         self.mqueue_store_qos0 = mqueue_store_qos0
         self._next_pid = 1
-        self.channel: Any = None  # the connected Channel, or None while offline
+        #: The connected channel, or None while offline.
+        self.channel: SessionOwner | None = None
         self.persistent = expiry_interval > 0
         self.delivered = 0
         self.enqueued = 0
         self.dropped = 0
-        self.expire_handle: Any = None
+        self.expire_handle: TimerHandle | None = None
         #: Seconds an incoming QoS 2 packet id may wait for PUBREL (0 = forever); the
         #: registry's sweep applies it, so a client that never sends PUBREL cannot pin ids.
         self.await_rel_timeout = await_rel_timeout
@@ -111,17 +123,16 @@ class Session:
                 props["subscription_identifier"] = list(subids)
         return Publish(msg.topic, msg.payload, qos, retain, dup, packet_id, props)
 
-    def ack(self, packet_id: int, expected_qos: int) -> list[Any] | str | None:
+    def ack(self, packet_id: int, expected_qos: int) -> Inflight | AckFault:
         """Handle PUBACK (expected_qos 1) or PUBREC (2) for an inflight packet id.
 
-        Returns the inflight entry, None if the id is unknown, or ``"mismatch"``
-        when the ack does not fit the message's QoS or state.
+        Returns the inflight entry, or why the ack fits none (:class:`AckFault`).
         """
         entry = self.inflight.get(packet_id)
         if entry is None:
-            return None
+            return AckFault.UNKNOWN
         if entry[0][1] != expected_qos or entry[1] != WAIT_ACK:
-            return "mismatch"
+            return AckFault.MISMATCH
         if expected_qos == 1:
             del self.inflight[packet_id]
             self.delivered += 1
@@ -131,13 +142,13 @@ class Session:
         """PUBREC accepted: the message now waits for PUBCOMP."""
         self.inflight[packet_id][1] = WAIT_COMP
 
-    def complete(self, packet_id: int) -> list[Any] | str | None:
-        """Handle PUBCOMP."""
+    def complete(self, packet_id: int) -> Inflight | AckFault:
+        """Handle PUBCOMP: the inflight entry, or why it completes none."""
         entry = self.inflight.get(packet_id)
         if entry is None:
-            return None
+            return AckFault.UNKNOWN
         if entry[1] != WAIT_COMP:
-            return "mismatch"
+            return AckFault.MISMATCH
         del self.inflight[packet_id]
         self.delivered += 1
         return entry
@@ -147,21 +158,23 @@ class Session:
 
     # --- incoming QoS 2 -----------------------------------------------------------------
 
-    def await_rel(self, packet_id: int) -> bool:
-        """Record an incoming QoS 2 packet id; False if it is already awaiting PUBREL."""
+    def await_rel(self, packet_id: int, now: float) -> bool:
+        """Record an incoming QoS 2 packet id received at ``now`` (monotonic); False if it
+        is already awaiting PUBREL."""
         if packet_id in self.awaiting_rel:
             return False
-        self.awaiting_rel[packet_id] = time.monotonic()
+        self.awaiting_rel[packet_id] = now
         return True
 
     def release(self, packet_id: int) -> bool:
         return self.awaiting_rel.pop(packet_id, None) is not None
 
-    def expire_awaiting_rel(self, timeout: float) -> int:
-        """Forget QoS 2 packet ids that waited longer than ``timeout``; returns how many."""
+    def expire_awaiting_rel(self, timeout: float, now: float) -> int:
+        """Forget QoS 2 packet ids that waited longer than ``timeout`` at ``now``
+        (monotonic); returns how many."""
         if not self.awaiting_rel:
             return 0
-        deadline = time.monotonic() - timeout
+        deadline = now - timeout
         stale = [pid for pid, t in self.awaiting_rel.items() if t < deadline]
         for pid in stale:
             del self.awaiting_rel[pid]

@@ -303,7 +303,7 @@ def computed_metrics(ctx: Context) -> dict[str, int]:
     """The counters the broker core keeps by itself (monotonic since start)."""
     node = ctx.node
     out = {}
-    dropped = getattr(node.broker, "dropped_no_subscribers", None)
+    dropped = getattr(node.dispatcher, "dropped_no_subscribers", None)
     if dropped is not None:
         out["messages.dropped.no_subscribers"] = dropped
     expired = getattr(node.registry, "awaiting_rel_expired", None)
@@ -617,7 +617,7 @@ async def cmd_subscriptions_add(ctx: Context, a: Args) -> None:
         topic_filter = (mp + topic_filter if share is None else
                         (f"$share/{share[0]}/" if share[0] is not None else "$queue/")
                         + mp + share[1])
-    is_new = ctx.node.broker.subscribe(session, topic_filter, opts, 0)
+    is_new = ctx.node.dispatcher.subscribe(session, topic_filter, opts, 0)
     if channel is not None and parse_shared(topic_filter) is None:
         # As a SUBSCRIBE would: the retained messages of the filter go out now.
         for msg in ctx.node.broker.retainer.match(topic_filter):
@@ -632,7 +632,7 @@ async def cmd_subscriptions_del(ctx: Context, a: Args) -> None:
     session = ctx.node.registry.sessions.get(client_id)
     if session is None:
         raise CtlError("Error: Session not found!")
-    if not ctx.node.broker.unsubscribe(session, topic_filter):
+    if not ctx.node.dispatcher.unsubscribe(session, topic_filter):
         raise CtlError(NOT_FOUND)
     ctx.result("ok", {"clientid": client_id, "topic": topic_filter, "deleted": True})
 

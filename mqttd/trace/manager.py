@@ -45,7 +45,7 @@ from ..mqtt.topics import match
 if TYPE_CHECKING:
     from ..core.channel import Channel
     from ..core.message import Message
-    from ..node import Node
+    from ..core.registry import Registry
 
 log = logging.getLogger("mqttd.trace")
 
@@ -342,16 +342,14 @@ class ConnectProbe:
 class TraceManager:
     """Every running trace of a node (EMQX's emqx_tracer)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, registry: Registry, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+        self.registry = registry
+        #: Default payload limit of a trace (``[node] trace_payload_limit``).
+        self.payload_limit = payload_limit
         #: client id -> its traces; non-empty means new connections are watched.
         self.clients: dict[str, ClientTraces] = {}
-        #: topic filter -> its traces; Node.publish tests this dict's truth.
+        #: topic filter -> its traces; Broker.publish tests this dict's truth.
         self.topics: dict[str, list[Trace]] = {}
-
-    @property
-    def payload_limit(self) -> int:
-        return int(getattr(self.node.settings, "trace_payload_limit", DEFAULT_PAYLOAD_LIMIT))
 
     def traces(self) -> list[Trace]:
         found = [t for ct in self.clients.values() for t in ct.traces]
@@ -369,14 +367,14 @@ class TraceManager:
         if traces is None:
             traces = self.clients[client_id] = ClientTraces(self, client_id)
         traces.traces.append(trace)
-        channel = self.node.registry.channels.get(client_id)
+        channel = self.registry.channels.get(client_id)
         if channel is not None and not isinstance(channel.tracer, ChannelTracer):
             channel.tracer = ChannelTracer(traces, channel)
         log.info("trace of client %s started (%s)", client_id, sink.destination)
         return trace
 
     def connected(self, client_id: str) -> bool:
-        return client_id in self.node.registry.channels
+        return client_id in self.registry.channels
 
     def watch(self, channel: Channel) -> None:
         """A new connection while client traces exist: check its CONNECT."""
@@ -434,7 +432,7 @@ class TraceManager:
             traces.traces.remove(trace)
             if not traces.traces:
                 del self.clients[trace.target]
-                channel = self.node.registry.channels.get(trace.target)
+                channel = self.registry.channels.get(trace.target)
                 if channel is not None and isinstance(channel.tracer, ChannelTracer):
                     channel.tracer = None
         else:
@@ -462,26 +460,3 @@ class TraceManager:
         """End every trace (the node is stopping)."""
         for trace in self.traces():
             self.stop(trace, reason)
-
-
-_traced_connection: type | None = None
-
-
-def traced_connection_class() -> type:
-    """``Connection`` whose new channel is watched for a traced client's CONNECT.
-
-    The server's listener factory uses it only while client traces exist, so an
-    untraced broker creates plain connections.
-    """
-    global _traced_connection
-    if _traced_connection is None:
-        from ..transport.connection import Connection
-
-        class TracedConnection(Connection):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                super().connection_made(transport)
-                if self.channel is not None:
-                    self.node.trace.watch(self.channel)
-
-        _traced_connection = TracedConnection
-    return _traced_connection

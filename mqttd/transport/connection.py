@@ -19,21 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, MutableSet
+from typing import Any
 
+from ..config import Zone
 from ..core.channel import CONNECTED, IDLE, Channel
+from ..core.channel import ChannelServices
+from ..core.services import CloseReason
+from ..metrics import (
+    BYTES_RECEIVED, BYTES_SENT, CONNECTIONS_CRASHED, CONNECTIONS_RATE_LIMITED, PACKETS_RECEIVED,
+)
 from ..mqtt.codec import Parser
 from ..mqtt.errors import PacketError
-from .limiter import ConnLimiter
-from ..metrics import (
-    BYTES_RECEIVED, BYTES_SENT, CLIENT_DISCONNECTED, CONNECTIONS_CRASHED,
-    CONNECTIONS_RATE_LIMITED, PACKETS_RECEIVED,
-)
 from ..mqtt.packets import PUBLISH
-
-if TYPE_CHECKING:
-    from ..config import Zone
-    from ..node import Node
+from .limiter import ConnLimiter
 
 log = logging.getLogger("mqttd.connection")
 
@@ -71,9 +70,10 @@ class Flusher:
 class Connection(asyncio.Protocol):
     """One client socket: bytes in → parser → channel; channel output → one write."""
 
-    def __init__(self, node: Node, zone: Zone, flusher: Flusher,
-                 connections: set[Connection]) -> None:
-        self.node = node
+    def __init__(self, services: ChannelServices, zone: Zone, flusher: Flusher,
+                 connections: MutableSet[Connection],
+                 watch: Callable[[Channel], None] | None = None) -> None:
+        self.services = services
         self.zone = zone
         self.flusher = flusher
         self.connections = connections
@@ -87,13 +87,13 @@ class Connection(asyncio.Protocol):
         self._queued = False
         self._lost = False
         self._closing = False
-        self.metrics = node.metrics
+        self.metrics = services.metrics
+        #: Told of the new channel (a client trace waiting for its CONNECT), or None.
+        self.watch = watch
         #: Inbound rate limits (None when the zone sets none: zero cost).
         self.limiter = ConnLimiter.for_zone(zone)
         #: The timer that resumes reading after a rate-limit pause.
         self._paused_until: asyncio.TimerHandle | None = None
-        #: client.disconnected has run for this connection's client.
-        self._gone = False
         self._crashed = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
@@ -108,7 +108,7 @@ class Connection(asyncio.Protocol):
                 pass
         peer = transport.get_extra_info("peername")
         peer_s = "%s:%s" % (peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
-        channel = Channel(self.node, self.zone, peer_s, self.out)
+        channel = Channel(self.services, self.zone, peer_s, self.out)
         channel.wakeup = self._wakeup
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
@@ -117,6 +117,8 @@ class Connection(asyncio.Protocol):
         self.connections.add(self)
         self.last_recv = self.loop.time()
         self._timer = self.loop.call_later(self.zone.idle_timeout, self._on_connect_timeout)
+        if self.watch is not None:
+            self.watch(channel)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -134,11 +136,13 @@ class Connection(asyncio.Protocol):
         who = (channel.client_id or channel.peer) if channel is not None else "?"
         log.exception("connection of %s crashed while %s; closing it", who, doing)
         self.metrics.inc(CONNECTIONS_CRASHED)
-        if channel is not None:
-            if not channel.closing:
-                channel.closing = True
-                channel.close_reason = "internal error"
         self.out.clear()
+        if channel is not None:
+            try:
+                channel.handle_close(CloseReason.INTERNAL_ERROR, "internal error")
+            except Exception:
+                log.exception("closing the crashed connection of %s failed", who)
+            self.out.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -230,25 +234,9 @@ class Connection(asyncio.Protocol):
             self._paused_until = None
         self.connections.discard(self)
         channel = self.channel
-        if channel is None:
-            return
-        if channel.state == CONNECTED:
-            reason = channel.close_reason or ("connection lost: %s" % exc if exc else
-                                              "connection closed by the client")
-            log.debug("client %s disconnected: %s", channel.client_id, reason)
-            self._client_gone(channel, reason)  # before the session ends, as in EMQX
-            self.node.registry.detach(channel)
-        channel.state = 2
-
-    def _client_gone(self, channel: Channel, reason: str) -> None:
-        """The connected client is finished (once per connection): client.disconnected."""
-        if self._gone:
-            return
-        self._gone = True
-        self.metrics.inc(CLIENT_DISCONNECTED)
-        hooks = self.node.hooks
-        if hooks.client_disconnected:
-            hooks.run("client.disconnected", channel, reason)
+        if channel is not None:
+            channel.handle_close(CloseReason.CLOSED, "connection lost: %s" % exc if exc else
+                                 "connection closed by the client")
 
     # --- output ------------------------------------------------------------------------
 
@@ -272,12 +260,10 @@ class Connection(asyncio.Protocol):
             self.metrics.inc(BYTES_SENT, len(data))
         channel = self.channel
         if channel is not None and channel.closing and not self._closing:
-            if channel.state == CONNECTED:
-                # The channel is finished now, not when the peer gets round to closing its
-                # side (the linger can take seconds; a dead peer never does): its will and
-                # its session's expiry start at once.
-                self._client_gone(channel, channel.close_reason)
-                self.node.registry.detach(channel)
+            # The channel is finished now, not when the peer gets round to closing its
+            # side (the linger can take seconds; a dead peer never does): its will and
+            # its session's expiry start at once.
+            channel.handle_close()
             self._close_lingering(transport)
 
     def _close_lingering(self, transport: Any) -> None:
@@ -343,5 +329,5 @@ class Connection(asyncio.Protocol):
     def shutdown(self, code: int) -> None:
         """Server shutdown: tell the client (MQTT 5) and close."""
         if self.channel is not None:
-            self.channel.kick(code, "server shutting down")
+            self.channel.kick(code, CloseReason.SHUTDOWN, "server shutting down")
         self.flush()

@@ -1,0 +1,128 @@
+"""The seams of the broker core: what it needs from above, as Protocols it owns.
+
+``core/`` is synchronous and has no event loop and no sockets. Where it needs
+something only a higher layer can give (a timer, a place to write bytes, the
+node's access checks) that need is typed here, and the composition root
+(``mqttd/node.py``) hands in an object that fits. Nothing in ``core/`` imports
+a higher layer, not even for type hints.
+
+What a channel needs from the node is ``ChannelServices``, beside the channel
+(``core/channel.py``). The views handed to hooks, plugins and management front
+ends live here:
+:class:`ClientInfo` (EMQX's ``clientinfo``/``conninfo``), never the live
+``Channel`` or ``Connection``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .message import Message
+
+if TYPE_CHECKING:
+    from .router import SharedGroup
+
+__all__ = ["ClientInfo", "CloseReason", "Delivery", "SessionOwner", "Subscriber", "TimerHandle",
+           "Timers"]
+
+#: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
+#: group or None). Shared deliveries carry their group so that they can be handed to
+#: another member if their session ends before they are acknowledged.
+Delivery = tuple[Message, int, bool, tuple[int, ...], "SharedGroup | None"]
+
+
+class TimerHandle(Protocol):
+    """A scheduled call that can be cancelled (``asyncio.TimerHandle`` fits)."""
+
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """Schedules calls; the node hands in the running event loop's ``call_later``.
+
+    Unit tests hand in a manual clock instead, so the core runs without a loop.
+    """
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any
+                   ) -> TimerHandle: ...
+
+
+class CloseReason(enum.StrEnum):
+    """Why a client's connection ended, with EMQX's reason names as values.
+
+    The value is what ``client.disconnected`` hooks and ``$SYS`` presence events
+    carry; the channel keeps a readable detail beside it for the log.
+    """
+
+    NORMAL = "normal"                        # DISCONNECT from the client
+    TAKEN_OVER = "takeovered"                # a new connection took the client id
+    KICKED = "kicked"                        # an operator kicked it
+    KEEPALIVE_TIMEOUT = "keepalive_timeout"  # silent past 1.5 x keepalive
+    SHUTDOWN = "shutdown"                    # the server or its listener stopped
+    CLOSED = "closed"                        # the client closed the socket / it was lost
+    PROTOCOL_ERROR = "protocol_error"        # a packet broke the protocol
+    FRAME_ERROR = "frame_error"              # bytes the parser refused
+    CONNECT_REFUSED = "connack_error"        # CONNECT refused (auth, id, limits)
+    CONNECT_TIMEOUT = "idle_timeout"         # no CONNECT within idle_timeout
+    INTERNAL_ERROR = "internal_error"        # a bug in the broker (logged, counted)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """A read-only view of one client, as hooks, plugins and management see it.
+
+    Built by the channel at CONNECT and replaced (never changed) as the
+    connection's facts settle; fields a refused CONNECT never reached keep
+    their defaults.
+    """
+
+    client_id: str
+    username: str | None
+    #: ``host:port`` of the client as the socket reports it.
+    peer: str
+    #: The local port the client connected to.
+    sockport: int = 0
+    proto_name: str = ""
+    #: 3 (3.1), 4 (3.1.1) or 5.
+    proto_ver: int = 0
+    clean_start: bool = True
+    keepalive: int = 0
+    #: The zone the listener binds the client to, and that zone's topic prefix.
+    zone: str = "default"
+    mountpoint: str = ""
+    #: Session Expiry Interval granted at CONNACK (0 before).
+    expiry_interval: int = 0
+    #: Wall-clock time of CONNACK (0.0 before).
+    connected_at: float = 0.0
+
+    @property
+    def peerhost(self) -> str:
+        """The client's address without the port (IPv6 without brackets)."""
+        peer = self.peer
+        host = peer.rsplit(":", 1)[0] if ":" in peer else peer
+        return host.strip("[]")
+
+
+class Subscriber(Protocol):
+    """What a session's connected end offers the dispatcher: one delivery at a time.
+
+    ``encoded`` is the dispatcher's per-publish cache of QoS 0 bytes shared by
+    every subscriber, or None.
+    """
+
+    def deliver(self, delivery: Delivery, encoded: dict[Any, bytes] | None) -> None: ...
+
+
+class SessionOwner(Subscriber, Protocol):
+    """The connected end of a session, as the registry handles it (a channel)."""
+
+    client_id: str
+    will: Message | None
+    will_delay: int
+
+    def kick(self, code: int, reason: CloseReason, detail: str) -> None:
+        """Close from the server side (takeover, operator kick, shutdown)."""
+        ...
