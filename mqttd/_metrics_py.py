@@ -90,7 +90,7 @@ class MetricsPy:
     def snapshot(self) -> dict[str, int]:
         """Every metric by name: the counters in index order, then the derived ones."""
         c = self._c
-        out = dict(zip(self._names, c))
+        out = dict(zip(self._names, c, strict=True))
         for name, parts in self._derived.items():
             out[name] = sum(c[i] for i in parts)
         return out

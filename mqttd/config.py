@@ -7,9 +7,9 @@ embedded defaults below need no file.
 
 from __future__ import annotations
 
-import os
-
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,7 @@ class PluginSpec:
     name: str
     ref: str
     enabled: bool = True
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -180,7 +180,7 @@ _NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level"
                 "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit"}
 
 
-def _parse_unit(value: str, units: dict[str, float]) -> float | None:
+def _parse_unit(value: str, units: Mapping[str, float]) -> float | None:
     import re
 
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
@@ -242,7 +242,8 @@ def _unknown(path: str, key: str, known: list[str]) -> str:
     return f"{path}{key}: unknown key{hint}"
 
 
-def _apply(target: object, table: dict, fields: dict, path: str, errors: list[str]) -> None:
+def _apply(target: object, table: dict[str, Any], fields: dict[str, Any], path: str,
+           errors: list[str]) -> None:
     for key, value in table.items():
         if key not in fields:
             errors.append(_unknown(path, key, list(fields)))
@@ -254,7 +255,7 @@ def _apply(target: object, table: dict, fields: dict, path: str, errors: list[st
             setattr(target, key, value)
 
 
-def parse_settings(data: dict, base: Settings | None = None) -> Settings:
+def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settings:
     """Build Settings from a parsed TOML document; raises ConfigError listing every problem.
 
     Zone keys resolve Zone > Global ``[mqtt]`` > embedded default: each

@@ -14,7 +14,7 @@ No logic lives here: see ``mqttd/_metrics_py.py``.
 from __future__ import annotations
 
 from ._accel import use_c
-from ._metric_names import *  # NAMES, FAMILIES, COUNT and the index constants
+from ._metric_names import *  # noqa: F403  (NAMES, FAMILIES, COUNT, the index constants)
 from ._metrics_py import MetricsPy
 
 if use_c("metrics"):

@@ -76,11 +76,7 @@ class Node:
         Raises mqttd.plugins.PluginError if a configured plugin cannot be loaded.
         """
         self.plugins.load_all(self.settings.plugins)
-        # Each component registers its own update function (EMQX's emqx_cm, emqx_router
-        # and emqx_retainer each call emqx_stats:update_interval in their init).
-        self.registry.register_stats(self.stats)
-        self.broker.router.register_stats(self.stats)
-        self.broker.retainer.register_stats(self.stats)
+        self._register_stats()
         self.sys.load_presence()
         self.supervisor.start_child("stats", self.stats.run)
         interval = self.settings.sys_interval
@@ -92,6 +88,13 @@ class Node:
         await self.supervisor.stop()
         self.sys.unload_presence()
         self.plugins.unload_all()
+
+    def _register_stats(self) -> None:
+        # Each component registers its own update function (EMQX's emqx_cm, emqx_router
+        # and emqx_retainer each call emqx_stats:update_interval in their init).
+        self.registry.register_stats(self.stats)
+        self.broker.router.register_stats(self.stats)
+        self.broker.retainer.register_stats(self.stats)
 
     def _hook_failed(self) -> None:
         self.metrics.inc(HOOKS_FAILED)

@@ -18,10 +18,11 @@ and a ``publish`` function: the whole surface a plugin may rely on) and
 ``options`` is the plugin's table from the configuration, without ``class``
 and ``enabled``; then its ``load()`` is called, which registers hooks on
 ``ctx.hooks``. Hook callbacks receive :class:`~mqttd.core.services.ClientInfo`,
-``Message`` and session views, never a live channel or connection. ``unload()``, if the plugin has one, is called when it is
-unloaded. :class:`Plugin` is a convenient base: its :meth:`Plugin.hook`
-registers a callback and remembers it, and its ``unload`` removes every
-callback it registered.
+``Message`` and session views, never a live channel or connection.
+``unload()``, if the plugin has one, is called when it is unloaded.
+:class:`Plugin` is a convenient base: its :meth:`Plugin.hook` registers a
+callback and remembers it, and its ``unload`` removes every callback it
+registered.
 
 A configured plugin that cannot be loaded stops the node from starting
 (:class:`PluginError`): a missing authentication plugin must not leave the

@@ -1,8 +1,8 @@
-"""Type stub for the compiled codec (mqttd/_speedups/_codec.pyx); see mqttd/_codec_py.py."""
+"""Type stub for the compiled codec (mqttd/_speedups/_codec.pyx); see mqttd/mqtt/_codec_py.py."""
 
 from typing import Any, Final
 
-from mqttd._speedups.packets import Packet
+from ..mqtt.packets import Packet
 
 MAX_PACKET_SIZE: Final[int]
 

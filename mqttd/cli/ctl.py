@@ -3,7 +3,7 @@
 It knows no command: it sends the words it was given to
 ``<data_dir>/mqttd.sock`` and renders what comes back (text, tables, JSON),
 so ``mqttd ctl help`` and the daemon cannot disagree. Arguments of built-in
-commands are checked here first against the same registry, so a typo exits 2
+commands are checked here first against the same command table, so a typo exits 2
 with the usage lines even when the daemon is down.
 
 Options, anywhere before ``--``: ``--data-dir DIR`` (else ``-c/--config FILE``'s
@@ -21,10 +21,13 @@ import shutil
 import signal
 import socket
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import ConfigError, default_data_dir, load_settings
 from ..ctl import protocol as P
+
+if TYPE_CHECKING:
+    from ..ctl.table import CommandTable
 
 DEFAULT_TIMEOUT = 60.0
 #: Rows a table collects before it fixes its column widths and starts printing.
@@ -108,16 +111,15 @@ def main(args: list[str]) -> int:
     argv = o.argv
     if o.help or not argv:
         argv = ["help"] + argv[:1]
-    from ..ctl.commands import build_registry
+    from ..ctl.commands import build_table
     from ..ctl.table import UsageError
-    from ..ctl.server import usage_message
 
-    local = build_registry()
+    local = build_table()
     if local.has_noun(argv[0]):
         try:
             local.lookup(argv)
         except UsageError as err:
-            print(usage_message(local, err), file=sys.stderr)
+            print(local.usage_message(err), file=sys.stderr)
             return P.EXIT_USAGE
     try:
         path = socket_path(o)
@@ -130,7 +132,7 @@ def main(args: list[str]) -> int:
         sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
-        if argv[0] == "help":  # help works without a daemon: the same registry
+        if argv[0] == "help":  # help works without a daemon: the same command table
             return _local_help(local, argv, o.json)
         print(f"cannot connect to {path}: is mqttd running?", file=sys.stderr)
         return P.EXIT_UNAVAILABLE
@@ -144,19 +146,19 @@ def main(args: list[str]) -> int:
         sock.close()
 
 
-def _local_help(registry: Any, argv: list[str], as_json: bool) -> int:
+def _local_help(table: CommandTable[Any], argv: list[str], as_json: bool) -> int:
     noun = argv[1] if len(argv) > 1 else None
-    if noun is not None and not registry.has_noun(noun):
+    if noun is not None and not table.has_noun(noun):
         print(f"mqttd ctl: unknown command {noun!r} (the daemon is not running, so only "
               "built-in commands are known)", file=sys.stderr)
         return P.EXIT_USAGE
     if as_json:
-        data = [d for d in registry.help_data() if noun is None or d["command"] == noun]
+        data = [d for d in table.help_data() if noun is None or d["command"] == noun]
         print(json.dumps(data, indent=2))
     elif noun is not None:
-        print("\n".join(registry.usage_lines(noun)))
+        print("\n".join(table.usage_lines(noun)))
     else:
-        sys.stdout.write(registry.help_text())
+        sys.stdout.write(table.help_text())
     return P.EXIT_OK
 
 
@@ -292,7 +294,7 @@ class TableWriter:
     def _line(self, cells: list[str]) -> str:
         assert self.widths is not None
         parts = []
-        for cell, c, w in zip(cells, self.columns, self.widths):
+        for cell, c, w in zip(cells, self.columns, self.widths, strict=False):
             if len(cell) > w:
                 cell = cell[:w - 1] + "\u2026"
             parts.append(cell.rjust(w) if c.get("justify") == "right" else cell.ljust(w))

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ..config import Settings, Zone
 from ..hooks import Hooks
 from ..metrics import (
-    CLIENT_ACL_ALLOW, CLIENT_ACL_DENY, CLIENT_ACL_IGNORE, CLIENT_AUTH_ANONYMOUS,
-    CLIENT_AUTH_FAILURE, CLIENT_AUTH_IGNORE, CLIENT_AUTH_SUCCESS, MESSAGES_ACKED,
-    MESSAGES_PUBLISH, MESSAGES_RETAINED, Metrics,
+    CLIENT_ACL_ALLOW,
+    CLIENT_ACL_DENY,
+    CLIENT_ACL_IGNORE,
+    CLIENT_AUTH_ANONYMOUS,
+    CLIENT_AUTH_FAILURE,
+    CLIENT_AUTH_IGNORE,
+    CLIENT_AUTH_SUCCESS,
+    MESSAGES_ACKED,
+    MESSAGES_PUBLISH,
+    MESSAGES_RETAINED,
+    Metrics,
 )
 from ..mqtt.packets import SubOpts
 from .dispatch import Dispatcher
@@ -48,7 +55,7 @@ class Broker:
                                  [z.await_rel_timeout for z in settings.zones.values()])
         #: Topic traces (filter -> traces): empty while none runs, so publishing pays one
         #: falsy test; ``trace_publish`` is told of each message while any exists.
-        self.topic_traces: Mapping[str, Any] = {}
+        self.topic_traces: Mapping[str, object] = {}
         self.trace_publish: Callable[[Message, int], None] | None = None
 
     # --- access -----------------------------------------------------------------------

@@ -14,7 +14,6 @@ the :class:`~mqttd.core.services.ChannelServices` it is given.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import time
@@ -25,35 +24,100 @@ from typing import Any, Protocol
 from ..config import Zone
 from ..hooks import Hooks
 from ..metrics import (
-    CLIENT_CONNACK, CLIENT_CONNECT, CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_SUBSCRIBE,
+    CLIENT_CONNACK,
+    CLIENT_CONNECT,
+    CLIENT_CONNECTED,
+    CLIENT_DISCONNECTED,
+    CLIENT_SUBSCRIBE,
     CLIENT_UNSUBSCRIBE,
-    DELIVERY_DROPPED_EXPIRED, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_TOO_LARGE,
-    MESSAGES_QOS0_RECEIVED, MESSAGES_QOS0_SENT, MESSAGES_QOS1_RECEIVED, MESSAGES_QOS1_SENT,
-    MESSAGES_QOS2_RECEIVED, MESSAGES_QOS2_SENT, Metrics,
-    PACKETS_AUTH_RECEIVED, PACKETS_AUTH_SENT, PACKETS_CONNACK_AUTH_ERROR, PACKETS_CONNACK_ERROR,
-    PACKETS_CONNACK_SENT, PACKETS_CONNECT_RECEIVED, PACKETS_DISCONNECT_RECEIVED,
-    PACKETS_DISCONNECT_SENT, PACKETS_PINGREQ_RECEIVED, PACKETS_PINGRESP_SENT,
-    PACKETS_PUBACK_INUSE, PACKETS_PUBACK_MISSED, PACKETS_PUBACK_RECEIVED, PACKETS_PUBACK_SENT,
-    PACKETS_PUBCOMP_INUSE, PACKETS_PUBCOMP_MISSED, PACKETS_PUBCOMP_RECEIVED,
-    PACKETS_PUBCOMP_SENT, PACKETS_PUBLISH_AUTH_ERROR, PACKETS_PUBLISH_DROPPED,
-    PACKETS_PUBLISH_ERROR, PACKETS_PUBLISH_INUSE, PACKETS_PUBREC_INUSE, PACKETS_PUBREC_MISSED,
-    PACKETS_PUBREC_RECEIVED, PACKETS_PUBREC_SENT, PACKETS_PUBREL_MISSED,
-    PACKETS_PUBREL_RECEIVED, PACKETS_PUBREL_SENT, PACKETS_SUBACK_SENT,
-    PACKETS_SUBSCRIBE_AUTH_ERROR, PACKETS_SUBSCRIBE_ERROR, PACKETS_SUBSCRIBE_RECEIVED,
-    PACKETS_UNSUBACK_SENT, PACKETS_UNSUBSCRIBE_ERROR, PACKETS_UNSUBSCRIBE_RECEIVED,
+    DELIVERY_DROPPED_EXPIRED,
+    DELIVERY_DROPPED_QOS0_MSG,
+    DELIVERY_DROPPED_TOO_LARGE,
+    MESSAGES_QOS0_RECEIVED,
+    MESSAGES_QOS0_SENT,
+    MESSAGES_QOS1_RECEIVED,
+    MESSAGES_QOS1_SENT,
+    MESSAGES_QOS2_RECEIVED,
+    MESSAGES_QOS2_SENT,
+    PACKETS_AUTH_RECEIVED,
+    PACKETS_AUTH_SENT,
+    PACKETS_CONNACK_AUTH_ERROR,
+    PACKETS_CONNACK_ERROR,
+    PACKETS_CONNACK_SENT,
+    PACKETS_CONNECT_RECEIVED,
+    PACKETS_DISCONNECT_RECEIVED,
+    PACKETS_DISCONNECT_SENT,
+    PACKETS_PINGREQ_RECEIVED,
+    PACKETS_PINGRESP_SENT,
+    PACKETS_PUBACK_INUSE,
+    PACKETS_PUBACK_MISSED,
+    PACKETS_PUBACK_RECEIVED,
+    PACKETS_PUBACK_SENT,
+    PACKETS_PUBCOMP_INUSE,
+    PACKETS_PUBCOMP_MISSED,
+    PACKETS_PUBCOMP_RECEIVED,
+    PACKETS_PUBCOMP_SENT,
+    PACKETS_PUBLISH_AUTH_ERROR,
+    PACKETS_PUBLISH_DROPPED,
+    PACKETS_PUBLISH_ERROR,
+    PACKETS_PUBLISH_INUSE,
+    PACKETS_PUBREC_INUSE,
+    PACKETS_PUBREC_MISSED,
+    PACKETS_PUBREC_RECEIVED,
+    PACKETS_PUBREC_SENT,
+    PACKETS_PUBREL_MISSED,
+    PACKETS_PUBREL_RECEIVED,
+    PACKETS_PUBREL_SENT,
+    PACKETS_SUBACK_SENT,
+    PACKETS_SUBSCRIBE_AUTH_ERROR,
+    PACKETS_SUBSCRIBE_ERROR,
+    PACKETS_SUBSCRIBE_RECEIVED,
+    PACKETS_UNSUBACK_SENT,
+    PACKETS_UNSUBSCRIBE_ERROR,
+    PACKETS_UNSUBSCRIBE_RECEIVED,
+    Metrics,
 )
 from ..mqtt.codec import encode, encode_publish
 from ..mqtt.errors import PacketError
 from ..mqtt.packets import (
-    AUTH, CONNECT, DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
-    UNSUBSCRIBE, Connack, Connect, Disconnect, Pingresp, Puback, Pubcomp, Publish, Pubrec,
-    Pubrel, Suback, Subscribe, SubOpts, Unsuback, Unsubscribe,
+    AUTH,
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingresp,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    SubOpts,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
 )
 from ..mqtt.reasons import ReasonCode as RC
-from ..mqtt.topics import filter_error, has_disallowed_chars, is_wildcard, parse_shared
-from ..mqtt.topics import match as topic_match
+from ..mqtt.topics import (
+    filter_error,
+    has_disallowed_chars,
+    is_wildcard,
+    match as topic_match,
+    parse_shared,
+)
 from .message import Message
-from .services import ClientInfo, CloseReason, SessionOwner
+from .services import ClientInfo, CloseReason, EncodedCache, SessionOwner
 from .session import WAIT_ACK, AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
@@ -192,7 +256,7 @@ class Channel:
         self.send_msg = 0
         self.dropped = 0
         #: Called with ("RECV" | "SEND", packet) for every packet while the client is traced.
-        self.tracer: Callable[[str, Any], None] | None = None
+        self.tracer: Callable[[str, Packet], None] | None = None
         #: The zone's topic prefix: added to what the client publishes and subscribes to,
         #: taken off what it is sent.
         self.mountpoint = zone.mountpoint
@@ -219,7 +283,7 @@ class Channel:
 
     # --- output ----------------------------------------------------------------------
 
-    def _send(self, packet: Any) -> None:
+    def _send(self, packet: Packet) -> None:
         data = encode(packet, self.version)
         if self.client_max_packet and len(data) > self.client_max_packet:
             # [MQTT-3.1.2-24]: never send a client more than it accepts.
@@ -233,7 +297,7 @@ class Channel:
         if self.tracer is not None:
             self.tracer("SEND", packet)
 
-    def _send_with_reason(self, packet: Any, reason: str) -> None:
+    def _send_with_reason(self, packet: Connack | Disconnect, reason: str) -> None:
         """Send an MQTT 5 CONNACK/DISCONNECT carrying ``reason`` as its Reason String, or
         without it when that would pass the client's Maximum Packet Size [MQTT-3.2.2-19]
         (Request Problem Information never forbids it on these two packets)."""
@@ -300,7 +364,8 @@ class Channel:
 
     # --- input -----------------------------------------------------------------------
 
-    def handle_in(self, packet: Any) -> list[bytes]:
+    def handle_in(  # type: ignore[explicit-any]  # narrowed by packet_type below:
+            self, packet: Any) -> list[bytes]:       # isinstance() would cost the hot path
         """Apply one packet from the client; returns the pending output."""
         if self.closing:
             return self.out
@@ -387,7 +452,7 @@ class Channel:
     def _refuse(self, code: int, reason: str) -> None:
         metrics = self.metrics
         metrics.inc(CLIENT_CONNACK)
-        props: dict[str, Any] = {}
+        props: Properties = {}
         hooks = self.hooks
         if hooks.client_connack:
             props = hooks.run_fold("client.connack", (self.clientinfo, code), props)
@@ -456,7 +521,7 @@ class Channel:
         self.client_id = client_id
         self.username = p.username
         keepalive = p.keepalive
-        ack_props: dict[str, Any] = {}
+        ack_props: Properties = {}
         if version == 5:
             expiry = props.get("session_expiry_interval", 0)
             if zone.server_keepalive:
@@ -526,8 +591,8 @@ class Channel:
         assert session is not None
         now = time.monotonic()
         for pid, entry in list(session.inflight.items()):
-            delivery, state = entry
-            if state == WAIT_ACK:
+            delivery = entry.delivery
+            if entry.state == WAIT_ACK:
                 pub = session.build_publish(delivery, pid, now, dup=True)
                 if pub is None:
                     session.drop_inflight(pid)
@@ -561,7 +626,8 @@ class Channel:
                 props = dict(props)
                 del props["topic_alias"]
             if "subscription_identifier" in props:
-                return self._close(_PROTO, "subscription identifier from a client", RC.PROTOCOL_ERROR)
+                return self._close(_PROTO, "subscription identifier from a client",
+                                   RC.PROTOCOL_ERROR)
         if qos > zone.max_qos_allowed:
             return self._close(_PROTO, "QoS not supported", RC.QOS_NOT_SUPPORTED)
         retain = p.retain
@@ -606,7 +672,7 @@ class Channel:
             self._send(Pubrec(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
 
-    def _check_publish(self, topic: str, props: dict[str, Any], payload: bytes) -> int:
+    def _check_publish(self, topic: str, props: Properties, payload: bytes) -> int:
         """0 if the client may publish this, else the reason code to refuse it with."""
         if topic[:1] == "$":  # a slice, not a method call: this runs for every message
             if topic.startswith("$SYS") or topic.startswith("$share/") or \
@@ -644,7 +710,7 @@ class Channel:
         if entry is AckFault.UNKNOWN:
             self.metrics.inc(PACKETS_PUBACK_MISSED)
             return
-        self.services.acked(self.clientinfo, entry[0][0])
+        self.services.acked(self.clientinfo, entry.delivery[0])
         self.drain()
 
     def _in_pubrec(self, p: Pubrec) -> None:
@@ -653,8 +719,7 @@ class Channel:
         entry = session.ack(p.packet_id, 2)
         if entry is AckFault.MISMATCH:
             self.metrics.inc(PACKETS_PUBREC_INUSE)
-            entry = session.inflight[p.packet_id]
-            if entry[0][1] == 2:
+            if session.inflight[p.packet_id].delivery[1] == 2:
                 # PUBREC again (a 3.1.1 client retransmitting): our PUBREL was lost or
                 # crossed it; repeating PUBREL is harmless, closing would not be.
                 self._send(Pubrel(p.packet_id))
@@ -683,7 +748,7 @@ class Channel:
         if entry is AckFault.UNKNOWN:
             self.metrics.inc(PACKETS_PUBCOMP_MISSED)
             return
-        self.services.acked(self.clientinfo, entry[0][0])
+        self.services.acked(self.clientinfo, entry.delivery[0])
         self.drain()
 
     # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------
@@ -699,11 +764,12 @@ class Channel:
         retained: list[tuple[str, SubOpts, int]] = []
         metrics = self.metrics
         metrics.inc(CLIENT_SUBSCRIBE)
-        topics = p.topics
+        # A client.subscribe callback may put a reason code in place of a filter's options.
+        topics: list[tuple[str, SubOpts | int]] = list(p.topics)
         hooks = self.hooks
         if hooks.client_subscribe:
             topics = hooks.run_fold("client.subscribe", (self.clientinfo, p.properties),
-                                    list(topics))
+                                    topics)
         failed = denied = False
         for topic_filter, opts in topics:
             if isinstance(opts, int):  # a client.subscribe callback refused this filter
@@ -716,6 +782,7 @@ class Channel:
                     denied = True
                 codes.append(code if v5 else 0x80)
                 continue
+            assert isinstance(opts, SubOpts)  # only a refusal (code above) is an int
             qos = opts.qos if opts.qos <= zone.max_qos_allowed else zone.max_qos_allowed
             if qos != opts.qos or (not v5 and zone.ignore_loop_deliver):
                 opts = SubOpts(qos, opts.no_local or (not v5 and zone.ignore_loop_deliver),
@@ -804,7 +871,7 @@ class Channel:
 
     # --- delivery to this client -------------------------------------------------------
 
-    def deliver(self, delivery: Delivery, encoded: dict[Any, bytes] | None) -> None:
+    def deliver(self, delivery: Delivery, encoded: EncodedCache | None) -> None:
         """Send (or queue) one delivery from the broker to this client.
 
         ``encoded`` is the broker's per-publish cache of QoS 0 bytes shared by every
@@ -933,10 +1000,10 @@ class Channel:
         if self.wakeup is not None:
             self.wakeup()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """What `mqttd ctl clients show` prints."""
         session = self.session
-        info: dict[str, Any] = {
+        info: dict[str, object] = {
             "clientid": self.client_id,
             "username": self.username,
             "peername": self.peer,

@@ -7,18 +7,21 @@ is carried), and to exactly one member of each matching shared group.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..hooks import Hooks
 from ..metrics import (
-    DELIVERY_DROPPED_NO_LOCAL, DELIVERY_DROPPED_QOS0_MSG, DELIVERY_DROPPED_QUEUE_FULL,
-    MESSAGES_DELIVERED, MESSAGES_DROPPED_NO_SUBSCRIBERS, Metrics,
+    DELIVERY_DROPPED_NO_LOCAL,
+    DELIVERY_DROPPED_QOS0_MSG,
+    DELIVERY_DROPPED_QUEUE_FULL,
+    MESSAGES_DELIVERED,
+    MESSAGES_DROPPED_NO_SUBSCRIBERS,
+    Metrics,
 )
 from ..mqtt.packets import SubOpts
 from ..mqtt.topics import parse_shared
 from .message import Message
 from .retainer import Retainer
 from .router import Route, Router, SharedGroup
+from .services import EncodedCache
 from .session import Delivery, Session
 
 
@@ -81,7 +84,7 @@ class Dispatcher:
         mretain = msg.retain
         # QoS 0 bytes shared by the subscribers; none while a message.delivered callback
         # exists, which may give each subscriber its own message (see Channel.deliver).
-        encoded: dict[Any, bytes] | None = None if self.hooks.message_delivered else {}
+        encoded: EncodedCache | None = None if self.hooks.message_delivered else {}
         if len(routes) == 1:
             # The common case (one matching filter), once per message: locals, and
             # _deliver inlined (one Python call less per subscriber).
@@ -111,7 +114,7 @@ class Dispatcher:
             return n
         # Several filters match: one delivery per session with the highest QoS and all
         # subscription identifiers (MQTT 5.0 section 4.8.1 / 3.3.4).
-        merged: dict[Session, list[Any]] = {}
+        merged: dict[Session, _Merged] = {}
         n = 0
         for route in routes:
             for session, (opts, subid) in route.subs.items():
@@ -122,17 +125,17 @@ class Dispatcher:
                 retain = msg.retain and opts.retain_as_published
                 m = merged.get(session)
                 if m is None:
-                    merged[session] = [qos, retain, [subid] if subid else []]
+                    merged[session] = _Merged(qos, retain, [subid] if subid else [])
                 else:
-                    if qos > m[0]:
-                        m[0] = qos
-                    m[1] = m[1] or retain
+                    if qos > m.qos:
+                        m.qos = qos
+                    m.retain = m.retain or retain
                     if subid:
-                        m[2].append(subid)
+                        m.subids.append(subid)
             if route.groups:
                 n += self._dispatch_groups(route, msg, encoded)
-        for session, (qos, retain, subids) in merged.items():
-            _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
+        for session, m in merged.items():
+            _deliver(session, (msg, m.qos, m.retain, tuple(m.subids), None), encoded, self)
         n += len(merged)
         if n:
             self.metrics.inc(MESSAGES_DELIVERED, n)
@@ -155,14 +158,14 @@ class Dispatcher:
         if self.hooks.delivery_dropped:
             self.hooks.run("delivery.dropped", session, delivery[0], reason)
 
-    def _dispatch_groups(self, route: Route, msg: Message, encoded: dict[Any, bytes] | None
+    def _dispatch_groups(self, route: Route, msg: Message, encoded: EncodedCache | None
                          ) -> int:
         n = 0
         for group in route.groups.values():
             n += self._to_member(group, msg, encoded, None)
         return n
 
-    def _to_member(self, group: SharedGroup, msg: Message, encoded: dict[Any, bytes] | None,
+    def _to_member(self, group: SharedGroup, msg: Message, encoded: EncodedCache | None,
                    exclude: Session | None) -> int:
         """Deliver ``msg`` to the member ``group`` picks (not ``exclude``); 1 if one existed."""
         session = group.pick(self.shared_strategy, msg.sender, exclude=exclude)
@@ -178,14 +181,26 @@ class Dispatcher:
         """Hand a leaving member's unfinished QoS 1/2 shared deliveries to other members."""
         n = 0
         for msg, qos, _retain, _subids, group in deliveries:
-            if group is not None and qos:
+            if isinstance(group, SharedGroup) and qos:
                 n += self._to_member(group, msg, None, leaving)
         if n:
             self.metrics.inc(MESSAGES_DELIVERED, n)
         return n
 
 
-def _deliver(session: Session, delivery: Delivery, encoded: dict[Any, bytes] | None,
+class _Merged:
+    """One session's delivery when several of its filters match: the highest QoS, retain
+    if any subscription keeps it, every subscription identifier."""
+
+    __slots__ = ("qos", "retain", "subids")
+
+    def __init__(self, qos: int, retain: bool, subids: list[int]) -> None:
+        self.qos = qos
+        self.retain = retain
+        self.subids = subids
+
+
+def _deliver(session: Session, delivery: Delivery, encoded: EncodedCache | None,
              dispatcher: Dispatcher) -> None:
     channel = session.channel
     if channel is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+
+from ..mqtt.packets import Properties
 
 _monotonic = time.monotonic
 _time = time.time  # one global lookup per message instead of a module attribute lookup
@@ -23,7 +24,7 @@ class Message:
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "sender", "timestamp", "expiry")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                 properties: dict[str, Any] | None = None, sender: str | None = None) -> None:
+                 properties: Properties | None = None, sender: str | None = None) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos

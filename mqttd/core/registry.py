@@ -22,15 +22,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..config import Zone
 from ..hooks import Hooks
 from ..metrics import (
-    SESSION_CREATED, SESSION_DISCARDED, SESSION_RESUMED, SESSION_TAKEOVERED, SESSION_TERMINATED,
+    SESSION_CREATED,
+    SESSION_DISCARDED,
+    SESSION_RESUMED,
+    SESSION_TAKEOVERED,
+    SESSION_TERMINATED,
     Metrics,
 )
 from ..mqtt.reasons import ReasonCode as RC
+from ..stats import Stats
 from .dispatch import Dispatcher
 from .message import Message
 from .services import CloseReason, SessionOwner, TimerHandle, Timers
@@ -50,7 +54,7 @@ class Registry:
     """Client id -> live channel, and client id -> session (connected or offline)."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics, hooks: Hooks, timers: Timers,
-                 publish_will: Callable[[Message], Any], await_rel_timeouts: list[float],
+                 publish_will: Callable[[Message], object], await_rel_timeouts: list[float],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -197,12 +201,12 @@ class Registry:
         else:  # "terminated", "expired", ...: the reason is part of the hook's arguments
             self._event(SESSION_TERMINATED, "session.terminated", session, why)
 
-    def _event(self, idx: int, point: str, *args: Any) -> None:
+    def _event(self, idx: int, point: str, *args: object) -> None:
         """A session lifecycle event: its counter, then its hook point."""
         self.metrics.inc(idx)
         self.hooks.run(point, *args)
 
-    def register_stats(self, stats: Any) -> None:
+    def register_stats(self, stats: Stats) -> None:
         """Keep connections, channels and sessions in the node's stats (every second)."""
 
         def update() -> dict[str, int]:

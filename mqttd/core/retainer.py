@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from .message import Message
 from ..mqtt.topics import match
+from ..stats import Stats
+from .message import Message
 
 
 class Retainer:
@@ -49,7 +49,7 @@ class Retainer:
             del self._store[topic]
         return found
 
-    def register_stats(self, stats: Any) -> None:
+    def register_stats(self, stats: Stats) -> None:
         """Keep the number of retained messages in the node's stats (every second)."""
         stats.update_interval("retainer", lambda: {"retained": len(self._store)})
 

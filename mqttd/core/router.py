@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ..mqtt.packets import SubOpts
 from ..mqtt.topics import is_wildcard
+from ..stats import Stats
 from .trie import Trie
+
+if TYPE_CHECKING:
+    from .session import Session
 
 _CACHE_LIMIT = 65536
 
 #: What a subscriber entry holds: (SubOpts, subscription identifier or 0).
-SubEntry = tuple[Any, int]
+SubEntry = tuple[SubOpts, int]
 
 
 class SharedGroup:
@@ -30,11 +35,12 @@ class SharedGroup:
     def __init__(self, name: str | None, topic_filter: str) -> None:
         self.name = name
         self.topic_filter = topic_filter
-        self.members: dict[Any, SubEntry] = {}
+        self.members: dict[Session, SubEntry] = {}
         self._next = 0
-        self._sticky: Any = None
+        self._sticky: Session | None = None
 
-    def pick(self, strategy: str, sender: str | None, exclude: Any = None) -> Any:
+    def pick(self, strategy: str, sender: str | None, exclude: Session | None = None
+             ) -> Session | None:
         """Choose the member that gets the next message (online members first)."""
         members = [s for s in self.members if s is not exclude]
         if not members:
@@ -60,7 +66,7 @@ class Route:
 
     def __init__(self, topic_filter: str) -> None:
         self.topic_filter = topic_filter
-        self.subs: dict[Any, SubEntry] = {}
+        self.subs: dict[Session, SubEntry] = {}
         self.groups: dict[str | None, SharedGroup] = {}
 
 
@@ -111,7 +117,7 @@ class Router:
                 self._trie.delete(route.topic_filter)
             self._cache = {}
 
-    def add(self, topic_filter: str, group: str | None, shared: bool, session: Any,
+    def add(self, topic_filter: str, group: str | None, shared: bool, session: Session,
             entry: SubEntry) -> None:
         """Add (or update) ``session``'s subscription to ``topic_filter``."""
         route = self._route(topic_filter)
@@ -127,7 +133,8 @@ class Router:
                 self._plain += 1
             route.subs[session] = entry
 
-    def remove(self, topic_filter: str, group: str | None, shared: bool, session: Any) -> bool:
+    def remove(self, topic_filter: str, group: str | None, shared: bool, session: Session
+               ) -> bool:
         route = self.routes.get(topic_filter)
         if route is None:
             return False
@@ -154,7 +161,7 @@ class Router:
         """(all subscriptions, shared subscriptions)."""
         return self._plain + self._shared, self._shared
 
-    def register_stats(self, stats: Any) -> None:
+    def register_stats(self, stats: Stats) -> None:
         """Keep topics, routes and subscriptions in the node's stats (every second)."""
 
         def update() -> dict[str, int]:

@@ -18,20 +18,22 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .message import Message
 
-if TYPE_CHECKING:
-    from .router import SharedGroup
-
-__all__ = ["ClientInfo", "CloseReason", "Delivery", "SessionOwner", "Subscriber", "TimerHandle",
-           "Timers"]
+__all__ = ["ClientInfo", "CloseReason", "Delivery", "EncodedCache", "SessionOwner", "Subscriber",
+           "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
-#: group or None). Shared deliveries carry their group so that they can be handed to
-#: another member if their session ends before they are acknowledged.
-Delivery = tuple[Message, int, bool, tuple[int, ...], "SharedGroup | None"]
+#: group or None). Shared deliveries carry their group (a ``core.router.SharedGroup``,
+#: typed ``object`` here so that sessions need not know the router) so that they can be
+#: handed to another member if their session ends before they are acknowledged.
+Delivery = tuple[Message, int, bool, tuple[int, ...], object]
+
+#: The dispatcher's per-publish cache of QoS 0 PUBLISH bytes shared by every subscriber
+#: that gets the same form: (MQTT 5, retain flag) -> encoded packet.
+EncodedCache = dict[tuple[bool, bool], bytes]
 
 
 class TimerHandle(Protocol):
@@ -46,8 +48,8 @@ class Timers(Protocol):
     Unit tests hand in a manual clock instead, so the core runs without a loop.
     """
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any
-                   ) -> TimerHandle: ...
+    def call_later(  # type: ignore[explicit-any]  # the loop's own signature: any callback
+            self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
 
 
 class CloseReason(enum.StrEnum):
@@ -113,7 +115,7 @@ class Subscriber(Protocol):
     every subscriber, or None.
     """
 
-    def deliver(self, delivery: Delivery, encoded: dict[Any, bytes] | None) -> None: ...
+    def deliver(self, delivery: Delivery, encoded: EncodedCache | None) -> None: ...
 
 
 class SessionOwner(Subscriber, Protocol):

@@ -11,11 +11,8 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
-from typing import Any
 
 from ..mqtt.packets import Publish, SubOpts
-from .message import Message
-
 from .services import Delivery, SessionOwner, TimerHandle
 
 __all__ = ["WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery", "Inflight", "Session"]
@@ -25,8 +22,18 @@ __all__ = ["WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery", "Inflight", "Session
 WAIT_ACK = 0  # PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
 WAIT_COMP = 1  # PUBREL sent, waiting for PUBCOMP
 
-#: An inflight entry: [delivery, WAIT_ACK | WAIT_COMP] (a list: its state changes in place).
-Inflight = list[Any]
+class Inflight:
+    """An outgoing QoS 1/2 delivery awaiting its acknowledgements, and where its flow is."""
+
+    __slots__ = ("delivery", "state")
+
+    def __init__(self, delivery: Delivery, state: int = WAIT_ACK) -> None:
+        self.delivery = delivery
+        #: WAIT_ACK or WAIT_COMP
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"Inflight({self.delivery[0]!r}, qos={self.delivery[1]}, state={self.state})"
 
 
 class AckFault(enum.Enum):
@@ -54,7 +61,7 @@ class Session:
         self.created_at = time.time()
         #: topic filter as subscribed (with any $share/ prefix) -> (options, subscription id)
         self.subscriptions: dict[str, tuple[SubOpts, int]] = {}
-        #: packet id -> [delivery, state]; insertion order is send order
+        #: packet id -> its inflight entry; insertion order is send order
         self.inflight: dict[int, Inflight] = {}
         self.mqueue: deque[Delivery] = deque()
         #: packet id of a QoS 2 message received from the client -> time received
@@ -103,7 +110,7 @@ class Session:
 
     def start_inflight(self, delivery: Delivery) -> int:
         pid = self.next_packet_id()
-        self.inflight[pid] = [delivery, WAIT_ACK]
+        self.inflight[pid] = Inflight(delivery)
         return pid
 
     def build_publish(self, delivery: Delivery, packet_id: int, now: float,
@@ -131,7 +138,7 @@ class Session:
         entry = self.inflight.get(packet_id)
         if entry is None:
             return AckFault.UNKNOWN
-        if entry[0][1] != expected_qos or entry[1] != WAIT_ACK:
+        if entry.delivery[1] != expected_qos or entry.state != WAIT_ACK:
             return AckFault.MISMATCH
         if expected_qos == 1:
             del self.inflight[packet_id]
@@ -140,14 +147,14 @@ class Session:
 
     def released(self, packet_id: int) -> None:
         """PUBREC accepted: the message now waits for PUBCOMP."""
-        self.inflight[packet_id][1] = WAIT_COMP
+        self.inflight[packet_id].state = WAIT_COMP
 
     def complete(self, packet_id: int) -> Inflight | AckFault:
         """Handle PUBCOMP: the inflight entry, or why it completes none."""
         entry = self.inflight.get(packet_id)
         if entry is None:
             return AckFault.UNKNOWN
-        if entry[1] != WAIT_COMP:
+        if entry.state != WAIT_COMP:
             return AckFault.MISMATCH
         del self.inflight[packet_id]
         self.delivered += 1
@@ -184,10 +191,10 @@ class Session:
         """Every delivery the client may not have received: inflight first (send order),
         then queued. A QoS 2 message whose PUBREC arrived (WAIT_COMP) is the client's
         already, so it is not among them: handing it to another member would duplicate it."""
-        return ([entry[0] for entry in self.inflight.values() if entry[1] == WAIT_ACK]
+        return ([entry.delivery for entry in self.inflight.values() if entry.state == WAIT_ACK]
                 + list(self.mqueue))
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         return {
             "clientid": self.client_id,
             "expiry_interval": self.expiry_interval,

@@ -12,15 +12,36 @@ from the fixed header alone, before the body is buffered.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from . import properties as P
-from . import reasons as R
-from .errors import MALFORMED_PACKET, PACKET_TOO_LARGE, PROTOCOL_ERROR
-from .errors import UNSUPPORTED_PROTOCOL_VERSION, PacketError
+from . import properties as P, reasons as R
+from .errors import (
+    MALFORMED_PACKET,
+    PACKET_TOO_LARGE,
+    PROTOCOL_ERROR,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    PacketError,
+)
 from .packets import (
-    PACKET_NAMES, Auth, Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp,
-    Publish, Pubrec, Pubrel, Suback, SubOpts, Subscribe, Unsuback, Unsubscribe, Will,
+    PACKET_NAMES,
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    SubOpts,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    Will,
 )
 from .topics import SHARE_PREFIX, has_disallowed_chars
 
@@ -47,7 +68,7 @@ class _Reader:
 
     __slots__ = ("data", "pos", "end")
 
-    def __init__(self, data: bytes, pos: int, end: int) -> None:
+    def __init__(self, data: bytes | bytearray, pos: int, end: int) -> None:
         self.data = data
         self.pos = pos
         self.end = end
@@ -293,7 +314,9 @@ def _ack(parser: ParserPy, r: _Reader, ptype: int) -> tuple[int, int, dict[str, 
         code = r.u8()
         if r.remaining():
             props = _properties(r, ptype)
-        if code not in _ACK_CODES[ptype]:
+        allowed = _ACK_CODES[ptype]
+        assert allowed is not None  # every ack type has its table
+        if code not in allowed:
             raise _protocol("invalid %s reason code 0x%02X" % (PACKET_NAMES[ptype], code))
     r.done()
     return packet_id, code, props

@@ -8,17 +8,18 @@ lives here.
 from __future__ import annotations
 
 from .._accel import use_c
-from ._codec_py import MAX_PACKET_SIZE, ParserPy, encode_py
-from ._codec_py import encode_publish as encode_publish_py
+from ._codec_py import MAX_PACKET_SIZE, ParserPy, encode_publish as encode_publish_py, encode_py
 from .errors import PacketError
 
 __all__ = ["MAX_PACKET_SIZE", "Parser", "ParserPy", "PacketError", "encode", "encode_publish",
            "encode_publish_py", "encode_py"]
 
 if use_c("codec"):
-    from .._speedups._codec import Parser as ParserC
-    from .._speedups._codec import encode as encode_c
-    from .._speedups._codec import encode_publish as encode_publish_c
+    from .._speedups._codec import (
+        Parser as ParserC,
+        encode as encode_c,
+        encode_publish as encode_publish_c,
+    )
 
     Parser = ParserC
     encode = encode_c

@@ -40,6 +40,8 @@ MQTT_3_1_1 = 4
 MQTT_5 = 5
 PROTOCOL_NAMES = {MQTT_3_1: "MQIsdp", MQTT_3_1_1: "MQTT", MQTT_5: "MQTT"}
 
+#: MQTT 5 properties by name (mqttd.mqtt.properties); values are int, str, bytes, or lists of
+#: them (subscription identifiers, user properties), so the value type stays open.
 Properties = dict[str, Any]
 
 

@@ -24,6 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..core.channel import Channel
 from ..mqtt.packets import (
     AUTH,
     CONNACK,
@@ -43,7 +44,6 @@ from ..mqtt.packets import (
 from ..mqtt.topics import match
 
 if TYPE_CHECKING:
-    from ..core.channel import Channel
     from ..core.message import Message
     from ..core.registry import Registry
 
@@ -368,7 +368,7 @@ class TraceManager:
             traces = self.clients[client_id] = ClientTraces(self, client_id)
         traces.traces.append(trace)
         channel = self.registry.channels.get(client_id)
-        if channel is not None and not isinstance(channel.tracer, ChannelTracer):
+        if isinstance(channel, Channel) and not isinstance(channel.tracer, ChannelTracer):
             channel.tracer = ChannelTracer(traces, channel)
         log.info("trace of client %s started (%s)", client_id, sink.destination)
         return trace
@@ -433,7 +433,7 @@ class TraceManager:
             if not traces.traces:
                 del self.clients[trace.target]
                 channel = self.registry.channels.get(trace.target)
-                if channel is not None and isinstance(channel.tracer, ChannelTracer):
+                if isinstance(channel, Channel) and isinstance(channel.tracer, ChannelTracer):
                     channel.tracer = None
         else:
             found = self.topics.get(trace.target)

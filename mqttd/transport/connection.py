@@ -23,11 +23,14 @@ from collections.abc import Callable, MutableSet
 from typing import Any
 
 from ..config import Zone
-from ..core.channel import CONNECTED, IDLE, Channel
-from ..core.channel import ChannelServices
+from ..core.channel import CONNECTED, IDLE, Channel, ChannelServices
 from ..core.services import CloseReason
 from ..metrics import (
-    BYTES_RECEIVED, BYTES_SENT, CONNECTIONS_CRASHED, CONNECTIONS_RATE_LIMITED, PACKETS_RECEIVED,
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    CONNECTIONS_CRASHED,
+    CONNECTIONS_RATE_LIMITED,
+    PACKETS_RECEIVED,
 )
 from ..mqtt.codec import Parser
 from ..mqtt.errors import PacketError
