@@ -1,54 +1,43 @@
-"""The built-in control commands (EMQX's emqx_mgmt_cli), registered in one registry.
+"""The built-in control commands (EMQX's emqx_mgmt_cli): the usage table and the rendering.
 
-Human output follows emqx_ctl where its shape serves (``key : value`` blocks,
-``topic -> node`` lines, ``Client``/``Trace(...)`` strings, ``ok``) and uses
-tables for listings; every command also answers ``--json``. Listings walk a
-snapshot of the node's tables page by page (see :meth:`Context.table`), so a
-node with 100,000 clients keeps serving them while it is listed.
+Every handler asks the management facade (``ctx.mgmt``, :mod:`mqttd.mgmt`)
+and renders what it answers. Human output follows emqx_ctl where its shape
+serves (``key : value`` blocks, ``topic -> node`` lines, ``Client``/``Trace(...)``
+strings, ``ok``) and uses tables for listings; every command also answers
+``--json``. Listings page over management's snapshots (see
+:meth:`Context.table`), so a node with 100,000 clients keeps serving them
+while it is listed.
+
+Management errors become ctl errors here where emqx_ctl has its own wording
+(``Not Found.``, ``Failed to stop <Name> listener: not_running``); any other
+one is shown as management words it, an invalid argument as a usage error
+(:meth:`mqttd.ctl.server.CtlServer.run`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import datetime
-import gc
-import logging
 import os
-import resource
-import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from .. import __version__
-from .._accel import LOADED
-from ..mqtt.packets import SubOpts
-from ..mqtt.topics import filter_error, is_wildcard, match, parse_shared
-from ..trace.manager import FileSink, LiveSink, format_bytes, format_properties
-from .table import Args, CtlError, Registry, UsageError
-from .server import PAGE_SECONDS, Col
+from ..mgmt.errors import Conflict, Failed, NotFound
+from ..mgmt.listing import Row, same
+from ..trace.manager import LiveSink, format_bytes, format_properties
+from .context import Col, Context
+from .table import Args, CommandTable, CtlError, Handler, UsageError
 
-if TYPE_CHECKING:
-    from .server import Context
+__all__ = ["COMMANDS", "build_table"]
 
-log = logging.getLogger("mqttd.ctl")
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Who management's log lines say asked.
+BY = "mqttd ctl"
 NOT_FOUND = "Not Found."
 _PROTO = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+#: Keys of client and session rows shown as local times.
+_TIME_KEYS = ("created_at", "connected_at", "disconnected_at")
 
 
 # --- formatting helpers ---------------------------------------------------------------------
-
-def iso(t: float | None) -> str | None:
-    """Epoch seconds as RFC 3339 local time with offset (None/0 stays None)."""
-    if not t:
-        return None
-    return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
-
 
 def when(value: Any) -> str:
     """An ISO time (as rows hold them) as ``YYYY-MM-DD HH:MM:SS`` local time."""
@@ -57,23 +46,13 @@ def when(value: Any) -> str:
     return str(value)[:19].replace("T", " ")
 
 
-def uptime_text(seconds: float) -> str:
-    """EMQX's uptime: ``4 minutes, 52 seconds``, leading zero units left out."""
-    s = int(seconds)
-    parts: list[str] = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        n, s = divmod(s, size)
-        if n or parts:
-            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
-    parts.append(f"{s} second{'s' if s != 1 else ''}")
-    return ", ".join(parts)
-
-
 def proto(value: Any) -> str:
+    """A protocol level as its MQTT version (5 -> ``5.0``)."""
     return _PROTO.get(value, str(value)) if value else "-"
 
 
 def expiry(value: Any) -> str:
+    """A Session Expiry Interval (``never`` for 0xFFFFFFFF)."""
     if value is None:
         return "-"
     return "never" if value == 0xFFFFFFFF else str(value)
@@ -91,207 +70,8 @@ def _int(value: str | None, name: str, noun: str, lo: int = 0, hi: int = 1 << 30
     return n
 
 
-def _uptime(ctx: Context) -> float:
-    started = getattr(ctx.node, "started_at", None) or ctx.ctl.started_at
-    return max(0.0, time.time() - started)
-
-
-def _payload_json(payload: bytes) -> dict[str, Any]:
-    try:
-        text: str | None = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    return {"payload": text, "payload_base64": base64.b64encode(payload).decode()}
-
-
-async def scan(items: Iterable[Any], fn: Callable[[Any], None]) -> None:
-    """``fn(item)`` for each item, yielding to the loop every few milliseconds."""
-    clock = time.monotonic  # uvloop's loop.time() does not move within one callback
-    deadline = clock() + PAGE_SECONDS
-    for i, item in enumerate(items):
-        fn(item)
-        if i % 64 == 63 and clock() >= deadline:
-            await asyncio.sleep(0)
-            deadline = clock() + PAGE_SECONDS
-
-
 def _plural(word: str) -> Callable[[int], str]:
     return lambda n: f"{n} {word}{'' if n == 1 else 's'}"
-
-
-# --- the event-loop monitor (for vm) --------------------------------------------------------
-
-class LoopMonitor:
-    """Samples event-loop lag and CPU use twice a second (a timer, not a task).
-
-    Lag is how late a timer fires: the time the loop spent on other work
-    before it could run a ready callback, i.e. the longest pause any client saw.
-    """
-
-    INTERVAL = 0.5
-    WINDOW = 120  # samples: one minute
-
-    def __init__(self) -> None:
-        self.lag = 0.0
-        self.samples: deque[tuple[float, float, float]] = deque(maxlen=self.WINDOW)
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._expected = 0.0
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._schedule()
-
-    def _schedule(self) -> None:
-        assert self._loop is not None
-        self._expected = self._loop.time() + self.INTERVAL
-        self._handle = self._loop.call_at(self._expected, self._tick)
-
-    def _tick(self) -> None:
-        assert self._loop is not None
-        self.lag = max(0.0, self._loop.time() - self._expected)
-        self.samples.append((time.monotonic(), time.process_time(), self.lag))
-        self._schedule()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def max_lag(self) -> float:
-        return max((s[2] for s in self.samples), default=self.lag)
-
-    def cpu_percent(self) -> float | None:
-        """Process CPU use over the last ~10 s, in percent of one core."""
-        if len(self.samples) < 2:
-            return None
-        recent = list(self.samples)[-20:]
-        (w0, c0, _), (w1, c1, _) = recent[0], recent[-1]
-        return round(100.0 * (c1 - c0) / (w1 - w0), 1) if w1 > w0 else None
-
-
-def _proc_status() -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "VmSize", "Threads"):
-                    n = int(value.split()[0])
-                    out[key] = n * 1024 if key != "Threads" else n
-    except OSError:
-        pass
-    return out
-
-
-def _count_fds() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd")) - 1  # less the directory's own fd
-    except OSError:
-        return None
-
-
-def _loop_name() -> str:
-    loop = asyncio.get_running_loop()
-    mod = type(loop).__module__.split(".")[0]
-    if mod == "uvloop":
-        import uvloop
-
-        return f"uvloop {uvloop.__version__}"
-    return "asyncio"
-
-
-def _mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1048576:.1f} MiB"
-
-
-# --- registry -------------------------------------------------------------------------------
-
-def build_registry() -> Registry:
-    """A registry holding every built-in command."""
-    r = Registry()
-    for usage, handler, description in COMMANDS:
-        r.register(usage, handler, description)
-    return r
-
-
-# --- status, broker, vm, log, stop ----------------------------------------------------------
-
-async def cmd_status(ctx: Context, a: Args) -> None:
-    node_name = ctx.server.settings.node
-    up = _uptime(ctx)
-    speedups = dict(LOADED)
-    data = {"node": node_name, "version": __version__, "status": "started",
-            "pid": os.getpid(), "uptime": uptime_text(up), "uptime_seconds": round(up, 3),
-            "started_at": iso(time.time() - up), "speedups": speedups, "loop": _loop_name(),
-            "python": sys.version.split()[0], "data_dir": ctx.ctl.data_dir}
-    supervisor = getattr(ctx.node, "supervisor", None)
-    workers = supervisor.workers() if supervisor is not None else None
-    if workers is not None:
-        data["workers"] = [{**w, "started_at": iso(w.get("started_at"))} for w in workers]
-    if ctx.json:
-        ctx.emit_json(data)
-        return
-    ctx.out(f"Node {node_name} {__version__} is started")
-    pairs: list[tuple[str, Any]] = [
-        ("pid", data["pid"]), ("uptime", data["uptime"]),
-        ("speedups", ", ".join(f"{k}={v}" for k, v in speedups.items())),
-        ("loop", data["loop"]), ("python", data["python"]), ("data_dir", data["data_dir"])]
-    if workers is not None:
-        pairs.append(("workers", ", ".join(f"{w['name']}={w['state']}" for w in workers)
-                      or "none"))
-    ctx.kv(pairs, width=10)
-
-
-async def cmd_broker(ctx: Context, a: Args) -> None:
-    up = _uptime(ctx)
-    ctx.kv([("sysdescr", "mqttd MQTT broker"), ("version", __version__),
-            ("uptime", uptime_text(up)),
-            ("datetime", time.strftime("%Y-%m-%d %H:%M:%S"))],
-           {"sysdescr": "mqttd MQTT broker", "version": __version__,
-            "uptime": uptime_text(up), "uptime_seconds": round(up, 3),
-            "datetime": iso(time.time()), "node": ctx.server.settings.node}, width=10)
-
-
-def computed_stats(ctx: Context) -> dict[str, int]:
-    """The stats that can be counted now from the registry, router and retainer."""
-    node = ctx.node
-    registry = node.registry
-    router = node.broker.router
-    subs, shared = router.count_subscriptions()
-    routes = router.count_routes()
-    return {
-        "connections.count": len(ctx.server.connections),
-        "channels.count": len(registry.channels),
-        "sessions.count": len(registry.sessions),
-        "sessions.persistent.count": sum(1 for s in registry.sessions.values()
-                                         if s.persistent),
-        "topics.count": routes,
-        "routes.count": routes,
-        "subscriptions.count": subs,
-        "subscriptions.shared.count": shared,
-        "retained.count": len(node.broker.retainer),
-    }
-
-
-async def cmd_broker_stats(ctx: Context, a: Args) -> None:
-    stats = getattr(ctx.node, "stats", None)
-    note = None
-    if stats is not None and hasattr(stats, "snapshot"):
-        values = dict(stats.snapshot())
-        source = "stats"
-    else:
-        values = computed_stats(ctx)
-        source = "computed"
-        note = ("no stats collector on this node: counts computed now from the registry, "
-                "router and retainer; the *.max values are not available")
-    values = dict(sorted(values.items()))
-    if ctx.json:
-        ctx.emit_json({"source": source, "note": note, "stats": values})
-        return
-    if note:
-        ctx.out(f"# {note}")
-    ctx.kv(list(values.items()), width=_kv_width(values))
 
 
 def _kv_width(values: dict[str, Any]) -> int:
@@ -299,63 +79,76 @@ def _kv_width(values: dict[str, Any]) -> int:
     return max([30] + [len(k) + 1 for k in values])
 
 
-def computed_metrics(ctx: Context) -> dict[str, int]:
-    """The counters the broker core keeps by itself (monotonic since start)."""
-    node = ctx.node
-    out = {}
-    dropped = getattr(node.dispatcher, "dropped_no_subscribers", None)
-    if dropped is not None:
-        out["messages.dropped.no_subscribers"] = dropped
-    expired = getattr(node.registry, "awaiting_rel_expired", None)
-    if expired is not None:
-        out["messages.dropped.await_pubrel_timeout"] = expired
-    return out
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1048576:.1f} MiB"
 
 
-async def cmd_broker_metrics(ctx: Context, a: Args) -> None:
-    metrics = getattr(ctx.node, "metrics", None)
-    note = None
-    if metrics is not None and hasattr(metrics, "snapshot"):
-        values = dict(metrics.snapshot())
-        source = "metrics"
-    else:
-        values = computed_metrics(ctx)
-        source = "computed"
-        note = ("no metrics collector on this node: only the counters the broker core keeps "
-                "itself are shown")
-    values = dict(sorted(values.items()))
+def _show(ctx: Context, row: Row) -> None:
+    """One client's or session's row as ``key : value`` lines (or JSON)."""
     if ctx.json:
-        ctx.emit_json({"source": source, "note": note, "metrics": values})
+        ctx.emit_json(row)
         return
-    if note:
-        ctx.out(f"# {note}")
+    fmt: dict[str, Callable[[Any], str]] = {k: when for k in _TIME_KEYS}
+    fmt.update(proto_ver=proto, expiry_interval=expiry)
+    ctx.kv([(k, fmt[k](v) if k in fmt else v) for k, v in row.items()])
+
+
+# --- the table ------------------------------------------------------------------------------
+
+def build_table() -> CommandTable[Context]:
+    """A command table holding every built-in command."""
+    table: CommandTable[Context] = CommandTable()
+    for usage, handler, description in COMMANDS:
+        table.register(usage, handler, description)
+    return table
+
+
+# --- status, broker, vm, log, stop ----------------------------------------------------------
+
+async def cmd_status(ctx: Context, a: Args) -> None:
+    data = ctx.mgmt.status.node()
+    if ctx.json:
+        ctx.emit_json(data)
+        return
+    ctx.out(f"Node {data['node']} {data['version']} is started")
+    pairs: list[tuple[str, Any]] = [
+        ("pid", data["pid"]), ("uptime", data["uptime"]),
+        ("speedups", ", ".join(f"{k}={v}" for k, v in data["speedups"].items())),
+        ("loop", data["loop"]), ("python", data["python"]), ("data_dir", data["data_dir"])]
+    workers = data.get("workers")
+    if workers is not None:
+        pairs.append(("workers", ", ".join(f"{w['name']}={w['state']}" for w in workers)
+                      or "none"))
+    ctx.kv(pairs, width=10)
+
+
+async def cmd_broker(ctx: Context, a: Args) -> None:
+    data = ctx.mgmt.status.broker()
+    ctx.kv([("sysdescr", data["sysdescr"]), ("version", data["version"]),
+            ("uptime", data["uptime"]), ("datetime", when(data["datetime"]))], data, width=10)
+
+
+def _counters(ctx: Context, data: Row, key: str) -> None:
+    """``broker stats`` / ``broker metrics``: the note first, then ``name : value`` lines."""
+    if ctx.json:
+        ctx.emit_json(data)
+        return
+    if data["note"]:
+        ctx.out(f"# {data['note']}")
+    values: dict[str, Any] = data[key]
     ctx.kv(list(values.items()), width=_kv_width(values))
 
 
+async def cmd_broker_stats(ctx: Context, a: Args) -> None:
+    _counters(ctx, ctx.mgmt.status.stats(), "stats")
+
+
+async def cmd_broker_metrics(ctx: Context, a: Args) -> None:
+    _counters(ctx, ctx.mgmt.status.metrics(), "metrics")
+
+
 async def cmd_vm(ctx: Context, a: Args) -> None:
-    monitor = ctx.ctl.monitor
-    st = _proc_status()
-    times = os.times()
-    try:
-        load1, load5, load15 = (round(x, 2) for x in os.getloadavg())
-    except OSError:
-        load1 = load5 = load15 = None  # type: ignore[assignment]
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fds = await asyncio.to_thread(_count_fds)  # /proc/self/fd may list 100k entries
-    data: dict[str, dict[str, Any]] = {
-        "cpu": {"percent": monitor.cpu_percent(), "user_seconds": round(times.user, 2),
-                "system_seconds": round(times.system, 2), "load1": load1, "load5": load5,
-                "load15": load15, "cores": os.cpu_count()},
-        "memory": {"rss": st.get("VmRSS"), "peak_rss": st.get("VmHWM"),
-                   "virtual": st.get("VmSize"), "gc_counts": list(gc.get_count()),
-                   "gc_collections": [g["collections"] for g in gc.get_stats()]},
-        "process": {"pid": os.getpid(), "threads": st.get("Threads", threading.active_count()),
-                    "python": sys.version.split()[0]},
-        "io": {"max_fds": soft, "active_fds": fds},
-        "asyncio": {"loop": _loop_name(), "tasks": len(asyncio.all_tasks()),
-                    "lag_ms": round(monitor.lag * 1000, 2),
-                    "max_lag_1m_ms": round(monitor.max_lag() * 1000, 2)},
-    }
+    data = await ctx.mgmt.vm.info()
     if ctx.json:
         ctx.emit_json(data)
         return
@@ -373,52 +166,37 @@ async def cmd_vm(ctx: Context, a: Args) -> None:
 
 async def cmd_log_level(ctx: Context, a: Args) -> None:
     (level,) = a.pos
-    root = logging.getLogger()
-    if level is not None:
-        level = level.lower()
-        if level not in LOG_LEVELS:
-            raise UsageError(f"level must be one of {', '.join(LOG_LEVELS)}", "log")
-        root.setLevel(getattr(logging, level.upper()))
-        ctx.server.settings.log_level = level
-        log.warning("log level set to %s by mqttd ctl", level)
-    current = logging.getLevelName(root.getEffectiveLevel()).lower()
+    log_level = ctx.mgmt.log
+    current = log_level.get() if level is None else log_level.set(level, by=BY)
     ctx.result(current, {"level": current})
 
 
 async def cmd_stop(ctx: Context, a: Args) -> None:
-    node = ctx.server.settings.node
+    node = ctx.mgmt.node_name
     if not ctx.json:
         ctx.err(f"Stopping {node} (pid {os.getpid()})...")
     await ctx.flush()
-    ctx.server.request_stop("stop requested by mqttd ctl")
-    await ctx.server.wait_stopped()
-    ctx.result(f"{node} stopped", {"node": node, "pid": os.getpid(), "stopped": True})
+    data = await ctx.mgmt.stop_node(f"stop requested by {BY}")
+    ctx.result(f"{node} stopped", data)
 
 
 async def cmd_help(ctx: Context, a: Args) -> None:
     (noun,) = a.pos
+    commands = ctx.commands
     if noun is not None:
-        if not ctx.registry.has_noun(noun):
+        if not commands.has_noun(noun):
             raise UsageError(f"unknown command {noun!r}; see 'mqttd ctl help'")
-        lines = ctx.registry.usage_lines(noun)
-        ctx.result("\n".join(lines), [d for d in ctx.registry.help_data()
+        lines = commands.usage_lines(noun)
+        ctx.result("\n".join(lines), [d for d in commands.help_data()
                                       if d["command"] == noun])
         return
     if ctx.json:
-        ctx.emit_json(ctx.registry.help_data())
+        ctx.emit_json(commands.help_data())
     else:
-        ctx.out(ctx.registry.help_text())
+        ctx.out(commands.help_text())
 
 
 # --- clients --------------------------------------------------------------------------------
-
-_CLIENT_ORDER = (
-    "clientid", "username", "peername", "proto_name", "proto_ver", "clean_start", "keepalive",
-    "expiry_interval", "connected", "created_at", "connected_at", "subscriptions", "inflight",
-    "max_inflight", "awaiting_rel", "mqueue_len", "max_mqueue", "delivered", "enqueued",
-    "dropped", "recv_pkt", "send_pkt", "recv_msg", "send_msg",
-)
-_TIME_KEYS = ("created_at", "connected_at", "disconnected_at")
 
 CLIENT_COLUMNS = [
     Col("clientid", "Client ID"), Col("username", "Username"), Col("peername", "Peer"),
@@ -433,51 +211,30 @@ CLIENT_COLUMNS = [
 ]
 
 
-def client_row(channel: Any) -> dict[str, Any] | None:
-    """A client's info with times in RFC 3339 (None if it has no client id yet)."""
-    if not channel.client_id:
-        return None
-    info = dict(channel.info())
-    for key in _TIME_KEYS:
-        if key in info:
-            info[key] = iso(info[key])
-    ordered = {k: info[k] for k in _CLIENT_ORDER if k in info}
-    ordered.update(info)
-    return ordered
-
-
-def _show(ctx: Context, row: dict[str, Any]) -> None:
-    if ctx.json:
-        ctx.emit_json(row)
-        return
-    fmt: dict[str, Callable[[Any], str]] = {k: when for k in _TIME_KEYS}
-    fmt.update(proto_ver=proto, expiry_interval=expiry)
-    ctx.kv([(k, fmt[k](v) if k in fmt else v) for k, v in row.items()])
-
-
 async def cmd_clients_list(ctx: Context, a: Args) -> None:
-    channels = list(ctx.node.registry.channels.values())
-    await ctx.table(CLIENT_COLUMNS, channels, client_row, footer=_plural("client"))
+    clients = ctx.mgmt.clients.all()
+    await ctx.table(CLIENT_COLUMNS, clients.items, clients.row, footer=_plural("client"))
 
 
 async def cmd_clients_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
-    channel = ctx.node.registry.channels.get(client_id)
-    if channel is None:
+    try:
+        row = ctx.mgmt.clients.get(client_id)
+    except NotFound:
         hint = ""
-        if client_id in ctx.node.registry.sessions:
+        if ctx.mgmt.sessions.exists(client_id):
             hint = f" (its session is held offline: mqttd ctl sessions show {client_id})"
-        raise CtlError(NOT_FOUND + hint)
-    row = client_row(channel)
-    assert row is not None
+        raise CtlError(NOT_FOUND + hint) from None
     _show(ctx, row)
 
 
 async def cmd_clients_kick(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
-    if not ctx.node.registry.kick(client_id):
-        raise CtlError(NOT_FOUND)
-    ctx.result("ok", {"clientid": client_id, "kicked": True})
+    try:
+        data = ctx.mgmt.clients.kick(client_id)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    ctx.result("ok", data)
 
 
 # --- sessions -------------------------------------------------------------------------------
@@ -491,74 +248,48 @@ SESSION_COLUMNS = [
 ]
 
 
-def session_row(session: Any) -> dict[str, Any]:
-    info = dict(session.info())
-    info["created_at"] = iso(info.get("created_at"))
-    info["connected"] = session.channel is not None
-    info["persistent"] = bool(session.persistent)
-    handle = getattr(session, "expire_handle", None)
-    if handle is not None and session.channel is None:
-        info["expires_in"] = round(max(0.0, handle.when() - asyncio.get_running_loop().time()),
-                                   1)
-    return info
-
-
 async def cmd_sessions_list(ctx: Context, a: Args) -> None:
     (kind,) = a.pos
-    sessions: Iterable[Any] = list(ctx.node.registry.sessions.values())
-    if kind is not None:
-        want = kind == "persistent"
-        sessions = [s for s in sessions if bool(s.persistent) == want]
-    await ctx.table(SESSION_COLUMNS, sessions, session_row, footer=_plural("session"))
+    sessions = ctx.mgmt.sessions.all(kind)
+    await ctx.table(SESSION_COLUMNS, sessions.items, sessions.row, footer=_plural("session"))
 
 
 async def cmd_sessions_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
-    session = ctx.node.registry.sessions.get(client_id)
-    if session is None:
-        raise CtlError(NOT_FOUND)
-    _show(ctx, session_row(session))
+    try:
+        row = ctx.mgmt.sessions.get(client_id)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    _show(ctx, row)
 
 
 async def cmd_sessions_clean(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
-    registry = ctx.node.registry
-    if client_id not in registry.sessions:
-        raise CtlError(NOT_FOUND)
-    registry.clean_session(client_id)  # kicking a transient session's client ends it first
-    ctx.result("ok", {"clientid": client_id, "cleaned": True})
+    try:
+        data = ctx.mgmt.sessions.clean(client_id)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    ctx.result("ok", data)
 
 
 # --- routes ---------------------------------------------------------------------------------
 
-def route_row(node_name: str) -> Callable[[Any], dict[str, Any]]:
-    def row(route: Any) -> dict[str, Any]:
-        return {"topic": route.topic_filter, "node": node_name, "subscribers": len(route.subs),
-                "shared": {(g if g is not None else "$queue"): len(group.members)
-                           for g, group in route.groups.items()}}
-    return row
-
-
-def _route_line(row: dict[str, Any]) -> str:
+def _route_line(row: Row) -> str:
     return f"{row['topic']} -> {row['node']}"
 
 
 async def cmd_routes_list(ctx: Context, a: Args) -> None:
-    routes = list(ctx.node.broker.router.routes.values())
-    await ctx.table([], routes, route_row(ctx.server.settings.node), line=_route_line)
+    routes = ctx.mgmt.routes.all()
+    await ctx.table([], routes.items, routes.row, line=_route_line)
 
 
 async def cmd_routes_show(ctx: Context, a: Args) -> None:
     (topic,) = a.pos
-    router = ctx.node.broker.router
-    if is_wildcard(topic):
-        route = router.routes.get(topic)
-        routes = [route] if route is not None else []
-    else:
-        routes = list(router.match(topic))
-    if not routes:
-        raise CtlError(NOT_FOUND)
-    await ctx.table([], routes, route_row(ctx.server.settings.node), line=_route_line)
+    try:
+        routes = ctx.mgmt.routes.lookup(topic)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    await ctx.table([], routes.items, routes.row, line=_route_line)
 
 
 # --- subscriptions --------------------------------------------------------------------------
@@ -569,32 +300,22 @@ SUBSCRIPTION_COLUMNS = [
     Col("retain_handling", "Retain handling", justify="right"),
     Col("subid", "Sub ID", lambda v: str(v) if v else "-", "right"),
 ]
-
-
-def _subscriptions(sessions: list[Any]) -> Iterator[dict[str, Any]]:
-    for session in sessions:
-        for topic_filter, (opts, subid) in list(session.subscriptions.items()):
-            yield {"clientid": session.client_id, "topic": topic_filter, "qos": opts.qos,
-                   "no_local": opts.no_local, "retain_as_published": opts.retain_as_published,
-                   "retain_handling": opts.retain_handling, "subid": subid}
-
-
-def _same(row: dict[str, Any]) -> dict[str, Any]:
-    return row
+SESSION_NOT_FOUND = "Error: Session not found!"
 
 
 async def cmd_subscriptions_list(ctx: Context, a: Args) -> None:
-    sessions = list(ctx.node.registry.sessions.values())
-    await ctx.table(SUBSCRIPTION_COLUMNS, _subscriptions(sessions), _same,
+    subs = ctx.mgmt.subscriptions.all()
+    await ctx.table(SUBSCRIPTION_COLUMNS, subs.items, subs.row,
                     footer=_plural("subscription"))
 
 
 async def cmd_subscriptions_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
-    session = ctx.node.registry.sessions.get(client_id)
-    if session is None:
-        raise CtlError(NOT_FOUND)
-    await ctx.table(SUBSCRIPTION_COLUMNS, _subscriptions([session]), _same,
+    try:
+        subs = ctx.mgmt.subscriptions.of_client(client_id)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    await ctx.table(SUBSCRIPTION_COLUMNS, subs.items, subs.row,
                     footer=_plural("subscription"))
 
 
@@ -602,39 +323,20 @@ async def cmd_subscriptions_add(ctx: Context, a: Args) -> None:
     client_id, topic_filter, qos_text = a.pos
     if qos_text not in ("0", "1", "2"):
         raise UsageError("QoS should be 0, 1, 2", "subscriptions")
-    problem = filter_error(topic_filter)
-    if problem:
-        raise UsageError(f"bad topic filter {topic_filter!r}: {problem}", "subscriptions")
-    registry = ctx.node.registry
-    session = registry.sessions.get(client_id)
-    if session is None:
-        raise CtlError("Error: Session not found!")
-    opts = SubOpts(int(qos_text))
-    channel = session.channel
-    if channel is not None and channel.zone.mountpoint:
-        share = parse_shared(topic_filter)
-        mp = channel.zone.mountpoint
-        topic_filter = (mp + topic_filter if share is None else
-                        (f"$share/{share[0]}/" if share[0] is not None else "$queue/")
-                        + mp + share[1])
-    is_new = ctx.node.dispatcher.subscribe(session, topic_filter, opts, 0)
-    if channel is not None and parse_shared(topic_filter) is None:
-        # As a SUBSCRIBE would: the retained messages of the filter go out now.
-        for msg in ctx.node.broker.retainer.match(topic_filter):
-            channel.deliver((msg, min(opts.qos, msg.qos), True, (), None), None)
-    log.info("subscription %s added to %s by mqttd ctl", topic_filter, client_id)
-    ctx.result("ok", {"clientid": client_id, "topic": topic_filter, "qos": opts.qos,
-                      "new": is_new})
+    try:
+        data = ctx.mgmt.subscriptions.add(client_id, topic_filter, int(qos_text), by=BY)
+    except NotFound:
+        raise CtlError(SESSION_NOT_FOUND) from None
+    ctx.result("ok", data)
 
 
 async def cmd_subscriptions_del(ctx: Context, a: Args) -> None:
     client_id, topic_filter = a.pos
-    session = ctx.node.registry.sessions.get(client_id)
-    if session is None:
-        raise CtlError("Error: Session not found!")
-    if not ctx.node.dispatcher.unsubscribe(session, topic_filter):
-        raise CtlError(NOT_FOUND)
-    ctx.result("ok", {"clientid": client_id, "topic": topic_filter, "deleted": True})
+    try:
+        data = ctx.mgmt.subscriptions.delete(client_id, topic_filter)
+    except NotFound as err:
+        raise CtlError(SESSION_NOT_FOUND if err.what == "session" else NOT_FOUND) from None
+    ctx.result("ok", data)
 
 
 # --- retained -------------------------------------------------------------------------------
@@ -647,36 +349,9 @@ RETAINED_COLUMNS = [
 ]
 
 
-def retained_row(retainer: Any) -> Callable[[str], dict[str, Any] | None]:
-    def row(topic: str) -> dict[str, Any] | None:
-        msg = retainer.get(topic)
-        if msg is None:
-            return None
-        return {"topic": msg.topic, "qos": msg.qos, "payload_size": len(msg.payload),
-                "from": msg.sender, "stored_at": iso(msg.timestamp),
-                "expires_in": msg.remaining_expiry(time.monotonic()) if msg.expiry else None}
-    return row
-
-
-async def _retained_matching(retainer: Any, topic: str) -> list[Any]:
-    if not is_wildcard(topic):
-        msg = retainer.get(topic)
-        return [msg] if msg is not None else []
-    found: list[Any] = []
-
-    def check(t: str) -> None:
-        if match(topic, t):
-            msg = retainer.get(t)
-            if msg is not None:
-                found.append(msg)
-
-    await scan(retainer.topics(), check)
-    return found
-
-
 async def cmd_retained_list(ctx: Context, a: Args) -> None:
-    retainer = ctx.node.broker.retainer
-    await ctx.table(RETAINED_COLUMNS, retainer.topics(), retained_row(retainer),
+    retained = ctx.mgmt.retained.all()
+    await ctx.table(RETAINED_COLUMNS, retained.items, retained.row,
                     footer=_plural("retained message"))
 
 
@@ -684,52 +359,32 @@ async def cmd_retained_show(ctx: Context, a: Args) -> None:
     (topic,) = a.pos
     limit = _int(a.opts.get("payload-limit"), "--payload-limit", "retained")
     if limit is None:
-        limit = ctx.node.trace.payload_limit
-    messages = await _retained_matching(ctx.node.broker.retainer, topic)
-    if not messages:
-        raise CtlError(NOT_FOUND)
-    now = time.monotonic()
+        limit = ctx.mgmt.trace.payload_limit
+    try:
+        messages = await ctx.mgmt.retained.show(topic)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
     if ctx.json:
-        ctx.emit_json([{"topic": m.topic, "qos": m.qos, "from": m.sender,
-                        "stored_at": iso(m.timestamp),
-                        "expires_in": m.remaining_expiry(now) if m.expiry else None,
-                        "payload_size": len(m.payload), "properties": m.properties,
-                        **_payload_json(m.payload)} for m in messages])
+        ctx.emit_json(messages)
         return
     blocks = []
     for m in messages:
+        payload = base64.b64decode(m["payload_base64"])
+        expires_in = m["expires_in"]
         pairs: list[tuple[str, Any]] = [
-            ("topic", m.topic), ("qos", m.qos), ("from", m.sender),
-            ("stored_at", when(iso(m.timestamp))),
-            ("expires_in", f"{m.remaining_expiry(now)}s" if m.expiry else None),
-            ("payload_size", len(m.payload)), ("payload", format_bytes(m.payload, limit))]
-        if m.properties:
-            pairs.append(("properties", format_properties(m.properties, limit)))
+            ("topic", m["topic"]), ("qos", m["qos"]), ("from", m["from"]),
+            ("stored_at", when(m["stored_at"])),
+            ("expires_in", f"{expires_in}s" if expires_in is not None else None),
+            ("payload_size", m["payload_size"]), ("payload", format_bytes(payload, limit))]
+        if m["properties"]:
+            pairs.append(("properties", format_properties(m["properties"], limit)))
         blocks.append("\n".join(f"{k:<13}: {v if v is not None else '-'}" for k, v in pairs))
     ctx.out("\n\n".join(blocks))
 
 
 async def cmd_retained_clean(ctx: Context, a: Args) -> None:
     (topic,) = a.pos
-    retainer = ctx.node.broker.retainer
-    if topic is None:
-        n = retainer.clear()
-    else:
-        problem = filter_error(topic)
-        if problem:
-            raise UsageError(f"bad topic {topic!r}: {problem}", "retained")
-        if is_wildcard(topic):
-            count = [0]
-
-            def drop(t: str) -> None:
-                if match(topic, t) and retainer.delete(t):
-                    count[0] += 1
-
-            await scan(retainer.topics(), drop)
-            n = count[0]
-        else:
-            n = 1 if retainer.delete(topic) else 0
-    log.info("%d retained messages cleaned by mqttd ctl", n)
+    n = await ctx.mgmt.retained.clean(topic, by=BY)
     ctx.result(f"Cleaned {n} retained messages", {"cleaned": n})
 
 
@@ -743,105 +398,67 @@ LISTENER_COLUMNS = [
 ]
 
 
-def _listener_rows(ctx: Context) -> list[dict[str, Any]]:
-    server = ctx.server
-    rows = []
-    for name, cfg in server.listener_config.items():
-        host, port = server.listener_addr.get(name, (cfg.bind, cfg.port))
-        rows.append({"name": name, "listen_on": f"{host}:{port}", "zone": cfg.zone,
-                     "running": name in server.listeners,
-                     "current_conn": len(server.listener_conns.get(name, ())),
-                     "max_conns": cfg.max_connections,
-                     "max_conn_rate": getattr(cfg, "max_conn_rate", 0)})
-    return rows
-
-
 async def cmd_listeners_list(ctx: Context, a: Args) -> None:
-    await ctx.table(LISTENER_COLUMNS, _listener_rows(ctx), _same, footer=_plural("listener"))
+    await ctx.table(LISTENER_COLUMNS, ctx.mgmt.listeners.all(), same,
+                    footer=_plural("listener"))
 
 
 async def cmd_listeners_stop(ctx: Context, a: Args) -> None:
     (name,) = a.pos
-    server = ctx.server
-    if name not in server.listener_config:
-        raise CtlError(f"Failed to stop {name} listener: not_found")
-    if name not in server.listeners:
-        raise CtlError(f"Failed to stop {name} listener: not_running")
-    host, port = await server.stop_listener(name)
-    ctx.result(f"Stop {name} listener on {host}:{port} successfully.",
-               {"name": name, "listen_on": f"{host}:{port}", "running": False})
+    try:
+        data = await ctx.mgmt.listeners.stop(name)
+    except (NotFound, Conflict) as err:
+        raise CtlError(f"Failed to stop {name} listener: {err.reason}") from None
+    ctx.result(f"Stop {name} listener on {data['listen_on']} successfully.", data)
 
 
 async def cmd_listeners_restart(ctx: Context, a: Args) -> None:
     (name,) = a.pos
-    server = ctx.server
-    if name not in server.listener_config:
-        raise CtlError(f"Failed to restart {name} listener: not_found")
-    from ..server import ListenerError
-
     try:
-        host, port = await server.restart_listener(name)
-    except ListenerError as err:
-        raise CtlError(f"Failed to restart {name} listener: {err}") from None
-    ctx.result(f"Restarted {name} listener successfully.",
-               {"name": name, "listen_on": f"{host}:{port}", "running": True})
+        data = await ctx.mgmt.listeners.restart(name)
+    except (NotFound, Failed) as err:
+        raise CtlError(f"Failed to restart {name} listener: {err.reason}") from None
+    ctx.result(f"Restarted {name} listener successfully.", data)
 
 
 # --- trace ----------------------------------------------------------------------------------
 
-def _trace_line(info: dict[str, Any]) -> str:
-    dest = info["destination"]
-    dest = "<mqttd ctl>" if info["live"] else f'"{dest}"'
+def _trace_line(info: Row) -> str:
+    dest = "<mqttd ctl>" if info["live"] else f'"{info["destination"]}"'
     return (f"Trace({info['type']}={info['target']}, destination={dest}, "
             f"lines={info['lines']})")
 
 
-def _check_topic(topic: str) -> None:
-    problem = filter_error(topic)
-    if problem:
-        raise UsageError(f"bad topic filter {topic!r}: {problem}", "trace")
-    if parse_shared(topic) is not None:
-        raise UsageError("trace a topic filter without $share/ or $queue/", "trace")
-
-
 async def _trace(ctx: Context, kind: str, target: str, file: str | None,
                  limit_text: str | None) -> None:
-    manager = ctx.node.trace
+    traces = ctx.mgmt.trace
     limit = _int(limit_text, "--payload-limit", "trace")
     who = f"{kind} {target}"
-    if kind == "topic":
-        _check_topic(target)
+    traces.check(kind, target)
     if file is not None:
         path = os.path.join(ctx.cwd, os.path.expanduser(file))
-        if any(t.kind == kind and t.target == target and t.sink.destination == path
-               for t in manager.traces()):
-            raise CtlError(f"[error] trace {who}: already_existed")
         try:
-            sink = FileSink(path, json_lines=ctx.json)
-        except OSError as err:
-            raise CtlError(f"[error] trace {who}: {err.strerror or err}") from None
-        if kind == "clientid":
-            manager.start_client(target, sink, limit)
-        else:
-            manager.start_topic(target, sink, limit)
-        ctx.result(f"trace {who} successfully",
-                   {"type": kind, "target": target, "destination": path, "started": True})
+            data = traces.start_file(kind, target, path, json_lines=ctx.json,
+                                     payload_limit=limit)
+        except (Conflict, Failed) as err:
+            raise CtlError(f"[error] trace {who}: {err.reason}") from None
+        ctx.result(f"trace {who} successfully", data)
         return
     live = LiveSink(ctx)
     if kind == "clientid":
-        channel = ctx.node.registry.channels.get(target)
-        state = (f"connected from {channel.peer}" if channel is not None else
+        peer = traces.client_peer(target)
+        state = (f"connected from {peer}" if peer is not None else
                  "not connected: tracing starts when it connects")
-        trace = manager.start_client(target, live, limit)
+        trace = traces.start(kind, target, live, limit)
         ctx.err(f"Tracing client {target} ({state}); Ctrl-C to stop.")
     else:
-        trace = manager.start_topic(target, live, limit)
+        trace = traces.start(kind, target, live, limit)
         ctx.err(f"Tracing messages published to {target}; Ctrl-C to stop.")
     ctx.follow()
     try:
         gone = await ctx.until_closed(live.ended)
     finally:
-        manager.stop(trace)
+        traces.stop(trace)
     if not gone:
         reason = live.ended.result()
         if reason:
@@ -865,7 +482,7 @@ async def cmd_trace_start_topic(ctx: Context, a: Args) -> None:
 
 
 async def cmd_trace_list(ctx: Context, a: Args) -> None:
-    infos = [t.info() for t in ctx.node.trace.traces()]
+    infos = ctx.mgmt.trace.all()
     if ctx.json:
         ctx.emit_json(infos)
     elif infos:
@@ -873,11 +490,12 @@ async def cmd_trace_list(ctx: Context, a: Args) -> None:
 
 
 async def _trace_stop(ctx: Context, kind: str, target: str) -> None:
-    n = ctx.node.trace.stop_target(kind, target, "trace stopped by mqttd ctl trace stop")
-    if not n:
-        raise CtlError(f"[error] stop tracing {kind} {target}: not_found")
-    ctx.result(f"stop tracing {kind} {target} successfully",
-               {"type": kind, "target": target, "stopped": n})
+    try:
+        data = ctx.mgmt.trace.stop_target(kind, target,
+                                          f"trace stopped by {BY} trace stop")
+    except NotFound:
+        raise CtlError(f"[error] stop tracing {kind} {target}: not_found") from None
+    ctx.result(f"stop tracing {kind} {target} successfully", data)
 
 
 async def cmd_trace_stop_client(ctx: Context, a: Args) -> None:
@@ -888,17 +506,10 @@ async def cmd_trace_stop_topic(ctx: Context, a: Args) -> None:
     await _trace_stop(ctx, "topic", a.pos[0])
 
 
-# --- plugins (when the node has a plugin manager) -------------------------------------------
-
-def _plugins(ctx: Context) -> Any:
-    plugins = getattr(ctx.node, "plugins", None)
-    if plugins is None:
-        raise CtlError("this node has no plugin manager")
-    return plugins
-
+# --- plugins --------------------------------------------------------------------------------
 
 async def cmd_plugins_list(ctx: Context, a: Args) -> None:
-    infos = _plugins(ctx).list_plugins()
+    infos = ctx.mgmt.plugins.all()
     if ctx.json:
         ctx.emit_json(infos)
     elif infos:
@@ -908,25 +519,24 @@ async def cmd_plugins_list(ctx: Context, a: Args) -> None:
 
 async def cmd_plugins_load(ctx: Context, a: Args) -> None:
     (ref,) = a.pos
-    plugins = _plugins(ctx)
-    from ..plugins import PluginError
-
     try:
-        plugins.load(ref)
-    except PluginError as err:
-        raise CtlError(f"Load plugin {ref} error: {err}.") from None
-    ctx.result(f"Plugin {ref} loaded successfully.", {"name": ref, "loaded": True})
+        data = ctx.mgmt.plugins.load(ref)
+    except Failed as err:
+        raise CtlError(f"Load plugin {ref} error: {err.reason}.") from None
+    ctx.result(f"Plugin {ref} loaded successfully.", data)
 
 
 async def cmd_plugins_unload(ctx: Context, a: Args) -> None:
     (name,) = a.pos
-    if not _plugins(ctx).unload(name):
-        raise CtlError(f"Unload plugin {name} error: not_found.")
-    ctx.result(f"Plugin {name} unloaded successfully.", {"name": name, "unloaded": True})
+    try:
+        data = ctx.mgmt.plugins.unload(name)
+    except NotFound:
+        raise CtlError(f"Unload plugin {name} error: not_found.") from None
+    ctx.result(f"Plugin {name} unloaded successfully.", data)
 
 
-# The registration table: help prints it in this order. One line, one usage.
-COMMANDS: list[tuple[str, Any, str]] = [
+# The usage table: help prints it in this order. One line, one usage.
+COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("status", cmd_status, "Show node status: version, uptime, speedups"),
     ("broker", cmd_broker, "Show broker version, uptime and description"),
     ("broker stats", cmd_broker_stats, "Show broker statistics of clients, topics, subscribers"),
@@ -975,5 +585,3 @@ COMMANDS: list[tuple[str, Any, str]] = [
     ("stop", cmd_stop, "Stop mqttd gracefully"),
     ("help [<Command>]", cmd_help, "Show this help, or one command's usage"),
 ]
-
-__all__ = ["COMMANDS", "LoopMonitor", "build_registry"]

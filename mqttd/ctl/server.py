@@ -1,14 +1,15 @@
-"""The control socket: ``<data_dir>/mqttd.sock`` serving the command registry.
+"""The control socket: ``<data_dir>/mqttd.sock`` serving the command table.
 
 The data directory is 0700 and the socket 0600, so only the daemon's user can
 talk to it. The daemon holds an exclusive ``flock`` on ``mqttd.pid`` for its
 whole life: a second daemon on the same directory fails clearly, and a socket
 file found at start can only be stale, so it is replaced.
 
-Each connection carries one command (see :mod:`mqttd.ctl.protocol`). Listings
-are written page by page, yielding to the event loop between pages and waiting
-for the socket to drain, so a listing of 100,000 clients never stalls the
-broker and never buffers the whole answer.
+Each connection carries one command (see :mod:`mqttd.ctl.protocol`): this
+module reads the request, looks the command up in the table it was given and
+runs its handler with a :class:`~mqttd.ctl.context.Context`, which is where
+answers (and paged listings) are written. It knows no command itself: the
+caller builds the table (:func:`mqttd.ctl.commands.build_table`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,18 @@ import logging
 import os
 import socket
 import stat
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..mgmt.errors import InvalidArgument, MgmtError
 from . import protocol as P
-from .table import CtlError, Registry, UsageError
+from .context import Context
+from .table import CommandTable, CtlError, UsageError
 
 if TYPE_CHECKING:
-    from ..server import Server
+    from ..mgmt.api import Management
 
 log = logging.getLogger("mqttd.ctl")
-
-#: A page ends after this many rows or this much time, whichever comes first.
-PAGE_ROWS = 500
-PAGE_SECONDS = 0.004
 
 #: Longest path a Unix socket address can hold (sun_path is 108 bytes on Linux).
 _SUN_PATH_MAX = 107
@@ -46,196 +42,18 @@ class ControlSocketError(Exception):
     """The control socket cannot be served (data directory, lock or bind problem)."""
 
 
-@dataclass(slots=True)
-class Col:
-    """A table column: the row key it shows, its header, and how a value is printed."""
-
-    key: str
-    header: str
-    fmt: Callable[[Any], str] | None = None
-    justify: str = "left"
-
-    def cell(self, row: dict[str, Any]) -> str:
-        value = row.get(self.key)
-        if self.fmt is not None:
-            return self.fmt(value)
-        return human(value)
-
-
-def human(value: Any) -> str:
-    """A value as ``mqttd ctl`` prints it for people."""
-    if value is None:
-        return "-"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return str(value)
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
-class Context:
-    """What a command handler writes to: text, key/value blocks, tables, JSON."""
-
-    def __init__(self, ctl: CtlServer, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, json_mode: bool, width: int,
-                 cwd: str = "/") -> None:
-        self.ctl = ctl
-        self.server = ctl.server
-        self.node = ctl.server.node
-        self.registry = ctl.registry
-        self.reader = reader
-        self.writer = writer
-        self.json = json_mode
-        self.width = width
-        #: The client's working directory: relative paths it names are relative to it.
-        self.cwd = cwd
-        self.code = 0
-
-    # --- frames ---------------------------------------------------------------------------
-
-    def frame(self, frame: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(P.encode(frame))
-
-    def out(self, text: str) -> None:
-        """Text for stdout (a newline is added if missing)."""
-        self.frame({"t": "out", "s": text if text.endswith("\n") else text + "\n"})
-
-    def err(self, text: str) -> None:
-        self.frame({"t": "err", "s": text if text.endswith("\n") else text + "\n"})
-
-    def emit_json(self, value: Any) -> None:
-        self.frame({"t": "out", "s": json.dumps(value, indent=2, default=json_default,
-                                                ensure_ascii=False) + "\n"})
-
-    async def flush(self) -> None:
-        """Let the socket drain and the event loop run other work."""
-        await self.writer.drain()
-        await asyncio.sleep(0)
-
-    # --- shapes ---------------------------------------------------------------------------
-
-    def result(self, text: str, data: Any) -> None:
-        """A one-line result (``ok``) for people, ``data`` in --json mode."""
-        if self.json:
-            self.emit_json(data)
-        else:
-            self.out(text)
-
-    def kv(self, pairs: list[tuple[str, Any]], data: Any = None, *, width: int = 0,
-           title: str | None = None) -> None:
-        """emqx_ctl's ``~-Ns: ~s`` lines, or ``data`` (default: the pairs as an object)."""
-        if self.json:
-            self.emit_json(data if data is not None else dict(pairs))
-            return
-        w = width or max((len(k) for k, _ in pairs), default=0) + 1
-        lines = [title] if title else []
-        lines += [f"{k:<{w}}: {human(v)}" for k, v in pairs]
-        self.out("\n".join(lines))
-
-    async def table(self, columns: list[Col], items: Iterable[Any],
-                    row: Callable[[Any], dict[str, Any] | None], *,
-                    footer: Callable[[int], str] | None = None,
-                    line: Callable[[dict[str, Any]], str] | None = None) -> int:
-        """Stream ``row(item)`` for each item, page by page; returns the number of rows.
-
-        ``items`` must be a snapshot (a list), never a live dict view: the loop runs
-        other work between pages. ``row`` may return None to skip an item that went
-        away meanwhile. Human mode sends the columns' cells (or, with ``line``, one
-        text line per row), --json the whole row dicts as one JSON array.
-        """
-        # time.monotonic, not loop.time(): uvloop's clock is cached at the start of a loop
-        # iteration and does not move while a page is being built.
-        clock = time.monotonic
-        if self.json:
-            self.frame({"t": "out", "s": "["})
-        elif line is None:
-            self.frame({"t": "table", "columns": [{"header": c.header, "justify": c.justify}
-                                                  for c in columns]})
-        n = 0
-        it = iter(items)
-        done = False
-        while not done:
-            deadline = clock() + PAGE_SECONDS
-            page: list[Any] = []
-            for _ in range(PAGE_ROWS):
-                try:
-                    item = next(it)
-                except StopIteration:
-                    done = True
-                    break
-                r = row(item)
-                if r is None:
-                    continue
-                if self.json:
-                    page.append(json.dumps(r, default=json_default, ensure_ascii=False))
-                elif line is not None:
-                    page.append(line(r))
-                else:
-                    page.append([c.cell(r) for c in columns])
-                if clock() >= deadline:
-                    break
-            if page:
-                if self.json:
-                    self.frame({"t": "out", "s": ("\n  " if n == 0 else ",\n  ")
-                                + ",\n  ".join(page)})
-                elif line is not None:
-                    self.frame({"t": "out", "s": "\n".join(page) + "\n"})
-                else:
-                    self.frame({"t": "rows", "rows": page})
-                n += len(page)
-            await self.flush()
-        if self.json:
-            self.frame({"t": "out", "s": "\n]\n" if n else "]\n"})
-        elif line is None:
-            self.frame({"t": "table_end", "footer": footer(n) if footer else ""})
-        return n
-
-    # --- live streams ---------------------------------------------------------------------
-
-    def follow(self) -> None:
-        """Tell the client a live stream starts (it stops timing out)."""
-        self.frame({"t": "follow"})
-
-    async def until_closed(self, *others: asyncio.Future[Any]) -> bool:
-        """Wait until the client goes away (True) or one of ``others`` completes (False)."""
-        eof = asyncio.ensure_future(self.reader.read(1 << 16))
-        try:
-            done, _ = await asyncio.wait({eof, *others}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not eof.done():
-                eof.cancel()
-        return eof in done
-
-
 class CtlServer:
-    """Serves the registry on ``<data_dir>/mqttd.sock`` for one :class:`~mqttd.server.Server`."""
+    """Serves a command table on ``<data_dir>/mqttd.sock``, its handlers asking ``mgmt``."""
 
-    def __init__(self, server: Server, registry: Registry | None = None) -> None:
-        self.server = server
-        self.data_dir = os.path.abspath(server.settings.data_dir)
+    def __init__(self, mgmt: Management, data_dir: str, table: CommandTable[Context]) -> None:
+        self.mgmt = mgmt
+        self.data_dir = os.path.abspath(data_dir)
         self.path = os.path.join(self.data_dir, P.SOCKET_NAME)
         self.pid_path = os.path.join(self.data_dir, P.PID_NAME)
-        if registry is None:
-            from .commands import build_registry
-
-            registry = build_registry()
-        self.registry = registry
-        self.started_at = time.time()
+        self.table = table
         self._unix: asyncio.base_events.Server | None = None
         self._pid_fd: int | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
-        from .commands import LoopMonitor
-
-        self.monitor = LoopMonitor()
 
     # --- start / stop -----------------------------------------------------------------------
 
@@ -250,21 +68,19 @@ class CtlServer:
         except BaseException:
             self._release_pid()
             raise
-        self.monitor.start(asyncio.get_running_loop())
         log.info("control socket %s (mqttd ctl --data-dir %s)", self.path, self.data_dir)
 
     async def close(self) -> None:
         """Stop accepting, end live traces, give running commands a moment, clean up."""
         if self._unix is not None:
             self._unix.close()
-        self.server.node.trace.close("mqttd is stopping")
+        self.mgmt.trace.stop_all("mqttd is stopping")  # a live trace's command ends with it
         if self._handlers:
             _, pending = await asyncio.wait(set(self._handlers), timeout=2.0)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        self.monitor.stop()
         if self._unix is not None:
             self._unix = None
             try:
@@ -300,7 +116,7 @@ class CtlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hello = {"t": "hello", "v": P.VERSION, "version": __version__,
-                 "node": self.server.settings.node}
+                 "node": self.mgmt.node_name}
         try:
             line = await asyncio.wait_for(reader.readline(), 10.0)
             request = json.loads(line)
@@ -323,7 +139,7 @@ class CtlServer:
             return
         argv = [str(a) for a in request.get("argv") or []]
         cwd = request.get("cwd")
-        ctx = Context(self, reader, writer, bool(request.get("json")),
+        ctx = Context(self.mgmt, self.table, reader, writer, bool(request.get("json")),
                       int(request.get("width") or 100),
                       cwd if isinstance(cwd, str) and os.path.isabs(cwd) else "/")
         code = await self.run(ctx, argv)
@@ -332,31 +148,31 @@ class CtlServer:
 
     async def run(self, ctx: Context, argv: list[str]) -> int:
         """Dispatch ``argv``: the handler's exit code, 2 on bad arguments, 1 on failure."""
+        noun: str | None = None
         try:
-            cmd, args = self.registry.lookup(argv)
+            cmd, args = self.table.lookup(argv)
+            noun = cmd.noun
             log.debug("ctl: %s", " ".join(argv))
             await cmd.handler(ctx, args)
             return ctx.code
         except UsageError as err:
-            ctx.err(usage_message(self.registry, err))
+            ctx.err(self.table.usage_message(err))
             return err.code
         except CtlError as err:
             ctx.err(err.message)
             return err.code
+        except InvalidArgument as err:  # management refused an argument the parser let by
+            ctx.err(self.table.usage_message(UsageError(err.message, noun)))
+            return P.EXIT_USAGE
+        except MgmtError as err:  # one the command did not word itself
+            ctx.err(err.message)
+            return P.EXIT_FAILED
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:  # a handler crash is reported, never kills the daemon
             log.warning("ctl command %r failed", " ".join(argv), exc_info=True)
             ctx.err(f"command failed: {type(err).__name__}: {err}")
             return P.EXIT_FAILED
-
-
-def usage_message(registry: Registry, err: UsageError) -> str:
-    """``mqttd ctl: <problem>`` and the usage lines of the command concerned."""
-    lines = [f"mqttd ctl: {err.message}"]
-    if err.noun:
-        lines += ["Usage:"] + ["  " + line for line in registry.usage_lines(err.noun)]
-    return "\n".join(lines)
 
 
 # --- the data directory, the pid lock and the socket ------------------------------------------

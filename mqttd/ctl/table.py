@@ -1,4 +1,4 @@
-"""The command registry (EMQX's emqx_ctl table): each command with its usage text.
+"""The command table (EMQX's emqx_ctl ``emqx_command`` table): each command with its usage text.
 
 A command is registered with its usage line, e.g. ``"clients show <ClientId>"``,
 and that line is both what ``mqttd ctl help`` prints and the grammar its
@@ -20,12 +20,13 @@ import difflib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from .server import Context
+#: What a handler is given to write its answer to (the ctl's Context); the table itself
+#: never looks at it, so it stays a type parameter and this module imports no server.
+C = TypeVar("C")
 
-Handler = Callable[["Context", "Args"], Awaitable[None]]
+Handler = Callable[[C, "Args"], Awaitable[None]]
 
 #: emqx_ctl 3.x prints ``~-48s# ~s``: the description column is at most that far in, and
 #: a longer usage line has its description on the next line.
@@ -71,12 +72,12 @@ class Args:
 
 
 @dataclass(slots=True)
-class Command:
+class Command(Generic[C]):
     """One registered usage line."""
 
     usage: str
     description: str
-    handler: Handler
+    handler: Handler[C]
     noun: str
     path: tuple[str, ...]  # the plain words after the noun
     params: list[Param]
@@ -123,7 +124,7 @@ class Command:
             raise UsageError(f"unexpected argument {extra!r}", self.noun)
         pos: list[Any] = []
         padded: list[str | None] = [*positional, *[None] * len(self.params)]
-        for p, value in zip(self.params, padded):
+        for p, value in zip(self.params, padded, strict=False):  # padded is longer
             if value is not None and p.choices and value not in p.choices:
                 raise UsageError(f"{value!r} is not one of {', '.join(p.choices)}", self.noun)
             pos.append(value)
@@ -156,13 +157,16 @@ def parse_usage(usage: str) -> tuple[str, tuple[str, ...], list[Param], dict[str
     return noun, tuple(path_words), params, options
 
 
-class Registry:
-    """Every control command, in registration order (EMQX's ordered ``emqx_command`` table)."""
+class CommandTable(Generic[C]):
+    """Every control command, in registration order (EMQX's ordered ``emqx_command`` table).
+
+    ``C`` is what handlers are called with (the ctl's Context).
+    """
 
     def __init__(self) -> None:
-        self._commands: dict[str, Command] = {}
+        self._commands: dict[str, Command[C]] = {}
 
-    def register(self, usage: str, handler: Handler, description: str, *,
+    def register(self, usage: str, handler: Handler[C], description: str, *,
                  hidden: bool = False) -> None:
         """Add a usage line; re-registering the same line replaces its handler in place."""
         usage = " ".join(usage.split())
@@ -171,31 +175,35 @@ class Registry:
                                         options, hidden)
 
     def command(self, usage: str, description: str, *, hidden: bool = False
-                ) -> Callable[[Handler], Handler]:
+                ) -> Callable[[Handler[C]], Handler[C]]:
         """Decorator form of :meth:`register`."""
 
-        def deco(fn: Handler) -> Handler:
+        def deco(fn: Handler[C]) -> Handler[C]:
             self.register(usage, fn, description, hidden=hidden)
             return fn
 
         return deco
 
     def unregister(self, usage: str) -> None:
+        """Remove a usage line (nothing if it is not there)."""
         self._commands.pop(" ".join(usage.split()), None)
 
-    def commands(self) -> list[Command]:
+    def commands(self) -> list[Command[C]]:
+        """Every command, in registration order."""
         return list(self._commands.values())
 
     def nouns(self) -> list[str]:
+        """The first words of the commands, in order of first registration."""
         seen: dict[str, None] = {}
         for cmd in self._commands.values():
             seen.setdefault(cmd.noun)
         return list(seen)
 
     def has_noun(self, noun: str) -> bool:
+        """Whether any command starts with ``noun``."""
         return any(c.noun == noun for c in self._commands.values())
 
-    def lookup(self, argv: list[str]) -> tuple[Command, Args]:
+    def lookup(self, argv: list[str]) -> tuple[Command[C], Args]:
         """The command ``argv`` names and its parsed arguments; raises UsageError."""
         if not argv:
             raise UsageError("no command given")
@@ -226,7 +234,7 @@ class Registry:
 
     # --- help text ----------------------------------------------------------------------
 
-    def _column(self, cmds: list[Command]) -> int:
+    def _column(self, cmds: list[Command[C]]) -> int:
         fitting = [len(c.usage) + 2 for c in cmds if len(c.usage) + 2 <= _MAX_COLUMN]
         return max(fitting, default=_MAX_COLUMN)
 
@@ -249,11 +257,20 @@ class Registry:
         return "\n".join(out) + "\n"
 
     def help_data(self) -> list[dict[str, str]]:
+        """The help as data (``help --json``): command, usage, description per line."""
         return [{"command": c.noun, "usage": c.usage, "description": c.description}
                 for c in self._commands.values() if not c.hidden]
 
 
-def _line(cmd: Command, col: int) -> str:
+    def usage_message(self, err: UsageError) -> str:
+        """``mqttd ctl: <problem>`` and the usage lines of the command concerned."""
+        lines = [f"mqttd ctl: {err.message}"]
+        if err.noun:
+            lines += ["Usage:"] + ["  " + line for line in self.usage_lines(err.noun)]
+        return "\n".join(lines)
+
+
+def _line(cmd: Command[Any], col: int) -> str:
     usage = cmd.usage
     if len(usage) + 2 > col:
         return f"{usage}\n{' ' * col}# {cmd.description}"

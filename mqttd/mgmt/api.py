@@ -1,0 +1,87 @@
+"""The management facade: one object holding every area's queries and actions.
+
+The process layer builds it with exactly what management needs (settings,
+counters, the broker's services, traces, plugins, the supervisor and a
+:class:`~mqttd.mgmt.control.ServerControl` for what only the process knows);
+front ends hold it and nothing else of the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+from .clients import Clients
+from .listeners import Listeners
+from .listing import Row
+from .log import LogLevel
+from .plugins import Plugins
+from .retained import Retained
+from .routes import Routes
+from .sessions import Sessions
+from .status import Status
+from .subscriptions import Subscriptions
+from .trace import Traces
+from .vm import LoopMonitor, Vm
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..core.broker import Broker
+    from ..metrics import Metrics
+    from ..plugins import PluginManager
+    from ..stats import Stats
+    from ..supervisor import Supervisor
+    from ..trace.manager import TraceManager
+    from .control import ServerControl
+
+__all__ = ["Management"]
+
+
+class Management:
+    """Every management query and action of one node, grouped by area.
+
+    ``status``, ``clients``, ``sessions``, ``subscriptions``, ``routes``,
+    ``retained``, ``listeners``, ``trace``, ``plugins``, ``log`` and ``vm`` each
+    answer for their area; :meth:`stop_node` stops the whole node. Call
+    :meth:`start` once the event loop runs (it samples loop lag for ``vm``)
+    and :meth:`close` when the node stops.
+    """
+
+    def __init__(self, settings: Settings, started_at: float, metrics: Metrics | None,
+                 stats: Stats | None, broker: Broker, trace: TraceManager,
+                 plugins: PluginManager | None, supervisor: Supervisor | None,
+                 control: ServerControl) -> None:
+        self.settings = settings
+        self.control = control
+        self.monitor = LoopMonitor()
+        self.status = Status(settings, started_at, metrics, stats, broker, supervisor, control)
+        self.clients = Clients(broker.registry)
+        self.sessions = Sessions(broker.registry)
+        self.subscriptions = Subscriptions(broker.registry, broker.dispatcher)
+        self.routes = Routes(broker.router, settings.node)
+        self.retained = Retained(broker.retainer)
+        self.listeners = Listeners(control)
+        self.trace = Traces(trace, broker.registry)
+        self.plugins = Plugins(plugins)
+        self.log = LogLevel(settings)
+        self.vm = Vm(self.monitor)
+
+    @property
+    def node_name(self) -> str:
+        """The node's name (``mqttd@127.0.0.1``)."""
+        return self.settings.node
+
+    def start(self) -> None:
+        """Begin sampling the running loop's lag and CPU use (for ``vm``)."""
+        self.monitor.start(asyncio.get_running_loop())
+
+    def close(self) -> None:
+        """Stop sampling (the node is stopping)."""
+        self.monitor.stop()
+
+    async def stop_node(self, reason: str) -> Row:
+        """Stop the node gracefully, as SIGTERM does, and return once it has stopped."""
+        self.control.request_stop(reason)
+        await self.control.wait_stopped()
+        return {"node": self.node_name, "pid": os.getpid(), "stopped": True}

@@ -1,0 +1,61 @@
+"""The seam to the process layer: what only the running server knows and can do.
+
+Listeners, their sockets and the process's shutdown belong to ``mqttd.server``,
+above management. Management states here what it needs from there, as a
+Protocol it owns (the server hands in an object that fits), so nothing in
+``mgmt/`` imports the server, not even for type hints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ListenerStatus", "ServerControl"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerStatus:
+    """One configured listener as it is now (a running one's port is the bound port)."""
+
+    name: str
+    host: str
+    port: int
+    zone: str
+    running: bool
+    #: Live connections accepted through it.
+    connections: int
+    max_connections: int
+    #: New connections per second it accepts (0: unlimited).
+    max_conn_rate: float
+
+
+class ServerControl(Protocol):
+    """The process-level operations a management call may ask for."""
+
+    def listeners(self) -> list[ListenerStatus]:
+        """Every configured listener, in configuration order."""
+        ...
+
+    async def stop_listener(self, name: str) -> tuple[str, int]:
+        """Stop a running listener and close its clients; returns its address."""
+        ...
+
+    async def restart_listener(self, name: str) -> tuple[str, int]:
+        """(Re)start a configured listener; returns its address.
+
+        Raises :class:`~mqttd.mgmt.errors.Failed` when it cannot listen.
+        """
+        ...
+
+    def request_stop(self, reason: str) -> None:
+        """Begin a graceful shutdown of the whole node (as SIGTERM does)."""
+        ...
+
+    async def wait_stopped(self) -> None:
+        """Return once the node has stopped."""
+        ...
+
+    def connection_count(self) -> int:
+        """Live client connections on every listener (connected or not yet)."""
+        ...
