@@ -75,6 +75,9 @@ class BrokerSpec:
     env: dict[str, str] = field(default_factory=dict)
     command: str = ""
     nodelay: bool = False
+    #: For ``NAME@DIR``: run the mqttd package found in DIR (another checkout, extensions
+    #: built in place), e.g. the commit before a change, side by side with this tree.
+    src: str = ""
 
     def available(self) -> str | None:
         """None when it can run here, else why not."""
@@ -101,7 +104,13 @@ def builtin_specs() -> dict[str, BrokerSpec]:
 
 
 def parse_spec(text: str, known: dict[str, BrokerSpec]) -> BrokerSpec:
-    """A built-in name, or ``NAME=COMMAND`` with ``{port}`` (and optionally ``{dir}``) in it."""
+    """A built-in name, ``NAME=COMMAND`` with ``{port}`` (and optionally ``{dir}``) in it, or
+    ``NAME@DIR``: mqttd from the checkout in DIR (its ``mqttd/`` with extensions built)."""
+    if "@" in text and "=" not in text:
+        name, src = text.split("@", 1)
+        if not (Path(src) / "mqttd" / "__init__.py").is_file():
+            raise ValueError(f"broker {name!r}: {src} holds no mqttd package")
+        return BrokerSpec(name.strip(), "mqttd", f"mqttd from {src}", src=str(Path(src).resolve()))
     if "=" in text:
         name, cmd = text.split("=", 1)
         if "{port}" not in cmd:
@@ -157,7 +166,8 @@ class BrokerProcess:
             conf.write_text(MQTTD_CONFIG)
             # mqttd_src: a snapshot of the package taken when the sitting began (see
             # snapshot_mqttd), so edits to the tree during a run do not change what is measured.
-            env["PYTHONPATH"] = str(mqttd_src or ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+            src = spec.src or mqttd_src or ROOT
+            env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
             args = [sys.executable, "-m", "mqttd", "start", "-c", str(conf), "--port", "0",
                     "--data-dir", str(self.dir / "data"), "--log-level", "info"]
         elif spec.kind == "mosquitto":

@@ -829,7 +829,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--brokers", default=None,
                     help=f"comma-separated: mqttd, mqttd-pure, mosquitto, mosquitto-nodelay, "
-                         f"amqtt, or NAME=COMMAND with {{port}} (default {DEFAULT_BROKERS}; "
+                         f"amqtt, NAME=COMMAND with {{port}}, or NAME@DIR (mqttd from the "
+                         f"checkout in DIR) (default {DEFAULT_BROKERS}; "
                          "--quick: mqttd,mosquitto when mosquitto is installed)")
     ap.add_argument("--broker", action="append", default=[], metavar="NAME=COMMAND",
                     help="add a broker started by COMMAND (use {port}; {dir} is its work dir)")

@@ -10,6 +10,7 @@ the broker through this one object and the calls typed in ``core/services.py``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from ..config import Settings, Zone
@@ -42,8 +43,8 @@ __all__ = ["Broker"]
 class Broker:
     """The node's broker: what channels call (authenticate, check_acl, publish, ...)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, hooks: Hooks, timers: Timers
-                 ) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, hooks: Hooks, timers: Timers,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.hooks = hooks
         default_zone = next(iter(settings.zones.values()))
@@ -52,7 +53,8 @@ class Broker:
         self.router = self.dispatcher.router
         self.retainer = self.dispatcher.retainer
         self.registry = Registry(self.dispatcher, metrics, hooks, timers, self.publish_will,
-                                 [z.await_rel_timeout for z in settings.zones.values()])
+                                 [z.await_rel_timeout for z in settings.zones.values()],
+                                 clock)
         #: Topic traces (filter -> traces): empty while none runs, so publishing pays one
         #: falsy test; ``trace_publish`` is told of each message while any exists.
         self.topic_traces: Mapping[str, object] = {}

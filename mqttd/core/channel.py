@@ -686,7 +686,8 @@ class Channel:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
                 return RC.PAYLOAD_FORMAT_INVALID
-        return self.services.check_acl(self.clientinfo, "publish", topic)
+        # Every PUBLISH comes here: the cached view, not the property call, once it exists.
+        return self.services.check_acl(self._clientinfo or self.clientinfo, "publish", topic)
 
     def _in_pubrel(self, p: Pubrel) -> None:
         session = self.session
@@ -999,30 +1000,6 @@ class Channel:
         self._close(reason, detail, code)
         if self.wakeup is not None:
             self.wakeup()
-
-    def info(self) -> dict[str, object]:
-        """What `mqttd ctl clients show` prints."""
-        session = self.session
-        info: dict[str, object] = {
-            "clientid": self.client_id,
-            "username": self.username,
-            "peername": self.peer,
-            "proto_name": self.proto_name,
-            "proto_ver": self.version,
-            "clean_start": self.clean_start,
-            "keepalive": self.keepalive,
-            "connected": self.state == CONNECTED and not self.closing,
-            "created_at": self.created_at,
-            "connected_at": self.connected_at,
-            "recv_pkt": self.recv_pkt,
-            "send_pkt": self.send_pkt,
-            "recv_msg": self.recv_msg,
-            "send_msg": self.send_msg,
-        }
-        if session is not None:
-            info.update(session.info())
-            info["dropped"] = session.dropped + self.dropped
-        return info
 
 
 def _mount(mountpoint: str, topic_filter: str) -> str:
