@@ -11,6 +11,6 @@ One module per area: ``clients``, ``sessions``, ``subscriptions``,
 ``vm``, ``status`` (node, broker, stats, metrics). ``control`` is the seam
 to the process layer (listeners, stopping), implemented by ``mqttd.server``.
 
-This package module stays empty on purpose: ``mqttd ctl`` (the client) imports
-``mqttd.mgmt.errors`` without loading the broker.
+This package module imports nothing on purpose: front ends that only need the
+errors or the listing types (``mgmt.errors``, ``mgmt.listing``) load no more.
 """
