@@ -13,12 +13,17 @@ from typing import Any
 from . import __version__
 from ._accel import LOADED
 from .config import Listener, Settings
-from .transport.connection import Connection, Flusher
-from .transport.limiter import TokenBucket
+from .ctl.commands import build_table
+from .ctl.server import CtlServer
 from .metrics import CONNECTIONS_REFUSED_MAX_CONN_RATE, CONNECTIONS_REFUSED_MAX_CONNECTIONS
+from .mgmt.api import Management
+from .mgmt.control import ListenerStatus
+from .mgmt.errors import Failed
+from .mqtt.reasons import ReasonCode as RC
 from .node import Node
 from .plugins import PluginError
-from .mqtt.reasons import ReasonCode as RC
+from .transport.connection import Connection, Flusher
+from .transport.limiter import TokenBucket
 
 log = logging.getLogger("mqttd")
 
@@ -73,14 +78,19 @@ class Server:
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self._stopped: asyncio.Event | None = None
         self._flusher: Flusher | None = None
-        #: The control socket (mqttd.ctl.server.CtlServer), when settings.data_dir is set.
-        self.ctl: Any = None
+        #: The control socket, when settings.data_dir is set.
+        self.ctl: CtlServer | None = None
         #: Per listener: its configuration, its bound address, its live connections.
         self.listener_config: dict[str, Listener] = {}
         self.listener_addr: dict[str, tuple[str, int]] = {}
         self.listener_conns: dict[str, set[Connection]] = {}
         self._shutdown: asyncio.Event | None = None
         self._stop_reason = "signal received"
+        node = self.node
+        #: Every operator query and action, for the control socket (and later front ends).
+        self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,
+                               node.broker, node.trace, node.plugins, node.supervisor,
+                               _ServerControl(self))
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""
@@ -94,11 +104,10 @@ class Server:
         self._flusher = Flusher(loop)
         log.info("mqttd %s starting, speedups: %s", __version__,
                  ", ".join(f"{k}={v}" for k, v in LOADED.items()))
+        self.mgmt.start()
         if self.settings.data_dir:
             # First: a second daemon on the same data directory fails before binding.
-            from .ctl.server import CtlServer
-
-            self.ctl = CtlServer(self)
+            self.ctl = CtlServer(self.mgmt, self.settings.data_dir, build_table())
             await self.ctl.start()
         try:
             self.node.start()
@@ -166,7 +175,7 @@ class Server:
         for server in self.listeners.values():
             try:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         deadline = asyncio.get_running_loop().time() + 2.0
         while self.connections and asyncio.get_running_loop().time() < deadline:
@@ -180,6 +189,7 @@ class Server:
         log.info("mqttd stopped")
         if self.ctl is not None:
             await self.ctl.close()  # last: `mqttd ctl stop` is told when all is done
+        self.mgmt.close()
 
     # --- listeners at run time (mqttd ctl listeners) ----------------------------------
 
@@ -235,6 +245,7 @@ class Server:
         except BaseException:
             if self.ctl is not None:
                 await self.ctl.close()
+            self.mgmt.close()
             raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -246,11 +257,47 @@ class Server:
         await self.stop()
 
 
+class _ServerControl:
+    """The server as management sees it (:class:`mqttd.mgmt.control.ServerControl`)."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def listeners(self) -> list[ListenerStatus]:
+        server = self._server
+        out = []
+        for name, cfg in server.listener_config.items():
+            host, port = server.listener_addr.get(name, (cfg.bind, cfg.port))
+            out.append(ListenerStatus(name, host, port, cfg.zone, name in server.listeners,
+                                      len(server.listener_conns.get(name, ())),
+                                      cfg.max_connections, cfg.max_conn_rate))
+        return out
+
+    async def stop_listener(self, name: str) -> tuple[str, int]:
+        return await self._server.stop_listener(name)
+
+    async def restart_listener(self, name: str) -> tuple[str, int]:
+        try:
+            return await self._server.restart_listener(name)
+        except ListenerError as err:
+            raise Failed(str(err), str(err)) from None
+
+    def request_stop(self, reason: str) -> None:
+        self._server.request_stop(reason)
+
+    async def wait_stopped(self) -> None:
+        await self._server.wait_stopped()
+
+    def connection_count(self) -> int:
+        return len(self._server.connections)
+
+
 #: Young-generation threshold of the cyclic collector in a broker process (CPython: 700).
 #: A read of a busy publisher parses ~1,500 packets that are alive together; at 700 the
 #: collector ran ~500 times a second under fan-in load and promoted those short-lived
-#: packets, which then triggered 2-3 full collections a second (10,000: ~100 a second). Almost nothing on the message
-#: path forms cycles (reference counting frees it), so rarer young collections cost nothing.
+#: packets, which then triggered 2-3 full collections a second (10,000: ~100 a second).
+#: Almost nothing on the message path forms cycles (reference counting frees it), so rarer
+#: young collections cost nothing.
 GC_THRESHOLD0 = 10_000
 
 

@@ -285,7 +285,13 @@ class Connection(asyncio.Protocol):
             self._paused_until = None
             transport.resume_reading()
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:
+                # The peer is gone already (asyncio's selector transport shuts the socket
+                # down at once and says ENOTCONN): nothing to linger for.
+                transport.abort()
+                return
             self._timer = self.loop.call_later(LINGER, transport.abort)
         else:
             transport.close()
