@@ -15,8 +15,8 @@ import dataclasses
 import random
 from typing import Any, NamedTuple
 
-import builder as B
 import pytest
+from support import builder as B
 
 from mqttd.mqtt.errors import PacketError
 from mqttd.mqtt.packets import (

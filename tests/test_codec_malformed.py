@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import builder as B
 import pytest
+from support import builder as B
 
 from mqttd.mqtt.errors import PacketError
 from mqttd.mqtt.packets import Pingreq, Puback, Publish

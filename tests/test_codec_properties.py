@@ -16,9 +16,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import builder as B
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
+from support import builder as B
 
 from mqttd.mqtt.errors import PacketError
 from mqttd.mqtt.packets import (

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import builder as B
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
+from support import builder as B
 from test_codec_properties import PACKET_ID, TOPIC, properties
 
 from mqttd import _accel as accel
-from mqttd.mqtt._codec_py import encode_publish as encode_publish_py
-from mqttd.mqtt._codec_py import encode_py
+from mqttd.mqtt._codec_py import encode_publish as encode_publish_py, encode_py
 from mqttd.mqtt.packets import Publish
 
 

@@ -8,24 +8,15 @@ two zones.
 from __future__ import annotations
 
 import dataclasses
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import builder as B
 import pytest
-from broker import BrokerProcess
+from support.process import BrokerProcess, run_mqttd
+from support.raw import RawClient
 
-from mqttd.mqtt.codec import ParserPy
 from mqttd.config import Listener, Zone
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_mqttd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mqttd", *args], capture_output=True,
-                          text=True, timeout=30)
 
 
 def test_check_accepts_a_good_file(tmp_path: Path) -> None:
@@ -98,17 +89,9 @@ def test_start_refuses_a_bad_file_before_listening(tmp_path: Path) -> None:
 
 
 def _connack_props(port: int) -> dict[str, object]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(B.connect("zone-probe", level=5))
-        parser = ParserPy(version=5)
-        packets: list[object] = []
-        while not packets:
-            data = s.recv(4096)
-            assert data, "closed before CONNACK"
-            packets = parser.feed(data)
-    connack = packets[0]
-    assert connack.reason_code == 0  # type: ignore[attr-defined]
-    return connack.properties  # type: ignore[attr-defined,no-any-return]
+    with RawClient(port, 5) as c:
+        connack = c.connect("zone-probe")  # its reason code must be 0
+    return connack.properties  # type: ignore[no-any-return]
 
 
 def test_zone_over_global_over_default() -> None:

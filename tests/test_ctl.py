@@ -17,7 +17,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,8 +24,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from broker import BrokerProcess
-from e2e_util import WAIT, Client, assert_clean_log, mosquitto_pub, uid
+from support import WAIT, uid
+from support.clients import Clients, mosquitto_pub
+from support.process import BrokerProcess, assert_clean_log, broker_fixture, run_mqttd
 
 from mqttd.cli.ctl import main as ctl_main
 from mqttd.ctl import protocol as P
@@ -63,12 +63,8 @@ def ctl_json(where: BrokerProcess | str, *args: str) -> Any:
     return json.loads(ok(where, "--json", *args))
 
 
-def mqttd(*args: str, env: dict[str, str] | None = None, timeout: float = 40.0
-          ) -> subprocess.CompletedProcess[str]:
-    """The real ``python -m mqttd <args>``, output captured."""
-    return subprocess.run([sys.executable, "-m", "mqttd", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          check=False)
+#: The real ``python -m mqttd <args>``, output captured.
+mqttd = run_mqttd
 
 
 def ctl_proc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -87,30 +83,15 @@ def wait_until(predicate: Any, what: str, timeout: float = WAIT) -> Any:
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    b = BrokerProcess()
-    try:
-        yield b
-    finally:
-        code = b.stop()
-        assert_clean_log(b)
-        assert code == 0, b.log()
+broker = broker_fixture()
 
 
 @pytest.fixture
-def paho(broker: BrokerProcess) -> Iterator[Any]:
-    made: list[Client] = []
-
-    def make(client_id: str, **kwargs: Any) -> Client:
-        c = Client(broker, client_id, **kwargs)
-        made.append(c)
-        c.connect()
-        return c
-
-    yield make
-    for c in made:
-        c.close()
+def paho(broker: BrokerProcess) -> Iterator[Clients]:
+    """``paho(client_id, **kwargs)``: a connected paho client, stopped after the test."""
+    made = Clients(broker)
+    yield made
+    made.close_all()
 
 
 # --- the socket, the data directory, exit codes ---------------------------------------------

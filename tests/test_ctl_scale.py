@@ -12,22 +12,19 @@ import asyncio
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 
-import builder as B
-import pytest
-from broker import BrokerProcess
-from e2e_util import WAIT, assert_clean_log
+from support import WAIT, builder as B
+from support.process import BrokerProcess, broker_fixture, run_mqttd
+from support.raw import RawClient
 
 from mqttd.core.channel import CONNECTED, Channel
 from mqttd.config import Settings
-from mqttd.mqtt.packets import SubOpts
+from mqttd.mqtt.packets import Connack, Pingresp, SubOpts
 from mqttd.server import Server
 from mqttd.core.session import Session
 
@@ -35,30 +32,18 @@ from mqttd.core.session import Session
 MAX_PAUSE = 0.050
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    b = BrokerProcess('[node]\nlog_level = "info"\n', extra_args=["--log-level", "info"])
-    try:
-        yield b
-    finally:
-        code = b.stop()
-        assert_clean_log(b)
-        assert code == 0, b.log()
+broker = broker_fixture('[node]\nlog_level = "info"\n', extra_args=["--log-level", "info"])
 
 
-def _connect_many(broker: BrokerProcess, n: int) -> list[socket.socket]:
+def _connect_many(broker: BrokerProcess, n: int) -> list[RawClient]:
     socks = []
     for i in range(n):
-        s = socket.create_connection((broker.host, broker.port), timeout=WAIT)
-        s.sendall(B.connect(f"many-{i:05d}", keepalive=0))
+        s = RawClient(broker)
+        s.send(B.connect(f"many-{i:05d}", keepalive=0))
         socks.append(s)
     for s in socks:  # every CONNACK (4 bytes, accepted)
-        data = b""
-        while len(data) < 4:
-            chunk = s.recv(4 - len(data))
-            assert chunk, "closed before CONNACK"
-            data += chunk
-        assert data == bytes([0x20, 2, 0, 0]), data
+        s.expect(Connack)
+        assert bytes(s.received) == bytes([0x20, 2, 0, 0]), s.received
     return socks
 
 
@@ -67,10 +52,10 @@ class Pinger(threading.Thread):
 
     def __init__(self, broker: BrokerProcess) -> None:
         super().__init__(daemon=True)
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=WAIT)
-        self.sock.sendall(B.connect("pinger", keepalive=0))
-        assert self.sock.recv(4) == bytes([0x20, 2, 0, 0])
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.raw = RawClient(broker)  # TCP_NODELAY: a PINGREQ leaves at once
+        self.raw.send(B.connect("pinger", keepalive=0))
+        self.raw.expect(Connack)
+        assert bytes(self.raw.received) == bytes([0x20, 2, 0, 0])
         self.stop_flag = threading.Event()
         self.rtts: list[float] = []
 
@@ -78,15 +63,16 @@ class Pinger(threading.Thread):
         ping = B.pingreq()
         while not self.stop_flag.is_set():
             t0 = time.perf_counter()
-            self.sock.sendall(ping)
-            assert self.sock.recv(2) == bytes([0xD0, 0])
+            self.raw.send(ping)
+            self.raw.expect(Pingresp)
+            assert bytes(self.raw.received[-2:]) == bytes([0xD0, 0])
             self.rtts.append(time.perf_counter() - t0)
             time.sleep(0.001)
 
     def finish(self) -> float:
         self.stop_flag.set()
         self.join(WAIT)
-        self.sock.close()
+        self.raw.close()
         return max(self.rtts)
 
 
@@ -96,11 +82,9 @@ def test_listing_2000_real_clients_does_not_pause_the_others(broker: BrokerProce
         pinger = Pinger(broker)
         pinger.start()
         time.sleep(0.2)
-        args = [sys.executable, "-m", "mqttd", "ctl", "--data-dir", str(broker.dir / "data")]
-        listing = subprocess.run(args + ["clients", "list", "--json"], capture_output=True,
-                                 text=True, timeout=60, check=False)
-        human = subprocess.run(args + ["clients", "list"], capture_output=True, text=True,
-                               timeout=60, check=False)
+        args = ["ctl", "--data-dir", str(broker.data_dir), "clients", "list"]
+        listing = run_mqttd(*args, "--json", timeout=60)
+        human = run_mqttd(*args, timeout=60)
         worst = pinger.finish()
     finally:
         for s in socks:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 
-import builder as B
 import pytest
-from e2e_util import PacketTypes, broker_fixture, prop, props, uid
+from support import builder as B, uid
+from support.clients import PacketTypes, prop, props
+from support.process import broker_fixture
 
 from mqttd.mqtt.packets import Connack, Disconnect, Pingresp, Publish
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 CONFIG = """
 [zones.limits]

@@ -10,15 +10,15 @@ growing from round to round.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
-import builder as B
 import pytest
-from broker import BrokerProcess
+from support import builder as B
+from support.process import BrokerProcess, run_mqttd
+from support.raw import RawClient
+
+from mqttd.mqtt.packets import Connack
 
 ROUNDS = 4
 PER_ROUND = 200
@@ -36,9 +36,7 @@ def broker() -> Iterator[BrokerProcess]:
 
 
 def vm(broker: BrokerProcess) -> dict:
-    r = subprocess.run([sys.executable, "-m", "mqttd", "ctl", "--data-dir",
-                        str(broker.dir / "data"), "vm", "--json"],
-                       capture_output=True, text=True, timeout=30)
+    r = run_mqttd("ctl", "--data-dir", str(broker.data_dir), "vm", "--json", timeout=30)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -61,8 +59,8 @@ def bad_inputs(i: int) -> bytes:
 def one_round(broker: BrokerProcess, base: int, fds: int) -> None:
     socks = []
     for i in range(PER_ROUND):
-        s = socket.create_connection((broker.host, broker.port), timeout=5)
-        s.sendall(bad_inputs(base + i))
+        s = RawClient(broker)
+        s.send(bad_inputs(base + i))
         socks.append(s)
     # The clients that stopped mid-packet are still open on the broker's side: the
     # measurement sees them (so it could see a leak).
@@ -96,6 +94,7 @@ def test_bad_clients_leak_nothing(broker: BrokerProcess) -> None:
     growth = rss[-1] - rss[1]
     assert growth < 2 * 1024 * 1024, f"RSS grew {growth} bytes over rounds: {rss}"
     # And the broker still serves a good client.
-    with socket.create_connection((broker.host, broker.port), timeout=5) as s:
-        s.sendall(B.connect("good", level=4))
-        assert s.recv(4) == b"\x20\x02\x00\x00"
+    with RawClient(broker) as s:
+        s.send(B.connect("good", level=4))
+        s.expect(Connack)
+        assert bytes(s.received) == b"\x20\x02\x00\x00"

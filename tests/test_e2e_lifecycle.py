@@ -4,20 +4,20 @@ process exits 0) and a clear one-line failure when the port is taken."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
-from e2e_util import WAIT, Client, assert_clean_log, start_broker, uid
+from support import WAIT, uid
+from support.clients import Client
+from support.process import BrokerProcess, assert_clean_log, run_mqttd
 
 from mqttd.mqtt.packets import Disconnect
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_sigterm_disconnects_clients_and_exits_zero(raws, loop):
-    b = start_broker(extra_args=["--no-uvloop"] if loop == "asyncio" else [])
+    b = BrokerProcess(extra_args=["--no-uvloop"] if loop == "asyncio" else [])
     try:
         v5 = [Client(b, uid(), version=5) for _ in range(2)]
         v4 = Client(b, uid(), version=4)
@@ -48,12 +48,10 @@ def test_sigterm_disconnects_clients_and_exits_zero(raws, loop):
 
 
 def test_port_in_use_is_one_clear_line_and_exit_1():
-    b = start_broker()
+    b = BrokerProcess()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "mqttd", "start", "--bind", "127.0.0.1", "--port",
-             str(b.port), "--data-dir", str(b.dir / "data2")],
-            capture_output=True, text=True, timeout=WAIT * 2, check=False)
+        done = run_mqttd("start", "--bind", "127.0.0.1", "--port", str(b.port),
+                         "--data-dir", str(b.dir / "data2"), timeout=WAIT * 2)
     finally:
         b.stop()
     assert done.returncode == 1, (done.stdout, done.stderr)

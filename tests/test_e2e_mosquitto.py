@@ -5,9 +5,11 @@ and mixing them with paho clients."""
 from __future__ import annotations
 
 import pytest
-from e2e_util import MosquittoSub, PacketTypes, broker_fixture, mosquitto_pub, prop, props, uid
+from support import uid
+from support.clients import MosquittoSub, PacketTypes, mosquitto_pub, prop, props
+from support.process import broker_fixture
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 broker = broker_fixture()
 

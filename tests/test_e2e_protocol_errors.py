@@ -6,13 +6,13 @@ log never holds a traceback (checked after every test)."""
 
 from __future__ import annotations
 
-import builder as B
 import pytest
-from e2e_util import broker_fixture, uid
+from support import builder as B, uid
+from support.process import broker_fixture
 
 from mqttd.mqtt.packets import Disconnect, Pingresp, Suback
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 CONFIG = """
 [zones.qos1]

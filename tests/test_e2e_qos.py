@@ -7,9 +7,9 @@ The module runs against mqttd on uvloop and on asyncio's own loop."""
 
 from __future__ import annotations
 
-import builder as B
 import pytest
-from e2e_util import BrokerProcess, assert_clean_log, log_size, start_broker, uid, wait_log
+from support import builder as B, uid
+from support.process import BrokerProcess, checked_broker, log_size, wait_log
 
 from mqttd.mqtt.packets import (
     Disconnect,
@@ -22,7 +22,7 @@ from mqttd.mqtt.packets import (
     Suback,
 )
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 CONFIG = """
 [zones.window]
@@ -50,13 +50,9 @@ zone = "rel"
 
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def broker(request):
-    b = start_broker(CONFIG, extra_args=["--no-uvloop"] if request.param == "asyncio" else [])
-    try:
+    with checked_broker(CONFIG,
+                        extra_args=["--no-uvloop"] if request.param == "asyncio" else []) as b:
         yield b
-    finally:
-        code = b.stop()
-        assert_clean_log(b)
-        assert code == 0
 
 
 def sub_raw(raws, broker: BrokerProcess, topic: str, qos: int, version: int = 4,

@@ -4,13 +4,15 @@ offline queue."""
 
 from __future__ import annotations
 
-import builder as B
 import pytest
-from e2e_util import Closed, PacketTypes, broker_fixture, log_size, prop, props, uid, wait_log
+from support import builder as B, uid
+from support.clients import PacketTypes, prop, props
+from support.process import broker_fixture, log_size, wait_log
+from support.raw import Closed
 
 from mqttd.mqtt.packets import Connack, Disconnect, Pingresp, Publish, Suback
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 CONFIG = """
 [zones.small]

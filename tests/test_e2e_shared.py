@@ -8,13 +8,13 @@ from __future__ import annotations
 import queue
 import time
 
-import builder as B
 import pytest
-from e2e_util import WAIT, assert_clean_log, broker_fixture, start_broker, uid
+from support import WAIT, builder as B, uid
+from support.process import broker_fixture, checked_broker
 
 from mqttd.mqtt.packets import Publish, Pubrel, Suback
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 N = 30  # messages per run
 
@@ -22,14 +22,9 @@ N = 30  # messages per run
 @pytest.fixture(scope="module", params=["random", "round_robin", "sticky", "hash"])
 def strategy_broker(request):
     """One broker per strategy (the strategy is node-wide)."""
-    b = start_broker(f'[mqtt]\nshared_subscription_strategy = "{request.param}"\n')
-    b.strategy = request.param
-    try:
+    with checked_broker(f'[mqtt]\nshared_subscription_strategy = "{request.param}"\n') as b:
+        b.strategy = request.param
         yield b
-    finally:
-        code = b.stop()
-        assert_clean_log(b)
-        assert code == 0
 
 
 #: round_robin splits deterministically, which the hand-over tests rely on.

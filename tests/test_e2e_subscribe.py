@@ -4,13 +4,14 @@ codes and UNSUBSCRIBE."""
 
 from __future__ import annotations
 
-import builder as B
 import pytest
-from e2e_util import PacketTypes, broker_fixture, prop, props, sub_opts, uid
+from support import builder as B, uid
+from support.clients import PacketTypes, prop, props, sub_opts
+from support.process import broker_fixture
 
 from mqttd.mqtt.packets import Suback, Unsuback
 
-pytest_plugins = ["e2e_util"]
+pytest_plugins = ["support.fixtures"]
 
 CONFIG = """
 [zones.restricted]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import BrokerProcess
-from e2e_util import Client
+from support.clients import Client
+from support.process import BrokerProcess, run_mqttd
 
 from mqttd.config import ConfigError, PluginSpec, parse_settings
 from mqttd.hooks import HOOK_POINTS, STOP, Hooks, Stop
@@ -483,9 +483,8 @@ def test_a_plugin_that_cannot_load_stops_the_start(tmp_path: Path) -> None:
     config = tmp_path / "mqttd.toml"
     config.write_text('plugins = ["no_such_plugin_module:Auth"]\n'
                       '[listeners.default]\nbind = "127.0.0.1"\nport = 0\n')
-    proc = subprocess.run([sys.executable, "-m", "mqttd", "start", "-c", str(config),
-                           "--data-dir", str(tmp_path / "data")],
-                          capture_output=True, text=True, timeout=30, check=False)
+    proc = run_mqttd("start", "-c", str(config), "--data-dir", str(tmp_path / "data"),
+                     timeout=30)
     assert proc.returncode == 1, proc.stderr
     assert "cannot import no_such_plugin_module" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -67,26 +67,24 @@ def _two_listeners(extra: str) -> str:
 
 
 def _refused(port: int) -> bool:
-    """Open a socket and send CONNECT: True if the broker closed it without a CONNACK."""
-    import socket
+    """Open a connection and send CONNECT: True if the broker closed it (EOF or RST) without
+    a CONNACK."""
+    from support import builder as B
+    from support.raw import CLOSED, TIMEOUT_END, RawClient
 
-    import builder as B
-
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        try:
-            s.sendall(B.connect("probe", level=4))
-            data = s.recv(16)
-        except (ConnectionResetError, BrokenPipeError):
+    with RawClient(port, 4, timeout=5) as c:
+        if not c.try_send(B.connect("probe", level=4)):
             return True
-        return data == b""
-    finally:
-        s.close()
+        r = c.read(until=lambda _packet: True)  # the first packet, or the end
+        assert r.end != TIMEOUT_END, "neither a CONNACK nor a close in time"
+        return r.end == CLOSED
 
 
 def test_max_connections_refuses_in_the_accept_path() -> None:
-    from e2e_util import BrokerProcess, Client, uid
-    from sys_util import SysMetrics
+    from support import uid
+    from support.clients import Client
+    from support.process import BrokerProcess
+    from support.sysreader import SysMetrics
 
     b = BrokerProcess(_two_listeners("max_connections = 2"))
     made: list[Client] = []
@@ -142,8 +140,8 @@ def _wait(predicate: Any, timeout: float = 5.0) -> bool:
 
 
 def test_max_conn_rate_refuses_over_the_rate() -> None:
-    from e2e_util import BrokerProcess
-    from sys_util import SysMetrics
+    from support.process import BrokerProcess
+    from support.sysreader import SysMetrics
 
     b = BrokerProcess(_two_listeners("max_conn_rate = 4"))
     reader = None
@@ -179,9 +177,10 @@ def test_inbound_rate_is_held_to_the_limit(kind: str) -> None:
     import threading
     import time
 
-    import builder as B
-    from e2e_util import BrokerProcess, Raw
-    from sys_util import SysMetrics
+    from support import builder as B
+    from support.process import BrokerProcess
+    from support.raw import RawClient
+    from support.sysreader import SysMetrics
 
     from mqttd.mqtt.packets import Publish, Suback
 
@@ -196,11 +195,11 @@ def test_inbound_rate_is_held_to_the_limit(kind: str) -> None:
     reader = None
     try:
         reader = SysMetrics(b)
-        sub = Raw(b, 4)
+        sub = RawClient(b, 4)
         sub.connect("rl-sub")
         sub.send(B.subscribe(1, [("rl/t", 0)]))
         sub.expect(Suback)
-        pub = Raw(b, 4, port=b.ports["limited"])
+        pub = RawClient(b, 4, port=b.ports["limited"])
         pub.connect("rl-pub")
         sender = threading.Thread(target=pub.send, args=(frame * n,), daemon=True)
         sender.start()
@@ -231,19 +230,20 @@ def test_unlimited_zone_is_not_slowed() -> None:
     import threading
     import time
 
-    import builder as B
-    from e2e_util import BrokerProcess, Raw
+    from support import builder as B
+    from support.process import BrokerProcess
+    from support.raw import RawClient
 
     from mqttd.mqtt.packets import Publish, Suback
 
     n, frame = 600, B.publish("fast/t", b"x" * 1000)
     b = BrokerProcess()
     try:
-        sub = Raw(b, 4)
+        sub = RawClient(b, 4)
         sub.connect("f-sub")
         sub.send(B.subscribe(1, [("fast/t", 0)]))
         sub.expect(Suback)
-        pub = Raw(b, 4)
+        pub = RawClient(b, 4)
         pub.connect("f-pub")
         threading.Thread(target=pub.send, args=(frame * n,), daemon=True).start()
         sub.expect(Publish)

@@ -47,16 +47,24 @@ subscriptions, for C10/P5/P6/U9/V7) and ``slow`` (idle_timeout 1 s, for F4).
 from __future__ import annotations
 
 import itertools
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-import builder as B
 import pytest
-import wire as W
-from broker import BrokerProcess
+from support import builder as B, raw as W
+from support.process import BrokerProcess
+
+#: Seconds a read waits for the broker before calling it a hang.
+TIMEOUT = 2.0
+
+
+def raw_client(port: int, level: int) -> W.RawClient:
+    """A raw client on ``port`` reading replies at protocol ``level``, with this suite's
+    TIMEOUT as the bound of every read."""
+    return W.RawClient(port, level, timeout=TIMEOUT)
+
 
 # --- expected reactions ------------------------------------------------------------------
 
@@ -129,7 +137,7 @@ class Case(NamedTuple):
     listener: str = "default"
     connect: tuple[tuple[str, Any], ...] = ()  # extra builder.connect() arguments
     will: bool | None = None  # connect with a will; it must (True) / must not (False) be sent
-    timeout: float = W.TIMEOUT
+    timeout: float = TIMEOUT
     good: bool = False  # an accepted neighbour
     split: tuple[int, ...] = ()  # send the wire in pieces cut at these offsets, 20 ms apart
     will_topic: str | None = None  # for ``will`` on a ``pre`` case: the topic its CONNECT named
@@ -1385,8 +1393,6 @@ bind = "127.0.0.1"
 port = 0
 zone = "slow"
 """
-LISTENERS = ("default", "small", "policy", "slow")
-_LISTENING = re.compile(r"listener (\S+) on [0-9.]+:(\d+)")
 
 
 def assert_log_clean(broker: BrokerProcess) -> None:
@@ -1397,16 +1403,8 @@ def assert_log_clean(broker: BrokerProcess) -> None:
 @pytest.fixture(scope="module")
 def broker() -> Iterator[BrokerProcess]:
     """One mqttd process for the module, listening on every zone's listener."""
-    proc = BrokerProcess(CONFIG)
+    proc = BrokerProcess(CONFIG)  # returns once every configured listener listens
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            proc.ports.update((name, int(port)) for name, port in _LISTENING.findall(proc.log()))
-            if all(name in proc.ports for name in LISTENERS):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail(f"listeners did not all start:\n{proc.log()}")
         yield proc
         assert proc.proc.poll() is None, f"mqttd died:\n{proc.log()[-20000:]}"
         assert_log_clean(proc)
@@ -1477,13 +1475,13 @@ def observer(broker: BrokerProcess) -> Iterator[Observer]:
 
 def publish(port: int, topic: str, payload: bytes = b"ping") -> None:
     """Publish one QoS 1 message from a fresh, well-behaved raw client."""
-    with W.RawClient(port, 4) as c:
-        r = c.connect(B.connect(uid("pub"), level=4))
+    with raw_client(port, 4) as c:
+        r = c.handshake(B.connect(uid("pub"), level=4))
         assert r.packets == (("CONNACK", 0),), r.describe()
-        c.send(B.publish(topic, payload, qos=1, packet_id=1))
+        c.try_send(B.publish(topic, payload, qos=1, packet_id=1))
         r = c.sync()
         assert ("PUBACK", 0) in r.packets and r.end == W.OPEN, r.describe()
-        c.send(B.disconnect())
+        c.try_send(B.disconnect())
         c.read(timeout=1.0)
 
 
@@ -1524,20 +1522,20 @@ def run_case(broker: BrokerProcess, observer: Observer, case: Case) -> None:
     port = broker.ports[case.listener]
     level = case.expect.fmt or case.v or 4
     will_topic = case.will_topic
-    with W.RawClient(port, level) as c:
+    with raw_client(port, level) as c:
         if not case.pre:
             cid = uid("w")
             kw = dict(case.connect)
             if case.will is not None:
                 will_topic = f"will/{cid}"
                 kw.update(will_topic=will_topic, will_payload=b"gone")
-            r = c.connect(B.connect(cid, level=case.v, **kw))
+            r = c.handshake(B.connect(cid, level=case.v, **kw))
             assert r.packets == (("CONNACK", 0),) and r.end == W.OPEN, \
                 f"{case.id}: the good CONNECT was not accepted: {r.describe()}"
         replies: tuple[Any, ...] = ()
         if case.setup:
             for pkt in case.setup:
-                c.send(pkt)
+                c.try_send(pkt)
                 r = c.sync()
                 assert r.end == W.OPEN and not any(p[0] == "DISCONNECT" for p in r.packets), \
                     f"{case.id}: setup {pkt[:40].hex(' ')} failed: {r.describe()}"
@@ -1549,7 +1547,7 @@ def run_case(broker: BrokerProcess, observer: Observer, case: Case) -> None:
         for i, (a, b) in enumerate(itertools.pairwise(cuts)):
             if i:
                 time.sleep(0.02)
-            c.send(data[a:b])
+            c.try_send(data[a:b])
         r = c.read(until=(lambda p: type(p).__name__ == "Pingresp") if accepted else None,
                    timeout=case.timeout)
     problem = check(case, wire, r)
@@ -1581,15 +1579,15 @@ def test_topic_alias_does_not_outlive_its_connection(broker: BrokerProcess) -> N
     """V9: an alias mapped on one connection means nothing on the next one (same client id)."""
     cid, topic = uid("ta"), fresh_topic()
     port = broker.ports["default"]
-    with W.RawClient(port, 5) as c:
-        assert c.connect(B.connect(cid, level=5)).packets == (("CONNACK", 0),)
-        c.send(pub(5, topic, properties=B.props(("topic_alias", 3))))
+    with raw_client(port, 5) as c:
+        assert c.handshake(B.connect(cid, level=5)).packets == (("CONNACK", 0),)
+        c.try_send(pub(5, topic, properties=B.props(("topic_alias", 3))))
         assert c.sync().end == W.OPEN
-        c.send(B.disconnect(0))
+        c.try_send(B.disconnect(0))
         assert c.read().end == W.CLOSED
-    with W.RawClient(port, 5) as c:
-        assert c.connect(B.connect(cid, level=5)).packets == (("CONNACK", 0),)
-        c.send(pub1(5, "", properties=B.props(("topic_alias", 3))))
+    with raw_client(port, 5) as c:
+        assert c.handshake(B.connect(cid, level=5)).packets == (("CONNACK", 0),)
+        c.try_send(pub1(5, "", properties=B.props(("topic_alias", 3))))
         r = c.read()
         assert r.packets == (("DISCONNECT", PROTO),) and r.end == W.CLOSED, r.describe()
 
@@ -1611,15 +1609,15 @@ def test_isolation_during_a_burst(broker: BrokerProcess, observer: Observer) -> 
     in between: every bad client gets its reaction, the good client keeps receiving."""
     burst = [c for c in CASES if not c.pre and not c.good and c.listener == "default"
              and not c.setup and not c.connect and c.will is None and not callable(c.wire)
-             and c.timeout == W.TIMEOUT and not c.split]
+             and c.timeout == TIMEOUT and not c.split]
     burst = burst[:: max(1, len(burst) // 60)]
     clients = []
     try:
         for i, case in enumerate(burst):
             assert isinstance(case.wire, bytes)
-            c = W.RawClient(broker.ports["default"], case.v)
+            c = raw_client(broker.ports["default"], case.v)
             clients.append(c)
-            c.send(B.connect(uid("b"), level=case.v) + case.wire)
+            c.try_send(B.connect(uid("b"), level=case.v) + case.wire)
             if i % 10 == 0:
                 publish(broker.ports["default"], f"iso/burst/{i}")
         problems = []

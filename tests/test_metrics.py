@@ -1,21 +1,20 @@
 """Metrics (mqttd.metrics): the table, the two counter arrays (``py`` and ``c``, which must
 agree), and per family a scripted client session against a real broker whose exact counts
-are read back over $SYS (tests/sys_util.py)."""
+are read back over $SYS (tests/support/sysreader.py)."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-import builder as B
 import pytest
-from e2e_util import BrokerProcess, Raw
-from hypothesis import given
-from hypothesis import strategies as st
-from sys_util import SysMetrics
+from hypothesis import given, strategies as st
+from support import builder as B
+from support.process import BrokerProcess
+from support.raw import RawClient
+from support.sysreader import SysMetrics
 
-from mqttd import _accel
-from mqttd import metrics as facade
+from mqttd import _accel, metrics as facade
 from mqttd._metric_names import ALL_NAMES, COUNT, DERIVED, FAMILIES, NAMES
 from mqttd._metrics_py import MetricsPy
 from mqttd.mqtt.packets import (
@@ -255,7 +254,7 @@ class Script:
     """A raw client that remembers every byte it sent."""
 
     def __init__(self, broker: BrokerProcess, version: int) -> None:
-        self.raw = Raw(broker, version)
+        self.raw = RawClient(broker, version)
         self.version = version
         self.sent = 0
 

@@ -117,8 +117,10 @@ def test_node_registers_the_components_updates() -> None:
 # --- a real broker ----------------------------------------------------------------------------
 
 def test_broker_stats_over_sys() -> None:
-    from e2e_util import BrokerProcess, Client, uid
-    from sys_util import SysReader
+    from support import uid
+    from support.clients import Client
+    from support.process import BrokerProcess
+    from support.sysreader import SysReader
 
     b = BrokerProcess("[node]\nsys_interval = 0.2\n")
     clients: list[Any] = []
@@ -163,7 +165,7 @@ def test_broker_stats_over_sys() -> None:
 
 
 def _expiry(seconds: int) -> Any:
-    from e2e_util import props
     from paho.mqtt.packettypes import PacketTypes
+    from support.clients import props
 
     return props(PacketTypes.CONNECT, SessionExpiryInterval=seconds)

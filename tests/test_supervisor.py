@@ -243,8 +243,9 @@ class Fault(Plugin):
 def test_a_crashing_connection_closes_alone(tmp_path: Any) -> None:
     import os
 
-    from e2e_util import BrokerProcess, Client
-    from sys_util import SysMetrics
+    from support.clients import Client
+    from support.process import BrokerProcess
+    from support.sysreader import SysMetrics
 
     (tmp_path / "fault_plugin.py").write_text(FAULT_PLUGIN)
     b = BrokerProcess('plugins = ["fault_plugin:Fault"]\n[node]\nsys_interval = 0.1\n',

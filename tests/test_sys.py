@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_util import BrokerProcess, Client, uid
+from support import uid
+from support.clients import Client
+from support.process import BrokerProcess
 
 from mqttd import __version__
 from mqttd.metrics import NAMES as METRIC_NAMES
@@ -159,7 +161,7 @@ def test_presence_events(broker: BrokerProcess) -> None:
 
 
 def _expiry(seconds: int) -> Any:
-    from e2e_util import props
     from paho.mqtt.packettypes import PacketTypes
+    from support.clients import props
 
     return props(PacketTypes.CONNECT, SessionExpiryInterval=seconds)

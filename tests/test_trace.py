@@ -8,16 +8,15 @@ import json
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import BrokerProcess
-from e2e_util import WAIT, Client, assert_clean_log, mosquitto_pub, uid
+from support import WAIT, uid
+from support.clients import Client, mosquitto_pub
+from support.process import MQTTD, BrokerProcess, assert_clean_log, broker_fixture
 from test_ctl import ctl, ctl_json, data_dir, ok, wait_until
 
 from mqttd.core.channel import Channel
@@ -165,15 +164,7 @@ def test_topic_trace_matches_wildcards() -> None:
 
 # --- against a real daemon ------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    b = BrokerProcess()
-    try:
-        yield b
-    finally:
-        code = b.stop()
-        assert_clean_log(b)
-        assert code == 0, b.log()
+broker = broker_fixture()
 
 
 class LiveTrace:
@@ -181,8 +172,8 @@ class LiveTrace:
 
     def __init__(self, broker: BrokerProcess, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mqttd", "ctl", "--data-dir", data_dir(broker), "trace",
-             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [*MQTTD, "ctl", "--data-dir", data_dir(broker), "trace", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -1,129 +1,32 @@
-"""Helpers for the end-to-end tests: broker fixtures, a paho-mqtt client wrapper, a raw
-socket client (bytes from ``builder``), and the Debian ``mosquitto_pub``/``mosquitto_sub``.
+"""Real MQTT clients for the end-to-end tests: a paho-mqtt 2.x wrapper with bounded waits,
+and Debian's ``mosquitto_pub``/``mosquitto_sub``.
 
-Every wait here is bounded and ends on an event (a paho callback, a socket read, a
-line from a subprocess); only the broker's log is polled, having no event to wait on
-(the ports of its listeners, the sign of a timer's work). Negative checks ("nothing
-else arrived") use a sentinel: the broker keeps a subscriber's messages in order, so
-once a later sentinel has arrived, anything that should have come before it would have.
-
-Test modules load it with ``pytest_plugins = ["e2e_util"]`` (fixtures ``clients``,
-``raws`` and the log check) and import its helpers; its own asserts carry their
-messages, so it opts out of assertion rewriting (which could not apply to a module
-imported before pytest registers it as a plugin): PYTEST_DONT_REWRITE
+Every wait ends on an event (a paho callback, a line from a subprocess) and is bounded.
+Negative checks ("nothing else arrived") use a sentinel: the broker keeps a subscriber's
+messages in order, so once a later sentinel has arrived, anything that should have come
+before it would have.
 """
 
 from __future__ import annotations
 
 import queue
-import re
 import socket
 import subprocess
 import threading
-import time
-import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import builder as B
 import paho.mqtt.client as mqtt
-import pytest
-from broker import BrokerProcess
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqttd.mqtt.codec import Parser
-from mqttd.mqtt.packets import Connack
+from . import WAIT, uid
+from .process import BrokerProcess
 
-WAIT = 5.0  # seconds any single expected event may take
-
-
-
-# --- brokers -----------------------------------------------------------------------------
-
-def assert_clean_log(broker: BrokerProcess) -> None:
-    log = broker.log()
-    assert "Traceback" not in log, log
-    assert " ERROR " not in log, log
-
-
-_LISTENER_TABLE = re.compile(r"^\[listeners\.([A-Za-z0-9_-]+)\]", re.MULTILINE)
-_LISTENING = re.compile(r"listener (\S+) on [0-9.]+:(\d+)")
-
-
-def start_broker(config: str = "", *, extra_args: list[str] | None = None) -> BrokerProcess:
-    """Start a broker and wait until *every* configured listener is up (BrokerProcess
-    returns at the first one), so ``ports[name]`` holds them all."""
-    b = BrokerProcess(config, extra_args=extra_args)
-    names = set(_LISTENER_TABLE.findall(config)) or {"default"}
-    deadline = time.monotonic() + WAIT
-    while not names <= set(b.ports):
-        for name, port in _LISTENING.findall(b.log()):
-            b.ports[name] = int(port)
-        if time.monotonic() > deadline:
-            b.stop()
-            raise RuntimeError(f"listeners {names - set(b.ports)} did not start:\n{b.log()}")
-        time.sleep(0.01)
-    b.port = b.ports.get("default", b.port)
-    return b
-
-
-def broker_fixture(config: str = "", *, scope: str = "module", extra_args: list[str] | None = None
-                   ) -> Any:
-    """A fixture running ``mqttd start`` with ``config`` (TOML); on teardown the process must
-    exit 0 on SIGTERM and its log must hold no traceback and no ERROR line."""
-
-    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
-    def _broker() -> Iterator[BrokerProcess]:
-        b = start_broker(config, extra_args=extra_args)
-        try:
-            yield b
-        finally:
-            code = b.stop()
-            assert_clean_log(b)
-            assert code == 0, b.log()
-
-    return _broker
-
-
-@pytest.fixture(autouse=True)
-def check_broker_logs(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test, every broker it used must have logged no traceback so far (so the
-    failure points at the test that caused it, not at the module's teardown)."""
-    yield
-    if "e2e_util" not in getattr(request.module, "pytest_plugins", ()):
-        return  # a plugin's autouse fixture reaches every module; only ours are checked
-    for name in request.fixturenames:
-        if "broker" in name:
-            value = request.getfixturevalue(name)
-            if isinstance(value, BrokerProcess):
-                assert "Traceback" not in value.log(), value.log()
-
-
-def wait_log(broker: BrokerProcess, text: str, timeout: float = WAIT, start: int = 0) -> int:
-    """Wait until the broker's log holds ``text`` after offset ``start``; returns the offset
-    just past it. (A log line is the only outward sign of some timer-driven work.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        log = broker.log()
-        i = log.find(text, start)
-        if i >= 0:
-            return i + len(text)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged in time:\n{log[start:]}")
-        time.sleep(0.02)
-
-
-def log_size(broker: BrokerProcess) -> int:
-    return len(broker.log())
-
-
-def uid(prefix: str = "") -> str:
-    """A fresh name, so tests sharing a broker never share a client id or topic."""
-    return prefix + uuid.uuid4().hex[:12]
+__all__ = ["Client", "Clients", "MosquittoSub", "PacketTypes", "mosquitto_pub", "prop", "props",
+           "sub_opts"]
 
 
 # --- paho-mqtt -----------------------------------------------------------------------------
@@ -365,85 +268,6 @@ class Clients:
             c.close()
 
 
-# --- raw sockets ---------------------------------------------------------------------------
-
-class Closed(Exception):
-    """The broker closed the connection."""
-
-
-class Raw:
-    """A client speaking raw bytes (``builder``), reading the broker's packets back with
-    mqttd's parser. For the inputs a client library refuses to produce."""
-
-    def __init__(self, broker: BrokerProcess, version: int = 4, *, port: int | None = None
-                 ) -> None:
-        self.sock = socket.create_connection((broker.host, port or broker.port), timeout=WAIT)
-        self.version = version
-        self.parser = Parser(version=version)
-        self.packets: deque[Any] = deque()
-        self.closed = False
-        #: Every byte the broker sent, for checks of the exact wire form.
-        self.received = bytearray()
-
-    def send(self, *chunks: bytes) -> None:
-        self.sock.sendall(b"".join(chunks))
-
-    def _fill(self, timeout: float) -> None:
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise AssertionError("nothing arrived from the broker in time") from None
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
-            raise Closed()
-        self.received += data
-        self.packets.extend(self.parser.feed(data))
-
-    def recv(self, timeout: float = WAIT) -> Any:
-        """The next packet from the broker (AssertionError on timeout, Closed on EOF)."""
-        while not self.packets:
-            self._fill(timeout)
-        return self.packets.popleft()
-
-    def expect(self, cls: type, timeout: float = WAIT) -> Any:
-        try:
-            p = self.recv(timeout)
-        except Closed:
-            raise AssertionError(f"connection closed while expecting {cls.__name__}") from None
-        assert isinstance(p, cls), f"expected {cls.__name__}, got {p!r}"
-        return p
-
-    def expect_closed(self, timeout: float = WAIT) -> list[Any]:
-        """Read until the broker closes the connection; returns the packets before it."""
-        got = list(self.packets)
-        self.packets.clear()
-        while True:
-            try:
-                self._fill(timeout)
-            except Closed:
-                return got
-            got.extend(self.packets)
-            self.packets.clear()
-
-    def connect(self, client_id: str = "", *, expect_rc: int | None = 0, **kwargs: Any
-                ) -> Connack:
-        """Send CONNECT at this client's level and return the CONNACK."""
-        self.send(B.connect(client_id, level=self.version, **kwargs))
-        ack = self.expect(Connack)
-        if expect_rc is not None:
-            assert ack.reason_code == expect_rc, ack
-        return ack
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
 # --- Debian's mosquitto clients ----------------------------------------------------------
 
 def mosquitto_pub(broker: BrokerProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -524,27 +348,3 @@ class MosquittoSub:
         self._reader.join(WAIT)  # it ends at EOF; then the pipe can be closed
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-@pytest.fixture
-def clients(broker: BrokerProcess) -> Iterator[Clients]:
-    """paho clients for the module's ``broker``; all stopped after the test."""
-    made = Clients(broker)
-    yield made
-    made.close_all()
-
-
-@pytest.fixture
-def raws() -> Iterator[Callable[..., Raw]]:
-    """Raw socket clients, all closed after the test."""
-    made: list[Raw] = []
-
-    def make(broker: BrokerProcess, version: int = 4, **kwargs: Any) -> Raw:
-        r = Raw(broker, version, **kwargs)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
-

@@ -1,32 +1,30 @@
 """Reading a running broker's stats and metrics over ``$SYS`` (until ``mqttd ctl broker metrics
 --json`` is the easier way), for the end-to-end tests of metrics, stats and $SYS.
 
-:class:`SysMetrics` is a raw-socket client (packets from ``builder``, the broker's packets
-read with mqttd's parser) subscribed to ``$SYS/brokers/+/metrics/#`` that reads on its own
-thread, so the broker never sees it as a slow consumer. Its own traffic is part of what it
-reads, so it removes it: it knows exactly what it sent (CONNECT, SUBSCRIBE) and counts what
-it received before each round's first metric (the broker takes one snapshot per round, before
-publishing any metric of that round, and delivers in order). What is left is what the rest
-of the test did, exactly. Every wait is bounded.
+:class:`SysMetrics` is a raw client (:class:`~support.raw.RawClient`: packets from
+``builder``, the broker's packets read with the reference parser) subscribed to
+``$SYS/brokers/+/metrics/#`` that reads on its own thread, so the broker never sees it as a
+slow consumer. Its own traffic is part of what it reads, so it removes it: it knows exactly
+what it sent (CONNECT, SUBSCRIBE) and counts what it received before each round's first
+metric (the broker takes one snapshot per round, before publishing any metric of that round,
+and delivers in order). What is left is what the rest of the test did, exactly. Every wait
+is bounded.
 """
 
 from __future__ import annotations
 
 import queue
-import socket
 import threading
 import time
 from typing import Any
 
-import builder as B
-from broker import BrokerProcess
-from e2e_util import Client, uid
-
-from mqttd.mqtt.codec import Parser
 from mqttd.metrics import ALL_NAMES, NAMES
 from mqttd.mqtt.packets import Connack, Publish, Suback
 
-WAIT = 5.0
+from . import WAIT, builder as B, uid
+from .clients import Client
+from .process import BrokerProcess
+from .raw import FOREVER, Closed, RawClient
 
 _CONNECT = B.connect("sys-metrics-reader", level=4, keepalive=0)
 _SUBSCRIBE = B.subscribe(1, [("$SYS/brokers/+/metrics/#", 0)])
@@ -56,10 +54,9 @@ class SysMetrics:
     """The broker's metrics as if this reader were not connected; one dict per $SYS round."""
 
     def __init__(self, broker: BrokerProcess) -> None:
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=WAIT)
-        self.sock.sendall(_CONNECT + _SUBSCRIBE)
+        self.raw = RawClient(broker, 4)
+        self.raw.send(_CONNECT + _SUBSCRIBE)
         self.rounds: queue.Queue[dict[str, int]] = queue.Queue()
-        self._parser = Parser(version=4)
         self._own_pubs = 0
         self._own_bytes = 0
         self._own_pkts = 0
@@ -67,21 +64,16 @@ class SysMetrics:
         self._cur_own = (0, 0, 0)
         self._closed = False
         self.error: BaseException | None = None
-        self.sock.settimeout(None)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         try:
             while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    return
-                for p in self._parser.feed(data):
-                    self._packet(p)
-        except OSError:
+                self._packet(self.raw.recv(timeout=FOREVER))
+        except (Closed, OSError):
             return
-        except BaseException as err:  # surfaced by next_round
+        except BaseException as err:  # noqa: BLE001 (surfaced by next_round)
             self.error = err
 
     def _packet(self, p: Any) -> None:
@@ -164,11 +156,8 @@ class SysMetrics:
         raise AssertionError("metrics never matched:\n" + _diff(expected, last))
 
     def close(self) -> None:
-        try:
-            self.sock.sendall(B.disconnect())
-        except OSError:
-            pass
-        self.sock.close()
+        self.raw.try_send(B.disconnect())
+        self.raw.close()
         self._thread.join(WAIT)
 
 

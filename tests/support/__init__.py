@@ -1,0 +1,28 @@
+"""Shared helpers for the tests that talk to a real broker, so there is one copy of each.
+
+* ``builder``: the independent, hand-written packet builder (the bytes a test sends);
+* ``process``: :class:`~support.process.BrokerProcess` (a real ``mqttd start`` on port-0
+  loopback listeners), the checked fixture around it, log waits, ``mqttd`` CLI runs;
+* ``raw``: :class:`~support.raw.RawClient`, the one raw-socket MQTT client; what the broker
+  sends back is decoded with the *pure* parser (``ParserPy``), never the compiled one, so
+  the compiled codec the broker runs is not what checks its own output;
+* ``clients``: a paho-mqtt client wrapper and Debian's ``mosquitto_pub``/``mosquitto_sub``;
+* ``sysreader``: readers of a running broker's ``$SYS`` metrics and stats;
+* ``fixtures``: the pytest plugin (``pytest_plugins = ["support.fixtures"]``) with the
+  ``clients`` and ``raws`` fixtures and the per-test log check.
+
+Test modules import it as ``support`` (pytest puts ``tests/`` on ``sys.path``, as it does
+for every module here). This file holds only what every helper shares.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+#: Seconds any single expected event (a packet, a callback, a log line) may take.
+WAIT = 5.0
+
+
+def uid(prefix: str = "") -> str:
+    """A fresh name, so tests sharing a broker never share a client id or topic."""
+    return prefix + uuid.uuid4().hex[:12]
