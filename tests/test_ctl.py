@@ -30,7 +30,7 @@ from support.process import BrokerProcess, assert_clean_log, broker_fixture, run
 
 from mqttd.cli.ctl import main as ctl_main
 from mqttd.ctl import protocol as P
-from mqttd.ctl.commands import build_registry
+from mqttd.ctl.commands import build_table
 
 
 class Result(NamedTuple):
@@ -167,7 +167,7 @@ def test_other_failures_exit_1_on_stderr(broker: BrokerProcess) -> None:
 
 
 def test_help_is_the_registry(tmp_path: Path, broker: BrokerProcess) -> None:
-    expected = build_registry().help_text()
+    expected = build_table().help_text()
     assert ok(broker, "help") == expected  # from the daemon
     r = ctl_proc("--data-dir", str(tmp_path), "help")  # no daemon: the same registry
     assert r.returncode == 0 and r.stdout == expected
@@ -179,9 +179,9 @@ def test_help_is_the_registry(tmp_path: Path, broker: BrokerProcess) -> None:
     usages = [d["usage"] for d in data]
     assert "clients list" in usages and "stop" in usages
     # every usage line of the help is accepted by the parser (the same text is the grammar)
-    registry = build_registry()
-    for cmd in registry.commands():
-        assert registry.usage_lines(cmd.noun)
+    table = build_table()
+    for cmd in table.commands():
+        assert table.usage_lines(cmd.noun)
 
 
 def test_protocol_version_is_checked(broker: BrokerProcess) -> None:

@@ -108,21 +108,22 @@ async def _list_100k(tmp: str) -> tuple[int, float, float]:
     now = time.time()
     for i in range(100_000):
         cid = f"client-{i:06d}"
-        channel = Channel(node, zone, f"10.0.{i >> 8 & 255}.{i & 255}:{1024 + i % 60000}")
+        channel = Channel(node.broker, zone, f"10.0.{i >> 8 & 255}.{i & 255}:{1024 + i % 60000}")
         session = Session(cid)
         channel.client_id, channel.session, channel.state = cid, session, CONNECTED
         channel.version, channel.connected_at = 5, now
         session.channel = channel
-        node.broker.subscribe(session, f"dev/{i}/cmd", SubOpts(1), 0)
+        node.dispatcher.subscribe(session, f"dev/{i}/cmd", SubOpts(1), 0)
         registry.channels[cid] = channel
         registry.sessions[cid] = session
     # Pay the garbage collector's debt for the 100,000 objects just built now: otherwise
     # a full collection over the whole test process (millions of objects when the suite
     # runs together) may fall inside the measurement, a pause no listing causes.
     gc.collect()
+    from mqttd.ctl.commands import build_table
     from mqttd.ctl.server import CtlServer
 
-    server.ctl = CtlServer(server)
+    server.ctl = CtlServer(server.mgmt, settings.data_dir, build_table())
     await server.ctl.start()
     # Start the client first and let it wait for a line: forking this big process would
     # itself pause the loop, which is not what is measured here.

@@ -206,17 +206,18 @@ def test_auth_and_acl_counters_with_and_without_callbacks() -> None:
     from mqttd.node import Node
 
     node = Node()
-    assert node.authenticate("a", None, None, "p") == 0
-    assert node.check_acl(None, "publish", "t") == 0  # type: ignore[arg-type]
+    broker = node.broker
+    assert broker.authenticate("a", None, None, "p") == 0
+    assert broker.check_acl(None, "publish", "t") == 0  # type: ignore[arg-type]
     node.hooks.add("client.authenticate",
                    lambda cid, user, pw, peer, acc: Stop(0x86) if user == "bad" else None)
     node.hooks.add("client.check_acl",
                    lambda ch, action, topic, acc: 0x87 if topic == "secret" else None)
-    assert node.authenticate("b", "good", b"", "p") == 0
-    assert node.authenticate("c", "bad", b"", "p") == 0x86
-    assert node.authenticate("d", None, None, "p") == 0
-    assert node.check_acl(None, "subscribe", "secret") == 0x87  # type: ignore[arg-type]
-    assert node.check_acl(None, "publish", "open") == 0  # type: ignore[arg-type]
+    assert broker.authenticate("b", "good", b"", "p") == 0
+    assert broker.authenticate("c", "bad", b"", "p") == 0x86
+    assert broker.authenticate("d", None, None, "p") == 0
+    assert broker.check_acl(None, "subscribe", "secret") == 0x87  # type: ignore[arg-type]
+    assert broker.check_acl(None, "publish", "open") == 0  # type: ignore[arg-type]
     snap = node.metrics.snapshot()
     assert {k: v for k, v in snap.items() if k.startswith("client.")} == {
         "client.connect": 0, "client.connack": 0, "client.authenticate": 4,

@@ -120,13 +120,13 @@ def test_untraced_channels_carry_no_tracer() -> None:
     node = Node(Settings())
     zone = node.settings.zone("default")
     manager = node.trace
-    ch = Channel(node, zone, "127.0.0.1:1")
+    ch = Channel(node.broker, zone, "127.0.0.1:1")
     manager.watch(ch)  # no client trace: nothing is attached
     assert ch.tracer is None
-    assert not node.topic_traces  # the publish path's only test is this dict's truth
+    assert not node.broker.topic_traces  # the publish path's only test is this dict's truth
     sink = Sink()
     trace = manager.start_client("c1", sink)
-    other, traced = Channel(node, zone, "127.0.0.1:2"), Channel(node, zone, "127.0.0.1:3")
+    other, traced = Channel(node.broker, zone, "127.0.0.1:2"), Channel(node.broker, zone, "127.0.0.1:3")
     manager.watch(other)
     manager.watch(traced)
     assert isinstance(other.tracer, ConnectProbe)
@@ -141,7 +141,7 @@ def test_untraced_channels_carry_no_tracer() -> None:
     assert " SEND CONNACK(" in sink.lines[1]
     manager.stop(trace, "done")
     assert sink.closed == "done" and not manager.clients
-    late = Channel(node, zone, "127.0.0.1:4")
+    late = Channel(node.broker, zone, "127.0.0.1:4")
     manager.watch(late)
     assert late.tracer is None
 
@@ -150,16 +150,16 @@ def test_topic_trace_matches_wildcards() -> None:
     node = Node(Settings())
     sink = Sink()
     node.trace.start_topic("a/+/c", sink, payload_limit=4)
-    assert node.topic_traces
-    node.publish(Message("a/b/c", b"payload", 1, False, None, "pub1"))
-    node.publish(Message("a/b/d", b"no", 0))
-    node.publish(Message("$SYS/a/b/c", b"no", 0))
+    assert node.broker.topic_traces
+    node.broker.publish(Message("a/b/c", b"payload", 1, False, None, "pub1"))
+    node.broker.publish(Message("a/b/d", b"no", 0))
+    node.broker.publish(Message("$SYS/a/b/c", b"no", 0))
     assert len(sink.lines) == 1
     line = sink.lines[0]
     assert "PUBLISH(Q1, R0, Topic=a/b/c, Payload=b'payl'...(7 bytes)) from pub1 -> 0 " \
            "subscribers" in line
     assert node.trace.stop_target("topic", "a/+/c") == 1
-    assert not node.topic_traces
+    assert not node.broker.topic_traces
 
 
 # --- against a real daemon ------------------------------------------------------------------
@@ -354,7 +354,7 @@ def test_a_failing_sink_stops_its_trace() -> None:
 
     async def run() -> None:
         trace = node.trace.start_client("c1", Broken())
-        ch = Channel(node, zone, "127.0.0.1:9")
+        ch = Channel(node.broker, zone, "127.0.0.1:9")
         node.trace.watch(ch)
         ch.tracer("RECV", Connect(client_id="c1"))  # the write fails: the trace stops
         assert not node.trace.clients
