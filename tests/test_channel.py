@@ -146,9 +146,9 @@ def test_outbound_qos2_states():
     w.node.broker.publish(Message("t", b"x", 2))
     (p,) = sub.out()
     assert p.qos == 2 and p.packet_id
-    assert sub.session.inflight[p.packet_id].state == WAIT_ACK
+    assert sub.session.inflight_state(p.packet_id) == WAIT_ACK
     assert sub.send(Pubrec(p.packet_id)) == [Pubrel(p.packet_id)]
-    assert sub.session.inflight[p.packet_id].state == WAIT_COMP
+    assert sub.session.inflight_state(p.packet_id) == WAIT_COMP
     assert sub.send(Pubrec(p.packet_id)) == [Pubrel(p.packet_id)]  # repeated: PUBREL again
     assert sub.send(Pubcomp(p.packet_id)) == []
     assert sub.session.inflight == {}

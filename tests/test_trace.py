@@ -39,7 +39,8 @@ from mqttd.mqtt.packets import (
     Unsubscribe,
     Will,
 )
-from mqttd.trace.manager import ChannelTracer, ConnectProbe, format_packet
+from mqttd.trace.format import format_packet
+from mqttd.trace.manager import ChannelTracer, ConnectProbe
 
 # --- the packet format ----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..config import Zone
 from ..hooks import Hooks
@@ -118,7 +118,7 @@ from ..mqtt.topics import (
 )
 from .message import Message
 from .services import ClientInfo, CloseReason, EncodedCache, SessionOwner
-from .session import WAIT_ACK, AckFault, Delivery, Session
+from .session import AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
 
@@ -133,6 +133,9 @@ class ChannelState(enum.IntEnum):
 
 IDLE, CONNECTED, DISCONNECTED = ChannelState.IDLE, ChannelState.CONNECTED, ChannelState.DISCONNECTED
 _PROTO = CloseReason.PROTOCOL_ERROR
+# Module constants: an enum member looked up on its class costs ~60 ns, every ack.
+_UNKNOWN: Final = AckFault.UNKNOWN
+_MISMATCH: Final = AckFault.MISMATCH
 
 
 class ChannelServices(Protocol):
@@ -269,17 +272,26 @@ class Channel:
 
     @property
     def clientinfo(self) -> ClientInfo:
-        """This client as hooks and management see it (built when first asked for, and
-        again after CONNACK settles its facts)."""
+        """This client as hooks and management see it, kept for the per-message hooks
+        (ACL, delivered, acked) once one asks (built again after CONNACK settles its facts)."""
         info = self._clientinfo
         if info is None:
-            session = self.session
-            info = self._clientinfo = ClientInfo(
-                self.client_id, self.username, self.peer, self.sockport, self.proto_name,
-                self.version, self.clean_start, self.keepalive, self.zone.name,
-                self.mountpoint, session.expiry_interval if session is not None else 0,
-                self.connected_at)
+            info = self._clientinfo = self._describe()
         return info
+
+    def _describe(self) -> ClientInfo:
+        """A fresh view, not kept: the once-per-connection hooks (connect, connack,
+        connected, disconnected; $SYS presence runs on two of them by default) use it, so
+        an idle connection holds no view."""
+        info = self._clientinfo
+        if info is not None:
+            return info
+        session = self.session
+        return ClientInfo(
+            self.client_id, self.username, self.peer, self.sockport, self.proto_name,
+            self.version, self.clean_start, self.keepalive, self.zone.name,
+            self.mountpoint, session.expiry_interval if session is not None else 0,
+            self.connected_at)
 
     # --- output ----------------------------------------------------------------------
 
@@ -359,7 +371,7 @@ class Channel:
         self.metrics.inc(CLIENT_DISCONNECTED)
         hooks = self.hooks
         if hooks.client_disconnected:
-            hooks.run("client.disconnected", self.clientinfo, reason)
+            hooks.run("client.disconnected", self._describe(), reason)
         self.services.close_session(self)
 
     # --- input -----------------------------------------------------------------------
@@ -455,7 +467,7 @@ class Channel:
         props: Properties = {}
         hooks = self.hooks
         if hooks.client_connack:
-            props = hooks.run_fold("client.connack", (self.clientinfo, code), props)
+            props = hooks.run_fold("client.connack", (self._describe(), code), props)
         sent = True
         if self.version == 5:
             self._send_with_reason(Connack(False, code, props), reason)
@@ -482,7 +494,7 @@ class Channel:
         self.username = p.username
         if hooks.client_connect:
             self.client_id = p.client_id
-            props = hooks.run_fold("client.connect", (self.clientinfo, p), props)
+            props = hooks.run_fold("client.connect", (self._describe(), p), props)
         client_id = p.client_id
         if zone.use_username_as_clientid and p.username:
             client_id = p.username
@@ -573,7 +585,7 @@ class Channel:
         metrics = self.metrics
         metrics.inc(CLIENT_CONNACK)
         if hooks.client_connack:
-            ack_props = hooks.run_fold("client.connack", (self.clientinfo, 0), ack_props)
+            ack_props = hooks.run_fold("client.connack", (self._describe(), 0), ack_props)
         self._send(Connack(present, 0, ack_props if version == 5 else {}))
         if version == 5:
             # From here on nothing larger than the client's Maximum Packet Size is sent. The
@@ -581,7 +593,7 @@ class Channel:
             self.client_max_packet = client_max_packet
         metrics.inc(CLIENT_CONNECTED)
         if hooks.client_connected:
-            hooks.run("client.connected", self.clientinfo)
+            hooks.run("client.connected", self._describe())
         if present:
             self._resume()
 
@@ -590,9 +602,9 @@ class Channel:
         session = self.session
         assert session is not None
         now = time.monotonic()
-        for pid, entry in list(session.inflight.items()):
-            delivery = entry.delivery
-            if entry.state == WAIT_ACK:
+        wait_comp = session.wait_comp
+        for pid, delivery in list(session.inflight.items()):
+            if pid not in wait_comp:
                 pub = session.build_publish(delivery, pid, now, dup=True)
                 if pub is None:
                     session.drop_inflight(pid)
@@ -705,28 +717,28 @@ class Channel:
         session = self.session
         assert session is not None
         entry = session.ack(p.packet_id, 1)
-        if entry is AckFault.MISMATCH:
+        if entry is _MISMATCH:
             self.metrics.inc(PACKETS_PUBACK_INUSE)
             return self._close(_PROTO, "PUBACK for a QoS 2 message", RC.PROTOCOL_ERROR)
-        if entry is AckFault.UNKNOWN:
+        if entry is _UNKNOWN:
             self.metrics.inc(PACKETS_PUBACK_MISSED)
             return
-        self.services.acked(self.clientinfo, entry.delivery[0])
+        self.services.acked(self._clientinfo or self.clientinfo, entry[0])
         self.drain()
 
     def _in_pubrec(self, p: Pubrec) -> None:
         session = self.session
         assert session is not None
         entry = session.ack(p.packet_id, 2)
-        if entry is AckFault.MISMATCH:
+        if entry is _MISMATCH:
             self.metrics.inc(PACKETS_PUBREC_INUSE)
-            if session.inflight[p.packet_id].delivery[1] == 2:
+            if session.inflight[p.packet_id][1] == 2:
                 # PUBREC again (a 3.1.1 client retransmitting): our PUBREL was lost or
                 # crossed it; repeating PUBREL is harmless, closing would not be.
                 self._send(Pubrel(p.packet_id))
                 return
             return self._close(_PROTO, "PUBREC for a QoS 1 message", RC.PROTOCOL_ERROR)
-        if entry is AckFault.UNKNOWN:
+        if entry is _UNKNOWN:
             self.metrics.inc(PACKETS_PUBREC_MISSED)
             self._send(Pubrel(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND
                               if self.version == 5 else 0))
@@ -743,13 +755,13 @@ class Channel:
         session = self.session
         assert session is not None
         entry = session.complete(p.packet_id)
-        if entry is AckFault.MISMATCH:
+        if entry is _MISMATCH:
             self.metrics.inc(PACKETS_PUBCOMP_INUSE)
             return self._close(_PROTO, "PUBCOMP before PUBREL", RC.PROTOCOL_ERROR)
-        if entry is AckFault.UNKNOWN:
+        if entry is _UNKNOWN:
             self.metrics.inc(PACKETS_PUBCOMP_MISSED)
             return
-        self.services.acked(self.clientinfo, entry.delivery[0])
+        self.services.acked(self._clientinfo or self.clientinfo, entry[0])
         self.drain()
 
     # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------

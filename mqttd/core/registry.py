@@ -194,7 +194,7 @@ class Registry:
         pending = session.pending()
         if pending:
             dispatcher.redispatch_shared(session, pending)
-        session.inflight.clear()
+        session.clear_inflight()
         session.mqueue.clear()
         if why == "discarded":
             self._event(SESSION_DISCARDED, "session.discarded", session)

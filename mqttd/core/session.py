@@ -11,30 +11,17 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
+from typing import Final
 
 from ..mqtt.packets import Publish, SubOpts
 from .services import Delivery, SessionOwner, TimerHandle
 
-__all__ = ["WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery", "Inflight", "Session"]
+__all__ = ["WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery", "Session"]
 
 
-#: Inflight states of an outgoing QoS 1/2 message.
+#: Inflight states of an outgoing QoS 1/2 message (``Session.inflight_state``).
 WAIT_ACK = 0  # PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
 WAIT_COMP = 1  # PUBREL sent, waiting for PUBCOMP
-
-class Inflight:
-    """An outgoing QoS 1/2 delivery awaiting its acknowledgements, and where its flow is."""
-
-    __slots__ = ("delivery", "state")
-
-    def __init__(self, delivery: Delivery, state: int = WAIT_ACK) -> None:
-        self.delivery = delivery
-        #: WAIT_ACK or WAIT_COMP
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"Inflight({self.delivery[0]!r}, qos={self.delivery[1]}, state={self.state})"
-
 
 class AckFault(enum.Enum):
     """Why an acknowledgement of ours did not complete a flow step."""
@@ -43,12 +30,18 @@ class AckFault(enum.Enum):
     MISMATCH = "mismatch"  # the ack does not fit the message's QoS or its state
 
 
+# Module constants: an enum member looked up on its class costs ~60 ns, every ack.
+_UNKNOWN: Final = AckFault.UNKNOWN
+_MISMATCH: Final = AckFault.MISMATCH
+
+
 class Session:
     """One client's session: subscriptions, inflight window, message queue, QoS 2 state."""
 
     __slots__ = (
         "client_id", "expiry_interval", "created_at", "subscriptions", "inflight", "mqueue",
-        "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0", "_next_pid",
+        "wait_comp", "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0",
+        "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
         "await_rel_timeout",
     )
@@ -61,8 +54,12 @@ class Session:
         self.created_at = time.time()
         #: topic filter as subscribed (with any $share/ prefix) -> (options, subscription id)
         self.subscriptions: dict[str, tuple[SubOpts, int]] = {}
-        #: packet id -> its inflight entry; insertion order is send order
-        self.inflight: dict[int, Inflight] = {}
+        #: packet id -> the delivery in flight under it; insertion order is send order
+        self.inflight: dict[int, Delivery] = {}
+        #: Packet ids of QoS 2 deliveries whose PUBREC arrived (PUBREL sent): WAIT_COMP.
+        #: A set beside the dict, not a state per entry: the common QoS 1 flow allocates
+        #: nothing but the dict slot.
+        self.wait_comp: set[int] = set()
         self.mqueue: deque[Delivery] = deque()
         #: packet id of a QoS 2 message received from the client -> time received
         self.awaiting_rel: dict[int, float] = {}
@@ -110,7 +107,7 @@ class Session:
 
     def start_inflight(self, delivery: Delivery) -> int:
         pid = self.next_packet_id()
-        self.inflight[pid] = Inflight(delivery)
+        self.inflight[pid] = delivery
         return pid
 
     def build_publish(self, delivery: Delivery, packet_id: int, now: float,
@@ -130,16 +127,16 @@ class Session:
                 props["subscription_identifier"] = list(subids)
         return Publish(msg.topic, msg.payload, qos, retain, dup, packet_id, props)
 
-    def ack(self, packet_id: int, expected_qos: int) -> Inflight | AckFault:
+    def ack(self, packet_id: int, expected_qos: int) -> Delivery | AckFault:
         """Handle PUBACK (expected_qos 1) or PUBREC (2) for an inflight packet id.
 
-        Returns the inflight entry, or why the ack fits none (:class:`AckFault`).
+        Returns the delivery in flight, or why the ack fits none (:class:`AckFault`).
         """
         entry = self.inflight.get(packet_id)
         if entry is None:
-            return AckFault.UNKNOWN
-        if entry.delivery[1] != expected_qos or entry.state != WAIT_ACK:
-            return AckFault.MISMATCH
+            return _UNKNOWN
+        if entry[1] != expected_qos or packet_id in self.wait_comp:
+            return _MISMATCH
         if expected_qos == 1:
             del self.inflight[packet_id]
             self.delivered += 1
@@ -147,21 +144,31 @@ class Session:
 
     def released(self, packet_id: int) -> None:
         """PUBREC accepted: the message now waits for PUBCOMP."""
-        self.inflight[packet_id].state = WAIT_COMP
+        self.wait_comp.add(packet_id)
 
-    def complete(self, packet_id: int) -> Inflight | AckFault:
-        """Handle PUBCOMP: the inflight entry, or why it completes none."""
+    def complete(self, packet_id: int) -> Delivery | AckFault:
+        """Handle PUBCOMP: the delivery it completes, or why it completes none."""
         entry = self.inflight.get(packet_id)
         if entry is None:
-            return AckFault.UNKNOWN
-        if entry.state != WAIT_COMP:
-            return AckFault.MISMATCH
+            return _UNKNOWN
+        if packet_id not in self.wait_comp:
+            return _MISMATCH
+        self.wait_comp.discard(packet_id)
         del self.inflight[packet_id]
         self.delivered += 1
         return entry
 
     def drop_inflight(self, packet_id: int) -> None:
         self.inflight.pop(packet_id, None)
+        self.wait_comp.discard(packet_id)
+
+    def inflight_state(self, packet_id: int) -> int:
+        """WAIT_ACK or WAIT_COMP for a packet id in flight."""
+        return WAIT_COMP if packet_id in self.wait_comp else WAIT_ACK
+
+    def clear_inflight(self) -> None:
+        self.inflight.clear()
+        self.wait_comp.clear()
 
     # --- incoming QoS 2 -----------------------------------------------------------------
 
@@ -191,7 +198,8 @@ class Session:
         """Every delivery the client may not have received: inflight first (send order),
         then queued. A QoS 2 message whose PUBREC arrived (WAIT_COMP) is the client's
         already, so it is not among them: handing it to another member would duplicate it."""
-        return ([entry.delivery for entry in self.inflight.values() if entry.state == WAIT_ACK]
+        wait_comp = self.wait_comp
+        return ([d for pid, d in self.inflight.items() if pid not in wait_comp]
                 + list(self.mqueue))
 
     def info(self) -> dict[str, object]:

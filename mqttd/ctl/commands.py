@@ -23,7 +23,8 @@ from typing import Any
 
 from ..mgmt.errors import Conflict, Failed, NotFound
 from ..mgmt.listing import Row, same
-from ..trace.manager import LiveSink, format_bytes, format_properties
+from ..trace.format import format_bytes, format_properties
+from ..trace.sinks import LiveSink
 from .context import Col, Context
 from .table import Args, CommandTable, CtlError, Handler, UsageError
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from ..core.channel import Channel
 from ..mqtt.topics import filter_error, parse_shared
-from ..trace.manager import FileSink, Sink, Trace
+from ..trace.manager import Trace
+from ..trace.sinks import FileSink, Sink
 from .errors import Conflict, Failed, InvalidArgument, NotFound
 from .listing import Row
 
