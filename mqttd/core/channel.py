@@ -602,7 +602,7 @@ class Channel:
         session = self.session
         assert session is not None
         now = time.monotonic()
-        wait_comp = session.wait_comp
+        wait_comp = session.wait_comp or ()
         for pid, delivery in list(session.inflight.items()):
             if pid not in wait_comp:
                 pub = session.build_publish(delivery, pid, now, dup=True)

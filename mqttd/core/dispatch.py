@@ -114,7 +114,9 @@ class Dispatcher:
             return n
         # Several filters match: one delivery per session with the highest QoS and all
         # subscription identifiers (MQTT 5.0 section 4.8.1 / 3.3.4).
-        merged: dict[Session, _Merged] = {}
+        #: session -> (highest qos, retain, subscription ids): a tuple, rebuilt in the rare
+        #: case that one session matches twice (cheaper than a mutable record per session).
+        merged: dict[Session, tuple[int, bool, list[int]]] = {}
         n = 0
         for route in routes:
             for session, (opts, subid) in route.subs.items():
@@ -125,17 +127,15 @@ class Dispatcher:
                 retain = msg.retain and opts.retain_as_published
                 m = merged.get(session)
                 if m is None:
-                    merged[session] = _Merged(qos, retain, [subid] if subid else [])
+                    merged[session] = (qos, retain, [subid] if subid else [])
                 else:
-                    if qos > m.qos:
-                        m.qos = qos
-                    m.retain = m.retain or retain
                     if subid:
-                        m.subids.append(subid)
+                        m[2].append(subid)
+                    merged[session] = (qos if qos > m[0] else m[0], m[1] or retain, m[2])
             if route.groups:
                 n += self._dispatch_groups(route, msg, encoded)
-        for session, m in merged.items():
-            _deliver(session, (msg, m.qos, m.retain, tuple(m.subids), None), encoded, self)
+        for session, (qos, retain, subids) in merged.items():
+            _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
         n += len(merged)
         if n:
             self.metrics.inc(MESSAGES_DELIVERED, n)
@@ -186,18 +186,6 @@ class Dispatcher:
         if n:
             self.metrics.inc(MESSAGES_DELIVERED, n)
         return n
-
-
-class _Merged:
-    """One session's delivery when several of its filters match: the highest QoS, retain
-    if any subscription keeps it, every subscription identifier."""
-
-    __slots__ = ("qos", "retain", "subids")
-
-    def __init__(self, qos: int, retain: bool, subids: list[int]) -> None:
-        self.qos = qos
-        self.retain = retain
-        self.subids = subids
 
 
 def _deliver(session: Session, delivery: Delivery, encoded: EncodedCache | None,

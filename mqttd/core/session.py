@@ -58,8 +58,8 @@ class Session:
         self.inflight: dict[int, Delivery] = {}
         #: Packet ids of QoS 2 deliveries whose PUBREC arrived (PUBREL sent): WAIT_COMP.
         #: A set beside the dict, not a state per entry: the common QoS 1 flow allocates
-        #: nothing but the dict slot.
-        self.wait_comp: set[int] = set()
+        #: nothing but the dict slot; None (not an empty set, 216 B) until the first PUBREC.
+        self.wait_comp: set[int] | None = None
         self.mqueue: deque[Delivery] = deque()
         #: packet id of a QoS 2 message received from the client -> time received
         self.awaiting_rel: dict[int, float] = {}
@@ -135,7 +135,8 @@ class Session:
         entry = self.inflight.get(packet_id)
         if entry is None:
             return _UNKNOWN
-        if entry[1] != expected_qos or packet_id in self.wait_comp:
+        wait_comp = self.wait_comp
+        if entry[1] != expected_qos or (wait_comp is not None and packet_id in wait_comp):
             return _MISMATCH
         if expected_qos == 1:
             del self.inflight[packet_id]
@@ -144,6 +145,8 @@ class Session:
 
     def released(self, packet_id: int) -> None:
         """PUBREC accepted: the message now waits for PUBCOMP."""
+        if self.wait_comp is None:
+            self.wait_comp = set()
         self.wait_comp.add(packet_id)
 
     def complete(self, packet_id: int) -> Delivery | AckFault:
@@ -151,24 +154,27 @@ class Session:
         entry = self.inflight.get(packet_id)
         if entry is None:
             return _UNKNOWN
-        if packet_id not in self.wait_comp:
+        wait_comp = self.wait_comp
+        if wait_comp is None or packet_id not in wait_comp:
             return _MISMATCH
-        self.wait_comp.discard(packet_id)
+        wait_comp.discard(packet_id)
         del self.inflight[packet_id]
         self.delivered += 1
         return entry
 
     def drop_inflight(self, packet_id: int) -> None:
         self.inflight.pop(packet_id, None)
-        self.wait_comp.discard(packet_id)
+        if self.wait_comp is not None:
+            self.wait_comp.discard(packet_id)
 
     def inflight_state(self, packet_id: int) -> int:
         """WAIT_ACK or WAIT_COMP for a packet id in flight."""
-        return WAIT_COMP if packet_id in self.wait_comp else WAIT_ACK
+        wait_comp = self.wait_comp
+        return WAIT_COMP if wait_comp is not None and packet_id in wait_comp else WAIT_ACK
 
     def clear_inflight(self) -> None:
         self.inflight.clear()
-        self.wait_comp.clear()
+        self.wait_comp = None
 
     # --- incoming QoS 2 -----------------------------------------------------------------
 
@@ -198,7 +204,7 @@ class Session:
         """Every delivery the client may not have received: inflight first (send order),
         then queued. A QoS 2 message whose PUBREC arrived (WAIT_COMP) is the client's
         already, so it is not among them: handing it to another member would duplicate it."""
-        wait_comp = self.wait_comp
+        wait_comp = self.wait_comp or ()
         return ([d for pid, d in self.inflight.items() if pid not in wait_comp]
                 + list(self.mqueue))
 
