@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import signal
@@ -15,7 +14,6 @@ from ._accel import LOADED
 from .config import Listener, Settings
 from .ctl.commands import build_table
 from .ctl.server import CtlServer
-from .metrics import CONNECTIONS_REFUSED_MAX_CONN_RATE, CONNECTIONS_REFUSED_MAX_CONNECTIONS
 from .mgmt.api import Management
 from .mgmt.control import ListenerStatus
 from .mgmt.errors import Failed
@@ -23,49 +21,14 @@ from .mqtt.reasons import ReasonCode as RC
 from .node import Node
 from .plugins import PluginError
 from .transport.connection import Connection, Flusher
-from .transport.limiter import TokenBucket
+from .transport.listener import ListenerError, TcpListener
 
 log = logging.getLogger("mqttd")
 
 
-class ListenerError(Exception):
+class StartError(Exception):
     """The server could not start: a listener could not be opened (address in use,
     permission denied, ...) or a configured plugin could not be loaded."""
-
-
-class _Refused(asyncio.Protocol):
-    """A socket accepted over a listener's limits: closed at once, nothing read."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
-class _Live(set[Connection]):
-    """One listener's live connections, mirrored into the server-wide set.
-
-    ``pending`` counts sockets accepted (a Connection made) whose connection_made
-    has not run yet: asyncio accepts a whole backlog burst in one turn, before any
-    of them is added here, so the limit check must count them too.
-    """
-
-    def __init__(self, everyone: set[Connection]) -> None:
-        super().__init__()
-        self.everyone = everyone
-        self.pending = 0
-
-    def add(self, conn: Connection) -> None:
-        if self.pending:
-            self.pending -= 1
-        super().add(conn)
-        self.everyone.add(conn)
-
-    def discard(self, conn: object) -> None:
-        super().discard(conn)
-        self.everyone.discard(conn)
-
-
-#: Seconds between two log lines about refused sockets on one listener.
-_REFUSED_LOG_EVERY = 10.0
 
 
 class Server:
@@ -75,15 +38,12 @@ class Server:
         self.settings = settings or Settings()
         self.node = Node(self.settings)
         self.connections: set[Connection] = set()
-        self.listeners: dict[str, asyncio.base_events.Server] = {}
+        #: Every listener started once, by name (running or stopped by the operator).
+        self.listeners: dict[str, TcpListener] = {}
         self._stopped: asyncio.Event | None = None
         self._flusher: Flusher | None = None
         #: The control socket, when settings.data_dir is set.
         self.ctl: CtlServer | None = None
-        #: Per listener: its configuration, its bound address, its live connections.
-        self.listener_config: dict[str, Listener] = {}
-        self.listener_addr: dict[str, tuple[str, int]] = {}
-        self.listener_conns: dict[str, set[Connection]] = {}
         self._shutdown: asyncio.Event | None = None
         self._stop_reason = "signal received"
         node = self.node
@@ -94,9 +54,7 @@ class Server:
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""
-        sock = self.listeners[name].sockets[0]
-        host, port = sock.getsockname()[:2]
-        return host, port
+        return self.listeners[name].address
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,71 +70,33 @@ class Server:
         try:
             self.node.start()
         except PluginError as err:
-            raise ListenerError(str(err)) from None
+            raise StartError(str(err)) from None
         for listener in self.settings.listeners:
             await self.start_listener(listener)
 
-    async def start_listener(self, listener: Listener) -> None:
-        loop = asyncio.get_running_loop()
-        zone = self.settings.zone(listener.zone)
+    async def start_listener(self, listener: Listener, port: int | None = None) -> None:
+        """Open one configured listener (on ``port`` if given); StartError if it cannot."""
         flusher = self._flusher
         assert flusher is not None
-
-        live = _Live(self.connections)
-        self.listener_conns[listener.name] = live
-        bucket = TokenBucket(listener.max_conn_rate) if listener.max_conn_rate > 0 else None
-        metrics = self.node.metrics
-        max_conns = listener.max_connections
-        refused_log = [-_REFUSED_LOG_EVERY]
-
-        def refuse(idx: int, why: str) -> asyncio.Protocol:
-            metrics.inc(idx)
-            now = loop.time()
-            if now - refused_log[0] >= _REFUSED_LOG_EVERY:
-                refused_log[0] = now
-                log.warning("listener %s: refusing connections over %s (logged at most "
-                            "every %gs; counted in metrics)", listener.name, why,
-                            _REFUSED_LOG_EVERY)
-            return _Refused()
-
-        def factory() -> asyncio.Protocol:
-            # Refuse in the accept path, before any per-connection state exists.
-            if len(live) + live.pending >= max_conns:
-                return refuse(CONNECTIONS_REFUSED_MAX_CONNECTIONS,
-                              f"max_connections ({max_conns})")
-            if bucket is not None and not bucket.try_take(1, loop.time()):
-                return refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
-                              f"max_conn_rate ({listener.max_conn_rate:g}/s)")
-            live.pending += 1
-            trace = self.node.trace
-            # While a client trace waits for its client, each new channel is shown to it.
-            return Connection(self.node.broker, zone, flusher, live,
-                              trace.watch if trace.clients else None)
-
+        trace = self.node.trace
+        tcp = TcpListener(listener, self.settings.zone(listener.zone), self.node.broker,
+                          flusher, self.connections,
+                          # while a client trace waits for its client, new channels are shown
+                          lambda: trace.watch if trace.clients else None)
         try:
-            server = await loop.create_server(factory, listener.bind, listener.port,
-                                              backlog=listener.backlog, reuse_address=True)
-        except OSError as err:
-            raise ListenerError(
-                f"cannot listen on {listener.bind}:{listener.port} "
-                f"(listener {listener.name}): {err.strerror or err}") from None
-        self.listeners[listener.name] = server
-        host, port = self.bound(listener.name)
-        self.listener_config[listener.name] = listener
-        self.listener_addr[listener.name] = (host, port)
-        log.info("listener %s on %s:%d (zone %s)", listener.name, host, port, listener.zone)
+            await tcp.start(port)
+        except ListenerError as err:
+            raise StartError(str(err)) from None
+        self.listeners[listener.name] = tcp
 
     async def stop(self) -> None:
         """Stop accepting, tell MQTT 5 clients the server is shutting down, flush, close."""
-        for server in self.listeners.values():
-            server.close()
+        for tcp in self.listeners.values():
+            tcp.close()
         for conn in list(self.connections):
             conn.shutdown(RC.SERVER_SHUTTING_DOWN)
-        for server in self.listeners.values():
-            try:
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-            except TimeoutError:
-                pass
+        for tcp in self.listeners.values():
+            await tcp.wait_closed()
         deadline = asyncio.get_running_loop().time() + 2.0
         while self.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
@@ -196,28 +116,25 @@ class Server:
     async def stop_listener(self, name: str) -> tuple[str, int]:
         """Stop accepting on a running listener and close its clients (MQTT 5 clients get
         DISCONNECT 0x8B); returns the address it was bound to. KeyError if not running."""
-        server = self.listeners.pop(name)
-        server.close()
-        for conn in list(self.listener_conns.get(name, ())):
+        tcp = self.listeners[name]
+        if not tcp.running:
+            raise KeyError(name)
+        tcp.close()
+        for conn in list(tcp.connections):
             conn.shutdown(RC.SERVER_SHUTTING_DOWN)
-        try:
-            await asyncio.wait_for(server.wait_closed(), 2.0)
-        except TimeoutError:
-            pass
-        host, port = self.listener_addr[name]
+        await tcp.wait_closed()
+        host, port = tcp.address
         log.info("listener %s on %s:%d stopped", name, host, port)
         return host, port
 
     async def restart_listener(self, name: str) -> tuple[str, int]:
         """(Re)start a configured listener on the port it had (a configured port 0 keeps
         the port it was given, so clients can come back); KeyError if unknown."""
-        listener = self.listener_config[name]
-        if name in self.listeners:
+        tcp = self.listeners[name]
+        if tcp.running:
             await self.stop_listener(name)
-        port = listener.port or self.listener_addr[name][1]
-        await self.start_listener(dataclasses.replace(listener, port=port))
-        self.listener_config[name] = listener
-        return self.listener_addr[name]
+        await self.start_listener(tcp.config, tcp.config.port or tcp.address[1])
+        return self.listeners[name].address
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -266,11 +183,12 @@ class _ServerControl:
     def listeners(self) -> list[ListenerStatus]:
         server = self._server
         out = []
-        for name, cfg in server.listener_config.items():
-            host, port = server.listener_addr.get(name, (cfg.bind, cfg.port))
-            out.append(ListenerStatus(name, host, port, cfg.zone, name in server.listeners,
-                                      len(server.listener_conns.get(name, ())),
-                                      cfg.max_connections, cfg.max_conn_rate))
+        for name, tcp in server.listeners.items():
+            cfg = tcp.config
+            host, port = tcp.address
+            out.append(ListenerStatus(name, host, port, cfg.zone, tcp.running,
+                                      len(tcp.connections), cfg.max_connections,
+                                      cfg.max_conn_rate))
         return out
 
     async def stop_listener(self, name: str) -> tuple[str, int]:
@@ -279,7 +197,7 @@ class _ServerControl:
     async def restart_listener(self, name: str) -> tuple[str, int]:
         try:
             return await self._server.restart_listener(name)
-        except ListenerError as err:
+        except StartError as err:
             raise Failed(str(err), str(err)) from None
 
     def request_stop(self, reason: str) -> None:

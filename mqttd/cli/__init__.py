@@ -82,7 +82,7 @@ def start(
     logging.basicConfig(level=getattr(logging, settings.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..ctl.server import ControlSocketError
-    from ..server import ListenerError, run
+    from ..server import StartError, run
 
     # Set by `mqttd start --daemon` in its child: a pipe to say "ready" on.
     ready_fd = os.environ.pop(_READY_ENV, None)
@@ -97,7 +97,7 @@ def start(
 
     try:
         run(settings, use_uvloop=not no_uvloop, on_ready=on_ready)
-    except (ListenerError, ControlSocketError) as err:
+    except (StartError, ControlSocketError) as err:
         typer.echo(f"mqttd: {err}", err=True)
         raise typer.Exit(1) from None
 
