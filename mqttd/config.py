@@ -8,6 +8,7 @@ embedded defaults below need no file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ class Listener:
     #: (counted). EMQX's listener key of the same name.
     max_conn_rate: float = 0.0
     backlog: int = 1024
+    #: Whether clients no authentication provider vouched for get in on this listener;
+    #: None: the zone's ``allow_anonymous`` on loopback, and *no* elsewhere (a listener
+    #: beyond loopback with no provider refuses to start unless this says true).
+    allow_anonymous: bool | None = None
 
 
 @dataclass(slots=True)
@@ -105,6 +110,53 @@ class PluginSpec:
 
 
 @dataclass(slots=True)
+class AccessSpec:
+    """One authentication provider or authorization source: its type and its options
+    (validated by :mod:`mqttd.access` when the chains are built)."""
+
+    type: str
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Where it was configured, for error lines (``auth.providers[0]``).
+    path: str = ""
+
+
+@dataclass(slots=True)
+class AuthSettings:
+    """``[auth]``: the authentication chain, asked in order (EMQX's authn chain)."""
+
+    providers: list[AccessSpec] = field(default_factory=list)
+    #: Threads that verify password hashes off the event loop.
+    hash_threads: int = 2
+    #: Seconds a successful check is remembered (0: never).
+    cache_ttl: float = 60.0
+
+
+@dataclass(slots=True)
+class AuthzSettings:
+    """``[authz]``: the authorization chain, asked in order (EMQX's authz sources)."""
+
+    sources: list[AccessSpec] = field(default_factory=list)
+    #: What no source matching means: "deny" (default) or "allow".
+    no_match: str = "deny"
+    #: A denied publish or subscribe: "ignore" (0x87 in the ack) or "disconnect".
+    deny_action: str = "ignore"
+    #: Decisions remembered per client, and for how long (seconds).
+    cache_size: int = 32
+    cache_ttl: float = 60.0
+
+
+@dataclass(slots=True)
+class FlappingSettings:
+    """``[flapping]``: a client id that connects more than ``max_count`` times within
+    ``window`` seconds is banned for ``ban_time`` seconds (EMQX's flapping detection)."""
+
+    enable: bool = False
+    max_count: int = 15
+    window: float = 60.0
+    ban_time: float = 300.0
+
+
+@dataclass(slots=True)
 class Settings:
     """Everything the broker needs to start."""
 
@@ -119,6 +171,9 @@ class Settings:
     trace_payload_limit: int = 256
     #: Plugins loaded at start, in order (``[plugins]`` in the file).
     plugins: list[PluginSpec] = field(default_factory=list)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    authz: AuthzSettings = field(default_factory=AuthzSettings)
+    flapping: FlappingSettings = field(default_factory=FlappingSettings)
 
     def zone(self, name: str) -> Zone:
         return self.zones[name]
@@ -139,7 +194,9 @@ _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
 
 #: Zone keys given as durations (seconds, or a string such as "30s", "2h").
 _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
-              "max_session_expiry_interval"}
+              "max_session_expiry_interval", "cache_ttl", "window", "ban_time"}
+#: Keys whose default is None (not set) but whose value must be true or false.
+_OPTIONAL_BOOLS = {"allow_anonymous"}
 #: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").
 _SIZES = {"max_packet_size"}
 
@@ -168,14 +225,23 @@ _RANGES: dict[str, tuple[float, float]] = {
     "backlog": (1, 65535),
     "sys_interval": (0, 86400),
     "trace_payload_limit": (0, 2 ** 20),
+    "hash_threads": (1, 64),
+    "cache_ttl": (0, 86400),
+    "cache_size": (0, 65536),
+    "max_count": (1, 2 ** 31),
+    "window": (0.001, 86400),
+    "ban_time": (0, 2 ** 31),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),
     "log_level": ("debug", "info", "warning", "error"),
+    "no_match": ("deny", "allow"),
+    "deny_action": ("ignore", "disconnect"),
 }
 
 _ZONE_FIELDS = {f.name: f for f in dataclasses.fields(Zone) if f.name != "name"}
 _LISTENER_FIELDS = {f.name: f for f in dataclasses.fields(Listener) if f.name != "name"}
+_FLAPPING_FIELDS = {f.name: f for f in dataclasses.fields(FlappingSettings)}
 _NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level",
                 "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit"}
 
@@ -204,7 +270,7 @@ def _coerce(key: str, value: object, default: object) -> tuple[object, str | Non
         if parsed is None:
             return None, f"not a size: {value!r} (use bytes or e.g. \"64KB\", \"1MB\")"
         value = int(parsed)
-    if isinstance(default, bool):
+    if isinstance(default, bool) or (default is None and key in _OPTIONAL_BOOLS):
         if not isinstance(value, bool):
             return None, f"expected true or false, got {_tname(value)}"
     elif isinstance(default, int):
@@ -263,7 +329,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     """
     errors: list[str] = []
     settings = base or Settings()
-    sections = {"node", "mqtt", "zones", "listeners", "plugins"}
+    sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -320,13 +386,90 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
         if not listeners:
             errors.append("listeners: at least one listener is needed")
     plugins = _parse_plugins(data["plugins"], errors) if "plugins" in data else None
+    auth = _parse_access(data.get("auth", {}), "auth", "providers", AuthSettings(), errors)
+    authz = _parse_access(data.get("authz", {}), "authz", "sources", AuthzSettings(), errors)
+    flapping = FlappingSettings()
+    table = data.get("flapping", {})
+    if isinstance(table, dict):
+        _apply(flapping, table, _FLAPPING_FIELDS, "flapping.", errors)
+    else:
+        errors.append("flapping: expected a table")
+    if not errors:
+        errors += listener_security_errors(listeners, auth)
     if errors:
         raise ConfigError(errors)
     settings.zones = zones
     settings.listeners = listeners
     if plugins is not None:
         settings.plugins = plugins
+    settings.auth = auth
+    settings.authz = authz
+    settings.flapping = flapping
     return settings
+
+
+#: ``[auth]`` / ``[authz]`` keys that name a file and stand for a one-entry chain.
+_ACCESS_SHORTHANDS = {"auth": {"password_file": "password_file"},
+                      "authz": {"acl_file": "acl_file"}}
+
+
+def _parse_access(section: object, name: str, chain_key: str, target: Any,
+                  errors: list[str]) -> Any:
+    """``[auth]``/``[authz]``: the chain (``[[auth.providers]]`` tables with a ``type``, or a
+    shorthand such as ``password_file = PATH``) and the chain's own settings."""
+    if not isinstance(section, dict):
+        errors.append(f"{name}: expected a table")
+        return target
+    chain: list[AccessSpec] = []
+    fields = {f.name: f for f in dataclasses.fields(target) if f.name != chain_key}
+    shorthands = _ACCESS_SHORTHANDS[name]
+    rest: dict[str, Any] = {}
+    for key, value in section.items():
+        if key in shorthands:
+            if not isinstance(value, str) or not value:
+                errors.append(f"{name}.{key}: expected a file path, got {_tname(value)}")
+            else:
+                chain.append(AccessSpec(shorthands[key], {"path": value}, f"{name}.{key}"))
+        elif key == chain_key:
+            if not isinstance(value, list):
+                errors.append(f"{name}.{key}: expected a list of tables ([[{name}.{key}]])")
+                continue
+            for i, entry in enumerate(value):
+                path = f"{name}.{key}[{i}]"
+                if not isinstance(entry, dict):
+                    errors.append(f"{path}: expected a table, got {_tname(entry)}")
+                elif not isinstance(entry.get("type"), str) or not entry["type"]:
+                    errors.append(f"{path}.type: missing (which kind of {key[:-1]} it is)")
+                else:
+                    options = {k: v for k, v in entry.items() if k != "type"}
+                    chain.append(AccessSpec(entry["type"], options, path))
+        else:
+            rest[key] = value
+    _apply(target, rest, fields, f"{name}.", errors)
+    setattr(target, chain_key, chain)
+    return target
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost`` (the only binds open by default)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listener_security_errors(listeners: list[Listener], auth: AuthSettings) -> list[str]:
+    """Secure by default: a listener beyond loopback with no authentication provider is
+    refused unless the operator wrote ``allow_anonymous = true`` for it (mosquitto 2)."""
+    if auth.providers:
+        return []
+    return [f"listeners.{lst.name}.allow_anonymous: the listener binds {lst.bind}, beyond "
+            "loopback, and no authentication provider is configured; add one ([auth] "
+            "password_file = PATH) or set allow_anonymous = true for this listener"
+            for lst in listeners
+            if not is_loopback(lst.bind) and lst.allow_anonymous is not True]
 
 
 _PLUGIN_REF = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"

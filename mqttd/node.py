@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import Settings
+from .access.build import Access, build_access
+from .config import Settings, is_loopback
 from .core.broker import Broker
 from .core.message import Message
 from .hooks import Hooks
@@ -63,6 +64,8 @@ class Node:
         self.supervisor = Supervisor(on_restart=self._worker_restarted)
         self.sys = SysPublisher(settings.node, self.dispatcher, self.hooks, self.stats,
                                 self.metrics, self.started_at)
+        #: The access chains, built at start (their files are read then).
+        self.access: Access | None = None
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
         """Publish as the broker itself (plugins' ``ctx.publish``); sessions reached."""
@@ -71,10 +74,18 @@ class Node:
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the configured plugins and start the background workers (in the loop).
+        """Build the access chains, load the configured plugins and start the background
+        workers (in the loop).
 
-        Raises mqttd.plugins.PluginError if a configured plugin cannot be loaded.
+        Raises mqttd.access.build.AccessError if a provider or source cannot be built (a
+        password or ACL file missing or malformed), mqttd.plugins.PluginError if a
+        configured plugin cannot be loaded.
         """
+        self.access = access = build_access(self.settings)
+        broker = self.broker
+        broker.authenticator = access.authn
+        broker.authorizer = access.authz
+        broker.anonymous = self._anonymous_policy()
         self.plugins.load_all(self.settings.plugins)
         self._register_stats()
         self.sys.load_presence()
@@ -84,10 +95,20 @@ class Node:
             self.supervisor.start_child("sys", lambda: self.sys.run(interval))
 
     async def stop(self) -> None:
-        """Stop the background workers and unload the plugins."""
+        """Stop the background workers, unload the plugins, close the access chains."""
         await self.supervisor.stop()
         self.sys.unload_presence()
         self.plugins.unload_all()
+        if self.access is not None:
+            self.access.close()
+
+    def _anonymous_policy(self) -> dict[str, bool]:
+        """Per listener: whether a client no provider vouched for gets in. Unset, a
+        loopback listener follows its zone's allow_anonymous; any other says no."""
+        zones = self.settings.zones
+        return {lst.name: lst.allow_anonymous if lst.allow_anonymous is not None
+                else (zones[lst.zone].allow_anonymous if is_loopback(lst.bind) else False)
+                for lst in self.settings.listeners}
 
     def _register_stats(self) -> None:
         # Each component registers its own update function (EMQX's emqx_cm, emqx_router

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__
 from ._accel import LOADED
+from .access.build import AccessError
 from .config import Listener, Settings
 from .ctl.commands import build_table
 from .ctl.server import CtlServer
@@ -69,7 +70,7 @@ class Server:
             await self.ctl.start()
         try:
             self.node.start()
-        except PluginError as err:
+        except (PluginError, AccessError) as err:
             raise StartError(str(err)) from None
         for listener in self.settings.listeners:
             await self.start_listener(listener)

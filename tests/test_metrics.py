@@ -205,19 +205,29 @@ def test_auth_and_acl_counters_with_and_without_callbacks() -> None:
     from mqttd.hooks import Stop
     from mqttd.node import Node
 
+    from mqttd.core.services import ClientInfo
+
     node = Node()
     broker = node.broker
-    assert broker.authenticate("a", None, None, "p") == 0
-    assert broker.check_acl(None, "publish", "t") == 0  # type: ignore[arg-type]
+
+    def auth(client_id: str, username: str | None, password: bytes | None) -> int:
+        result = broker.authenticate(ClientInfo(client_id, username, "p"), password,
+                                     lambda r: None)
+        assert result is not None  # no provider configured: answered at once
+        return result.code
+
+    anyone = ClientInfo("x", None, "p")
+    assert auth("a", None, None) == 0
+    assert broker.check_acl(anyone, "publish", "t") == 0
     node.hooks.add("client.authenticate",
                    lambda cid, user, pw, peer, acc: Stop(0x86) if user == "bad" else None)
     node.hooks.add("client.check_acl",
                    lambda ch, action, topic, acc: 0x87 if topic == "secret" else None)
-    assert broker.authenticate("b", "good", b"", "p") == 0
-    assert broker.authenticate("c", "bad", b"", "p") == 0x86
-    assert broker.authenticate("d", None, None, "p") == 0
-    assert broker.check_acl(None, "subscribe", "secret") == 0x87  # type: ignore[arg-type]
-    assert broker.check_acl(None, "publish", "open") == 0  # type: ignore[arg-type]
+    assert auth("b", "good", b"") == 0
+    assert auth("c", "bad", b"") == 0x86
+    assert auth("d", None, None) == 0
+    assert broker.check_acl(anyone, "subscribe", "secret") == 0x87
+    assert broker.check_acl(anyone, "publish", "open") == 0
     snap = node.metrics.snapshot()
     assert {k: v for k, v in snap.items() if k.startswith("client.")} == {
         "client.connect": 0, "client.connack": 0, "client.authenticate": 4,

@@ -14,7 +14,14 @@ import time
 import typer
 
 from .. import __version__
-from ..config import ConfigError, Settings, default_data_dir, load_settings
+from ..access.build import AccessError, build_access
+from ..config import (
+    ConfigError,
+    Settings,
+    default_data_dir,
+    listener_security_errors,
+    load_settings,
+)
 from .ctl import main as ctl_main
 
 app = typer.Typer(
@@ -76,6 +83,9 @@ def start(
             first.bind = bind
         if port is not None:
             first.port = port
+        for line in listener_security_errors(settings.listeners, settings.auth):
+            typer.echo(f"mqttd: {line} (--bind {first.bind})", err=True)
+            raise typer.Exit(2)
     if daemon:
         raise typer.Exit(_daemonize(config, bind, port, settings.data_dir, log_level,
                                     no_uvloop))
@@ -193,6 +203,12 @@ def config_check(
 ) -> None:
     """Validate a configuration file: every problem on its own line, exit 2 if any."""
     settings = _load(config)
+    try:  # password and ACL files are read as the broker would read them
+        build_access(settings).close()
+    except AccessError as err:
+        for line in err.errors:
+            typer.echo(f"{config}: {line}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{config}: ok ({len(settings.zones)} zones, "
                f"{len(settings.listeners)} listeners)")
 

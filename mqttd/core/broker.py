@@ -29,13 +29,17 @@ from ..metrics import (
     Metrics,
 )
 from ..mqtt.packets import SubOpts
+from ..mqtt.reasons import ReasonCode as RC
 from .dispatch import Dispatcher
 from .message import Message
 from .registry import Registry
-from .services import ClientInfo, SessionOwner, Timers
+from .services import Authenticator, Authorizer, AuthResult, ClientInfo, SessionOwner, Timers
 from .session import Delivery, Session
 
 log = logging.getLogger("mqttd.broker")
+
+#: No provider had an opinion (no chain configured, or every provider ignored the client).
+_UNDECIDED = AuthResult(0, decided=False)
 
 __all__ = ["Broker"]
 
@@ -59,33 +63,79 @@ class Broker:
         #: falsy test; ``trace_publish`` is told of each message while any exists.
         self.topic_traces: Mapping[str, object] = {}
         self.trace_publish: Callable[[Message, int], None] | None = None
+        #: The access chains (mqttd/access), when configured; None: hooks alone decide.
+        self.authenticator: Authenticator | None = None
+        self.authorizer: Authorizer | None = None
+        self._zones = settings.zones
+        #: listener name -> whether clients no provider vouched for are let in (the node
+        #: sets it from the listeners' and zones' allow_anonymous; else the zone decides).
+        self.anonymous: dict[str, bool] = {}
 
     # --- access -----------------------------------------------------------------------
 
-    def authenticate(self, client_id: str, username: str | None, password: bytes | None,
-                     peer: str) -> int:
-        """0 to accept the client, or a CONNACK reason code to refuse it.
+    def authenticate(self, client: ClientInfo, password: bytes | None,
+                     done: Callable[[AuthResult], None]) -> AuthResult | None:
+        """Run the authentication chain, then ``allow_anonymous`` and the
+        ``client.authenticate`` hook; the result at once, or None and ``done`` later."""
+        chain = self.authenticator
+        if chain is None:
+            return self._settle(client, password, _UNDECIDED)
 
-        Without an authentication callback every client is accepted (counted as
-        ``client.auth.ignore``); with one, the fold's result decides.
-        """
+        def finish(result: AuthResult) -> None:
+            done(self._settle(client, password, result))
+
+        result = chain.authenticate(client, password, finish)
+        return None if result is None else self._settle(client, password, result)
+
+    def allow_anonymous(self, client: ClientInfo) -> bool:
+        """Whether a client no provider vouched for is let in (listener, else zone)."""
+        allowed = self.anonymous.get(client.listener)
+        if allowed is None:
+            zone = self._zones.get(client.zone)
+            allowed = zone.allow_anonymous if zone is not None else False
+        return allowed
+
+    def _settle(self, client: ClientInfo, password: bytes | None, result: AuthResult
+                ) -> AuthResult:
+        """The chain's verdict, then allow_anonymous (when nobody decided), then the hook
+        fold, whose callbacks may still refuse (or accept) the client; counted."""
         metrics = self.metrics  # client.authenticate is the sum of the three outcomes
         hooks = self.hooks
+        decided = result.decided
+        code = result.code
+        if not decided and not self.allow_anonymous(client):
+            # Nobody vouched for the client and the listener wants someone to: refused
+            # even with a user name (mosquitto 2 and EMQX do the same).
+            code = RC.BAD_USER_NAME_OR_PASSWORD if client.username is not None \
+                else RC.NOT_AUTHORIZED
         if hooks.client_authenticate:
-            code = int(hooks.run_fold("client.authenticate",
-                                      (client_id, username, password, peer), 0))
+            code = int(hooks.run_fold("client.authenticate", (client.client_id,
+                                      client.username, password, client.peer), code))
+            decided = True
+        if decided:
             metrics.inc(CLIENT_AUTH_FAILURE if code else CLIENT_AUTH_SUCCESS)
         else:
-            code = 0
             metrics.inc(CLIENT_AUTH_IGNORE)
-        if not code and username is None:
+        if not code and client.username is None:
             metrics.inc(CLIENT_AUTH_ANONYMOUS)
-        return code
+        if code == result.code and decided == result.decided:
+            return result
+        if code:
+            return AuthResult(code, True, reason=result.reason or "not authorized")
+        return AuthResult(0, True, result.superuser, result.acl)
 
     def check_acl(self, client: ClientInfo, action: str, topic: str) -> int:
-        """0 to allow ``action`` ("publish"/"subscribe") on ``topic``, else a reason code."""
+        """0 to allow ``action`` ("publish"/"subscribe") on ``topic``, else a reason code:
+        the authorization chain first (superusers bypass it), then the hook fold."""
         metrics = self.metrics  # client.check_acl is the sum of the three outcomes
         hooks = self.hooks
+        authorizer = self.authorizer
+        if authorizer is not None and not client.superuser:
+            code = authorizer.check(client, action, topic)
+            if hooks.client_check_acl:
+                code = int(hooks.run_fold("client.check_acl", (client, action, topic), code))
+            metrics.inc(CLIENT_ACL_DENY if code else CLIENT_ACL_ALLOW)
+            return code
         if hooks.client_check_acl:
             code = int(hooks.run_fold("client.check_acl", (client, action, topic), 0))
             metrics.inc(CLIENT_ACL_DENY if code else CLIENT_ACL_ALLOW)

@@ -117,7 +117,7 @@ from ..mqtt.topics import (
     parse_shared,
 )
 from .message import Message
-from .services import ClientInfo, CloseReason, EncodedCache, SessionOwner
+from .services import AuthResult, ClientInfo, CloseReason, EncodedCache, SessionOwner
 from .session import AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
@@ -129,9 +129,14 @@ class ChannelState(enum.IntEnum):
     IDLE = 0  # connected socket, no CONNECT accepted yet
     CONNECTED = 1  # CONNACK 0 sent: the client is attached to its session
     DISCONNECTED = 2  # handle_close() ran: the client's part in its session is over
+    AUTHENTICATING = 3  # CONNECT taken, its authentication still running (off the loop)
 
 
 IDLE, CONNECTED, DISCONNECTED = ChannelState.IDLE, ChannelState.CONNECTED, ChannelState.DISCONNECTED
+AUTHENTICATING = ChannelState.AUTHENTICATING
+#: Packets a client may send after CONNECT while its authentication runs (MQTT lets it
+#: send before CONNACK); past this the connection is closed.
+MAX_HELD = 1000
 _PROTO = CloseReason.PROTOCOL_ERROR
 # Module constants: an enum member looked up on its class costs ~60 ns, every ack.
 _UNKNOWN: Final = AckFault.UNKNOWN
@@ -145,9 +150,9 @@ class ChannelServices(Protocol):
     metrics: Metrics
     hooks: Hooks
 
-    def authenticate(self, client_id: str, username: str | None, password: bytes | None,
-                     peer: str) -> int:
-        """0 to accept the client, else a CONNACK reason code."""
+    def authenticate(self, client: ClientInfo, password: bytes | None,
+                     done: Callable[[AuthResult], None]) -> AuthResult | None:
+        """The verdict at once, or None and ``done(verdict)`` later on the loop's thread."""
         ...
 
     def check_acl(self, client: ClientInfo, action: str, topic: str) -> int:
@@ -218,7 +223,8 @@ class Channel:
         "client_max_packet", "receive_maximum", "closing", "close_reason", "close_detail",
         "paused", "normal_disconnect", "connected_at", "created_at", "clean_start",
         "proto_name", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
-        "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo",
+        "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
+        "superuser", "auth_acl", "_held",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -268,6 +274,13 @@ class Channel:
         self.hooks = services.hooks
         #: The local port the client connected to (set by the connection).
         self.sockport = 0
+        #: The listener the client came in on (set by the connection).
+        self.listener = "default"
+        #: What authentication granted (ClientInfo carries it to authorization).
+        self.superuser = False
+        self.auth_acl: object = None
+        #: Packets received while authentication runs, applied after CONNACK.
+        self._held: list[Any] | None = None  # type: ignore[explicit-any]  # any packet
         self._clientinfo: ClientInfo | None = None
 
     @property
@@ -291,7 +304,7 @@ class Channel:
             self.client_id, self.username, self.peer, self.sockport, self.proto_name,
             self.version, self.clean_start, self.keepalive, self.zone.name,
             self.mountpoint, session.expiry_interval if session is not None else 0,
-            self.connected_at)
+            self.connected_at, self.listener, self.superuser, self.auth_acl)
 
     # --- output ----------------------------------------------------------------------
 
@@ -425,6 +438,15 @@ class Channel:
                 self._in_connect(packet)
             else:
                 self._close(_PROTO, "first packet is not CONNECT")
+        elif self.state == AUTHENTICATING:
+            held = self._held
+            assert held is not None
+            if ptype == CONNECT:
+                self._close(_PROTO, "second CONNECT")
+            elif len(held) >= MAX_HELD:
+                self._close(_PROTO, "too many packets before CONNACK")
+            else:
+                held.append(packet)
         return self.out
 
     def handle_first_packet_type(self, packet_type: int) -> list[bytes]:
@@ -510,11 +532,44 @@ class Channel:
             return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
         if "authentication_method" in props:
             return self._refuse(RC.BAD_AUTHENTICATION_METHOD, "unsupported authentication method")
-        if not zone.allow_anonymous and p.username is None:
-            return self._refuse(RC.NOT_AUTHORIZED, "anonymous clients are not allowed")
-        code = self.services.authenticate(client_id, p.username, p.password, self.peer)
-        if code:
-            return self._refuse(code, "authentication failed")
+        result = self.services.authenticate(
+            self._describe(), p.password,
+            lambda verdict: self._authenticated(p, props, assigned, verdict))
+        if result is None:  # hashing or a remote provider: CONNACK when it answers
+            self.state = AUTHENTICATING
+            self._held = []
+            return None
+        return self._connect_accepted(p, props, assigned, result)
+
+    def _authenticated(self, p: Connect, props: Properties, assigned: str | None,
+                       result: AuthResult) -> None:
+        """Authentication answered (off the loop, now back on it): finish the CONNECT, then
+        apply what the client sent meanwhile."""
+        if self.closing or self.state != AUTHENTICATING:
+            return  # the connection ended while authentication ran
+        self.state = IDLE
+        held, self._held = self._held or [], None
+        self._connect_accepted(p, props, assigned, result)
+        for packet in held:
+            if self.closing:
+                break
+            self.handle_in(packet)
+        if self.out and self.wakeup is not None:
+            self.wakeup()
+
+    def _connect_accepted(self, p: Connect, props: Properties, assigned: str | None,
+                          result: AuthResult) -> None:
+        """The rest of CONNECT once authentication has answered."""
+        if result.code:
+            if result.reason:
+                log.info("refusing %s from %s: %s", self.client_id, self.peer, result.reason)
+            return self._refuse(result.code, "authentication failed")
+        self.superuser = result.superuser
+        self.auth_acl = result.acl
+        zone = self.zone
+        version = self.version
+        client_id = self.client_id
+        hooks = self.hooks
         will = p.will
         if will is not None:
             if will.qos > zone.max_qos_allowed:

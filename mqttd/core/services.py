@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from .message import Message
 
-__all__ = ["ClientInfo", "CloseReason", "Delivery", "EncodedCache", "SessionOwner", "Subscriber",
-           "TimerHandle", "Timers"]
+__all__ = ["AuthResult", "Authenticator", "Authorizer", "ClientInfo", "CloseReason", "Delivery",
+           "EncodedCache", "SessionOwner", "Subscriber", "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
 #: group or None). Shared deliveries carry their group (a ``core.router.SharedGroup``,
@@ -99,6 +99,12 @@ class ClientInfo:
     expiry_interval: int = 0
     #: Wall-clock time of CONNACK (0.0 before).
     connected_at: float = 0.0
+    #: The listener the client came in on.
+    listener: str = "default"
+    #: What authentication granted: superusers bypass authorization; ``acl`` is a client
+    #: ACL a provider attached (opaque here: the authorization chain reads it).
+    superuser: bool = False
+    acl: object = None
 
     @property
     def peerhost(self) -> str:
@@ -128,3 +134,40 @@ class SessionOwner(Subscriber, Protocol):
     def kick(self, code: int, reason: CloseReason, detail: str) -> None:
         """Close from the server side (takeover, operator kick, shutdown)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """An authentication outcome: ``code`` 0 accepts (with what was granted), anything else
+    is the CONNACK reason code that refuses (MQTT 5 numbering; the channel maps it for 3.x).
+
+    ``decided`` is False when no provider had an opinion (every one ignored the client):
+    the broker then applies ``allow_anonymous`` and the ``client.authenticate`` hook.
+    """
+
+    code: int = 0
+    decided: bool = True
+    superuser: bool = False
+    acl: object = None
+    #: Why, for the log line of a refusal (never the password).
+    reason: str = ""
+
+
+class Authenticator(Protocol):
+    """The authentication chain (``mqttd/access``) as the broker calls it."""
+
+    def authenticate(self, client: ClientInfo, password: bytes | None,
+                     done: Callable[[AuthResult], None]) -> AuthResult | None:
+        """Answer at once, or return None and call ``done`` later on the loop's thread
+        (password hashing and remote providers run off the event loop)."""
+        ...
+
+
+class Authorizer(Protocol):
+    """The authorization chain (``mqttd/access``) as the broker calls it."""
+
+    def check(self, client: ClientInfo, action: str, topic: str) -> int:
+        """0 to allow ``action`` ('publish' | 'subscribe' | 'deliver') on ``topic``, else
+        the reason code to refuse it with (0x87)."""
+        ...
+

@@ -23,7 +23,7 @@ from collections.abc import Callable, MutableSet
 from typing import Any
 
 from ..config import Zone
-from ..core.channel import CONNECTED, IDLE, Channel, ChannelServices
+from ..core.channel import AUTHENTICATING, CONNECTED, IDLE, Channel, ChannelServices
 from ..core.services import CloseReason
 from ..metrics import (
     BYTES_RECEIVED,
@@ -75,7 +75,8 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, services: ChannelServices, zone: Zone, flusher: Flusher,
                  connections: MutableSet[Connection],
-                 watch: Callable[[Channel], None] | None = None) -> None:
+                 watch: Callable[[Channel], None] | None = None, listener: str = "default"
+                 ) -> None:
         self.services = services
         self.zone = zone
         self.flusher = flusher
@@ -93,6 +94,9 @@ class Connection(asyncio.Protocol):
         self.metrics = services.metrics
         #: Told of the new channel (a client trace waiting for its CONNECT), or None.
         self.watch = watch
+        self.listener = listener
+        #: The keepalive timer runs (armed at the first flush after CONNACK).
+        self._keepalive_armed = False
         #: Inbound rate limits (None when the zone sets none: zero cost).
         self.limiter = ConnLimiter.for_zone(zone)
         #: The timer that resumes reading after a rate-limit pause.
@@ -116,6 +120,7 @@ class Connection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             channel.sockport = sockname[1]
+        channel.listener = self.listener
         self.channel = channel
         self.connections.add(self)
         self.last_recv = self.loop.time()
@@ -184,8 +189,6 @@ class Connection(asyncio.Protocol):
             log.info("closing %s (%s): %s", channel.client_id or channel.peer,
                      "0x%02X" % error.reason_code, error.message)
             channel.handle_frame_error(error, self.parser.version)
-        if was_idle and channel.state == CONNECTED:
-            self._start_keepalive()
         self.flush()
         limiter = self.limiter
         if limiter is not None and not channel.closing:
@@ -262,6 +265,11 @@ class Connection(asyncio.Protocol):
             out.clear()
             self.metrics.inc(BYTES_SENT, len(data))
         channel = self.channel
+        if not self._keepalive_armed and channel is not None and channel.state == CONNECTED:
+            # After CONNACK, whether it went out in this read's turn or when an
+            # authentication running off the loop answered.
+            self._keepalive_armed = True
+            self._start_keepalive()
         if channel is not None and channel.closing and not self._closing:
             # The channel is finished now, not when the peer gets round to closing its
             # side (the linger can take seconds; a dead peer never does): its will and
@@ -301,7 +309,7 @@ class Connection(asyncio.Protocol):
     def _on_connect_timeout(self) -> None:
         self._timer = None
         channel = self.channel
-        if channel is not None and channel.state == IDLE:
+        if channel is not None and channel.state in (IDLE, AUTHENTICATING):
             log.info("closing %s: no CONNECT within %ss", channel.peer, self.zone.idle_timeout)
             channel.handle_timeout("connect")
             self.flush()

@@ -130,7 +130,8 @@ class TcpListener:
             return self._refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
                                 f"max_conn_rate ({config.max_conn_rate:g}/s)")
         live.pending += 1
-        return Connection(self.services, self.zone, self.flusher, live, self.watcher())
+        return Connection(self.services, self.zone, self.flusher, live, self.watcher(),
+                          config.name)
 
     def _refuse(self, idx: int, why: str) -> asyncio.Protocol:
         self.services.metrics.inc(idx)

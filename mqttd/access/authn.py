@@ -1,0 +1,211 @@
+"""The authentication chain (EMQX's authn chain, mosquitto's password and auth plugins).
+
+Providers are asked in order; each answers allow (with what it grants), deny (with a
+reason code) or ignore (``None``). The first that does not ignore decides; when all
+ignore, the broker applies ``allow_anonymous`` (``core/broker.py``). Before any provider,
+the banned table (and flapping detection) may refuse the client outright.
+
+Providers come in three kinds, by what their check costs:
+
+* plain (``kind = "sync"``): answered on the loop, at once (a table lookup);
+* ``"blocking"``: CPU-bound work such as PBKDF2, run in a small thread pool so the event
+  loop never stalls (``hashlib`` releases the GIL while it hashes);
+* ``"async"``: a coroutine (an HTTP call), awaited on the loop.
+
+A chain of plain providers answers at once, so a CONNECT completes in the same loop turn;
+otherwise the chain runs as one task and the channel waits (``ChannelState.AUTHENTICATING``).
+Successful blocking checks are remembered for ``cache_ttl`` seconds, keyed by the user
+name and a keyed hash of the password (never the password itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from ..config import AccessSpec, AuthSettings
+from ..core.services import AuthResult, ClientInfo
+
+log = logging.getLogger("mqttd.access")
+
+__all__ = ["AccessError", "AuthChain", "Provider", "register_provider"]
+
+
+class AccessError(Exception):
+    """A provider or source cannot be built from its configuration; ``errors`` holds one
+    line each, prefixed with where it was configured (``auth.providers[0].path: ...``)."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class Provider(Protocol):
+    """One authentication provider."""
+
+    #: "sync", "blocking" (run in the hashing threads) or "async" (a coroutine).
+    kind: str
+    #: For logs and ``mqttd ctl``: the type and what it reads (a file, a URL).
+    description: str
+
+    def check(self, client: ClientInfo, password: bytes | None
+              ) -> AuthResult | None | Awaitable[AuthResult | None]:
+        """allow / deny (an AuthResult) or ignore (None); a coroutine for "async"."""
+        ...
+
+    def reload(self) -> None:
+        """Re-read what the provider reads (a file); keep the old data if the new is bad
+        (raise AccessError to say why)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: Provider factories by configured type: ``factory(spec) -> Provider`` (raise AccessError).
+_PROVIDERS: dict[str, Callable[[AccessSpec], Provider]] = {}
+
+
+def register_provider(type_name: str, factory: Callable[[AccessSpec], Provider]) -> None:
+    """Make ``type = "<type_name>"`` in ``[[auth.providers]]`` build with ``factory``."""
+    _PROVIDERS[type_name] = factory
+
+
+def build_providers(specs: list[AccessSpec]) -> list[Provider]:
+    """Every configured provider, or AccessError listing every problem."""
+    errors: list[str] = []
+    built: list[Provider] = []
+    for spec in specs:
+        factory = _PROVIDERS.get(spec.type)
+        if factory is None:
+            errors.append(f"{spec.path}.type: unknown provider {spec.type!r} (known: "
+                          f"{', '.join(sorted(_PROVIDERS))})")
+            continue
+        try:
+            built.append(factory(spec))
+        except AccessError as err:
+            errors += err.errors
+    if errors:
+        raise AccessError(errors)
+    return built
+
+
+class Gate(Protocol):
+    """Asked before any provider (the banned table, flapping detection): a refusal, or
+    None to go on."""
+
+    def admit(self, client: ClientInfo) -> AuthResult | None: ...
+
+
+class AuthChain:
+    """The :class:`~mqttd.core.services.Authenticator` the broker is given."""
+
+    def __init__(self, settings: AuthSettings, providers: list[Provider],
+                 gates: list[Gate] | None = None) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.gates = gates or []
+        self._inline = all(p.kind == "sync" for p in providers)
+        self._executor: ThreadPoolExecutor | None = None
+        self._cache: dict[tuple[str | None, bytes], tuple[AuthResult, float]] = {}
+        self._cache_key = os.urandom(32)
+        self._tasks: set[asyncio.Task[AuthResult]] = set()
+
+    def authenticate(self, client: ClientInfo, password: bytes | None,
+                     done: Callable[[AuthResult], None]) -> AuthResult | None:
+        for gate in self.gates:
+            refused = gate.admit(client)
+            if refused is not None:
+                return refused
+        if not self.providers:
+            return _IGNORED
+        key = self._key(client, password)
+        if key is not None:
+            hit = self._cache.get(key)
+            if hit is not None and hit[1] > time.monotonic():
+                return hit[0]
+        if self._inline:
+            return self._decide_inline(client, password)
+        task = asyncio.get_running_loop().create_task(self._decide(client, password, key))
+        self._tasks.add(task)
+
+        def finished(t: asyncio.Task[AuthResult]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                log.error("authentication of %s failed: %s: %s", client.client_id,
+                          type(exc).__name__, exc)
+                done(AuthResult(0x80, reason="authentication error"))
+            else:
+                done(t.result())
+
+        task.add_done_callback(finished)
+        return None
+
+    def _decide_inline(self, client: ClientInfo, password: bytes | None) -> AuthResult:
+        for provider in self.providers:
+            result = provider.check(client, password)
+            if result is not None:
+                return result  # type: ignore[return-value]  # sync providers only here
+        return _IGNORED
+
+    async def _decide(self, client: ClientInfo, password: bytes | None,
+                      key: tuple[str | None, bytes] | None) -> AuthResult:
+        loop = asyncio.get_running_loop()
+        for provider in self.providers:
+            if provider.kind == "blocking":
+                result: Any = await loop.run_in_executor(self._pool(), provider.check,
+                                                         client, password)
+            elif provider.kind == "async":
+                result = await provider.check(client, password)  # type: ignore[misc]
+            else:
+                result = provider.check(client, password)
+            if result is not None:
+                if not result.code and key is not None and self.settings.cache_ttl > 0:
+                    self._remember(key, result)
+                return result  # type: ignore[no-any-return]
+        return _IGNORED
+
+    def _key(self, client: ClientInfo, password: bytes | None) -> tuple[str | None, bytes] | None:
+        if password is None or self.settings.cache_ttl <= 0:
+            return None
+        return client.username, hmac.new(self._cache_key, password, hashlib.sha256).digest()
+
+    def _remember(self, key: tuple[str | None, bytes], result: AuthResult) -> None:
+        cache = self._cache
+        if len(cache) >= 10_000:  # bounded: a flood of distinct passwords cannot grow it
+            cache.clear()
+        cache[key] = (result, time.monotonic() + self.settings.cache_ttl)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.settings.hash_threads,
+                                                thread_name_prefix="mqttd-auth")
+        return self._executor
+
+    def reload(self) -> None:
+        """Re-read every provider's files; forget cached successes."""
+        for provider in self.providers:
+            provider.reload()
+        self._cache.clear()
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for provider in self.providers:
+            provider.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+#: Every provider ignored the client: allow_anonymous decides.
+_IGNORED = AuthResult(0, decided=False)
