@@ -14,7 +14,6 @@ import time
 import typer
 
 from .. import __version__
-from ..access.build import AccessError, build_access
 from ..config import (
     ConfigError,
     Settings,
@@ -202,6 +201,8 @@ def config_check(
     config: str = typer.Option(..., "--config", "-c", help="TOML configuration file."),
 ) -> None:
     """Validate a configuration file: every problem on its own line, exit 2 if any."""
+    from ..access.build import AccessError, build_access  # the broker's code, not ctl's
+
     settings = _load(config)
     try:  # password and ACL files are read as the broker would read them
         build_access(settings).close()
