@@ -8,7 +8,8 @@ The names and their families are EMQX's (bytes, packets, messages, delivery, and
 ``client.*``/``session.*`` hook counters), in the order EMQX's docs list them. The
 rule-engine counters (``rules.*``, ``actions.*``) are left out: mqttd has no rule
 engine. The ``node`` family is mqttd's own: refused, crashed and rate-limited
-connections, restarted background workers and failed hook callbacks.
+connections, restarted background workers, failed hook callbacks, and connections refused
+for a ban or banned for flapping.
 
 Nine metrics are not counters but sums (``DERIVED``): EMQX increments them in the
 same places as other counters, so they always equal those sums, and computing them
@@ -38,7 +39,9 @@ __all__ = [
     "CLIENT_SUBSCRIBE",
     "CLIENT_UNSUBSCRIBE",
     "CONNECTIONS_CRASHED",
+    "CONNECTIONS_FLAPPING",
     "CONNECTIONS_RATE_LIMITED",
+    "CONNECTIONS_REFUSED_BANNED",
     "CONNECTIONS_REFUSED_MAX_CONNECTIONS",
     "CONNECTIONS_REFUSED_MAX_CONN_RATE",
     "COUNT",
@@ -205,9 +208,11 @@ CONNECTIONS_CRASHED = 78
 CONNECTIONS_RATE_LIMITED = 79
 WORKERS_RESTARTED = 80
 HOOKS_FAILED = 81
+CONNECTIONS_REFUSED_BANNED = 82
+CONNECTIONS_FLAPPING = 83
 
 #: Number of counters.
-COUNT = 82
+COUNT = 84
 
 #: Every counter's name, in index order.
 NAMES: tuple[str, ...] = (
@@ -236,6 +241,7 @@ NAMES: tuple[str, ...] = (
     "session.takeovered", "session.discarded", "session.terminated",
     "connections.refused.max_connections", "connections.refused.max_conn_rate",
     "connections.crashed", "connections.rate_limited", "workers.restarted", "hooks.failed",
+    "connections.refused.banned", "connections.flapping",
 )
 
 #: Metrics EMQX increments together with others: each is kept here as the sum of the
@@ -311,6 +317,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "node": (
         "connections.refused.max_connections", "connections.refused.max_conn_rate",
         "connections.crashed", "connections.rate_limited", "workers.restarted", "hooks.failed",
+        "connections.refused.banned", "connections.flapping",
     ),
 }
 

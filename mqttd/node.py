@@ -86,6 +86,7 @@ class Node:
         broker.authenticator = access.authn
         broker.authorizer = access.authz
         broker.anonymous = self._anonymous_policy()
+        access.start(self.registry, self.metrics, LoopTimers())
         self.plugins.load_all(self.settings.plugins)
         self._register_stats()
         self.sys.load_presence()

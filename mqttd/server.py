@@ -51,7 +51,7 @@ class Server:
         #: Every operator query and action, for the control socket (and later front ends).
         self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,
                                node.broker, node.trace, node.plugins, node.supervisor,
-                               _ServerControl(self))
+                               _ServerControl(self), access=lambda: node.access)
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import Settings
-from .authn import AccessError, AuthChain, build_providers
+from .authn import AccessError, AuthChain, Gate, build_providers
 from .authz import AuthzChain, build_sources
+from .banned import BANNED_FILE, BannedTable, kick_banned
+from .flapping import Flapping
+
+if TYPE_CHECKING:
+    from ..core.registry import Registry
+    from ..core.services import Timers
+    from ..metrics import Metrics
 
 __all__ = ["Access", "AccessError", "build_access"]
 
@@ -17,6 +26,19 @@ class Access:
 
     authn: AuthChain
     authz: AuthzChain | None
+    #: The banned table (the chain's first gate) and flapping detection (None: off).
+    banned: BannedTable = field(default_factory=BannedTable)
+    flapping: Flapping | None = None
+
+    def start(self, registry: Registry, metrics: Metrics, timers: Timers) -> None:
+        """On the running node: a new ban kicks the clients it covers, ended bans are
+        swept, refusals and flapping are counted."""
+        banned = self.banned
+        banned.metrics = metrics
+        banned.on_ban = lambda ban: kick_banned(registry, ban)
+        banned.start(timers)
+        if self.flapping is not None:
+            self.flapping.metrics = metrics
 
     def reload(self) -> None:
         """Re-read every password file, ACL file and other source (AccessError: why not)."""
@@ -26,12 +48,19 @@ class Access:
 
     def close(self) -> None:
         self.authn.close()
+        self.banned.close()
 
 
 def build_access(settings: Settings) -> Access:
     """Both chains, or AccessError listing every problem of every provider and source."""
     errors: list[str] = []
     providers = sources = None
+    data_dir = settings.data_dir
+    banned = BannedTable(os.path.join(data_dir, BANNED_FILE) if data_dir else None)
+    try:
+        banned.load()
+    except AccessError as err:
+        errors += err.errors
     try:
         providers = build_providers(settings.auth.providers)
     except AccessError as err:
@@ -43,4 +72,6 @@ def build_access(settings: Settings) -> Access:
     if errors or providers is None or sources is None:
         raise AccessError(errors)
     authz = AuthzChain(settings.authz, sources) if sources else None
-    return Access(AuthChain(settings.auth, providers), authz)
+    flapping = Flapping(settings.flapping, banned) if settings.flapping.enable else None
+    gates: list[Gate] = [banned] if flapping is None else [banned, flapping]
+    return Access(AuthChain(settings.auth, providers, gates), authz, banned, flapping)

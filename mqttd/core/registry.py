@@ -218,11 +218,14 @@ class Registry:
 
         stats.update_interval("registry", update)
 
-    def kick(self, client_id: str) -> bool:
+    def kick(self, client_id: str, code: int = RC.ADMINISTRATIVE_ACTION,
+             detail: str = "kicked by the operator") -> bool:
+        """Close a connected client (MQTT 5: DISCONNECT ``code`` with ``detail`` as its
+        Reason String); False if it is not connected. A ban passes its reason."""
         channel = self.channels.get(client_id)
         if channel is None:
             return False
-        channel.kick(RC.ADMINISTRATIVE_ACTION, CloseReason.KICKED, "kicked by the operator")
+        channel.kick(code, CloseReason.KICKED, detail)
         self.detach(channel)
         return True
 

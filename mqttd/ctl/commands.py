@@ -536,6 +536,43 @@ async def cmd_plugins_unload(ctx: Context, a: Args) -> None:
     ctx.result(f"Plugin {name} unloaded successfully.", data)
 
 
+# --- banned ---------------------------------------------------------------------------------
+
+def _until(value: Any) -> str:
+    return "never" if value is None else when(value)
+
+
+BANNED_COLUMNS = [
+    Col("as", "As"), Col("who", "Who"), Col("reason", "Reason", lambda v: v or "-"),
+    Col("by", "By", lambda v: v or "-"), Col("at", "At", when), Col("until", "Until", _until),
+]
+
+
+async def cmd_banned_list(ctx: Context, a: Args) -> None:
+    banned = ctx.mgmt.banned.all()
+    await ctx.table(BANNED_COLUMNS, banned.items, banned.row, footer=_plural("ban"))
+
+
+async def cmd_banned_add(ctx: Context, a: Args) -> None:
+    kind, who = a.pos
+    data = ctx.mgmt.banned.add(kind, who, by=BY, reason=a.opts.get("reason") or "",
+                               until=a.opts.get("until"), duration=a.opts.get("duration"))
+    kicked = data["kicked"]
+    text = f"Banned {data['as']} {data['who']} until {_until(data['until'])}"
+    if kicked:
+        text += f"; kicked {', '.join(kicked)}"
+    ctx.result(text, data)
+
+
+async def cmd_banned_del(ctx: Context, a: Args) -> None:
+    kind, who = a.pos
+    try:
+        data = ctx.mgmt.banned.delete(kind, who)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    ctx.result("ok", data)
+
+
 # The usage table: help prints it in this order. One line, one usage.
 COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("status", cmd_status, "Show node status: version, uptime, speedups"),
@@ -550,6 +587,12 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("sessions show <ClientId>", cmd_sessions_show, "Show a session"),
     ("sessions clean <ClientId>", cmd_sessions_clean,
      "Discard a session (kicking its client if connected)"),
+    # banned
+    ("banned list", cmd_banned_list, "List banned client ids, user names and addresses"),
+    ("banned add clientid|username|peerhost <Value> [--reason <Reason>] [--until <Time>] "
+     "[--duration <Duration>]", cmd_banned_add,
+     "Ban a client id, user name or IP/CIDR (kicks its clients), for good or until a time"),
+    ("banned del clientid|username|peerhost <Value>", cmd_banned_del, "Lift a ban"),
     ("routes list", cmd_routes_list, "List all routes"),
     ("routes show <Topic>", cmd_routes_show,
      "Show the routes a message to <Topic> takes (a filter: that route)"),

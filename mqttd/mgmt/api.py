@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .banned import Banned
 from .clients import Clients
 from .listeners import Listeners
 from .listing import Row
@@ -26,6 +28,7 @@ from .trace import Traces
 from .vm import LoopMonitor, Vm
 
 if TYPE_CHECKING:
+    from ..access.build import Access
     from ..config import Settings
     from ..core.broker import Broker
     from ..metrics import Metrics
@@ -42,7 +45,7 @@ class Management:
     """Every management query and action of one node, grouped by area.
 
     ``status``, ``clients``, ``sessions``, ``subscriptions``, ``routes``,
-    ``retained``, ``listeners``, ``trace``, ``plugins``, ``log`` and ``vm`` each
+    ``retained``, ``listeners``, ``trace``, ``plugins``, ``log``, ``vm`` and ``banned`` each
     answer for their area; :meth:`stop_node` stops the whole node. Call
     :meth:`start` once the event loop runs (it samples loop lag for ``vm``)
     and :meth:`close` when the node stops.
@@ -51,7 +54,8 @@ class Management:
     def __init__(self, settings: Settings, started_at: float, metrics: Metrics | None,
                  stats: Stats | None, broker: Broker, trace: TraceManager,
                  plugins: PluginManager | None, supervisor: Supervisor | None,
-                 control: ServerControl) -> None:
+                 control: ServerControl,
+                 access: Callable[[], Access | None] = lambda: None) -> None:
         self.settings = settings
         self.control = control
         self.monitor = LoopMonitor()
@@ -66,6 +70,10 @@ class Management:
         self.plugins = Plugins(plugins)
         self.log = LogLevel(settings)
         self.vm = Vm(self.monitor)
+        #: ``access`` returns the node's access control once the node has started (its
+        #: files are read then), None before.
+        self.access = access
+        self.banned = Banned(access)
 
     @property
     def node_name(self) -> str:
