@@ -101,7 +101,7 @@ class Node:
         self.sys.unload_presence()
         self.plugins.unload_all()
         if self.access is not None:
-            self.access.close()
+            await self.access.aclose()
 
     def _anonymous_policy(self) -> dict[str, bool]:
         """Per listener: whether a client no provider vouched for gets in. Unset, a

@@ -65,7 +65,11 @@ class Provider(Protocol):
         (raise AccessError to say why)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> Awaitable[None] | None:
+        """Release what the provider holds. What can only be closed on the event loop (an
+        HTTP client's pooled connections) comes back as an awaitable (a task already
+        running), which ``AuthChain.wait_closed()`` awaits."""
+        ...
 
 
 #: Provider factories by configured type: ``factory(spec) -> Provider`` (raise AccessError).
@@ -116,6 +120,8 @@ class AuthChain:
         self._cache: dict[tuple[str | None, bytes], tuple[AuthResult, float]] = {}
         self._cache_key = os.urandom(32)
         self._tasks: set[asyncio.Task[AuthResult]] = set()
+        #: What close() started and wait_closed() awaits (HTTP sessions closing).
+        self._closing: list[Awaitable[None]] = []
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
                      done: Callable[[AuthResult], None]) -> AuthResult | None:
@@ -169,7 +175,10 @@ class AuthChain:
             else:
                 result = provider.check(client, password)
             if result is not None:
-                if not result.code and key is not None and self.settings.cache_ttl > 0:
+                # Only what costs a hash is remembered: a token's expiry and claims, or a
+                # remote server's per-client answer, must be judged every time.
+                if (not result.code and key is not None and provider.kind == "blocking"
+                        and self.settings.cache_ttl > 0):
                     self._remember(key, result)
                 return result  # type: ignore[no-any-return]
         return _IGNORED
@@ -201,10 +210,18 @@ class AuthChain:
         for task in list(self._tasks):
             task.cancel()
         for provider in self.providers:
-            provider.close()
+            closing = provider.close()
+            if closing is not None:
+                self._closing.append(closing)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+    async def wait_closed(self) -> None:
+        """After close(): until what providers close on the loop has closed."""
+        closing, self._closing = self._closing, []
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
 
 
 #: Every provider ignored the client: allow_anonymous decides.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import Settings
+from . import http, jwt  # noqa: F401  (imported: register their provider types)
 from .authn import AccessError, AuthChain, Gate, build_providers
 from .authz import AuthzChain, build_sources
 from .banned import BANNED_FILE, BannedTable, kick_banned
@@ -22,7 +24,8 @@ __all__ = ["Access", "AccessError", "build_access"]
 
 @dataclass(slots=True)
 class Access:
-    """The node's access control: the two chains (authz None when no source is set)."""
+    """The node's access control: the two chains (authz None when there is neither a
+    source nor a provider that attaches client ACLs)."""
 
     authn: AuthChain
     authz: AuthzChain | None
@@ -50,6 +53,11 @@ class Access:
         self.authn.close()
         self.banned.close()
 
+    async def aclose(self) -> None:
+        """close(), then wait for what closes on the event loop (HTTP connections)."""
+        self.close()
+        await self.authn.wait_closed()
+
 
 def build_access(settings: Settings) -> Access:
     """Both chains, or AccessError listing every problem of every provider and source."""
@@ -71,7 +79,14 @@ def build_access(settings: Settings) -> Access:
         errors += err.errors
     if errors or providers is None or sources is None:
         raise AccessError(errors)
-    authz = AuthzChain(settings.authz, sources) if sources else None
+    authz = None
+    if sources:
+        authz = AuthzChain(settings.authz, sources)
+    elif any(getattr(p, "attaches_acl", False) for p in providers):
+        # A provider may attach a client ACL (a JWT's acl claim, an HTTP server's answer):
+        # it is enforced even without sources. What it does not decide is allowed, as
+        # everything is without an authorization chain.
+        authz = AuthzChain(dataclasses.replace(settings.authz, no_match="allow"), [])
     flapping = Flapping(settings.flapping, banned) if settings.flapping.enable else None
     gates: list[Gate] = [banned] if flapping is None else [banned, flapping]
     return Access(AuthChain(settings.auth, providers, gates), authz, banned, flapping)
