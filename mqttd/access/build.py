@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from . import http, jwt  # noqa: F401  (imported: register their provider types)
+from . import http, jwt, password_file  # noqa: F401  (imported: register their provider types)
 from .authn import AccessError, AuthChain, Gate, build_providers
 from .authz import AuthzChain, build_sources
 from .banned import BANNED_FILE, BannedTable, kick_banned

@@ -22,6 +22,7 @@ from ..config import (
     load_settings,
 )
 from .ctl import main as ctl_main
+from .passwd import passwd_command
 
 app = typer.Typer(
     name="mqttd",
@@ -226,6 +227,9 @@ def ctl(ctx: typer.Context) -> None:
     except KeyboardInterrupt:
         code = 128 + signal.SIGINT
     raise typer.Exit(code)
+
+
+app.command("passwd", no_args_is_help=True)(passwd_command)
 
 
 @app.command()
