@@ -21,6 +21,7 @@ name and a keyed hash of the password (never the password itself).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -28,10 +29,10 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..config import AccessSpec, AuthSettings
-from ..core.services import AuthResult, ClientInfo
+from ..core.services import AuthResult, AuthStep, ClientInfo, EnhancedAuth
 
 log = logging.getLogger("mqttd.access")
 
@@ -70,6 +71,17 @@ class Provider(Protocol):
         HTTP client's pooled connections) comes back as an awaitable (a task already
         running), which ``AuthChain.wait_closed()`` awaits."""
         ...
+
+
+@runtime_checkable
+class EnhancedProvider(Provider, Protocol):
+    """A provider that also offers MQTT 5 enhanced authentication methods (SCRAM): a
+    CONNECT naming one of ``methods`` as its Authentication Method is decided by an
+    exchange from ``exchange(method)`` instead of ``check``."""
+
+    methods: tuple[str, ...]
+
+    def exchange(self, method: str) -> EnhancedAuth: ...
 
 
 #: Provider factories by configured type: ``factory(spec) -> Provider`` (raise AccessError).
@@ -122,6 +134,12 @@ class AuthChain:
         self._tasks: set[asyncio.Task[AuthResult]] = set()
         #: What close() started and wait_closed() awaits (HTTP sessions closing).
         self._closing: list[Awaitable[None]] = []
+        #: Enhanced authentication method -> the first provider offering it.
+        self._methods: dict[str, EnhancedProvider] = {}
+        for provider in providers:
+            if isinstance(provider, EnhancedProvider):
+                for method in provider.methods:
+                    self._methods.setdefault(method, provider)
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
                      done: Callable[[AuthResult], None]) -> AuthResult | None:
@@ -155,6 +173,16 @@ class AuthChain:
 
         task.add_done_callback(finished)
         return None
+
+    def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
+                      ) -> EnhancedAuth | None:
+        """An exchange for ``method`` from the provider offering it (None: none does).
+        At CONNECT the gates are asked as for a password, at the exchange's first step."""
+        provider = self._methods.get(method)
+        if provider is None:
+            return None
+        exchange = provider.exchange(method)
+        return exchange if reauth or not self.gates else _Gated(exchange, self.gates)
 
     def _decide_inline(self, client: ClientInfo, password: bytes | None) -> AuthResult:
         for provider in self.providers:
@@ -226,3 +254,28 @@ class AuthChain:
 
 #: Every provider ignored the client: allow_anonymous decides.
 _IGNORED = AuthResult(0, decided=False)
+
+
+class _Gated:
+    """An exchange whose client the gates (banned, flapping) admit first, once its first
+    step has named the user (a SCRAM client-first does): a ban on that user name holds
+    even when the CONNECT carried no User Name."""
+
+    __slots__ = ("exchange", "gates")
+
+    def __init__(self, exchange: EnhancedAuth, gates: list[Gate]) -> None:
+        self.exchange = exchange
+        self.gates = gates
+
+    def start(self, client: ClientInfo, data: bytes | None) -> AuthStep:
+        step = self.exchange.start(client, data)
+        if step.username is not None and step.username != client.username:
+            client = dataclasses.replace(client, username=step.username)
+        for gate in self.gates:
+            refused = gate.admit(client)
+            if refused is not None:
+                return AuthStep(result=refused)
+        return step
+
+    def next(self, data: bytes | None) -> AuthStep:
+        return self.exchange.next(data)

@@ -13,6 +13,7 @@ from .authn import AccessError, AuthChain, Gate, build_providers
 from .authz import AuthzChain, build_sources
 from .banned import BANNED_FILE, BannedTable, kick_banned
 from .flapping import Flapping
+from .scram import ScramFile  # noqa: F401  (imported: registers its provider type)
 
 if TYPE_CHECKING:
     from ..core.registry import Registry

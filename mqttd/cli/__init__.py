@@ -23,6 +23,7 @@ from ..config import (
 )
 from .ctl import main as ctl_main
 from .passwd import passwd_command
+from .scram import scram_passwd
 
 app = typer.Typer(
     name="mqttd",
@@ -230,6 +231,7 @@ def ctl(ctx: typer.Context) -> None:
 
 
 app.command("passwd", no_args_is_help=True)(passwd_command)
+app.command("scram-passwd", no_args_is_help=True)(scram_passwd)
 
 
 @app.command()

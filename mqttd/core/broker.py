@@ -9,6 +9,7 @@ the broker through this one object and the calls typed in ``core/services.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +34,16 @@ from ..mqtt.reasons import ReasonCode as RC
 from .dispatch import Dispatcher
 from .message import Message
 from .registry import Registry
-from .services import Authenticator, Authorizer, AuthResult, ClientInfo, SessionOwner, Timers
+from .services import (
+    Authenticator,
+    Authorizer,
+    AuthResult,
+    AuthStep,
+    ClientInfo,
+    EnhancedAuth,
+    SessionOwner,
+    Timers,
+)
 from .session import Delivery, Session
 
 log = logging.getLogger("mqttd.broker")
@@ -86,6 +96,16 @@ class Broker:
 
         result = chain.authenticate(client, password, finish)
         return None if result is None else self._settle(client, password, result)
+
+    def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
+                      ) -> EnhancedAuth | None:
+        """An MQTT 5 enhanced authentication exchange for ``method`` (None: no provider
+        offers it); its verdict passes the ``client.authenticate`` hook and the counters
+        as a password check's does."""
+        chain = self.authenticator
+        exchange = chain.enhanced_auth(method, client, reauth=reauth) \
+            if chain is not None else None
+        return None if exchange is None else _SettledExchange(self, exchange)
 
     def allow_anonymous(self, client: ClientInfo) -> bool:
         """Whether a client no provider vouched for is let in (listener, else zone)."""
@@ -211,3 +231,32 @@ class Broker:
 
     def close_session(self, owner: SessionOwner) -> None:
         self.registry.detach(owner)
+
+class _SettledExchange:
+    """An enhanced authentication exchange whose verdict goes through the broker's
+    ``_settle`` (hook fold, counters), with the identity it proved as the user name."""
+
+    __slots__ = ("broker", "exchange", "client")
+
+    def __init__(self, broker: Broker, exchange: EnhancedAuth) -> None:
+        self.broker = broker
+        self.exchange = exchange
+        self.client: ClientInfo | None = None
+
+    def start(self, client: ClientInfo, data: bytes | None) -> AuthStep:
+        self.client = client
+        return self._settled(self.exchange.start(client, data))
+
+    def next(self, data: bytes | None) -> AuthStep:
+        return self._settled(self.exchange.next(data))
+
+    def _settled(self, step: AuthStep) -> AuthStep:
+        result = step.result
+        if result is None:
+            return step
+        client = self.client
+        assert client is not None  # start() came first
+        if step.username is not None and step.username != client.username:
+            client = dataclasses.replace(client, username=step.username)
+        settled = self.broker._settle(client, None, result)
+        return step if settled is result else AuthStep(step.data, settled, step.username)

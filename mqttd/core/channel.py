@@ -91,6 +91,7 @@ from ..mqtt.packets import (
     PUBREL,
     SUBSCRIBE,
     UNSUBSCRIBE,
+    Auth,
     Connack,
     Connect,
     Disconnect,
@@ -108,7 +109,7 @@ from ..mqtt.packets import (
     Unsuback,
     Unsubscribe,
 )
-from ..mqtt.reasons import ReasonCode as RC
+from ..mqtt.reasons import DISCONNECT as DISCONNECT_CODES, ReasonCode as RC
 from ..mqtt.topics import (
     filter_error,
     has_disallowed_chars,
@@ -117,7 +118,15 @@ from ..mqtt.topics import (
     parse_shared,
 )
 from .message import Message
-from .services import AuthResult, ClientInfo, CloseReason, EncodedCache, SessionOwner
+from .services import (
+    AuthResult,
+    AuthStep,
+    ClientInfo,
+    CloseReason,
+    EncodedCache,
+    EnhancedAuth,
+    SessionOwner,
+)
 from .session import AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
@@ -137,6 +146,9 @@ AUTHENTICATING = ChannelState.AUTHENTICATING
 #: Packets a client may send after CONNECT while its authentication runs (MQTT lets it
 #: send before CONNACK); past this the connection is closed.
 MAX_HELD = 1000
+#: AUTH 0x18 round trips one enhanced authentication exchange may take (SCRAM takes one);
+#: past this the client is refused, whatever the method says.
+MAX_AUTH_ROUNDS = 8
 _PROTO = CloseReason.PROTOCOL_ERROR
 # Module constants: an enum member looked up on its class costs ~60 ns, every ack.
 _UNKNOWN: Final = AckFault.UNKNOWN
@@ -153,6 +165,12 @@ class ChannelServices(Protocol):
     def authenticate(self, client: ClientInfo, password: bytes | None,
                      done: Callable[[AuthResult], None]) -> AuthResult | None:
         """The verdict at once, or None and ``done(verdict)`` later on the loop's thread."""
+        ...
+
+    def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
+                      ) -> EnhancedAuth | None:
+        """An exchange of the MQTT 5 Authentication Method ``method``, or None when no
+        provider offers it."""
         ...
 
     def check_acl(self, client: ClientInfo, action: str, topic: str) -> int:
@@ -225,6 +243,7 @@ class Channel:
         "proto_name", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
         "superuser", "auth_acl", "_held",
+        "auth_method", "_auth",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -282,6 +301,10 @@ class Channel:
         #: Packets received while authentication runs, applied after CONNACK.
         self._held: list[Any] | None = None  # type: ignore[explicit-any]  # any packet
         self._clientinfo: ClientInfo | None = None
+        #: MQTT 5 enhanced authentication: the method the CONNECT named (every AUTH must
+        #: name it too), and the exchange under way (at CONNECT or re-authenticating).
+        self.auth_method: str | None = None
+        self._auth: _Exchange | None = None
 
     @property
     def clientinfo(self) -> ClientInfo:
@@ -427,9 +450,7 @@ class Channel:
             elif ptype == CONNECT:
                 self._close(_PROTO, "second CONNECT", RC.PROTOCOL_ERROR)
             elif ptype == AUTH:
-                # No enhanced authentication was started at CONNECT [MQTT-4.12.0-7].
-                self._close(_PROTO, "AUTH without an authentication method",
-                            RC.PROTOCOL_ERROR)
+                self._in_auth(packet)
             else:  # CONNACK, SUBACK, UNSUBACK, PINGRESP: server-only packets
                 self._close(_PROTO, "server-only packet from a client",
                             RC.PROTOCOL_ERROR)
@@ -439,6 +460,9 @@ class Channel:
             else:
                 self._close(_PROTO, "first packet is not CONNECT")
         elif self.state == AUTHENTICATING:
+            if self._auth is not None:  # an AUTH exchange with the client, not a provider
+                self._in_connect_auth(ptype, packet)
+                return self.out
             held = self._held
             assert held is not None
             if ptype == CONNECT:
@@ -530,8 +554,9 @@ class Channel:
         self._clientinfo = None  # the id is settled: hooks from here on see it
         if len(client_id) > zone.max_clientid_len or has_disallowed_chars(client_id):
             return self._refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "client id not allowed")
-        if "authentication_method" in props:
-            return self._refuse(RC.BAD_AUTHENTICATION_METHOD, "unsupported authentication method")
+        method = props.get("authentication_method")
+        if method is not None:  # MQTT 5 enhanced authentication: an AUTH exchange decides
+            return self._start_connect_auth(method, p, props, assigned)
         result = self.services.authenticate(
             self._describe(), p.password,
             lambda verdict: self._authenticated(p, props, assigned, verdict))
@@ -558,8 +583,11 @@ class Channel:
             self.wakeup()
 
     def _connect_accepted(self, p: Connect, props: Properties, assigned: str | None,
-                          result: AuthResult) -> None:
-        """The rest of CONNECT once authentication has answered."""
+                          result: AuthResult, auth_data: bytes | None = None,
+                          identity: str | None = None) -> None:
+        """The rest of CONNECT once authentication has answered (an enhanced
+        authentication exchange also gives its last Authentication Data for the CONNACK and
+        the identity it proved)."""
         if result.code:
             if result.reason:
                 log.info("refusing %s from %s: %s", self.client_id, self.peer, result.reason)
@@ -586,7 +614,7 @@ class Channel:
             self.will = Message(zone.mountpoint + will.topic, will.payload, will.qos, will.retain,
                                 will_props, client_id)
         self.client_id = client_id
-        self.username = p.username
+        self.username = p.username if identity is None else identity
         keepalive = p.keepalive
         ack_props: Properties = {}
         if version == 5:
@@ -637,6 +665,10 @@ class Channel:
                 ack_props["wildcard_subscription_available"] = 0
             if not zone.shared_subscription:
                 ack_props["shared_subscription_available"] = 0
+            if self.auth_method is not None:  # [MQTT-4.12.0-5]
+                ack_props["authentication_method"] = self.auth_method
+                if auth_data:
+                    ack_props["authentication_data"] = auth_data
         metrics = self.metrics
         metrics.inc(CLIENT_CONNACK)
         if hooks.client_connack:
@@ -669,6 +701,116 @@ class Channel:
             else:
                 self._send(Pubrel(pid))
         self.drain()
+
+    # --- AUTH: MQTT 5 enhanced authentication (spec 4.12) ---------------------------------
+
+    def _start_connect_auth(self, method: str, p: Connect, props: Properties,
+                            assigned: str | None) -> None:
+        """A CONNECT naming an Authentication Method: the exchange decides instead of the
+        password chain; CONNACK 0x8C when no provider offers the method [MQTT-4.12.0-1]."""
+        auth = self.services.enhanced_auth(method, self._describe())
+        if auth is None:
+            return self._refuse(RC.BAD_AUTHENTICATION_METHOD,
+                                "unsupported authentication method")
+        self.auth_method = method
+        self._auth = _Exchange(auth, p, props, assigned)
+        self.state = AUTHENTICATING  # the connect timeout still runs: idle_timeout bounds it
+        self._connect_auth_step(auth.start(self._describe(), props.get("authentication_data")))
+
+    def _in_connect_auth(self, ptype: int, packet: Auth) -> None:
+        """A packet while the CONNECT's exchange runs: only AUTH 0x18 or DISCONNECT
+        [MQTT-3.1.2-30]. Anything else is refused with CONNACK 0x82 (no DISCONNECT may
+        come before a CONNACK [MQTT-3.14.0-1]). ``packet`` is read only when it is an AUTH."""
+        if ptype == AUTH:
+            why = self._auth_error(packet, RC.CONTINUE_AUTHENTICATION)
+            if why is not None:
+                return self._refuse(RC.PROTOCOL_ERROR, why)
+            auth = self._auth
+            assert auth is not None
+            self._connect_auth_step(auth.exchange.next(
+                packet.properties.get("authentication_data")))
+        elif ptype == DISCONNECT:
+            self._close(CloseReason.NORMAL, "client disconnected during authentication")
+        else:
+            self._refuse(RC.PROTOCOL_ERROR, "only AUTH may come before CONNACK during "
+                                            "enhanced authentication")
+
+    def _connect_auth_step(self, step: AuthStep) -> None:
+        """The CONNECT's exchange answered: AUTH 0x18 to go on, else CONNACK."""
+        auth = self._auth
+        assert auth is not None and auth.connect is not None
+        if step.result is None:
+            auth.rounds += 1
+            if auth.rounds > MAX_AUTH_ROUNDS:
+                return self._refuse(RC.NOT_AUTHORIZED, "too many authentication rounds")
+            self._send_auth(RC.CONTINUE_AUTHENTICATION, step.data)
+            return
+        self._auth = None
+        self.state = IDLE
+        self._connect_accepted(auth.connect, auth.props, auth.assigned, step.result,
+                               step.data, step.username)
+
+    def _in_auth(self, p: Auth) -> None:
+        """AUTH after CONNACK: 0x19 re-authenticates with the CONNECT's method
+        [MQTT-4.12.1-1], 0x18 continues that exchange; anything else is a protocol error."""
+        method = self.auth_method
+        if method is None:  # no enhanced authentication was started at CONNECT
+            return self._close(_PROTO, "AUTH without an authentication method at CONNECT",
+                               RC.PROTOCOL_ERROR)  # [MQTT-4.12.0-7]
+        auth = self._auth
+        why = self._auth_error(p, RC.RE_AUTHENTICATE if auth is None
+                               else RC.CONTINUE_AUTHENTICATION)
+        if why is not None:
+            return self._close(_PROTO, why, RC.PROTOCOL_ERROR)
+        data = p.properties.get("authentication_data")
+        if auth is None:
+            exchange = self.services.enhanced_auth(method, self.clientinfo, reauth=True)
+            if exchange is None:  # the provider went away (configuration reloaded)
+                return self._close(CloseReason.NOT_AUTHORIZED,
+                                   "re-authentication method no longer offered",
+                                   RC.NOT_AUTHORIZED)
+            auth = self._auth = _Exchange(exchange)
+            step = exchange.start(self.clientinfo, data)
+        else:
+            step = auth.exchange.next(data)
+        if step.result is None:
+            auth.rounds += 1
+            if auth.rounds <= MAX_AUTH_ROUNDS:
+                self._send_auth(RC.CONTINUE_AUTHENTICATION, step.data)
+                return
+            step = AuthStep(result=AuthResult(RC.NOT_AUTHORIZED,
+                                              reason="too many authentication rounds"))
+        self._auth = None
+        result = step.result
+        assert result is not None
+        code, reason = result.code, result.reason
+        if not code and step.username is not None and step.username != self.username:
+            code, reason = RC.NOT_AUTHORIZED, "re-authenticated as another user"
+        if code:  # DISCONNECT and close [MQTT-4.12.1-2]
+            log.info("re-authentication of %s from %s failed: %s", self.client_id, self.peer,
+                     reason or "not authorized")
+            return self._close(CloseReason.NOT_AUTHORIZED, "re-authentication failed",
+                               code if code in DISCONNECT_CODES else RC.NOT_AUTHORIZED)
+        # The identity is confirmed; what the first authentication granted stays.
+        self._send_auth(RC.SUCCESS, step.data)
+
+    def _auth_error(self, p: Auth, expected: int) -> str | None:
+        """Why an AUTH is a protocol error here (None: it is not): its reason code, or its
+        method missing or another than the CONNECT's [MQTT-4.12.0-5]."""
+        method = p.properties.get("authentication_method")
+        if method is None:
+            return "AUTH without an authentication method"
+        if method != self.auth_method:
+            return "AUTH with another authentication method than CONNECT's"
+        if p.reason_code != expected:
+            return "AUTH 0x%02X out of sequence (0x%02X expected)" % (p.reason_code, expected)
+        return None
+
+    def _send_auth(self, code: int, data: bytes | None) -> None:
+        props: Properties = {"authentication_method": self.auth_method}
+        if data:
+            props["authentication_data"] = data
+        self._send(Auth(code, props))
 
     # --- PUBLISH from the client ------------------------------------------------------
 
@@ -1075,3 +1217,18 @@ def _mount(mountpoint: str, topic_filter: str) -> str:
         return mountpoint + topic_filter
     group, real = share
     return ("$share/%s/" % group if group is not None else "$queue/") + mountpoint + real
+
+
+class _Exchange:
+    """An enhanced authentication exchange under way: the CONNECT's (with what its CONNACK
+    needs) or a re-authentication (``connect`` None)."""
+
+    __slots__ = ("exchange", "connect", "props", "assigned", "rounds")
+
+    def __init__(self, exchange: EnhancedAuth, connect: Connect | None = None,
+                 props: Properties | None = None, assigned: str | None = None) -> None:
+        self.exchange = exchange
+        self.connect = connect
+        self.props: Properties = props if props is not None else {}
+        self.assigned = assigned
+        self.rounds = 0

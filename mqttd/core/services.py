@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 from .message import Message
 
-__all__ = ["AuthResult", "Authenticator", "Authorizer", "ClientInfo", "CloseReason", "Delivery",
-           "EncodedCache", "SessionOwner", "Subscriber", "TimerHandle", "Timers"]
+__all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "ClientInfo", "CloseReason",
+           "Delivery", "EncodedCache", "EnhancedAuth", "SessionOwner", "Subscriber",
+           "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
 #: group or None). Shared deliveries carry their group (a ``core.router.SharedGroup``,
@@ -70,6 +71,7 @@ class CloseReason(enum.StrEnum):
     CONNECT_REFUSED = "connack_error"        # CONNECT refused (auth, id, limits)
     CONNECT_TIMEOUT = "idle_timeout"         # no CONNECT within idle_timeout
     INTERNAL_ERROR = "internal_error"        # a bug in the broker (logged, counted)
+    NOT_AUTHORIZED = "not_authorized"        # a refused publish/subscribe (deny_action)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,33 @@ class AuthResult:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class AuthStep:
+    """One step of an MQTT 5 enhanced authentication exchange (spec 4.12), as the server
+    side answers it: go on (``result`` None: the channel sends AUTH 0x18 with ``data``) or
+    the verdict (CONNACK, or after a re-authentication AUTH 0x00 / DISCONNECT)."""
+
+    #: Authentication Data for the client (a challenge, or the server's final message).
+    data: bytes | None = None
+    #: None while the exchange goes on; else the verdict.
+    result: AuthResult | None = None
+    #: The user name the exchange is about: claimed by the client's first message (the
+    #: admission gates see it), proven once ``result`` accepts; then it becomes the
+    #: client's user name, which authorization and hooks see.
+    username: str | None = None
+
+
+class EnhancedAuth(Protocol):
+    """One exchange of an enhanced authentication method (SCRAM, ...), driven by the
+    channel: ``start`` with the CONNECT's (or a re-authenticating AUTH's) Authentication
+    Data, then ``next`` with each AUTH 0x18's. Both answer at once on the loop: a method
+    must be cheap per step (SCRAM's server side is a few HMACs over stored keys)."""
+
+    def start(self, client: ClientInfo, data: bytes | None) -> AuthStep: ...
+
+    def next(self, data: bytes | None) -> AuthStep: ...
+
+
 class Authenticator(Protocol):
     """The authentication chain (``mqttd/access``) as the broker calls it."""
 
@@ -160,6 +189,13 @@ class Authenticator(Protocol):
                      done: Callable[[AuthResult], None]) -> AuthResult | None:
         """Answer at once, or return None and call ``done`` later on the loop's thread
         (password hashing and remote providers run off the event loop)."""
+        ...
+
+    def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
+                      ) -> EnhancedAuth | None:
+        """A new exchange for the Authentication Method ``method``, or None if no provider
+        offers it (CONNACK 0x8C). ``reauth``: the client is connected and re-authenticates
+        (the admission gates, asked once per connection, are not asked again)."""
         ...
 
 

@@ -407,3 +407,12 @@ def auth(reason_code: int | None = None, properties: bytes | None = None, *, fla
     if properties is not None:
         body += properties
     return packet(AUTH, flags, body, extra=extra)
+
+
+def auth_properties(method: str | bytes, data: bytes | None = None, *more: PropItem) -> bytes:
+    """The property block of an MQTT 5 enhanced authentication CONNECT or AUTH (3.15.2.2):
+    Authentication Method, Authentication Data when given, then ``more``."""
+    items: list[PropItem] = [("authentication_method", method)]
+    if data is not None:
+        items.append(("authentication_data", data))
+    return props(*items, *more)
