@@ -46,6 +46,7 @@ __all__ = [
     "CONNECTIONS_REFUSED_MAX_CONN_RATE",
     "COUNT",
     "DELIVERY_DROPPED_EXPIRED",
+    "DELIVERY_DROPPED_NOT_AUTHORIZED",
     "DELIVERY_DROPPED_NO_LOCAL",
     "DELIVERY_DROPPED_QOS0_MSG",
     "DELIVERY_DROPPED_QUEUE_FULL",
@@ -210,9 +211,11 @@ WORKERS_RESTARTED = 80
 HOOKS_FAILED = 81
 CONNECTIONS_REFUSED_BANNED = 82
 CONNECTIONS_FLAPPING = 83
+# delivery (added after the node family, to keep every earlier index)
+DELIVERY_DROPPED_NOT_AUTHORIZED = 84
 
 #: Number of counters.
-COUNT = 84
+COUNT = 85
 
 #: Every counter's name, in index order.
 NAMES: tuple[str, ...] = (
@@ -242,6 +245,7 @@ NAMES: tuple[str, ...] = (
     "connections.refused.max_connections", "connections.refused.max_conn_rate",
     "connections.crashed", "connections.rate_limited", "workers.restarted", "hooks.failed",
     "connections.refused.banned", "connections.flapping",
+    "delivery.dropped.not_authorized",
 )
 
 #: Metrics EMQX increments together with others: each is kept here as the sum of the
@@ -267,7 +271,7 @@ DERIVED: dict[str, tuple[int, ...]] = {
     "messages.dropped": (MESSAGES_DROPPED_EXPIRED, MESSAGES_DROPPED_NO_SUBSCRIBERS),
     "delivery.dropped": (
         DELIVERY_DROPPED_TOO_LARGE, DELIVERY_DROPPED_QUEUE_FULL, DELIVERY_DROPPED_QOS0_MSG,
-        DELIVERY_DROPPED_EXPIRED, DELIVERY_DROPPED_NO_LOCAL,
+        DELIVERY_DROPPED_EXPIRED, DELIVERY_DROPPED_NO_LOCAL, DELIVERY_DROPPED_NOT_AUTHORIZED,
     ),
     "client.authenticate": (CLIENT_AUTH_SUCCESS, CLIENT_AUTH_FAILURE, CLIENT_AUTH_IGNORE),
     "client.check_acl": (CLIENT_ACL_ALLOW, CLIENT_ACL_DENY, CLIENT_ACL_IGNORE),
@@ -303,6 +307,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "delivery": (
         "delivery.dropped", "delivery.dropped.too_large", "delivery.dropped.queue_full",
         "delivery.dropped.qos0_msg", "delivery.dropped.expired", "delivery.dropped.no_local",
+        "delivery.dropped.not_authorized",
     ),
     "client": (
         "client.connect", "client.connack", "client.authenticate", "client.auth.success",

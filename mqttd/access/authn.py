@@ -229,10 +229,18 @@ class AuthChain:
         return self._executor
 
     def reload(self) -> None:
-        """Re-read every provider's files; forget cached successes."""
+        """Re-read every provider's files; forget cached successes. A provider that cannot
+        reload keeps its old data; AccessError then lists every such provider's problems
+        (the others are reloaded all the same)."""
+        errors: list[str] = []
         for provider in self.providers:
-            provider.reload()
+            try:
+                provider.reload()
+            except AccessError as err:
+                errors += err.errors
         self._cache.clear()
+        if errors:
+            raise AccessError(errors)
 
     def close(self) -> None:
         for task in list(self._tasks):

@@ -25,6 +25,9 @@ from .authn import AccessError
 
 log = logging.getLogger("mqttd.access")
 
+_monotonic = time.monotonic
+_NOT_AUTHORIZED = int(RC.NOT_AUTHORIZED)  # a plain int: an enum member costs a lookup
+
 __all__ = ["AuthzChain", "Source", "register_source"]
 
 
@@ -82,14 +85,28 @@ class AuthzChain:
         #: client id -> {(action, topic): (allowed, expires)}
         self._cache: dict[str, dict[tuple[str, str], tuple[bool, float]]] = {}
 
+    def delivery_check(self, client: ClientInfo) -> Callable[[ClientInfo, str, str], int] | None:
+        """:meth:`check`, or None when nothing could refuse ``client`` a delivery: no source,
+        no client ACL, and no_match allows (the chain a JWT or HTTP provider brings without
+        ``[authz]``, for a client whose login attached no ACL)."""
+        if not self.sources and self._no_match and not callable(client.acl):
+            return None
+        return self.check
+
     @property
     def disconnect_on_deny(self) -> bool:
         """``deny_action = "disconnect"``: a denied publish/subscribe closes the client."""
         return self.settings.deny_action == "disconnect"
 
     def check(self, client: ClientInfo, action: str, topic: str) -> int:
-        allowed = self.allowed(client, action, topic)
-        return 0 if allowed else RC.NOT_AUTHORIZED
+        # A cached decision is the common case (every delivery asks): answered here,
+        # without the call into allowed() and its settings lookups.
+        entries = self._cache.get(client.client_id)
+        if entries is not None:
+            hit = entries.get((action, topic))
+            if hit is not None and hit[1] > _monotonic():
+                return 0 if hit[0] else _NOT_AUTHORIZED
+        return 0 if self.allowed(client, action, topic) else _NOT_AUTHORIZED
 
     def allowed(self, client: ClientInfo, action: str, topic: str) -> bool:
         """The decision, from the client's cache or the chain."""
@@ -124,12 +141,40 @@ class AuthzChain:
                 return verdict
         return self._no_match
 
+    def explain(self, client: ClientInfo, action: str, topic: str) -> tuple[bool, str]:
+        """The decision the chain makes now (no cache, no hook) and who made it: for
+        ``mqttd ctl acl check``. A source with an ``explain`` method names its rule."""
+        if client.superuser:
+            return True, "superuser (authorization is skipped)"
+        acl = client.acl
+        if callable(acl):
+            verdict = acl(action, topic)
+            if verdict is not None:
+                return bool(verdict), "the client ACL its authentication attached"
+        for source in self.sources:
+            explain = getattr(source, "explain", None)
+            if explain is not None:
+                verdict, why = explain(client, action, topic)
+            else:
+                verdict, why = source.check(client, action, topic), source.description
+            if verdict is not None:
+                return verdict, why
+        return self._no_match, f"no source matched: no_match = {self.settings.no_match}"
+
     def forget(self, client_id: str) -> None:
         """Drop one client's cached decisions (it disconnected, or its ACL changed)."""
         self._cache.pop(client_id, None)
 
     def reload(self) -> None:
-        """Re-read every source; every cached decision goes."""
+        """Re-read every source; every cached decision goes. A source that cannot reload
+        keeps its old rules; AccessError then lists every such source's problems (the
+        others are reloaded all the same)."""
+        errors: list[str] = []
         for source in self.sources:
-            source.reload()
+            try:
+                source.reload()
+            except AccessError as err:
+                errors += err.errors
         self._cache.clear()
+        if errors:
+            raise AccessError(errors)

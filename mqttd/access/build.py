@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from . import http, jwt, password_file  # noqa: F401  (imported: register their provider types)
+from .acl_file import AclFile  # noqa: F401  (imported: registers its source type)
 from .authn import AccessError, AuthChain, Gate, build_providers
 from .authz import AuthzChain, build_sources
 from .banned import BANNED_FILE, BannedTable, kick_banned

@@ -163,6 +163,23 @@ class Broker:
         metrics.inc(CLIENT_ACL_IGNORE)
         return 0
 
+    def delivery_check(self, client: ClientInfo) -> Callable[[ClientInfo, str, str], int] | None:
+        """What a channel calls before each delivery to ``client`` (``check(client,
+        "deliver", topic)``: 0 allows), or None when nothing is to be checked: no
+        authorization chain, or a superuser. Asked once, at CONNACK, so that a broker
+        without authorization pays one ``None`` test per delivery. Deliveries are not
+        counted in client.acl.* and do not run the client.check_acl hook (a refused one is
+        counted in delivery.dropped.not_authorized)."""
+        authorizer = self.authorizer
+        if authorizer is None or client.superuser:
+            return None
+        return authorizer.delivery_check(client)
+
+    def disconnect_on_deny(self) -> bool:
+        """Whether a refused publish or subscribe closes the client (``deny_action``)."""
+        authorizer = self.authorizer
+        return authorizer is not None and authorizer.disconnect_on_deny
+
     # --- messages ---------------------------------------------------------------------
 
     def publish(self, msg: Message) -> int:
@@ -226,11 +243,20 @@ class Broker:
 
     def open_session(self, owner: SessionOwner, zone: Zone, clean_start: bool, expiry: int,
                      *, max_inflight: int) -> tuple[Session, bool]:
+        authorizer = self.authorizer
+        if authorizer is not None:
+            # Decisions are cached by client id: one taken over (perhaps by another user)
+            # must not lend its decisions to the new connection.
+            authorizer.forget(owner.client_id)
         return self.registry.open_session(owner, zone, clean_start, expiry,
                                           max_inflight=max_inflight)
 
     def close_session(self, owner: SessionOwner) -> None:
         self.registry.detach(owner)
+        authorizer = self.authorizer
+        if authorizer is not None:  # the cache must not keep every client id ever seen
+            authorizer.forget(owner.client_id)
+
 
 class _SettledExchange:
     """An enhanced authentication exchange whose verdict goes through the broker's

@@ -207,3 +207,20 @@ class Authorizer(Protocol):
         the reason code to refuse it with (0x87)."""
         ...
 
+    def delivery_check(self, client: ClientInfo) -> Callable[[ClientInfo, str, str], int] | None:
+        """What to call before each delivery to ``client`` (``check``, with the action
+        "deliver"), or None when nothing could refuse it one (no source, no client ACL,
+        and no_match allows). Asked once per connection, at CONNACK."""
+        ...
+
+    @property
+    def disconnect_on_deny(self) -> bool:
+        """``deny_action = "disconnect"``: a refused publish or subscribe closes the client
+        (MQTT 5: DISCONNECT 0x87) instead of answering 0x87 in its ack."""
+        ...
+
+    def forget(self, client_id: str) -> None:
+        """Drop what was remembered for ``client_id`` (cached decisions): it connected
+        anew (perhaps as another user) or left."""
+        ...
+

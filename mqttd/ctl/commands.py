@@ -573,6 +573,23 @@ async def cmd_banned_del(ctx: Context, a: Args) -> None:
     ctx.result("ok", data)
 
 
+# --- acl ------------------------------------------------------------------------------------
+
+async def cmd_acl_reload(ctx: Context, a: Args) -> None:
+    try:
+        data = ctx.mgmt.acl.reload(by=BY)
+    except Failed as err:
+        raise CtlError(f"Error: {err.message}") from None
+    ctx.result("\n".join(f"Reloaded {d}" for d in data["reloaded"]), data)
+
+
+async def cmd_acl_check(ctx: Context, a: Args) -> None:
+    client_id, username, action, topic = a.pos
+    data = ctx.mgmt.acl.check(client_id, username or None, action, topic)
+    ctx.kv([(k, data[k]) for k in ("result", "by", "clientid", "username", "action", "topic",
+                                   "connected", "superuser")], data, width=10)
+
+
 # The usage table: help prints it in this order. One line, one usage.
 COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("status", cmd_status, "Show node status: version, uptime, speedups"),
@@ -624,6 +641,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("plugins list", cmd_plugins_list, "List loaded and installed plugins"),
     ("plugins load <Plugin>", cmd_plugins_load, "Load a plugin (module:Class or entry point)"),
     ("plugins unload <Plugin>", cmd_plugins_unload, "Unload a plugin"),
+    ("acl reload", cmd_acl_reload,
+     "Re-read the password, credentials and ACL files (a bad one is kept as it was)"),
+    ("acl check <ClientId> <Username> publish|subscribe|deliver <Topic>", cmd_acl_check,
+     "Show what authorization decides and which rule decided ('' : no user name)"),
     ("vm", cmd_vm, "Show memory, CPU, file descriptors, tasks and event-loop lag"),
     ("log level [<Level>]", cmd_log_level, "Show or set the log level: debug|info|warning|error"),
     ("stop", cmd_stop, "Stop mqttd gracefully"),

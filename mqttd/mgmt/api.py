@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .access import Acl
 from .banned import Banned
 from .clients import Clients
 from .listeners import Listeners
@@ -74,6 +75,7 @@ class Management:
         #: files are read then), None before.
         self.access = access
         self.banned = Banned(access)
+        self.acl = Acl(access, broker.registry)
 
     @property
     def node_name(self) -> str:
