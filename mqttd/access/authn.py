@@ -132,6 +132,7 @@ class AuthChain:
         self._cache: dict[tuple[str | None, bytes], tuple[AuthResult, float]] = {}
         self._cache_key = os.urandom(32)
         self._tasks: set[asyncio.Task[AuthResult]] = set()
+        self._busy_logged = -10.0
         #: What close() started and wait_closed() awaits (HTTP sessions closing).
         self._closing: list[Awaitable[None]] = []
         #: Enhanced authentication method -> the first provider offering it.
@@ -156,6 +157,11 @@ class AuthChain:
                 return hit[0]
         if self._inline:
             return self._decide_inline(client, password)
+        if len(self._tasks) >= MAX_PENDING:
+            # A connect storm (or an attack with wrong passwords) must not queue hashing
+            # work without end: past this many checks in progress, refuse at once.
+            self._warn_busy()
+            return _BUSY
         task = asyncio.get_running_loop().create_task(self._decide(client, password, key))
         self._tasks.add(task)
 
@@ -183,6 +189,14 @@ class AuthChain:
             return None
         exchange = provider.exchange(method)
         return exchange if reauth or not self.gates else _Gated(exchange, self.gates)
+
+    def _warn_busy(self) -> None:
+        now = time.monotonic()
+        if now - self._busy_logged >= 10.0:
+            self._busy_logged = now
+            log.warning("%d authentications in progress: refusing new connections with 0x89 "
+                        "(server busy) until some finish (logged at most every 10 s)",
+                        len(self._tasks))
 
     def _decide_inline(self, client: ClientInfo, password: bytes | None) -> AuthResult:
         for provider in self.providers:
@@ -262,6 +276,11 @@ class AuthChain:
 
 #: Every provider ignored the client: allow_anonymous decides.
 _IGNORED = AuthResult(0, decided=False)
+
+#: Authentications (hashing, remote calls) in progress at most; more are refused with 0x89
+#: (server busy), which MQTT 5 clients take as "retry later".
+MAX_PENDING = 1024
+_BUSY = AuthResult(0x89, reason="server busy: too many authentications in progress")
 
 
 class _Gated:

@@ -123,11 +123,16 @@ class Broker:
         hooks = self.hooks
         decided = result.decided
         code = result.code
+        reason = result.reason
         if not decided and not self.allow_anonymous(client):
             # Nobody vouched for the client and the listener wants someone to: refused
             # even with a user name (mosquitto 2 and EMQX do the same).
-            code = RC.BAD_USER_NAME_OR_PASSWORD if client.username is not None \
-                else RC.NOT_AUTHORIZED
+            if client.username is not None:
+                code = RC.BAD_USER_NAME_OR_PASSWORD
+                reason = "no authentication provider accepted the user name"
+            else:
+                code = RC.NOT_AUTHORIZED
+                reason = "anonymous clients are not allowed"
         if hooks.client_authenticate:
             code = int(hooks.run_fold("client.authenticate", (client.client_id,
                                       client.username, password, client.peer), code))
@@ -141,7 +146,8 @@ class Broker:
         if code == result.code and decided == result.decided:
             return result
         if code:
-            return AuthResult(code, True, reason=result.reason or "not authorized")
+            return AuthResult(code, True,
+                              reason=reason or "refused by a client.authenticate hook")
         return AuthResult(0, True, result.superuser, result.acl)
 
     def check_acl(self, client: ClientInfo, action: str, topic: str) -> int:

@@ -603,9 +603,10 @@ class Channel:
         authentication exchange also gives its last Authentication Data for the CONNACK and
         the identity it proved)."""
         if result.code:
-            if result.reason:
-                log.info("refusing %s from %s: %s", self.client_id, self.peer, result.reason)
-            return self._refuse(result.code, "authentication failed")
+            reason = result.reason or "authentication failed"
+            # Logged at info (an operator's first question), never with the password.
+            log.info("refusing %s from %s: %s", self.client_id, self.peer, reason)
+            return self._refuse(result.code, reason)
         self.superuser = result.superuser
         self.auth_acl = result.acl
         zone = self.zone
