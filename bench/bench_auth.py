@@ -70,7 +70,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_broker(kind: str, workdir: Path, passwd: Path, core: int
+def start_broker(kind: str, workdir: Path, passwd: Path, core: int, hash_threads: int = 2
                  ) -> tuple[subprocess.Popen[bytes], int]:
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "broker.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -90,7 +90,8 @@ def start_broker(kind: str, workdir: Path, passwd: Path, core: int
     else:
         port = free_port()
         conf = workdir / "mqttd.toml"
-        conf.write_text(f'[auth]\npassword_file = "{passwd}"\n\n[mqtt]\nallow_anonymous = false\n\n'
+        conf.write_text(f'[auth]\npassword_file = "{passwd}"\nhash_threads = {hash_threads}\n\n'
+                        f'[mqtt]\nallow_anonymous = false\n\n'
                         f'[listeners.default]\nbind = "127.0.0.1"\nport = {port}\n')
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "mqttd", "start", "-c", str(conf),
@@ -167,6 +168,7 @@ def main() -> int:
     ap.add_argument("--broker-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
     ap.add_argument("--brokers", default="mqttd,mosquitto")
+    ap.add_argument("--hash-threads", type=int, default=2, help="mqttd's [auth] hash_threads")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (CI)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
@@ -184,7 +186,7 @@ def main() -> int:
         for rep in range(args.repeat):
             for kind in brokers:
                 proc, port = start_broker(kind, Path(tmp) / f"{kind}-{rep}", passwd,
-                                          args.broker_core)
+                                          args.broker_core, args.hash_threads)
                 try:
                     cold = asyncio.run(storm(port, args.users, args.concurrency, "a"))
                     warm = asyncio.run(storm(port, args.users, args.concurrency, "b"))

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, runtime_checkable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 from ..config import AccessSpec, AuthSettings
 from ..core.services import AuthResult, AuthStep, ClientInfo, EnhancedAuth
@@ -131,7 +132,9 @@ class AuthChain:
         self._executor: ThreadPoolExecutor | None = None
         self._cache: dict[tuple[str | None, bytes], tuple[AuthResult, float]] = {}
         self._cache_key = os.urandom(32)
-        self._tasks: set[asyncio.Task[AuthResult]] = set()
+        #: Remote (async) checks running; their count and the hashing jobs' in _pending.
+        self._tasks: set[asyncio.Future[AuthResult | None]] = set()
+        self._pending = 0
         self._busy_logged = -10.0
         #: What close() started and wait_closed() awaits (HTTP sessions closing).
         self._closing: list[Awaitable[None]] = []
@@ -157,28 +160,77 @@ class AuthChain:
                 return hit[0]
         if self._inline:
             return self._decide_inline(client, password)
-        if len(self._tasks) >= MAX_PENDING:
+        if self._pending >= MAX_PENDING:
             # A connect storm (or an attack with wrong passwords) must not queue hashing
             # work without end: past this many checks in progress, refuse at once.
             self._warn_busy()
             return _BUSY
-        task = asyncio.get_running_loop().create_task(self._decide(client, password, key))
-        self._tasks.add(task)
-
-        def finished(t: asyncio.Task[AuthResult]) -> None:
-            self._tasks.discard(t)
-            if t.cancelled():
-                return
-            exc = t.exception()
-            if exc is not None:
-                log.error("authentication of %s failed: %s: %s", client.client_id,
-                          type(exc).__name__, exc)
-                done(AuthResult(0x80, reason="authentication error"))
-            else:
-                done(t.result())
-
-        task.add_done_callback(finished)
+        self._pending += 1
+        self._step(0, client, password, key, done)
         return None
+
+    # The chain off the loop is driven by callbacks, not a coroutine per CONNECT: a task
+    # and asyncio.wrap_future cost more than the PBKDF2 of mosquitto_passwd's 101 rounds.
+
+    def _step(self, i: int, client: ClientInfo, password: bytes | None,
+              key: tuple[str | None, bytes] | None, done: Callable[[AuthResult], None]
+              ) -> None:
+        """Ask providers from the ``i``-th on; returns when one answers or must be waited
+        for (its answer comes back through ``_resume``)."""
+        providers = self.providers
+        while i < len(providers):
+            provider = providers[i]
+            kind = provider.kind
+            if kind == "blocking":
+                loop = asyncio.get_running_loop()
+                future = self._pool().submit(provider.check, client, password)
+                future.add_done_callback(functools.partial(
+                    _back_to_loop, loop, functools.partial(self._resume, i, client,
+                                                           password, key, done)))
+                return
+            if kind == "async":
+                task = asyncio.ensure_future(provider.check(client, password))  # type: ignore[arg-type]
+                self._tasks.add(task)
+                task.add_done_callback(functools.partial(self._resume, i, client, password,
+                                                         key, done))
+                return
+            result = provider.check(client, password)
+            if result is not None:
+                self._finish(result, done)  # type: ignore[arg-type]  # a sync answer
+                return
+            i += 1
+        self._finish(_IGNORED, done)
+
+    def _resume(self, i: int, client: ClientInfo, password: bytes | None,
+                key: tuple[str | None, bytes] | None, done: Callable[[AuthResult], None],
+                future: Future[AuthResult | None] | asyncio.Future[AuthResult | None]
+                ) -> None:
+        """Provider ``i`` answered (back on the loop's thread)."""
+        if isinstance(future, asyncio.Task):
+            self._tasks.discard(future)
+        if future.cancelled():
+            self._pending -= 1
+            return  # closing: nobody waits for the answer any more
+        exc = future.exception()
+        if exc is not None:
+            log.error("authentication of %s failed in %s: %s: %s", client.client_id,
+                      self.providers[i].description, type(exc).__name__, exc)
+            self._finish(AuthResult(0x80, reason="authentication error"), done)
+            return
+        result = future.result()
+        if result is None:
+            self._step(i + 1, client, password, key, done)
+            return
+        # Only what costs a hash is remembered: a token's expiry and claims, or a remote
+        # server's per-client answer, must be judged every time.
+        if (not result.code and key is not None and self.providers[i].kind == "blocking"
+                and self.settings.cache_ttl > 0):
+            self._remember(key, result)
+        self._finish(result, done)
+
+    def _finish(self, result: AuthResult, done: Callable[[AuthResult], None]) -> None:
+        self._pending -= 1
+        done(result)
 
     def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
                       ) -> EnhancedAuth | None:
@@ -196,33 +248,13 @@ class AuthChain:
             self._busy_logged = now
             log.warning("%d authentications in progress: refusing new connections with 0x89 "
                         "(server busy) until some finish (logged at most every 10 s)",
-                        len(self._tasks))
+                        self._pending)
 
     def _decide_inline(self, client: ClientInfo, password: bytes | None) -> AuthResult:
         for provider in self.providers:
             result = provider.check(client, password)
             if result is not None:
                 return result  # type: ignore[return-value]  # sync providers only here
-        return _IGNORED
-
-    async def _decide(self, client: ClientInfo, password: bytes | None,
-                      key: tuple[str | None, bytes] | None) -> AuthResult:
-        loop = asyncio.get_running_loop()
-        for provider in self.providers:
-            if provider.kind == "blocking":
-                result: Any = await loop.run_in_executor(self._pool(), provider.check,
-                                                         client, password)
-            elif provider.kind == "async":
-                result = await provider.check(client, password)  # type: ignore[misc]
-            else:
-                result = provider.check(client, password)
-            if result is not None:
-                # Only what costs a hash is remembered: a token's expiry and claims, or a
-                # remote server's per-client answer, must be judged every time.
-                if (not result.code and key is not None and provider.kind == "blocking"
-                        and self.settings.cache_ttl > 0):
-                    self._remember(key, result)
-                return result  # type: ignore[no-any-return]
         return _IGNORED
 
     def _key(self, client: ClientInfo, password: bytes | None) -> tuple[str | None, bytes] | None:
@@ -272,6 +304,14 @@ class AuthChain:
         closing, self._closing = self._closing, []
         if closing:
             await asyncio.gather(*closing, return_exceptions=True)
+
+
+def _back_to_loop(loop: asyncio.AbstractEventLoop,
+                  resume: Callable[[Future[AuthResult | None]], None],
+                  future: Future[AuthResult | None]) -> None:
+    """A hashing thread finished: hand the answer to the loop's thread."""
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(resume, future)
 
 
 #: Every provider ignored the client: allow_anonymous decides.
