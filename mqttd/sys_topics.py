@@ -107,7 +107,16 @@ class SysPublisher:
             "connected_at": _ms(client.connected_at),
         }
 
+    def _wanted(self, suffix: str) -> bool:
+        """Whether anyone subscribes to this presence topic: QoS 1 but not retained, a
+        presence message nobody matches is dropped anyway, so it is not even built (a
+        connect and a disconnect otherwise cost two JSON documents and two dispatches)."""
+        return bool(self.dispatcher.router.match(self.prefix + suffix))
+
     def on_connected(self, client: ClientInfo) -> None:
+        suffix = f"clients/{client.client_id}/connected"
+        if not self._wanted(suffix):
+            return
         info = self._client(client)
         info.update({
             "ts": _ms(time.time()),
@@ -116,14 +125,16 @@ class SysPublisher:
             "clean_start": client.clean_start,
             "expiry_interval": client.expiry_interval,
         })
-        self.publish(f"clients/{client.client_id}/connected", _json(info), qos=PRESENCE_QOS)
+        self.publish(suffix, _json(info), qos=PRESENCE_QOS)
 
     def on_disconnected(self, client: ClientInfo, reason: CloseReason) -> None:
+        suffix = f"clients/{client.client_id}/disconnected"
+        if not self._wanted(suffix):
+            return
         now = time.time()
         info = self._client(client)
         info.update({"ts": _ms(now), "reason": reason.value, "disconnected_at": _ms(now)})
-        self.publish(f"clients/{client.client_id}/disconnected", _json(info),
-                     qos=PRESENCE_QOS)
+        self.publish(suffix, _json(info), qos=PRESENCE_QOS)
 
     # --- the periodic topics --------------------------------------------------------
 
