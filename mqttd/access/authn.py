@@ -21,7 +21,6 @@ name and a keyed hash of the password (never the password itself).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import hashlib
 import hmac
@@ -386,7 +385,7 @@ class _Gated:
     def start(self, client: ClientInfo, data: bytes | None) -> AuthStep:
         step = self.exchange.start(client, data)
         if step.username is not None and step.username != client.username:
-            client = dataclasses.replace(client, username=step.username)
+            client = client._replace(username=step.username)
         for gate in self.gates:
             refused = gate.admit(client)
             if refused is not None:

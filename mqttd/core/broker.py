@@ -9,7 +9,6 @@ the broker through this one object and the calls typed in ``core/services.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -289,6 +288,6 @@ class _SettledExchange:
         client = self.client
         assert client is not None  # start() came first
         if step.username is not None and step.username != client.username:
-            client = dataclasses.replace(client, username=step.username)
+            client = client._replace(username=step.username)
         settled = self.broker._settle(client, None, result)
         return step if settled is result else AuthStep(step.data, settled, step.username)
