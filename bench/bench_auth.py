@@ -64,6 +64,12 @@ def write_password_file(path: Path, users: int, iterations: int) -> None:
     path.chmod(0o644)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,7 +194,9 @@ def main() -> int:
                 proc, port = start_broker(kind, Path(tmp) / f"{kind}-{rep}", passwd,
                                           args.broker_core, args.hash_threads)
                 try:
+                    c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                     cold = asyncio.run(storm(port, args.users, args.concurrency, "a"))
+                    cpu = 100 * (cpu_seconds(proc.pid) - c0) / (time.perf_counter() - t0)
                     warm = asyncio.run(storm(port, args.users, args.concurrency, "b"))
                 finally:
                     proc.terminate()
@@ -197,21 +205,34 @@ def main() -> int:
                     print(f"error: {kind} refused {cold[1]} + {warm[1]} good clients",
                           file=sys.stderr)
                     return 1
-                r = results.setdefault(kind, {"cold": [], "warm": [], "stall_ms": []})
+                r = results.setdefault(kind, {"cold": [], "warm": [], "stall_ms": [],
+                                              "cpu": []})
+                r["cpu"].append(cpu)
                 r["cold"].append(cold[0])
                 r["warm"].append(warm[0])
                 r["stall_ms"].append(max(cold[2], warm[2]))
-                print(f"  {kind:<10} #{rep + 1}: first pass {cold[0]:,.0f} conn/s, second "
+                print(f"  {kind:<10} #{rep + 1}: first pass {cold[0]:,.0f} conn/s (broker CPU "
+                      f"{cpu:.0f} %), second "
                       f"{warm[0]:,.0f} conn/s, worst PING {max(cold[2], warm[2]):.1f} ms")
     print(f"\n{args.users} users, PBKDF2-SHA512 {args.iterations:,} iterations, "
           f"{args.concurrency} at a time; medians of {args.repeat}\n")
-    print("| broker | first pass (conn/s) | second pass (conn/s) | worst PING round trip |")
-    print("|---|---:|---:|---:|")
+    print("| broker | first pass (conn/s) | broker CPU, first pass | CPU per CONNECT | "
+          "second pass (conn/s) | worst PING round trip |")
+    print("|---|---:|---:|---:|---:|---:|")
     for kind, r in results.items():
+        per = [c / 100 / rate * 1e6 for c, rate in zip(r["cpu"], r["cold"], strict=True)]
+        r["cpu_us_per_connect"] = per
         print(f"| {kind} | {statistics.median(r['cold']):,.0f} | "
+              f"{statistics.median(r['cpu']):.0f} % | {statistics.median(per):.0f} µs | "
               f"{statistics.median(r['warm']):,.0f} | {statistics.median(r['stall_ms']):.1f} ms |")
     if "mqttd" in results and "mosquitto" in results:
         m, q = results["mqttd"], results["mosquitto"]
+        # Below 100 % CPU the rate is the load generator's (an asyncio client), not the
+        # broker's: the broker CPU each CONNECT costs is then the comparable figure.
+        capacity = (statistics.median(q["cpu_us_per_connect"])
+                    / statistics.median(m["cpu_us_per_connect"]))
+        print(f"\nCPU per CONNECT, mosquitto ÷ mqttd: {capacity:.2f}× (the capacity ratio "
+              "when a broker is the bottleneck)")
         print(f"\nmqttd ÷ mosquitto: first pass "
               f"{statistics.median(m['cold']) / statistics.median(q['cold']):.2f}×, second pass "
               f"{statistics.median(m['warm']) / statistics.median(q['warm']):.2f}×")
