@@ -445,13 +445,14 @@ def test_chain_explain(tmp_path: Path) -> None:
 # --- the broker core: deliveries, takeover, deny_action (real channels, no sockets) --------------
 
 class Superusers:
-    """An authentication provider granting superuser to the user name ``root``."""
+    """An authentication provider vouching for every user name as given, and granting
+    superuser to ``root``."""
 
     kind = "sync"
     description = "test provider"
 
     def check(self, client: ClientInfo, password: bytes | None) -> AuthResult | None:
-        return AuthResult(0, superuser=True) if client.username == "root" else None
+        return AuthResult(0, superuser=client.username == "root")
 
     def reload(self) -> None:
         pass

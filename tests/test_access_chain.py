@@ -103,3 +103,78 @@ def test_successes_are_remembered_by_user_and_password(monkeypatch: pytest.Monke
     chain.close()
     assert [r.code for r in results] == [0, 0, 0x86]
     assert provider.calls == 2
+
+
+class Decides:
+    """A sync provider with an answer for user ``known``."""
+
+    kind = "sync"
+    description = "test"
+
+    def check(self, client: ClientInfo, password: bytes | None) -> AuthResult | None:
+        return AuthResult(0) if client.username == "known" else None
+
+    def reload(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_answer_before_any_wait_is_returned_not_called_back() -> None:
+    """A sync provider deciding ahead of a hashing one: the answer comes back at once (a
+    ``done`` call before authenticate() returned was lost by the channel, which then waited
+    for ever)."""
+    provider = Blocking()
+    provider.release.set()
+    chain = AuthChain(AuthSettings(), [Decides(), provider])  # type: ignore[list-item]
+    called: list[AuthResult] = []
+
+    async def body() -> AuthResult | None:
+        return chain.authenticate(client(0)._replace(username="known"), b"x", called.append)
+
+    result = asyncio.run(body())
+    chain.close()
+    assert result is not None and result.code == 0 and called == [] and provider.calls == 0
+
+
+def test_a_user_name_nobody_knows_is_not_taken_on_trust() -> None:
+    """Providers asked, none knew the user name: refused even where anonymous clients are
+    let in (admitted, it would carry that user's ACL rights without proof)."""
+    from core_util import World
+
+    world = World(allow_anonymous=True)
+    world.broker.authenticator = AuthChain(AuthSettings(), [Decides()])  # type: ignore[list-item]
+    known = world.broker.authenticate(ClientInfo("a", "known", "p"), b"x", lambda r: None)
+    stranger = world.broker.authenticate(ClientInfo("b", "alice", "p"), b"x", lambda r: None)
+    anonymous = world.broker.authenticate(ClientInfo("c", None, "p"), None, lambda r: None)
+    assert known is not None and known.code == 0
+    assert stranger is not None and stranger.code == 0x86
+    assert anonymous is not None and anonymous.code == 0
+
+
+class Thinking:
+    """An authenticator still deciding (a slow remote provider): never answers."""
+
+    def authenticate(self, client: ClientInfo, password: bytes | None, done: Any) -> None:
+        return None
+
+
+def test_what_a_client_sends_before_connack_is_bounded_in_bytes() -> None:
+    """While its CONNECT is being authenticated a client may send on, but not a gigabyte:
+    past one maximum packet size of held payload the connection is closed."""
+    from core_util import World
+
+    from mqttd.core.channel import AUTHENTICATING, Channel
+    from mqttd.mqtt.packets import Connect, Publish
+
+    world = World(max_packet_size=100_000)
+    world.broker.authenticator = Thinking()  # type: ignore[assignment]
+    ch = Channel(world.broker, world.zone, "127.0.0.1:1")
+    ch.handle_in(Connect("MQTT", 5, True, 60, "c", None, "u", b"p", {}))
+    assert ch.state == AUTHENTICATING
+    for _ in range(3):
+        ch.handle_in(Publish("t", b"x" * 40_000, 0, False, False, 0, {}))
+    assert not ch.closing  # 120 KB held: over the budget only from here on
+    ch.handle_in(Publish("t", b"x" * 40_000, 0, False, False, 0, {}))
+    assert ch.closing and ch.close_detail == "too much sent before CONNACK"

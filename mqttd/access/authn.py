@@ -130,7 +130,7 @@ class AuthChain:
         self.gates = gates or []
         self._inline = all(p.kind == "sync" for p in providers)
         self._workers: HashWorkers | None = None
-        self._cache: dict[tuple[str | None, bytes], tuple[AuthResult, float]] = {}
+        self._cache: dict[tuple[int, str | None, bytes], tuple[AuthResult, float]] = {}
         self._cache_key = os.urandom(32)
         #: Remote (async) checks running; their count and the hashing jobs' in _pending.
         self._tasks: set[asyncio.Future[AuthResult | None]] = set()
@@ -153,11 +153,6 @@ class AuthChain:
                 return refused
         if not self.providers:
             return _IGNORED
-        key = self._key(client, password)
-        if key is not None:
-            hit = self._cache.get(key)
-            if hit is not None and hit[1] > time.monotonic():
-                return hit[0]
         if self._inline:
             return self._decide_inline(client, password)
         if self._pending >= MAX_PENDING:
@@ -166,42 +161,58 @@ class AuthChain:
             self._warn_busy()
             return _BUSY
         self._pending += 1
-        self._step(0, client, password, key, done)
-        return None
+        result = self._step(0, client, password, done)
+        if result is not None:
+            self._pending -= 1  # answered without waiting: returned, ``done`` not called
+        return result
 
     # The chain off the loop is driven by callbacks, not a coroutine per CONNECT: a task
     # and asyncio.wrap_future cost more than the PBKDF2 of mosquitto_passwd's 101 rounds.
 
     def _step(self, i: int, client: ClientInfo, password: bytes | None,
-              key: tuple[str | None, bytes] | None, done: Callable[[AuthResult], None]
-              ) -> None:
-        """Ask providers from the ``i``-th on; returns when one answers or must be waited
-        for (its answer comes back through ``_resume``)."""
+              done: Callable[[AuthResult], None]) -> AuthResult | None:
+        """Ask providers from the ``i``-th on. Returns the answer when it came without
+        waiting; None when a provider must be waited for (it answers via ``_answered``,
+        which calls ``done``)."""
         providers = self.providers
         while i < len(providers):
             provider = providers[i]
             kind = provider.kind
             if kind == "blocking":
+                key = self._key(i, client, password)
+                if key is not None:
+                    # Remembered per provider: a success of this provider never skips the
+                    # ones before it (they may judge the client id, the listener, a token).
+                    hit = self._cache.get(key)
+                    if hit is not None and hit[1] > time.monotonic():
+                        return hit[0]
                 loop = asyncio.get_running_loop()
                 self._workers_for(loop).submit(
                     provider.check, client, password,  # type: ignore[arg-type]  # blocking: sync
-                    functools.partial(self._answered, i, client, password, key, done))
-                return
+                    functools.partial(self._answered, i, client, password, done))
+                return None
+            try:
+                answer = provider.check(client, password)
+            except Exception as exc:  # a provider's bug refuses this client only
+                return self._failed(i, client, exc)
             if kind == "async":
-                task = asyncio.ensure_future(provider.check(client, password))  # type: ignore[arg-type]
+                task = asyncio.ensure_future(answer)  # type: ignore[arg-type]
                 self._tasks.add(task)
                 task.add_done_callback(functools.partial(self._resume, i, client, password,
-                                                         key, done))
-                return
-            result = provider.check(client, password)
-            if result is not None:
-                self._finish(result, done)  # type: ignore[arg-type]  # a sync answer
-                return
+                                                         done))
+                return None
+            if answer is not None:
+                return answer  # type: ignore[return-value]  # a sync provider's answer
             i += 1
-        self._finish(_IGNORED, done)
+        return _UNKNOWN
+
+    def _failed(self, i: int, client: ClientInfo, exc: BaseException) -> AuthResult:
+        log.error("authentication of %s failed in %s: %s", client.client_id,
+                  self.providers[i].description, type(exc).__name__)
+        return AuthResult(0x80, reason="authentication error")
 
     def _resume(self, i: int, client: ClientInfo, password: bytes | None,
-                key: tuple[str | None, bytes] | None, done: Callable[[AuthResult], None],
+                done: Callable[[AuthResult], None],
                 future: asyncio.Future[AuthResult | None]) -> None:
         """An async provider's check finished."""
         self._tasks.discard(future)
@@ -209,25 +220,26 @@ class AuthChain:
             self._pending -= 1
             return  # closing: nobody waits for the answer any more
         exc = future.exception()
-        self._answered(i, client, password, key, done, None if exc else future.result(), exc)
+        self._answered(i, client, password, done, None if exc else future.result(), exc)
 
     def _answered(self, i: int, client: ClientInfo, password: bytes | None,
-                  key: tuple[str | None, bytes] | None, done: Callable[[AuthResult], None],
-                  result: AuthResult | None, exc: BaseException | None) -> None:
+                  done: Callable[[AuthResult], None], result: AuthResult | None,
+                  exc: BaseException | None) -> None:
         """Provider ``i`` answered (on the loop's thread)."""
         if exc is not None:
-            log.error("authentication of %s failed in %s: %s: %s", client.client_id,
-                      self.providers[i].description, type(exc).__name__, exc)
-            self._finish(AuthResult(0x80, reason="authentication error"), done)
+            self._finish(self._failed(i, client, exc), done)
             return
         if result is None:
-            self._step(i + 1, client, password, key, done)
+            later = self._step(i + 1, client, password, done)
+            if later is not None:
+                self._finish(later, done)
             return
         # Only what costs a hash is remembered: a token's expiry and claims, or a remote
         # server's per-client answer, must be judged every time.
-        if (not result.code and key is not None and self.providers[i].kind == "blocking"
-                and self.settings.cache_ttl > 0):
-            self._remember(key, result)
+        if not result.code and self.providers[i].kind == "blocking":
+            key = self._key(i, client, password)
+            if key is not None:
+                self._remember(key, result)
         self._finish(result, done)
 
     def _finish(self, result: AuthResult, done: Callable[[AuthResult], None]) -> None:
@@ -253,18 +265,22 @@ class AuthChain:
                         self._pending)
 
     def _decide_inline(self, client: ClientInfo, password: bytes | None) -> AuthResult:
-        for provider in self.providers:
-            result = provider.check(client, password)
+        for i, provider in enumerate(self.providers):
+            try:
+                result = provider.check(client, password)
+            except Exception as exc:  # a provider's bug refuses this client only
+                return self._failed(i, client, exc)
             if result is not None:
                 return result  # type: ignore[return-value]  # sync providers only here
-        return _IGNORED
+        return _UNKNOWN
 
-    def _key(self, client: ClientInfo, password: bytes | None) -> tuple[str | None, bytes] | None:
+    def _key(self, i: int, client: ClientInfo, password: bytes | None
+             ) -> tuple[int, str | None, bytes] | None:
         if password is None or self.settings.cache_ttl <= 0:
             return None
-        return client.username, hmac.new(self._cache_key, password, hashlib.sha256).digest()
+        return i, client.username, hmac.new(self._cache_key, password, hashlib.sha256).digest()
 
-    def _remember(self, key: tuple[str | None, bytes], result: AuthResult) -> None:
+    def _remember(self, key: tuple[int, str | None, bytes], result: AuthResult) -> None:
         cache = self._cache
         if len(cache) >= 10_000:  # bounded: a flood of distinct passwords cannot grow it
             cache.clear()
@@ -362,8 +378,10 @@ class HashWorkers:
             self._queue.put(None)
 
 
-#: Every provider ignored the client: allow_anonymous decides.
+#: No provider configured: allow_anonymous decides.
 _IGNORED = AuthResult(0, decided=False)
+#: Providers were asked and every one ignored the client.
+_UNKNOWN = AuthResult(0, decided=False, asked=True)
 
 #: Authentications (hashing, remote calls) in progress at most; more are refused with 0x89
 #: (server busy), which MQTT 5 clients take as "retry later".

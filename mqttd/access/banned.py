@@ -223,7 +223,8 @@ class BannedTable:
     # --- changes ------------------------------------------------------------------------
 
     def add(self, kind: str, who: str, *, by: str = "", reason: str = "",
-            until: float | None = None, save: bool = True) -> tuple[Ban, list[str]]:
+            until: float | None = None, save: bool = True, kick: bool = True
+            ) -> tuple[Ban, list[str]]:
         """Ban ``who`` (replacing a ban of the same key), then kick the clients it covers;
         returns the ban and the client ids kicked.
 
@@ -244,7 +245,7 @@ class BannedTable:
                 raise
         else:
             self._changed()
-        kicked = self.on_ban(ban) if self.on_ban is not None else []
+        kicked = self.on_ban(ban) if kick and self.on_ban is not None else []
         return ban, kicked
 
     def delete(self, kind: str, who: str) -> Ban | None:

@@ -77,7 +77,11 @@ class Flapping:
             return None
         # max_count + 1 connects within the window: the client id flaps.
         until = self.banned.clock() + self.ban_time
-        self.banned.add("clientid", client_id, by=BY, reason=REASON, until=until, save=False)
+        # Not kicked: connects are counted before authentication, so anyone can make a
+        # client id "flap"; a ban that kicked the live connection would let a stranger
+        # throw a device off. Its reconnects wait out the ban instead.
+        self.banned.add("clientid", client_id, by=BY, reason=REASON, until=until, save=False,
+                        kick=False)
         log.warning("client %s from %s is flapping: %d connects within %gs; banned for %gs",
                     client_id, client.peer, len(times), self.window, self.ban_time)
         metrics = self.metrics

@@ -144,7 +144,9 @@ class HttpProvider:
                 connector=aiohttp.TCPConnector(limit=self.pool_size),
                 timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
-            async with session.request(self.method.upper(), url, **kwargs) as resp:
+            # No redirects: the credentials would follow to wherever the server points.
+            async with session.request(self.method.upper(), url, allow_redirects=False,
+                                       **kwargs) as resp:
                 if resp.status == 204:
                     return _ALLOW
                 if resp.status != 200:
@@ -154,7 +156,9 @@ class HttpProvider:
         except TimeoutError:
             return self._ignore("timeout", f"no answer within {self.timeout:g}s", client)
         except (aiohttp.ClientError, OSError) as err:
-            return self._ignore("connect", f"failed: {type(err).__name__}: {err}", client)
+            # Only the error's type: aiohttp's messages carry the request URL, which holds
+            # the password when the method is GET.
+            return self._ignore("connect", f"failed: {type(err).__name__}", client)
         if len(raw) > _MAX_BODY:
             return self._ignore("body", f"answered more than {_MAX_BODY} bytes", client)
         answer = _parse(media, raw)

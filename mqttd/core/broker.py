@@ -123,7 +123,13 @@ class Broker:
         decided = result.decided
         code = result.code
         reason = result.reason
-        if not decided and not self.allow_anonymous(client):
+        if not decided and result.asked and client.username is not None:
+            # A user name the configured providers do not know is refused, whatever
+            # allow_anonymous says (as mosquitto does with a password file): admitted, it
+            # would carry that user's ACL rights without proof.
+            code = RC.BAD_USER_NAME_OR_PASSWORD
+            reason = "no authentication provider knows the user name"
+        elif not decided and not self.allow_anonymous(client):
             # Nobody vouched for the client and the listener wants someone to: refused
             # even with a user name (mosquitto 2 and EMQX do the same).
             if client.username is not None:

@@ -224,7 +224,11 @@ class ChannelServices(Protocol):
 _PINGRESP = encode(Pingresp(), 4)
 
 # MQTT 5 CONNACK reason -> the nearest 3.1/3.1.1 return code (None: close without CONNACK).
-_V3_CONNACK = {0x84: 1, 0x85: 2, 0x86: 4, 0x87: 5, 0x8A: 5, 0x8C: 5, 0x88: 3, 0x89: 3,
+#: What a refused client is told (MQTT 5 Reason String) for these codes, whatever the detail.
+_PUBLIC_REFUSALS = {0x80: "authentication error", 0x86: "bad user name or password",
+                    0x87: "not authorized", 0x8A: "banned"}
+
+_V3_CONNACK = {0x80: 3, 0x84: 1, 0x85: 2, 0x86: 4, 0x87: 5, 0x8A: 5, 0x8C: 5, 0x88: 3, 0x89: 3,
                0x97: 3, 0x9F: 3, 0x9A: 3, 0x9B: 3, 0x90: 5}
 
 # Metrics by packet type (index = type). -1: not counted by type. A PUBLISH is counted by
@@ -252,7 +256,7 @@ class Channel:
         "paused", "normal_disconnect", "connected_at", "created_at", "clean_start",
         "proto_name", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
-        "superuser", "auth_acl", "_held", "acl_deliver",
+        "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
         "auth_method", "_auth",
     )
 
@@ -314,6 +318,7 @@ class Channel:
         self.acl_deliver: Callable[[ClientInfo, str, str], int] | None = None
         #: Packets received while authentication runs, applied after CONNACK.
         self._held: list[Any] | None = None  # type: ignore[explicit-any]  # any packet
+        self._held_bytes = 0
         self._clientinfo: ClientInfo | None = None
         #: MQTT 5 enhanced authentication: the method the CONNECT named (every AUTH must
         #: name it too), and the exchange under way (at CONNECT or re-authenticating).
@@ -481,10 +486,14 @@ class Channel:
             assert held is not None
             if ptype == CONNECT:
                 self._close(_PROTO, "second CONNECT")
-            elif len(held) >= MAX_HELD:
-                self._close(_PROTO, "too many packets before CONNACK")
+            elif len(held) >= MAX_HELD or self._held_bytes > self.zone.max_packet_size:
+                # Counted in bytes too: 1,000 held 1 MB packets would be 1 GB held for a
+                # client nobody has vouched for yet.
+                self._close(_PROTO, "too much sent before CONNACK")
             else:
                 held.append(packet)
+                if ptype == PUBLISH:
+                    self._held_bytes += len(packet.payload)
         return self.out
 
     def handle_first_packet_type(self, packet_type: int) -> list[bytes]:
@@ -593,8 +602,8 @@ class Channel:
             if self.closing:
                 break
             self.handle_in(packet)
-        if self.out and self.wakeup is not None:
-            self.wakeup()
+        if (self.out or self.closing) and self.wakeup is not None:
+            self.wakeup()  # the connection writes, or closes (a 3.1 refusal writes nothing)
 
     def _connect_accepted(self, p: Connect, props: Properties, assigned: str | None,
                           result: AuthResult, auth_data: bytes | None = None,
@@ -604,9 +613,11 @@ class Channel:
         the identity it proved)."""
         if result.code:
             reason = result.reason or "authentication failed"
-            # Logged at info (an operator's first question), never with the password.
+            # The detail is logged at info (an operator's first question, never with the
+            # password); the client is told only the code's meaning: "wrong password" and
+            # "unknown user" must not tell a guesser which user names exist.
             log.info("refusing %s from %s: %s", self.client_id, self.peer, reason)
-            return self._refuse(result.code, reason)
+            return self._refuse(result.code, _PUBLIC_REFUSALS.get(result.code, reason))
         self.superuser = result.superuser
         self.auth_acl = result.acl
         zone = self.zone

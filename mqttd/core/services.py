@@ -154,6 +154,9 @@ class AuthResult:
     acl: object = None
     #: Why, for the log line of a refusal (never the password).
     reason: str = ""
+    #: With ``decided`` False: providers were asked and none knew the client (rather
+    #: than no provider being configured). A user name nobody knows is then refused.
+    asked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
