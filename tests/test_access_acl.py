@@ -570,6 +570,24 @@ def test_core_takeover_by_another_user_does_not_inherit_decisions(tmp_path: Path
     assert "same" not in core.chain._cache                # forgotten when it left
 
 
+def test_core_inflight_resent_on_resume_is_checked_for_the_new_user(tmp_path: Path) -> None:
+    """alice leaves a QoS 1 message in flight; bob resumes the session (same client id,
+    clean start 0): what he may not read is dropped, not resent with DUP."""
+    core = Core(tmp_path, CORE_RULES)
+    alice = core.connect("shared-id", "alice", clean=False, expiry=300)
+    alice.send(Subscribe(1, [("#", SubOpts(1))]))
+    alice.out()
+    core.publish("alice/x", qos=1)
+    core.publish("public/x", qos=1)
+    assert topics(alice.out()) == ["alice/x", "public/x"]  # both in flight, not acked
+    alice.channel.handle_close()
+    bob = core.connect("shared-id", "bob", clean=False, expiry=300)
+    resent = [p for p in bob.backlog if isinstance(p, Publish)]
+    assert [(p.topic, p.dup) for p in resent] == [("public/x", True)]
+    assert core.denied == 1
+    assert list(bob.session.inflight) == [resent[0].packet_id]
+
+
 def test_core_deny_action_disconnect_takes_back_the_packets_filters(tmp_path: Path) -> None:
     core = Core(tmp_path, CORE_RULES, deny_action="disconnect")
     alice = core.connect("a1", "alice", clean=False, expiry=300)

@@ -126,7 +126,12 @@ class AuthzChain:
                 entries = self._cache[client.client_id] = {}
             elif len(entries) >= size:
                 entries.pop(next(iter(entries)))  # oldest first: dicts keep insertion order
-            entries[(action, topic)] = (decision, now + settings.cache_ttl)
+            expires = now + settings.cache_ttl
+            token_end = getattr(client.acl, "expires", None)
+            if token_end is not None:
+                # A token's ACL ends at its exp: no cached "allow" outlives it.
+                expires = min(expires, now + (token_end - time.time()))
+            entries[(action, topic)] = (decision, expires)
         return decision
 
     def _decide(self, client: ClientInfo, action: str, topic: str) -> bool:

@@ -734,8 +734,20 @@ class Channel:
         assert session is not None
         now = time.monotonic()
         wait_comp = session.wait_comp or ()
+        check = self.acl_deliver
+        mountpoint = self.mountpoint
         for pid, delivery in list(session.inflight.items()):
             if pid not in wait_comp:
+                if check is not None:
+                    # A resumed session may now belong to another user (a clean_start 0
+                    # CONNECT of the same client id): what it had in flight is checked too.
+                    topic = delivery[0].topic
+                    if mountpoint and topic.startswith(mountpoint):
+                        topic = topic[len(mountpoint):]
+                    if check(self._clientinfo or self.clientinfo, "deliver", topic):
+                        session.drop_inflight(pid)
+                        self._not_authorized(delivery[0])
+                        continue
                 pub = session.build_publish(delivery, pid, now, dup=True)
                 if pub is None:
                     session.drop_inflight(pid)

@@ -304,7 +304,9 @@ class Connection(asyncio.Protocol):
         self._timer = None
         channel = self.channel
         if channel is not None and channel.state in (IDLE, AUTHENTICATING):
-            log.info("closing %s: no CONNECT within %ss", channel.peer, self.zone.idle_timeout)
+            log.info("closing %s: %s within %ss", channel.peer,
+                     "authentication did not answer" if channel.state == AUTHENTICATING
+                     else "no CONNECT", self.zone.idle_timeout)
             channel.handle_timeout("connect")
             self.flush()
 
