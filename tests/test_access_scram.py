@@ -77,6 +77,14 @@ path = "{scram_file}"
 allow_anonymous = false
 idle_timeout = 1
 
+[zones.byuser]
+use_username_as_clientid = true
+
+[listeners.byuser]
+bind = "127.0.0.1"
+port = 0
+zone = "byuser"
+
 [listeners.default]
 bind = "127.0.0.1"
 port = 0
@@ -562,3 +570,18 @@ def test_an_endless_exchange_is_refused_after_max_rounds():
         assert channel.closing
 
     asyncio.run(body())
+
+
+def test_a_zone_naming_clients_by_user_names_them_by_the_proven_identity(raws, broker):
+    """use_username_as_clientid: bob proving himself with SCRAM, with client id "alice" and
+    no User Name, is client "bob" (not alice, whose session he would otherwise take)."""
+    bob = raws(broker, 5, port=broker.ports["byuser"])
+    _, ack = login(bob, SHA256, "bob", PASSWORDS["bob"], client_id="alice")
+    assert ack.reason_code == 0, ack
+    ctl = ("ctl", "--data-dir", str(broker.data_dir), "--json", "clients", "show")
+    shown = run_mqttd(*ctl, "bob")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["username"] == "bob"
+    assert run_mqttd(*ctl, "alice").returncode != 0  # no client "alice"
+    bob.send(B.pingreq())
+    assert bob.expect(Pingresp) == Pingresp()

@@ -622,6 +622,12 @@ class Channel:
         self.auth_acl = result.acl
         zone = self.zone
         version = self.version
+        if identity is not None and zone.use_username_as_clientid \
+                and identity != self.client_id:
+            # The zone names clients by user: the proven identity, not the User Name (or
+            # client id) the CONNECT chose, lest one user take another's session.
+            self.client_id = identity
+            self._clientinfo = None
         client_id = self.client_id
         hooks = self.hooks
         will = p.will
