@@ -29,13 +29,15 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ..config import AccessSpec, AuthSettings
 from ..core.services import AuthResult, AuthStep, ClientInfo, EnhancedAuth
 
 log = logging.getLogger("mqttd.access")
+
+T = TypeVar("T")
 
 __all__ = ["AccessError", "AuthChain", "Provider", "register_provider"]
 
@@ -94,15 +96,17 @@ def register_provider(type_name: str, factory: Callable[[AccessSpec], Provider])
     _PROVIDERS[type_name] = factory
 
 
-def build_providers(specs: list[AccessSpec]) -> list[Provider]:
-    """Every configured provider, or AccessError listing every problem."""
+def build_each(specs: list[AccessSpec], factories: Mapping[str, Callable[[AccessSpec], T]],
+               noun: str) -> list[T]:
+    """Build every configured entry of a chain with its type's factory, or AccessError
+    listing every problem (an unknown type, each factory's own lines)."""
     errors: list[str] = []
-    built: list[Provider] = []
+    built: list[T] = []
     for spec in specs:
-        factory = _PROVIDERS.get(spec.type)
+        factory = factories.get(spec.type)
         if factory is None:
-            errors.append(f"{spec.path}.type: unknown provider {spec.type!r} (known: "
-                          f"{', '.join(sorted(_PROVIDERS))})")
+            errors.append(f"{spec.path}.type: unknown {noun} {spec.type!r} (known: "
+                          f"{', '.join(sorted(factories))})")
             continue
         try:
             built.append(factory(spec))
@@ -111,6 +115,11 @@ def build_providers(specs: list[AccessSpec]) -> list[Provider]:
     if errors:
         raise AccessError(errors)
     return built
+
+
+def build_providers(specs: list[AccessSpec]) -> list[Provider]:
+    """Every configured provider, or AccessError listing every problem."""
+    return build_each(specs, _PROVIDERS, "provider")
 
 
 class Gate(Protocol):

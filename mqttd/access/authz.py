@@ -21,7 +21,7 @@ from typing import Protocol
 from ..config import AccessSpec, AuthzSettings
 from ..core.services import ClientInfo
 from ..mqtt.reasons import ReasonCode as RC
-from .authn import AccessError
+from .authn import AccessError, build_each
 
 log = logging.getLogger("mqttd.access")
 
@@ -58,21 +58,8 @@ def register_source(type_name: str, factory: Callable[[AccessSpec], Source]) -> 
 
 
 def build_sources(specs: list[AccessSpec]) -> list[Source]:
-    errors: list[str] = []
-    built: list[Source] = []
-    for spec in specs:
-        factory = _SOURCES.get(spec.type)
-        if factory is None:
-            errors.append(f"{spec.path}.type: unknown source {spec.type!r} (known: "
-                          f"{', '.join(sorted(_SOURCES))})")
-            continue
-        try:
-            built.append(factory(spec))
-        except AccessError as err:
-            errors += err.errors
-    if errors:
-        raise AccessError(errors)
-    return built
+    """Every configured source, or AccessError listing every problem."""
+    return build_each(specs, _SOURCES, "source")
 
 
 class AuthzChain:

@@ -33,6 +33,7 @@ from ..config import AccessSpec
 from ..core.services import AuthResult, ClientInfo
 from ..mqtt.reasons import ReasonCode as RC
 from .authn import AccessError, register_provider
+from .lines import read_lines
 
 log = logging.getLogger("mqttd.access")
 
@@ -47,8 +48,6 @@ SALT_BYTES = 12
 HASH_BYTES = 64
 #: mosquitto reads the iteration count into a C int.
 MAX_ITERATIONS = 2**31 - 1
-#: A damaged file lists at most this many of its bad lines (the rest are counted).
-MAX_REPORTED = 20
 
 _PBKDF2, _SHA512 = "7", "6"
 #: Other crypt(3) scheme ids (MD5, bcrypt, SHA-256, yescrypt, argon2...), named in errors.
@@ -154,35 +153,20 @@ def split_line(line: str) -> tuple[str, str] | None:
 def read_password_file(path: str) -> dict[str, PasswordHash]:
     """Every user of the file; AccessError with one ``PATH:LINE: what`` per bad line (or
     ``PATH: cannot read: why``)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise AccessError([f"{path}: cannot read the password file: "
-                           f"{err.strerror or err}"]) from None
     users: dict[str, PasswordHash] = {}
     where: dict[str, int] = {}
-    errors: list[str] = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            line = raw.decode("utf-8")
-            entry = split_line(line)
-            if entry is None:
-                continue
-            user, field = entry
-            if user in users:
-                raise ValueError(f"user {user!r} is already on line {where[user]}")
-            users[user] = parse_hash(field)
-            where[user] = number
-        except UnicodeDecodeError:
-            errors.append(f"{path}:{number}: not UTF-8")
-        except ValueError as err:
-            errors.append(f"{path}:{number}: {err}")
-    if errors:
-        if len(errors) > MAX_REPORTED:
-            errors[MAX_REPORTED:] = [f"{path}: … and {len(errors) - MAX_REPORTED} more bad "
-                                     "lines"]
-        raise AccessError(errors)
+
+    def take(number: int, line: str) -> None:
+        entry = split_line(line)
+        if entry is None:
+            return
+        user, field = entry
+        if user in users:
+            raise ValueError(f"user {user!r} is already on line {where[user]}")
+        users[user] = parse_hash(field)
+        where[user] = number
+
+    read_lines(path, "password file", take)
     return users
 
 

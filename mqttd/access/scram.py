@@ -46,6 +46,7 @@ from ..config import AccessSpec
 from ..core.services import AuthResult, AuthStep, ClientInfo, EnhancedAuth
 from ..mqtt.reasons import ReasonCode as RC
 from .authn import AccessError, register_provider
+from .lines import read_lines
 
 log = logging.getLogger("mqttd.access")
 
@@ -61,8 +62,6 @@ DEFAULT_ITERATIONS = 10_000
 MIN_ITERATIONS, MAX_ITERATIONS = 4096, 10_000_000
 #: Salt sizes: ``scramp`` refuses salts under 12 bytes; ``mqttd scram-passwd`` makes 16.
 MIN_SALT_BYTES, SALT_BYTES = 12, 16
-#: A damaged file lists at most this many of its bad lines (the rest are counted).
-MAX_REPORTED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,36 +154,22 @@ Table = dict[tuple[str, str], ScramCredentials]
 def read_scram_file(path: str) -> Table:
     """Every entry of the file; AccessError with one ``PATH:LINE: what`` per bad line (or
     ``PATH: cannot read ...``)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise AccessError([f"{path}: cannot read the SCRAM credentials file: "
-                           f"{err.strerror or err}"]) from None
     table: Table = {}
     where: dict[tuple[str, str], int] = {}
-    errors: list[str] = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            entry = parse_line(raw.decode("utf-8"))
-            if entry is None:
-                continue
-            user, creds = entry
-            key = (user, creds.mechanism)
-            if key in table:
-                raise ValueError(f"user {user!r} has {creds.mechanism} already on line "
-                                 f"{where[key]}")
-            table[key] = creds
-            where[key] = number
-        except UnicodeDecodeError:
-            errors.append(f"{path}:{number}: not UTF-8")
-        except ValueError as err:
-            errors.append(f"{path}:{number}: {err}")
-    if errors:
-        if len(errors) > MAX_REPORTED:
-            errors[MAX_REPORTED:] = [f"{path}: … and {len(errors) - MAX_REPORTED} more bad "
-                                     "lines"]
-        raise AccessError(errors)
+
+    def take(number: int, line: str) -> None:
+        entry = parse_line(line)
+        if entry is None:
+            return
+        user, creds = entry
+        key = (user, creds.mechanism)
+        if key in table:
+            raise ValueError(f"user {user!r} has {creds.mechanism} already on line "
+                             f"{where[key]}")
+        table[key] = creds
+        where[key] = number
+
+    read_lines(path, "SCRAM credentials file", take)
     return table
 
 
