@@ -178,3 +178,16 @@ def test_what_a_client_sends_before_connack_is_bounded_in_bytes() -> None:
     assert not ch.closing  # 120 KB held: over the budget only from here on
     ch.handle_in(Publish("t", b"x" * 40_000, 0, False, False, 0, {}))
     assert ch.closing and ch.close_detail == "too much sent before CONNACK"
+
+
+def test_a_client_acl_grants_a_wildcard_subscription_only_by_containment() -> None:
+    """A token's ``sub: ["dev/1/+"]`` grants subscribing to dev/1/x and dev/1/+, not to
+    dev/1/# (the ``#`` is a wildcard, not a level called "#" that ``+`` would match)."""
+    from mqttd.access.client_acl import parse_acl
+
+    acl = parse_acl({"sub": ["dev/1/+"], "pub": []}, "c", "u")
+    assert acl("subscribe", "dev/1/x") is True
+    assert acl("subscribe", "dev/1/+") is True
+    assert acl("subscribe", "dev/1/#") is False
+    assert acl("deliver", "dev/1/x") is True
+    assert acl("subscribe", "$share/g/dev/1/+") is True

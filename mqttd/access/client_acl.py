@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 from ..mqtt.topics import filter_error, match, parse_shared
+from .acl_file import contains
 
 __all__ = ["AclError", "ClientRules", "parse_acl"]
 
@@ -63,6 +64,14 @@ class _Rule:
                 return True
         return False
 
+    def covers(self, sub: str) -> bool:
+        """For a subscription with wildcards: whether a filter of this rule matches every
+        topic it can match (``+`` and ``#`` in it are wildcards, not text to compare)."""
+        for topic_filter, exact in self.filters:
+            if topic_filter == sub if exact else contains(topic_filter, sub):
+                return True
+        return False
+
 
 class ClientRules:
     """One client's ACL: a callable ``(action, topic) -> True | False | None``."""
@@ -80,13 +89,16 @@ class ClientRules:
     def __call__(self, action: str, topic: str) -> bool | None:
         if self.expires is not None and time.time() >= self.expires:
             return False
+        wildcard = False
         if action != "publish":
             action = "subscribe"  # "deliver" is reading, as subscribing is
             shared = parse_shared(topic)
             if shared is not None:
                 topic = shared[1]
+            wildcard = "+" in topic or "#" in topic  # only a subscription's filter has them
         for rule in self.rules:
-            if action in rule.actions and rule.matches(topic):
+            if action in rule.actions and (rule.covers(topic) if wildcard
+                                           else rule.matches(topic)):
                 return rule.allow
         return self.no_match
 
