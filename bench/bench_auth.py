@@ -229,10 +229,11 @@ def main() -> int:
         m, q = results["mqttd"], results["mosquitto"]
         # Below 100 % CPU the rate is the load generator's (an asyncio client), not the
         # broker's: the broker CPU each CONNECT costs is then the comparable figure.
-        capacity = (statistics.median(q["cpu_us_per_connect"])
-                    / statistics.median(m["cpu_us_per_connect"]))
-        print(f"\nCPU per CONNECT, mosquitto ÷ mqttd: {capacity:.2f}× (the capacity ratio "
-              "when a broker is the bottleneck)")
+        mine = statistics.median(m["cpu_us_per_connect"])
+        if mine > 0:  # a tiny run (--quick) may see no clock tick of CPU at all
+            capacity = statistics.median(q["cpu_us_per_connect"]) / mine
+            print(f"\nCPU per CONNECT, mosquitto ÷ mqttd: {capacity:.2f}× (the capacity "
+                  "ratio when a broker is the bottleneck)")
         print(f"\nmqttd ÷ mosquitto: first pass "
               f"{statistics.median(m['cold']) / statistics.median(q['cold']):.2f}×, second pass "
               f"{statistics.median(m['warm']) / statistics.median(q['warm']):.2f}×")
