@@ -157,6 +157,21 @@ class FlappingSettings:
 
 
 @dataclass(slots=True)
+class StoreSettings:
+    """``[store]``: where and how sessions, their queues and retained messages are kept
+    (docs/DURABILITY.md). ``durability``: "off" (memory only), "process" (survives kill -9
+    of mqttd: acknowledgements wait for the commit), "power" (also survives power loss:
+    fsync per group commit)."""
+
+    durability: str = "process"
+    #: The SQLite file, relative to the data directory unless absolute.
+    file: str = "mqttd.db"
+    #: Bytes the file may grow to (0: no limit); past it QoS 1/2 messages that need storing
+    #: are refused (0x97) as on a full disk.
+    max_size: int = 0
+
+
+@dataclass(slots=True)
 class Settings:
     """Everything the broker needs to start."""
 
@@ -174,6 +189,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     flapping: FlappingSettings = field(default_factory=FlappingSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     def zone(self, name: str) -> Zone:
         return self.zones[name]
@@ -198,7 +214,7 @@ _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
 #: Keys whose default is None (not set) but whose value must be true or false.
 _OPTIONAL_BOOLS = {"allow_anonymous"}
 #: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").
-_SIZES = {"max_packet_size"}
+_SIZES = {"max_packet_size", "max_size"}
 
 _RANGES: dict[str, tuple[float, float]] = {
     "max_packet_size": (16, 268_435_460),
@@ -231,17 +247,20 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_count": (1, 2 ** 31),
     "window": (0.001, 86400),
     "ban_time": (0, 2 ** 31),
+    "max_size": (0, 2 ** 50),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),
     "log_level": ("debug", "info", "warning", "error"),
     "no_match": ("deny", "allow"),
     "deny_action": ("ignore", "disconnect"),
+    "durability": ("off", "process", "power"),
 }
 
 _ZONE_FIELDS = {f.name: f for f in dataclasses.fields(Zone) if f.name != "name"}
 _LISTENER_FIELDS = {f.name: f for f in dataclasses.fields(Listener) if f.name != "name"}
 _FLAPPING_FIELDS = {f.name: f for f in dataclasses.fields(FlappingSettings)}
+_STORE_FIELDS = {f.name: f for f in dataclasses.fields(StoreSettings)}
 _NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level",
                 "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit"}
 
@@ -329,7 +348,8 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     """
     errors: list[str] = []
     settings = base or Settings()
-    sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping"}
+    sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping",
+                "store"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -394,6 +414,14 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
         _apply(flapping, table, _FLAPPING_FIELDS, "flapping.", errors)
     else:
         errors.append("flapping: expected a table")
+    store = StoreSettings()
+    table = data.get("store", {})
+    if isinstance(table, dict):
+        _apply(store, table, _STORE_FIELDS, "store.", errors)
+        if not store.file:
+            errors.append("store.file: must not be empty")
+    else:
+        errors.append("store: expected a table")
     if not errors:
         errors += listener_security_errors(listeners, auth)
     if errors:
@@ -405,6 +433,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings.auth = auth
     settings.authz = authz
     settings.flapping = flapping
+    settings.store = store
     return settings
 
 

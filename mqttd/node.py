@@ -9,6 +9,8 @@ so no object reaches through another to find a third.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +23,21 @@ from .hooks import Hooks
 from .metrics import HOOKS_FAILED, WORKERS_RESTARTED, Metrics
 from .plugins import PluginContext, PluginManager
 from .stats import Stats
+from .store.base import StoreError
+from .store.journal import Journal
+from .store.restore import restore
+from .store.sqlite import SqliteBackend
 from .supervisor import Supervisor
 from .sys_topics import SysPublisher
 from .trace.manager import TraceManager
+
+log = logging.getLogger("mqttd.node")
+
+#: What each durability setting promises, for the start's log line.
+_DURABILITY = {
+    "process": "survives kill -9 of mqttd; acknowledgements wait for the commit",
+    "power": "survives power loss; acknowledgements wait for the commit and its fsync",
+}
 
 
 class LoopTimers:
@@ -66,6 +80,43 @@ class Node:
                                 self.metrics, self.started_at)
         #: The access chains, built at start (their files are read then).
         self.access: Access | None = None
+        #: The durable store's journal, opened at start (None: durability off).
+        self.journal: Journal | None = None
+        #: ``mqttd start --reset-store``: move the store file aside and start empty.
+        self.reset_store = False
+
+    def store_path(self) -> str | None:
+        """The store file, or None when nothing is stored (durability off, or no data
+        directory: an embedded node)."""
+        settings = self.settings
+        if settings.store.durability == "off" or not settings.data_dir:
+            return None
+        return os.path.join(os.path.abspath(os.path.expanduser(settings.data_dir)),
+                            os.path.expanduser(settings.store.file))
+
+    def open_store(self) -> None:
+        """Open the store, restore what it holds, and keep durable state in it from now on.
+        Raises StoreError (one line naming the file and the problem)."""
+        path = self.store_path()
+        if path is None:
+            log.info("durability off: sessions, queued and retained messages are kept in "
+                     "memory only and lost when mqttd stops")
+            return
+        st = self.settings.store
+        if self.reset_store:
+            self._move_aside(path)
+        backend = SqliteBackend(path, st.durability, st.max_size)
+        restored = backend.open()
+        journal = Journal(backend, st.durability, restored.last_msg_id)
+        self.broker.use_store(journal)
+        report = restore(restored, journal, self.registry, self.broker.retainer)
+        journal.start(asyncio.get_running_loop())
+        self.journal = journal
+        log.info("durability %s (%s): %s", st.durability, _DURABILITY[st.durability], path)
+        log.info("store: restored %d sessions (%d expired), %d subscriptions, %d queued and "
+                 "%d in-flight messages, %d retained messages, %d wills in %.2f s",
+                 report.sessions, report.expired, report.subscriptions, report.queued,
+                 report.inflight, report.retained, report.wills, report.seconds)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
         """Publish as the broker itself (plugins' ``ctx.publish``); sessions reached."""
@@ -81,6 +132,7 @@ class Node:
         password or ACL file missing or malformed), mqttd.plugins.PluginError if a
         configured plugin cannot be loaded.
         """
+        self.open_store()
         self.access = access = build_access(self.settings)
         broker = self.broker
         broker.authenticator = access.authn
@@ -95,6 +147,22 @@ class Node:
         if interval > 0:
             self.supervisor.start_child("sys", lambda: self.sys.run(interval))
 
+    @staticmethod
+    def _move_aside(path: str) -> None:
+        """Rename the store file (and its WAL) out of the way, kept for inspection."""
+        suffix = time.strftime(".reset-%Y%m%dT%H%M%S")
+        for part in ("", "-wal", "-shm"):
+            try:
+                os.replace(path + part, path + suffix + part)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise StoreError(f"{path}{part}: cannot move it aside: "
+                                 f"{err.strerror or err}") from None
+            if not part:
+                log.warning("store %s moved aside to %s: starting with an empty store",
+                            path, path + suffix)
+
     async def stop(self) -> None:
         """Stop the background workers, unload the plugins, close the access chains."""
         await self.supervisor.stop()
@@ -102,6 +170,8 @@ class Node:
         self.plugins.unload_all()
         if self.access is not None:
             await self.access.aclose()
+        if self.journal is not None:
+            await self.journal.aclose()
 
     def _anonymous_policy(self) -> dict[str, bool]:
         """Per listener: whether a client no provider vouched for gets in. Unset, a

@@ -21,6 +21,7 @@ from .mgmt.errors import Failed
 from .mqtt.reasons import ReasonCode as RC
 from .node import Node
 from .plugins import PluginError
+from .store.base import StoreError
 from .transport.connection import Connection, Flusher
 from .transport.listener import ListenerError, TcpListener
 
@@ -35,9 +36,10 @@ class StartError(Exception):
 class Server:
     """An mqttd node serving its configured TCP listeners."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, reset_store: bool = False) -> None:
         self.settings = settings or Settings()
         self.node = Node(self.settings)
+        self.node.reset_store = reset_store
         self.connections: set[Connection] = set()
         #: Every listener started once, by name (running or stopped by the operator).
         self.listeners: dict[str, TcpListener] = {}
@@ -72,6 +74,12 @@ class Server:
             self.node.start()
         except (PluginError, AccessError) as err:
             raise StartError(str(err)) from None
+        except StoreError as err:
+            raise StartError(f"cannot open the store: {err}. Move it aside with "
+                             "`mqttd start --reset-store` (it is kept, renamed), or restore "
+                             "a backup of it") from None
+        if self.node.journal is not None:
+            self.node.journal.on_commit = self._flusher.committed
         for listener in self.settings.listeners:
             await self.start_listener(listener)
 
@@ -238,14 +246,14 @@ def tune_gc() -> None:
 
 
 def run(settings: Settings, *, use_uvloop: bool = True,
-        on_ready: Callable[[], None] | None = None) -> Any:
+        on_ready: Callable[[], None] | None = None, reset_store: bool = False) -> Any:
     """Run the broker in this process until it is told to stop.
 
     This is the process entry point (the command line), so it also tunes the process's
     garbage collector once the listeners are up (``tune_gc``); a Server embedded in
     another program (the tests) leaves that program's collector alone.
     """
-    server = Server(settings)
+    server = Server(settings, reset_store=reset_store)
 
     def ready() -> None:
         tune_gc()

@@ -65,6 +65,10 @@ def start(
     daemon: bool = typer.Option(False, "--daemon", "-d",
                                 help="Run in the background (pid file and log file in the data "
                                      "directory); return once it listens, exit 1 if it fails."),
+    reset_store: bool = typer.Option(False, "--reset-store",
+                                     help="Move the store file aside (renamed, kept) and start "
+                                          "with an empty store: for a store that cannot be "
+                                          "read."),
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or `mqttd ctl stop` (foreground unless --daemon)."""
     if log_level is not None and log_level.lower() not in LOG_LEVELS:
@@ -89,7 +93,7 @@ def start(
             raise typer.Exit(2)
     if daemon:
         raise typer.Exit(_daemonize(config, bind, port, settings.data_dir, log_level,
-                                    no_uvloop))
+                                    no_uvloop, reset_store))
     logging.basicConfig(level=getattr(logging, settings.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ..ctl.server import ControlSocketError
@@ -107,7 +111,7 @@ def start(
                 pass
 
     try:
-        run(settings, use_uvloop=not no_uvloop, on_ready=on_ready)
+        run(settings, use_uvloop=not no_uvloop, on_ready=on_ready, reset_store=reset_store)
     except (StartError, ControlSocketError) as err:
         typer.echo(f"mqttd: {err}", err=True)
         raise typer.Exit(1) from None
@@ -119,7 +123,7 @@ DAEMON_START_TIMEOUT = 30.0
 
 
 def _daemonize(config: str | None, bind: str | None, port: int | None, data_dir: str,
-               log_level: str | None, no_uvloop: bool) -> int:
+               log_level: str | None, no_uvloop: bool, reset_store: bool = False) -> int:
     """Start ``mqttd start`` detached (new session, stdin closed, output to the log file),
     wait until it listens or fails; returns the exit code for this process."""
     from ..ctl.protocol import LOG_NAME, PID_NAME
@@ -142,6 +146,8 @@ def _daemonize(config: str | None, bind: str | None, port: int | None, data_dir:
         cmd += ["--log-level", log_level]
     if no_uvloop:
         cmd.append("--no-uvloop")
+    if reset_store:
+        cmd.append("--reset-store")
     # The child must import this very mqttd, whatever its working directory.
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)

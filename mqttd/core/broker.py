@@ -39,8 +39,10 @@ from .services import (
     AuthResult,
     AuthStep,
     ClientInfo,
+    CommitGate,
     EnhancedAuth,
     SessionOwner,
+    SessionStore,
     Timers,
 )
 from .session import Delivery, Session
@@ -79,6 +81,15 @@ class Broker:
         #: listener name -> whether clients no provider vouched for are let in (the node
         #: sets it from the listeners' and zones' allow_anonymous; else the zone decides).
         self.anonymous: dict[str, bool] = {}
+        #: The durable store's progress (None: durability off); see ``use_store``.
+        self.gate: CommitGate | None = None
+
+    def use_store(self, store: SessionStore) -> None:
+        """Keep sessions with an expiry and retained messages in ``store`` from now on
+        (before any client connects)."""
+        self.gate = store.gate
+        self.registry.store = store
+        self.retainer.durable = store
 
     # --- access -----------------------------------------------------------------------
 
@@ -207,6 +218,10 @@ class Broker:
                 log.debug("a message.publish callback stopped the message to %s", msg.topic)
                 return 0
             msg = result
+        gate = self.gate
+        if gate is not None and gate.full and msg.qos and self.dispatcher.needs_store(msg):
+            log.debug("store full: refusing a QoS %d message to %s", msg.qos, msg.topic)
+            return -1
         if msg.retain and msg.payload:
             metrics.inc(MESSAGES_RETAINED)
         n = self.dispatcher.publish(msg)

@@ -124,6 +124,7 @@ from .services import (
     AuthStep,
     ClientInfo,
     CloseReason,
+    CommitGate,
     EncodedCache,
     EnhancedAuth,
     SessionOwner,
@@ -162,6 +163,8 @@ class ChannelServices(Protocol):
 
     metrics: Metrics
     hooks: Hooks
+    #: The durable store's progress (None: durability off): acknowledgements wait for it.
+    gate: CommitGate | None
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
                      done: Callable[[AuthResult], None]) -> AuthResult | None:
@@ -188,7 +191,8 @@ class ChannelServices(Protocol):
         ...
 
     def publish(self, msg: Message) -> int:
-        """Publish a client's message; returns the number of sessions reached."""
+        """Publish a client's message; returns the number of sessions reached, or -1 when
+        the durable store is full and the message would need storing (refused: 0x97)."""
         ...
 
     def subscribe(self, session: Session, topic_filter: str, opts: SubOpts, subid: int
@@ -257,7 +261,7 @@ class Channel:
         "proto_name", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
         "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
-        "auth_method", "_auth",
+        "auth_method", "_auth", "gate", "hold",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -324,6 +328,11 @@ class Channel:
         #: name it too), and the exchange under way (at CONNECT or re-authenticating).
         self.auth_method: str | None = None
         self._auth: _Exchange | None = None
+        #: The durable store's progress, and the output held back for it: [seq, n] marks
+        #: saying the first n packets of ``out`` may be written once ``gate.committed``
+        #: reaches seq (an acknowledgement of something stored). None while nothing is held.
+        self.gate = services.gate
+        self.hold: list[list[int]] | None = None
 
     @property
     def clientinfo(self) -> ClientInfo:
@@ -444,7 +453,15 @@ class Channel:
         if idx >= 0:
             self.metrics.inc(idx)
         if self.state == CONNECTED:
-            if ptype == PUBLISH:
+            gate = self.gate
+            if gate is not None and (ptype == PUBLISH or ptype == PUBREL or ptype == SUBSCRIBE
+                                     or ptype == UNSUBSCRIBE):
+                # Its acknowledgement may go only once what it changed is on disk.
+                issued = gate.issued
+                self._in_durable(ptype, packet)
+                if gate.issued != issued and self.out:
+                    self._hold(gate)
+            elif ptype == PUBLISH:
                 self._in_publish(packet)
             elif ptype == PUBACK:
                 self._in_puback(packet)
@@ -495,6 +512,51 @@ class Channel:
                 if ptype == PUBLISH:
                     self._held_bytes += len(packet.payload)
         return self.out
+
+    def _in_durable(  # type: ignore[explicit-any]  # as handle_in
+            self, ptype: int, packet: Any) -> None:
+        if ptype == PUBLISH:
+            self._in_publish(packet)
+        elif ptype == PUBREL:
+            self._in_pubrel(packet)
+        elif ptype == SUBSCRIBE:
+            self._in_subscribe(packet)
+        else:
+            self._in_unsubscribe(packet)
+
+    def _hold(self, gate: CommitGate) -> None:
+        """Hold all output so far until the store commits what was just issued. A mark not
+        yet handed to the writer grows instead of adding another: at most two per channel."""
+        hold = self.hold
+        if hold is None:
+            self.hold = [[gate.issued, len(self.out)]]
+            return
+        if hold and hold[-1][0] > gate.taken:
+            last = hold[-1]
+            last[0] = gate.issued
+            last[1] = len(self.out)
+        else:
+            hold.append([gate.issued, len(self.out)])
+
+    def releasable(self) -> int:
+        """How many packets at the head of ``out`` may be written now (all, unless some
+        wait for the store)."""
+        hold = self.hold
+        if not hold:
+            return len(self.out)
+        gate = self.gate
+        assert gate is not None
+        committed = gate.committed
+        n = 0
+        while hold and hold[0][0] <= committed:
+            n = hold.pop(0)[1]
+        if not hold:
+            self.hold = None
+            return len(self.out)
+        if n:
+            for mark in hold:
+                mark[1] -= n
+        return n
 
     def handle_first_packet_type(self, packet_type: int) -> list[bytes]:
         """The type of the first packet on the connection, known from its first byte: anything
@@ -938,6 +1000,16 @@ class Channel:
                                       retain, props, self.client_id))
         if not qos:  # QoS 0: nothing to acknowledge
             return
+        if n < 0:  # the store is full and the message needed it: not accepted
+            if self.version != 5:  # 3.1.1 has no way to refuse a message but closing
+                return self._close(CloseReason.INTERNAL_ERROR,
+                                   "message refused: the store is full")
+            metrics.inc(PACKETS_PUBLISH_DROPPED)
+            if qos == 1:
+                self._send(Puback(p.packet_id, RC.QUOTA_EXCEEDED))
+            else:
+                self._send(Pubrec(p.packet_id, RC.QUOTA_EXCEEDED))
+            return
         if qos == 1:
             self._send(Puback(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
@@ -1301,9 +1373,11 @@ class Channel:
         while mq and session.window_open():
             delivery = mq.popleft()
             if check is not None and not self._may_receive(delivery[0]):
+                session.forget(delivery)
                 continue
             pub = session.build_publish(delivery, 0, now)
             if pub is None:
+                session.forget(delivery)
                 self._drop(DELIVERY_DROPPED_EXPIRED, "expired", delivery[0])
                 continue
             if delivery[1]:

@@ -49,11 +49,15 @@ class Dispatcher:
             self.router.add(topic_filter, None, False, session, (opts, subid))
         is_new = topic_filter not in session.subscriptions
         session.subscriptions[topic_filter] = (opts, subid)
+        if session.store is not None:
+            session.store.save_subscription(session.client_id, topic_filter, opts, subid)
         return is_new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
+        if session.store is not None:
+            session.store.delete_subscription(session.client_id, topic_filter)
         share = parse_shared(topic_filter)
         if share is not None:
             self.router.remove(share[1], share[0], True, session)
@@ -66,6 +70,21 @@ class Dispatcher:
             self.unsubscribe(session, topic_filter)
 
     # --- publishing ------------------------------------------------------------------
+
+    def needs_store(self, msg: Message) -> bool:
+        """Whether publishing ``msg`` would write to the durable store: it is retained, or a
+        session kept there would get it at QoS 1/2. (Asked only while the store is full.)"""
+        if msg.retain and not msg.topic.startswith("$SYS/"):
+            return True
+        for route in self.router.match(msg.topic):
+            for session, (opts, _subid) in route.subs.items():
+                if session.store is not None and opts.qos:
+                    return True
+            for group in route.groups.values():
+                for session, (opts, _subid) in group.members.items():
+                    if session.store is not None and opts.qos:
+                        return True
+        return False
 
     def publish(self, msg: Message) -> int:
         """Store if retained, dispatch, and return the number of sessions reached."""

@@ -33,11 +33,12 @@ from ..metrics import (
     SESSION_TERMINATED,
     Metrics,
 )
+from ..mqtt.packets import SubOpts
 from ..mqtt.reasons import ReasonCode as RC
 from ..stats import Stats
 from .dispatch import Dispatcher
 from .message import Message
-from .services import CloseReason, SessionOwner, TimerHandle, Timers
+from .services import CloseReason, SessionOwner, SessionStore, TimerHandle, Timers
 from .session import Session
 
 log = logging.getLogger("mqttd.registry")
@@ -71,6 +72,8 @@ class Registry:
         #: None: not started; False: no zone ever expires awaiting PUBREL ids.
         self._sweep_handle: TimerHandle | bool | None = None
         self.awaiting_rel_expired = 0
+        #: The durable store (None: durability off). Sessions with an expiry are kept in it.
+        self.store: SessionStore | None = None
 
     def open_session(self, channel: SessionOwner, zone: Zone, clean_start: bool, expiry: int,
                      *, max_inflight: int) -> tuple[Session, bool]:
@@ -120,7 +123,56 @@ class Registry:
         session.persistent = expiry > 0
         session.channel = channel
         self.channels[client_id] = channel
+        store = self.store
+        if store is not None:
+            if expiry > 0:
+                if session.store is None:
+                    self._make_durable(session, store)
+                store.save_session(client_id, expiry, session.created_at, 0.0, channel.will,
+                                   channel.will_delay)
+            elif session.store is not None:  # resumed without an expiry: no longer kept
+                store.delete_session(client_id)
+                self._unstore(session)
         return session, present
+
+    def _make_durable(self, session: Session, store: SessionStore) -> None:
+        """A session gets an expiry (new, or taken over / resumed with one): write what it
+        holds, so that the store has all of it from here on."""
+        session.store = store
+        cid = session.client_id
+        for topic_filter, (opts, subid) in session.subscriptions.items():
+            store.save_subscription(cid, topic_filter, opts, subid)
+        wait_comp = session.wait_comp or ()
+        for pid, delivery in session.inflight.items():
+            if delivery[1]:
+                session._qseq = qseq = session._qseq + 1
+                session.refs[id(delivery)] = qseq
+                store.add_delivery(cid, qseq, delivery, pid)
+                if pid in wait_comp:
+                    store.set_released(cid, qseq)
+        for delivery in session.mqueue:
+            if delivery[1]:
+                session._qseq = qseq = session._qseq + 1
+                session.refs[id(delivery)] = qseq
+                store.add_delivery(cid, qseq, delivery, 0)
+        for pid in session.awaiting_rel:
+            store.await_rel(cid, pid)
+
+    def _unstore(self, session: Session) -> None:
+        """The session leaves the store (its rows are deleted by the caller): the messages
+        its stored deliveries referenced lose a reference."""
+        store = session.store
+        if store is None:
+            return
+        refs = session.refs
+        cid = session.client_id
+        if refs:
+            for delivery in [*session.inflight.values(), *session.mqueue]:
+                qseq = refs.pop(id(delivery), 0)
+                if qseq:
+                    store.remove_delivery(cid, qseq, delivery[0])
+        refs.clear()
+        session.store = None
 
     def _takeover(self, old: SessionOwner) -> None:
         log.info("client %s taken over by a new connection", old.client_id)
@@ -146,7 +198,13 @@ class Registry:
                 self._send_will(will)
         if session.expiry_interval == 0:
             self.discard(session, "terminated")
-        elif session.expiry_interval != NEVER:
+            return
+        if session.store is not None:
+            entry = self._wills.get(client_id)
+            session.store.save_session(client_id, session.expiry_interval, session.created_at,
+                                       time.time(), entry[0] if entry is not None else None,
+                                       channel.will_delay)
+        if session.expiry_interval != NEVER:
             session.expire_handle = self.timers.call_later(session.expiry_interval,
                                                            self._expire, session)
 
@@ -158,6 +216,10 @@ class Registry:
         entry = self._wills.pop(client_id, None)
         if entry is not None:
             self._send_will(entry[0])
+            session = self.sessions.get(client_id)
+            if session is not None and session.store is not None and session.channel is None:
+                session.store.save_session(client_id, session.expiry_interval,
+                                           session.created_at, time.time(), None, 0)
 
     def _send_will(self, will: Message) -> None:
         will.restamp()  # its Message Expiry Interval starts now, not at CONNECT
@@ -190,16 +252,60 @@ class Registry:
             entry[1].cancel()
             self._send_will(entry[0])
         dispatcher = self.dispatcher
+        store = session.store
+        if store is not None:
+            # Its rows go at once; the messages it held lose a reference each.
+            store.delete_session(session.client_id)
+            self._unstore(session)
         dispatcher.unsubscribe_all(session)
         pending = session.pending()
         if pending:
             dispatcher.redispatch_shared(session, pending)
-        session.clear_inflight()
-        session.mqueue.clear()
+        session.clear()
         if why == "discarded":
             self._event(SESSION_DISCARDED, "session.discarded", session)
         else:  # "terminated", "expired", ...: the reason is part of the hook's arguments
             self._event(SESSION_TERMINATED, "session.terminated", session, why)
+
+    def restore(self, restored: list[tuple[Session, list[tuple[str, SubOpts, int]],
+                                           Message | None, int, float]]) -> int:
+        """Install sessions read back from the store at start, each with its subscriptions,
+        its will (or None), its will delay and how long it has been offline (seconds).
+
+        First every session and route, then the timers and the wills, so that a will sent
+        at once reaches every restored subscriber. Returns the number of sessions kept
+        (expired ones end here, their wills sent)."""
+        store = self.store
+        dispatcher = self.dispatcher
+        for session, subscriptions, _will, _delay, _offline in restored:
+            self.sessions[session.client_id] = session
+            for topic_filter, opts, subid in subscriptions:
+                dispatcher.subscribe(session, topic_filter, opts, subid)
+            session.store = store  # after the routes: they are stored already
+        if self._sweep_handle is None and restored:
+            self._start_sweep()
+        kept = 0
+        for session, _subs, will, will_delay, offline in restored:
+            cid = session.client_id
+            if will is not None:
+                left = will_delay - offline
+                if will_delay and left > 0 and session.expiry_interval > offline:
+                    self._schedule_will(cid, will, left)
+                else:
+                    self._send_will(will)
+                    if store is not None and session.expiry_interval > offline:
+                        store.save_session(cid, session.expiry_interval, session.created_at,
+                                           time.time() - offline, None, 0)
+            if session.expiry_interval == NEVER:
+                kept += 1
+                continue
+            left = session.expiry_interval - offline
+            if left <= 0:
+                self.discard(session, "expired")
+                continue
+            session.expire_handle = self.timers.call_later(left, self._expire, session)
+            kept += 1
+        return kept
 
     def _event(self, idx: int, point: str, *args: object) -> None:
         """A session lifecycle event: its counter, then its hook point."""

@@ -7,6 +7,7 @@ import time
 from ..mqtt.topics import match
 from ..stats import Stats
 from .message import Message
+from .services import SessionStore
 
 
 class Retainer:
@@ -14,20 +15,35 @@ class Retainer:
 
     def __init__(self) -> None:
         self._store: dict[str, Message] = {}
+        #: The durable store (None: durability off); ``$SYS`` topics are not kept in it:
+        #: the node publishes them anew after a start.
+        self.durable: SessionStore | None = None
 
     def __len__(self) -> int:
         return len(self._store)
 
     def store(self, msg: Message) -> None:
+        durable = self.durable
         if msg.payload:
             self._store[msg.topic] = msg
-        else:
-            self._store.pop(msg.topic, None)
+            if durable is not None and not msg.topic.startswith("$SYS/"):
+                durable.retain(msg)
+        elif self._store.pop(msg.topic, None) is not None and durable is not None:
+            durable.unretain(msg.topic)
+
+    def restore(self, msg: Message) -> None:
+        """A retained message read back from the durable store at start."""
+        self._store[msg.topic] = msg
+
+    def _expired(self, topic: str) -> None:
+        del self._store[topic]
+        if self.durable is not None:
+            self.durable.unretain(topic)
 
     def get(self, topic: str) -> Message | None:
         msg = self._store.get(topic)
         if msg is not None and msg.expired(time.monotonic()):
-            del self._store[topic]
+            self._expired(topic)
             return None
         return msg
 
@@ -46,7 +62,7 @@ class Retainer:
                 else:
                     found.append(msg)
         for topic in expired:
-            del self._store[topic]
+            self._expired(topic)
         return found
 
     def register_stats(self, stats: Stats) -> None:
@@ -57,9 +73,15 @@ class Retainer:
         return list(self._store)
 
     def delete(self, topic: str) -> bool:
-        return self._store.pop(topic, None) is not None
+        if self._store.pop(topic, None) is None:
+            return False
+        if self.durable is not None:
+            self.durable.unretain(topic)
+        return True
 
     def clear(self) -> int:
         n = len(self._store)
         self._store.clear()
+        if self.durable is not None:
+            self.durable.clear_retained()
         return n

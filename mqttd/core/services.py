@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from ..mqtt.packets import SubOpts
 from .message import Message
 
 __all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "ClientInfo", "CloseReason",
-           "Delivery", "EncodedCache", "EnhancedAuth", "SessionOwner", "Subscriber",
-           "TimerHandle", "Timers"]
+           "CommitGate", "Delivery", "EncodedCache", "EnhancedAuth", "SessionOwner",
+           "SessionStore", "Subscriber", "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
 #: group or None). Shared deliveries carry their group (a ``core.router.SharedGroup``,
@@ -228,3 +229,69 @@ class Authorizer(Protocol):
         anew (perhaps as another user) or left."""
         ...
 
+
+
+class CommitGate:
+    """How far the durable store has got: the sequence number of the last operation the
+    core issued, the last one handed to the writer, the last one committed.
+
+    A channel holds an acknowledgement back until ``committed`` reaches what its packet
+    issued (``Channel.hold``), so that PUBACK, PUBREC, PUBCOMP, SUBACK and UNSUBACK are sent
+    only for what is on disk. Plain ints read on the hot path: no call.
+    """
+
+    __slots__ = ("issued", "taken", "committed", "full")
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.taken = 0
+        self.committed = 0
+        #: The last write did not fit (disk full or the store's size limit): QoS 1/2
+        #: messages that need storing are refused until a write succeeds again.
+        self.full = False
+
+
+class SessionStore(Protocol):
+    """What the core tells the durable store (``mqttd/store``) as durable state changes.
+
+    Called on the loop's thread, only for sessions with an expiry (``Session.store`` is set
+    on those) and for retained messages; each call is buffered and committed with the
+    next group commit. ``qseq`` numbers a session's stored deliveries (``Session.refs``).
+    """
+
+    gate: CommitGate
+
+    def save_session(self, client_id: str, expiry_interval: int, created_at: float,
+                     disconnected_at: float, will: Message | None, will_delay: int) -> None: ...
+
+    def delete_session(self, client_id: str) -> None: ...
+
+    def save_subscription(self, client_id: str, topic_filter: str, opts: SubOpts,
+                          subid: int) -> None: ...
+
+    def delete_subscription(self, client_id: str, topic_filter: str) -> None: ...
+
+    def add_delivery(self, client_id: str, qseq: int, delivery: Delivery,
+                     packet_id: int) -> None:
+        """A QoS 1/2 delivery joined the session: queued (``packet_id`` 0) or in flight."""
+        ...
+
+    def set_inflight(self, client_id: str, qseq: int, packet_id: int) -> None: ...
+
+    def set_released(self, client_id: str, qseq: int) -> None:
+        """PUBREC arrived for the delivery: it waits for PUBCOMP now."""
+        ...
+
+    def remove_delivery(self, client_id: str, qseq: int, msg: Message) -> None:
+        """Acknowledged, dropped or expired: the session no longer holds it."""
+        ...
+
+    def await_rel(self, client_id: str, packet_id: int) -> None: ...
+
+    def release(self, client_id: str, packet_id: int) -> None: ...
+
+    def retain(self, msg: Message) -> None: ...
+
+    def unretain(self, topic: str) -> None: ...
+
+    def clear_retained(self) -> None: ...

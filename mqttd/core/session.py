@@ -14,7 +14,7 @@ from collections import deque
 from typing import Final
 
 from ..mqtt.packets import Publish, SubOpts
-from .services import Delivery, SessionOwner, TimerHandle
+from .services import Delivery, SessionOwner, SessionStore, TimerHandle
 
 __all__ = ["WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery", "Session"]
 
@@ -43,7 +43,7 @@ class Session:
         "wait_comp", "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0",
         "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
-        "await_rel_timeout",
+        "await_rel_timeout", "store", "refs", "_qseq",
     )
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
@@ -77,6 +77,14 @@ class Session:
         #: Seconds an incoming QoS 2 packet id may wait for PUBREL (0 = forever); the
         #: registry's sweep applies it, so a client that never sends PUBREL cannot pin ids.
         self.await_rel_timeout = await_rel_timeout
+        #: The durable store while the session has an expiry (the registry sets it), else
+        #: None: a clean session pays one ``is None`` test per change.
+        self.store: SessionStore | None = None
+        #: id(delivery) -> its qseq in the store, for each stored QoS 1/2 delivery the
+        #: session holds (queued or in flight): the tuple itself is the key's owner, alive
+        #: for as long as the session holds it.
+        self.refs: dict[int, int] = {}
+        self._qseq = 0
 
     # --- outgoing ---------------------------------------------------------------------
 
@@ -103,11 +111,37 @@ class Session:
             self.dropped += 1
         mq.append(delivery)
         self.enqueued += 1
+        store = self.store
+        if store is not None:
+            if dropped is not None:
+                self.forget(dropped)
+            if delivery[1]:
+                self._qseq = qseq = self._qseq + 1
+                self.refs[id(delivery)] = qseq
+                store.add_delivery(self.client_id, qseq, delivery, 0)
         return dropped
+
+    def forget(self, delivery: Delivery) -> None:
+        """The session no longer holds ``delivery`` (acknowledged, dropped, expired): its
+        stored copy goes too. Every way out of the queue and the window comes here."""
+        store = self.store
+        if store is not None:
+            qseq = self.refs.pop(id(delivery), 0)
+            if qseq:
+                store.remove_delivery(self.client_id, qseq, delivery[0])
 
     def start_inflight(self, delivery: Delivery) -> int:
         pid = self.next_packet_id()
         self.inflight[pid] = delivery
+        store = self.store
+        if store is not None:
+            qseq = self.refs.get(id(delivery))
+            if qseq is not None:  # from the queue: stored already
+                store.set_inflight(self.client_id, qseq, pid)
+            else:
+                self._qseq = qseq = self._qseq + 1
+                self.refs[id(delivery)] = qseq
+                store.add_delivery(self.client_id, qseq, delivery, pid)
         return pid
 
     def build_publish(self, delivery: Delivery, packet_id: int, now: float,
@@ -141,6 +175,8 @@ class Session:
         if expected_qos == 1:
             del self.inflight[packet_id]
             self.delivered += 1
+            if self.store is not None:
+                self.forget(entry)
         return entry
 
     def released(self, packet_id: int) -> None:
@@ -148,6 +184,11 @@ class Session:
         if self.wait_comp is None:
             self.wait_comp = set()
         self.wait_comp.add(packet_id)
+        store = self.store
+        if store is not None:
+            qseq = self.refs.get(id(self.inflight[packet_id]))
+            if qseq is not None:
+                store.set_released(self.client_id, qseq)
 
     def complete(self, packet_id: int) -> Delivery | AckFault:
         """Handle PUBCOMP: the delivery it completes, or why it completes none."""
@@ -160,21 +201,28 @@ class Session:
         wait_comp.discard(packet_id)
         del self.inflight[packet_id]
         self.delivered += 1
+        if self.store is not None:
+            self.forget(entry)
         return entry
 
     def drop_inflight(self, packet_id: int) -> None:
-        self.inflight.pop(packet_id, None)
+        entry = self.inflight.pop(packet_id, None)
         if self.wait_comp is not None:
             self.wait_comp.discard(packet_id)
+        if entry is not None and self.store is not None:
+            self.forget(entry)
 
     def inflight_state(self, packet_id: int) -> int:
         """WAIT_ACK or WAIT_COMP for a packet id in flight."""
         wait_comp = self.wait_comp
         return WAIT_COMP if wait_comp is not None and packet_id in wait_comp else WAIT_ACK
 
-    def clear_inflight(self) -> None:
+    def clear(self) -> None:
+        """Forget every delivery (the session ended; its stored rows go with the session)."""
         self.inflight.clear()
         self.wait_comp = None
+        self.mqueue.clear()
+        self.refs.clear()
 
     # --- incoming QoS 2 -----------------------------------------------------------------
 
@@ -184,10 +232,16 @@ class Session:
         if packet_id in self.awaiting_rel:
             return False
         self.awaiting_rel[packet_id] = now
+        if self.store is not None:
+            self.store.await_rel(self.client_id, packet_id)
         return True
 
     def release(self, packet_id: int) -> bool:
-        return self.awaiting_rel.pop(packet_id, None) is not None
+        if self.awaiting_rel.pop(packet_id, None) is None:
+            return False
+        if self.store is not None:
+            self.store.release(self.client_id, packet_id)
+        return True
 
     def expire_awaiting_rel(self, timeout: float, now: float) -> int:
         """Forget QoS 2 packet ids that waited longer than ``timeout`` at ``now``
@@ -198,6 +252,8 @@ class Session:
         stale = [pid for pid, t in self.awaiting_rel.items() if t < deadline]
         for pid in stale:
             del self.awaiting_rel[pid]
+            if self.store is not None:
+                self.store.release(self.client_id, pid)
         return len(stale)
 
     def pending(self) -> list[Delivery]:

@@ -43,14 +43,32 @@ LINGER = 2.0
 
 
 class Flusher:
-    """Writes every connection that has output, once per event-loop turn."""
+    """Writes every connection that has output, once per event-loop turn; and, after each
+    commit of the durable store, the connections whose acknowledgements waited for it."""
 
-    __slots__ = ("_loop", "_pending", "_scheduled")
+    __slots__ = ("_loop", "_pending", "_scheduled", "_held")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[Connection] = []
         self._scheduled = False
+        #: Connections with output held for the store (``Channel.hold``).
+        self._held: set[Connection] = set()
+
+    def hold(self, conn: Connection) -> None:
+        self._held.add(conn)
+
+    def committed(self) -> None:
+        """The store committed: write what the held connections may write now."""
+        held = self._held
+        if not held:
+            return
+        self._held = set()
+        for conn in held:
+            try:
+                conn.flush()
+            except Exception:
+                conn.crashed("writing")
 
     def add(self, conn: Connection) -> None:
         self._pending.append(conn)
@@ -140,6 +158,7 @@ class Connection(asyncio.Protocol):
         self.metrics.inc(CONNECTIONS_CRASHED)
         self.out.clear()
         if channel is not None:
+            channel.hold = None
             try:
                 channel.handle_close(CloseReason.INTERNAL_ERROR, "internal error")
             except Exception:
@@ -253,18 +272,33 @@ class Connection(asyncio.Protocol):
             self.out.clear()
             return
         out = self.out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            transport.write(data)
-            out.clear()
-            self.metrics.inc(BYTES_SENT, len(data))
         channel = self.channel
+        held = False
+        if out:
+            n = len(out)
+            if channel is not None and channel.hold is not None:
+                # Acknowledgements of what the store has not committed yet wait for it.
+                n = channel.releasable()
+                if n < len(out):
+                    held = True
+                    self.flusher.hold(self)
+            if n == len(out):
+                data = out[0] if n == 1 else b"".join(out)
+                out.clear()
+            elif n:
+                data = b"".join(out[:n])
+                del out[:n]
+            else:
+                data = b""
+            if data:
+                transport.write(data)
+                self.metrics.inc(BYTES_SENT, len(data))
         if not self._keepalive_armed and channel is not None and channel.state == CONNECTED:
             # After CONNACK, whether it went out in this read's turn or when an
             # authentication running off the loop answered.
             self._keepalive_armed = True
             self._start_keepalive()
-        if channel is not None and channel.closing and not self._closing:
+        if channel is not None and channel.closing and not self._closing and not held:
             # The channel is finished now, not when the peer gets round to closing its
             # side (the linger can take seconds; a dead peer never does): its will and
             # its session's expiry start at once.

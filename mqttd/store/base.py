@@ -1,0 +1,164 @@
+"""What every store backend is: the write operations, what a restore reads, the Protocol.
+
+The broker core never talks to a backend. It tells the store's journal
+(``store/journal.py``) what changed; the journal turns that into *operations*
+(plain tuples, below), batches them, and hands each batch to one writer thread,
+which applies it with :meth:`Backend.write` as one transaction. At start,
+:meth:`Backend.open` reads everything back as a :class:`Restored`.
+
+Operations are tuples whose first item is an op code. Messages travel as their
+MQTT 5 PUBLISH packet (``encode_publish(topic, payload, qos, retain, False,
+1 if qos else 0, properties, 5)``), so that topic, payload, QoS, retain flag and
+every property are kept by the codec the broker already trusts, and read back
+by its parser. Times are wall-clock (``time.time()``) seconds; 0 means "none".
+
+Every backend passes the one suite in ``tests/test_store_backends.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID", "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
+    "RET_CLEAR", "RET_DEL", "RET_PUT", "SCHEMA_VERSION", "SESSION_DEL", "SESSION_PUT", "SUB_DEL",
+    "SUB_PUT", "Backend", "Op", "QueueRow", "Restored", "SessionRow", "StoreError", "StoreFull",
+    "StoredMessage",
+]
+
+#: The schema this code writes; a file with a higher ``PRAGMA user_version`` is refused.
+SCHEMA_VERSION = 1
+
+# --- operations (first item of each op tuple) -------------------------------------------------
+
+#: (SESSION_PUT, client_id, expiry_interval, created_at, disconnected_at, will, will_delay)
+#: Insert or replace a session. ``disconnected_at`` 0: connected when written.
+#: ``will``: the will's PUBLISH packet (bytes) or None.
+SESSION_PUT = 1
+#: (SESSION_DEL, client_id) — the session and everything of it: subscriptions, queue rows,
+#: awaiting-PUBREL ids. (Messages only it referenced are deleted by MSG_DEL ops of their own.)
+SESSION_DEL = 2
+#: (SUB_PUT, client_id, topic_filter, options, subscription_id) — insert or replace.
+#: ``options`` is the SUBSCRIBE options byte: qos | no_local << 2 | rap << 3 | rh << 4.
+SUB_PUT = 3
+#: (SUB_DEL, client_id, topic_filter)
+SUB_DEL = 4
+#: (MSG_PUT, msg_id, packet, sender, timestamp, expiry_at) — a message stored once, however
+#: many queue rows reference it. ``sender`` may be None; ``expiry_at`` 0: never expires.
+MSG_PUT = 5
+#: (MSG_DEL, msg_id)
+MSG_DEL = 6
+#: (Q_PUT, client_id, qseq, msg_id, qos, retain, subids, share, packet_id)
+#: A delivery in a session's queue. ``qseq`` orders a session's rows (ascending, unique per
+#: session); ``subids`` is a tuple of ints; ``share`` the shared subscription's
+#: ``$share/group/filter`` or None; ``packet_id`` 0 while queued, else in flight under it.
+Q_PUT = 7
+#: (Q_PID, client_id, qseq, packet_id) — the queued delivery went in flight under packet_id.
+Q_PID = 8
+#: (Q_REL, client_id, qseq) — its PUBREC came: it now waits for PUBCOMP (PUBREL sent).
+Q_REL = 9
+#: (Q_DEL, client_id, qseq) — acknowledged, dropped or expired.
+Q_DEL = 10
+#: (REL_PUT, client_id, packet_id, received_at) — an incoming QoS 2 packet id awaiting PUBREL.
+REL_PUT = 11
+#: (REL_DEL, client_id, packet_id)
+REL_DEL = 12
+#: (RET_PUT, topic, packet, sender, timestamp, expiry_at) — insert or replace.
+RET_PUT = 13
+#: (RET_DEL, topic)
+RET_DEL = 14
+#: (RET_CLEAR,) — every retained message.
+RET_CLEAR = 15
+
+Op = tuple[object, ...]
+
+
+# --- what a restore reads -----------------------------------------------------------------------
+
+@dataclass(slots=True)
+class StoredMessage:
+    packet: bytes
+    sender: str | None
+    timestamp: float
+    expiry_at: float
+
+
+@dataclass(slots=True)
+class QueueRow:
+    qseq: int
+    msg_id: int
+    qos: int
+    retain: bool
+    subids: tuple[int, ...]
+    share: str | None
+    packet_id: int
+    #: PUBREC came (Q_REL): waiting for PUBCOMP.
+    released: bool
+
+
+@dataclass(slots=True)
+class SessionRow:
+    client_id: str
+    expiry_interval: int
+    created_at: float
+    disconnected_at: float
+    will: bytes | None
+    will_delay: int
+    #: (topic_filter, options byte, subscription id), in no particular order.
+    subscriptions: list[tuple[str, int, int]] = field(default_factory=list)
+    #: Ascending qseq.
+    queue: list[QueueRow] = field(default_factory=list)
+    #: packet id -> received_at
+    awaiting_rel: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Restored:
+    sessions: list[SessionRow] = field(default_factory=list)
+    #: msg_id -> message (only messages some queue row references)
+    messages: dict[int, StoredMessage] = field(default_factory=dict)
+    #: topic -> message
+    retained: dict[str, StoredMessage] = field(default_factory=dict)
+    #: Highest msg_id ever written (0 if none): new ids start above it.
+    last_msg_id: int = 0
+
+
+class StoreError(Exception):
+    """The store cannot be used: unreadable, corrupt, truncated, a newer schema, ...
+
+    ``str()`` is one line naming the file and the problem (the start refuses with it)."""
+
+
+class StoreFull(StoreError):
+    """A write did not fit (disk full, or the store's size limit): the transaction was
+    rolled back and may be tried again later."""
+
+
+class Backend(Protocol):
+    """A place sessions and messages are kept. Called from one thread at a time: ``open``
+    before the writer starts; ``write``, ``status`` and ``compact`` on the writer thread."""
+
+    #: Where it keeps its data, for log lines and ``ctl store status`` ("" in memory).
+    path: str
+
+    def open(self) -> Restored:
+        """Open (creating if need be) and read everything back. Raises StoreError."""
+        ...
+
+    def write(self, ops: list[Op]) -> None:
+        """Apply ``ops`` in order as one transaction, durable when this returns (as far as
+        the backend's durability setting goes). Raises StoreFull (rolled back: nothing of
+        the batch was applied) or StoreError."""
+        ...
+
+    def status(self) -> dict[str, object]:
+        """{"path", "size" (bytes, including the WAL), "rows": {table: count}, ...}"""
+        ...
+
+    def compact(self) -> dict[str, object]:
+        """Give free space back (checkpoint, vacuum); returns {"before", "after", "seconds"}."""
+        ...
+
+    def close(self) -> None:
+        ...

@@ -1,0 +1,428 @@
+"""The store's journal: what the core changes becomes operations, group-committed by one
+writer thread; acknowledgements wait for the commit (the core's ``CommitGate``).
+
+The core calls the :class:`~mqttd.core.services.SessionStore` methods on the loop's
+thread as durable state changes. Each call appends an operation to the batch being
+gathered and advances ``gate.issued``. At the end of the loop turn the batch goes to the
+writer thread, unless the writer is still committing the previous one: then it keeps
+growing until that commit is done. So commits are as frequent as the disk allows and as
+large as the load makes them (group commit), with no timer: one commit per loop turn at
+low load, thousands of operations per commit under load.
+
+A batch not yet handed over is still editable: a delivery acknowledged before its row
+was handed to the writer cancels its insert (and its message's, when no other queue
+holds it), so an online subscriber that keeps up costs the disk little.
+
+The writer reports each commit back with ``call_soon_threadsafe``; ``gate.committed``
+advances and ``on_commit`` lets the connections holding acknowledgements write them.
+A write that does not fit (disk full, the store's size limit) is retried by the writer
+until it does; meanwhile ``gate.full`` makes the broker refuse QoS 1/2 messages that
+would need storing (0x97), and nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..core.message import Message
+from ..core.services import CommitGate, Delivery
+from ..mqtt.codec import encode_publish
+from ..mqtt.packets import SubOpts
+from .base import (
+    MSG_DEL,
+    MSG_PUT,
+    Q_DEL,
+    Q_PID,
+    Q_PUT,
+    Q_REL,
+    REL_DEL,
+    REL_PUT,
+    RET_CLEAR,
+    RET_DEL,
+    RET_PUT,
+    SESSION_DEL,
+    SESSION_PUT,
+    SUB_DEL,
+    SUB_PUT,
+    Backend,
+    Op,
+    StoreError,
+)
+
+log = logging.getLogger("mqttd.store")
+
+__all__ = ["Journal", "message_packet", "options_byte", "wall_expiry"]
+
+#: Seconds between retries of a write that failed (doubling up to the maximum).
+RETRY_FIRST = 0.05
+RETRY_MAX = 2.0
+#: Commit latencies kept for the percentiles of ``ctl store status``.
+LATENCY_SAMPLES = 1000
+
+_WRITE, _CALL, _CLOSE = 0, 1, 2
+
+
+def message_packet(msg: Message) -> bytes:
+    """A message as stored: its MQTT 5 PUBLISH packet (topic, payload, QoS, retain flag and
+    every property, read back by the broker's own parser)."""
+    return encode_publish(msg.topic, msg.payload, msg.qos, msg.retain, False,
+                          1 if msg.qos else 0, msg.properties, 5)
+
+
+def wall_expiry(msg: Message) -> float:
+    """The message's expiry as wall-clock time (its ``expiry`` is monotonic), 0: never."""
+    if not msg.expiry:
+        return 0.0
+    return time.time() + (msg.expiry - time.monotonic())
+
+
+def options_byte(opts: SubOpts) -> int:
+    """Subscription options as the SUBSCRIBE packet's options byte."""
+    return (opts.qos | (4 if opts.no_local else 0) | (8 if opts.retain_as_published else 0)
+            | (opts.retain_handling << 4))
+
+
+def _share_name(group: object) -> str | None:
+    """A shared delivery's ``$share/group/filter`` (the router's SharedGroup), else None."""
+    if group is None:
+        return None
+    name = getattr(group, "name", None)
+    topic_filter = getattr(group, "topic_filter", "")
+    return f"$queue/{topic_filter}" if name is None else f"$share/{name}/{topic_filter}"
+
+
+class Journal:
+    """The core's :class:`~mqttd.core.services.SessionStore` on a :class:`Backend`."""
+
+    def __init__(self, backend: Backend, durability: str, last_msg_id: int = 0) -> None:
+        self.backend = backend
+        self.durability = durability
+        self.gate = CommitGate()
+        #: Called on the loop after every commit (the flusher writes what was held).
+        self.on_commit: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        #: The batch being gathered (None: an operation cancelled before the hand-over).
+        self._ops: list[Op | None] = []
+        self._scheduled = False
+        self._busy = False
+        #: (client id, qseq) -> index in _ops of its Q_PUT; msg id -> index of its MSG_PUT;
+        #: (client id, packet id) -> index of REL_PUT; topic -> index of RET_PUT. Only for
+        #: the batch being gathered.
+        self._q_pending: dict[tuple[str, int], int] = {}
+        self._msg_pending: dict[int, int] = {}
+        self._rel_pending: dict[tuple[str, int], int] = {}
+        self._ret_pending: dict[str, int] = {}
+        #: Every stored message -> [msg id, number of queue rows referencing it].
+        self._msgs: dict[Message, list[int]] = {}
+        self._last_id = last_msg_id
+        # Figures for ctl store status.
+        self.commits = 0
+        self.ops_written = 0
+        self.ops_cancelled = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.last_error = ""
+        self.last_compaction: dict[str, object] | None = None
+        self._idle: asyncio.Event | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the writer thread (the backend is open and restored)."""
+        self._loop = loop
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="mqttd-store", daemon=True)
+        self._thread.start()
+
+    async def aclose(self, timeout: float = 30.0) -> None:
+        """Commit what is pending, then close the backend. If the disk stays full past
+        ``timeout`` the rest is given up, and the log says how much."""
+        if self._thread is None:
+            self.backend.close()
+            return
+        self._handoff()
+        assert self._idle is not None
+        try:
+            while self._busy or self._ops:
+                self._idle.clear()
+                await asyncio.wait_for(self._idle.wait(), timeout)
+                self._handoff()
+        except TimeoutError:
+            pending = sum(1 for op in self._ops if op is not None)
+            log.error("store: could not write %d pending operations before shutdown (%s)",
+                      pending, self.last_error or "the store did not answer")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._jobs.put((_CLOSE, done))
+        try:
+            await asyncio.wait_for(done, 10.0)
+        except TimeoutError:
+            log.error("store: the writer did not close in time")
+        self._thread = None
+
+    # --- SessionStore: what the core calls ------------------------------------------------
+
+    def _append(self, op: Op) -> int:
+        ops = self._ops
+        ops.append(op)
+        self.gate.issued += 1
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop
+            if loop is not None:
+                loop.call_soon(self._handoff)
+        return len(ops) - 1
+
+    def save_session(self, client_id: str, expiry_interval: int, created_at: float,
+                     disconnected_at: float, will: Message | None, will_delay: int) -> None:
+        packet = message_packet(will) if will is not None else None
+        self._append((SESSION_PUT, client_id, expiry_interval, created_at, disconnected_at,
+                      packet, will_delay))
+
+    def delete_session(self, client_id: str) -> None:
+        self._append((SESSION_DEL, client_id))
+
+    def save_subscription(self, client_id: str, topic_filter: str, opts: SubOpts,
+                          subid: int) -> None:
+        self._append((SUB_PUT, client_id, topic_filter, options_byte(opts), subid))
+
+    def delete_subscription(self, client_id: str, topic_filter: str) -> None:
+        self._append((SUB_DEL, client_id, topic_filter))
+
+    def add_delivery(self, client_id: str, qseq: int, delivery: Delivery,
+                     packet_id: int) -> None:
+        msg = delivery[0]
+        entry = self._msgs.get(msg)
+        if entry is None:
+            self._last_id = mid = self._last_id + 1
+            self._msgs[msg] = [mid, 1]
+            self._msg_pending[mid] = self._append(
+                (MSG_PUT, mid, message_packet(msg), msg.sender, msg.timestamp,
+                 wall_expiry(msg)))
+        else:
+            entry[1] += 1
+            mid = entry[0]
+        self._q_pending[(client_id, qseq)] = self._append(
+            (Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
+             _share_name(delivery[4]), packet_id))
+
+    def set_inflight(self, client_id: str, qseq: int, packet_id: int) -> None:
+        idx = self._q_pending.get((client_id, qseq))
+        if idx is not None:  # still in the batch being gathered: give it its packet id
+            op = self._ops[idx]
+            assert op is not None
+            self._ops[idx] = op[:8] + (packet_id,)
+            return
+        self._append((Q_PID, client_id, qseq, packet_id))
+
+    def set_released(self, client_id: str, qseq: int) -> None:
+        self._append((Q_REL, client_id, qseq))
+
+    def remove_delivery(self, client_id: str, qseq: int, msg: Message) -> None:
+        idx = self._q_pending.pop((client_id, qseq), None)
+        if idx is not None:  # never handed to the writer: nothing to delete
+            self._ops[idx] = None
+            self.ops_cancelled += 1
+        else:
+            self._append((Q_DEL, client_id, qseq))
+        entry = self._msgs.get(msg)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del self._msgs[msg]
+        mid = entry[0]
+        midx = self._msg_pending.pop(mid, None)
+        if midx is not None:
+            self._ops[midx] = None
+            self.ops_cancelled += 1
+        else:
+            self._append((MSG_DEL, mid))
+
+    def await_rel(self, client_id: str, packet_id: int) -> None:
+        self._rel_pending[(client_id, packet_id)] = self._append(
+            (REL_PUT, client_id, packet_id, time.time()))
+
+    def release(self, client_id: str, packet_id: int) -> None:
+        idx = self._rel_pending.pop((client_id, packet_id), None)
+        if idx is not None:
+            self._ops[idx] = None
+            self.ops_cancelled += 1
+        else:
+            self._append((REL_DEL, client_id, packet_id))
+
+    def retain(self, msg: Message) -> None:
+        topic = msg.topic
+        idx = self._ret_pending.get(topic)
+        if idx is not None:  # replaced within the batch: only the last one is written
+            self._ops[idx] = None
+        self._ret_pending[topic] = self._append(
+            (RET_PUT, topic, message_packet(msg), msg.sender, msg.timestamp, wall_expiry(msg)))
+
+    def unretain(self, topic: str) -> None:
+        idx = self._ret_pending.pop(topic, None)
+        if idx is not None:
+            self._ops[idx] = None
+        self._append((RET_DEL, topic))
+
+    def clear_retained(self) -> None:
+        for idx in self._ret_pending.values():
+            self._ops[idx] = None
+        self._ret_pending.clear()
+        self._append((RET_CLEAR,))
+
+    # --- restore ------------------------------------------------------------------------
+
+    def adopt(self, msg: Message, msg_id: int, refs: int) -> None:
+        """A restored message with ``refs`` queue rows referencing it."""
+        self._msgs[msg] = [msg_id, refs]
+
+    def forget_row(self, client_id: str, qseq: int) -> None:
+        """A restored queue row that cannot be used (its message is unreadable)."""
+        self._append((Q_DEL, client_id, qseq))
+
+    # --- the hand-over to the writer ------------------------------------------------------
+
+    def _handoff(self) -> None:
+        self._scheduled = False
+        if self._busy or not self._ops or self._thread is None:
+            return
+        ops = self._ops
+        self._ops = []
+        self._q_pending.clear()
+        self._msg_pending.clear()
+        self._rel_pending.clear()
+        self._ret_pending.clear()
+        self._busy = True
+        gate = self.gate
+        gate.taken = gate.issued
+        self._jobs.put((_WRITE, ops, gate.issued))
+
+    def _written(self, seq: int, seconds: float, n: int, recovered: bool) -> None:
+        """On the loop: a batch is committed."""
+        self._busy = False
+        gate = self.gate
+        gate.committed = seq
+        self.commits += 1
+        self.ops_written += n
+        self.latencies.append(seconds)
+        if recovered:
+            gate.full = False
+            log.warning("store: writes succeed again (%s): QoS 1/2 messages are accepted",
+                        self.backend.path or "memory")
+            self.last_error = ""
+        if self._ops:
+            self._handoff()
+        if self.on_commit is not None:
+            self.on_commit()
+        if self._idle is not None:
+            self._idle.set()
+
+    def _failed(self, err: StoreError) -> None:
+        """On the loop: a write failed and will be retried; say so once."""
+        gate = self.gate
+        text = str(err)
+        if not gate.full:
+            gate.full = True
+            log.error("ALARM store: %s; QoS 1/2 messages that need storing are refused "
+                      "(0x97) until writes succeed again; retrying", text)
+        self.last_error = text
+
+    def _call(self, fn: Callable[..., object], *args: object) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the process is ending
+            pass
+
+    def _run(self) -> None:
+        """The writer thread: one job at a time, in order."""
+        backend = self.backend
+        while True:
+            job = self._jobs.get()
+            kind = job[0]
+            if kind == _WRITE:
+                ops = [op for op in job[1] if op is not None]
+                start = time.perf_counter()
+                delay = RETRY_FIRST
+                failed = False
+                while ops:
+                    try:
+                        backend.write(ops)
+                        break
+                    except StoreError as err:
+                        failed = True
+                        self._call(self._failed, err)
+                    except Exception as err:  # a bug or an unforeseen error: never lose
+                        failed = True           # the batch silently, keep retrying
+                        self._call(self._failed, StoreError(f"{backend.path}: {err!r}"))
+                    time.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                self._call(self._written, job[2], time.perf_counter() - start, len(ops),
+                           failed)
+            elif kind == _CALL:
+                fn, fut = job[1], job[2]
+                try:
+                    result = fn()
+                except Exception as err:
+                    self._call(_set_exception, fut, err)
+                else:
+                    self._call(_set_result, fut, result)
+            else:
+                try:
+                    backend.close()
+                finally:
+                    self._call(_set_result, job[1], None)
+                return
+
+    async def _on_writer(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the writer thread, after the writes handed over before it."""
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self._thread is None:
+            return fn()
+        self._jobs.put((_CALL, fn, fut))
+        return await fut
+
+    # --- operator views -----------------------------------------------------------------
+
+    async def status(self) -> dict[str, object]:
+        """The backend's figures and the journal's: commits, latency p50/p99, state."""
+        backend_status = await self._on_writer(self.backend.status)
+        assert isinstance(backend_status, dict)
+        lat = sorted(self.latencies)
+        p50 = statistics.median(lat) if lat else 0.0
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+        return dict(backend_status, durability=self.durability, commits=self.commits,
+                    ops_written=self.ops_written, ops_cancelled=self.ops_cancelled,
+                    pending=sum(1 for op in self._ops if op is not None),
+                    commit_p50_ms=round(p50 * 1000, 3), commit_p99_ms=round(p99 * 1000, 3),
+                    full=self.gate.full, last_error=self.last_error,
+                    last_compaction=self.last_compaction)
+
+    async def compact(self) -> dict[str, object]:
+        result = await self._on_writer(self.backend.compact)
+        assert isinstance(result, dict)
+        self.last_compaction = dict(result, at=time.time())
+        return result
+
+
+def _set_result(fut: asyncio.Future[Any], value: object) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)
