@@ -143,6 +143,9 @@ class Journal:
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="mqttd-store", daemon=True)
         self._thread.start()
+        if self._ops:  # issued while restoring (expired sessions, wills sent)
+            self._scheduled = True
+            loop.call_soon(self._handoff)
 
     async def aclose(self, timeout: float = 30.0) -> None:
         """Commit what is pending, then close the backend. If the disk stays full past
