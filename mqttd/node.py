@@ -114,9 +114,10 @@ class Node:
         self.journal = journal
         log.info("durability %s (%s): %s", st.durability, _DURABILITY[st.durability], path)
         log.info("store: restored %d sessions (%d expired), %d subscriptions, %d queued and "
-                 "%d in-flight messages, %d retained messages, %d wills in %.2f s",
+                 "%d in-flight messages (%d expired), %d retained messages, %d wills in %.2f s",
                  report.sessions, report.expired, report.subscriptions, report.queued,
-                 report.inflight, report.retained, report.wills, report.seconds)
+                 report.inflight, report.expired_messages, report.retained, report.wills,
+                 report.seconds)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
         """Publish as the broker itself (plugins' ``ctx.publish``); sessions reached."""

@@ -294,6 +294,11 @@ class Journal:
         """A restored queue row that cannot be used (its message is unreadable)."""
         self._append((Q_DEL, client_id, qseq))
 
+    def forget_message(self, msg_id: int) -> None:
+        """A restored message that is not used (unreadable or expired): rows referencing it
+        are forgotten one by one (``forget_row``)."""
+        self._append((MSG_DEL, msg_id))
+
     # --- the hand-over to the writer ------------------------------------------------------
 
     def _handoff(self) -> None:

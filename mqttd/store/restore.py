@@ -39,6 +39,7 @@ class RestoreReport:
     inflight: int = 0
     retained: int = 0
     wills: int = 0
+    expired_messages: int = 0
     seconds: float = 0.0
 
 
@@ -95,7 +96,12 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
     refs: dict[int, int] = {}
     for mid, stored in restored.messages.items():
         msg = reader.message(stored)
-        if msg is not None:
+        if msg is None or msg.expired(reader.mono):
+            # Unreadable, or expired while mqttd was down: its rows go (as they would have
+            # when it was due to be sent).
+            journal.forget_message(mid)
+            report.expired_messages += 1
+        else:
             messages[mid] = msg
     entries: list[tuple[Session, list[tuple[str, SubOpts, int]], Message | None, int, float]]
     entries = []
@@ -110,7 +116,7 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
         for q in row.queue:
             msg = messages.get(q.msg_id)
             qseq = q.qseq
-            if msg is None:  # its message was unreadable: the row goes
+            if msg is None:  # its message was unreadable or has expired: the row goes
                 journal.forget_row(row.client_id, q.qseq)
                 continue
             delivery: Delivery = (msg, q.qos, q.retain, q.subids, None)

@@ -1,0 +1,235 @@
+"""The journal and the restore, in process: the core's state changes written through the
+real Journal to a real backend (memory and SQLite), read back by restore() into a new
+registry, and compared; the batch editing (cancelled inserts) and the commit gate."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from core_util import ManualTimers, Owner
+
+from mqttd.config import Zone
+from mqttd.core.dispatch import Dispatcher
+from mqttd.core.message import Message
+from mqttd.core.registry import Registry
+from mqttd.core.session import Session
+from mqttd.hooks import Hooks
+from mqttd.metrics import Metrics
+from mqttd.mqtt.packets import SubOpts
+from mqttd.store.base import MSG_PUT, Q_PUT, Backend
+from mqttd.store.journal import Journal
+from mqttd.store.memory import MemoryBackend, MemoryState
+from mqttd.store.restore import restore
+from mqttd.store.sqlite import SqliteBackend
+
+
+class Env:
+    """A registry and dispatcher on manual timers, keeping durable state in ``journal``."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.zone = Zone()
+        self.timers = ManualTimers()
+        self.metrics = Metrics()
+        self.hooks = Hooks()
+        self.dispatcher = Dispatcher(self.metrics, self.hooks)
+        self.wills: list[Message] = []
+        self.registry = Registry(self.dispatcher, self.metrics, self.hooks, self.timers,
+                                 self.wills.append, [self.zone.await_rel_timeout],
+                                 clock=self.timers.clock)
+        self.registry.store = journal
+        self.dispatcher.retainer.durable = journal
+        self.journal = journal
+
+    def open(self, owner: Owner, expiry: int = 100, clean: bool = True) -> Session:
+        session, _ = self.registry.open_session(owner, self.zone, clean, expiry,
+                                                max_inflight=32)
+        return session
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def reopen(request: Any, tmp_path: Any) -> Any:
+    """A factory of backends that see what the previous one wrote."""
+    state = MemoryState()
+
+    def make() -> Backend:
+        if request.param == "memory":
+            return MemoryBackend(state)
+        return SqliteBackend(str(tmp_path / "mqttd.db"))
+
+    return make
+
+
+async def _settle(journal: Journal) -> None:
+    """Let the loop hand the batch over and the writer commit it."""
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        gate = journal.gate
+        if gate.committed == gate.issued and not journal._busy:
+            return
+    raise AssertionError("the journal did not commit")
+
+
+def _msg(topic: str, payload: bytes, qos: int = 1, **props: Any) -> Message:
+    return Message(topic, payload, qos, False, props or None, "pub")
+
+
+def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
+    async def write() -> dict[str, Any]:
+        backend = reopen()
+        backend.open()
+        journal = Journal(backend, "process")
+        journal.start(asyncio.get_running_loop())
+        env = Env(journal)
+        owner = Owner("c1", will=Message("will/c1", b"gone", 1, False, None, "c1"),
+                      will_delay=30)
+        session = env.open(owner)
+        env.dispatcher.subscribe(session, "a/+", SubOpts(1, True, True, 2), 7)
+        env.dispatcher.subscribe(session, "$share/g/b/#", SubOpts(2), 0)
+        env.dispatcher.subscribe(session, "gone/x", SubOpts(1), 0)
+        env.dispatcher.unsubscribe(session, "gone/x")
+        env.registry.detach(owner)  # offline: deliveries queue
+        for i in range(5):
+            env.dispatcher.publish(_msg("a/1", b"m%d" % i))
+        env.dispatcher.publish(_msg("b/x", b"shared", 2))
+        env.dispatcher.publish(_msg("a/2", b"q0", 0))  # QoS 0: queued, never stored
+        env.dispatcher.publish(Message("r/1", b"kept", 1, True, None, "pub"))
+        env.dispatcher.publish(Message("$SYS/x", b"sys", 0, True, None, None))
+        # Two deliveries go in flight (as a resuming channel's drain does); one of them
+        # gets its PUBREC... it is QoS 1, so acknowledge it instead; the shared QoS 2 one is
+        # released. An incoming QoS 2 id awaits PUBREL.
+        first = session.mqueue.popleft()
+        pid1 = session.start_inflight(first)
+        second = session.mqueue.popleft()
+        pid2 = session.start_inflight(second)
+        assert session.ack(pid1, 1) is first
+        for d in list(session.mqueue):
+            if d[1] == 2:
+                session.mqueue.remove(d)
+                pid3 = session.start_inflight(d)
+                assert session.ack(pid3, 2) is d
+                session.released(pid3)
+        session.await_rel(42, 0.0)
+        session.await_rel(43, 0.0)
+        session.release(43)
+        await _settle(journal)
+        expected = {
+            "subs": dict(session.subscriptions),
+            "queue": [d[0].payload for d in session.mqueue if d[1]],
+            "inflight": {pid: (d[0].payload, d[1]) for pid, d in session.inflight.items()},
+            "wait_comp": set(session.wait_comp or ()),
+            "awaiting": set(session.awaiting_rel),
+            "pid2": pid2,
+        }
+        await journal.aclose()
+        return expected
+
+    expected = asyncio.run(write())
+
+    async def read() -> None:
+        backend = reopen()
+        restored = backend.open()
+        journal = Journal(backend, "process", restored.last_msg_id)
+        env = Env(journal)
+        report = restore(restored, journal, env.registry, env.dispatcher.retainer)
+        assert report.sessions == 1 and report.wills == 1 and report.retained == 1
+        session = env.registry.sessions["c1"]
+        assert session.subscriptions == expected["subs"]
+        assert [d[0].payload for d in session.mqueue] == expected["queue"]
+        assert {pid: (d[0].payload, d[1]) for pid, d in session.inflight.items()} == \
+            expected["inflight"]
+        assert set(session.wait_comp or ()) == expected["wait_comp"]
+        assert set(session.awaiting_rel) == expected["awaiting"] == {42}
+        # Routes are back: a new message reaches the restored session's queue.
+        env.dispatcher.publish(_msg("a/9", b"after"))
+        assert session.mqueue[-1][0].payload == b"after"
+        # The shared delivery points at its group again.
+        shared = [d for d in session.inflight.values() if d[1] == 2]
+        assert shared and shared[0][4] is not None
+        retained = env.dispatcher.retainer.match("#")
+        assert [m.payload for m in retained] == [b"kept"]
+        # The will waits out the rest of its delay (the session went offline just now).
+        assert env.timers.pending_for("_fire_will")
+        # Every stored delivery is known to the session, so acknowledging it deletes it.
+        assert len(session.refs) == len(session.mqueue) + len(session.inflight)
+        journal.start(asyncio.get_running_loop())
+        pid = expected["pid2"]
+        assert session.ack(pid, 1) is not None
+        await _settle(journal)
+        await journal.aclose()
+        again = reopen().open()
+        rows = again.sessions[0].queue
+        assert pid not in {r.packet_id for r in rows}
+
+    asyncio.run(read())
+
+
+def test_a_delivery_acknowledged_before_the_hand_over_is_never_written() -> None:
+    journal = Journal(MemoryBackend(), "process")  # not started: the batch stays open
+    env = Env(journal)
+    owner = Owner("c1")
+    session = env.open(owner)
+    env.dispatcher.subscribe(session, "t", SubOpts(1), 0)
+    ops_before = len([op for op in journal._ops if op is not None])
+    msg = _msg("t", b"x")
+    delivery = (msg, 1, False, (), None)
+    pid = session.start_inflight(delivery)
+    kinds = [op[0] for op in journal._ops if op is not None]
+    assert kinds[-2:] == [MSG_PUT, Q_PUT]
+    assert session.ack(pid, 1) is delivery
+    assert len([op for op in journal._ops if op is not None]) == ops_before
+    assert journal.ops_cancelled == 2
+    assert journal._msgs == {}
+
+
+def test_a_message_is_stored_once_for_every_session_that_holds_it() -> None:
+    journal = Journal(MemoryBackend(), "process")
+    env = Env(journal)
+    sessions = []
+    for cid in ("a", "b", "c"):
+        owner = Owner(cid)
+        session = env.open(owner)
+        env.dispatcher.subscribe(session, "t/#", SubOpts(1), 0)
+        env.registry.detach(owner)
+        sessions.append(session)
+    env.dispatcher.publish(_msg("t/1", b"one"))
+    puts = [op for op in journal._ops if op is not None and op[0] == MSG_PUT]
+    rows = [op for op in journal._ops if op is not None and op[0] == Q_PUT]
+    assert len(puts) == 1 and len(rows) == 3
+    assert {op[3] for op in rows} == {puts[0][1]}
+
+
+def test_the_gate_follows_the_commits() -> None:
+    async def main() -> None:
+        backend = MemoryBackend()
+        backend.open()
+        journal = Journal(backend, "process")
+        journal.start(asyncio.get_running_loop())
+        env = Env(journal)
+        commits: list[int] = []
+        journal.on_commit = lambda: commits.append(journal.gate.committed)
+        owner = Owner("c1")
+        env.open(owner)
+        gate = journal.gate
+        assert gate.issued > gate.committed == 0
+        issued = gate.issued
+        await _settle(journal)
+        assert gate.committed == gate.taken == issued
+        assert commits and commits[-1] == issued
+        await journal.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_session_that_loses_its_expiry_leaves_the_store() -> None:
+    journal = Journal(MemoryBackend(), "process")
+    env = Env(journal)
+    owner = Owner("c1")
+    session = env.open(owner, expiry=100)
+    assert session.store is journal
+    env.registry.detach(owner)
+    owner2 = Owner("c1")
+    session2 = env.open(owner2, expiry=0, clean=False)  # resumed without an expiry
+    assert session2 is session and session.store is None
+    assert journal._ops[-1] == (2, "c1")  # SESSION_DEL
