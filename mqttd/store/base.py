@@ -33,14 +33,16 @@ SCHEMA_VERSION = 1
 # --- operations (first item of each op tuple) -------------------------------------------------
 
 #: (SESSION_PUT, client_id, expiry_interval, created_at, disconnected_at, will, will_delay)
-#: Insert or replace a session. ``disconnected_at`` 0: connected when written.
+#: Insert or replace the session row (its subscriptions, queue and awaiting-PUBREL ids stay).
+#: ``disconnected_at`` 0: connected when written.
 #: ``will``: the will's PUBLISH packet (bytes) or None.
 SESSION_PUT = 1
 #: (SESSION_DEL, client_id) — the session and everything of it: subscriptions, queue rows,
 #: awaiting-PUBREL ids. (Messages only it referenced are deleted by MSG_DEL ops of their own.)
 SESSION_DEL = 2
 #: (SUB_PUT, client_id, topic_filter, options, subscription_id) — insert or replace.
-#: ``options`` is the SUBSCRIBE options byte: qos | no_local << 2 | rap << 3 | rh << 4.
+#: ``options`` is the SUBSCRIBE options byte: qos | no_local << 2 | rap << 3 | rh << 4;
+#: ``subscription_id`` 0: none.
 SUB_PUT = 3
 #: (SUB_DEL, client_id, topic_filter)
 SUB_DEL = 4
@@ -53,6 +55,7 @@ MSG_DEL = 6
 #: A delivery in a session's queue. ``qseq`` orders a session's rows (ascending, unique per
 #: session); ``subids`` is a tuple of ints; ``share`` the shared subscription's
 #: ``$share/group/filter`` or None; ``packet_id`` 0 while queued, else in flight under it.
+#: Over an existing qseq it replaces the row (``released`` false again).
 Q_PUT = 7
 #: (Q_PID, client_id, qseq, packet_id) — the queued delivery went in flight under packet_id.
 Q_PID = 8
@@ -115,12 +118,17 @@ class SessionRow:
 
 @dataclass(slots=True)
 class Restored:
+    """Everything read back. Rows nothing can use are left out: a queue row whose message
+    is missing, and subscriptions, queue rows and awaiting-PUBREL ids of a client with no
+    session row."""
+
     sessions: list[SessionRow] = field(default_factory=list)
     #: msg_id -> message (only messages some queue row references)
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     #: topic -> message
     retained: dict[str, StoredMessage] = field(default_factory=dict)
-    #: Highest msg_id ever written (0 if none): new ids start above it.
+    #: Highest msg_id still stored (0 if none): new ids start above it. (Ids of messages
+    #: deleted before a restart may be used again: no row references them any more.)
     last_msg_id: int = 0
 
 
