@@ -53,7 +53,8 @@ class Server:
         #: Every operator query and action, for the control socket (and later front ends).
         self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,
                                node.broker, node.trace, node.plugins, node.supervisor,
-                               _ServerControl(self), access=lambda: node.access)
+                               _ServerControl(self), access=lambda: node.access,
+                               store=lambda: node.journal)
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""

@@ -573,6 +573,75 @@ async def cmd_banned_del(ctx: Context, a: Args) -> None:
     ctx.result("ok", data)
 
 
+# --- store ----------------------------------------------------------------------------------
+
+def _bytes(n: Any) -> str:
+    """A size for people: ``812 B``, ``4.0 KiB``, ``1.2 MiB``, ``3.5 GiB``."""
+    if not isinstance(n, int):
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _size(n: Any) -> str:
+    return f"{_bytes(n)} ({n} bytes)" if isinstance(n, int) and n >= 1024 else _bytes(n)
+
+
+def _seconds(v: Any) -> str:
+    return f"{v:.3f} s" if isinstance(v, (int, float)) else "-"
+
+
+def _compaction(last: Any) -> str:
+    if not last:
+        return "never"
+    return (f"{when(last.get('at'))} ({_bytes(last.get('before'))} -> "
+            f"{_bytes(last.get('after'))} in {_seconds(last.get('seconds'))})")
+
+
+async def cmd_store_status(ctx: Context, a: Args) -> None:
+    data = await ctx.mgmt.store.status()
+    if ctx.json:
+        ctx.emit_json(data)
+        return
+    if data["durability"] == "off":
+        ctx.kv([("durability", "off"), ("file", "none"), ("note", data["note"])])
+        return
+    state = "ok"
+    if data["full"]:
+        state = (f"FULL: writes fail and are retried: {data['last_error']}; QoS 1/2 messages "
+                 "that need storing are refused (0x97)")
+    pairs: list[tuple[str, Any]] = [
+        ("file", data["path"]), ("size", _size(data["size"])),
+        ("durability", data["durability"]), ("state", state)]
+    rows = data["rows"]
+    if rows is None:
+        pairs.append(("rows", "not counted"))
+    else:
+        pairs += [(f"rows/{table}", n) for table, n in rows.items()]
+    pairs += [("commits", data["commits"]), ("ops_written", data["ops_written"]),
+              ("ops_cancelled", data["ops_cancelled"]), ("pending", data["pending"]),
+              ("commit_p50", f"{data['commit_p50_ms']:g} ms" if data["commits"] else "-"),
+              ("commit_p99", f"{data['commit_p99_ms']:g} ms" if data["commits"] else "-"),
+              ("last_compaction", _compaction(data["last_compaction"])),
+              ("schema", data["schema"]), ("page_size", data["page_size"]),
+              ("free_pages", data["free_pages"])]
+    if data.get("note"):
+        pairs.append(("note", data["note"]))
+    ctx.kv(pairs)
+
+
+async def cmd_store_compact(ctx: Context, a: Args) -> None:
+    data = await ctx.mgmt.store.compact(by=BY)
+    ctx.result(f"Compacted {data['path']}: {_bytes(data['before'])} -> "
+               f"{_bytes(data['after'])} in {_seconds(data['seconds'])}", data)
+
+
 # --- acl ------------------------------------------------------------------------------------
 
 async def cmd_acl_reload(ctx: Context, a: Args) -> None:
@@ -624,6 +693,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
      "Show the retained message(s) of a topic or filter"),
     ("retained clean [<Topic>]", cmd_retained_clean,
      "Delete all retained messages, or those of a topic or filter"),
+    ("store status", cmd_store_status,
+     "Show the durable store: file, size, rows per table, commit latency, last compaction"),
+    ("store compact", cmd_store_compact,
+     "Give the store's free space back to the file system (checkpoint and VACUUM)"),
     ("listeners list", cmd_listeners_list, "List listeners"),
     ("listeners stop <Name>", cmd_listeners_stop, "Stop a listener and close its clients"),
     ("listeners restart <Name>", cmd_listeners_restart, "Restart a listener"),

@@ -24,6 +24,7 @@ from .retained import Retained
 from .routes import Routes
 from .sessions import Sessions
 from .status import Status
+from .store import Store
 from .subscriptions import Subscriptions
 from .trace import Traces
 from .vm import LoopMonitor, Vm
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..plugins import PluginManager
     from ..stats import Stats
+    from ..store.journal import Journal
     from ..supervisor import Supervisor
     from ..trace.manager import TraceManager
     from .control import ServerControl
@@ -46,8 +48,8 @@ class Management:
     """Every management query and action of one node, grouped by area.
 
     ``status``, ``clients``, ``sessions``, ``subscriptions``, ``routes``,
-    ``retained``, ``listeners``, ``trace``, ``plugins``, ``log``, ``vm`` and ``banned`` each
-    answer for their area; :meth:`stop_node` stops the whole node. Call
+    ``retained``, ``listeners``, ``trace``, ``plugins``, ``log``, ``vm``, ``banned`` and
+    ``store`` each answer for their area; :meth:`stop_node` stops the whole node. Call
     :meth:`start` once the event loop runs (it samples loop lag for ``vm``)
     and :meth:`close` when the node stops.
     """
@@ -56,7 +58,8 @@ class Management:
                  stats: Stats | None, broker: Broker, trace: TraceManager,
                  plugins: PluginManager | None, supervisor: Supervisor | None,
                  control: ServerControl,
-                 access: Callable[[], Access | None] = lambda: None) -> None:
+                 access: Callable[[], Access | None] = lambda: None,
+                 store: Callable[[], Journal | None] = lambda: None) -> None:
         self.settings = settings
         self.control = control
         self.monitor = LoopMonitor()
@@ -76,6 +79,9 @@ class Management:
         self.access = access
         self.banned = Banned(access)
         self.acl = Acl(access, broker.registry)
+        #: ``store`` returns the durable store's journal once the node has started, None
+        #: when durability is off.
+        self.store = Store(store)
 
     @property
     def node_name(self) -> str:
