@@ -1,17 +1,22 @@
 """Brokers under test: how each is configured, started on a loopback port, pinned and stopped.
 
 Every broker gets the same settings where it has them (see ``bench/README.md``):
-no persistence, a deep outgoing queue (1,000,000 messages, no byte limit),
-20 QoS 1/2 messages in flight per client (mosquitto's default), 127.0.0.1
-only, anonymous clients. Each is started fresh for every scenario run, pinned
-to one core, and stopped by its PID.
+a deep outgoing queue (1,000,000 messages, no byte limit), 20 QoS 1/2 messages
+in flight per client (mosquitto's default), 127.0.0.1 only, anonymous clients.
+Persistence differs by name: mqttd keeps persistent sessions in its store
+(``[store] durability``: "process" for ``mqttd``, "off" for ``mqttd-nostore``,
+"power" for ``mqttd-power``); mosquitto runs without persistence except as
+``mosquitto-persist*``. Each is started fresh for every scenario run, with an
+empty data directory of its own, pinned to one core, and stopped by its PID.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +32,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _MQTTD_LISTENING = re.compile(r"listener \S+ on [0-9.]+:(\d+)")
+#: mqttd's start log line saying which durability is in force.
+_MQTTD_DURABILITY = re.compile(r"durability (off|process|power)(?: \(|:)")
 
 MQTTD_CONFIG = """\
 [mqtt]
@@ -40,10 +47,17 @@ bind = "127.0.0.1"
 port = 0
 """
 
+#: Appended for a spec with ``durability`` set (older checkouts run with ``NAME@DIR`` may not
+#: know the table, so it is left out otherwise; mqttd's default is "process").
+MQTTD_STORE = """
+[store]
+durability = "{durability}"
+"""
+
 MOSQUITTO_CONFIG = """\
 listener {port} 127.0.0.1
 allow_anonymous true
-persistence false
+{persistence}
 max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 20
@@ -52,6 +66,13 @@ log_type error
 log_type warning
 connection_messages false
 """
+
+#: mosquitto-persist*: mosquitto acknowledges from memory and writes a snapshot of its whole
+#: state every autosave_interval seconds (default 1800, kept: no snapshot inside a run) and at
+#: exit, so what a kill -9 loses is up to the last snapshot.
+MOSQUITTO_PERSIST = """persistence true
+persistence_location {dir}/
+persistence_file mosquitto.db"""
 
 AMQTT_CONFIG = """\
 listeners:
@@ -78,6 +99,10 @@ class BrokerSpec:
     #: For ``NAME@DIR``: run the mqttd package found in DIR (another checkout, extensions
     #: built in place), e.g. the commit before a change, side by side with this tree.
     src: str = ""
+    #: mqttd: ``[store] durability`` ("off", "process", "power"); "" leaves the table out.
+    durability: str = ""
+    #: mosquitto: ``persistence true`` with its file in the run's data directory.
+    persistence: bool = False
 
     def available(self) -> str | None:
         """None when it can run here, else why not."""
@@ -91,7 +116,14 @@ class BrokerSpec:
 
 def builtin_specs() -> dict[str, BrokerSpec]:
     return {
-        "mqttd": BrokerSpec("mqttd", "mqttd", "mqttd (this tree), compiled speedups, uvloop"),
+        "mqttd": BrokerSpec("mqttd", "mqttd", "mqttd (this tree), compiled speedups, uvloop, "
+                            'store durability = "process" (the default)', durability="process"),
+        "mqttd-nostore": BrokerSpec("mqttd-nostore", "mqttd",
+                                    'mqttd with [store] durability = "off" (memory only)',
+                                    durability="off"),
+        "mqttd-power": BrokerSpec("mqttd-power", "mqttd",
+                                  'mqttd with [store] durability = "power" (fsync per commit)',
+                                  durability="power"),
         "mqttd-pure": BrokerSpec("mqttd-pure", "mqttd",
                                  "mqttd with MQTTD_NO_EXTENSIONS=1 (pure-Python codec and trie)",
                                  env={"MQTTD_NO_EXTENSIONS": "1"}),
@@ -99,6 +131,13 @@ def builtin_specs() -> dict[str, BrokerSpec]:
                                 "mosquitto (Debian), default: Nagle on"),
         "mosquitto-nodelay": BrokerSpec("mosquitto-nodelay", "mosquitto",
                                         "mosquitto (Debian), set_tcp_nodelay true", nodelay=True),
+        "mosquitto-persist": BrokerSpec(
+            "mosquitto-persist", "mosquitto", "mosquitto (Debian), Nagle on, persistence true "
+            "(autosave_interval default 1800 s)", persistence=True),
+        "mosquitto-persist-nodelay": BrokerSpec(
+            "mosquitto-persist-nodelay", "mosquitto", "mosquitto (Debian), set_tcp_nodelay true, "
+            "persistence true (autosave_interval default 1800 s)", nodelay=True,
+            persistence=True),
         "amqtt": BrokerSpec("amqtt", "amqtt", f"amqtt 0.12.1 (venv {AMQTT_VENV})"),
     }
 
@@ -119,6 +158,28 @@ def parse_spec(text: str, known: dict[str, BrokerSpec]) -> BrokerSpec:
     if text not in known:
         raise ValueError(f"unknown broker {text!r} (known: {', '.join(known)}, or NAME=COMMAND)")
     return known[text]
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path`` as a new, empty directory of mode 0700, as mqttd wants its data directory
+    (whatever was there is removed)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, mode=0o700)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask
+    return path
+
+
+def give_to_mosquitto(path: Path) -> None:
+    """Started as root, mosquitto drops to its own user (``user``, default "mosquitto")
+    before writing its persistence file: that user must own the directory."""
+    if os.geteuid() != 0:
+        return
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def free_port() -> int:
@@ -160,20 +221,30 @@ class BrokerProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "broker.log"
         self.port = 0
+        #: The broker's data directory (mqttd's --data-dir, mosquitto's persistence_location):
+        #: emptied here, so no state is carried from an earlier run.
+        self.data_dir = fresh_dir(self.dir / "data")
         env = {**os.environ, **spec.env}
         if spec.kind == "mqttd":
             conf = self.dir / "mqttd.toml"
-            conf.write_text(MQTTD_CONFIG)
+            text = MQTTD_CONFIG
+            if spec.durability:
+                text += MQTTD_STORE.format(durability=spec.durability)
+            conf.write_text(text)
             # mqttd_src: a snapshot of the package taken when the sitting began (see
             # snapshot_mqttd), so edits to the tree during a run do not change what is measured.
             src = spec.src or mqttd_src or ROOT
             env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
             args = [sys.executable, "-m", "mqttd", "start", "-c", str(conf), "--port", "0",
-                    "--data-dir", str(self.dir / "data"), "--log-level", "info"]
+                    "--data-dir", str(self.data_dir), "--log-level", "info"]
         elif spec.kind == "mosquitto":
             self.port = free_port()
             conf = self.dir / "mosquitto.conf"
-            text = MOSQUITTO_CONFIG.format(port=self.port)
+            text = MOSQUITTO_CONFIG.format(
+                port=self.port, persistence=MOSQUITTO_PERSIST.format(dir=self.data_dir)
+                if spec.persistence else "persistence false")
+            if spec.persistence:
+                give_to_mosquitto(self.data_dir)
             if spec.nodelay:
                 text += "set_tcp_nodelay true\n"
             conf.write_text(text)
@@ -217,6 +288,13 @@ class BrokerProcess:
             self.stop()
             raise RuntimeError(f"{spec.name} did not accept MQTT connections within "
                                f"{timeout:.0f} s:\n" + self.log()[-3000:])
+        if spec.kind == "mqttd" and spec.durability:
+            m = _MQTTD_DURABILITY.search(self.log())
+            if m is None or m.group(1) != spec.durability:
+                self.stop()
+                raise RuntimeError(f"{spec.name}: the log does not say durability "
+                                   f"{spec.durability} is in force (found "
+                                   f"{m.group(1) if m else 'no durability line'})")
         # Let start-up work (imports, GC of start-up garbage) settle before any sample.
         time.sleep(0.2)
 

@@ -602,8 +602,11 @@ cdef class Engine:
             self.flush(ci)
         return 0
 
-    cdef int encode_connect(self, int ci, bytes prefix, int keepalive) except -1:
-        """Append CONNECT (3.1.1, clean session, client id = prefix + index) to the output."""
+    cdef int encode_connect(self, int ci, bytes prefix, int keepalive, bint clean) except -1:
+        """Append CONNECT (3.1.1, client id = prefix + index) to the output.
+
+        ``clean`` false: Clean Session 0, a persistent session (the broker keeps the
+        session and its queue after the connection ends)."""
         cdef conn_t *c = &self.conns[ci]
         cdef char idbuf[24]
         cdef int idlen = 0, k, v = ci
@@ -629,6 +632,8 @@ cdef class Engine:
             o[2] = <char>(rl >> 7)
             o += 3
         memcpy(o, b"\x00\x04MQTT\x04\x02", 8)
+        if not clean:
+            o[7] = 0  # connect flags: Clean Session 0
         o[8] = <char>(keepalive >> 8)
         o[9] = <char>(keepalive & 255)
         o[10] = <char>(cid_len >> 8)
@@ -642,7 +647,8 @@ cdef class Engine:
         c.otail = o - c.obuf
         return 0
 
-    cdef int start_connect(self, int ci, int fd, bytes prefix, int keepalive) except -1:
+    cdef int start_connect(self, int ci, int fd, bytes prefix, int keepalive,
+                           bint clean) except -1:
         """A connect() was issued: queue CONNECT and try to send it at once.
 
         On loopback the handshake has usually completed inside connect(), so the
@@ -653,7 +659,7 @@ cdef class Engine:
         c.fd = fd
         c.state = ST_CONNECTING
         self.pending += 1
-        self.encode_connect(ci, prefix, keepalive)
+        self.encode_connect(ci, prefix, keepalive, clean)
         r = self.flush(ci)  # EAGAIN while still connecting: flush waits for EPOLLOUT
         if r == 1:
             c.state = ST_WAIT_CONNACK
@@ -711,12 +717,13 @@ cdef class Engine:
     # --- connections -------------------------------------------------------------------
 
     def connect(self, int n, list sources, int concurrency, bytes prefix, int keepalive=0,
-                double timeout=30.0):
+                double timeout=30.0, bint clean=True):
         """Open ``n`` MQTT connections, at most ``concurrency`` handshakes at a time.
 
         ``sources``: source addresses (host-order ints; 0 = let the kernel choose),
-        used round robin. Returns (first index, connected, failed, ns from the
-        first connect() to the last CONNACK).
+        used round robin. ``clean`` false: CONNECT with Clean Session 0 (persistent
+        sessions). Returns (first index, connected, failed, ns from the first
+        connect() to the last CONNACK).
         """
         cdef int first = self.nconns, started = 0, ci, err, fd, turns = 0
         cdef uint64_t base_ok = self.connected, base_fail = self.connect_failed
@@ -757,7 +764,7 @@ cdef class Engine:
                         if self.first_conn_error == 0:
                             self.first_conn_error = err
                         continue
-                    self.start_connect(ci, fd, prefix, keepalive)
+                    self.start_connect(ci, fd, prefix, keepalive, clean)
                 if lg_now() > deadline:
                     break
                 self.poll(5)
