@@ -233,3 +233,20 @@ def test_a_session_that_loses_its_expiry_leaves_the_store() -> None:
     session2 = env.open(owner2, expiry=0, clean=False)  # resumed without an expiry
     assert session2 is session and session.store is None
     assert journal._ops[-1] == (2, "c1")  # SESSION_DEL
+
+
+def test_deletes_nothing_earlier_creates_go_first_when_the_store_is_full() -> None:
+    from mqttd.store.base import MSG_DEL, Q_DEL, RET_CLEAR, RET_PUT, SESSION_DEL, SESSION_PUT
+    from mqttd.store.journal import split_freeing
+
+    ops = [
+        (MSG_PUT, 9, b"p", None, 0.0, 0.0), (Q_PUT, "a", 5, 9, 1, False, (), None, 0),
+        (Q_DEL, "a", 1), (MSG_DEL, 1),      # old rows: may go first
+        (Q_DEL, "a", 5), (MSG_DEL, 9),      # created above: stay after their inserts
+        (SESSION_PUT, "b", 10, 0.0, 0.0, None, 0), (SESSION_DEL, "b"),  # b written above
+        (SESSION_DEL, "c"),                 # nothing of c above: first
+        (RET_PUT, "t", b"p", None, 0.0, 0.0), (RET_CLEAR,),
+    ]
+    freeing, rest = split_freeing(ops)
+    assert freeing == [(Q_DEL, "a", 1), (MSG_DEL, 1), (SESSION_DEL, "c")]
+    assert rest == [op for op in ops if op not in freeing]

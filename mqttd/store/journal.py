@@ -17,7 +17,10 @@ The writer reports each commit back with ``call_soon_threadsafe``; ``gate.commit
 advances and ``on_commit`` lets the connections holding acknowledgements write them.
 A write that does not fit (disk full, the store's size limit) is retried by the writer
 until it does; meanwhile ``gate.full`` makes the broker refuse QoS 1/2 messages that
-would need storing (0x97), and nothing acknowledged is lost.
+would need storing (0x97), and nothing acknowledged is lost. While full, the loop keeps
+handing batches over and the writer merges them into the one it retries, committing
+first, on their own, the deletes nothing earlier depends on (subscribers acknowledging
+their queues): they free the room the rest needs.
 """
 
 from __future__ import annotations
@@ -114,7 +117,11 @@ class Journal:
         #: The batch being gathered (None: an operation cancelled before the hand-over).
         self._ops: list[Op | None] = []
         self._scheduled = False
-        self._busy = False
+        #: Batches handed to the writer and not yet reported committed.
+        self._busy = 0
+        #: Set when closing while the store is full: the writer gives up the batch it
+        #: retries (nothing in it was acknowledged: acknowledgements wait for it).
+        self._give_up = threading.Event()
         #: (client id, qseq) -> index in _ops of its Q_PUT; msg id -> index of its MSG_PUT;
         #: (client id, packet id) -> index of REL_PUT; topic -> index of RET_PUT. Only for
         #: the batch being gathered.
@@ -158,12 +165,15 @@ class Journal:
         try:
             while self._busy or self._ops:
                 self._idle.clear()
-                await asyncio.wait_for(self._idle.wait(), timeout)
+                # A full store will not take them: a short wait for room, then give up.
+                await asyncio.wait_for(self._idle.wait(), 5.0 if self.gate.full else timeout)
                 self._handoff()
         except TimeoutError:
             pending = sum(1 for op in self._ops if op is not None)
-            log.error("store: could not write %d pending operations before shutdown (%s)",
-                      pending, self.last_error or "the store did not answer")
+            log.error("store: giving up %d operations not written before shutdown (%s); "
+                      "none of them was acknowledged to a client", pending,
+                      self.last_error or "the store did not answer")
+            self._give_up.set()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._jobs.put((_CLOSE, done))
         try:
@@ -303,7 +313,7 @@ class Journal:
 
     def _handoff(self) -> None:
         self._scheduled = False
-        if self._busy or not self._ops or self._thread is None:
+        if (self._busy and not self.gate.full) or not self._ops or self._thread is None:
             return
         ops = self._ops
         self._ops = []
@@ -311,14 +321,15 @@ class Journal:
         self._msg_pending.clear()
         self._rel_pending.clear()
         self._ret_pending.clear()
-        self._busy = True
+        self._busy += 1
         gate = self.gate
         gate.taken = gate.issued
         self._jobs.put((_WRITE, ops, gate.issued))
 
-    def _written(self, seq: int, seconds: float, n: int, recovered: bool) -> None:
-        """On the loop: a batch is committed."""
-        self._busy = False
+    def _written(self, seq: int, seconds: float, n: int, recovered: bool, batches: int = 1
+                 ) -> None:
+        """On the loop: ``batches`` handed-over batches are committed (or given up)."""
+        self._busy -= batches
         gate = self.gate
         gate.committed = seq
         self.commits += 1
@@ -357,29 +368,12 @@ class Journal:
 
     def _run(self) -> None:
         """The writer thread: one job at a time, in order."""
-        backend = self.backend
+        later: list[tuple[Any, ...]] = []
         while True:
-            job = self._jobs.get()
+            job = later.pop(0) if later else self._jobs.get()
             kind = job[0]
             if kind == _WRITE:
-                ops = [op for op in job[1] if op is not None]
-                start = time.perf_counter()
-                delay = RETRY_FIRST
-                failed = False
-                while ops:
-                    try:
-                        backend.write(ops)
-                        break
-                    except StoreError as err:
-                        failed = True
-                        self._call(self._failed, err)
-                    except Exception as err:  # a bug or an unforeseen error: never lose
-                        failed = True           # the batch silently, keep retrying
-                        self._call(self._failed, StoreError(f"{backend.path}: {err!r}"))
-                    time.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
-                self._call(self._written, job[2], time.perf_counter() - start, len(ops),
-                           failed)
+                self._write(job, later)
             elif kind == _CALL:
                 fn, fut = job[1], job[2]
                 try:
@@ -390,10 +384,54 @@ class Journal:
                     self._call(_set_result, fut, result)
             else:
                 try:
-                    backend.close()
+                    self.backend.close()
                 finally:
                     self._call(_set_result, job[1], None)
                 return
+
+    def _write(self, job: tuple[Any, ...], later: list[tuple[Any, ...]]) -> None:
+        """Commit one batch; if it fails, retry it (merged with the batches handed over
+        meanwhile, their deletes first) until it succeeds or the journal gives up."""
+        backend = self.backend
+        ops = [op for op in job[1] if op is not None]
+        seq = job[2]
+        batches = 1
+        start = time.perf_counter()
+        delay = RETRY_FIRST
+        failed = False
+        while ops:
+            try:
+                backend.write(ops)
+                break
+            except StoreError as err:
+                failed = True
+                self._call(self._failed, err)
+            except Exception as err:  # a bug or an unforeseen error: never lose the
+                failed = True           # batch silently, keep retrying
+                self._call(self._failed, StoreError(f"{backend.path}: {err!r}"))
+            if self._give_up.wait(delay):
+                break
+            delay = min(delay * 2, RETRY_MAX)
+            while True:  # what the loop handed over meanwhile joins the retry
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt[0] == _WRITE:
+                    ops += [op for op in nxt[1] if op is not None]
+                    seq = nxt[2]
+                    batches += 1
+                else:
+                    later.append(nxt)
+            freeing, rest = split_freeing(ops)
+            if freeing:
+                try:
+                    backend.write(freeing)
+                    ops = rest
+                except Exception:
+                    pass  # not even the deletes fit: retry everything as it was
+        self._call(self._written, seq, time.perf_counter() - start, len(ops), failed,
+                   batches)
 
     async def _on_writer(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the writer thread, after the writes handed over before it."""
@@ -424,6 +462,58 @@ class Journal:
         assert isinstance(result, dict)
         self.last_compaction = dict(result, at=time.time())
         return result
+
+
+def split_freeing(ops: list[Op]) -> tuple[list[Op], list[Op]]:
+    """(deletes that may be applied before every other op, the rest in order).
+
+    A delete may go first when nothing earlier in ``ops`` creates what it deletes: then
+    applying it earlier gives the same end state. Deleting first is what lets a full store
+    take the rest (the freed pages are reused)."""
+    freeing: list[Op] = []
+    rest: list[Op] = []
+    created: set[object] = set()  # keys that ops kept in ``rest`` create or change
+    clients: set[object] = set()  # clients that ops kept in ``rest`` write rows of
+    retained_put = False
+    for op in ops:
+        code = op[0]
+        if code == Q_DEL:
+            movable = ("q", op[1], op[2]) not in created
+        elif code == MSG_DEL:
+            movable = ("m", op[1]) not in created
+        elif code == REL_DEL:
+            movable = ("r", op[1], op[2]) not in created
+        elif code == SUB_DEL:
+            movable = ("s", op[1], op[2]) not in created
+        elif code == RET_DEL:
+            movable = ("t", op[1]) not in created
+        elif code == RET_CLEAR:
+            movable = not retained_put
+        elif code == SESSION_DEL:
+            movable = op[1] not in clients
+        else:
+            movable = False
+        if movable:
+            freeing.append(op)
+            continue
+        rest.append(op)
+        if code == Q_PUT or code == Q_PID or code == Q_REL:
+            created.add(("q", op[1], op[2]))
+            clients.add(op[1])
+        elif code == MSG_PUT:
+            created.add(("m", op[1]))
+        elif code == REL_PUT:
+            created.add(("r", op[1], op[2]))
+            clients.add(op[1])
+        elif code == SUB_PUT:
+            created.add(("s", op[1], op[2]))
+            clients.add(op[1])
+        elif code == RET_PUT:
+            created.add(("t", op[1]))
+            retained_put = True
+        elif code == SESSION_PUT:
+            clients.add(op[1])
+    return freeing, rest
 
 
 def _set_result(fut: asyncio.Future[Any], value: object) -> None:
