@@ -102,7 +102,7 @@ def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
         first = session.mqueue.popleft()
         pid1 = session.start_inflight(first)
         second = session.mqueue.popleft()
-        pid2 = session.start_inflight(second)
+        session.start_inflight(second)
         assert session.ack(pid1, 1) is first
         for d in list(session.mqueue):
             if d[1] == 2:
@@ -114,13 +114,16 @@ def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
         session.await_rel(43, 0.0)
         session.release(43)
         await _settle(journal)
+        # A QoS 1 delivery that went in flight from the queue comes back queued (its packet
+        # id is not kept: it is sent again anyway); QoS 2 keeps its packet id.
         expected = {
             "subs": dict(session.subscriptions),
-            "queue": [d[0].payload for d in session.mqueue if d[1]],
-            "inflight": {pid: (d[0].payload, d[1]) for pid, d in session.inflight.items()},
+            "queue": [d[0].payload for d in session.inflight.values() if d[1] == 1]
+            + [d[0].payload for d in session.mqueue if d[1]],
+            "inflight": {pid: (d[0].payload, d[1]) for pid, d in session.inflight.items()
+                         if d[1] == 2},
             "wait_comp": set(session.wait_comp or ()),
             "awaiting": set(session.awaiting_rel),
-            "pid2": pid2,
         }
         await journal.aclose()
         return expected
@@ -154,13 +157,14 @@ def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
         # Every stored delivery is known to the session, so acknowledging it deletes it.
         assert len(session.refs) == len(session.mqueue) + len(session.inflight)
         journal.start(asyncio.get_running_loop())
-        pid = expected["pid2"]
-        assert session.ack(pid, 1) is not None
+        head = session.mqueue.popleft()
+        pid = session.start_inflight(head)
+        assert session.ack(pid, 1) is head
         await _settle(journal)
         await journal.aclose()
         again = reopen().open()
         rows = again.sessions[0].queue
-        assert pid not in {r.packet_id for r in rows}
+        assert len(rows) == len(expected["queue"]) + len(expected["inflight"])
 
     asyncio.run(read())
 

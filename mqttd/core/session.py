@@ -137,7 +137,10 @@ class Session:
         if store is not None:
             qseq = self.refs.get(id(delivery))
             if qseq is not None:  # from the queue: stored already
-                store.set_inflight(self.client_id, qseq, pid)
+                if delivery[1] == 2:
+                    # Only QoS 2 needs its packet id kept: after a restart a QoS 1 delivery
+                    # is sent again anyway (a duplicate QoS 1 allows), under a new id.
+                    store.set_inflight(self.client_id, qseq, pid)
             else:
                 self._qseq = qseq = self._qseq + 1
                 self.refs[id(delivery)] = qseq
