@@ -182,7 +182,8 @@ def test_messages_and_last_msg_id(reopen: Reopen) -> None:
     assert restored.messages == {1: StoredMessage(packet(1), None, 5.5, 0.0),
                                  2: StoredMessage(packet(2), "s", 6.0, 99.0)}
     assert [q.msg_id for q in by_id(restored)["a"].queue] == [1, 2]
-    assert restored.last_msg_id == 3
+    # The highest id in msgs or in a queue row (the row of 4 is left out, its id counts).
+    assert restored.last_msg_id == 4
     restored = apply(reopen, [msg(10, size=5000)])
     assert restored.last_msg_id == 10
     assert 10 not in restored.messages
@@ -552,3 +553,19 @@ def test_sqlite_survives_unclean_exit(tmp_path: Path) -> None:
     assert os.path.getsize(f"{path}-wal") > 0  # nothing checkpointed: all of it in the WAL
     restored = restart(lambda: SqliteBackend(str(path)))
     assert [q.msg_id for q in by_id(restored)["a"].queue] == [1, 2]
+
+
+def test_a_queue_row_can_keep_its_message_inline(reopen: Reopen) -> None:
+    inline = (Q_PUT, "a", 1, 7, 1, False, (), None, 0, packet(7), "pub", 3.0, 0.0)
+    restored = apply(reopen, [session("a"), inline, qput("a", 2, 1), msg(1)])
+    rows = by_id(restored)["a"].queue
+    assert [(q.qseq, q.msg_id) for q in rows] == [(1, 7), (2, 1)]
+    assert rows[0].message == StoredMessage(packet(7), "pub", 3.0, 0.0)
+    assert rows[1].message is None and 7 not in restored.messages
+    assert restored.last_msg_id == 7
+    restored = apply(reopen, [(Q_PID, "a", 1, 5), (Q_REL, "a", 1)])
+    row = by_id(restored)["a"].queue[0]
+    assert (row.packet_id, row.released, row.message) == (
+        5, True, StoredMessage(packet(7), "pub", 3.0, 0.0))
+    restored = apply(reopen, [(Q_DEL, "a", 1)])
+    assert [q.qseq for q in by_id(restored)["a"].queue] == [2]

@@ -254,3 +254,36 @@ def test_deletes_nothing_earlier_creates_go_first_when_the_store_is_full() -> No
     freeing, rest = split_freeing(ops)
     assert freeing == [(Q_DEL, "a", 1), (MSG_DEL, 1), (SESSION_DEL, "c")]
     assert rest == [op for op in ops if op not in freeing]
+
+
+def test_a_message_one_session_holds_goes_inline_and_gets_a_row_for_a_second() -> None:
+    async def main() -> None:
+        backend = MemoryBackend()
+        backend.open()
+        journal = Journal(backend, "process")
+        journal.start(asyncio.get_running_loop())
+        env = Env(journal)
+        a = env.open(Owner("a"))
+        msg = _msg("t", b"one")
+        delivery = (msg, 1, False, (), None)
+        a.enqueue(delivery)
+        journal._handoff()
+        assert journal._msgs[msg][2] == 1  # inline: no msgs row
+        await _settle(journal)
+        assert backend.state.msgs == {}
+        b = env.open(Owner("b"))
+        b.enqueue((msg, 1, False, (), None))  # a second holder: now it needs its row
+        await _settle(journal)
+        mid = journal._msgs[msg][0]
+        assert list(backend.state.msgs) == [mid]
+        a.mqueue.remove(delivery)
+        a.forget(delivery)  # the inline copy goes with a's row; b still holds the message
+        await _settle(journal)
+        assert list(backend.state.msgs) == [mid]
+        env.registry.discard(b, "discarded")  # the last holder: the row goes
+        await _settle(journal)
+        await journal.aclose()
+        assert backend.state.msgs == {}
+        assert msg not in journal._msgs
+
+    asyncio.run(main())

@@ -56,6 +56,9 @@ MSG_DEL = 6
 #: session); ``subids`` is a tuple of ints; ``share`` the shared subscription's
 #: ``$share/group/filter`` or None; ``packet_id`` 0 while queued, else in flight under it.
 #: Over an existing qseq it replaces the row (``released`` false again).
+#: Inline form, 13 items: the same followed by (packet, sender, timestamp, expiry_at): the
+#: message is kept in the queue row itself, with no msgs row (the journal does this for a
+#: message only one session holds, which saves an insert and a delete per message).
 Q_PUT = 7
 #: (Q_PID, client_id, qseq, packet_id) — the queued delivery went in flight under packet_id.
 Q_PID = 8
@@ -98,6 +101,9 @@ class QueueRow:
     packet_id: int
     #: PUBREC came (Q_REL): waiting for PUBCOMP.
     released: bool
+    #: The message itself when the row keeps it inline (``msg_id`` is then not in
+    #: ``Restored.messages``).
+    message: StoredMessage | None = None
 
 
 @dataclass(slots=True)
@@ -127,7 +133,8 @@ class Restored:
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     #: topic -> message
     retained: dict[str, StoredMessage] = field(default_factory=dict)
-    #: Highest msg_id still stored (0 if none): new ids start above it. (Ids of messages
+    #: Highest msg_id still stored, in msgs or in a queue row (0 if none): new ids start
+    #: above it. (Ids of messages
     #: deleted before a restart may be used again: no row references them any more.)
     last_msg_id: int = 0
 

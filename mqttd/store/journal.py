@@ -11,7 +11,10 @@ low load, thousands of operations per commit under load.
 
 A batch not yet handed over is still editable: a delivery acknowledged before its row
 was handed to the writer cancels its insert (and its message's, when no other queue
-holds it), so an online subscriber that keeps up costs the disk little.
+holds it), so an online subscriber that keeps up costs the disk little. At the hand-over,
+a message first stored in the batch and held by one session only goes into that
+session's queue row (inline) instead of a msgs row of its own: one insert and one delete
+per message instead of two of each; it gets a msgs row when a second session takes it.
 
 The writer reports each commit back with ``call_soon_threadsafe``; ``gate.committed``
 advances and ``on_commit`` lets the connections holding acknowledgements write them.
@@ -126,10 +129,12 @@ class Journal:
         #: (client id, packet id) -> index of REL_PUT; topic -> index of RET_PUT. Only for
         #: the batch being gathered.
         self._q_pending: dict[tuple[str, int], int] = {}
-        self._msg_pending: dict[int, int] = {}
+        #: msg id -> [index of its MSG_PUT, index of its first Q_PUT, the message]
+        self._msg_pending: dict[int, list[Any]] = {}
         self._rel_pending: dict[tuple[str, int], int] = {}
         self._ret_pending: dict[str, int] = {}
-        #: Every stored message -> [msg id, number of queue rows referencing it].
+        #: Every stored message -> [msg id, number of queue rows referencing it, 1 if its one
+        #: copy is inline in a queue row (no msgs row) else 0].
         self._msgs: dict[Message, list[int]] = {}
         self._last_id = last_msg_id
         # Figures for ctl store status.
@@ -215,25 +220,33 @@ class Journal:
                      packet_id: int) -> None:
         msg = delivery[0]
         entry = self._msgs.get(msg)
+        pending = None
         if entry is None:
             self._last_id = mid = self._last_id + 1
-            self._msgs[msg] = [mid, 1]
-            self._msg_pending[mid] = self._append(
+            self._msgs[msg] = [mid, 1, 0]
+            pending = self._msg_pending[mid] = [self._append(
                 (MSG_PUT, mid, message_packet(msg), msg.sender, msg.timestamp,
-                 wall_expiry(msg)))
+                 wall_expiry(msg))), -1, msg]
         else:
             entry[1] += 1
             mid = entry[0]
-        self._q_pending[(client_id, qseq)] = self._append(
+            if entry[2]:  # its one copy is inline in another row: a second holder needs a row
+                entry[2] = 0
+                self._msg_pending[mid] = [self._append(
+                    (MSG_PUT, mid, message_packet(msg), msg.sender, msg.timestamp,
+                     wall_expiry(msg))), -1, msg]
+        idx = self._q_pending[(client_id, qseq)] = self._append(
             (Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
              _share_name(delivery[4]), packet_id))
+        if pending is not None:
+            pending[1] = idx
 
     def set_inflight(self, client_id: str, qseq: int, packet_id: int) -> None:
         idx = self._q_pending.get((client_id, qseq))
         if idx is not None:  # still in the batch being gathered: give it its packet id
             op = self._ops[idx]
             assert op is not None
-            self._ops[idx] = op[:8] + (packet_id,)
+            self._ops[idx] = op[:8] + (packet_id,) + op[9:]
             return
         self._append((Q_PID, client_id, qseq, packet_id))
 
@@ -255,11 +268,11 @@ class Journal:
             return
         del self._msgs[msg]
         mid = entry[0]
-        midx = self._msg_pending.pop(mid, None)
-        if midx is not None:
-            self._ops[midx] = None
+        pending = self._msg_pending.pop(mid, None)
+        if pending is not None:
+            self._ops[pending[0]] = None
             self.ops_cancelled += 1
-        else:
+        elif not entry[2]:  # an inline copy goes with its row
             self._append((MSG_DEL, mid))
 
     def await_rel(self, client_id: str, packet_id: int) -> None:
@@ -296,9 +309,10 @@ class Journal:
 
     # --- restore ------------------------------------------------------------------------
 
-    def adopt(self, msg: Message, msg_id: int, refs: int) -> None:
-        """A restored message with ``refs`` queue rows referencing it."""
-        self._msgs[msg] = [msg_id, refs]
+    def adopt(self, msg: Message, msg_id: int, refs: int, inline: bool = False) -> None:
+        """A restored message with ``refs`` queue rows referencing it (``inline``: its one
+        copy is in its queue row)."""
+        self._msgs[msg] = [msg_id, refs, 1 if inline else 0]
 
     def forget_row(self, client_id: str, qseq: int) -> None:
         """A restored queue row that cannot be used (its message is unreadable)."""
@@ -318,6 +332,8 @@ class Journal:
         ops = self._ops
         self._ops = []
         self._q_pending.clear()
+        if self._msg_pending:
+            self._inline(ops)
         self._msg_pending.clear()
         self._rel_pending.clear()
         self._ret_pending.clear()
@@ -325,6 +341,22 @@ class Journal:
         gate = self.gate
         gate.taken = gate.issued
         self._jobs.put((_WRITE, ops, gate.issued))
+
+    def _inline(self, ops: list[Op | None]) -> None:
+        """Messages first stored in this batch and held by one queue row only go into that
+        row: its Q_PUT takes the MSG_PUT's packet, sender, timestamp and expiry."""
+        msgs = self._msgs
+        for put_idx, q_idx, msg in self._msg_pending.values():
+            entry = msgs.get(msg)
+            if entry is None or entry[1] != 1 or q_idx < 0:
+                continue
+            put = ops[put_idx]
+            row = ops[q_idx]
+            if put is None or row is None or len(row) != 9:
+                continue
+            ops[q_idx] = row + put[2:]
+            ops[put_idx] = None
+            entry[2] = 1
 
     def _written(self, seq: int, seconds: float, n: int, recovered: bool, batches: int = 1
                  ) -> None:

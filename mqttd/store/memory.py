@@ -46,7 +46,7 @@ _Session = tuple[int, float, float, "bytes | None", int]
 #: (packet, sender, timestamp, expiry_at)
 _Message = tuple[bytes, "str | None", float, float]
 #: (msg_id, qos, retain, subids, share, packet_id, released)
-_Queued = tuple[int, int, bool, tuple[int, ...], "str | None", int, bool]
+_Queued = tuple[int, int, bool, tuple[int, ...], "str | None", int, bool, "_Message | None"]
 
 
 @dataclass
@@ -133,7 +133,7 @@ class MemoryBackend:
             MSG_DEL: lambda op: self._pop(s.msgs, op[1]),
             Q_PUT: lambda op: self._set(self._inner(s.queue, op[1]), _int(op[2]), (
                 _int(op[3]), _int(op[4]), bool(_int(op[5])), _subids(op[6]), _opt_str(op[7]),
-                _int(op[8]), False)),
+                _int(op[8]), False, _message(op[7:]) if len(op) == 13 else None)),
             Q_PID: self._q_pid,
             Q_REL: self._q_rel,
             Q_DEL: lambda op: self._pop_inner(s.queue, op[1], op[2]),
@@ -184,15 +184,15 @@ class MemoryBackend:
         rows = self.state.queue.get(_str(op[1]))
         qseq, pid = _int(op[2]), _int(op[3])
         if rows is not None and qseq in rows:
-            m, qos, retain, subids, share, _, released = rows[qseq]
-            self._set(rows, qseq, (m, qos, retain, subids, share, pid, released))
+            m, qos, retain, subids, share, _, released, inline = rows[qseq]
+            self._set(rows, qseq, (m, qos, retain, subids, share, pid, released, inline))
 
     def _q_rel(self, op: Op) -> None:
         rows = self.state.queue.get(_str(op[1]))
         qseq = _int(op[2])
         if rows is not None and qseq in rows:
-            m, qos, retain, subids, share, pid, _ = rows[qseq]
-            self._set(rows, qseq, (m, qos, retain, subids, share, pid, True))
+            m, qos, retain, subids, share, pid, _, inline = rows[qseq]
+            self._set(rows, qseq, (m, qos, retain, subids, share, pid, True, inline))
 
     def _ret_clear(self, op: Op) -> None:
         for topic in list(self.state.retained):
@@ -206,13 +206,19 @@ class MemoryBackend:
             raise StoreError("memory: already open")
         s = self.state
         restored = Restored()
+        last_id = 0
         for client_id, (expiry, created, disconnected, will, delay) in s.sessions.items():
             session = SessionRow(client_id, expiry, created, disconnected, will, delay)
             session.subscriptions = [(f, o, i) for f, (o, i) in s.subs.get(client_id, {}).items()]
             session.awaiting_rel = dict(s.rel.get(client_id, {}))
             rows = s.queue.get(client_id, {})
             for qseq in sorted(rows):
-                msg_id, qos, retain, subids, share, pid, released = rows[qseq]
+                msg_id, qos, retain, subids, share, pid, released, inline = rows[qseq]
+                last_id = max(last_id, msg_id)
+                if inline is not None:
+                    session.queue.append(QueueRow(qseq, msg_id, qos, retain, subids, share, pid,
+                                                  released, StoredMessage(*inline)))
+                    continue
                 message = s.msgs.get(msg_id)
                 if message is None:  # its message is gone: nothing to deliver
                     continue
@@ -221,7 +227,7 @@ class MemoryBackend:
                                               released))
             restored.sessions.append(session)
         restored.retained = {t: StoredMessage(*m) for t, m in s.retained.items()}
-        restored.last_msg_id = max(s.msgs, default=0)
+        restored.last_msg_id = max(max(s.msgs, default=0), last_id)
         self._open = True
         return restored
 
@@ -235,7 +241,7 @@ class MemoryBackend:
                 apply = self._apply.get(op[0])
                 if apply is None:
                     raise StoreError(f"memory: unknown op code {op[0]!r}")
-                if len(op) != self._arity[op[0]]:
+                if len(op) != self._arity[op[0]] and not (op[0] == Q_PUT and len(op) == 13):
                     raise StoreError(f"memory: op {op[0]} has {len(op)} items, "
                                      f"not {self._arity[op[0]]}")
                 apply(op)

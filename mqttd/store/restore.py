@@ -106,6 +106,7 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
     entries: list[tuple[Session, list[tuple[str, SubOpts, int]], Message | None, int, float]]
     entries = []
     shares: dict[Session, dict[int, str]] = {}
+    inline: list[tuple[Message, int]] = []
     for row in restored.sessions:
         session = Session(row.client_id, expiry_interval=row.expiry_interval)
         session.created_at = row.created_at
@@ -114,8 +115,16 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
         report.subscriptions += len(subs)
         qseq = 0
         for q in row.queue:
-            msg = messages.get(q.msg_id)
             qseq = q.qseq
+            if q.message is not None:  # inline: the row's own copy
+                msg = reader.message(q.message)
+                if msg is not None and msg.expired(reader.mono):
+                    msg = None
+                    report.expired_messages += 1
+                elif msg is not None:
+                    inline.append((msg, q.msg_id))
+            else:
+                msg = messages.get(q.msg_id)
             if msg is None:  # its message was unreadable or has expired: the row goes
                 journal.forget_row(row.client_id, q.qseq)
                 continue
@@ -133,7 +142,8 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
                 session.mqueue.append(delivery)
                 report.queued += 1
             session.refs[id(delivery)] = q.qseq
-            refs[q.msg_id] = refs.get(q.msg_id, 0) + 1
+            if q.message is None:
+                refs[q.msg_id] = refs.get(q.msg_id, 0) + 1
         session._qseq = qseq
         for pid in row.awaiting_rel:
             session.awaiting_rel[pid] = reader.mono  # its timeout counts from now
@@ -147,6 +157,8 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
         entries.append((session, subs, will, row.will_delay, max(offline, 0.0)))
     for mid, n in refs.items():
         journal.adopt(messages[mid], mid, n)
+    for msg, mid in inline:
+        journal.adopt(msg, mid, 1, inline=True)
     report.sessions = registry.restore(entries)
     report.expired = len(entries) - report.sessions
     _resolve_shares(registry, shares)

@@ -72,8 +72,8 @@ _SCHEMA = (
     " ts REAL NOT NULL, expiry_at REAL NOT NULL)",
     "CREATE TABLE queue(client_id TEXT NOT NULL, qseq INTEGER NOT NULL, msg_id INTEGER NOT NULL,"
     " qos INTEGER NOT NULL, retain INTEGER NOT NULL, subids TEXT, share TEXT,"
-    " pid INTEGER NOT NULL, released INTEGER NOT NULL, PRIMARY KEY(client_id, qseq))"
-    " WITHOUT ROWID",
+    " pid INTEGER NOT NULL, released INTEGER NOT NULL, packet BLOB, sender TEXT, ts REAL,"
+    " expiry_at REAL, PRIMARY KEY(client_id, qseq)) WITHOUT ROWID",
     "CREATE TABLE rel(client_id TEXT NOT NULL, pid INTEGER NOT NULL, received_at REAL NOT NULL,"
     " PRIMARY KEY(client_id, pid)) WITHOUT ROWID",
     "CREATE TABLE retained(topic TEXT PRIMARY KEY NOT NULL, packet BLOB NOT NULL, sender TEXT,"
@@ -101,18 +101,23 @@ _DIRECT: dict[int, tuple[str, ...]] = {
     RET_PUT: ("INSERT OR REPLACE INTO retained VALUES(?2,?3,?4,?5,?6)",),
     RET_DEL: ("DELETE FROM retained WHERE topic=?2",),
 }
-_Q_PUT_SQL = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,0)"
+_Q_PUT_SQL = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,0,?,?,?,?)"
 
 _code = itemgetter(0)
 
 
 def _q_put_rows(run: Iterable[Op]) -> Iterator[tuple[object, ...]]:
     # subids (a tuple) is kept as "1,2"; the usual empty tuple as NULL (no bytes at all).
+    # An inline op (13 items) carries its message: packet, sender, ts, expiry_at.
     for op in run:
         subids = op[6]
-        yield (op[1], op[2], op[3], op[4], op[5],
-               ",".join(map(str, subids)) if subids else None,  # type: ignore[call-overload]
-               op[7], op[8])
+        subtext = ",".join(map(str, subids)) if subids else None  # type: ignore[call-overload]
+        if len(op) == 13:
+            yield (op[1], op[2], op[3], op[4], op[5], subtext, op[7], op[8], op[9], op[10],
+                   op[11], op[12])
+        else:
+            yield (op[1], op[2], op[3], op[4], op[5], subtext, op[7], op[8], None, None, None,
+                   None)
 
 
 #: Tables no other op touches: their ops may be applied apart from the rest (in order).
@@ -358,14 +363,23 @@ class SqliteBackend:
         current: str | None = None
         rows: list[QueueRow] | None = None
         # The primary key's order: no sort, and each session's rows come together.
-        for cid, qseq, msg_id, qos, retain, subids, share, pid, released in conn.execute(
-                "SELECT client_id, qseq, msg_id, qos, retain, subids, share, pid, released"
-                " FROM queue ORDER BY client_id, qseq"):
+        last_id = 0
+        for (cid, qseq, msg_id, qos, retain, subids, share, pid, released, packet, sender, ts,
+             expiry_at) in conn.execute(
+                "SELECT client_id, qseq, msg_id, qos, retain, subids, share, pid, released,"
+                " packet, sender, ts, expiry_at FROM queue ORDER BY client_id, qseq"):
+            if msg_id > last_id:
+                last_id = msg_id
             if cid != current:
                 current = cid
                 session = by_id.get(cid)
                 rows = None if session is None else session.queue
             if rows is None:  # rows of no session
+                continue
+            if packet is not None:  # the message inline
+                rows.append(QueueRow(qseq, msg_id, qos, retain != 0,
+                                     () if subids is None else _subids(subids), share, pid,
+                                     released != 0, StoredMessage(packet, sender, ts, expiry_at)))
                 continue
             rows.append(QueueRow(qseq, msg_id, qos, retain != 0,
                                  () if subids is None else _subids(subids),
@@ -380,12 +394,15 @@ class SqliteBackend:
         if len(messages) != len(referenced):
             # A row whose message is gone has nothing to deliver: left out.
             for session in restored.sessions:
-                if any(row.msg_id not in messages for row in session.queue):
-                    session.queue = [row for row in session.queue if row.msg_id in messages]
+                if any(row.message is None and row.msg_id not in messages
+                       for row in session.queue):
+                    session.queue = [row for row in session.queue
+                                     if row.message is not None or row.msg_id in messages]
         for topic, packet, sender, ts, expiry_at in conn.execute(
                 "SELECT topic, packet, sender, ts, expiry_at FROM retained"):
             restored.retained[topic] = StoredMessage(packet, sender, ts, expiry_at)
-        restored.last_msg_id = conn.execute("SELECT max(id) FROM msgs").fetchone()[0] or 0
+        restored.last_msg_id = max(conn.execute("SELECT max(id) FROM msgs").fetchone()[0] or 0,
+                                   last_id)
         return restored
 
     # --- write ------------------------------------------------------------------------------
