@@ -110,7 +110,7 @@ def build_store(path: Path, sessions: int, per: int, share: int, log: Any) -> di
         for i in range(first, min(first + chunk, sessions)):
             cid = client_id(i)
             group = i // share
-            sess.append((SESSION_PUT, cid, EXPIRY, now, now, None, 0))
+            sess.append((SESSION_PUT, cid, EXPIRY, now, now, None, 0, "default"))
             subs.append((SUB_PUT, cid, f"restore/{group}/#", opts, 0))
             for k in range(per):
                 msg_id = group * per + k + 1

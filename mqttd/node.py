@@ -109,7 +109,8 @@ class Node:
         restored = backend.open()
         journal = Journal(backend, st.durability, restored.last_msg_id)
         self.broker.use_store(journal)
-        report = restore(restored, journal, self.registry, self.broker.retainer)
+        report = restore(restored, journal, self.registry, self.broker.retainer,
+                         self.settings.zones)
         journal.start(asyncio.get_running_loop())
         self.journal = journal
         log.info("durability %s (%s): %s", st.durability, _DURABILITY[st.durability], path)

@@ -88,8 +88,8 @@ def packet(n: int, size: int = 40) -> bytes:
 
 
 def session(cid: str, expiry: int = 3600, created: float = 1000.5, disconnected: float = 0.0,
-            will: bytes | None = None, delay: int = 0) -> Op:
-    return (SESSION_PUT, cid, expiry, created, disconnected, will, delay)
+            will: bytes | None = None, delay: int = 0, zone: str = "default") -> Op:
+    return (SESSION_PUT, cid, expiry, created, disconnected, will, delay, zone)
 
 
 def msg(msg_id: int, sender: str | None = "pub", ts: float = 1700000000.25,

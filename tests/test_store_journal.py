@@ -42,8 +42,9 @@ class Env:
         self.dispatcher.retainer.durable = journal
         self.journal = journal
 
-    def open(self, owner: Owner, expiry: int = 100, clean: bool = True) -> Session:
-        session, _ = self.registry.open_session(owner, self.zone, clean, expiry,
+    def open(self, owner: Owner, expiry: int = 100, clean: bool = True,
+             zone: Zone | None = None) -> Session:
+        session, _ = self.registry.open_session(owner, zone or self.zone, clean, expiry,
                                                 max_inflight=32)
         return session
 
@@ -84,7 +85,7 @@ def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
         env = Env(journal)
         owner = Owner("c1", will=Message("will/c1", b"gone", 1, False, None, "c1"),
                       will_delay=30)
-        session = env.open(owner)
+        session = env.open(owner, zone=Zone(name="big", max_mqueue_len=5000))
         env.dispatcher.subscribe(session, "a/+", SubOpts(1, True, True, 2), 7)
         env.dispatcher.subscribe(session, "$share/g/b/#", SubOpts(2), 0)
         env.dispatcher.subscribe(session, "gone/x", SubOpts(1), 0)
@@ -135,7 +136,9 @@ def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
         restored = backend.open()
         journal = Journal(backend, "process", restored.last_msg_id)
         env = Env(journal)
-        report = restore(restored, journal, env.registry, env.dispatcher.retainer)
+        report = restore(restored, journal, env.registry, env.dispatcher.retainer,
+                         {"default": env.zone, "big": Zone(name="big", max_mqueue_len=5000)})
+        assert env.registry.sessions["c1"].max_mqueue_len == 5000  # its zone's limit
         assert report.sessions == 1 and report.wills == 1 and report.retained == 1
         session = env.registry.sessions["c1"]
         assert session.subscriptions == expected["subs"]
@@ -247,7 +250,7 @@ def test_deletes_nothing_earlier_creates_go_first_when_the_store_is_full() -> No
         (MSG_PUT, 9, b"p", None, 0.0, 0.0), (Q_PUT, "a", 5, 9, 1, False, (), None, 0),
         (Q_DEL, "a", 1), (MSG_DEL, 1),      # old rows: may go first
         (Q_DEL, "a", 5), (MSG_DEL, 9),      # created above: stay after their inserts
-        (SESSION_PUT, "b", 10, 0.0, 0.0, None, 0), (SESSION_DEL, "b"),  # b written above
+        (SESSION_PUT, "b", 10, 0.0, 0.0, None, 0, "default"), (SESSION_DEL, "b"),  # b written above
         (SESSION_DEL, "c"),                 # nothing of c above: first
         (RET_PUT, "t", b"p", None, 0.0, 0.0), (RET_CLEAR,),
     ]

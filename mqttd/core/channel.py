@@ -455,8 +455,10 @@ class Channel:
         if self.state == CONNECTED:
             gate = self.gate
             if gate is not None and (ptype == PUBLISH or ptype == PUBREL or ptype == SUBSCRIBE
-                                     or ptype == UNSUBSCRIBE):
-                # Its acknowledgement may go only once what it changed is on disk.
+                                     or ptype == UNSUBSCRIBE or ptype == PUBREC):
+                # Its acknowledgement may go only once what it changed is on disk (for PUBREC:
+                # our PUBREL, once the delivery is stored as released, lest a restart send
+                # the PUBLISH again after the client completed it).
                 issued = gate.issued
                 self._in_durable(ptype, packet)
                 if gate.issued != issued and self.out:
@@ -521,6 +523,8 @@ class Channel:
             self._in_pubrel(packet)
         elif ptype == SUBSCRIBE:
             self._in_subscribe(packet)
+        elif ptype == PUBREC:
+            self._in_pubrec(packet)
         else:
             self._in_unsubscribe(packet)
 
@@ -537,6 +541,15 @@ class Channel:
             last[1] = len(self.out)
         else:
             hold.append([gate.issued, len(self.out)])
+
+    def _hold_qos2(self) -> None:
+        """A QoS 2 PUBLISH to a stored session goes once its packet id is stored: sent
+        before, a restart would send the message again under another id, which the client
+        takes for a new message (and the id it still holds would swallow a later one)."""
+        gate = self.gate
+        assert gate is not None
+        if self.out and gate.issued != gate.committed:
+            self._hold(gate)
 
     def releasable(self) -> int:
         """How many packets at the head of ``out`` may be written now (all, unless some
@@ -1309,6 +1322,8 @@ class Channel:
                 return
             pub.packet_id = session.start_inflight(delivery)
             self._send_publish(pub, delivery[0])
+            if qos == 2 and session.store is not None:
+                self._hold_qos2()
         if was_empty and out and self.wakeup is not None:
             self.wakeup()
 
@@ -1383,6 +1398,8 @@ class Channel:
             if delivery[1]:
                 pub.packet_id = session.start_inflight(delivery)
             self._send_publish(pub, delivery[0])
+            if delivery[1] == 2 and session.store is not None:
+                self._hold_qos2()
         if was_empty and self.out and self.wakeup is not None:
             self.wakeup()
 

@@ -121,6 +121,7 @@ class Registry:
             session.mqueue_store_qos0 = zone.mqueue_store_qos0
             session.await_rel_timeout = zone.await_rel_timeout
         session.persistent = expiry > 0
+        session.zone = zone.name
         session.channel = channel
         self.channels[client_id] = channel
         store = self.store
@@ -129,7 +130,7 @@ class Registry:
                 if session.store is None:
                     self._make_durable(session, store)
                 store.save_session(client_id, expiry, session.created_at, 0.0, channel.will,
-                                   channel.will_delay)
+                                   channel.will_delay, session.zone)
             elif session.store is not None:  # resumed without an expiry: no longer kept
                 store.delete_session(client_id)
                 self._unstore(session)
@@ -203,7 +204,7 @@ class Registry:
             entry = self._wills.get(client_id)
             session.store.save_session(client_id, session.expiry_interval, session.created_at,
                                        time.time(), entry[0] if entry is not None else None,
-                                       channel.will_delay)
+                                       channel.will_delay, session.zone)
         if session.expiry_interval != NEVER:
             session.expire_handle = self.timers.call_later(session.expiry_interval,
                                                            self._expire, session)
@@ -219,7 +220,8 @@ class Registry:
             session = self.sessions.get(client_id)
             if session is not None and session.store is not None and session.channel is None:
                 session.store.save_session(client_id, session.expiry_interval,
-                                           session.created_at, time.time(), None, 0)
+                                           session.created_at, time.time(), None, 0,
+                                           session.zone)
 
     def _send_will(self, will: Message) -> None:
         will.restamp()  # its Message Expiry Interval starts now, not at CONNECT
@@ -295,7 +297,7 @@ class Registry:
                     self._send_will(will)
                     if store is not None and session.expiry_interval > offline:
                         store.save_session(cid, session.expiry_interval, session.created_at,
-                                           time.time() - offline, None, 0)
+                                           time.time() - offline, None, 0, session.zone)
             if session.expiry_interval == NEVER:
                 kept += 1
                 continue

@@ -262,7 +262,11 @@ class SessionStore(Protocol):
     gate: CommitGate
 
     def save_session(self, client_id: str, expiry_interval: int, created_at: float,
-                     disconnected_at: float, will: Message | None, will_delay: int) -> None: ...
+                     disconnected_at: float, will: Message | None, will_delay: int,
+                     zone: str) -> None:
+        """Insert or replace the session's own row (``disconnected_at`` 0: connected;
+        ``zone``: the zone it connected through, whose limits it gets back at a restart)."""
+        ...
 
     def delete_session(self, client_id: str) -> None: ...
 

@@ -43,7 +43,7 @@ class Session:
         "wait_comp", "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0",
         "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
-        "await_rel_timeout", "store", "refs", "_qseq",
+        "await_rel_timeout", "store", "refs", "_qseq", "zone",
     )
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
@@ -85,6 +85,8 @@ class Session:
         #: for as long as the session holds it.
         self.refs: dict[int, int] = {}
         self._qseq = 0
+        #: The name of the zone the session was last connected through.
+        self.zone = "default"
 
     # --- outgoing ---------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ SCHEMA_VERSION = 1
 
 # --- operations (first item of each op tuple) -------------------------------------------------
 
-#: (SESSION_PUT, client_id, expiry_interval, created_at, disconnected_at, will, will_delay)
+#: (SESSION_PUT, client_id, expiry_interval, created_at, disconnected_at, will, will_delay,
+#:  zone) — ``zone``: the name of the zone the client connected through (its queue limits).
 #: Insert or replace the session row (its subscriptions, queue and awaiting-PUBREL ids stay).
 #: ``disconnected_at`` 0: connected when written.
 #: ``will``: the will's PUBLISH packet (bytes) or None.
@@ -114,6 +115,7 @@ class SessionRow:
     disconnected_at: float
     will: bytes | None
     will_delay: int
+    zone: str = "default"
     #: (topic_filter, options byte, subscription id), in no particular order.
     subscriptions: list[tuple[str, int, int]] = field(default_factory=list)
     #: Ascending qseq.

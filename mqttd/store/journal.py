@@ -201,10 +201,11 @@ class Journal:
         return len(ops) - 1
 
     def save_session(self, client_id: str, expiry_interval: int, created_at: float,
-                     disconnected_at: float, will: Message | None, will_delay: int) -> None:
+                     disconnected_at: float, will: Message | None, will_delay: int,
+                     zone: str) -> None:
         packet = message_packet(will) if will is not None else None
         self._append((SESSION_PUT, client_id, expiry_interval, created_at, disconnected_at,
-                      packet, will_delay))
+                      packet, will_delay, zone))
 
     def delete_session(self, client_id: str) -> None:
         self._append((SESSION_DEL, client_id))

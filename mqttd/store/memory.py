@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryBackend", "MemoryState"]
 
 #: (expiry_interval, created_at, disconnected_at, will, will_delay)
-_Session = tuple[int, float, float, "bytes | None", int]
+_Session = tuple[int, float, float, "bytes | None", int, str]
 #: (packet, sender, timestamp, expiry_at)
 _Message = tuple[bytes, "str | None", float, float]
 #: (msg_id, qos, retain, subids, share, packet_id, released)
@@ -124,7 +124,8 @@ class MemoryBackend:
         s = self.state
         self._apply: dict[object, Callable[[Op], None]] = {
             SESSION_PUT: lambda op: self._set(s.sessions, _str(op[1]), (
-                _int(op[2]), _float(op[3]), _float(op[4]), _opt_bytes(op[5]), _int(op[6]))),
+                _int(op[2]), _float(op[3]), _float(op[4]), _opt_bytes(op[5]), _int(op[6]),
+                _str(op[7]))),
             SESSION_DEL: self._session_del,
             SUB_PUT: lambda op: self._set(self._inner(s.subs, op[1]), _str(op[2]),
                                           (_int(op[3]), _int(op[4]))),
@@ -146,7 +147,7 @@ class MemoryBackend:
         }
         # The op's length, as SQLite checks the number of bindings.
         self._arity: dict[object, int] = {
-            SESSION_PUT: 7, SESSION_DEL: 2, SUB_PUT: 5, SUB_DEL: 3, MSG_PUT: 6, MSG_DEL: 2,
+            SESSION_PUT: 8, SESSION_DEL: 2, SUB_PUT: 5, SUB_DEL: 3, MSG_PUT: 6, MSG_DEL: 2,
             Q_PUT: 9, Q_PID: 4, Q_REL: 3, Q_DEL: 3, REL_PUT: 4, REL_DEL: 3, RET_PUT: 6,
             RET_DEL: 2, RET_CLEAR: 1}
 
@@ -207,8 +208,8 @@ class MemoryBackend:
         s = self.state
         restored = Restored()
         last_id = 0
-        for client_id, (expiry, created, disconnected, will, delay) in s.sessions.items():
-            session = SessionRow(client_id, expiry, created, disconnected, will, delay)
+        for client_id, (expiry, created, disconnected, will, delay, zone) in s.sessions.items():
+            session = SessionRow(client_id, expiry, created, disconnected, will, delay, zone)
             session.subscriptions = [(f, o, i) for f, (o, i) in s.subs.get(client_id, {}).items()]
             session.awaiting_rel = dict(s.rel.get(client_id, {}))
             rows = s.queue.get(client_id, {})

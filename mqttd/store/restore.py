@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..config import Zone
 from ..core.message import Message
 from ..core.registry import Registry
 from ..core.retainer import Retainer
@@ -76,10 +78,11 @@ def _opts(byte: int) -> SubOpts:
     return SubOpts(byte & 3, bool(byte & 4), bool(byte & 8), (byte >> 4) & 3)
 
 
-def restore(restored: Restored, journal: Journal, registry: Registry, retainer: Retainer
-            ) -> RestoreReport:
+def restore(restored: Restored, journal: Journal, registry: Registry, retainer: Retainer,
+            zones: Mapping[str, Zone]) -> RestoreReport:
     """Install ``restored`` in the registry (sessions, routes, timers, wills) and the
-    retainer. Runs before any listener opens. Operations it issues (expired sessions,
+    retainer. Each session gets the limits of the zone it last connected through (the
+    default zone's if that zone is gone from the configuration). Runs before any listener opens. Operations it issues (expired sessions,
     wills sent) go to the journal like any other."""
     start = time.perf_counter()
     report = RestoreReport()
@@ -107,8 +110,15 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
     entries = []
     shares: dict[Session, dict[int, str]] = {}
     inline: list[tuple[Message, int]] = []
+    default_zone = zones.get("default") or next(iter(zones.values()))
     for row in restored.sessions:
-        session = Session(row.client_id, expiry_interval=row.expiry_interval)
+        zone = zones.get(row.zone, default_zone)
+        session = Session(row.client_id, expiry_interval=row.expiry_interval,
+                          max_inflight=zone.max_inflight or 65535,
+                          max_mqueue_len=zone.max_mqueue_len,
+                          mqueue_store_qos0=zone.mqueue_store_qos0,
+                          await_rel_timeout=zone.await_rel_timeout)
+        session.zone = zone.name
         session.created_at = row.created_at
         session.persistent = True
         subs = [(f, _opts(o), subid) for f, o, subid in row.subscriptions]

@@ -64,7 +64,7 @@ _TABLES = ("sessions", "subs", "msgs", "queue", "rel", "retained")
 _SCHEMA = (
     "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL, expiry_interval INTEGER NOT NULL,"
     " created_at REAL NOT NULL, disconnected_at REAL NOT NULL, will BLOB,"
-    " will_delay INTEGER NOT NULL)",
+    " will_delay INTEGER NOT NULL, zone TEXT NOT NULL)",
     "CREATE TABLE subs(client_id TEXT NOT NULL, filter TEXT NOT NULL, options INTEGER NOT NULL,"
     " subid INTEGER NOT NULL, PRIMARY KEY(client_id, filter)) WITHOUT ROWID",
     # id is the rowid: ids come in ascending, so inserts append at the right edge.
@@ -82,7 +82,7 @@ _SCHEMA = (
 
 # Statements bound directly to an op tuple (?1 is the op code, unused).
 _DIRECT: dict[int, tuple[str, ...]] = {
-    SESSION_PUT: ("INSERT OR REPLACE INTO sessions VALUES(?2,?3,?4,?5,?6,?7)",),
+    SESSION_PUT: ("INSERT OR REPLACE INTO sessions VALUES(?2,?3,?4,?5,?6,?7,?8)",),
     SESSION_DEL: (
         "DELETE FROM sessions WHERE client_id=?2",
         "DELETE FROM subs WHERE client_id=?2",
@@ -345,10 +345,10 @@ class SqliteBackend:
     def _restore(self, conn: sqlite3.Connection) -> Restored:
         restored = Restored()
         by_id: dict[str, SessionRow] = {}
-        for cid, expiry, created, disconnected, will, delay in conn.execute(
-                "SELECT client_id, expiry_interval, created_at, disconnected_at, will, will_delay"
-                " FROM sessions"):
-            by_id[cid] = SessionRow(cid, expiry, created, disconnected, will, delay)
+        for cid, expiry, created, disconnected, will, delay, zone in conn.execute(
+                "SELECT client_id, expiry_interval, created_at, disconnected_at, will, will_delay,"
+                " zone FROM sessions"):
+            by_id[cid] = SessionRow(cid, expiry, created, disconnected, will, delay, zone)
         restored.sessions = list(by_id.values())
         for cid, topic_filter, options, subid in conn.execute(
                 "SELECT client_id, filter, options, subid FROM subs"):
