@@ -82,8 +82,9 @@ def restore(restored: Restored, journal: Journal, registry: Registry, retainer: 
             zones: Mapping[str, Zone]) -> RestoreReport:
     """Install ``restored`` in the registry (sessions, routes, timers, wills) and the
     retainer. Each session gets the limits of the zone it last connected through (the
-    default zone's if that zone is gone from the configuration). Runs before any listener opens. Operations it issues (expired sessions,
-    wills sent) go to the journal like any other."""
+    default zone's if that zone is gone from the configuration). Runs before any listener
+    opens; the operations it issues (expired sessions, wills sent) go to the journal like
+    any other."""
     start = time.perf_counter()
     report = RestoreReport()
     reader = _Reader()
