@@ -9,6 +9,7 @@ so no object reaches through another to find a third.
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
 import time
@@ -24,7 +25,8 @@ from .metrics import HOOKS_FAILED, WORKERS_RESTARTED, Metrics
 from .plugins import PluginContext, PluginManager
 from .stats import Stats
 from .store.base import StoreError
-from .store.journal import Journal
+from .store.journal import Journal, replay
+from .store.oplog import OpLog
 from .store.restore import restore
 from .store.sqlite import SqliteBackend
 from .supervisor import Supervisor
@@ -105,15 +107,24 @@ class Node:
         st = self.settings.store
         if self.reset_store:
             self._move_aside(path)
-        backend = SqliteBackend(path, st.durability, st.max_size)
+        backend = SqliteBackend(path, st.durability)
         restored = backend.open()
-        journal = Journal(backend, st.durability, restored.last_msg_id)
+        oplog = OpLog(path, sync=st.durability == "power")
+        try:
+            restored, replayed = replay(oplog, backend, restored)
+        except BaseException:
+            backend.close()
+            raise
+        journal = Journal(backend, st.durability, oplog, restored.last_msg_id, st.max_size)
         self.broker.use_store(journal)
         report = restore(restored, journal, self.registry, self.broker.retainer,
                          self.settings.zones)
         journal.start(asyncio.get_running_loop())
         self.journal = journal
         log.info("durability %s (%s): %s", st.durability, _DURABILITY[st.durability], path)
+        if replayed:
+            log.info("store: %d operations of the operation log replayed into the store",
+                     replayed)
         log.info("store: restored %d sessions (%d expired), %d subscriptions, %d queued and "
                  "%d in-flight messages (%d expired), %d retained messages, %d wills in %.2f s",
                  report.sessions, report.expired, report.subscriptions, report.queued,
@@ -153,7 +164,8 @@ class Node:
     def _move_aside(path: str) -> None:
         """Rename the store file (and its WAL) out of the way, kept for inspection."""
         suffix = time.strftime(".reset-%Y%m%dT%H%M%S")
-        for part in ("", "-wal", "-shm"):
+        logs = [p[len(path):] for p in glob.glob(glob.escape(path) + ".oplog.*")]
+        for part in ("", "-wal", "-shm", *logs):
             try:
                 os.replace(path + part, path + suffix + part)
             except FileNotFoundError:

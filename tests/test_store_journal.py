@@ -18,9 +18,10 @@ from mqttd.core.session import Session
 from mqttd.hooks import Hooks
 from mqttd.metrics import Metrics
 from mqttd.mqtt.packets import SubOpts
-from mqttd.store.base import MSG_PUT, Q_PUT, Backend
-from mqttd.store.journal import Journal
+from mqttd.store.base import MSG_PUT, Q_DEL, Q_PUT, Backend
+from mqttd.store.journal import Journal, coalesce, replay
 from mqttd.store.memory import MemoryBackend, MemoryState
+from mqttd.store.oplog import OpLog
 from mqttd.store.restore import restore
 from mqttd.store.sqlite import SqliteBackend
 
@@ -62,12 +63,35 @@ def reopen(request: Any, tmp_path: Any) -> Any:
     return make
 
 
+def _oplog(tmp_path: Any) -> OpLog:
+    return OpLog(str(tmp_path / "mqttd.db"))
+
+
+def _journal(backend: Backend, tmp_path: Any, last_msg_id: int = 0) -> Journal:
+    """A journal on ``backend`` (opened, its log replayed) and a fresh log."""
+    restored = backend.open()
+    oplog = _oplog(tmp_path)
+    restored, _ = replay(oplog, backend, restored)
+    return Journal(backend, "process", oplog, max(last_msg_id, restored.last_msg_id))
+
+
+async def _applied(journal: Journal) -> None:
+    """Let the writer apply every committed batch to the backend."""
+    await _settle(journal)
+    journal._start_apply()
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if not journal._applying and not journal._unapplied:
+            return
+    raise AssertionError("the journal did not apply")
+
+
 async def _settle(journal: Journal) -> None:
     """Let the loop hand the batch over and the writer commit it."""
     for _ in range(200):
         await asyncio.sleep(0.005)
         gate = journal.gate
-        if gate.committed == gate.issued and not journal._busy:
+        if gate.committed == gate.issued and not journal._ops:
             return
     raise AssertionError("the journal did not commit")
 
@@ -76,11 +100,14 @@ def _msg(topic: str, payload: bytes, qos: int = 1, **props: Any) -> Message:
     return Message(topic, payload, qos, False, props or None, "pub")
 
 
-def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
+@pytest.mark.parametrize("ending", ["closed", "killed"])
+def test_state_written_through_the_journal_is_restored(reopen: Any, tmp_path: Any,
+                                                        ending: str) -> None:
+    """Closed: everything applied to the backend at close. Killed: the journal stops with
+    its batches only in the operation log, which the next start replays."""
     async def write() -> dict[str, Any]:
         backend = reopen()
-        backend.open()
-        journal = Journal(backend, "process")
+        journal = _journal(backend, tmp_path)
         journal.start(asyncio.get_running_loop())
         env = Env(journal)
         owner = Owner("c1", will=Message("will/c1", b"gone", 1, False, None, "c1"),
@@ -126,15 +153,19 @@ def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
             "wait_comp": set(session.wait_comp or ()),
             "awaiting": set(session.awaiting_rel),
         }
-        await journal.aclose()
+        if ending == "closed":
+            await journal.aclose()
+            assert not journal.oplog.segments()
+        else:  # as kill -9 would leave it: the writer never applied; the log has it all
+            assert journal.oplog.segments()
         return expected
 
     expected = asyncio.run(write())
 
     async def read() -> None:
         backend = reopen()
-        restored = backend.open()
-        journal = Journal(backend, "process", restored.last_msg_id)
+        journal = _journal(backend, tmp_path)
+        restored = backend.reload()
         env = Env(journal)
         report = restore(restored, journal, env.registry, env.dispatcher.retainer,
                          {"default": env.zone, "big": Zone(name="big", max_mqueue_len=5000)})
@@ -165,15 +196,16 @@ def test_state_written_through_the_journal_is_restored(reopen: Any) -> None:
         assert session.ack(pid, 1) is head
         await _settle(journal)
         await journal.aclose()
-        again = reopen().open()
-        rows = again.sessions[0].queue
+        again = reopen()
+        restored_again, _ = replay(_oplog(tmp_path), again, again.open())
+        rows = restored_again.sessions[0].queue
         assert len(rows) == len(expected["queue"]) + len(expected["inflight"])
 
     asyncio.run(read())
 
 
-def test_a_delivery_acknowledged_before_the_hand_over_is_never_written() -> None:
-    journal = Journal(MemoryBackend(), "process")  # not started: the batch stays open
+def test_a_delivery_acknowledged_before_the_hand_over_is_never_written(tmp_path: Any) -> None:
+    journal = _journal(MemoryBackend(), tmp_path)  # not started: the batch stays open
     env = Env(journal)
     owner = Owner("c1")
     session = env.open(owner)
@@ -190,8 +222,8 @@ def test_a_delivery_acknowledged_before_the_hand_over_is_never_written() -> None
     assert journal._msgs == {}
 
 
-def test_a_message_is_stored_once_for_every_session_that_holds_it() -> None:
-    journal = Journal(MemoryBackend(), "process")
+def test_a_message_is_stored_once_for_every_session_that_holds_it(tmp_path: Any) -> None:
+    journal = _journal(MemoryBackend(), tmp_path)
     env = Env(journal)
     sessions = []
     for cid in ("a", "b", "c"):
@@ -207,11 +239,9 @@ def test_a_message_is_stored_once_for_every_session_that_holds_it() -> None:
     assert {op[3] for op in rows} == {puts[0][1]}
 
 
-def test_the_gate_follows_the_commits() -> None:
+def test_the_gate_follows_the_commits(tmp_path: Any) -> None:
     async def main() -> None:
-        backend = MemoryBackend()
-        backend.open()
-        journal = Journal(backend, "process")
+        journal = _journal(MemoryBackend(), tmp_path)
         journal.start(asyncio.get_running_loop())
         env = Env(journal)
         commits: list[int] = []
@@ -229,8 +259,8 @@ def test_the_gate_follows_the_commits() -> None:
     asyncio.run(main())
 
 
-def test_a_session_that_loses_its_expiry_leaves_the_store() -> None:
-    journal = Journal(MemoryBackend(), "process")
+def test_a_session_that_loses_its_expiry_leaves_the_store(tmp_path: Any) -> None:
+    journal = _journal(MemoryBackend(), tmp_path)
     env = Env(journal)
     owner = Owner("c1")
     session = env.open(owner, expiry=100)
@@ -259,11 +289,11 @@ def test_deletes_nothing_earlier_creates_go_first_when_the_store_is_full() -> No
     assert rest == [op for op in ops if op not in freeing]
 
 
-def test_a_message_one_session_holds_goes_inline_and_gets_a_row_for_a_second() -> None:
+def test_a_message_one_session_holds_goes_inline_and_gets_a_row_for_a_second(
+        tmp_path: Any) -> None:
     async def main() -> None:
         backend = MemoryBackend()
-        backend.open()
-        journal = Journal(backend, "process")
+        journal = _journal(backend, tmp_path)
         journal.start(asyncio.get_running_loop())
         env = Env(journal)
         a = env.open(Owner("a"))
@@ -272,21 +302,60 @@ def test_a_message_one_session_holds_goes_inline_and_gets_a_row_for_a_second() -
         a.enqueue(delivery)
         journal._handoff()
         assert journal._msgs[msg][2] == 1  # inline: no msgs row
-        await _settle(journal)
+        await _applied(journal)
         assert backend.state.msgs == {}
         b = env.open(Owner("b"))
         b.enqueue((msg, 1, False, (), None))  # a second holder: now it needs its row
-        await _settle(journal)
+        await _applied(journal)
         mid = journal._msgs[msg][0]
         assert list(backend.state.msgs) == [mid]
         a.mqueue.remove(delivery)
         a.forget(delivery)  # the inline copy goes with a's row; b still holds the message
-        await _settle(journal)
+        await _applied(journal)
         assert list(backend.state.msgs) == [mid]
         env.registry.discard(b, "discarded")  # the last holder: the row goes
-        await _settle(journal)
+        await _applied(journal)
         await journal.aclose()
         assert backend.state.msgs == {}
         assert msg not in journal._msgs
 
     asyncio.run(main())
+
+
+
+def test_coalesce_drops_what_was_inserted_and_deleted_within_the_batches() -> None:
+    from mqttd.store.base import MSG_DEL, Q_DEL, Q_PID, Q_REL, REL_DEL, REL_PUT, SUB_DEL, SUB_PUT
+
+    put = (Q_PUT, "a", 1, 9, 2, False, (), None, 0)
+    batches = [
+        [(MSG_PUT, 9, b"p", None, 0.0, 0.0), put, (Q_PID, "a", 1, 7), (REL_PUT, "a", 3, 0.0)],
+        [(Q_REL, "a", 1), (Q_PUT, "a", 2, 9, 1, False, (), None, 0), (Q_DEL, "a", 2),
+         (REL_DEL, "a", 3), (SUB_PUT, "a", "t", 1, 0), (SUB_DEL, "a", "t"), (Q_DEL, "a", 0)],
+    ]
+    assert coalesce(batches) == [
+        (MSG_PUT, 9, b"p", None, 0.0, 0.0), (Q_PUT, "a", 1, 9, 2, False, (), None, 7),
+        (Q_REL, "a", 1), (SUB_PUT, "a", "t", 1, 0), (SUB_DEL, "a", "t"), (Q_DEL, "a", 0)]
+    assert coalesce(batches + [[(Q_DEL, "a", 1), (MSG_DEL, 9)]]) == [
+        (SUB_PUT, "a", "t", 1, 0), (SUB_DEL, "a", "t"), (Q_DEL, "a", 0)]
+
+
+def test_a_log_cut_short_at_its_end_is_a_crash_and_anywhere_else_corruption(
+        tmp_path: Any) -> None:
+    from mqttd.store.base import StoreError
+
+    oplog = _oplog(tmp_path)
+    oplog.open()
+    oplog.append([(Q_DEL, "a", 1)], 1)
+    oplog.append([(Q_DEL, "a", 2)], 2)
+    oplog.close()
+    path = oplog.path(oplog.segment)
+    with open(path, "rb+") as f:
+        data = f.read()
+        f.truncate(len(data) - 3)  # the second record, cut by the crash
+    assert [ops for _, _, ops in _oplog(tmp_path).replay()] == [[(Q_DEL, "a", 1)]]
+    second = _oplog(tmp_path)
+    second.open()
+    second.append([(Q_DEL, "a", 3)], 3)
+    second.close()  # now the cut record is not at the end of the last segment
+    with pytest.raises(StoreError, match="corrupt operation log"):
+        list(_oplog(tmp_path).replay())

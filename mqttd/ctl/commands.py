@@ -626,6 +626,8 @@ async def cmd_store_status(ctx: Context, a: Args) -> None:
         pairs += [(f"rows/{table}", n) for table, n in rows.items()]
     pairs += [("commits", data["commits"]), ("ops_written", data["ops_written"]),
               ("ops_cancelled", data["ops_cancelled"]), ("pending", data["pending"]),
+              ("log", _size(data["log_bytes"]) if "log_bytes" in data else "-"),
+              ("ops_applied", data.get("ops_applied", "-")),
               ("commit_p50", f"{data['commit_p50_ms']:g} ms" if data["commits"] else "-"),
               ("commit_p99", f"{data['commit_p99_ms']:g} ms" if data["commits"] else "-"),
               ("last_compaction", _compaction(data["last_compaction"])),

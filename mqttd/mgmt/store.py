@@ -91,7 +91,8 @@ class Store:
             "path": path, "size": _file_size(path) if path else 0, "rows": None,
             "durability": journal.durability, "schema": None, "page_size": None,
             "free_pages": None, "commits": journal.commits, "ops_written": journal.ops_written,
-            "ops_cancelled": journal.ops_cancelled,
+            "ops_cancelled": journal.ops_cancelled, "log_bytes": journal.oplog.size,
+            "applications": journal.applications, "ops_applied": journal.ops_applied,
             # issued, not yet committed: the batch being retried included
             "pending": journal.gate.issued - journal.gate.committed,
             "commit_p50_ms": round(p50 * 1000, 3), "commit_p99_ms": round(p99 * 1000, 3),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
-    "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID", "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
+    "APPLIED", "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID", "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
     "RET_CLEAR", "RET_DEL", "RET_PUT", "SCHEMA_VERSION", "SESSION_DEL", "SESSION_PUT", "SUB_DEL",
     "SUB_PUT", "Backend", "Op", "QueueRow", "Restored", "SessionRow", "StoreError", "StoreFull",
     "StoredMessage",
@@ -77,6 +77,9 @@ RET_PUT = 13
 RET_DEL = 14
 #: (RET_CLEAR,) — every retained message.
 RET_CLEAR = 15
+#: (APPLIED, segment) — the operation log is in the store up to log segment ``segment``
+#: (``store/oplog.py``): the last op of each application.
+APPLIED = 16
 
 Op = tuple[object, ...]
 
@@ -135,6 +138,8 @@ class Restored:
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     #: topic -> message
     retained: dict[str, StoredMessage] = field(default_factory=dict)
+    #: The operation log's segment the store holds everything up to (APPLIED).
+    applied_seq: int = 0
     #: Highest msg_id still stored, in msgs or in a queue row (0 if none): new ids start
     #: above it. (Ids of messages
     #: deleted before a restart may be used again: no row references them any more.)
@@ -161,6 +166,10 @@ class Backend(Protocol):
 
     def open(self) -> Restored:
         """Open (creating if need be) and read everything back. Raises StoreError."""
+        ...
+
+    def reload(self) -> Restored:
+        """Read everything back again (after the operation log was replayed into it)."""
         ...
 
     def write(self, ops: list[Op]) -> None:

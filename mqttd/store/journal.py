@@ -1,29 +1,35 @@
-"""The store's journal: what the core changes becomes operations, group-committed by one
-writer thread; acknowledgements wait for the commit (the core's ``CommitGate``).
+"""The store's journal: what the core changes becomes operations, committed to the
+operation log before any acknowledgement, and applied to the SQLite store in bulk.
 
 The core calls the :class:`~mqttd.core.services.SessionStore` methods on the loop's
 thread as durable state changes. Each call appends an operation to the batch being
-gathered and advances ``gate.issued``. At the end of the loop turn the batch goes to the
-writer thread, unless the writer is still committing the previous one: then it keeps
-growing until that commit is done. So commits are as frequent as the disk allows and as
-large as the load makes them (group commit), with no timer: one commit per loop turn at
-low load, thousands of operations per commit under load.
+gathered and advances ``gate.issued``. At the end of the loop turn the batch is
+committed: appended to the operation log (``store/oplog.py``) in one write. With
+``durability = "process"`` that is the commit (the bytes are the operating system's,
+which survives kill -9 of mqttd): ``gate.committed`` advances at once and ``on_commit``
+lets the connections holding acknowledgements write them. With ``"power"`` a sync
+thread ``fdatasync``s the log first, one sync for every batch appended meanwhile (group
+commit without a timer).
 
-A batch not yet handed over is still editable: a delivery acknowledged before its row
-was handed to the writer cancels its insert (and its message's, when no other queue
-holds it), so an online subscriber that keeps up costs the disk little. At the hand-over,
-a message first stored in the batch and held by one session only goes into that
-session's queue row (inline) instead of a msgs row of its own: one insert and one delete
-per message instead of two of each; it gets a msgs row when a second session takes it.
+A batch not yet committed is still editable: a delivery acknowledged before its batch
+was committed cancels its insert (and its message's, when no other queue holds it). A
+message first stored in the batch and held by one session only goes into that session's
+queue row (inline) instead of a msgs row of its own; it gets a msgs row when a second
+session takes it, so a message is stored once for any number of sessions.
 
-The writer reports each commit back with ``call_soon_threadsafe``; ``gate.committed``
-advances and ``on_commit`` lets the connections holding acknowledgements write them.
-A write that does not fit (disk full, the store's size limit) is retried by the writer
-until it does; meanwhile ``gate.full`` makes the broker refuse QoS 1/2 messages that
-would need storing (0x97), and nothing acknowledged is lost. While full, the loop keeps
-handing batches over and the writer merges them into the one it retries, committing
-first, on their own, the deletes nothing earlier depends on (subscribers acknowledging
-their queues): they free the room the rest needs.
+Every second, or when the log passes ``APPLY_BYTES``, the writer thread applies the
+committed batches to the SQLite backend in one transaction, after cancelling what was
+inserted and deleted in between (``coalesce``: a subscriber that keeps up leaves
+nothing for SQLite to do), with the number of the last log segment it covered; the
+log segments it covered are then deleted. At start the log is replayed into the
+backend first (``replay``).
+
+A commit that does not fit (disk full, or the store's ``max_size``: log and database
+together) is retried until it does; meanwhile ``gate.full`` makes the broker refuse
+QoS 1/2 messages that would need storing (0x97), and nothing acknowledged is lost. While
+full, the deletes of the retried batch that nothing earlier in it created are logged
+first, on their own, and applied, which shrinks the log: subscribers acknowledging their
+queues make the room the rest needs.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from ..core.services import CommitGate, Delivery
 from ..mqtt.codec import encode_publish
 from ..mqtt.packets import SubOpts
 from .base import (
+    APPLIED,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -60,20 +67,45 @@ from .base import (
     SUB_PUT,
     Backend,
     Op,
+    Restored,
     StoreError,
+    StoreFull,
 )
+from .oplog import OpLog
 
 log = logging.getLogger("mqttd.store")
 
-__all__ = ["Journal", "message_packet", "options_byte", "wall_expiry"]
+__all__ = ["Journal", "coalesce", "message_packet", "options_byte", "replay", "split_freeing",
+           "wall_expiry"]
 
 #: Seconds between retries of a write that failed (doubling up to the maximum).
 RETRY_FIRST = 0.05
 RETRY_MAX = 2.0
 #: Commit latencies kept for the percentiles of ``ctl store status``.
 LATENCY_SAMPLES = 1000
+#: The committed batches are applied to the backend this often (seconds), or as soon as
+#: the log holds more than APPLY_BYTES.
+APPLY_INTERVAL = 1.0
+APPLY_BYTES = 8 << 20
 
-_WRITE, _CALL, _CLOSE = 0, 1, 2
+_APPLY, _CALL, _CLOSE = 0, 1, 2
+
+
+def _packet(fields: tuple[Any, ...]) -> bytes:
+    """A message's fields as the log carries them (topic, payload, QoS, retain flag,
+    properties: encoding is left to the writer thread, for the few that reach SQLite)."""
+    topic, payload, qos, retain, props = fields
+    return encode_publish(topic, payload, qos, retain, False, 1 if qos else 0, props, 5)
+
+
+def _encoded(op: Op) -> Op:
+    """``op`` as the backend takes it: a message given by its fields becomes its packet."""
+    code = op[0]
+    if code == MSG_PUT and isinstance(op[2], tuple):
+        return (MSG_PUT, op[1], _packet(op[2])) + op[3:]
+    if code == Q_PUT and len(op) == 13 and isinstance(op[9], tuple):
+        return op[:9] + (_packet(op[9]),) + op[10:]
+    return op
 
 
 def message_packet(msg: Message) -> bytes:
@@ -106,24 +138,32 @@ def _share_name(group: object) -> str | None:
 
 
 class Journal:
-    """The core's :class:`~mqttd.core.services.SessionStore` on a :class:`Backend`."""
+    """The core's :class:`~mqttd.core.services.SessionStore` on an operation log and a
+    :class:`Backend`."""
 
-    def __init__(self, backend: Backend, durability: str, last_msg_id: int = 0) -> None:
+    def __init__(self, backend: Backend, durability: str, oplog: OpLog,
+                 last_msg_id: int = 0, max_size: int = 0) -> None:
         self.backend = backend
         self.durability = durability
+        self.oplog = oplog
+        #: Bytes the log and the database together may hold (0: no limit).
+        self.max_size = max_size
         self.gate = CommitGate()
         #: Called on the loop after every commit (the flusher writes what was held).
         self.on_commit: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        #: The batch being gathered (None: an operation cancelled before the hand-over).
+        #: ``power``: the sync thread's requests (the sequence number to sync up to).
+        self._syncs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._sync_thread: threading.Thread | None = None
+        #: Held while the log's file descriptor is synced or replaced.
+        self._fd_lock = threading.Lock()
+        #: The batch being gathered (None: an operation cancelled before the commit).
         self._ops: list[Op | None] = []
         self._scheduled = False
-        #: Batches handed to the writer and not yet reported committed.
-        self._busy = 0
-        #: Set when closing while the store is full: the writer gives up the batch it
-        #: retries (nothing in it was acknowledged: acknowledgements wait for it).
+        #: Set when closing while the store is full: the writer gives up the application it
+        #: retries.
         self._give_up = threading.Event()
         #: (client id, qseq) -> index in _ops of its Q_PUT; msg id -> index of its MSG_PUT;
         #: (client id, packet id) -> index of REL_PUT; topic -> index of RET_PUT. Only for
@@ -137,10 +177,23 @@ class Journal:
         #: copy is inline in a queue row (no msgs row) else 0].
         self._msgs: dict[Message, list[int]] = {}
         self._last_id = last_msg_id
+        #: A batch the log could not take (full): retried, with what comes meanwhile.
+        self._failed: list[Op] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_FIRST
+        #: Committed batches not yet applied to the backend, and whether an application
+        #: runs (one at a time); the database's used bytes after the last one.
+        self._unapplied: list[list[Op]] = []
+        self._unapplied_since = 0.0
+        self._applying = False
+        self._apply_timer: asyncio.TimerHandle | None = None
+        self.db_used = 0
         # Figures for ctl store status.
         self.commits = 0
         self.ops_written = 0
         self.ops_cancelled = 0
+        self.ops_applied = 0
+        self.applications = 0
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.last_error = ""
         self.last_compaction: dict[str, object] | None = None
@@ -149,36 +202,56 @@ class Journal:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the writer thread (the backend is open and restored)."""
+        """Start the writer thread (and the sync thread for ``power``); the backend is open
+        and restored, the log open."""
         self._loop = loop
         self._idle = asyncio.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="mqttd-store", daemon=True)
         self._thread.start()
+        if self.oplog.sync:
+            self._sync_thread = threading.Thread(target=self._sync_run, name="mqttd-sync",
+                                                 daemon=True)
+            self._sync_thread.start()
+        self._jobs.put((_CALL, self.backend_used, None))
         if self._ops:  # issued while restoring (expired sessions, wills sent)
             self._scheduled = True
             loop.call_soon(self._handoff)
 
+    def backend_used(self) -> int:
+        """(Writer thread) the database's used bytes, for the size limit."""
+        used = getattr(self.backend, "used_bytes", None)
+        self.db_used = int(used()) if callable(used) else 0
+        return self.db_used
+
     async def aclose(self, timeout: float = 30.0) -> None:
-        """Commit what is pending, then close the backend. If the disk stays full past
-        ``timeout`` the rest is given up, and the log says how much."""
+        """Commit what is pending, apply everything to the backend (so that the next start
+        replays nothing), then close. If the store stays full past a few seconds the rest
+        is given up, and the log says how much."""
         if self._thread is None:
+            self.oplog.close()
             self.backend.close()
             return
         self._handoff()
         assert self._idle is not None
         try:
-            while self._busy or self._ops:
+            deadline = time.monotonic() + (5.0 if self.gate.full else timeout)
+            while self._failed is not None or self._applying or self._unapplied:
+                if not self._applying and self._failed is None:
+                    self._start_apply()
                 self._idle.clear()
-                # A full store will not take them: a short wait for room, then give up.
-                await asyncio.wait_for(self._idle.wait(), 5.0 if self.gate.full else timeout)
-                self._handoff()
+                await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - time.monotonic()))
         except TimeoutError:
-            pending = sum(1 for op in self._ops if op is not None)
+            pending = len(self._failed or ())
             log.error("store: giving up %d operations not written before shutdown (%s); "
                       "none of them was acknowledged to a client", pending,
                       self.last_error or "the store did not answer")
             self._give_up.set()
+        for handle in (self._retry, self._apply_timer):
+            if handle is not None:
+                handle.cancel()
+        if self._sync_thread is not None:
+            self._syncs.put(None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._jobs.put((_CLOSE, done))
         try:
@@ -226,8 +299,8 @@ class Journal:
             self._last_id = mid = self._last_id + 1
             self._msgs[msg] = [mid, 1, 0]
             pending = self._msg_pending[mid] = [self._append(
-                (MSG_PUT, mid, message_packet(msg), msg.sender, msg.timestamp,
-                 wall_expiry(msg))), -1, msg]
+                (MSG_PUT, mid, (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties),
+                 msg.sender, msg.timestamp, wall_expiry(msg))), -1, msg]
         else:
             entry[1] += 1
             mid = entry[0]
@@ -324,11 +397,12 @@ class Journal:
         are forgotten one by one (``forget_row``)."""
         self._append((MSG_DEL, msg_id))
 
-    # --- the hand-over to the writer ------------------------------------------------------
+    # --- the commit: the batch into the log ------------------------------------------------
 
     def _handoff(self) -> None:
+        """End of the loop turn: commit the batch gathered in it."""
         self._scheduled = False
-        if (self._busy and not self.gate.full) or not self._ops or self._thread is None:
+        if not self._ops or self._loop is None:
             return
         ops = self._ops
         self._ops = []
@@ -338,10 +412,83 @@ class Journal:
         self._msg_pending.clear()
         self._rel_pending.clear()
         self._ret_pending.clear()
-        self._busy += 1
         gate = self.gate
-        gate.taken = gate.issued
-        self._jobs.put((_WRITE, ops, gate.issued))
+        gate.taken = seq = gate.issued
+        real = [op for op in ops if op is not None]
+        if self._failed is not None:  # full: it joins the batch being retried
+            self._failed += real
+            return
+        self._commit(real, seq)
+
+    def _commit(self, ops: list[Op], seq: int) -> None:
+        start = time.perf_counter()
+        if ops:
+            try:
+                self._log(ops, seq)
+            except StoreError as err:
+                self._failed = ops
+                self._full(err)
+                return
+        if self._sync_thread is not None and ops:
+            self._syncs.put(seq)  # committed when the sync thread has synced it
+            return
+        self._committed(seq, time.perf_counter() - start, len(ops))
+
+    def _log(self, ops: list[Op], seq: int) -> None:
+        """Append to the log (StoreFull past the size limit), then count it unapplied."""
+        if self.max_size and self.oplog.size + self.db_used > self.max_size and _grows(ops):
+            raise StoreFull(f"{self.oplog.path(self.oplog.segment)}: full: the store's "
+                            f"size limit of {self.max_size} bytes is reached")
+        if self._sync_thread is not None:
+            with self._fd_lock:
+                self.oplog.append(ops, seq)
+        else:
+            self.oplog.append(ops, seq)
+        if not self._unapplied:
+            self._unapplied_since = time.monotonic()
+            loop = self._loop
+            if self._apply_timer is None and loop is not None:
+                self._apply_timer = loop.call_later(APPLY_INTERVAL, self._apply_due)
+        self._unapplied.append(ops)
+        if self.oplog.size > APPLY_BYTES and not self._applying:
+            self._start_apply()
+
+    def _committed(self, seq: int, seconds: float, n: int) -> None:
+        """On the loop: everything up to ``seq`` is in the log (and synced, for power)."""
+        gate = self.gate
+        if seq > gate.committed:
+            gate.committed = seq
+        self.commits += 1
+        self.ops_written += n
+        self.latencies.append(seconds)
+        if self.on_commit is not None:
+            self.on_commit()
+        if self._idle is not None:
+            self._idle.set()
+
+    def _sync_run(self) -> None:
+        """``power``: fdatasync the log for every batch appended since the last sync."""
+        while True:
+            seq = self._syncs.get()
+            while True:  # everything queued meanwhile is covered by one sync
+                try:
+                    nxt = self._syncs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    return
+                seq = nxt
+            if seq is None:
+                return
+            start = time.perf_counter()
+            try:
+                with self._fd_lock:
+                    self.oplog.fdatasync()
+            except OSError as err:  # the disk failed us: say so, keep acknowledgements held
+                self._call(self._full, StoreError(f"{self.oplog.prefix}*: fdatasync: "
+                                                  f"{err.strerror or err}"))
+                continue
+            self._call(self._committed, seq, time.perf_counter() - start, 0)
 
     def _inline(self, ops: list[Op | None]) -> None:
         """Messages first stored in this batch and held by one queue row only go into that
@@ -359,29 +506,10 @@ class Journal:
             ops[put_idx] = None
             entry[2] = 1
 
-    def _written(self, seq: int, seconds: float, n: int, recovered: bool, batches: int = 1
-                 ) -> None:
-        """On the loop: ``batches`` handed-over batches are committed (or given up)."""
-        self._busy -= batches
-        gate = self.gate
-        gate.committed = seq
-        self.commits += 1
-        self.ops_written += n
-        self.latencies.append(seconds)
-        if recovered:
-            gate.full = False
-            log.warning("store: writes succeed again (%s): QoS 1/2 messages are accepted",
-                        self.backend.path or "memory")
-            self.last_error = ""
-        if self._ops:
-            self._handoff()
-        if self.on_commit is not None:
-            self.on_commit()
-        if self._idle is not None:
-            self._idle.set()
+    # --- full --------------------------------------------------------------------------------
 
-    def _failed(self, err: StoreError) -> None:
-        """On the loop: a write failed and will be retried; say so once."""
+    def _full(self, err: StoreError) -> None:
+        """On the loop: a commit failed; it is retried. Said once."""
         gate = self.gate
         text = str(err)
         if not gate.full:
@@ -389,6 +517,85 @@ class Journal:
             log.error("ALARM store: %s; QoS 1/2 messages that need storing are refused "
                       "(0x97) until writes succeed again; retrying", text)
         self.last_error = text
+        loop = self._loop
+        if self._failed is not None and self._retry is None and loop is not None:
+            self._retry = loop.call_later(self._retry_delay, self._retry_commit)
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+
+    def _retry_commit(self) -> None:
+        self._retry = None
+        ops = self._failed
+        if ops is None:
+            return
+        seq = self.gate.taken
+        freeing, rest = split_freeing(ops)
+        if freeing and rest:
+            # Deletes first, on their own: applied, they shrink the log and the database.
+            try:
+                self._log(freeing, self.gate.committed)
+                self._failed = ops = rest
+                if not self._applying:
+                    self._start_apply()
+            except StoreError:
+                pass
+        try:
+            start = time.perf_counter()
+            self._log(ops, seq)
+        except StoreError as err:
+            self._full(err)
+            return
+        self._failed = None
+        self._retry_delay = RETRY_FIRST
+        if self.gate.full:
+            self.gate.full = False
+            self.last_error = ""
+            log.warning("store: writes succeed again (%s): QoS 1/2 messages are accepted",
+                        self.backend.path or "memory")
+        if self._sync_thread is not None:
+            self._syncs.put(seq)
+        else:
+            self._committed(seq, time.perf_counter() - start, len(ops))
+
+    # --- the application: the log into the backend -------------------------------------------
+
+    def _apply_due(self) -> None:
+        self._apply_timer = None
+        if self._unapplied and not self._applying:
+            self._start_apply()
+        elif self._unapplied:
+            loop = self._loop
+            if loop is not None:
+                self._apply_timer = loop.call_later(APPLY_INTERVAL, self._apply_due)
+
+    def _start_apply(self) -> None:
+        """Hand every committed batch to the writer thread (the log moves to a new
+        segment: the ones before are deleted once the backend has them)."""
+        if self._applying or not self._unapplied:
+            return
+        if self._sync_thread is not None:
+            with self._fd_lock:
+                self.oplog.fdatasync()  # the closed segment is complete on disk
+                upto = self.oplog.rotate()
+        else:
+            upto = self.oplog.rotate()
+        batches = self._unapplied
+        self._unapplied = []
+        self._applying = True
+        if self._idle is not None:
+            self._idle.clear()
+        self._jobs.put((_APPLY, batches, upto))
+
+    def _applied(self, upto: int, n: int, used: int) -> None:
+        """On the loop: the backend has the log up to segment ``upto``."""
+        self._applying = False
+        self.applications += 1
+        self.ops_applied += n
+        self.db_used = used
+        self.oplog.applied(upto)
+        if self._unapplied and (self.oplog.size > APPLY_BYTES or self._failed is not None):
+            self._start_apply()
+        if self._idle is not None:
+            self._idle.set()
 
     def _call(self, fn: Callable[..., object], *args: object) -> None:
         loop = self._loop
@@ -400,71 +607,54 @@ class Journal:
             pass
 
     def _run(self) -> None:
-        """The writer thread: one job at a time, in order."""
-        later: list[tuple[Any, ...]] = []
+        """The writer thread: applications, status and compaction, one at a time."""
         while True:
-            job = later.pop(0) if later else self._jobs.get()
+            job = self._jobs.get()
             kind = job[0]
-            if kind == _WRITE:
-                self._write(job, later)
+            if kind == _APPLY:
+                self._apply(job[1], job[2])
             elif kind == _CALL:
                 fn, fut = job[1], job[2]
                 try:
                     result = fn()
                 except Exception as err:
-                    self._call(_set_exception, fut, err)
+                    if fut is not None:
+                        self._call(_set_exception, fut, err)
                 else:
-                    self._call(_set_result, fut, result)
+                    if fut is not None:
+                        self._call(_set_result, fut, result)
             else:
                 try:
+                    self.oplog.close()
                     self.backend.close()
                 finally:
                     self._call(_set_result, job[1], None)
                 return
 
-    def _write(self, job: tuple[Any, ...], later: list[tuple[Any, ...]]) -> None:
-        """Commit one batch; if it fails, retry it (merged with the batches handed over
-        meanwhile, their deletes first) until it succeeds or the journal gives up."""
-        backend = self.backend
-        ops = [op for op in job[1] if op is not None]
-        seq = job[2]
-        batches = 1
-        start = time.perf_counter()
+    def _apply(self, batches: list[list[Op]], upto: int) -> None:
+        """Write the committed batches into the backend, retrying until it takes them."""
+        ops = coalesce(batches)
+        ops.append((APPLIED, upto))
         delay = RETRY_FIRST
-        failed = False
-        while ops:
+        while True:
             try:
-                backend.write(ops)
+                self.backend.write(ops)
                 break
-            except StoreError as err:
-                failed = True
-                self._call(self._failed, err)
-            except Exception as err:  # a bug or an unforeseen error: never lose the
-                failed = True           # batch silently, keep retrying
-                self._call(self._failed, StoreError(f"{backend.path}: {err!r}"))
+            except Exception as err:  # full, or worse: the log keeps it all; retry
+                error = err if isinstance(err, StoreError) else StoreError(
+                    f"{self.backend.path}: {err!r}")
+                self._call(self._apply_failed, error)
             if self._give_up.wait(delay):
-                break
+                return
             delay = min(delay * 2, RETRY_MAX)
-            while True:  # what the loop handed over meanwhile joins the retry
-                try:
-                    nxt = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt[0] == _WRITE:
-                    ops += [op for op in nxt[1] if op is not None]
-                    seq = nxt[2]
-                    batches += 1
-                else:
-                    later.append(nxt)
-            freeing, rest = split_freeing(ops)
-            if freeing:
-                try:
-                    backend.write(freeing)
-                    ops = rest
-                except Exception:
-                    pass  # not even the deletes fit: retry everything as it was
-        self._call(self._written, seq, time.perf_counter() - start, len(ops), failed,
-                   batches)
+        self._call(self._applied, upto, len(ops) - 1, self.backend_used())
+
+    def _apply_failed(self, err: StoreError) -> None:
+        text = str(err)
+        if text != self.last_error:
+            log.error("store: applying the operation log failed (retrying; the log keeps "
+                      "every commit): %s", text)
+        self.last_error = text
 
     async def _on_writer(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the writer thread, after the writes handed over before it."""
@@ -476,8 +666,26 @@ class Journal:
 
     # --- operator views -----------------------------------------------------------------
 
+    async def applied(self, timeout: float = 5.0) -> None:
+        """Apply every committed batch to the backend now, and wait for it (so that what
+        the backend counts is current)."""
+        self._handoff()
+        deadline = time.monotonic() + timeout
+        while (self._unapplied or self._applying) and time.monotonic() < deadline:
+            if not self._applying:
+                self._start_apply()
+            if self._idle is None:
+                return
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                return
+
     async def status(self) -> dict[str, object]:
-        """The backend's figures and the journal's: commits, latency p50/p99, state."""
+        """The backend's figures (after applying the log to it) and the journal's: commits,
+        commit latency p50/p99, the log, the state."""
+        await self.applied()
         backend_status = await self._on_writer(self.backend.status)
         assert isinstance(backend_status, dict)
         lat = sorted(self.latencies)
@@ -485,16 +693,105 @@ class Journal:
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
         return dict(backend_status, durability=self.durability, commits=self.commits,
                     ops_written=self.ops_written, ops_cancelled=self.ops_cancelled,
-                    pending=sum(1 for op in self._ops if op is not None),
+                    pending=sum(1 for op in self._ops if op is not None)
+                    + len(self._failed or ()),
+                    log_bytes=self.oplog.size, applications=self.applications,
+                    ops_applied=self.ops_applied,
+                    size=_int(backend_status.get("size")) + self.oplog.size,
                     commit_p50_ms=round(p50 * 1000, 3), commit_p99_ms=round(p99 * 1000, 3),
                     full=self.gate.full, last_error=self.last_error,
                     last_compaction=self.last_compaction)
 
     async def compact(self) -> dict[str, object]:
+        await self.applied()
         result = await self._on_writer(self.backend.compact)
         assert isinstance(result, dict)
         self.last_compaction = dict(result, at=time.time())
         return result
+
+
+def coalesce(batches: list[list[Op]]) -> list[Op]:
+    """The committed batches as the operations the backend still needs, in order: a queue
+    row, a message or an awaiting-PUBREL id inserted and deleted within them is neither
+    (its packet id change folded into the insert); everything else as it came."""
+    out: list[Op | None] = []
+    q_put: dict[tuple[object, object], int] = {}
+    q_mods: dict[tuple[object, object], list[int]] = {}
+    msg_put: dict[object, int] = {}
+    rel_put: dict[tuple[object, object], int] = {}
+    for ops in batches:
+        for op in ops:
+            code = op[0]
+            if code == Q_PUT:
+                q_put[(op[1], op[2])] = len(out)
+            elif code == Q_PID or code == Q_REL:
+                key = (op[1], op[2])
+                i = q_put.get(key)
+                if i is not None and code == Q_PID:
+                    row = out[i]
+                    assert row is not None
+                    out[i] = row[:8] + (op[3],) + row[9:]
+                    continue
+                q_mods.setdefault(key, []).append(len(out))
+            elif code == Q_DEL:
+                key = (op[1], op[2])
+                i = q_put.pop(key, None)
+                mods = q_mods.pop(key, ())
+                if i is not None:
+                    out[i] = None
+                    for j in mods:
+                        out[j] = None
+                    continue
+            elif code == MSG_PUT:
+                msg_put[op[1]] = len(out)
+            elif code == MSG_DEL:
+                i = msg_put.pop(op[1], None)
+                if i is not None:
+                    out[i] = None
+                    continue
+            elif code == REL_PUT:
+                rel_put[(op[1], op[2])] = len(out)
+            elif code == REL_DEL:
+                i = rel_put.pop((op[1], op[2]), None)
+                if i is not None:
+                    out[i] = None
+                    continue
+            out.append(op)
+    return [_encoded(op) for op in out if op is not None]
+
+
+def replay(oplog: OpLog, backend: Backend, restored: Restored) -> tuple[Restored, int]:
+    """At start: the log segments the backend does not have yet, applied to it (with the
+    segment they reach); the backend read again; the log emptied. Returns the state and
+    the number of operations replayed. Raises StoreError for a corrupt log."""
+    batches: list[list[Op]] = []
+    upto = 0
+    for segment, _seq, ops in oplog.replay(after=restored.applied_seq):
+        batches.append(ops)
+        upto = segment
+    n = 0
+    if batches:
+        ops = coalesce(batches)
+        n = len(ops)
+        backend.write(ops + [(APPLIED, upto)])
+        restored = backend.reload()
+    oplog.remove_all()
+    oplog.open(first=max(upto, restored.applied_seq) + 1)
+    return restored, n
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _grows(ops: list[Op]) -> bool:
+    """Whether a batch adds data (anything but deletes and flag changes)."""
+    for op in ops:
+        code = op[0]
+        if code == Q_PUT or code == MSG_PUT or code == RET_PUT or code == SESSION_PUT \
+                or code == SUB_PUT or code == REL_PUT:
+            return True
+    return False
 
 
 def split_freeing(ops: list[Op]) -> tuple[list[Op], list[Op]]:

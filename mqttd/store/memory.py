@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .base import (
+    APPLIED,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -62,6 +63,8 @@ class MemoryState:
     #: client_id -> packet id -> received_at
     rel: dict[str, dict[int, float]] = field(default_factory=dict)
     retained: dict[str, _Message] = field(default_factory=dict)
+    #: APPLIED's sequence number.
+    applied: list[int] = field(default_factory=lambda: [0])
 
 
 # Typed readers of op fields: what the SQLite schema's types and NOT NULLs let through, so a
@@ -144,12 +147,13 @@ class MemoryBackend:
             RET_PUT: lambda op: self._set(s.retained, _str(op[1]), _message(op)),
             RET_DEL: lambda op: self._pop(s.retained, op[1]),
             RET_CLEAR: self._ret_clear,
+            APPLIED: lambda op: self._set_applied(_int(op[1])),
         }
         # The op's length, as SQLite checks the number of bindings.
         self._arity: dict[object, int] = {
             SESSION_PUT: 8, SESSION_DEL: 2, SUB_PUT: 5, SUB_DEL: 3, MSG_PUT: 6, MSG_DEL: 2,
             Q_PUT: 9, Q_PID: 4, Q_REL: 3, Q_DEL: 3, REL_PUT: 4, REL_DEL: 3, RET_PUT: 6,
-            RET_DEL: 2, RET_CLEAR: 1}
+            RET_DEL: 2, RET_CLEAR: 1, APPLIED: 2}
 
     # --- changes, each logged for the undo ----------------------------------------------------
 
@@ -195,6 +199,10 @@ class MemoryBackend:
             m, qos, retain, subids, share, pid, _, inline = rows[qseq]
             self._set(rows, qseq, (m, qos, retain, subids, share, pid, True, inline))
 
+    def _set_applied(self, seq: int) -> None:
+        self._undo.append((self.state.__dict__, "applied", list(self.state.applied)))
+        self.state.applied[0] = seq
+
     def _ret_clear(self, op: Op) -> None:
         for topic in list(self.state.retained):
             self._pop(self.state.retained, topic)
@@ -205,6 +213,16 @@ class MemoryBackend:
         """Read the state back as the SQLite backend does (same filtering, same order)."""
         if self._open:
             raise StoreError("memory: already open")
+        restored = self._read()
+        self._open = True
+        return restored
+
+    def reload(self) -> Restored:
+        if not self._open:
+            raise StoreError("memory: not open")
+        return self._read()
+
+    def _read(self) -> Restored:
         s = self.state
         restored = Restored()
         last_id = 0
@@ -229,7 +247,7 @@ class MemoryBackend:
             restored.sessions.append(session)
         restored.retained = {t: StoredMessage(*m) for t, m in s.retained.items()}
         restored.last_msg_id = max(max(s.msgs, default=0), last_id)
-        self._open = True
+        restored.applied_seq = s.applied[0]
         return restored
 
     def write(self, ops: list[Op]) -> None:

@@ -25,6 +25,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from .base import (
+    APPLIED,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -59,7 +60,7 @@ __all__ = ["DURABILITY", "SqliteBackend"]
 #: (the OS has it) when write() returns, so it survives kill -9; FULL also fsyncs the WAL.
 DURABILITY = {"process": "NORMAL", "power": "FULL"}
 
-_TABLES = ("sessions", "subs", "msgs", "queue", "rel", "retained")
+_TABLES = ("sessions", "subs", "msgs", "queue", "rel", "retained", "meta")
 
 _SCHEMA = (
     "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL, expiry_interval INTEGER NOT NULL,"
@@ -76,6 +77,7 @@ _SCHEMA = (
     " expiry_at REAL, PRIMARY KEY(client_id, qseq)) WITHOUT ROWID",
     "CREATE TABLE rel(client_id TEXT NOT NULL, pid INTEGER NOT NULL, received_at REAL NOT NULL,"
     " PRIMARY KEY(client_id, pid)) WITHOUT ROWID",
+    "CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID",
     "CREATE TABLE retained(topic TEXT PRIMARY KEY NOT NULL, packet BLOB NOT NULL, sender TEXT,"
     " ts REAL NOT NULL, expiry_at REAL NOT NULL)",
 )
@@ -100,6 +102,7 @@ _DIRECT: dict[int, tuple[str, ...]] = {
     REL_DEL: ("DELETE FROM rel WHERE client_id=?2 AND pid=?3",),
     RET_PUT: ("INSERT OR REPLACE INTO retained VALUES(?2,?3,?4,?5,?6)",),
     RET_DEL: ("DELETE FROM retained WHERE topic=?2",),
+    APPLIED: ("INSERT OR REPLACE INTO meta VALUES('applied_seq', ?2)",),
 }
 _Q_PUT_SQL = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,0,?,?,?,?)"
 
@@ -232,6 +235,29 @@ class SqliteBackend:
             raise self._map(err) from err
         self._conn = conn
         return restored
+
+    def used_bytes(self) -> int:
+        """Bytes the database's live pages take (the size limit counts these, not free
+        pages a compaction would give back)."""
+        conn = self._connection()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def reload(self) -> Restored:
+        conn = self._connection()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._restore(conn)
+        except StoreError:
+            raise
+        except Exception as err:
+            raise self._map(err) from err
+        finally:
+            if collecting:
+                gc.enable()
 
     def _precheck(self) -> bool:
         """Make the directory, read the header; True for a new (absent or empty) file."""
@@ -403,6 +429,8 @@ class SqliteBackend:
             restored.retained[topic] = StoredMessage(packet, sender, ts, expiry_at)
         restored.last_msg_id = max(conn.execute("SELECT max(id) FROM msgs").fetchone()[0] or 0,
                                    last_id)
+        row = conn.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()
+        restored.applied_seq = int(row[0]) if row is not None else 0
         return restored
 
     # --- write ------------------------------------------------------------------------------
