@@ -166,9 +166,14 @@ class StoreSettings:
     durability: str = "process"
     #: The SQLite file, relative to the data directory unless absolute.
     file: str = "mqttd.db"
-    #: Bytes the file may grow to (0: no limit); past it QoS 1/2 messages that need storing
-    #: are refused (0x97) as on a full disk.
+    #: Bytes the store (its operation log and the database's live pages) may take (0: no
+    #: limit); past it QoS 1/2 messages that need storing are refused (0x97) as on a full
+    #: disk.
     max_size: int = 0
+    #: Seconds between applications of the operation log to the database, and the log size
+    #: that starts one sooner.
+    apply_interval: float = 1.0
+    apply_bytes: int = 8 << 20
 
 
 @dataclass(slots=True)
@@ -210,11 +215,12 @@ _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
 
 #: Zone keys given as durations (seconds, or a string such as "30s", "2h").
 _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
-              "max_session_expiry_interval", "cache_ttl", "window", "ban_time"}
+              "max_session_expiry_interval", "cache_ttl", "window", "ban_time",
+              "apply_interval"}
 #: Keys whose default is None (not set) but whose value must be true or false.
 _OPTIONAL_BOOLS = {"allow_anonymous"}
 #: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").
-_SIZES = {"max_packet_size", "max_size"}
+_SIZES = {"max_packet_size", "max_size", "apply_bytes"}
 
 _RANGES: dict[str, tuple[float, float]] = {
     "max_packet_size": (16, 268_435_460),
@@ -248,6 +254,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "window": (0.001, 86400),
     "ban_time": (0, 2 ** 31),
     "max_size": (0, 2 ** 50),
+    "apply_interval": (0.01, 3600),
+    "apply_bytes": (4096, 2 ** 40),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),

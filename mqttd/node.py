@@ -115,7 +115,8 @@ class Node:
         except BaseException:
             backend.close()
             raise
-        journal = Journal(backend, st.durability, oplog, restored.last_msg_id, st.max_size)
+        journal = Journal(backend, st.durability, oplog, restored.last_msg_id, st.max_size,
+                          st.apply_interval, st.apply_bytes)
         self.broker.use_store(journal)
         report = restore(restored, journal, self.registry, self.broker.retainer,
                          self.settings.zones)

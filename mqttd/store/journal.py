@@ -17,11 +17,11 @@ message first stored in the batch and held by one session only goes into that se
 queue row (inline) instead of a msgs row of its own; it gets a msgs row when a second
 session takes it, so a message is stored once for any number of sessions.
 
-Every second, or when the log passes ``APPLY_BYTES``, the writer thread applies the
-committed batches to the SQLite backend in one transaction, after cancelling what was
-inserted and deleted in between (``coalesce``: a subscriber that keeps up leaves
-nothing for SQLite to do), with the number of the last log segment it covered; the
-log segments it covered are then deleted. At start the log is replayed into the
+Every ``[store] apply_interval`` (1 s), or when the log passes ``apply_bytes`` (8 MB),
+the writer thread applies the committed batches to the SQLite backend in one
+transaction, after cancelling what was inserted and deleted in between (``coalesce``: a
+subscriber that keeps up leaves nothing for SQLite to do), with the number of the last
+log segment it covered; the log segments it covered are then deleted. At start the log is replayed into the
 backend first (``replay``).
 
 A commit that does not fit (disk full, or the store's ``max_size``: log and database
@@ -142,10 +142,14 @@ class Journal:
     :class:`Backend`."""
 
     def __init__(self, backend: Backend, durability: str, oplog: OpLog,
-                 last_msg_id: int = 0, max_size: int = 0) -> None:
+                 last_msg_id: int = 0, max_size: int = 0,
+                 apply_interval: float = APPLY_INTERVAL, apply_bytes: int = APPLY_BYTES
+                 ) -> None:
         self.backend = backend
         self.durability = durability
         self.oplog = oplog
+        self.apply_interval = apply_interval
+        self.apply_bytes = apply_bytes
         #: Bytes the log and the database together may hold (0: no limit).
         self.max_size = max_size
         self.gate = CommitGate()
@@ -448,9 +452,9 @@ class Journal:
             self._unapplied_since = time.monotonic()
             loop = self._loop
             if self._apply_timer is None and loop is not None:
-                self._apply_timer = loop.call_later(APPLY_INTERVAL, self._apply_due)
+                self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
         self._unapplied.append(ops)
-        if self.oplog.size > APPLY_BYTES and not self._applying:
+        if self.oplog.size > self.apply_bytes and not self._applying:
             self._start_apply()
 
     def _committed(self, seq: int, seconds: float, n: int) -> None:
@@ -565,7 +569,7 @@ class Journal:
         elif self._unapplied:
             loop = self._loop
             if loop is not None:
-                self._apply_timer = loop.call_later(APPLY_INTERVAL, self._apply_due)
+                self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
 
     def _start_apply(self) -> None:
         """Hand every committed batch to the writer thread (the log moves to a new
@@ -592,7 +596,7 @@ class Journal:
         self.ops_applied += n
         self.db_used = used
         self.oplog.applied(upto)
-        if self._unapplied and (self.oplog.size > APPLY_BYTES or self._failed is not None):
+        if self._unapplied and (self.oplog.size > self.apply_bytes or self._failed is not None):
             self._start_apply()
         if self._idle is not None:
             self._idle.set()
