@@ -21,8 +21,8 @@ Every ``[store] apply_interval`` (1 s), or when the log passes ``apply_bytes`` (
 the writer thread applies the committed batches to the SQLite backend in one
 transaction, after cancelling what was inserted and deleted in between (``coalesce``: a
 subscriber that keeps up leaves nothing for SQLite to do), with the number of the last
-log segment it covered; the log segments it covered are then deleted. At start the log is replayed into the
-backend first (``replay``).
+log segment it covered; the log segments it covered are then deleted. At start the log
+is replayed into the backend first (``replay``).
 
 A commit that does not fit (disk full, or the store's ``max_size``: log and database
 together) is retried until it does; meanwhile ``gate.full`` makes the broker refuse
