@@ -173,8 +173,8 @@ class Journal:
         #: (client id, packet id) -> index of REL_PUT; topic -> index of RET_PUT. Only for
         #: the batch being gathered.
         self._q_pending: dict[tuple[str, int], int] = {}
-        #: msg id -> [index of its MSG_PUT, index of its first Q_PUT, the message]
-        self._msg_pending: dict[int, list[Any]] = {}
+        #: msg id -> [index of its MSG_PUT or -1, index of its first (inline) Q_PUT or -1]
+        self._msg_pending: dict[int, list[int]] = {}
         self._rel_pending: dict[tuple[str, int], int] = {}
         self._ret_pending: dict[str, int] = {}
         #: Every stored message -> [msg id, number of queue rows referencing it, 1 if its one
@@ -298,26 +298,39 @@ class Journal:
                      packet_id: int) -> None:
         msg = delivery[0]
         entry = self._msgs.get(msg)
-        pending = None
         if entry is None:
+            # The first holder: the message goes inline into its row (most messages stored
+            # have one holder: one insert and one delete each, no msgs row).
             self._last_id = mid = self._last_id + 1
-            self._msgs[msg] = [mid, 1, 0]
-            pending = self._msg_pending[mid] = [self._append(
+            self._msgs[msg] = [mid, 1, 1]
+            idx = self._q_pending[(client_id, qseq)] = self._append(
+                (Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
+                 _share_name(delivery[4]), packet_id,
+                 (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties), msg.sender,
+                 msg.timestamp, wall_expiry(msg)))
+            self._msg_pending[mid] = [-1, idx]
+            return
+        entry[1] += 1
+        mid = entry[0]
+        if entry[2]:  # held inline by one row so far: a second holder needs its own row
+            entry[2] = 0
+            put_idx = self._append(
                 (MSG_PUT, mid, (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties),
-                 msg.sender, msg.timestamp, wall_expiry(msg))), -1, msg]
-        else:
-            entry[1] += 1
-            mid = entry[0]
-            if entry[2]:  # its one copy is inline in another row: a second holder needs a row
-                entry[2] = 0
-                self._msg_pending[mid] = [self._append(
-                    (MSG_PUT, mid, message_packet(msg), msg.sender, msg.timestamp,
-                     wall_expiry(msg))), -1, msg]
-        idx = self._q_pending[(client_id, qseq)] = self._append(
+                 msg.sender, msg.timestamp, wall_expiry(msg)))
+            pending = self._msg_pending.get(mid)
+            if pending is not None:
+                pending[0] = put_idx
+                ops = self._ops
+                first = ops[pending[1]]
+                if first is not None and len(first) == 13:
+                    # Still in this batch (a fan-out): it references the row instead, so
+                    # the message is stored once.
+                    ops[pending[1]] = first[:9]
+            else:
+                self._msg_pending[mid] = [put_idx, -1]
+        self._q_pending[(client_id, qseq)] = self._append(
             (Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
              _share_name(delivery[4]), packet_id))
-        if pending is not None:
-            pending[1] = idx
 
     def set_inflight(self, client_id: str, qseq: int, packet_id: int) -> None:
         idx = self._q_pending.get((client_id, qseq))
@@ -347,10 +360,10 @@ class Journal:
         del self._msgs[msg]
         mid = entry[0]
         pending = self._msg_pending.pop(mid, None)
-        if pending is not None:
+        if pending is not None and pending[0] >= 0:  # its row was never committed
             self._ops[pending[0]] = None
             self.ops_cancelled += 1
-        elif not entry[2]:  # an inline copy goes with its row
+        elif not entry[2]:  # an inline copy goes with its queue row
             self._append((MSG_DEL, mid))
 
     def await_rel(self, client_id: str, packet_id: int) -> None:
@@ -411,8 +424,6 @@ class Journal:
         ops = self._ops
         self._ops = []
         self._q_pending.clear()
-        if self._msg_pending:
-            self._inline(ops)
         self._msg_pending.clear()
         self._rel_pending.clear()
         self._ret_pending.clear()
@@ -493,22 +504,6 @@ class Journal:
                                                   f"{err.strerror or err}"))
                 continue
             self._call(self._committed, seq, time.perf_counter() - start, 0)
-
-    def _inline(self, ops: list[Op | None]) -> None:
-        """Messages first stored in this batch and held by one queue row only go into that
-        row: its Q_PUT takes the MSG_PUT's packet, sender, timestamp and expiry."""
-        msgs = self._msgs
-        for put_idx, q_idx, msg in self._msg_pending.values():
-            entry = msgs.get(msg)
-            if entry is None or entry[1] != 1 or q_idx < 0:
-                continue
-            put = ops[put_idx]
-            row = ops[q_idx]
-            if put is None or row is None or len(row) != 9:
-                continue
-            ops[q_idx] = row + put[2:]
-            ops[put_idx] = None
-            entry[2] = 1
 
     # --- full --------------------------------------------------------------------------------
 
