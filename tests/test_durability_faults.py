@@ -277,3 +277,107 @@ def test_full_store_refuses_what_it_cannot_store_serves_the_rest_and_recovers():
             r.close()
         b.stop()
         b.cleanup()
+
+
+# --- a full disk (a real one: a small tmpfs) ------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs, mounted for the test (root only: CI runs as root; mount needs it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
+                   check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_refuses_what_it_cannot_store_and_recovers_when_space_returns(
+        small_disk: Path) -> None:
+    """The store on a 4 MB tmpfs, filled by another file but for ~200 KB: QoS 1 MQTT 5
+    messages to an offline persistent session until PUBACK 0x97 (the operation log's write
+    failed with ENOSPC); one ALARM line; a clean-session pair still served. The other file
+    is deleted: with no restart, writes succeed again (logged), what was held is
+    acknowledged, new messages are accepted, and every acknowledged message is
+    delivered."""
+    config = STORE_CONFIG + f'\n[store]\nfile = "{small_disk}/mqttd.db"\n'
+    b = BrokerProcess(config)
+    open_conns: list[RawClient] = []
+    clients: list[Client] = []
+    base = uid("disk/")
+    topic = f"{base}/p"
+    sub = Receiver(uid("disksub-"), 5, topic, 1)
+    filler = small_disk / "filler"
+    try:
+        sub.connect(b, first=True)
+        sub.disconnect()
+        st = os.statvfs(small_disk)
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 200_000))
+
+        accepted: list[bytes] = []
+        held: list[tuple[RawClient, bytes]] = []
+        refused = None
+        for i in range(1, 2001):
+            payload = b"%d:" % i + PAYLOAD
+            r = RawClient(b, 5)
+            open_conns.append(r)
+            r.connect(uid("filler-"))
+            r.send(B.publish(topic, payload, qos=1, packet_id=1, properties=B.props()))
+            try:
+                ack = r.expect(Puback, timeout=1.0)
+            except AssertionError:  # held until its commit
+                held.append((r, payload))
+                continue
+            if ack.reason_code == 0x97:
+                refused = i
+                break
+            assert ack.reason_code == 0, ack
+            accepted.append(payload)
+            r.close()
+        assert refused is not None, "the disk never filled up"
+        assert accepted, "not one message fitted"
+        log = b.log()
+        assert len(re.findall(r"ALARM", log)) == 1, log
+        assert "No space left on device" in log, log
+
+        free = f"{base}/free"
+        csub = Client(b, uid("clean-sub-"), version=5)
+        cpub = Client(b, uid("clean-pub-"), version=5)
+        clients += [csub, cpub]
+        csub.connect()
+        cpub.connect()
+        assert csub.subscribe(free, 1) == [1]
+        assert cpub.publish(free, b"qos1", 1) == 0
+        assert [m.payload for m in csub.expect_messages(1)] == [b"qos1"]
+
+        filler.unlink()  # space returns
+        wait_log(b, "writes succeed again", timeout=WAIT * 3)
+        for r, payload in held:
+            ack = r.expect(Puback, timeout=WAIT * 2)
+            assert ack.reason_code == 0, ack
+            accepted.append(payload)
+        with RawClient(b, 5) as r:
+            r.connect(uid("again-"))
+            r.send(B.publish(topic, b"again", qos=1, packet_id=1, properties=B.props()))
+            ack = r.expect(Puback, timeout=WAIT * 2)
+            assert ack.reason_code == 0, ack
+            accepted.append(b"again")
+        sub.connect(b)
+        for payload in accepted:
+            sub.wait_for(payload, WAIT * 2)
+        sub.disconnect()
+        assert b.stop() == 0, b.log()
+        assert "Traceback" not in b.log(), b.log()
+    finally:
+        sub.close()
+        for c in clients:
+            c.close()
+        for r in open_conns:
+            r.close()
+        b.stop()
+        b.cleanup()

@@ -454,17 +454,24 @@ class Channel:
             self.metrics.inc(idx)
         if self.state == CONNECTED:
             gate = self.gate
-            if gate is not None and (ptype == PUBLISH or ptype == PUBREL or ptype == SUBSCRIBE
-                                     or ptype == UNSUBSCRIBE or ptype == PUBREC):
-                # Its acknowledgement may go only once what it changed is on disk (for PUBREC:
-                # our PUBREL, once the delivery is stored as released, lest a restart send
-                # the PUBLISH again after the client completed it).
+            if ptype == PUBLISH:
+                if gate is None or not packet.qos:  # QoS 0: no acknowledgement to hold
+                    self._in_publish(packet)
+                else:
+                    # Its PUBACK/PUBREC may go only once what it stored is committed.
+                    issued = gate.issued
+                    self._in_publish(packet)
+                    if gate.issued != issued and self.out:
+                        self._hold(gate)
+            elif gate is not None and (ptype == PUBREL or ptype == SUBSCRIBE
+                                       or ptype == UNSUBSCRIBE or ptype == PUBREC):
+                # Likewise PUBCOMP, SUBACK, UNSUBACK, and for PUBREC our PUBREL: once the
+                # delivery is stored as released, lest a restart send the PUBLISH again
+                # after the client completed it.
                 issued = gate.issued
                 self._in_durable(ptype, packet)
                 if gate.issued != issued and self.out:
                     self._hold(gate)
-            elif ptype == PUBLISH:
-                self._in_publish(packet)
             elif ptype == PUBACK:
                 self._in_puback(packet)
             elif ptype == PUBREC:
@@ -517,9 +524,7 @@ class Channel:
 
     def _in_durable(  # type: ignore[explicit-any]  # as handle_in
             self, ptype: int, packet: Any) -> None:
-        if ptype == PUBLISH:
-            self._in_publish(packet)
-        elif ptype == PUBREL:
+        if ptype == PUBREL:
             self._in_pubrel(packet)
         elif ptype == SUBSCRIBE:
             self._in_subscribe(packet)
