@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .access.build import Access, build_access
+from .access.password_file import PasswordHash
+from .access.users import UserTable
 from .config import Settings, is_loopback
 from .core.broker import Broker
 from .core.message import Message
@@ -86,6 +88,8 @@ class Node:
         self.journal: Journal | None = None
         #: ``mqttd start --reset-store``: move the store file aside and start empty.
         self.reset_store = False
+        #: The built-in user table, kept in the store (None: durability off).
+        self.users: UserTable | None = None
 
     def store_path(self) -> str | None:
         """The store file, or None when nothing is stored (durability off, or no data
@@ -122,6 +126,7 @@ class Node:
                          self.settings.zones)
         journal.start(asyncio.get_running_loop())
         self.journal = journal
+        self.users = UserTable(restored.users, self._persist_user)
         log.info("durability %s (%s): %s", st.durability, _DURABILITY[st.durability], path)
         if replayed:
             log.info("store: %d operations of the operation log replayed into the store",
@@ -147,7 +152,7 @@ class Node:
         configured plugin cannot be loaded.
         """
         self.open_store()
-        self.access = access = build_access(self.settings)
+        self.access = access = build_access(self.settings, self.users)
         broker = self.broker
         broker.authenticator = access.authn
         broker.authorizer = access.authz
@@ -160,6 +165,15 @@ class Node:
         interval = self.settings.sys_interval
         if interval > 0:
             self.supervisor.start_child("sys", lambda: self.sys.run(interval))
+
+    def _persist_user(self, username: str, password_hash: PasswordHash | None,
+                      superuser: bool) -> None:
+        journal = self.journal
+        assert journal is not None  # the table exists only with the store
+        if password_hash is None:
+            journal.delete_user(username)
+        else:
+            journal.save_user(username, password_hash.encode(), superuser)
 
     @staticmethod
     def _move_aside(path: str) -> None:

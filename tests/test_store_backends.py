@@ -32,6 +32,8 @@ from mqttd.store.base import (
     SESSION_PUT,
     SUB_DEL,
     SUB_PUT,
+    USER_DEL,
+    USER_PUT,
     Backend,
     Op,
     QueueRow,
@@ -149,7 +151,7 @@ def test_session_delete_cascades(reopen: Reopen) -> None:
     a = by_id(restored)["a"]
     assert (a.subscriptions, a.queue, a.awaiting_rel) == ([], [], {})
     assert status_rows(reopen) == {"sessions": 2, "subscriptions": 2, "messages": 2,
-                                   "queue": 2, "awaiting_rel": 1, "retained": 0}
+                                   "queue": 2, "awaiting_rel": 1, "retained": 0, "users": 0}
 
 
 def test_delete_and_recreate_in_one_batch(reopen: Reopen) -> None:
@@ -303,7 +305,7 @@ def test_status_counts_rows(reopen: Reopen) -> None:
                    (SUB_PUT, "b", "t", 0, 0), (SUB_PUT, "b", "u", 0, 0), msg(1), msg(2),
                    qput("a", 1, 1), (REL_PUT, "b", 3, 1.0), (RET_PUT, "r", b"p", None, 1.0, 0.0)])
     assert status_rows(reopen) == {"sessions": 2, "subscriptions": 3, "messages": 2, "queue": 1,
-                                   "awaiting_rel": 1, "retained": 1}
+                                   "awaiting_rel": 1, "retained": 1, "users": 0}
     backend = reopen()
     backend.open()
     status = backend.status()
@@ -509,7 +511,7 @@ def test_sqlite_status(tmp_path: Path) -> None:
     backend.close()
     assert status["path"] == str(path)
     assert status["rows"] == {"sessions": 1, "subscriptions": 1, "messages": 2, "queue": 1,
-                              "awaiting_rel": 1, "retained": 1}
+                              "awaiting_rel": 1, "retained": 1, "users": 0}
     assert status["page_size"] == 4096
     assert isinstance(status["size"], int) and status["size"] >= 4096 * 6
     assert status["free_pages"] == 0
@@ -569,3 +571,10 @@ def test_a_queue_row_can_keep_its_message_inline(reopen: Reopen) -> None:
         5, True, StoredMessage(packet(7), "pub", 3.0, 0.0))
     restored = apply(reopen, [(Q_DEL, "a", 1)])
     assert [q.qseq for q in by_id(restored)["a"].queue] == [2]
+
+
+def test_users_put_replace_delete(reopen: Reopen) -> None:
+    restored = apply(reopen, [(USER_PUT, "alice", "$7$1$a$b", 0), (USER_PUT, "ops", "$7$1$c$d", 1),
+                              (USER_PUT, "alice", "$7$2$e$f", 0), (USER_DEL, "ops"),
+                              (USER_DEL, "nobody")])
+    assert restored.users == {"alice": ("$7$2$e$f", False)}

@@ -300,6 +300,12 @@ class AuthChain:
             self._workers = HashWorkers(self.settings.hash_threads, loop)
         return self._workers
 
+    def forget_user(self, username: str) -> None:
+        """Forget the cached verdicts about ``username`` (its password changed, or it was
+        deleted: an old password must not keep working until the cache entry ends)."""
+        for key in [k for k in self._cache if k[1] == username]:
+            del self._cache[key]
+
     def reload(self) -> None:
         """Re-read every provider's files; forget cached successes. A provider that cannot
         reload keeps its old data; AccessError then lists every such provider's problems

@@ -15,6 +15,7 @@ from .authz import AuthzChain, build_sources
 from .banned import BANNED_FILE, BannedTable, kick_banned
 from .flapping import Flapping
 from .scram import ScramFile  # noqa: F401  (imported: registers its provider type)
+from .users import BuiltinUsers, UserTable
 
 if TYPE_CHECKING:
     from ..core.registry import Registry
@@ -34,6 +35,8 @@ class Access:
     #: The banned table (the chain's first gate) and flapping detection (None: off).
     banned: BannedTable = field(default_factory=BannedTable)
     flapping: Flapping | None = None
+    #: The built-in user table (None: no store to keep it in).
+    users: UserTable | None = None
 
     def start(self, registry: Registry, metrics: Metrics, timers: Timers) -> None:
         """On the running node: a new ban kicks the clients it covers, ended bans are
@@ -61,8 +64,9 @@ class Access:
         await self.authn.wait_closed()
 
 
-def build_access(settings: Settings) -> Access:
-    """Both chains, or AccessError listing every problem of every provider and source."""
+def build_access(settings: Settings, users: UserTable | None = None) -> Access:
+    """Both chains, or AccessError listing every problem of every provider and source.
+    ``users``: the store's user table, for ``builtin`` providers (None: durability off)."""
     errors: list[str] = []
     providers = sources = None
     data_dir = settings.data_dir
@@ -79,6 +83,14 @@ def build_access(settings: Settings) -> Access:
         sources = build_sources(settings.authz.sources)
     except AccessError as err:
         errors += err.errors
+    for i, provider in enumerate(providers or ()):
+        if isinstance(provider, BuiltinUsers):
+            if users is None:
+                errors.append(f"auth.providers[{i}]: type builtin keeps its users in the "
+                              "store, and there is none ([store] durability is off, or no "
+                              "data directory)")
+            else:
+                provider.table = users
     if errors or providers is None or sources is None:
         raise AccessError(errors)
     authz = None
@@ -91,4 +103,7 @@ def build_access(settings: Settings) -> Access:
         authz = AuthzChain(dataclasses.replace(settings.authz, no_match="allow"), [])
     flapping = Flapping(settings.flapping, banned) if settings.flapping.enable else None
     gates: list[Gate] = [banned] if flapping is None else [banned, flapping]
-    return Access(AuthChain(settings.auth, providers, gates), authz, banned, flapping)
+    chain = AuthChain(settings.auth, providers, gates)
+    if users is not None:
+        users.on_change = chain.forget_user
+    return Access(chain, authz, banned, flapping, users)

@@ -218,8 +218,8 @@ class Broker:
                 log.debug("a message.publish callback stopped the message to %s", msg.topic)
                 return 0
             msg = result
-        gate = self.gate
-        if gate is not None and gate.full and msg.qos and self.dispatcher.needs_store(msg):
+        if msg.qos and (gate := self.gate) is not None and gate.full \
+                and self.dispatcher.needs_store(msg):
             log.debug("store full: refusing a QoS %d message to %s", msg.qos, msg.topic)
             return -1
         if msg.retain and msg.payload:

@@ -573,6 +573,43 @@ async def cmd_banned_del(ctx: Context, a: Args) -> None:
     ctx.result("ok", data)
 
 
+# --- users ----------------------------------------------------------------------------------
+
+USER_COLUMNS = [Col("username", "Username"),
+                Col("is_superuser", "Superuser", lambda v: "yes" if v else "no")]
+
+
+async def cmd_users_list(ctx: Context, a: Args) -> None:
+    users = ctx.mgmt.users.all()
+    await ctx.table(USER_COLUMNS, users.items, users.row, footer=_plural("user"))
+
+
+async def cmd_users_add(ctx: Context, a: Args) -> None:
+    username, password = a.pos
+    data = await ctx.mgmt.users.add(username, password, superuser=bool(a.opts.get("superuser")),
+                                    by=BY)
+    ctx.result(f"Added user {username}" + (" (superuser)" if data["is_superuser"] else ""),
+               data)
+
+
+async def cmd_users_passwd(ctx: Context, a: Args) -> None:
+    username, password = a.pos
+    try:
+        data = await ctx.mgmt.users.passwd(username, password, by=BY)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    ctx.result(f"Changed the password of user {username}", data)
+
+
+async def cmd_users_del(ctx: Context, a: Args) -> None:
+    (username,) = a.pos
+    try:
+        data = await ctx.mgmt.users.delete(username, by=BY)
+    except NotFound:
+        raise CtlError(NOT_FOUND) from None
+    ctx.result(f"Deleted user {username}", data)
+
+
 # --- store ----------------------------------------------------------------------------------
 
 def _bytes(n: Any) -> str:
@@ -681,6 +718,12 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
      "[--duration <Duration>]", cmd_banned_add,
      "Ban a client id, user name or IP/CIDR (kicks its clients), for good or until a time"),
     ("banned del clientid|username|peerhost <Value>", cmd_banned_del, "Lift a ban"),
+    # users
+    ("users list", cmd_users_list, "List the built-in user table (kept in the store)"),
+    ("users add <Username> <Password> [--superuser]", cmd_users_add,
+     "Add a user to the built-in user table (auth provider type builtin)"),
+    ("users passwd <Username> <Password>", cmd_users_passwd, "Change a user's password"),
+    ("users del <Username>", cmd_users_del, "Delete a user"),
     ("routes list", cmd_routes_list, "List all routes"),
     ("routes show <Topic>", cmd_routes_show,
      "Show the routes a message to <Topic> takes (a filter: that route)"),

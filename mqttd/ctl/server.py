@@ -27,7 +27,7 @@ from .. import __version__
 from ..mgmt.errors import InvalidArgument, MgmtError
 from . import protocol as P
 from .context import Context
-from .table import CommandTable, CtlError, UsageError
+from .table import CommandTable, CtlError, Param, UsageError
 
 if TYPE_CHECKING:
     from ..mgmt.api import Management
@@ -152,7 +152,7 @@ class CtlServer:
         try:
             cmd, args = self.table.lookup(argv)
             noun = cmd.noun
-            log.debug("ctl: %s", " ".join(argv))
+            log.debug("ctl: %s", " ".join(_redacted(argv, cmd.params, args.pos)))
             await cmd.handler(ctx, args)
             return ctx.code
         except UsageError as err:
@@ -247,3 +247,14 @@ def bind_socket(path: str) -> socket.socket:
     sock.listen(64)
     sock.setblocking(False)
     return sock
+
+
+#: Positional parameters whose values are never logged.
+_SECRETS = frozenset({"Password"})
+
+
+def _redacted(argv: list[str], params: list[Param], pos: list[Any]) -> list[str]:
+    """``argv`` with the values of secret parameters (a user's password) masked."""
+    secrets = {value for param, value in zip(params, pos, strict=False)
+               if param.name in _SECRETS and isinstance(value, str)}
+    return ["******" if word in secrets else word for word in argv] if secrets else argv

@@ -27,6 +27,7 @@ from .status import Status
 from .store import Store
 from .subscriptions import Subscriptions
 from .trace import Traces
+from .users import Users
 from .vm import LoopMonitor, Vm
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class Management:
         #: ``store`` returns the durable store's journal once the node has started, None
         #: when durability is off.
         self.store = Store(store)
+        #: The built-in user table (kept in the store).
+        self.users = Users(access, store)
 
     @property
     def node_name(self) -> str:

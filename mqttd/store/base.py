@@ -23,8 +23,8 @@ from typing import Protocol
 __all__ = [
     "APPLIED", "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID", "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
     "RET_CLEAR", "RET_DEL", "RET_PUT", "SCHEMA_VERSION", "SESSION_DEL", "SESSION_PUT", "SUB_DEL",
-    "SUB_PUT", "Backend", "Op", "QueueRow", "Restored", "SessionRow", "StoreError", "StoreFull",
-    "StoredMessage",
+    "SUB_PUT", "USER_DEL", "USER_PUT", "Backend", "Op", "QueueRow", "Restored", "SessionRow",
+    "StoreError", "StoreFull", "StoredMessage",
 ]
 
 #: The schema this code writes; a file with a higher ``PRAGMA user_version`` is refused.
@@ -80,6 +80,11 @@ RET_CLEAR = 15
 #: (APPLIED, segment) — the operation log is in the store up to log segment ``segment``
 #: (``store/oplog.py``): the last op of each application.
 APPLIED = 16
+#: (USER_PUT, username, password_hash, superuser) — a user of the built-in user table
+#: (``access/users.py``), its password as mosquitto's ``$7$`` hash text; insert or replace.
+USER_PUT = 17
+#: (USER_DEL, username)
+USER_DEL = 18
 
 Op = tuple[object, ...]
 
@@ -138,6 +143,8 @@ class Restored:
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     #: topic -> message
     retained: dict[str, StoredMessage] = field(default_factory=dict)
+    #: The built-in user table: username -> (password hash text, superuser).
+    users: dict[str, tuple[str, bool]] = field(default_factory=dict)
     #: The operation log's segment the store holds everything up to (APPLIED).
     applied_seq: int = 0
     #: Highest msg_id still stored, in msgs or in a queue row (0 if none): new ids start

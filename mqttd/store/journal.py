@@ -65,6 +65,8 @@ from .base import (
     SESSION_PUT,
     SUB_DEL,
     SUB_PUT,
+    USER_DEL,
+    USER_PUT,
     Backend,
     Op,
     Restored,
@@ -408,6 +410,30 @@ class Journal:
     def forget_row(self, client_id: str, qseq: int) -> None:
         """A restored queue row that cannot be used (its message is unreadable)."""
         self._append((Q_DEL, client_id, qseq))
+
+    # --- the built-in user table (access/users.py) ------------------------------------------
+
+    def save_user(self, username: str, password_hash: str, superuser: bool) -> None:
+        self._append((USER_PUT, username, password_hash, 1 if superuser else 0))
+
+    def delete_user(self, username: str) -> None:
+        self._append((USER_DEL, username))
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Commit what was issued so far now and wait for it (an operator's change is
+        answered once it is on disk); False if it is not committed within ``timeout``."""
+        target = self.gate.issued
+        self._handoff()
+        deadline = time.monotonic() + timeout
+        while self.gate.committed < target:
+            if self._idle is None or time.monotonic() >= deadline:
+                return False
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                return False
+        return True
 
     def forget_message(self, msg_id: int) -> None:
         """A restored message that is not used (unreadable or expired): rows referencing it

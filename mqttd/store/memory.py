@@ -29,6 +29,8 @@ from .base import (
     SESSION_PUT,
     SUB_DEL,
     SUB_PUT,
+    USER_DEL,
+    USER_PUT,
     Op,
     QueueRow,
     Restored,
@@ -63,6 +65,8 @@ class MemoryState:
     #: client_id -> packet id -> received_at
     rel: dict[str, dict[int, float]] = field(default_factory=dict)
     retained: dict[str, _Message] = field(default_factory=dict)
+    #: username -> (password hash text, superuser)
+    users: dict[str, tuple[str, bool]] = field(default_factory=dict)
     #: APPLIED's sequence number.
     applied: list[int] = field(default_factory=lambda: [0])
 
@@ -148,12 +152,15 @@ class MemoryBackend:
             RET_DEL: lambda op: self._pop(s.retained, op[1]),
             RET_CLEAR: self._ret_clear,
             APPLIED: lambda op: self._set_applied(_int(op[1])),
+            USER_PUT: lambda op: self._set(s.users, _str(op[1]),
+                                           (_str(op[2]), bool(_int(op[3])))),
+            USER_DEL: lambda op: self._pop(s.users, op[1]),
         }
         # The op's length, as SQLite checks the number of bindings.
         self._arity: dict[object, int] = {
             SESSION_PUT: 8, SESSION_DEL: 2, SUB_PUT: 5, SUB_DEL: 3, MSG_PUT: 6, MSG_DEL: 2,
             Q_PUT: 9, Q_PID: 4, Q_REL: 3, Q_DEL: 3, REL_PUT: 4, REL_DEL: 3, RET_PUT: 6,
-            RET_DEL: 2, RET_CLEAR: 1, APPLIED: 2}
+            RET_DEL: 2, RET_CLEAR: 1, APPLIED: 2, USER_PUT: 4, USER_DEL: 2}
 
     # --- changes, each logged for the undo ----------------------------------------------------
 
@@ -248,6 +255,7 @@ class MemoryBackend:
         restored.retained = {t: StoredMessage(*m) for t, m in s.retained.items()}
         restored.last_msg_id = max(max(s.msgs, default=0), last_id)
         restored.applied_seq = s.applied[0]
+        restored.users = dict(s.users)
         return restored
 
     def write(self, ops: list[Op]) -> None:
@@ -288,7 +296,7 @@ class MemoryBackend:
                      "messages": len(s.msgs),
                      "queue": sum(map(len, s.queue.values())),
                      "awaiting_rel": sum(map(len, s.rel.values())),
-                     "retained": len(s.retained)},
+                     "retained": len(s.retained), "users": len(s.users)},
             "durability": "memory",
             "schema": SCHEMA_VERSION,
             "page_size": 0,

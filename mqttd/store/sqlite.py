@@ -42,6 +42,8 @@ from .base import (
     SESSION_PUT,
     SUB_DEL,
     SUB_PUT,
+    USER_DEL,
+    USER_PUT,
     Op,
     QueueRow,
     Restored,
@@ -60,7 +62,7 @@ __all__ = ["DURABILITY", "SqliteBackend"]
 #: (the OS has it) when write() returns, so it survives kill -9; FULL also fsyncs the WAL.
 DURABILITY = {"process": "NORMAL", "power": "FULL"}
 
-_TABLES = ("sessions", "subs", "msgs", "queue", "rel", "retained", "meta")
+_TABLES = ("sessions", "subs", "msgs", "queue", "rel", "retained", "meta", "users")
 
 _SCHEMA = (
     "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL, expiry_interval INTEGER NOT NULL,"
@@ -78,6 +80,8 @@ _SCHEMA = (
     "CREATE TABLE rel(client_id TEXT NOT NULL, pid INTEGER NOT NULL, received_at REAL NOT NULL,"
     " PRIMARY KEY(client_id, pid)) WITHOUT ROWID",
     "CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID",
+    "CREATE TABLE users(username TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL,"
+    " superuser INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE retained(topic TEXT PRIMARY KEY NOT NULL, packet BLOB NOT NULL, sender TEXT,"
     " ts REAL NOT NULL, expiry_at REAL NOT NULL)",
 )
@@ -103,6 +107,8 @@ _DIRECT: dict[int, tuple[str, ...]] = {
     RET_PUT: ("INSERT OR REPLACE INTO retained VALUES(?2,?3,?4,?5,?6)",),
     RET_DEL: ("DELETE FROM retained WHERE topic=?2",),
     APPLIED: ("INSERT OR REPLACE INTO meta VALUES('applied_seq', ?2)",),
+    USER_PUT: ("INSERT OR REPLACE INTO users VALUES(?2,?3,?4)",),
+    USER_DEL: ("DELETE FROM users WHERE username=?2",),
 }
 _Q_PUT_SQL = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,0,?,?,?,?)"
 
@@ -429,6 +435,9 @@ class SqliteBackend:
             restored.retained[topic] = StoredMessage(packet, sender, ts, expiry_at)
         restored.last_msg_id = max(conn.execute("SELECT max(id) FROM msgs").fetchone()[0] or 0,
                                    last_id)
+        for username, hash_text, superuser in conn.execute(
+                "SELECT username, hash, superuser FROM users"):
+            restored.users[username] = (hash_text, superuser != 0)
         row = conn.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()
         restored.applied_seq = int(row[0]) if row is not None else 0
         return restored
@@ -504,7 +513,8 @@ class SqliteBackend:
                 "size": self._size(),
                 "rows": {"sessions": count("sessions"), "subscriptions": count("subs"),
                          "messages": count("msgs"), "queue": count("queue"),
-                         "awaiting_rel": count("rel"), "retained": count("retained")},
+                         "awaiting_rel": count("rel"), "retained": count("retained"),
+                         "users": count("users")},
                 "durability": self.durability,
                 "schema": SCHEMA_VERSION,
                 "page_size": conn.execute("PRAGMA page_size").fetchone()[0],
