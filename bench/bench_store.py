@@ -39,7 +39,7 @@ def batches(n: int, k: int, encoded: bool) -> list[list[Op]]:
     seq = 0
     while seq < n:
         ops: list[Op] = []
-        for i in range(k):
+        for _ in range(k):
             seq += 1
             ops.append((Q_PUT, "sub", seq, seq, 1, False, (), None, 0, message, "pub",
                         1.7e9, 0.0))
