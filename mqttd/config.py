@@ -589,9 +589,26 @@ def load_settings(path: str) -> Settings:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
     try:
-        return parse_settings(data)
+        settings = parse_settings(data)
     except ConfigError as err:
         raise ConfigError([f"{path}: {e}" for e in err.errors]) from None
+    _resolve_files(settings, os.path.dirname(os.path.abspath(path)))
+    return settings
+
+
+#: Options of providers and sources that name a file.
+_FILE_OPTIONS = ("path", "public_key_file")
+
+
+def _resolve_files(settings: Settings, base: str) -> None:
+    """Relative file names in ``[auth]``/``[authz]`` are taken from the configuration file's
+    directory, not from the working directory (which ``--daemon`` sets to the data
+    directory): the configuration means the same wherever mqttd is started from."""
+    for spec in [*settings.auth.providers, *settings.authz.sources]:
+        for key in _FILE_OPTIONS:
+            value = spec.options.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                spec.options[key] = os.path.join(base, os.path.expanduser(value))
 
 
 def default_data_dir() -> str:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.process import BrokerProcess, run_mqttd
 from support.raw import RawClient
 
-from mqttd.config import Listener, Zone
+from mqttd.config import Listener, Zone, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,3 +122,18 @@ def test_every_key_is_documented() -> None:
             if f.name != "name"]
     missing = [k for k in keys if f"| `{k}` |" not in doc]
     assert not missing, f"docs/CONFIG.md does not describe {missing}"
+
+
+def test_relative_files_of_access_options_are_taken_from_the_config_files_directory(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    (conf_dir / "mqttd.toml").write_text(
+        '[auth]\npassword_file = "passwd"\n\n[[auth.providers]]\ntype = "jwt"\n'
+        'public_key_file = "keys/jwt.pem"\n\n[authz]\nacl_file = "/abs/acl"\n')
+    monkeypatch.chdir(tmp_path)  # somewhere else: the working directory must not matter
+    settings = load_settings(str(conf_dir / "mqttd.toml"))
+    paths = [spec.options.get("path") or spec.options.get("public_key_file")
+             for spec in settings.auth.providers]
+    assert paths == [str(conf_dir / "passwd"), str(conf_dir / "keys" / "jwt.pem")]
+    assert settings.authz.sources[0].options["path"] == "/abs/acl"
