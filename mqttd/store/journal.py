@@ -273,11 +273,15 @@ class Journal:
         ops.append(op)
         self.gate.issued += 1
         if not self._scheduled:
-            self._scheduled = True
-            loop = self._loop
-            if loop is not None:
-                loop.call_soon(self._handoff)
+            self._schedule()
         return len(ops) - 1
+
+    def _schedule(self) -> None:
+        """Commit at the end of this loop turn."""
+        self._scheduled = True
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon(self._handoff)
 
     def save_session(self, client_id: str, expiry_interval: int, created_at: float,
                      disconnected_at: float, will: Message | None, will_delay: int,
@@ -302,14 +306,22 @@ class Journal:
         entry = self._msgs.get(msg)
         if entry is None:
             # The first holder: the message goes inline into its row (most messages stored
-            # have one holder: one insert and one delete each, no msgs row).
+            # have one holder: one insert and one delete each, no msgs row). The hot path
+            # of durable QoS 1: _append and the helpers inlined.
             self._last_id = mid = self._last_id + 1
             self._msgs[msg] = [mid, 1, 1]
-            idx = self._q_pending[(client_id, qseq)] = self._append(
-                (Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
-                 _share_name(delivery[4]), packet_id,
-                 (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties), msg.sender,
-                 msg.timestamp, wall_expiry(msg)))
+            group = delivery[4]
+            ops = self._ops
+            idx = len(ops)
+            ops.append((Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
+                        None if group is None else _share_name(group), packet_id,
+                        (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties),
+                        msg.sender, msg.timestamp,
+                        wall_expiry(msg) if msg.expiry else 0.0))
+            self.gate.issued += 1
+            if not self._scheduled:
+                self._schedule()
+            self._q_pending[(client_id, qseq)] = idx
             self._msg_pending[mid] = [-1, idx]
             return
         entry[1] += 1
