@@ -285,7 +285,10 @@ def test_deletes_nothing_earlier_creates_go_first_when_the_store_is_full() -> No
         (RET_PUT, "t", b"p", None, 0.0, 0.0), (RET_CLEAR,),
     ]
     freeing, rest = split_freeing(ops)
-    assert freeing == [(Q_DEL, "a", 1), (MSG_DEL, 1), (SESSION_DEL, "c")]
+    # b's row update and delete go too: nothing before them writes b's rows.
+    assert freeing == [(Q_DEL, "a", 1), (MSG_DEL, 1), (SESSION_PUT, "b", 10, 0.0, 0.0, None, 0,
+                                                        "default"), (SESSION_DEL, "b"),
+                       (SESSION_DEL, "c")]
     assert rest == [op for op in ops if op not in freeing]
 
 

@@ -141,6 +141,9 @@ class AuthChain:
         self._workers: HashWorkers | None = None
         self._cache: dict[tuple[int, str | None, bytes], tuple[AuthResult, float]] = {}
         self._cache_key = os.urandom(32)
+        #: Advanced when cached verdicts are forgotten: a check that started before must
+        #: not put its (possibly stale) success back.
+        self._epoch = 0
         #: Remote (async) checks running; their count and the hashing jobs' in _pending.
         self._tasks: set[asyncio.Future[AuthResult | None]] = set()
         self._pending = 0
@@ -198,7 +201,8 @@ class AuthChain:
                 loop = asyncio.get_running_loop()
                 self._workers_for(loop).submit(
                     provider.check, client, password,  # type: ignore[arg-type]  # blocking: sync
-                    functools.partial(self._answered, i, client, password, done))
+                    functools.partial(self._answered, i, client, password, done,
+                                      epoch=self._epoch))
                 return None
             try:
                 answer = provider.check(client, password)
@@ -233,7 +237,7 @@ class AuthChain:
 
     def _answered(self, i: int, client: ClientInfo, password: bytes | None,
                   done: Callable[[AuthResult], None], result: AuthResult | None,
-                  exc: BaseException | None) -> None:
+                  exc: BaseException | None, *, epoch: int = -1) -> None:
         """Provider ``i`` answered (on the loop's thread)."""
         if exc is not None:
             self._finish(self._failed(i, client, exc), done)
@@ -245,7 +249,7 @@ class AuthChain:
             return
         # Only what costs a hash is remembered: a token's expiry and claims, or a remote
         # server's per-client answer, must be judged every time.
-        if not result.code and self.providers[i].kind == "blocking":
+        if not result.code and self.providers[i].kind == "blocking" and epoch == self._epoch:
             key = self._key(i, client, password)
             if key is not None:
                 self._remember(key, result)
@@ -303,6 +307,7 @@ class AuthChain:
     def forget_user(self, username: str) -> None:
         """Forget the cached verdicts about ``username`` (its password changed, or it was
         deleted: an old password must not keep working until the cache entry ends)."""
+        self._epoch += 1
         for key in [k for k in self._cache if k[1] == username]:
             del self._cache[key]
 
@@ -316,6 +321,7 @@ class AuthChain:
                 provider.reload()
             except AccessError as err:
                 errors += err.errors
+        self._epoch += 1
         self._cache.clear()
         if errors:
             raise AccessError(errors)

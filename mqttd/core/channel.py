@@ -461,7 +461,7 @@ class Channel:
                     # Its PUBACK/PUBREC may go only once what it stored is committed.
                     issued = gate.issued
                     self._in_publish(packet)
-                    if gate.issued != issued and self.out:
+                    if self.out and (gate.issued != issued or self._stored_pending(gate)):
                         self._hold(gate)
             elif gate is not None and (ptype == PUBREL or ptype == SUBSCRIBE
                                        or ptype == UNSUBSCRIBE or ptype == PUBREC):
@@ -470,7 +470,7 @@ class Channel:
                 # after the client completed it.
                 issued = gate.issued
                 self._in_durable(ptype, packet)
-                if gate.issued != issued and self.out:
+                if self.out and (gate.issued != issued or self._stored_pending(gate)):
                     self._hold(gate)
             elif ptype == PUBACK:
                 self._in_puback(packet)
@@ -546,6 +546,14 @@ class Channel:
             last[1] = len(self.out)
         else:
             hold.append([gate.issued, len(self.out)])
+
+    def _stored_pending(self, gate: CommitGate) -> bool:
+        """Whether this client's session is stored and anything is not committed yet: its
+        acknowledgement may rest on state issued before (a resent QoS 2 PUBLISH answered
+        from the awaiting-PUBREL id an earlier packet stored; a resent PUBREL)."""
+        session = self.session
+        return session is not None and session.store is not None \
+            and gate.issued != gate.committed
 
     def _hold_qos2(self) -> None:
         """A QoS 2 PUBLISH to a stored session goes once its packet id is stored: sent
@@ -755,6 +763,11 @@ class Channel:
                 ack_props["session_expiry_interval"] = expiry
         self.keepalive = keepalive
         self.receive_maximum = zone.max_awaiting_rel or 65535
+        # Before the session opens: a will the client may not publish must not be kept
+        # with it (a stored session keeps its will for a restart).
+        deliver_check = self.services.delivery_check(self._describe())
+        if self.will is not None and deliver_check is not None:
+            self._check_will()
         session, present = self.services.open_session(
             self, zone, p.clean_start, expiry,
             max_inflight=min(client_rm, zone.max_inflight or 65535))
@@ -762,9 +775,7 @@ class Channel:
         self.state = CONNECTED
         self.connected_at = time.time()
         self._clientinfo = None  # keepalive, expiry and connected_at are settled now
-        self.acl_deliver = self.services.delivery_check(self._describe())
-        if self.will is not None and self.acl_deliver is not None:
-            self._check_will()
+        self.acl_deliver = deliver_check
         if version == 5:
             if assigned is not None:
                 ack_props["assigned_client_identifier"] = assigned
@@ -798,6 +809,11 @@ class Channel:
             hooks.run("client.connected", self._describe())
         if present:
             self._resume()
+        gate = self.gate
+        if session.store is not None and gate is not None and gate.issued != gate.committed:
+            # A stored session's CONNACK, and what its resume resends (PUBREL, QoS 2 in
+            # flight under their ids), go once its state is committed.
+            self._hold(gate)
 
     def _check_will(self) -> None:
         """The will is a publish: a client may not leave a will where it could not publish.

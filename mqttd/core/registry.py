@@ -270,13 +270,12 @@ class Registry:
             self._event(SESSION_TERMINATED, "session.terminated", session, why)
 
     def restore(self, restored: list[tuple[Session, list[tuple[str, SubOpts, int]],
-                                           Message | None, int, float]]) -> int:
+                                           Message | None, int, float]]) -> None:
         """Install sessions read back from the store at start, each with its subscriptions,
-        its will (or None), its will delay and how long it has been offline (seconds).
-
-        First every session and route, then the timers and the wills, so that a will sent
-        at once reaches every restored subscriber. Returns the number of sessions kept
-        (expired ones end here, their wills sent)."""
+        its will (or None), its will delay and how long it has been offline (seconds): every
+        session and route first; ``resume_restored`` then starts their timers and wills
+        (once the routes are all there: a will sent at once reaches every restored
+        subscriber, and a shared delivery of an expired session finds its group)."""
         store = self.store
         dispatcher = self.dispatcher
         for session, subscriptions, _will, _delay, _offline in restored:
@@ -284,6 +283,12 @@ class Registry:
             for topic_filter, opts, subid in subscriptions:
                 dispatcher.subscribe(session, topic_filter, opts, subid)
             session.store = store  # after the routes: they are stored already
+
+    def resume_restored(self, restored: list[tuple[Session, list[tuple[str, SubOpts, int]],
+                                                   Message | None, int, float]]) -> int:
+        """The restored sessions' timers and wills. Returns the number of sessions kept
+        (expired ones end here, their wills sent, their shared deliveries handed on)."""
+        store = self.store
         if self._sweep_handle is None and restored:
             self._start_sweep()
         kept = 0

@@ -149,10 +149,12 @@ class CtlServer:
     async def run(self, ctx: Context, argv: list[str]) -> int:
         """Dispatch ``argv``: the handler's exit code, 2 on bad arguments, 1 on failure."""
         noun: str | None = None
+        shown = argv[:1] + ["..."] if len(argv) > 1 else argv  # until parsed: no arguments
         try:
             cmd, args = self.table.lookup(argv)
             noun = cmd.noun
-            log.debug("ctl: %s", " ".join(_redacted(argv, cmd.params, args.pos)))
+            shown = _redacted(argv, cmd.params, args.pos)
+            log.debug("ctl: %s", " ".join(shown))
             await cmd.handler(ctx, args)
             return ctx.code
         except UsageError as err:
@@ -170,7 +172,7 @@ class CtlServer:
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:  # a handler crash is reported, never kills the daemon
-            log.warning("ctl command %r failed", " ".join(argv), exc_info=True)
+            log.warning("ctl command %r failed", " ".join(shown), exc_info=True)
             ctx.err(f"command failed: {type(err).__name__}: {err}")
             return P.EXIT_FAILED
 

@@ -58,7 +58,7 @@ class Users:
         if table.get(username) is not None:
             raise Conflict(f"user {username} exists (change its password with `users passwd`)",
                            "already_exists")
-        await self._put(table, username, password, superuser)
+        await self._put(table, username, password, superuser, existed=False)
         log.info("user %s added%s%s", username, " (superuser)" if superuser else "",
                  f" by {by}" if by else "")
         return {"username": username, "is_superuser": superuser}
@@ -70,7 +70,7 @@ class Users:
         entry = table.get(username)
         if entry is None:
             raise NotFound("user", username)
-        await self._put(table, username, password, entry[1])
+        await self._put(table, username, password, entry[1], existed=True)
         log.info("password of user %s changed%s", username, f" by {by}" if by else "")
         return {"username": username, "is_superuser": entry[1]}
 
@@ -83,11 +83,19 @@ class Users:
         return {"username": username}
 
     async def _put(self, table: UserTable, username: str, password: str,
-                   superuser: bool) -> None:
+                   superuser: bool, *, existed: bool) -> None:
         # PBKDF2 with 210,000 iterations: ~0.2 s, off the event loop.
         password_hash = await asyncio.to_thread(table.hash, password.encode("utf-8"))
+        self._unchanged(table, username, existed)
         table.put(username, password_hash, superuser)
         await self._committed()
+
+    def _unchanged(self, table: UserTable, username: str, existed: bool) -> None:
+        """After the hash (another command may have run meanwhile): the user still exists,
+        or still does not, as when this command checked."""
+        if (table.get(username) is not None) != existed:
+            raise Conflict(f"user {username} was {'deleted' if existed else 'added'} by "
+                           "another command meanwhile: nothing changed", "conflict")
 
     async def _committed(self) -> None:
         journal = self._journal()

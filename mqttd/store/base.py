@@ -143,6 +143,9 @@ class Restored:
     messages: dict[int, StoredMessage] = field(default_factory=dict)
     #: topic -> message
     retained: dict[str, StoredMessage] = field(default_factory=dict)
+    #: Ids of stored messages no queue row references (their last reference went while the
+    #: message was also kept inline in a row): the journal deletes them.
+    orphans: list[int] = field(default_factory=list)
     #: The built-in user table: username -> (password hash text, superuser).
     users: dict[str, tuple[str, bool]] = field(default_factory=dict)
     #: The operation log's segment the store holds everything up to (APPLIED).

@@ -71,7 +71,6 @@ from .base import (
     Op,
     Restored,
     StoreError,
-    StoreFull,
 )
 from .oplog import OpLog
 
@@ -186,6 +185,10 @@ class Journal:
         #: A batch the log could not take (full): retried, with what comes meanwhile.
         self._failed: list[Op] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        #: aclose() ran: nothing more is written.
+        self._closed = False
+        #: The log and the database's live pages are past ``max_size``.
+        self._over_size = False
         self._retry_delay = RETRY_FIRST
         #: Committed batches not yet applied to the backend, and whether an application
         #: runs (one at a time); the database's used bytes after the last one.
@@ -256,6 +259,7 @@ class Journal:
         for handle in (self._retry, self._apply_timer):
             if handle is not None:
                 handle.cancel()
+        self._closed = True
         if self._sync_thread is not None:
             self._syncs.put(None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -469,7 +473,7 @@ class Journal:
         gate.taken = seq = gate.issued
         real = [op for op in ops if op is not None]
         if self._failed is not None:  # full: it joins the batch being retried
-            self._failed += real
+            _merge_failed(self._failed, real)
             return
         self._commit(real, seq)
 
@@ -478,9 +482,10 @@ class Journal:
         if ops:
             try:
                 self._log(ops, seq)
-            except StoreError as err:
-                self._failed = ops
-                self._full(err)
+            except Exception as err:  # never dropped: retried, and said (ALARM)
+                self._failed = list(ops)
+                self._full(err if isinstance(err, StoreError) else StoreError(
+                    f"{self.oplog.prefix}*: cannot log a batch: {err!r}"))
                 return
         if self._sync_thread is not None and ops:
             self._syncs.put(seq)  # committed when the sync thread has synced it
@@ -488,23 +493,49 @@ class Journal:
         self._committed(seq, time.perf_counter() - start, len(ops))
 
     def _log(self, ops: list[Op], seq: int) -> None:
-        """Append to the log (StoreFull past the size limit), then count it unapplied."""
-        if self.max_size and self.oplog.size + self.db_used > self.max_size and _grows(ops):
-            raise StoreFull(f"{self.oplog.path(self.oplog.segment)}: full: the store's "
-                            f"size limit of {self.max_size} bytes is reached")
-        if self._sync_thread is not None:
-            with self._fd_lock:
-                self.oplog.append(ops, seq)
-        else:
-            self.oplog.append(ops, seq)
+        """Append to the log, then count it unapplied."""
+        if self._closed:
+            log.debug("store: %d operations after the store closed: not written", len(ops))
+            return
+        self.oplog.append(ops, seq)
         if not self._unapplied:
             self._unapplied_since = time.monotonic()
             loop = self._loop
             if self._apply_timer is None and loop is not None:
                 self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
         self._unapplied.append(ops)
+        if self.max_size:
+            self._check_size()
         if self.oplog.size > self.apply_bytes and not self._applying:
             self._start_apply()
+
+    def _check_size(self) -> None:
+        """The size limit is checked after a commit, never by failing one: what was
+        accepted is stored (failing it would hold its acknowledgement, and the
+        acknowledgements that would free room behind it: a reconnecting subscriber's
+        CONNACK). Past the limit, QoS 1/2 messages that need storing are refused (0x97)
+        until applications bring the store back under 90% of it."""
+        size = self.oplog.size + self.db_used
+        over = size > self.max_size
+        gate = self.gate
+        if over and not self._over_size:
+            self._over_size = True
+            if not gate.full:
+                gate.full = True
+                self.last_error = (f"{self.oplog.prefix[:-len('.oplog.')]}: full: the "
+                                   f"store's size limit of {self.max_size} bytes is reached")
+                log.error("ALARM store: %s; QoS 1/2 messages that need storing are refused "
+                          "(0x97) until the store has room again", self.last_error)
+            if not self._applying:
+                self._start_apply()  # applied, the log shrinks
+        elif self._over_size and size < self.max_size * 0.9:
+            # Below 90% again (not just below the limit: no alarm at every message).
+            self._over_size = False
+            if gate.full and self._failed is None:
+                gate.full = False
+                self.last_error = ""
+                log.warning("store: writes succeed again (%s is below its size limit): QoS "
+                            "1/2 messages are accepted", self.backend.path or "memory")
 
     def _committed(self, seq: int, seconds: float, n: int) -> None:
         """On the loop: everything up to ``seq`` is in the log (and synced, for power)."""
@@ -534,13 +565,22 @@ class Journal:
             if seq is None:
                 return
             start = time.perf_counter()
-            try:
-                with self._fd_lock:
-                    self.oplog.fdatasync()
-            except OSError as err:  # the disk failed us: say so, keep acknowledgements held
-                self._call(self._full, StoreError(f"{self.oplog.prefix}*: fdatasync: "
-                                                  f"{err.strerror or err}"))
-                continue
+            delay = RETRY_FIRST
+            failed = False
+            while True:  # not acknowledged until a sync succeeds
+                try:
+                    with self._fd_lock:
+                        self.oplog.fdatasync()
+                    break
+                except OSError as err:
+                    failed = True
+                    self._call(self._full, StoreError(f"{self.oplog.prefix}*: fdatasync: "
+                                                      f"{err.strerror or err}"))
+                    if self._give_up.wait(delay):
+                        return
+                    delay = min(delay * 2, RETRY_MAX)
+            if failed:
+                self._call(self._recovered)
             self._call(self._committed, seq, time.perf_counter() - start, 0)
 
     # --- full --------------------------------------------------------------------------------
@@ -552,12 +592,20 @@ class Journal:
         if not gate.full:
             gate.full = True
             log.error("ALARM store: %s; QoS 1/2 messages that need storing are refused "
-                      "(0x97) until writes succeed again; retrying", text)
+                      "(0x97) until the store has room again; retrying", text)
         self.last_error = text
         loop = self._loop
         if self._failed is not None and self._retry is None and loop is not None:
             self._retry = loop.call_later(self._retry_delay, self._retry_commit)
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+
+    def _recovered(self) -> None:
+        """On the loop: a sync succeeded after failing."""
+        if self.gate.full and self._failed is None:
+            self.gate.full = False
+            self.last_error = ""
+            log.warning("store: writes succeed again (%s): QoS 1/2 messages are accepted",
+                        self.backend.path or "memory")
 
     def _retry_commit(self) -> None:
         self._retry = None
@@ -609,12 +657,19 @@ class Journal:
         segment: the ones before are deleted once the backend has them)."""
         if self._applying or not self._unapplied:
             return
-        if self._sync_thread is not None:
-            with self._fd_lock:
-                self.oplog.fdatasync()  # the closed segment is complete on disk
+        try:
+            if self._sync_thread is not None:
+                with self._fd_lock:
+                    self.oplog.fdatasync()  # the closed segment is complete on disk
+                    upto = self.oplog.rotate()
+            else:
                 upto = self.oplog.rotate()
-        else:
-            upto = self.oplog.rotate()
+        except (StoreError, OSError) as err:  # the log stays as it is; tried again later
+            log.error("store: cannot start a new operation log segment: %s", err)
+            loop = self._loop
+            if self._apply_timer is None and loop is not None:
+                self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
+            return
         batches = self._unapplied
         self._unapplied = []
         self._applying = True
@@ -629,6 +684,8 @@ class Journal:
         self.ops_applied += n
         self.db_used = used
         self.oplog.applied(upto)
+        if self.max_size:
+            self._check_size()
         if self._unapplied and (self.oplog.size > self.apply_bytes or self._failed is not None):
             self._start_apply()
         if self._idle is not None:
@@ -662,7 +719,8 @@ class Journal:
                         self._call(_set_result, fut, result)
             else:
                 try:
-                    self.oplog.close()
+                    with self._fd_lock:
+                        self.oplog.close()
                     self.backend.close()
                 finally:
                     self._call(_set_result, job[1], None)
@@ -817,6 +875,16 @@ def replay(oplog: OpLog, backend: Backend, restored: Restored) -> tuple[Restored
     return restored, n
 
 
+def _merge_failed(failed: list[Op], ops: list[Op]) -> None:
+    """Add ``ops`` to the batch a full store retries; a retained message replaced meanwhile
+    keeps only its last version (retained messages, QoS 0 ones too, are not refused while
+    full: without this the batch would grow with every one)."""
+    topics = {op[1] for op in ops if op[0] == RET_PUT or op[0] == RET_DEL}
+    if topics:
+        failed[:] = [op for op in failed if not (op[0] == RET_PUT and op[1] in topics)]
+    failed += ops
+
+
 def _int(value: object) -> int:
     return value if isinstance(value, int) else 0
 
@@ -825,18 +893,21 @@ def _grows(ops: list[Op]) -> bool:
     """Whether a batch adds data (anything but deletes and flag changes)."""
     for op in ops:
         code = op[0]
-        if code == Q_PUT or code == MSG_PUT or code == RET_PUT or code == SESSION_PUT \
-                or code == SUB_PUT or code == REL_PUT:
-            return True
+        if code == Q_PUT or code == MSG_PUT or code == RET_PUT or code == SUB_PUT \
+                or code == REL_PUT:
+            return True  # (a session row's update is small, and must pass: a CONNACK waits)
     return False
 
 
 def split_freeing(ops: list[Op]) -> tuple[list[Op], list[Op]]:
-    """(deletes that may be applied before every other op, the rest in order).
+    """(deletes and small updates that may be applied before every other op, the rest).
 
     A delete may go first when nothing earlier in ``ops`` creates what it deletes: then
-    applying it earlier gives the same end state. Deleting first is what lets a full store
-    take the rest (the freed pages are reused)."""
+    applying it earlier gives the same end state; likewise a session row's update and a
+    queue row's packet id or PUBREC state, when nothing earlier writes that client's rows
+    or creates that row. Deleting first is what lets a full store take the rest (the freed
+    pages are reused); the updates let a reconnecting subscriber's CONNACK and PUBLISHes
+    (held for them) go out, so that it can acknowledge its queue and make the room."""
     freeing: list[Op] = []
     rest: list[Op] = []
     created: set[object] = set()  # keys that ops kept in ``rest`` create or change
@@ -856,8 +927,10 @@ def split_freeing(ops: list[Op]) -> tuple[list[Op], list[Op]]:
             movable = ("t", op[1]) not in created
         elif code == RET_CLEAR:
             movable = not retained_put
-        elif code == SESSION_DEL:
+        elif code == SESSION_DEL or code == SESSION_PUT:
             movable = op[1] not in clients
+        elif code == Q_PID or code == Q_REL:  # an update of a row committed before
+            movable = ("q", op[1], op[2]) not in created
         else:
             movable = False
         if movable:

@@ -254,6 +254,7 @@ class MemoryBackend:
             restored.sessions.append(session)
         restored.retained = {t: StoredMessage(*m) for t, m in s.retained.items()}
         restored.last_msg_id = max(max(s.msgs, default=0), last_id)
+        restored.orphans = [m for m in s.msgs if m not in restored.messages]
         restored.applied_seq = s.applied[0]
         restored.users = dict(s.users)
         return restored

@@ -126,13 +126,27 @@ class OpLog:
         self._open_segment()
 
     def _open_segment(self) -> None:
-        path = self.path(self.segment)
+        self._fd = self._create(self.segment)
+        self._sizes[self.segment] = 0
+
+    def _create(self, segment: int) -> int:
+        path = self.path(segment)
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                               0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as err:
             raise StoreError(f"{path}: cannot create: {err.strerror or err}") from None
-        self._sizes[self.segment] = 0
+        if self.sync:  # power: the new file's name must survive a power loss too
+            try:
+                dirfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+                try:
+                    os.fsync(dirfd)
+                finally:
+                    os.close(dirfd)
+            except OSError as err:
+                os.close(fd)
+                raise StoreError(f"{path}: cannot sync its directory: "
+                                 f"{err.strerror or err}") from None
+        return fd
 
     def append(self, ops: list[Op], seq: int) -> int:
         """Write one record; returns its size. Raises StoreFull when the disk is full (the
@@ -171,10 +185,12 @@ class OpLog:
         """Close the current segment and start the next; returns the closed one's number
         (everything in it and before it goes into the next application)."""
         closed = self.segment
+        fd = self._create(closed + 1)  # first: if it fails, the current segment stays
         if self._fd >= 0:
             os.close(self._fd)
-        self.segment += 1
-        self._open_segment()
+        self._fd = fd
+        self.segment = closed + 1
+        self._sizes[self.segment] = 0
         return closed
 
     def applied(self, upto: int) -> None:

@@ -110,16 +110,14 @@ def _restore(restored: Restored, journal: Journal, registry: Registry, retainer:
             continue
         retainer.restore(msg)
         report.retained += 1
+    # A delivery whose message expired while mqttd was down goes (as it would have when it
+    # was due to be sent), unless its PUBREC came: then only PUBREL is owed, and the client
+    # holds the packet id until it gets it.
     messages: dict[int, Message] = {}
     refs: dict[int, int] = {}
     for mid, stored in restored.messages.items():
         msg = reader.message(stored)
-        if msg is None or msg.expired(reader.mono):
-            # Unreadable, or expired while mqttd was down: its rows go (as they would have
-            # when it was due to be sent).
-            journal.forget_message(mid)
-            report.expired_messages += 1
-        else:
+        if msg is not None:
             messages[mid] = msg
     entries: list[tuple[Session, list[tuple[str, SubOpts, int]], Message | None, int, float]]
     entries = []
@@ -143,16 +141,16 @@ def _restore(restored: Restored, journal: Journal, registry: Registry, retainer:
             qseq = q.qseq
             if q.message is not None:  # inline: the row's own copy
                 msg = reader.message(q.message)
-                if msg is not None and msg.expired(reader.mono):
-                    msg = None
-                    report.expired_messages += 1
-                elif msg is not None:
-                    inline.append((msg, q.msg_id))
             else:
                 msg = messages.get(q.msg_id)
+            if msg is not None and not q.released and msg.expired(reader.mono):
+                msg = None
+                report.expired_messages += 1
             if msg is None:  # its message was unreadable or has expired: the row goes
                 journal.forget_row(row.client_id, q.qseq)
                 continue
+            if q.message is not None:
+                inline.append((msg, q.msg_id))
             delivery: Delivery = (msg, q.qos, q.retain, q.subids, None)
             if q.share is not None:
                 shares.setdefault(session, {})[id(delivery)] = q.share
@@ -178,15 +176,29 @@ def _restore(restored: Restored, journal: Journal, registry: Registry, retainer:
             if will is not None:
                 will.restamp()  # its expiry counts from publication
                 report.wills += 1
-        offline = now - row.disconnected_at if row.disconnected_at else 0.0
-        entries.append((session, subs, will, row.will_delay, max(offline, 0.0)))
-    for mid, n in refs.items():
-        journal.adopt(messages[mid], mid, n)
+        if row.disconnected_at:
+            offline = max(now - row.disconnected_at, 0.0)
+        else:
+            # Connected when mqttd stopped or died: disconnected now, for good (a later
+            # restart must not give it its full expiry again).
+            offline = 0.0
+            journal.save_session(row.client_id, row.expiry_interval, row.created_at, now,
+                                 will, row.will_delay, zone.name)
+        entries.append((session, subs, will, row.will_delay, offline))
+    for mid in restored.orphans:
+        journal.forget_message(mid)
+    for mid, msg in messages.items():
+        n = refs.get(mid, 0)
+        if n:
+            journal.adopt(msg, mid, n)
+        else:  # no row uses it any more (all expired, or the rows gone): it goes too
+            journal.forget_message(mid)
     for msg, mid in inline:
         journal.adopt(msg, mid, 1, inline=True)
-    report.sessions = registry.restore(entries)
-    report.expired = len(entries) - report.sessions
+    registry.restore(entries)
     _resolve_shares(registry, shares)
+    report.sessions = registry.resume_restored(entries)
+    report.expired = len(entries) - report.sessions
     report.seconds = time.perf_counter() - start
     return report
 

@@ -423,6 +423,8 @@ class SqliteBackend:
                 "SELECT id, packet, sender, ts, expiry_at FROM msgs"):
             if msg_id in referenced:
                 messages[msg_id] = StoredMessage(packet, sender, ts, expiry_at)
+            else:
+                restored.orphans.append(msg_id)
         if len(messages) != len(referenced):
             # A row whose message is gone has nothing to deliver: left out.
             for session in restored.sessions:
