@@ -25,7 +25,7 @@ from support.process import MQTTD, BrokerProcess, checked_broker, wait_log
 from support.raw import RawClient
 from test_durability import STORE_CONFIG, Receiver
 
-from mqttd.mqtt.packets import Puback, Pubrec
+from mqttd.mqtt.packets import Puback, Pubrec, Suback
 
 pytest_plugins = ["support.fixtures"]
 
@@ -381,3 +381,42 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_recovers_when_space_return
             r.close()
         b.stop()
         b.cleanup()
+
+
+# --- what must not come back after a crash -------------------------------------------------
+
+def test_a_will_the_acl_refused_is_not_stored_and_not_sent_after_kill_9(tmp_path: Path) -> None:
+    """A will to a topic the client may not publish on is dropped at CONNACK; it must not be
+    kept with the stored session either (a restart would publish it)."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite ok/#\ntopic read secret/#\n")
+    config = STORE_CONFIG + f'\n[authz]\nacl_file = "{acl}"\n'
+    expiry = B.props(B.prop("session_expiry_interval", 3600))
+    b = BrokerProcess(config)
+    b2 = None
+    try:
+        with RawClient(b, 5) as x:
+            x.connect("watcher", properties=expiry)
+            x.send(B.subscribe(1, [("secret/#", 1)], properties=B.props()))
+            x.expect(Suback)
+        w = RawClient(b, 5)
+        w.connect("willer", properties=expiry, will_topic="secret/w", will_payload=b"forged",
+                  will_qos=1)
+        wait_log(b, "will to secret/w not authorized")
+        b.stop(signal.SIGKILL)
+        w.close()
+        b2 = BrokerProcess(config, extra_args=["--data-dir", str(b.data_dir)])
+        b2.data_dir = b.data_dir
+        with RawClient(b2, 5) as x:
+            x.connect("watcher", clean=False, properties=expiry)
+            try:
+                got = x.recv(2.0)
+            except AssertionError:
+                got = None
+            assert got is None, got
+    finally:
+        b.stop()
+        b.cleanup()
+        if b2 is not None:
+            b2.stop()
+            b2.cleanup()

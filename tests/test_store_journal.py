@@ -362,3 +362,66 @@ def test_a_log_cut_short_at_its_end_is_a_crash_and_anywhere_else_corruption(
     second.close()  # now the cut record is not at the end of the last segment
     with pytest.raises(StoreError, match="corrupt operation log"):
         list(_oplog(tmp_path).replay())
+
+
+def _restore_ops(tmp_path: Any, ops: list[Any]) -> tuple[Env, Journal]:
+    """A store written with ``ops`` (as a previous run left it), restored into a new env."""
+    backend = SqliteBackend(str(tmp_path / "mqttd.db"))
+    backend.open()
+    backend.write(ops)
+    backend.close()
+    backend = SqliteBackend(str(tmp_path / "mqttd.db"))
+    journal = _journal(backend, tmp_path)
+    env = Env(journal)
+    restore(backend.reload(), journal, env.registry, env.dispatcher.retainer,
+            {"default": env.zone})
+    return env, journal
+
+
+def _pkt(topic: str, payload: bytes, qos: int) -> bytes:
+    from mqttd.store.journal import message_packet
+    return message_packet(Message(topic, payload, qos, False, None, "pub"))
+
+
+def test_restore_keeps_a_released_qos2_delivery_whose_message_expired(tmp_path: Any) -> None:
+    """PUBREC came: only PUBREL is owed, and the client holds the id until it gets it."""
+    import time as _time
+
+    from mqttd.store.base import Q_REL, SESSION_PUT
+    past = _time.time() - 10
+    row = (Q_PUT, "s", 1, 1, 2, False, (), None, 5, _pkt("t", b"x", 2), "pub", past - 5, past)
+    queued = (Q_PUT, "s", 2, 2, 1, False, (), None, 0, _pkt("t", b"y", 1), "pub", past - 5, past)
+    env, _ = _restore_ops(tmp_path, [(SESSION_PUT, "s", 3600, 1.0, _time.time(), None, 0,
+                                      "default"), row, (Q_REL, "s", 1), queued])
+    session = env.registry.sessions["s"]
+    assert list(session.inflight) == [5] and session.wait_comp == {5}
+    assert not session.mqueue  # the expired QoS 1 one that was only queued is gone
+
+
+def test_an_expired_sessions_shared_deliveries_go_to_its_group(tmp_path: Any) -> None:
+    import time as _time
+
+    from mqttd.store.base import SESSION_PUT, SUB_PUT
+    long_ago = _time.time() - 1000
+    ops = [(SESSION_PUT, "gone", 10, 1.0, long_ago, None, 0, "default"),
+           (SUB_PUT, "gone", "$share/g/t", 1, 0),
+           (SESSION_PUT, "alive", 3600, 1.0, _time.time(), None, 0, "default"),
+           (SUB_PUT, "alive", "$share/g/t", 1, 0)]
+    for i in range(1, 4):
+        ops.append((Q_PUT, "gone", i, i, 1, False, (), "$share/g/t", 0,
+                    _pkt("t", b"m%d" % i, 1), "pub", 1.0, 0.0))
+    env, _ = _restore_ops(tmp_path, ops)
+    assert "gone" not in env.registry.sessions
+    alive = env.registry.sessions["alive"]
+    assert [d[0].payload for d in alive.mqueue] == [b"m1", b"m2", b"m3"]
+
+
+def test_a_session_connected_at_the_crash_is_stored_as_disconnected_at_the_restart(
+        tmp_path: Any) -> None:
+    import time as _time
+
+    from mqttd.store.base import SESSION_PUT
+    env, journal = _restore_ops(tmp_path, [(SESSION_PUT, "c", 4, 1.0, 0.0, None, 0,
+                                            "default")])
+    puts = [op for op in journal._ops if op is not None and op[0] == SESSION_PUT]
+    assert puts and puts[-1][1] == "c" and abs(puts[-1][4] - _time.time()) < 5
