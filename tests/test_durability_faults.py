@@ -171,6 +171,33 @@ FULL_CONFIG = STORE_CONFIG + '\n[store]\nmax_size = "64KB"\n'
 PAYLOAD = b"x" * 500
 
 
+def _fill(b: BrokerProcess, topic: str, open_conns: list[RawClient], most: int
+          ) -> tuple[list[bytes], list[tuple[RawClient, bytes]], int | None]:
+    """QoS 1 MQTT 5 messages to ``topic`` until one is refused (0x97): one connection per
+    message, since a PUBACK the store cannot commit yet is held (and those after it on the
+    same connection: acks keep their order). Returns (accepted payloads, held (connection,
+    payload) pairs, the number of the refused message or None)."""
+    accepted: list[bytes] = []
+    held: list[tuple[RawClient, bytes]] = []
+    for i in range(1, most + 1):
+        payload = b"%d:" % i + PAYLOAD
+        r = RawClient(b, 5)
+        open_conns.append(r)
+        r.connect(uid("filler-"))
+        r.send(B.publish(topic, payload, qos=1, packet_id=1, properties=B.props()))
+        try:
+            ack = r.expect(Puback, timeout=1.0)
+        except AssertionError:  # held until its commit
+            held.append((r, payload))
+            continue
+        if ack.reason_code == 0x97:
+            return accepted, held, i
+        assert ack.reason_code == 0, ack
+        accepted.append(payload)
+        r.close()
+    return accepted, held, None
+
+
 def test_full_store_refuses_what_it_cannot_store_serves_the_rest_and_recovers():
     """``max_size = "64KB"``: an offline persistent session; QoS 1 MQTT 5 messages to it
     until a PUBACK says 0x97. Then: one ALARM line; a clean-session pair is served at QoS 0
@@ -188,28 +215,7 @@ def test_full_store_refuses_what_it_cannot_store_serves_the_rest_and_recovers():
         sub.connect(b, first=True)
         sub.disconnect()
 
-        # Fill it: one connection per message, since a PUBACK the store cannot commit yet
-        # is held (and those after it on the same connection: acks keep their order).
-        accepted: list[bytes] = []
-        held: list[tuple[RawClient, bytes]] = []
-        refused = None
-        for i in range(1, 1001):
-            payload = b"%d:" % i + PAYLOAD
-            r = RawClient(b, 5)
-            open_conns.append(r)
-            r.connect(uid("filler-"))
-            r.send(B.publish(topic, payload, qos=1, packet_id=1, properties=B.props()))
-            try:
-                ack = r.expect(Puback, timeout=1.0)
-            except AssertionError:  # held until its commit
-                held.append((r, payload))
-                continue
-            if ack.reason_code == 0x97:
-                refused = i
-                break
-            assert ack.reason_code == 0, ack
-            accepted.append(payload)
-            r.close()
+        accepted, held, refused = _fill(b, topic, open_conns, 1000)
         assert refused is not None, "the store never filled up"
         assert accepted, "not one message fitted"
         log = b.log()
@@ -319,26 +325,7 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_recovers_when_space_return
         with open(filler, "wb") as f:
             f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 200_000))
 
-        accepted: list[bytes] = []
-        held: list[tuple[RawClient, bytes]] = []
-        refused = None
-        for i in range(1, 2001):
-            payload = b"%d:" % i + PAYLOAD
-            r = RawClient(b, 5)
-            open_conns.append(r)
-            r.connect(uid("filler-"))
-            r.send(B.publish(topic, payload, qos=1, packet_id=1, properties=B.props()))
-            try:
-                ack = r.expect(Puback, timeout=1.0)
-            except AssertionError:  # held until its commit
-                held.append((r, payload))
-                continue
-            if ack.reason_code == 0x97:
-                refused = i
-                break
-            assert ack.reason_code == 0, ack
-            accepted.append(payload)
-            r.close()
+        accepted, held, refused = _fill(b, topic, open_conns, 2000)
         assert refused is not None, "the disk never filled up"
         assert accepted, "not one message fitted"
         log = b.log()
