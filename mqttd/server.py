@@ -17,7 +17,7 @@ from .ctl.commands import build_table
 from .ctl.server import CtlServer
 from .mgmt.api import Management
 from .mgmt.control import ListenerStatus
-from .mgmt.errors import Failed
+from .mgmt.errors import Failed, MgmtError, Unavailable
 from .mqtt.reasons import ReasonCode as RC
 from .node import Node
 from .plugins import PluginError
@@ -49,6 +49,8 @@ class Server:
         self.ctl: CtlServer | None = None
         self._shutdown: asyncio.Event | None = None
         self._stop_reason = "signal received"
+        #: Tasks started by signals (kept referenced until done).
+        self._tasks: set[asyncio.Task[None]] = set()
         node = self.node
         #: Every operator query and action, for the control socket (and later front ends).
         self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,
@@ -157,6 +159,32 @@ class Server:
             log.info("%s, shutting down", reason)
             asyncio.ensure_future(self.stop())
 
+    def _on_hup(self) -> None:
+        """SIGHUP, as mosquitto's: re-read the password, credentials and ACL files."""
+        log.info("SIGHUP received: reloading the access control files")
+        try:
+            self.mgmt.acl.reload("SIGHUP")
+        except Unavailable:
+            log.info("SIGHUP: no access control file is configured: nothing to reload")
+        except MgmtError:
+            pass  # logged by the reload, with every problem; the old content stays
+
+    def _on_usr1(self) -> None:
+        """SIGUSR1: a store checkpoint (the operation log applied to the database now)."""
+        journal = self.node.journal
+        if journal is None:
+            log.info("SIGUSR1 received: durability is off: no store to checkpoint")
+            return
+        log.info("SIGUSR1 received: store checkpoint")
+
+        async def checkpoint() -> None:
+            await journal.applied()
+            log.info("store checkpoint done: operation log at %d bytes", journal.oplog.size)
+
+        task = asyncio.get_running_loop().create_task(checkpoint())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
         await self._stopped.wait()
@@ -177,6 +205,10 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop, "signal received")
+        # Never the default action (end the process at once, leaving the pid file and the
+        # socket behind): a logrotate `kill -HUP` must not take the broker down.
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
         if on_ready is not None:
             on_ready()
         await self._shutdown.wait()
