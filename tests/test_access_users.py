@@ -130,3 +130,24 @@ def test_builtin_needs_the_store(tmp_path: Any) -> None:
         b.stop()
         b.cleanup()
         raise AssertionError("the broker started without a store for its user table")
+
+
+def test_password_from_standard_input(tmp_path: Any, monkeypatch: Any) -> None:
+    """``--password-stdin``: the password is read from the first line of standard input,
+    never an argument (which every user of the machine sees in the process list)."""
+    import io
+
+    b = _broker(tmp_path)
+    try:
+        monkeypatch.setattr("sys.stdin", io.StringIO("fr0m-stdin\n"))
+        assert "Added user dave" in ok(b, "users", "add", "dave", "--password-stdin")
+        assert _connect(b, "dave", "fr0m-stdin") == 0
+        monkeypatch.setattr("sys.stdin", io.StringIO("n3xt\n"))
+        ok(b, "users", "passwd", "dave", "--password-stdin")
+        assert _connect(b, "dave", "n3xt") == 0
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        r = ctl(b, "users", "add", "erin", "--password-stdin")
+        assert r.code == 2 and "no password on standard input" in r.err, r
+    finally:
+        b.stop()
+        b.cleanup()

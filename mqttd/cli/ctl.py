@@ -88,6 +88,27 @@ def parse_options(args: list[str]) -> Options:
     return o
 
 
+#: Commands whose <Password> may come from standard input instead of the command line.
+_PASSWORD_COMMANDS = (["users", "add"], ["users", "passwd"])
+PASSWORD_STDIN = "--password-stdin"
+
+
+def password_from_stdin(argv: list[str]) -> list[str]:
+    """``users add|passwd <Username> --password-stdin``: the password read from the first
+    line of standard input and put where the command takes it (an argument is seen by
+    every user of the machine in the process list while the command runs)."""
+    if PASSWORD_STDIN not in argv or argv[:2] not in _PASSWORD_COMMANDS:
+        return argv
+    rest = [w for w in argv if w != PASSWORD_STDIN]
+    if len(rest) < 3 or rest[2].startswith("--"):
+        raise _Usage(f"{' '.join(argv[:2])} <Username> {PASSWORD_STDIN}: the user name "
+                     "comes first")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _Usage(f"{PASSWORD_STDIN}: no password on standard input")
+    return rest[:3] + [password] + rest[3:]
+
+
 def socket_path(o: Options) -> str:
     """Where ``mqttd start`` put the control socket for these options."""
     data_dir = o.data_dir
@@ -111,6 +132,11 @@ def main(args: list[str]) -> int:
     argv = o.argv
     if o.help or not argv:
         argv = ["help"] + argv[:1]
+    try:
+        argv = password_from_stdin(argv)
+    except _Usage as err:
+        print(f"mqttd ctl: {err}", file=sys.stderr)
+        return P.EXIT_USAGE
     from ..ctl.commands import build_table
     from ..ctl.table import UsageError
 

@@ -721,8 +721,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     # users
     ("users list", cmd_users_list, "List the built-in user table (kept in the store)"),
     ("users add <Username> <Password> [--superuser]", cmd_users_add,
-     "Add a user to the built-in user table (auth provider type builtin)"),
-    ("users passwd <Username> <Password>", cmd_users_passwd, "Change a user's password"),
+     "Add a user to the built-in user table (auth provider type builtin); "
+     "--password-stdin instead of <Password> reads it from standard input"),
+    ("users passwd <Username> <Password>", cmd_users_passwd,
+     "Change a user's password (or --password-stdin)"),
     ("users del <Username>", cmd_users_del, "Delete a user"),
     ("routes list", cmd_routes_list, "List all routes"),
     ("routes show <Topic>", cmd_routes_show,
