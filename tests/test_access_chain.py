@@ -156,7 +156,8 @@ def test_a_user_name_nobody_knows_is_not_taken_on_trust() -> None:
 class Thinking:
     """An authenticator still deciding (a slow remote provider): never answers."""
 
-    def authenticate(self, client: ClientInfo, password: bytes | None, done: Any) -> None:
+    def authenticate(self, client: ClientInfo, password: bytes | None, done: Any,
+                     wanted: Any = None) -> None:
         return None
 
 
@@ -191,3 +192,32 @@ def test_a_client_acl_grants_a_wildcard_subscription_only_by_containment() -> No
     assert acl("subscribe", "dev/1/#") is False
     assert acl("deliver", "dev/1/x") is True
     assert acl("subscribe", "$share/g/dev/1/+") is True
+
+
+def test_a_queued_check_whose_client_left_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hashing thread busy; two more checks queued behind it; their clients leave
+    (``wanted`` False) before a thread takes them: no hash for them, no answer, and their
+    slots in the bound on checks in progress are given back."""
+    provider = Blocking()
+    chain = AuthChain(AuthSettings(cache_ttl=0, hash_threads=1), [provider])  # type: ignore[list-item]
+    done: list[int] = []
+    gone = {1: False, 2: False}
+
+    async def body() -> None:
+        assert chain.authenticate(client(0), b"right", lambda r: done.append(0)) is None
+        for i in (1, 2):
+            assert chain.authenticate(client(i), b"right", lambda r, i=i: done.append(i),
+                                      lambda i=i: not gone[i]) is None
+        await asyncio.sleep(0.05)
+        gone[1] = gone[2] = True  # the two clients closed while the thread was busy
+        provider.release.set()
+        for _ in range(100):
+            if done and chain.abandoned == 2:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(body())
+    chain.close()
+    assert done == [0]
+    assert provider.calls == 1 and chain.abandoned == 2
+    assert chain._pending == 0

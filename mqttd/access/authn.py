@@ -148,6 +148,8 @@ class AuthChain:
         self._tasks: set[asyncio.Future[AuthResult | None]] = set()
         self._pending = 0
         self._busy_logged = -10.0
+        #: Queued checks skipped because their client had gone (``wanted``).
+        self.abandoned = 0
         #: What close() started and wait_closed() awaits (HTTP sessions closing).
         self._closing: list[Awaitable[None]] = []
         #: Enhanced authentication method -> the first provider offering it.
@@ -158,7 +160,8 @@ class AuthChain:
                     self._methods.setdefault(method, provider)
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
-                     done: Callable[[AuthResult], None]) -> AuthResult | None:
+                     done: Callable[[AuthResult], None],
+                     wanted: Callable[[], bool] | None = None) -> AuthResult | None:
         for gate in self.gates:
             refused = gate.admit(client)
             if refused is not None:
@@ -173,7 +176,7 @@ class AuthChain:
             self._warn_busy()
             return _BUSY
         self._pending += 1
-        result = self._step(0, client, password, done)
+        result = self._step(0, client, password, done, wanted)
         if result is not None:
             self._pending -= 1  # answered without waiting: returned, ``done`` not called
         return result
@@ -182,7 +185,8 @@ class AuthChain:
     # and asyncio.wrap_future cost more than the PBKDF2 of mosquitto_passwd's 101 rounds.
 
     def _step(self, i: int, client: ClientInfo, password: bytes | None,
-              done: Callable[[AuthResult], None]) -> AuthResult | None:
+              done: Callable[[AuthResult], None],
+              wanted: Callable[[], bool] | None = None) -> AuthResult | None:
         """Ask providers from the ``i``-th on. Returns the answer when it came without
         waiting; None when a provider must be waited for (it answers via ``_answered``,
         which calls ``done``)."""
@@ -202,7 +206,7 @@ class AuthChain:
                 self._workers_for(loop).submit(
                     provider.check, client, password,  # type: ignore[arg-type]  # blocking: sync
                     functools.partial(self._answered, i, client, password, done,
-                                      epoch=self._epoch))
+                                      epoch=self._epoch, wanted=wanted), wanted)
                 return None
             try:
                 answer = provider.check(client, password)
@@ -237,13 +241,18 @@ class AuthChain:
 
     def _answered(self, i: int, client: ClientInfo, password: bytes | None,
                   done: Callable[[AuthResult], None], result: AuthResult | None,
-                  exc: BaseException | None, *, epoch: int = -1) -> None:
+                  exc: BaseException | None, *, epoch: int = -1,
+                  wanted: Callable[[], bool] | None = None) -> None:
         """Provider ``i`` answered (on the loop's thread)."""
+        if exc is ABANDONED:  # the client left before its check started: nobody waits
+            self._pending -= 1
+            self.abandoned += 1
+            return
         if exc is not None:
             self._finish(self._failed(i, client, exc), done)
             return
         if result is None:
-            later = self._step(i + 1, client, password, done)
+            later = self._step(i + 1, client, password, done, wanted)
             if later is not None:
                 self._finish(later, done)
             return
@@ -347,7 +356,15 @@ class AuthChain:
 #: A blocking check for the hashing threads: the check, its arguments, where the answer goes.
 _Check = Callable[[ClientInfo, bytes | None], "AuthResult | None"]
 _Job = tuple[_Check, ClientInfo, bytes | None,
-             Callable[[AuthResult | None, BaseException | None], None]]
+             Callable[[AuthResult | None, BaseException | None], None],
+             "Callable[[], bool] | None"]
+
+
+class _Abandoned(Exception):
+    """A queued check skipped: its client went away before the check started."""
+
+
+ABANDONED = _Abandoned()
 
 
 class HashWorkers:
@@ -369,10 +386,12 @@ class HashWorkers:
 
     def submit(self, check: _Check, client: ClientInfo,
                password: bytes | None,
-               answered: Callable[[AuthResult | None, BaseException | None], None]) -> None:
+               answered: Callable[[AuthResult | None, BaseException | None], None],
+               wanted: Callable[[], bool] | None = None) -> None:
         """Run ``check(client, password)`` in a thread; ``answered(result, error)`` on the
-        loop's thread."""
-        self._queue.put((check, client, password, answered))
+        loop's thread (error ABANDONED, without the check, if ``wanted()`` is False by
+        the time a thread takes the job)."""
+        self._queue.put((check, client, password, answered, wanted))
 
     def _work(self) -> None:
         get = self._queue.get
@@ -381,13 +400,16 @@ class HashWorkers:
             job = get()
             if job is None:
                 return
-            check, client, password, answered = job
+            check, client, password, answered, wanted = job
             result: AuthResult | None = None
             error: BaseException | None = None
-            try:
-                result = check(client, password)
-            except Exception as exc:  # handed to the loop, which logs it and refuses
-                error = exc
+            if wanted is not None and not wanted():
+                error = ABANDONED  # a PBKDF2 nobody waits for is not computed
+            else:
+                try:
+                    result = check(client, password)
+                except Exception as exc:  # handed to the loop, which logs it and refuses
+                    error = exc
             try:
                 loop.call_soon_threadsafe(answered, result, error)
             except RuntimeError:  # the loop is closed: the broker is gone

@@ -94,7 +94,8 @@ class Broker:
     # --- access -----------------------------------------------------------------------
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
-                     done: Callable[[AuthResult], None]) -> AuthResult | None:
+                     done: Callable[[AuthResult], None],
+                     wanted: Callable[[], bool] | None = None) -> AuthResult | None:
         """Run the authentication chain, then ``allow_anonymous`` and the
         ``client.authenticate`` hook; the result at once, or None and ``done`` later."""
         chain = self.authenticator
@@ -104,7 +105,7 @@ class Broker:
         def finish(result: AuthResult) -> None:
             done(self._settle(client, password, result))
 
-        result = chain.authenticate(client, password, finish)
+        result = chain.authenticate(client, password, finish, wanted)
         return None if result is None else self._settle(client, password, result)
 
     def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False

@@ -167,8 +167,10 @@ class ChannelServices(Protocol):
     gate: CommitGate | None
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
-                     done: Callable[[AuthResult], None]) -> AuthResult | None:
-        """The verdict at once, or None and ``done(verdict)`` later on the loop's thread."""
+                     done: Callable[[AuthResult], None],
+                     wanted: Callable[[], bool] | None = None) -> AuthResult | None:
+        """The verdict at once, or None and ``done(verdict)`` later on the loop's thread
+        (not at all if ``wanted()`` says the client went away before its check started)."""
         ...
 
     def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
@@ -670,7 +672,9 @@ class Channel:
             return self._start_connect_auth(method, p, props, assigned)
         result = self.services.authenticate(
             self._describe(), p.password,
-            lambda verdict: self._authenticated(p, props, assigned, verdict))
+            lambda verdict: self._authenticated(p, props, assigned, verdict),
+            # A client that left while its check waited in the hashing queue costs no hash.
+            lambda: not self.closing)
         if result is None:  # hashing or a remote provider: CONNACK when it answers
             self.state = AUTHENTICATING
             self._held = []

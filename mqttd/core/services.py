@@ -191,9 +191,12 @@ class Authenticator(Protocol):
     """The authentication chain (``mqttd/access``) as the broker calls it."""
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
-                     done: Callable[[AuthResult], None]) -> AuthResult | None:
+                     done: Callable[[AuthResult], None],
+                     wanted: Callable[[], bool] | None = None) -> AuthResult | None:
         """Answer at once, or return None and call ``done`` later on the loop's thread
-        (password hashing and remote providers run off the event loop)."""
+        (password hashing and remote providers run off the event loop). ``wanted``: asked
+        (from any thread) before a queued check starts; False (the client went away
+        meanwhile) skips it, and ``done`` is not called."""
         ...
 
     def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
