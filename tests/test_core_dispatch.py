@@ -6,6 +6,7 @@ drop. Subscribers are recording stand-ins, or real channels where the wire form 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from core_util import HookLog, Recorder, World, forbid_event_loop
@@ -372,3 +373,29 @@ def test_no_local_through_a_channel():
     w.broker.publish(msg("t", 1, sender="me"))
     assert me.out() == []
     assert w.metrics.get(DELIVERY_DROPPED_NO_LOCAL) == 1
+
+
+
+class _Refuses(Recorder):
+    """A subscriber whose client authorization refuses every message (what a channel's
+    deliver says then: False)."""
+
+    def deliver(self, delivery: Any, encoded: Any) -> bool:  # type: ignore[override]
+        super().deliver(delivery, encoded)
+        return False
+
+
+def test_a_shared_message_a_member_may_not_receive_goes_to_another_member():
+    dp = dispatcher("round_robin")
+    a = Session("a")
+    a.channel = _Refuses()
+    b, taking = online("b")
+    dp.subscribe(a, "$share/g/t", SubOpts(1), 0)
+    dp.subscribe(b, "$share/g/t", SubOpts(1), 0)
+    for i in range(6):
+        assert dp.publish(msg("t", 1, payload=b"%d" % i)) == 1
+    assert taking.payloads() == [b"%d" % i for i in range(6)]  # every one, none lost
+    alone = Session("alone")
+    alone.channel = _Refuses()
+    dp.subscribe(alone, "$share/h/u", SubOpts(1), 0)
+    assert dp.publish(msg("u", 1)) == 0  # no member may have it: nobody got it

@@ -186,15 +186,30 @@ class Dispatcher:
 
     def _to_member(self, group: SharedGroup, msg: Message, encoded: EncodedCache | None,
                    exclude: Session | None) -> int:
-        """Deliver ``msg`` to the member ``group`` picks (not ``exclude``); 1 if one existed."""
-        session = group.pick(self.shared_strategy, msg.sender, exclude=exclude)
-        if session is None:
-            return 0
-        opts, subid = group.members[session]
-        qos = opts.qos if opts.qos < msg.qos else msg.qos
-        retain = msg.retain and opts.retain_as_published
-        _deliver(session, (msg, qos, retain, (subid,) if subid else (), group), encoded, self)
-        return 1
+        """Deliver ``msg`` to the member ``group`` picks (not ``exclude``); 1 if one took
+        it. A member authorization refuses it to is passed over for another (the message
+        is the group's, not that member's)."""
+        refused: set[Session] | None = None
+        while True:
+            session = group.pick(self.shared_strategy, msg.sender, exclude,
+                                 refused or ())
+            if session is None:
+                return 0
+            opts, subid = group.members[session]
+            qos = opts.qos if opts.qos < msg.qos else msg.qos
+            retain = msg.retain and opts.retain_as_published
+            delivery = (msg, qos, retain, (subid,) if subid else (), group)
+            channel = session.channel
+            if channel is None:
+                dropped = session.enqueue(delivery)
+                if dropped is not None:
+                    self.queue_dropped(session, dropped)
+                return 1
+            if channel.deliver(delivery, encoded) is not False:
+                return 1
+            if refused is None:
+                refused = set()
+            refused.add(session)
 
     def redispatch_shared(self, leaving: Session, deliveries: list[Delivery]) -> int:
         """Hand a leaving member's unfinished QoS 1/2 shared deliveries to other members."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from ..mqtt.packets import SubOpts
@@ -39,10 +40,11 @@ class SharedGroup:
         self._next = 0
         self._sticky: Session | None = None
 
-    def pick(self, strategy: str, sender: str | None, exclude: Session | None = None
-             ) -> Session | None:
-        """Choose the member that gets the next message (online members first)."""
-        members = [s for s in self.members if s is not exclude]
+    def pick(self, strategy: str, sender: str | None, exclude: Session | None = None,
+             refused: Container[Session] = ()) -> Session | None:
+        """Choose the member that gets the next message (online members first), neither
+        ``exclude`` nor one of ``refused``."""
+        members = [s for s in self.members if s is not exclude and s not in refused]
         if not members:
             return None
         online = [s for s in members if s.channel is not None]

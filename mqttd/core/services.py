@@ -125,7 +125,10 @@ class Subscriber(Protocol):
     every subscriber, or None.
     """
 
-    def deliver(self, delivery: Delivery, encoded: EncodedCache | None) -> None: ...
+    def deliver(self, delivery: Delivery, encoded: EncodedCache | None) -> bool | None:
+        """False when the client may not receive the message (authorization refused it):
+        a shared group then offers it to another member. Anything else: taken."""
+        ...
 
 
 class SessionOwner(Subscriber, Protocol):
