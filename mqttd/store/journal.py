@@ -193,7 +193,6 @@ class Journal:
         #: Committed batches not yet applied to the backend, and whether an application
         #: runs (one at a time); the database's used bytes after the last one.
         self._unapplied: list[list[Op]] = []
-        self._unapplied_since = 0.0
         self._applying = False
         self._apply_timer: asyncio.TimerHandle | None = None
         self.db_used = 0
@@ -499,7 +498,6 @@ class Journal:
             return
         self.oplog.append(ops, seq)
         if not self._unapplied:
-            self._unapplied_since = time.monotonic()
             loop = self._loop
             if self._apply_timer is None and loop is not None:
                 self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
