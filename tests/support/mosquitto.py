@@ -33,9 +33,11 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    """``mosquitto -c`` with one listener on 127.0.0.1: ``listener_lines`` are the settings
+    """``mosquitto -c`` with a listener on 127.0.0.1: ``listener_lines`` are the settings
     that follow ``listener PORT 127.0.0.1`` (e.g. ``["protocol websockets"]`` or the TLS
-    ones). ``port`` is where it listens; ``log()`` is its log so far."""
+    ones). ``port`` is where it listens; ``tcp_port`` is a plain MQTT listener beside it,
+    always opened because mosquitto 2.0.11 exits ("Unable to start any listening sockets")
+    when its only listener is a websockets one. ``log()`` is its log so far."""
 
     def __init__(self, listener_lines: list[str] | tuple[str, ...] = (), *,
                  attempts: int = 5) -> None:
@@ -43,13 +45,14 @@ class Mosquitto:
         self.log_path = self.dir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
         for _ in range(attempts):
-            self.port = free_port()
+            self.port, self.tcp_port = free_port(), free_port()
             conf = self.dir / "mosquitto.conf"
             conf.write_text("\n".join([
                 "per_listener_settings false", "allow_anonymous true", "persistence false",
                 "log_type all", "log_dest stderr",  # unbuffered
                 # Started as root it would read its files as the "mosquitto" user.
                 *(["user root"] if os.geteuid() == 0 else []),
+                f"listener {self.tcp_port} 127.0.0.1",
                 f"listener {self.port} 127.0.0.1", *listener_lines, ""]))
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log,
@@ -62,7 +65,9 @@ class Mosquitto:
                 time.sleep(0.02)
             if self.proc.poll() is None:
                 return
-            if b"Address already in use" not in self.log_path.read_bytes():
+            # A taken port: "Address already in use" (plain) or, for websockets, only this.
+            if not any(m in self.log_path.read_bytes() for m in (
+                    b"Address already in use", b"Unable to start any listening sockets")):
                 raise RuntimeError("mosquitto exited:\n" + self.log())
         raise RuntimeError("mosquitto found no free port:\n" + self.log())
 
