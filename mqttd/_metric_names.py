@@ -47,6 +47,9 @@ __all__ = [
     "COUNT",
     "DELIVERY_DROPPED_EXPIRED",
     "DELIVERY_DROPPED_NOT_AUTHORIZED",
+    "CONNECTIONS_REFUSED_TLS",
+    "CONNECTIONS_REFUSED_WEBSOCKET",
+    "CONNECTIONS_REFUSED_PROXY_PROTOCOL",
     "DELIVERY_DROPPED_NO_LOCAL",
     "DELIVERY_DROPPED_QOS0_MSG",
     "DELIVERY_DROPPED_QUEUE_FULL",
@@ -213,9 +216,13 @@ CONNECTIONS_REFUSED_BANNED = 82
 CONNECTIONS_FLAPPING = 83
 # delivery (added after the node family, to keep every earlier index)
 DELIVERY_DROPPED_NOT_AUTHORIZED = 84
+# node: transport handshakes that failed (TLS, WebSocket upgrade, PROXY protocol header)
+CONNECTIONS_REFUSED_TLS = 85
+CONNECTIONS_REFUSED_WEBSOCKET = 86
+CONNECTIONS_REFUSED_PROXY_PROTOCOL = 87
 
 #: Number of counters.
-COUNT = 85
+COUNT = 88
 
 #: Every counter's name, in index order.
 NAMES: tuple[str, ...] = (
@@ -246,6 +253,8 @@ NAMES: tuple[str, ...] = (
     "connections.crashed", "connections.rate_limited", "workers.restarted", "hooks.failed",
     "connections.refused.banned", "connections.flapping",
     "delivery.dropped.not_authorized",
+    "connections.refused.tls", "connections.refused.websocket",
+    "connections.refused.proxy_protocol",
 )
 
 #: Metrics EMQX increments together with others: each is kept here as the sum of the
@@ -322,7 +331,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "node": (
         "connections.refused.max_connections", "connections.refused.max_conn_rate",
         "connections.crashed", "connections.rate_limited", "workers.restarted", "hooks.failed",
-        "connections.refused.banned", "connections.flapping",
+        "connections.refused.banned", "connections.flapping", "connections.refused.tls",
+        "connections.refused.websocket", "connections.refused.proxy_protocol",
     ),
 }
 

@@ -77,7 +77,7 @@ class Zone:
 
 @dataclass(slots=True)
 class Listener:
-    """One TCP listener: where it binds and which zone its clients get."""
+    """One listener: where it binds, its transport and which zone its clients get."""
 
     name: str = "default"
     bind: str = "127.0.0.1"
@@ -93,6 +93,38 @@ class Listener:
     #: None: the zone's ``allow_anonymous`` on loopback, and *no* elsewhere (a listener
     #: beyond loopback with no provider refuses to start unless this says true).
     allow_anonymous: bool | None = None
+    #: The transport: "tcp", "ssl" (TLS), "ws" (WebSocket) or "wss" (WebSocket over TLS).
+    type: str = "tcp"
+    #: PROXY protocol (v1 or v2) header expected before anything else (HAProxy, AWS NLB):
+    #: the client's address is the one it gives.
+    proxy_protocol: bool = False
+    # --- TLS (ssl, wss) ---
+    #: The server's certificate chain (PEM, leaf first) and its private key.
+    certfile: str = ""
+    keyfile: str = ""
+    #: The password of an encrypted key file.
+    keyfile_password: str = ""
+    #: CAs that sign client certificates (PEM).
+    cafile: str = ""
+    #: Client certificates: "none" (not asked), "optional" (verified when sent) or
+    #: "required" (the handshake fails without a valid one).
+    verify: str = "none"
+    tls_versions: list[str] = field(default_factory=lambda: ["tlsv1.2", "tlsv1.3"])
+    #: OpenSSL cipher list for TLS 1.2 ("" = OpenSSL's default); TLS 1.3 suites are fixed.
+    ciphers: str = ""
+    #: Take the user name / client id from the verified client certificate: "cn", "dn"
+    #: (the whole subject) or "san" (its first DNS name, e-mail or URI); "" = no.
+    peer_cert_as_username: str = ""
+    peer_cert_as_clientid: str = ""
+    # --- WebSocket (ws, wss) ---
+    #: The HTTP path of the upgrade request.
+    path: str = "/mqtt"
+    #: Origins allowed to connect (browsers send one); empty: any.
+    allowed_origins: list[str] = field(default_factory=list)
+    #: Take the client's address from X-Forwarded-For (behind a trusted HTTP proxy only).
+    forwarded_for: bool = False
+    #: Per-message deflate (RFC 7692) when the client offers it.
+    compress: bool = False
 
 
 @dataclass(slots=True)
@@ -263,6 +295,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "no_match": ("deny", "allow"),
     "deny_action": ("ignore", "disconnect"),
     "durability": ("off", "process", "power"),
+    "type": ("tcp", "ssl", "ws", "wss"),
+    "verify": ("none", "optional", "required"),
+    "peer_cert_as_username": ("", "cn", "dn", "san"),
+    "peer_cert_as_clientid": ("", "cn", "dn", "san"),
 }
 
 _ZONE_FIELDS = {f.name: f for f in dataclasses.fields(Zone) if f.name != "name"}
@@ -406,6 +442,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
                 continue
             listener = Listener(name=name)
             _apply(listener, table, _LISTENER_FIELDS, f"listeners.{name}.", errors)
+            errors += _transport_errors(listener, table)
             if listener.zone not in zones and not any(
                     e.startswith(f"listeners.{name}.zone") for e in errors):
                 errors.append(f"listeners.{name}.zone: no zone named {listener.zone!r}"
@@ -443,6 +480,48 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings.flapping = flapping
     settings.store = store
     return settings
+
+
+#: Listener keys that only mean something for some transports.
+_TLS_KEYS = ("certfile", "keyfile", "keyfile_password", "cafile", "verify", "tls_versions",
+             "ciphers", "peer_cert_as_username", "peer_cert_as_clientid")
+_WS_KEYS = ("path", "allowed_origins", "forwarded_for", "compress")
+TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
+
+
+def _transport_errors(lst: Listener, table: dict[str, Any]) -> list[str]:
+    """What the listener's transport needs and what it cannot use (the files themselves are
+    checked when the TLS context is built: ``transport/tls.py``)."""
+    path = f"listeners.{lst.name}."
+    errors = []
+    tls = lst.type in ("ssl", "wss")
+    ws = lst.type in ("ws", "wss")
+    for key in _TLS_KEYS if not tls else ():
+        if key in table:
+            errors.append(f"{path}{key}: only for a TLS listener (type = \"ssl\" or \"wss\"; "
+                          f"this one is {lst.type!r})")
+    for key in _WS_KEYS if not ws else ():
+        if key in table:
+            errors.append(f"{path}{key}: only for a WebSocket listener (type = \"ws\" or "
+                          f"\"wss\"; this one is {lst.type!r})")
+    if tls:
+        for key in ("certfile", "keyfile"):
+            if not getattr(lst, key):
+                errors.append(f"{path}{key}: required for a {lst.type} listener")
+        if lst.verify != "none" and not lst.cafile:
+            errors.append(f"{path}cafile: required with verify = {lst.verify!r} (the CAs "
+                          "that sign client certificates)")
+        for key in ("peer_cert_as_username", "peer_cert_as_clientid"):
+            if getattr(lst, key) and lst.verify == "none":
+                errors.append(f"{path}{key}: needs verify = \"optional\" or \"required\" "
+                              "(an unverified certificate proves nothing)")
+        bad = [v for v in lst.tls_versions if v not in TLS_VERSIONS]
+        if bad or not lst.tls_versions:
+            errors.append(f"{path}tls_versions: {bad or 'empty'}: use {list(TLS_VERSIONS)} "
+                          "(TLS 1.0 and 1.1 are broken)")
+    if ws and not lst.path.startswith("/"):
+        errors.append(f"{path}path: {lst.path!r} must start with /")
+    return errors
 
 
 #: ``[auth]`` / ``[authz]`` keys that name a file and stand for a one-entry chain.
@@ -499,14 +578,18 @@ def is_loopback(host: str) -> bool:
 
 def listener_security_errors(listeners: list[Listener], auth: AuthSettings) -> list[str]:
     """Secure by default: a listener beyond loopback with no authentication provider is
-    refused unless the operator wrote ``allow_anonymous = true`` for it (mosquitto 2)."""
+    refused unless the operator wrote ``allow_anonymous = true`` for it (mosquitto 2). A TLS
+    listener that requires a client certificate and names clients after it authenticates
+    every client itself."""
     if auth.providers:
         return []
     return [f"listeners.{lst.name}.allow_anonymous: the listener binds {lst.bind}, beyond "
             "loopback, and no authentication provider is configured; add one ([auth] "
-            "password_file = PATH) or set allow_anonymous = true for this listener"
+            "password_file = PATH), require client certificates (verify = \"required\" with "
+            "peer_cert_as_username) or set allow_anonymous = true for this listener"
             for lst in listeners
-            if not is_loopback(lst.bind) and lst.allow_anonymous is not True]
+            if not is_loopback(lst.bind) and lst.allow_anonymous is not True
+            and not (lst.verify == "required" and lst.peer_cert_as_username)]
 
 
 _PLUGIN_REF = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -601,9 +684,15 @@ _FILE_OPTIONS = ("path", "public_key_file")
 
 
 def _resolve_files(settings: Settings, base: str) -> None:
-    """Relative file names in ``[auth]``/``[authz]`` are taken from the configuration file's
-    directory, not from the working directory (which ``--daemon`` sets to the data
-    directory): the configuration means the same wherever mqttd is started from."""
+    """Relative file names in ``[auth]``/``[authz]`` and the listeners' TLS files are taken
+    from the configuration file's directory, not from the working directory (which
+    ``--daemon`` sets to the data directory): the configuration means the same wherever
+    mqttd is started from."""
+    for lst in settings.listeners:
+        for key in ("certfile", "keyfile", "cafile"):
+            value = getattr(lst, key)
+            if value and not os.path.isabs(value):
+                setattr(lst, key, os.path.join(base, os.path.expanduser(value)))
     for spec in [*settings.auth.providers, *settings.authz.sources]:
         for key in _FILE_OPTIONS:
             value = spec.options.get(key)

@@ -17,13 +17,14 @@ from .ctl.commands import build_table
 from .ctl.server import CtlServer
 from .mgmt.api import Management
 from .mgmt.control import ListenerStatus
-from .mgmt.errors import Failed, MgmtError, Unavailable
+from .mgmt.errors import Conflict, Failed, MgmtError, Unavailable
 from .mqtt.reasons import ReasonCode as RC
 from .node import Node
 from .plugins import PluginError
 from .store.base import StoreError
 from .transport.connection import Connection, Flusher
-from .transport.listener import ListenerError, TcpListener
+from .transport.listener import ListenerError, MqttListener
+from .transport.tls import TlsError, check_listener
 
 log = logging.getLogger("mqttd")
 
@@ -42,7 +43,7 @@ class Server:
         self.node.reset_store = reset_store
         self.connections: set[Connection] = set()
         #: Every listener started once, by name (running or stopped by the operator).
-        self.listeners: dict[str, TcpListener] = {}
+        self.listeners: dict[str, MqttListener] = {}
         self._stopped: asyncio.Event | None = None
         self._flusher: Flusher | None = None
         #: The control socket, when settings.data_dir is set.
@@ -83,6 +84,10 @@ class Server:
                              "a backup of it") from None
         if self.node.journal is not None:
             self.node.journal.on_commit = self._flusher.committed
+        # Every listener's TLS files first: all their problems at once, nothing bound yet.
+        problems = [e for lst in self.settings.listeners for e in check_listener(lst)]
+        if problems:
+            raise StartError("; ".join(problems))
         for listener in self.settings.listeners:
             await self.start_listener(listener)
 
@@ -91,7 +96,7 @@ class Server:
         flusher = self._flusher
         assert flusher is not None
         trace = self.node.trace
-        tcp = TcpListener(listener, self.settings.zone(listener.zone), self.node.broker,
+        tcp = MqttListener(listener, self.settings.zone(listener.zone), self.node.broker,
                           flusher, self.connections,
                           # while a client trace waits for its client, new channels are shown
                           lambda: trace.watch if trace.clients else None)
@@ -160,14 +165,23 @@ class Server:
             asyncio.ensure_future(self.stop())
 
     def _on_hup(self) -> None:
-        """SIGHUP, as mosquitto's: re-read the password, credentials and ACL files."""
-        log.info("SIGHUP received: reloading the access control files")
+        """SIGHUP, as mosquitto's: re-read the password, credentials and ACL files, and
+        the TLS listeners' certificates and keys."""
+        log.info("SIGHUP received: reloading the access control files and TLS certificates")
         try:
             self.mgmt.acl.reload("SIGHUP")
         except Unavailable:
             log.info("SIGHUP: no access control file is configured: nothing to reload")
         except MgmtError:
             pass  # logged by the reload, with every problem; the old content stays
+        for name, listener in self.listeners.items():
+            if listener.tls and listener.running:
+                try:
+                    listener.reload_tls()
+                except TlsError as err:
+                    for line in err.errors:
+                        log.warning("listener %s: TLS reload failed, the old certificate "
+                                    "stays in use: %s", name, line)
 
     def _on_usr1(self) -> None:
         """SIGUSR1: a store checkpoint (the operation log applied to the database now)."""
@@ -230,8 +244,21 @@ class _ServerControl:
             host, port = tcp.address
             out.append(ListenerStatus(name, host, port, cfg.zone, tcp.running,
                                       len(tcp.connections), cfg.max_connections,
-                                      cfg.max_conn_rate))
+                                      cfg.max_conn_rate, cfg.type, cfg.proxy_protocol))
         return out
+
+    def reload_listener(self, name: str) -> str:
+        listener = self._server.listeners[name]
+        if not listener.tls:
+            raise Conflict(f"listener {name} has no TLS (type {listener.config.type})",
+                           "not_tls")
+        try:
+            return listener.reload_tls()
+        except TlsError as err:
+            for line in err.errors:
+                log.warning("listener %s: TLS reload failed, the old certificate stays in "
+                            "use: %s", name, line)
+            raise Failed("; ".join(err.errors), "; ".join(err.errors)) from None
 
     async def stop_listener(self, name: str) -> tuple[str, int]:
         return await self._server.stop_listener(name)

@@ -373,11 +373,11 @@ def test_retained(broker: BrokerProcess) -> None:
 def test_listeners_stop_and_restart(broker: BrokerProcess, paho: Any) -> None:
     c = paho(uid("l-"), version=5)
     rows = ctl_json(broker, "listeners", "list")
-    assert rows == [{"name": "default", "listen_on": f"127.0.0.1:{broker.port}",
+    assert rows == [{"name": "default", "type": "tcp", "listen_on": f"127.0.0.1:{broker.port}",
                      "zone": "default", "running": True, "current_conn": rows[0]["current_conn"],
                      "max_conns": 1024000, "max_conn_rate": rows[0]["max_conn_rate"]}]
     assert rows[0]["current_conn"] >= 1
-    assert "default   127.0.0.1:" in ok(broker, "listeners", "list")
+    assert "default   tcp    127.0.0.1:" in ok(broker, "listeners", "list")
     out = ok(broker, "listeners", "stop", "default")
     assert out == f"Stop default listener on 127.0.0.1:{broker.port} successfully.\n"
     c.wait_disconnected()

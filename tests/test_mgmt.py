@@ -183,7 +183,7 @@ def test_listeners_status_and_stop() -> None:
             await until(lambda: mgmt.listeners.all()[0]["current_conn"] == 1,
                         "the connection to count")
             (row,) = mgmt.listeners.all()
-            assert row == {"name": "default", "listen_on": f"127.0.0.1:{port}",
+            assert row == {"name": "default", "type": "tcp", "listen_on": f"127.0.0.1:{port}",
                            "zone": "default", "running": True, "current_conn": 1,
                            "max_conns": 1_024_000, "max_conn_rate": 0.0}
             stopped = await mgmt.listeners.stop("default")

@@ -210,12 +210,18 @@ def config_check(
 ) -> None:
     """Validate a configuration file: every problem on its own line, exit 2 if any."""
     from ..access.build import AccessError, build_access  # the broker's code, not ctl's
+    from ..transport.tls import check_listener
 
     settings = _load(config)
+    errors = []
     try:  # password and ACL files are read as the broker would read them
         build_access(settings).close()
     except AccessError as err:
-        for line in err.errors:
+        errors += err.errors
+    for listener in settings.listeners:  # and TLS files as the listener loads them
+        errors += check_listener(listener)
+    if errors:
+        for line in errors:
             typer.echo(f"{config}: {line}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{config}: ok ({len(settings.zones)} zones, "

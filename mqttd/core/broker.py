@@ -135,7 +135,11 @@ class Broker:
         decided = result.decided
         code = result.code
         reason = result.reason
-        if not decided and result.asked and client.username is not None:
+        if not decided and client.cert_user:
+            # No provider decided, but the listener verified the client's certificate and
+            # named the client after it: authenticated (mosquitto's use_identity_as_username).
+            decided = True
+        elif not decided and result.asked and client.username is not None:
             # A user name the configured providers do not know is refused, whatever
             # allow_anonymous says (as mosquitto does with a password file): admitted, it
             # would carry that user's ACL rights without proof.

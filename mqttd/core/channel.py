@@ -263,7 +263,8 @@ class Channel:
         "proto_name", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
         "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
-        "auth_method", "_auth", "gate", "hold",
+        "auth_method", "_auth", "gate", "hold", "transport", "cert_username", "cert_clientid",
+        "cert_user",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -315,6 +316,14 @@ class Channel:
         self.sockport = 0
         #: The listener the client came in on (set by the connection).
         self.listener = "default"
+        #: Its transport: "tcp", "ssl", "ws" or "wss" (set by the connection).
+        self.transport = "tcp"
+        #: The user name and client id a verified client certificate gives (a TLS listener's
+        #: peer_cert_as_username / peer_cert_as_clientid), set by the connection; they
+        #: replace what the CONNECT says. ``cert_user``: the user name is such a name.
+        self.cert_username: str | None = None
+        self.cert_clientid: str | None = None
+        self.cert_user = False
         #: What authentication granted (ClientInfo carries it to authorization).
         self.superuser = False
         self.auth_acl: object = None
@@ -357,7 +366,7 @@ class Channel:
             self.client_id, self.username, self.peer, self.sockport, self.proto_name,
             self.version, self.clean_start, self.keepalive, self.zone.name,
             self.mountpoint, session.expiry_interval if session is not None else 0,
-            self.connected_at, self.listener, self.superuser, self.auth_acl)
+            self.connected_at, self.listener, self.superuser, self.auth_acl, self.cert_user)
 
     # --- output ----------------------------------------------------------------------
 
@@ -650,6 +659,13 @@ class Channel:
         self.metrics.inc(CLIENT_CONNECT)
         props = p.properties
         hooks = self.hooks
+        if self.cert_username is not None:
+            # The listener proved this name with the client's certificate: the CONNECT's
+            # own User Name cannot override it (mosquitto's use_identity_as_username).
+            p.username = self.cert_username
+            self.cert_user = True
+        if self.cert_clientid is not None:
+            p.client_id = self.cert_clientid
         self.username = p.username
         if hooks.client_connect:
             self.client_id = p.client_id

@@ -109,6 +109,9 @@ class ClientInfo(NamedTuple):
     #: ACL a provider attached (opaque here: the authorization chain reads it).
     superuser: bool = False
     acl: object = None
+    #: The user name is the identity of a client certificate the TLS listener verified
+    #: (peer_cert_as_username): proven, even if no authentication provider knows it.
+    cert_user: bool = False
 
     @property
     def peerhost(self) -> str:
@@ -156,6 +159,9 @@ class AuthResult:
     decided: bool = True
     superuser: bool = False
     acl: object = None
+    #: The user name is the identity of a client certificate the TLS listener verified
+    #: (peer_cert_as_username): proven, even if no authentication provider knows it.
+    cert_user: bool = False
     #: Why, for the log line of a refusal (never the password).
     reason: str = ""
     #: With ``decided`` False: providers were asked and none knew the client (rather

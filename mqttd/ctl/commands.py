@@ -392,7 +392,7 @@ async def cmd_retained_clean(ctx: Context, a: Args) -> None:
 # --- listeners ------------------------------------------------------------------------------
 
 LISTENER_COLUMNS = [
-    Col("name", "Name"), Col("listen_on", "Listen on"), Col("zone", "Zone"),
+    Col("name", "Name"), Col("type", "Type"), Col("listen_on", "Listen on"), Col("zone", "Zone"),
     Col("running", "Running"), Col("current_conn", "Connections", justify="right"),
     Col("max_conns", "Max connections", justify="right"),
     Col("max_conn_rate", "Max conn rate", lambda v: f"{v:g}/s" if v else "-", "right"),
@@ -420,6 +420,16 @@ async def cmd_listeners_restart(ctx: Context, a: Args) -> None:
     except (NotFound, Failed) as err:
         raise CtlError(f"Failed to restart {name} listener: {err.reason}") from None
     ctx.result(f"Restarted {name} listener successfully.", data)
+
+
+async def cmd_listeners_reload(ctx: Context, a: Args) -> None:
+    (name,) = a.pos
+    try:
+        data = ctx.mgmt.listeners.reload(name)
+    except (NotFound, Conflict, Failed) as err:
+        raise CtlError(f"Failed to reload {name} listener: {err}") from None
+    ctx.result(f"Reloaded the TLS certificate of {name} listener from {data['certfile']}; "
+               "new connections use it.", data)
 
 
 # --- trace ----------------------------------------------------------------------------------
@@ -747,6 +757,8 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("listeners list", cmd_listeners_list, "List listeners"),
     ("listeners stop <Name>", cmd_listeners_stop, "Stop a listener and close its clients"),
     ("listeners restart <Name>", cmd_listeners_restart, "Restart a listener"),
+    ("listeners reload <Name>", cmd_listeners_reload,
+     "Reload a TLS listener's certificate and key (live connections stay)"),
     ("trace client <ClientId> [--file <File>] [--payload-limit <Bytes>]", cmd_trace_client,
      "Trace a client's packets: live until Ctrl-C, or to a file"),
     ("trace topic <Topic> [--file <File>] [--payload-limit <Bytes>]", cmd_trace_topic,

@@ -20,7 +20,8 @@ __all__ = ["CLIENT_KEYS", "Clients", "TIME_KEYS", "client_row"]
 
 #: A client row's keys, in the order rows show them.
 CLIENT_KEYS = (
-    "clientid", "username", "peername", "proto_name", "proto_ver", "clean_start", "keepalive",
+    "clientid", "username", "peername", "listener", "transport", "proto_name", "proto_ver",
+    "clean_start", "keepalive",
     "expiry_interval", "connected", "created_at", "connected_at", "subscriptions", "inflight",
     "max_inflight", "awaiting_rel", "mqueue_len", "max_mqueue", "delivered", "enqueued",
     "dropped", "recv_pkt", "send_pkt", "recv_msg", "send_msg",
@@ -38,6 +39,8 @@ def client_row(owner: SessionOwner) -> Row | None:
         "clientid": channel.client_id,
         "username": channel.username,
         "peername": channel.peer,
+        "listener": channel.listener,
+        "transport": channel.transport,
         "proto_name": channel.proto_name,
         "proto_ver": channel.version,
         "clean_start": channel.clean_start,

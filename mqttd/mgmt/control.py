@@ -28,6 +28,9 @@ class ListenerStatus:
     max_connections: int
     #: New connections per second it accepts (0: unlimited).
     max_conn_rate: float
+    #: Its transport ("tcp", "ssl", "ws", "wss") and whether a PROXY header comes first.
+    type: str = "tcp"
+    proxy_protocol: bool = False
 
 
 class ServerControl(Protocol):
@@ -45,6 +48,16 @@ class ServerControl(Protocol):
         """(Re)start a configured listener; returns its address.
 
         Raises :class:`~mqttd.mgmt.errors.Failed` when it cannot listen.
+        """
+        ...
+
+    def reload_listener(self, name: str) -> str:
+        """Load a TLS listener's certificate and key again (new handshakes use them);
+        returns the certificate file.
+
+        Raises KeyError for an unknown listener, :class:`~mqttd.mgmt.errors.Conflict`
+        (``not_tls``) for a listener without TLS, :class:`~mqttd.mgmt.errors.Failed` when
+        the files are bad (the old ones stay in use).
         """
         ...
 

@@ -12,7 +12,8 @@ __all__ = ["Listeners", "listener_row"]
 
 def listener_row(status: ListenerStatus) -> Row:
     """A listener's row: address, zone, whether running, connections and limits."""
-    return {"name": status.name, "listen_on": f"{status.host}:{status.port}",
+    kind = status.type + ("+proxy" if status.proxy_protocol else "")
+    return {"name": status.name, "type": kind, "listen_on": f"{status.host}:{status.port}",
             "zone": status.zone, "running": status.running,
             "current_conn": status.connections, "max_conns": status.max_connections,
             "max_conn_rate": status.max_conn_rate}
@@ -41,6 +42,13 @@ class Listeners:
             raise Conflict(f"listener {name} is not running", "not_running")
         host, port = await self.control.stop_listener(name)
         return {"name": name, "listen_on": f"{host}:{port}", "running": False}
+
+    def reload(self, name: str) -> Row:
+        """Reload a TLS listener's certificate and key (live connections keep theirs);
+        NotFound("listener"), Conflict("not_tls"), or Failed naming each problem."""
+        self._status(name)
+        certfile = self.control.reload_listener(name)
+        return {"name": name, "certfile": certfile, "reloaded": True}
 
     async def restart(self, name: str) -> Row:
         """(Re)start a listener on the port it had; NotFound("listener"), or Failed with

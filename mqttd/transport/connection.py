@@ -35,6 +35,7 @@ from ..mqtt.codec import Parser
 from ..mqtt.errors import PacketError
 from ..mqtt.packets import PUBLISH
 from .limiter import ConnLimiter
+from .tls import cert_identity
 
 log = logging.getLogger("mqttd.connection")
 
@@ -119,13 +120,19 @@ class Connection(asyncio.Protocol):
         #: The timer that resumes reading after a rate-limit pause.
         self._paused_until: asyncio.TimerHandle | None = None
         self._crashed = False
+        #: Set by the listener before the socket arrives: its transport's name, the client
+        #: address a PROXY header gave (None: the socket's), and which names a verified
+        #: client certificate gives (peer_cert_as_username, peer_cert_as_clientid).
+        self.transport_name = "tcp"
+        self.peer_address: tuple[str, int] | None = None
+        self.cert_as: tuple[str, str] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport already.
-        peer = transport.get_extra_info("peername")
+        peer = self.peer_address or transport.get_extra_info("peername")
         peer_s = "%s:%s" % (peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
         channel = Channel(self.services, self.zone, peer_s, self.out)
         channel.wakeup = self._wakeup
@@ -133,6 +140,14 @@ class Connection(asyncio.Protocol):
         if isinstance(sockname, tuple):
             channel.sockport = sockname[1]
         channel.listener = self.listener
+        channel.transport = self.transport_name
+        if self.cert_as is not None:
+            cert = transport.get_extra_info("peercert")
+            as_user, as_client = self.cert_as
+            if as_user:
+                channel.cert_username = cert_identity(cert, as_user)
+            if as_client:
+                channel.cert_clientid = cert_identity(cert, as_client)
         self.channel = channel
         self.connections.add(self)
         self.last_recv = self.loop.time()

@@ -3,21 +3,45 @@
 Limits are applied in the accept path, before any per-connection state exists:
 ``max_connections`` (live plus accepted-but-not-yet-made connections) and
 ``max_conn_rate`` (a token bucket). A refused socket is closed at once, counted,
-and logged at most every ``REFUSED_LOG_EVERY`` seconds per listener. TLS and
-WebSocket listeners will share this shape with another protocol factory.
+and logged at most every ``REFUSED_LOG_EVERY`` seconds per listener.
+
+Every transport ends in the same :class:`Connection`:
+
+- ``tcp``: the event loop's server hands each socket to a Connection (nothing in between);
+- ``ws``: to a :class:`~mqttd.transport.websocket.WsFront`, which makes the Connection
+  after the upgrade;
+- ``ssl``/``wss``, and any listener with ``proxy_protocol``: the listener accepts itself,
+  and for each socket a short task reads the PROXY header (exactly, leaving the rest in
+  the socket) and has the loop run the TLS handshake (``connect_accepted_socket``), both
+  within the zone's ``idle_timeout``. A failed handshake is known here (the event loop's
+  server would drop it silently), so it is counted (``connections.refused.tls`` /
+  ``.proxy_protocol``), logged, and its slot under ``max_connections`` given back.
+
+The TLS context is swapped by :meth:`MqttListener.reload_tls`: handshakes from then on use
+the new certificate, live connections keep theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import Callable
 
 from ..config import Listener, Zone
 from ..core.channel import Channel, ChannelServices
-from ..metrics import CONNECTIONS_REFUSED_MAX_CONN_RATE, CONNECTIONS_REFUSED_MAX_CONNECTIONS
+from ..metrics import (
+    CONNECTIONS_REFUSED_MAX_CONN_RATE,
+    CONNECTIONS_REFUSED_MAX_CONNECTIONS,
+    CONNECTIONS_REFUSED_PROXY_PROTOCOL,
+    CONNECTIONS_REFUSED_TLS,
+)
 from .connection import Connection, Flusher
 from .limiter import TokenBucket
+from .proxy import ProxyError, read_header
+from .tls import TlsError, build_context
+from .websocket import WsFront
 
 log = logging.getLogger("mqttd")
 
@@ -60,8 +84,9 @@ class LiveConnections(set[Connection]):
         self.everyone.discard(conn)
 
 
-class TcpListener:
-    """A configured TCP listener: its socket, its limits and its live connections."""
+class MqttListener:
+    """A configured listener: its socket, its transport, its limits and its live
+    connections."""
 
     def __init__(self, config: Listener, zone: Zone, services: ChannelServices,
                  flusher: Flusher, everyone: set[Connection],
@@ -79,36 +104,77 @@ class TcpListener:
         self.address: tuple[str, int] = (config.bind, config.port)
         self._bucket = TokenBucket(config.max_conn_rate) if config.max_conn_rate > 0 else None
         self._refused_logged = -REFUSED_LOG_EVERY
+        self._failed_logged = -REFUSED_LOG_EVERY
+        self._failed_quiet = 0
+        self.tls = config.type in ("ssl", "wss")
+        self.websocket = config.type in ("ws", "wss")
+        #: The TLS context new handshakes use (ssl and wss).
+        self.ssl_context: ssl.SSLContext | None = None
+        #: ssl/wss/proxy_protocol: the listening socket and the task accepting on it.
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        # What a Connection of this listener is told about its socket.
+        self._cert_as = (config.peer_cert_as_username, config.peer_cert_as_clientid) \
+            if config.peer_cert_as_username or config.peer_cert_as_clientid else None
 
     @property
     def running(self) -> bool:
-        return self.server is not None
+        return self.server is not None or self._accepting is not None
 
     async def start(self, port: int | None = None) -> tuple[str, int]:
         """Bind (on ``port`` if given, else the configured one) and accept; the address.
 
-        Raises ListenerError when the socket cannot be opened.
+        Raises ListenerError when the socket cannot be opened or the TLS files are bad.
         """
         config = self.config
         port = config.port if port is None else port
+        if self.tls:
+            try:
+                self.ssl_context = build_context(config)
+            except TlsError as err:
+                raise ListenerError("; ".join(err.errors)) from None
         loop = asyncio.get_running_loop()
         try:
-            self.server = await loop.create_server(self._accept, config.bind, port,
-                                                   backlog=config.backlog,
-                                                   reuse_address=True)
+            if self.tls or config.proxy_protocol:
+                self._sock = sock = _bind(config.bind, port, config.backlog)
+                self._accepting = loop.create_task(self._accept_loop(sock))
+                host, bound = sock.getsockname()[:2]
+            else:
+                self.server = await loop.create_server(self._accept, config.bind, port,
+                                                       backlog=config.backlog,
+                                                       reuse_address=True)
+                host, bound = self.server.sockets[0].getsockname()[:2]
         except OSError as err:
             raise ListenerError(
                 f"cannot listen on {config.bind}:{port} "
                 f"(listener {config.name}): {err.strerror or err}") from None
-        host, bound = self.server.sockets[0].getsockname()[:2]
         self.address = (host, bound)
-        log.info("listener %s on %s:%d (zone %s)", config.name, host, bound, config.zone)
+        extra = " + PROXY protocol" if config.proxy_protocol else ""
+        log.info("listener %s on %s:%d (%s%s, zone %s)", config.name, host, bound, config.type,
+                 extra, config.zone)
         return self.address
+
+    def reload_tls(self) -> str:
+        """Build the TLS context again from the files (new handshakes use it; live
+        connections keep theirs); TlsError, the old context kept, when they are bad."""
+        if not self.tls:
+            raise TlsError([f"listeners.{self.config.name}: not a TLS listener "
+                            f"(type {self.config.type!r})"])
+        self.ssl_context = build_context(self.config)
+        log.info("listener %s: TLS certificate and key reloaded from %s", self.config.name,
+                 self.config.certfile)
+        return self.config.certfile
 
     def close(self) -> None:
         """Stop accepting (the live connections stay)."""
         if self.server is not None:
             self.server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     async def wait_closed(self, timeout: float = 2.0) -> None:
         server, self.server = self.server, None
@@ -117,27 +183,199 @@ class TcpListener:
                 await asyncio.wait_for(server.wait_closed(), timeout)
             except TimeoutError:
                 pass
+        task, self._accepting = self._accepting, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
-    def _accept(self) -> asyncio.Protocol:
-        """The protocol factory: refuse over the limits, else a new Connection."""
+    # --- accepting ---------------------------------------------------------------------
+
+    def _over_limits(self) -> bool:
+        """Whether a new socket must be refused (counted and logged if so)."""
         live = self.connections
         config = self.config
         if len(live) + live.pending >= config.max_connections:
-            return self._refuse(CONNECTIONS_REFUSED_MAX_CONNECTIONS,
-                                f"max_connections ({config.max_connections})")
+            self._refuse(CONNECTIONS_REFUSED_MAX_CONNECTIONS,
+                         f"max_connections ({config.max_connections})")
+            return True
         bucket = self._bucket
         if bucket is not None and not bucket.try_take(1, asyncio.get_running_loop().time()):
-            return self._refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
-                                f"max_conn_rate ({config.max_conn_rate:g}/s)")
-        live.pending += 1
-        return Connection(self.services, self.zone, self.flusher, live, self.watcher(),
-                          config.name)
+            self._refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
+                         f"max_conn_rate ({config.max_conn_rate:g}/s)")
+            return True
+        return False
 
-    def _refuse(self, idx: int, why: str) -> asyncio.Protocol:
+    def _accept(self) -> asyncio.Protocol:
+        """The event loop server's protocol factory (tcp, ws): refuse over the limits,
+        else a new Connection (or WebSocket front)."""
+        if self._over_limits():
+            return _Refused()
+        self.connections.pending += 1
+        return self._protocol(None)
+
+    def _protocol(self, peer: tuple[str, int] | None) -> asyncio.Protocol:
+        return WsFront(self, peer) if self.websocket else self.connection(peer)
+
+    def connection(self, peer: tuple[str, int] | None) -> Connection:
+        """A Connection of this listener (its slot is already counted as pending)."""
+        config = self.config
+        conn = Connection(self.services, self.zone, self.flusher, self.connections,
+                          self.watcher(), config.name)
+        conn.transport_name = config.type
+        conn.peer_address = peer
+        conn.cert_as = self._cert_as
+        return conn
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _ = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as err:
+                # Out of file descriptors, say: wait a little rather than spin.
+                log.warning("listener %s: accept failed: %s", self.config.name,
+                            err.strerror or err)
+                await asyncio.sleep(0.1)
+                continue
+            if self._over_limits():
+                client.close()
+                continue
+            self.connections.pending += 1
+            task = loop.create_task(self._handshake(client))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        """PROXY header, then TLS, within the zone's idle timeout; the protocol after."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        timeout = self.zone.idle_timeout
+        peer: tuple[str, int] | None = None
+        made: list[asyncio.Protocol] = []
+        stage = "PROXY protocol" if config.proxy_protocol else "TLS"
+        who = _peer_of(sock)
+
+        def factory() -> asyncio.Protocol:
+            protocol = self._protocol(peer)
+            made.append(protocol)
+            return protocol
+
+        try:
+            sock.setblocking(False)
+            if config.proxy_protocol:
+                async with asyncio.timeout(timeout):
+                    peer = await read_header(sock)
+                if peer is not None:
+                    who = "%s:%d" % peer
+                stage = "TLS"
+            if self.tls:
+                await loop.connect_accepted_socket(factory, sock, ssl=self.ssl_context,
+                                                   ssl_handshake_timeout=timeout)
+            else:
+                await loop.connect_accepted_socket(factory, sock)
+            return
+        except asyncio.CancelledError:
+            sock.close()
+            self.connections.pending -= 1
+            raise
+        except ProxyError as err:
+            why = str(err)
+        except TimeoutError:
+            why = f"did not finish within {timeout:g}s"
+        except (OSError, ssl.SSLError) as err:
+            why = _tls_reason(err)
+        except Exception as err:  # noqa: BLE001  (uvloop raises a few others on abort)
+            why = f"{type(err).__name__}: {err}"
+        sock.close()
+        if not made or not _was_made(made[0]):
+            self.connections.pending -= 1
+        self.services.metrics.inc(CONNECTIONS_REFUSED_PROXY_PROTOCOL
+                                  if stage == "PROXY protocol" else CONNECTIONS_REFUSED_TLS)
+        self.handshake_failed(stage, who, why)
+
+    def handshake_failed(self, stage: str, who: str, why: str) -> None:
+        """Log a failed transport handshake: each at debug, and at info at most every
+        ``REFUSED_LOG_EVERY`` seconds per listener (scanners must not flood the log)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._failed_logged < REFUSED_LOG_EVERY:
+            log.debug("listener %s: %s handshake with %s failed: %s", self.config.name, stage,
+                      who, why)
+            self._failed_quiet += 1
+        else:
+            more = (f" ({self._failed_quiet} more since the last such line; counted in "
+                    "metrics)") if self._failed_quiet else ""
+            self._failed_logged = now
+            self._failed_quiet = 0
+            log.info("listener %s: %s handshake with %s failed: %s%s", self.config.name,
+                     stage, who, why, more)
+
+    def _refuse(self, idx: int, why: str) -> None:
         self.services.metrics.inc(idx)
         now = asyncio.get_running_loop().time()
         if now - self._refused_logged >= REFUSED_LOG_EVERY:
             self._refused_logged = now
             log.warning("listener %s: refusing connections over %s (logged at most every "
                         "%gs; counted in metrics)", self.config.name, why, REFUSED_LOG_EVERY)
-        return _Refused()
+
+
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
+    """A non-blocking listening socket on (host, port), as the event loop's server binds
+    (SO_REUSEADDR, the first address the name resolves to)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _peer_of(sock: socket.socket) -> str:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "?"
+    return "%s:%s" % peer[:2]
+
+
+def _was_made(protocol: asyncio.Protocol) -> bool:
+    """Whether the protocol got its socket (its slot is then the Connection's to free)."""
+    if isinstance(protocol, Connection):
+        return protocol.transport is not None
+    return getattr(protocol, "raw", None) is not None
+
+
+#: OpenSSL's reasons an operator meets most, said plainly.
+_TLS_REASONS = {
+    "WRONG_VERSION_NUMBER": "not TLS (a plain MQTT client on a TLS port?)",
+    "HTTP_REQUEST": "not TLS (a plain HTTP request on a TLS port)",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate (verify = required)",
+    "CERTIFICATE_VERIFY_FAILED": "the client's certificate did not verify against cafile",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this server's certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client rejected this server's certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the client says a certificate expired",
+    "UNSUPPORTED_PROTOCOL": "the client offers no TLS version this listener allows",
+    "NO_SHARED_CIPHER": "no cipher in common with the client",
+    "UNEXPECTED_EOF_WHILE_READING": "the client closed during the handshake",
+}
+
+
+def _tls_reason(err: BaseException) -> str:
+    if isinstance(err, ssl.SSLError):
+        reason = err.reason or ""
+        text = _TLS_REASONS.get(reason)
+        if text:
+            return f"{text} [{reason}]"
+        if isinstance(err, ssl.SSLCertVerificationError) and err.verify_message:
+            return f"the client's certificate: {err.verify_message} [{reason}]"
+        return reason or err.strerror or str(err)
+    return str(err) or type(err).__name__
