@@ -160,5 +160,6 @@ def test_renew_server_writes_a_new_certificate_that_is_served(pki: Pki) -> None:
         cctx = client_context(pki.ca_cert, pki.client("c"))
         with socket.create_connection(("127.0.0.1", broker.port), timeout=WAIT) as raw, \
                 cctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-            served = s.getpeercert()
-        assert served is not None and int(served["serialNumber"], 16) == serial
+            served = s.getpeercert(binary_form=True)
+        assert served is not None
+        assert x509.load_der_x509_certificate(served).serial_number == serial
