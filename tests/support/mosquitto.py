@@ -44,6 +44,14 @@ class Mosquitto:
         self.dir = Path(tempfile.mkdtemp(prefix="mosquitto-test-"))
         self.log_path = self.dir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._start(list(listener_lines), attempts)
+        except BaseException:
+            self.stop()  # the error carries the log; nothing is left behind
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _start(self, listener_lines: list[str], attempts: int) -> None:
         for _ in range(attempts):
             self.port, self.tcp_port = free_port(), free_port()
             conf = self.dir / "mosquitto.conf"
@@ -60,7 +68,6 @@ class Mosquitto:
             deadline = time.monotonic() + WAIT * 2
             while b" running" not in self.log_path.read_bytes() and self.proc.poll() is None:
                 if time.monotonic() > deadline:
-                    self.stop()
                     raise RuntimeError("mosquitto did not start:\n" + self.log())
                 time.sleep(0.02)
             if self.proc.poll() is None:
