@@ -16,6 +16,7 @@ import ssl
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..config import Listener
 
@@ -52,6 +53,24 @@ def _validity(pem: bytes, what: str, now: datetime.datetime) -> str | None:
     return None
 
 
+def _key_problem(pem: bytes, password: str) -> tuple[str, str] | None:
+    """(key, what) when the key file cannot be used with this password, else None (OpenSSL
+    says only "PEM lib" for most of these)."""
+    try:
+        serialization.load_pem_private_key(pem, password.encode() if password else None)
+    except TypeError:
+        if password:
+            return "keyfile_password", "the key is not encrypted: remove keyfile_password"
+        return "keyfile_password", "the key is encrypted: its password is needed"
+    except ValueError:
+        if password:
+            return "keyfile", "wrong keyfile_password (or not a PEM private key)"
+        return "keyfile", "not a PEM private key"
+    except Exception as err:  # noqa: BLE001  (an unsupported key type, say)
+        return "keyfile", f"unusable private key: {err}"
+    return None
+
+
 def build_context(lst: Listener) -> ssl.SSLContext:
     """The server context of a TLS listener; TlsError naming each problem."""
     path = f"listeners.{lst.name}."
@@ -76,9 +95,13 @@ def build_context(lst: Listener) -> ssl.SSLContext:
         if problem:
             errors.append(f"{path}certfile: {lst.certfile}: {problem}")
     try:
-        _read(lst.keyfile)
+        key_pem = _read(lst.keyfile)
     except OSError as err:
         errors.append(f"{path}keyfile: cannot read {lst.keyfile}: {err.strerror or err}")
+    else:
+        problem = _key_problem(key_pem, lst.keyfile_password)
+        if problem:
+            errors.append(f"{path}{problem[0]}: {lst.keyfile}: {problem[1]}")
     if not errors:
         try:
             ctx.load_cert_chain(lst.certfile, lst.keyfile,

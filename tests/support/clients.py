@@ -66,12 +66,20 @@ class Client:
     def __init__(self, broker: BrokerProcess, client_id: str = "", *, version: int = 4,
                  clean: bool = True, keepalive: int = 60, will: dict[str, Any] | None = None,
                  username: str | None = None, password: str | None = None,
-                 properties: Properties | None = None, port: int | None = None) -> None:
+                 properties: Properties | None = None, port: int | None = None,
+                 transport: str = "tcp", ws_path: str = "/mqtt",
+                 tls: dict[str, Any] | None = None) -> None:
+        """``transport``: "tcp" or "websockets" (paho's own WebSocket client, at
+        ``ws_path``); ``tls``: keyword arguments of paho's ``tls_set`` (TLS when given)."""
         kwargs: dict[str, Any] = {"client_id": client_id, "protocol": _PROTOCOLS[version],
-                                  "reconnect_on_failure": False}
+                                  "reconnect_on_failure": False, "transport": transport}
         if version != 5:
             kwargs["clean_session"] = clean
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        if transport == "websockets":
+            self.c.ws_set_options(path=ws_path)
+        if tls is not None:
+            self.c.tls_set(**tls)
         self.version = version
         self.broker = broker
         self.port = port or broker.port
