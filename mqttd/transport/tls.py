@@ -99,9 +99,9 @@ def build_context(lst: Listener) -> ssl.SSLContext:
     except OSError as err:
         errors.append(f"{path}keyfile: cannot read {lst.keyfile}: {err.strerror or err}")
     else:
-        problem = _key_problem(key_pem, lst.keyfile_password)
-        if problem:
-            errors.append(f"{path}{problem[0]}: {lst.keyfile}: {problem[1]}")
+        key_problem = _key_problem(key_pem, lst.keyfile_password)
+        if key_problem:
+            errors.append(f"{path}{key_problem[0]}: {lst.keyfile}: {key_problem[1]}")
     if not errors:
         try:
             ctx.load_cert_chain(lst.certfile, lst.keyfile,
