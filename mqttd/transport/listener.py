@@ -288,7 +288,7 @@ class MqttListener:
             why = _tls_reason(err)
         except Exception as err:  # noqa: BLE001  (uvloop raises a few others on abort)
             why = f"{type(err).__name__}: {err}"
-        sock.close()
+        _close_quietly(sock)
         if not made or not _was_made(made[0]):
             self.connections.pending -= 1
         self.services.metrics.inc(CONNECTIONS_REFUSED_PROXY_PROTOCOL
@@ -337,6 +337,18 @@ def _bind(host: str, port: int, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    """Close with a FIN, not a reset: read off what the client already sent (closing over
+    unread input makes the kernel answer RST, which the client sees as an error)."""
+    try:
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
+    sock.close()
 
 
 def _peer_of(sock: socket.socket) -> str:
