@@ -8,6 +8,10 @@
   the compiled codec the broker runs is not what checks its own output;
 * ``clients``: a paho-mqtt client wrapper and Debian's ``mosquitto_pub``/``mosquitto_sub``;
 * ``sysreader``: readers of a running broker's ``$SYS`` metrics and stats;
+* ``certs``: a real PKI written by the tests (CA, server and client certificates, an expired
+  one, a mismatched key, an encrypted key, an unrelated CA) and server renewal for reloads;
+* ``wsclient``: a raw WebSocket client for frame-level tests; ``browser``: MQTT.js in a
+  headless Chromium; ``mosquitto``: Debian's mosquitto as the reference these were proven on;
 * ``fixtures``: the pytest plugin (``pytest_plugins = ["support.fixtures"]``) with the
   ``clients`` and ``raws`` fixtures and the per-test log check.
 
