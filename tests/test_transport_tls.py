@@ -384,6 +384,7 @@ def test_certificate_reload_keeps_live_connections(pki: Pki, tmp_path: Path) -> 
         old_client.subscribe(topic, 1)
         first = serial_served(b, own)
         assert first == own.server_serial
+        assert f"listener tls: TLS certificate {own.server_chain} valid until" in b.log()
         # ctl listeners reload
         new = own.renew_server()
         assert serial_served(b, own) == first  # nothing reloaded yet

@@ -24,6 +24,7 @@ the new certificate, live connections keep theirs.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import socket
 import ssl
@@ -40,13 +41,15 @@ from ..metrics import (
 from .connection import Connection, Flusher
 from .limiter import TokenBucket
 from .proxy import ProxyError, read_header
-from .tls import TlsError, build_context
+from .tls import TlsError, build_context, expiry
 from .websocket import WsFront
 
 log = logging.getLogger("mqttd")
 
 #: Seconds between two log lines about refused sockets on one listener.
 REFUSED_LOG_EVERY = 10.0
+#: A TLS certificate expiring within this many days is logged as a warning.
+EXPIRY_WARNING_DAYS = 14
 
 
 class ListenerError(Exception):
@@ -153,7 +156,21 @@ class MqttListener:
         extra = " + PROXY protocol" if config.proxy_protocol else ""
         log.info("listener %s on %s:%d (%s%s, zone %s)", config.name, host, bound, config.type,
                  extra, config.zone)
+        if self.tls:
+            self._log_expiry()
         return self.address
+
+    def _log_expiry(self) -> None:
+        """Say when the certificate expires; warn when that is near (renew, then reload)."""
+        expires = expiry(self.config.certfile)
+        if expires is None:
+            return
+        days = (expires - datetime.datetime.now(datetime.UTC)).days
+        level = logging.WARNING if days < EXPIRY_WARNING_DAYS else logging.INFO
+        log.log(level, "listener %s: TLS certificate %s valid until %s UTC (%d days)%s",
+                self.config.name, self.config.certfile, f"{expires:%Y-%m-%d %H:%M}", days,
+                "; renew it and run `mqttd ctl listeners reload %s`" % self.config.name
+                if level == logging.WARNING else "")
 
     def reload_tls(self) -> str:
         """Build the TLS context again from the files (new handshakes use it; live
@@ -164,6 +181,7 @@ class MqttListener:
         self.ssl_context = build_context(self.config)
         log.info("listener %s: TLS certificate and key reloaded from %s", self.config.name,
                  self.config.certfile)
+        self._log_expiry()
         return self.config.certfile
 
     def close(self) -> None:
@@ -187,6 +205,10 @@ class MqttListener:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        for handshake in list(self._handshakes):  # sockets still in their handshake
+            handshake.cancel()
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
 
     # --- accepting ---------------------------------------------------------------------
 

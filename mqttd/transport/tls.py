@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..config import Listener
 
-__all__ = ["TlsError", "build_context", "cert_identity", "check_listener"]
+__all__ = ["TlsError", "build_context", "cert_identity", "check_listener", "expiry"]
 
 _VERSIONS = {"tlsv1.2": ssl.TLSVersion.TLSv1_2, "tlsv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -148,6 +148,14 @@ def _ssl_reason(err: ssl.SSLError, lst: Listener) -> str:
     if "NO_START_LINE" in reason or "PEM" in reason:
         return f"{lst.keyfile} or {lst.certfile}: not PEM (or not a key and a certificate)"
     return f"{lst.keyfile}: {err.reason or err}"
+
+
+def expiry(certfile: str) -> datetime.datetime | None:
+    """When the (first) certificate in ``certfile`` expires; None if it cannot be read."""
+    try:
+        return x509.load_pem_x509_certificate(_read(certfile)).not_valid_after_utc
+    except (OSError, ValueError):
+        return None
 
 
 def check_listener(lst: Listener) -> list[str]:
