@@ -828,7 +828,11 @@ def test_ctl_acl_reload(tmp_path: Path) -> None:
             r = ctl(b, "acl", "reload")
             assert r == Result(0, f"Reloaded password_file {passwd}\n"
                                   f"Reloaded acl_file {acl}\n", ""), r
-            # the same connection: its cached refusal went with the reload
+            # her password changed in the file: the connection made with the old one ends
+            # (as mosquitto does on reload)
+            rc, _ = carol.wait_disconnected()
+            assert rc == NOT_AUTHORIZED
+            carol = made(uid("carol-"), username="carol", password="pw2", version=5)
             assert carol.publish("a/x", b"", 1) == 0x10
             # the new password, and no remembered login with the old one
             old = made(uid("carol-"), username="carol", password="pw", version=5,

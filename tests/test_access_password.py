@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from support import WAIT, builder as B, uid
 from support.clients import Client
-from support.process import MQTTD, BrokerProcess, checked_broker, run_mqttd
+from support.process import MQTTD, BrokerProcess, checked_broker, run_mqttd, wait_log
 from support.raw import RawClient
 
 from mqttd.access.authn import AccessError
@@ -156,7 +156,8 @@ def test_provider_verdicts_and_reload(tmp_path: Path) -> None:
     path.write_text(f"alice:{hash_password(b'secret', 1000).encode()}\n")
     provider = PasswordFile(str(path))
     assert provider.kind == "blocking"
-    assert provider.check(client("alice"), b"secret") == AuthResult()
+    entry = provider.entry("alice")
+    assert provider.check(client("alice"), b"secret") == AuthResult(credential=(provider, entry))
     assert provider.check(client("alice"), b"wrong") == AuthResult(0x86, reason="wrong password")
     assert provider.check(client("alice"), None) == AuthResult(0x86, reason="no password")
     assert provider.check(client("mallory"), b"secret") is None
@@ -165,10 +166,12 @@ def test_provider_verdicts_and_reload(tmp_path: Path) -> None:
     with pytest.raises(AccessError) as err:
         provider.reload()
     assert err.value.errors == [f"{path}:2: expected user:hash (no ':' on the line)"]
-    assert provider.check(client("alice"), b"secret") == AuthResult()  # the old table
+    assert provider.check(client("alice"), b"secret").code == 0  # type: ignore[union-attr]
     path.write_text(f"alice:{hash_password(b'new', 1000).encode()}\n")
     provider.reload()
-    assert provider.check(client("alice"), b"new") == AuthResult()
+    assert provider.check(client("alice"), b"new") == AuthResult(
+        credential=(provider, provider.entry("alice")))
+    assert provider.entry("alice") != entry
     assert provider.check(client("alice"), b"secret").code == 0x86  # type: ignore[union-attr]
 
 
@@ -694,3 +697,30 @@ def test_hashing_runs_off_the_event_loop(tmp_path: Path) -> None:
         print("; ".join(runs))
         assert worst < MAX_PAUSE, "the loop stalled: " + "; ".join(runs)
 
+
+
+def test_reload_disconnects_users_removed_or_changed_in_the_file(tmp_path: Path) -> None:
+    """mosquitto re-checks connected clients when it reloads its password file: a user
+    removed from it, or whose password changed, is disconnected (MQTT 5: 0x87); a user whose
+    line did not change stays connected."""
+    path = tmp_path / "passwd"
+    for user, pw in (("keep", "k1"), ("drop", "d1"), ("change", "c1")):
+        mqttd_passwd(*(["-c"] if user == "keep" else []), "-b", str(path), user, pw)
+    config = f'[auth]\npassword_file = "{path}"\n[zones.default]\nallow_anonymous = false\n'
+    with checked_broker(config) as b:
+        conns = {}
+        for user, pw in (("keep", "k1"), ("drop", "d1"), ("change", "c1")):
+            c = Client(b, uid(f"{user}-"), version=5, username=user, password=pw)
+            c.connect()
+            conns[user] = c
+        assert mqttd_passwd("-D", str(path), "drop").returncode == 0
+        assert mqttd_passwd("-b", str(path), "change", "c2").returncode == 0
+        os.kill(b.proc.pid, signal.SIGHUP)
+        for user in ("drop", "change"):
+            rc, _ = conns[user].wait_disconnected()
+            assert int(rc.value) == 0x87, (user, rc)
+        wait_log(b, "because its credentials were revoked (reload by SIGHUP)")
+        assert conns["keep"].disconnected is None
+        conns["keep"].subscribe("still/here", 0)
+        for c in conns.values():
+            c.close()

@@ -151,3 +151,34 @@ def test_password_from_standard_input(tmp_path: Any, monkeypatch: Any) -> None:
     finally:
         b.stop()
         b.cleanup()
+
+
+def test_clients_of_a_user_whose_password_changes_or_who_is_deleted_are_disconnected(
+        tmp_path: Any) -> None:
+    """As mosquitto on reload: a connection made with credentials that no longer hold ends
+    (MQTT 5: DISCONNECT 0x87); other users' connections stay."""
+    b = _broker(tmp_path)
+    try:
+        ok(b, "users", "add", "alice", "first")
+        ok(b, "users", "add", "bob", "other")
+        alice = Client(b, uid("a-"), version=5, username="alice", password="first")
+        alice.connect()
+        bob = Client(b, uid("b-"), version=5, username="bob", password="other")
+        bob.connect()
+        ok(b, "users", "passwd", "alice", "second")
+        rc, _ = alice.wait_disconnected()
+        assert int(rc.value) == 0x87, rc
+        assert _connect(b, "alice", "first") == 0x86
+        again = Client(b, uid("a2-"), version=5, username="alice", password="second")
+        again.connect()
+        ok(b, "users", "del", "alice")
+        rc, _ = again.wait_disconnected()
+        assert int(rc.value) == 0x87, rc
+        assert "because its user was deleted" in b.log()
+        assert bob.disconnected is None
+        bob.subscribe("alice/x", 0)  # still served
+        for c in (alice, again, bob):
+            c.close()
+    finally:
+        b.stop()
+        b.cleanup()

@@ -201,8 +201,12 @@ class PasswordFile:
         log.debug("%s: hashed the password of %r ($%s$): %s", self.path, username,
                   entry.scheme, "match" if ok else "no match")
         if ok:
-            return AuthResult()
+            return AuthResult(credential=(self, entry))
         return AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="wrong password")
+
+    def entry(self, username: str) -> object:
+        """The user's line now (compared with the one a client proved itself against)."""
+        return self._users.get(username)
 
     def reload(self) -> None:
         users = read_password_file(self.path)  # AccessError: the old table stays

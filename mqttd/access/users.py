@@ -124,8 +124,13 @@ class BuiltinUsers:
             return AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="no password")
         password_hash, superuser = entry
         if password_hash.verify(password):
-            return AuthResult(superuser=superuser)
+            return AuthResult(superuser=superuser, credential=(self, entry))
         return AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="wrong password")
+
+    def entry(self, username: str) -> object:
+        """The user's entry now (hash and superuser flag): a client that proved itself
+        against another one is disconnected after ``users passwd`` / ``users del``."""
+        return self.table.get(username) if self.table is not None else None
 
     def reload(self) -> None:
         pass  # the table changes live (mqttd ctl users)

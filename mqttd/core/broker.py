@@ -169,7 +169,7 @@ class Broker:
         if code:
             return AuthResult(code, True,
                               reason=reason or "refused by a client.authenticate hook")
-        return AuthResult(0, True, result.superuser, result.acl)
+        return AuthResult(0, True, result.superuser, result.acl, credential=result.credential)
 
     def check_acl(self, client: ClientInfo, action: str, topic: str) -> int:
         """0 to allow ``action`` ("publish"/"subscribe") on ``topic``, else a reason code:

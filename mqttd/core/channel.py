@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 
 from ..config import Zone
 from ..hooks import Hooks
+from ..logsetup import CONNECTIONS
 from ..metrics import (
     CLIENT_CONNACK,
     CLIENT_CONNECT,
@@ -125,6 +126,7 @@ from .services import (
     ClientInfo,
     CloseReason,
     CommitGate,
+    CredentialSource,
     EncodedCache,
     EnhancedAuth,
     SessionOwner,
@@ -132,6 +134,11 @@ from .services import (
 from .session import AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
+#: One info line per connect, refusal and disconnect ([log] connection_messages): per
+#: connection, never per packet.
+clog = logging.getLogger(CONNECTIONS)
+_INFO: Final = logging.INFO
+_PROTOCOLS = {3: "MQTT 3.1", 4: "MQTT 3.1.1", 5: "MQTT 5"}
 
 
 class ChannelState(enum.IntEnum):
@@ -264,7 +271,7 @@ class Channel:
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
         "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
         "auth_method", "_auth", "gate", "hold", "transport", "cert_username", "cert_clientid",
-        "cert_user",
+        "cert_user", "close_code", "auth_credential",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -293,6 +300,8 @@ class Channel:
         #: Why the connection ends (set with ``closing``), and a readable detail for the log.
         self.close_reason: CloseReason | None = None
         self.close_detail = ""
+        #: The reason code the close carried (a protocol error's, a kick's), for the log.
+        self.close_code: int | None = None
         self.paused = False
         self.normal_disconnect = False
         self.created_at = time.time()
@@ -327,6 +336,8 @@ class Channel:
         #: What authentication granted (ClientInfo carries it to authorization).
         self.superuser = False
         self.auth_acl: object = None
+        #: What the client's password was checked against (AuthResult.credential).
+        self.auth_credential: tuple[CredentialSource, object] | None = None
         #: Set at CONNACK when deliveries to this client must pass authorization (an
         #: authorization chain exists and the client is no superuser); None costs
         #: ``deliver`` one test.
@@ -423,6 +434,7 @@ class Channel:
         self.closing = True
         self.close_reason = reason
         self.close_detail = detail
+        self.close_code = code
 
     def handle_close(self, reason: CloseReason = CloseReason.CLOSED, detail: str = "") -> None:
         """The connection is over (or about to be: closing, lingering): end the client's
@@ -441,13 +453,50 @@ class Channel:
             return
         self.state = DISCONNECTED
         reason = self.close_reason or CloseReason.CLOSED
-        log.debug("client %s disconnected: %s (%s)", self.client_id, reason.value,
-                  self.close_detail)
+        if clog.isEnabledFor(_INFO):
+            self._log_disconnected(reason)
         self.metrics.inc(CLIENT_DISCONNECTED)
         hooks = self.hooks
         if hooks.client_disconnected:
             hooks.run("client.disconnected", self._describe(), reason)
         self.services.close_session(self)
+
+    def _log_connected(self, present: bool) -> None:
+        proto = _PROTOCOLS.get(self.version, str(self.version))
+        username = self.username  # never the password
+        clog.info("client %s connected from %s (listener %s, %s, %s, clean start %d, "
+                  "keepalive %d, %s)", self.client_id, self.peer, self.listener,
+                  self.transport, proto, self.clean_start, self.keepalive,
+                  "no username" if username is None else "username " + username,
+                  extra={"fields": {
+                      "event": "connected", "client_id": self.client_id, "peer": self.peer,
+                      "listener": self.listener, "transport": self.transport,
+                      "protocol": proto, "clean_start": self.clean_start,
+                      "keepalive": self.keepalive, "username": username,
+                      "session_present": present}})
+
+    def _log_disconnected(self, reason: CloseReason) -> None:
+        code = self.close_code
+        detail = self.close_detail
+        why = reason.value if code is None else "%s 0x%02X" % (reason.value, code)
+        clog.info("client %s disconnected from %s (listener %s): %s%s", self.client_id,
+                  self.peer, self.listener, why, " (%s)" % detail if detail else "",
+                  extra={"fields": {
+                      "event": "disconnected", "client_id": self.client_id, "peer": self.peer,
+                      "listener": self.listener, "reason": reason.value,
+                      "reason_code": code, "detail": detail}})
+
+    def _log_refused(self, code: int, reason: str) -> None:
+        # Always logged (an operator's first question), by the connection logger unless
+        # connection messages are off.
+        logger = clog if clog.isEnabledFor(_INFO) else log
+        logger.info("client %s refused from %s (listener %s, %s, %s): CONNACK 0x%02X %s",
+                    self.client_id or "(no client id)", self.peer, self.listener,
+                    self.transport, _PROTOCOLS.get(self.version, str(self.version)), code,
+                    reason, extra={"fields": {
+                        "event": "refused", "client_id": self.client_id, "peer": self.peer,
+                        "listener": self.listener, "transport": self.transport,
+                        "username": self.username, "reason_code": code, "detail": reason}})
 
     # --- input -----------------------------------------------------------------------
 
@@ -629,7 +678,10 @@ class Channel:
 
     # --- CONNECT ---------------------------------------------------------------------
 
-    def _refuse(self, code: int, reason: str) -> None:
+    def _refuse(self, code: int, reason: str, detail: str = "") -> None:
+        """CONNACK ``code`` (MQTT 5: with ``reason`` as its Reason String) and close;
+        ``detail`` (what the log says beyond the client's reason) stays on the server."""
+        self._log_refused(code, detail or reason)
         metrics = self.metrics
         metrics.inc(CLIENT_CONNACK)
         props: Properties = {}
@@ -724,10 +776,11 @@ class Channel:
             # The detail is logged at info (an operator's first question, never with the
             # password); the client is told only the code's meaning: "wrong password" and
             # "unknown user" must not tell a guesser which user names exist.
-            log.info("refusing %s from %s: %s", self.client_id, self.peer, reason)
-            return self._refuse(result.code, _PUBLIC_REFUSALS.get(result.code, reason))
+            return self._refuse(result.code, _PUBLIC_REFUSALS.get(result.code, reason),
+                                reason)
         self.superuser = result.superuser
         self.auth_acl = result.acl
+        self.auth_credential = result.credential
         zone = self.zone
         version = self.version
         if identity is not None and zone.use_username_as_clientid \
@@ -825,6 +878,8 @@ class Channel:
             # CONNACK itself is exempt: without it the client cannot go on at all.
             self.client_max_packet = client_max_packet
         metrics.inc(CLIENT_CONNECTED)
+        if clog.isEnabledFor(_INFO):
+            self._log_connected(present)
         if hooks.client_connected:
             hooks.run("client.connected", self._describe())
         if present:

@@ -24,7 +24,8 @@ from ..mqtt.packets import SubOpts
 from .message import Message
 
 __all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "ClientInfo", "CloseReason",
-           "CommitGate", "Delivery", "EncodedCache", "EnhancedAuth", "SessionOwner",
+           "CommitGate", "CredentialSource", "Delivery", "EncodedCache", "EnhancedAuth",
+           "SessionOwner",
            "SessionStore", "Subscriber", "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
@@ -146,6 +147,12 @@ class SessionOwner(Subscriber, Protocol):
         ...
 
 
+class CredentialSource(Protocol):
+    """A provider with stored credentials: its entry for a user now (None: no such user)."""
+
+    def entry(self, username: str) -> object: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AuthResult:
     """An authentication outcome: ``code`` 0 accepts (with what was granted), anything else
@@ -164,6 +171,12 @@ class AuthResult:
     cert_user: bool = False
     #: Why, for the log line of a refusal (never the password).
     reason: str = ""
+    #: What an accepted client proved itself against: (provider, the stored entry its
+    #: password matched). After a reload or a user change the node compares it with the
+    #: provider's entry now (``provider.entry(username)``) and disconnects the client when
+    #: its entry is gone or changed (as mosquitto does on reload). None: nothing to compare
+    #: (a token, a remote server, anonymous).
+    credential: tuple[CredentialSource, object] | None = None
     #: With ``decided`` False: providers were asked and none knew the client (rather
     #: than no provider being configured). A user name nobody knows is then refused.
     asked: bool = False

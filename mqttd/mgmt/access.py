@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..access.authn import AccessError
 from ..core.channel import CONNECTED, Channel
 from ..core.services import ClientInfo
+from ..mqtt.reasons import ReasonCode as RC
 from ..mqtt.topics import filter_error, has_disallowed_chars, topic_name_error
 from .errors import Failed, InvalidArgument, Unavailable
 from .listing import Row
@@ -27,12 +28,37 @@ if TYPE_CHECKING:
     from ..access.build import Access
     from ..core.registry import Registry
 
-__all__ = ["ACTIONS", "Acl"]
+__all__ = ["ACTIONS", "Acl", "disconnect_revoked"]
 
 log = logging.getLogger("mqttd.mgmt")
 
 #: What ``check`` can ask about: a client publishing, subscribing, or being sent a message.
 ACTIONS = ("publish", "subscribe", "deliver")
+
+
+def disconnect_revoked(registry: Registry, why: str, username: str | None = None
+                       ) -> list[str]:
+    """Disconnect every connected client (of ``username``, if given) whose password was
+    checked against an entry its provider no longer has, or has changed (a user removed
+    from the password file, deleted, given a new password): MQTT 5 clients get DISCONNECT
+    0x87. mosquitto does the same on reload; without it a removed user stays connected, with
+    its rights, until it disconnects. Returns the client ids."""
+    kicked = []
+    for client_id, owner in list(registry.channels.items()):
+        if not isinstance(owner, Channel) or owner.closing:
+            continue
+        credential = owner.auth_credential
+        if credential is None or (username is not None and owner.username != username):
+            continue
+        provider, entry = credential
+        if owner.username is None or provider.entry(owner.username) != entry:
+            registry.kick(client_id, RC.NOT_AUTHORIZED, why)
+            kicked.append(client_id)
+    if kicked:
+        log.info("disconnected %d client%s because %s: %s", len(kicked),
+                 "" if len(kicked) == 1 else "s", why, ", ".join(kicked[:20])
+                 + (" ..." if len(kicked) > 20 else ""))
+    return kicked
 
 
 class Acl:
@@ -72,6 +98,8 @@ class Acl:
                 chain.reload()
             except AccessError as err:
                 errors += err.errors
+        # Files that did reload may have dropped or changed a connected client's user.
+        disconnect_revoked(self.registry, f"its credentials were revoked (reload by {by})")
         if errors:
             log.warning("reload asked by %s failed; the files concerned keep their old "
                         "content: %s", by, "; ".join(errors))

@@ -84,7 +84,7 @@ class Management:
         #: when durability is off.
         self.store = Store(store)
         #: The built-in user table (kept in the store).
-        self.users = Users(access, store)
+        self.users = Users(access, store, broker.registry)
 
     @property
     def node_name(self) -> str:

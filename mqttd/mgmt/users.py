@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 
 from ..access.authn import AccessError
 from ..access.users import check_username
+from .access import disconnect_revoked
 from .errors import Conflict, Failed, InvalidArgument, NotFound, Unavailable
 from .listing import Listing, Row
 
 if TYPE_CHECKING:
     from ..access.build import Access
     from ..access.users import UserTable
+    from ..core.registry import Registry
     from ..store.journal import Journal
 
 log = logging.getLogger("mqttd.mgmt")
@@ -28,9 +30,10 @@ _NO_TABLE = ("there is no user table: it is kept in the store, and [store] durab
 
 class Users:
     def __init__(self, access: Callable[[], Access | None],
-                 journal: Callable[[], Journal | None]) -> None:
+                 journal: Callable[[], Journal | None], registry: Registry) -> None:
         self._access = access
         self._journal = journal
+        self.registry = registry
 
     def _table(self) -> UserTable:
         access = self._access()
@@ -72,6 +75,8 @@ class Users:
             raise NotFound("user", username)
         await self._put(table, username, password, entry[1], existed=True)
         log.info("password of user %s changed%s", username, f" by {by}" if by else "")
+        # As mosquitto on reload: connections made with the old password end.
+        disconnect_revoked(self.registry, "its password was changed", username)
         return {"username": username, "is_superuser": entry[1]}
 
     async def delete(self, username: str, *, by: str = "") -> Row:
@@ -80,6 +85,7 @@ class Users:
             raise NotFound("user", username)
         await self._committed()
         log.info("user %s deleted%s", username, f" by {by}" if by else "")
+        disconnect_revoked(self.registry, "its user was deleted", username)
         return {"username": username}
 
     async def _put(self, table: UserTable, username: str, password: str,
