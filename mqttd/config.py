@@ -217,8 +217,8 @@ class Settings:
     log_level: str = "info"
     zones: dict[str, Zone] = field(default_factory=lambda: {"default": Zone()})
     listeners: list[Listener] = field(default_factory=lambda: [Listener()])
-    #: Seconds between $SYS publications.
-    sys_interval: float = 60.0
+    #: Seconds between $SYS publications (mosquitto's default, 10).
+    sys_interval: float = 10.0
     #: Payload bytes a trace line shows before cutting (mqttd ctl trace --payload-limit).
     trace_payload_limit: int = 256
     #: Plugins loaded at start, in order (``[plugins]`` in the file).
@@ -245,10 +245,11 @@ class ConfigError(Exception):
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
 
-#: Zone keys given as durations (seconds, or a string such as "30s", "2h").
+#: Keys given as durations (seconds, or a string such as "30s", "2h", "500ms"), in every
+#: section.
 _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
-              "max_session_expiry_interval", "cache_ttl", "window", "ban_time",
-              "apply_interval"}
+              "max_session_expiry_interval", "server_keepalive", "max_keepalive",
+              "cache_ttl", "window", "ban_time", "apply_interval", "sys_interval"}
 #: Keys whose default is None (not set) but whose value must be true or false.
 _OPTIONAL_BOOLS = {"allow_anonymous"}
 #: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").

@@ -1,7 +1,7 @@
 """The ``$SYS`` topics (EMQX's emqx_sys and its presence module).
 
-Every ``sys_interval`` seconds (node setting, default 60; 0 turns it off) the
-node publishes, under ``$SYS/brokers/<node>/``:
+Every ``sys_interval`` seconds (node setting, default 10 as mosquitto's; 0 turns it
+off) the node publishes two trees. EMQX's, under ``$SYS/brokers/<node>/``:
 
 * ``version`` and ``sysdescr`` (retained), and ``$SYS/brokers`` itself
   (retained: the node names, comma-joined);
@@ -11,6 +11,13 @@ node publishes, under ``$SYS/brokers/<node>/``:
   (``stats/connections.count``), the value as text;
 * ``metrics/<metric>`` with every ``.`` of the name replaced by ``/``
   (``metrics/packets/publish/received``), the value as text.
+
+And mosquitto's, under ``$SYS/broker/`` (:data:`MOSQUITTO_TOPICS`), so mosquitto
+dashboards and exporters work unchanged: every value retained as mosquitto retains
+them, and published only when it changed (``uptime`` changes every time), as
+mosquitto does. ``load/.../1min``, ``5min`` and ``15min`` are moving averages of
+the rate per minute over those windows (exponentially weighted at each round, as
+mosquitto's), printed with two decimals.
 
 The first publication happens at start, so the retained topics are there at
 once. EMQX publishes uptime and datetime on a separate 30 s heartbeat; here
@@ -32,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -43,12 +51,54 @@ from .hooks import Hooks
 from .metrics import Metrics
 from .stats import Stats
 
-__all__ = ["SysPublisher", "format_uptime"]
+__all__ = ["LOAD_WINDOWS", "MOSQUITTO_LOADS", "MOSQUITTO_NAMES", "MOSQUITTO_TOPICS", "SysPublisher",
+           "format_uptime"]
 
 log = logging.getLogger("mqttd.sys")
 
 SYSDESCR = "mqttd: an MQTT 3.1/3.1.1/5.0 broker"
 PRESENCE_QOS = 1
+
+#: mosquitto's ``$SYS/broker/<topic>`` names and where each value comes from: a stat
+#: (``stats:``), a metric (``metrics:``), or a difference of two stats.
+MOSQUITTO_TOPICS: dict[str, str] = {
+    "clients/connected": "stats:connections.count",
+    "clients/active": "stats:connections.count",  # mosquitto's older name, still published
+    "clients/maximum": "stats:connections.max",
+    "clients/total": "stats:sessions.count",
+    "clients/disconnected": "stats:sessions.count-connections.count",
+    "clients/inactive": "stats:sessions.count-connections.count",
+    "messages/received": "metrics:packets.received",  # mosquitto: packets of any type
+    "messages/sent": "metrics:packets.sent",
+    "publish/messages/received": "metrics:messages.received",
+    "publish/messages/sent": "metrics:messages.sent",
+    "publish/messages/dropped": "metrics:delivery.dropped",
+    "bytes/received": "metrics:bytes.received",
+    "bytes/sent": "metrics:bytes.sent",
+    "subscriptions/count": "stats:subscriptions.count",
+    "shared_subscriptions/count": "stats:subscriptions.shared.count",
+    "retained messages/count": "stats:retained.count",
+}
+
+#: ``$SYS/broker/load/<name>/{1min,5min,15min}``: the metric whose rate each averages.
+MOSQUITTO_LOADS: dict[str, str] = {
+    "messages/received": "packets.received",
+    "messages/sent": "packets.sent",
+    "bytes/received": "bytes.received",
+    "bytes/sent": "bytes.sent",
+    "publish/received": "messages.received",
+    "publish/sent": "messages.sent",
+    "publish/dropped": "delivery.dropped",
+    "connections": "client.connect",
+}
+
+#: The load windows, in seconds, by their topic suffix.
+LOAD_WINDOWS = {"1min": 60.0, "5min": 300.0, "15min": 900.0}
+
+#: Every name of the ``$SYS/broker/`` tree (each one retained message).
+MOSQUITTO_NAMES: frozenset[str] = frozenset(
+    {"version", "uptime", *MOSQUITTO_TOPICS,
+     *(f"load/{name}/{window}" for name in MOSQUITTO_LOADS for window in LOAD_WINDOWS)})
 
 
 def format_uptime(seconds: float) -> str:
@@ -78,6 +128,13 @@ class SysPublisher:
         self.started_at = started_at
         self.prefix = f"$SYS/brokers/{node_name}/"
         self._hooked = False
+        #: The last payload published per mosquitto topic (only changes are published).
+        self._last: dict[str, bytes] = {}
+        #: Load averages (per minute) by topic, and the counters and time they were last
+        #: computed from.
+        self._loads: dict[str, float] = {}
+        self._load_base: dict[str, int] = {}
+        self._load_at: float | None = None
 
     # --- presence -------------------------------------------------------------------
 
@@ -153,8 +210,59 @@ class SysPublisher:
         publish("datetime", time.strftime("%Y-%m-%d %H:%M:%S").encode())
         for name, value in self.stats.snapshot().items():
             publish("stats/" + name, str(value).encode())
-        for name, value in self.metrics.snapshot().items():
+        metrics = self.metrics.snapshot()
+        for name, value in metrics.items():
             publish("metrics/" + name.replace(".", "/"), str(value).encode())
+        self.publish_mosquitto(metrics, time.monotonic())
+
+    # --- mosquitto's tree -----------------------------------------------------------
+
+    def publish_mosquitto(self, metrics: dict[str, int], now: float) -> None:
+        """One round of ``$SYS/broker/...``: each value retained, published if it changed."""
+        stats = self.stats
+        values: dict[str, str] = {
+            "version": f"mqttd version {__version__}",
+            "uptime": f"{int(time.time() - self.started_at)} seconds",
+        }
+        for topic, source in MOSQUITTO_TOPICS.items():
+            kind, _, expr = source.partition(":")
+            if kind == "metrics":
+                values[topic] = str(metrics.get(expr, 0))
+            else:
+                first, _, minus = expr.partition("-")
+                n = stats.get(first) - (stats.get(minus) if minus else 0)
+                values[topic] = str(max(n, 0))
+        for topic, avg in self._update_loads(metrics, now).items():
+            values[topic] = f"{avg:.2f}"
+        last = self._last
+        dispatch = self.dispatcher.publish
+        for topic, text in values.items():
+            payload = text.encode()
+            if last.get(topic) != payload:
+                last[topic] = payload
+                dispatch(Message("$SYS/broker/" + topic, payload, 0, True))
+
+    def _update_loads(self, metrics: dict[str, int], now: float) -> dict[str, float]:
+        """The load averages after this round: each window's average moves toward the rate
+        (per minute) since the last round by 1 - e^(-elapsed/window)."""
+        loads = self._loads
+        base = self._load_base
+        previous = self._load_at
+        self._load_at = now
+        for name, metric in MOSQUITTO_LOADS.items():
+            count = metrics.get(metric, 0)
+            if previous is None or now <= previous:
+                for suffix in LOAD_WINDOWS:
+                    loads.setdefault(f"load/{name}/{suffix}", 0.0)
+            else:
+                elapsed = now - previous
+                rate = (count - base.get(name, count)) * 60.0 / elapsed
+                for suffix, window in LOAD_WINDOWS.items():
+                    topic = f"load/{name}/{suffix}"
+                    keep = math.exp(-elapsed / window)
+                    loads[topic] = loads.get(topic, 0.0) * keep + rate * (1.0 - keep)
+            base[name] = count
+        return loads
 
     async def run(self, interval: float) -> None:
         """The $SYS worker: publish now, then every ``interval`` seconds (run it supervised)."""

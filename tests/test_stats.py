@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mqttd.stats import NAMES, STATS, Stats
+from mqttd.sys_topics import MOSQUITTO_NAMES
 
 
 def test_names_are_emqx_pairs() -> None:
@@ -147,8 +148,9 @@ def test_broker_stats_over_sys() -> None:
             "routes.count": 4, "topics.count": 4,
             "subscriptions.count": 5, "suboptions.count": 5, "subscriptions.shared.count": 1,
             "subscribers.count": 3,
-            # r/1, r/2 and the three retained $SYS topics (version, sysdescr, $SYS/brokers)
-            "retained.count": 5,
+            # r/1, r/2, the three retained EMQX $SYS topics (version, sysdescr,
+            # $SYS/brokers) and mosquitto's $SYS/broker/... values, all retained
+            "retained.count": 5 + len(MOSQUITTO_NAMES),
         }
         got = reader.wait_for(want)
         assert {k: got[k] for k in want} == want

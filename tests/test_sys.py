@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,10 +15,11 @@ from support.clients import Client
 from support.process import BrokerProcess
 
 from mqttd import __version__
+from mqttd.config import Settings, parse_settings
+from mqttd.core.services import CloseReason
 from mqttd.metrics import NAMES as METRIC_NAMES
 from mqttd.stats import NAMES as STAT_NAMES
-from mqttd.core.services import CloseReason
-from mqttd.sys_topics import format_uptime
+from mqttd.sys_topics import MOSQUITTO_NAMES, format_uptime
 
 NODE = "mqttd@127.0.0.1"
 PREFIX = f"$SYS/brokers/{NODE}/"
@@ -162,3 +164,105 @@ def _expiry(seconds: int) -> Any:
     from support.clients import props
 
     return props(PacketTypes.CONNECT, SessionExpiryInterval=seconds)
+
+
+# --- mosquitto's $SYS/broker/... tree ------------------------------------------------
+
+def test_the_mosquitto_names_a_dashboard_reads_are_all_there() -> None:
+    """The names mosquitto dashboards read (mosquitto 2.0's $SYS/broker/...)."""
+    assert MOSQUITTO_NAMES >= {
+        "clients/connected", "clients/total", "clients/disconnected", "clients/maximum",
+        "messages/received", "messages/sent", "bytes/received", "bytes/sent",
+        "publish/messages/received", "publish/messages/sent", "subscriptions/count",
+        "retained messages/count", "uptime", "version",
+        *(f"load/{kind}/{d}/{w}" for kind in ("messages", "bytes") for d in ("received", "sent")
+          for w in ("1min", "5min", "15min"))}
+
+
+def _mosquitto_sub(broker: BrokerProcess, topic: str, count: int) -> dict[str, tuple[str, str]]:
+    """``mosquitto_sub -t TOPIC -C count``: {topic below $SYS/broker/: (retain flag, payload)}
+    of the first message per topic."""
+    done = subprocess.run(
+        ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", topic,
+         "-C", str(count), "-W", "10", "-F", "%r|%t|%p"],
+        capture_output=True, text=True, timeout=20, check=False)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    got: dict[str, tuple[str, str]] = {}
+    for line in done.stdout.splitlines():
+        retain, topic_name, payload = line.split("|", 2)
+        got.setdefault(topic_name.removeprefix("$SYS/broker/"), (retain, payload))
+    return got
+
+
+def test_mosquitto_sub_reads_the_mosquitto_tree_retained(broker: BrokerProcess) -> None:
+    """A mosquitto client subscribing to $SYS/broker/# gets every value at once, retained
+    (as mosquitto retains them), in mosquitto's formats."""
+    got = _mosquitto_sub(broker, "$SYS/broker/#", len(MOSQUITTO_NAMES))
+    assert set(got) == MOSQUITTO_NAMES
+    assert {retain for retain, _ in got.values()} == {"1"}
+    values = {name: payload for name, (_, payload) in got.items()}
+    assert values["version"] == f"mqttd version {__version__}"
+    assert re.fullmatch(r"\d+ seconds", values["uptime"])
+    for name, payload in values.items():
+        if name.startswith("load/"):
+            assert re.fullmatch(r"\d+\.\d\d", payload), (name, payload)
+        elif name not in ("version", "uptime"):
+            assert payload.isdigit(), (name, payload)
+
+
+def test_mosquitto_tree_counts_clients_and_traffic(broker: BrokerProcess) -> None:
+    """clients/connected follows connections; the load averages rise under traffic; the
+    counters match the EMQX tree's."""
+    pub = Client(broker, uid("load-"))
+    watcher = Client(broker, uid("watch-"))
+    try:
+        pub.connect()
+        watcher.connect()
+        for name in ("load/publish/received/1min", "clients/connected",
+                     "retained messages/count"):
+            watcher.subscribe("$SYS/broker/" + name, 0)
+        for _ in range(200):
+            pub.publish(uid("load/t/"), b"x" * 100, qos=0)
+        pub.publish("load/end", b"end", qos=1)
+        deadline = time.monotonic() + 10
+        latest: dict[str, float] = {}
+
+        def done() -> bool:
+            return (latest.get("load/publish/received/1min", 0) > 0
+                    and latest.get("clients/connected", 0) >= 2
+                    # $SYS values are retained messages too, counted as mosquitto counts
+                    and latest.get("retained messages/count", 0) >= len(MOSQUITTO_NAMES))
+
+        while not done():  # each topic is published again when its value changes
+            assert time.monotonic() < deadline, latest
+            msg = watcher.expect_message(timeout=max(0.01, deadline - time.monotonic()))
+            latest[msg.topic.removeprefix("$SYS/broker/")] = float(msg.payload)
+    finally:
+        pub.close()
+        watcher.close()
+
+
+def test_retained_clean_keeps_the_brokers_own_sys_values(broker: BrokerProcess) -> None:
+    """`mqttd ctl retained clean` deletes the operators' retained messages, not $SYS."""
+    from support.clients import mosquitto_pub
+    from support.process import run_mqttd
+
+    topic = uid("keep/")
+    mosquitto_pub(broker, "-t", topic, "-m", "mine", "-r")
+    done = run_mqttd("ctl", "--data-dir", str(broker.data_dir), "--json", "retained", "clean")
+    assert done.returncode == 0, done
+    assert json.loads(done.stdout)["cleaned"] >= 1
+    done = run_mqttd("ctl", "--data-dir", str(broker.data_dir), "--json", "retained", "list")
+    topics = {row["topic"] for row in json.loads(done.stdout)}
+    assert topic not in topics
+    assert topics and all(t.startswith("$SYS/") for t in topics), topics
+    assert {"$SYS/broker/version", PREFIX + "version", "$SYS/brokers"} <= topics
+    got = _mosquitto_sub(broker, "$SYS/broker/version", 1)
+    assert got["version"] == ("1", f"mqttd version {__version__}")
+
+
+def test_sys_interval_defaults_to_mosquittos_and_takes_a_duration() -> None:
+    assert Settings().sys_interval == 10
+    assert parse_settings({"node": {"sys_interval": "10s"}}).sys_interval == 10
+    assert parse_settings({"node": {"sys_interval": "1m"}}).sys_interval == 60
+    assert parse_settings({"node": {"sys_interval": "500ms"}}).sys_interval == 0.5

@@ -79,10 +79,17 @@ class Retained:
         return found
 
     async def clean(self, topic: str | None = None, *, by: str = "management") -> int:
-        """Delete every retained message, or those of a topic or filter; returns how many."""
+        """Delete every retained message (but the broker's own ``$SYS`` ones), or those of a
+        topic or filter; returns how many."""
         retainer = self.retainer
         if topic is None:
-            n = retainer.clear()
+            # The broker's own $SYS values are not the operator's data: kept, or a
+            # dashboard would see no version or load until the next $SYS round.
+            own = [m for t in retainer.topics() if t.startswith("$SYS/")
+                   if (m := retainer.get(t)) is not None]
+            n = retainer.clear() - len(own)
+            for msg in own:
+                retainer.restore(msg)
         else:
             problem = filter_error(topic)
             if problem:
