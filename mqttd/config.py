@@ -209,6 +209,47 @@ class StoreSettings:
 
 
 @dataclass(slots=True)
+class LogSettings:
+    """``[log]``: where the broker's log goes and how it looks (docs/OPERATIONS.md "Logs").
+    The level is ``Settings.log_level`` (``[log] level``, formerly ``[node] log_level``)."""
+
+    #: "text" (one readable line each) or "json" (JSON Lines with structured fields).
+    format: str = "text"
+    #: A log file (relative to the data directory unless absolute); "" is standard error.
+    file: str = ""
+    #: Bytes after which the file is rotated (0: never; rotate externally, then SIGHUP).
+    max_size: int = 0
+    #: Rotated files kept beside the file when ``max_size`` is set.
+    rotate: int = 5
+    #: Also send every line to syslog (in addition to the file or standard error).
+    syslog: bool = False
+    #: A Unix socket path, or "host:port" for UDP syslog.
+    syslog_address: str = "/dev/log"
+    syslog_facility: str = "daemon"
+    #: One info line per client connect and disconnect (mosquitto's connection_messages).
+    connection_messages: bool = True
+
+
+@dataclass(slots=True)
+class HttpSettings:
+    """``[http]``: the REST management API, ``/metrics`` and the dashboard (docs/HTTP.md).
+    Off unless enabled; on loopback unless told otherwise; no anonymous access."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    #: 0: any free port (the one bound is logged as ``http api on HOST:PORT``).
+    port: int = 18083
+    #: Let requests without credentials in (read and write!): for a loopback-only node.
+    allow_anonymous: bool = False
+    #: Let Prometheus scrape ``/metrics`` without credentials (the rest still needs them).
+    metrics_allow_anonymous: bool = False
+    #: HTTP basic authentication against the built-in user table (superusers only).
+    basic_auth: bool = True
+    #: Largest request body accepted (413 beyond).
+    max_body_size: int = 1024 * 1024
+
+
+@dataclass(slots=True)
 class Settings:
     """Everything the broker needs to start."""
 
@@ -227,6 +268,8 @@ class Settings:
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     flapping: FlappingSettings = field(default_factory=FlappingSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     def zone(self, name: str) -> Zone:
         return self.zones[name]
@@ -253,7 +296,7 @@ _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
 #: Keys whose default is None (not set) but whose value must be true or false.
 _OPTIONAL_BOOLS = {"allow_anonymous"}
 #: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").
-_SIZES = {"max_packet_size", "max_size", "apply_bytes"}
+_SIZES = {"max_packet_size", "max_size", "apply_bytes", "max_body_size"}
 
 _RANGES: dict[str, tuple[float, float]] = {
     "max_packet_size": (16, 268_435_460),
@@ -289,10 +332,16 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_size": (0, 2 ** 50),
     "apply_interval": (0.01, 3600),
     "apply_bytes": (4096, 2 ** 40),
+    "rotate": (1, 1000),
+    "max_body_size": (1024, 2 ** 30),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),
     "log_level": ("debug", "info", "warning", "error"),
+    "level": ("debug", "info", "warning", "error"),
+    "format": ("text", "json"),
+    "syslog_facility": ("kern", "user", "daemon", "auth", "local0", "local1", "local2",
+                        "local3", "local4", "local5", "local6", "local7"),
     "no_match": ("deny", "allow"),
     "deny_action": ("ignore", "disconnect"),
     "durability": ("off", "process", "power"),
@@ -306,6 +355,8 @@ _ZONE_FIELDS = {f.name: f for f in dataclasses.fields(Zone) if f.name != "name"}
 _LISTENER_FIELDS = {f.name: f for f in dataclasses.fields(Listener) if f.name != "name"}
 _FLAPPING_FIELDS = {f.name: f for f in dataclasses.fields(FlappingSettings)}
 _STORE_FIELDS = {f.name: f for f in dataclasses.fields(StoreSettings)}
+_HTTP_FIELDS = {f.name: f for f in dataclasses.fields(HttpSettings)}
+_LOG_FIELDS = {f.name: f for f in dataclasses.fields(LogSettings)}
 _NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level",
                 "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit"}
 
@@ -394,7 +445,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     errors: list[str] = []
     settings = base or Settings()
     sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping",
-                "store"}
+                "store", "log", "http"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -468,6 +519,15 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
             errors.append("store.file: must not be empty")
     else:
         errors.append("store: expected a table")
+    log_settings = _parse_log(data.get("log", {}), settings, errors)
+    http = HttpSettings()
+    table = data.get("http", {})
+    if isinstance(table, dict):
+        _apply(http, table, _HTTP_FIELDS, "http.", errors)
+        if not http.bind:
+            errors.append("http.bind: must not be empty")
+    else:
+        errors.append("http: expected a table")
     if not errors:
         errors += listener_security_errors(listeners, auth)
     if errors:
@@ -480,7 +540,30 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings.authz = authz
     settings.flapping = flapping
     settings.store = store
+    settings.log = log_settings
+    settings.http = http
     return settings
+
+
+def _parse_log(table: object, settings: Settings, errors: list[str]) -> LogSettings:
+    """``[log]``; its ``level`` sets ``settings.log_level`` (what ``[node] log_level`` set)."""
+    log_settings = LogSettings()
+    if not isinstance(table, dict):
+        errors.append("log: expected a table")
+        return log_settings
+    table = dict(table)
+    if "level" in table:
+        value, err = _coerce("level", table.pop("level"), "")
+        if err:
+            errors.append(f"log.level: {err}")
+        else:
+            settings.log_level = str(value)
+    known = {"level": None, **_LOG_FIELDS}
+    for key in [k for k in table if k not in _LOG_FIELDS]:
+        errors.append(_unknown("log.", key, list(known)))
+        del table[key]
+    _apply(log_settings, table, _LOG_FIELDS, "log.", errors)
+    return log_settings
 
 
 #: Listener keys that only mean something for some transports.
@@ -681,7 +764,7 @@ def load_settings(path: str) -> Settings:
 
 
 #: Options of providers and sources that name a file.
-_FILE_OPTIONS = ("path", "public_key_file")
+_FILE_OPTIONS = ("path", "public_key_file", "cafile", "certfile", "keyfile")
 
 
 def _resolve_files(settings: Settings, base: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from support import builder as B, uid
+from support.certs import make_pki
 from support.process import BrokerProcess, checked_broker, log_size, run_mqttd, wait_log
 
 from mqttd.mqtt.packets import Connack
@@ -38,7 +40,8 @@ class AuthServer:
     """The authentication server: aiohttp on its own loop and thread; ``requests`` keeps
     what each request carried (method, path, query, headers, body)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.requests: list[dict[str, Any]] = []
         self.loop = asyncio.new_event_loop()
         self.release: asyncio.Event | None = None
@@ -55,7 +58,7 @@ class AuthServer:
         app.router.add_route("*", "/auth/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app)
         self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         self.loop.run_until_complete(site.start())
         self.port = self.runner.addresses[0][1]
         started.set()
@@ -290,5 +293,62 @@ type = "http"
                  "auth.providers[1].headers.content-type: a GET request has no body",
                  "auth.providers[1].body.nested: GET sends the body as query parameters",
                  "auth.providers[2].url: missing"]:
+        assert text in done.stderr, (text, done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+# --- HTTPS ------------------------------------------------------------------------------------
+
+
+def test_https_server_verified_with_cafile_and_mutual_tls(clients, tmp_path):
+    """An https:// authentication server: verified against ``cafile`` (the system's CAs do
+    not know the test CA: refused, ignored, logged), and a server that wants a client
+    certificate gets mqttd's ``certfile``/``keyfile``."""
+    pki = make_pki(tmp_path / "pki")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    ctx.load_verify_locations(str(pki.ca_cert))
+    ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: mqttd must show its certificate
+    server = AuthServer(ctx)
+    cert, key = pki.client("mqttd-broker")
+    url = f"https://127.0.0.1:{server.port}/auth/tls"
+    try:
+        extra = f'cafile = "{pki.ca_cert}"\ncertfile = "{cert}"\nkeyfile = "{key}"'
+        with checked_broker(config(url, extra)) as b:
+            assert connect_rc(clients, b, "allow") == 0
+            assert connect_rc(clients, b, "deny") == NOT_AUTHORIZED
+        n = len(server.requests)
+        with checked_broker(config(url)) as b:  # system CAs only: the server is not trusted
+            start = log_size(b)
+            assert connect_rc(clients, b, "allow") == BAD_USER
+            wait_log(b, "failed: ClientConnectorCertificateError", start=start)
+        with checked_broker(config(url, f'cafile = "{pki.ca_cert}"')) as b:  # no client cert
+            start = log_size(b)
+            assert connect_rc(clients, b, "allow") == BAD_USER
+            wait_log(b, "http auth: POST", start=start)
+        assert len(server.requests) == n  # neither request reached the handler
+    finally:
+        server.close()
+
+
+def test_https_options_are_checked(tmp_path):
+    cfg = tmp_path / "mqttd.toml"
+    cfg.write_text(f"""
+[[auth.providers]]
+type = "http"
+url = "http://127.0.0.1:1/auth"
+cafile = "ca.pem"
+
+[[auth.providers]]
+type = "http"
+url = "https://127.0.0.1:1/auth"
+cafile = "{tmp_path / 'missing.pem'}"
+certfile = "client.pem"
+""")
+    done = run_mqttd("config", "check", "-c", str(cfg))
+    assert done.returncode == 2, done
+    for text in ["auth.providers[0].cafile: only for an https:// url",
+                 f"auth.providers[1].cafile: cannot load {tmp_path / 'missing.pem'}",
+                 "auth.providers[1].keyfile: certfile and keyfile go together"]:
         assert text in done.stderr, (text, done.stderr)
     assert "Traceback" not in done.stderr

@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -87,6 +88,14 @@ class HttpProvider:
             else:
                 if parsed.scheme not in ("http", "https") or not parsed.host:
                     opts.error("url", "expected http://HOST[:PORT]/PATH or https://...")
+        # HTTPS: the server is verified against the system's CAs or ``cafile``; ``certfile``
+        # and ``keyfile`` give mqttd a client certificate (an authentication server that
+        # wants mutual TLS). ``verify = false`` is for tests only, and said at start.
+        self.cafile = opts.string("cafile", "") or ""
+        self.certfile = opts.string("certfile", "") or ""
+        self.keyfile = opts.string("keyfile", "") or ""
+        self.verify = opts.boolean("verify", True)
+        self.ssl: ssl.SSLContext | None = self._tls_context(opts)
         self.headers: dict[str, str] = {}
         for name, value in headers.items():
             if not isinstance(value, str):
@@ -141,7 +150,8 @@ class HttpProvider:
         session = self._session
         if session is None or session.closed:
             session = self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.pool_size),
+                connector=aiohttp.TCPConnector(limit=self.pool_size,
+                                               ssl=self.ssl if self.ssl is not None else True),
                 timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
             # No redirects: the credentials would follow to wherever the server points.
@@ -181,6 +191,39 @@ class HttpProvider:
         if not superuser and acl is None:
             return _ALLOW
         return AuthResult(0, superuser=superuser, acl=acl)
+
+    def _tls_context(self, opts: Options) -> ssl.SSLContext | None:
+        """The client context for an https:// server (None for http://, or when nothing in
+        the defaults is changed); option errors go to ``opts``."""
+        tls_keys = [k for k in ("cafile", "certfile", "keyfile", "verify") if opts.has(k)]
+        if not self.url.startswith("https://"):
+            for key in tls_keys:
+                opts.error(key, "only for an https:// url")
+            return None
+        if not tls_keys:
+            return None  # aiohttp's default: the system's CAs, hostname checked
+        ctx = ssl.create_default_context()
+        if self.cafile:
+            try:
+                ctx.load_verify_locations(cafile=self.cafile)
+            except (OSError, ssl.SSLError) as err:
+                opts.error("cafile", f"cannot load {self.cafile}: "
+                           f"{getattr(err, 'strerror', None) or err}")
+        if bool(self.certfile) != bool(self.keyfile):
+            opts.error("certfile" if not self.certfile else "keyfile",
+                       "certfile and keyfile go together (mqttd's client certificate)")
+        elif self.certfile:
+            try:
+                ctx.load_cert_chain(self.certfile, self.keyfile)
+            except (OSError, ssl.SSLError) as err:
+                opts.error("certfile", f"cannot load {self.certfile} with {self.keyfile}: "
+                           f"{getattr(err, 'strerror', None) or err}")
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            log.warning("http auth %s: verify = false: the server's certificate is not "
+                        "checked (anyone in the path can answer allow)", self.url)
+        return ctx
 
     def _ignore(self, kind: str, what: str, client: ClientInfo) -> AuthResult | None:
         """Log one failure to get an answer (at most one line per kind every few
