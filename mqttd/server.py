@@ -21,6 +21,7 @@ from .mgmt.errors import Conflict, Failed, MgmtError, Unavailable
 from .mqtt.reasons import ReasonCode as RC
 from .node import Node
 from .plugins import PluginError
+from .sdnotify import Notifier
 from .store.base import StoreError
 from .transport.connection import Connection, Flusher
 from .transport.listener import ListenerError, MqttListener
@@ -52,6 +53,9 @@ class Server:
         self._stop_reason = "signal received"
         #: Tasks started by signals (kept referenced until done).
         self._tasks: set[asyncio.Task[None]] = set()
+        #: systemd's notification socket (does nothing when not started by systemd).
+        self.notifier = Notifier.from_env()
+        self._watchdog: asyncio.Task[None] | None = None
         node = self.node
         #: Every operator query and action, for the control socket (and later front ends).
         self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,
@@ -108,6 +112,7 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, tell MQTT 5 clients the server is shutting down, flush, close."""
+        self.notifier.stopping("shutting down")
         for tcp in self.listeners.values():
             tcp.close()
         for conn in list(self.connections):
@@ -123,6 +128,8 @@ class Server:
         await self.node.stop()
         if self._stopped is not None:
             self._stopped.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         log.info("mqttd stopped")
         if self.ctl is not None:
             await self.ctl.close()  # last: `mqttd ctl stop` is told when all is done
@@ -225,6 +232,10 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
         if on_ready is not None:
             on_ready()
+        # systemd (Type=notify): ready once every listener accepts; the watchdog pings come
+        # from this loop, so a loop that stops turning stops them.
+        self.notifier.ready(f"serving {len(self.listeners)} listeners")
+        self._watchdog = loop.create_task(self.notifier.run_watchdog())
         await self._shutdown.wait()
         log.info("%s, shutting down", self._stop_reason)
         await self.stop()
