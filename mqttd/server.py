@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__
+from . import __version__, logsetup
 from ._accel import LOADED
 from .access.build import AccessError
 from .config import Listener, Settings
@@ -172,9 +172,12 @@ class Server:
             asyncio.ensure_future(self.stop())
 
     def _on_hup(self) -> None:
-        """SIGHUP, as mosquitto's: re-read the password, credentials and ACL files, and
-        the TLS listeners' certificates and keys."""
-        log.info("SIGHUP received: reloading the access control files and TLS certificates")
+        """SIGHUP, as mosquitto's: reopen the log file, re-read the password, credentials
+        and ACL files, and the TLS listeners' certificates and keys."""
+        # First, so that what follows is written to the new file after a rotation.
+        reopened = logsetup.reopen()
+        log.info("SIGHUP received: %sreloading the access control files and TLS "
+                 "certificates", "log file reopened, " if reopened else "")
         try:
             self.mgmt.acl.reload("SIGHUP")
         except Unavailable:

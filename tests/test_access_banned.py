@@ -357,7 +357,7 @@ def test_banned_client_is_refused_0x8a_or_5(broker: BrokerProcess, clients: Any,
         assert done.returncode != 0 and "not authorised" in done.stderr, done
         c = clients(f["client_id"], version=5, username=f.get("username"), connect=False)
         assert c.connect(expect_ok=False)[1] == BANNED
-        log = wait_log(broker, f"refusing {f['client_id']} from 127.0.0.1:")
+        log = wait_log(broker, f"client {f['client_id']} refused from 127.0.0.1:")
         assert f"banned ({kind} {who}: tests)" in broker.log()[log:].splitlines()[0]
     # the ban lifted, the same client gets in
     assert refused_raw_ok(broker, f["client_id"], f.get("username"))

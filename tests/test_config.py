@@ -8,6 +8,7 @@ two zones.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from support.process import BrokerProcess, run_mqttd
 from support.raw import RawClient
 
-from mqttd.config import Listener, Zone, load_settings
+from mqttd.config import Listener, LogSettings, Zone, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,10 @@ def test_start_refuses_a_bad_file_before_listening(tmp_path: Path) -> None:
     f.write_text("[mqtt]\nmax_qos_allowed = 3\n")
     r = run_mqttd("start", "-c", str(f), "--port", "0", "--data-dir", str(tmp_path / "d"))
     assert r.returncode == 2
-    assert r.stderr.strip() == f"{f}: mqtt.max_qos_allowed: 3 is out of range (0..2)"
+    # one log line (stamped: start-up errors are log records like any other)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR mqttd: "
+                        + re.escape(f"{f}: mqtt.max_qos_allowed: 3 is out of range (0..2)"),
+                        r.stderr.strip()), r.stderr
 
 
 def _connack_props(port: int) -> dict[str, object]:
@@ -119,7 +123,7 @@ def test_zone_over_global_over_default() -> None:
 def test_every_key_is_documented() -> None:
     doc = (ROOT / "docs" / "CONFIG.md").read_text()
     keys = [f.name for f in dataclasses.fields(Zone) + dataclasses.fields(Listener)
-            if f.name != "name"]
+            + dataclasses.fields(LogSettings) if f.name != "name"]
     missing = [k for k in keys if f"| `{k}` |" not in doc]
     assert not missing, f"docs/CONFIG.md does not describe {missing}"
 

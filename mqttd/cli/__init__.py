@@ -10,10 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NoReturn
 
 import typer
 
-from .. import __version__
+from .. import __version__, logsetup
 from ..config import (
     ConfigError,
     Settings,
@@ -31,9 +32,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's markup would eat "[default: ...]" and print <bool> beside
+    # every flag (Typer 0.29's rich help).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mqttd {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", "-V", is_eager=True,
+                                 callback=_print_version, help="Print the version and exit."),
+) -> None:
+    """mqttd: an MQTT 3.1 / 3.1.1 / 5.0 broker."""
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+#: Start-up errors are log lines too (timestamped, in the configured format once known).
+_log = logging.getLogger("mqttd")
 
 
 def _load(config: str | None) -> Settings:
@@ -50,17 +72,26 @@ def _load(config: str | None) -> Settings:
 
 @app.command()
 def start(
-    config: str = typer.Option(None, "--config", "-c", help="TOML configuration file."),
-    bind: str = typer.Option(None, "--bind",
-                             help="Address of the default listener [default: 127.0.0.1]."),
-    port: int = typer.Option(None, "--port", min=0, max=65535,
-                             help="TCP port of the default listener, 0 picks a free one "
+    config: str = typer.Option(None, "--config", "-c", metavar="FILE",
+                               help="TOML configuration file  [default: none: the embedded "
+                                    "defaults]."),
+    bind: str = typer.Option(None, "--bind", metavar="ADDRESS",
+                             help="Address of the default listener  [default: 127.0.0.1]."),
+    port: int = typer.Option(None, "--port", min=0, max=65535, metavar="PORT",
+                             help="TCP port of the default listener, 0 picks a free one  "
                                   "[default: 1883]."),
-    data_dir: str = typer.Option(None, "--data-dir",
-                                 help="Data directory [default: $MQTTD_DATA_DIR or "
+    data_dir: str = typer.Option(None, "--data-dir", metavar="DIR",
+                                 help="Data directory  [default: $MQTTD_DATA_DIR or "
                                       "~/.local/state/mqttd]."),
-    log_level: str = typer.Option(None, "--log-level",
-                                  help="debug, info, warning or error [default: info]."),
+    log_level: str = typer.Option(None, "--log-level", metavar="LEVEL",
+                                  help="debug, info, warning or error  [default: [log] level, "
+                                       "else info]."),
+    log_format: str = typer.Option(None, "--log-format", metavar="FORMAT",
+                                   help="text or json  [default: [log] format, else text]."),
+    log_file: str = typer.Option(None, "--log-file", metavar="FILE",
+                                 help="Log file, relative to the data directory; - is "
+                                      "standard error  [default: [log] file, else standard "
+                                      "error; mqttd.log with --daemon]."),
     no_uvloop: bool = typer.Option(False, "--no-uvloop", help="Use asyncio's own event loop."),
     daemon: bool = typer.Option(False, "--daemon", "-d",
                                 help="Run in the background (pid file and log file in the data "
@@ -70,14 +101,21 @@ def start(
                                           "with an empty store: for a store that cannot be "
                                           "read."),
 ) -> None:
-    """Run the broker until SIGINT, SIGTERM or `mqttd ctl stop` (foreground unless --daemon)."""
+    """Run the broker until SIGINT, SIGTERM or `mqttd stop` (foreground unless --daemon)."""
     if log_level is not None and log_level.lower() not in LOG_LEVELS:
-        typer.echo(f"mqttd: --log-level must be one of {', '.join(LOG_LEVELS)}, "
-                   f"not {log_level!r}", err=True)
-        raise typer.Exit(2)
-    settings = _load(config)
+        _usage(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
+    if log_format is not None and log_format.lower() not in LOG_FORMATS:
+        _usage(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    # Every line from here on is a stamped log line, start-up errors too; the [log] section
+    # takes over once the file is read.
+    logsetup.configure_early((log_level or "info").lower())
+    settings = _load_for_start(config)
     if log_level is not None:
         settings.log_level = log_level.lower()
+    if log_format is not None:
+        settings.log.format = log_format.lower()
+    if log_file is not None:
+        settings.log.file = "" if log_file == "-" else log_file
     if data_dir is not None:
         settings.data_dir = data_dir
     elif not settings.data_dir:
@@ -89,13 +127,21 @@ def start(
         if port is not None:
             first.port = port
         for line in listener_security_errors(settings.listeners, settings.auth):
-            typer.echo(f"mqttd: {line} (--bind {first.bind})", err=True)
+            _log.error("%s (--bind %s)", line, first.bind)
             raise typer.Exit(2)
     if daemon:
-        raise typer.Exit(_daemonize(config, bind, port, settings.data_dir, log_level,
-                                    no_uvloop, reset_store))
-    logging.basicConfig(level=getattr(logging, settings.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        raise typer.Exit(_daemonize(config, bind, port, settings, log_level, log_format,
+                                    log_file, no_uvloop, reset_store))
+    from ..ctl.protocol import LOG_NAME
+
+    if _READY_ENV in os.environ and not settings.log.file and log_file is None:
+        # A daemon's log: a file of its own (reopened on SIGHUP), not its inherited stderr.
+        settings.log.file = LOG_NAME
+    try:
+        _configure_log(settings)
+    except ValueError as err:
+        _log.error("%s", err)
+        raise typer.Exit(1) from None
     from ..ctl.server import ControlSocketError
     from ..server import StartError, run
 
@@ -113,8 +159,36 @@ def start(
     try:
         run(settings, use_uvloop=not no_uvloop, on_ready=on_ready, reset_store=reset_store)
     except (StartError, ControlSocketError) as err:
-        typer.echo(f"mqttd: {err}", err=True)
+        _log.error("%s", err)
         raise typer.Exit(1) from None
+
+
+def _usage(message: str) -> NoReturn:
+    typer.echo(f"mqttd: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _load_for_start(config: str | None) -> Settings:
+    """``_load`` for ``mqttd start``: every problem as a stamped log line, exit 2."""
+    if config is None:
+        return Settings()
+    try:
+        return load_settings(config)
+    except ConfigError as err:
+        for line in err.errors:
+            _log.error("%s", line)
+        raise typer.Exit(2) from None
+
+
+def _configure_log(settings: Settings) -> None:
+    """The process's logging as ``[log]`` (and the command line) say; ValueError if a
+    destination cannot be opened."""
+    st = settings.log
+    logsetup.configure(level=settings.log_level, format=st.format, file=st.file,
+                       data_dir=settings.data_dir, max_size=st.max_size, rotate=st.rotate,
+                       syslog=st.syslog, syslog_address=st.syslog_address,
+                       syslog_facility=st.syslog_facility,
+                       connection_messages=st.connection_messages)
 
 
 _READY_ENV = "MQTTD_READY_FD"
@@ -122,19 +196,24 @@ _READY_ENV = "MQTTD_READY_FD"
 DAEMON_START_TIMEOUT = 30.0
 
 
-def _daemonize(config: str | None, bind: str | None, port: int | None, data_dir: str,
-               log_level: str | None, no_uvloop: bool, reset_store: bool = False) -> int:
+def _daemonize(config: str | None, bind: str | None, port: int | None, settings: Settings,
+               log_level: str | None, log_format: str | None, log_file: str | None,
+               no_uvloop: bool, reset_store: bool = False) -> int:
     """Start ``mqttd start`` detached (new session, stdin closed, output to the log file),
     wait until it listens or fails; returns the exit code for this process."""
     from ..ctl.protocol import LOG_NAME, PID_NAME
 
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    data_dir = os.path.abspath(os.path.expanduser(settings.data_dir))
     try:
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
     except OSError as err:
         typer.echo(f"mqttd: cannot create data directory {data_dir}: {err.strerror}", err=True)
         return 1
-    log_path = os.path.join(data_dir, LOG_NAME)
+    # Where the child's output goes (before its logging is set up, and anything it prints),
+    # and where its log lines go: the same file unless [log] file names another.
+    output_path = os.path.join(data_dir, LOG_NAME)
+    log_path = logsetup.log_path(settings.log.file, data_dir) if settings.log.file \
+        else output_path
     cmd = [sys.executable, "-m", "mqttd", "start", "--data-dir", data_dir]
     if config is not None:
         cmd += ["--config", os.path.abspath(config)]
@@ -144,6 +223,10 @@ def _daemonize(config: str | None, bind: str | None, port: int | None, data_dir:
         cmd += ["--port", str(port)]
     if log_level is not None:
         cmd += ["--log-level", log_level]
+    if log_format is not None:
+        cmd += ["--log-format", log_format]
+    if log_file is not None:
+        cmd += ["--log-file", log_file]
     if no_uvloop:
         cmd.append("--no-uvloop")
     if reset_store:
@@ -154,10 +237,13 @@ def _daemonize(config: str | None, bind: str | None, port: int | None, data_dir:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     read_fd, write_fd = os.pipe()
     env[_READY_ENV] = str(write_fd)
-    with open(log_path, "ab") as log_file:
-        offset = log_file.tell()
+    try:
+        offset = os.path.getsize(log_path)
+    except OSError:
+        offset = 0
+    with open(output_path, "ab") as output:
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file,
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=output,
                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,),
                                     start_new_session=True, cwd=data_dir, env=env)
         finally:
@@ -235,15 +321,40 @@ def ctl(ctx: typer.Context) -> None:
 
     mqttd ctl [--data-dir DIR | -c FILE] [--json] [--timeout S] <command> [<args>]
     """
-    try:
-        code = ctl_main(list(ctx.args))
-    except KeyboardInterrupt:
-        code = 128 + signal.SIGINT
-    raise typer.Exit(code)
+    raise typer.Exit(_ctl(list(ctx.args)))
 
 
 app.command("passwd", no_args_is_help=True)(passwd_command)
 app.command("scram-passwd", no_args_is_help=True)(scram_passwd)
+
+
+_PASS_THROUGH = {"add_help_option": False, "context_settings": {
+    "allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}}
+
+
+@app.command("status", **_PASS_THROUGH)  # type: ignore[arg-type]
+def status(ctx: typer.Context) -> None:
+    """Is mqttd running? Its node, version, uptime (short for `mqttd ctl status`).
+
+    mqttd status [--data-dir DIR | -c FILE] [--json] [--timeout S]
+    """
+    raise typer.Exit(_ctl(["status", *ctx.args]))
+
+
+@app.command("stop", **_PASS_THROUGH)  # type: ignore[arg-type]
+def stop(ctx: typer.Context) -> None:
+    """Stop the running mqttd gracefully (short for `mqttd ctl stop`).
+
+    mqttd stop [--data-dir DIR | -c FILE] [--json] [--timeout S]
+    """
+    raise typer.Exit(_ctl(["stop", *ctx.args]))
+
+
+def _ctl(args: list[str]) -> int:
+    try:
+        return ctl_main(args)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
 
 
 @app.command()

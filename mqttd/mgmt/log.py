@@ -34,5 +34,5 @@ class LogLevel:
             raise InvalidArgument(f"level must be one of {', '.join(LOG_LEVELS)}")
         logging.getLogger().setLevel(getattr(logging, level.upper()))
         self.settings.log_level = level
-        log.warning("log level set to %s by %s", level, by)
+        log.info("log level set to %s by %s", level, by)
         return self.get()

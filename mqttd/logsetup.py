@@ -1,0 +1,150 @@
+"""The broker's log: where it goes and how it looks (``[log]``, docs/OPERATIONS.md "Logs").
+
+Built on the standard library's :mod:`logging` (``logging.config.dictConfig`` and the
+handlers of :mod:`logging.handlers`): text or JSON lines to standard error or a file
+(``WatchedFileHandler``, or ``RotatingFileHandler`` when ``max_size`` is set), optionally to
+syslog too. A leaf module: the command line configures it before the broker exists, the
+server reopens its files on SIGHUP.
+
+Structured fields: a record logged with ``extra={"fields": {...}}`` carries them into the
+JSON line (the text line already says them in its message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import logging.handlers
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+__all__ = ["CONNECTIONS", "JsonFormatter", "configure", "configure_early", "log_path",
+           "reopen"]
+
+#: The logger of the connect and disconnect lines (``[log] connection_messages``).
+CONNECTIONS = "mqttd.clients"
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Syslog stamps the time and host itself.
+SYSLOG_FORMAT = "mqttd[%(process)d]: %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO 8601, UTC, milliseconds), level, logger, message,
+    then the record's structured ``fields`` and, for an exception, its traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.gmtime(record.created)
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", t) + ".%03dZ" % record.msecs,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                out.setdefault(key, value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def log_path(file: str, data_dir: str) -> str:
+    """The log file's absolute path: relative names are in the data directory."""
+    path = os.path.expanduser(file)
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.abspath(os.path.expanduser(data_dir or ".")), path)
+    return path
+
+
+def _syslog_address(address: str) -> str | tuple[str, int]:
+    """A Unix socket path, or ``host:port`` (UDP)."""
+    if address.startswith("/"):
+        return address
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"log.syslog_address: {address!r} is neither a socket path nor "
+                         "host:port")
+    return host, int(port)
+
+
+def configure_early(level: str = "info") -> None:
+    """Text lines with timestamps on standard error, before the configuration is read (so
+    that a start-up error is stamped too)."""
+    configure(level=level)
+
+
+def configure(*, level: str = "info", format: str = "text", file: str = "",  # noqa: A002
+              data_dir: str = "", max_size: int = 0, rotate: int = 5, syslog: bool = False,
+              syslog_address: str = "/dev/log", syslog_facility: str = "daemon",
+              connection_messages: bool = True) -> None:
+    """Replace the root logger's handlers as ``[log]`` says; ValueError (one line naming the
+    key) when a destination cannot be opened."""
+    formatter: dict[str, Any] = ({"()": JsonFormatter} if format == "json"
+                                 else {"format": TEXT_FORMAT})
+    handlers: dict[str, dict[str, Any]] = {}  # dictConfig's schema
+    if file:
+        path = log_path(file, data_dir)
+        try:  # fail here, with the key's name, rather than inside dictConfig
+            # 0700 as the data directory itself (``mqttd start`` creates it so).
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            with open(path, "a", encoding="utf-8"):
+                pass
+        except OSError as err:
+            raise ValueError(f"log.file: cannot open {path}: {err.strerror or err}") from None
+        if max_size:
+            handlers["file"] = {"class": "logging.handlers.RotatingFileHandler",
+                                "filename": path, "maxBytes": max_size, "backupCount": rotate,
+                                "encoding": "utf-8", "formatter": "main"}
+        else:  # rotated by logrotate & co: reopened when the file is moved (and on SIGHUP)
+            handlers["file"] = {"class": "logging.handlers.WatchedFileHandler",
+                                "filename": path, "encoding": "utf-8", "formatter": "main"}
+    else:
+        handlers["stderr"] = {"class": "logging.StreamHandler", "stream": sys.stderr,
+                              "formatter": "main"}
+    if syslog:
+        address = _syslog_address(syslog_address)
+        if isinstance(address, str) and not os.path.exists(address):
+            raise ValueError(f"log.syslog_address: no syslog socket at {address}")
+        handlers["syslog"] = {
+            "class": "logging.handlers.SysLogHandler", "address": address,
+            "facility": syslog_facility,
+            "socktype": socket.SOCK_DGRAM,
+            "formatter": "main" if format == "json" else "syslog"}
+    config: dict[str, Any] = {  # dictConfig's schema
+        "version": 1,
+        # Every module's logger exists already (created at import): keep them working.
+        "disable_existing_loggers": False,
+        "formatters": {"main": formatter, "syslog": {"format": SYSLOG_FORMAT}},
+        "handlers": handlers,
+        "root": {"level": level.upper(), "handlers": list(handlers)},
+        "loggers": {CONNECTIONS: {"level": "NOTSET" if connection_messages else "WARNING"}},
+    }
+    try:
+        logging.config.dictConfig(config)
+    except (ValueError, OSError) as err:
+        cause = err.__cause__ or err
+        raise ValueError(f"log: {cause}") from None
+    if not file and not syslog:
+        return
+    # Python's own warnings (and uncaught exceptions' tracebacks, written by the default
+    # excepthook to stderr) would be lost to a daemon's stderr otherwise.
+    logging.captureWarnings(True)
+
+
+def reopen() -> list[str]:
+    """Reopen every log file (SIGHUP, after an external rotation); returns their paths."""
+    done = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            stream = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115
+            old = handler.setStream(stream)
+            if old is not None:
+                old.close()
+            done.append(handler.baseFilename)
+    return done
