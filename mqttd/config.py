@@ -83,9 +83,9 @@ class Listener:
     bind: str = "127.0.0.1"
     port: int = 1883
     zone: str = "default"
-    #: Live connections at most; a socket accepted over it is closed at once (counted).
+    #: Live connections at most; a client over it gets CONNACK 0x97 / 0x03 (counted).
     max_connections: int = 1_024_000
-    #: New connections per second at most (0 = no limit); over it a socket is closed at once
+    #: New connections per second at most (0 = no limit); over it CONNACK 0x9F / 0x03
     #: (counted). EMQX's listener key of the same name.
     max_conn_rate: float = 0.0
     backlog: int = 1024

@@ -66,18 +66,26 @@ def _two_listeners(extra: str) -> str:
             f'[listeners.limited]\nbind = "127.0.0.1"\nport = 0\n{extra}\n')
 
 
-def _refused(port: int) -> bool:
-    """Open a connection and send CONNECT: True if the broker closed it (EOF or RST) without
-    a CONNACK."""
+def _refused(port: int, level: int = 4, code: int = 0x97) -> bool:
+    """Open a connection and send CONNECT: True if the broker refused it over a listener
+    limit, which is answered, not reset: CONNACK 0x03 (server unavailable) for 3.1.1, the
+    limit's ``code`` for MQTT 5 (0x97 quota exceeded, 0x9F connection rate exceeded), then
+    the socket closed; False if it was accepted."""
     from support import builder as B
-    from support.raw import CLOSED, TIMEOUT_END, RawClient
+    from support.raw import CLOSED, OPEN, RawClient
 
-    with RawClient(port, 4, timeout=5) as c:
-        if not c.try_send(B.connect("probe", level=4)):
-            return True
-        r = c.read(until=lambda _packet: True)  # the first packet, or the end
-        assert r.end != TIMEOUT_END, "neither a CONNACK nor a close in time"
-        return r.end == CLOSED
+    with RawClient(port, level, timeout=5) as c:
+        assert c.try_send(B.connect("probe", level=level)), "reset instead of a CONNACK"
+        got: list[Any] = []
+        first = c.read(until=lambda packet: not got.append(packet))  # the first packet
+        assert first.end == OPEN, "no CONNACK: " + first.describe()
+        connack = got[0]
+        if connack.reason_code == 0:
+            return False
+        assert connack.reason_code == (code if level == 5 else 0x03), connack
+        rest = c.read()  # nothing more, then the close
+        assert rest.end == CLOSED and not rest.objects, rest.describe()
+        return True
 
 
 def test_max_connections_refuses_in_the_accept_path() -> None:
@@ -96,7 +104,7 @@ def test_max_connections_refuses_in_the_accept_path() -> None:
             c = Client(b, uid("mc-"), port=port)
             c.connect()
             made.append(c)
-        assert _refused(port) and _refused(port)
+        assert _refused(port) and _refused(port, level=5)
         refused = 2
         made[0].disconnect()
         # the place is free once the broker has seen the socket close: retry until then
@@ -148,7 +156,7 @@ def test_max_conn_rate_refuses_over_the_rate() -> None:
     try:
         port = b.ports["limited"]
         reader = SysMetrics(b)
-        results = [_refused(port) for _ in range(7)]  # far faster than 4/s
+        results = [_refused(port, level=5, code=0x9F) for _ in range(7)]  # far faster than 4/s
         assert results[:4] == [False] * 4 and results[4:].count(True) >= 2, results
         refused = results.count(True)
         import time

@@ -29,6 +29,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from ..config import Listener, Zone
 from ..core.channel import Channel, ChannelServices
@@ -38,6 +39,7 @@ from ..metrics import (
     CONNECTIONS_REFUSED_PROXY_PROTOCOL,
     CONNECTIONS_REFUSED_TLS,
 )
+from ..mqtt.reasons import ReasonCode as RC
 from .connection import Connection, Flusher
 from .limiter import TokenBucket
 from .proxy import ProxyError, read_header
@@ -56,11 +58,106 @@ class ListenerError(Exception):
     """A listener could not be opened (address in use, permission denied, ...)."""
 
 
+#: Refused sockets answered at once (CONNECT read, CONNACK written); past it a refused
+#: socket is closed unanswered, so a flood costs no more than the refusal itself.
+REFUSE_BUDGET = 64
+#: Seconds a refused socket has to send its CONNECT, and then to close after the CONNACK.
+REFUSE_WAIT = 2.0
+
+
 class _Refused(asyncio.Protocol):
-    """A socket accepted over a listener's limits: closed at once, nothing read."""
+    """A socket accepted over a listener's limits: its CONNECT is answered with a refusal
+    (MQTT 5: ``code``, 0x97 quota exceeded or 0x9F connection rate exceeded; 3.1/3.1.1:
+    0x03 server unavailable) instead of a bare TCP reset the client cannot tell from a
+    crash, then closed. Within a budget (REFUSE_BUDGET sockets at once, REFUSE_WAIT
+    seconds each); past it, or for anything but a CONNECT, closed at once."""
+
+    def __init__(self, listener: MqttListener, code: int) -> None:
+        self.listener = listener
+        self.code = code
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.answered = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tr = cast(asyncio.Transport, transport)
+        listener = self.listener
+        if listener.refusing >= REFUSE_BUDGET:
+            tr.abort()
+            return
+        listener.refusing += 1
+        self.transport = tr
+        self.timer = asyncio.get_running_loop().call_later(REFUSE_WAIT, tr.abort)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.answered:
+            return  # after the CONNACK: read and dropped until the client closes
+        self.buf += data
+        level = connect_level(self.buf)
+        if level is None:
+            if len(self.buf) > 512:
+                transport.abort()
+            return
+        self.answered = True
+        if level == 5:
+            transport.write(bytes((0x20, 3, 0, self.code, 0)))
+        elif level in (3, 4):
+            transport.write(b"\x20\x02\x00\x03")
+        else:
+            transport.abort()
+            return
+        # Half-close, and drain until the client closes (or the timer aborts): closing
+        # over unread input would reset the connection under the CONNACK.
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.listener.refusing -= 1
+            self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class _Closed(asyncio.Protocol):
+    """A refused socket that cannot be answered in MQTT (WebSocket): closed at once."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.close()
+
+
+def connect_level(buf: bytes) -> int | None:
+    """The protocol level of the CONNECT ``buf`` starts with (3, 4, 5, or another number);
+    None while too little has arrived; -1 when it is not a CONNECT."""
+    if not buf:
+        return None
+    if buf[0] != 0x10:
+        return -1
+    i = 1
+    while True:  # the remaining length, a variable byte integer
+        if i >= len(buf):
+            return None
+        if i > 4:
+            return -1
+        more = buf[i] & 0x80
+        i += 1
+        if not more:
+            break
+    if i + 2 > len(buf):
+        return None
+    name_len = (buf[i] << 8) | buf[i + 1]
+    if name_len > 6:  # "MQTT" or "MQIsdp"
+        return -1
+    at = i + 2 + name_len
+    return buf[at] if at < len(buf) else None
 
 
 class LiveConnections(set[Connection]):
@@ -107,6 +204,8 @@ class MqttListener:
         self.address: tuple[str, int] = (config.bind, config.port)
         self._bucket = TokenBucket(config.max_conn_rate) if config.max_conn_rate > 0 else None
         self._refused_logged = -REFUSED_LOG_EVERY
+        #: Refused sockets being answered now (bounded by REFUSE_BUDGET).
+        self.refusing = 0
         self._failed_logged = -REFUSED_LOG_EVERY
         self._failed_quiet = 0
         self.tls = config.type in ("ssl", "wss")
@@ -212,26 +311,29 @@ class MqttListener:
 
     # --- accepting ---------------------------------------------------------------------
 
-    def _over_limits(self) -> bool:
-        """Whether a new socket must be refused (counted and logged if so)."""
+    def _over_limits(self) -> int:
+        """0, or the MQTT 5 reason code a new socket is refused with (counted and logged)."""
         live = self.connections
         config = self.config
         if len(live) + live.pending >= config.max_connections:
             self._refuse(CONNECTIONS_REFUSED_MAX_CONNECTIONS,
                          f"max_connections ({config.max_connections})")
-            return True
+            return RC.QUOTA_EXCEEDED
         bucket = self._bucket
         if bucket is not None and not bucket.try_take(1, asyncio.get_running_loop().time()):
             self._refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
                          f"max_conn_rate ({config.max_conn_rate:g}/s)")
-            return True
-        return False
+            return RC.CONNECTION_RATE_EXCEEDED
+        return 0
 
     def _accept(self) -> asyncio.Protocol:
         """The event loop server's protocol factory (tcp, ws): refuse over the limits,
         else a new Connection (or WebSocket front)."""
-        if self._over_limits():
-            return _Refused()
+        code = self._over_limits()
+        if code:
+            if self.websocket:  # a CONNACK would need the upgrade first: closed
+                return _Closed()
+            return _Refused(self, code)
         self.connections.pending += 1
         return self._protocol(None)
 
@@ -262,7 +364,7 @@ class MqttListener:
                 await asyncio.sleep(0.1)
                 continue
             if self._over_limits():
-                client.close()
+                client.close()  # TLS or PROXY first: no CONNACK without the handshake
                 continue
             self.connections.pending += 1
             task = loop.create_task(self._handshake(client))
