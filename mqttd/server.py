@@ -15,9 +15,11 @@ from .access.build import AccessError
 from .config import Listener, Settings
 from .ctl.commands import build_table
 from .ctl.server import CtlServer
+from .http.server import HttpError, HttpServer
 from .mgmt.api import Management
 from .mgmt.control import ListenerStatus
 from .mgmt.errors import Conflict, Failed, MgmtError, Unavailable
+from .mgmt.publish import Publisher
 from .mqtt.reasons import ReasonCode as RC
 from .node import Node
 from .plugins import PluginError
@@ -49,6 +51,8 @@ class Server:
         self._flusher: Flusher | None = None
         #: The control socket, when settings.data_dir is set.
         self.ctl: CtlServer | None = None
+        #: The HTTP API, /metrics and dashboard, when [http] enabled.
+        self.http: HttpServer | None = None
         self._shutdown: asyncio.Event | None = None
         self._stop_reason = "signal received"
         #: Tasks started by signals (kept referenced until done).
@@ -94,6 +98,14 @@ class Server:
             raise StartError("; ".join(problems))
         for listener in self.settings.listeners:
             await self.start_listener(listener)
+        if self.settings.http.enabled:
+            http = HttpServer(self.mgmt, Publisher(self.node.broker), self.settings.http,
+                              self.settings.data_dir or None)
+            try:
+                await http.start()
+            except HttpError as err:
+                raise StartError(str(err)) from None
+            self.http = http
 
     async def start_listener(self, listener: Listener, port: int | None = None) -> None:
         """Open one configured listener (on ``port`` if given); StartError if it cannot."""
@@ -112,6 +124,8 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, tell MQTT 5 clients the server is shutting down, flush, close."""
+        if self.http is not None:
+            await self.http.close()
         self.notifier.stopping("shutting down")
         for tcp in self.listeners.values():
             tcp.close()

@@ -21,7 +21,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from support import uid
+from support import WAIT, uid
 from support.process import BrokerProcess, checked_broker, log_size, run_mqttd, wait_log
 
 pytest_plugins = ["support.fixtures"]
@@ -283,3 +283,32 @@ verify_claims = {{ sub = "${{peer}}" }}
     assert start.returncode != 0
     assert "auth.providers[0].secret" in start.stdout + start.stderr
     assert "Traceback" not in start.stdout + start.stderr
+
+
+# --- disconnect_after_expire --------------------------------------------------------------------
+
+def test_a_client_is_disconnected_when_its_token_expires(clients, broker):
+    """EMQX's default (disconnect_after_expire = true): connected with a token that ends in a
+    few seconds, the client is disconnected then (MQTT 5: 0x87)."""
+    cid = uid("jwt-")
+    token = jwt.encode({"sub": cid, "exp": int(time.time()) + 3}, SECRET, algorithm="HS256")
+    c = clients(cid, version=5, username="u", password=token, port=broker.ports["strict"])
+    rc, _ = c.wait_disconnected(timeout=WAIT + 4)
+    assert int(rc.value) == NOT_AUTHORIZED
+    assert f"client {cid}: its token expired: disconnecting it" in broker.log()
+
+
+def test_disconnect_after_expire_false_keeps_the_client(clients):
+    config = HS_CONFIG.replace('superuser_claim = "is_superuser"',
+                               'superuser_claim = "is_superuser"\n'
+                               'disconnect_after_expire = false')
+    with checked_broker(config) as b:
+        cid = uid("jwt-")
+        token = jwt.encode({"sub": cid, "exp": int(time.time()) + 2}, SECRET,
+                           algorithm="HS256")
+        c = clients(cid, broker=b, version=5, username="u", password=token,
+                    port=b.ports["strict"])
+        time.sleep(3.5)  # past the token's end (bounded: a fixed wait)
+        topic = uid("t/")
+        assert c.subscribe(topic, 1) == [1]
+        assert c.disconnected is None

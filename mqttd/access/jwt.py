@@ -125,6 +125,8 @@ class JwtProvider:
             self.claims.append((name, expected))
         self.acl_claim = opts.string("acl_claim", "acl", empty=True)
         self.superuser_claim = opts.string("superuser_claim", None)
+        # EMQX's default: a client whose token expires is disconnected then.
+        self.disconnect_after_expire = opts.boolean("disconnect_after_expire", True)
         opts.done()
         self.attaches_acl = bool(self.acl_claim)
         self.description = f"jwt ({self.key_file or ', '.join(self.algorithms)})"
@@ -159,14 +161,16 @@ class JwtProvider:
             flag = claims.get(self.superuser_claim)
             superuser = flag is True or flag == "true" or (type(flag) is int and flag == 1)
         acl = None
+        exp = claims.get("exp")
+        expires_at = float(exp) if self.disconnect_after_expire and isinstance(
+            exp, (int, float)) and not isinstance(exp, bool) else None
         if self.acl_claim and self.acl_claim in claims:
-            exp = claims.get("exp")
             try:
                 acl = parse_acl(claims[self.acl_claim], client.client_id, client.username,
                                 float(exp) if isinstance(exp, (int, float)) else None)
             except AclError as err:
                 return _deny(f"claim {self.acl_claim!r}: {err}")
-        return AuthResult(0, superuser=superuser, acl=acl)
+        return AuthResult(0, superuser=superuser, acl=acl, expires_at=expires_at)
 
     def _token(self, client: ClientInfo, password: bytes | None) -> str | None:
         if self.source == "username":

@@ -62,6 +62,8 @@ class Broker:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.hooks = hooks
+        #: The node's timers (a channel's end of proof, e.g. its token's expiry).
+        self.timers = timers
         default_zone = next(iter(settings.zones.values()))
         self.dispatcher = Dispatcher(metrics, hooks,
                                      shared_strategy=default_zone.shared_subscription_strategy)
@@ -169,7 +171,8 @@ class Broker:
         if code:
             return AuthResult(code, True,
                               reason=reason or "refused by a client.authenticate hook")
-        return AuthResult(0, True, result.superuser, result.acl, credential=result.credential)
+        return AuthResult(0, True, result.superuser, result.acl, credential=result.credential,
+                          expires_at=result.expires_at)
 
     def check_acl(self, client: ClientInfo, action: str, topic: str) -> int:
         """0 to allow ``action`` ("publish"/"subscribe") on ``topic``, else a reason code:

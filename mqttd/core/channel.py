@@ -130,6 +130,8 @@ from .services import (
     EncodedCache,
     EnhancedAuth,
     SessionOwner,
+    TimerHandle,
+    Timers,
 )
 from .session import AckFault, Delivery, Session
 
@@ -172,6 +174,7 @@ class ChannelServices(Protocol):
     hooks: Hooks
     #: The durable store's progress (None: durability off): acknowledgements wait for it.
     gate: CommitGate | None
+    timers: Timers
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
                      done: Callable[[AuthResult], None],
@@ -271,7 +274,7 @@ class Channel:
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
         "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
         "auth_method", "_auth", "gate", "hold", "transport", "cert_username", "cert_clientid",
-        "cert_user", "close_code", "auth_credential",
+        "cert_user", "close_code", "auth_credential", "_auth_timer",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -338,6 +341,8 @@ class Channel:
         self.auth_acl: object = None
         #: What the client's password was checked against (AuthResult.credential).
         self.auth_credential: tuple[CredentialSource, object] | None = None
+        #: Disconnects the client when its proof expires (AuthResult.expires_at).
+        self._auth_timer: TimerHandle | None = None
         #: Set at CONNACK when deliveries to this client must pass authorization (an
         #: authorization chain exists and the client is no superuser); None costs
         #: ``deliver`` one test.
@@ -448,6 +453,9 @@ class Channel:
             self.closing = True
             self.close_reason = reason
             self.close_detail = detail
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
         if self.state != CONNECTED:
             self.state = DISCONNECTED
             return
@@ -781,6 +789,9 @@ class Channel:
         self.superuser = result.superuser
         self.auth_acl = result.acl
         self.auth_credential = result.credential
+        if result.expires_at is not None:
+            self._auth_timer = self.services.timers.call_later(
+                max(0.0, result.expires_at - time.time()), self._auth_expired)
         zone = self.zone
         version = self.version
         if identity is not None and zone.use_username_as_clientid \
@@ -1506,6 +1517,14 @@ class Channel:
         self.paused = paused
         if not paused:
             self.drain()
+
+    def _auth_expired(self) -> None:
+        """The client's proof (its token) has expired: disconnect it (MQTT 5: 0x87), as
+        EMQX's JWT authenticator does with ``disconnect_after_expire``."""
+        self._auth_timer = None
+        if not self.closing:
+            log.info("client %s: its token expired: disconnecting it", self.client_id)
+            self.kick(RC.NOT_AUTHORIZED, CloseReason.NOT_AUTHORIZED, "token expired")
 
     def kick(self, code: int, reason: CloseReason, detail: str) -> None:
         """Close this client from the server side (takeover, admin kick, shutdown)."""

@@ -177,6 +177,9 @@ class AuthResult:
     #: its entry is gone or changed (as mosquitto does on reload). None: nothing to compare
     #: (a token, a remote server, anonymous).
     credential: tuple[CredentialSource, object] | None = None
+    #: Wall-clock time (epoch seconds) at which the proof ends (a JWT's ``exp`` with
+    #: ``disconnect_after_expire``): the client is disconnected then (0x87). None: never.
+    expires_at: float | None = None
     #: With ``decided`` False: providers were asked and none knew the client (rather
     #: than no provider being configured). A user name nobody knows is then refused.
     asked: bool = False

@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..mgmt.apikeys import ApiKeys
 from ..mgmt.errors import Conflict, Failed, NotFound
 from ..mgmt.listing import Row, same
 from ..trace.format import format_bytes, format_properties
@@ -620,6 +621,44 @@ async def cmd_users_del(ctx: Context, a: Args) -> None:
     ctx.result(f"Deleted user {username}", data)
 
 
+# --- API keys (the HTTP API's) -------------------------------------------------------------
+
+APIKEY_COLUMNS = [Col("name", "Name"), Col("created_at", "Created at", when),
+                  Col("created_by", "Created by")]
+
+
+def _apikeys(ctx: Context) -> ApiKeys:
+    return ApiKeys(ctx.mgmt.settings.data_dir or None)
+
+
+async def cmd_apikey_list(ctx: Context, a: Args) -> None:
+    keys = _apikeys(ctx).all()
+    await ctx.table(APIKEY_COLUMNS, keys.items, keys.row, footer=_plural("API key"))
+
+
+async def cmd_apikey_add(ctx: Context, a: Args) -> None:
+    (name,) = a.pos
+    try:
+        data = _apikeys(ctx).add(name, by=BY)
+    except Conflict as err:
+        raise CtlError(err.message) from None
+    if ctx.json:
+        ctx.emit_json({"key": data["key"]})
+        return
+    ctx.out(data["key"])
+    ctx.err(f"API key {name} added: send it as 'Authorization: Bearer <key>'; it is shown "
+            "only now (only its SHA-256 digest is kept)")
+
+
+async def cmd_apikey_del(ctx: Context, a: Args) -> None:
+    (name,) = a.pos
+    try:
+        data = _apikeys(ctx).delete(name, by=BY)
+    except NotFound as err:
+        raise CtlError(err.message) from None
+    ctx.result(f"Deleted API key {name}", data)
+
+
 # --- store ----------------------------------------------------------------------------------
 
 def _bytes(n: Any) -> str:
@@ -736,6 +775,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("users passwd <Username> <Password>", cmd_users_passwd,
      "Change a user's password (or --password-stdin)"),
     ("users del <Username>", cmd_users_del, "Delete a user"),
+    ("apikey list", cmd_apikey_list, "List the HTTP API's keys (names, never the keys)"),
+    ("apikey add <Name>", cmd_apikey_add,
+     "Make an HTTP API key and print it (once: only its digest is kept)"),
+    ("apikey del <Name>", cmd_apikey_del, "Delete an HTTP API key"),
     ("routes list", cmd_routes_list, "List all routes"),
     ("routes show <Topic>", cmd_routes_show,
      "Show the routes a message to <Topic> takes (a filter: that route)"),

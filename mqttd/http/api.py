@@ -1,0 +1,497 @@
+"""The REST API under ``/api/v1/``: one route per management query or action.
+
+Every handler asks the management facade and answers with the data ``mqttd ctl --json``
+prints for the same command (the table :data:`ROUTES` says which), so the two front ends
+cannot drift apart. The route table also generates the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..mgmt.listing import Listing, Row
+from ..mgmt.publish import decode_payload
+from ..mgmt.sessions import SESSION_KINDS
+from .respond import (
+    ApiError,
+    Filter,
+    json_body,
+    json_response,
+    listing_response,
+    query_params,
+)
+
+if TYPE_CHECKING:
+    from ..mgmt.api import Management
+    from ..mgmt.publish import Publisher
+
+__all__ = ["PREFIX", "ROUTES", "Api", "Route", "openapi"]
+
+PREFIX = "/api/v1"
+
+Handler = Callable[["Api", web.Request], Awaitable[web.StreamResponse]]
+
+#: Query parameters every listing takes.
+PAGING = ("limit", "cursor")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint: method, path (aiohttp's syntax), handler, what it does, the ``mqttd
+    ctl`` command that answers the same, and its query parameters and body fields."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    ctl: str = ""
+    query: tuple[str, ...] = ()
+    body: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    listing: bool = False
+    tags: tuple[str, ...] = field(default=())
+
+
+def _who(request: web.Request) -> str:
+    return f"http api ({request.get('who', 'anonymous')})"
+
+
+def _int_field(data: dict[str, Any], key: str, default: int | None = None) -> Any:
+    value = data.get(key, default)
+    if isinstance(value, bool) or (value is not None and not isinstance(value, int)):
+        raise ApiError(400, "bad_request", f"{key}: expected an integer")
+    return value
+
+
+def _str_field(data: dict[str, Any], key: str, *, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "bad_request", f"{key}: expected a string")
+    return value
+
+
+class Api:
+    """The handlers, bound to one node's management facade and publisher."""
+
+    def __init__(self, mgmt: Management, publisher: Publisher) -> None:
+        self.mgmt = mgmt
+        self.publisher = publisher
+
+    # --- node -----------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.status.node())
+
+    async def broker(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.status.broker())
+
+    async def stats(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.status.stats())
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.status.metrics())
+
+    async def vm(self, request: web.Request) -> web.StreamResponse:
+        return json_response(await self.mgmt.vm.info())
+
+    async def store(self, request: web.Request) -> web.StreamResponse:
+        return json_response(await self.mgmt.store.status())
+
+    async def log_level(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"level": self.mgmt.log.get()})
+
+    async def set_log_level(self, request: web.Request) -> web.StreamResponse:
+        data = await json_body(request, ("level",), ("level",))
+        level = self.mgmt.log.set(_str_field(data, "level"), by=_who(request))
+        return json_response({"level": level})
+
+    # --- clients ----------------------------------------------------------------------------
+
+    async def clients(self, request: web.Request) -> web.StreamResponse:
+        q = query_params(request, (*PAGING, "clientid_prefix", "username", "peer",
+                                   "listener"))
+        tests: list[Callable[[Row], bool]] = []
+        prefix = q.get("clientid_prefix")
+        if prefix:
+            tests.append(lambda r: str(r.get("clientid", "")).startswith(prefix))
+        if "username" in q:
+            username = q["username"]
+            tests.append(lambda r: r.get("username") == username)
+        if "peer" in q:
+            # a whole "host:port", or a host (IPv6 hosts are bracketed in peernames)
+            peer = q["peer"]
+            tests.append(lambda r: _peer_matches(str(r.get("peername") or ""), peer))
+        if "listener" in q:
+            listener = q["listener"]
+            tests.append(lambda r: r.get("listener") == listener)
+        keep: Filter = (lambda r: all(t(r) for t in tests)) if tests else None
+        return await listing_response(request, self.mgmt.clients.all, _key("clientid"), keep)
+
+    async def client(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.clients.get(request.match_info["clientid"]))
+
+    async def kick(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.clients.kick(request.match_info["clientid"]))
+
+    # --- sessions -------------------------------------------------------------------------
+
+    async def sessions(self, request: web.Request) -> web.StreamResponse:
+        q = query_params(request, (*PAGING, "kind"))
+        kind = q.get("kind")
+        return await listing_response(request, lambda: self.mgmt.sessions.all(kind),
+                                      _key("clientid"))
+
+    async def session(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.sessions.get(request.match_info["clientid"]))
+
+    async def clean_session(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.sessions.clean(request.match_info["clientid"]))
+
+    # --- subscriptions --------------------------------------------------------------------
+
+    async def subscriptions(self, request: web.Request) -> web.StreamResponse:
+        q = query_params(request, (*PAGING, "clientid"))
+        client_id = q.get("clientid")
+        subs = self.mgmt.subscriptions
+        make: Callable[[], Listing[Any]] = (
+            subs.all if client_id is None else (lambda: subs.of_client(client_id)))
+        return await listing_response(request, make, _key("clientid", "topic"))
+
+    async def client_subscriptions(self, request: web.Request) -> web.StreamResponse:
+        query_params(request, PAGING)
+        client_id = request.match_info["clientid"]
+        return await listing_response(
+            request, lambda: self.mgmt.subscriptions.of_client(client_id),
+            _key("clientid", "topic"))
+
+    async def subscribe(self, request: web.Request) -> web.StreamResponse:
+        data = await json_body(request, ("topic", "qos"), ("topic",))
+        qos = _int_field(data, "qos", 0)
+        row = self.mgmt.subscriptions.add(request.match_info["clientid"],
+                                          _str_field(data, "topic"), qos, by=_who(request))
+        return json_response(row)
+
+    async def unsubscribe(self, request: web.Request) -> web.StreamResponse:
+        q = query_params(request, ("topic",))
+        if "topic" not in q:
+            raise ApiError(400, "bad_request", "topic: the query parameter is required "
+                                               "(the filter, percent-encoded)")
+        return json_response(self.mgmt.subscriptions.delete(request.match_info["clientid"],
+                                                            q["topic"]))
+
+    # --- routes and topics ----------------------------------------------------------------
+
+    async def routes(self, request: web.Request) -> web.StreamResponse:
+        query_params(request, PAGING)
+        return await listing_response(request, self.mgmt.routes.all, _key("topic"))
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        topic = request.match_info["topic"]
+        return await listing_response(request, lambda: self.mgmt.routes.lookup(topic),
+                                      _key("topic"))
+
+    # --- retained -------------------------------------------------------------------------
+
+    async def retained(self, request: web.Request) -> web.StreamResponse:
+        query_params(request, PAGING)
+        return await listing_response(request, self.mgmt.retained.all, _key("topic"))
+
+    async def retained_show(self, request: web.Request) -> web.StreamResponse:
+        return json_response(await self.mgmt.retained.show(request.match_info["topic"]))
+
+    async def retained_delete(self, request: web.Request) -> web.StreamResponse:
+        n = await self.mgmt.retained.clean(request.match_info["topic"], by=_who(request))
+        return json_response({"cleaned": n})
+
+    async def retained_clear(self, request: web.Request) -> web.StreamResponse:
+        n = await self.mgmt.retained.clean(None, by=_who(request))
+        return json_response({"cleaned": n})
+
+    # --- listeners ------------------------------------------------------------------------
+
+    async def listeners(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.listeners.all())
+
+    async def listener_stop(self, request: web.Request) -> web.StreamResponse:
+        return json_response(await self.mgmt.listeners.stop(request.match_info["name"]))
+
+    async def listener_restart(self, request: web.Request) -> web.StreamResponse:
+        return json_response(await self.mgmt.listeners.restart(request.match_info["name"]))
+
+    async def listener_reload(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.listeners.reload(request.match_info["name"]))
+
+    # --- banned ---------------------------------------------------------------------------
+
+    async def banned(self, request: web.Request) -> web.StreamResponse:
+        query_params(request, PAGING)
+        return await listing_response(request, self.mgmt.banned.all, _key("as", "who"))
+
+    async def ban(self, request: web.Request) -> web.StreamResponse:
+        data = await json_body(request, ("as", "who", "reason", "until", "duration"),
+                               ("as", "who"))
+        for key in ("until", "duration"):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (str, int, float))):
+                raise ApiError(400, "bad_request", f"{key}: expected a string or a number")
+        row = self.mgmt.banned.add(_str_field(data, "as"), _str_field(data, "who"),
+                                   by=_who(request),
+                                   reason=_str_field(data, "reason", optional=True) or "",
+                                   until=data.get("until"), duration=data.get("duration"))
+        return json_response(row)
+
+    async def unban(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.banned.delete(request.match_info["as"],
+                                                     request.match_info["who"]))
+
+    # --- users ----------------------------------------------------------------------------
+
+    async def users(self, request: web.Request) -> web.StreamResponse:
+        query_params(request, PAGING)
+        return await listing_response(request, self.mgmt.users.all, _key("username"))
+
+    async def user_add(self, request: web.Request) -> web.StreamResponse:
+        data = await json_body(request, ("username", "password", "is_superuser"),
+                               ("username", "password"))
+        superuser = data.get("is_superuser", False)
+        if not isinstance(superuser, bool):
+            raise ApiError(400, "bad_request", "is_superuser: expected true or false")
+        row = await self.mgmt.users.add(_str_field(data, "username"),
+                                        _str_field(data, "password"), superuser=superuser,
+                                        by=_who(request))
+        return json_response(row)
+
+    async def user_passwd(self, request: web.Request) -> web.StreamResponse:
+        data = await json_body(request, ("password",), ("password",))
+        row = await self.mgmt.users.passwd(request.match_info["username"],
+                                           _str_field(data, "password"), by=_who(request))
+        return json_response(row)
+
+    async def user_delete(self, request: web.Request) -> web.StreamResponse:
+        return json_response(await self.mgmt.users.delete(request.match_info["username"],
+                                                          by=_who(request)))
+
+    # --- trace, plugins -------------------------------------------------------------------
+
+    async def traces(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.trace.all())
+
+    async def plugins(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.mgmt.plugins.all())
+
+    # --- publish --------------------------------------------------------------------------
+
+    async def publish(self, request: web.Request) -> web.StreamResponse:
+        data = await json_body(request, ("topic", "payload", "payload_encoding", "qos",
+                                         "retain", "properties"), ("topic",))
+        payload = decode_payload(data.get("payload"), data.get("payload_encoding"))
+        row = self.publisher.publish(data["topic"], payload, qos=data.get("qos", 0),
+                                     retain=data.get("retain", False),
+                                     properties=data.get("properties"), by=_who(request))
+        return json_response(row)
+
+    # --- the document ---------------------------------------------------------------------
+
+    async def openapi_json(self, request: web.Request) -> web.StreamResponse:
+        return json_response(openapi())
+
+
+def _key(*names: str) -> Callable[[Row], Any]:
+    if len(names) == 1:
+        (name,) = names
+        return lambda r: r.get(name)
+    return lambda r: [r.get(n) for n in names]
+
+
+def _peer_matches(peername: str, peer: str) -> bool:
+    if peername == peer:
+        return True
+    host = peername.rpartition(":")[0]
+    return host == peer or host.strip("[]") == peer
+
+
+def _kinds() -> str:
+    return "|".join(SESSION_KINDS)
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/status", Api.status, "Node status: version, uptime, speedups", "status"),
+    Route("GET", "/broker", Api.broker, "Broker version, uptime and description", "broker"),
+    Route("GET", "/stats", Api.stats, "Broker statistics (counts and maxima)",
+          "broker stats"),
+    Route("GET", "/metrics", Api.metrics, "Broker metrics (counters)", "broker metrics"),
+    Route("GET", "/vm", Api.vm, "Memory, CPU, descriptors, tasks, event-loop lag", "vm"),
+    Route("GET", "/store", Api.store, "The durable store's figures", "store status"),
+    Route("GET", "/log/level", Api.log_level, "The log level", "log level"),
+    Route("PUT", "/log/level", Api.set_log_level, "Set the log level",
+          "log level <Level>", body=("level",), required=("level",)),
+    Route("GET", "/clients", Api.clients, "Connected clients (filters: client id prefix, "
+          "user name, peer host or host:port, listener)", "clients list",
+          query=(*PAGING, "clientid_prefix", "username", "peer", "listener"), listing=True),
+    Route("GET", "/clients/{clientid}", Api.client, "One client", "clients show <ClientId>"),
+    Route("DELETE", "/clients/{clientid}", Api.kick,
+          "Kick a client (MQTT 5: DISCONNECT 0x98)", "clients kick <ClientId>"),
+    Route("GET", "/clients/{clientid}/subscriptions", Api.client_subscriptions,
+          "A client's subscriptions", "subscriptions show <ClientId>", query=PAGING,
+          listing=True),
+    Route("POST", "/clients/{clientid}/subscriptions", Api.subscribe,
+          "Subscribe a client's session to a filter", "subscriptions add <ClientId> <Topic> "
+          "<QoS>", body=("topic", "qos"), required=("topic",)),
+    Route("DELETE", "/clients/{clientid}/subscriptions", Api.unsubscribe,
+          "Unsubscribe a client's session (?topic=<filter>)",
+          "subscriptions del <ClientId> <Topic>", query=("topic",)),
+    Route("GET", "/sessions", Api.sessions, f"Sessions (kind: {_kinds()})",
+          "sessions list [persistent|transient]", query=(*PAGING, "kind"), listing=True),
+    Route("GET", "/sessions/{clientid}", Api.session, "One session",
+          "sessions show <ClientId>"),
+    Route("DELETE", "/sessions/{clientid}", Api.clean_session,
+          "Discard a session (kicking its client)", "sessions clean <ClientId>"),
+    Route("GET", "/subscriptions", Api.subscriptions, "Every subscription (or a client's)",
+          "subscriptions list", query=(*PAGING, "clientid"), listing=True),
+    Route("GET", "/routes", Api.routes, "The routing table", "routes list", query=PAGING,
+          listing=True),
+    Route("GET", "/routes/{topic:.+}", Api.route,
+          "The routes a message to a topic takes (a filter: its own route)",
+          "routes show <Topic>", query=PAGING, listing=True),
+    Route("GET", "/topics", Api.routes, "Topics with subscribers (the routing table)",
+          "routes list", query=PAGING, listing=True),
+    Route("GET", "/retained", Api.retained, "Retained messages, without payloads",
+          "retained list", query=PAGING, listing=True),
+    Route("GET", "/retained/{topic:.+}", Api.retained_show,
+          "The retained message(s) of a topic or filter, with payload",
+          "retained show <Topic>"),
+    Route("DELETE", "/retained/{topic:.+}", Api.retained_delete,
+          "Delete the retained messages of a topic or filter", "retained clean <Topic>"),
+    Route("DELETE", "/retained", Api.retained_clear, "Delete every retained message",
+          "retained clean"),
+    Route("GET", "/listeners", Api.listeners, "Listeners", "listeners list"),
+    Route("POST", "/listeners/{name}/stop", Api.listener_stop,
+          "Stop a listener and close its clients", "listeners stop <Name>"),
+    Route("POST", "/listeners/{name}/restart", Api.listener_restart, "(Re)start a listener",
+          "listeners restart <Name>"),
+    Route("POST", "/listeners/{name}/reload", Api.listener_reload,
+          "Reload a TLS listener's certificate and key", "listeners reload <Name>"),
+    Route("GET", "/banned", Api.banned, "Bans in force", "banned list", query=PAGING,
+          listing=True),
+    Route("POST", "/banned", Api.ban, "Ban a client id, user name or address",
+          "banned add ...", body=("as", "who", "reason", "until", "duration"),
+          required=("as", "who")),
+    Route("DELETE", "/banned/{as}/{who}", Api.unban, "Lift a ban",
+          "banned del <As> <Who>"),
+    Route("GET", "/users", Api.users, "The built-in user table", "users list", query=PAGING,
+          listing=True),
+    Route("POST", "/users", Api.user_add, "Add a user", "users add <Username> <Password>",
+          body=("username", "password", "is_superuser"), required=("username", "password")),
+    Route("PUT", "/users/{username}", Api.user_passwd, "Change a user's password",
+          "users passwd <Username> <Password>", body=("password",), required=("password",)),
+    Route("DELETE", "/users/{username}", Api.user_delete, "Delete a user",
+          "users del <Username>"),
+    Route("GET", "/trace", Api.traces, "Running traces", "trace list"),
+    Route("GET", "/plugins", Api.plugins, "Loaded and installed plugins", "plugins list"),
+    Route("POST", "/publish", Api.publish, "Publish a message", "",
+          body=("topic", "payload", "payload_encoding", "qos", "retain", "properties"),
+          required=("topic",)),
+    Route("GET", "/openapi.json", Api.openapi_json, "This document"),
+]
+
+
+def add_routes(app: web.Application, api: Api) -> None:
+    """Register every route of :data:`ROUTES` on ``app``, bound to ``api``."""
+    for route in ROUTES:
+        handler = route.handler
+
+        async def bound(request: web.Request, _h: Handler = handler) -> web.StreamResponse:
+            return await _h(api, request)
+
+        app.router.add_route(route.method, PREFIX + route.path, bound)
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------
+
+_BODY_TYPES: dict[str, dict[str, Any]] = {
+    "qos": {"type": "integer", "enum": [0, 1, 2]},
+    "retain": {"type": "boolean"}, "is_superuser": {"type": "boolean"},
+    "properties": {"type": "object", "description": "MQTT 5 PUBLISH properties: "
+                   "payload_format_indicator, message_expiry_interval, content_type, "
+                   "response_topic, correlation_data (text), user_property "
+                   "([[name, value], ...] or {name: value})"},
+    "payload_encoding": {"type": "string", "enum": ["plain", "base64"]},
+    "until": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+    "duration": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+}
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route in :data:`ROUTES` (and ``/metrics``)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        path = PREFIX + r.path.replace(":.+}", "}")
+        params: list[dict[str, Any]] = []
+        for name in _path_params(r.path):
+            params.append({"name": name, "in": "path", "required": True,
+                           "schema": {"type": "string"}})
+        for name in r.query:
+            params.append({"name": name, "in": "query", "required": name == "topic"
+                           and r.method == "DELETE", "schema": {"type": "string"}})
+        op: dict[str, Any] = {
+            "summary": r.summary, "operationId": f"{r.method.lower()}{_op_name(r.path)}",
+            "parameters": params,
+            "responses": {"200": {"description": "what `mqttd ctl --json "
+                                  f"{r.ctl}` prints" if r.ctl else "the result",
+                                  "content": {"application/json": {"schema": (
+                                      {"type": "array", "items": {"type": "object"}}
+                                      if r.listing else {})}}},
+                          "400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR}}
+        if r.listing:
+            op["description"] = ("Without limit the whole array is streamed; with limit, "
+                                 "one page, and X-Next-Cursor / Link rel=next when more "
+                                 "follow (pass it as cursor).")
+        if r.body:
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"type": "object", "additionalProperties": False,
+                           "required": list(r.required),
+                           "properties": {b: _BODY_TYPES.get(b, {"type": "string"})
+                                          for b in r.body}}}}}
+        paths.setdefault(path, {})[r.method.lower()] = op
+    paths["/metrics"] = {"get": {"summary": "Every metric and stat in the Prometheus text "
+                                 "format", "operationId": "prometheusMetrics",
+                                 "responses": {"200": {"description": "text exposition",
+                                                       "content": {"text/plain": {}}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mqttd management API", "version": __version__,
+                 "description": "Every answer equals what `mqttd ctl --json` prints for the "
+                                "same command (docs/HTTP.md)."},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": {"type": "object", "required": ["code", "message"],
+                                  "properties": {"code": {"type": "string"},
+                                                 "message": {"type": "string"}}}},
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"},
+                                "basic": {"type": "http", "scheme": "basic"}}},
+        "security": [{"apiKey": []}, {"basic": []}],
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    out = []
+    for part in path.split("/"):
+        if part.startswith("{"):
+            out.append(part[1:-1].split(":")[0])
+    return out
+
+
+def _op_name(path: str) -> str:
+    words = [p.strip("{}").split(":")[0] for p in path.split("/") if p]
+    return "".join(w[:1].upper() + w[1:] for w in words).replace(".", "").replace("_", "")
+
