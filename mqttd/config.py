@@ -7,6 +7,7 @@ embedded defaults below need no file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import os
@@ -373,8 +374,53 @@ def _parse_unit(value: str, units: Mapping[str, float]) -> float | None:
     return float(m.group(1)) * units[unit]
 
 
+class EnvValue(str):
+    """A value from an environment variable (``MQTTD_<SECTION>__<KEY>``, see
+    :mod:`mqttd.config_sources`): text, turned into the type its key takes, then checked as
+    a file's value is."""
+
+    __slots__ = ()
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _from_env(key: str, text: str, default: object) -> tuple[object, str | None]:
+    """An environment variable's text as the TOML value it stands for; (value, error)."""
+    if isinstance(default, bool) or (default is None and key in _OPTIONAL_BOOLS):
+        word = text.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE, None
+        return None, f"expected true or false, got {text!r}"
+    if isinstance(default, list):
+        if text.strip().startswith("["):  # a TOML array, as in the file
+            import tomllib
+
+            try:
+                return tomllib.loads(f"v = {text}")["v"], None
+            except tomllib.TOMLDecodeError:
+                return None, f"expected a list such as [\"a\", \"b\"] or a,b, got {text!r}"
+        return [part.strip() for part in text.split(",") if part.strip()], None
+    if isinstance(default, (int, float)):
+        for number in (int, float):
+            try:
+                return number(text.strip()), None
+            except ValueError:
+                pass
+        if key in _DURATIONS or key in _SIZES:
+            return text.strip(), None  # "30s", "1MB": parsed as the file's strings are
+        kind = "an integer" if isinstance(default, int) else "a number"
+        return None, f"expected {kind}, got {text!r}"
+    return str(text), None
+
+
 def _coerce(key: str, value: object, default: object) -> tuple[object, str | None]:
     """Convert a TOML value for ``key``; returns (value, error)."""
+    if isinstance(value, EnvValue):
+        value, err = _from_env(key, value, default)
+        if err:
+            return None, err
     if isinstance(value, str) and key in _DURATIONS:
         parsed = _parse_unit(value, _DURATION_UNITS)
         if parsed is None:
@@ -744,23 +790,128 @@ def _parse_plugins(section: object, errors: list[str]) -> list[PluginSpec]:
     return specs
 
 
-def load_settings(path: str) -> Settings:
-    """Read and validate a TOML configuration file; errors are prefixed with the file name."""
+# --- the sources: file, environment ----------------------------------------------------
+#
+# An environment variable MQTTD_<SECTION>__<KEY> sets [section] key
+# (MQTTD_MQTT__MAX_PACKET_SIZE=1MB), MQTTD_<SECTION>__<NAME>__<KEY> a key of a named table
+# (MQTTD_LISTENERS__DEFAULT__PORT=1884), as EMQX's container images take theirs; names match
+# whatever their case. The value is the file's text without quotes; it goes through the same
+# conversion and checks (EnvValue), and an error names the variable. MQTTD_ variables
+# without "__" (MQTTD_DATA_DIR, MQTTD_NO_EXTENSIONS) are not settings.
+
+ENV_PREFIX = "MQTTD_"
+
+
+def env_settings(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str],
+                                                       list[str]]:
+    """The settings the environment gives, as the TOML document would hold them; the
+    variable behind each dotted key; and the variables that cannot be read as one."""
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    errors: list[str] = []
+    for var in sorted(environ):
+        if not var.upper().startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        parts = var[len(ENV_PREFIX):].lower().split("__")
+        if not all(parts):
+            errors.append(f"{var}: not a setting (MQTTD_<SECTION>__<KEY>, one name between "
+                          "each double underscore)")
+            continue
+        table = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = table.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                errors.append(f"{var}: {'.'.join(parts[:i + 1])} is already a value")
+                break
+            table = nxt
+        else:
+            table[parts[-1]] = EnvValue(environ[var])
+            origin[".".join(parts)] = var
+    return data, origin, errors
+
+
+def _merge(into: dict[str, Any], over: dict[str, Any], origin: dict[str, str], prefix: str,
+           placed: dict[str, str]) -> None:
+    """Lay ``over`` onto ``into``; a name matches an existing one whatever its case.
+    ``placed`` gets the variable behind each dotted key as it is named in ``into``."""
+    for name, value in over.items():
+        key = name if name in into else next((k for k in into if k.lower() == name), name)
+        here, there = prefix + name, prefix + key
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, here + ".", placed)
+            for dotted in list(placed):
+                if dotted.startswith(here + ".") and here != there:
+                    placed[there + dotted[len(here):]] = placed.pop(dotted)
+            continue
+        into[key] = value
+        for dotted, var in origin.items():
+            if dotted == here or dotted.startswith(here + "."):
+                placed[there + dotted[len(here):]] = var
+
+
+@dataclass(slots=True)
+class Loaded:
+    """Settings and where they came from."""
+
+    settings: Settings
+    #: The configuration file (None: none).
+    file: str | None = None
+    #: The file's document as read.
+    file_data: dict[str, Any] = field(default_factory=dict)
+    #: Dotted key -> the environment variable that set it.
+    env: dict[str, str] = field(default_factory=dict)
+    #: Dotted key -> the command-line option that set it (filled by the command line).
+    cli: dict[str, str] = field(default_factory=dict)
+
+
+def _read(path: str) -> dict[str, Any]:
     import tomllib
 
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
+
+
+def _blame(line: str, path: str | None, env: dict[str, str]) -> str:
+    """An error line, prefixed with the variable or the file it comes from."""
+    key = line.split(":", 1)[0]
+    for dotted in sorted(env, key=len, reverse=True):
+        if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+            return f"{env[dotted]} ({line.split(': ', 1)[0]}): {line.split(': ', 1)[-1]}"
+    return f"{path}: {line}" if path else line
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None
+                ) -> Loaded:
+    """The file (if any) under the environment's settings, validated as one; ConfigError
+    lists every problem, each naming the file or the variable."""
+    environ = os.environ if environ is None else environ
+    file_data = _read(path) if path is not None else {}
+    env_data, origin, errors = env_settings(environ)
+    data = copy.deepcopy(file_data)
+    env: dict[str, str] = {}
+    _merge(data, env_data, origin, "", env)
     try:
         settings = parse_settings(data)
     except ConfigError as err:
-        raise ConfigError([f"{path}: {e}" for e in err.errors]) from None
-    _resolve_files(settings, os.path.dirname(os.path.abspath(path)))
-    return settings
+        errors += [_blame(e, path, env) for e in err.errors]
+        raise ConfigError(errors) from None
+    if errors:
+        raise ConfigError(errors)
+    base = os.path.dirname(os.path.abspath(path)) if path is not None else os.getcwd()
+    _resolve_files(settings, base)
+    return Loaded(settings, path, file_data, env)
+
+
+def load_settings(path: str | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a TOML configuration file (None: the embedded defaults) under the
+    environment's ``MQTTD_<SECTION>__<KEY>`` settings; each error names the file or the
+    variable it comes from."""
+    return load_config(path, environ).settings
 
 
 #: Options of providers and sources that name a file.

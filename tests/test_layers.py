@@ -19,7 +19,7 @@ PKG = ROOT / "mqttd"
 #: Leaf services: importable from anywhere, importing nothing above them.
 LEAF = {"mqttd", "mqttd._accel", "mqttd.config", "mqttd.hooks", "mqttd.plugins",
         "mqttd.metrics", "mqttd._metrics_py", "mqttd._metric_names", "mqttd.stats",
-        "mqttd.supervisor", "mqttd._speedups", "mqttd.sdnotify", "mqttd.logsetup"}
+        "mqttd.supervisor", "mqttd._speedups", "mqttd.sdnotify", "mqttd.config_sources", "mqttd.logsetup"}
 
 #: Rank of each layer (a module's layer is its first package below mqttd, or its name).
 RANK = {

@@ -60,9 +60,7 @@ _log = logging.getLogger("mqttd")
 
 def _load(config: str | None) -> Settings:
     """Settings from ``config`` (or the embedded defaults); a bad file exits 2."""
-    if config is None:
-        return Settings()
-    try:
+    try:  # the file (or none) under the environment's MQTTD_<SECTION>__<KEY> settings
         return load_settings(config)
     except ConfigError as err:
         for line in err.errors:
@@ -170,9 +168,7 @@ def _usage(message: str) -> NoReturn:
 
 def _load_for_start(config: str | None) -> Settings:
     """``_load`` for ``mqttd start``: every problem as a stamped log line, exit 2."""
-    if config is None:
-        return Settings()
-    try:
+    try:  # the file (or none) under the environment's MQTTD_<SECTION>__<KEY> settings
         return load_settings(config)
     except ConfigError as err:
         for line in err.errors:
@@ -312,6 +308,72 @@ def config_check(
         raise typer.Exit(2) from None
     typer.echo(f"{config}: ok ({len(settings.zones)} zones, "
                f"{len(settings.listeners)} listeners)")
+
+
+@config_app.command("show")
+def config_show(
+    config: str = typer.Option(None, "--config", "-c", metavar="FILE",
+                               help="TOML configuration file  [default: none]."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON array of "
+                                     "{key, value, source}."),
+    data_dir: str = typer.Option(None, "--data-dir", metavar="DIR",
+                                 help="As mqttd start's option."),
+    bind: str = typer.Option(None, "--bind", metavar="ADDRESS",
+                             help="As mqttd start's option."),
+    port: int = typer.Option(None, "--port", min=0, max=65535, metavar="PORT",
+                             help="As mqttd start's option."),
+    log_level: str = typer.Option(None, "--log-level", metavar="LEVEL",
+                                  help="As mqttd start's option."),
+) -> None:
+    """Print every setting in force and where it came from: default, file, env MQTTD_...
+    or command line (secrets are not shown)."""
+    import json
+
+    from ..config import load_config
+    from ..config_sources import effective
+
+    try:
+        loaded = load_config(config)
+    except ConfigError as err:
+        for line in err.errors:
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
+    s = loaded.settings
+    if log_level is not None:
+        if log_level.lower() not in LOG_LEVELS:
+            typer.echo(f"mqttd: --log-level must be one of {', '.join(LOG_LEVELS)}, "
+                       f"not {log_level!r}", err=True)
+            raise typer.Exit(2)
+        s.log_level = log_level.lower()
+        loaded.cli["log.level"] = "--log-level"
+    if data_dir is not None:
+        s.data_dir = data_dir
+        loaded.cli["node.data_dir"] = "--data-dir"
+    first = s.listeners[0]
+    for option, key, value in (("--bind", "bind", bind), ("--port", "port", port)):
+        if value is not None:
+            setattr(first, key, value)
+            loaded.cli[f"listeners.{first.name}.{key}"] = option
+    rows = effective(loaded)
+    if json_output:
+        typer.echo(json.dumps([{"key": r.key, "value": r.value, "source": r.source}
+                               for r in rows], indent=1))
+        return
+    shown = [(r.key, json.dumps(r.value), r.source) for r in rows]
+    kw = max(len(k) for k, _, _ in shown)
+    vw = min(40, max(len(v) for _, v, _ in shown))
+    typer.echo(f"{'Key':<{kw}}  {'Value':<{vw}}  Source")
+    for key, value, source in shown:
+        typer.echo(f"{key:<{kw}}  {value:<{vw}}  {source}")
+
+
+@config_app.command("example")
+def config_example() -> None:
+    """Print the commented default configuration (every key with its default); start a
+    file from it: mqttd config example > mqttd.toml"""
+    from ..config_sources import example
+
+    typer.echo(example(), nl=False)
 
 
 @app.command("ctl", add_help_option=False, context_settings={
