@@ -43,7 +43,7 @@ import math
 import time
 from typing import Any
 
-from . import __version__
+from . import SYSDESCR, __version__
 from .core.dispatch import Dispatcher
 from .core.message import Message
 from .core.services import ClientInfo, CloseReason
@@ -56,7 +56,6 @@ __all__ = ["LOAD_WINDOWS", "MOSQUITTO_LOADS", "MOSQUITTO_NAMES", "MOSQUITTO_TOPI
 
 log = logging.getLogger("mqttd.sys")
 
-SYSDESCR = "mqttd: an MQTT 3.1/3.1.1/5.0 broker"
 PRESENCE_QOS = 1
 
 #: mosquitto's ``$SYS/broker/<topic>`` names and where each value comes from: a stat

@@ -846,7 +846,7 @@ def test_ctl_acl_reload(tmp_path: Path) -> None:
             passwd.write_text("carol:plain\n")
             r = ctl(b, "acl", "reload")
             assert r.code == 1, r
-            assert r.err.startswith("Error: reload failed; the files concerned keep their old "
+            assert r.err.startswith("mqttd ctl: reload failed; the files concerned keep their old "
                                     f"content:\n{passwd}:1: "), r
             assert r.err.endswith(f"\n{acl}:3: unknown access 'writ' (read, write, "
                                   "readwrite or deny; a topic with spaces needs the access "

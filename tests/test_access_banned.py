@@ -442,7 +442,7 @@ def test_ctl_banned_commands(broker: BrokerProcess) -> None:
     assert ctl_json(broker, "banned", "del", "peerhost", "2001:db8:0::/32") == {
         "as": "peerhost", "who": "2001:db8::/32", "deleted": True}
     r = ctl(broker, "banned", "del", "clientid", who)
-    assert (r.code, r.err) == (1, "Not Found.\n")
+    assert (r.code, r.err) == (1, f"mqttd ctl: ban 'clientid {who}' not found\n")
     assert who not in {r["who"] for r in ctl_json(broker, "banned", "list")}
     # bad arguments: usage errors (exit 2), before anything changes
     for args, message in [

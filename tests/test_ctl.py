@@ -109,7 +109,8 @@ def test_not_running_exits_69(tmp_path: Path) -> None:
     missing = tmp_path / "nothing"
     r = ctl_proc("--data-dir", str(missing), "status")
     assert r.returncode == 69
-    assert r.stderr == f"cannot connect to {missing / P.SOCKET_NAME}: is mqttd running?\n"
+    assert r.stderr == (f"mqttd ctl: cannot connect to {missing / P.SOCKET_NAME}: is mqttd "
+                        "running?\n")
     assert r.stdout == ""
     # MQTTD_DATA_DIR is where it looks without --data-dir (as mqttd start places it)
     r = ctl_proc("clients", "list", env={"MQTTD_DATA_DIR": str(missing)})
@@ -153,17 +154,18 @@ def test_bad_arguments_exit_2_with_usage(tmp_path: Path, broker: BrokerProcess) 
 
 
 def test_other_failures_exit_1_on_stderr(broker: BrokerProcess) -> None:
-    for args, text in [(("clients", "show", "nobody"), "Not Found."),
-                       (("clients", "kick", "nobody"), "Not Found."),
-                       (("sessions", "show", "nobody"), "Not Found."),
-                       (("subscriptions", "add", "nobody", "t", "1"), "Session not found"),
-                       (("routes", "show", "no/such/topic"), "Not Found."),
-                       (("listeners", "stop", "nope"), "not_found"),
+    for args, text in [(("clients", "show", "nobody"), "client 'nobody' not found"),
+                       (("clients", "kick", "nobody"), "client 'nobody' not found"),
+                       (("sessions", "show", "nobody"), "session 'nobody' not found"),
+                       (("subscriptions", "add", "nobody", "t", "1"),
+                        "session 'nobody' not found"),
+                       (("routes", "show", "no/such/topic"), "route 'no/such/topic' not found"),
+                       (("listeners", "stop", "nope"), "cannot stop listener nope: not_found"),
                        (("trace", "stop", "client", "nobody"),
-                        "[error] stop tracing clientid nobody: not_found")]:
+                        "cannot stop tracing clientid nobody: not_found")]:
         r = ctl(broker, *args)
         assert r.code == 1, (args, r)
-        assert text in r.err and r.out == "", (args, r)
+        assert r.err == f"mqttd ctl: {text}\n" and r.out == "", (args, r)
 
 
 def test_help_is_the_registry(tmp_path: Path, broker: BrokerProcess) -> None:
@@ -285,7 +287,7 @@ def test_clients(broker: BrokerProcess, paho: Any) -> None:
     assert ok(broker, "clients", "kick", c3id) == "ok\n"
     c3.wait_disconnected()
     r = ctl(broker, "clients", "show", c3id)
-    assert r.code == 1 and r.err == "Not Found.\n"
+    assert r.code == 1 and r.err == f"mqttd ctl: client '{c3id}' not found\n"
     # a persistent session whose client is away is found under sessions
     c5.drop()
     r = ctl(broker, "clients", "show", r5["clientid"])
@@ -336,8 +338,8 @@ def test_subscriptions_and_routes(broker: BrokerProcess, paho: Any) -> None:
     msg = c.expect_message()
     assert (msg.topic, msg.payload, msg.qos) == ("ctl/added/x", b"hello", 1)
     # routes: a message to ctl/r/1 takes the ctl/r/+ route; list shows every route
-    assert ok(broker, "routes", "show", "ctl/r/1") == "ctl/r/+ -> mqttd@127.0.0.1\n"
-    assert ok(broker, "routes", "show", "ctl/r/+") == "ctl/r/+ -> mqttd@127.0.0.1\n"
+    assert ok(broker, "routes", "show", "ctl/r/1") == "ctl/r/+ -> mqttd@127.0.0.1\n1 route\n"
+    assert ok(broker, "routes", "show", "ctl/r/+") == "ctl/r/+ -> mqttd@127.0.0.1\n1 route\n"
     routes = {r["topic"]: r for r in ctl_json(broker, "routes", "list")}
     assert routes["ctl/shared"]["shared"] == {"g1": 1}
     assert routes["ctl/added/#"]["subscribers"] == 1
@@ -359,7 +361,7 @@ def test_retained(broker: BrokerProcess) -> None:
     shown = ctl_json(broker, "retained", "show", f"{t}/a")
     assert shown[0]["payload"] == "alpha" and shown[0]["payload_base64"] == "YWxwaGE="
     out = ok(broker, "retained", "show", f"{t}/b", "--payload-limit", "4")
-    assert "payload      : b'xxxx'...(100 bytes)" in out
+    assert "payload      : xxxx...(100 bytes)" in out
     assert len(ctl_json(broker, "retained", "show", f"{t}/#")) == 2
     assert ok(broker, "retained", "clean", f"{t}/a") == "Cleaned 1 retained messages\n"
     assert ctl_json(broker, "retained", "clean", f"{t}/+") == {"cleaned": 1}

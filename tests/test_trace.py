@@ -39,7 +39,7 @@ from mqttd.mqtt.packets import (
     Unsubscribe,
     Will,
 )
-from mqttd.trace.format import format_packet
+from mqttd.trace.format import format_bytes, format_packet, format_properties
 from mqttd.trace.manager import ChannelTracer, ConnectProbe
 
 # --- the packet format ----------------------------------------------------------------------
@@ -52,8 +52,8 @@ def test_format_connect_hides_the_password() -> None:
                             "authentication_data": b"secret-token"})
     text = format_packet(p)
     assert text == ("CONNECT(Q0, R0, D0, ClientId=c1, ProtoVer=5, CleanStart=true, KeepAlive=60, "
-                    "Username=u, Password=******, Will(Q1, R1, Topic=w/t, Payload=b'bye'), "
-                    "Properties={session_expiry_interval=30, authentication_method='X', "
+                    "Username=u, Password=******, Will(Q1, R1, Topic=w/t, Payload=bye), "
+                    "Properties={session_expiry_interval=30, authentication_method=X, "
                     "authentication_data=******})")
     assert "hunter2" not in text and "secret-token" not in text
     assert "Password" not in format_packet(Connect(client_id="c2"))
@@ -63,10 +63,10 @@ def test_format_connect_hides_the_password() -> None:
 def test_format_every_packet() -> None:
     cases = [
         (Publish("t", b"hi", 1, False, False, 1),
-         "PUBLISH(Q1, R0, D0, Topic=t, PacketId=1, Payload=b'hi')"),
-        (Publish("t/0", b"", 0, True), "PUBLISH(Q0, R1, D0, Topic=t/0, Payload=b'')"),
+         "PUBLISH(Q1, R0, D0, Topic=t, PacketId=1, Payload=hi)"),
+        (Publish("t/0", b"", 0, True), "PUBLISH(Q0, R1, D0, Topic=t/0, Payload=)"),
         (Publish("t", b"x", 2, False, True, 7, {"topic_alias": 3}),
-         "PUBLISH(Q2, R0, D1, Topic=t, PacketId=7, Payload=b'x', Properties={topic_alias=3})"),
+         "PUBLISH(Q2, R0, D1, Topic=t, PacketId=7, Payload=x, Properties={topic_alias=3})"),
         (Connack(True, 0), "CONNACK(Q0, R0, D0, SessionPresent=true, ReasonCode=0x00)"),
         (Puback(5, 0x10), "PUBACK(Q0, R0, D0, PacketId=5, ReasonCode=0x10)"),
         (Pubrel(5), "PUBREL(Q1, R0, D0, PacketId=5, ReasonCode=0x00)"),
@@ -84,9 +84,27 @@ def test_format_every_packet() -> None:
 
 def test_payload_is_cut_at_the_limit() -> None:
     p = Publish("t", b"a" * 1000, 0)
-    assert format_packet(p, 8).endswith("Payload=b'aaaaaaaa'...(1000 bytes))")
-    assert format_packet(p, 0).endswith("Payload=b''...(1000 bytes))")
+    assert format_packet(p, 8).endswith("Payload=aaaaaaaa...(1000 bytes))")
+    assert format_packet(p, 0).endswith("Payload=...(1000 bytes))")
     assert "a" * 1000 in format_packet(p, 1000)
+
+
+def test_payloads_and_properties_print_as_text_or_hex_never_python_reprs() -> None:
+    assert format_bytes("héllo".encode(), 256) == "héllo"
+    assert format_bytes(b"\x00\x01\xff", 256) == "hex:0001ff"
+    assert format_bytes(b'{\n\t"a": 1\r\n}', 256) == '{\\n\\t"a": 1\\r\\n}'  # one line
+    assert format_bytes(b"\x1b[31m", 256) == "hex:1b5b33316d"  # no terminal escapes
+    # a cut inside a character keeps the text whole up to it
+    assert format_bytes("héllo".encode(), 2) == "h...(6 bytes)"
+    assert format_bytes(b"\xff" * 10, 4) == "hex:ffffffff...(10 bytes)"
+    props = {"user_property": [("k", "v"), ("unit", "°C")], "content_type": "text/plain",
+             "correlation_data": b"\x01\x02", "authentication_data": b"secret"}
+    assert format_properties(props, 16) == (
+        "{user_property=[k=v, unit=°C], content_type=text/plain, correlation_data=hex:0102, "
+        "authentication_data=******}")
+    p = Publish("t", b"\xff\xfe", 0, False, False, 0, {"user_property": [("a", "b")]})
+    assert format_packet(p) == ("PUBLISH(Q0, R0, D0, Topic=t, Payload=hex:fffe, "
+                                "Properties={user_property=[a=b]})")
 
 
 def test_payload_limit_setting() -> None:
@@ -157,7 +175,7 @@ def test_topic_trace_matches_wildcards() -> None:
     node.broker.publish(Message("$SYS/a/b/c", b"no", 0))
     assert len(sink.lines) == 1
     line = sink.lines[0]
-    assert "PUBLISH(Q1, R0, Topic=a/b/c, Payload=b'payl'...(7 bytes)) from pub1 -> 0 " \
+    assert "PUBLISH(Q1, R0, Topic=a/b/c, Payload=payl...(7 bytes)) from pub1 -> 0 " \
            "subscribers" in line
     assert node.trace.stop_target("topic", "a/+/c") == 1
     assert not node.broker.topic_traces
@@ -244,9 +262,9 @@ def test_live_client_trace_starts_at_connect(broker: BrokerProcess) -> None:
                          "RECV SUBSCRIBE(Q1, R0, D0, PacketId=1, TopicFilters=[tr/#(Q1)]",
                          "SEND SUBACK(Q0, R0, D0, PacketId=1, ReasonCodes=[0x01]",
                          ("RECV PUBLISH(Q1, R0, D0, Topic=tr/x, PacketId=2, "
-                          "Payload=b'hello trace')"),
+                          "Payload=hello trace)"),
                          ("SEND PUBLISH(Q1, R0, D0, Topic=tr/x, PacketId=1, "
-                          "Payload=b'hello trace')"),
+                          "Payload=hello trace)"),
                          "SEND PUBACK(Q0, R0, D0, PacketId=2, ReasonCode=0x00)"):
             assert expected in text, (expected, text)
         assert "hunter2" not in text
@@ -277,7 +295,7 @@ def test_file_trace_of_a_connected_client(broker: BrokerProcess, tmp_path: Path)
         r = ctl(broker, "trace", "client", cid, "--file", str(path))
         assert r.code == 1 and "already_existed" in r.err
         assert ok(broker, "trace", "list") == \
-            f'Trace(clientid={cid}, destination="{path}", lines=0)\n'
+            f'Trace(clientid={cid}, destination="{path}", lines=0)\n1 trace\n'
         c.subscribe("ft/a", 0)
         c.publish("ft/a", b"z" * 500, qos=0)
         c.expect_message()
@@ -292,7 +310,7 @@ def test_file_trace_of_a_connected_client(broker: BrokerProcess, tmp_path: Path)
         c.close()
     text = path.read_text()
     assert " RECV SUBSCRIBE(" in text and " SEND SUBACK(" in text
-    assert "Payload=b'" + "z" * 256 + "'...(500 bytes)" in text  # the configured default
+    assert "Payload=" + "z" * 256 + "...(500 bytes)" in text  # the configured default
     assert "RECV CONNECT" not in text and "topsecret" not in text
     assert len(text.splitlines()) == 4  # SUBSCRIBE, SUBACK, PUBLISH in, PUBLISH out
 
@@ -312,7 +330,7 @@ def test_topic_traces_live_json_and_file(broker: BrokerProcess, tmp_path: Path) 
         assert (first["topic"], first["from"], first["qos"], first["retain"],
                 first["payload_size"], first["subscribers"]) == \
             (f"{base}/room1/temp", "pub-1", 1, False, 4, 0)
-        assert "Payload=b'21.'...(4 bytes)" in first["text"]
+        assert "Payload=21....(4 bytes)" in first["text"]
         second = json.loads(live.until("room2")[0])
         assert second["retain"] is True and second["topic"] == f"{base}/room2/temp"
         assert not any("humidity" in line for line in live.seen)
@@ -327,7 +345,7 @@ def test_topic_traces_live_json_and_file(broker: BrokerProcess, tmp_path: Path) 
         ctl(broker, "trace", "stop", "topic", f"{base}/#")
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and "humidity" in lines[1]
-    assert f"PUBLISH(Q1, R0, Topic={base}/room1/temp, Payload=b'21.5') from pub-1 -> 0 " \
+    assert f"PUBLISH(Q1, R0, Topic={base}/room1/temp, Payload=21.5) from pub-1 -> 0 " \
            "subscribers" in lines[0]
 
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import typer
 
-from .. import __version__, logsetup
+from .. import SYSDESCR, __version__, logsetup
 from ..config import (
     ConfigError,
     Settings,
@@ -28,7 +28,7 @@ from .scram import scram_passwd
 
 app = typer.Typer(
     name="mqttd",
-    help="mqttd: an MQTT 3.1 / 3.1.1 / 5.0 broker.",
+    help=SYSDESCR,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -50,7 +50,7 @@ def _main(
     version: bool = typer.Option(False, "--version", "-V", is_eager=True,
                                  callback=_print_version, help="Print the version and exit."),
 ) -> None:
-    """mqttd: an MQTT 3.1 / 3.1.1 / 5.0 broker."""
+    """The options of ``mqttd`` itself (its help text is SYSDESCR, given above)."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")

@@ -11,6 +11,11 @@ Options, anywhere before ``--``: ``--data-dir DIR`` (else ``-c/--config FILE``'s
 ``mqttd start`` places it), ``--json``, ``--timeout SECONDS``, ``-h/--help``.
 
 Exit codes: 0 ok, 1 failed, 2 bad arguments, 69 daemon not running.
+
+Errors, wherever they arise (here or in the daemon), come in one form: ``mqttd ctl: what``
+on stderr (with the usage lines after a usage error), or with ``--json`` one JSON object
+on stdout, ``{"error": {"code": <exit code>, "reason": <word>, "message": <what>}}``
+(docs/CTL.md "Errors").
 """
 
 from __future__ import annotations
@@ -52,6 +57,27 @@ class _Usage(Exception):
     pass
 
 
+def fail(message: str, code: int, reason: str, as_json: bool,
+         usage: list[str] | None = None) -> int:
+    """Report an error in the one form every ``mqttd ctl`` error takes; returns ``code``."""
+    if as_json:
+        error: dict[str, Any] = {"code": code, "reason": reason, "message": message}
+        if usage:
+            error["usage"] = usage
+        print(json.dumps({"error": error}, indent=2, ensure_ascii=False))
+    else:
+        lines = [f"mqttd ctl: {message}"]
+        if usage:
+            lines += ["Usage:"] + ["  " + line for line in usage]
+        print("\n".join(lines), file=sys.stderr)
+    return code
+
+
+def _wants_json(args: list[str]) -> bool:
+    """--json among the options (before ``--``), for errors found before they are parsed."""
+    return "--json" in args[:args.index("--")] if "--" in args else "--json" in args
+
+
 def parse_options(args: list[str]) -> Options:
     """Take the global options out of ``args`` (anywhere before ``--``)."""
     o = Options()
@@ -75,8 +101,10 @@ def parse_options(args: list[str]) -> Options:
                 try:
                     o.timeout = float(value)
                 except ValueError:
-                    raise _Usage(f"--timeout must be a number of seconds, not {value!r}"
-                                 ) from None
+                    o.timeout = float("nan")
+                if not 0 < o.timeout < float("inf"):  # 0 would mean "never wait" to a socket
+                    raise _Usage(f"--timeout must be a positive number of seconds, not "
+                                 f"{value!r}")
             else:
                 o.config = value
         elif word == "--json":
@@ -127,16 +155,14 @@ def main(args: list[str]) -> int:
     try:
         o = parse_options(args)
     except _Usage as err:
-        print(f"mqttd ctl: {err}", file=sys.stderr)
-        return P.EXIT_USAGE
+        return fail(str(err), P.EXIT_USAGE, "usage", _wants_json(args))
     argv = o.argv
     if o.help or not argv:
         argv = ["help"] + argv[:1]
     try:
         argv = password_from_stdin(argv)
     except _Usage as err:
-        print(f"mqttd ctl: {err}", file=sys.stderr)
-        return P.EXIT_USAGE
+        return fail(str(err), P.EXIT_USAGE, "usage", o.json)
     from ..ctl.commands import build_table
     from ..ctl.table import UsageError
 
@@ -145,13 +171,12 @@ def main(args: list[str]) -> int:
         try:
             local.lookup(argv)
         except UsageError as err:
-            print(local.usage_message(err), file=sys.stderr)
-            return P.EXIT_USAGE
+            return fail(err.message, P.EXIT_USAGE, "usage", o.json,
+                        local.usage_lines(err.noun) if err.noun else None)
     try:
         path = socket_path(o)
     except _Usage as err:
-        print(f"mqttd ctl: {err}", file=sys.stderr)
-        return P.EXIT_USAGE
+        return fail(str(err), P.EXIT_USAGE, "usage", o.json)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(o.timeout)
     try:
@@ -160,12 +185,20 @@ def main(args: list[str]) -> int:
         sock.close()
         if argv[0] == "help":  # help works without a daemon: the same command table
             return _local_help(local, argv, o.json)
-        print(f"cannot connect to {path}: is mqttd running?", file=sys.stderr)
-        return P.EXIT_UNAVAILABLE
+        if not local.has_noun(argv[0]):
+            # A usage error whether or not a daemon runs (one would say the same, unless
+            # a plugin of it added the command).
+            try:
+                local.lookup(argv)
+            except UsageError as err:
+                return fail(f"{err.message} (mqttd is not running, so commands added by "
+                            "plugins are unknown)", P.EXIT_USAGE, "usage", o.json)
+        return fail(f"cannot connect to {path}: is mqttd running?", P.EXIT_UNAVAILABLE,
+                    "not_running", o.json)
     except OSError as err:
         sock.close()
-        print(f"cannot connect to {path}: {err.strerror or err}", file=sys.stderr)
-        return P.EXIT_FAILED
+        return fail(f"cannot connect to {path}: {err.strerror or err}", P.EXIT_FAILED,
+                    "failed", o.json)
     try:
         return _converse(sock, argv, o)
     finally:
@@ -175,9 +208,8 @@ def main(args: list[str]) -> int:
 def _local_help(table: CommandTable[Any], argv: list[str], as_json: bool) -> int:
     noun = argv[1] if len(argv) > 1 else None
     if noun is not None and not table.has_noun(noun):
-        print(f"mqttd ctl: unknown command {noun!r} (the daemon is not running, so only "
-              "built-in commands are known)", file=sys.stderr)
-        return P.EXIT_USAGE
+        return fail(f"unknown command {noun!r} (mqttd is not running, so commands added by "
+                    "plugins are unknown)", P.EXIT_USAGE, "usage", as_json)
     if as_json:
         data = [d for d in table.help_data() if noun is None or d["command"] == noun]
         print(json.dumps(data, indent=2))
@@ -202,19 +234,17 @@ def _converse(sock: socket.socket, argv: list[str], o: Options) -> int:
             line = stream.readline()
             if not line:
                 renderer.finish()
-                print("mqttd ctl: the connection to mqttd closed before the command finished",
-                      file=sys.stderr)
-                return P.EXIT_FAILED
+                return fail("the connection to mqttd closed before the command finished",
+                            P.EXIT_FAILED, "failed", o.json)
             frame = json.loads(line)
             kind = frame.get("t")
             if first:
                 first = False
                 if kind != "hello" or frame.get("v") != P.VERSION:
-                    print(f"mqttd ctl: the daemon speaks control protocol v{frame.get('v')}, "
-                          f"this mqttd ctl speaks v{P.VERSION} (daemon: mqttd "
-                          f"{frame.get('version', '?')}); use the mqttd ctl of the same "
-                          "version", file=sys.stderr)
-                    return P.EXIT_FAILED
+                    return fail(f"the daemon speaks control protocol v{frame.get('v')}, "
+                                f"this mqttd ctl speaks v{P.VERSION} (daemon: mqttd "
+                                f"{frame.get('version', '?')}); use the mqttd ctl of the same "
+                                "version", P.EXIT_FAILED, "version_mismatch", o.json)
                 continue
             if kind == "exit":
                 renderer.finish()
@@ -226,8 +256,8 @@ def _converse(sock: socket.socket, argv: list[str], o: Options) -> int:
             renderer.handle(frame)
     except TimeoutError:
         renderer.finish()
-        print(f"mqttd ctl: no answer from mqttd within {o.timeout:g}s", file=sys.stderr)
-        return P.EXIT_FAILED
+        return fail(f"no answer from mqttd within {o.timeout:g}s", P.EXIT_FAILED, "timeout",
+                    o.json)
     except KeyboardInterrupt:
         renderer.finish()
         return P.EXIT_OK if following else 128 + signal.SIGINT
@@ -238,8 +268,7 @@ def _converse(sock: socket.socket, argv: list[str], o: Options) -> int:
         return 128 + signal.SIGPIPE
     except (ConnectionError, ValueError) as err:
         renderer.finish()
-        print(f"mqttd ctl: lost the connection to mqttd: {err}", file=sys.stderr)
-        return P.EXIT_FAILED
+        return fail(f"lost the connection to mqttd: {err}", P.EXIT_FAILED, "failed", o.json)
 
 
 class Renderer:

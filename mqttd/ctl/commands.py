@@ -33,7 +33,8 @@ __all__ = ["COMMANDS", "build_table"]
 
 #: Who management's log lines say asked.
 BY = "mqttd ctl"
-NOT_FOUND = "Not Found."
+#: Errors are worded as ``mqttd ctl: <what>``; a missing thing says which one it is.
+NOT_FOUND = "not_found"
 _PROTO = {3: "3.1", 4: "3.1.1", 5: "5.0"}
 #: Keys of client and session rows shown as local times.
 _TIME_KEYS = ("created_at", "connected_at", "disconnected_at")
@@ -70,6 +71,10 @@ def _int(value: str | None, name: str, noun: str, lo: int = 0, hi: int = 1 << 30
     if not lo <= n <= hi:
         raise UsageError(f"{name} must be between {lo} and {hi}", noun)
     return n
+
+
+def _not_found(err: NotFound) -> CtlError:
+    return CtlError(err.message, reason=NOT_FOUND)
 
 
 def _plural(word: str) -> Callable[[int], str]:
@@ -207,7 +212,7 @@ CLIENT_COLUMNS = [
     Col("expiry_interval", "Expiry", expiry, "right"),
     Col("subscriptions", "Subs", justify="right"), Col("inflight", "Inflight", justify="right"),
     Col("awaiting_rel", "AwaitRel", justify="right"),
-    Col("send_msg", "Delivered", justify="right"), Col("mqueue_len", "Queued", justify="right"),
+    Col("send_msg", "Sent", justify="right"), Col("mqueue_len", "Queued", justify="right"),
     Col("dropped", "Dropped", justify="right"), Col("connected", "Connected"),
     Col("connected_at", "Connected at", when),
 ]
@@ -222,11 +227,11 @@ async def cmd_clients_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
     try:
         row = ctx.mgmt.clients.get(client_id)
-    except NotFound:
+    except NotFound as err:
         hint = ""
         if ctx.mgmt.sessions.exists(client_id):
             hint = f" (its session is held offline: mqttd ctl sessions show {client_id})"
-        raise CtlError(NOT_FOUND + hint) from None
+        raise CtlError(err.message + hint, reason=NOT_FOUND) from None
     _show(ctx, row)
 
 
@@ -234,8 +239,8 @@ async def cmd_clients_kick(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
     try:
         data = ctx.mgmt.clients.kick(client_id)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     ctx.result("ok", data)
 
 
@@ -260,8 +265,8 @@ async def cmd_sessions_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
     try:
         row = ctx.mgmt.sessions.get(client_id)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     _show(ctx, row)
 
 
@@ -269,8 +274,8 @@ async def cmd_sessions_clean(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
     try:
         data = ctx.mgmt.sessions.clean(client_id)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     ctx.result("ok", data)
 
 
@@ -282,16 +287,16 @@ def _route_line(row: Row) -> str:
 
 async def cmd_routes_list(ctx: Context, a: Args) -> None:
     routes = ctx.mgmt.routes.all()
-    await ctx.table([], routes.items, routes.row, line=_route_line)
+    await ctx.table([], routes.items, routes.row, line=_route_line, footer=_plural("route"))
 
 
 async def cmd_routes_show(ctx: Context, a: Args) -> None:
     (topic,) = a.pos
     try:
         routes = ctx.mgmt.routes.lookup(topic)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
-    await ctx.table([], routes.items, routes.row, line=_route_line)
+    except NotFound as err:
+        raise _not_found(err) from None
+    await ctx.table([], routes.items, routes.row, line=_route_line, footer=_plural("route"))
 
 
 # --- subscriptions --------------------------------------------------------------------------
@@ -302,7 +307,6 @@ SUBSCRIPTION_COLUMNS = [
     Col("retain_handling", "Retain handling", justify="right"),
     Col("subid", "Sub ID", lambda v: str(v) if v else "-", "right"),
 ]
-SESSION_NOT_FOUND = "Error: Session not found!"
 
 
 async def cmd_subscriptions_list(ctx: Context, a: Args) -> None:
@@ -315,8 +319,8 @@ async def cmd_subscriptions_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
     try:
         subs = ctx.mgmt.subscriptions.of_client(client_id)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     await ctx.table(SUBSCRIPTION_COLUMNS, subs.items, subs.row,
                     footer=_plural("subscription"))
 
@@ -327,8 +331,8 @@ async def cmd_subscriptions_add(ctx: Context, a: Args) -> None:
         raise UsageError("QoS should be 0, 1, 2", "subscriptions")
     try:
         data = ctx.mgmt.subscriptions.add(client_id, topic_filter, int(qos_text), by=BY)
-    except NotFound:
-        raise CtlError(SESSION_NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     ctx.result("ok", data)
 
 
@@ -337,7 +341,7 @@ async def cmd_subscriptions_del(ctx: Context, a: Args) -> None:
     try:
         data = ctx.mgmt.subscriptions.delete(client_id, topic_filter)
     except NotFound as err:
-        raise CtlError(SESSION_NOT_FOUND if err.what == "session" else NOT_FOUND) from None
+        raise _not_found(err) from None
     ctx.result("ok", data)
 
 
@@ -364,8 +368,8 @@ async def cmd_retained_show(ctx: Context, a: Args) -> None:
         limit = ctx.mgmt.trace.payload_limit
     try:
         messages = await ctx.mgmt.retained.show(topic)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     if ctx.json:
         ctx.emit_json(messages)
         return
@@ -410,7 +414,8 @@ async def cmd_listeners_stop(ctx: Context, a: Args) -> None:
     try:
         data = await ctx.mgmt.listeners.stop(name)
     except (NotFound, Conflict) as err:
-        raise CtlError(f"Failed to stop {name} listener: {err.reason}") from None
+        raise CtlError(f"cannot stop listener {name}: {err.reason}", reason=err.reason
+                       ) from None
     ctx.result(f"Stop {name} listener on {data['listen_on']} successfully.", data)
 
 
@@ -419,7 +424,8 @@ async def cmd_listeners_restart(ctx: Context, a: Args) -> None:
     try:
         data = await ctx.mgmt.listeners.restart(name)
     except (NotFound, Failed) as err:
-        raise CtlError(f"Failed to restart {name} listener: {err.reason}") from None
+        raise CtlError(f"cannot restart listener {name}: {err.reason}", reason=err.reason
+                       ) from None
     ctx.result(f"Restarted {name} listener successfully.", data)
 
 
@@ -428,7 +434,7 @@ async def cmd_listeners_reload(ctx: Context, a: Args) -> None:
     try:
         data = ctx.mgmt.listeners.reload(name)
     except (NotFound, Conflict, Failed) as err:
-        raise CtlError(f"Failed to reload {name} listener: {err}") from None
+        raise CtlError(f"cannot reload listener {name}: {err}", reason=err.reason) from None
     ctx.result(f"Reloaded the TLS certificate of {name} listener from {data['certfile']}; "
                "new connections use it.", data)
 
@@ -453,7 +459,7 @@ async def _trace(ctx: Context, kind: str, target: str, file: str | None,
             data = traces.start_file(kind, target, path, json_lines=ctx.json,
                                      payload_limit=limit)
         except (Conflict, Failed) as err:
-            raise CtlError(f"[error] trace {who}: {err.reason}") from None
+            raise CtlError(f"cannot trace {who}: {err.reason}", reason=err.reason) from None
         ctx.result(f"trace {who} successfully", data)
         return
     live = LiveSink(ctx)
@@ -497,8 +503,8 @@ async def cmd_trace_list(ctx: Context, a: Args) -> None:
     infos = ctx.mgmt.trace.all()
     if ctx.json:
         ctx.emit_json(infos)
-    elif infos:
-        ctx.out("\n".join(_trace_line(i) for i in infos))
+    else:
+        ctx.out("".join(_trace_line(i) + "\n" for i in infos) + _plural("trace")(len(infos)))
 
 
 async def _trace_stop(ctx: Context, kind: str, target: str) -> None:
@@ -506,7 +512,8 @@ async def _trace_stop(ctx: Context, kind: str, target: str) -> None:
         data = ctx.mgmt.trace.stop_target(kind, target,
                                           f"trace stopped by {BY} trace stop")
     except NotFound:
-        raise CtlError(f"[error] stop tracing {kind} {target}: not_found") from None
+        raise CtlError(f"cannot stop tracing {kind} {target}: not_found",
+                       reason=NOT_FOUND) from None
     ctx.result(f"stop tracing {kind} {target} successfully", data)
 
 
@@ -524,9 +531,10 @@ async def cmd_plugins_list(ctx: Context, a: Args) -> None:
     infos = ctx.mgmt.plugins.all()
     if ctx.json:
         ctx.emit_json(infos)
-    elif infos:
-        ctx.out("\n".join(f"Plugin({p['name']}, description={p.get('description', '')}, "
-                          f"active={'true' if p.get('active') else 'false'})" for p in infos))
+    else:
+        ctx.out("".join(f"Plugin({p['name']}, description={p.get('description', '')}, "
+                        f"active={'true' if p.get('active') else 'false'})\n" for p in infos)
+                + _plural("plugin")(len(infos)))
 
 
 async def cmd_plugins_load(ctx: Context, a: Args) -> None:
@@ -534,7 +542,8 @@ async def cmd_plugins_load(ctx: Context, a: Args) -> None:
     try:
         data = ctx.mgmt.plugins.load(ref)
     except Failed as err:
-        raise CtlError(f"Load plugin {ref} error: {err.reason}.") from None
+        raise CtlError(f"cannot load plugin {ref}: {err.reason}", reason=err.reason
+                       ) from None
     ctx.result(f"Plugin {ref} loaded successfully.", data)
 
 
@@ -543,7 +552,8 @@ async def cmd_plugins_unload(ctx: Context, a: Args) -> None:
     try:
         data = ctx.mgmt.plugins.unload(name)
     except NotFound:
-        raise CtlError(f"Unload plugin {name} error: not_found.") from None
+        raise CtlError(f"cannot unload plugin {name}: not_found", reason=NOT_FOUND
+                       ) from None
     ctx.result(f"Plugin {name} unloaded successfully.", data)
 
 
@@ -579,8 +589,8 @@ async def cmd_banned_del(ctx: Context, a: Args) -> None:
     kind, who = a.pos
     try:
         data = ctx.mgmt.banned.delete(kind, who)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     ctx.result("ok", data)
 
 
@@ -607,8 +617,8 @@ async def cmd_users_passwd(ctx: Context, a: Args) -> None:
     username, password = a.pos
     try:
         data = await ctx.mgmt.users.passwd(username, password, by=BY)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     ctx.result(f"Changed the password of user {username}", data)
 
 
@@ -616,8 +626,8 @@ async def cmd_users_del(ctx: Context, a: Args) -> None:
     (username,) = a.pos
     try:
         data = await ctx.mgmt.users.delete(username, by=BY)
-    except NotFound:
-        raise CtlError(NOT_FOUND) from None
+    except NotFound as err:
+        raise _not_found(err) from None
     ctx.result(f"Deleted user {username}", data)
 
 
@@ -655,7 +665,7 @@ async def cmd_apikey_del(ctx: Context, a: Args) -> None:
     try:
         data = _apikeys(ctx).delete(name, by=BY)
     except NotFound as err:
-        raise CtlError(err.message) from None
+        raise _not_found(err) from None
     ctx.result(f"Deleted API key {name}", data)
 
 
@@ -736,7 +746,7 @@ async def cmd_acl_reload(ctx: Context, a: Args) -> None:
     try:
         data = ctx.mgmt.acl.reload(by=BY)
     except Failed as err:
-        raise CtlError(f"Error: {err.message}") from None
+        raise CtlError(err.message, reason=err.reason) from None
     ctx.result("\n".join(f"Reloaded {d}" for d in data["reloaded"]), data)
 
 

@@ -116,6 +116,23 @@ class Context:
 
     # --- shapes ---------------------------------------------------------------------------
 
+    def error(self, message: str, code: int, reason: str,
+              usage: list[str] | None = None) -> int:
+        """An error in the one form of every ``mqttd ctl`` error (docs/CTL.md "Errors"):
+        ``mqttd ctl: <message>`` and the usage lines on stderr, or with --json
+        ``{"error": {"code", "reason", "message"[, "usage"]}}`` on stdout; returns ``code``."""
+        if self.json:
+            error: dict[str, Any] = {"code": code, "reason": reason, "message": message}
+            if usage:
+                error["usage"] = usage
+            self.emit_json({"error": error})
+        else:
+            lines = [f"mqttd ctl: {message}"]
+            if usage:
+                lines += ["Usage:"] + ["  " + line for line in usage]
+            self.err("\n".join(lines))
+        return code
+
     def result(self, text: str, data: Any) -> None:
         """A one-line result (``ok``) for people, ``data`` in --json mode."""
         if self.json:
@@ -191,6 +208,8 @@ class Context:
             self.frame({"t": "out", "s": "\n]\n" if n else "]\n"})
         elif line is None:
             self.frame({"t": "table_end", "footer": footer(n) if footer else ""})
+        elif footer is not None:
+            self.out(footer(n))
         return n
 
     # --- live streams ---------------------------------------------------------------------

@@ -158,23 +158,22 @@ class CtlServer:
             await cmd.handler(ctx, args)
             return ctx.code
         except UsageError as err:
-            ctx.err(self.table.usage_message(err))
-            return err.code
+            return ctx.error(err.message, err.code, err.reason, self._usage(err.noun))
         except CtlError as err:
-            ctx.err(err.message)
-            return err.code
+            return ctx.error(err.message, err.code, err.reason)
         except InvalidArgument as err:  # management refused an argument the parser let by
-            ctx.err(self.table.usage_message(UsageError(err.message, noun)))
-            return P.EXIT_USAGE
+            return ctx.error(err.message, P.EXIT_USAGE, "usage", self._usage(noun))
         except MgmtError as err:  # one the command did not word itself
-            ctx.err(err.message)
-            return P.EXIT_FAILED
+            return ctx.error(err.message, P.EXIT_FAILED, err.reason)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:  # a handler crash is reported, never kills the daemon
             log.warning("ctl command %r failed", " ".join(shown), exc_info=True)
-            ctx.err(f"command failed: {type(err).__name__}: {err}")
-            return P.EXIT_FAILED
+            return ctx.error(f"command failed: {type(err).__name__}: {err}", P.EXIT_FAILED,
+                             "internal_error")
+
+    def _usage(self, noun: str | None) -> list[str] | None:
+        return self.table.usage_lines(noun) if noun else None
 
 
 # --- the data directory, the pid lock and the socket ------------------------------------------

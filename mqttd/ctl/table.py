@@ -37,19 +37,21 @@ HEADER = "Usage: mqttd ctl [--data-dir <Dir>] [--json] <command> [<args>]"
 
 
 class CtlError(Exception):
-    """A command failed: the message goes to stderr and the exit code is ``code``."""
+    """A command failed: the message is shown as ``mqttd ctl: <message>`` (or a JSON error
+    object), ``reason`` is its word for programs, the exit code is ``code``."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: int = 1, reason: str = "failed") -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.reason = reason
 
 
 class UsageError(CtlError):
     """Bad arguments: exit 2 with the command's usage lines."""
 
     def __init__(self, message: str, noun: str | None = None) -> None:
-        super().__init__(message, 2)
+        super().__init__(message, 2, "usage")
         self.noun = noun
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .. import __version__
+from .. import SYSDESCR, __version__
 from .._accel import LOADED
 from .listing import Row, iso
 from .vm import loop_name
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SYSDESCR", "Status", "uptime_text"]
 
-SYSDESCR = "mqttd MQTT broker"
 
 
 def uptime_text(seconds: float) -> str:

@@ -1,11 +1,13 @@
 """How traces print packets and messages (EMQX's emqx_packet:format), secrets masked.
 
 Passwords never reach a sink: CONNECT's password and any MQTT 5 authentication
-data are printed as ``******``. Payloads are cut at the trace's payload limit.
+data are printed as ``******``. Payloads are text when they are UTF-8, else hex
+(``hex:00ff``), cut at the trace's payload limit.
 """
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import time
 from typing import Any
@@ -36,27 +38,57 @@ DEFAULT_PAYLOAD_LIMIT = 256
 
 
 def format_bytes(data: bytes | bytearray | None, limit: int) -> str:
-    """``b'...'``, cut at ``limit`` bytes with the full size noted."""
+    """Bytes as an operator reads them: the text when they are UTF-8 (tabs and line breaks
+    shown as ``\\t``, ``\\n``, ``\\r``, so a trace stays one line a message), else
+    ``hex:`` and their hex digits; cut at ``limit`` bytes with the full size noted."""
     if data is None:
         return "undefined"
-    if len(data) <= limit:
-        return repr(bytes(data))
-    return f"{bytes(data[:limit])!r}...({len(data)} bytes)"
+    cut = len(data) > limit
+    part = bytes(data[:limit]) if cut else bytes(data)
+    text = _text(part, final=not cut)
+    shown = text if text is not None else "hex:" + part.hex()
+    return f"{shown}...({len(data)} bytes)" if cut else shown
+
+
+_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _text(data: bytes, final: bool) -> str | None:
+    """``data`` as printable text, or None (not UTF-8, or control characters). A cut
+    (``final`` False) may end inside a character: that part is left out."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(data, final)
+    except UnicodeDecodeError:
+        return None
+    text = text.translate(_ESCAPES)
+    return text if text.isprintable() else None
 
 
 def _bool(value: Any) -> str:
     return "true" if value else "false"
 
 
+def _value(value: Any, limit: int) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return format_bytes(value, limit)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and isinstance(value, tuple) and isinstance(value[0], str):
+            return f"{value[0]}={_value(value[1], limit)}"  # a user property: name=value
+        return "[" + ", ".join(_value(v, limit) for v in value) + "]"
+    return str(value)
+
+
 def format_properties(props: dict[str, Any], limit: int) -> str:
+    """MQTT 5 properties as ``{name=value, ...}`` (user properties as ``[k=v, ...]``),
+    secrets masked."""
     parts = []
     for key, value in props.items():
         if key in _SECRET_PROPS:
             parts.append(f"{key}={MASK}")
-        elif isinstance(value, (bytes, bytearray)):
-            parts.append(f"{key}={format_bytes(value, limit)}")
         else:
-            parts.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+            parts.append(f"{key}={_value(value, limit)}")
     return "{" + ", ".join(parts) + "}"
 
 
@@ -65,7 +97,7 @@ def _rc(code: int) -> str:
 
 
 def format_packet(p: Any, limit: int = DEFAULT_PAYLOAD_LIMIT) -> str:
-    """One packet on one line, e.g. ``PUBLISH(Q1, R0, D0, Topic=t, PacketId=1, Payload=b'hi')``.
+    """One packet on one line, e.g. ``PUBLISH(Q1, R0, D0, Topic=t, PacketId=1, Payload=hi)``.
 
     The ``Q/R/D`` triple is the fixed header's QoS, RETAIN and DUP flags.
     """
