@@ -50,6 +50,7 @@ __all__ = [
     "CONNECTIONS_REFUSED_TLS",
     "CONNECTIONS_REFUSED_WEBSOCKET",
     "CONNECTIONS_REFUSED_PROXY_PROTOCOL",
+    "CONNECTIONS_REFUSED_MAX_FDS",
     "DELIVERY_DROPPED_NO_LOCAL",
     "DELIVERY_DROPPED_QOS0_MSG",
     "DELIVERY_DROPPED_QUEUE_FULL",
@@ -220,9 +221,11 @@ DELIVERY_DROPPED_NOT_AUTHORIZED = 84
 CONNECTIONS_REFUSED_TLS = 85
 CONNECTIONS_REFUSED_WEBSOCKET = 86
 CONNECTIONS_REFUSED_PROXY_PROTOCOL = 87
+# node: refused to keep file descriptors in reserve (transport/fdguard.py)
+CONNECTIONS_REFUSED_MAX_FDS = 88
 
 #: Number of counters.
-COUNT = 88
+COUNT = 89
 
 #: Every counter's name, in index order.
 NAMES: tuple[str, ...] = (
@@ -254,7 +257,7 @@ NAMES: tuple[str, ...] = (
     "connections.refused.banned", "connections.flapping",
     "delivery.dropped.not_authorized",
     "connections.refused.tls", "connections.refused.websocket",
-    "connections.refused.proxy_protocol",
+    "connections.refused.proxy_protocol", "connections.refused.max_fds",
 )
 
 #: Metrics EMQX increments together with others: each is kept here as the sum of the
@@ -333,6 +336,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "connections.crashed", "connections.rate_limited", "workers.restarted", "hooks.failed",
         "connections.refused.banned", "connections.flapping", "connections.refused.tls",
         "connections.refused.websocket", "connections.refused.proxy_protocol",
+        "connections.refused.max_fds",
     ),
 }
 

@@ -26,6 +26,7 @@ from .plugins import PluginError
 from .sdnotify import Notifier
 from .store.base import StoreError
 from .transport.connection import Connection, Flusher
+from .transport.fdguard import FdGuard
 from .transport.listener import ListenerError, MqttListener
 from .transport.tls import TlsError, check_listener
 
@@ -75,6 +76,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._flusher = Flusher(loop)
+        # Measured before any client: the store, logs and the control socket are open.
+        self._fd_guard: FdGuard | None = None
         log.info("mqttd %s starting, speedups: %s", __version__,
                  ", ".join(f"{k}={v}" for k, v in LOADED.items()))
         self.mgmt.start()
@@ -96,6 +99,7 @@ class Server:
         problems = [e for lst in self.settings.listeners for e in check_listener(lst)]
         if problems:
             raise StartError("; ".join(problems))
+        self._fd_guard = FdGuard()
         for listener in self.settings.listeners:
             await self.start_listener(listener)
         if self.settings.http.enabled:
@@ -115,7 +119,7 @@ class Server:
         tcp = MqttListener(listener, self.settings.zone(listener.zone), self.node.broker,
                           flusher, self.connections,
                           # while a client trace waits for its client, new channels are shown
-                          lambda: trace.watch if trace.clients else None)
+                          lambda: trace.watch if trace.clients else None, self._fd_guard)
         try:
             await tcp.start(port)
         except ListenerError as err:

@@ -36,11 +36,13 @@ from ..core.channel import Channel, ChannelServices
 from ..metrics import (
     CONNECTIONS_REFUSED_MAX_CONN_RATE,
     CONNECTIONS_REFUSED_MAX_CONNECTIONS,
+    CONNECTIONS_REFUSED_MAX_FDS,
     CONNECTIONS_REFUSED_PROXY_PROTOCOL,
     CONNECTIONS_REFUSED_TLS,
 )
 from ..mqtt.reasons import ReasonCode as RC
 from .connection import Connection, Flusher
+from .fdguard import FdGuard
 from .limiter import TokenBucket
 from .proxy import ProxyError, read_header
 from .tls import TlsError, build_context, expiry
@@ -72,9 +74,10 @@ class _Refused(asyncio.Protocol):
     crash, then closed. Within a budget (REFUSE_BUDGET sockets at once, REFUSE_WAIT
     seconds each); past it, or for anything but a CONNECT, closed at once."""
 
-    def __init__(self, listener: MqttListener, code: int) -> None:
+    def __init__(self, listener: MqttListener, code: int, budget: int = REFUSE_BUDGET) -> None:
         self.listener = listener
         self.code = code
+        self.budget = budget
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -83,7 +86,7 @@ class _Refused(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tr = cast(asyncio.Transport, transport)
         listener = self.listener
-        if listener.refusing >= REFUSE_BUDGET:
+        if listener.refusing >= self.budget:
             tr.abort()
             return
         listener.refusing += 1
@@ -190,8 +193,11 @@ class MqttListener:
 
     def __init__(self, config: Listener, zone: Zone, services: ChannelServices,
                  flusher: Flusher, everyone: set[Connection],
-                 watcher: Callable[[], Callable[[Channel], None] | None]) -> None:
+                 watcher: Callable[[], Callable[[Channel], None] | None],
+                 fd_guard: FdGuard | None = None) -> None:
         self.config = config
+        #: The process's file descriptor reserve (shared by every listener), or None.
+        self.fd_guard = fd_guard
         self.zone = zone
         self.services = services
         self.flusher = flusher
@@ -319,6 +325,13 @@ class MqttListener:
             self._refuse(CONNECTIONS_REFUSED_MAX_CONNECTIONS,
                          f"max_connections ({config.max_connections})")
             return RC.QUOTA_EXCEEDED
+        guard = self.fd_guard
+        if guard is not None and guard.exhausted(len(live.everyone) + live.pending):
+            self._refuse(CONNECTIONS_REFUSED_MAX_FDS,
+                         f"the file descriptor limit ({guard.used} of {guard.limit} open, "
+                         f"{guard.reserve} kept for the control socket and the store; raise "
+                         "it: ulimit -n, or LimitNOFILE= in the systemd unit)")
+            return RC.SERVER_BUSY
         bucket = self._bucket
         if bucket is not None and not bucket.try_take(1, asyncio.get_running_loop().time()):
             self._refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
@@ -333,6 +346,9 @@ class MqttListener:
         if code:
             if self.websocket:  # a CONNACK would need the upgrade first: closed
                 return _Closed()
+            if code == RC.SERVER_BUSY:  # out of descriptors: answer only within the reserve
+                guard = self.fd_guard
+                return _Refused(self, code, guard.reserve // 2 if guard is not None else 0)
             return _Refused(self, code)
         self.connections.pending += 1
         return self._protocol(None)

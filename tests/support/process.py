@@ -46,7 +46,8 @@ class BrokerProcess:
     """
 
     def __init__(self, config: str = "", *, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, timeout: float = 15.0) -> None:
+                 env: dict[str, str] | None = None, timeout: float = 15.0,
+                 wrapper: list[str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mqttd-test-"))
         self.data_dir = self.dir / "data"
         self.config_path = self.dir / "mqttd.toml"
@@ -56,8 +57,9 @@ class BrokerProcess:
         self.config_path.write_text(text)
         self.log_path = self.dir / "mqttd.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (open as long as the process)
-        args = [*MQTTD, "start", "-c", str(self.config_path), "--data-dir", str(self.data_dir),
-                "--log-level", "debug", *(extra_args or [])]
+        # ``wrapper`` execs the broker (e.g. ``prlimit --nofile=N:N``): the PID stays its own.
+        args = [*(wrapper or []), *MQTTD, "start", "-c", str(self.config_path),
+                "--data-dir", str(self.data_dir), "--log-level", "debug", *(extra_args or [])]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         self.host = "127.0.0.1"
