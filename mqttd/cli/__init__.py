@@ -292,12 +292,16 @@ def config_check(
 ) -> None:
     """Validate a configuration file: every problem on its own line, exit 2 if any."""
     from ..access.build import AccessError, build_access  # the broker's code, not ctl's
+    from ..access.users import UserTable
     from ..transport.tls import check_listener
 
     settings = _load(config)
     errors = []
+    # `mqttd start` always has a store unless durability is off (the data directory has a
+    # default): the built-in user table will be there, its users are not this file's.
+    users = UserTable() if settings.store.durability != "off" else None
     try:  # password and ACL files are read as the broker would read them
-        build_access(settings).close()
+        build_access(settings, users).close()
     except AccessError as err:
         errors += err.errors
     for listener in settings.listeners:  # and TLS files as the listener loads them
