@@ -176,7 +176,7 @@ class Registry:
         session.store = None
 
     def _takeover(self, old: SessionOwner) -> None:
-        log.info("client %s taken over by a new connection", old.client_id)
+        log.debug("client %s taken over by a new connection", old.client_id)  # + disconnect line
         old.kick(RC.SESSION_TAKEN_OVER, CloseReason.TAKEN_OVER, "session taken over")
         self.detach(old)
 

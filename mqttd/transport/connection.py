@@ -214,8 +214,10 @@ class Connection(asyncio.Protocol):
         if n:
             metrics.inc(PACKETS_RECEIVED, n)
         if error is not None and not channel.closing:
-            log.info("closing %s (%s): %s", channel.client_id or channel.peer,
-                     "0x%02X" % error.reason_code, error.message)
+            # A connected client's end is logged by its disconnect line (mqttd.clients).
+            log.log(logging.DEBUG if channel.state == CONNECTED else logging.INFO,
+                    "closing %s (%s): %s", channel.client_id or channel.peer,
+                    "0x%02X" % error.reason_code, error.message)
             channel.handle_frame_error(error, self.parser.version)
         self.flush()
         limiter = self.limiter
@@ -382,7 +384,7 @@ class Connection(asyncio.Protocol):
         if self._paused_until is not None:  # the rate limiter holds the client: not idle
             deadline = self.loop.time() + self._keepalive_window()
         if self.loop.time() >= deadline:
-            log.info("client %s: keepalive timeout", channel.client_id)
+            log.debug("client %s: keepalive timeout", channel.client_id)  # and its disconnect line
             channel.handle_timeout("keepalive")
             self.flush()
         else:
