@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import stat
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -567,6 +568,175 @@ def test_a_stuck_http_reader_does_not_delay_mqtt(api: HttpApi, broker: BrokerPro
     finally:
         stuck.close()
     assert api.ok("DELETE", PREFIX + "/retained")["cleaned"] == n + 1
+
+
+# --- traces ----------------------------------------------------------------------------------
+
+def test_file_traces_start_list_download_stop(api: HttpApi, broker: BrokerProcess,
+                                              clients: Clients) -> None:
+    cid, topic = uid("traced-"), f"tr/{uid()}"
+    name = uid("t")
+    row = api.ok("POST", f"{PREFIX}/trace/clients/{q(cid)}", {"name": name})
+    called("POST", "/trace/clients/{clientid}")
+    path = str(broker.data_dir / "trace" / f"{name}.log")
+    assert row == {"type": "clientid", "target": cid, "destination": path, "started": True,
+                   "name": name}
+    # a topic trace, JSON Lines, default name from the filter
+    trow = api.ok("POST", f"{PREFIX}/trace/topics/{q(topic + '/#')}",
+                  {"json": True, "payload_limit": 4})
+    called("POST", "/trace/topics/{topic:.+}")
+    assert trow["type"] == "topic" and trow["target"] == topic + "/#"
+    # the same trace again: 409 as ctl's already_existed
+    again = api.call("POST", f"{PREFIX}/trace/clients/{q(cid)}", {"name": name})
+    assert again.status == 409 and again.json["code"] == "already_existed"
+    c = clients(cid)
+    c.publish(topic + "/a", b"hello world", 1)
+    listed = same_as_ctl(lambda: api.get(PREFIX + "/trace"), "trace", "list")
+    assert {(t["type"], t["target"], t["live"]) for t in listed} >= {
+        ("clientid", cid, False), ("topic", topic + "/#", False)}
+    files = {f["name"]: f for f in api.get(PREFIX + "/trace/files")}
+    called("GET", "/trace/files")
+    assert files[name]["running"] and files[trow["name"]]["running"]
+    # stopping flushes and closes the file; the answer is ctl's
+    assert api.ok("DELETE", f"{PREFIX}/trace/clients/{q(cid)}") == {
+        "type": "clientid", "target": cid, "stopped": 1}
+    called("DELETE", "/trace/clients/{clientid}")
+    assert api.ok("DELETE", f"{PREFIX}/trace/topics/{q(topic + '/#')}")["stopped"] == 1
+    called("DELETE", "/trace/topics/{topic:.+}")
+    r = api.call("GET", f"{PREFIX}/trace/files/{name}")
+    called("GET", "/trace/files/{name}")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    lines = r.text.splitlines()
+    assert any(f"{cid}@" in ln and "RECV CONNECT" in ln for ln in lines), lines
+    assert any("RECV PUBLISH" in ln and "hello world" in ln for ln in lines), lines
+    events = [json.loads(ln) for ln in
+              api.call("GET", f"{PREFIX}/trace/files/{trow['name']}").text.splitlines()]
+    assert [(e["topic"], e["from"]) for e in events] == [(topic + "/a", cid)]
+    assert "hell...(11 bytes)" in events[0]["text"]
+    assert not api.get(PREFIX + "/trace/files") or not any(
+        f["running"] for f in api.get(PREFIX + "/trace/files") if f["name"] == name)
+    # stopped now: 404 as ctl's not_found
+    for path in (f"/trace/clients/{q(cid)}", f"/trace/topics/{q(topic + '/#')}"):
+        r = api.call("DELETE", PREFIX + path)
+        assert r.status == 404 and r.json["code"] == "not_found", r.body
+    # bad input: names that are not plain file names, a bad filter, an unknown file
+    for bad in ("../x", ".hidden", "a/b", "x" * 65, ""):
+        r = api.call("POST", f"{PREFIX}/trace/clients/{q(cid)}", {"name": bad})
+        assert r.status == 400 and r.json["code"] in ("bad_argument", "bad_request"), (bad,
+                                                                                      r.body)
+    r = api.call("POST", f"{PREFIX}/trace/topics/{q('a/#/b')}")
+    assert r.status == 400 and "bad topic filter" in r.json["message"], r.body
+    r = api.call("POST", f"{PREFIX}/trace/clients/{q(cid)}", {"payload_limit": -1})
+    assert r.status == 400, r.body
+    r = api.call("GET", f"{PREFIX}/trace/files/{uid('none')}")
+    assert r.status == 404 and r.json["code"] == "not_found"
+    r = api.call("GET", f"{PREFIX}/trace/files/..%2Fapikeys.json")
+    assert r.status in (400, 404) and b"mqttd_" not in r.body
+
+
+def test_live_trace_streams_a_clients_packets(api: HttpApi, key: str,
+                                              clients: Clients) -> None:
+    cid = uid("live-")
+    stream = api.events(f"{PREFIX}/trace/clients/{q(cid)}/stream")
+    called("GET", "/trace/clients/{clientid}/stream")
+    try:
+        start = stream.until("start")
+        assert start == {"type": "clientid", "target": cid, "connected": None,
+                         "payload_limit": start["payload_limit"]}
+        listed = same_as_ctl(lambda: api.get(PREFIX + "/trace"), "trace", "list")
+        mine = [t for t in listed if t["target"] == cid]
+        assert len(mine) == 1 and mine[0]["live"] is True
+        assert mine[0]["destination"] == "http api (apikey tests)"
+        c = clients(cid, version=5)
+        ev = stream.until("trace")
+        assert (ev["clientid"], ev["dir"], ev["packet"]) == (cid, "RECV", "CONNECT")
+        assert stream.until("trace")["packet"] == "CONNACK"
+        c.publish("live/t", b"payload-1", 1)
+        pub = stream.until("trace", lambda e: e["packet"] == "PUBLISH")
+        assert pub["dir"] == "RECV" and "payload-1" in pub["text"]
+        assert stream.until("trace")["packet"] == "PUBACK"
+        # stopped by someone: an end event, then the response ends
+        api.ok("DELETE", f"{PREFIX}/trace/clients/{q(cid)}")
+        end = stream.until("end")
+        assert "trace stopped by http api" in end["reason"]
+        assert stream.next() is None
+    finally:
+        stream.close()
+    assert not [t for t in api.get(PREFIX + "/trace") if t["target"] == cid]
+    # a topic stream, and bad input before any stream starts
+    topic = f"lt/{uid()}"
+    stream = api.events(f"{PREFIX}/trace/topics/{q(topic + '/+')}/stream?payload_limit=3")
+    called("GET", "/trace/topics/{topic:.+}/stream")
+    try:
+        assert stream.until("start")["payload_limit"] == 3
+        api.ok("POST", PREFIX + "/publish", {"topic": topic + "/x", "payload": "abcdef"})
+        ev = stream.until("trace")
+        assert ev["topic"] == topic + "/x" and ev["from"] is None and "abc..." in ev["text"]
+    finally:
+        stream.close()
+    for path, code in ((f"/trace/topics/{q('a/#/b')}/stream", 400),
+                       ("/trace/clients/x/stream?payload_limit=no", 400),
+                       ("/trace/clients/x/stream?bad=1", 400)):
+        r = api.call("GET", PREFIX + path)
+        assert r.status == code and r.json["code"].startswith("bad_"), (path, r.body)
+    r = HttpApi(api.broker).call("GET", f"{PREFIX}/trace/clients/x/stream")
+    assert r.status == 401
+
+
+def test_a_stuck_trace_reader_drops_events_not_mqtt(api: HttpApi, broker: BrokerProcess,
+                                                    clients: Clients, key: str) -> None:
+    """A live trace whose reader stops reading: the broker drops events (and says how
+    many once the reader reads again), MQTT goes on, and the trace ends when the reader
+    goes away."""
+    cid = uid("flood-")
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.settimeout(WAIT)
+    stuck.connect(("127.0.0.1", api.port))
+    try:
+        stuck.sendall(f"GET {PREFIX}/trace/clients/{q(cid)}/stream?payload_limit=100000 "
+                      f"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+        head = stuck.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        pub = clients(cid)
+        sub = clients(uid("flood-sub-"))
+        sub.subscribe("flood/x", 1)
+        big = b"p" * 10_000
+        for _ in range(3000):  # 30 MB of trace text: far more than the stream buffers
+            pub.c.publish("flood/big", big, 0)
+        for i in range(20):
+            pub.publish("flood/x", str(i).encode(), 1)
+            assert sub.expect_message().payload == str(i).encode()
+        assert ctl_json(broker, "status")["status"] == "started"
+        # read again: once there is room, a dropped event counts what was lost
+        seen = bytearray()
+        for i in range(10_000):
+            try:
+                chunk = stuck.recv(1 << 20)
+            except TimeoutError:
+                chunk = b"?"
+            assert chunk, "the stream ended"
+            seen += chunk
+            if b"event: dropped" in seen:
+                break
+            if i % 50 == 0:
+                pub.publish("flood/x", b"nudge", 1)  # a new event after the drops
+        else:
+            raise AssertionError("no dropped event")
+        at = seen.index(b"event: dropped")
+        data = seen[at:].split(b"\n", 2)[1]
+        assert data.startswith(b"data: ")
+        assert json.loads(data[6:])["dropped"] > 0
+    finally:
+        stuck.close()
+    # the reader went away: the trace ends (the stream notices within a second or so)
+    for _ in range(100):
+        if not [t for t in api.get(PREFIX + "/trace") if t["target"] == cid]:
+            break
+        sub.publish("flood/y", b"", 0)  # traffic for the stream to notice with
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the trace outlived its reader")
 
 
 def test_every_route_was_called() -> None:

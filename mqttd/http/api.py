@@ -7,6 +7,7 @@ cannot drift apart. The route table also generates the OpenAPI document.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from .respond import (
     listing_response,
     query_params,
 )
+from .trace import EventStream, TraceFiles, sse
 
 if TYPE_CHECKING:
     from ..mgmt.api import Management
@@ -54,6 +56,8 @@ class Route:
     body: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
     listing: bool = False
+    #: Answers text/event-stream (a live trace), not JSON.
+    sse: bool = False
     tags: tuple[str, ...] = field(default=())
 
 
@@ -80,9 +84,13 @@ def _str_field(data: dict[str, Any], key: str, *, optional: bool = False) -> Any
 class Api:
     """The handlers, bound to one node's management facade and publisher."""
 
-    def __init__(self, mgmt: Management, publisher: Publisher) -> None:
+    def __init__(self, mgmt: Management, publisher: Publisher,
+                 trace_files: TraceFiles | None = None) -> None:
         self.mgmt = mgmt
         self.publisher = publisher
+        self.trace_files = trace_files or TraceFiles(None)
+        #: Live trace streams being served (ended when the listener closes).
+        self.streams: set[EventStream] = set()
 
     # --- node -----------------------------------------------------------------------------
 
@@ -284,6 +292,98 @@ class Api:
     async def traces(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.mgmt.trace.all())
 
+    async def trace_start_client(self, request: web.Request) -> web.StreamResponse:
+        return await self._trace_start(request, "clientid", request.match_info["clientid"])
+
+    async def trace_start_topic(self, request: web.Request) -> web.StreamResponse:
+        return await self._trace_start(request, "topic", request.match_info["topic"])
+
+    async def _trace_start(self, request: web.Request, kind: str, target: str
+                           ) -> web.StreamResponse:
+        """A file trace in ``<data_dir>/trace/<name>.log`` (``mqttd ctl trace start``);
+        the answer is ctl's plus the name to download it by."""
+        data = (await json_body(request, ("name", "json", "payload_limit"))
+                if request.body_exists else {})
+        self.mgmt.trace.check(kind, target)
+        name = _str_field(data, "name", optional=True)
+        if name is None:
+            name = TraceFiles.default_name(kind, target)
+        json_lines = data.get("json", False)
+        if not isinstance(json_lines, bool):
+            raise ApiError(400, "bad_request", "json: expected true or false")
+        limit = _payload_limit(_int_field(data, "payload_limit"))
+        path = self.trace_files.create_path(name)
+        row = self.mgmt.trace.start_file(kind, target, path, json_lines=json_lines,
+                                         payload_limit=limit)
+        return json_response({**row, "name": name})
+
+    async def trace_stop_client(self, request: web.Request) -> web.StreamResponse:
+        return self._trace_stop(request, "clientid", request.match_info["clientid"])
+
+    async def trace_stop_topic(self, request: web.Request) -> web.StreamResponse:
+        return self._trace_stop(request, "topic", request.match_info["topic"])
+
+    def _trace_stop(self, request: web.Request, kind: str, target: str) -> web.Response:
+        return json_response(self.mgmt.trace.stop_target(
+            kind, target, f"trace stopped by {_who(request)}"))
+
+    async def trace_files_list(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.trace_files.all(self.mgmt.trace))
+
+    async def trace_download(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        path = self.trace_files.path(name)
+        if not os.path.isfile(path):
+            raise ApiError(404, "not_found", f"no trace file {name!r}")
+        # the file as it is now (a running trace goes on appending to it)
+        return web.FileResponse(path, headers={
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}.log"'})
+
+    async def trace_stream_client(self, request: web.Request) -> web.StreamResponse:
+        return await self._trace_stream(request, "clientid", request.match_info["clientid"])
+
+    async def trace_stream_topic(self, request: web.Request) -> web.StreamResponse:
+        return await self._trace_stream(request, "topic", request.match_info["topic"])
+
+    async def _trace_stream(self, request: web.Request, kind: str, target: str
+                            ) -> web.StreamResponse:
+        """A live trace as server-sent events (``mqttd ctl trace client|topic``)."""
+        q = query_params(request, ("payload_limit",))
+        limit = None
+        if "payload_limit" in q:
+            try:
+                limit = _payload_limit(int(q["payload_limit"]))
+            except ValueError:
+                raise ApiError(400, "bad_request", "payload_limit: expected an integer"
+                               ) from None
+        traces = self.mgmt.trace
+        traces.check(kind, target)
+        stream = EventStream(f"http api ({request.get('who', 'anonymous')})")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        peer = traces.client_peer(target) if kind == "clientid" else None
+        trace = traces.start(kind, target, stream, limit)
+        self.streams.add(stream)
+        try:
+            await resp.write(sse("start", {"type": kind, "target": target,
+                                           "payload_limit": trace.payload_limit,
+                                           "connected": peer}))
+            await stream.pump(request, resp)
+        except ConnectionError:
+            pass  # the reader went away: the trace ends below
+        finally:
+            self.streams.discard(stream)
+            traces.stop(trace)
+        return resp
+
+    def end_streams(self, reason: str) -> None:
+        """End every live stream (the listener is closing)."""
+        for stream in list(self.streams):
+            stream.close(reason)
+
     async def plugins(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.mgmt.plugins.all())
 
@@ -316,6 +416,12 @@ def _peer_matches(peername: str, peer: str) -> bool:
         return True
     host = peername.rpartition(":")[0]
     return host == peer or host.strip("[]") == peer
+
+
+def _payload_limit(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise ApiError(400, "bad_request", "payload_limit: expected 0 or more bytes")
+    return value
 
 
 def _kinds() -> str:
@@ -395,6 +501,25 @@ ROUTES: list[Route] = [
     Route("DELETE", "/users/{username}", Api.user_delete, "Delete a user",
           "users del <Username>"),
     Route("GET", "/trace", Api.traces, "Running traces", "trace list"),
+    Route("POST", "/trace/clients/{clientid}", Api.trace_start_client,
+          "Trace a client to <data_dir>/trace/<name>.log", "trace start client <ClientId> "
+          "<File>", body=("name", "json", "payload_limit")),
+    Route("POST", "/trace/topics/{topic:.+}", Api.trace_start_topic,
+          "Trace messages to a topic filter to <data_dir>/trace/<name>.log",
+          "trace start topic <Topic> <File>", body=("name", "json", "payload_limit")),
+    Route("DELETE", "/trace/clients/{clientid}", Api.trace_stop_client,
+          "Stop every trace of a client", "trace stop client <ClientId>"),
+    Route("DELETE", "/trace/topics/{topic:.+}", Api.trace_stop_topic,
+          "Stop every trace of a topic filter", "trace stop topic <Topic>"),
+    Route("GET", "/trace/clients/{clientid}/stream", Api.trace_stream_client,
+          "A client's packets, live, as server-sent events", "trace client <ClientId>",
+          query=("payload_limit",), sse=True),
+    Route("GET", "/trace/topics/{topic:.+}/stream", Api.trace_stream_topic,
+          "Messages to a topic filter, live, as server-sent events", "trace topic <Topic>",
+          query=("payload_limit",), sse=True),
+    Route("GET", "/trace/files", Api.trace_files_list,
+          "Trace files started over HTTP: name, size, modified, running"),
+    Route("GET", "/trace/files/{name}", Api.trace_download, "Download a trace file"),
     Route("GET", "/plugins", Api.plugins, "Loaded and installed plugins", "plugins list"),
     Route("POST", "/publish", Api.publish, "Publish a message", "",
           body=("topic", "payload", "payload_encoding", "qos", "retain", "properties"),
@@ -452,6 +577,12 @@ def openapi() -> dict[str, Any]:
                                       {"type": "array", "items": {"type": "object"}}
                                       if r.listing else {})}}},
                           "400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR}}
+        if r.sse:
+            op["responses"]["200"]["content"] = {"text/event-stream": {"schema": {
+                "type": "string", "description": "events start, trace, dropped, end; each "
+                "data line one JSON object (docs/HTTP.md)"}}}
+        elif r.path == "/trace/files/{name}":
+            op["responses"]["200"]["content"] = {"text/plain": {}}
         if r.listing:
             op["description"] = ("Without limit the whole array is streamed; with limit, "
                                  "one page, and X-Next-Cursor / Link rel=next when more "

@@ -24,6 +24,7 @@ from .api import PREFIX, Api, add_routes
 from .auth import Authenticator
 from .prometheus import CONTENT_TYPE, registry_for, render
 from .respond import ApiError, error_response, mgmt_error_response
+from .trace import TraceFiles
 
 if TYPE_CHECKING:
     from ..config import HttpSettings
@@ -58,7 +59,7 @@ class HttpServer:
         self.keys = ApiKeys(data_dir)
         self.auth = Authenticator(mgmt, settings, self.keys)
         self.registry = registry_for(mgmt)
-        self.api = Api(mgmt, publisher)
+        self.api = Api(mgmt, publisher, TraceFiles(data_dir))
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] = (settings.bind, settings.port)
 
@@ -100,6 +101,8 @@ class HttpServer:
         """Stop serving (requests in progress get a moment to finish)."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
+            # live trace streams would otherwise hold the shutdown until they time out
+            self.api.end_streams("the HTTP listener is closing")
             await runner.cleanup()
 
     # --- middlewares ------------------------------------------------------------------------

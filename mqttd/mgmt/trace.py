@@ -41,7 +41,12 @@ class Traces:
 
     def all(self) -> list[Row]:
         """Every running trace: type, target, destination, live, payload limit, lines."""
-        return [t.info() for t in self.manager.traces()]
+        rows = [t.info() for t in self.manager.traces()]
+        for row, t in zip(rows, self.manager.traces(), strict=True):
+            # a front end's own streaming sink (the HTTP API's) says it is live
+            if getattr(t.sink, "live", False):
+                row["live"] = True
+        return rows
 
     def check(self, kind: str, target: str) -> None:
         """InvalidArgument unless ``target`` can be traced as ``kind``."""

@@ -19,7 +19,7 @@ from mqttd.cli.ctl import main as ctl_main
 from . import WAIT
 from .process import BrokerProcess, wait_log
 
-__all__ = ["HttpApi", "Reply", "ctl", "ctl_json", "http_port"]
+__all__ = ["EventReader", "HttpApi", "Reply", "ctl", "ctl_json", "http_port"]
 
 _HTTP_ON = re.compile(r"http api on ([0-9.]+):(\d+)")
 
@@ -105,3 +105,59 @@ class HttpApi:
         r = self.call(method, path, body)
         assert r.status == 200, (method, path, r.status, r.body)
         return r.json
+
+    def events(self, path: str) -> EventReader:
+        """Open a ``text/event-stream`` (a live trace); 200 or an AssertionError."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
+        conn.request("GET", path, headers={**self.auth_header(),
+                                           "Accept": "text/event-stream"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            body = resp.read()
+            conn.close()
+            raise AssertionError((path, resp.status, body))
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        return EventReader(conn, resp)
+
+
+class EventReader:
+    """Server-sent events of one response, read one at a time (each bounded by ``WAIT``)."""
+
+    def __init__(self, conn: http.client.HTTPConnection,
+                 resp: http.client.HTTPResponse) -> None:
+        self.conn = conn
+        self.resp = resp
+
+    def next(self) -> tuple[str, Any] | None:
+        """The next event as (name, its JSON data); None when the stream has ended.
+        Comment lines (keep-alives) are skipped."""
+        name, data = "message", ""
+        while True:
+            line = self.resp.readline().decode()
+            if not line:
+                return None
+            line = line.rstrip("\n")
+            if not line:
+                if data:
+                    return name, json.loads(data)
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(": ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data += value
+
+    def until(self, name: str, test: Any = None, limit: int = 1000) -> Any:
+        """Data of the first event called ``name`` (whose data passes ``test``), reading
+        at most ``limit`` events."""
+        for _ in range(limit):
+            ev = self.next()
+            assert ev is not None, f"the stream ended before a {name!r} event"
+            if ev[0] == name and (test is None or test(ev[1])):
+                return ev[1]
+        raise AssertionError(f"no {name!r} event in {limit} events")
+
+    def close(self) -> None:
+        self.conn.close()
