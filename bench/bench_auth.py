@@ -96,7 +96,10 @@ def start_broker(kind: str, workdir: Path, passwd: Path, core: int, hash_threads
     else:
         port = free_port()
         conf = workdir / "mqttd.toml"
-        conf.write_text(f'[auth]\npassword_file = "{passwd}"\nhash_threads = {hash_threads}\n\n'
+        # Every client of the load comes from 127.0.0.1: no per-address bound (mosquitto
+        # has none either), or most would be refused busy.
+        conf.write_text(f'[auth]\npassword_file = "{passwd}"\nhash_threads = {hash_threads}\n'
+                        'max_pending_per_address = 0\n\n'
                         f'[mqtt]\nallow_anonymous = false\n\n'
                         f'[listeners.default]\nbind = "127.0.0.1"\nport = {port}\n')
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -162,6 +162,10 @@ class AuthSettings:
     hash_threads: int = 2
     #: Seconds a successful check is remembered (0: never).
     cache_ttl: float = 60.0
+    #: Checks in progress from one client address at most (0: no bound); past it that
+    #: address's CONNECTs get 0x89 (server busy), so one address cannot take every place
+    #: in the node's bound of 1,024 from the others.
+    max_pending_per_address: int = 64
 
 
 @dataclass(slots=True)
@@ -325,6 +329,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "sys_interval": (0, 86400),
     "trace_payload_limit": (0, 2 ** 20),
     "hash_threads": (1, 64),
+    "max_pending_per_address": (0, 1024),
     "cache_ttl": (0, 86400),
     "cache_size": (0, 65536),
     "max_count": (1, 2 ** 31),

@@ -221,3 +221,41 @@ def test_a_queued_check_whose_client_left_is_skipped(monkeypatch: pytest.MonkeyP
     assert done == [0]
     assert provider.calls == 1 and chain.abandoned == 2
     assert chain._pending == 0
+
+
+def test_one_address_cannot_take_every_place_in_the_bound() -> None:
+    """[auth] max_pending_per_address: past it, that address's checks are refused busy
+    (0x89) while other addresses' still queue; the places come back as checks finish."""
+    provider = Blocking()
+    chain = AuthChain(AuthSettings(cache_ttl=0, max_pending_per_address=2),
+                      [provider])  # type: ignore[list-item]
+    done: list[AuthResult] = []
+
+    def from_host(n: int, host: str) -> ClientInfo:
+        return ClientInfo(f"c{n}", f"user{n}", f"{host}:{1000 + n}")
+
+    async def body() -> None:
+        same = [chain.authenticate(from_host(i, "10.0.0.1"), b"right", done.append)
+                for i in range(3)]
+        assert same[:2] == [None, None]
+        assert same[2] is not None and same[2].code == 0x89
+        assert "from this address" in same[2].reason
+        assert chain.authenticate(from_host(9, "10.0.0.2"), b"right", done.append) is None
+        provider.release.set()
+        for _ in range(200):
+            if len(done) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(done) == 3
+        # every place was given back: the address may have two checks in progress again
+        again = [chain.authenticate(from_host(i, "10.0.0.1"), b"right", done.append)
+                 for i in range(2)]
+        assert all(a is None for a in again)
+        for _ in range(200):
+            if len(done) == 5:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(body())
+    chain.close()
+    assert [r.code for r in done] == [0] * 5

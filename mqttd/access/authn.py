@@ -147,7 +147,10 @@ class AuthChain:
         #: Remote (async) checks running; their count and the hashing jobs' in _pending.
         self._tasks: set[asyncio.Future[AuthResult | None]] = set()
         self._pending = 0
+        #: Checks in progress per client address (only addresses with one or more).
+        self._by_address: dict[str, int] = {}
         self._busy_logged = -10.0
+        self._address_logged = -10.0
         #: Queued checks skipped because their client had gone (``wanted``).
         self.abandoned = 0
         #: What close() started and wait_closed() awaits (HTTP sessions closing).
@@ -175,11 +178,45 @@ class AuthChain:
             # work without end: past this many checks in progress, refuse at once.
             self._warn_busy()
             return _BUSY
+        host = client.peerhost
+        per_address = self.settings.max_pending_per_address
+        held = self._by_address.get(host, 0)
+        if per_address and held >= per_address:
+            # One address must not take every place in the bound above from the others.
+            self._warn_address(host, held)
+            return _BUSY_ADDRESS
         self._pending += 1
-        result = self._step(0, client, password, done, wanted)
+        self._by_address[host] = held + 1
+        result = self._step(0, client, password, self._releasing(host, done), wanted)
         if result is not None:
-            self._pending -= 1  # answered without waiting: returned, ``done`` not called
+            self._release(host)  # answered without waiting: returned, ``done`` not called
         return result
+
+    def _releasing(self, host: str, done: Callable[[AuthResult], None]
+                   ) -> Callable[[AuthResult], None]:
+        def release_then(result: AuthResult) -> None:
+            self._unhold(host)
+            done(result)
+        return release_then
+
+    def _unhold(self, host: str) -> None:
+        left = self._by_address.get(host, 0) - 1
+        if left > 0:
+            self._by_address[host] = left
+        else:
+            self._by_address.pop(host, None)
+
+    def _release(self, host: str) -> None:
+        self._pending -= 1
+        self._unhold(host)
+
+    def _warn_address(self, host: str, held: int) -> None:
+        now = time.monotonic()
+        if now - self._address_logged >= 10.0:
+            self._address_logged = now
+            log.warning("%d authentications from %s in progress: refusing its new connections "
+                        "with 0x89 (server busy) until some finish ([auth] "
+                        "max_pending_per_address; logged at most every 10 s)", held, host)
 
     # The chain off the loop is driven by callbacks, not a coroutine per CONNECT: a task
     # and asyncio.wrap_future cost more than the PBKDF2 of mosquitto_passwd's 101 rounds.
@@ -234,7 +271,7 @@ class AuthChain:
         """An async provider's check finished."""
         self._tasks.discard(future)
         if future.cancelled():
-            self._pending -= 1
+            self._release(client.peerhost)
             return  # closing: nobody waits for the answer any more
         exc = future.exception()
         self._answered(i, client, password, done, None if exc else future.result(), exc)
@@ -245,7 +282,7 @@ class AuthChain:
                   wanted: Callable[[], bool] | None = None) -> None:
         """Provider ``i`` answered (on the loop's thread)."""
         if exc is ABANDONED:  # the client left before its check started: nobody waits
-            self._pending -= 1
+            self._release(client.peerhost)
             self.abandoned += 1
             return
         if exc is not None:
@@ -430,6 +467,8 @@ _UNKNOWN = AuthResult(0, decided=False, asked=True)
 #: (server busy), which MQTT 5 clients take as "retry later".
 MAX_PENDING = 1024
 _BUSY = AuthResult(0x89, reason="server busy: too many authentications in progress")
+_BUSY_ADDRESS = AuthResult(0x89, reason="server busy: too many authentications in progress "
+                           "from this address")
 
 
 class _Gated:
