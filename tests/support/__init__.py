@@ -8,6 +8,8 @@
   the compiled codec the broker runs is not what checks its own output;
 * ``clients``: a paho-mqtt client wrapper and Debian's ``mosquitto_pub``/``mosquitto_sub``;
 * ``sysreader``: readers of a running broker's ``$SYS`` metrics and stats;
+* ``httpapi``: an HTTP client of the ``[http]`` API (API key or basic), its server-sent
+  event streams, and ``mqttd ctl --json`` run in-process to compare with;
 * ``certs``: a real PKI written by the tests (CA, server and client certificates, an expired
   one, a mismatched key, an encrypted key, an unrelated CA) and server renewal for reloads;
 * ``wsclient``: a raw WebSocket client for frame-level tests; ``browser``: MQTT.js in a
