@@ -287,8 +287,10 @@ class WsFront(asyncio.Protocol):
 
 def _forwarded_for(headers: Headers) -> tuple[str, int] | None:
     """The address the (trusted) proxy in front saw: the last X-Forwarded-For entry."""
-    value = headers.get("X-Forwarded-For")
-    if not value:
+    # Every line: a proxy may add its own after the client's (HAProxy's option forwardfor),
+    # and Headers.get raises on a header given twice.
+    values = headers.get_all("X-Forwarded-For")
+    if not values:
         return None
-    host = value.rsplit(",", 1)[-1].strip()
+    host = values[-1].rsplit(",", 1)[-1].strip()
     return (host, 0) if host else None
