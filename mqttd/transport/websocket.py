@@ -175,6 +175,7 @@ class WsFront(asyncio.Protocol):
                     log.info("closing %s: a text frame (MQTT travels in binary frames)",
                              self._who())
                     ws.fail(1003, "MQTT needs binary frames")
+                    break  # the frames after it, parsed from the same read, are not taken
                 # ping, pong and close: the state machine answers them itself
             elif isinstance(event, Request):
                 self._upgrade(event)
