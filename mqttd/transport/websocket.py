@@ -140,11 +140,14 @@ class WsFront(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._started = False
+        self._peername: object = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw = transport  # type: ignore[assignment]
+        # Asked now: a closed transport no longer knows it (uvloop), and _who logs it then.
+        self._peername = transport.get_extra_info("peername")
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.listener.zone.idle_timeout, self._handshake_timeout)
 
@@ -248,7 +251,7 @@ class WsFront(asyncio.Protocol):
                                        why or "closed before the WebSocket upgrade")
 
     def _who(self) -> str:
-        peer = self.peer or (self.raw.get_extra_info("peername") if self.raw else None)
+        peer = self.peer or self._peername
         return "%s:%s" % peer[:2] if isinstance(peer, tuple) else str(peer)
 
     # --- output -------------------------------------------------------------------------
