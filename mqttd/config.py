@@ -255,6 +255,57 @@ class HttpSettings:
 
 
 @dataclass(slots=True)
+class SysmonSettings:
+    """``[sysmon]``: alarms on the process's health, checked every ``check_interval``
+    (docs/OPERATIONS.md "Alarms"). Each alarm activates at its high watermark and clears
+    at the lower clear watermark, so a value hovering near one does not flap."""
+
+    enable: bool = True
+    check_interval: float = 1.0
+    #: How late the monitor's timer may fire (the longest pause every client saw).
+    loop_lag_high: float = 0.25
+    loop_lag_clear: float = 0.05
+    #: A garbage collection longer than this raises ``long_gc`` (0: off); it clears after
+    #: ``long_gc_clear`` seconds without another.
+    long_gc: float = 0.1
+    long_gc_clear: float = 60.0
+    #: Resident memory (bytes; 0: 80 % of the machine's memory) and where it clears
+    #: (0: 90 % of the high watermark).
+    process_memory_high: int = 0
+    process_memory_clear: int = 0
+    #: Open file descriptors as a fraction of RLIMIT_NOFILE.
+    fd_high: float = 0.8
+    fd_clear: float = 0.7
+    #: A listener's connections as a fraction of its max_connections.
+    connections_high: float = 0.9
+    connections_clear: float = 0.8
+    #: The store's slowest commit in a check interval.
+    store_latency_high: float = 1.0
+    store_latency_clear: float = 0.2
+    #: Cleared alarms kept for ``mqttd ctl alarms list --history``.
+    alarm_history: int = 100
+
+
+@dataclass(slots=True)
+class OverloadSettings:
+    """``[overload_protection]``: shedding load while the event loop lags (EMQX's olp;
+    docs/OPERATIONS.md "Overload protection")."""
+
+    enable: bool = True
+    #: Loop lag counted as overload, and for how long it must last before shedding starts
+    #: (and again before the next step is taken).
+    lag: float = 0.5
+    lag_for: float = 3.0
+    #: Lag under which, lasting ``recover_for``, shedding stops.
+    recover_lag: float = 0.1
+    recover_for: float = 3.0
+    #: Second step: the heaviest publishers (bytes received in the last check interval)
+    #: whose reading pauses, and for how long each time (0: never pause anyone).
+    pause_publishers: int = 10
+    pause_time: float = 1.0
+
+
+@dataclass(slots=True)
 class Settings:
     """Everything the broker needs to start."""
 
@@ -275,6 +326,8 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     log: LogSettings = field(default_factory=LogSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    sysmon: SysmonSettings = field(default_factory=SysmonSettings)
+    overload: OverloadSettings = field(default_factory=OverloadSettings)
 
     def zone(self, name: str) -> Zone:
         return self.zones[name]
@@ -297,11 +350,16 @@ _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
 #: section.
 _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
               "max_session_expiry_interval", "server_keepalive", "max_keepalive",
-              "cache_ttl", "window", "ban_time", "apply_interval", "sys_interval"}
+              "cache_ttl", "window", "ban_time", "apply_interval", "sys_interval",
+              # [sysmon], [overload_protection]
+              "check_interval", "loop_lag_high", "loop_lag_clear", "long_gc", "long_gc_clear",
+              "store_latency_high", "store_latency_clear", "lag", "lag_for", "recover_lag",
+              "recover_for", "pause_time"}
 #: Keys whose default is None (not set) but whose value must be true or false.
 _OPTIONAL_BOOLS = {"allow_anonymous"}
 #: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").
-_SIZES = {"max_packet_size", "max_size", "apply_bytes", "max_body_size"}
+_SIZES = {"max_packet_size", "max_size", "apply_bytes", "max_body_size",
+          "process_memory_high", "process_memory_clear"}
 
 _RANGES: dict[str, tuple[float, float]] = {
     "max_packet_size": (16, 268_435_460),
@@ -340,6 +398,16 @@ _RANGES: dict[str, tuple[float, float]] = {
     "apply_bytes": (4096, 2 ** 40),
     "rotate": (1, 1000),
     "max_body_size": (1024, 2 ** 30),
+    "check_interval": (0.05, 60),
+    "loop_lag_high": (0.001, 3600), "loop_lag_clear": (0, 3600),
+    "long_gc": (0, 3600), "long_gc_clear": (0, 86400),
+    "process_memory_high": (0, 2 ** 50), "process_memory_clear": (0, 2 ** 50),
+    "fd_high": (0.01, 1), "fd_clear": (0, 1),
+    "connections_high": (0.01, 1), "connections_clear": (0, 1),
+    "store_latency_high": (0.000001, 3600), "store_latency_clear": (0, 3600),
+    "alarm_history": (1, 100_000),
+    "lag": (0.001, 3600), "lag_for": (0, 3600), "recover_lag": (0, 3600),
+    "recover_for": (0, 3600), "pause_publishers": (0, 2 ** 31), "pause_time": (0.01, 3600),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),
@@ -363,6 +431,8 @@ _FLAPPING_FIELDS = {f.name: f for f in dataclasses.fields(FlappingSettings)}
 _STORE_FIELDS = {f.name: f for f in dataclasses.fields(StoreSettings)}
 _HTTP_FIELDS = {f.name: f for f in dataclasses.fields(HttpSettings)}
 _LOG_FIELDS = {f.name: f for f in dataclasses.fields(LogSettings)}
+_SYSMON_FIELDS = {f.name: f for f in dataclasses.fields(SysmonSettings)}
+_OVERLOAD_FIELDS = {f.name: f for f in dataclasses.fields(OverloadSettings)}
 _NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level",
                 "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit"}
 
@@ -496,7 +566,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     errors: list[str] = []
     settings = base or Settings()
     sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping",
-                "store", "log", "http"}
+                "store", "log", "http", "sysmon", "overload_protection"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -579,6 +649,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
             errors.append("http.bind: must not be empty")
     else:
         errors.append("http: expected a table")
+    sysmon, overload = _parse_sysmon(data, errors)
     if not errors:
         errors += listener_security_errors(listeners, auth)
     if errors:
@@ -593,7 +664,43 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings.store = store
     settings.log = log_settings
     settings.http = http
+    settings.sysmon = sysmon
+    settings.overload = overload
     return settings
+
+
+def _parse_sysmon(data: dict[str, Any], errors: list[str]
+                  ) -> tuple[SysmonSettings, OverloadSettings]:
+    """``[sysmon]`` and ``[overload_protection]``; each clear watermark must lie below its
+    high one (else the alarm could never clear, or would flap)."""
+    sysmon = SysmonSettings()
+    table = data.get("sysmon", {})
+    if isinstance(table, dict):
+        _apply(sysmon, table, _SYSMON_FIELDS, "sysmon.", errors)
+        for high, clear in (("loop_lag_high", "loop_lag_clear"), ("fd_high", "fd_clear"),
+                            ("connections_high", "connections_clear"),
+                            ("store_latency_high", "store_latency_clear"),
+                            ("process_memory_high", "process_memory_clear")):
+            hi, lo = getattr(sysmon, high), getattr(sysmon, clear)
+            if hi and lo >= hi:
+                if clear in table:
+                    errors.append(f"sysmon.{clear}: {lo:g} must be below {high} ({hi:g})")
+                else:  # only the high watermark was lowered: its clear one follows it
+                    setattr(sysmon, clear, type(lo)(hi / 2))
+    else:
+        errors.append("sysmon: expected a table")
+    overload = OverloadSettings()
+    table = data.get("overload_protection", {})
+    if isinstance(table, dict):
+        _apply(overload, table, _OVERLOAD_FIELDS, "overload_protection.", errors)
+        if overload.recover_lag >= overload.lag and "recover_lag" not in table:
+            overload.recover_lag = overload.lag / 2
+        elif overload.recover_lag >= overload.lag:
+            errors.append(f"overload_protection.recover_lag: {overload.recover_lag:g} must be "
+                          f"below lag ({overload.lag:g})")
+    else:
+        errors.append("overload_protection: expected a table")
+    return sysmon, overload
 
 
 def _parse_log(table: object, settings: Settings, errors: list[str]) -> LogSettings:

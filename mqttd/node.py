@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import json
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from .access.build import Access, build_access
 from .access.password_file import PasswordHash
 from .access.users import UserTable
+from .alarms import Alarm, Alarms
 from .config import Settings, is_loopback
 from .core.broker import Broker
 from .core.message import Message
@@ -82,6 +84,10 @@ class Node:
         self.supervisor = Supervisor(on_restart=self._worker_restarted)
         self.sys = SysPublisher(settings.node, self.dispatcher, self.hooks, self.stats,
                                 self.metrics, self.started_at)
+        #: Alarms (mqttd ctl alarms), each change published to
+        #: $SYS/brokers/<node>/alarms/activate|deactivate.
+        self.alarms = Alarms(settings.sysmon.alarm_history)
+        self.alarms.on_change.append(self._alarm_changed)
         #: The access chains, built at start (their files are read then).
         self.access: Access | None = None
         #: The durable store's journal, opened at start (None: durability off).
@@ -216,6 +222,12 @@ class Node:
         self.registry.register_stats(self.stats)
         self.broker.router.register_stats(self.stats)
         self.broker.retainer.register_stats(self.stats)
+
+    def _alarm_changed(self, event: str, alarm: Alarm) -> None:
+        # EMQX's alarm message: JSON, QoS 0, not retained, published even when the periodic
+        # $SYS topics are off (as presence is).
+        self.sys.publish(f"alarms/{event}", json.dumps(
+            alarm.as_dict(self.settings.node), separators=(",", ":")).encode())
 
     def _hook_failed(self) -> None:
         self.metrics.inc(HOOKS_FAILED)

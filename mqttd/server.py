@@ -22,9 +22,11 @@ from .mgmt.errors import Conflict, Failed, MgmtError, Unavailable
 from .mgmt.publish import Publisher
 from .mqtt.reasons import ReasonCode as RC
 from .node import Node
+from .overload import Overload
 from .plugins import PluginError
 from .sdnotify import Notifier
 from .store.base import StoreError
+from .sysmon import SystemMonitor
 from .transport.connection import Connection, Flusher
 from .transport.fdguard import FdGuard
 from .transport.listener import ListenerError, MqttListener
@@ -62,11 +64,17 @@ class Server:
         self.notifier = Notifier.from_env()
         self._watchdog: asyncio.Task[None] | None = None
         node = self.node
+        #: Alarms on the process's health, and the load shedding fed by its loop lag.
+        self.sysmon = SystemMonitor(self.settings.sysmon, node.alarms, self._listener_loads,
+                                    lambda: node.journal)
+        self.overload = Overload(self.settings.overload, node.alarms, lambda: self.connections)
+        self.sysmon.on_lag.append(self.overload.on_lag)
         #: Every operator query and action, for the control socket (and later front ends).
         self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,
                                node.broker, node.trace, node.plugins, node.supervisor,
                                _ServerControl(self), access=lambda: node.access,
-                               store=lambda: node.journal)
+                               store=lambda: node.journal, alarms=node.alarms,
+                               health=self._health)
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""
@@ -110,6 +118,14 @@ class Server:
             except HttpError as err:
                 raise StartError(str(err)) from None
             self.http = http
+        self.sysmon.start(loop)
+
+    def _listener_loads(self) -> list[tuple[str, int, int]]:
+        return [(name, len(tcp.connections), tcp.config.max_connections)
+                for name, tcp in self.listeners.items() if tcp.running]
+
+    def _health(self) -> dict[str, Any]:
+        return {**self.sysmon.figures(), "overload": self.overload.status()}
 
     async def start_listener(self, listener: Listener, port: int | None = None) -> None:
         """Open one configured listener (on ``port`` if given); StartError if it cannot."""
@@ -119,7 +135,8 @@ class Server:
         tcp = MqttListener(listener, self.settings.zone(listener.zone), self.node.broker,
                           flusher, self.connections,
                           # while a client trace waits for its client, new channels are shown
-                          lambda: trace.watch if trace.clients else None, self._fd_guard)
+                          lambda: trace.watch if trace.clients else None, self._fd_guard,
+                          self.overload.refuse_new if self.settings.overload.enable else None)
         try:
             await tcp.start(port)
         except ListenerError as err:
@@ -128,6 +145,7 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, tell MQTT 5 clients the server is shutting down, flush, close."""
+        self.sysmon.stop()
         if self.http is not None:
             await self.http.close()
         self.notifier.stopping("shutting down")

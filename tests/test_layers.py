@@ -19,13 +19,15 @@ PKG = ROOT / "mqttd"
 #: Leaf services: importable from anywhere, importing nothing above them.
 LEAF = {"mqttd", "mqttd._accel", "mqttd.config", "mqttd.hooks", "mqttd.plugins",
         "mqttd.metrics", "mqttd._metrics_py", "mqttd._metric_names", "mqttd.stats",
-        "mqttd.supervisor", "mqttd._speedups", "mqttd.sdnotify", "mqttd.config_sources", "mqttd.logsetup"}
+        "mqttd.supervisor", "mqttd._speedups", "mqttd.sdnotify", "mqttd.config_sources",
+        "mqttd.logsetup", "mqttd.alarms"}
 
 #: Rank of each layer (a module's layer is its first package below mqttd, or its name).
 RANK = {
     "mqtt": 1,
     "core": 2,
     "transport": 3, "trace": 3, "sys_topics": 3, "access": 3, "store": 3,
+    "sysmon": 3, "overload": 3,
     "mgmt": 4,
     "ctl": 5, "http": 5, "bridge": 5, "cluster": 5,
     "node": 6,

@@ -594,6 +594,37 @@ async def cmd_banned_del(ctx: Context, a: Args) -> None:
     ctx.result("ok", data)
 
 
+# --- alarms ---------------------------------------------------------------------------------
+
+def _duration_ms(value: Any) -> str:
+    """Milliseconds as ``1h 2m 3s`` (``250 ms`` under a second)."""
+    if value is None:
+        return "-"
+    ms = int(value)
+    if ms < 1000:
+        return f"{ms} ms"
+    s = ms // 1000
+    parts = [(s // 86400, "d"), (s // 3600 % 24, "h"), (s // 60 % 60, "m"), (s % 60, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{n}{unit}" for n, unit in parts)
+
+
+ALARM_COLUMNS = [
+    Col("name", "Name"), Col("activate_at", "Activated at", when),
+    Col("duration", "Duration", _duration_ms, "right"), Col("message", "Message"),
+]
+HISTORY_COLUMNS = ALARM_COLUMNS[:2] + [Col("deactivate_at", "Deactivated at", when)] \
+    + ALARM_COLUMNS[2:]
+
+
+async def cmd_alarms_list(ctx: Context, a: Args) -> None:
+    history = bool(a.opts.get("history"))
+    alarms = ctx.mgmt.alarms.list(history)
+    await ctx.table(HISTORY_COLUMNS if history else ALARM_COLUMNS, alarms.items, alarms.row,
+                    footer=_plural("cleared alarm" if history else "active alarm"))
+
+
 # --- users ----------------------------------------------------------------------------------
 
 USER_COLUMNS = [Col("username", "Username"),
@@ -830,6 +861,8 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
      "Re-read the password, credentials and ACL files (a bad one is kept as it was)"),
     ("acl check <ClientId> <Username> publish|subscribe|deliver <Topic>", cmd_acl_check,
      "Show what authorization decides and which rule decided ('' : no user name)"),
+    ("alarms list [--history]", cmd_alarms_list,
+     "List the active alarms, or (--history) the cleared ones, newest first"),
     ("vm", cmd_vm, "Show memory, CPU, file descriptors, tasks and event-loop lag"),
     ("log level [<Level>]", cmd_log_level, "Show or set the log level: debug|info|warning|error"),
     ("stop", cmd_stop, "Stop mqttd gracefully"),

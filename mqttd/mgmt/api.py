@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .access import Acl
+from .alarms import AlarmsArea
 from .banned import Banned
 from .clients import Clients
 from .listeners import Listeners
@@ -32,6 +33,7 @@ from .vm import LoopMonitor, Vm
 
 if TYPE_CHECKING:
     from ..access.build import Access
+    from ..alarms import Alarms
     from ..config import Settings
     from ..core.broker import Broker
     from ..metrics import Metrics
@@ -49,9 +51,9 @@ class Management:
     """Every management query and action of one node, grouped by area.
 
     ``status``, ``clients``, ``sessions``, ``subscriptions``, ``routes``,
-    ``retained``, ``listeners``, ``trace``, ``plugins``, ``log``, ``vm``, ``banned`` and
-    ``store`` each answer for their area; :meth:`stop_node` stops the whole node. Call
-    :meth:`start` once the event loop runs (it samples loop lag for ``vm``)
+    ``retained``, ``listeners``, ``trace``, ``plugins``, ``log``, ``vm``, ``banned``,
+    ``store`` and ``alarms`` each answer for their area; :meth:`stop_node` stops the whole
+    node. Call :meth:`start` once the event loop runs (it samples loop lag for ``vm``)
     and :meth:`close` when the node stops.
     """
 
@@ -60,7 +62,9 @@ class Management:
                  plugins: PluginManager | None, supervisor: Supervisor | None,
                  control: ServerControl,
                  access: Callable[[], Access | None] = lambda: None,
-                 store: Callable[[], Journal | None] = lambda: None) -> None:
+                 store: Callable[[], Journal | None] = lambda: None,
+                 alarms: Alarms | None = None,
+                 health: Callable[[], dict[str, Any]] = dict) -> None:
         self.settings = settings
         self.control = control
         self.monitor = LoopMonitor()
@@ -83,6 +87,8 @@ class Management:
         #: ``store`` returns the durable store's journal once the node has started, None
         #: when durability is off.
         self.store = Store(store)
+        #: Active and cleared alarms, and what the system monitors measured.
+        self.alarms = AlarmsArea(alarms, settings.node, health)
         #: The built-in user table (kept in the store).
         self.users = Users(access, store, broker.registry)
 

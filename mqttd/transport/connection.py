@@ -126,6 +126,10 @@ class Connection(asyncio.Protocol):
         self.transport_name = "tcp"
         self.peer_address: tuple[str, int] | None = None
         self.cert_as: tuple[str, str] | None = None
+        #: Bytes received, and the count at the start of overload protection's window
+        #: (mqttd.overload measures the heaviest publishers with them).
+        self.bytes_in = 0
+        self.bytes_mark = 0
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -185,6 +189,7 @@ class Connection(asyncio.Protocol):
     def _received(self, data: bytes) -> None:
         metrics = self.metrics
         metrics.inc(BYTES_RECEIVED, len(data))
+        self.bytes_in += len(data)
         channel = self.channel
         assert channel is not None
         if channel.closing:
@@ -239,6 +244,16 @@ class Connection(asyncio.Protocol):
         self.metrics.inc(CONNECTIONS_RATE_LIMITED)
         self.transport.pause_reading()
         self._paused_until = self.loop.call_later(seconds, self._resume_reading)
+
+    def shed(self, seconds: float) -> bool:
+        """Overload protection: stop reading for ``seconds`` (not counted as rate limiting);
+        False if closing or already paused."""
+        if self._paused_until is not None or self.transport is None or self._closing \
+                or self._lost:
+            return False
+        self.transport.pause_reading()
+        self._paused_until = self.loop.call_later(seconds, self._resume_reading)
+        return True
 
     def _resume_reading(self) -> None:
         self._paused_until = None

@@ -194,8 +194,11 @@ class MqttListener:
     def __init__(self, config: Listener, zone: Zone, services: ChannelServices,
                  flusher: Flusher, everyone: set[Connection],
                  watcher: Callable[[], Callable[[Channel], None] | None],
-                 fd_guard: FdGuard | None = None) -> None:
+                 fd_guard: FdGuard | None = None,
+                 overloaded: Callable[[], bool] | None = None) -> None:
         self.config = config
+        #: Asked at every accept under the limits: refuse it for overload protection?
+        self.overloaded = overloaded
         #: The process's file descriptor reserve (shared by every listener), or None.
         self.fd_guard = fd_guard
         self.zone = zone
@@ -337,6 +340,11 @@ class MqttListener:
             self._refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
                          f"max_conn_rate ({config.max_conn_rate:g}/s)")
             return RC.CONNECTION_RATE_EXCEEDED
+        overloaded = self.overloaded
+        if overloaded is not None and overloaded():
+            self._refuse(None, "overload protection (the event loop lags; mqttd ctl alarms "
+                         "list)")
+            return RC.SERVER_BUSY
         return 0
 
     def _accept(self) -> asyncio.Protocol:
@@ -451,8 +459,9 @@ class MqttListener:
             log.info("listener %s: %s handshake with %s failed: %s%s", self.config.name,
                      stage, who, why, more)
 
-    def _refuse(self, idx: int, why: str) -> None:
-        self.services.metrics.inc(idx)
+    def _refuse(self, idx: int | None, why: str) -> None:
+        if idx is not None:  # overload protection counts its own refusals
+            self.services.metrics.inc(idx)
         now = asyncio.get_running_loop().time()
         if now - self._refused_logged >= REFUSED_LOG_EVERY:
             self._refused_logged = now
