@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,8 @@ from support.certs import Pki, make_pki
 from support.clients import Client
 from support.process import BrokerProcess, assert_clean_log, checked_broker, run_mqttd, wait_log
 from support.wsclient import BINARY, TEXT, WsClient
+
+from mqttd.access.password_file import hash_password
 
 pytest_plugins = ["support.fixtures"]
 
@@ -121,3 +125,37 @@ def test_a_socket_closed_before_the_upgrade_is_logged_with_its_address(broker: B
     wait_log(broker, f"WebSocket handshake with 127.0.0.1:{port} failed: closed before the "
              "WebSocket upgrade")
     assert "WebSocket handshake with None" not in broker.log()
+
+
+# --- credential revocation --------------------------------------------------------------------
+
+
+def test_credentials_revoked_while_their_check_runs_do_not_let_the_client_in(
+        tmp_path: Path) -> None:
+    # A reload that removes a user while that user's password is being hashed: the check
+    # answers from the entry it read before the reload, and the client got in (and stayed:
+    # the reload's sweep of connected clients ran before it had connected).
+    passwd = tmp_path / "passwd"
+    # slow enough that the reload surely finishes while the hash runs
+    passwd.write_text(f"alice:{hash_password(b'pw', iterations=4_000_000).encode()}\n")
+    passwd.chmod(0o600)
+    config = f"""
+[auth]
+password_file = "{passwd}"
+hash_threads = 1
+"""
+    with checked_broker(config) as br:
+        before = metric(br, "client.connect")
+        s = socket.create_connection(("127.0.0.1", br.port), timeout=WAIT * 4)
+        s.sendall(b.connect(uid("alice-"), username="alice", password=b"pw", keepalive=30))
+        # the CONNECT is read and its check handed to the (idle) hashing thread
+        deadline = time.monotonic() + WAIT
+        while metric(br, "client.connect") == before:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        passwd.write_text("")
+        ctl_json(br, "acl", "reload")
+        reply = s.recv(16)
+        # refused: CONNACK 0x05 (not authorized), not 0x00
+        assert reply[:2] == b"\x20\x02" and reply[3] != 0, reply
+        s.close()

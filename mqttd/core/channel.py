@@ -786,6 +786,14 @@ class Channel:
             # "unknown user" must not tell a guesser which user names exist.
             return self._refuse(result.code, _PUBLIC_REFUSALS.get(result.code, reason),
                                 reason)
+        credential = result.credential
+        if credential is not None and (self.username is None
+                                       or credential[0].entry(self.username) != credential[1]):
+            # The user was removed or changed (a reload, ctl users) while its check ran off
+            # the loop (or since the success was cached): the revocation's sweep of
+            # connected clients could not see this one yet.
+            return self._refuse(RC.BAD_USER_NAME_OR_PASSWORD, _PUBLIC_REFUSALS[0x86],
+                                "its credentials were revoked while they were checked")
         self.superuser = result.superuser
         self.auth_acl = result.acl
         self.auth_credential = result.credential
