@@ -334,7 +334,7 @@ class MqttListener:
                          f"the file descriptor limit ({guard.used} of {guard.limit} open, "
                          f"{guard.reserve} kept for the control socket and the store; raise "
                          "it: ulimit -n, or LimitNOFILE= in the systemd unit)")
-            return RC.SERVER_BUSY
+            return RC.SERVER_UNAVAILABLE
         bucket = self._bucket
         if bucket is not None and not bucket.try_take(1, asyncio.get_running_loop().time()):
             self._refuse(CONNECTIONS_REFUSED_MAX_CONN_RATE,
@@ -354,7 +354,7 @@ class MqttListener:
         if code:
             if self.websocket:  # a CONNACK would need the upgrade first: closed
                 return _Closed()
-            if code == RC.SERVER_BUSY:  # out of descriptors: answer only within the reserve
+            if code == RC.SERVER_UNAVAILABLE:  # out of descriptors: answer within the reserve
                 guard = self.fd_guard
                 return _Refused(self, code, guard.reserve // 2 if guard is not None else 0)
             return _Refused(self, code)
