@@ -13,7 +13,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(slots=True)
@@ -64,6 +64,9 @@ class Zone:
     use_username_as_clientid: bool = False
     #: Do not deliver a client's messages back to itself (3.1.1's "no local").
     ignore_loop_deliver: bool = False
+    #: Deliver at the subscription's QoS even when the message's is lower (EMQX's
+    #: upgrade_qos), rather than the lower of the two.
+    upgrade_qos: bool = False
     #: Topic filters whose subscription is refused with 0x80 (an operator deny list): a filter
     #: listed here, or one a listed wildcard filter covers ("a/#" also refuses "a/b/+").
     deny_subscribe: list[str] = field(default_factory=list)
@@ -140,6 +143,92 @@ class PluginSpec:
     ref: str
     enabled: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+
+
+# --- [modules]: the built-in feature modules (mqttd/modules, docs/MODULES.md) -----------
+
+@dataclass(slots=True)
+class DelayedSettings:
+    """``[modules.delayed]``: a PUBLISH to ``$delayed/<seconds>/<topic>`` is delivered to
+    ``<topic>`` that many seconds later."""
+
+    enable: bool = False
+    #: Delayed messages pending at most (0: no limit); past it a PUBLISH is refused (MQTT 5:
+    #: 0x97 quota exceeded).
+    max_delayed_messages: int = 100_000
+
+
+@dataclass(slots=True)
+class RewriteRule:
+    """One ``[[modules.rewrite.rules]]`` entry (EMQX's topic rewrite rule)."""
+
+    #: "publish", "subscribe" or "all".
+    action: str
+    #: The topic filter a topic (or a subscription's filter) must match for the rule to apply.
+    source_topic: str
+    #: A regular expression searched in the topic; its groups are ``$1``... in ``dest_topic``.
+    re: str
+    #: The new topic: text, ``$1``..``$9``, ``${clientid}`` and ``${username}``.
+    dest_topic: str
+
+
+@dataclass(slots=True)
+class RewriteSettings:
+    """``[modules.rewrite]``: topic rewrite rules, the first whose ``source_topic`` matches
+    applies."""
+
+    enable: bool = False
+    rules: list[RewriteRule] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AutoSubscribeTopic:
+    """One ``[[modules.auto_subscribe.topics]]`` entry: a filter (``${clientid}``,
+    ``${username}`` allowed) and its subscription options."""
+
+    topic: str
+    qos: int = 0
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
+
+
+@dataclass(slots=True)
+class AutoSubscribeSettings:
+    """``[modules.auto_subscribe]``: subscriptions every client gets when it connects."""
+
+    enable: bool = False
+    topics: list[AutoSubscribeTopic] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RetainerSettings:
+    """``[modules.retainer]``: limits on what is kept as a retained message."""
+
+    enable: bool = False
+    #: Retained messages kept at most (0: no limit); a new topic past it is not kept.
+    max_retained_messages: int = 0
+    #: Largest payload kept as retained, in bytes (0: no limit).
+    max_payload_size: int = 0
+    #: Expiry given to retained messages that have none, in seconds (0: none).
+    msg_expiry_interval: int = 0
+    #: Listeners whose clients' retained messages are delivered but never kept.
+    disabled_listeners: list[str] = field(default_factory=list)
+
+
+class ModulesSettings(NamedTuple):
+    """``[modules]``: each module's settings (``enable``: loaded at start)."""
+
+    delayed: DelayedSettings
+    rewrite: RewriteSettings
+    auto_subscribe: AutoSubscribeSettings
+    retainer: RetainerSettings
+
+
+def default_modules() -> ModulesSettings:
+    """Every module with its defaults (none enabled)."""
+    return ModulesSettings(DelayedSettings(), RewriteSettings(), AutoSubscribeSettings(),
+                           RetainerSettings())
 
 
 @dataclass(slots=True)
@@ -320,6 +409,8 @@ class Settings:
     trace_payload_limit: int = 256
     #: Plugins loaded at start, in order (``[plugins]`` in the file).
     plugins: list[PluginSpec] = field(default_factory=list)
+    #: The built-in feature modules' settings (``[modules.<name>]``).
+    modules: ModulesSettings = field(default_factory=default_modules)
     auth: AuthSettings = field(default_factory=AuthSettings)
     authz: AuthzSettings = field(default_factory=AuthzSettings)
     flapping: FlappingSettings = field(default_factory=FlappingSettings)
@@ -566,7 +657,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     errors: list[str] = []
     settings = base or Settings()
     sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping",
-                "store", "log", "http", "sysmon", "overload_protection"}
+                "store", "log", "http", "sysmon", "overload_protection", "modules"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -650,6 +741,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     else:
         errors.append("http: expected a table")
     sysmon, overload = _parse_sysmon(data, errors)
+    modules = _parse_modules(data.get("modules", {}), listeners, errors)
     if not errors:
         errors += listener_security_errors(listeners, auth)
     if errors:
@@ -664,6 +756,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings.store = store
     settings.log = log_settings
     settings.http = http
+    settings.modules = modules
     settings.sysmon = sysmon
     settings.overload = overload
     return settings
@@ -900,6 +993,170 @@ def _parse_plugins(section: object, errors: list[str]) -> list[PluginSpec]:
             continue
         specs.append(spec)
     return specs
+
+
+# --- [modules] ---------------------------------------------------------------------------
+
+#: Placeholders a rewrite destination or an auto-subscribe topic may hold.
+MODULE_PLACEHOLDERS = ("${clientid}", "${username}")
+_REWRITE_ACTIONS = ("publish", "subscribe", "all")
+_MODULE_INTS = {"max_delayed_messages": 2 ** 31, "max_retained_messages": 2 ** 31,
+                "max_payload_size": 268_435_455, "msg_expiry_interval": 0xFFFFFFFF,
+                "qos": 2, "retain_handling": 2}
+
+
+def topic_filter_error(text: str) -> str | None:
+    """Why ``text`` is not a topic filter (None: it is one); as mqtt/topics says it, which
+    this leaf module may not import."""
+    if not text:
+        return "empty"
+    if "\0" in text:
+        return "contains a NUL character"
+    levels = text.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole level, and the last"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
+
+
+def _placeholder_error(text: str) -> str | None:
+    import re  # as the other parsers here: not paid by every import of config
+
+    for ref in re.findall(r"\$\{[^}]*\}?", text):
+        if ref not in MODULE_PLACEHOLDERS:
+            return f"unknown placeholder {ref} (known: {', '.join(MODULE_PLACEHOLDERS)})"
+    return None
+
+
+def _module_table(target: Any, table: dict[str, Any], path: str, errors: list[str],
+                  skip: tuple[str, ...] = ()) -> None:
+    """``_apply`` for a module's keys: durations and sizes read here, ranges checked here."""
+    fields = {f.name: f for f in dataclasses.fields(target) if f.name not in skip}
+    for key, value in table.items():
+        if key in skip:
+            continue
+        if key not in fields:
+            errors.append(_unknown(path, key, list(fields)))
+            continue
+        if isinstance(value, str) and key in ("msg_expiry_interval", "max_payload_size"):
+            units = _DURATION_UNITS if key == "msg_expiry_interval" else _SIZE_UNITS
+            parsed = _parse_unit(value, units)
+            if parsed is None:
+                kind = "duration" if units is _DURATION_UNITS else "size"
+                errors.append(f"{path}{key}: not a {kind}: {value!r}")
+                continue
+            value = int(parsed)
+        value, err = _coerce(key, value, getattr(target, key))
+        if err is None and key in _MODULE_INTS and isinstance(value, int) \
+                and not 0 <= value <= _MODULE_INTS[key]:
+            err = f"{value} is out of range (0..{_MODULE_INTS[key]})"
+        if err:
+            errors.append(f"{path}{key}: {err}")
+        else:
+            setattr(target, key, value)
+
+
+def _rewrite_rule(entry: object, path: str, errors: list[str]) -> RewriteRule | None:
+    import re
+
+    if not isinstance(entry, dict):
+        errors.append(f"{path}: expected a table (action, source_topic, re, dest_topic)")
+        return None
+    rule = RewriteRule("all", "", "", "")
+    n = len(errors)
+    missing = [k for k in ("action", "source_topic", "re", "dest_topic") if k not in entry]
+    if missing:
+        errors.append(f"{path}: {', '.join(missing)} missing")
+    _module_table(rule, entry, f"{path}.", errors)
+    if len(errors) > n:
+        return None
+    shown = (f"{path} (action {rule.action!r}, source_topic {rule.source_topic!r}, "
+             f"re {rule.re!r}, dest_topic {rule.dest_topic!r})")
+    if rule.action not in _REWRITE_ACTIONS:
+        errors.append(f"{shown}: action must be one of {', '.join(_REWRITE_ACTIONS)}")
+        return None
+    err = topic_filter_error(rule.source_topic)
+    if err:
+        errors.append(f"{shown}: source_topic is not a topic filter: {err}")
+        return None
+    try:
+        groups = re.compile(rule.re).groups
+    except re.error as exc:
+        errors.append(f"{shown}: re is not a regular expression: {exc}")
+        return None
+    err = _placeholder_error(rule.dest_topic)
+    if not rule.dest_topic:
+        err = "dest_topic is empty"
+    for ref in re.findall(r"\$(\d+)", rule.dest_topic):
+        if int(ref) > groups:
+            err = f"dest_topic uses ${ref} but re has {groups} group(s)"
+    if err:
+        errors.append(f"{shown}: {err}")
+        return None
+    return rule
+
+
+def _parse_modules(section: object, listeners: list[Listener], errors: list[str]
+                   ) -> ModulesSettings:
+    """``[modules.<name>]`` tables; unknown modules and keys, bad rules and topics refused
+    with where they are and why."""
+    delayed, rewrite = DelayedSettings(), RewriteSettings()
+    auto, retainer = AutoSubscribeSettings(), RetainerSettings()
+    if not isinstance(section, dict):
+        errors.append("modules: expected a table of modules")
+        return default_modules()
+    known = list(ModulesSettings._fields)
+    for name, table in section.items():
+        path = f"modules.{name}."
+        if name not in known:
+            errors.append(_unknown("modules.", name, known))
+            continue
+        if not isinstance(table, dict):
+            errors.append(f"modules.{name}: expected a table")
+            continue
+        if name == "delayed":
+            _module_table(delayed, table, path, errors)
+        elif name == "retainer":
+            _module_table(retainer, table, path, errors)
+            names = {lst.name for lst in listeners}
+            for lst in retainer.disabled_listeners:
+                if lst not in names:
+                    errors.append(f"{path}disabled_listeners: no listener named {lst!r}")
+        elif name == "rewrite":
+            _module_table(rewrite, table, path, errors, ("rules",))
+            rules = table.get("rules", [])
+            if not isinstance(rules, list):
+                errors.append(f"{path}rules: expected a list of rules ([[{path}rules]])")
+                continue
+            for i, entry in enumerate(rules):
+                rule = _rewrite_rule(entry, f"{path}rules[{i}]", errors)
+                if rule is not None:
+                    rewrite.rules.append(rule)
+        else:
+            _module_table(auto, table, path, errors, ("topics",))
+            topics = table.get("topics", [])
+            if not isinstance(topics, list):
+                errors.append(f"{path}topics: expected a list of topics ([[{path}topics]])")
+                continue
+            for i, entry in enumerate(topics):
+                where = f"{path}topics[{i}]"
+                if not isinstance(entry, dict) or "topic" not in entry:
+                    errors.append(f"{where}: expected a table with a topic")
+                    continue
+                sub = AutoSubscribeTopic("")
+                n = len(errors)
+                _module_table(sub, entry, f"{where}.", errors)
+                if len(errors) > n:
+                    continue
+                err = _placeholder_error(sub.topic) or topic_filter_error(
+                    sub.topic.replace("${clientid}", "c").replace("${username}", "u"))
+                if err:
+                    errors.append(f"{where}.topic: {sub.topic!r}: {err}")
+                    continue
+                auto.topics.append(sub)
+    return ModulesSettings(delayed, rewrite, auto, retainer)
 
 
 # --- the sources: file, environment ----------------------------------------------------

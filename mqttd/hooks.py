@@ -65,6 +65,8 @@ HOOK_POINTS: dict[str, tuple[str, str, str]] = {
     "client.subscribe": ("fold", "clientinfo, properties",
                          "[(topic_filter, SubOpts | reason code)]"),
     "client.unsubscribe": ("fold", "clientinfo, properties", "[topic_filter]"),
+    "client.publish": ("fold", "clientinfo, properties",
+                       "topic name (before authorization; an int >= 0x80 refuses it)"),
     "session.created": ("run", "session", ""),
     "session.subscribed": ("run", "session, topic_filter, SubOpts, is_new", ""),
     "session.unsubscribed": ("run", "session, topic_filter", ""),
@@ -73,6 +75,7 @@ HOOK_POINTS: dict[str, tuple[str, str, str]] = {
     "session.takeovered": ("run", "session", ""),
     "session.terminated": ("run", "session, reason", ""),
     "message.publish": ("fold", "", "Message (None: not published)"),
+    "message.retain": ("fold", "", "Message to keep as retained (None: not kept)"),
     "message.delivered": ("fold", "clientinfo", "Message"),
     "message.acked": ("run", "clientinfo, message", ""),
     "message.dropped": ("run", "message, reason", ""),
@@ -142,6 +145,7 @@ class Hooks:
     client_disconnected: tuple[Callback, ...]
     client_subscribe: tuple[Callback, ...]
     client_unsubscribe: tuple[Callback, ...]
+    client_publish: tuple[Callback, ...]
     session_created: tuple[Callback, ...]
     session_subscribed: tuple[Callback, ...]
     session_unsubscribed: tuple[Callback, ...]
@@ -150,6 +154,7 @@ class Hooks:
     session_takeovered: tuple[Callback, ...]
     session_terminated: tuple[Callback, ...]
     message_publish: tuple[Callback, ...]
+    message_retain: tuple[Callback, ...]
     message_delivered: tuple[Callback, ...]
     message_acked: tuple[Callback, ...]
     message_dropped: tuple[Callback, ...]

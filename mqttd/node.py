@@ -26,6 +26,8 @@ from .core.broker import Broker
 from .core.message import Message
 from .hooks import Hooks
 from .metrics import HOOKS_FAILED, WORKERS_RESTARTED, Metrics
+from .modules.base import ModuleContext
+from .modules.manager import ModuleManager
 from .plugins import PluginContext, PluginManager
 from .stats import Stats
 from .store.base import StoreError
@@ -80,6 +82,9 @@ class Node:
         self.broker.trace_publish = self.trace.on_publish
         self.plugins = PluginManager(PluginContext(self.hooks, self.metrics, self.stats,
                                                    settings, self.publish))
+        #: The built-in feature modules ([modules.<name>], mqttd ctl modules).
+        self.modules = ModuleManager(ModuleContext(self.hooks, self.metrics, settings,
+                                                   self.broker, LoopTimers()))
         #: Background workers (stats tick, $SYS, sweeps, trace writers), restarted on crash.
         self.supervisor = Supervisor(on_restart=self._worker_restarted)
         self.sys = SysPublisher(settings.node, self.dispatcher, self.hooks, self.stats,
@@ -165,6 +170,7 @@ class Node:
         broker.anonymous = self._anonymous_policy()
         access.start(self.registry, self.metrics, LoopTimers())
         self.plugins.load_all(self.settings.plugins)
+        self.modules.load_enabled()
         self._register_stats()
         self.sys.load_presence()
         self.supervisor.start_child("stats", self.stats.run)
@@ -202,6 +208,7 @@ class Node:
         """Stop the background workers, unload the plugins, close the access chains."""
         await self.supervisor.stop()
         self.sys.unload_presence()
+        self.modules.unload_all()
         self.plugins.unload_all()
         if self.access is not None:
             await self.access.aclose()

@@ -75,6 +75,7 @@ class Server:
                                _ServerControl(self), access=lambda: node.access,
                                store=lambda: node.journal, alarms=node.alarms,
                                health=self._health)
+        self.mgmt.modules.manager = node.modules
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""

@@ -3,7 +3,8 @@ within a layer), never up; no import cycle between modules, type-only imports in
 function-level import of mqttd's own modules (the usual way to hide a cycle).
 
 Layers, bottom to top (docs/ARCHITECTURE.md): leaf services < mqtt < core < transport,
-trace, sys_topics, access, store < mgmt < ctl, http, bridge, cluster < node < server < cli.
+trace, sys_topics, access, store, modules < mgmt < ctl, http, bridge, cluster < node < server
+< cli.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ LEAF = {"mqttd", "mqttd._accel", "mqttd.config", "mqttd.hooks", "mqttd.plugins",
 RANK = {
     "mqtt": 1,
     "core": 2,
-    "transport": 3, "trace": 3, "sys_topics": 3, "access": 3, "store": 3,
+    "transport": 3, "trace": 3, "sys_topics": 3, "access": 3, "store": 3, "modules": 3,
     "sysmon": 3, "overload": 3,
     "mgmt": 4,
     "ctl": 5, "http": 5, "bridge": 5, "cluster": 5,

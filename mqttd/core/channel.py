@@ -1107,7 +1107,12 @@ class Channel:
                 return self._close(_PROTO, "receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
         self.recv_msg += 1
         payload = p.payload
-        code = self._check_publish(topic, props, payload)
+        if self.hooks.client_publish:
+            topic, code = self._publish_hook(topic, props)
+            if not code:
+                code = self._check_publish(topic, props, payload)
+        else:
+            code = self._check_publish(topic, props, payload)
         if code:
             metrics.inc(PACKETS_PUBLISH_AUTH_ERROR if code == RC.NOT_AUTHORIZED
                         else PACKETS_PUBLISH_ERROR)
@@ -1145,6 +1150,20 @@ class Channel:
             session.await_rel(p.packet_id, time.monotonic())
             self._send(Pubrec(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
+
+    def _publish_hook(self, topic: str, props: Properties) -> tuple[str, int]:
+        """The client.publish fold, before authorization (topic rewrite, ``$delayed/``):
+        the topic to go on with, and 0 or the reason code that refuses the PUBLISH."""
+        result = self.hooks.run_fold("client.publish",
+                                     (self._clientinfo or self.clientinfo, props), topic)
+        if isinstance(result, int):
+            return topic, result if result >= 0x80 else RC.UNSPECIFIED_ERROR
+        if not isinstance(result, str) or not result or "+" in result or "#" in result \
+                or "\0" in result:
+            log.warning("a client.publish callback gave %r for %s: not a topic name",
+                        result, topic)
+            return topic, RC.TOPIC_NAME_INVALID
+        return result, 0
 
     def _check_publish(self, topic: str, props: Properties, payload: bytes) -> int:
         """0 if the client may publish this, else the reason code to refuse it with."""
@@ -1321,8 +1340,9 @@ class Channel:
     def _send_retained(self, topic_filter: str, opts: SubOpts, subid: int) -> None:
         if parse_shared(topic_filter) is not None:
             return  # retained messages are not sent for shared subscriptions
+        upgrade = self.zone.upgrade_qos
         for msg in self.services.retained(topic_filter):
-            qos = opts.qos if opts.qos < msg.qos else msg.qos
+            qos = opts.qos if opts.qos < msg.qos or upgrade else msg.qos
             self.deliver((msg, qos, True, (subid,) if subid else (), None), None)
 
     def _in_unsubscribe(self, p: Unsubscribe) -> None:

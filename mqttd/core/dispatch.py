@@ -89,7 +89,13 @@ class Dispatcher:
     def publish(self, msg: Message) -> int:
         """Store if retained, dispatch, and return the number of sessions reached."""
         if msg.retain:
-            self.retainer.store(msg)
+            hooks = self.hooks
+            if hooks.message_retain:  # retainer limits (mqttd/modules/retainer.py)
+                kept = hooks.run_fold("message.retain", (), msg)
+                if kept is not None:
+                    self.retainer.store(kept)
+            else:
+                self.retainer.store(msg)
         routes = self.router.match(msg.topic)
         if not routes:
             self.dropped_no_subscribers += 1
@@ -114,7 +120,7 @@ class Dispatcher:
                     self._no_local(session, msg)
                     continue
                 qos = opts.qos
-                if qos > mqos:
+                if qos > mqos and not session.upgrade_qos:
                     qos = mqos
                 delivery = (msg, qos, mretain and opts.retain_as_published,
                             (subid,) if subid else (), None)
@@ -142,7 +148,7 @@ class Dispatcher:
                 if opts.no_local and sender == session.client_id:
                     self._no_local(session, msg)
                     continue
-                qos = opts.qos if opts.qos < mqos else mqos
+                qos = opts.qos if opts.qos < mqos or session.upgrade_qos else mqos
                 retain = msg.retain and opts.retain_as_published
                 m = merged.get(session)
                 if m is None:
@@ -196,7 +202,7 @@ class Dispatcher:
             if session is None:
                 return 0
             opts, subid = group.members[session]
-            qos = opts.qos if opts.qos < msg.qos else msg.qos
+            qos = opts.qos if opts.qos < msg.qos or session.upgrade_qos else msg.qos
             retain = msg.retain and opts.retain_as_published
             delivery = (msg, qos, retain, (subid,) if subid else (), group)
             channel = session.channel

@@ -122,6 +122,7 @@ class Registry:
             session.await_rel_timeout = zone.await_rel_timeout
         session.persistent = expiry > 0
         session.zone = zone.name
+        session.upgrade_qos = zone.upgrade_qos
         session.channel = channel
         self.channels[client_id] = channel
         store = self.store

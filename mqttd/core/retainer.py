@@ -18,25 +18,43 @@ class Retainer:
         #: The durable store (None: durability off); ``$SYS`` topics are not kept in it:
         #: the node publishes them anew after a start.
         self.durable: SessionStore | None = None
+        #: The broker's own ``$SYS`` topics among them (not the clients': ``clients_count``).
+        self._sys: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._store)
 
+    def clients_count(self) -> int:
+        """Retained messages that are not the broker's own ``$SYS`` values (the retainer
+        limits count these)."""
+        return len(self._store) - len(self._sys)
+
     def store(self, msg: Message) -> None:
         durable = self.durable
+        topic = msg.topic
+        sys = topic.startswith("$SYS/")
         if msg.payload:
-            self._store[msg.topic] = msg
-            if durable is not None and not msg.topic.startswith("$SYS/"):
+            self._store[topic] = msg
+            if sys:
+                self._sys.add(topic)
+            elif durable is not None:
                 durable.retain(msg)
-        elif self._store.pop(msg.topic, None) is not None and durable is not None:
-            durable.unretain(msg.topic)
+        elif self._store.pop(topic, None) is not None:
+            if sys:
+                self._sys.discard(topic)
+            elif durable is not None:
+                durable.unretain(topic)
 
     def restore(self, msg: Message) -> None:
-        """A retained message read back from the durable store at start."""
+        """A retained message read back from the durable store at start (or kept through
+        a clean)."""
         self._store[msg.topic] = msg
+        if msg.topic.startswith("$SYS/"):
+            self._sys.add(msg.topic)
 
     def _expired(self, topic: str) -> None:
         del self._store[topic]
+        self._sys.discard(topic)
         if self.durable is not None:
             self.durable.unretain(topic)
 
@@ -75,6 +93,7 @@ class Retainer:
     def delete(self, topic: str) -> bool:
         if self._store.pop(topic, None) is None:
             return False
+        self._sys.discard(topic)
         if self.durable is not None:
             self.durable.unretain(topic)
         return True
@@ -82,6 +101,7 @@ class Retainer:
     def clear(self) -> int:
         n = len(self._store)
         self._store.clear()
+        self._sys.clear()
         if self.durable is not None:
             self.durable.clear_retained()
         return n

@@ -43,7 +43,7 @@ class Session:
         "wait_comp", "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0",
         "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
-        "await_rel_timeout", "store", "refs", "_qseq", "zone",
+        "await_rel_timeout", "store", "refs", "_qseq", "zone", "upgrade_qos",
     )
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
@@ -87,6 +87,9 @@ class Session:
         self._qseq = 0
         #: The name of the zone the session was last connected through.
         self.zone = "default"
+        #: That zone's upgrade_qos: deliveries at the subscription's QoS, not the lower of
+        #: the subscription's and the message's (the dispatcher asks only when they differ).
+        self.upgrade_qos = False
 
     # --- outgoing ---------------------------------------------------------------------
 

@@ -557,6 +557,73 @@ async def cmd_plugins_unload(ctx: Context, a: Args) -> None:
     ctx.result(f"Plugin {name} unloaded successfully.", data)
 
 
+# --- modules, delayed -----------------------------------------------------------------------
+
+_MODULE_KEYS = ("name", "loaded", "enabled", "description")
+MODULE_COLUMNS = [
+    Col("name", "Name"), Col("loaded", "Loaded", lambda v: "yes" if v else "no"),
+    Col("enabled", "Enabled", lambda v: "yes" if v else "no"),
+    Col("description", "Description"), Col("details", "Details"),
+]
+
+
+def _module_row(row: Row) -> Row:
+    """A module's row with what a loaded module says of itself as one ``k=v`` column."""
+    details = ", ".join(f"{k}={v}" for k, v in row.items() if k not in _MODULE_KEYS)
+    return {**row, "details": details or "-"}
+
+
+async def cmd_modules_list(ctx: Context, a: Args) -> None:
+    await ctx.table(MODULE_COLUMNS, ctx.mgmt.modules.all(),
+                    same if ctx.json else _module_row, footer=_plural("module"))
+
+
+async def cmd_modules_load(ctx: Context, a: Args) -> None:
+    (name,) = a.pos
+    try:
+        data = ctx.mgmt.modules.load(name)
+    except Failed as err:
+        raise CtlError(f"cannot load module {name}: {err.message}", reason=err.reason
+                       ) from None
+    ctx.result(f"Module {name} loaded successfully.", data)
+
+
+async def cmd_modules_unload(ctx: Context, a: Args) -> None:
+    (name,) = a.pos
+    try:
+        data = ctx.mgmt.modules.unload(name)
+    except Failed as err:
+        raise CtlError(f"cannot unload module {name}: {err.message}", reason=err.reason
+                       ) from None
+    except NotFound:
+        raise CtlError(f"cannot unload module {name}: not_loaded", reason="not_loaded"
+                       ) from None
+    ctx.result(f"Module {name} unloaded successfully.", data)
+
+
+DELAYED_COLUMNS = [
+    Col("id", "Id", justify="right"), Col("topic", "Topic"),
+    Col("qos", "QoS", justify="right"), Col("from", "From", lambda v: v or "-"),
+    Col("delay", "Delay", lambda v: f"{v}s", "right"),
+    Col("remaining", "Remaining", lambda v: f"{v}s", "right"),
+    Col("publish_at", "Publish at", when),
+]
+
+
+async def cmd_delayed_list(ctx: Context, a: Args) -> None:
+    await ctx.table(DELAYED_COLUMNS, ctx.mgmt.modules.delayed_list(), same,
+                    footer=_plural("delayed message"))
+
+
+async def cmd_delayed_del(ctx: Context, a: Args) -> None:
+    (entry_id,) = a.pos
+    try:
+        data = ctx.mgmt.modules.delayed_delete(entry_id)
+    except NotFound as err:
+        raise _not_found(err) from None
+    ctx.result(f"Delayed message {entry_id} deleted.", data)
+
+
 # --- banned ---------------------------------------------------------------------------------
 
 def _until(value: Any) -> str:
@@ -857,6 +924,13 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("plugins list", cmd_plugins_list, "List loaded and installed plugins"),
     ("plugins load <Plugin>", cmd_plugins_load, "Load a plugin (module:Class or entry point)"),
     ("plugins unload <Plugin>", cmd_plugins_unload, "Unload a plugin"),
+    ("modules list", cmd_modules_list,
+     "List the built-in modules: loaded, enabled in the configuration, their counters"),
+    ("modules load <Module>", cmd_modules_load,
+     "Load a module (delayed, rewrite, auto_subscribe, retainer) with its [modules] settings"),
+    ("modules unload <Module>", cmd_modules_unload, "Unload a module"),
+    ("delayed list", cmd_delayed_list, "List pending delayed messages ($delayed/<s>/<topic>)"),
+    ("delayed del <Id>", cmd_delayed_del, "Delete a pending delayed message"),
     ("acl reload", cmd_acl_reload,
      "Re-read the password, credentials and ACL files (a bad one is kept as it was)"),
     ("acl check <ClientId> <Username> publish|subscribe|deliver <Topic>", cmd_acl_check,

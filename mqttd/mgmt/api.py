@@ -20,6 +20,7 @@ from .clients import Clients
 from .listeners import Listeners
 from .listing import Row
 from .log import LogLevel
+from .modules import Modules
 from .plugins import Plugins
 from .retained import Retained
 from .routes import Routes
@@ -77,6 +78,9 @@ class Management:
         self.listeners = Listeners(control)
         self.trace = Traces(trace, broker.registry)
         self.plugins = Plugins(plugins)
+        #: The built-in feature modules: the process layer hands in the node's manager
+        #: (``modules.manager``).
+        self.modules = Modules(None)
         self.log = LogLevel(settings)
         self.vm = Vm(self.monitor)
         #: ``access`` returns the node's access control once the node has started (its

@@ -1,0 +1,64 @@
+"""What every module is given and what it is: :class:`ModuleContext`, :class:`Module`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..config import Settings
+from ..core.broker import Broker
+from ..core.services import Timers
+from ..hooks import Hooks
+from ..metrics import Metrics
+
+__all__ = ["Module", "ModuleContext", "ModuleError"]
+
+
+class ModuleError(Exception):
+    """A module could not be loaded (unknown, already loaded, or refused its settings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleContext:
+    """A module's view of the node: the plugin surface (hooks, counters, settings) and
+    the broker's services that built-in features need (publish, subscribe, authorization,
+    sessions, the retained store) and the node's timers."""
+
+    hooks: Hooks
+    metrics: Metrics
+    settings: Settings
+    broker: Broker
+    timers: Timers
+
+
+class Module:
+    """A feature module: registers its hook callbacks in :meth:`load` (with :meth:`hook`)
+    and gets them removed by :meth:`unload`."""
+
+    #: The name in ``[modules.<name>]`` and in ``mqttd ctl modules``.
+    name: ClassVar[str] = ""
+    #: One line for ``mqttd ctl modules list``.
+    description: ClassVar[str] = ""
+
+    def __init__(self, ctx: ModuleContext) -> None:
+        self.ctx = ctx
+        self._hooks: list[tuple[str, Callable[..., Any]]] = []
+
+    def hook(self, point: str, callback: Callable[..., Any], priority: int = 0) -> None:
+        """Add ``callback`` to ``point``; removed again by :meth:`unload`."""
+        self.ctx.hooks.add(point, callback, priority)
+        self._hooks.append((point, callback))
+
+    def load(self) -> None:
+        """Register hook callbacks (and start whatever the module runs)."""
+
+    def unload(self) -> None:
+        """Remove every callback :meth:`hook` added."""
+        for point, callback in self._hooks:
+            self.ctx.hooks.delete(point, callback)
+        self._hooks.clear()
+
+    def info(self) -> dict[str, Any]:
+        """What ``mqttd ctl modules list`` shows beside the name (counters, sizes)."""
+        return {}

@@ -1,0 +1,182 @@
+"""Delayed publish (``[modules.delayed]``, mqttd/modules/delayed.py) against a real daemon
+with paho and mosquitto clients: delivery after the delay, refusals with their reason codes
+(never delivered to ``$delayed/...`` subscribers), the bound, authorization of the real
+topic, ``mqttd ctl delayed list|del`` and ``modules load|unload``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import builder as B, uid
+from support.clients import Clients, MosquittoSub, mosquitto_pub
+from support.ctlrun import ctl, ctl_json, ok
+from support.process import BrokerProcess, checked_broker
+
+from mqttd.mqtt.packets import Pubrec
+
+pytest_plugins = ["support.fixtures"]
+
+TOPIC_NAME_INVALID = 0x90
+QUOTA_EXCEEDED = 0x97
+NOT_AUTHORIZED = 0x87
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+CONFIG = """
+[modules.delayed]
+enable = true
+max_delayed_messages = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerProcess]:
+    with checked_broker(CONFIG) as b:
+        yield b
+
+
+def _clear(broker: BrokerProcess) -> None:
+    for row in ctl_json(broker, "delayed", "list"):
+        ok(broker, "delayed", "del", str(row["id"]))
+
+
+def test_delivered_to_the_topic_after_the_delay(clients: Clients, broker: BrokerProcess
+                                                ) -> None:
+    u = uid()
+    sub = clients(version=5)
+    assert sub.subscribe([(f"d/{u}", 2), ("$delayed/#", 2)]) == [2, 2]
+    pub = clients(version=5)
+    # Accepted: nobody received it yet (EMQX answers the same).
+    assert pub.publish(f"$delayed/1/d/{u}", b"later", 1) in (0, NO_MATCHING_SUBSCRIBERS)
+    msg = sub.expect_message()
+    assert (msg.topic, msg.payload, msg.qos) == (f"d/{u}", b"later", 1)
+    # The $delayed/ form itself reached nobody: the next message is the sentinel.
+    pub.publish(f"d/{u}", b"sentinel", 1)
+    assert sub.expect_message().payload == b"sentinel"
+    sub.assert_no_message()
+
+
+def test_zero_seconds_and_qos2_with_mosquitto_clients(broker: BrokerProcess) -> None:
+    u = uid()
+    sub = MosquittoSub(broker, "-t", f"m/{u}", "-q", "2")
+    try:
+        sub.wait_subscribed()
+        mosquitto_pub(broker, "-t", f"$delayed/0/m/{u}", "-m", "now", "-q", "2")
+        assert sub.message() == (f"m/{u}", 2, 0, "now")
+    finally:
+        sub.stop()
+
+
+@pytest.mark.parametrize("topic", [
+    "$delayed/abc/t", "$delayed/4294968/t", "$delayed/-1/t", "$delayed/1.5/t",
+    "$delayed/10", "$delayed/10/", "$delayed//t", "$delayed/1/$SYS/x",
+    "$delayed/1/$delayed/1/t", "$delayed/ 1/t",
+])
+def test_invalid_delayed_topic_is_refused_with_0x90(topic: str, clients: Clients,
+                                                    raws: Any, broker: BrokerProcess) -> None:
+    watcher = clients(version=5)
+    assert watcher.subscribe([("$delayed/#", 1), (f"s/{topic}", 1)]) == [1, 1]
+    pub = clients(version=5)
+    assert pub.publish(topic, b"bad", 1) == TOPIC_NAME_INVALID
+    pub.publish(topic, b"bad", 0)
+    # QoS 2: PUBREC 0x90 ends the flow (paho would answer it with a PUBREL anyway).
+    raw = raws(broker, 5)
+    raw.connect(uid("raw-"))
+    raw.send(B.publish(topic, b"bad", qos=2, packet_id=7, properties=B.EMPTY_PROPS))
+    assert raw.expect(Pubrec) == Pubrec(7, TOPIC_NAME_INVALID)
+    old = clients(version=4)  # 3.1.1 cannot be told: acknowledged, and dropped
+    assert old.publish(topic, b"bad", 1) == 0
+    pub.publish(f"s/{topic}", b"sentinel", 1)
+    assert watcher.expect_message().payload == b"sentinel"
+    watcher.assert_no_message()
+    assert ctl_json(broker, "delayed", "list") == [] or all(
+        r["topic"] != topic for r in ctl_json(broker, "delayed", "list"))
+
+
+def test_the_largest_delay_is_accepted_listed_and_deleted(clients: Clients,
+                                                          broker: BrokerProcess) -> None:
+    _clear(broker)
+    u = uid()
+    pub = clients(u, version=5)
+    assert pub.publish(f"$delayed/4294967/far/{u}", b"x", 1) in (0, NO_MATCHING_SUBSCRIBERS)
+    rows = ctl_json(broker, "delayed", "list")
+    assert [(r["topic"], r["qos"], r["from"], r["delay"]) for r in rows] == [
+        (f"far/{u}", 1, u, 4294967)]
+    human = ok(broker, "delayed", "list")
+    assert f"far/{u}" in human and "4294967s" in human and "1 delayed message" in human
+    entry = str(rows[0]["id"])
+    assert ctl_json(broker, "delayed", "del", entry) == {"id": int(entry), "deleted": True}
+    assert ctl_json(broker, "delayed", "list") == []
+    r = ctl(broker, "delayed", "del", entry)
+    assert r.code == 1 and "not found" in r.err, r
+    r = ctl(broker, "delayed", "del", "nope")
+    assert r.code == 2 and "is a number" in r.err, r
+
+
+def test_max_delayed_messages_refuses_with_0x97(clients: Clients, broker: BrokerProcess
+                                                ) -> None:
+    _clear(broker)
+    u = uid()
+    pub = clients(version=5)
+    for i in range(3):
+        assert pub.publish(f"$delayed/600/q/{u}", str(i), 1) in (0, NO_MATCHING_SUBSCRIBERS)
+    assert pub.publish(f"$delayed/600/q/{u}", b"over", 1) == QUOTA_EXCEEDED
+    assert len(ctl_json(broker, "delayed", "list")) == 3
+    row = next(m for m in ctl_json(broker, "modules", "list") if m["name"] == "delayed")
+    assert row["loaded"] and row["pending"] == 3 and row["refused_quota_exceeded"] >= 1
+    _clear(broker)
+    assert pub.publish(f"$delayed/600/q/{u}", b"room", 1) in (0, NO_MATCHING_SUBSCRIBERS)
+    _clear(broker)
+
+
+def test_unload_and_load_at_run_time(clients: Clients, broker: BrokerProcess) -> None:
+    _clear(broker)
+    u = uid()
+    pub = clients(version=5)
+    assert pub.publish(f"$delayed/600/p/{u}", b"pending", 1) in (0, NO_MATCHING_SUBSCRIBERS)
+    assert ctl_json(broker, "modules", "unload", "delayed") == {"name": "delayed",
+                                                                 "unloaded": True}
+    try:
+        assert "pending delayed messages dropped" in broker.log()
+        row = next(m for m in ctl_json(broker, "modules", "list") if m["name"] == "delayed")
+        assert (row["loaded"], row["enabled"]) == (False, True)
+        r = ctl(broker, "delayed", "list")
+        assert r.code == 1 and "not loaded" in r.err, r
+        r = ctl(broker, "modules", "unload", "delayed")
+        assert r.code == 1 and "not_loaded" in r.err, r
+        # Off: $delayed/... is an ordinary topic again.
+        sub = clients(version=5)
+        assert sub.subscribe("$delayed/#", 1) == [1]
+        assert pub.publish(f"$delayed/1/p/{u}", b"plain", 1) == 0
+        assert sub.expect_message().topic == f"$delayed/1/p/{u}"
+    finally:
+        assert "loaded successfully" in ok(broker, "modules", "load", "delayed")
+    r = ctl(broker, "modules", "load", "delayed")
+    assert r.code == 1 and "already loaded" in r.err, r
+    r = ctl(broker, "modules", "load", "nosuch")
+    assert r.code == 1 and "no module called 'nosuch'" in r.err, r
+    sub2 = clients(version=5)
+    assert sub2.subscribe(f"p/{u}", 1) == [1]
+    pub.publish(f"$delayed/0/p/{u}", b"again", 1)
+    assert sub2.expect_message().payload == b"again"
+
+
+def test_the_real_topic_must_be_authorized(tmp_path: Path) -> None:
+    """$delayed/ cannot carry a message where its sender may not publish."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite open/#\ntopic write $delayed/#\n")
+    with checked_broker(f'{CONFIG}\n[authz]\nacl_file = "{acl}"\n') as b:
+        made = Clients(b)
+        try:
+            u = uid()
+            sub = made(version=5)
+            assert sub.subscribe(f"open/{u}", 1) == [1]
+            pub = made(version=5)
+            assert pub.publish(f"$delayed/0/closed/{u}", b"no", 1) == NOT_AUTHORIZED
+            assert pub.publish(f"$delayed/0/open/{u}", b"yes", 1) in (
+                0, NO_MATCHING_SUBSCRIBERS)
+            assert sub.expect_message().payload == b"yes"
+        finally:
+            made.close_all()
