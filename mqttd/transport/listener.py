@@ -426,7 +426,8 @@ class MqttListener:
             return
         except asyncio.CancelledError:
             sock.close()
-            self.connections.pending -= 1
+            if not made or not _was_made(made[0]):  # else the Connection gave it back
+                self.connections.pending -= 1
             raise
         except ProxyError as err:
             why = str(err)
