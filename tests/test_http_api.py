@@ -739,6 +739,34 @@ def test_a_stuck_trace_reader_drops_events_not_mqtt(api: HttpApi, broker: Broker
         raise AssertionError("the trace outlived its reader")
 
 
+def test_shutdown_is_not_held_by_a_stuck_trace_reader() -> None:
+    """A live trace whose reader stopped reading under a flood: SIGTERM still stops the
+    broker cleanly (the stream is told, then cut), well within the stop's bound."""
+    with checked_broker(CONFIG) as b:
+        key = ctl_json(b, "apikey", "add", "t")["key"]
+        port = http_port(b)
+        cid = uid("stuck-")
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.settimeout(WAIT)
+        stuck.connect(("127.0.0.1", port))
+        cl = Clients(b)
+        try:
+            stuck.sendall(f"GET {PREFIX}/trace/clients/{cid}/stream?payload_limit=100000 "
+                          f"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+                          .encode())
+            assert stuck.recv(4096).startswith(b"HTTP/1.1 200")
+            pub = cl(cid)
+            for _ in range(1000):
+                pub.c.publish("stuck/big", b"s" * 10_000, 0)
+            pub.publish("stuck/sync", b"", 1)
+            cl.close_all()
+            assert b.stop() == 0, b.log()  # bounded by the helper's own stop timeout
+            assert "Traceback" not in b.log()
+        finally:
+            stuck.close()
+
+
 def test_every_route_was_called() -> None:
     """Last: each route of the table was exercised by a test above."""
     missing = [(r.method, r.path) for r in ROUTES if (r.method, r.path) not in CALLED]

@@ -7,6 +7,7 @@ cannot drift apart. The route table also generates the OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -360,6 +361,7 @@ class Api:
         traces = self.mgmt.trace
         traces.check(kind, target)
         stream = EventStream(f"http api ({request.get('who', 'anonymous')})")
+        stream.transport = request.transport
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
@@ -379,10 +381,19 @@ class Api:
             traces.stop(trace)
         return resp
 
-    def end_streams(self, reason: str) -> None:
-        """End every live stream (the listener is closing)."""
+    async def end_streams(self, reason: str, grace: float = 1.0) -> None:
+        """End every live stream (the listener is closing): each is told ``reason``; a
+        stream whose reader has not taken that within ``grace`` seconds (it stopped
+        reading) is cut, so it cannot hold the shutdown up."""
         for stream in list(self.streams):
             stream.close(reason)
+        for _ in range(int(grace / 0.05)):
+            if not self.streams:
+                return
+            await asyncio.sleep(0.05)
+        for stream in list(self.streams):
+            if stream.transport is not None:
+                stream.transport.abort()
 
     async def plugins(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.mgmt.plugins.all())

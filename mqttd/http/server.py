@@ -102,7 +102,7 @@ class HttpServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             # live trace streams would otherwise hold the shutdown until they time out
-            self.api.end_streams("the HTTP listener is closing")
+            await self.api.end_streams("the HTTP listener is closing")
             await runner.cleanup()
 
     # --- middlewares ------------------------------------------------------------------------

@@ -69,6 +69,8 @@ class EventStream:
         self._wake = asyncio.Event()
         self.ended = False
         self.reason: str | None = None
+        #: The response's transport, to abort when the listener closes on a stuck reader.
+        self.transport: asyncio.Transport | None = None
 
     # --- the Sink side, called on the broker's packet path -----------------------------------
 
