@@ -22,8 +22,8 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["CONNECTIONS", "JsonFormatter", "configure", "configure_early", "log_path",
-           "reopen"]
+__all__ = ["CONNECTIONS", "JsonFormatter", "apply", "build", "configure", "configure_early",
+           "log_path", "reopen"]
 
 #: The logger of the connect and disconnect lines (``[log] connection_messages``).
 CONNECTIONS = "mqttd.clients"
@@ -85,6 +85,18 @@ def configure(*, level: str = "info", format: str = "text", file: str = "",  # n
               connection_messages: bool = True) -> None:
     """Replace the root logger's handlers as ``[log]`` says; ValueError (one line naming the
     key) when a destination cannot be opened."""
+    apply(build(level=level, format=format, file=file, data_dir=data_dir, max_size=max_size,
+                rotate=rotate, syslog=syslog, syslog_address=syslog_address,
+                syslog_facility=syslog_facility, connection_messages=connection_messages))
+
+
+def build(*, level: str = "info", format: str = "text", file: str = "",  # noqa: A002
+          data_dir: str = "", max_size: int = 0, rotate: int = 5, syslog: bool = False,
+          syslog_address: str = "/dev/log", syslog_facility: str = "daemon",
+          connection_messages: bool = True) -> dict[str, Any]:
+    """The ``dictConfig`` document ``[log]`` stands for, its destinations checked (ValueError,
+    one line naming the key): a configuration reload checks it before changing anything,
+    then hands it to :func:`apply`."""
     formatter: dict[str, Any] = ({"()": JsonFormatter} if format == "json"
                                  else {"format": TEXT_FORMAT})
     handlers: dict[str, dict[str, Any]] = {}  # dictConfig's schema
@@ -125,12 +137,18 @@ def configure(*, level: str = "info", format: str = "text", file: str = "",  # n
         "root": {"level": level.upper(), "handlers": list(handlers)},
         "loggers": {CONNECTIONS: {"level": "NOTSET" if connection_messages else "WARNING"}},
     }
+    return config
+
+
+def apply(config: dict[str, Any]) -> None:
+    """Replace the root logger's handlers by ``config`` (from :func:`build`); the old files
+    are closed, the new ones opened. ValueError (one line) when that fails."""
     try:
         logging.config.dictConfig(config)
     except (ValueError, OSError) as err:
         cause = err.__cause__ or err
         raise ValueError(f"log: {cause}") from None
-    if not file and not syslog:
+    if not any(h in config["handlers"] for h in ("file", "syslog")):
         return
     # Python's own warnings (and uncaught exceptions' tracebacks, written by the default
     # excepthook to stderr) would be lost to a daemon's stderr otherwise.

@@ -167,7 +167,7 @@ class Node:
         broker = self.broker
         broker.authenticator = access.authn
         broker.authorizer = access.authz
-        broker.anonymous = self._anonymous_policy()
+        broker.anonymous = self.anonymous_policy()
         access.start(self.registry, self.metrics, LoopTimers())
         self.plugins.load_all(self.settings.plugins)
         self.modules.load_enabled()
@@ -215,7 +215,7 @@ class Node:
         if self.journal is not None:
             await self.journal.aclose()
 
-    def _anonymous_policy(self) -> dict[str, bool]:
+    def anonymous_policy(self) -> dict[str, bool]:
         """Per listener: whether a client no provider vouched for gets in. Unset, a
         loopback listener follows its zone's allow_anonymous; any other says no."""
         zones = self.settings.zones

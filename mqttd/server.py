@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__, logsetup
 from ._accel import LOADED
-from .access.build import AccessError
+from .access.build import Access, AccessError
 from .config import Listener, Settings
 from .ctl.commands import build_table
 from .ctl.server import CtlServer
@@ -43,8 +43,14 @@ class StartError(Exception):
 class Server:
     """An mqttd node serving its configured TCP listeners."""
 
-    def __init__(self, settings: Settings | None = None, *, reset_store: bool = False) -> None:
+    def __init__(self, settings: Settings | None = None, *, reset_store: bool = False,
+                 loader: Callable[[], Settings] | None = None,
+                 config_file: str | None = None) -> None:
         self.settings = settings or Settings()
+        #: How the settings are made again for a reload (the file, environment and command
+        #: line the node was started with), and the file; None: an embedded server.
+        self.loader = loader
+        self.config_file = config_file
         self.node = Node(self.settings)
         self.node.reset_store = reset_store
         self.connections: set[Connection] = set()
@@ -209,26 +215,23 @@ class Server:
             asyncio.ensure_future(self.stop())
 
     def _on_hup(self) -> None:
-        """SIGHUP, as mosquitto's: reopen the log file, re-read the password, credentials
-        and ACL files, and the TLS listeners' certificates and keys."""
+        """SIGHUP: reopen the log files, then reload the configuration as ``mqttd ctl conf
+        reload`` does, which also re-reads the password, credentials and ACL files and the
+        TLS listeners' certificates and keys (mosquitto's SIGHUP)."""
         # First, so that what follows is written to the new file after a rotation.
         reopened = logsetup.reopen()
-        log.info("SIGHUP received: %sreloading the access control files and TLS "
-                 "certificates", "log file reopened, " if reopened else "")
-        try:
-            self.mgmt.acl.reload("SIGHUP")
-        except Unavailable:
-            log.info("SIGHUP: no access control file is configured: nothing to reload")
-        except MgmtError:
-            pass  # logged by the reload, with every problem; the old content stays
-        for name, listener in self.listeners.items():
-            if listener.tls and listener.running:
-                try:
-                    listener.reload_tls()
-                except TlsError as err:
-                    for line in err.errors:
-                        log.warning("listener %s: TLS reload failed, the old certificate "
-                                    "stays in use: %s", name, line)
+        log.info("SIGHUP received: %sreloading the configuration",
+                 "log file reopened, " if reopened else "")
+
+        async def reload() -> None:
+            try:
+                await self.mgmt.conf.reload("SIGHUP", reopen_logs=False)
+            except MgmtError:
+                pass  # logged by the reload, with every problem; nothing changed
+
+        task = asyncio.get_running_loop().create_task(reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_usr1(self) -> None:
         """SIGUSR1: a store checkpoint (the operation log applied to the database now)."""
@@ -329,6 +332,62 @@ class _ServerControl:
     def connection_count(self) -> int:
         return len(self._server.connections)
 
+    # --- configuration reload --------------------------------------------------------
+
+    def config_file(self) -> str | None:
+        return self._server.config_file
+
+    def load_settings(self) -> Settings:
+        loader = self._server.loader
+        if loader is None:
+            raise Unavailable("this node was not started from a configuration (embedded): "
+                              "nothing to reload")
+        return loader()
+
+    async def replace_listener(self, config: Listener) -> tuple[str, int]:
+        server = self._server
+        old = server.listeners.get(config.name)
+        port = None
+        if old is not None:
+            if old.running:
+                await server.stop_listener(config.name)
+                # A port 0 listener comes back on the port its clients know.
+                if not config.port and not old.config.port and config.bind == old.config.bind:
+                    port = old.address[1]
+            del server.listeners[config.name]
+        try:
+            await server.start_listener(config, port)
+        except StartError as err:
+            raise Failed(str(err), str(err)) from None
+        return server.listeners[config.name].address
+
+    async def remove_listener(self, name: str) -> None:
+        server = self._server
+        if server.listeners[name].running:
+            await server.stop_listener(name)
+        del server.listeners[name]
+
+    def update_listener(self, config: Listener) -> None:
+        self._server.listeners[config.name].config = config
+
+    def swap_access(self, access: Access) -> None:
+        node = self._server.node
+        node.access = access
+        node.broker.authenticator = access.authn
+        node.broker.authorizer = access.authz
+        if access.flapping is not None:
+            access.flapping.metrics = node.metrics
+
+    def refresh_anonymous(self) -> None:
+        node = self._server.node
+        node.broker.anonymous = node.anonymous_policy()
+
+    def set_sys_interval(self, interval: float) -> None:
+        node = self._server.node
+        node.supervisor.delete_child("sys")
+        if interval > 0:
+            node.supervisor.start_child("sys", lambda: node.sys.run(interval))
+
 
 #: Young-generation threshold of the cyclic collector in a broker process (CPython: 700).
 #: A read of a busy publisher parses ~1,500 packets that are alive together; at 700 the
@@ -357,14 +416,15 @@ def tune_gc() -> None:
 
 
 def run(settings: Settings, *, use_uvloop: bool = True,
-        on_ready: Callable[[], None] | None = None, reset_store: bool = False) -> Any:
+        on_ready: Callable[[], None] | None = None, reset_store: bool = False,
+        loader: Callable[[], Settings] | None = None, config_file: str | None = None) -> Any:
     """Run the broker in this process until it is told to stop.
 
     This is the process entry point (the command line), so it also tunes the process's
     garbage collector once the listeners are up (``tune_gc``); a Server embedded in
     another program (the tests) leaves that program's collector alone.
     """
-    server = Server(settings, reset_store=reset_store)
+    server = Server(settings, reset_store=reset_store, loader=loader, config_file=config_file)
 
     def ready() -> None:
         tune_gc()

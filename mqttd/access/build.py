@@ -64,17 +64,21 @@ class Access:
         await self.authn.wait_closed()
 
 
-def build_access(settings: Settings, users: UserTable | None = None) -> Access:
+def build_access(settings: Settings, users: UserTable | None = None,
+                 banned: BannedTable | None = None) -> Access:
     """Both chains, or AccessError listing every problem of every provider and source.
-    ``users``: the store's user table, for ``builtin`` providers (None: durability off)."""
+    ``users``: the store's user table, for ``builtin`` providers (None: durability off).
+    ``banned``: the running node's banned table, kept when a configuration reload builds
+    the chains again (None: read it from the data directory)."""
     errors: list[str] = []
     providers = sources = None
-    data_dir = settings.data_dir
-    banned = BannedTable(os.path.join(data_dir, BANNED_FILE) if data_dir else None)
-    try:
-        banned.load()
-    except AccessError as err:
-        errors += err.errors
+    if banned is None:
+        data_dir = settings.data_dir
+        banned = BannedTable(os.path.join(data_dir, BANNED_FILE) if data_dir else None)
+        try:
+            banned.load()
+        except AccessError as err:
+            errors += err.errors
     try:
         providers = build_providers(settings.auth.providers)
     except AccessError as err:

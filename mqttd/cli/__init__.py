@@ -107,34 +107,52 @@ def start(
     # Every line from here on is a stamped log line, start-up errors too; the [log] section
     # takes over once the file is read.
     logsetup.configure_early((log_level or "info").lower())
-    settings = _load_for_start(config)
-    if log_level is not None:
-        settings.log_level = log_level.lower()
-    if log_format is not None:
-        settings.log.format = log_format.lower()
-    if log_file is not None:
-        settings.log.file = "" if log_file == "-" else log_file
-    if data_dir is not None:
-        settings.data_dir = data_dir
-    elif not settings.data_dir:
-        settings.data_dir = default_data_dir()
-    if bind is not None or port is not None:
-        first = settings.listeners[0]
-        if bind is not None:
-            first.bind = bind
-        if port is not None:
-            first.port = port
-        for line in listener_security_errors(settings.listeners, settings.auth):
-            _log.error("%s (--bind %s)", line, first.bind)
-            raise typer.Exit(2)
+    from ..ctl.protocol import LOG_NAME
+
+    daemon_child = _READY_ENV in os.environ
+    # The environment it was started with: a reload reads the same MQTTD_* settings.
+    environ = dict(os.environ)
+
+    def settings_for_start(settings: Settings) -> Settings:
+        """The command line's options over the file's and the environment's settings (at
+        start, and again at each `mqttd ctl conf reload` / SIGHUP)."""
+        if log_level is not None:
+            settings.log_level = log_level.lower()
+        if log_format is not None:
+            settings.log.format = log_format.lower()
+        if log_file is not None:
+            settings.log.file = "" if log_file == "-" else log_file
+        if data_dir is not None:
+            settings.data_dir = data_dir
+        elif not settings.data_dir:
+            settings.data_dir = default_data_dir()
+        if bind is not None or port is not None:
+            first = settings.listeners[0]
+            if bind is not None:
+                first.bind = bind
+            if port is not None:
+                first.port = port
+            errors = listener_security_errors(settings.listeners, settings.auth)
+            if errors:
+                raise ConfigError([f"{line} (--bind {first.bind})" for line in errors])
+        if daemon_child and not settings.log.file and log_file is None:
+            # A daemon's log: a file of its own (reopened on SIGHUP), not its inherited
+            # stderr.
+            settings.log.file = LOG_NAME
+        return settings
+
+    def reload_settings() -> Settings:
+        return settings_for_start(load_settings(config, environ))
+
+    try:
+        settings = settings_for_start(_load_for_start(config))
+    except ConfigError as err:
+        for line in err.errors:
+            _log.error("%s", line)
+        raise typer.Exit(2) from None
     if daemon:
         raise typer.Exit(_daemonize(config, bind, port, settings, log_level, log_format,
                                     log_file, no_uvloop, reset_store))
-    from ..ctl.protocol import LOG_NAME
-
-    if _READY_ENV in os.environ and not settings.log.file and log_file is None:
-        # A daemon's log: a file of its own (reopened on SIGHUP), not its inherited stderr.
-        settings.log.file = LOG_NAME
     try:
         _configure_log(settings)
     except ValueError as err:
@@ -155,7 +173,9 @@ def start(
                 pass
 
     try:
-        run(settings, use_uvloop=not no_uvloop, on_ready=on_ready, reset_store=reset_store)
+        run(settings, use_uvloop=not no_uvloop, on_ready=on_ready, reset_store=reset_store,
+            loader=reload_settings,
+            config_file=os.path.abspath(config) if config is not None else None)
     except (StartError, ControlSocketError) as err:
         _log.error("%s", err)
         raise typer.Exit(1) from None

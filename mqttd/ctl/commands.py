@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..mgmt.apikeys import ApiKeys
-from ..mgmt.errors import Conflict, Failed, NotFound
+from ..mgmt.conf import reload_text
+from ..mgmt.errors import Conflict, Failed, NotFound, Unavailable
 from ..mgmt.listing import Row, same
 from ..trace.format import format_bytes, format_properties
 from ..trace.sinks import LiveSink
@@ -838,6 +839,18 @@ async def cmd_store_compact(ctx: Context, a: Args) -> None:
                f"{_bytes(data['after'])} in {_seconds(data['seconds'])}", data)
 
 
+# --- conf -----------------------------------------------------------------------------------
+
+async def cmd_conf_reload(ctx: Context, a: Args) -> None:
+    try:
+        data = await ctx.mgmt.conf.reload(BY)
+    except (Failed, Unavailable) as err:
+        raise CtlError(err.message, reason=err.reason) from None
+    ctx.result(reload_text(data), data)
+    if data["failed"]:
+        ctx.code = 1  # the report says what failed; the rest was applied
+
+
 # --- acl ------------------------------------------------------------------------------------
 
 async def cmd_acl_reload(ctx: Context, a: Args) -> None:
@@ -931,6 +944,9 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("modules unload <Module>", cmd_modules_unload, "Unload a module"),
     ("delayed list", cmd_delayed_list, "List pending delayed messages ($delayed/<s>/<topic>)"),
     ("delayed del <Id>", cmd_delayed_del, "Delete a pending delayed message"),
+    ("conf reload", cmd_conf_reload,
+     "Re-read the configuration file (and environment) the node was started with; apply "
+     "what can change live, list what needs a restart (a bad file changes nothing)"),
     ("acl reload", cmd_acl_reload,
      "Re-read the password, credentials and ACL files (a bad one is kept as it was)"),
     ("acl check <ClientId> <Username> publish|subscribe|deliver <Topic>", cmd_acl_check,

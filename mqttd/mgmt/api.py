@@ -17,6 +17,7 @@ from .access import Acl
 from .alarms import AlarmsArea
 from .banned import Banned
 from .clients import Clients
+from .conf import Conf
 from .listeners import Listeners
 from .listing import Row
 from .log import LogLevel
@@ -88,6 +89,8 @@ class Management:
         self.access = access
         self.banned = Banned(access)
         self.acl = Acl(access, broker.registry)
+        #: The configuration reload (mqttd ctl conf reload, SIGHUP).
+        self.conf = Conf(settings, control, self.acl, access, store)
         #: ``store`` returns the durable store's journal once the node has started, None
         #: when durability is off.
         self.store = Store(store)

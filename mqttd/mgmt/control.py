@@ -9,7 +9,11 @@ Protocol it owns (the server hands in an object that fits), so nothing in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..access.build import Access
+    from ..config import Listener, Settings
 
 __all__ = ["ListenerStatus", "ServerControl"]
 
@@ -71,4 +75,43 @@ class ServerControl(Protocol):
 
     def connection_count(self) -> int:
         """Live client connections on every listener (connected or not yet)."""
+        ...
+
+    # --- configuration reload (mgmt/conf.py) ------------------------------------------
+
+    def config_file(self) -> str | None:
+        """The configuration file the node was started with (None: none)."""
+        ...
+
+    def load_settings(self) -> Settings:
+        """The settings as starting the node now would make them: the file, the environment
+        and the command line it was started with. Raises ConfigError listing every problem,
+        :class:`~mqttd.mgmt.errors.Unavailable` for a node started without a source."""
+        ...
+
+    async def replace_listener(self, config: Listener) -> tuple[str, int]:
+        """Start a listener on ``config``, stopping the one of that name first (its clients
+        are closed); returns its address. Raises :class:`~mqttd.mgmt.errors.Failed` when
+        it cannot listen."""
+        ...
+
+    async def remove_listener(self, name: str) -> None:
+        """Stop a listener (if running) and forget it."""
+        ...
+
+    def update_listener(self, config: Listener) -> None:
+        """Give a running listener settings it reads at each accept or TLS reload."""
+        ...
+
+    def swap_access(self, access: Access) -> None:
+        """Put newly built access chains in place of the running ones."""
+        ...
+
+    def refresh_anonymous(self) -> None:
+        """Work out again which listeners let anonymous clients in (zones or listeners
+        changed)."""
+        ...
+
+    def set_sys_interval(self, interval: float) -> None:
+        """Publish ``$SYS`` every ``interval`` seconds from now on (0: stop)."""
         ...
