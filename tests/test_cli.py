@@ -25,7 +25,8 @@ from mqttd.ctl.commands import build_table
 
 pytest_plugins = ["support.fixtures"]
 
-broker = broker_fixture()
+# Every module with a listing loaded, so that every `<noun> list` has something to list.
+broker = broker_fixture('[modules.delayed]\nenable = true\n')
 
 
 class Result(NamedTuple):
