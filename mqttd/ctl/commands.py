@@ -443,7 +443,8 @@ async def cmd_listeners_reload(ctx: Context, a: Args) -> None:
 # --- trace ----------------------------------------------------------------------------------
 
 def _trace_line(info: Row) -> str:
-    dest = "<mqttd ctl>" if info["live"] else f'"{info["destination"]}"'
+    # a live trace streams to its front end (mqttd ctl, the HTTP API): named in <>
+    dest = f"<{info['destination']}>" if info["live"] else f'"{info["destination"]}"'
     return (f"Trace({info['type']}={info['target']}, destination={dest}, "
             f"lines={info['lines']})")
 
