@@ -233,11 +233,13 @@ def test_status_with_durability_off(off_broker: BrokerProcess) -> None:
 
 
 def test_compact_with_durability_off_fails(off_broker: BrokerProcess) -> None:
-    for args in (("store", "compact"), ("--json", "store", "compact")):
-        r = ctl(off_broker, *args)
-        assert r.code == 1, r
-        assert r.out == ""
-        assert r.err == "durability is off: there is no store to compact\n"
+    r = ctl(off_broker, "store", "compact")
+    assert (r.code, r.out) == (1, ""), r
+    assert r.err == "mqttd ctl: durability is off: there is no store to compact\n"
+    r = ctl(off_broker, "--json", "store", "compact")  # the error as a JSON object on stdout
+    assert (r.code, r.err) == (1, ""), r
+    assert json.loads(r.out) == {"error": {"code": 1, "reason": "durability_off", "message":
+                                           "durability is off: there is no store to compact"}}
 
 
 # --- a full store ---------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def test_status_and_compact_while_the_store_is_full() -> None:
 
         r = ctl(b, "store", "compact")
         assert r.code == 1, r
-        assert r.err.startswith("cannot compact while writes to the store fail (")
+        assert r.err.startswith("mqttd ctl: cannot compact while writes to the store fail (")
         assert "ALARM store" in b.log()
     finally:
         made.close_all()
