@@ -4,7 +4,10 @@ grants (superuser, a client ACL).
 
 Verification is PyJWT's (with ``cryptography`` for the public-key algorithms): one HMAC or
 one RSA/ECDSA/EdDSA signature check, tens of microseconds, so the provider runs on the
-event loop (``kind = "sync"``). The key is parsed once, when the provider is built.
+event loop (``kind = "sync"``). The key is parsed once, when the provider is built. With
+``jwks_url`` the keys come from a JSON Web Key Set served over HTTP(S) and are chosen by
+the token's ``kid`` (:mod:`mqttd.access.jwks`); a key may have to be fetched first, so
+the check is then a coroutine (``kind = "async"``).
 
 What it answers:
 
@@ -27,10 +30,13 @@ import base64
 import binascii
 import logging
 import re
+import ssl
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import jwt
+import yarl
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -40,6 +46,7 @@ from ..core.services import AuthResult, ClientInfo
 from ..mqtt.reasons import ReasonCode as RC
 from .authn import AccessError, register_provider
 from .client_acl import AclError, parse_acl
+from .jwks import JwksKeys
 from .options import Options
 
 log = logging.getLogger("mqttd.access")
@@ -49,6 +56,8 @@ __all__ = ["JwtProvider"]
 _HMAC = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: key at least the hash size
 _RSA = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+#: What a key from a JWKS may verify: public-key algorithms only.
+_JWKS_ALGORITHMS = (*_RSA, "ES256", "ES384", "ES512", "EdDSA")
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 _VARS = ("clientid", "username")
 
@@ -82,13 +91,19 @@ class JwtProvider:
         base64_secret = opts.boolean("secret_base64_encoded", False)
         public_key = opts.string("public_key", None)
         self.key_file = opts.string("public_key_file", None)
+        jwks_url = opts.string("jwks_url", None)
         given = [k for k, v in (("secret", secret), ("public_key", public_key),
-                                ("public_key_file", self.key_file)) if v is not None]
+                                ("public_key_file", self.key_file), ("jwks_url", jwks_url))
+                 if v is not None]
         self.key: Any = None
+        self.jwks: JwksKeys | None = None
         family: tuple[str, ...] = ()
         if len(given) != 1:
-            opts.error("secret", "set exactly one of secret, public_key, public_key_file"
-                       + (f" (got {', '.join(given)})" if given else ""))
+            opts.error("secret", "set exactly one of secret, public_key, public_key_file, "
+                       "jwks_url" + (f" (got {', '.join(given)})" if given else ""))
+        elif jwks_url is not None:
+            self.jwks = _jwks(opts, jwks_url)
+            family = _JWKS_ALGORITHMS
         elif secret is not None:
             self.key = _secret(opts, secret, base64_secret)
             family = tuple(_HMAC)
@@ -127,13 +142,22 @@ class JwtProvider:
         self.superuser_claim = opts.string("superuser_claim", None)
         # EMQX's default: a client whose token expires is disconnected then.
         self.disconnect_after_expire = opts.boolean("disconnect_after_expire", True)
+        for key in ("jwks_refresh", "jwks_min_interval", "jwks_timeout", "jwks_cafile"):
+            if opts.has(key) and jwks_url is None:
+                opts.error(key, "only with jwks_url")
         opts.done()
         self.attaches_acl = bool(self.acl_claim)
-        self.description = f"jwt ({self.key_file or ', '.join(self.algorithms)})"
+        # With a key set a key may have to be fetched first: the check is a coroutine.
+        self.kind = "async" if self.jwks is not None else "sync"
+        shown = self.key_file or (jwks_url if self.jwks is not None else None)
+        self.description = f"jwt ({shown or ', '.join(self.algorithms)})"
 
     # --- the check ----------------------------------------------------------------------
 
-    def check(self, client: ClientInfo, password: bytes | None) -> AuthResult | None:
+    def check(self, client: ClientInfo, password: bytes | None
+              ) -> AuthResult | None | Awaitable[AuthResult | None]:
+        if self.jwks is not None:
+            return self._check_jwks(self.jwks, client, password)
         token = self._token(client, password)
         if token is None:
             return None
@@ -141,8 +165,42 @@ class JwtProvider:
             jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             return None  # not a JWT: another provider may know this password
+        return self._verify(token, self.key, self.algorithms, client)
+
+    async def _check_jwks(self, jwks: JwksKeys, client: ClientInfo, password: bytes | None
+                          ) -> AuthResult | None:
+        token = self._token(client, password)
+        if token is None:
+            return None
         try:
-            claims = jwt.decode(token, self.key, algorithms=self.algorithms,
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return None  # not a JWT: another provider may know this password
+        kid = header.get("kid")
+        kid = kid if isinstance(kid, str) else None
+        entry = jwks.pick(kid)
+        if entry is None:
+            # A key the set did not hold when last fetched: perhaps a new one (rotation).
+            await jwks.fetch()
+            entry = jwks.pick(kid)
+            if entry is None:
+                if not jwks.loaded:
+                    return AuthResult(RC.SERVER_UNAVAILABLE,
+                                      reason="jwt: no key set fetched from jwks_url yet")
+                return _deny("no key with this kid in the key set" if kid is not None
+                             else "the token names no kid (the key set holds several)")
+        else:
+            jwks.maybe_refresh()
+        key, family = entry
+        algorithms = [a for a in self.algorithms if a in family]
+        if not algorithms:
+            return _deny("algorithm not allowed")
+        return self._verify(token, key, algorithms, client)
+
+    def _verify(self, token: str, key: Any, algorithms: list[str], client: ClientInfo
+                ) -> AuthResult:
+        try:
+            claims = jwt.decode(token, key, algorithms=algorithms,
                                 options=_DECODE_OPTIONS)
         except jwt.PyJWTError as err:
             reason = next((r for cls, r in _REASONS if isinstance(err, cls)),
@@ -186,7 +244,9 @@ class JwtProvider:
 
     def reload(self) -> None:
         """Re-read ``public_key_file`` (a rotated key); the old key stays if the new one
-        cannot be used."""
+        cannot be used. A key set is fetched again at the next check."""
+        if self.jwks is not None:
+            self.jwks.forget()
         if self.key_file is None:
             return
         opts = Options(AccessSpec("jwt", {}, self.path))
@@ -199,8 +259,43 @@ class JwtProvider:
             raise AccessError(opts.errors)
         self.key = key
 
-    def close(self) -> None:
+    def close(self) -> Awaitable[None] | None:
+        return self.jwks.close() if self.jwks is not None else None
+
+
+def _jwks(opts: Options, url: str) -> JwksKeys | None:
+    """The key set's options checked; None (with the errors in ``opts``) if bad."""
+    ok = len(opts.errors)
+    try:
+        parsed = yarl.URL(url)
+    except ValueError as err:
+        opts.error("jwks_url", f"not a URL: {err}")
+    else:
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            opts.error("jwks_url", "expected https://HOST[:PORT]/PATH or http://...")
+        elif parsed.scheme == "http" and parsed.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("jwt: jwks_url %s is plain http: anyone in the path can hand mqttd "
+                        "keys (use https)", url)
+    refresh = opts.seconds("jwks_refresh", 300.0, low=1.0, high=86400.0)
+    min_interval = opts.seconds("jwks_min_interval", 10.0, low=0.1, high=3600.0)
+    timeout = opts.seconds("jwks_timeout", 5.0, low=0.001, high=300.0)
+    cafile = opts.string("jwks_cafile", None)
+    if min_interval > refresh:
+        opts.error("jwks_min_interval", f"{min_interval:g}s is longer than jwks_refresh "
+                   f"({refresh:g}s)")
+    context = None
+    if cafile is not None:
+        if not url.startswith("https://"):
+            opts.error("jwks_cafile", "only for an https:// jwks_url")
+        else:
+            try:
+                context = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as err:
+                opts.error("jwks_cafile", f"cannot load {cafile}: "
+                           f"{getattr(err, 'strerror', None) or err}")
+    if len(opts.errors) > ok:
         return None
+    return JwksKeys(url, refresh, min_interval, timeout, context)
 
 
 def _deny(reason: str) -> AuthResult:
