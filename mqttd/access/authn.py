@@ -146,6 +146,9 @@ class AuthChain:
         self._epoch = 0
         #: Remote (async) checks running; their count and the hashing jobs' in _pending.
         self._tasks: set[asyncio.Future[AuthResult | None]] = set()
+        #: Remote checks whose client may leave, and the timer that asks (``_watch``).
+        self._watched: dict[asyncio.Future[AuthResult | None], Callable[[], bool]] = {}
+        self._watch_handle: asyncio.TimerHandle | None = None
         self._pending = 0
         #: Checks in progress per client address (only addresses with one or more).
         self._by_address: dict[str, int] = {}
@@ -253,7 +256,9 @@ class AuthChain:
                 task = asyncio.ensure_future(answer)  # type: ignore[arg-type]
                 self._tasks.add(task)
                 task.add_done_callback(functools.partial(self._resume, i, client, password,
-                                                         done))
+                                                         done, wanted))
+                if wanted is not None:
+                    self._watch(task, wanted)
                 return None
             if answer is not None:
                 return answer  # type: ignore[return-value]  # a sync provider's answer
@@ -265,16 +270,44 @@ class AuthChain:
                   self.providers[i].description, type(exc).__name__)
         return AuthResult(0x80, reason="authentication error")
 
+    def _watch(self, task: asyncio.Future[AuthResult | None], wanted: Callable[[], bool]
+               ) -> None:
+        """Cancel ``task`` once its client has gone (``wanted()`` False): a remote check
+        nobody waits for must not hold a connection to the server, a place in the pending
+        bound and its address's share until its timeout. One timer for all such checks
+        asks every ``WATCH_INTERVAL`` (the channel learns of a lost socket at once, but
+        has no way to reach the chain; a poll of a flag per pending check is cheap)."""
+        self._watched[task] = wanted
+        if self._watch_handle is None:
+            self._watch_handle = asyncio.get_running_loop().call_later(
+                WATCH_INTERVAL, self._poll_watched)
+
+    def _poll_watched(self) -> None:
+        self._watch_handle = None
+        watched = self._watched
+        for task, wanted in list(watched.items()):
+            if task.done():
+                del watched[task]
+            elif not wanted():
+                del watched[task]
+                self.abandoned += 1
+                task.cancel()  # _resume releases its place
+        if watched:
+            self._watch_handle = asyncio.get_running_loop().call_later(
+                WATCH_INTERVAL, self._poll_watched)
+
     def _resume(self, i: int, client: ClientInfo, password: bytes | None,
-                done: Callable[[AuthResult], None],
+                done: Callable[[AuthResult], None], wanted: Callable[[], bool] | None,
                 future: asyncio.Future[AuthResult | None]) -> None:
         """An async provider's check finished."""
         self._tasks.discard(future)
+        self._watched.pop(future, None)
         if future.cancelled():
             self._release(client.peerhost)
-            return  # closing: nobody waits for the answer any more
+            return  # closing, or its client left: nobody waits for the answer any more
         exc = future.exception()
-        self._answered(i, client, password, done, None if exc else future.result(), exc)
+        self._answered(i, client, password, done, None if exc else future.result(), exc,
+                       wanted=wanted)
 
     def _answered(self, i: int, client: ClientInfo, password: bytes | None,
                   done: Callable[[AuthResult], None], result: AuthResult | None,
@@ -375,6 +408,10 @@ class AuthChain:
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
+            self._watch_handle = None
+        self._watched.clear()
         for provider in self.providers:
             closing = provider.close()
             if closing is not None:
@@ -462,6 +499,9 @@ class HashWorkers:
 _IGNORED = AuthResult(0, decided=False)
 #: Providers were asked and every one ignored the client.
 _UNKNOWN = AuthResult(0, decided=False, asked=True)
+
+#: Seconds between two looks at whether the clients of remote checks are still there.
+WATCH_INTERVAL = 0.25
 
 #: Authentications (hashing, remote calls) in progress at most; more are refused with 0x89
 #: (server busy), which MQTT 5 clients take as "retry later".
