@@ -231,6 +231,55 @@ def default_modules() -> ModulesSettings:
                            RetainerSettings())
 
 
+# --- [bridges]: MQTT bridges to other brokers (mqttd/bridge, docs/BRIDGE.md) -------------
+
+@dataclass(slots=True)
+class BridgeMapping:
+    """One ``[[bridges.<name>.egress]]`` or ``[[bridges.<name>.ingress]]`` entry: messages on
+    ``filter`` (local for egress, on the remote for ingress) go to ``prefix`` + their topic
+    on the other side, at QoS ``qos`` at most."""
+
+    filter: str
+    prefix: str = ""
+    qos: int = 1
+
+
+@dataclass(slots=True)
+class BridgeSettings:
+    """``[bridges.<name>]``: one MQTT client connection to another broker."""
+
+    name: str = ""
+    #: Connected at start (``mqttd ctl bridges start|stop`` at run time).
+    enable: bool = True
+    #: The remote broker, ``host:port``.
+    address: str = ""
+    #: 4 (MQTT 3.1.1) or 5.
+    protocol_version: int = 4
+    #: Empty: ``<node name>-bridge-<name>``.
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    clean_start: bool = True
+    #: MQTT 5 Session Expiry Interval asked for, in seconds.
+    session_expiry: int = 0
+    keepalive: int = 60
+    #: TLS to the remote; cafile empty: the system's trust store.
+    tls: bool = False
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    tls_verify: bool = True
+    #: Reconnect back-off: the first wait, doubled after each failure up to the last.
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    #: QoS 1/2 messages waiting for the remote at most; past it the oldest is dropped.
+    max_queued: int = 10_000
+    #: QoS 1/2 messages sent and not yet acknowledged by the remote at most.
+    max_inflight: int = 32
+    egress: list[BridgeMapping] = field(default_factory=list)
+    ingress: list[BridgeMapping] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class AccessSpec:
     """One authentication provider or authorization source: its type and its options
@@ -419,6 +468,8 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     sysmon: SysmonSettings = field(default_factory=SysmonSettings)
     overload: OverloadSettings = field(default_factory=OverloadSettings)
+    #: MQTT bridges to other brokers (``[bridges.<name>]``), in file order.
+    bridges: list[BridgeSettings] = field(default_factory=list)
 
     def zone(self, name: str) -> Zone:
         return self.zones[name]
@@ -657,7 +708,8 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     errors: list[str] = []
     settings = base or Settings()
     sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping",
-                "store", "log", "http", "sysmon", "overload_protection", "modules"}
+                "store", "log", "http", "sysmon", "overload_protection", "modules",
+                "bridges"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -742,6 +794,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
         errors.append("http: expected a table")
     sysmon, overload = _parse_sysmon(data, errors)
     modules = _parse_modules(data.get("modules", {}), listeners, errors)
+    bridges = _parse_bridges(data.get("bridges", {}), errors)
     if not errors:
         errors += listener_security_errors(listeners, auth)
     if errors:
@@ -759,6 +812,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings.modules = modules
     settings.sysmon = sysmon
     settings.overload = overload
+    settings.bridges = bridges
     return settings
 
 
@@ -1157,6 +1211,82 @@ def _parse_modules(section: object, listeners: list[Listener], errors: list[str]
                     continue
                 auto.topics.append(sub)
     return ModulesSettings(delayed, rewrite, auto, retainer)
+
+
+# --- [bridges] ---------------------------------------------------------------------------
+
+def _parse_bridges(section: object, errors: list[str]) -> list[BridgeSettings]:
+    """``[bridges.<name>]`` tables with their ``egress``/``ingress`` mappings; every
+    problem named with its key."""
+    if not isinstance(section, dict):
+        errors.append("bridges: expected a table of bridges ([bridges.<name>])")
+        return []
+    bridges = []
+    for name, table in section.items():
+        path = f"bridges.{name}."
+        if not isinstance(table, dict):
+            errors.append(f"bridges.{name}: expected a table")
+            continue
+        if not name or any(c in name for c in "/+#") or name.strip() != name:
+            errors.append(f"bridges.{name}: a bridge name may not be empty, hold spaces at "
+                          "its ends, or hold / + #")
+            continue
+        b = BridgeSettings(name=name)
+        n = len(errors)
+        _module_table(b, table, path, errors, ("name", "egress", "ingress"))
+        if "name" in table:
+            errors.append(f"{path}name: unknown key (the name is the table's)")
+        if len(errors) > n:
+            continue
+        host, _, port = b.address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            errors.append(f"{path}address: expected host:port, got {b.address!r}")
+        if b.protocol_version not in (4, 5):
+            errors.append(f"{path}protocol_version: 4 (MQTT 3.1.1) or 5, not "
+                          f"{b.protocol_version}")
+        if not 0 <= b.keepalive <= 65535:
+            errors.append(f"{path}keepalive: {b.keepalive} is out of range (0..65535)")
+        if not 0 <= b.session_expiry <= 0xFFFFFFFF:
+            errors.append(f"{path}session_expiry: {b.session_expiry} is out of range")
+        if not 0 < b.reconnect_min <= b.reconnect_max:
+            errors.append(f"{path}reconnect_min: must be > 0 and <= reconnect_max")
+        if b.max_queued < 0 or not 0 < b.max_inflight <= 65535:
+            errors.append(f"{path}max_queued/max_inflight: max_queued >= 0, max_inflight "
+                          "1..65535")
+        if (b.certfile or b.keyfile or b.cafile) and not b.tls:
+            errors.append(f"{path}tls: cafile/certfile/keyfile given but tls = false")
+        if bool(b.certfile) != bool(b.keyfile):
+            errors.append(f"{path}certfile: certfile and keyfile go together")
+        for direction in ("egress", "ingress"):
+            entries = table.get(direction, [])
+            if not isinstance(entries, list):
+                errors.append(f"{path}{direction}: expected a list ([[{path}{direction}]])")
+                continue
+            for i, entry in enumerate(entries):
+                where = f"{path}{direction}[{i}]"
+                if not isinstance(entry, dict) or "filter" not in entry:
+                    errors.append(f"{where}: expected a table with a filter")
+                    continue
+                m = BridgeMapping("")
+                k = len(errors)
+                _module_table(m, entry, f"{where}.", errors)
+                if len(errors) > k:
+                    continue
+                err = topic_filter_error(m.filter)
+                if err:
+                    errors.append(f"{where}.filter: {m.filter!r}: {err}")
+                elif any(c in m.prefix for c in "+#"):
+                    errors.append(f"{where}.prefix: {m.prefix!r}: no wildcards in a prefix")
+                elif not 0 <= m.qos <= 2:
+                    errors.append(f"{where}.qos: {m.qos} is out of range (0..2)")
+                else:
+                    getattr(b, direction).append(m)
+        if not b.egress and not b.ingress and "egress" not in table \
+                and "ingress" not in table:
+            errors.append(f"bridges.{name}: no egress and no ingress mapping: it would "
+                          "carry nothing")
+        bridges.append(b)
+    return bridges
 
 
 # --- the sources: file, environment ----------------------------------------------------

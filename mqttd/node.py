@@ -21,6 +21,7 @@ from .access.build import Access, build_access
 from .access.password_file import PasswordHash
 from .access.users import UserTable
 from .alarms import Alarm, Alarms
+from .bridge import BridgeManager
 from .config import Settings, is_loopback
 from .core.broker import Broker
 from .core.message import Message
@@ -85,6 +86,8 @@ class Node:
         #: The built-in feature modules ([modules.<name>], mqttd ctl modules).
         self.modules = ModuleManager(ModuleContext(self.hooks, self.metrics, settings,
                                                    self.broker, LoopTimers()))
+        #: MQTT bridges to other brokers ([bridges.<name>], mqttd ctl bridges).
+        self.bridges = BridgeManager(settings.bridges, self.hooks, self.broker, settings.node)
         #: Background workers (stats tick, $SYS, sweeps, trace writers), restarted on crash.
         self.supervisor = Supervisor(on_restart=self._worker_restarted)
         self.sys = SysPublisher(settings.node, self.dispatcher, self.hooks, self.stats,
@@ -171,6 +174,7 @@ class Node:
         access.start(self.registry, self.metrics, LoopTimers())
         self.plugins.load_all(self.settings.plugins)
         self.modules.load_enabled()
+        self.bridges.start_all()
         self._register_stats()
         self.sys.load_presence()
         self.supervisor.start_child("stats", self.stats.run)
@@ -207,6 +211,7 @@ class Node:
     async def stop(self) -> None:
         """Stop the background workers, unload the plugins, close the access chains."""
         await self.supervisor.stop()
+        await self.bridges.aclose()
         self.sys.unload_presence()
         self.modules.unload_all()
         self.plugins.unload_all()

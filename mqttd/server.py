@@ -82,6 +82,7 @@ class Server:
                                store=lambda: node.journal, alarms=node.alarms,
                                health=self._health)
         self.mgmt.modules.manager = node.modules
+        self.mgmt.bridges.manager = node.bridges
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""

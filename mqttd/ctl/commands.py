@@ -626,6 +626,55 @@ async def cmd_delayed_del(ctx: Context, a: Args) -> None:
     ctx.result(f"Delayed message {entry_id} deleted.", data)
 
 
+# --- bridges --------------------------------------------------------------------------------
+
+BRIDGE_COLUMNS = [
+    Col("name", "Name"), Col("state", "State"), Col("address", "Address"),
+    Col("protocol", "MQTT"), Col("queued", "Queued", justify="right"),
+    Col("inflight", "Inflight", justify="right"), Col("sent", "Sent", justify="right"),
+    Col("received", "Received", justify="right"),
+    Col("last_error", "Last error", lambda v: v or "-"),
+]
+
+
+async def cmd_bridges_list(ctx: Context, a: Args) -> None:
+    await ctx.table(BRIDGE_COLUMNS, ctx.mgmt.bridges.all(), same, footer=_plural("bridge"))
+
+
+async def cmd_bridges_status(ctx: Context, a: Args) -> None:
+    (name,) = a.pos
+    try:
+        row = ctx.mgmt.bridges.status(name)
+    except NotFound as err:
+        raise _not_found(err) from None
+    if ctx.json:
+        ctx.emit_json(row)
+        return
+    shown = {k: ("-" if v is None else ", ".join(v) if isinstance(v, list) else v)
+             for k, v in row.items()}
+    ctx.kv(list(shown.items()), width=_kv_width(shown))
+
+
+async def _bridge_action(ctx: Context, a: Args, action: str) -> None:
+    (name,) = a.pos
+    try:
+        data = getattr(ctx.mgmt.bridges, action)(name)
+    except NotFound as err:
+        raise _not_found(err) from None
+    except Failed as err:
+        raise CtlError(f"cannot {action} bridge {name}: {err.message}", reason=err.reason
+                       ) from None
+    ctx.result(f"Bridge {name} {action.replace('stop', 'stopp')}ed.", data)
+
+
+async def cmd_bridges_start(ctx: Context, a: Args) -> None:
+    await _bridge_action(ctx, a, "start")
+
+
+async def cmd_bridges_stop(ctx: Context, a: Args) -> None:
+    await _bridge_action(ctx, a, "stop")
+
+
 # --- banned ---------------------------------------------------------------------------------
 
 def _until(value: Any) -> str:
@@ -945,6 +994,13 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("modules unload <Module>", cmd_modules_unload, "Unload a module"),
     ("delayed list", cmd_delayed_list, "List pending delayed messages ($delayed/<s>/<topic>)"),
     ("delayed del <Id>", cmd_delayed_del, "Delete a pending delayed message"),
+    ("bridges list", cmd_bridges_list,
+     "List the MQTT bridges: state, queue depth, counters, last error"),
+    ("bridges status <Name>", cmd_bridges_status,
+     "Show one bridge: state, queue, in flight, counters, mappings, last error"),
+    ("bridges start <Name>", cmd_bridges_start, "Start (connect) a stopped bridge"),
+    ("bridges stop <Name>", cmd_bridges_stop,
+     "Stop a bridge (disconnect; its queued messages are kept)"),
     ("conf reload", cmd_conf_reload,
      "Re-read the configuration file (and environment) the node was started with; apply "
      "what can change live, list what needs a restart (a bad file changes nothing)"),

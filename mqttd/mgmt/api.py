@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .access import Acl
 from .alarms import AlarmsArea
 from .banned import Banned
+from .bridges import Bridges
 from .clients import Clients
 from .conf import Conf
 from .listeners import Listeners
@@ -82,6 +83,8 @@ class Management:
         #: The built-in feature modules: the process layer hands in the node's manager
         #: (``modules.manager``).
         self.modules = Modules(None)
+        #: The MQTT bridges (``bridges.manager``, handed in by the process layer).
+        self.bridges = Bridges(None)
         self.log = LogLevel(settings)
         self.vm = Vm(self.monitor)
         #: ``access`` returns the node's access control once the node has started (its

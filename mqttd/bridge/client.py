@@ -1,0 +1,492 @@
+"""One bridge: an MQTT client connection to a remote broker over an asyncio protocol.
+
+Egress: :meth:`Bridge.offer` is given every message the local broker publishes (the
+manager's ``message.publish`` callback); a match of an egress filter is written at once
+(QoS 0) or queued (QoS 1/2) and sent within the in-flight window, so nothing waits on the
+remote and no task is created per message. The queue is bounded (``max_queued``): past it
+the oldest message is dropped and counted. Ingress: the remote's PUBLISHes are published
+locally with the broker's publish, acknowledged once the broker has taken them.
+
+Loop prevention: messages that came in through this bridge carry the sender
+``$bridge/<name>`` and are never sent back out by it; on MQTT 5 the ingress subscriptions
+also have No Local, so the remote does not return what the bridge published.
+
+The connection is retried forever with exponential back-off (``reconnect_min`` doubled up
+to ``reconnect_max``); the reason of the last failure is kept for ``mqttd ctl bridges``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import deque
+from typing import Any, cast
+
+from ..config import BridgeMapping, BridgeSettings
+from ..core.broker import Broker
+from ..core.message import Message
+from ..mqtt.codec import MAX_PACKET_SIZE, PacketError, Parser, encode
+from ..mqtt.packets import (
+    Connack,
+    Connect,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    SubOpts,
+    Subscribe,
+)
+from ..mqtt.topics import match
+
+__all__ = ["Bridge"]
+
+log = logging.getLogger("mqttd.bridge")
+
+#: Seconds a TCP/TLS connect and then the CONNACK may take before the attempt fails.
+CONNECT_TIMEOUT = 10.0
+#: Bytes waiting in the socket's write buffer past which QoS 0 messages are dropped (the
+#: remote is not reading; QoS 1/2 wait in the bounded queue instead).
+WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
+#: Properties that belong to one hop and are not carried to the other side.
+_HOP_PROPERTIES = ("topic_alias", "subscription_identifier")
+
+
+class _Out:
+    """A QoS 1/2 message on its way to the remote."""
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "pubrel")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
+                 properties: dict[str, Any]) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        #: QoS 2: PUBREC received, PUBREL sent (the remote has the message).
+        self.pubrel = False
+
+
+class _Protocol(asyncio.Protocol):
+    """The socket's end: bytes in to the parser, packets to the bridge."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.parser = Parser(MAX_PACKET_SIZE, bridge.settings.protocol_version)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            packets = self.parser.feed(data)
+        except PacketError as err:
+            for packet in err.packets or ():
+                self.bridge.on_packet(self, packet)
+            self.bridge.fail(self, f"the remote sent a bad packet: {err}")
+            return
+        for packet in packets:
+            self.bridge.on_packet(self, packet)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bridge.on_lost(self, exc)
+
+
+class Bridge:
+    """One ``[bridges.<name>]``: its connection, queue, state and counters."""
+
+    def __init__(self, settings: BridgeSettings, broker: Broker, node: str) -> None:
+        self.settings = s = settings
+        self.broker = broker
+        self.name = s.name
+        #: The sender of what came in through this bridge: never sent back out by it.
+        self.marker = f"$bridge/{s.name}"
+        self.client_id = s.client_id or f"{node}-bridge-{s.name}"
+        host, _, port = s.address.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.version = s.protocol_version
+        #: stopped | connecting | connected | waiting (for the next attempt)
+        self.state = "stopped"
+        self.last_error = ""
+        self.last_error_at = 0.0
+        self.connected_since = 0.0
+        self.next_attempt_at = 0.0
+        self.attempts = 0
+        self.queue: deque[_Out] = deque()
+        self.inflight: dict[int, _Out] = {}
+        self.counters = dict.fromkeys(
+            ("sent", "acked", "received", "dropped_queue_full", "dropped_qos0_offline",
+             "dropped_refused", "connects", "connect_failures"), 0)
+        self._proto: _Protocol | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_due = False
+        self._window = s.max_inflight
+        self._next_id = 0
+        self._rx_qos2: set[int] = set()
+        self._keepalive = s.keepalive
+        #: Why the current connection is being ended (said when it is gone).
+        self._why = ""
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.state != "stopped"
+
+    def start(self) -> None:
+        """Connect (in the background); nothing waits for the remote."""
+        if self.running:
+            return
+        self.attempts = 0
+        self._connect_soon(0.0)
+
+    def stop(self) -> None:
+        """Disconnect and stop retrying; queued messages are kept for the next start."""
+        self.state = "stopped"
+        self._cancel_timers()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            if self.connected_since:
+                proto.transport.write(encode(Disconnect(), self.version))
+            proto.transport.close()
+        self.connected_since = 0.0
+
+    async def aclose(self) -> None:
+        task = self._task
+        self.stop()
+        if task is not None:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._ping_timer = None
+
+    def _connect_soon(self, delay: float) -> None:
+        self._cancel_timers()
+        loop = asyncio.get_running_loop()
+        if delay <= 0:
+            self.state = "connecting"
+            self._task = loop.create_task(self._connect(), name=f"bridge {self.name} connect")
+            return
+        self.state = "waiting"
+        self.next_attempt_at = time.time() + delay
+        self._timer = loop.call_later(delay, self._connect_soon, 0.0)
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=s.cafile or None)
+        if not s.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if s.certfile:
+            ctx.load_cert_chain(s.certfile, s.keyfile)
+        return ctx
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ctx = self._ssl()
+            _, proto = await asyncio.wait_for(loop.create_connection(
+                lambda: _Protocol(self), self.host, self.port, ssl=ctx,
+                server_hostname=self.host if ctx is not None else None), CONNECT_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            self._failed(f"connect to {self.settings.address}: timed out after "
+                         f"{CONNECT_TIMEOUT:g} s")
+            return
+        except (OSError, ssl.SSLError, ValueError) as err:
+            self._failed(f"connect to {self.settings.address}: "
+                         f"{getattr(err, 'strerror', None) or err}")
+            return
+        finally:
+            self._task = None
+        if self.state != "connecting":  # stopped meanwhile
+            if proto.transport is not None:
+                proto.transport.close()
+            return
+        self._proto = proto
+        s = self.settings
+        props: dict[str, Any] = {}
+        if self.version == 5 and s.session_expiry:
+            props["session_expiry_interval"] = s.session_expiry
+        self._write(proto, Connect(
+            proto_level=self.version, clean_start=s.clean_start, keepalive=s.keepalive,
+            client_id=self.client_id, username=s.username or None,
+            password=s.password.encode() if s.password else None, properties=props))
+        # The CONNACK must come in time, or the attempt fails.
+        self._timer = loop.call_later(CONNECT_TIMEOUT, self.fail, proto,
+                                      f"no CONNACK within {CONNECT_TIMEOUT:g} s")
+
+    def _failed(self, why: str) -> None:
+        """An attempt failed (or the connection ended): note why and retry later."""
+        self.counters["connect_failures"] += 1
+        if why != self.last_error:
+            log.warning("bridge %s: %s; retrying with back-off", self.name, why)
+        self.last_error = why
+        self.last_error_at = time.time()
+        if self.state == "stopped":
+            return
+        s = self.settings
+        delay = min(s.reconnect_max, s.reconnect_min * 2 ** min(self.attempts, 30))
+        self.attempts += 1
+        self._connect_soon(delay)
+
+    def fail(self, proto: _Protocol, why: str) -> None:
+        """End this connection for ``why`` (on_lost then schedules the retry)."""
+        if proto is not self._proto:
+            return
+        self._why = why
+        if proto.transport is not None:
+            proto.transport.abort()
+
+    def on_lost(self, proto: _Protocol, exc: Exception | None) -> None:
+        if proto is not self._proto:
+            return
+        self._proto = None
+        if self.connected_since:
+            self.attempts = 0
+        self.connected_since = 0.0
+        why = self._why or (f"connection lost: {exc}" if exc else
+                            "connection closed by the remote")
+        self._why = ""
+        if self.state == "stopped":
+            return
+        if self.state == "connected":
+            self.last_error = ""  # logged again: the bridge was up meanwhile
+        self._failed(why)
+
+    # --- the wire -----------------------------------------------------------------------
+
+    def _write(self, proto: _Protocol, packet: Any) -> None:
+        if proto.transport is not None:
+            proto.transport.write(encode(packet, self.version))
+
+    def on_packet(self, proto: _Protocol, packet: Any) -> None:
+        if proto is not self._proto:
+            return
+        self._ping_due = False
+        if isinstance(packet, Publish):
+            self._ingress(proto, packet)
+        elif isinstance(packet, Puback):
+            self._done(packet.packet_id, packet.reason_code)
+        elif isinstance(packet, Pubrec):
+            out = self.inflight.get(packet.packet_id)
+            if out is None:
+                self._write(proto, Pubrel(packet.packet_id, 0x92))
+            elif packet.reason_code >= 0x80:
+                self._done(packet.packet_id, packet.reason_code)
+            else:
+                out.pubrel = True
+                self._write(proto, Pubrel(packet.packet_id))
+        elif isinstance(packet, Pubcomp):
+            self._done(packet.packet_id, packet.reason_code)
+        elif isinstance(packet, Pubrel):
+            self._rx_qos2.discard(packet.packet_id)
+            self._write(proto, Pubcomp(packet.packet_id))
+        elif isinstance(packet, Connack):
+            self._connack(proto, packet)
+        elif isinstance(packet, Suback):
+            refused = [i for i, rc in enumerate(packet.reason_codes) if rc >= 0x80]
+            for i in refused:
+                if i < len(self.settings.ingress):
+                    self.last_error = (f"subscription to {self.settings.ingress[i].filter!r} "
+                                       f"refused by the remote (0x{packet.reason_codes[i]:02X})")
+                    self.last_error_at = time.time()
+                    log.warning("bridge %s: %s", self.name, self.last_error)
+        elif isinstance(packet, Disconnect):
+            self._why = f"the remote disconnected (reason 0x{packet.reason_code:02X})"
+        elif isinstance(packet, Pingresp):
+            pass
+        else:
+            self.fail(proto, f"the remote sent an unexpected {type(packet).__name__}")
+
+    def _connack(self, proto: _Protocol, ack: Connack) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if ack.reason_code:
+            self.fail(proto, f"the remote refused the connection: CONNACK "
+                             f"0x{ack.reason_code:02X}")
+            return
+        self.state = "connected"
+        self.connected_since = time.time()
+        self.attempts = 0
+        self.counters["connects"] += 1
+        self.last_error = ""
+        log.info("bridge %s connected to %s as %s (MQTT %s)", self.name,
+                 self.settings.address, self.client_id, "5" if self.version == 5 else "3.1.1")
+        props = ack.properties
+        self._window = min(self.settings.max_inflight,
+                           props.get("receive_maximum", 65535) or 65535)
+        self._keepalive = props.get("server_keep_alive", self.settings.keepalive)
+        ingress = self.settings.ingress
+        if ingress:
+            self._write(proto, Subscribe(self._packet_id(), [
+                (m.filter, SubOpts(m.qos, no_local=self.version == 5,
+                                   retain_as_published=self.version == 5))
+                for m in ingress]))
+        # What was in flight: resent in the resumed session, else sent again from the
+        # queue's front (a QoS 2 message whose PUBREC came is the remote's already).
+        if ack.session_present:
+            for pid, out in self.inflight.items():
+                self._write(proto, Pubrel(pid) if out.pubrel else self._publish(out, pid, True))
+        else:
+            pending = [o for o in self.inflight.values() if not o.pubrel]
+            self.counters["acked"] += len(self.inflight) - len(pending)
+            self.inflight.clear()
+            self.queue.extendleft(reversed(pending))
+            self._rx_qos2.clear()
+        self._pump()
+        if self._keepalive:
+            self._ping_timer = asyncio.get_running_loop().call_later(
+                self._keepalive, self._ping)
+
+    def _ping(self) -> None:
+        proto = self._proto
+        if proto is None or self.state != "connected":
+            return
+        if self._ping_due:
+            self.fail(proto, f"no answer from the remote within the keepalive "
+                             f"({self._keepalive} s)")
+            return
+        self._ping_due = True
+        self._write(proto, Pingreq())
+        self._ping_timer = asyncio.get_running_loop().call_later(self._keepalive, self._ping)
+
+    def _packet_id(self) -> int:
+        pid = self._next_id
+        while True:
+            pid = pid % 65535 + 1
+            if pid not in self.inflight:
+                self._next_id = pid
+                return pid
+
+    def _publish(self, out: _Out, pid: int, dup: bool) -> Publish:
+        return Publish(out.topic, out.payload, out.qos, out.retain, dup, pid,
+                       out.properties if self.version == 5 else {})
+
+    def _pump(self) -> None:
+        proto = self._proto
+        if proto is None or self.state != "connected":
+            return
+        queue, inflight = self.queue, self.inflight
+        while queue and len(inflight) < self._window:
+            out = queue.popleft()
+            pid = self._packet_id()
+            inflight[pid] = out
+            self._write(proto, self._publish(out, pid, False))
+            self.counters["sent"] += 1
+
+    def _done(self, pid: int, reason: int) -> None:
+        if self.inflight.pop(pid, None) is None:
+            return
+        if reason >= 0x80:
+            self.counters["dropped_refused"] += 1
+            log.info("bridge %s: the remote refused a message (0x%02X)", self.name, reason)
+        else:
+            self.counters["acked"] += 1
+        self._pump()
+
+    # --- egress -------------------------------------------------------------------------
+
+    def offer(self, msg: Message) -> None:
+        """A message published locally: forward it if an egress filter matches."""
+        if msg.sender == self.marker:
+            return  # came in through this bridge: never sent back
+        mapping = _first(self.settings.egress, msg.topic)
+        if mapping is None:
+            return
+        qos = min(msg.qos, mapping.qos)
+        props = msg.properties
+        if props and any(k in props for k in _HOP_PROPERTIES):
+            props = {k: v for k, v in props.items() if k not in _HOP_PROPERTIES}
+        topic = mapping.prefix + msg.topic
+        if qos == 0:
+            proto = self._proto
+            if proto is None or self.state != "connected" or proto.transport is None \
+                    or proto.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                self.counters["dropped_qos0_offline"] += 1
+                return
+            proto.transport.write(encode(Publish(
+                topic, msg.payload, 0, msg.retain, False, 0,
+                dict(props) if self.version == 5 else {}), self.version))
+            self.counters["sent"] += 1
+            return
+        self.queue.append(_Out(topic, msg.payload, qos, msg.retain, dict(props)))
+        if len(self.queue) > self.settings.max_queued:
+            self.queue.popleft()
+            n = self.counters["dropped_queue_full"] = self.counters["dropped_queue_full"] + 1
+            if n == 1 or n % 1000 == 0:
+                log.warning("bridge %s: queue full (max_queued %d): oldest message dropped "
+                            "(%d so far)", self.name, self.settings.max_queued, n)
+        self._pump()
+
+    # --- ingress ------------------------------------------------------------------------
+
+    def _ingress(self, proto: _Protocol, p: Publish) -> None:
+        self.counters["received"] += 1
+        if p.qos == 2:
+            if p.packet_id in self._rx_qos2:  # a resend of one already published
+                self._write(proto, Pubrec(p.packet_id))
+                return
+        mapping = _first(self.settings.ingress, p.topic)
+        prefix = mapping.prefix if mapping is not None else ""
+        props = p.properties
+        if props and any(k in props for k in _HOP_PROPERTIES):
+            props = {k: v for k, v in props.items() if k not in _HOP_PROPERTIES}
+        self.broker.publish(Message(prefix + p.topic, p.payload, p.qos, p.retain,
+                                    props or None, self.marker))
+        if p.qos == 1:
+            self._write(proto, Puback(p.packet_id))
+        elif p.qos == 2:
+            self._rx_qos2.add(p.packet_id)
+            self._write(proto, Pubrec(p.packet_id))
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        s = self.settings
+        return {
+            "name": self.name, "state": self.state, "address": s.address,
+            "protocol": "5" if self.version == 5 else "3.1.1", "tls": s.tls,
+            "client_id": self.client_id, "queued": len(self.queue),
+            "inflight": len(self.inflight), "max_queued": s.max_queued,
+            "last_error": self.last_error or None,
+            "last_error_at": self.last_error_at or None,
+            "connected_since": self.connected_since or None,
+            "next_attempt_in": round(max(0.0, self.next_attempt_at - now), 1)
+            if self.state == "waiting" else None,
+            "egress": [f"{m.filter} -> {m.prefix}<topic> qos<={m.qos}" for m in s.egress],
+            "ingress": [f"{m.filter} -> {m.prefix}<topic> qos<={m.qos}" for m in s.ingress],
+            **self.counters,
+        }
+
+
+def _first(mappings: list[BridgeMapping], topic: str) -> BridgeMapping | None:
+    for m in mappings:
+        if match(m.filter, topic):
+            return m
+    return None

@@ -1,0 +1,288 @@
+"""MQTT bridges (``[bridges.<name>]``, mqttd/bridge, docs/BRIDGE.md) between real processes:
+two mqttd daemons and mqttd with Debian's mosquitto, both directions, QoS 0/1/2 on MQTT
+3.1.1 and 5; loop prevention; the remote restarted while QoS 1 messages flow (every message
+the local broker acknowledged arrives); an unreachable remote retried with its reason in
+``mqttd ctl bridges status`` while another bridge works; ctl start/stop and bad config."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import WAIT, uid
+from support.clients import Client
+from support.ctlrun import ctl, ctl_json, ok
+from support.mosquitto import Mosquitto, free_port
+from support.process import BrokerProcess, checked_broker, run_mqttd
+
+pytest_plugins = ["support.fixtures"]
+
+
+class _Peer:
+    """Where a paho client connects (a mosquitto has no BrokerProcess)."""
+
+    def __init__(self, port: int) -> None:
+        self.host, self.port = "127.0.0.1", port
+
+
+def bridge_config(name: str, port: int, version: int, **extra: Any) -> str:
+    lines = [f"[bridges.{name}]", f'address = "127.0.0.1:{port}"',
+             f"protocol_version = {version}", "reconnect_min = 0.1", "reconnect_max = 0.5",
+             *(f"{k} = {v}" for k, v in extra.items()),
+             f"[[bridges.{name}.egress]]", 'filter = "out/#"', 'prefix = "from-local/"',
+             "qos = 2",
+             f"[[bridges.{name}.egress]]", 'filter = "both/#"', "qos = 2",
+             f"[[bridges.{name}.ingress]]", 'filter = "in/#"', 'prefix = "from-remote/"',
+             "qos = 2",
+             f"[[bridges.{name}.ingress]]", 'filter = "both/#"', "qos = 2", ""]
+    return "\n".join(lines)
+
+
+def wait_state(broker: BrokerProcess, name: str, state: str, timeout: float = 3 * WAIT
+               ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row: dict[str, Any] = ctl_json(broker, "bridges", "status", name)
+        if row["state"] == state:
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"bridge {name} not {state}: {row}\n{broker.log()}")
+        time.sleep(0.05)
+
+
+def client(peer: Any, version: int, client_id: str = "", **kw: Any) -> Client:
+    c = Client(peer, client_id, version=version, **kw)
+    c.connect()
+    return c
+
+
+def wait_ingress(remote_pub: Client, local_sub: Client, topic: str) -> None:
+    """The bridge's ingress subscription is in place once a probe comes through (it is
+    made after CONNACK, so 'connected' alone does not say so)."""
+    for _ in range(50):
+        remote_pub.publish(topic, b"probe", 0)
+        try:
+            local_sub.expect_message(0.2)
+        except AssertionError:
+            continue
+        # Drain the probes still on their way, up to the sentinel.
+        remote_pub.publish(topic, b"sentinel", 1)
+        while local_sub.expect_message().payload != b"sentinel":
+            pass
+        return
+    raise AssertionError("the bridge's ingress subscription never came through")
+
+
+def exchange(local: Any, remote: Any, version: int, mqtt5_no_echo: bool) -> None:
+    """Both directions at QoS 0, 1 and 2; and a topic bridged both ways arrives once."""
+    u = uid()
+    remote_sub = client(remote, version)
+    local_sub = client(local, version)
+    assert remote_sub.subscribe(f"from-local/out/{u}/#", 2) == [2]
+    assert local_sub.subscribe(f"from-remote/in/{u}/#", 2) == [2]
+    local_pub, remote_pub = client(local, version), client(remote, version)
+    wait_ingress(remote_pub, local_sub, f"in/{u}/probe")
+    for qos in (0, 1, 2):
+        local_pub.publish(f"out/{u}/{qos}", f"egress {qos}".encode(), qos)
+        msg = remote_sub.expect_message()
+        assert (msg.topic, msg.payload, msg.qos) == (f"from-local/out/{u}/{qos}",
+                                                     f"egress {qos}".encode(), qos)
+        remote_pub.publish(f"in/{u}/{qos}", f"ingress {qos}".encode(), qos)
+        msg = local_sub.expect_message()
+        assert (msg.topic, msg.payload, msg.qos) == (f"from-remote/in/{u}/{qos}",
+                                                     f"ingress {qos}".encode(), qos)
+    if mqtt5_no_echo:
+        # both/# goes out and comes in unchanged: No Local keeps the remote from sending
+        # back what the bridge published, and what came in is never sent out again.
+        assert local_sub.subscribe(f"both/{u}", 1) == [1]
+        assert remote_sub.subscribe(f"both/{u}", 1) == [1]
+        local_pub.publish(f"both/{u}", b"from local", 1)
+        assert remote_sub.expect_message().payload == b"from local"
+        remote_pub.publish(f"both/{u}", b"from remote", 1)
+        assert local_sub.expect_message().payload == b"from local"
+        assert local_sub.expect_message().payload == b"from remote"
+        assert remote_sub.expect_message().payload == b"from remote"
+        local_pub.publish(f"both/{u}", b"sentinel", 1)
+        remote_pub.publish(f"both/{u}", b"sentinel 2", 1)
+        assert [m.payload for m in local_sub.expect_messages(2)] == [b"sentinel", b"sentinel 2"]
+        assert [m.payload for m in remote_sub.expect_messages(2)] == [b"sentinel",
+                                                                        b"sentinel 2"]
+        local_sub.assert_no_message()
+        remote_sub.assert_no_message()
+    for c in (remote_sub, local_sub, local_pub, remote_pub):
+        c.close()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_mqttd_to_mqttd_both_directions(version: int) -> None:
+    with checked_broker() as remote, \
+            checked_broker(bridge_config("r", remote.port, version)) as local:
+        row = wait_state(local, "r", "connected")
+        assert row["protocol"] == ("5" if version == 5 else "3.1.1")
+        exchange(local, remote, version, mqtt5_no_echo=version == 5)
+        row = ctl_json(local, "bridges", "status", "r")
+        assert row["sent"] >= 2 and row["received"] >= 2 and row["last_error"] is None
+        assert row["queued"] == 0 and row["inflight"] == 0
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_mqttd_and_mosquitto_both_directions(version: int) -> None:
+    with Mosquitto() as mosq, \
+            checked_broker(bridge_config("m", mosq.port, version)) as local:
+        wait_state(local, "m", "connected")
+        exchange(local, _Peer(mosq.port), version, mqtt5_no_echo=version == 5)
+        assert "mqttd@127.0.0.1-bridge-m" in mosq.log()
+
+
+def test_remote_restarted_while_qos1_flows(tmp_path: Path) -> None:
+    """A remote mqttd (durable store) stopped and started again on the same port while a
+    publisher sends QoS 1 messages to the local broker: every message the local broker
+    acknowledged reaches the remote's subscriber (buffered by the bridge meanwhile)."""
+    port, total = free_port(), 300
+    remote_conf = f'[listeners.default]\nbind = "127.0.0.1"\nport = {port}\n'
+    data = tmp_path / "remote-data"
+    args = ["--data-dir", str(data)]
+    remote = BrokerProcess(remote_conf, extra_args=args)
+    try:
+        with checked_broker(bridge_config("r", port, 4)) as local:
+            wait_state(local, "r", "connected")
+            u = uid()
+            sub = Client(remote, f"sub-{u}", version=4, clean=False)
+            sub.connect()
+            assert sub.subscribe(f"from-local/out/{u}/#", 1) == [1]
+            pub = client(local, 4)
+            acked: list[int] = []
+            failed: queue.Queue[BaseException] = queue.Queue()
+
+            def publish() -> None:
+                try:
+                    for i in range(total):
+                        pub.publish(f"out/{u}/{i}", str(i).encode(), 1)
+                        acked.append(i)
+                        time.sleep(0.005)
+                except BaseException as err:  # reported by the main thread
+                    failed.put(err)
+
+            t = threading.Thread(target=publish)
+            t.start()
+            got: set[int] = set()
+            while len(got) < 50:
+                got.add(int(sub.expect_message().payload))
+            remote.stop()
+            sub.wait_disconnected()
+            # Down: what the local broker acknowledges now waits in the bridge.
+            row = wait_state(local, "r", "waiting")
+            assert row["last_error"], row
+            remote = BrokerProcess(remote_conf, extra_args=args)
+            t.join(60)
+            assert not t.is_alive() and failed.empty(), failed.queue
+            assert acked == list(range(total))
+            sub = Client(remote, f"sub-{u}", version=4, clean=False)
+            sub.connect()
+            assert sub.session_present
+            deadline = time.monotonic() + 6 * WAIT
+            while len(got) < total and time.monotonic() < deadline:
+                got.add(int(sub.expect_message(2 * WAIT).payload))
+            assert got == set(range(total)), sorted(set(range(total)) - got)[:20]
+            row = wait_state(local, "r", "connected")
+            assert row["queued"] == 0 and row["dropped_queue_full"] == 0
+            assert row["connects"] >= 2
+            sub.close()
+            pub.close()
+    finally:
+        remote.stop()
+        remote.cleanup()
+
+
+def test_unreachable_remote_says_why_and_others_work() -> None:
+    dead = free_port()  # nothing listens there
+    with checked_broker() as remote:
+        conf = (bridge_config("dead", dead, 5, max_queued=3)
+                + bridge_config("live", remote.port, 5))
+        with checked_broker(conf) as local:
+            wait_state(local, "live", "connected")
+            # The dead bridge keeps trying: each failure counted, the reason kept.
+            deadline = time.monotonic() + 3 * WAIT
+            while True:
+                row = ctl_json(local, "bridges", "status", "dead")
+                if row["connect_failures"] >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert row["connect_failures"] >= 3, row
+            assert row["state"] in ("waiting", "connecting")
+            assert "Connect call failed" in row["last_error"] or \
+                "refused" in row["last_error"].lower(), row
+            # Its buffer is bounded: the oldest QoS 1 messages are dropped and counted.
+            u = uid()
+            remote_sub = client(remote, 5)
+            assert remote_sub.subscribe(f"from-local/out/{u}/#", 1) == [1]
+            pub = client(local, 5)
+            for i in range(5):
+                pub.publish(f"out/{u}/{i}", str(i).encode(), 1)
+            # The other bridge was not held up by it.
+            assert [int(m.payload) for m in remote_sub.expect_messages(5)] == list(range(5))
+            row = ctl_json(local, "bridges", "status", "dead")
+            assert (row["queued"], row["dropped_queue_full"]) == (3, 2)
+            out = ok(local, "bridges", "list")
+            assert "dead" in out and "live" in out and "connected" in out
+            rows = {r["name"]: r for r in ctl_json(local, "bridges", "list")}
+            assert rows["live"]["state"] == "connected" and rows["dead"]["last_error"]
+            # ctl stop / start.
+            assert ctl_json(local, "bridges", "stop", "dead") == {"name": "dead",
+                                                                  "stopped": True}
+            assert ctl_json(local, "bridges", "status", "dead")["state"] == "stopped"
+            r = ctl(local, "bridges", "stop", "dead")
+            assert r.code == 1 and "stopped already" in r.err, r
+            ok(local, "bridges", "start", "dead")
+            assert ctl_json(local, "bridges", "status", "dead")["state"] != "stopped"
+            r = ctl(local, "bridges", "status", "nope")
+            assert r.code == 1 and "nope" in r.err, r
+            remote_sub.close()
+            pub.close()
+
+
+def test_stop_and_start_a_connected_bridge_keeps_its_queue() -> None:
+    with checked_broker() as remote, \
+            checked_broker(bridge_config("r", remote.port, 5)) as local:
+        wait_state(local, "r", "connected")
+        u = uid()
+        remote_sub = client(remote, 5)
+        assert remote_sub.subscribe(f"from-local/out/{u}/#", 1) == [1]
+        ok(local, "bridges", "stop", "r")
+        pub = client(local, 5)
+        # A stopped bridge forwards nothing.
+        for i in range(3):
+            pub.publish(f"out/{u}/{i}", str(i).encode(), 1)
+        assert ctl_json(local, "bridges", "status", "r")["queued"] == 0
+        ok(local, "bridges", "start", "r")
+        wait_state(local, "r", "connected")
+        pub.publish(f"out/{u}/after", b"after", 1)
+        assert remote_sub.expect_message().payload == b"after"
+        remote_sub.close()
+        pub.close()
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ('address = "nowhere"\n[[bridges.b.egress]]\nfilter = "a/#"',
+     "bridges.b.address: expected host:port"),
+    ('address = "127.0.0.1:1883"\nprotocol_version = 3\n[[bridges.b.egress]]\nfilter = "a"',
+     "bridges.b.protocol_version: 4 (MQTT 3.1.1) or 5"),
+    ('address = "127.0.0.1:1883"\n[[bridges.b.ingress]]\nfilter = "a/#/b"',
+     "bridges.b.ingress[0].filter: 'a/#/b'"),
+    ('address = "127.0.0.1:1883"\n[[bridges.b.egress]]\nfilter = "a"\nqos = 3',
+     "bridges.b.egress[0].qos"),
+    ('address = "127.0.0.1:1883"', "bridges.b: no egress and no ingress mapping"),
+    ('address = "127.0.0.1:1883"\nkeepalives = 3\n[[bridges.b.egress]]\nfilter = "a"',
+     "bridges.b.keepalives: unknown key (did you mean keepalive?)"),
+])
+def test_bad_bridge_config_is_refused(tmp_path: Path, table: str, expected: str) -> None:
+    conf = tmp_path / "mqttd.toml"
+    conf.write_text(f"[bridges.b]\n{table}\n")
+    r = run_mqttd("config", "check", "-c", str(conf))
+    assert r.returncode != 0, r
+    assert expected in r.stderr + r.stdout, r
+    assert "Traceback" not in r.stderr
