@@ -216,6 +216,33 @@ class RetainerSettings:
     disabled_listeners: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class TopicMetricsSettings:
+    """``[modules.topic_metrics]``: message counts and rates of registered topics."""
+
+    enable: bool = False
+    #: Topics registered at most (``mqttd ctl topic-metrics add`` past it is refused).
+    max_topics: int = 512
+    #: Topic names registered when the module loads (no wildcards).
+    topics: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SlowSubsSettings:
+    """``[modules.slow_subs]``: the subscribers slowest to acknowledge QoS 1/2 deliveries."""
+
+    enable: bool = False
+    #: A delivery acknowledged this late or later is recorded, in seconds ("500ms").
+    threshold: float = 0.5
+    #: Records kept at most: the slowest (client id, topic) pairs.
+    top_k: int = 10
+    #: A record not refreshed for this long is forgotten, in seconds.
+    expire_interval: int = 300
+    #: ``$SYS/brokers/<node>/slow_subs`` every this many seconds while there are records
+    #: (0: never).
+    notice_interval: int = 15
+
+
 class ModulesSettings(NamedTuple):
     """``[modules]``: each module's settings (``enable``: loaded at start)."""
 
@@ -223,12 +250,14 @@ class ModulesSettings(NamedTuple):
     rewrite: RewriteSettings
     auto_subscribe: AutoSubscribeSettings
     retainer: RetainerSettings
+    topic_metrics: TopicMetricsSettings
+    slow_subs: SlowSubsSettings
 
 
 def default_modules() -> ModulesSettings:
     """Every module with its defaults (none enabled)."""
     return ModulesSettings(DelayedSettings(), RewriteSettings(), AutoSubscribeSettings(),
-                           RetainerSettings())
+                           RetainerSettings(), TopicMetricsSettings(), SlowSubsSettings())
 
 
 # --- [bridges]: MQTT bridges to other brokers (mqttd/bridge, docs/BRIDGE.md) -------------
@@ -1056,7 +1085,10 @@ MODULE_PLACEHOLDERS = ("${clientid}", "${username}")
 _REWRITE_ACTIONS = ("publish", "subscribe", "all")
 _MODULE_INTS = {"max_delayed_messages": 2 ** 31, "max_retained_messages": 2 ** 31,
                 "max_payload_size": 268_435_455, "msg_expiry_interval": 0xFFFFFFFF,
-                "qos": 2, "retain_handling": 2}
+                "qos": 2, "retain_handling": 2, "max_topics": 100_000, "top_k": 1000,
+                "expire_interval": 0xFFFFFFFF, "notice_interval": 86400}
+#: Module keys given as durations (seconds, or e.g. "500ms", "5m").
+_MODULE_DURATIONS = {"msg_expiry_interval", "threshold", "expire_interval", "notice_interval"}
 
 
 def topic_filter_error(text: str) -> str | None:
@@ -1072,6 +1104,19 @@ def topic_filter_error(text: str) -> str | None:
             return "'#' must be a whole level, and the last"
         if "+" in level and level != "+":
             return "'+' must be a whole level"
+    return None
+
+
+def topic_name_error(text: str) -> str | None:
+    """Why ``text`` is not a topic name one may publish to (None: it is one)."""
+    if not text:
+        return "empty"
+    if "\0" in text:
+        return "contains a NUL character"
+    if "+" in text or "#" in text:
+        return "a filter, not a topic name: '+' and '#' are not allowed"
+    if len(text.encode("utf-8", "surrogatepass")) > 65535:
+        return "longer than 65535 bytes"
     return None
 
 
@@ -1094,14 +1139,14 @@ def _module_table(target: Any, table: dict[str, Any], path: str, errors: list[st
         if key not in fields:
             errors.append(_unknown(path, key, list(fields)))
             continue
-        if isinstance(value, str) and key in ("msg_expiry_interval", "max_payload_size"):
-            units = _DURATION_UNITS if key == "msg_expiry_interval" else _SIZE_UNITS
+        if isinstance(value, str) and (key in _MODULE_DURATIONS or key == "max_payload_size"):
+            units = _DURATION_UNITS if key in _MODULE_DURATIONS else _SIZE_UNITS
             parsed = _parse_unit(value, units)
             if parsed is None:
                 kind = "duration" if units is _DURATION_UNITS else "size"
                 errors.append(f"{path}{key}: not a {kind}: {value!r}")
                 continue
-            value = int(parsed)
+            value = int(parsed) if isinstance(getattr(target, key), int) else parsed
         value, err = _coerce(key, value, getattr(target, key))
         if err is None and key in _MODULE_INTS and isinstance(value, int) \
                 and not 0 <= value <= _MODULE_INTS[key]:
@@ -1158,6 +1203,7 @@ def _parse_modules(section: object, listeners: list[Listener], errors: list[str]
     with where they are and why."""
     delayed, rewrite = DelayedSettings(), RewriteSettings()
     auto, retainer = AutoSubscribeSettings(), RetainerSettings()
+    metrics, slow = TopicMetricsSettings(), SlowSubsSettings()
     if not isinstance(section, dict):
         errors.append("modules: expected a table of modules")
         return default_modules()
@@ -1178,6 +1224,23 @@ def _parse_modules(section: object, listeners: list[Listener], errors: list[str]
             for lst in retainer.disabled_listeners:
                 if lst not in names:
                     errors.append(f"{path}disabled_listeners: no listener named {lst!r}")
+        elif name == "slow_subs":
+            _module_table(slow, table, path, errors)
+            if slow.threshold <= 0:
+                errors.append(f"{path}threshold: must be above 0, got {slow.threshold:g}")
+            if slow.top_k < 1:
+                errors.append(f"{path}top_k: must be at least 1")
+            if slow.expire_interval < 1:
+                errors.append(f"{path}expire_interval: must be at least 1 second")
+        elif name == "topic_metrics":
+            _module_table(metrics, table, path, errors)
+            for topic in metrics.topics:
+                err = topic_name_error(topic)
+                if err:
+                    errors.append(f"{path}topics: {topic!r}: {err}")
+            if len(metrics.topics) > metrics.max_topics:
+                errors.append(f"{path}topics: {len(metrics.topics)} topics, more than "
+                              f"max_topics ({metrics.max_topics})")
         elif name == "rewrite":
             _module_table(rewrite, table, path, errors, ("rules",))
             rules = table.get("rules", [])
@@ -1188,7 +1251,7 @@ def _parse_modules(section: object, listeners: list[Listener], errors: list[str]
                 rule = _rewrite_rule(entry, f"{path}rules[{i}]", errors)
                 if rule is not None:
                     rewrite.rules.append(rule)
-        else:
+        else:  # auto_subscribe
             _module_table(auto, table, path, errors, ("topics",))
             topics = table.get("topics", [])
             if not isinstance(topics, list):
@@ -1210,7 +1273,7 @@ def _parse_modules(section: object, listeners: list[Listener], errors: list[str]
                     errors.append(f"{where}.topic: {sub.topic!r}: {err}")
                     continue
                 auto.topics.append(sub)
-    return ModulesSettings(delayed, rewrite, auto, retainer)
+    return ModulesSettings(delayed, rewrite, auto, retainer, metrics, slow)
 
 
 # --- [bridges] ---------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from mqttd.ctl.commands import build_table
 pytest_plugins = ["support.fixtures"]
 
 # Every module with a listing loaded, so that every `<noun> list` has something to list.
-broker = broker_fixture('[modules.delayed]\nenable = true\n')
+broker = broker_fixture('[modules.delayed]\nenable = true\n[modules.topic_metrics]\n'
+                        'enable = true\n[modules.slow_subs]\nenable = true\n')
 
 
 class Result(NamedTuple):
@@ -172,7 +173,8 @@ def test_every_listing_ends_with_its_count_and_says_0_when_empty(
             "plugins", "listeners", "users"} <= set(nouns)
     empty = {"clients": "0 clients", "sessions": "0 sessions",
              "subscriptions": "0 subscriptions", "routes": "0 routes", "banned": "0 bans",
-             "trace": "0 traces", "plugins": "0 plugins", "users": "0 users"}
+             "trace": "0 traces", "plugins": "0 plugins", "users": "0 users",
+             "topic-metrics": "0 topics", "slow-subs": "0 slow subscriptions"}
     for noun in nouns:
         r = ctl(broker, noun, "list")
         assert r.code == 0, (noun, r)

@@ -675,6 +675,65 @@ async def cmd_bridges_stop(ctx: Context, a: Args) -> None:
     await _bridge_action(ctx, a, "stop")
 
 
+# --- topic-metrics, slow-subs ----------------------------------------------------------------
+
+TOPIC_METRICS_COLUMNS = [
+    Col("topic", "Topic"),
+    Col("in", "In", justify="right"), Col("out", "Out", justify="right"),
+    Col("dropped", "Dropped", justify="right"),
+    Col("in_rate", "In/s", justify="right"), Col("out_rate", "Out/s", justify="right"),
+    Col("dropped_rate", "Dropped/s", justify="right"),
+    Col("in_qos", "In QoS 0/1/2"), Col("out_qos", "Out QoS 0/1/2"),
+    Col("dropped_qos", "Dropped QoS 0/1/2"),
+]
+
+
+def _topic_metrics_row(row: Row) -> Row:
+    """EMQX's nested ``metrics`` as columns: counts, rates, and the counts by QoS."""
+    m = row["metrics"]
+    flat: Row = {"topic": row["topic"]}
+    for kind in ("in", "out", "dropped"):
+        flat[kind] = m[f"messages.{kind}.count"]
+        flat[f"{kind}_rate"] = f"{m[f'messages.{kind}.rate']:.2f}"
+        flat[f"{kind}_qos"] = "/".join(str(m[f"messages.qos{q}.{kind}.count"])
+                                       for q in range(3))
+    return flat
+
+
+async def cmd_topic_metrics_list(ctx: Context, a: Args) -> None:
+    await ctx.table(TOPIC_METRICS_COLUMNS, ctx.mgmt.modules.topic_metrics_list(),
+                    same if ctx.json else _topic_metrics_row, footer=_plural("topic"))
+
+
+async def cmd_topic_metrics_add(ctx: Context, a: Args) -> None:
+    (topic,) = a.pos
+    data = ctx.mgmt.modules.topic_metrics_add(topic)
+    ctx.result(f"Topic {topic} registered.", data)
+
+
+async def cmd_topic_metrics_del(ctx: Context, a: Args) -> None:
+    (topic,) = a.pos
+    data = ctx.mgmt.modules.topic_metrics_delete(topic)
+    ctx.result(f"Topic {topic} deleted.", data)
+
+
+SLOW_SUBS_COLUMNS = [
+    Col("clientid", "Client"), Col("topic", "Topic"),
+    Col("latency_ms", "Latency", lambda v: f"{v} ms", "right"),
+    Col("last_update_time", "Last update", when),
+]
+
+
+async def cmd_slow_subs_list(ctx: Context, a: Args) -> None:
+    await ctx.table(SLOW_SUBS_COLUMNS, ctx.mgmt.modules.slow_subs_list(), same,
+                    footer=_plural("slow subscription"))
+
+
+async def cmd_slow_subs_clear(ctx: Context, a: Args) -> None:
+    data = ctx.mgmt.modules.slow_subs_clear()
+    ctx.result(f"{data['cleared']} slow subscription records cleared.", data)
+
+
 # --- banned ---------------------------------------------------------------------------------
 
 def _until(value: Any) -> str:
@@ -990,10 +1049,19 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("modules list", cmd_modules_list,
      "List the built-in modules: loaded, enabled in the configuration, their counters"),
     ("modules load <Module>", cmd_modules_load,
-     "Load a module (delayed, rewrite, auto_subscribe, retainer) with its [modules] settings"),
+     "Load a module (delayed, rewrite, auto_subscribe, retainer, topic_metrics, "
+     "slow_subs) with its [modules] settings"),
     ("modules unload <Module>", cmd_modules_unload, "Unload a module"),
     ("delayed list", cmd_delayed_list, "List pending delayed messages ($delayed/<s>/<topic>)"),
     ("delayed del <Id>", cmd_delayed_del, "Delete a pending delayed message"),
+    ("topic-metrics list", cmd_topic_metrics_list,
+     "List registered topics: messages in/out/dropped, by QoS, and rates over a minute"),
+    ("topic-metrics add <Topic>", cmd_topic_metrics_add,
+     "Register a topic name (no wildcards) for topic metrics"),
+    ("topic-metrics del <Topic>", cmd_topic_metrics_del, "Unregister a topic"),
+    ("slow-subs list", cmd_slow_subs_list,
+     "List the slowest subscribers by QoS 1/2 delivery latency (over the threshold)"),
+    ("slow-subs clear", cmd_slow_subs_clear, "Forget the slow subscription records"),
     ("bridges list", cmd_bridges_list,
      "List the MQTT bridges: state, queue depth, counters, last error"),
     ("bridges status <Name>", cmd_bridges_status,

@@ -1,12 +1,15 @@
-"""Modules (EMQX's emqx_modules management): list, load, unload; and the delayed
-module's pending messages (``mqttd ctl delayed list|del``)."""
+"""Modules (EMQX's emqx_modules management): list, load, unload; the delayed module's
+pending messages (``mqttd ctl delayed list|del``), topic metrics (``topic-metrics
+add|del|list``) and slow subscriptions (``slow-subs list|clear``)."""
 
 from __future__ import annotations
 
 from ..modules.base import ModuleError
 from ..modules.delayed import Delayed
 from ..modules.manager import ModuleManager
-from .errors import Failed, InvalidArgument, NotFound, Unavailable
+from ..modules.slow_subs import SlowSubs
+from ..modules.topic_metrics import TopicMetrics
+from .errors import Conflict, Failed, InvalidArgument, NotFound, Unavailable
 from .listing import Row
 
 __all__ = ["Modules"]
@@ -67,3 +70,50 @@ class Modules:
         if not self._delayed().delete(n):
             raise NotFound("delayed message", entry_id)
         return {"id": n, "deleted": True}
+
+    def _topic_metrics(self) -> TopicMetrics:
+        module = self._manager().get("topic_metrics")
+        if not isinstance(module, TopicMetrics):
+            raise Unavailable("the topic_metrics module is not loaded (mqttd ctl modules "
+                              "load topic_metrics)", "not_loaded")
+        return module
+
+    def topic_metrics_list(self) -> list[Row]:
+        """Every registered topic with its counts and rates."""
+        return self._topic_metrics().list()
+
+    def topic_metrics_add(self, topic: str) -> Row:
+        """Register a topic name; InvalidArgument (a filter, not a name), Conflict
+        (registered already), Failed("quota_exceeded") past max_topics."""
+        module = self._topic_metrics()
+        try:
+            module.add(topic)
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+        except KeyError:
+            raise Conflict(f"topic {topic!r} is registered already", "already_existed"
+                           ) from None
+        except ModuleError as err:
+            raise Failed(str(err), "quota_exceeded") from None
+        return {"topic": topic, "registered": True}
+
+    def topic_metrics_delete(self, topic: str) -> Row:
+        """Unregister a topic; NotFound("registered topic")."""
+        if not self._topic_metrics().delete(topic):
+            raise NotFound("registered topic", topic)
+        return {"topic": topic, "deleted": True}
+
+    def _slow_subs(self) -> SlowSubs:
+        module = self._manager().get("slow_subs")
+        if not isinstance(module, SlowSubs):
+            raise Unavailable("the slow_subs module is not loaded (mqttd ctl modules load "
+                              "slow_subs)", "not_loaded")
+        return module
+
+    def slow_subs_list(self) -> list[Row]:
+        """The slowest (client id, topic) pairs in the window, slowest first."""
+        return self._slow_subs().list()
+
+    def slow_subs_clear(self) -> Row:
+        """Forget every slow subscription record."""
+        return {"cleared": self._slow_subs().clear()}

@@ -1,5 +1,5 @@
 """Built-in feature modules (EMQX's broker modules): delayed publish, topic rewrite,
-auto-subscribe and retainer limits.
+auto-subscribe, retainer limits, topic metrics and slow subscriptions.
 
 Each module is one file here, configured in its own ``[modules.<name>]`` section
 (``enable = true`` loads it at start) and switched on and off at run time with

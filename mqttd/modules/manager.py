@@ -10,6 +10,8 @@ from .base import Module, ModuleContext, ModuleError
 from .delayed import Delayed
 from .retainer import RetainerLimits
 from .rewrite import Rewrite
+from .slow_subs import SlowSubs
+from .topic_metrics import TopicMetrics
 
 __all__ = ["MODULES", "ModuleManager"]
 
@@ -17,7 +19,7 @@ log = logging.getLogger("mqttd.modules")
 
 #: Every built-in module by name, in the order ``mqttd ctl modules list`` shows them.
 MODULES: dict[str, type[Module]] = {cls.name: cls for cls in (
-    Delayed, Rewrite, AutoSubscribe, RetainerLimits)}
+    Delayed, Rewrite, AutoSubscribe, RetainerLimits, TopicMetrics, SlowSubs)}
 
 
 class ModuleManager:
