@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .access.banned import BANNED_FILE, Ban, BannedTable
 from .access.build import Access, build_access
 from .access.password_file import PasswordHash
 from .access.users import UserTable
@@ -104,6 +105,10 @@ class Node:
         self.reset_store = False
         #: The built-in user table, kept in the store (None: durability off).
         self.users: UserTable | None = None
+        #: The banned table kept in the store (None: durability off, build_access reads
+        #: banned.json); the task retiring a migrated banned.json.
+        self.banned: BannedTable | None = None
+        self._banned_file_task: asyncio.Task[None] | None = None
 
     def store_path(self) -> str | None:
         """The store file, or None when nothing is stored (durability off, or no data
@@ -141,6 +146,7 @@ class Node:
         journal.start(asyncio.get_running_loop())
         self.journal = journal
         self.users = UserTable(restored.users, self._persist_user)
+        self.banned = self._restore_bans(restored.banned, journal)
         log.info("durability %s (%s): %s", st.durability, _DURABILITY[st.durability], path)
         if replayed:
             log.info("store: %d operations of the operation log replayed into the store",
@@ -166,7 +172,7 @@ class Node:
         configured plugin cannot be loaded.
         """
         self.open_store()
-        self.access = access = build_access(self.settings, self.users)
+        self.access = access = build_access(self.settings, self.users, self.banned)
         broker = self.broker
         broker.authenticator = access.authn
         broker.authorizer = access.authz
@@ -181,6 +187,47 @@ class Node:
         interval = self.settings.sys_interval
         if interval > 0:
             self.supervisor.start_child("sys", lambda: self.sys.run(interval))
+
+    def _restore_bans(self, rows: list[tuple[str, str, str, str, float, float]],
+                      journal: Journal) -> BannedTable:
+        """The banned table from the store; a banned.json from before is moved in once
+        (AccessError if it is malformed: the start stops, as it did reading it)."""
+        table = BannedTable(None)
+        table.persist = self._persist_ban
+        table.load_rows(rows)
+        legacy = os.path.join(os.path.abspath(os.path.expanduser(self.settings.data_dir)),
+                              BANNED_FILE)
+        if os.path.exists(legacy):
+            moved = table.adopt_file(legacy)
+            journal.commit_now()
+            log.info("banned: %d bans moved from %s into the store (the file is renamed "
+                     "%s.migrated once they are committed)", moved, legacy, BANNED_FILE)
+            self._banned_file_task = asyncio.get_running_loop().create_task(
+                self._retire_banned_file(legacy, journal))
+        return table
+
+    async def _retire_banned_file(self, path: str, journal: Journal) -> None:
+        """Rename a migrated banned.json once its bans are on disk in the store, so that it
+        is moved in only once (kept, renamed, for an operator who goes back to
+        durability off)."""
+        if not await journal.flush():
+            log.error("banned: the bans moved from %s are not committed yet; the file is "
+                      "kept and moved in again at the next start", path)
+            return
+        try:
+            os.replace(path, path + ".migrated")
+        except OSError as err:
+            log.error("banned: cannot rename %s: %s (its bans are in the store; it will be "
+                      "moved in again at the next start)", path, err.strerror or err)
+
+    def _persist_ban(self, ban: Ban, deleted: bool) -> None:
+        journal = self.journal
+        assert journal is not None  # persisted only with the store
+        if deleted:
+            journal.delete_ban(ban.kind, ban.who)
+        else:
+            journal.save_ban(ban.kind, ban.who, ban.by, ban.reason, ban.at, ban.until)
+        journal.commit_now()  # in the operation log before the operator is answered
 
     def _persist_user(self, username: str, password_hash: PasswordHash | None,
                       superuser: bool) -> None:

@@ -281,6 +281,7 @@ def test_flapping_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- end to end -----------------------------------------------------------------------------
 
 broker = broker_fixture()
+STORE_OFF = '[store]\ndurability = "off"\n'
 
 
 class Result:
@@ -460,7 +461,8 @@ def test_ctl_banned_commands(broker: BrokerProcess) -> None:
 # --- persistence ----------------------------------------------------------------------------
 
 def test_bans_survive_a_restart() -> None:
-    first = BrokerProcess()
+    """With durability off, in banned.json (with the store: test_access_banned_store.py)."""
+    first = BrokerProcess(STORE_OFF)
     try:
         ok(first, "banned", "add", "clientid", "kept", "--reason", "r1")
         ok(first, "banned", "add", "peerhost", "127.0.0.1", "--duration", "1h")
@@ -469,7 +471,8 @@ def test_bans_survive_a_restart() -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert first.stop() == 0
         time.sleep(1.0)  # the 1 s ban ends while no broker runs
-        with checked_broker(extra_args=["--data-dir", str(first.data_dir)]) as second:
+        with checked_broker(STORE_OFF, extra_args=["--data-dir", str(first.data_dir)]) \
+                as second:
             second.data_dir = first.data_dir
             rows = ctl_json(second, "banned", "list")
             assert [(r["as"], r["who"], r["reason"]) for r in rows] == [

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from mqttd.store.base import (
+    BAN_DEL,
+    BAN_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -151,7 +153,8 @@ def test_session_delete_cascades(reopen: Reopen) -> None:
     a = by_id(restored)["a"]
     assert (a.subscriptions, a.queue, a.awaiting_rel) == ([], [], {})
     assert status_rows(reopen) == {"sessions": 2, "subscriptions": 2, "messages": 2,
-                                   "queue": 2, "awaiting_rel": 1, "retained": 0, "users": 0}
+                                   "queue": 2, "awaiting_rel": 1, "retained": 0, "users": 0,
+                                   "banned": 0}
 
 
 def test_delete_and_recreate_in_one_batch(reopen: Reopen) -> None:
@@ -305,7 +308,7 @@ def test_status_counts_rows(reopen: Reopen) -> None:
                    (SUB_PUT, "b", "t", 0, 0), (SUB_PUT, "b", "u", 0, 0), msg(1), msg(2),
                    qput("a", 1, 1), (REL_PUT, "b", 3, 1.0), (RET_PUT, "r", b"p", None, 1.0, 0.0)])
     assert status_rows(reopen) == {"sessions": 2, "subscriptions": 3, "messages": 2, "queue": 1,
-                                   "awaiting_rel": 1, "retained": 1, "users": 0}
+                                   "awaiting_rel": 1, "retained": 1, "users": 0, "banned": 0}
     backend = reopen()
     backend.open()
     status = backend.status()
@@ -511,7 +514,7 @@ def test_sqlite_status(tmp_path: Path) -> None:
     backend.close()
     assert status["path"] == str(path)
     assert status["rows"] == {"sessions": 1, "subscriptions": 1, "messages": 2, "queue": 1,
-                              "awaiting_rel": 1, "retained": 1, "users": 0}
+                              "awaiting_rel": 1, "retained": 1, "users": 0, "banned": 0}
     assert status["page_size"] == 4096
     assert isinstance(status["size"], int) and status["size"] >= 4096 * 6
     assert status["free_pages"] == 0
@@ -578,3 +581,31 @@ def test_users_put_replace_delete(reopen: Reopen) -> None:
                               (USER_PUT, "alice", "$7$2$e$f", 0), (USER_DEL, "ops"),
                               (USER_DEL, "nobody")])
     assert restored.users == {"alice": ("$7$2$e$f", False)}
+
+
+def test_bans_put_replace_delete(reopen: Reopen) -> None:
+    restored = apply(reopen, [(BAN_PUT, "clientid", "a", "op", "r", 10.0, 0.0),
+                              (BAN_PUT, "peerhost", "10.0.0.0/8", "", "", 11.0, 99.5),
+                              (BAN_PUT, "clientid", "a", "op2", "r2", 12.0, 50.0),
+                              (BAN_PUT, "username", "u", "", "", 13.0, 0.0),
+                              (BAN_DEL, "username", "u"), (BAN_DEL, "clientid", "nobody")])
+    assert sorted(restored.banned) == [("clientid", "a", "op2", "r2", 12.0, 50.0),
+                                       ("peerhost", "10.0.0.0/8", "", "", 11.0, 99.5)]
+
+
+def test_sqlite_store_from_before_bans_gets_the_table(tmp_path: Path) -> None:
+    """A store written before the banned table existed opens, and takes bans."""
+    path = tmp_path / "store.db"
+    sqlite_store(path, [session("a")])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE banned")
+    conn.commit()
+    conn.close()
+    backend = SqliteBackend(str(path), "process")
+    restored = backend.open()
+    assert [s.client_id for s in restored.sessions] == ["a"] and restored.banned == []
+    backend.write([(BAN_PUT, "clientid", "b", "", "", 1.0, 0.0)])
+    backend.close()
+    backend = SqliteBackend(str(path), "process")
+    assert backend.open().banned == [("clientid", "b", "", "", 1.0, 0.0)]
+    backend.close()

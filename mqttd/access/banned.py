@@ -12,8 +12,10 @@ A ban added while the node runs kicks the clients it covers at once (MQTT 5: DIS
 0x98, Administrative action, with the reason as Reason String; 0x8A is a CONNACK-only
 code that a DISCONNECT may not carry).
 
-The table lives in ``<data_dir>/banned.json`` (written atomically, mode 0600) so that
-bans survive a restart. It moves to the node's durable store once that exists.
+With the durable store on, the table lives there (BAN_PUT/BAN_DEL through the operation
+log, a ``banned`` table in SQLite: ``persist``), and a ``banned.json`` left from before is
+moved into it once (:meth:`BannedTable.adopt_file`). With durability off it lives in
+``<data_dir>/banned.json`` (written atomically, mode 0600) so that bans survive a restart.
 """
 
 from __future__ import annotations
@@ -166,6 +168,9 @@ class BannedTable:
         self._sweep_handle: TimerHandle | None = None
         self._save_handle: TimerHandle | None = None
         self._dirty = False
+        #: With the durable store: called with (ban, deleted) for every change, instead of
+        #: writing ``path``.
+        self.persist: Callable[[Ban, bool], None] | None = None
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_kind.values())
@@ -217,7 +222,7 @@ class BannedTable:
         if ban.until is None or ban.until > self.clock():
             return True
         self._remove(ban)
-        self._changed()
+        self._changed(ban)
         return False
 
     # --- changes ------------------------------------------------------------------------
@@ -235,7 +240,9 @@ class BannedTable:
         ban = Ban(kind, who, by, reason, self.clock(), until)
         old = self._by_kind[kind].get(who)
         self._put(ban)
-        if save:
+        if self.persist is not None:
+            self.persist(ban, False)
+        elif save:
             try:
                 self.save()
             except OSError:
@@ -255,6 +262,9 @@ class BannedTable:
         if ban is None:
             return None
         self._remove(ban)
+        if self.persist is not None:
+            self.persist(ban, True)
+            return None if ban.ended(self.clock()) else ban
         try:
             self.save()
         except OSError:
@@ -279,6 +289,8 @@ class BannedTable:
         ended = [b for d in self._by_kind.values() for b in d.values() if b.ended(now)]
         for ban in ended:
             self._remove(ban)
+            if self.persist is not None:
+                self.persist(ban, True)
         if ended:
             log.debug("%d bans ended", len(ended))
             self._changed()
@@ -313,8 +325,11 @@ class BannedTable:
         self._sweep_handle = self._timers.call_later(SWEEP_INTERVAL, self._sweep_tick)
         self.sweep()
 
-    def _changed(self) -> None:
-        """The table changed without being written: write it soon (now, without timers)."""
+    def _changed(self, ended: Ban | None = None) -> None:
+        """The table changed without being written: write it soon (now, without timers);
+        with the store, an ended ban is deleted there."""
+        if ended is not None and self.persist is not None:
+            self.persist(ended, True)
         if self.path is None:
             return
         self._dirty = True
@@ -341,6 +356,35 @@ class BannedTable:
             self._save_later()
         self._timers = None
         self.on_ban = None
+
+    # --- the store ----------------------------------------------------------------------
+
+    def load_rows(self, rows: list[tuple[str, str, str, str, float, float]]) -> None:
+        """The bans the store held (until 0: for good); ended ones are deleted there."""
+        now = self.clock()
+        for kind, who, by, reason, at, until in rows:
+            ban = Ban(kind, who, by, reason, at, until or None)
+            if ban.ended(now):
+                if self.persist is not None:
+                    self.persist(ban, True)
+            else:
+                self._put(ban)
+
+    def adopt_file(self, path: str) -> int:
+        """Move the bans of a ``banned.json`` (from before the store kept them) into the
+        table and the store; returns how many. A ban already in the table is kept (the
+        store's is the newer). AccessError if the file is malformed."""
+        old = BannedTable(path, self.clock)
+        old.load()
+        moved = 0
+        for ban in old.all():
+            if self._by_kind[ban.kind].get(ban.who) is not None:
+                continue
+            self._put(ban)
+            if self.persist is not None:
+                self.persist(ban, False)
+            moved += 1
+        return moved
 
     # --- the file -----------------------------------------------------------------------
 

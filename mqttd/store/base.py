@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
-    "APPLIED", "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID", "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
+    "APPLIED", "BAN_DEL", "BAN_PUT", "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID", "Q_PUT", "Q_REL",
+    "REL_DEL", "REL_PUT",
     "RET_CLEAR", "RET_DEL", "RET_PUT", "SCHEMA_VERSION", "SESSION_DEL", "SESSION_PUT", "SUB_DEL",
     "SUB_PUT", "USER_DEL", "USER_PUT", "Backend", "Op", "QueueRow", "Restored", "SessionRow",
     "StoreError", "StoreFull", "StoredMessage",
@@ -85,6 +86,12 @@ APPLIED = 16
 USER_PUT = 17
 #: (USER_DEL, username)
 USER_DEL = 18
+#: (BAN_PUT, kind, who, by, reason, at, until) — a ban of the banned table
+#: (``access/banned.py``): ``kind`` clientid, username or peerhost, ``who`` normalized,
+#: ``until`` 0: for good; insert or replace.
+BAN_PUT = 19
+#: (BAN_DEL, kind, who)
+BAN_DEL = 20
 
 Op = tuple[object, ...]
 
@@ -148,6 +155,8 @@ class Restored:
     orphans: list[int] = field(default_factory=list)
     #: The built-in user table: username -> (password hash text, superuser).
     users: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: The banned table: (kind, who, by, reason, at, until) rows, until 0 for good.
+    banned: list[tuple[str, str, str, str, float, float]] = field(default_factory=list)
     #: The operation log's segment the store holds everything up to (APPLIED).
     applied_seq: int = 0
     #: Highest msg_id still stored, in msgs or in a queue row (0 if none): new ids start

@@ -50,6 +50,8 @@ from ..mqtt.codec import encode_publish
 from ..mqtt.packets import SubOpts
 from .base import (
     APPLIED,
+    BAN_DEL,
+    BAN_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -433,6 +435,22 @@ class Journal:
 
     def delete_user(self, username: str) -> None:
         self._append((USER_DEL, username))
+
+    # --- the banned table (access/banned.py) -------------------------------------------------
+
+    def save_ban(self, kind: str, who: str, by: str, reason: str, at: float,
+                 until: float | None) -> None:
+        self._append((BAN_PUT, kind, who, by, reason, at, until or 0.0))
+
+    def delete_ban(self, kind: str, who: str) -> None:
+        self._append((BAN_DEL, kind, who))
+
+    def commit_now(self) -> None:
+        """Commit what was issued so far now rather than at the end of the loop turn (an
+        operator's ban is in the operation log before the command answers; with
+        ``power`` durability its fsync still follows on the sync thread)."""
+        if self._scheduled and self._loop is not None:
+            self._handoff()
 
     async def flush(self, timeout: float = 10.0) -> bool:
         """Commit what was issued so far now and wait for it (an operator's change is

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from .base import (
     APPLIED,
+    BAN_DEL,
+    BAN_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -67,6 +69,8 @@ class MemoryState:
     retained: dict[str, _Message] = field(default_factory=dict)
     #: username -> (password hash text, superuser)
     users: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: (kind, who) -> (by, reason, at, until)
+    banned: dict[tuple[str, str], tuple[str, str, float, float]] = field(default_factory=dict)
     #: APPLIED's sequence number.
     applied: list[int] = field(default_factory=lambda: [0])
 
@@ -155,12 +159,16 @@ class MemoryBackend:
             USER_PUT: lambda op: self._set(s.users, _str(op[1]),
                                            (_str(op[2]), bool(_int(op[3])))),
             USER_DEL: lambda op: self._pop(s.users, op[1]),
+            BAN_PUT: lambda op: self._set(s.banned, (_str(op[1]), _str(op[2])), (
+                _str(op[3]), _str(op[4]), _float(op[5]), _float(op[6]))),
+            BAN_DEL: lambda op: self._pop(s.banned, (op[1], op[2])),
         }
         # The op's length, as SQLite checks the number of bindings.
         self._arity: dict[object, int] = {
             SESSION_PUT: 8, SESSION_DEL: 2, SUB_PUT: 5, SUB_DEL: 3, MSG_PUT: 6, MSG_DEL: 2,
             Q_PUT: 9, Q_PID: 4, Q_REL: 3, Q_DEL: 3, REL_PUT: 4, REL_DEL: 3, RET_PUT: 6,
-            RET_DEL: 2, RET_CLEAR: 1, APPLIED: 2, USER_PUT: 4, USER_DEL: 2}
+            RET_DEL: 2, RET_CLEAR: 1, APPLIED: 2, USER_PUT: 4, USER_DEL: 2,
+            BAN_PUT: 7, BAN_DEL: 3}
 
     # --- changes, each logged for the undo ----------------------------------------------------
 
@@ -257,6 +265,7 @@ class MemoryBackend:
         restored.orphans = [m for m in s.msgs if m not in restored.messages]
         restored.applied_seq = s.applied[0]
         restored.users = dict(s.users)
+        restored.banned = [(kind, who, *row) for (kind, who), row in s.banned.items()]
         return restored
 
     def write(self, ops: list[Op]) -> None:
@@ -297,7 +306,8 @@ class MemoryBackend:
                      "messages": len(s.msgs),
                      "queue": sum(map(len, s.queue.values())),
                      "awaiting_rel": sum(map(len, s.rel.values())),
-                     "retained": len(s.retained), "users": len(s.users)},
+                     "retained": len(s.retained), "users": len(s.users),
+                     "banned": len(s.banned)},
             "durability": "memory",
             "schema": SCHEMA_VERSION,
             "page_size": 0,

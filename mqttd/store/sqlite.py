@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 from .base import (
     APPLIED,
+    BAN_DEL,
+    BAN_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -64,6 +66,12 @@ DURABILITY = {"process": "NORMAL", "power": "FULL"}
 
 _TABLES = ("sessions", "subs", "msgs", "queue", "rel", "retained", "meta", "users")
 
+#: The banned table; added to schema 1 after its first stores were written, so a store
+#: without it gets it when opened (see _check) rather than being refused.
+_BANNED = ("CREATE TABLE banned(kind TEXT NOT NULL, who TEXT NOT NULL, by TEXT NOT NULL,"
+           " reason TEXT NOT NULL, at REAL NOT NULL, until REAL NOT NULL,"
+           " PRIMARY KEY(kind, who)) WITHOUT ROWID")
+
 _SCHEMA = (
     "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL, expiry_interval INTEGER NOT NULL,"
     " created_at REAL NOT NULL, disconnected_at REAL NOT NULL, will BLOB,"
@@ -82,6 +90,7 @@ _SCHEMA = (
     "CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID",
     "CREATE TABLE users(username TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL,"
     " superuser INTEGER NOT NULL) WITHOUT ROWID",
+    _BANNED,
     "CREATE TABLE retained(topic TEXT PRIMARY KEY NOT NULL, packet BLOB NOT NULL, sender TEXT,"
     " ts REAL NOT NULL, expiry_at REAL NOT NULL)",
 )
@@ -109,6 +118,8 @@ _DIRECT: dict[int, tuple[str, ...]] = {
     APPLIED: ("INSERT OR REPLACE INTO meta VALUES('applied_seq', ?2)",),
     USER_PUT: ("INSERT OR REPLACE INTO users VALUES(?2,?3,?4)",),
     USER_DEL: ("DELETE FROM users WHERE username=?2",),
+    BAN_PUT: ("INSERT OR REPLACE INTO banned VALUES(?2,?3,?4,?5,?6,?7)",),
+    BAN_DEL: ("DELETE FROM banned WHERE kind=?2 AND who=?3",),
 }
 _Q_PUT_SQL = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,0,?,?,?,?)"
 
@@ -373,6 +384,8 @@ class SqliteBackend:
         if missing:
             raise self._fail(f"not an mqttd store (schema {version} without table(s) "
                              + ", ".join(missing) + ")")
+        if "banned" not in names:  # a store from before bans moved into it
+            conn.execute(_BANNED)
 
     def _restore(self, conn: sqlite3.Connection) -> Restored:
         restored = Restored()
@@ -440,6 +453,9 @@ class SqliteBackend:
         for username, hash_text, superuser in conn.execute(
                 "SELECT username, hash, superuser FROM users"):
             restored.users[username] = (hash_text, superuser != 0)
+        restored.banned = [(kind, who, by, reason, float(at), float(until))
+                           for kind, who, by, reason, at, until in conn.execute(
+                               "SELECT kind, who, by, reason, at, until FROM banned")]
         row = conn.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()
         restored.applied_seq = int(row[0]) if row is not None else 0
         return restored
@@ -516,7 +532,7 @@ class SqliteBackend:
                 "rows": {"sessions": count("sessions"), "subscriptions": count("subs"),
                          "messages": count("msgs"), "queue": count("queue"),
                          "awaiting_rel": count("rel"), "retained": count("retained"),
-                         "users": count("users")},
+                         "users": count("users"), "banned": count("banned")},
                 "durability": self.durability,
                 "schema": SCHEMA_VERSION,
                 "page_size": conn.execute("PRAGMA page_size").fetchone()[0],
