@@ -473,6 +473,16 @@ class OverloadSettings:
 
 
 @dataclass(slots=True)
+class ClusterSettings:
+    """``[cluster]``: nodes forming one broker over NATS (docs/CLUSTER.md)."""
+
+    #: The NATS system the nodes meet in (``nats://host:port``); empty: a single node.
+    nats_url: str = ""
+    #: Seconds the first connection attempt may take before the node starts alone.
+    connect_timeout: float = 2.0
+
+
+@dataclass(slots=True)
 class Settings:
     """Everything the broker needs to start."""
 
@@ -497,6 +507,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     sysmon: SysmonSettings = field(default_factory=SysmonSettings)
     overload: OverloadSettings = field(default_factory=OverloadSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     #: MQTT bridges to other brokers (``[bridges.<name>]``), in file order.
     bridges: list[BridgeSettings] = field(default_factory=list)
 
@@ -601,6 +612,7 @@ _LISTENER_FIELDS = {f.name: f for f in dataclasses.fields(Listener) if f.name !=
 _FLAPPING_FIELDS = {f.name: f for f in dataclasses.fields(FlappingSettings)}
 _STORE_FIELDS = {f.name: f for f in dataclasses.fields(StoreSettings)}
 _HTTP_FIELDS = {f.name: f for f in dataclasses.fields(HttpSettings)}
+_CLUSTER_FIELDS = {f.name: f for f in dataclasses.fields(ClusterSettings)}
 _LOG_FIELDS = {f.name: f for f in dataclasses.fields(LogSettings)}
 _SYSMON_FIELDS = {f.name: f for f in dataclasses.fields(SysmonSettings)}
 _OVERLOAD_FIELDS = {f.name: f for f in dataclasses.fields(OverloadSettings)}
@@ -738,7 +750,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings = base or Settings()
     sections = {"node", "mqtt", "zones", "listeners", "plugins", "auth", "authz", "flapping",
                 "store", "log", "http", "sysmon", "overload_protection", "modules",
-                "bridges"}
+                "bridges", "cluster"}
     for key in data:
         if key not in sections:
             errors.append(_unknown("", key, sorted(sections)))
@@ -822,6 +834,18 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     else:
         errors.append("http: expected a table")
     sysmon, overload = _parse_sysmon(data, errors)
+    cluster = ClusterSettings()
+    table = data.get("cluster", {})
+    if isinstance(table, dict):
+        _apply(cluster, table, _CLUSTER_FIELDS, "cluster.", errors)
+        if cluster.nats_url and not cluster.nats_url.startswith(
+                ("nats://", "tls://", "ws://", "wss://")):
+            errors.append("cluster.nats_url: expected nats://HOST:PORT (or tls://, ws://, "
+                          f"wss://), not {cluster.nats_url!r}")
+        if cluster.connect_timeout <= 0:
+            errors.append("cluster.connect_timeout: must be more than 0")
+    else:
+        errors.append("cluster: expected a table")
     modules = _parse_modules(data.get("modules", {}), listeners, errors)
     bridges = _parse_bridges(data.get("bridges", {}), errors)
     if not errors:
@@ -839,6 +863,7 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
     settings.log = log_settings
     settings.http = http
     settings.modules = modules
+    settings.cluster = cluster
     settings.sysmon = sysmon
     settings.overload = overload
     settings.bridges = bridges

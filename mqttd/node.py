@@ -23,6 +23,7 @@ from .access.password_file import PasswordHash
 from .access.users import UserTable
 from .alarms import Alarm, Alarms
 from .bridge import BridgeManager
+from .cluster.routing import Cluster
 from .config import Settings, is_loopback
 from .core.broker import Broker
 from .core.message import Message
@@ -97,6 +98,13 @@ class Node:
         #: $SYS/brokers/<node>/alarms/activate|deactivate.
         self.alarms = Alarms(settings.sysmon.alarm_history)
         self.alarms.on_change.append(self._alarm_changed)
+        #: This node's part in a cluster over NATS (None: a single node, and the publish
+        #: path and the router carry no cluster hook at all).
+        self.cluster: Cluster | None = None
+        if settings.cluster.nats_url:
+            self.cluster = Cluster(settings.cluster, settings.node, self.dispatcher)
+            self.broker.forward = self.cluster.forward
+            self.broker.router.on_change = self.cluster.route_changed
         #: The access chains, built at start (their files are read then).
         self.access: Access | None = None
         #: The durable store's journal, opened at start (None: durability off).
@@ -187,6 +195,9 @@ class Node:
         interval = self.settings.sys_interval
         if interval > 0:
             self.supervisor.start_child("sys", lambda: self.sys.run(interval))
+        if self.cluster is not None:
+            # Transient: a NATS unreachable at start ends it normally (the node runs alone).
+            self.supervisor.start_child("cluster", self.cluster.run, restart="transient")
 
     def _restore_bans(self, rows: list[tuple[str, str, str, str, float, float]],
                       journal: Journal) -> BannedTable:

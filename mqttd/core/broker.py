@@ -85,6 +85,9 @@ class Broker:
         self.anonymous: dict[str, bool] = {}
         #: The durable store's progress (None: durability off); see ``use_store``.
         self.gate: CommitGate | None = None
+        #: The cluster's outgoing half (None: a single node): told of every message
+        #: published here, after local delivery (docs/CLUSTER.md).
+        self.forward: Callable[[Message], None] | None = None
 
     def use_store(self, store: SessionStore) -> None:
         """Keep sessions with an expiry and retained messages in ``store`` from now on
@@ -233,6 +236,8 @@ class Broker:
         if msg.retain and msg.payload:
             metrics.inc(MESSAGES_RETAINED)
         n = self.dispatcher.publish(msg)
+        if (forward := self.forward) is not None:
+            forward(msg)
         if self.topic_traces and self.trace_publish is not None:
             self.trace_publish(msg, n)
         return n

@@ -86,9 +86,10 @@ class Dispatcher:
                         return True
         return False
 
-    def publish(self, msg: Message) -> int:
-        """Store if retained, dispatch, and return the number of sessions reached."""
-        if msg.retain:
+    def publish(self, msg: Message, store_retained: bool = True) -> int:
+        """Store if retained (unless ``store_retained`` is False: a message from another
+        node), dispatch, and return the number of sessions reached."""
+        if msg.retain and store_retained:
             hooks = self.hooks
             if hooks.message_retain:  # retainer limits (mqttd/modules/retainer.py)
                 kept = hooks.run_fold("message.retain", (), msg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING
 
 from ..mqtt.packets import SubOpts
@@ -82,6 +82,9 @@ class Router:
         #: Subscriptions held, plain and shared (kept as they change, for the stats).
         self._plain = 0
         self._shared = 0
+        #: Told when a filter gains its first subscriber (True) or loses its last (False):
+        #: the cluster's one NATS subscription per distinct filter (None: a single node).
+        self.on_change: Callable[[str, bool], None] | None = None
 
     def match(self, topic: str) -> list[Route]:
         """Every route whose filter matches ``topic``."""
@@ -110,6 +113,8 @@ class Router:
             if is_wildcard(topic_filter):
                 self._trie.insert(topic_filter)
             self._cache = {}
+            if self.on_change is not None:
+                self.on_change(topic_filter, True)
         return route
 
     def _maybe_drop(self, route: Route) -> None:
@@ -118,6 +123,8 @@ class Router:
             if is_wildcard(route.topic_filter):
                 self._trie.delete(route.topic_filter)
             self._cache = {}
+            if self.on_change is not None:
+                self.on_change(route.topic_filter, False)
 
     def add(self, topic_filter: str, group: str | None, shared: bool, session: Session,
             entry: SubEntry) -> None:

@@ -1,0 +1,347 @@
+"""Routing between mqttd nodes over a real nats-server (docs/CLUSTER.md, issue 15's first
+slice): real ``mqttd start`` nodes with ``[cluster] nats_url``, real paho clients.
+
+When a node's interest is in place is read from nats-server's own monitoring endpoint
+(``/connz?subs=1``: each connection, named after its node, with its subjects), so no test
+guesses with a sleep; "nothing else arrived" is checked after a marker published later by
+the same publisher has arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from support import WAIT, uid
+from support.clients import Client
+from support.process import BrokerProcess, checked_broker, run_mqttd, wait_log
+
+from mqttd.cluster.subjects import encode_filter
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+pytestmark = pytest.mark.skipif(not Path(NATS_SERVER).exists(),
+                                reason="nats-server is not installed (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """Debian's nats-server on free loopback ports (client and monitoring), stopped by PID."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mqttd-nats-"))
+        self.port = _free_port()
+        self.http_port = _free_port()
+        self.log_path = self.dir / "nats.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (open as long as the process)
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.http_port)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self._until(lambda: self._connz() is not None, "nats-server to listen")
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def _connz(self) -> dict[str, Any] | None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited:\n{self.log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.http_port}/connz?subs=1", timeout=2) as r:
+                data: dict[str, Any] = json.load(r)
+                return data
+        except OSError:
+            return None
+
+    def _until(self, predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.02)
+
+    def subjects(self, node: str) -> list[str]:
+        """The subjects the connection named ``node`` subscribes to (sorted)."""
+        connz = self._connz() or {}
+        found: list[str] = []
+        for conn in connz.get("connections", []):
+            if conn.get("name") == node:
+                found += conn.get("subscriptions_list", [])
+        return sorted(found)
+
+    def wait_subjects(self, node: str, predicate: Callable[[list[str]], bool], what: str
+                      ) -> list[str]:
+        self._until(lambda: predicate(self.subjects(node)), what)
+        return self.subjects(node)
+
+    def wait_interest(self, node: str, *filters: str) -> None:
+        wanted = {encode_filter(f) for f in filters}
+        self.wait_subjects(node, lambda s: wanted <= set(s),
+                           f"{node}'s NATS interest in {filters}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def node_config(name: str, url: str) -> str:
+    return f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
+
+
+A = "a@127.0.0.1"
+B = "b@127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+    with checked_broker(node_config(A, nats_server.url)) as a, \
+            checked_broker(node_config(B, nats_server.url)) as b:
+        for node in (a, b):
+            wait_log(node, "joined through NATS")
+        yield {A: a, B: b}
+
+
+@pytest.fixture
+def connect(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def _connect(node: str, version: int = 4, client_id: str | None = None) -> Client:
+        c = Client(nodes[node], client_id or uid("c"), version=version)
+        made.append(c)
+        c.connect()
+        return c
+
+    yield _connect
+    for c in made:
+        c.close()
+
+
+def _until_marker(sub: Client, marker: bytes) -> list[Any]:
+    """Every message before the one carrying ``marker`` (bounded by WAIT per message)."""
+    got = []
+    for _ in range(1000):
+        msg = sub.expect_message()
+        if msg.payload == marker:
+            return got
+        got.append(msg)
+    raise AssertionError("marker never came")
+
+
+def test_cross_node_qos0_qos1_qos2(nats_server: NatsServer, connect: Callable[..., Client]
+                                   ) -> None:
+    sub = connect(A)
+    t = uid("x")
+    sub.subscribe(f"{t}/q0", 0)
+    sub.subscribe(f"{t}/q1", 1)
+    sub.subscribe(f"{t}/q2", 2)
+    nats_server.wait_interest(A, f"{t}/q0", f"{t}/q1", f"{t}/q2")
+    pub = connect(B)
+    pub.publish(f"{t}/q0", b"zero", 0)
+    assert pub.publish(f"{t}/q1", b"one", 1) == 0
+    pub.publish(f"{t}/q2", b"two", 2)
+    got = {m.topic: (m.payload, m.qos) for m in sub.expect_messages(3)}
+    assert got == {f"{t}/q0": (b"zero", 0), f"{t}/q1": (b"one", 1), f"{t}/q2": (b"two", 2)}
+
+
+def test_wildcards_and_dollar_topics(nats_server: NatsServer, connect: Callable[..., Client]
+                                     ) -> None:
+    t = uid("w")
+    plus = connect(A)
+    plus.subscribe(f"{t}/+/x", 1)
+    hash_ = connect(A)
+    hash_.subscribe("#", 1)
+    parent = connect(A)
+    parent.subscribe(f"{t}/#", 1)
+    dollar = connect(A)
+    dollar.subscribe(f"${t}/#", 1)
+    nats_server.wait_interest(A, f"{t}/+/x", "#", f"{t}/#", f"${t}/#")
+    pub = connect(B)
+    for topic in (f"{t}/a/x", f"{t}/a/y", t, f"${t}/q", f"{t}/end"):
+        pub.publish(topic, topic.encode(), 1)
+    assert [m.topic for m in _until_marker(parent, f"{t}/end".encode())] == \
+        [f"{t}/a/x", f"{t}/a/y", t]
+    seen_by_hash = [m.topic for m in _until_marker(hash_, f"{t}/end".encode())]
+    # '#' sees other tests' traffic on this shared node pair too; not '$' topics.
+    assert [x for x in seen_by_hash if x.startswith((t, f"${t}"))] == \
+        [f"{t}/a/x", f"{t}/a/y", t]
+    assert plus.expect_message().topic == f"{t}/a/x"
+    assert dollar.expect_message().topic == f"${t}/q"
+
+
+def test_overlapping_filters_deliver_once(nats_server: NatsServer,
+                                          connect: Callable[..., Client]) -> None:
+    t = uid("d")
+    sub = connect(A)
+    sub.subscribe([(f"{t}/#", 1), (f"{t}/+", 1), (f"{t}/m", 1)])
+    nats_server.wait_interest(A, f"{t}/#", f"{t}/+", f"{t}/m")
+    pub = connect(B)
+    for i in range(50):
+        pub.publish(f"{t}/m", str(i).encode(), 1)
+    pub.publish(f"{t}/m", b"end", 1)
+    pub.publish(f"{t}/m", b"end2", 1)
+    got = _until_marker(sub, b"end")
+    assert [m.payload for m in got] == [str(i).encode() for i in range(50)]
+    # Copies of "end" itself would come before "end2".
+    assert _until_marker(sub, b"end2") == []
+
+
+def test_own_publishes_are_not_echoed(nats_server: NatsServer, connect: Callable[..., Client]
+                                      ) -> None:
+    t = uid("e")
+    sub = connect(A)
+    sub.subscribe(f"{t}/#", 1)
+    nats_server.wait_interest(A, f"{t}/#")
+    pub = connect(A)
+    for i in range(20):
+        pub.publish(f"{t}/x", str(i).encode(), 1)
+    pub.publish(f"{t}/x", b"end", 1)
+    pub.publish(f"{t}/x", b"end2", 1)
+    assert [m.payload for m in _until_marker(sub, b"end")] == \
+        [str(i).encode() for i in range(20)]
+    assert _until_marker(sub, b"end2") == []
+
+
+def test_interest_is_reference_counted_and_dropped(nats_server: NatsServer,
+                                                    connect: Callable[..., Client]) -> None:
+    t = uid("u")
+    subject = encode_filter(f"{t}/+")
+    one, two = connect(A), connect(A)
+    one.subscribe(f"{t}/+", 1)
+    two.subscribe(f"$share/g/{t}/+", 1)  # the same filter: the same route
+    subs = nats_server.wait_subjects(A, lambda s: subject in s, "the subscription")
+    assert subs.count(subject) == 1
+    pub = connect(B)
+    pub.publish(f"{t}/1", b"a", 1)
+    assert one.expect_message().payload == b"a"
+    assert two.expect_message().payload == b"a"
+    one.unsubscribe(f"{t}/+")
+    # Still wanted by the shared subscription: the node keeps its one subscription.
+    marker = uid("m")
+    one.subscribe(marker, 1)  # sent on the node's NATS connection after any unsubscribe
+    nats_server.wait_interest(A, marker)
+    assert subject in nats_server.subjects(A)
+    two.unsubscribe(f"$share/g/{t}/+")
+    nats_server.wait_subjects(A, lambda s: subject not in s, "the interest to go")
+    # Gone from NATS: nothing published on B reaches node A for it any more.
+    watcher = connect(A)
+    watcher.subscribe(marker, 1)
+    pub.publish(f"{t}/1", b"b", 1)
+    pub.publish(marker, b"end", 1)
+    assert watcher.expect_message().payload == b"end"
+    assert one.expect_message().payload == b"end"
+    one.assert_no_message()
+    two.assert_no_message()
+
+
+def test_sys_topics_stay_on_their_node(nats_server: NatsServer,
+                                       connect: Callable[..., Client]) -> None:
+    t = uid("s")
+    on_a = connect(A)
+    on_a.subscribe([("$SYS/brokers/+/clients/+/connected", 0), (f"{t}/end", 0)])
+    nats_server.wait_interest(A, "$SYS/brokers/+/clients/+/connected", f"{t}/end")
+    on_b = connect(B)
+    on_b.subscribe("$SYS/brokers/+/clients/+/connected", 0)
+    newcomer = uid("n")
+    connect(B, client_id=newcomer)
+    assert newcomer in on_b.expect_message().topic  # B published its presence event
+    connect(B).publish(f"{t}/end", b"end", 0)
+    got = _until_marker(on_a, b"end")
+    assert [m.topic for m in got if B in m.topic] == []
+
+
+def test_mqtt5_properties_cross_nodes(nats_server: NatsServer,
+                                      connect: Callable[..., Client]) -> None:
+    t = uid("p")
+    sub = connect(A, version=5)
+    sub.subscribe(t, 1)
+    nats_server.wait_interest(A, t)
+    pub = connect(B, version=5)
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [("k", "v"), ("k", " two ")]
+    props.CorrelationData = b"\x00\x01corr"
+    props.ContentType = "text/plain"
+    props.ResponseTopic = "r/t"
+    props.MessageExpiryInterval = 300
+    pub.publish(t, b"hello", 1, properties=props)
+    m = sub.expect_message()
+    assert m.payload == b"hello" and m.qos == 1
+    assert m.properties.UserProperty == [("k", "v"), ("k", " two ")]
+    assert m.properties.CorrelationData == b"\x00\x01corr"
+    assert m.properties.ContentType == "text/plain"
+    assert m.properties.ResponseTopic == "r/t"
+    assert 0 < m.properties.MessageExpiryInterval <= 300
+
+
+def test_overlong_topics_stay_local(nats_server: NatsServer,
+                                    connect: Callable[..., Client]) -> None:
+    t = uid("l")
+    long_topic = f"{t}/" + "x" * 4000
+    far = connect(A)
+    far.subscribe([(long_topic, 1), (f"{t}/#", 1)])
+    nats_server.wait_interest(A, f"{t}/#")
+    near = connect(B)
+    near.subscribe(long_topic, 1)
+    pub = connect(B)
+    pub.publish(long_topic, b"long", 1)
+    assert near.expect_message().payload == b"long"  # local delivery is unaffected
+    pub.publish(f"{t}/short", b"short", 1)
+    # The long one never crossed, and B's NATS connection survived it.
+    assert far.expect_message().payload == b"short"
+    far.assert_no_message()
+
+
+def test_unreachable_nats_runs_single_node() -> None:
+    port = _free_port()  # nothing listens there
+    with checked_broker(node_config("alone@127.0.0.1", f"nats://127.0.0.1:{port}")) as node:
+        wait_log(node, "cannot reach NATS at nats://127.0.0.1:")
+        assert "running as a single node" in node.log()
+        sub = Client(node, uid("s"))
+        pub = Client(node, uid("p"))
+        try:
+            sub.connect()
+            pub.connect()
+            sub.subscribe("alone/x", 1)
+            pub.publish("alone/x", b"local", 1)
+            assert sub.expect_message().payload == b"local"
+        finally:
+            sub.close()
+            pub.close()
+
+
+def test_bad_nats_url_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[cluster]\nnats_url = "127.0.0.1:4222"\n')
+    r = run_mqttd("config", "check", "-c", str(cfg))
+    assert r.returncode != 0
+    assert "cluster.nats_url" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
