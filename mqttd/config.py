@@ -1506,11 +1506,11 @@ _FILE_OPTIONS = ("path", "public_key_file", "cafile", "certfile", "keyfile")
 
 
 def _resolve_files(settings: Settings, base: str) -> None:
-    """Relative file names in ``[auth]``/``[authz]`` and the listeners' TLS files are taken
-    from the configuration file's directory, not from the working directory (which
-    ``--daemon`` sets to the data directory): the configuration means the same wherever
-    mqttd is started from."""
-    for lst in settings.listeners:
+    """Relative file names in ``[auth]``/``[authz]`` and the listeners' and bridges' TLS
+    files are taken from the configuration file's directory, not from the working directory
+    (which ``--daemon`` sets to the data directory): the configuration means the same
+    wherever mqttd is started from."""
+    for lst in [*settings.listeners, *settings.bridges]:
         for key in ("certfile", "keyfile", "cafile"):
             value = getattr(lst, key)
             if value and not os.path.isabs(value):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support import WAIT, uid
+from support.certs import make_pki
 from support.clients import Client
 from support.ctlrun import ctl, ctl_json, ok
 from support.mosquitto import Mosquitto, free_port
@@ -286,3 +287,44 @@ def test_bad_bridge_config_is_refused(tmp_path: Path, table: str, expected: str)
     assert r.returncode != 0, r
     assert expected in r.stderr + r.stdout, r
     assert "Traceback" not in r.stderr
+
+
+def test_tls_to_mosquitto_with_client_certificate(tmp_path: Path) -> None:
+    """The bridge over TLS to a mosquitto that requires a client certificate (both ways);
+    a bridge that does not trust the server's CA keeps retrying and says why."""
+    pki = make_pki(tmp_path)
+    cert, key = pki.client("bridge")
+    lines = [f"cafile {pki.ca_cert}", f"certfile {pki.server_cert}",
+             f"keyfile {pki.server_key}", "require_certificate true"]
+    with Mosquitto(lines) as mosq:
+        good = bridge_config("tls", mosq.port, 5, tls="true", cafile=f'"{pki.ca_cert}"',
+                             certfile=f'"{cert}"', keyfile=f'"{key}"')
+        wrong = bridge_config("wrongca", mosq.port, 5, tls="true",
+                              cafile=f'"{pki.other_ca_cert}"', certfile=f'"{cert}"',
+                              keyfile=f'"{key}"')
+        with checked_broker(good + wrong) as local:
+            wait_state(local, "tls", "connected")
+            exchange(local, _Peer(mosq.tcp_port), 5, mqtt5_no_echo=False)
+            deadline = time.monotonic() + 3 * WAIT
+            while True:
+                row = ctl_json(local, "bridges", "status", "wrongca")
+                if row["last_error"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert "CERTIFICATE_VERIFY_FAILED" in (row["last_error"] or ""), row
+            assert row["state"] != "connected"
+
+
+def test_refused_credentials_are_the_reason() -> None:
+    with checked_broker("[mqtt]\nallow_anonymous = false\n") as remote, \
+            checked_broker(bridge_config("r", remote.port, 5, username='"nobody"',
+                                         password='"pw-9f3c1e"')) as local:
+        deadline = time.monotonic() + 3 * WAIT
+        while True:
+            row = ctl_json(local, "bridges", "status", "r")
+            if row["last_error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert row["last_error"] == "the remote refused the connection: CONNACK 0x86", row
+        assert row["state"] in ("waiting", "connecting") and row["connects"] == 0
+        assert "pw-9f3c1e" not in local.log()  # the password is never logged

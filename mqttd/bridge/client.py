@@ -221,7 +221,8 @@ class Bridge:
                          f"{getattr(err, 'strerror', None) or err}")
             return
         finally:
-            self._task = None
+            if self._task is asyncio.current_task():  # not a newer one after stop/start
+                self._task = None
         if self.state != "connecting":  # stopped meanwhile
             if proto.transport is not None:
                 proto.transport.close()
