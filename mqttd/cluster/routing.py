@@ -41,6 +41,9 @@ _WINDOW = 4096
 #: (4 KiB by default), or the server closes the whole connection.
 _MAX_SUBJECT = 3584
 
+#: Messages waiting for the sender at most; more are dropped (counted in ``failed``).
+_MAX_QUEUED = 100_000
+
 
 class _Seen:
     """The (origin, sequence) pairs a node has dispatched, per origin: a window of
@@ -137,6 +140,11 @@ class Cluster:
         (NATS drops it when none does)."""
         if self.nc is None or msg.topic.startswith("$SYS/"):
             return  # each node's $SYS is its own
+        if len(self._ops) >= _MAX_QUEUED:
+            # NATS is not keeping up (or the connection is down and its buffer full): drop
+            # rather than hold every message in memory; local delivery already happened.
+            self.failed += 1
+            return
         subject = encode_topic(msg.topic)
         if len(subject) > _MAX_SUBJECT and len(subject.encode()) > _MAX_SUBJECT:
             self.failed += 1
