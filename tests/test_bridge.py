@@ -6,7 +6,10 @@ the local broker acknowledged arrives); an unreachable remote retried with its r
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ from support import WAIT, uid
 from support.certs import make_pki
 from support.clients import Client
 from support.ctlrun import ctl, ctl_json, ok
-from support.mosquitto import Mosquitto, free_port
+from support.mosquitto import MOSQUITTO, Mosquitto, free_port
 from support.process import BrokerProcess, checked_broker, run_mqttd
 
 pytest_plugins = ["support.fixtures"]
@@ -139,17 +142,66 @@ def test_mqttd_and_mosquitto_both_directions(version: int) -> None:
         assert "mqttd@127.0.0.1-bridge-m" in mosq.log()
 
 
-def test_remote_restarted_while_qos1_flows(tmp_path: Path) -> None:
-    """A remote mqttd (durable store) stopped and started again on the same port while a
-    publisher sends QoS 1 messages to the local broker: every message the local broker
-    acknowledged reaches the remote's subscriber (buffered by the bridge meanwhile)."""
-    port, total = free_port(), 300
-    remote_conf = f'[listeners.default]\nbind = "127.0.0.1"\nport = {port}\n'
-    data = tmp_path / "remote-data"
-    args = ["--data-dir", str(data)]
-    remote = BrokerProcess(remote_conf, extra_args=args)
+class _Remote:
+    """A remote broker that can be stopped and started again on the same port with its
+    state kept: mqttd with its durable store, or mosquitto with persistence (saved at
+    SIGTERM). Stopped by its PID."""
+
+    def __init__(self, kind: str, directory: Path) -> None:
+        self.kind, self.dir = kind, directory
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.mqttd: BrokerProcess | None = None
+        self.mosq: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        if self.kind == "mqttd":
+            if self.mqttd is not None:
+                self.mqttd.cleanup()  # stopped: its log and config go, the data stays
+            conf = f'[listeners.default]\nbind = "127.0.0.1"\nport = {self.port}\n'
+            self.mqttd = BrokerProcess(conf, extra_args=["--data-dir", str(self.dir)])
+            return
+        self.dir.mkdir(exist_ok=True)
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join([
+            "allow_anonymous true", "persistence true", f"persistence_location {self.dir}/",
+            "log_type all", "log_dest stderr", *(["user root"] if os.geteuid() == 0 else []),
+            f"listener {self.port} 127.0.0.1", ""]))
+        log = self.dir / "mosquitto.log"
+        before = log.read_bytes().count(b" running") if log.exists() else 0
+        with open(log, "ab") as out:
+            self.mosq = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 2 * WAIT
+        while log.read_bytes().count(b" running") <= before:
+            assert self.mosq.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.mqttd is not None:
+            self.mqttd.stop()
+        if self.mosq is not None and self.mosq.poll() is None:
+            self.mosq.send_signal(signal.SIGTERM)
+            self.mosq.wait(2 * WAIT)
+
+    def close(self) -> None:
+        self.stop()
+        if self.mqttd is not None:
+            self.mqttd.cleanup()
+
+
+@pytest.mark.parametrize("kind", ["mqttd", "mosquitto"])
+def test_remote_restarted_while_qos1_flows(tmp_path: Path, kind: str) -> None:
+    """A remote (mqttd with its durable store, or mosquitto with persistence) stopped and
+    started again on the same port while a publisher sends QoS 1 messages to the local
+    broker: every message the local broker acknowledged reaches the remote's subscriber
+    (buffered by the bridge while the remote is down)."""
+    total = 400
+    remote = _Remote(kind, tmp_path / "remote")
     try:
-        with checked_broker(bridge_config("r", port, 4)) as local:
+        with checked_broker(bridge_config("r", remote.port, 4)) as local:
             wait_state(local, "r", "connected")
             u = uid()
             sub = Client(remote, f"sub-{u}", version=4, clean=False)
@@ -158,13 +210,17 @@ def test_remote_restarted_while_qos1_flows(tmp_path: Path) -> None:
             pub = client(local, 4)
             acked: list[int] = []
             failed: queue.Queue[BaseException] = queue.Queue()
+            down_seen = threading.Event()
 
             def publish() -> None:
                 try:
                     for i in range(total):
+                        if i == total // 2:
+                            # The second half at least is published with the remote down.
+                            assert down_seen.wait(6 * WAIT)
                         pub.publish(f"out/{u}/{i}", str(i).encode(), 1)
                         acked.append(i)
-                        time.sleep(0.005)
+                        time.sleep(0.002)
                 except BaseException as err:  # reported by the main thread
                     failed.put(err)
 
@@ -175,12 +231,17 @@ def test_remote_restarted_while_qos1_flows(tmp_path: Path) -> None:
                 got.add(int(sub.expect_message().payload))
             remote.stop()
             sub.wait_disconnected()
-            # Down: what the local broker acknowledges now waits in the bridge.
             row = wait_state(local, "r", "waiting")
             assert row["last_error"], row
-            remote = BrokerProcess(remote_conf, extra_args=args)
+            down_seen.set()
+            # What the local broker acknowledges now waits in the bridge's queue.
+            deadline = time.monotonic() + 3 * WAIT
+            while ctl_json(local, "bridges", "status", "r")["queued"] < 20:
+                assert time.monotonic() < deadline, ctl_json(local, "bridges", "status", "r")
+                time.sleep(0.02)
+            remote.start()
             t.join(60)
-            assert not t.is_alive() and failed.empty(), failed.queue
+            assert not t.is_alive() and failed.empty(), list(failed.queue)
             assert acked == list(range(total))
             sub = Client(remote, f"sub-{u}", version=4, clean=False)
             sub.connect()
@@ -195,8 +256,7 @@ def test_remote_restarted_while_qos1_flows(tmp_path: Path) -> None:
             sub.close()
             pub.close()
     finally:
-        remote.stop()
-        remote.cleanup()
+        remote.close()
 
 
 def test_unreachable_remote_says_why_and_others_work() -> None:
