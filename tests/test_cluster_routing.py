@@ -49,12 +49,20 @@ class NatsServer:
         self.port = _free_port()
         self.http_port = _free_port()
         self.log_path = self.dir / "nats.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (open as long as the process)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (open as long as the process)
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._start()
+
+    def _start(self) -> None:
         self.proc = subprocess.Popen(
             [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.http_port)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir)
         self._until(lambda: self._connz() is not None, "nats-server to listen")
-        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def restart(self) -> None:
+        """Stop the server (by PID) and start it again on the same ports."""
+        self._terminate()
+        self._start()
 
     def _connz(self) -> dict[str, Any] | None:
         if self.proc.poll() is not None:
@@ -93,7 +101,7 @@ class NatsServer:
         self.wait_subjects(node, lambda s: wanted <= set(s),
                            f"{node}'s NATS interest in {filters}")
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -101,6 +109,9 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+    def stop(self) -> None:
+        self._terminate()
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -340,6 +351,64 @@ def test_overlong_topics_stay_local(nats_server: NatsServer,
     # The long one never crossed, and B's NATS connection survived it.
     assert far.expect_message().payload == b"short"
     far.assert_no_message()
+
+
+def test_three_nodes_each_get_one_copy(nats_server: NatsServer,
+                                       nodes: dict[str, BrokerProcess]) -> None:
+    c_name = "c@127.0.0.1"
+    t = uid("3")
+    with checked_broker(node_config(c_name, nats_server.url)) as c_node:
+        wait_log(c_node, "joined through NATS")
+        subs = []
+        try:
+            for broker in (nodes[A], c_node):
+                sub = Client(broker, uid("s"))
+                subs.append(sub)
+                sub.connect()
+                sub.subscribe([(f"{t}/#", 1), (f"{t}/+", 1)])
+            nats_server.wait_interest(A, f"{t}/#", f"{t}/+")
+            nats_server.wait_interest(c_name, f"{t}/#", f"{t}/+")
+            pub = Client(nodes[B], uid("p"))
+            subs.append(pub)
+            pub.connect()
+            for i in range(10):
+                pub.publish(f"{t}/x", str(i).encode(), 1)
+            pub.publish(f"{t}/x", b"end", 1)
+            for sub in subs[:2]:
+                assert [m.payload for m in _until_marker(sub, b"end")] == \
+                    [str(i).encode() for i in range(10)]
+        finally:
+            for client in subs:
+                client.close()
+
+
+def test_nats_restart_nodes_resubscribe() -> None:
+    server = NatsServer()
+    try:
+        with checked_broker(node_config("r1@127.0.0.1", server.url)) as r1, \
+                checked_broker(node_config("r2@127.0.0.1", server.url)) as r2:
+            for node in (r1, r2):
+                wait_log(node, "joined through NATS")
+            t = uid("k")
+            sub, pub = Client(r1, uid("s")), Client(r2, uid("p"))
+            try:
+                sub.connect()
+                pub.connect()
+                sub.subscribe(t, 1)
+                server.wait_interest("r1@127.0.0.1", t)
+                server.restart()
+                for node in (r1, r2):
+                    wait_log(node, "lost the connection to NATS")
+                    wait_log(node, "connected to NATS again", timeout=30)
+                # The subscription was made again by the node itself.
+                server.wait_interest("r1@127.0.0.1", t)
+                pub.publish(t, b"after", 1)
+                assert sub.expect_message().payload == b"after"
+            finally:
+                sub.close()
+                pub.close()
+    finally:
+        server.stop()
 
 
 def test_unreachable_nats_runs_single_node() -> None:
