@@ -294,7 +294,9 @@ def test_mqtt5_properties_cross_nodes(nats_server: NatsServer,
                                       connect: Callable[..., Client]) -> None:
     t = uid("p")
     sub = connect(A, version=5)
-    sub.subscribe(t, 1)
+    sub_props = Properties(PacketTypes.SUBSCRIBE)
+    sub_props.SubscriptionIdentifier = 7
+    sub.subscribe(t, options=sub_opts(1), properties=sub_props)
     nats_server.wait_interest(A, t)
     pub = connect(B, version=5)
     props = Properties(PacketTypes.PUBLISH)
@@ -311,6 +313,7 @@ def test_mqtt5_properties_cross_nodes(nats_server: NatsServer,
     assert m.properties.ContentType == "text/plain"
     assert m.properties.ResponseTopic == "r/t"
     assert 0 < m.properties.MessageExpiryInterval <= 300
+    assert m.properties.SubscriptionIdentifier == [7]  # the receiving node's subscription
 
 
 def test_retained_crosses_live_but_is_stored_on_its_node(
