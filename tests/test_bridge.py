@@ -388,3 +388,13 @@ def test_refused_credentials_are_the_reason() -> None:
         assert row["last_error"] == "the remote refused the connection: CONNACK 0x86", row
         assert row["state"] in ("waiting", "connecting") and row["connects"] == 0
         assert "pw-9f3c1e" not in local.log()  # the password is never logged
+
+
+def test_conf_reload_says_a_changed_bridge_needs_a_restart() -> None:
+    dead = free_port()
+    with checked_broker(bridge_config("b", dead, 4)) as local:
+        local.config_path.write_text(local.config_path.read_text().replace(
+            "reconnect_max = 0.5", "reconnect_max = 2"))
+        data = ctl_json(local, "conf", "reload")
+        assert {"key": "bridges", "why": "read at start"} in data["restart"], data
+        assert ctl_json(local, "bridges", "status", "b")["state"] != "stopped"
