@@ -154,3 +154,29 @@ def test_bad_configuration_is_refused(table: str, reason: str, tmp_path: Path) -
     checked = run_mqttd("config", "check", "-c", str(conf))
     assert checked.returncode == 2, checked
     assert reason in checked.stderr and "Traceback" not in checked.stderr, checked
+
+
+def test_deliveries_that_will_never_be_acknowledged_are_forgotten(tmp_path: Path) -> None:
+    """A QoS 1 message to a QoS 0 subscription goes out at QoS 0: no acknowledgement comes,
+    and the next sweep (every 10 s) forgets it because it is in neither the session's
+    inflight window nor its queue (long before expire_interval, an hour here)."""
+    with checked_broker('[modules.slow_subs]\nenable = true\nexpire_interval = "1h"\n') as b:
+        cs = Clients(b)
+        try:
+            sub = cs(version=5)
+            assert sub.subscribe("never/acked", 0) == [0]
+            cs(version=5).publish("never/acked", b"x", 1)
+            assert sub.expect_message().qos == 0
+
+            def timing() -> int:
+                rows = {r["name"]: r for r in ctl_json(b, "modules", "list")}
+                return int(rows["slow_subs"]["timing"])
+
+            assert timing() == 1  # handed over: timed until the sweep looks
+            for _ in range(60):  # the sweep runs every 10 s: bounded at 15 s
+                if timing() == 0:
+                    break
+                time.sleep(0.25)
+            assert timing() == 0
+        finally:
+            cs.close_all()

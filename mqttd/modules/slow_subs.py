@@ -14,9 +14,10 @@ topic) with its latency; the ``top_k`` slowest pairs are kept, each forgotten
 shows and empties them; every ``notice_interval`` seconds, while there are records, they
 are published (JSON) to ``$SYS/brokers/<node>/slow_subs``.
 
-Unacknowledged deliveries are forgotten after ``expire_interval`` (a client that never
-answers, or a delivery dropped before it was sent) and at most :data:`MAX_PENDING` are
-timed at once.
+Every :data:`SWEEP_EVERY` seconds the deliveries no longer in their session's inflight
+window or queue are forgotten (those that went out at QoS 0 to a QoS 0 subscription, or were
+dropped), and so are those unacknowledged for ``expire_interval``; at most
+:data:`MAX_PENDING` are timed at once.
 """
 
 from __future__ import annotations
@@ -164,10 +165,28 @@ class SlowSubs(Module):
     def _sweep(self) -> None:
         now = time.monotonic()
         self._expire(now)
-        stale = [k for k, (_, t) in self.pending.items() if now - t >= self.expire]
-        for key in stale:
-            del self.pending[key]
+        self.pending = self._still_waiting(now)
         self._sweep_timer = self.ctx.timers.call_later(self._sweep_every(), self._sweep)
+
+    def _still_waiting(self, now: float) -> dict[tuple[str, int], tuple[Message, float]]:
+        """The pending deliveries still in their session's inflight window or queue, and
+        younger than ``expire_interval``. The others will never be acknowledged: sent at
+        QoS 0 (a QoS 1 message to a QoS 0 subscription), dropped, or their session gone."""
+        sessions = self.ctx.broker.registry.sessions
+        held: dict[str, set[int]] = {}
+        kept: dict[tuple[str, int], tuple[Message, float]] = {}
+        for key, entry in self.pending.items():
+            if now - entry[1] >= self.expire:
+                continue
+            client_id = key[0]
+            ids = held.get(client_id)
+            if ids is None:
+                session = sessions.get(client_id)
+                ids = held[client_id] = set() if session is None else {
+                    id(d[0]) for d in (*session.inflight.values(), *session.mqueue)}
+            if key[1] in ids:
+                kept[key] = entry
+        return kept
 
     def _notice(self) -> None:
         rows = self.list()
