@@ -97,6 +97,10 @@ class Listener:
     #: None: the zone's ``allow_anonymous`` on loopback, and *no* elsewhere (a listener
     #: beyond loopback with no provider refuses to start unless this says true).
     allow_anonymous: bool | None = None
+    #: A mosquitto password file / ACL file for this listener's clients only (mosquitto's
+    #: per-listener settings): asked before the [auth] providers / [authz] sources.
+    password_file: str = ""
+    acl_file: str = ""
     #: The transport: "tcp", "ssl" (TLS), "ws" (WebSocket) or "wss" (WebSocket over TLS).
     type: str = "tcp"
     #: PROXY protocol (v1 or v2) header expected before anything else (HAProxy, AWS NLB):
@@ -1026,12 +1030,14 @@ def listener_security_errors(listeners: list[Listener], auth: AuthSettings) -> l
     every client itself."""
     if auth.providers:
         return []
+    # A listener with its own password_file has a provider for its clients.
     return [f"listeners.{lst.name}.allow_anonymous: the listener binds {lst.bind}, beyond "
             "loopback, and no authentication provider is configured; add one ([auth] "
             "password_file = PATH), require client certificates (verify = \"required\" with "
             "peer_cert_as_username) or set allow_anonymous = true for this listener"
             for lst in listeners
             if not is_loopback(lst.bind) and lst.allow_anonymous is not True
+            and not lst.password_file
             and not (lst.verify == "required" and lst.peer_cert_as_username)]
 
 

@@ -133,9 +133,13 @@ class AuthChain:
     """The :class:`~mqttd.core.services.Authenticator` the broker is given."""
 
     def __init__(self, settings: AuthSettings, providers: list[Provider],
-                 gates: list[Gate] | None = None) -> None:
+                 gates: list[Gate] | None = None,
+                 scopes: list[str | None] | None = None) -> None:
         self.settings = settings
         self.providers = providers
+        #: Per provider: the one listener whose clients it is asked about (a listener's
+        #: password_file), or None (every client).
+        self.scopes = scopes if scopes is not None else [None] * len(providers)
         self.gates = gates or []
         self._inline = all(p.kind == "sync" for p in providers)
         self._workers: HashWorkers | None = None
@@ -231,8 +235,13 @@ class AuthChain:
         waiting; None when a provider must be waited for (it answers via ``_answered``,
         which calls ``done``)."""
         providers = self.providers
+        scopes = self.scopes
         while i < len(providers):
             provider = providers[i]
+            scope = scopes[i]
+            if scope is not None and scope != client.listener:
+                i += 1
+                continue
             kind = provider.kind
             if kind == "blocking":
                 key = self._key(i, client, password)
@@ -357,7 +366,11 @@ class AuthChain:
                         self._pending)
 
     def _decide_inline(self, client: ClientInfo, password: bytes | None) -> AuthResult:
+        scopes = self.scopes
         for i, provider in enumerate(self.providers):
+            scope = scopes[i]
+            if scope is not None and scope != client.listener:
+                continue
             try:
                 result = provider.check(client, password)
             except Exception as exc:  # a provider's bug refuses this client only

@@ -65,10 +65,18 @@ def build_sources(specs: list[AccessSpec]) -> list[Source]:
 class AuthzChain:
     """The :class:`~mqttd.core.services.Authorizer` the broker is given."""
 
-    def __init__(self, settings: AuthzSettings, sources: list[Source]) -> None:
+    def __init__(self, settings: AuthzSettings, sources: list[Source],
+                 scopes: list[str | None] | None = None) -> None:
         self.settings = settings
         self.sources = sources
         self._no_match = settings.no_match == "allow"
+        #: Per source: the one listener whose clients it judges (a listener's acl_file),
+        #: or None (every client). A client no source judges is authorized as without a
+        #: chain (as mosquitto's listener without an acl_file): its client ACL, else allow.
+        self.scopes = scopes if scopes is not None else [None] * len(sources)
+        self._scoped = any(s is not None for s in self.scopes)
+        self._global = not self.sources or any(s is None for s in self.scopes)
+        self._listeners = {s for s in self.scopes if s is not None}
         #: client id -> {(action, topic): (allowed, expires)}
         self._cache: dict[str, dict[tuple[str, str], tuple[bool, float]]] = {}
 
@@ -76,8 +84,12 @@ class AuthzChain:
         """:meth:`check`, or None when nothing could refuse ``client`` a delivery: no source,
         no client ACL, and no_match allows (the chain a JWT or HTTP provider brings without
         ``[authz]``, for a client whose login attached no ACL)."""
-        if not self.sources and self._no_match and not callable(client.acl):
+        if callable(client.acl):
+            return self.check
+        if not self.sources and self._no_match:
             return None
+        if not self._global and client.listener not in self._listeners:
+            return None  # no source judges this listener's clients
         return self.check
 
     @property
@@ -127,10 +139,24 @@ class AuthzChain:
             verdict = acl(action, topic)
             if verdict is not None:
                 return bool(verdict)
+        if self._scoped:
+            return self._decide_scoped(client, action, topic)
         for source in self.sources:
             verdict = source.check(client, action, topic)
             if verdict is not None:
                 return verdict
+        return self._no_match
+
+    def _decide_scoped(self, client: ClientInfo, action: str, topic: str) -> bool:
+        listener = client.listener
+        for source, scope in zip(self.sources, self.scopes, strict=True):
+            if scope is not None and scope != listener:
+                continue
+            verdict = source.check(client, action, topic)
+            if verdict is not None:
+                return verdict
+        if not self._global and listener not in self._listeners:
+            return True
         return self._no_match
 
     def explain(self, client: ClientInfo, action: str, topic: str) -> tuple[bool, str]:
@@ -143,7 +169,10 @@ class AuthzChain:
             verdict = acl(action, topic)
             if verdict is not None:
                 return bool(verdict), "the client ACL its authentication attached"
-        for source in self.sources:
+        listener = client.listener
+        for source, scope in zip(self.sources, self.scopes, strict=True):
+            if scope is not None and scope != listener:
+                continue
             explain = getattr(source, "explain", None)
             if explain is not None:
                 verdict, why = explain(client, action, topic)
@@ -151,6 +180,8 @@ class AuthzChain:
                 verdict, why = source.check(client, action, topic), source.description
             if verdict is not None:
                 return verdict, why
+        if not self._global and listener not in self._listeners:
+            return True, f"no source judges clients of listener {listener} (allowed)"
         return self._no_match, f"no source matched: no_match = {self.settings.no_match}"
 
     def forget(self, client_id: str) -> None:

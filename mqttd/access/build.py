@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..config import Settings
+from ..config import AccessSpec, Settings
 from . import http, jwt, password_file  # noqa: F401  (imported: register their provider types)
 from .acl_file import AclFile  # noqa: F401  (imported: registers its source type)
 from .authn import AccessError, AuthChain, Gate, build_providers
@@ -79,12 +79,23 @@ def build_access(settings: Settings, users: UserTable | None = None,
             banned.load()
         except AccessError as err:
             errors += err.errors
+    # A listener's password_file / acl_file: asked first, for that listener's clients only.
+    own_auth = [(lst.name, AccessSpec("password_file", {"path": lst.password_file},
+                                      f"listeners.{lst.name}.password_file"))
+                for lst in settings.listeners if lst.password_file]
+    own_authz = [(lst.name, AccessSpec("acl_file", {"path": lst.acl_file},
+                                       f"listeners.{lst.name}.acl_file"))
+                 for lst in settings.listeners if lst.acl_file]
+    auth_scopes: list[str | None] = [name for name, _ in own_auth]
+    auth_scopes += [None] * len(settings.auth.providers)
+    authz_scopes: list[str | None] = [name for name, _ in own_authz]
+    authz_scopes += [None] * len(settings.authz.sources)
     try:
-        providers = build_providers(settings.auth.providers)
+        providers = build_providers([spec for _, spec in own_auth] + settings.auth.providers)
     except AccessError as err:
         errors += err.errors
     try:
-        sources = build_sources(settings.authz.sources)
+        sources = build_sources([spec for _, spec in own_authz] + settings.authz.sources)
     except AccessError as err:
         errors += err.errors
     for i, provider in enumerate(providers or ()):
@@ -99,7 +110,7 @@ def build_access(settings: Settings, users: UserTable | None = None,
         raise AccessError(errors)
     authz = None
     if sources:
-        authz = AuthzChain(settings.authz, sources)
+        authz = AuthzChain(settings.authz, sources, authz_scopes)
     elif any(getattr(p, "attaches_acl", False) for p in providers):
         # A provider may attach a client ACL (a JWT's acl claim, an HTTP server's answer):
         # it is enforced even without sources. What it does not decide is allowed, as
@@ -107,7 +118,7 @@ def build_access(settings: Settings, users: UserTable | None = None,
         authz = AuthzChain(dataclasses.replace(settings.authz, no_match="allow"), [])
     flapping = Flapping(settings.flapping, banned) if settings.flapping.enable else None
     gates: list[Gate] = [banned] if flapping is None else [banned, flapping]
-    chain = AuthChain(settings.auth, providers, gates)
+    chain = AuthChain(settings.auth, providers, gates, auth_scopes)
     if users is not None:
         users.on_change = chain.forget_user
     return Access(chain, authz, banned, flapping, users)

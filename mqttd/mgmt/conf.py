@@ -66,8 +66,10 @@ ZONE_RESTART = {"shared_subscription_strategy": "one dispatcher strategy for the
 #: Listener keys that make its TLS context (new handshakes get the new one).
 LISTENER_TLS = frozenset({"certfile", "keyfile", "keyfile_password", "cafile", "verify",
                           "tls_versions", "ciphers"})
-#: Listener keys read at each accept.
-LISTENER_IN_PLACE = frozenset({"max_connections", "allow_anonymous"})
+#: Listener keys applied without restarting it: read at each accept, or (its own
+#: password_file and acl_file) through the access chains, rebuilt.
+LISTENER_IN_PLACE = frozenset({"max_connections", "allow_anonymous", "password_file",
+                               "acl_file"})
 #: ``[store]`` keys the journal reads as it runs.
 STORE_LIVE = ("max_size", "apply_interval", "apply_bytes")
 #: Settings fields applied here (the others need a restart when they change).
@@ -77,6 +79,12 @@ _HANDLED = {"zones", "listeners", "auth", "authz", "flapping", "log", "log_level
 _KEYS = {"node": "node.name", "data_dir": "node.data_dir", "log_level": "log.level",
          "sys_interval": "node.sys_interval", "trace_payload_limit": "node.trace_payload_limit",
          "overload": "overload_protection"}
+
+
+def _listener_files(settings: Settings) -> list[tuple[str, str, str]]:
+    """Each listener's own access files (a change rebuilds the chains)."""
+    return [(lst.name, lst.password_file, lst.acl_file) for lst in settings.listeners
+            if lst.password_file or lst.acl_file]
 
 
 def _differ(old: Any, new: Any) -> list[str]:
@@ -278,6 +286,8 @@ class Conf:
             return
         sections = [s for s in ("auth", "authz", "flapping")
                     if getattr(cur, s) != getattr(new, s)]
+        if _listener_files(cur) != _listener_files(new):
+            sections.append("listeners' password_file/acl_file")
         if not sections:
             built.authn.close()  # only a check: the running chains re-read their files
             try:
@@ -291,7 +301,8 @@ class Conf:
             return
         self.control.swap_access(built)
         for section in sections:
-            setattr(cur, section, getattr(new, section))
+            if not section.startswith("listeners"):  # those follow with the listeners
+                setattr(cur, section, getattr(new, section))
         old.authn.close()
         await old.authn.wait_closed()
         authz = built.authz
