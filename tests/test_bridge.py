@@ -81,7 +81,7 @@ def wait_ingress(remote_pub: Client, local_sub: Client, topic: str) -> None:
     raise AssertionError("the bridge's ingress subscription never came through")
 
 
-def exchange(local: Any, remote: Any, version: int, mqtt5_no_echo: bool) -> None:
+def exchange(local: Any, remote: Any, version: int, no_echo: bool) -> None:
     """Both directions at QoS 0, 1 and 2; and a topic bridged both ways arrives once."""
     u = uid()
     remote_sub = client(remote, version)
@@ -99,7 +99,7 @@ def exchange(local: Any, remote: Any, version: int, mqtt5_no_echo: bool) -> None
         msg = local_sub.expect_message()
         assert (msg.topic, msg.payload, msg.qos) == (f"from-remote/in/{u}/{qos}",
                                                      f"ingress {qos}".encode(), qos)
-    if mqtt5_no_echo:
+    if no_echo:
         # both/# goes out and comes in unchanged: No Local keeps the remote from sending
         # back what the bridge published, and what came in is never sent out again.
         assert local_sub.subscribe(f"both/{u}", 1) == [1]
@@ -127,18 +127,20 @@ def test_mqttd_to_mqttd_both_directions(version: int) -> None:
             checked_broker(bridge_config("r", remote.port, version)) as local:
         row = wait_state(local, "r", "connected")
         assert row["protocol"] == ("5" if version == 5 else "3.1.1")
-        exchange(local, remote, version, mqtt5_no_echo=version == 5)
+        exchange(local, remote, version, no_echo=version == 5)
         row = ctl_json(local, "bridges", "status", "r")
         assert row["sent"] >= 2 and row["received"] >= 2 and row["last_error"] is None
         assert row["queued"] == 0 and row["inflight"] == 0
 
 
-@pytest.mark.parametrize("version", [4, 5])
-def test_mqttd_and_mosquitto_both_directions(version: int) -> None:
-    with Mosquitto() as mosq, \
-            checked_broker(bridge_config("m", mosq.port, version)) as local:
+@pytest.mark.parametrize(("version", "try_private"), [(4, False), (4, True), (5, False)])
+def test_mqttd_and_mosquitto_both_directions(version: int, try_private: bool) -> None:
+    """On 3.1.1 with try_private mosquitto knows the bridge for one and sends nothing back
+    to it, so a topic bridged both ways arrives once, as with No Local on 5."""
+    with Mosquitto() as mosq, checked_broker(bridge_config(
+            "m", mosq.port, version, try_private=str(try_private).lower())) as local:
         wait_state(local, "m", "connected")
-        exchange(local, _Peer(mosq.port), version, mqtt5_no_echo=version == 5)
+        exchange(local, _Peer(mosq.port), version, no_echo=version == 5 or try_private)
         assert "mqttd@127.0.0.1-bridge-m" in mosq.log()
 
 
@@ -364,7 +366,7 @@ def test_tls_to_mosquitto_with_client_certificate(tmp_path: Path) -> None:
                               keyfile=f'"{key}"')
         with checked_broker(good + wrong) as local:
             wait_state(local, "tls", "connected")
-            exchange(local, _Peer(mosq.tcp_port), 5, mqtt5_no_echo=False)
+            exchange(local, _Peer(mosq.tcp_port), 5, no_echo=False)
             deadline = time.monotonic() + 3 * WAIT
             while True:
                 row = ctl_json(local, "bridges", "status", "wrongca")
@@ -398,3 +400,15 @@ def test_conf_reload_says_a_changed_bridge_needs_a_restart() -> None:
         data = ctl_json(local, "conf", "reload")
         assert {"key": "bridges", "why": "read at start"} in data["restart"], data
         assert ctl_json(local, "bridges", "status", "b")["state"] != "stopped"
+
+
+def test_try_private_refused_by_mqttd_says_so() -> None:
+    with checked_broker() as remote, \
+            checked_broker(bridge_config("r", remote.port, 4, try_private="true")) as local:
+        deadline = time.monotonic() + 3 * WAIT
+        while True:
+            row = ctl_json(local, "bridges", "status", "r")
+            if row["last_error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert row["last_error"] == "the remote refused the connection: CONNACK 0x01", row

@@ -232,8 +232,10 @@ class Bridge:
         props: dict[str, Any] = {}
         if self.version == 5 and s.session_expiry:
             props["session_expiry_interval"] = s.session_expiry
+        # 0x80 | level: mosquitto's bridge marker (try_private), on 3.1.1 only.
+        level = 0x84 if self.version == 4 and s.try_private else self.version
         self._write(proto, Connect(
-            proto_level=self.version, clean_start=s.clean_start, keepalive=s.keepalive,
+            proto_level=level, clean_start=s.clean_start, keepalive=s.keepalive,
             client_id=self.client_id, username=s.username or None,
             password=s.password.encode() if s.password else None, properties=props))
         # The CONNACK must come in time, or the attempt fails.
