@@ -293,6 +293,9 @@ class BridgeSettings:
     username: str = ""
     password: str = ""
     clean_start: bool = True
+    #: MQTT 3.1.1: tell the remote it is a bridge (protocol level 0x84, mosquitto's
+    #: try_private), so a mosquitto does not send back what the bridge published.
+    try_private: bool = False
     #: MQTT 5 Session Expiry Interval asked for, in seconds.
     session_expiry: int = 0
     keepalive: int = 60
