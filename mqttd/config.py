@@ -57,6 +57,13 @@ class Zone:
     max_session_expiry_interval: int = 0xFFFFFFFF
     max_mqueue_len: int = 1000
     mqueue_store_qos0: bool = True
+    #: What a full message queue does with one more message: drop_oldest (EMQX),
+    #: drop_newest (mosquitto) or backpressure (the QoS 1/2 publisher's PUBACK/PUBREC and
+    #: its reading wait for room, up to mqueue_backpressure_timeout, after which
+    #: mqueue_backpressure_fallback drops). docs/DURABILITY.md "Queue overflow".
+    mqueue_overflow: str = "drop_oldest"
+    mqueue_backpressure_timeout: float = 5.0
+    mqueue_backpressure_fallback: str = "drop_oldest"
     #: Seconds a new connection has to send CONNECT.
     idle_timeout: float = 10.0
     allow_anonymous: bool = True
@@ -543,7 +550,7 @@ _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
               # [sysmon], [overload_protection]
               "check_interval", "loop_lag_high", "loop_lag_clear", "long_gc", "long_gc_clear",
               "store_latency_high", "store_latency_clear", "lag", "lag_for", "recover_lag",
-              "recover_for", "pause_time"}
+              "recover_for", "pause_time", "mqueue_backpressure_timeout"}
 #: Keys whose default is None (not set) but whose value must be true or false.
 _OPTIONAL_BOOLS = {"allow_anonymous"}
 #: Zone keys given as sizes (bytes, or a string such as "64KB", "1MB").
@@ -566,6 +573,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "session_expiry_interval": (0, 0xFFFFFFFF),
     "max_session_expiry_interval": (0, 0xFFFFFFFF),
     "max_mqueue_len": (0, 2 ** 31),
+    "mqueue_backpressure_timeout": (0.01, 3600),
     "idle_timeout": (0.1, 3600),
     "rate_limit_messages_in": (0, 2 ** 31),
     "rate_limit_bytes_in": (0, 2 ** 40),
@@ -600,6 +608,8 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_subscription_strategy": ("random", "round_robin", "sticky", "hash"),
+    "mqueue_overflow": ("drop_oldest", "drop_newest", "backpressure"),
+    "mqueue_backpressure_fallback": ("drop_oldest", "drop_newest"),
     "log_level": ("debug", "info", "warning", "error"),
     "level": ("debug", "info", "warning", "error"),
     "format": ("text", "json"),

@@ -133,7 +133,7 @@ from .services import (
     TimerHandle,
     Timers,
 )
-from .session import AckFault, Delivery, Session
+from .session import OVERFULL, AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
 #: One info line per connect, refusal and disconnect ([log] connection_messages): per
@@ -274,7 +274,8 @@ class Channel:
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
         "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
         "auth_method", "_auth", "gate", "hold", "transport", "cert_username", "cert_clientid",
-        "cert_user", "close_code", "auth_credential", "_auth_timer",
+        "cert_user", "close_code", "auth_credential", "_auth_timer", "pressure",
+        "pressure_mark",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -360,6 +361,13 @@ class Channel:
         #: reaches seq (an acknowledgement of something stored). None while nothing is held.
         self.gate = services.gate
         self.hold: list[list[int]] | None = None
+        #: Backpressure (zone key mqueue_overflow): the sessions whose queue this client's
+        #: messages went past its limit, None while there are none; and how many packets at
+        #: the head of ``out`` may be written meanwhile (the rest, from the first
+        #: acknowledgement held, wait for room; -1: nothing held). The connection stops
+        #: reading while it is set, and ends it (``end_pressure``) on room or time-out.
+        self.pressure: set[Session] | None = None
+        self.pressure_mark = -1
 
     @property
     def clientinfo(self) -> ClientInfo:
@@ -634,21 +642,28 @@ class Channel:
 
     def releasable(self) -> int:
         """How many packets at the head of ``out`` may be written now (all, unless some
-        wait for the store)."""
+        wait for the store or, under backpressure, for room); the caller writes them."""
         hold = self.hold
         if not hold:
-            return len(self.out)
-        gate = self.gate
-        assert gate is not None
-        committed = gate.committed
-        n = 0
-        while hold and hold[0][0] <= committed:
-            n = hold.pop(0)[1]
-        if not hold:
             self.hold = None
-            return len(self.out)
-        if n:
-            for mark in hold:
+            n = len(self.out)
+        else:
+            gate = self.gate
+            assert gate is not None
+            committed = gate.committed
+            n = 0
+            while hold and hold[0][0] <= committed:
+                n = hold.pop(0)[1]
+            if not hold:
+                self.hold = None
+                n = len(self.out)
+        cap = self.pressure_mark
+        if cap >= 0:
+            if n > cap:
+                n = cap
+            self.pressure_mark = cap - n
+        if n and self.hold:
+            for mark in self.hold:
                 mark[1] -= n
         return n
 
@@ -1129,10 +1144,14 @@ class Channel:
                     self._send(Pubrec(p.packet_id))
             return
         mountpoint = zone.mountpoint
+        if qos and OVERFULL:  # left by a publish no channel waits for (a will, the API)
+            OVERFULL.clear()
         n = self.services.publish(Message(mountpoint + topic if mountpoint else topic, payload, qos,
                                       retain, props, self.client_id))
         if not qos:  # QoS 0: nothing to acknowledge
             return
+        if OVERFULL:  # a full queue took it under backpressure: hold what follows
+            self._press()
         if n < 0:  # the store is full and the message needed it: not accepted
             if self.version != 5:  # 3.1.1 has no way to refuse a message but closing
                 return self._close(CloseReason.INTERNAL_ERROR,
@@ -1150,6 +1169,36 @@ class Channel:
             session.await_rel(p.packet_id, time.monotonic())
             self._send(Pubrec(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
+
+    def _press(self) -> None:
+        """The message just published went past some session's queue limit: its
+        acknowledgement (about to be sent) and everything after it waits for room."""
+        own = self.session
+        pressed = {s for s in OVERFULL if s is not own}  # never wait for one's own queue
+        OVERFULL.clear()
+        if not pressed:
+            return
+        if self.pressure is None:
+            self.pressure = pressed
+            self.pressure_mark = len(self.out)
+        else:
+            self.pressure |= pressed
+
+    def pressure_room(self) -> bool:
+        """Whether every queue this client waits for has room again."""
+        pressure = self.pressure
+        return pressure is None or all(s.has_room() for s in pressure)
+
+    def end_pressure(self, expired: bool) -> None:
+        """Stop waiting; ``expired``: the wait timed out and each queue still past its limit
+        is brought back to it by its fallback drop (counted as queue_full)."""
+        pressure = self.pressure
+        self.pressure = None
+        self.pressure_mark = -1
+        if expired and pressure is not None:
+            for session in pressure:
+                for delivery in session.trim():
+                    self.services.queue_dropped(session, delivery)
 
     def _publish_hook(self, topic: str, props: Properties) -> tuple[str, int]:
         """The client.publish fold, before authorization (topic rewrite, ``$delayed/``):

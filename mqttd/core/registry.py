@@ -123,6 +123,7 @@ class Registry:
         session.persistent = expiry > 0
         session.zone = zone.name
         session.upgrade_qos = zone.upgrade_qos
+        session.set_overflow(zone.mqueue_overflow, zone.mqueue_backpressure_fallback)
         session.channel = channel
         self.channels[client_id] = channel
         store = self.store

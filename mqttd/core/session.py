@@ -16,7 +16,8 @@ from typing import Final
 from ..mqtt.packets import Publish, SubOpts
 from .services import Delivery, SessionOwner, SessionStore, TimerHandle
 
-__all__ = ["WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery", "Session"]
+__all__ = ["OVERFLOW_POLICIES", "OVERFULL", "WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery",
+           "Session"]
 
 
 #: Inflight states of an outgoing QoS 1/2 message (``Session.inflight_state``).
@@ -29,6 +30,19 @@ class AckFault(enum.Enum):
     UNKNOWN = "unknown"  # no message in flight under that packet id
     MISMATCH = "mismatch"  # the ack does not fit the message's QoS or its state
 
+
+#: What a full queue does with one more message (zone key ``mqueue_overflow``).
+DROP_OLDEST: Final = 0  # the oldest queued message makes room (EMQX)
+DROP_NEWEST: Final = 1  # the new message is refused (mosquitto)
+BACKPRESSURE: Final = 2  # queued past the limit; its publisher waits for room
+OVERFLOW_POLICIES: Final = {"drop_oldest": DROP_OLDEST, "drop_newest": DROP_NEWEST,
+                            "backpressure": BACKPRESSURE}
+
+#: Sessions that took a QoS 1/2 message past their limit under ``backpressure`` since the
+#: publishing channel last looked: it holds its acknowledgement until they have room. One
+#: list for the process: dispatch is synchronous on one loop, so what a publish appends is
+#: read by that publish's channel before anything else runs.
+OVERFULL: list[Session] = []
 
 # Module constants: an enum member looked up on its class costs ~60 ns, every ack.
 _UNKNOWN: Final = AckFault.UNKNOWN
@@ -43,7 +57,8 @@ class Session:
         "wait_comp", "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0",
         "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
-        "await_rel_timeout", "store", "refs", "_qseq", "zone", "upgrade_qos",
+        "await_rel_timeout", "store", "refs", "_qseq", "zone", "upgrade_qos", "overflow",
+        "overflow_fallback",
     )
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
@@ -90,6 +105,14 @@ class Session:
         #: That zone's upgrade_qos: deliveries at the subscription's QoS, not the lower of
         #: the subscription's and the message's (the dispatcher asks only when they differ).
         self.upgrade_qos = False
+        #: That zone's mqueue_overflow and mqueue_backpressure_fallback (DROP_OLDEST, ...).
+        self.overflow = DROP_OLDEST
+        self.overflow_fallback = DROP_OLDEST
+
+    def set_overflow(self, policy: str, fallback: str) -> None:
+        """Apply a zone's ``mqueue_overflow`` and ``mqueue_backpressure_fallback``."""
+        self.overflow = OVERFLOW_POLICIES[policy]
+        self.overflow_fallback = OVERFLOW_POLICIES[fallback]
 
     # --- outgoing ---------------------------------------------------------------------
 
@@ -112,8 +135,23 @@ class Session:
         mq = self.mqueue
         dropped = None
         if self.max_mqueue_len and len(mq) >= self.max_mqueue_len:
-            dropped = mq.popleft()  # like EMQX: the oldest message makes room
-            self.dropped += 1
+            policy = self.overflow
+            if policy == BACKPRESSURE:
+                # Past the limit by at most one message per waiting publisher (each stops
+                # reading at its first such message); the cap bounds memory should
+                # thousands wait, or should a publisher with no acknowledgement to hold
+                # (QoS 0 sent, a will, the HTTP API) fill it.
+                if (delivery[1] and delivery[0].qos
+                        and len(mq) < 2 * self.max_mqueue_len + 256):
+                    OVERFULL.append(self)
+                else:
+                    policy = self.overflow_fallback
+            if policy == DROP_NEWEST:
+                self.dropped += 1
+                return delivery  # refused, as mosquitto does
+            if policy == DROP_OLDEST:
+                dropped = mq.popleft()  # like EMQX: the oldest message makes room
+                self.dropped += 1
         mq.append(delivery)
         self.enqueued += 1
         store = self.store
@@ -124,6 +162,25 @@ class Session:
                 self._qseq = qseq = self._qseq + 1
                 self.refs[id(delivery)] = qseq
                 store.add_delivery(self.client_id, qseq, delivery, 0)
+        return dropped
+
+    def has_room(self) -> bool:
+        return not self.max_mqueue_len or len(self.mqueue) < self.max_mqueue_len
+
+    def trim(self) -> list[Delivery]:
+        """A backpressured publisher waited too long: bring the queue back to its limit by
+        the fallback policy; returns the deliveries dropped (counted in ``dropped``)."""
+        mq = self.mqueue
+        limit = self.max_mqueue_len
+        dropped: list[Delivery] = []
+        if not limit:
+            return dropped
+        newest = self.overflow_fallback == DROP_NEWEST
+        while len(mq) > limit:
+            delivery = mq.pop() if newest else mq.popleft()
+            self.forget(delivery)
+            dropped.append(delivery)
+        self.dropped += len(dropped)
         return dropped
 
     def forget(self, delivery: Delivery) -> None:

@@ -41,6 +41,8 @@ log = logging.getLogger("mqttd.connection")
 
 #: Seconds a closing connection keeps draining the client's input before it is aborted.
 LINGER = 2.0
+#: Seconds between looks at the queues a backpressured publisher waits for.
+PRESSURE_POLL = 0.02
 
 
 class Flusher:
@@ -130,6 +132,13 @@ class Connection(asyncio.Protocol):
         #: (mqttd.overload measures the heaviest publishers with them).
         self.bytes_in = 0
         self.bytes_mark = 0
+        #: Backpressure (Channel.pressure): packets parsed but not handled yet, the poll
+        #: timer and when the wait gives up.
+        self._stash: list[Any] | None = None
+        #: Bytes that arrived during the wait anyway (a WebSocket read's later frames).
+        self._unread = b""
+        self._pressure_timer: asyncio.TimerHandle | None = None
+        self._pressure_deadline = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -187,11 +196,16 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _received(self, data: bytes) -> None:
+        channel = self.channel
+        assert channel is not None
+        if channel.pressure is not None:
+            # A backpressure wait: reading is paused, but a WebSocket read's later frames
+            # still come; they wait too, in order.
+            self._unread += data
+            return
         metrics = self.metrics
         metrics.inc(BYTES_RECEIVED, len(data))
         self.bytes_in += len(data)
-        channel = self.channel
-        assert channel is not None
         if channel.closing:
             return
         self.last_recv = self.loop.time()
@@ -216,6 +230,11 @@ class Connection(asyncio.Protocol):
             handle(packet)
             if channel.closing:
                 break
+            if channel.pressure is not None:
+                # Backpressure: what else this read brought waits with the socket.
+                if n < len(packets):
+                    self._stash = packets[n:]
+                break
         if n:
             metrics.inc(PACKETS_RECEIVED, n)
         if error is not None and not channel.closing:
@@ -234,6 +253,66 @@ class Connection(asyncio.Protocol):
             pause = limiter.check(messages, len(data), self.loop.time())
             if pause > 0:
                 self._pause_reading(pause)
+
+    # --- backpressure --------------------------------------------------------------------
+
+    def _start_pressure(self) -> None:
+        """The client's message went past a queue's limit: stop reading (TCP pushes back)
+        until the queues it waits for have room, or the zone's timeout passes."""
+        if self._pressure_timer is not None or self.transport is None or self._closing:
+            return
+        if self._paused_until is None:
+            self.transport.pause_reading()
+        self._pressure_deadline = self.loop.time() + self.zone.mqueue_backpressure_timeout
+        self._pressure_timer = self.loop.call_later(PRESSURE_POLL, self._check_pressure)
+
+    def _check_pressure(self) -> None:
+        self._pressure_timer = None
+        channel = self.channel
+        if self._lost or channel is None or channel.pressure is None:
+            return
+        try:
+            if channel.closing or channel.pressure_room():
+                channel.end_pressure(False)
+            elif self.loop.time() >= self._pressure_deadline:
+                channel.end_pressure(True)
+            else:
+                self._pressure_timer = self.loop.call_later(PRESSURE_POLL,
+                                                            self._check_pressure)
+                return
+            self.flush()
+            stash = self._stash
+            self._stash = None
+            if stash and not channel.closing:
+                self._handle_stash(channel, stash)
+            if self._unread and channel.pressure is None and not channel.closing:
+                data = self._unread
+                self._unread = b""
+                self._received(data)
+        except Exception:
+            self.crashed("handling its input")
+            return
+        if channel.pressure is None and self._paused_until is None and not self._closing \
+                and self.transport is not None:
+            # The client was not idle, we were not reading: its keepalive counts from now.
+            self.last_recv = self.loop.time()
+            self.transport.resume_reading()
+
+    def _handle_stash(self, channel: Channel, packets: list[Any]) -> None:
+        """Handle the packets a backpressure wait left from its read, stopping again if
+        one of them has to wait."""
+        n = 0
+        for packet in packets:
+            n += 1
+            channel.handle_in(packet)
+            if channel.closing:
+                break
+            if channel.pressure is not None:
+                if n < len(packets):
+                    self._stash = packets[n:]
+                break
+        self.metrics.inc(PACKETS_RECEIVED, n)
+        self.flush()
 
     # --- rate limit ----------------------------------------------------------------------
 
@@ -257,8 +336,8 @@ class Connection(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._paused_until = None
-        if self._lost or self.transport is None:
-            return
+        if self._lost or self.transport is None or self._pressure_timer is not None:
+            return  # (a backpressure wait resumes reading when it ends)
         # The client was not idle, we were not reading: its keepalive counts from now.
         self.last_recv = self.loop.time()
         self.transport.resume_reading()
@@ -283,6 +362,11 @@ class Connection(asyncio.Protocol):
         if self._paused_until is not None:
             self._paused_until.cancel()
             self._paused_until = None
+        if self._pressure_timer is not None:
+            self._pressure_timer.cancel()
+            self._pressure_timer = None
+        self._stash = None
+        self._unread = b""
         self.connections.discard(self)
         channel = self.channel
         if channel is not None:
@@ -308,12 +392,16 @@ class Connection(asyncio.Protocol):
         held = False
         if out:
             n = len(out)
-            if channel is not None and channel.hold is not None:
-                # Acknowledgements of what the store has not committed yet wait for it.
+            if channel is not None and (channel.hold is not None or channel.pressure_mark >= 0):
+                if channel.closing and channel.pressure is not None:
+                    channel.end_pressure(False)  # the acknowledgements go with the close
+                # Acknowledgements of what the store has not committed yet wait for it;
+                # under backpressure, for room in the queues (Channel.pressure).
                 n = channel.releasable()
                 if n < len(out):
                     held = True
-                    self.flusher.hold(self)
+                    if channel.hold is not None:
+                        self.flusher.hold(self)
             if n == len(out):
                 data = out[0] if n == 1 else b"".join(out)
                 out.clear()
@@ -325,6 +413,11 @@ class Connection(asyncio.Protocol):
             if data:
                 transport.write(data)
                 self.metrics.inc(BYTES_SENT, len(data))
+        if channel is not None and channel.pressure is not None \
+                and self._pressure_timer is None and not channel.closing:
+            # Here, not after a read only: packets held through authentication are
+            # handled after CONNACK, outside any read.
+            self._start_pressure()
         if not self._keepalive_armed and channel is not None and channel.state == CONNECTED:
             # After CONNACK, whether it went out in this read's turn or when an
             # authentication running off the loop answered.
@@ -348,6 +441,11 @@ class Connection(asyncio.Protocol):
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._pressure_timer is not None:
+            self._pressure_timer.cancel()
+            self._pressure_timer = None
+            if self._paused_until is None:
+                transport.resume_reading()
         if self._paused_until is not None:  # drain what the client sends while we linger
             self._paused_until.cancel()
             self._paused_until = None
@@ -396,7 +494,8 @@ class Connection(asyncio.Protocol):
         if channel is None or channel.closing or self._lost:
             return
         deadline = self.last_recv + self._keepalive_window()
-        if self._paused_until is not None:  # the rate limiter holds the client: not idle
+        if self._paused_until is not None or self._pressure_timer is not None:
+            # The rate limiter or a backpressure wait holds the client: not idle.
             deadline = self.loop.time() + self._keepalive_window()
         if self.loop.time() >= deadline:
             log.debug("client %s: keepalive timeout", channel.client_id)  # and its disconnect line
