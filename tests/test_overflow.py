@@ -11,6 +11,7 @@ subscriber, and after ``mqueue_backpressure_timeout`` its fallback drop applies.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,50 @@ def test_backpressure_loses_no_acknowledged_message(made: list[Client]) -> None:
         assert acked <= got
         assert got == {f"{i}:{n}" for i in range(PUBLISHERS) for n in range(count)}
         assert queue_full_drops(b) == before
+
+
+def test_backpressure_acknowledged_messages_survive_kill_9(made: list[Client]) -> None:
+    """What a waiting publisher was told is acknowledged is in the store: SIGKILL the broker
+    while publishers wait, start it again on the same data directory, and the subscriber
+    gets every message acknowledged before the kill."""
+    queue, count = 100, 250
+    cfg = config("backpressure", queue, mqueue_backpressure_timeout="10m")
+    first = BrokerProcess(cfg)
+    second: BrokerProcess | None = None
+    try:
+        offline_subscriber(first, made)
+        burst = Burst(first, made, count)
+        wait_for("every publisher waiting",
+                 lambda: mqueue_len(first, "slow") == queue + PUBLISHERS)
+        acked = burst.acked()
+        assert 0 < len(acked) <= queue
+        first.stop(signal.SIGKILL)
+        for p in burst.pubs:
+            p.wait_disconnected()
+        second = BrokerProcess(cfg, extra_args=["--data-dir", str(first.data_dir)])
+        second.data_dir = first.data_dir
+        sub = client(second, made, "slow", clean=False)
+        assert sub.session_present
+        sentinel = client(second, made, "sentinel")
+        assert sentinel.publish(TOPIC, "end", 1) == 0  # queued after what was restored
+        got: set[str] = set()
+        while True:
+            payload = sub.expect_message(WAIT).payload.decode()
+            if payload == "end":
+                break
+            got.add(payload)
+        assert acked <= got, sorted(acked - got)[:10]
+        assert "Traceback" not in second.log()
+    finally:
+        for c in made:
+            c.close()
+        made.clear()
+        if second is not None:
+            assert second.stop() == 0, second.log()
+            second.cleanup()
+        if first.proc.poll() is None:
+            first.stop()
+        first.cleanup()
 
 
 def test_backpressure_with_a_connected_slow_subscriber(made: list[Client]) -> None:
