@@ -5,7 +5,9 @@ session cannot take them all (offline, or connected and not reading), against a 
 ``drop_oldest`` keeps the newest messages, ``drop_newest`` the oldest, each drop counted in
 ``delivery.dropped.queue_full``; ``backpressure`` holds the publishers' PUBACKs (and stops
 reading from them) until there is room, so every acknowledged message reaches the
-subscriber, and after ``mqueue_backpressure_timeout`` its fallback drop applies.
+subscriber, and after ``mqueue_backpressure_timeout`` its fallback drop applies. The last
+tests take the real Session on its own for the edges a burst does not reach reliably (QoS 0
+under backpressure, the hard cap).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import pytest
 from support import WAIT
 from support.clients import Client
 from support.process import BrokerProcess, checked_broker, run_mqttd
+
+from mqttd.core.message import Message
+from mqttd.core.session import OVERFULL, Delivery, Session
 
 pytest_plugins = ["support.fixtures"]
 
@@ -305,3 +310,55 @@ def test_bad_overflow_settings_are_refused(tmp_path: Path) -> None:
         f"{cfg}: mqtt.mqueue_backpressure_timeout: 0.0 is out of range (0.01..3600)",
         f"{cfg}: zones.x.mqueue_backpressure_fallback: 'backpressure' is not one of "
         "drop_oldest, drop_newest"]
+
+
+# --- the session's part, on its own (the policies' edges) ---------------------------------
+
+def delivery(payload: str, qos: int = 1) -> Delivery:
+    return (Message(TOPIC, payload.encode(), qos), qos, False, (), None)
+
+
+def session(policy: str, fallback: str = "drop_oldest", limit: int = 2) -> Session:
+    s = Session("s", max_mqueue_len=limit)
+    s.set_overflow(policy, fallback)
+    return s
+
+
+def payloads(s: Session) -> list[str]:
+    return [d[0].payload.decode() for d in s.mqueue]
+
+
+def test_session_drop_newest_refuses_the_new_message() -> None:
+    s = session("drop_newest")
+    a, b, c = delivery("a"), delivery("b"), delivery("c")
+    assert s.enqueue(a) is None and s.enqueue(b) is None
+    assert s.enqueue(c) is c
+    assert payloads(s) == ["a", "b"] and s.dropped == 1
+
+
+def test_session_backpressure_queues_past_the_limit_and_trims_by_its_fallback() -> None:
+    OVERFULL.clear()
+    s = session("backpressure", fallback="drop_newest")
+    for p in "abcd":
+        assert s.enqueue(delivery(p)) is None
+    assert payloads(s) == ["a", "b", "c", "d"] and not s.has_room()
+    assert OVERFULL == [s, s]  # one entry per message past the limit, for its publisher
+    OVERFULL.clear()
+    q0 = delivery("q0", qos=0)
+    assert s.enqueue(q0) is q0  # QoS 0 is never held: the fallback drops it
+    assert OVERFULL == []
+    assert [d[0].payload for d in s.trim()] == [b"d", b"c"]  # drop_newest: the newest go
+    assert payloads(s) == ["a", "b"] and s.dropped == 3
+    s.mqueue.popleft()
+    assert s.has_room()
+
+
+def test_session_backpressure_has_a_hard_cap() -> None:
+    OVERFULL.clear()
+    s = session("backpressure", limit=1)  # cap: 2 x 1 + 256 queued
+    for i in range(258):
+        assert s.enqueue(delivery(str(i))) is None
+    assert len(s.mqueue) == 258
+    assert s.enqueue(delivery("over")) is not None  # fallback drop_oldest: "0" goes
+    assert len(s.mqueue) == 258 and payloads(s)[0] == "1" and payloads(s)[-1] == "over"
+    OVERFULL.clear()
