@@ -119,6 +119,8 @@ class Bridge:
         self.last_error = ""
         self.last_error_at = 0.0
         self.connected_since = 0.0
+        #: The last CONNACK's Session Present: the remote kept the bridge's session.
+        self.session_present = False
         self.next_attempt_at = 0.0
         self.attempts = 0
         self.queue: deque[_Out] = deque()
@@ -335,6 +337,7 @@ class Bridge:
             return
         self.state = "connected"
         self.connected_since = time.time()
+        self.session_present = ack.session_present
         self.attempts = 0
         self.counters["connects"] += 1
         self.last_error = ""
@@ -480,6 +483,7 @@ class Bridge:
             "last_error": self.last_error or None,
             "last_error_at": self.last_error_at or None,
             "connected_since": self.connected_since or None,
+            "session_present": self.session_present,
             "next_attempt_in": round(max(0.0, self.next_attempt_at - now), 1)
             if self.state == "waiting" else None,
             "egress": [f"{m.filter} -> {m.prefix}<topic> qos<={m.qos}" for m in s.egress],
