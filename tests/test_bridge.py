@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from support import WAIT, uid
 from support.certs import make_pki
-from support.clients import Client
+from support.clients import Client, PacketTypes, props
 from support.ctlrun import ctl, ctl_json, ok
 from support.mosquitto import MOSQUITTO, Mosquitto, free_port
 from support.process import BrokerProcess, checked_broker, run_mqttd
@@ -426,3 +426,44 @@ def test_try_private_refused_by_mqttd_says_so() -> None:
                 break
             time.sleep(0.05)
         assert row["last_error"] == "the remote refused the connection: CONNACK 0x01", row
+
+
+def test_message_expiry_while_queued(tmp_path: Path) -> None:
+    """MQTT 5: a message that expires while it waits for the remote is not sent (counted);
+    one that does not is sent with what is left of its Message Expiry Interval."""
+    remote = _Remote("mqttd", tmp_path / "remote")
+    try:
+        with checked_broker(bridge_config("r", remote.port, 5)) as local:
+            wait_state(local, "r", "connected")
+            u = uid()
+            sub = Client(remote, f"sub-{u}", version=5,
+                         properties=props(PacketTypes.CONNECT, SessionExpiryInterval=300))
+            sub.connect(clean_start=False)
+            assert sub.subscribe(f"from-local/out/{u}/#", 1) == [1]
+            remote.stop()
+            sub.wait_disconnected()
+            wait_state(local, "r", "waiting")
+            pub = client(local, 5)
+            pub.publish(f"out/{u}/short", b"short", 1, properties=props(
+                PacketTypes.PUBLISH, MessageExpiryInterval=1))
+            pub.publish(f"out/{u}/long", b"long", 1, properties=props(
+                PacketTypes.PUBLISH, MessageExpiryInterval=600))
+            assert ctl_json(local, "bridges", "status", "r")["queued"] == 2
+            time.sleep(1.2)  # the short one's interval runs out while the remote is down
+            remote.start()
+            wait_state(local, "r", "connected")
+            sub = Client(remote, f"sub-{u}", version=5,
+                         properties=props(PacketTypes.CONNECT, SessionExpiryInterval=300))
+            sub.connect(clean_start=False)
+            msg = sub.expect_message()
+            assert msg.payload == b"long"
+            assert 590 <= msg.properties.MessageExpiryInterval < 600
+            pub.publish(f"out/{u}/sentinel", b"sentinel", 1)
+            assert sub.expect_message().payload == b"sentinel"
+            sub.assert_no_message()
+            row = ctl_json(local, "bridges", "status", "r")
+            assert row["expired"] == 1 and row["queued"] == 0, row
+            sub.close()
+            pub.close()
+    finally:
+        remote.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import time
 from collections import deque
@@ -61,15 +62,17 @@ _HOP_PROPERTIES = ("topic_alias", "subscription_identifier")
 class _Out:
     """A QoS 1/2 message on its way to the remote."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "pubrel")
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expiry", "pubrel")
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
-                 properties: dict[str, Any]) -> None:
+                 properties: dict[str, Any], expiry: float) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
         self.properties = properties
+        #: The message's monotonic deadline (Message Expiry Interval), 0.0: none.
+        self.expiry = expiry
         #: QoS 2: PUBREC received, PUBREL sent (the remote has the message).
         self.pubrel = False
 
@@ -127,7 +130,8 @@ class Bridge:
         self.inflight: dict[int, _Out] = {}
         self.counters = dict.fromkeys(
             ("sent", "acked", "received", "dropped_queue_full", "dropped_qos0_offline",
-             "dropped_refused", "connects", "connect_failures"), 0)
+             "dropped_refused", "expired", "ingress_refused", "connects", "connect_failures"),
+            0)
         self._proto: _Protocol | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -390,16 +394,25 @@ class Bridge:
                 return pid
 
     def _publish(self, out: _Out, pid: int, dup: bool) -> Publish:
-        return Publish(out.topic, out.payload, out.qos, out.retain, dup, pid,
-                       out.properties if self.version == 5 else {})
+        if self.version != 5:
+            return Publish(out.topic, out.payload, out.qos, out.retain, dup, pid)
+        props = out.properties
+        if out.expiry:  # what is left of it, as a broker passes it on (MQTT 5.0 3.3.2.3.3)
+            props = {**props, "message_expiry_interval":
+                     max(1, math.ceil(out.expiry - time.monotonic()))}
+        return Publish(out.topic, out.payload, out.qos, out.retain, dup, pid, props)
 
     def _pump(self) -> None:
         proto = self._proto
         if proto is None or self.state != "connected":
             return
         queue, inflight = self.queue, self.inflight
+        now = time.monotonic()
         while queue and len(inflight) < self._window:
             out = queue.popleft()
+            if out.expiry and now >= out.expiry:  # expired while it waited: not sent
+                self.counters["expired"] += 1
+                continue
             pid = self._packet_id()
             inflight[pid] = out
             self._write(proto, self._publish(out, pid, False))
@@ -435,12 +448,12 @@ class Bridge:
                     or proto.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 self.counters["dropped_qos0_offline"] += 1
                 return
-            proto.transport.write(encode(Publish(
-                topic, msg.payload, 0, msg.retain, False, 0,
-                dict(props) if self.version == 5 else {}), self.version))
+            proto.transport.write(encode(self._publish(
+                _Out(topic, msg.payload, 0, msg.retain, props, msg.expiry), 0, False),
+                self.version))
             self.counters["sent"] += 1
             return
-        self.queue.append(_Out(topic, msg.payload, qos, msg.retain, dict(props)))
+        self.queue.append(_Out(topic, msg.payload, qos, msg.retain, dict(props), msg.expiry))
         if len(self.queue) > self.settings.max_queued:
             self.queue.popleft()
             n = self.counters["dropped_queue_full"] = self.counters["dropped_queue_full"] + 1
@@ -462,13 +475,19 @@ class Bridge:
         props = p.properties
         if props and any(k in props for k in _HOP_PROPERTIES):
             props = {k: v for k, v in props.items() if k not in _HOP_PROPERTIES}
-        self.broker.publish(Message(prefix + p.topic, p.payload, p.qos, p.retain,
-                                    props or None, self.marker))
+        n = self.broker.publish(Message(prefix + p.topic, p.payload, p.qos, p.retain,
+                                        props or None, self.marker))
+        # -1: the store is full. MQTT 5 says so (0x97 quota exceeded); 3.1.1 has no way
+        # to, and the message is acknowledged and lost, as for a client's.
+        code = 0x97 if n < 0 and self.version == 5 else 0
+        if n < 0:
+            self.counters["ingress_refused"] += 1
         if p.qos == 1:
-            self._write(proto, Puback(p.packet_id))
+            self._write(proto, Puback(p.packet_id, code))
         elif p.qos == 2:
-            self._rx_qos2.add(p.packet_id)
-            self._write(proto, Pubrec(p.packet_id))
+            if not code:
+                self._rx_qos2.add(p.packet_id)
+            self._write(proto, Pubrec(p.packet_id, code))
 
     # --- status -------------------------------------------------------------------------
 
