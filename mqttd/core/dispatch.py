@@ -24,6 +24,9 @@ from .router import Route, Router, SharedGroup
 from .services import EncodedCache
 from .session import Delivery, Session
 
+#: The shared (options, 0) entries, by the options' fields (at most 36 of them).
+_ENTRIES: dict[tuple[int, bool, bool, int], tuple[SubOpts, int]] = {}
+
 
 class Dispatcher:
     """Routes messages to sessions; owns the router and the retained store."""
@@ -41,14 +44,24 @@ class Dispatcher:
 
     def subscribe(self, session: Session, topic_filter: str, opts: SubOpts, subid: int) -> bool:
         """Add a subscription; True if it is new for this session (False: replaced)."""
+        # One entry shared by the route and the session, and for the common case (no
+        # subscription identifier) one per distinct options: 100,000 subscriptions would
+        # otherwise keep 100,000 SubOpts and 200,000 tuples (~180 B each).
+        key = (opts.qos, opts.no_local, opts.retain_as_published, opts.retain_handling)
+        entry = _ENTRIES.get(key)
+        if entry is None:
+            entry = _ENTRIES[key] = (SubOpts(*key), 0)
+        if subid:
+            entry = (entry[0], subid)
         share = parse_shared(topic_filter)
         if share is not None:
             group, real = share
-            self.router.add(real, group, True, session, (opts, subid))
+            self.router.add(real, group, True, session, entry)
         else:
-            self.router.add(topic_filter, None, False, session, (opts, subid))
+            self.router.add(topic_filter, None, False, session, entry)
         is_new = topic_filter not in session.subscriptions
-        session.subscriptions[topic_filter] = (opts, subid)
+        session.subscriptions[topic_filter] = entry
+        opts = entry[0]
         if session.store is not None:
             session.store.save_subscription(session.client_id, topic_filter, opts, subid)
         return is_new

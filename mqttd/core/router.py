@@ -27,6 +27,9 @@ _CACHE_LIMIT = 65536
 #: What a subscriber entry holds: (SubOpts, subscription identifier or 0).
 SubEntry = tuple[SubOpts, int]
 
+#: The groups of every route without any (never written to).
+_NO_GROUPS: dict[str | None, SharedGroup] = {}
+
 
 class SharedGroup:
     """The members of one shared subscription group on one filter."""
@@ -69,7 +72,9 @@ class Route:
     def __init__(self, topic_filter: str) -> None:
         self.topic_filter = topic_filter
         self.subs: dict[Session, SubEntry] = {}
-        self.groups: dict[str | None, SharedGroup] = {}
+        # Most routes never have a shared group: they share one empty dict (64 B saved
+        # per route) until ``Router.add`` gives them their own. Nothing else writes to it.
+        self.groups: dict[str | None, SharedGroup] = _NO_GROUPS
 
 
 class Router:
@@ -133,6 +138,8 @@ class Router:
         if shared:
             g = route.groups.get(group)
             if g is None:
+                if route.groups is _NO_GROUPS:
+                    route.groups = {}
                 g = route.groups[group] = SharedGroup(group, topic_filter)
             if session not in g.members:
                 self._shared += 1
