@@ -42,8 +42,9 @@ class Zone:
     max_keepalive: int = 0
     #: A client is dropped after keepalive × backoff × 2 without traffic (0.75 → 1.5×).
     keepalive_backoff: float = 0.75
-    #: Subscriptions per client (0 = unlimited).
-    max_subscriptions: int = 0
+    #: Subscriptions per client (0 = unlimited). Bounded by default: each costs ~0.5 KB
+    #: and a SUBSCRIBE of 10,000 filters ~35 ms of loop; CONFIG.md says why 10,000.
+    max_subscriptions: int = 10_000
     #: QoS 1/2 messages in flight to a client (capped by the client's Receive Maximum).
     max_inflight: int = 32
     #: QoS 2 messages from a client awaiting PUBREL (0 = unlimited); also the Receive Maximum
