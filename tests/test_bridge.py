@@ -378,7 +378,9 @@ def test_tls_to_mosquitto_with_client_certificate(tmp_path: Path) -> None:
         wrong = bridge_config("wrongca", mosq.port, 5, tls="true",
                               cafile=f'"{pki.other_ca_cert}"', certfile=f'"{cert}"',
                               keyfile=f'"{key}"')
-        with checked_broker(good + wrong) as local:
+        missing = bridge_config("missing", mosq.port, 5, tls="true",
+                                cafile=f'"{tmp_path / "nope.pem"}"')
+        with checked_broker(good + wrong + missing) as local:
             wait_state(local, "tls", "connected")
             exchange(local, _Peer(mosq.tcp_port), 5, no_echo=False)
             deadline = time.monotonic() + 3 * WAIT
@@ -389,6 +391,9 @@ def test_tls_to_mosquitto_with_client_certificate(tmp_path: Path) -> None:
                 time.sleep(0.05)
             assert "CERTIFICATE_VERIFY_FAILED" in (row["last_error"] or ""), row
             assert row["state"] != "connected"
+            row = ctl_json(local, "bridges", "status", "missing")
+            assert row["last_error"] == (f"TLS files (cafile {tmp_path / 'nope.pem'}): "
+                                         "No such file or directory"), row
 
 
 def test_refused_credentials_are_the_reason() -> None:

@@ -213,6 +213,16 @@ class Bridge:
         loop = asyncio.get_running_loop()
         try:
             ctx = self._ssl()
+        except (OSError, ssl.SSLError, ValueError) as err:  # read at each attempt
+            s = self.settings
+            # ssl's own errors do not name the file: say which one it is.
+            files = ", ".join(f"{k} {v}" for k, v in (("cafile", s.cafile), (
+                "certfile", s.certfile), ("keyfile", s.keyfile)) if v)
+            self._failed(f"TLS files ({files}): {getattr(err, 'strerror', None) or err}")
+            if self._task is asyncio.current_task():
+                self._task = None
+            return
+        try:
             _, proto = await asyncio.wait_for(loop.create_connection(
                 lambda: _Protocol(self), self.host, self.port, ssl=ctx,
                 server_hostname=self.host if ctx is not None else None), CONNECT_TIMEOUT)
