@@ -160,10 +160,35 @@ MAX_HELD = 1000
 #: AUTH 0x18 round trips one enhanced authentication exchange may take (SCRAM takes one);
 #: past this the client is refused, whatever the method says.
 MAX_AUTH_ROUNDS = 8
+#: A SUBSCRIBE's filters handled per loop turn: a larger one is applied in slices of this
+#: many (~3 ms each), other clients served between; smaller ones (nearly all) at once.
+SUBSCRIBE_SLICE = 1000
+#: Packets a client may send while its sliced SUBSCRIBE runs (applied after its SUBACK,
+#: in order); past this the connection is closed (MQTT 5: DISCONNECT 0x97).
+MAX_HELD_SUBSCRIBING = 10_000
 _PROTO = CloseReason.PROTOCOL_ERROR
 # Module constants: an enum member looked up on its class costs ~60 ns, every ack.
 _UNKNOWN: Final = AckFault.UNKNOWN
 _MISMATCH: Final = AckFault.MISMATCH
+
+
+class _SubscribeWork:
+    """One SUBSCRIBE being applied: where it is and what it has answered so far."""
+
+    __slots__ = ("packet_id", "topics", "subid", "pos", "codes", "retained", "added",
+                 "failed", "denied")
+
+    def __init__(self, packet_id: int, topics: list[tuple[str, SubOpts | int]],
+                 subid: int) -> None:
+        self.packet_id = packet_id
+        self.topics = topics
+        self.subid = subid
+        self.pos = 0
+        self.codes: list[int] = []
+        self.retained: list[tuple[str, SubOpts, int]] = []
+        self.added: list[str] = []  # new filters, taken back if a refusal disconnects
+        self.failed = False
+        self.denied = False
 
 
 class ChannelServices(Protocol):
@@ -348,7 +373,8 @@ class Channel:
         #: authorization chain exists and the client is no superuser); None costs
         #: ``deliver`` one test.
         self.acl_deliver: Callable[[ClientInfo, str, str], int] | None = None
-        #: Packets received while authentication runs, applied after CONNACK.
+        #: Packets received while authentication runs, applied after CONNACK; or while a
+        #: sliced SUBSCRIBE runs, applied after its SUBACK.
         self._held: list[Any] | None = None  # type: ignore[explicit-any]  # any packet
         self._held_bytes = 0
         self._clientinfo: ClientInfo | None = None
@@ -521,6 +547,10 @@ class Channel:
         """Apply one packet from the client; returns the pending output."""
         if self.closing:
             return self.out
+        if self._held is not None and self.state == CONNECTED:
+            # A sliced SUBSCRIBE runs: this waits for its SUBACK (then counted and applied).
+            self._hold_subscribing(packet)
+            return self.out
         self.recv_pkt += 1
         if self.tracer is not None:
             self.tracer("RECV", packet)
@@ -597,6 +627,18 @@ class Channel:
                 if ptype == PUBLISH:
                     self._held_bytes += len(packet.payload)
         return self.out
+
+    def _hold_subscribing(  # type: ignore[explicit-any]  # as handle_in
+            self, packet: Any) -> None:
+        held = self._held
+        assert held is not None
+        if len(held) >= MAX_HELD_SUBSCRIBING or self._held_bytes > self.zone.max_packet_size:
+            self._close(CloseReason.PROTOCOL_ERROR, "too much sent while a SUBSCRIBE was "
+                        "handled", RC.QUOTA_EXCEEDED)
+            return
+        held.append(packet)
+        if packet.packet_type == PUBLISH:
+            self._held_bytes += len(packet.payload)
 
     def _in_durable(  # type: ignore[explicit-any]  # as handle_in
             self, ptype: int, packet: Any) -> None:
@@ -1297,35 +1339,74 @@ class Channel:
     # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------
 
     def _in_subscribe(self, p: Subscribe) -> None:
-        zone = self.zone
         session = self.session
         assert session is not None
-        v5 = self.version == 5
         subids = p.properties.get("subscription_identifier")
-        subid = subids[0] if subids else 0
-        codes = []
-        retained: list[tuple[str, SubOpts, int]] = []
-        metrics = self.metrics
-        metrics.inc(CLIENT_SUBSCRIBE)
+        self.metrics.inc(CLIENT_SUBSCRIBE)
         # A client.subscribe callback may put a reason code in place of a filter's options.
         topics: list[tuple[str, SubOpts | int]] = list(p.topics)
         hooks = self.hooks
         if hooks.client_subscribe:
             topics = hooks.run_fold("client.subscribe", (self.clientinfo, p.properties),
                                     topics)
-        failed = denied = False
-        added: list[str] = []
-        for topic_filter, opts in topics:
+        work = _SubscribeWork(p.packet_id, topics, subids[0] if subids else 0)
+        if len(topics) <= SUBSCRIBE_SLICE:
+            if self._subscribe_some(work, len(topics)):
+                self._finish_subscribe(work)
+            return
+        # Too many for one loop turn: a slice now, the rest on later turns; what the client
+        # sends meanwhile waits (handle_in) until the SUBACK is out.
+        self._held = []
+        self._held_bytes = 0
+        self._subscribe_slice(work)
+
+    def _subscribe_slice(self, work: _SubscribeWork) -> None:
+        if self.closing or self.session is None:
+            return  # the connection ended (or was taken over) meanwhile
+        end = min(work.pos + SUBSCRIBE_SLICE, len(work.topics))
+        if not self._subscribe_some(work, end):
+            return
+        if end < len(work.topics):
+            self.services.timers.call_later(0, self._subscribe_slice, work)
+            return
+        self._finish_subscribe(work)
+        gate = self.gate
+        if gate is not None and self.out and self._stored_pending(gate):
+            self._hold(gate)  # the SUBACK waits for the subscriptions to be stored
+        held, self._held = self._held or [], None
+        self._held_bytes = 0
+        for packet in held:  # a sliced SUBSCRIBE among them holds the rest again
+            if self.closing:
+                break
+            self.handle_in(packet)
+        if (self.out or self.closing) and self.wakeup is not None:
+            self.wakeup()
+
+    def _subscribe_some(self, work: _SubscribeWork, end: int) -> bool:
+        """Apply ``work``'s filters up to ``end``; False when one refused closed the
+        connection (deny_action = "disconnect")."""
+        zone = self.zone
+        session = self.session
+        assert session is not None
+        v5 = self.version == 5
+        subid = work.subid
+        codes = work.codes
+        retained = work.retained
+        added = work.added
+        topics = work.topics
+        for i in range(work.pos, end):
+            topic_filter, opts = topics[i]
             if isinstance(opts, int):  # a client.subscribe callback refused this filter
                 code = opts if opts >= 0x80 else RC.UNSPECIFIED_ERROR
             else:
                 code = self._check_subscribe(topic_filter, session)
             if code:
-                failed = True
+                work.failed = True
                 if code == RC.NOT_AUTHORIZED:
-                    denied = True
+                    work.denied = True
                     if self.services.disconnect_on_deny():
-                        return self._refuse_subscribe(topic_filter, added)
+                        self._refuse_subscribe(topic_filter, added)
+                        return False
                 codes.append(code if v5 else 0x80)
                 continue
             assert isinstance(opts, SubOpts)  # only a refusal (code above) is an int
@@ -1341,12 +1422,17 @@ class Channel:
             codes.append(qos)
             if opts.retain_handling == 0 or (opts.retain_handling == 1 and is_new):
                 retained.append((topic_filter, opts, subid))
-        if failed:
+        work.pos = end
+        return True
+
+    def _finish_subscribe(self, work: _SubscribeWork) -> None:
+        if work.failed:
+            metrics = self.metrics
             metrics.inc(PACKETS_SUBSCRIBE_ERROR)
-            if denied:
+            if work.denied:
                 metrics.inc(PACKETS_SUBSCRIBE_AUTH_ERROR)
-        self._send(Suback(p.packet_id, codes))
-        for topic_filter, opts, sid in retained:
+        self._send(Suback(work.packet_id, work.codes))
+        for topic_filter, opts, sid in work.retained:
             self._send_retained(topic_filter, opts, sid)
 
     def _refuse_subscribe(self, topic_filter: str, added: list[str]) -> None:
