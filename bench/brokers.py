@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = "/usr/sbin/mosquitto"
+NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
 AMQTT_VENV = Path("/tmp/amqtt-venv")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -74,6 +75,22 @@ MOSQUITTO_PERSIST = """persistence true
 persistence_location {dir}/
 persistence_file mosquitto.db"""
 
+#: NATS's MQTT listener (Go, compiled): MQTT 3.1.1 over JetStream (sessions, QoS 1 and retained
+#: messages are JetStream streams in the run's data directory). ``max_ack_pending`` is its
+#: in-flight window per subscription, set to the other brokers' 20. It has no queue-length
+#: setting (JetStream's stream limits hold what waits). QoS 2 is not supported by it.
+NATS_CONFIG = """\
+listen: 127.0.0.1:{client_port}
+server_name: bench
+jetstream {{
+  store_dir: "{dir}"
+}}
+mqtt {{
+  listen: 127.0.0.1:{port}
+  max_ack_pending: 20
+}}
+"""
+
 AMQTT_CONFIG = """\
 listeners:
   default:
@@ -108,6 +125,8 @@ class BrokerSpec:
         """None when it can run here, else why not."""
         if self.kind == "mosquitto" and not os.access(MOSQUITTO, os.X_OK):
             return f"{MOSQUITTO} not found (apt-get install mosquitto)"
+        if self.kind == "nats" and not os.access(NATS_SERVER, os.X_OK):
+            return f"{NATS_SERVER} not found (apt-get install nats-server)"
         if self.kind == "amqtt" and not (AMQTT_VENV / "bin" / "amqtt").exists():
             return (f"amqtt not installed in {AMQTT_VENV} (python -m venv {AMQTT_VENV} && "
                     f"{AMQTT_VENV}/bin/pip install amqtt==0.12.1)")
@@ -138,6 +157,8 @@ def builtin_specs() -> dict[str, BrokerSpec]:
             "mosquitto-persist-nodelay", "mosquitto", "mosquitto (Debian), set_tcp_nodelay true, "
             "persistence true (autosave_interval default 1800 s)", nodelay=True,
             persistence=True),
+        "nats": BrokerSpec("nats", "nats", "nats-server (Debian) with its MQTT listener "
+                           "(JetStream in the run's data directory, max_ack_pending 20)"),
         "amqtt": BrokerSpec("amqtt", "amqtt", f"amqtt 0.12.1 (venv {AMQTT_VENV})"),
     }
 
@@ -250,6 +271,12 @@ class BrokerProcess:
             conf.write_text(text)
             conf.chmod(0o644)
             args = [MOSQUITTO, "-c", str(conf)]
+        elif spec.kind == "nats":
+            self.port = free_port()
+            conf = self.dir / "nats.conf"
+            conf.write_text(NATS_CONFIG.format(port=self.port, client_port=free_port(),
+                                               dir=self.data_dir))
+            args = [NATS_SERVER, "-c", str(conf)]
         elif spec.kind == "amqtt":
             self.port = free_port()
             conf = self.dir / "amqtt.yaml"
