@@ -35,6 +35,7 @@ from .plugins import PluginContext, PluginManager
 from .stats import Stats
 from .store.base import StoreError
 from .store.journal import Journal, replay
+from .store.kv import KVSpace, KVStore
 from .store.oplog import OpLog
 from .store.restore import restore
 from .store.sqlite import SqliteBackend
@@ -87,7 +88,7 @@ class Node:
                                                    settings, self.publish))
         #: The built-in feature modules ([modules.<name>], mqttd ctl modules).
         self.modules = ModuleManager(ModuleContext(self.hooks, self.metrics, settings,
-                                                   self.broker, LoopTimers()))
+                                                   self.broker, LoopTimers(), self.kv_space))
         #: MQTT bridges to other brokers ([bridges.<name>], mqttd ctl bridges).
         self.bridges = BridgeManager(settings.bridges, self.hooks, self.broker, settings.node)
         #: Background workers (stats tick, $SYS, sweeps, trace writers), restarted on crash.
@@ -117,6 +118,8 @@ class Node:
         #: banned.json); the task retiring a migrated banned.json.
         self.banned: BannedTable | None = None
         self._banned_file_task: asyncio.Task[None] | None = None
+        #: Modules' and bridges' own records in the store (None: durability off).
+        self.kv: KVStore | None = None
 
     def store_path(self) -> str | None:
         """The store file, or None when nothing is stored (durability off, or no data
@@ -155,6 +158,7 @@ class Node:
         self.journal = journal
         self.users = UserTable(restored.users, self._persist_user)
         self.banned = self._restore_bans(restored.banned, journal)
+        self.kv = KVStore(journal, restored.kv)
         log.info("durability %s (%s): %s", st.durability, _DURABILITY[st.durability], path)
         if replayed:
             log.info("store: %d operations of the operation log replayed into the store",
@@ -164,6 +168,12 @@ class Node:
                  report.sessions, report.expired, report.subscriptions, report.queued,
                  report.inflight, report.expired_messages, report.retained, report.wills,
                  report.seconds)
+
+    def kv_space(self, name: str) -> KVSpace | None:
+        """The records ``name`` (a module, a bridge) keeps in the store, restored at start
+        (``store/kv.py``); None when nothing is stored. Usable once the store is open:
+        from ``start()`` on, when modules and bridges start."""
+        return self.kv.space(name) if self.kv is not None else None
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
         """Publish as the broker itself (plugins' ``ctx.publish``); sessions reached."""

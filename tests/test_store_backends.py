@@ -7,6 +7,7 @@ backend then has tests of its own: a full store, damaged files, durability, stat
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import sqlite3
@@ -18,6 +19,8 @@ import pytest
 from mqttd.store.base import (
     BAN_DEL,
     BAN_PUT,
+    KV_DEL,
+    KV_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -45,7 +48,10 @@ from mqttd.store.base import (
     StoreError,
     StoreFull,
 )
+from mqttd.store.journal import Journal, coalesce, replay
+from mqttd.store.kv import KVStore
 from mqttd.store.memory import MemoryBackend, MemoryState
+from mqttd.store.oplog import OpLog
 from mqttd.store.sqlite import SqliteBackend
 
 Reopen = Callable[[], Backend]
@@ -154,7 +160,7 @@ def test_session_delete_cascades(reopen: Reopen) -> None:
     assert (a.subscriptions, a.queue, a.awaiting_rel) == ([], [], {})
     assert status_rows(reopen) == {"sessions": 2, "subscriptions": 2, "messages": 2,
                                    "queue": 2, "awaiting_rel": 1, "retained": 0, "users": 0,
-                                   "banned": 0}
+                                   "banned": 0, "kv": 0}
 
 
 def test_delete_and_recreate_in_one_batch(reopen: Reopen) -> None:
@@ -308,7 +314,8 @@ def test_status_counts_rows(reopen: Reopen) -> None:
                    (SUB_PUT, "b", "t", 0, 0), (SUB_PUT, "b", "u", 0, 0), msg(1), msg(2),
                    qput("a", 1, 1), (REL_PUT, "b", 3, 1.0), (RET_PUT, "r", b"p", None, 1.0, 0.0)])
     assert status_rows(reopen) == {"sessions": 2, "subscriptions": 3, "messages": 2, "queue": 1,
-                                   "awaiting_rel": 1, "retained": 1, "users": 0, "banned": 0}
+                                   "awaiting_rel": 1, "retained": 1, "users": 0, "banned": 0,
+                                   "kv": 0}
     backend = reopen()
     backend.open()
     status = backend.status()
@@ -514,7 +521,8 @@ def test_sqlite_status(tmp_path: Path) -> None:
     backend.close()
     assert status["path"] == str(path)
     assert status["rows"] == {"sessions": 1, "subscriptions": 1, "messages": 2, "queue": 1,
-                              "awaiting_rel": 1, "retained": 1, "users": 0, "banned": 0}
+                              "awaiting_rel": 1, "retained": 1, "users": 0, "banned": 0,
+                              "kv": 0}
     assert status["page_size"] == 4096
     assert isinstance(status["size"], int) and status["size"] >= 4096 * 6
     assert status["free_pages"] == 0
@@ -608,4 +616,126 @@ def test_sqlite_store_from_before_bans_gets_the_table(tmp_path: Path) -> None:
     backend.close()
     backend = SqliteBackend(str(path), "process")
     assert backend.open().banned == [("clientid", "b", "", "", 1.0, 0.0)]
+    backend.close()
+
+
+# --- modules' records (KV_PUT / KV_DEL, store/kv.py) ------------------------------------------
+
+def test_kv_put_replace_delete(reopen: Reopen) -> None:
+    value = bytes(range(256)) * 4  # NULs and high bytes survive
+    restored = apply(reopen, [(KV_PUT, "delayed", "1", b"one"),
+                              (KV_PUT, "delayed", "2", value),
+                              (KV_PUT, "bridge/b1", "1", b"other space, same key"),
+                              (KV_PUT, "delayed", "1", b"one again"),
+                              (KV_PUT, "delayed", "\u00e9t\u00e9/\u2603", b""),
+                              (KV_DEL, "delayed", "2"), (KV_DEL, "delayed", "nothing")],
+                     [(KV_DEL, "nowhere", "1"), (KV_PUT, "delayed", "3", value)])
+    assert restored.kv == {"delayed": {"1": b"one again", "\u00e9t\u00e9/\u2603": b"", "3": value},
+                           "bridge/b1": {"1": b"other space, same key"}}
+    assert status_rows(reopen) == {"sessions": 0, "subscriptions": 0, "messages": 0,
+                                   "queue": 0, "awaiting_rel": 0, "retained": 0, "users": 0,
+                                   "banned": 0, "kv": 4}
+    restored = apply(reopen, [(KV_DEL, "bridge/b1", "1")])
+    assert "bridge/b1" not in restored.kv and len(restored.kv["delayed"]) == 3
+
+
+def test_kv_bad_ops_change_nothing(reopen: Reopen) -> None:
+    apply(reopen, [(KV_PUT, "s", "k", b"v")])
+    backend = reopen()
+    backend.open()
+    for bad in ((KV_PUT, "s", "k2", None), (KV_PUT, "s", "k2"), (KV_DEL, "s")):
+        with pytest.raises(StoreError):
+            backend.write([(KV_PUT, "s", "k3", b"x"), bad])
+    backend.close()
+    assert restart(reopen).kv == {"s": {"k": b"v"}}
+
+
+def test_kv_coalesce_put_then_delete() -> None:
+    """Applied together, a record put new and deleted is neither; one that may be in the
+    backend already keeps its delete; only the last write of a key is applied."""
+    new = (KV_PUT, "s", "a", b"1", True)
+    assert coalesce([[new], [(KV_DEL, "s", "a")]]) == []
+    assert coalesce([[(KV_PUT, "s", "a", b"1")], [(KV_DEL, "s", "a")]]) == [(KV_DEL, "s", "a")]
+    # Replaced, then deleted: the key was absent before the first put.
+    assert coalesce([[new, (KV_PUT, "s", "a", b"2")], [(KV_DEL, "s", "a")]]) == []
+    # A delete of a stored record, then a new one under the same key, deleted again.
+    assert coalesce([[(KV_DEL, "s", "a")], [new], [(KV_DEL, "s", "a")]]) == [(KV_DEL, "s", "a")]
+    assert coalesce([[new], [(KV_PUT, "s", "a", b"2")]]) == [(KV_PUT, "s", "a", b"2")]
+    assert coalesce([[new, (KV_PUT, "s", "b", b"3", True)], [(KV_DEL, "s", "a")]]) == [
+        (KV_PUT, "s", "b", b"3")]
+
+
+async def _committed(journal: Journal) -> None:
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if journal.gate.committed == journal.gate.issued and not journal._ops:
+            return
+    raise AssertionError("the journal did not commit")
+
+
+def _kv_journal(backend: Backend, path: Path) -> tuple[Journal, KVStore]:
+    restored = backend.open()
+    oplog = OpLog(str(path))
+    restored, _ = replay(oplog, backend, restored)
+    journal = Journal(backend, "process", oplog, restored.last_msg_id)
+    return journal, KVStore(journal, restored.kv)
+
+
+def test_kv_through_the_journal(reopen: Reopen, tmp_path: Path) -> None:
+    """KVSpace over a real journal: a record put and deleted in one batch is never
+    written, one deleted in a later batch never reaches the backend; the rest survives
+    a restart that replays the operation log (as after kill -9: no close)."""
+    log_path = tmp_path / "data" / "store.db"
+    os.makedirs(log_path.parent, exist_ok=True)
+
+    async def first() -> None:
+        journal, kv = _kv_journal(reopen(), log_path)
+        journal.start(asyncio.get_running_loop())
+        space = kv.space("delayed")
+        assert space.records == {} and kv.space("delayed") is space
+        space.put("gone", b"x")
+        space.put("gone", b"y")
+        assert space.delete("gone") and not space.delete("gone")
+        assert [op for op in journal._ops if op is not None] == []
+        assert journal.ops_cancelled == 2
+        space.put("late", b"z")
+        space.put("kept", b"k")
+        await _committed(journal)
+        space.delete("late")  # a later batch: the put is committed, not yet applied
+        kv.space("other").put("1", b"o")
+        await _committed(journal)
+        journal._start_apply()
+        for _ in range(400):
+            await asyncio.sleep(0.005)
+            if not journal._applying and not journal._unapplied:
+                break
+        assert journal.ops_applied == 2  # kept and other/1; "late" neither put nor deleted
+        space.put("after", b"a")  # only in the operation log: replayed at the restart
+        await _committed(journal)
+        # No aclose: the process dies here.
+
+    asyncio.run(first())
+    journal, kv = _kv_journal(reopen(), log_path)
+    assert kv.space("delayed").records == {"kept": b"k", "after": b"a"}
+    assert kv.space("other").records == {"1": b"o"}
+    assert sorted(kv.spaces()) == ["delayed", "other"]
+    asyncio.run(journal.aclose())
+    assert restart(reopen).kv == {"delayed": {"kept": b"k", "after": b"a"}, "other": {"1": b"o"}}
+
+
+def test_sqlite_store_from_before_kv_gets_the_table(tmp_path: Path) -> None:
+    """A store written before the kv table existed opens, and takes records."""
+    path = tmp_path / "store.db"
+    sqlite_store(path, [session("a")])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE kv")
+    conn.commit()
+    conn.close()
+    backend = SqliteBackend(str(path), "process")
+    restored = backend.open()
+    assert [s.client_id for s in restored.sessions] == ["a"] and restored.kv == {}
+    backend.write([(KV_PUT, "s", "k", b"v")])
+    backend.close()
+    backend = SqliteBackend(str(path), "process")
+    assert backend.open().kv == {"s": {"k": b"v"}}
     backend.close()

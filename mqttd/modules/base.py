@@ -11,6 +11,7 @@ from ..core.broker import Broker
 from ..core.services import Timers
 from ..hooks import Hooks
 from ..metrics import Metrics
+from ..store.kv import KVSpace
 
 __all__ = ["Module", "ModuleContext", "ModuleError"]
 
@@ -23,13 +24,16 @@ class ModuleError(Exception):
 class ModuleContext:
     """A module's view of the node: the plugin surface (hooks, counters, settings) and
     the broker's services that built-in features need (publish, subscribe, authorization,
-    sessions, the retained store) and the node's timers."""
+    sessions, the retained store), the node's timers and the module's own records in the
+    durable store (``kv(name)``: a :class:`~mqttd.store.kv.KVSpace` with what the store
+    held at start, or None when nothing is stored)."""
 
     hooks: Hooks
     metrics: Metrics
     settings: Settings
     broker: Broker
     timers: Timers
+    kv: Callable[[str], KVSpace | None] = lambda name: None
 
 
 class Module:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
-    "APPLIED", "BAN_DEL", "BAN_PUT", "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID", "Q_PUT", "Q_REL",
-    "REL_DEL", "REL_PUT",
+    "APPLIED", "BAN_DEL", "BAN_PUT", "KV_DEL", "KV_PUT", "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID",
+    "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
     "RET_CLEAR", "RET_DEL", "RET_PUT", "SCHEMA_VERSION", "SESSION_DEL", "SESSION_PUT", "SUB_DEL",
     "SUB_PUT", "USER_DEL", "USER_PUT", "Backend", "Op", "QueueRow", "Restored", "SessionRow",
     "StoreError", "StoreFull", "StoredMessage",
@@ -92,6 +92,12 @@ USER_DEL = 18
 BAN_PUT = 19
 #: (BAN_DEL, kind, who)
 BAN_DEL = 20
+#: (KV_PUT, space, key, value) — a record of a module's own (``store/kv.py``: delayed
+#: messages, a bridge's queue): ``space`` names its owner, ``value`` is bytes it encoded;
+#: insert or replace.
+KV_PUT = 21
+#: (KV_DEL, space, key)
+KV_DEL = 22
 
 Op = tuple[object, ...]
 
@@ -157,6 +163,8 @@ class Restored:
     users: dict[str, tuple[str, bool]] = field(default_factory=dict)
     #: The banned table: (kind, who, by, reason, at, until) rows, until 0 for good.
     banned: list[tuple[str, str, str, str, float, float]] = field(default_factory=list)
+    #: Modules' records (KV_PUT): space -> key -> value.
+    kv: dict[str, dict[str, bytes]] = field(default_factory=dict)
     #: The operation log's segment the store holds everything up to (APPLIED).
     applied_seq: int = 0
     #: Highest msg_id still stored, in msgs or in a queue row (0 if none): new ids start

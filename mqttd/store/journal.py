@@ -52,6 +52,8 @@ from .base import (
     APPLIED,
     BAN_DEL,
     BAN_PUT,
+    KV_DEL,
+    KV_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -180,6 +182,8 @@ class Journal:
         self._msg_pending: dict[int, list[int]] = {}
         self._rel_pending: dict[tuple[str, int], int] = {}
         self._ret_pending: dict[str, int] = {}
+        #: (space, key) -> index of its KV_PUT.
+        self._kv_pending: dict[tuple[str, str], int] = {}
         #: Every stored message -> [msg id, number of queue rows referencing it, 1 if its one
         #: copy is inline in a queue row (no msgs row) else 0].
         self._msgs: dict[Message, list[int]] = {}
@@ -445,6 +449,34 @@ class Journal:
     def delete_ban(self, kind: str, who: str) -> None:
         self._append((BAN_DEL, kind, who))
 
+    # --- modules' records (store/kv.py) ---------------------------------------------------
+
+    def kv_put(self, space: str, key: str, value: bytes, new: bool = False) -> None:
+        """Insert or replace a record. ``new``: nothing is stored under the key at this
+        point (the caller knows: ``KVSpace``), so a delete before the record reaches the
+        backend leaves nothing for it to do (the op then carries a fifth item, True,
+        which ``coalesce`` reads and drops)."""
+        k = (space, key)
+        idx = self._kv_pending.get(k)
+        if idx is not None:  # replaced within the batch: only the last one is written
+            prev = self._ops[idx]
+            self._ops[idx] = None
+            self.ops_cancelled += 1
+            new = new or (prev is not None and len(prev) == 5)
+        self._kv_pending[k] = self._append(
+            (KV_PUT, space, key, value, True) if new else (KV_PUT, space, key, value))
+
+    def kv_del(self, space: str, key: str) -> None:
+        """Delete a record (nothing if there is none)."""
+        idx = self._kv_pending.pop((space, key), None)
+        if idx is not None:
+            prev = self._ops[idx]
+            self._ops[idx] = None
+            self.ops_cancelled += 1
+            if prev is not None and len(prev) == 5:  # put and deleted in this batch
+                return
+        self._append((KV_DEL, space, key))
+
     def commit_now(self) -> None:
         """Commit what was issued so far now rather than at the end of the loop turn (an
         operator's ban is in the operation log before the command answers; with
@@ -486,6 +518,7 @@ class Journal:
         self._msg_pending.clear()
         self._rel_pending.clear()
         self._ret_pending.clear()
+        self._kv_pending.clear()
         gate = self.gate
         gate.taken = seq = gate.issued
         real = [op for op in ops if op is not None]
@@ -824,8 +857,12 @@ class Journal:
 def coalesce(batches: list[list[Op]]) -> list[Op]:
     """The committed batches as the operations the backend still needs, in order: a queue
     row, a message or an awaiting-PUBREL id inserted and deleted within them is neither
-    (its packet id change folded into the insert); everything else as it came."""
+    (its packet id change folded into the insert); of a module's record only its last
+    put or delete, and neither when it was put new (absent before) and deleted; everything
+    else as it came."""
     out: list[Op | None] = []
+    #: (space, key) -> [index of its last KV_PUT, whether the key was absent before it]
+    kv_put: dict[tuple[object, object], tuple[int, bool]] = {}
     q_put: dict[tuple[object, object], int] = {}
     q_mods: dict[tuple[object, object], list[int]] = {}
     msg_put: dict[object, int] = {}
@@ -867,6 +904,23 @@ def coalesce(batches: list[list[Op]]) -> list[Op]:
                 if i is not None:
                     out[i] = None
                     continue
+            elif code == KV_PUT:
+                key = (op[1], op[2])
+                prev = kv_put.get(key)
+                if prev is not None:
+                    out[prev[0]] = None
+                    new = prev[1]
+                else:
+                    new = len(op) == 5 and bool(op[4])
+                kv_put[key] = (len(out), new)
+                out.append(op[:4])
+                continue
+            elif code == KV_DEL:
+                prev = kv_put.pop((op[1], op[2]), None)
+                if prev is not None:
+                    out[prev[0]] = None
+                    if prev[1]:  # never reached the backend: nothing to delete
+                        continue
             out.append(op)
     return [_encoded(op) for op in out if op is not None]
 
@@ -910,7 +964,7 @@ def _grows(ops: list[Op]) -> bool:
     for op in ops:
         code = op[0]
         if code == Q_PUT or code == MSG_PUT or code == RET_PUT or code == SUB_PUT \
-                or code == REL_PUT:
+                or code == REL_PUT or code == KV_PUT:
             return True  # (a session row's update is small, and must pass: a CONNACK waits)
     return False
 
@@ -941,6 +995,8 @@ def split_freeing(ops: list[Op]) -> tuple[list[Op], list[Op]]:
             movable = ("s", op[1], op[2]) not in created
         elif code == RET_DEL:
             movable = ("t", op[1]) not in created
+        elif code == KV_DEL:
+            movable = ("k", op[1], op[2]) not in created
         elif code == RET_CLEAR:
             movable = not retained_put
         elif code == SESSION_DEL or code == SESSION_PUT:
@@ -967,6 +1023,8 @@ def split_freeing(ops: list[Op]) -> tuple[list[Op], list[Op]]:
         elif code == RET_PUT:
             created.add(("t", op[1]))
             retained_put = True
+        elif code == KV_PUT:
+            created.add(("k", op[1], op[2]))
         elif code == SESSION_PUT:
             clients.add(op[1])
     return freeing, rest

@@ -15,6 +15,8 @@ from .base import (
     APPLIED,
     BAN_DEL,
     BAN_PUT,
+    KV_DEL,
+    KV_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -71,6 +73,8 @@ class MemoryState:
     users: dict[str, tuple[str, bool]] = field(default_factory=dict)
     #: (kind, who) -> (by, reason, at, until)
     banned: dict[tuple[str, str], tuple[str, str, float, float]] = field(default_factory=dict)
+    #: (space, key) -> value
+    kv: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: APPLIED's sequence number.
     applied: list[int] = field(default_factory=lambda: [0])
 
@@ -162,13 +166,15 @@ class MemoryBackend:
             BAN_PUT: lambda op: self._set(s.banned, (_str(op[1]), _str(op[2])), (
                 _str(op[3]), _str(op[4]), _float(op[5]), _float(op[6]))),
             BAN_DEL: lambda op: self._pop(s.banned, (op[1], op[2])),
+            KV_PUT: lambda op: self._set(s.kv, (_str(op[1]), _str(op[2])), _bytes(op[3])),
+            KV_DEL: lambda op: self._pop(s.kv, (op[1], op[2])),
         }
         # The op's length, as SQLite checks the number of bindings.
         self._arity: dict[object, int] = {
             SESSION_PUT: 8, SESSION_DEL: 2, SUB_PUT: 5, SUB_DEL: 3, MSG_PUT: 6, MSG_DEL: 2,
             Q_PUT: 9, Q_PID: 4, Q_REL: 3, Q_DEL: 3, REL_PUT: 4, REL_DEL: 3, RET_PUT: 6,
             RET_DEL: 2, RET_CLEAR: 1, APPLIED: 2, USER_PUT: 4, USER_DEL: 2,
-            BAN_PUT: 7, BAN_DEL: 3}
+            BAN_PUT: 7, BAN_DEL: 3, KV_PUT: 4, KV_DEL: 3}
 
     # --- changes, each logged for the undo ----------------------------------------------------
 
@@ -266,6 +272,8 @@ class MemoryBackend:
         restored.applied_seq = s.applied[0]
         restored.users = dict(s.users)
         restored.banned = [(kind, who, *row) for (kind, who), row in s.banned.items()]
+        for (space, key), value in s.kv.items():
+            restored.kv.setdefault(space, {})[key] = value
         return restored
 
     def write(self, ops: list[Op]) -> None:
@@ -307,7 +315,7 @@ class MemoryBackend:
                      "queue": sum(map(len, s.queue.values())),
                      "awaiting_rel": sum(map(len, s.rel.values())),
                      "retained": len(s.retained), "users": len(s.users),
-                     "banned": len(s.banned)},
+                     "banned": len(s.banned), "kv": len(s.kv)},
             "durability": "memory",
             "schema": SCHEMA_VERSION,
             "page_size": 0,

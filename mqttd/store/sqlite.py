@@ -28,6 +28,8 @@ from .base import (
     APPLIED,
     BAN_DEL,
     BAN_PUT,
+    KV_DEL,
+    KV_PUT,
     MSG_DEL,
     MSG_PUT,
     Q_DEL,
@@ -72,6 +74,11 @@ _BANNED = ("CREATE TABLE banned(kind TEXT NOT NULL, who TEXT NOT NULL, by TEXT N
            " reason TEXT NOT NULL, at REAL NOT NULL, until REAL NOT NULL,"
            " PRIMARY KEY(kind, who)) WITHOUT ROWID")
 
+#: Modules' records (store/kv.py); added to schema 1 like banned. Values may be whole
+#: messages: a rowid table, as msgs and retained are, with the key as a unique index.
+_KV = ("CREATE TABLE kv(space TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
+       " UNIQUE(space, key))")
+
 _SCHEMA = (
     "CREATE TABLE sessions(client_id TEXT PRIMARY KEY NOT NULL, expiry_interval INTEGER NOT NULL,"
     " created_at REAL NOT NULL, disconnected_at REAL NOT NULL, will BLOB,"
@@ -91,6 +98,7 @@ _SCHEMA = (
     "CREATE TABLE users(username TEXT PRIMARY KEY NOT NULL, hash TEXT NOT NULL,"
     " superuser INTEGER NOT NULL) WITHOUT ROWID",
     _BANNED,
+    _KV,
     "CREATE TABLE retained(topic TEXT PRIMARY KEY NOT NULL, packet BLOB NOT NULL, sender TEXT,"
     " ts REAL NOT NULL, expiry_at REAL NOT NULL)",
 )
@@ -120,6 +128,8 @@ _DIRECT: dict[int, tuple[str, ...]] = {
     USER_DEL: ("DELETE FROM users WHERE username=?2",),
     BAN_PUT: ("INSERT OR REPLACE INTO banned VALUES(?2,?3,?4,?5,?6,?7)",),
     BAN_DEL: ("DELETE FROM banned WHERE kind=?2 AND who=?3",),
+    KV_PUT: ("INSERT OR REPLACE INTO kv VALUES(?2,?3,?4)",),
+    KV_DEL: ("DELETE FROM kv WHERE space=?2 AND key=?3",),
 }
 _Q_PUT_SQL = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,0,?,?,?,?)"
 
@@ -386,6 +396,8 @@ class SqliteBackend:
                              + ", ".join(missing) + ")")
         if "banned" not in names:  # a store from before bans moved into it
             conn.execute(_BANNED)
+        if "kv" not in names:  # a store from before modules kept records
+            conn.execute(_KV)
 
     def _restore(self, conn: sqlite3.Connection) -> Restored:
         restored = Restored()
@@ -456,6 +468,12 @@ class SqliteBackend:
         restored.banned = [(kind, who, by, reason, float(at), float(until))
                            for kind, who, by, reason, at, until in conn.execute(
                                "SELECT kind, who, by, reason, at, until FROM banned")]
+        kv = restored.kv
+        for space, key, value in conn.execute("SELECT space, key, value FROM kv"):
+            records = kv.get(space)
+            if records is None:
+                records = kv[space] = {}
+            records[key] = value
         row = conn.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()
         restored.applied_seq = int(row[0]) if row is not None else 0
         return restored
@@ -532,7 +550,8 @@ class SqliteBackend:
                 "rows": {"sessions": count("sessions"), "subscriptions": count("subs"),
                          "messages": count("msgs"), "queue": count("queue"),
                          "awaiting_rel": count("rel"), "retained": count("retained"),
-                         "users": count("users"), "banned": count("banned")},
+                         "users": count("users"), "banned": count("banned"),
+                         "kv": count("kv")},
                 "durability": self.durability,
                 "schema": SCHEMA_VERSION,
                 "page_size": conn.execute("PRAGMA page_size").fetchone()[0],
