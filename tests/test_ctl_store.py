@@ -31,7 +31,7 @@ broker = broker_fixture()
 off_broker = broker_fixture('[store]\ndurability = "off"\n')
 
 ROW_TABLES = {"sessions", "subscriptions", "messages", "queue", "awaiting_rel", "retained",
-              "users", "banned"}
+              "users", "banned", "kv"}
 STATUS_KEYS = {"path", "size", "rows", "durability", "schema", "page_size", "free_pages",
                "commits", "ops_written", "ops_cancelled", "pending", "commit_p50_ms",
                "commit_p99_ms", "full", "last_error", "last_compaction", "log_bytes",
