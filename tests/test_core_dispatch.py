@@ -58,7 +58,37 @@ def test_subscribe_reports_new_then_replaced():
     assert not dp.subscribe(s, "a/+", SubOpts(2), 7)
     assert s.subscriptions == {"a/+": (SubOpts(2), 7)}
     assert dp.router.count_subscriptions() == (1, 0)
-    assert dp.router.routes["a/+"].subs[s] == (SubOpts(2), 7)
+    assert dp.router.routes["a/+"].plain()[s] == (SubOpts(2), 7)
+
+
+def test_route_moves_between_one_subscriber_and_a_dict_without_losing_anyone():
+    # A route keeps a single subscriber without a dict (Route.one); a second one moves
+    # both into a dict, and back at one the route returns to the single form.
+    dp = dispatcher()
+    (a, ra), (b, rb), (c, rc) = online("a"), online("b"), online("c")
+    route_of = lambda: dp.router.routes["t"]  # noqa: E731
+    dp.subscribe(a, "t", SubOpts(1), 0)
+    assert route_of().one is a and not route_of().subs
+    dp.subscribe(a, "t", SubOpts(2), 3)  # replaced in place
+    assert route_of().plain() == {a: (SubOpts(2), 3)}
+    dp.subscribe(b, "t", SubOpts(0), 0)
+    dp.subscribe(c, "t", SubOpts(1), 0)
+    assert route_of().one is None and set(route_of().subs) == {a, b, c}
+    assert dp.publish(msg("t", 2)) == 3
+    dp.unsubscribe(a, "t")
+    dp.unsubscribe(c, "t")
+    assert route_of().one is b and not route_of().subs
+    assert dp.publish(msg("t", 1, payload=b"2")) == 1
+    dp.subscribe(a, "t", SubOpts(1), 0)
+    dp.unsubscribe(b, "t")
+    assert route_of().one is a and dp.publish(msg("t", 1, payload=b"3")) == 1
+    assert [(d[0].payload, d[1], d[3]) for d in ra.got] == [(b"m", 2, (3,)), (b"3", 1, ())]
+    assert [(d[0].payload, d[1]) for d in rb.got] == [(b"m", 0), (b"2", 0)]
+    assert rc.payloads() == [b"m"]
+    assert dp.router.count_subscriptions() == (1, 0)
+    dp.unsubscribe(a, "t")
+    assert "t" not in dp.router.routes and not dp.router.match("t")
+    assert dp.router.count_subscriptions() == (0, 0)
 
 
 def test_shared_subscription_is_routed_on_the_real_filter():
@@ -66,7 +96,7 @@ def test_shared_subscription_is_routed_on_the_real_filter():
     s = Session("s")
     dp.subscribe(s, "$share/g/a/+", SubOpts(1), 0)
     route = dp.router.routes["a/+"]
-    assert not route.subs and list(route.groups["g"].members) == [s]
+    assert not route.plain() and list(route.groups["g"].members) == [s]
     assert dp.router.count_subscriptions() == (1, 1)
 
 

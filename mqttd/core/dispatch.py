@@ -90,7 +90,7 @@ class Dispatcher:
         if msg.retain and not msg.topic.startswith("$SYS/"):
             return True
         for route in self.router.match(msg.topic):
-            for session, (opts, _subid) in route.subs.items():
+            for session, (opts, _subid) in route.plain().items():
                 if session.store is not None and opts.qos:
                     return True
             for group in route.groups.values():
@@ -129,7 +129,10 @@ class Dispatcher:
             # _deliver inlined (one Python call less per subscriber).
             route = routes[0]
             n = 0
-            for session, (opts, subid) in route.subs.items():
+            # A route's single subscriber is kept without a dict (see Route).
+            one = route.one
+            for session, (opts, subid) in (((one, route.entry),) if one is not None
+                                           else route.subs.items()):
                 if opts.no_local and sender == session.client_id:
                     self._no_local(session, msg)
                     continue
@@ -158,7 +161,9 @@ class Dispatcher:
         merged: dict[Session, tuple[int, bool, list[int]]] = {}
         n = 0
         for route in routes:
-            for session, (opts, subid) in route.subs.items():
+            one = route.one
+            for session, (opts, subid) in (((one, route.entry),) if one is not None
+                                           else route.subs.items()):
                 if opts.no_local and sender == session.client_id:
                     self._no_local(session, msg)
                     continue

@@ -29,6 +29,10 @@ SubEntry = tuple[SubOpts, int]
 
 #: The groups of every route without any (never written to).
 _NO_GROUPS: dict[str | None, SharedGroup] = {}
+#: The plain-subscriber dict of every route with fewer than two (never written to).
+_NO_SUBS: dict[Session, SubEntry] = {}
+#: The entry of a route without a single subscriber (never delivered with).
+_NO_ENTRY: SubEntry = (SubOpts(), 0)
 
 
 class SharedGroup:
@@ -65,16 +69,34 @@ class SharedGroup:
 
 
 class Route:
-    """Subscribers of one topic filter (without any $share/ prefix)."""
+    """Subscribers of one topic filter (without any $share/ prefix).
 
-    __slots__ = ("topic_filter", "subs", "groups")
+    Most filters have one subscriber: it is kept in ``one``/``entry`` and ``subs`` is
+    the shared empty dict (a dict of one costs 224 B, half of what the subscription
+    costs otherwise). A second subscriber moves both into a dict of their own; back at
+    one, the route returns to the two fields. Readers iterate the plain subscribers as
+    ``((one, entry),) if one is not None else subs.items()`` (see :meth:`plain`).
+    """
+
+    __slots__ = ("topic_filter", "subs", "groups", "one", "entry")
 
     def __init__(self, topic_filter: str) -> None:
         self.topic_filter = topic_filter
-        self.subs: dict[Session, SubEntry] = {}
+        self.subs: dict[Session, SubEntry] = _NO_SUBS
+        self.one: Session | None = None
+        self.entry: SubEntry = _NO_ENTRY
         # Most routes never have a shared group: they share one empty dict (64 B saved
         # per route) until ``Router.add`` gives them their own. Nothing else writes to it.
         self.groups: dict[str | None, SharedGroup] = _NO_GROUPS
+
+    def plain(self) -> dict[Session, SubEntry]:
+        """The plain subscribers and their entries (a copy: not for the delivery path)."""
+        if self.one is not None:
+            return {self.one: self.entry}
+        return dict(self.subs)
+
+    def count_plain(self) -> int:
+        return 1 if self.one is not None else len(self.subs)
 
 
 class Router:
@@ -123,7 +145,7 @@ class Router:
         return route
 
     def _maybe_drop(self, route: Route) -> None:
-        if not route.subs and not route.groups:
+        if route.one is None and not route.subs and not route.groups:
             del self.routes[route.topic_filter]
             if is_wildcard(route.topic_filter):
                 self._trie.delete(route.topic_filter)
@@ -145,9 +167,22 @@ class Router:
                 self._shared += 1
             g.members[session] = entry
         else:
-            if session not in route.subs:
+            one = route.one
+            if one is session:
+                route.entry = entry
+            elif one is not None:  # a second subscriber: both into a dict of their own
+                route.subs = {one: route.entry, session: entry}
+                route.one = None
+                route.entry = _NO_ENTRY
                 self._plain += 1
-            route.subs[session] = entry
+            elif not route.subs:
+                route.one = session
+                route.entry = entry
+                self._plain += 1
+            else:
+                if session not in route.subs:
+                    self._plain += 1
+                route.subs[session] = entry
 
     def remove(self, topic_filter: str, group: str | None, shared: bool, session: Session
                ) -> bool:
@@ -161,10 +196,17 @@ class Router:
             self._shared -= 1
             if not g.members:
                 del route.groups[group]
-        elif route.subs.pop(session, None) is None:
+        elif route.one is session:
+            route.one = None
+            route.entry = _NO_ENTRY
+            self._plain -= 1
+        elif route.one is not None or route.subs.pop(session, None) is None:
             return False
         else:
             self._plain -= 1
+            if len(route.subs) == 1:  # back to one: the dict goes
+                ((route.one, route.entry),) = route.subs.items()
+                route.subs = _NO_SUBS
         self._maybe_drop(route)
         return True
 

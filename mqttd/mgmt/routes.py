@@ -20,7 +20,7 @@ def route_row(node_name: str) -> Callable[[Route], Row]:
     """The row function of routes on ``node_name``: filter, node, subscriber counts."""
 
     def row(route: Route) -> Row:
-        return {"topic": route.topic_filter, "node": node_name, "subscribers": len(route.subs),
+        return {"topic": route.topic_filter, "node": node_name, "subscribers": route.count_plain(),
                 "shared": {(g if g is not None else "$queue"): len(group.members)
                            for g, group in route.groups.items()}}
 
