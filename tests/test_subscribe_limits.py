@@ -1,6 +1,9 @@
 """Subscriptions per client against a real daemon (issue 14): the default ``max_subscriptions``
-(10,000) and its refusals; a 100,000-filter SUBSCRIBE applied in slices while another client's
-pings are answered, with what the client sent after it answered after its SUBACK, in order."""
+(10,000) and its refusals; a 100,000-filter SUBSCRIBE decoded and applied in slices while another
+client's pings are answered, with what the client sent after it answered after its SUBACK, in
+order; a huge SUBSCRIBE with one bad entry refused as a small one is, with nothing applied. And the
+codec side of it: both parsers leave a huge SUBSCRIBE's entries undecoded, and both
+``decode_filters`` give the entries (or the error) the whole-packet parse gives."""
 
 from __future__ import annotations
 
@@ -9,12 +12,16 @@ import threading
 import time
 from collections.abc import Iterable
 
+import pytest
+from conftest import Codec
 from support import builder as B
 from support.ctlrun import ctl_json
 from support.process import BrokerProcess, checked_broker
 from support.raw import RawClient
 
-from mqttd.mqtt.packets import Connack, Pingresp, Publish, Suback, Unsuback
+from mqttd.mqtt import _codec_py
+from mqttd.mqtt.errors import PacketError
+from mqttd.mqtt.packets import Connack, Disconnect, Pingresp, Puback, Publish, Suback, Unsuback
 
 
 def subscribe_many(packet_id: int, filters: Iterable[str], level: int, qos: int = 1) -> bytes:
@@ -134,3 +141,125 @@ def test_sliced_subscribe_of_a_stored_session_survives_a_kill() -> None:
             assert second.stop() == 0
     finally:
         first.cleanup()
+
+
+# --- a huge SUBSCRIBE decoded lazily ----------------------------------------------------------
+
+def entries(n: int, level: int) -> bytes:
+    """``n`` SUBSCRIBE entries with varied options (no local only on plain filters)."""
+    out = []
+    for i in range(n):
+        opts = i % 3 if level != 5 else (i % 3) | (0x04 if i % 5 == 0 else 0) | \
+            (0x08 if i % 7 == 0 else 0) | ((i % 3) << 4)
+        name = f"$share/g/s/{i}" if level == 5 and i % 11 == 0 and not opts & 0x04 \
+            else f"site{i % 200}/+/dev{i:07d}/#"
+        out.append(B.string(name) + B.u8(opts))
+    return b"".join(out)
+
+
+def with_entries(body: bytes, level: int) -> bytes:
+    return B.packet(B.SUBSCRIBE, 2, B.u16(9) + (b"\x00" if level == 5 else b"") + body)
+
+
+def decode_all(decode: object, rest: bytes, level: int) -> list[object]:
+    got: list[object] = []
+    pos = 0
+    while pos < len(rest):
+        topics, pos = decode(rest, pos, level, 1000)  # type: ignore[operator]
+        got += topics
+    return got
+
+
+def error_of(fn: object, *args: object) -> tuple[int, str]:
+    with pytest.raises(PacketError) as info:
+        fn(*args)  # type: ignore[operator]
+    return info.value.reason_code, info.value.message
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_huge_subscribe_is_left_undecoded_and_decodes_as_the_whole(
+        level: int, codec_py: Codec, codec_c: Codec) -> None:
+    from mqttd._speedups import _codec
+
+    body = entries(5_000, level)
+    assert len(body) > _codec_py.SUBSCRIBE_LAZY_BYTES
+    raw = with_entries(body, level)
+    (lazy_py,) = codec_py.Parser(version=level).feed(raw)
+    (lazy_c,) = codec_c.Parser(version=level).feed(raw)
+    assert lazy_py == lazy_c and lazy_py.topics == [] and lazy_py.rest == body
+    # Encoded back to the same bytes by both encoders.
+    assert codec_py.encode(lazy_py, level) == raw == codec_c.encode(lazy_c, level)
+    # The entries, a slice at a time, are what parsing them in small packets gives.
+    whole: list[object] = []
+    # Split the block at entry boundaries into sub-64 KiB packets and parse them eagerly.
+    bounds, pos = [0], 0
+    while pos < len(body):
+        pos += 2 + int.from_bytes(body[pos:pos + 2], "big") + 1
+        if pos - bounds[-1] > 30_000 or pos == len(body):
+            bounds.append(pos)
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        (pkt,) = codec_py.Parser(version=level).feed(with_entries(body[a:b], level))
+        whole += pkt.topics
+    assert len(whole) == 5_000
+    assert decode_all(_codec_py.decode_filters, body, level) == whole
+    assert decode_all(_codec.decode_filters, body, level) == whole
+    # Bad positions or counts are refused alike.
+    for args in ((body, -1, level, 1), (body, len(body) + 1, level, 1), (body, 0, level, -1)):
+        with pytest.raises(ValueError):
+            _codec_py.decode_filters(*args)
+        with pytest.raises(ValueError):
+            _codec.decode_filters(*args)
+
+
+#: One bad entry each, by level: what the whole-packet parse says of it must be what the
+#: lazy decoding says when it comes at the end of a huge SUBSCRIBE.
+BAD_ENTRIES = {
+    "invalid UTF-8": (b"\x00\x03a\xffb\x01", (4, 5)),
+    "U+0000": (b"\x00\x03a\x00b\x01", (4, 5)),
+    "empty filter": (b"\x00\x00\x01", (4, 5)),
+    "QoS 3": (b"\x00\x01a\x03", (4, 5)),
+    "reserved bits (3.1.1)": (b"\x00\x01a\x05", (4,)),
+    "reserved bits (5.0)": (b"\x00\x01a\x41", (5,)),
+    "retain handling 3": (b"\x00\x01a\x31", (5,)),
+    "no local on $share": (b"\x00\x09$share/g/a\x05", (5,)),
+    "entry runs past the end": (b"\x00\x09abc", (4, 5)),
+    "options byte missing": (b"\x00\x01a", (4, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ENTRIES))
+def test_bad_entry_at_the_end_of_a_huge_subscribe_gets_the_same_error(
+        name: str, codec_py: Codec, codec_c: Codec) -> None:
+    from mqttd._speedups import _codec
+
+    bad, levels = BAD_ENTRIES[name]
+    for level in levels:
+        small = with_entries(bad, level)
+        want = error_of(codec_py.Parser(version=level).feed, small)
+        assert error_of(codec_c.Parser(version=level).feed, small) == want
+        body = entries(5_000, level) + bad
+        (lazy,) = codec_c.Parser(version=level).feed(with_entries(body, level))
+        assert lazy.rest == body
+        for decode in (_codec_py.decode_filters, _codec.decode_filters):
+            assert error_of(decode_all, decode, body, level) == want, (name, level)
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_huge_subscribe_with_a_bad_last_entry_is_refused_with_nothing_applied(level: int
+                                                                                ) -> None:
+    n = 20_000
+    with checked_broker("[mqtt]\nmax_subscriptions = 0\nmax_packet_size = 4194304\n") as broker:
+        with connected(broker, "bad-huge", level) as c:
+            body = b"".join(B.string(f"dev/{i}") + B.u8(1) for i in range(n))
+            # QoS 3 in the last entry: a protocol error (5.0: DISCONNECT 0x82).
+            c.send(with_entries(body + B.string("dev/last") + B.u8(3), level), B.pingreq())
+            got = c.expect_closed(timeout=60)
+        if level == 5:
+            assert [type(p) for p in got] == [Disconnect] and got[0].reason_code == 0x82
+        else:
+            assert got == []  # 3.1.1: closed, no answer at all
+        # None of its 20,000 good filters was applied: a QoS 1 PUBLISH finds no subscriber.
+        with connected(broker, "pub", 5) as pub:
+            pub.send(B.publish("dev/1", b"x", qos=1, packet_id=1, properties=b"\x00"))
+            assert pub.expect(Puback).reason_code == 0x10
+        assert "subscription QoS 3" in broker.log()

@@ -43,6 +43,7 @@ import operator
 from mqttd.mqtt import packets as _packets
 from mqttd.mqtt import properties as P
 from mqttd.mqtt import reasons as R
+from mqttd.mqtt._codec_py import SUBSCRIBE_LAZY_BYTES
 from mqttd.mqtt._codec_py import encode_py as _encode_py
 from mqttd.mqtt.errors import MALFORMED_PACKET, PACKET_TOO_LARGE, PROTOCOL_ERROR
 from mqttd.mqtt.errors import UNSUPPORTED_PROTOCOL_VERSION, PacketError
@@ -250,7 +251,7 @@ _FIELDS = {
     K_PUBREC: ("packet_id", "reason_code", "properties"),
     K_PUBREL: ("packet_id", "reason_code", "properties"),
     K_PUBCOMP: ("packet_id", "reason_code", "properties"),
-    K_SUBSCRIBE: ("packet_id", "topics", "properties"),
+    K_SUBSCRIBE: ("packet_id", "topics", "properties", "rest"),
     K_SUBACK: ("packet_id", "reason_codes", "properties"),
     K_UNSUBSCRIBE: ("packet_id", "topics", "properties"),
     K_UNSUBACK: ("packet_id", "reason_codes", "properties"),
@@ -611,6 +612,67 @@ cdef inline object _bool(long v):
 
 
 # --- the parser --------------------------------------------------------------------------
+
+cdef Py_ssize_t _LAZY_BYTES = SUBSCRIBE_LAZY_BYTES
+
+
+cdef int _filters(Reader* r, bint v5, list topics, Py_ssize_t count) except -1:
+    """Decode SUBSCRIBE entries into ``topics`` until the end, or ``count`` of them (>= 0)."""
+    cdef PyObject* o[4]
+    cdef int opts, qos, retain_handling, wild = 0
+    cdef Py_ssize_t tpos
+    while r.end - r.pos and count:
+        count -= 1
+        tpos = r.pos + 2
+        topic_filter = r_topic(r, &wild)
+        if not topic_filter:
+            _malformed("empty topic filter")
+        opts = r_u8(r)
+        if opts & (0xC0 if v5 else 0xFC):
+            _malformed("reserved subscription option bits set")
+        qos = opts & 0x03
+        if qos == 3:
+            _protocol("subscription QoS 3")
+        q = _int(qos)
+        if v5:
+            retain_handling = (opts >> 4) & 0x03
+            if retain_handling == 3:
+                _protocol("retain handling 3")
+            # The filter's UTF-8 starts with "$share/" iff the string does.
+            if (opts & 0x04 and r.pos - 1 - tpos >= 7
+                    and memcmp(r.d + tpos, b"$share/", 7) == 0):
+                _protocol("no local on a shared subscription")
+            no_local = _bool(opts & 0x04)
+            rap = _bool(opts & 0x08)
+            rh = _int(retain_handling)
+        else:
+            no_local = _bool(0)
+            rap = _bool(0)
+            rh = _int(0)
+        o[1] = <PyObject*>no_local
+        o[2] = <PyObject*>rap
+        o[3] = <PyObject*>rh
+        o[0] = <PyObject*>q
+        topics.append((topic_filter, _build(K_SUBOPTS, o)))
+    return 0
+
+
+def decode_filters(data, pos, version, count):
+    """Up to ``count`` SUBSCRIBE entries of ``data`` (a ``Subscribe.rest``) from ``pos``, and
+    the position after them; the same answers and errors as the reference's."""
+    cdef Reader r
+    cdef Py_ssize_t p = pos, c = count
+    if not PyBytes_CheckExact(data):
+        raise TypeError("data must be bytes")
+    if c < 0 or p < 0 or p > PyBytes_GET_SIZE(data):
+        raise ValueError("bad position or count")
+    r.d = <const unsigned char*>PyBytes_AS_STRING(data)
+    r.pos = p
+    r.end = PyBytes_GET_SIZE(data)
+    cdef list topics = []
+    _filters(&r, version == 5, topics, c)
+    return topics, r.pos
+
 
 @cython.final
 cdef class Parser:
@@ -1004,55 +1066,28 @@ cdef class Parser:
         return _build(ptype, v)
 
     cdef object _subscribe(self, Reader* r):
-        cdef PyObject* v[3]
-        cdef PyObject* o[4]
-        cdef int packet_id, opts, qos, retain_handling, wild = 0
+        cdef PyObject* v[4]
+        cdef int packet_id
         cdef bint v5
-        cdef Py_ssize_t tpos
         packet_id = r_u16(r)
         if not packet_id:
             _protocol("packet identifier 0")
         v5 = self.version == 5
         props = _properties(r, 8) if v5 else {}
         cdef list topics = []
-        while r.end - r.pos:
-            tpos = r.pos + 2
-            topic_filter = r_topic(r, &wild)
-            if not topic_filter:
-                _malformed("empty topic filter")
-            opts = r_u8(r)
-            if opts & (0xC0 if v5 else 0xFC):
-                _malformed("reserved subscription option bits set")
-            qos = opts & 0x03
-            if qos == 3:
-                _protocol("subscription QoS 3")
-            q = _int(qos)
-            if v5:
-                retain_handling = (opts >> 4) & 0x03
-                if retain_handling == 3:
-                    _protocol("retain handling 3")
-                # The filter's UTF-8 starts with "$share/" iff the string does.
-                if (opts & 0x04 and r.pos - 1 - tpos >= 7
-                        and memcmp(r.d + tpos, b"$share/", 7) == 0):
-                    _protocol("no local on a shared subscription")
-                no_local = _bool(opts & 0x04)
-                rap = _bool(opts & 0x08)
-                rh = _int(retain_handling)
-            else:
-                no_local = _bool(0)
-                rap = _bool(0)
-                rh = _int(0)
-            o[1] = <PyObject*>no_local
-            o[2] = <PyObject*>rap
-            o[3] = <PyObject*>rh
-            o[0] = <PyObject*>q
-            topics.append((topic_filter, _build(K_SUBOPTS, o)))
-        if not topics:
-            _protocol("SUBSCRIBE without topic filters")
+        cdef bytes rest = b""
+        if r.end - r.pos > _LAZY_BYTES:
+            # As the reference: the channel decodes the entries a slice per loop turn.
+            rest = r_rest(r)
+        else:
+            _filters(r, v5, topics, -1)
+            if not topics:
+                _protocol("SUBSCRIBE without topic filters")
         pid = _int(packet_id)
         v[0] = <PyObject*>pid
         v[1] = <PyObject*>topics
         v[2] = <PyObject*>props
+        v[3] = <PyObject*>rest
         return _build(K_SUBSCRIBE, v)
 
     cdef list _codes(self, Reader* r, int valid, str what):
@@ -1556,10 +1591,13 @@ cdef object _enc_subscribe(PyObject* p, bint v5):
     cdef int no_local, rap, j
     cdef Py_ssize_t i, n
     cdef WBuf b
-    if pid_o == NULL or topics == NULL or props == NULL:
+    cdef PyObject* rest = _field(p, K_SUBSCRIBE, 3)
+    if pid_o == NULL or topics == NULL or props == NULL or rest == NULL:
         return None
     if not mq_small(pid_o, 0xFFFF, &pid) or not PyList_CheckExact(topics):
         return None
+    if not PyBytes_CheckExact(<object>rest) or PyBytes_GET_SIZE(<object>rest):
+        return None  # undecoded entries: the reference appends them
     if not _FAST[K_SUBOPTS]:
         return None
     wb_init(&b, HEADROOM)
@@ -1602,10 +1640,13 @@ cdef object _enc_unsubscribe(PyObject* p, bint v5):
     cdef long pid
     cdef Py_ssize_t i, n
     cdef WBuf b
-    if pid_o == NULL or topics == NULL or props == NULL:
+    cdef PyObject* rest = _field(p, K_SUBSCRIBE, 3)
+    if pid_o == NULL or topics == NULL or props == NULL or rest == NULL:
         return None
     if not mq_small(pid_o, 0xFFFF, &pid) or not PyList_CheckExact(topics):
         return None
+    if not PyBytes_CheckExact(<object>rest) or PyBytes_GET_SIZE(<object>rest):
+        return None  # undecoded entries: the reference appends them
     wb_init(&b, HEADROOM)
     try:
         wb_u16(&b, pid)

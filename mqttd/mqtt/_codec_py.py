@@ -52,6 +52,10 @@ _MAX_VARINT = 268_435_455
 # Fixed-header flags each packet type must carry; PUBLISH (3) has its own rules.
 _FLAGS = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
 
+#: A SUBSCRIBE whose filter entries are longer than this is returned undecoded
+#: (:attr:`Subscribe.rest`; about 2,000 typical filters, ~1 ms of decoding).
+SUBSCRIBE_LAZY_BYTES = 65536
+
 _ACK_CODES = (None, None, None, None, R.PUBACK, R.PUBREC, R.PUBREL, R.PUBCOMP)
 
 
@@ -344,8 +348,21 @@ def _subscribe(parser: ParserPy, r: _Reader, flags: int) -> Subscribe:
         raise _protocol("packet identifier 0")
     v5 = parser.version == 5
     props = _properties(r, P.SUBSCRIBE) if v5 else {}
-    topics = []
-    while r.remaining():
+    topics: list[tuple[str, SubOpts]] = []
+    if r.remaining() > SUBSCRIBE_LAZY_BYTES:
+        # Decoding 100,000 filters at once stalls the loop ~50 ms: the channel decodes
+        # them a slice per turn (decode_filters), before applying any.
+        return Subscribe(packet_id, topics, props, r.rest())
+    _filters(r, v5, topics, -1)
+    if not topics:
+        raise _protocol("SUBSCRIBE without topic filters")
+    return Subscribe(packet_id, topics, props)
+
+
+def _filters(r: _Reader, v5: bool, topics: list[tuple[str, SubOpts]], count: int) -> None:
+    """Decode SUBSCRIBE entries into ``topics`` until the end, or ``count`` of them (>= 0)."""
+    while r.remaining() and count:
+        count -= 1
         topic_filter = r.topic()
         if not topic_filter:
             raise _malformed("empty topic filter")
@@ -366,9 +383,19 @@ def _subscribe(parser: ParserPy, r: _Reader, flags: int) -> Subscribe:
         else:
             sub = SubOpts(qos)
         topics.append((topic_filter, sub))
-    if not topics:
-        raise _protocol("SUBSCRIBE without topic filters")
-    return Subscribe(packet_id, topics, props)
+
+
+def decode_filters(data: bytes, pos: int, version: int, count: int
+                   ) -> tuple[list[tuple[str, SubOpts]], int]:
+    """Up to ``count`` SUBSCRIBE entries of ``data`` (a :attr:`Subscribe.rest`) from ``pos``,
+    and the position after them (``len(data)`` at the end). Raises the :class:`PacketError`
+    the parser would have raised for a bad entry."""
+    if count < 0 or pos < 0 or pos > len(data):
+        raise ValueError("bad position or count")
+    r = _Reader(data, pos, len(data))
+    topics: list[tuple[str, SubOpts]] = []
+    _filters(r, version == 5, topics, count)
+    return topics, r.pos
 
 
 def _suback(parser: ParserPy, r: _Reader, flags: int) -> Suback:
@@ -686,6 +713,7 @@ def _enc_subscribe(p: Subscribe, version: int) -> bytes:
             b |= ((0x04 if opts.no_local else 0) | (0x08 if opts.retain_as_published else 0)
                   | (opts.retain_handling << 4))
         body.append(b)
+    body += p.rest
     return _frame(0x82, body)
 
 

@@ -142,6 +142,10 @@ class Subscribe:
     packet_id: int
     topics: list[tuple[str, SubOpts]] = field(default_factory=list)
     properties: Properties = field(default_factory=_props)
+    #: A huge SUBSCRIBE's filter entries not decoded yet (the parser leaves entries past
+    #: SUBSCRIBE_LAZY_BYTES to ``codec.decode_filters``, a slice per loop turn); b"" once
+    #: ``topics`` holds them all. Encoded after ``topics``.
+    rest: bytes = b""
 
 
 @dataclass(slots=True)
