@@ -5,13 +5,16 @@ topic, ``mqttd ctl delayed list|del`` and ``modules load|unload``."""
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
 from support import builder as B, uid
-from support.clients import Clients, MosquittoSub, mosquitto_pub
+from support.clients import Client, Clients, MosquittoSub, mosquitto_pub, props
 from support.ctlrun import ctl, ctl_json, ok
 from support.process import BrokerProcess, checked_broker
 
@@ -139,7 +142,8 @@ def test_unload_and_load_at_run_time(clients: Clients, broker: BrokerProcess) ->
     assert ctl_json(broker, "modules", "unload", "delayed") == {"name": "delayed",
                                                                  "unloaded": True}
     try:
-        assert "pending delayed messages dropped" in broker.log()
+        # The store is on: the pending message stays there for the next load.
+        assert "1 pending delayed messages stay in the store" in broker.log()
         row = next(m for m in ctl_json(broker, "modules", "list") if m["name"] == "delayed")
         assert (row["loaded"], row["enabled"]) == (False, True)
         r = ctl(broker, "delayed", "list")
@@ -153,6 +157,9 @@ def test_unload_and_load_at_run_time(clients: Clients, broker: BrokerProcess) ->
         assert sub.expect_message().topic == f"$delayed/1/p/{u}"
     finally:
         assert "loaded successfully" in ok(broker, "modules", "load", "delayed")
+    assert [(r["topic"], r["delay"]) for r in ctl_json(broker, "delayed", "list")] == [
+        (f"p/{u}", 600)]
+    _clear(broker)
     r = ctl(broker, "modules", "load", "delayed")
     assert r.code == 1 and "already loaded" in r.err, r
     r = ctl(broker, "modules", "load", "nosuch")
@@ -180,3 +187,98 @@ def test_the_real_topic_must_be_authorized(tmp_path: Path) -> None:
             assert sub.expect_message().payload == b"yes"
         finally:
             made.close_all()
+
+
+def test_without_the_store_unload_drops_pending_messages() -> None:
+    with checked_broker(CONFIG + '\n[store]\ndurability = "off"\n') as b:
+        made = Clients(b)
+        try:
+            pub = made(version=5)
+            assert pub.publish("$delayed/600/t", b"x", 1) in (0, NO_MATCHING_SUBSCRIBERS)
+            ok(b, "modules", "unload", "delayed")
+            assert "1 pending delayed messages dropped" in b.log()
+            ok(b, "modules", "load", "delayed")
+            assert ctl_json(b, "delayed", "list") == []
+        finally:
+            made.close_all()
+
+
+KILL_CONFIG = "[modules.delayed]\nenable = true\n"
+
+
+def _next_broker(previous: BrokerProcess) -> BrokerProcess:
+    """A broker on ``previous``'s data directory (``previous`` has stopped)."""
+    assert previous.proc.poll() is not None
+    b = BrokerProcess(KILL_CONFIG, extra_args=["--data-dir", str(previous.data_dir)])
+    b.data_dir = previous.data_dir
+    return b
+
+
+def test_pending_delayed_messages_survive_kill_9(tmp_path: Path) -> None:
+    """QoS 1/2 delayed messages PUBACKed/PUBRECed, then kill -9 at once: after the restart
+    they are pending with the same publication time, an overdue one is published at once,
+    the others when due (to a persistent session, which gets them when it resumes); one
+    published or deleted is not stored any more (kill -9 again: not published twice)."""
+    u = uid()
+    brokers = [BrokerProcess(KILL_CONFIG)]
+    clients: list[Client] = []
+
+    def client(cid: str, **kwargs: object) -> Client:
+        c = Client(brokers[-1], cid, **kwargs)  # type: ignore[arg-type]
+        clients.append(c)
+        c.connect()
+        return c
+
+    session = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
+    try:
+        sub = client(f"sub-{u}", version=5, clean=False, properties=session)
+        assert sub.subscribe(f"r/{u}", 2) == [2]
+        sub.disconnect()
+        pub = client(f"pub-{u}", version=5)
+        for delay, payload, qos in ((1, b"overdue", 1), (4, b"soon", 2), (1000, b"later", 1),
+                                    (1000, b"deleted", 1)):
+            assert pub.publish(f"$delayed/{delay}/r/{u}", payload, qos) in (
+                0, NO_MATCHING_SUBSCRIBERS)
+        rows = ctl_json(brokers[-1], "delayed", "list")
+        assert len(rows) == 4
+        gone = max(rows, key=lambda r: r["id"])  # the last one published: "deleted"
+        assert ctl_json(brokers[-1], "delayed", "del", str(gone["id"]))["deleted"]
+        brokers[-1].stop(signal.SIGKILL)
+        time.sleep(1.2)  # "overdue" is due while mqttd is down
+        brokers.append(_next_broker(brokers[-1]))
+        log = brokers[-1].log()
+        assert "pending delayed messages restored from the store" in log, log
+        after = ctl_json(brokers[-1], "delayed", "list")
+        by_id = {r["id"]: r for r in after}
+        assert gone["id"] not in by_id
+        later = [r for r in rows if r["delay"] == 1000 and r["id"] != gone["id"]]
+        assert len(later) == 1
+        # Due at the same time as before the crash: the delay was not restarted.
+        assert by_id[later[0]["id"]]["publish_at"] == later[0]["publish_at"]
+        assert by_id[later[0]["id"]]["from"] == f"pub-{u}"
+        assert 990 <= by_id[later[0]["id"]]["remaining"] <= 1000
+        assert all(r["delay"] in (4, 1000) for r in after)  # "overdue" was published
+        sub = client(f"sub-{u}", version=5, clean=False, properties=session)
+        got = sorted((m.payload, m.qos) for m in sub.expect_messages(2))
+        assert got == [(b"overdue", 1), (b"soon", 2)]
+        sub.assert_no_message()
+        sub.disconnect()
+        assert [r["delay"] for r in ctl_json(brokers[-1], "delayed", "list")] == [1000]
+        # Again: what was published is not stored any more.
+        brokers[-1].stop(signal.SIGKILL)
+        brokers.append(_next_broker(brokers[-1]))
+        assert [(r["id"], r["publish_at"]) for r in ctl_json(brokers[-1], "delayed", "list")
+                ] == [(later[0]["id"], later[0]["publish_at"])]
+        sub = client(f"sub-{u}", version=5, clean=False, properties=session)
+        sub.assert_no_message()
+        ok(brokers[-1], "delayed", "del", str(later[0]["id"]))
+    finally:
+        for c in clients:
+            c.close()
+        last = brokers[-1]
+        code = last.stop()
+        log = last.log()
+        for b in brokers:
+            b.cleanup()
+    assert code == 0, log
+    assert "Traceback" not in log and " ERROR " not in log, log

@@ -12,13 +12,19 @@ timer publishes it, from the same sender, when its time comes. A ``$delayed/`` m
 did not come through a client's PUBLISH (the HTTP API) is checked there and dropped when
 invalid.
 
-Pending messages are kept in memory only: a restart or ``modules unload delayed`` drops them
-(the log says how many).
+With the durable store on, each pending message is also a record of the store's ``delayed``
+space (``store/kv.py``): put when it is taken (during the PUBLISH, so that its PUBACK waits
+for the commit, as every acknowledgement does), deleted when it is published or ``ctl
+delayed del``eted. At load (the start) the records are read back and armed with the time
+they have left; overdue ones are published at once. ``modules unload delayed`` then leaves
+them in the store for the next load. Without the store they are in memory only: a restart or
+an unload drops them (the log says how many).
 """
 
 from __future__ import annotations
 
 import logging
+import marshal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +34,10 @@ from ..core.message import Message
 from ..core.services import ClientInfo, TimerHandle
 from ..hooks import Stop
 from ..metrics import MESSAGES_DELAYED
-from ..mqtt.packets import Properties
+from ..mqtt.codec import Parser, encode_publish
+from ..mqtt.packets import Properties, Publish
 from ..mqtt.reasons import ReasonCode as RC
+from ..store.kv import KVSpace
 from .base import Module, ModuleContext
 
 __all__ = ["MAX_DELAY", "PREFIX", "Delayed", "parse_delayed"]
@@ -39,6 +47,10 @@ log = logging.getLogger("mqttd.modules.delayed")
 PREFIX = "$delayed/"
 #: The longest delay, in seconds (EMQX's: 0xFFFFFFFF milliseconds).
 MAX_DELAY = 4294967
+#: The format of a stored record: marshal (fixed version) of (_RECORD, MQTT 5 PUBLISH packet,
+#: sender, received_at, due_at, delay).
+_RECORD = 1
+_MARSHAL_VERSION = 4
 
 
 def parse_delayed(topic: str) -> tuple[int, str] | None:
@@ -67,6 +79,14 @@ class Pending:
     due_at: float
     timer: TimerHandle | None = None
 
+    def record(self) -> bytes:
+        """What the store keeps of it (``_RECORD``)."""
+        msg = self.msg
+        packet = encode_publish(msg.topic, msg.payload, msg.qos, msg.retain, False,
+                                1 if msg.qos else 0, msg.properties, 5)
+        return marshal.dumps((_RECORD, packet, msg.sender, self.received_at, self.due_at,
+                              self.delay), _MARSHAL_VERSION)
+
     def row(self, now: float) -> dict[str, Any]:
         msg = self.msg
         return {"id": self.id, "topic": msg.topic, "qos": msg.qos, "retain": msg.retain,
@@ -88,6 +108,8 @@ class Delayed(Module):
         self.max = settings.max_delayed_messages
         self.pending: dict[int, Pending] = {}
         self._next_id = 1
+        #: The pending messages' records in the store (None: durability off).
+        self.stored: KVSpace | None = None
         #: Zone topic prefixes: a mounted client's "$delayed/..." arrives as
         #: "<mountpoint>$delayed/...".
         self._mountpoints = sorted({z.mountpoint for z in ctx.settings.zones.values()
@@ -100,6 +122,30 @@ class Delayed(Module):
     def load(self) -> None:
         self.hook("client.publish", self._check)
         self.hook("message.publish", self._take)
+        self.stored = self.ctx.kv(self.name)
+        if self.stored is not None and self.stored.records:
+            self._restore(self.stored)
+
+    def _restore(self, stored: KVSpace) -> None:
+        """Arm the stored pending messages with the time they have left (overdue: now)."""
+        parser = Parser(max_packet_size=268_435_460, version=5)
+        now = time.time()
+        restored = overdue = 0
+        for key, value in list(stored.records.items()):
+            entry = _read(key, value, parser)
+            if entry is None:
+                log.warning("delayed: skipping unreadable stored record %r (deleted)", key)
+                parser = Parser(max_packet_size=268_435_460, version=5)
+                stored.delete(key)
+                continue
+            self.pending[entry.id] = entry
+            self._next_id = max(self._next_id, entry.id + 1)
+            left = entry.due_at - now
+            overdue += left <= 0
+            entry.timer = self.ctx.timers.call_later(max(0.0, left), self._due, entry.id)
+            restored += 1
+        log.info("delayed: %d pending delayed messages restored from the store (%d overdue, "
+                 "published now)", restored, overdue)
 
     def unload(self) -> None:
         super().unload()
@@ -108,9 +154,13 @@ class Delayed(Module):
             if entry.timer is not None:
                 entry.timer.cancel()
         self.pending.clear()
-        if dropped:
+        if dropped and self.stored is not None:
+            log.warning("delayed module unloaded: %d pending delayed messages stay in the "
+                        "store until it is loaded again", dropped)
+        elif dropped:
             log.warning("delayed module unloaded: %d pending delayed messages dropped",
                         dropped)
+        self.stored = None
 
     def info(self) -> dict[str, Any]:
         metrics = self.ctx.metrics
@@ -131,7 +181,9 @@ class Delayed(Module):
             log.debug("client %s: %r is not $delayed/<0..%d>/<topic>", client.client_id,
                       topic, MAX_DELAY)
             return Stop(RC.TOPIC_NAME_INVALID)
-        if self.max and len(self.pending) >= self.max:
+        if (self.max and len(self.pending) >= self.max) or (
+                self.stored is not None and self.stored.full):
+            # (The store full: it cannot be kept, as other QoS 1/2 messages are refused.)
             self.ctx.metrics.inc(self._full)
             return Stop(RC.QUOTA_EXCEEDED)
         code = self.ctx.broker.check_acl(client, "publish", parsed[1])
@@ -167,6 +219,8 @@ class Delayed(Module):
         self._next_id += 1
         entry.timer = self.ctx.timers.call_later(delay, self._due, entry.id)
         self.pending[entry.id] = entry
+        if self.stored is not None:  # during the PUBLISH: its PUBACK waits for the commit
+            self.stored.put(str(entry.id), entry.record())
         self.ctx.metrics.inc(MESSAGES_DELAYED)
         return Stop(None)
 
@@ -174,6 +228,8 @@ class Delayed(Module):
         entry = self.pending.pop(entry_id, None)
         if entry is None:
             return
+        if self.stored is not None:  # committed with what the publication stores
+            self.stored.delete(str(entry_id))
         msg = entry.msg
         # Built now: its Message Expiry Interval counts from its publication, not its receipt.
         out = Message(msg.topic, msg.payload, msg.qos, msg.retain, msg.properties or None,
@@ -195,4 +251,25 @@ class Delayed(Module):
             return False
         if entry.timer is not None:
             entry.timer.cancel()
+        if self.stored is not None:
+            self.stored.delete(str(entry_id))
+            self.stored.commit_now()  # in the operation log before the operator is answered
         return True
+
+
+def _read(key: str, value: bytes, parser: Parser) -> Pending | None:
+    """A stored record back into a pending message; None if it cannot be read."""
+    try:
+        record = marshal.loads(value)
+        version, packet, sender, received_at, due_at, delay = record
+        if version != _RECORD or not key.isdigit():
+            return None
+        packets = parser.feed(packet)
+    except Exception:  # corrupt or from another version: skipped, and said
+        return None
+    if len(packets) != 1 or not isinstance(packets[0], Publish) \
+            or not isinstance(sender, (str, type(None))):
+        return None
+    p = packets[0]
+    msg = Message(p.topic, p.payload, p.qos, p.retain, p.properties, sender)
+    return Pending(int(key), msg, int(delay), float(received_at), float(due_at))

@@ -45,6 +45,12 @@ class KVSpace:
         self._journal.kv_del(self.space, key)
         return True
 
+    @property
+    def full(self) -> bool:
+        """The store refuses what needs storing (disk full or its size limit): QoS 1/2
+        messages are refused meanwhile (0x97), and so should a new record be."""
+        return self._journal.gate.full
+
     def commit_now(self) -> None:
         """Commit the changes issued so far now, not at the end of the loop turn (an
         operator's command is answered once its change is in the operation log)."""
