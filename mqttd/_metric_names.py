@@ -51,6 +51,12 @@ __all__ = [
     "CONNECTIONS_REFUSED_WEBSOCKET",
     "CONNECTIONS_REFUSED_PROXY_PROTOCOL",
     "CONNECTIONS_REFUSED_MAX_FDS",
+    "CONNECTIONS_PAUSED_OVERLOAD",
+    "CONNECTIONS_REFUSED_OVERLOAD",
+    "PUBLISHERS_HELD",
+    "PUBLISHERS_RELEASED_CLOSED",
+    "PUBLISHERS_RELEASED_ROOM",
+    "PUBLISHERS_RELEASED_TIMEOUT",
     "DELIVERY_DROPPED_NO_LOCAL",
     "DELIVERY_DROPPED_QOS0_MSG",
     "DELIVERY_DROPPED_QUEUE_FULL",
@@ -224,8 +230,18 @@ CONNECTIONS_REFUSED_PROXY_PROTOCOL = 87
 # node: refused to keep file descriptors in reserve (transport/fdguard.py)
 CONNECTIONS_REFUSED_MAX_FDS = 88
 
+# node: overload protection (mqttd/overload.py): sockets refused, publishers paused
+CONNECTIONS_REFUSED_OVERLOAD = 89
+CONNECTIONS_PAUSED_OVERLOAD = 90
+# node: publishers held under mqueue_overflow = "backpressure" (their acknowledgement and
+# reading wait for room), and how each wait ended: room, the timeout, the connection closing
+PUBLISHERS_HELD = 91
+PUBLISHERS_RELEASED_ROOM = 92
+PUBLISHERS_RELEASED_TIMEOUT = 93
+PUBLISHERS_RELEASED_CLOSED = 94
+
 #: Number of counters.
-COUNT = 89
+COUNT = 95
 
 #: Every counter's name, in index order.
 NAMES: tuple[str, ...] = (
@@ -258,6 +274,9 @@ NAMES: tuple[str, ...] = (
     "delivery.dropped.not_authorized",
     "connections.refused.tls", "connections.refused.websocket",
     "connections.refused.proxy_protocol", "connections.refused.max_fds",
+    "connections.refused.overload", "connections.paused.overload",
+    "publishers.held", "publishers.released.room", "publishers.released.timeout",
+    "publishers.released.closed",
 )
 
 #: Metrics EMQX increments together with others: each is kept here as the sum of the
@@ -336,7 +355,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "connections.crashed", "connections.rate_limited", "workers.restarted", "hooks.failed",
         "connections.refused.banned", "connections.flapping", "connections.refused.tls",
         "connections.refused.websocket", "connections.refused.proxy_protocol",
-        "connections.refused.max_fds",
+        "connections.refused.max_fds", "connections.refused.overload",
+        "connections.paused.overload", "publishers.held", "publishers.released.room",
+        "publishers.released.timeout", "publishers.released.closed",
     ),
 }
 

@@ -28,7 +28,15 @@ from .config import Settings, is_loopback
 from .core.broker import Broker
 from .core.message import Message
 from .hooks import Hooks
-from .metrics import HOOKS_FAILED, WORKERS_RESTARTED, Metrics
+from .metrics import (
+    HOOKS_FAILED,
+    PUBLISHERS_HELD,
+    PUBLISHERS_RELEASED_CLOSED,
+    PUBLISHERS_RELEASED_ROOM,
+    PUBLISHERS_RELEASED_TIMEOUT,
+    WORKERS_RESTARTED,
+    Metrics,
+)
 from .modules.base import ModuleContext
 from .modules.manager import ModuleManager
 from .plugins import PluginContext, PluginManager
@@ -302,6 +310,11 @@ class Node:
         self.registry.register_stats(self.stats)
         self.broker.router.register_stats(self.stats)
         self.broker.retainer.register_stats(self.stats)
+        m = self.metrics
+        # Publishers waiting now under backpressure: every wait started and not yet ended.
+        self.stats.update_interval("backpressure", lambda: {"publishers.held": (
+            m.get(PUBLISHERS_HELD) - m.get(PUBLISHERS_RELEASED_ROOM)
+            - m.get(PUBLISHERS_RELEASED_TIMEOUT) - m.get(PUBLISHERS_RELEASED_CLOSED))})
 
     def _alarm_changed(self, event: str, alarm: Alarm) -> None:
         # EMQX's alarm message: JSON, QoS 0, not retained, published even when the periodic

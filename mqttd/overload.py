@@ -30,6 +30,7 @@ from typing import Protocol
 
 from .alarms import Alarms
 from .config import OverloadSettings
+from .metrics import CONNECTIONS_PAUSED_OVERLOAD, CONNECTIONS_REFUSED_OVERLOAD, Metrics
 
 __all__ = ["Overload", "Sheddable"]
 
@@ -54,8 +55,11 @@ class Overload:
     connections), 2 (also pausing the heaviest publishers)."""
 
     def __init__(self, settings: OverloadSettings, alarms: Alarms,
-                 connections: Callable[[], Collection[Sheddable]]) -> None:
+                 connections: Callable[[], Collection[Sheddable]],
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
+        #: The node's counters (connections.refused.overload, connections.paused.overload).
+        self.metrics = metrics
         self.alarms = alarms
         self.connections = connections
         self.level = 0
@@ -76,6 +80,8 @@ class Overload:
             return False
         self.refused += 1
         self.refused_total += 1
+        if self.metrics is not None:
+            self.metrics.inc(CONNECTIONS_REFUSED_OVERLOAD)
         return True
 
     def on_lag(self, lag: float, now: float) -> None:
@@ -149,6 +155,8 @@ class Overload:
                 if conn.shed(self.settings.pause_time):
                     self.paused += 1
                     self.paused_total += 1
+                    if self.metrics is not None:
+                        self.metrics.inc(CONNECTIONS_PAUSED_OVERLOAD)
         self.alarms.update(ALARM, None, self._details())
 
     def _details(self) -> dict[str, object]:

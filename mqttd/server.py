@@ -73,7 +73,8 @@ class Server:
         #: Alarms on the process's health, and the load shedding fed by its loop lag.
         self.sysmon = SystemMonitor(self.settings.sysmon, node.alarms, self._listener_loads,
                                     lambda: node.journal)
-        self.overload = Overload(self.settings.overload, node.alarms, lambda: self.connections)
+        self.overload = Overload(self.settings.overload, node.alarms, lambda: self.connections,
+                                 node.metrics)
         self.sysmon.on_lag.append(self.overload.on_lag)
         #: Every operator query and action, for the control socket (and later front ends).
         self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,

@@ -11,7 +11,8 @@ run.
 
 The stats are EMQX's (the seeds' table): connections, channels, sessions,
 sessions.persistent, topics, suboptions, subscribers, subscriptions,
-subscriptions.shared, routes and retained, each ``.count`` and ``.max``.
+subscriptions.shared, routes and retained, each ``.count`` and ``.max``; and mqttd's
+publishers.held (publishers waiting under mqueue_overflow = "backpressure").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger("mqttd.stats")
 STATS: tuple[str, ...] = (
     "connections", "channels", "sessions", "sessions.persistent", "topics", "suboptions",
     "subscribers", "subscriptions", "subscriptions.shared", "routes", "retained",
+    "publishers.held",
 )
 
 #: Every stat name, count then max, in STATS order.

@@ -362,3 +362,102 @@ def test_session_backpressure_has_a_hard_cap() -> None:
     assert s.enqueue(delivery("over")) is not None  # fallback drop_oldest: "0" goes
     assert len(s.mqueue) == 258 and payloads(s)[0] == "1" and payloads(s)[-1] == "over"
     OVERFULL.clear()
+
+
+# --- counters, and the reason code of a message the fallback dropped ------------------------
+
+def metrics_of(b: BrokerProcess) -> dict[str, int]:
+    return ctl_json(b, "broker", "metrics")["metrics"]  # type: ignore[no-any-return]
+
+
+def held_now(b: BrokerProcess) -> int:
+    return int(ctl_json(b, "broker", "stats")["stats"]["publishers.held.count"])
+
+
+def test_backpressure_waits_are_counted(made: list[Client]) -> None:
+    """publishers.held counts each wait, publishers.released.room|timeout|closed how it
+    ended, and the stat publishers.held.count the publishers waiting now (also at /metrics,
+    every counter and stat being exported there)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from support.httpapi import HttpApi
+
+    from mqttd.http.prometheus import metric_name
+
+    queue, count = 20, 40
+    http = "[http]\nenabled = true\nport = 0\n\n"
+    with checked_broker(http + config("backpressure", queue, mqueue_backpressure_timeout="10m")
+                        ) as b:
+        offline_subscriber(b, made)
+        Burst(b, made, count)
+        wait_for("every publisher waiting", lambda: mqueue_len(b, "slow") == queue + PUBLISHERS)
+        wait_for("the stat refreshed", lambda: held_now(b) == PUBLISHERS)
+        m = metrics_of(b)
+        assert m["publishers.held"] == PUBLISHERS
+        assert (m["publishers.released.room"], m["publishers.released.timeout"],
+                m["publishers.released.closed"]) == (0, 0, 0)
+        api = HttpApi(b, ctl_json(b, "apikey", "add", "prom")["key"])
+        families = {f.name: f for f in text_string_to_metric_families(
+            api.call("GET", "/metrics").text)}
+        for name, value in (("publishers.held", PUBLISHERS), ("publishers.held.count",
+                                                              PUBLISHERS)):
+            assert [s.value for s in families[metric_name(name)].samples] == [value], name
+        # One publisher is taken over while it waits (a closed socket would not be seen: its
+        # reading is paused): its wait ends with the connection.
+        client(b, made, "pub-0")
+        wait_for("the closed wait counted",
+                 lambda: metrics_of(b)["publishers.released.closed"] == 1)
+        # The subscriber comes back: every other wait ends with room, however many more
+        # waits the rest of the burst starts on the way.
+        sub = client(b, made, "slow", clean=False)
+        for _ in range(queue + PUBLISHERS):
+            sub.expect_message(WAIT)
+        wait_for("no publisher waiting", lambda: held_now(b) == 0)
+        m = metrics_of(b)
+        assert m["publishers.held"] >= PUBLISHERS
+        assert m["publishers.held"] == (m["publishers.released.room"]
+                                        + m["publishers.released.closed"])
+        assert m["publishers.released.timeout"] == 0
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+@pytest.mark.parametrize("fallback", ["drop_newest", "drop_oldest"])
+def test_message_dropped_after_the_wait_is_not_acknowledged_as_success(
+        fallback: str, qos: int, made: list[Client]) -> None:
+    """MQTT 5: when the timeout's fallback drops the very message whose acknowledgement was
+    held, and it reached nobody else, the PUBACK/PUBREC says 0x97 quota exceeded; when the
+    fallback drops another (older) message instead, success. 3.1.1 has no code to say it."""
+    from support import builder as B
+    from support.raw import RawClient
+
+    from mqttd.mqtt.packets import Puback, Pubcomp, Pubrec
+
+    queue = 2
+    with checked_broker(config("backpressure", queue, mqueue_backpressure_timeout="100ms",
+                               mqueue_backpressure_fallback=fallback)) as b:
+        offline_subscriber(b, made, qos)
+        before = metrics_of(b)
+        with RawClient(b, version=5, timeout=WAIT) as c:
+            c.connect("pub5")
+            codes = []
+            for pid in (1, 2, 3):  # the third finds the queue full: held, then the fallback
+                c.send(B.publish(TOPIC, f"m{pid}".encode(), qos=qos, packet_id=pid,
+                                 properties=b"\x00"))
+                ack = c.expect(Puback if qos == 1 else Pubrec)
+                assert ack.packet_id == pid
+                codes.append(ack.reason_code)
+            dropped_own = fallback == "drop_newest"
+            assert codes == [0, 0, 0x97 if dropped_own else 0]
+            if qos == 2:
+                # An error PUBREC ended that flow: its PUBREL finds no packet id (0x92).
+                for pid in (1, 2, 3):
+                    c.send(B.pubrel(pid))
+                    comp = c.expect(Pubcomp)
+                    assert (comp.packet_id, comp.reason_code) == \
+                        (pid, 0x92 if pid == 3 and dropped_own else 0)
+        after = metrics_of(b)
+        assert after["publishers.held"] - before["publishers.held"] == 1
+        assert after["publishers.released.timeout"] - before["publishers.released.timeout"] == 1
+        assert after["packets.publish.dropped"] - before["packets.publish.dropped"] == \
+            (1 if dropped_own else 0)
+        got = drain(b, made, queue)
+        assert got == (["m1", "m2"] if dropped_own else ["m2", "m3"])

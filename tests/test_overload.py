@@ -117,6 +117,10 @@ def test_overload_sheds_in_order_keeps_ctl_answering_and_recovers() -> None:
         down = watcher.next("deactivate", "overload", timeout=WAIT * 4)
         assert "accepting connections again" in down["message"]
         assert down["details"]["refused"] >= 2 and down["details"]["paused"] >= 1
+        # The same counts in the metrics (one episode: the alarm activated once, below).
+        metrics = ctl_json(b, "broker", "metrics")["metrics"]
+        assert (metrics["connections.refused.overload"], metrics["connections.paused.overload"]
+                ) == (down["details"]["refused"], down["details"]["paused"])
         watcher.until("loop_lag", False, timeout=WAIT * 4)
         # Recovered: a new client gets in.
         assert connack(b, 5)[3:4] == b"\x00"

@@ -16,8 +16,8 @@ from mqttd.sys_topics import MOSQUITTO_NAMES
 def test_names_are_emqx_pairs() -> None:
     assert STATS == ("connections", "channels", "sessions", "sessions.persistent", "topics",
                      "suboptions", "subscribers", "subscriptions", "subscriptions.shared",
-                     "routes", "retained")
-    assert len(NAMES) == 22
+                     "routes", "retained", "publishers.held")  # the last one is mqttd's
+    assert len(NAMES) == 24
     assert Stats().snapshot() == dict.fromkeys(sorted(NAMES), 0)
 
 
@@ -110,7 +110,7 @@ def test_node_registers_the_components_updates() -> None:
     node = Node()
     assert node.stats.updates() == []  # registered when the node starts
     node._register_stats()
-    assert set(node.stats.updates()) == {"registry", "router", "retainer"}
+    assert set(node.stats.updates()) == {"registry", "router", "retainer", "backpressure"}
     node.stats.refresh()
     assert node.stats.snapshot() == dict.fromkeys(sorted(NAMES), 0)
 

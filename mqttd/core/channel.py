@@ -77,6 +77,10 @@ from ..metrics import (
     PACKETS_UNSUBACK_SENT,
     PACKETS_UNSUBSCRIBE_ERROR,
     PACKETS_UNSUBSCRIBE_RECEIVED,
+    PUBLISHERS_HELD,
+    PUBLISHERS_RELEASED_CLOSED,
+    PUBLISHERS_RELEASED_ROOM,
+    PUBLISHERS_RELEASED_TIMEOUT,
     Metrics,
 )
 from ..mqtt.codec import decode_filters, encode, encode_publish
@@ -301,7 +305,7 @@ class Channel:
         "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
         "auth_method", "_auth", "gate", "hold", "transport", "cert_username", "cert_clientid",
         "cert_user", "close_code", "auth_credential", "_auth_timer", "pressure",
-        "pressure_mark",
+        "pressure_mark", "_held_ack",
     )
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
@@ -395,6 +399,9 @@ class Channel:
         #: reading while it is set, and ends it (``end_pressure``) on room or time-out.
         self.pressure: set[Session] | None = None
         self.pressure_mark = -1
+        #: The message whose acknowledgement a backpressure wait holds: (message, sessions
+        #: it reached, packet id, the acknowledgement's bytes in ``out``).
+        self._held_ack: tuple[Message, int, int, bytes] | None = None
 
     @property
     def clientinfo(self) -> ClientInfo:
@@ -491,6 +498,8 @@ class Channel:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
+        if self.pressure is not None:
+            self.end_pressure(False)  # counted as ended by the close
         if self.state != CONNECTED:
             self.state = DISCONNECTED
             return
@@ -1191,12 +1200,13 @@ class Channel:
         mountpoint = zone.mountpoint
         if qos and OVERFULL:  # left by a publish no channel waits for (a will, the API)
             OVERFULL.clear()
-        n = self.services.publish(Message(mountpoint + topic if mountpoint else topic, payload, qos,
-                                      retain, props, self.client_id))
+        msg = Message(mountpoint + topic if mountpoint else topic, payload, qos, retain, props,
+                      self.client_id)
+        n = self.services.publish(msg)
         if not qos:  # QoS 0: nothing to acknowledge
             return
-        if OVERFULL:  # a full queue took it under backpressure: hold what follows
-            self._press()
+        # A full queue took it under backpressure: hold what follows.
+        held = self._press() if OVERFULL else False
         if n < 0:  # the store is full and the message needed it: not accepted
             if self.version != 5:  # 3.1.1 has no way to refuse a message but closing
                 return self._close(CloseReason.INTERNAL_ERROR,
@@ -1214,20 +1224,25 @@ class Channel:
             session.await_rel(p.packet_id, time.monotonic())
             self._send(Pubrec(p.packet_id, 0 if n or self.version != 5 else
                               RC.NO_MATCHING_SUBSCRIBERS))
+        if held and self.out:
+            self._held_ack = (msg, n, p.packet_id, self.out[-1])
 
-    def _press(self) -> None:
+    def _press(self) -> bool:
         """The message just published went past some session's queue limit: its
-        acknowledgement (about to be sent) and everything after it waits for room."""
+        acknowledgement (about to be sent) and everything after it waits for room. True if
+        this starts a wait."""
         own = self.session
         pressed = {s for s in OVERFULL if s is not own}  # never wait for one's own queue
         OVERFULL.clear()
         if not pressed:
-            return
+            return False
         if self.pressure is None:
             self.pressure = pressed
             self.pressure_mark = len(self.out)
-        else:
-            self.pressure |= pressed
+            self.metrics.inc(PUBLISHERS_HELD)
+            return True
+        self.pressure |= pressed
+        return False
 
     def pressure_room(self) -> bool:
         """Whether every queue this client waits for has room again."""
@@ -1238,12 +1253,41 @@ class Channel:
         """Stop waiting; ``expired``: the wait timed out and each queue still past its limit
         is brought back to it by its fallback drop (counted as queue_full)."""
         pressure = self.pressure
+        mark = self.pressure_mark
+        held, self._held_ack = self._held_ack, None
         self.pressure = None
         self.pressure_mark = -1
-        if expired and pressure is not None:
-            for session in pressure:
-                for delivery in session.trim():
-                    self.services.queue_dropped(session, delivery)
+        if pressure is None:
+            return
+        self.metrics.inc(PUBLISHERS_RELEASED_TIMEOUT if expired else
+                         PUBLISHERS_RELEASED_CLOSED if self.closing else
+                         PUBLISHERS_RELEASED_ROOM)
+        if not expired:
+            return
+        gone = 0  # copies of the held message the fallback dropped
+        for session in pressure:
+            for delivery in session.trim():
+                if held is not None and delivery[0] is held[0]:
+                    gone += 1
+                self.services.queue_dropped(session, delivery)
+        if held is not None and gone >= held[1] and self.version == 5:
+            self._refuse_held(held, mark)
+
+    def _refuse_held(self, held: tuple[Message, int, int, bytes], mark: int) -> None:
+        """The fallback dropped every copy of the message whose acknowledgement was held:
+        that acknowledgement (not sent yet) says so, 0x97 quota exceeded, instead of success
+        (docs/DURABILITY.md "Queue overflow")."""
+        out = self.out
+        if not 0 <= mark < len(out) or out[mark] is not held[3]:
+            return  # not where it was put (never expected): leave it
+        msg, _n, packet_id, _ack = held
+        if msg.qos == 1:
+            out[mark] = encode(Puback(packet_id, RC.QUOTA_EXCEEDED), 5)
+        else:  # an error PUBREC ends the QoS 2 flow: no PUBREL will come
+            out[mark] = encode(Pubrec(packet_id, RC.QUOTA_EXCEEDED), 5)
+            if self.session is not None:
+                self.session.release(packet_id)
+        self.metrics.inc(PACKETS_PUBLISH_DROPPED)
 
     def _publish_hook(self, topic: str, props: Properties) -> tuple[str, int]:
         """The client.publish fold, before authorization (topic rewrite, ``$delayed/``):
