@@ -42,6 +42,8 @@ MQTTD_CONFIG = """\
 max_inflight = 20
 # as mosquitto's max_queued_messages in the reference configuration
 max_mqueue_len = 1000000
+# mosquitto has no such limit (mqttd's default, 10,000, refuses 90 % of "filters")
+max_subscriptions = 0
 
 [listeners.default]
 bind = "127.0.0.1"
