@@ -16,6 +16,8 @@ Read the reference for the layout and the semantics. What differs here:
   safe because nothing in the loop can run Python code or allocate a GC
   object (which could start a collection and a ``__del__`` that edits the
   trie): dict lookups with ``str`` keys, ``PyList_Append`` and C arithmetic.
+- There is no set of the stored filters (as in the reference): membership walks the
+  filter's levels, the size is the root's count.
 - Without a GC header a node cannot use the trashcan that stops a deep chain
   of objects from freeing recursively, so a dropped branch (a pruned
   65,000-level filter, or a whole trie) is taken apart iteratively by
@@ -165,11 +167,31 @@ cdef class Trie:
     """
 
     cdef _Node _root
-    cdef set _filters
 
     def __cinit__(self):
         self._root = _new_node(0)
-        self._filters = set()
+
+    cdef bint _has(self, str filter_) except -1:
+        """Whether ``filter_`` is stored: a walk down its levels (no set of filters: the
+        router's route table holds them already)."""
+        cdef _Node node = self._root
+        cdef PyObject* found
+        cdef str level
+        for level in filter_.split("/"):
+            if level == "+":
+                node = node.plus
+            elif level == "#":
+                node = node.pound
+            elif node.children is None:
+                return False
+            else:
+                found = PyDict_GetItem(node.children, level)
+                if found is NULL:
+                    return False
+                node = <_Node>found
+            if node is None:
+                return False
+        return node.filter is not None
 
     def __dealloc__(self):
         if self._root is not None:
@@ -182,9 +204,8 @@ cdef class Trie:
         cdef dict children
         cdef PyObject* found
         cdef str level
-        if filter_ in self._filters:
+        if self._has(filter_):
             return False
-        self._filters.add(filter_)
         node = self._root
         node.count += 1
         for level in filter_.split("/"):
@@ -217,9 +238,8 @@ cdef class Trie:
         cdef _Node node, child
         cdef dict children
         cdef str level
-        if filter_ not in self._filters:
+        if not self._has(filter_):
             return False
-        self._filters.discard(filter_)
         node = self._root
         node.count -= 1
         for level in filter_.split("/"):
@@ -301,14 +321,18 @@ cdef class Trie:
         return out
 
     def __len__(self):
-        return len(self._filters)
+        return self._root.count
 
     def __contains__(self, topic_filter):
-        return topic_filter in self._filters
+        if not isinstance(topic_filter, str):
+            return False
+        return self._has(_exact_str(topic_filter, "topic filter"))
 
     def filters(self):
-        """The stored filters, in no set order (do not insert or delete while iterating)."""
-        return iter(self._filters)
+        """The stored filters, in no set order (collected when called)."""
+        cdef list out = []
+        _collect(self._root, out)
+        return iter(out)
 
     def _node_count(self):
         """Nodes below the root; 0 when empty. For tests: deletes must not leak nodes."""

@@ -18,6 +18,10 @@ the ``#`` child of ``a`` and matches wherever ``a/#`` would.
 
 Matching is iterative (an explicit stack, each node knowing its depth), so a
 65,000-level topic or filter cannot overflow the interpreter stack.
+
+There is no separate set of the stored filters (the router's route table already holds
+them; a set was ~40 B per wildcard filter): membership is a walk down the filter's levels,
+the size is the root's ``count``, and ``filters()`` collects the filters from the nodes.
 """
 
 from __future__ import annotations
@@ -63,19 +67,37 @@ class TriePy:
     stored filter matching ``topic`` once each, in no particular order.
     """
 
-    __slots__ = ("_filters", "_root")
+    __slots__ = ("_root",)
 
     def __init__(self) -> None:
         self._root = _Node(0)
-        self._filters: set[str] = set()
+
+    def _find(self, topic_filter: str) -> _Node | None:
+        """The node ``topic_filter`` ends on, if that path exists (it may hold no filter)."""
+        node: _Node | None = self._root
+        for level in topic_filter.split("/"):
+            assert node is not None
+            if level == "+":
+                node = node.plus
+            elif level == "#":
+                node = node.pound
+            else:
+                children = node.children
+                node = children.get(level) if children is not None else None
+            if node is None:
+                return None
+        return node
+
+    def _has(self, topic_filter: str) -> bool:
+        node = self._find(topic_filter)
+        return node is not None and node.filter is not None
 
     def insert(self, topic_filter: str) -> bool:
         """Add ``topic_filter``; True if it was not already stored."""
         if not isinstance(topic_filter, str):
             raise TypeError(f"topic filter must be str, not {type(topic_filter).__name__}")
-        if topic_filter in self._filters:
+        if self._has(topic_filter):
             return False
-        self._filters.add(topic_filter)
         node = self._root
         node.count += 1
         for level in topic_filter.split("/"):
@@ -103,9 +125,8 @@ class TriePy:
         """Remove ``topic_filter``; True if it was stored. Prunes the nodes it leaves empty."""
         if not isinstance(topic_filter, str):
             raise TypeError(f"topic filter must be str, not {type(topic_filter).__name__}")
-        if topic_filter not in self._filters:
+        if not self._has(topic_filter):
             return False
-        self._filters.discard(topic_filter)
         node = self._root
         node.count -= 1
         for level in topic_filter.split("/"):
@@ -179,14 +200,16 @@ class TriePy:
         return out
 
     def __len__(self) -> int:
-        return len(self._filters)
+        return self._root.count
 
     def __contains__(self, topic_filter: object) -> bool:
-        return topic_filter in self._filters
+        return isinstance(topic_filter, str) and self._has(topic_filter)
 
     def filters(self) -> Iterator[str]:
-        """The stored filters, in no set order (do not insert or delete while iterating)."""
-        return iter(self._filters)
+        """The stored filters, in no set order (collected when called)."""
+        out: list[str] = []
+        _collect(self._root, out)
+        return iter(out)
 
     def _node_count(self) -> int:
         """Nodes below the root; 0 when empty. For tests: deletes must not leak nodes."""
