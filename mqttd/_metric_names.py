@@ -57,6 +57,10 @@ __all__ = [
     "PUBLISHERS_RELEASED_CLOSED",
     "PUBLISHERS_RELEASED_ROOM",
     "PUBLISHERS_RELEASED_TIMEOUT",
+    "CLUSTER_RECEIVED",
+    "CLUSTER_DUPLICATES",
+    "CLUSTER_DROPPED",
+    "CLUSTER_SHARED_RECEIVED",
     "DELIVERY_DROPPED_NO_LOCAL",
     "DELIVERY_DROPPED_QOS0_MSG",
     "DELIVERY_DROPPED_QUEUE_FULL",
@@ -240,8 +244,14 @@ PUBLISHERS_RELEASED_ROOM = 92
 PUBLISHERS_RELEASED_TIMEOUT = 93
 PUBLISHERS_RELEASED_CLOSED = 94
 
+# cluster (mqttd's own; messages sent to other nodes count in messages.forward)
+CLUSTER_RECEIVED = 95
+CLUSTER_DUPLICATES = 96
+CLUSTER_DROPPED = 97
+CLUSTER_SHARED_RECEIVED = 98
+
 #: Number of counters.
-COUNT = 95
+COUNT = 99
 
 #: Every counter's name, in index order.
 NAMES: tuple[str, ...] = (
@@ -277,6 +287,7 @@ NAMES: tuple[str, ...] = (
     "connections.refused.overload", "connections.paused.overload",
     "publishers.held", "publishers.released.room", "publishers.released.timeout",
     "publishers.released.closed",
+    "cluster.received", "cluster.duplicates", "cluster.dropped", "cluster.shared.received",
 )
 
 #: Metrics EMQX increments together with others: each is kept here as the sum of the
@@ -358,6 +369,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "connections.refused.max_fds", "connections.refused.overload",
         "connections.paused.overload", "publishers.held", "publishers.released.room",
         "publishers.released.timeout", "publishers.released.closed",
+    ),
+    "cluster": (
+        "cluster.received", "cluster.duplicates", "cluster.dropped", "cluster.shared.received",
     ),
 }
 

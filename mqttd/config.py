@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -495,6 +496,12 @@ class ClusterSettings:
     nats_url: str = ""
     #: Seconds the first connection attempt may take before the node starts alone.
     connect_timeout: float = 2.0
+    #: Seconds between a node's heartbeats on NATS (membership, mqttd ctl cluster nodes).
+    heartbeat_interval: float = 1.0
+    #: Heartbeats a node may miss before the others count it down and drop its routes.
+    heartbeat_misses: int = 3
+    #: The JetStream key-value bucket holding the cluster's retained messages.
+    retained_bucket: str = "mqttd_retained"
 
 
 @dataclass(slots=True)
@@ -862,6 +869,13 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
                           f"wss://), not {cluster.nats_url!r}")
         if cluster.connect_timeout <= 0:
             errors.append("cluster.connect_timeout: must be more than 0")
+        if cluster.heartbeat_interval <= 0:
+            errors.append("cluster.heartbeat_interval: must be more than 0")
+        if cluster.heartbeat_misses < 1:
+            errors.append("cluster.heartbeat_misses: must be at least 1")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cluster.retained_bucket):
+            errors.append("cluster.retained_bucket: letters, digits, '-' and '_' only "
+                          f"(a JetStream bucket name), not {cluster.retained_bucket!r}")
     else:
         errors.append("cluster: expected a table")
     modules = _parse_modules(data.get("modules", {}), listeners, errors)

@@ -111,9 +111,11 @@ class Node:
         #: path and the router carry no cluster hook at all).
         self.cluster: Cluster | None = None
         if settings.cluster.nats_url:
-            self.cluster = Cluster(settings.cluster, settings.node, self.dispatcher)
-            self.broker.forward = self.cluster.forward
+            self.cluster = Cluster(settings.cluster, settings.node, self.dispatcher,
+                                   self.metrics)
+            self.broker.cluster = self.cluster
             self.broker.router.on_change = self.cluster.route_changed
+            self.broker.router.on_group = self.cluster.group_changed
         #: The access chains, built at start (their files are read then).
         self.access: Access | None = None
         #: The durable store's journal, opened at start (None: durability off).
@@ -315,6 +317,8 @@ class Node:
         self.stats.update_interval("backpressure", lambda: {"publishers.held": (
             m.get(PUBLISHERS_HELD) - m.get(PUBLISHERS_RELEASED_ROOM)
             - m.get(PUBLISHERS_RELEASED_TIMEOUT) - m.get(PUBLISHERS_RELEASED_CLOSED))})
+        if self.cluster is not None:
+            self.stats.update_interval("cluster", self.cluster.counters)
 
     def _alarm_changed(self, event: str, alarm: Alarm) -> None:
         # EMQX's alarm message: JSON, QoS 0, not retained, published even when the periodic

@@ -84,6 +84,7 @@ class Server:
                                health=self._health)
         self.mgmt.modules.manager = node.modules
         self.mgmt.bridges.manager = node.bridges
+        self.mgmt.cluster.cluster = node.cluster
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""

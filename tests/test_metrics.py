@@ -67,8 +67,8 @@ SEED_METRICS = ["bytes.received", "bytes.sent", "packets.received", "packets.sen
 def test_every_seed_metric_is_there_and_nothing_of_the_rule_engine() -> None:
     assert set(SEED_METRICS) <= set(ALL_NAMES)
     # beyond EMQX's: the node family, and refused deliveries (mosquitto-style read ACLs)
-    assert set(ALL_NAMES) - set(SEED_METRICS) == set(FAMILIES["node"]) | {
-        "delivery.dropped.not_authorized"}
+    assert set(ALL_NAMES) - set(SEED_METRICS) == set(FAMILIES["node"]) | set(
+        FAMILIES["cluster"]) | {"delivery.dropped.not_authorized"}
     assert not any(n.startswith(("rules.", "actions.")) for n in ALL_NAMES)
     assert set(facade.Metrics().snapshot()) == set(ALL_NAMES)
 

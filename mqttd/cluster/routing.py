@@ -1,17 +1,22 @@
 """Routing between nodes over core NATS (docs/CLUSTER.md): EMQX's route table as subject
 interest.
 
-The node subscribes once per distinct filter that has local subscribers (the router tells
-it when a filter gains its first or loses its last), publishes each message its clients
-publish on the topic's subject after delivering it locally, and hands what other nodes
-publish to the local dispatcher, never to the broker (so it is never forwarded again). The
-connection is made with ``no_echo``: a node never gets its own publishes back.
+The node subscribes once per distinct filter that has local plain subscribers (the router
+tells it when a filter gains its first or loses its last), publishes each message its
+clients publish on the topic's subject, and hands what other nodes publish to the local
+dispatcher, never to the broker (so it is never forwarded again). That connection is made
+with ``no_echo``: a node never gets its own publishes back.
+
+Shared groups are NATS queue groups on a second connection (without ``no_echo``, so the
+publishing node's own members are in the draw): NATS picks one node per group and message,
+that node's strategy picks the member. Heartbeats and route-table deltas on ``mqttd.c.*``
+tell each node which others are up and what they hold (:mod:`.membership`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +31,18 @@ from nats.aio.subscription import Subscription
 from ..config import ClusterSettings
 from ..core.dispatch import Dispatcher
 from ..core.message import Message
+from ..metrics import (
+    CLUSTER_DROPPED,
+    CLUSTER_DUPLICATES,
+    CLUSTER_RECEIVED,
+    CLUSTER_SHARED_RECEIVED,
+    MESSAGES_FORWARD,
+    Metrics,
+)
+from .membership import Membership, Peer
+from .retained import RetainedSync
 from .subjects import SubjectError, decode_topic, encode_filter, encode_topic
+from .wire import props_in as _props_in, props_out as _props_out
 
 log = logging.getLogger("mqttd.cluster")
 
@@ -41,8 +57,22 @@ _WINDOW = 4096
 #: (4 KiB by default), or the server closes the whole connection.
 _MAX_SUBJECT = 3584
 
-#: Messages waiting for the sender at most; more are dropped (counted in ``failed``).
+#: Messages waiting for the sender at most; more are dropped (counted in ``cluster.dropped``).
 _MAX_QUEUED = 100_000
+
+#: The cluster's own subjects (outside ``mqttd.p``/``mqttd.d``, the topics' space).
+HEARTBEAT = "mqttd.c.hb"
+ROUTES = "mqttd.c.routes"
+BYE = "mqttd.c.bye"
+SYNC = "mqttd.c.sync."  # + the node's id: its whole route table, on request
+
+
+def queue_name(topic_filter: str, group: str | None) -> str:
+    """The NATS queue group of the shared subscription ``$share/group/topic_filter``: the
+    same on every node, one per (group, filter) as MQTT's shared subscriptions are (NATS
+    groups queue subscribers by this name alone, whatever their subjects)."""
+    key = f"{'' if group is None else group}\0{topic_filter}\0{group is None}"
+    return "mqttd-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
 class _Seen:
@@ -67,59 +97,62 @@ class _Seen:
         return True
 
 
-def _props_out(props: dict[str, Any], remaining: int | None) -> str:
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        if isinstance(value, bytes):
-            out[key] = {"b": base64.b64encode(value).decode()}
-        elif isinstance(value, list):
-            out[key] = [list(v) if isinstance(v, tuple) else v for v in value]
-        else:
-            out[key] = value
-    if remaining is not None:
-        out["message_expiry_interval"] = max(remaining, 1)
-    return json.dumps(out, separators=(",", ":"))
-
-
-def _props_in(text: str) -> dict[str, Any]:
-    props: dict[str, Any] = {}
-    for key, value in json.loads(text).items():
-        if isinstance(value, dict):
-            props[key] = base64.b64decode(value["b"])
-        elif key == "user_property":
-            props[key] = [tuple(v) for v in value]
-        else:
-            props[key] = value
-    return props
-
-
 class Cluster:
-    """This node's part in the cluster: its NATS connection, its subscriptions (one per
-    distinct local filter) and the messages going out and coming in."""
+    """This node's part in the cluster: its NATS connections, its subscriptions (one per
+    distinct local filter, one queue subscription per local shared group), the messages
+    going out and coming in, and what it knows of the other nodes."""
 
-    def __init__(self, settings: ClusterSettings, node_name: str, dispatcher: Dispatcher
-                 ) -> None:
+    def __init__(self, settings: ClusterSettings, node_name: str, dispatcher: Dispatcher,
+                 metrics: Metrics) -> None:
         self.settings = settings
         self.node_name = node_name
-        #: node name plus a per-start tag: sequence numbers start again at each start.
-        self.origin = f"{node_name}#{os.urandom(4).hex()}"
+        #: A tag drawn at each start: sequence numbers start again at each start.
+        self.node_id = os.urandom(6).hex()
+        self.origin = f"{node_name}#{self.node_id}"
         self.dispatcher = dispatcher
+        self.metrics = metrics
         self.nc: NatsClient | None = None
-        #: filter -> its NATS subscription (None while the SUB is on its way).
+        #: The shared groups' connection (queue subscriptions only; no ``no_echo``).
+        self.qc: NatsClient | None = None
+        #: What the node holds, kept whether or not NATS is there: filters with local
+        #: plain subscribers, and queue name -> (filter, group) for its shared groups.
+        self._plain: set[str] = set()
+        self._groups: dict[str, tuple[str, str | None]] = {}
+        #: filter -> local holders (1 for plain subscribers, 1 per group): the routes
+        #: announced to the other nodes; ``_dirty`` those changed since the last delta.
+        self._interest: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self.version = 0
+        #: filter (or queue name) -> its NATS subscription (None while on its way).
         self._subs: dict[str, Subscription | None] = {}
+        self._qsubs: dict[str, Subscription | None] = {}
         #: Work for the sender, in order: ("sub", filter), ("unsub", filter),
-        #: ("pub", subject, payload, headers).
+        #: ("qsub", name), ("qunsub", name), ("pub", subject, payload, headers).
         self._ops: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
         self._seq = 0
         self._seen: dict[str, _Seen] = {}
-        #: Counters for the log and, later, ctl: messages out, in, duplicates dropped,
-        #: messages that could not be sent.
+        self.members = Membership(settings.heartbeat_interval, settings.heartbeat_misses)
+        self.retained = RetainedSync(settings.retained_bucket, dispatcher.retainer,
+                                     self.origin)
+        self._syncing: set[str] = set()
+        #: Counters (mqttd ctl cluster status, the stats): messages sent to other nodes,
+        #: received from them (and given to the local dispatcher), duplicates dropped,
+        #: messages that could not be sent; shared-group copies taken here.
         self.sent = 0
         self.received = 0
         self.duplicates = 0
         self.failed = 0
+        self.group_received = 0
+        self.group_missed = 0
+        self.state = "starting"
+        self.joined_at = 0.0
         self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _dropped(self) -> None:
+        self.failed += 1
+        self.metrics.inc(CLUSTER_DROPPED)
 
     @property
     def connected(self) -> bool:
@@ -127,33 +160,71 @@ class Cluster:
 
     # --- from the core (synchronous) ------------------------------------------------
 
+    def _hold(self, topic_filter: str, delta: int) -> None:
+        n = self._interest.get(topic_filter, 0) + delta
+        if n > 0:
+            self._interest[topic_filter] = n
+            if n == delta:
+                self._dirty.add(topic_filter)
+        else:
+            self._interest.pop(topic_filter, None)
+            self._dirty.add(topic_filter)
+
     def route_changed(self, topic_filter: str, added: bool) -> None:
-        """The router's hook: ``topic_filter`` gained its first local subscriber (added)
-        or lost its last."""
+        """The router's hook: ``topic_filter`` gained its first local plain subscriber
+        (added) or lost its last."""
+        if added:
+            self._plain.add(topic_filter)
+        else:
+            self._plain.discard(topic_filter)
+        self._hold(topic_filter, 1 if added else -1)
         if self.nc is None:
             return  # not (yet) connected: the routes are read when the connection opens
         self._ops.append(("sub" if added else "unsub", topic_filter))
         self._wake.set()
 
-    def forward(self, msg: Message) -> None:
-        """The broker's hook, after local delivery: send ``msg`` to the nodes that want it
-        (NATS drops it when none does)."""
-        if self.nc is None or msg.topic.startswith("$SYS/"):
-            return  # each node's $SYS is its own
+    def group_changed(self, topic_filter: str, group: str | None, added: bool) -> None:
+        """The router's hook: the shared group ``group`` on ``topic_filter`` gained its
+        first member on this node (added) or lost its last."""
+        name = queue_name(topic_filter, group)
+        if added:
+            self._groups[name] = (topic_filter, group)
+        else:
+            self._groups.pop(name, None)
+        self._hold(topic_filter, 1 if added else -1)
+        if self.nc is None:
+            return
+        self._ops.append(("qsub" if added else "qunsub", name))
+        self._wake.set()
+
+    def forward(self, msg: Message) -> bool:
+        """The broker's hook: send ``msg`` to the nodes that want it (NATS drops it when
+        none does). True when its shared groups' copy goes through NATS (which then picks
+        one node per group, this one included); False when the local members must have it
+        (NATS is not there, or the message stays on this node)."""
+        if msg.retain:
+            self.retained.changed(msg.topic)
+        nc = self.nc
+        if nc is None or msg.topic.startswith("$SYS/"):
+            return False  # each node's $SYS is its own
         if len(self._ops) >= _MAX_QUEUED:
             # NATS is not keeping up (or the connection is down and its buffer full): drop
-            # rather than hold every message in memory; local delivery already happened.
-            self.failed += 1
-            return
+            # rather than hold every message in memory; local delivery still happens.
+            self._dropped()
+            return False
         subject = encode_topic(msg.topic)
         if len(subject) > _MAX_SUBJECT and len(subject.encode()) > _MAX_SUBJECT:
-            self.failed += 1
+            self._dropped()
             log.warning("cluster: topic %.64s... is too long to cross nodes", msg.topic)
-            return
+            return False
+        qc = self.qc
+        shared = nc.is_connected and qc is not None and qc.is_connected
         self._seq += 1
         meta: list[Any] = [msg.qos, msg.retain, msg.sender]
         headers = {"Mqttd-Origin": self.origin, "Mqttd-Seq": str(self._seq),
                    "Mqttd-Meta": json.dumps(meta, separators=(",", ":"))}
+        if not shared:
+            headers["Mqttd-Shared"] = "local"  # the local members had it: groups ignore it
         if msg.properties or msg.expiry:
             # The expiry left, not the one published: the receiver counts from now.
             remaining = msg.remaining_expiry(time.monotonic()) \
@@ -161,72 +232,140 @@ class Cluster:
             headers["Mqttd-Props"] = _props_out(dict(msg.properties), remaining)
         self._ops.append(("pub", subject, msg.payload, headers))
         self._wake.set()
+        return shared
+
+    def interest(self, topic: str) -> int:
+        """The nodes known to want ``topic`` (this one counted when one of its shared
+        groups matches: their copy comes back through NATS)."""
+        n = self.members.interest(topic)
+        if self._groups and any(r.groups for r in self.dispatcher.router.match(topic)):
+            n += 1
+        return n
 
     # --- the connection -----------------------------------------------------------------
 
+    async def _connect(self, timeout: float, name: str, no_echo: bool) -> NatsClient:
+        # The first connection gets one retry, soon: a node whose NATS is not there
+        # starts alone at once rather than after nats-py's minutes of attempts.
+        return await asyncio.wait_for(nats.connect(
+            servers=[self.settings.nats_url], name=name, no_echo=no_echo,
+            connect_timeout=timeout, max_reconnect_attempts=1, reconnect_time_wait=0.1,
+            error_cb=self._error, disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected), 2 * timeout + 1)
+
     async def run(self) -> None:
-        """Connect, subscribe to the node's filters, then send what the core hands over
-        until cancelled. An unreachable NATS at start leaves the node single (logged)."""
+        """Connect, subscribe to the node's filters and groups, then send what the core
+        hands over until cancelled. An unreachable NATS at start leaves the node single
+        (logged)."""
         url = self.settings.nats_url
+        timeout = self.settings.connect_timeout
         try:
-            # The first connection gets one retry, soon: a node whose NATS is not there
-            # starts alone at once rather than after nats-py's minutes of attempts.
-            timeout = self.settings.connect_timeout
-            nc = await asyncio.wait_for(nats.connect(
-                servers=[url], name=self.node_name, no_echo=True, connect_timeout=timeout,
-                max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=self._error,
-                disconnected_cb=self._disconnected, reconnected_cb=self._reconnected),
-                2 * timeout + 1)
+            nc = await self._connect(timeout, self.node_name, True)
         except Exception as err:  # noqa: BLE001 - any failure means the same: run alone
             log.warning("cluster: cannot reach NATS at %s (%s): running as a single node",
-                        url, err or type(err).__name__)
+                        _safe_url(url), err or type(err).__name__)
+            self.state = "unreachable"
             return
+        try:
+            qc = await self._connect(timeout, self.node_name + " (shared)", False)
+        except BaseException:
+            await nc.close()
+            raise
         # Once connected, a lost connection is retried for ever (nats-py re-sends the
         # subscriptions itself when it is back).
-        nc.options["max_reconnect_attempts"] = -1
-        nc.options["reconnect_time_wait"] = 2.0
-        self.nc = nc
-        routes = list(self.dispatcher.router.routes)
-        self._ops[:0] = [("sub", f) for f in routes]
-        log.info("cluster: node %s joined through NATS at %s (%d routes)", self.node_name,
-                 url, len(routes))
+        for c in (nc, qc):
+            c.options["max_reconnect_attempts"] = -1
+            c.options["reconnect_time_wait"] = 2.0
+        self.nc, self.qc = nc, qc
+        self.state = "connected"
+        self.joined_at = time.time()
+        routes = sorted(self._plain)
+        self._ops[:0] = [("sub", f) for f in routes] + [("qsub", g) for g in self._groups]
         try:
+            await nc.subscribe(HEARTBEAT, cb=self._heartbeat)
+            await nc.subscribe(ROUTES, cb=self._routes)
+            await nc.subscribe(BYE, cb=self._bye)
+            await nc.subscribe(SYNC + self.node_id, cb=self._sync_asked)
+            try:
+                await self.retained.start(nc)
+            except Exception as err:  # noqa: BLE001 - routing works without it
+                self.retained.error = str(err) or type(err).__name__
+                log.error("cluster: retained messages are not replicated: the bucket %s "
+                          "cannot be used (%s); is JetStream enabled on the NATS server "
+                          "(nats-server -js)?", self.settings.retained_bucket,
+                          self.retained.error)
+            log.info("cluster: node %s joined through NATS at %s (%d routes, %d shared "
+                     "groups, %d retained messages from the cluster)", self.node_name,
+                     _safe_url(url), len(routes), len(self._groups), self.retained.loaded)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
+            await self._announce()
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 ops, self._ops = self._ops, []
                 for op in ops:
-                    await self._apply(nc, op)
+                    await self._apply(nc, qc, op)
+                if self._dirty:
+                    await self._announce()
         finally:
-            self.nc = None
+            self.nc = self.qc = None
             self._closing = True
+            self.state = "stopped"
+            for task in self._tasks:
+                task.cancel()
+            await self.retained.stop()
+            try:
+                if nc.is_connected:
+                    await nc.publish(BYE, _js({"node": self.node_name, "id": self.node_id}))
+                    await nc.flush(timeout=1)
+            except Exception:  # noqa: BLE001,S110 - leaving anyway
+                pass
+            await qc.close()
             await nc.close()
 
-    async def _apply(self, nc: NatsClient, op: tuple[Any, ...]) -> None:
+    async def _apply(self, nc: NatsClient, qc: NatsClient, op: tuple[Any, ...]) -> None:
         kind = op[0]
         try:
             if kind == "pub":
                 await nc.publish(op[1], op[2], headers=op[3])
                 self.sent += 1
+                self.metrics.inc(MESSAGES_FORWARD)
             elif kind == "sub":
                 topic_filter = op[1]
-                subject = encode_filter(topic_filter)
-                if len(subject.encode()) > _MAX_SUBJECT:
-                    raise ValueError("the filter is too long to subscribe to across nodes")
-                if topic_filter not in self._subs:
-                    self._subs[topic_filter] = None
-                    self._subs[topic_filter] = await nc.subscribe(subject,
-                                                                  cb=self._received)
-            else:
+                if topic_filter not in self._plain or topic_filter in self._subs:
+                    return  # gone again meanwhile, or already there
+                subject = _filter_subject(topic_filter)
+                self._subs[topic_filter] = None
+                self._subs[topic_filter] = await nc.subscribe(subject, cb=self._received)
+            elif kind == "unsub":
+                if op[1] in self._plain:
+                    return  # back again meanwhile
                 sub = self._subs.pop(op[1], None)
                 if sub is not None:
                     await sub.unsubscribe()
+            elif kind == "qsub":
+                name = op[1]
+                held = self._groups.get(name)
+                if held is None or name in self._qsubs:
+                    return
+                subject = _filter_subject(held[0])
+                self._qsubs[name] = None
+                self._qsubs[name] = await qc.subscribe(
+                    subject, queue=name, cb=self._group_callback(held[0], held[1]))
+            else:  # qunsub
+                if op[1] in self._groups:
+                    return
+                sub = self._qsubs.pop(op[1], None)
+                if sub is not None:
+                    await sub.unsubscribe()
         except Exception as err:  # noqa: BLE001 - one message or route, not the node
-            self.failed += 1
+            self._dropped()
             log.warning("cluster: %s %.64s failed: %s", kind, op[1],
                         err or type(err).__name__)
 
-    async def _received(self, m: Msg) -> None:
+    # --- messages from other nodes --------------------------------------------------------
+
+    def _parse(self, m: Msg) -> tuple[str, int, Message, dict[str, str]] | None:
         headers = m.headers or {}
         try:
             origin = headers["Mqttd-Origin"]
@@ -236,19 +375,189 @@ class Cluster:
             topic = decode_topic(m.subject)
         except (KeyError, ValueError, TypeError, SubjectError) as err:
             log.warning("cluster: a message on %s is not an mqttd node's: %s", m.subject, err)
+            return None
+        return origin, seq, Message(topic, m.data, qos, bool(retain), props, sender), headers
+
+    async def _received(self, m: Msg) -> None:
+        parsed = self._parse(m)
+        if parsed is None:
             return
+        origin, seq, msg, _headers = parsed
         seen = self._seen.get(origin)
         if seen is None:
             seen = self._seen[origin] = _Seen()
         if not seen.first_time(seq):
             self.duplicates += 1
+            self.metrics.inc(CLUSTER_DUPLICATES)
             return
         self.received += 1
-        # Straight to the dispatcher: the message.publish hook ran on its origin node, the
-        # retained store is each node's own (replicated in a later slice), and a message
-        # from another node is never forwarded again.
-        self.dispatcher.publish(Message(topic, m.data, qos, bool(retain), props, sender),
-                                store_retained=False)
+        self.metrics.inc(CLUSTER_RECEIVED)
+        # Straight to the dispatcher: the message.publish hook ran on its origin node,
+        # retained messages come through the replicated bucket, and a message from
+        # another node is never forwarded again. Shared groups get theirs through their
+        # queue subscriptions.
+        self.dispatcher.publish(msg, store_retained=False, groups=False)
+
+    def _group_callback(self, topic_filter: str, group: str | None) -> Any:
+        async def received(m: Msg) -> None:
+            parsed = self._parse(m)
+            if parsed is None or parsed[3].get("Mqttd-Shared") == "local":
+                return
+            if self.dispatcher.publish_group(parsed[2], topic_filter, group):
+                self.group_received += 1
+                self.metrics.inc(CLUSTER_SHARED_RECEIVED)
+            else:  # its last member left while NATS chose this node: at most once
+                self.group_missed += 1
+        return received
+
+    # --- membership -------------------------------------------------------------------
+
+    async def _announce(self) -> None:
+        """Tell the other nodes how this node's routes changed (one delta)."""
+        nc = self.nc
+        dirty, self._dirty = self._dirty, set()
+        if nc is None:
+            return
+        added = [f for f in dirty if f in self._interest]
+        removed = [f for f in dirty if f not in self._interest]
+        if not added and not removed:
+            return
+        self.version += 1
+        try:
+            await nc.publish(ROUTES, _js({"node": self.node_name, "id": self.node_id,
+                                          "v": self.version, "add": added, "del": removed}))
+        except Exception as err:  # noqa: BLE001 - the next heartbeat makes them ask again
+            log.debug("cluster: route delta not sent: %s", err)
+
+    async def _beat(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            nc = self.nc
+            if nc is not None and nc.is_connected:
+                try:
+                    await nc.publish(HEARTBEAT, _js({
+                        "node": self.node_name, "id": self.node_id, "v": self.version,
+                        "routes": len(self._interest), "interval": interval}))
+                except Exception as err:  # noqa: BLE001 - next beat
+                    log.debug("cluster: heartbeat not sent: %s", err)
+            for peer in self.members.check(time.monotonic()):
+                log.warning("cluster: node %s is down (%s): its routes are dropped",
+                            peer.name, peer.reason)
+            await asyncio.sleep(interval)
+
+    def _peer_message(self, m: Msg) -> dict[str, Any] | None:
+        try:
+            data = json.loads(m.data)
+            if not isinstance(data, dict) or not isinstance(data.get("node"), str) \
+                    or not isinstance(data.get("id"), str):
+                raise ValueError("no node or id")
+        except ValueError as err:
+            log.warning("cluster: a message on %s is not an mqttd node's: %s", m.subject, err)
+            return None
+        if data["id"] == self.node_id:
+            return None
+        return data
+
+    def _resync(self, name: str, node_id: str) -> None:
+        if node_id in self._syncing:
+            return
+        self._syncing.add(node_id)
+        self._tasks.append(asyncio.get_running_loop().create_task(
+            self._read_table(name, node_id)))
+
+    async def _read_table(self, name: str, node_id: str) -> None:
+        try:
+            nc = self.nc
+            if nc is None:
+                return
+            reply = await nc.request(SYNC + node_id, b"", timeout=max(
+                2.0, self.settings.heartbeat_interval))
+            data = json.loads(reply.data)
+            self.members.table(name, node_id, int(data["v"]), list(data["filters"]),
+                               time.monotonic(), time.time())
+        except Exception as err:  # noqa: BLE001 - the next heartbeat asks again
+            log.debug("cluster: routes of %s not read: %s", name, err)
+        finally:
+            self._syncing.discard(node_id)
+            task = asyncio.current_task()
+            if task in self._tasks:
+                self._tasks.remove(task)
+
+    async def _heartbeat(self, m: Msg) -> None:
+        data = self._peer_message(m)
+        if data is None:
+            return
+        name, node_id = data["node"], data["id"]
+        known = self.members.peers.get(name)
+        if known is None or known.id != node_id or not known.up:
+            log.info("cluster: node %s is up", name)
+        if self.members.heartbeat(name, node_id, int(data.get("v", 0)), time.monotonic(),
+                                  time.time()):
+            self._resync(name, node_id)
+
+    async def _routes(self, m: Msg) -> None:
+        data = self._peer_message(m)
+        if data is None:
+            return
+        if self.members.delta(data["node"], data["id"], int(data.get("v", 0)),
+                              list(data.get("add", [])), list(data.get("del", [])),
+                              time.monotonic(), time.time()):
+            self._resync(data["node"], data["id"])
+
+    async def _bye(self, m: Msg) -> None:
+        data = self._peer_message(m)
+        if data is not None and self.members.left(data["node"], data["id"]):
+            log.info("cluster: node %s left", data["node"])
+
+    async def _sync_asked(self, m: Msg) -> None:
+        await m.respond(_js({"node": self.node_name, "id": self.node_id, "v": self.version,
+                             "filters": list(self._interest)}))
+
+    # --- what ctl shows -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """This node's part: connection, server, subscriptions and counters."""
+        nc = self.nc
+        server = ""
+        if nc is not None and nc.connected_url is not None:
+            u = nc.connected_url
+            server = f"{u.scheme}://{u.hostname}:{u.port}"
+        return {
+            "node": self.node_name, "id": self.node_id,
+            "state": ("connected" if self.connected else "reconnecting")
+            if nc is not None else self.state,
+            "nats_url": _safe_url(self.settings.nats_url), "server": server,
+            "joined_at": self.joined_at,
+            "subscriptions": len(self._subs), "shared_groups": len(self._qsubs),
+            "routes": len(self._interest), "routes_version": self.version,
+            "nodes_up": 1 + len(self.members.up()) if nc is not None else 1,
+            "forwarded": self.sent, "received": self.received,
+            "duplicates": self.duplicates, "dropped": self.failed,
+            "shared_received": self.group_received, "shared_missed": self.group_missed,
+            "retained": ("replicated" if self.retained.kv is not None else
+                         f"not replicated: {self.retained.error}" if self.retained.error
+                         else "-"),
+            "retained_replicated": self.retained.applied, "retained_sent": self.retained.sent,
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "heartbeat_misses": self.settings.heartbeat_misses,
+        }
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """This node and every node seen since it joined, up or down."""
+        now = time.monotonic()
+        rows = [{"node": self.node_name, "id": self.node_id, "self": True,
+                 "status": "up" if self.connected else self.status()["state"],
+                 "routes": len(self._interest), "routes_version": self.version,
+                 "since": self.joined_at, "last_heartbeat_ago": 0.0, "reason": ""}]
+        for peer in sorted(self.members.peers.values(), key=lambda p: p.name):
+            rows.append(_peer_row(peer, now))
+        return rows
+
+    def counters(self) -> dict[str, int]:
+        """The nodes up (this one included) as a stat (``cluster.nodes``)."""
+        return {"cluster.nodes": 1 + len(self.members.up()) if self.nc is not None else 1}
+
+    # --- connection events ----------------------------------------------------------------
 
     async def _error(self, err: Exception) -> None:
         log.debug("cluster: NATS: %s", err)
@@ -261,3 +570,29 @@ class Cluster:
 
     async def _reconnected(self) -> None:
         log.info("cluster: connected to NATS again")
+
+
+def _peer_row(peer: Peer, now: float) -> dict[str, Any]:
+    return {"node": peer.name, "id": peer.id, "self": False,
+            "status": "up" if peer.up else "down", "routes": len(peer.filters),
+            "routes_version": peer.version, "since": peer.since,
+            "last_heartbeat_ago": round(now - peer.last_seen, 3), "reason": peer.reason}
+
+
+def _filter_subject(topic_filter: str) -> str:
+    subject = encode_filter(topic_filter)
+    if len(subject.encode()) > _MAX_SUBJECT:
+        raise ValueError("the filter is too long to subscribe to across nodes")
+    return subject
+
+
+def _js(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without any user or password in it (never shown or logged)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    return f"{scheme}://{rest.rpartition('@')[2]}"

@@ -39,6 +39,7 @@ from .services import (
     AuthResult,
     AuthStep,
     ClientInfo,
+    ClusterLink,
     CommitGate,
     EnhancedAuth,
     SessionOwner,
@@ -85,9 +86,9 @@ class Broker:
         self.anonymous: dict[str, bool] = {}
         #: The durable store's progress (None: durability off); see ``use_store``.
         self.gate: CommitGate | None = None
-        #: The cluster's outgoing half (None: a single node): told of every message
-        #: published here, after local delivery (docs/CLUSTER.md).
-        self.forward: Callable[[Message], None] | None = None
+        #: This node's link to the cluster (None: a single node): told of every message
+        #: published here (docs/CLUSTER.md).
+        self.cluster: ClusterLink | None = None
 
     def use_store(self, store: SessionStore) -> None:
         """Keep sessions with an expiry and retained messages in ``store`` from now on
@@ -235,9 +236,15 @@ class Broker:
             return -1
         if msg.retain and msg.payload:
             metrics.inc(MESSAGES_RETAINED)
-        n = self.dispatcher.publish(msg)
-        if (forward := self.forward) is not None:
-            forward(msg)
+        if (cluster := self.cluster) is None:
+            n = self.dispatcher.publish(msg)
+        else:
+            # In a cluster NATS picks the member of each shared group (docs/CLUSTER.md);
+            # a message that cannot go out is the local members' alone.
+            forwarded = cluster.forward(msg)
+            n = self.dispatcher.publish(msg, True, not forwarded)
+            if not n and forwarded:  # 0x10 only when no node is known to want it
+                n = cluster.interest(msg.topic)
         if self.topic_traces and self.trace_publish is not None:
             self.trace_publish(msg, n)
         return n

@@ -99,9 +99,11 @@ class Dispatcher:
                         return True
         return False
 
-    def publish(self, msg: Message, store_retained: bool = True) -> int:
+    def publish(self, msg: Message, store_retained: bool = True, groups: bool = True) -> int:
         """Store if retained (unless ``store_retained`` is False: a message from another
-        node), dispatch, and return the number of sessions reached."""
+        node), dispatch, and return the number of sessions reached. ``groups`` False leaves
+        shared groups out (in a cluster NATS picks the node of each group's member:
+        :meth:`publish_group`)."""
         if msg.retain and store_retained:
             hooks = self.hooks
             if hooks.message_retain:  # retainer limits (mqttd/modules/retainer.py)
@@ -149,7 +151,7 @@ class Dispatcher:
                     if dropped is not None:
                         self.queue_dropped(session, dropped)
                 n += 1
-            if route.groups:
+            if route.groups and groups:
                 n += self._dispatch_groups(route, msg, encoded)
             if n:
                 self.metrics.inc(MESSAGES_DELIVERED, n)
@@ -176,13 +178,25 @@ class Dispatcher:
                     if subid:
                         m[2].append(subid)
                     merged[session] = (qos if qos > m[0] else m[0], m[1] or retain, m[2])
-            if route.groups:
+            if route.groups and groups:
                 n += self._dispatch_groups(route, msg, encoded)
         for session, (qos, retain, subids) in merged.items():
             _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
         n += len(merged)
         if n:
             self.metrics.inc(MESSAGES_DELIVERED, n)
+        return n
+
+    def publish_group(self, msg: Message, topic_filter: str, group: str | None) -> int:
+        """Deliver ``msg`` to one member of this node's shared group ``group`` on
+        ``topic_filter`` (the group's copy NATS chose this node for); 1 if one took it."""
+        route = self.router.routes.get(topic_filter)
+        g = route.groups.get(group) if route is not None else None
+        n = self._to_member(g, msg, None, None) if g is not None else 0
+        if n:
+            self.metrics.inc(MESSAGES_DELIVERED, n)
+        else:
+            self.metrics.inc(MESSAGES_DROPPED_NO_SUBSCRIBERS)
         return n
 
     def _no_local(self, session: Session, msg: Message) -> None:

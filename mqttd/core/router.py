@@ -109,9 +109,13 @@ class Router:
         #: Subscriptions held, plain and shared (kept as they change, for the stats).
         self._plain = 0
         self._shared = 0
-        #: Told when a filter gains its first subscriber (True) or loses its last (False):
-        #: the cluster's one NATS subscription per distinct filter (None: a single node).
+        #: Told when a filter gains its first plain subscriber (True) or loses its last
+        #: (False): the cluster's one NATS subscription per distinct filter (None: a single
+        #: node).
         self.on_change: Callable[[str, bool], None] | None = None
+        #: Told when a shared group (filter, group) gains its first member (True) or loses
+        #: its last: the cluster's NATS queue subscription for the group (None: single node).
+        self.on_group: Callable[[str, str | None, bool], None] | None = None
 
     def match(self, topic: str) -> list[Route]:
         """Every route whose filter matches ``topic``."""
@@ -140,8 +144,6 @@ class Router:
             if is_wildcard(topic_filter):
                 self._trie.insert(topic_filter)
             self._cache = {}
-            if self.on_change is not None:
-                self.on_change(topic_filter, True)
         return route
 
     def _maybe_drop(self, route: Route) -> None:
@@ -150,8 +152,6 @@ class Router:
             if is_wildcard(route.topic_filter):
                 self._trie.delete(route.topic_filter)
             self._cache = {}
-            if self.on_change is not None:
-                self.on_change(route.topic_filter, False)
 
     def add(self, topic_filter: str, group: str | None, shared: bool, session: Session,
             entry: SubEntry) -> None:
@@ -163,6 +163,8 @@ class Router:
                 if route.groups is _NO_GROUPS:
                     route.groups = {}
                 g = route.groups[group] = SharedGroup(group, topic_filter)
+                if self.on_group is not None:
+                    self.on_group(topic_filter, group, True)
             if session not in g.members:
                 self._shared += 1
             g.members[session] = entry
@@ -175,10 +177,12 @@ class Router:
                 route.one = None
                 route.entry = _NO_ENTRY
                 self._plain += 1
-            elif not route.subs:
+            elif not route.subs:  # the filter's first plain subscriber
                 route.one = session
                 route.entry = entry
                 self._plain += 1
+                if self.on_change is not None:
+                    self.on_change(topic_filter, True)
             else:
                 if session not in route.subs:
                     self._plain += 1
@@ -196,10 +200,14 @@ class Router:
             self._shared -= 1
             if not g.members:
                 del route.groups[group]
-        elif route.one is session:
+                if self.on_group is not None:
+                    self.on_group(topic_filter, group, False)
+        elif route.one is session:  # the filter's last plain subscriber
             route.one = None
             route.entry = _NO_ENTRY
             self._plain -= 1
+            if self.on_change is not None:
+                self.on_change(topic_filter, False)
         elif route.one is not None or route.subs.pop(session, None) is None:
             return False
         else:

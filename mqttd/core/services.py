@@ -327,3 +327,14 @@ class SessionStore(Protocol):
     def unretain(self, topic: str) -> None: ...
 
     def clear_retained(self) -> None: ...
+
+
+class ClusterLink(Protocol):
+    """What the broker asks of the node's cluster link (mqttd/cluster, docs/CLUSTER.md)."""
+
+    def forward(self, msg: Message) -> bool:
+        """Send a message published on this node to the other nodes; True when it went
+        out with its shared groups' copy (NATS then picks each group's member)."""
+
+    def interest(self, topic: str) -> int:
+        """The nodes known to have a subscriber matching ``topic`` (0: none known)."""

@@ -675,6 +675,34 @@ async def cmd_bridges_stop(ctx: Context, a: Args) -> None:
     await _bridge_action(ctx, a, "stop")
 
 
+# --- cluster --------------------------------------------------------------------------------
+
+CLUSTER_NODE_COLUMNS = [
+    Col("node", "Node"), Col("status", "Status"),
+    Col("routes", "Routes", justify="right"),
+    Col("last_heartbeat_ago", "Last heartbeat", lambda v: f"{v:.1f} s ago"),
+    Col("reason", "Why down", lambda v: v or "-"),
+]
+
+
+async def cmd_cluster_status(ctx: Context, a: Args) -> None:
+    row = ctx.mgmt.cluster.status()
+    if ctx.json:
+        ctx.emit_json(row)
+        return
+    shown = {k: ("-" if v in (None, "") else v) for k, v in row.items()}
+    ctx.kv(list(shown.items()), width=_kv_width(shown))
+
+
+async def cmd_cluster_nodes(ctx: Context, a: Args) -> None:
+    rows = [dict(r, node=r["node"] + (" (this node)" if r["self"] else ""))
+            for r in ctx.mgmt.cluster.nodes()]
+    if ctx.json:
+        ctx.emit_json(ctx.mgmt.cluster.nodes())
+        return
+    await ctx.table(CLUSTER_NODE_COLUMNS, rows, same, footer=_plural("node"))
+
+
 # --- topic-metrics, slow-subs ----------------------------------------------------------------
 
 TOPIC_METRICS_COLUMNS = [
@@ -1062,6 +1090,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("slow-subs list", cmd_slow_subs_list,
      "List the slowest subscribers by QoS 1/2 delivery latency (over the threshold)"),
     ("slow-subs clear", cmd_slow_subs_clear, "Forget the slow subscription records"),
+    ("cluster status", cmd_cluster_status,
+     "This node in the cluster: NATS connection, server, subscriptions, counters"),
+    ("cluster nodes", cmd_cluster_nodes,
+     "The nodes seen over NATS: up or down (missed heartbeats), routes, last heartbeat"),
     ("bridges list", cmd_bridges_list,
      "List the MQTT bridges: state, queue depth, counters, last error"),
     ("bridges status <Name>", cmd_bridges_status,

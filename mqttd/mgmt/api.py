@@ -18,6 +18,7 @@ from .alarms import AlarmsArea
 from .banned import Banned
 from .bridges import Bridges
 from .clients import Clients
+from .cluster import ClusterArea
 from .conf import Conf
 from .listeners import Listeners
 from .listing import Row
@@ -85,6 +86,8 @@ class Management:
         self.modules = Modules(None)
         #: The MQTT bridges (``bridges.manager``, handed in by the process layer).
         self.bridges = Bridges(None)
+        #: The cluster link (``cluster.cluster``, handed in by the process layer).
+        self.cluster = ClusterArea(None)
         self.log = LogLevel(settings)
         self.vm = Vm(self.monitor)
         #: ``access`` returns the node's access control once the node has started (its

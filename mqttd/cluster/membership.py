@@ -1,0 +1,171 @@
+"""The other nodes as this node sees them: heartbeats and each node's route table
+(docs/CLUSTER.md, "Membership" and "Knowing remote interest").
+
+No I/O here: :class:`~mqttd.cluster.routing.Cluster` feeds in what arrives over NATS and
+asks what to do (resynchronise a node's routes), which nodes went down and whether any
+node is known to want a topic. Each node's route table is the set of filters its clients
+hold (plain or shared), kept by versioned deltas; a gap in the versions, or a heartbeat
+naming another version, makes the node ask for the whole table again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.trie import Trie
+from ..mqtt.topics import is_wildcard
+
+__all__ = ["Membership", "Peer"]
+
+
+@dataclass(slots=True)
+class Peer:
+    """Another node: its name, the tag of its current start, its routes."""
+
+    name: str
+    id: str
+    #: The version of its routes held here; -1 until its table has been read.
+    version: int = -1
+    filters: set[str] = field(default_factory=set)
+    #: time.monotonic() of its last heartbeat (or any message from it).
+    last_seen: float = 0.0
+    #: Wall-clock time it was first seen in this start of it.
+    since: float = 0.0
+    up: bool = True
+    #: Why it is down ("missed heartbeats", "left").
+    reason: str = ""
+    heartbeats: int = 0
+
+    @property
+    def synced(self) -> bool:
+        return self.version >= 0
+
+
+class Membership:
+    """Every node heard of, by name, and the union of their routes for matching."""
+
+    def __init__(self, interval: float, misses: int) -> None:
+        self.interval = interval
+        self.misses = misses
+        self.peers: dict[str, Peer] = {}
+        #: filter -> names of the up nodes holding it; wildcard filters also in the trie.
+        self._holders: dict[str, set[str]] = {}
+        self._trie = Trie()
+
+    # --- what arrives ---------------------------------------------------------------
+
+    def _peer(self, name: str, node_id: str, now: float, wall: float) -> Peer:
+        peer = self.peers.get(name)
+        if peer is None or peer.id != node_id:
+            if peer is not None:  # the node restarted: its old routes are gone
+                self._drop_routes(peer)
+            peer = self.peers[name] = Peer(name, node_id, since=wall)
+        if not peer.up:
+            peer.up = True
+            peer.reason = ""
+            peer.version = -1  # read its routes again: it may have changed meanwhile
+        peer.last_seen = now
+        return peer
+
+    def heartbeat(self, name: str, node_id: str, version: int, now: float, wall: float
+                  ) -> bool:
+        """A heartbeat; True when the node's routes must be read (again)."""
+        peer = self._peer(name, node_id, now, wall)
+        peer.heartbeats += 1
+        return peer.version != version
+
+    def delta(self, name: str, node_id: str, version: int, added: list[str],
+              removed: list[str], now: float, wall: float) -> bool:
+        """A change of a node's routes; True when its routes must be read (again)."""
+        peer = self._peer(name, node_id, now, wall)
+        if not peer.synced:
+            return False  # its table is being read; the heartbeat tells if this is in it
+        if version <= peer.version:
+            return False  # already in the table read
+        if version != peer.version + 1:
+            return True  # a delta was missed
+        for f in added:
+            if f not in peer.filters:
+                peer.filters.add(f)
+                self._hold(f, name)
+        for f in removed:
+            if f in peer.filters:
+                peer.filters.discard(f)
+                self._release(f, name)
+        peer.version = version
+        return False
+
+    def table(self, name: str, node_id: str, version: int, filters: list[str], now: float,
+              wall: float) -> None:
+        """A node's whole route table (the answer to a resynchronisation)."""
+        peer = self._peer(name, node_id, now, wall)
+        if peer.synced and version < peer.version:
+            return  # older than what deltas brought since
+        self._drop_routes(peer)
+        peer.filters = set(filters)
+        for f in peer.filters:
+            self._hold(f, name)
+        peer.version = version
+
+    def left(self, name: str, node_id: str) -> bool:
+        """A node said it is stopping; True if it was up."""
+        peer = self.peers.get(name)
+        if peer is None or peer.id != node_id or not peer.up:
+            return False
+        self._down(peer, "left")
+        return True
+
+    def check(self, now: float) -> list[Peer]:
+        """The nodes that have just missed ``misses`` heartbeats (now down)."""
+        limit = self.interval * self.misses
+        gone = [p for p in self.peers.values() if p.up and now - p.last_seen > limit]
+        for peer in gone:
+            self._down(peer, f"missed {self.misses} heartbeats")
+        return gone
+
+    def _down(self, peer: Peer, reason: str) -> None:
+        peer.up = False
+        peer.reason = reason
+        self._drop_routes(peer)
+        peer.version = -1
+
+    # --- the union of routes ----------------------------------------------------------
+
+    def _hold(self, topic_filter: str, name: str) -> None:
+        holders = self._holders.get(topic_filter)
+        if holders is None:
+            holders = self._holders[topic_filter] = set()
+            if is_wildcard(topic_filter):
+                self._trie.insert(topic_filter)
+        holders.add(name)
+
+    def _release(self, topic_filter: str, name: str) -> None:
+        holders = self._holders.get(topic_filter)
+        if holders is None:
+            return
+        holders.discard(name)
+        if not holders:
+            del self._holders[topic_filter]
+            if is_wildcard(topic_filter):
+                self._trie.delete(topic_filter)
+
+    def _drop_routes(self, peer: Peer) -> None:
+        for f in peer.filters:
+            self._release(f, peer.name)
+        peer.filters = set()
+
+    def interest(self, topic: str) -> int:
+        """The up nodes known to hold a filter matching ``topic``; a node whose routes
+        are not read yet counts as one that may (it is not known not to)."""
+        names: set[str] = set()
+        holders = self._holders
+        exact = holders.get(topic)
+        if exact:
+            names |= exact
+        for f in self._trie.match(topic):
+            names |= holders[f]
+        unknown = sum(1 for p in self.peers.values() if p.up and not p.synced)
+        return len(names) + unknown
+
+    def up(self) -> list[Peer]:
+        return [p for p in self.peers.values() if p.up]
