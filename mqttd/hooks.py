@@ -67,6 +67,9 @@ HOOK_POINTS: dict[str, tuple[str, str, str]] = {
     "client.unsubscribe": ("fold", "clientinfo, properties", "[topic_filter]"),
     "client.publish": ("fold", "clientinfo, properties",
                        "topic name (before authorization; an int >= 0x80 refuses it)"),
+    "client.publish.dollar": ("fold", "clientinfo",
+                              "Message of a client's authorized PUBLISH to a $-topic (None: "
+                              "taken, not published; an int >= 0x80 refuses it)"),
     "session.created": ("run", "session", ""),
     "session.subscribed": ("run", "session, topic_filter, SubOpts, is_new", ""),
     "session.unsubscribed": ("run", "session, topic_filter", ""),
@@ -80,6 +83,7 @@ HOOK_POINTS: dict[str, tuple[str, str, str]] = {
     "message.acked": ("run", "clientinfo, message", ""),
     "message.dropped": ("run", "message, reason", ""),
     "delivery.dropped": ("run", "session, message, reason", ""),
+    "delivery.slow": ("run", "clientinfo, message, latency (s)", ""),
 }
 
 
@@ -146,6 +150,7 @@ class Hooks:
     client_subscribe: tuple[Callback, ...]
     client_unsubscribe: tuple[Callback, ...]
     client_publish: tuple[Callback, ...]
+    client_publish_dollar: tuple[Callback, ...]
     session_created: tuple[Callback, ...]
     session_subscribed: tuple[Callback, ...]
     session_unsubscribed: tuple[Callback, ...]
@@ -159,8 +164,10 @@ class Hooks:
     message_acked: tuple[Callback, ...]
     message_dropped: tuple[Callback, ...]
     delivery_dropped: tuple[Callback, ...]
+    delivery_slow: tuple[Callback, ...]
 
-    __slots__ = ("_chains", "_seq", "_failed", "failures", "on_failure", *_ATTRS)
+    __slots__ = ("_chains", "_seq", "_failed", "failures", "on_failure", "slow_threshold",
+                 *_ATTRS)
 
     def __init__(self) -> None:
         self._chains: dict[str, tuple[Callback, ...]] = {}
@@ -171,6 +178,9 @@ class Hooks:
         self.failures = 0
         #: Called with no argument on every failure (the node counts ``hooks.failed``).
         self.on_failure: Callable[[], None] | None = None
+        #: ``delivery.slow`` runs for QoS 1/2 deliveries acknowledged this many seconds or
+        #: more after their PUBLISH was sent (set by whoever hooks it: slow_subs).
+        self.slow_threshold = 0.0
         for attr in _ATTRS:
             setattr(self, attr, _EMPTY)
 

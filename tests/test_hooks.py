@@ -65,7 +65,7 @@ def test_attribute_flag_is_the_chain() -> None:
 def test_annotations_list_every_point() -> None:
     annotated = {k for k in Hooks.__annotations__}
     assert annotated == {p.replace(".", "_") for p in HOOK_POINTS}
-    assert len(HOOK_POINTS) == 22
+    assert len(HOOK_POINTS) == 24
 
 
 def test_add_twice_is_an_error_put_is_not() -> None:

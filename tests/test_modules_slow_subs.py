@@ -156,27 +156,29 @@ def test_bad_configuration_is_refused(table: str, reason: str, tmp_path: Path) -
     assert reason in checked.stderr and "Traceback" not in checked.stderr, checked
 
 
-def test_deliveries_that_will_never_be_acknowledged_are_forgotten(tmp_path: Path) -> None:
-    """A QoS 1 message to a QoS 0 subscription goes out at QoS 0: no acknowledgement comes,
-    and the next sweep (every 10 s) forgets it because it is in neither the session's
-    inflight window nor its queue (long before expire_interval, an hour here)."""
+def test_only_deliveries_waiting_for_an_acknowledgement_are_timed(raws: Any) -> None:
+    """A QoS 1 message to a QoS 0 subscription goes out at QoS 0: never timed (no
+    acknowledgement will come). A QoS 1 delivery is timed from its PUBLISH to its PUBACK
+    (``timing`` in ``modules list``), and no longer after."""
     with checked_broker('[modules.slow_subs]\nenable = true\nexpire_interval = "1h"\n') as b:
         cs = Clients(b)
         try:
-            sub = cs(version=5)
-            assert sub.subscribe("never/acked", 0) == [0]
-            cs(version=5).publish("never/acked", b"x", 1)
-            assert sub.expect_message().qos == 0
-
             def timing() -> int:
                 rows = {r["name"]: r for r in ctl_json(b, "modules", "list")}
                 return int(rows["slow_subs"]["timing"])
 
-            assert timing() == 1  # handed over: timed until the sweep looks
-            for _ in range(60):  # the sweep runs every 10 s: bounded at 15 s
-                if timing() == 0:
-                    break
-                time.sleep(0.25)
+            sub = cs(version=5)
+            assert sub.subscribe("never/acked", 0) == [0]
+            cs(version=5).publish("never/acked", b"x", 1)
+            assert sub.expect_message().qos == 0
+            assert timing() == 0
+            raw = _subscriber(raws, b, f"timed-{uid()}", "timed/t", 1)
+            cs(version=5).publish("timed/t", b"y", 1)
+            pub = raw.expect(Publish)
+            assert timing() == 1  # sent, not acknowledged yet
+            raw.send(B.puback(pub.packet_id))
+            raw.send(B.pingreq())
+            raw.expect(Pingresp)
             assert timing() == 0
         finally:
             cs.close_all()

@@ -290,6 +290,8 @@ _SENT = (-1, -1, PACKETS_CONNACK_SENT, -1, PACKETS_PUBACK_SENT, PACKETS_PUBREC_S
          PACKETS_AUTH_SENT)
 _QOS_RECV = (MESSAGES_QOS0_RECEIVED, MESSAGES_QOS1_RECEIVED, MESSAGES_QOS2_RECEIVED)
 _QOS_SENT = (MESSAGES_QOS0_SENT, MESSAGES_QOS1_SENT, MESSAGES_QOS2_SENT)
+#: _check_publish: a $-topic for the client.publish.dollar chain (checked by _publish_dollar).
+_DOLLAR = -1
 
 
 class Channel:
@@ -1183,6 +1185,10 @@ class Channel:
         else:
             code = self._check_publish(topic, props, payload)
         if code:
+            if code < 0:  # a $-topic for the client.publish.dollar chain (delayed publish)
+                code = self._publish_dollar(p, topic, props)
+                if not code:  # published or taken there, and acknowledged
+                    return
             metrics.inc(PACKETS_PUBLISH_AUTH_ERROR if code == RC.NOT_AUTHORIZED
                         else PACKETS_PUBLISH_ERROR)
             if code == RC.NOT_AUTHORIZED and self.services.disconnect_on_deny():
@@ -1303,12 +1309,16 @@ class Channel:
             return topic, RC.TOPIC_NAME_INVALID
         return result, 0
 
-    def _check_publish(self, topic: str, props: Properties, payload: bytes) -> int:
-        """0 if the client may publish this, else the reason code to refuse it with."""
+    def _check_publish(self, topic: str, props: Properties, payload: bytes,
+                       dollar: bool = True) -> int:
+        """0 if the client may publish this, else the reason code to refuse it with
+        (``_DOLLAR``: a $-topic the client.publish.dollar chain takes over)."""
         if topic[:1] == "$":  # a slice, not a method call: this runs for every message
             if topic.startswith("$SYS") or topic.startswith("$share/") or \
                     topic.startswith("$queue/"):
                 return RC.NOT_AUTHORIZED
+            if dollar and self.hooks.client_publish_dollar:
+                return _DOLLAR  # here, not on client.publish: other topics pay nothing
         max_levels = self.zone.max_topic_levels
         if max_levels and topic.count("/") >= max_levels:
             return RC.TOPIC_NAME_INVALID
@@ -1319,6 +1329,53 @@ class Channel:
                 return RC.PAYLOAD_FORMAT_INVALID
         # Every PUBLISH comes here: the cached view, not the property call, once it exists.
         return self.services.check_acl(self._clientinfo or self.clientinfo, "publish", topic)
+
+    def _publish_dollar(self, p: Publish, topic: str, props: Properties) -> int:
+        """A PUBLISH to a $-topic while client.publish.dollar has callbacks (delayed
+        publish): checked as any other, then the chain may refuse it, take it (acknowledged
+        as reaching nobody) or let it be published. Returns 0 once acknowledged, else the
+        reason code to refuse it with."""
+        code = self._check_publish(topic, props, p.payload, False)
+        if code:
+            return code
+        qos = p.qos
+        mountpoint = self.zone.mountpoint
+        msg = Message(mountpoint + topic if mountpoint else topic, p.payload, qos, p.retain,
+                      props, self.client_id)
+        result = self.hooks.run_fold("client.publish.dollar",
+                                     (self._clientinfo or self.clientinfo,), msg)
+        if isinstance(result, int):
+            return result if result >= 0x80 else RC.UNSPECIFIED_ERROR
+        n = 0
+        if isinstance(result, Message):
+            if qos and OVERFULL:
+                OVERFULL.clear()
+            n = self.services.publish(result)
+            if qos and OVERFULL:
+                self._press()
+        elif result is not None:
+            log.warning("a client.publish.dollar callback gave %r for %s: not a message",
+                        result, topic)
+            return RC.UNSPECIFIED_ERROR
+        if not qos:
+            return 0
+        if n < 0:  # the store is full and the message needed it
+            if self.version != 5:
+                self._close(CloseReason.INTERNAL_ERROR, "message refused: the store is full")
+                return 0
+            self.metrics.inc(PACKETS_PUBLISH_DROPPED)
+            self._send(Puback(p.packet_id, RC.QUOTA_EXCEEDED) if qos == 1
+                       else Pubrec(p.packet_id, RC.QUOTA_EXCEEDED))
+            return 0
+        reason = 0 if n or self.version != 5 else RC.NO_MATCHING_SUBSCRIBERS
+        if qos == 1:
+            self._send(Puback(p.packet_id, reason))
+        else:
+            session = self.session
+            assert session is not None
+            session.await_rel(p.packet_id, time.monotonic())
+            self._send(Pubrec(p.packet_id, reason))
+        return 0
 
     def _in_pubrel(self, p: Pubrel) -> None:
         session = self.session
@@ -1343,6 +1400,8 @@ class Channel:
             self.metrics.inc(PACKETS_PUBACK_MISSED)
             return
         self.services.acked(self._clientinfo or self.clientinfo, entry[0])
+        if session.sent_at is not None:
+            self._completed(session, p.packet_id, entry[0])
         self.drain()
 
     def _in_pubrec(self, p: Pubrec) -> None:
@@ -1381,7 +1440,32 @@ class Channel:
             self.metrics.inc(PACKETS_PUBCOMP_MISSED)
             return
         self.services.acked(self._clientinfo or self.clientinfo, entry[0])
+        if session.sent_at is not None:
+            self._completed(session, p.packet_id, entry[0])
         self.drain()
+
+    @staticmethod
+    def _timed(session: Session, packet_id: int) -> None:
+        """Note when a QoS 1/2 PUBLISH is sent (delivery.slow has a callback)."""
+        sent_at = session.sent_at
+        if sent_at is None:
+            sent_at = session.sent_at = {}
+        sent_at[packet_id] = time.monotonic()
+
+    def _completed(self, session: Session, packet_id: int, msg: Message) -> None:
+        """PUBACK / PUBCOMP of a timed delivery: delivery.slow if it took the threshold or
+        more (the timing stops once the hook has no callback)."""
+        sent_at = session.sent_at
+        assert sent_at is not None
+        sent = sent_at.pop(packet_id, None)
+        hooks = self.hooks
+        if not hooks.delivery_slow:
+            session.sent_at = None
+            return
+        if sent is not None:
+            latency = time.monotonic() - sent
+            if latency >= hooks.slow_threshold:
+                hooks.run("delivery.slow", self._clientinfo or self.clientinfo, msg, latency)
 
     # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------
 
@@ -1608,9 +1692,8 @@ class Channel:
         authorization refuses it (dropped and counted here).
 
         ``encoded`` is the broker's per-publish cache of QoS 0 bytes shared by every
-        subscriber, or None. The broker passes None while a message.delivered callback
-        exists, so the shared fast path never has to look for one: the hook runs here,
-        for deliveries without the cache (retained messages come that way too).
+        subscriber, or None (retained messages). The message.delivered hook runs here for
+        every delivery; the shared bytes are used unless a callback changed the message.
         """
         if self.closing:
             self._enqueue(delivery)
@@ -1628,12 +1711,12 @@ class Channel:
         was_empty = not out
         session = self.session
         assert session is not None
-        if encoded is None:
-            hooks = self.hooks
-            if hooks.message_delivered:
-                msg = hooks.run_fold("message.delivered", (self.clientinfo,), delivery[0])
-                if msg is not delivery[0]:  # a callback changed the message
-                    delivery = (msg, delivery[1], delivery[2], delivery[3], delivery[4])
+        if self.hooks.message_delivered:
+            msg = self.hooks.run_fold("message.delivered", (self._clientinfo or self.clientinfo,),
+                                      delivery[0])
+            if msg is not delivery[0]:  # a callback changed the message: not the shared bytes
+                delivery = (msg, delivery[1], delivery[2], delivery[3], delivery[4])
+                encoded = None
         qos = delivery[1]
         if qos == 0:
             if self.paused:  # a slow consumer loses QoS 0, never QoS 1/2
@@ -1676,6 +1759,8 @@ class Channel:
                 self._drop(DELIVERY_DROPPED_EXPIRED, "expired", delivery[0])
                 return None
             pub.packet_id = session.start_inflight(delivery)
+            if self.hooks.delivery_slow:
+                self._timed(session, pub.packet_id)
             self._send_publish(pub, delivery[0])
             if qos == 2 and session.store is not None:
                 self._hold_qos2()
@@ -1753,6 +1838,8 @@ class Channel:
                 continue
             if delivery[1]:
                 pub.packet_id = session.start_inflight(delivery)
+                if self.hooks.delivery_slow:
+                    self._timed(session, pub.packet_id)
             self._send_publish(pub, delivery[0])
             if delivery[1] == 2 and session.store is not None:
                 self._hold_qos2()

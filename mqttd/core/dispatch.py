@@ -7,6 +7,8 @@ is carried), and to exactly one member of each matching shared group.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..hooks import Hooks
 from ..metrics import (
     DELIVERY_DROPPED_NO_LOCAL,
@@ -39,6 +41,10 @@ class Dispatcher:
         self.dropped_no_subscribers = 0
         self.metrics = metrics
         self.hooks = hooks
+        #: Exact topic names a module counts (topic metrics): topic -> callback(msg, n), run
+        #: after each publish to it with the sessions reached (0: dropped). None while there
+        #: are none: every other message pays one test, and no hook callback.
+        self.watched: dict[str, Callable[[Message, int], None]] | None = None
 
     # --- subscriptions ---------------------------------------------------------------
 
@@ -104,6 +110,9 @@ class Dispatcher:
         node), dispatch, and return the number of sessions reached. ``groups`` False leaves
         shared groups out (in a cluster NATS picks the node of each group's member:
         :meth:`publish_group`)."""
+        watched = self.watched
+        if watched is not None and msg.topic in watched:
+            return self._publish_watched(msg, store_retained, groups, watched)
         if msg.retain and store_retained:
             hooks = self.hooks
             if hooks.message_retain:  # retainer limits (mqttd/modules/retainer.py)
@@ -123,9 +132,9 @@ class Dispatcher:
         sender = msg.sender
         mqos = msg.qos
         mretain = msg.retain
-        # QoS 0 bytes shared by the subscribers; none while a message.delivered callback
-        # exists, which may give each subscriber its own message (see Channel.deliver).
-        encoded: EncodedCache | None = None if self.hooks.message_delivered else {}
+        # QoS 0 bytes shared by the subscribers (not used for one a message.delivered
+        # callback gives a message of its own: see Channel.deliver).
+        encoded: EncodedCache | None = {}
         if len(routes) == 1:
             # The common case (one matching filter), once per message: locals, and
             # _deliver inlined (one Python call less per subscriber).
@@ -197,6 +206,19 @@ class Dispatcher:
             self.metrics.inc(MESSAGES_DELIVERED, n)
         else:
             self.metrics.inc(MESSAGES_DROPPED_NO_SUBSCRIBERS)
+        return n
+
+    def _publish_watched(self, msg: Message, store_retained: bool, groups: bool,
+                         watched: dict[str, Callable[[Message, int], None]]) -> int:
+        self.watched = None  # (for this publish only: the callback gets its outcome)
+        try:
+            n = self.publish(msg, store_retained, groups)
+        finally:
+            if self.watched is None:
+                self.watched = watched or None
+        callback = watched.get(msg.topic)
+        if callback is not None:
+            callback(msg, n)
         return n
 
     def _no_local(self, session: Session, msg: Message) -> None:

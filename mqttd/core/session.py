@@ -58,7 +58,7 @@ class Session:
         "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
         "await_rel_timeout", "store", "refs", "_qseq", "zone", "upgrade_qos", "overflow",
-        "overflow_fallback",
+        "overflow_fallback", "sent_at",
     )
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
@@ -108,6 +108,9 @@ class Session:
         #: That zone's mqueue_overflow and mqueue_backpressure_fallback (DROP_OLDEST, ...).
         self.overflow = DROP_OLDEST
         self.overflow_fallback = DROP_OLDEST
+        #: packet id -> monotonic time its PUBLISH was sent, while the channel times
+        #: deliveries for the ``delivery.slow`` hook (slow_subs); None otherwise.
+        self.sent_at: dict[int, float] | None = None
 
     def set_overflow(self, policy: str, fallback: str) -> None:
         """Apply a zone's ``mqueue_overflow`` and ``mqueue_backpressure_fallback``."""

@@ -1,16 +1,17 @@
 """Delayed publish (EMQX's emqx_delayed): a PUBLISH to ``$delayed/<seconds>/<topic>`` is
 published to ``<topic>`` that many seconds later.
 
-Two hook callbacks do it. On ``client.publish`` (before authorization) a ``$delayed/``
-topic is checked: one without a whole number of seconds (0..4294967) and a topic after it,
-or whose topic starts with ``$``, is refused with 0x90 (topic name invalid); past
-``max_delayed_messages`` with 0x97 (quota exceeded); and the client must also be allowed to
-publish to the topic itself (the core then checks ``$delayed/...``, as EMQX does), so
-``$delayed/`` cannot carry a message where its sender may not publish. On
-``message.publish`` the message is taken (it reaches no ``$delayed/`` subscriber) and a
-timer publishes it, from the same sender, when its time comes. A ``$delayed/`` message that
-did not come through a client's PUBLISH (the HTTP API) is checked there and dropped when
-invalid.
+One callback on ``client.publish.dollar`` does it: the channel runs that chain only for a
+client's PUBLISH to a ``$``-topic, after authorizing it (so ``$delayed/`` costs every other
+message nothing). A ``$delayed/`` topic without a whole number of seconds (0..4294967) and a
+topic after it, or whose topic starts with ``$``, is refused with 0x90 (topic name invalid);
+past ``max_delayed_messages`` with 0x97 (quota exceeded); and the client must also be allowed
+to publish to the topic itself (the core checked ``$delayed/...``, as EMQX does), so
+``$delayed/`` cannot carry a message where its sender may not publish. Otherwise the message
+is taken (it reaches no ``$delayed/`` subscriber, and is acknowledged as reaching nobody,
+0x10) and a timer publishes it, from the same sender, when its time comes. Messages that do
+not come from a client's PUBLISH (management, wills) are not delayed: they go to
+``$delayed/...`` as they are.
 
 With the durable store on, each pending message is also a record of the store's ``delayed``
 space (``store/kv.py``): put when it is taken (during the PUBLISH, so that its PUBACK waits
@@ -35,7 +36,7 @@ from ..core.services import ClientInfo, TimerHandle
 from ..hooks import Stop
 from ..metrics import MESSAGES_DELAYED
 from ..mqtt.codec import Parser, encode_publish
-from ..mqtt.packets import Properties, Publish
+from ..mqtt.packets import Publish
 from ..mqtt.reasons import ReasonCode as RC
 from ..store.kv import KVSpace
 from .base import Module, ModuleContext
@@ -120,8 +121,7 @@ class Delayed(Module):
         self._published = metrics.new("delayed.published")
 
     def load(self) -> None:
-        self.hook("client.publish", self._check)
-        self.hook("message.publish", self._take)
+        self.hook("client.publish.dollar", self._take)
         self.stored = self.ctx.kv(self.name)
         if self.stored is not None and self.stored.records:
             self._restore(self.stored)
@@ -171,10 +171,18 @@ class Delayed(Module):
 
     # --- hooks -------------------------------------------------------------------------
 
-    def _check(self, client: ClientInfo, props: Properties, topic: str) -> Any:
-        """client.publish: refuse what cannot be delayed, before authorization."""
+    def _take(self, client: ClientInfo, msg: Message) -> Any:
+        """client.publish.dollar: keep a $delayed/ message for later (it is published no
+        further), or refuse it."""
+        topic = msg.topic
+        mount = ""
         if not topic.startswith(PREFIX):
-            return None
+            if not self._mountpoints or PREFIX not in topic:
+                return None
+            mount = next((m for m in self._mountpoints if topic.startswith(m + PREFIX)), "")
+            if not mount:
+                return None
+            topic = topic[len(mount):]
         parsed = parse_delayed(topic)
         if parsed is None:
             self.ctx.metrics.inc(self._invalid)
@@ -186,32 +194,10 @@ class Delayed(Module):
             # (The store full: it cannot be kept, as other QoS 1/2 messages are refused.)
             self.ctx.metrics.inc(self._full)
             return Stop(RC.QUOTA_EXCEEDED)
-        code = self.ctx.broker.check_acl(client, "publish", parsed[1])
-        return Stop(code) if code else None
-
-    def _take(self, msg: Message) -> Any:
-        """message.publish: keep a $delayed/ message for later (it is published no further)."""
-        topic = msg.topic
-        mount = ""
-        if not topic.startswith(PREFIX):
-            if not self._mountpoints or PREFIX not in topic:
-                return None
-            mount = next((m for m in self._mountpoints if topic.startswith(m + PREFIX)), "")
-            if not mount:
-                return None
-            topic = topic[len(mount):]
-        parsed = parse_delayed(topic)
-        if parsed is None:  # not from a client's PUBLISH (checked there): dropped
-            self.ctx.metrics.inc(self._invalid)
-            log.info("message to %r dropped: not $delayed/<0..%d>/<topic>", msg.topic,
-                     MAX_DELAY)
-            return Stop(None)
-        if self.max and len(self.pending) >= self.max:
-            self.ctx.metrics.inc(self._full)
-            log.info("delayed message to %r dropped: max_delayed_messages (%d) reached",
-                     msg.topic, self.max)
-            return Stop(None)
         delay, target = parsed
+        code = self.ctx.broker.check_acl(client, "publish", target)
+        if code:
+            return Stop(code)
         now = time.time()
         entry = Pending(self._next_id, Message(mount + target, msg.payload, msg.qos,
                                                msg.retain, msg.properties, msg.sender),

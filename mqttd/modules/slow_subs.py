@@ -1,23 +1,18 @@
 """Slow subscriptions (EMQX's emqx_slow_subs): the subscribers slowest to acknowledge.
 
-Each QoS 1/2 delivery to a connected client is timed from the moment the broker hands it
-to the client's channel (``message.delivered``, which runs just before the PUBLISH is
-written) to its PUBACK or PUBCOMP (``message.acked``). Both hook points existed already,
-so the core is unchanged: the pair is matched by (client id, message), and the message is
-held until its acknowledgement so that its identity cannot be reused meanwhile. A delivery
-that waits in the session's queue because the client's inflight window is full is timed
-from when it was handed over, so the wait counts (as EMQX's ``whole`` latency does).
+Each QoS 1/2 delivery to a connected client is timed by its channel from the moment its
+PUBLISH is sent (it enters the inflight window) to its PUBACK or PUBCOMP, as EMQX times
+from its inflight entry. The channel notes send times only while ``delivery.slow`` has a
+callback, and runs that hook point only for deliveries acknowledged ``Hooks.slow_threshold``
+(this module's ``threshold``) or more after they were sent: a subscriber that keeps up costs
+a dict insert and pop per message, and no callback. A delivery waiting in the session's queue
+behind a full inflight window is timed from when it leaves the queue (EMQX's ``internal``
+latency rather than ``whole``).
 
-A delivery acknowledged ``threshold`` or more after it was sent records (client id,
-topic) with its latency; the ``top_k`` slowest pairs are kept, each forgotten
-``expire_interval`` after its last slow delivery. ``mqttd ctl slow-subs list|clear``
-shows and empties them; every ``notice_interval`` seconds, while there are records, they
-are published (JSON) to ``$SYS/brokers/<node>/slow_subs``.
-
-Every :data:`SWEEP_EVERY` seconds the deliveries no longer in their session's inflight
-window or queue are forgotten (those that went out at QoS 0 to a QoS 0 subscription, or were
-dropped), and so are those unacknowledged for ``expire_interval``; at most
-:data:`MAX_PENDING` are timed at once.
+A slow delivery records (client id, topic) with its latency; the ``top_k`` slowest pairs are
+kept, each forgotten ``expire_interval`` after its last slow delivery. ``mqttd ctl slow-subs
+list|clear`` shows and empties them; every ``notice_interval`` seconds, while there are
+records, they are published (JSON) to ``$SYS/brokers/<node>/slow_subs``.
 """
 
 from __future__ import annotations
@@ -32,11 +27,9 @@ from ..core.message import Message
 from ..core.services import ClientInfo, TimerHandle
 from .base import Module, ModuleContext
 
-__all__ = ["MAX_PENDING", "Record", "SlowSubs"]
+__all__ = ["Record", "SlowSubs"]
 
-#: Deliveries being timed at most; past it new ones are not timed (counted as untimed).
-MAX_PENDING = 100_000
-#: How often expired records and forgotten deliveries are swept, in seconds (at most).
+#: How often expired records are swept, in seconds (at most).
 SWEEP_EVERY = 10.0
 
 
@@ -73,16 +66,13 @@ class SlowSubs(Module):
         self.expire = float(settings.expire_interval)
         self.notice_interval = settings.notice_interval
         self.topic = f"$SYS/brokers/{ctx.settings.node}/slow_subs"
-        #: (client id, id(message)) -> (message, monotonic hand-over time).
-        self.pending: dict[tuple[str, int], tuple[Message, float]] = {}
         self.records: dict[tuple[str, str], Record] = {}
-        self.untimed = 0
         self._sweep_timer: TimerHandle | None = None
         self._notice_timer: TimerHandle | None = None
 
     def load(self) -> None:
-        self.hook("message.delivered", self._delivered, -1000)
-        self.hook("message.acked", self._acked)
+        self.ctx.hooks.slow_threshold = self.threshold
+        self.hook("delivery.slow", self._slow)
         self._sweep_timer = self.ctx.timers.call_later(self._sweep_every(), self._sweep)
         if self.notice_interval:
             self._notice_timer = self.ctx.timers.call_later(self.notice_interval,
@@ -94,12 +84,14 @@ class SlowSubs(Module):
             if timer is not None:
                 timer.cancel()
         self._sweep_timer = self._notice_timer = None
-        self.pending.clear()
+        self.ctx.hooks.slow_threshold = 0.0
         self.records.clear()
 
     def info(self) -> dict[str, Any]:
-        return {"records": len(self.records), "timing": len(self.pending),
-                "untimed": self.untimed, "threshold_ms": round(self.threshold * 1000),
+        timing = sum(len(s.sent_at) for s in self.ctx.broker.registry.sessions.values()
+                     if s.sent_at)
+        return {"records": len(self.records), "timing": timing,
+                "threshold_ms": round(self.threshold * 1000),
                 "top_k": self.top_k, "expire_interval": int(self.expire)}
 
     # --- what ctl shows ----------------------------------------------------------------
@@ -117,23 +109,9 @@ class SlowSubs(Module):
 
     # --- hooks -------------------------------------------------------------------------
 
-    def _delivered(self, client: ClientInfo, msg: Message) -> None:
-        if not msg.qos:  # a QoS 0 message is never acknowledged
-            return
-        pending = self.pending
-        if len(pending) >= MAX_PENDING:
-            self.untimed += 1
-            return
-        pending[(client.client_id, id(msg))] = (msg, time.monotonic())
-
-    def _acked(self, client: ClientInfo, msg: Message) -> None:
-        entry = self.pending.pop((client.client_id, id(msg)), None)
-        if entry is None or entry[0] is not msg:
-            return  # not timed (sent before the module was loaded, or from the queue)
-        now = time.monotonic()
-        latency = now - entry[1]
-        if latency >= self.threshold:
-            self._record(client.client_id, msg.topic, latency, now)
+    def _slow(self, client: ClientInfo, msg: Message, latency: float) -> None:
+        """delivery.slow: acknowledged ``threshold`` or more after it was sent."""
+        self._record(client.client_id, msg.topic, latency, time.monotonic())
 
     def _record(self, clientid: str, topic: str, latency: float, now: float) -> None:
         records = self.records
@@ -165,28 +143,7 @@ class SlowSubs(Module):
     def _sweep(self) -> None:
         now = time.monotonic()
         self._expire(now)
-        self.pending = self._still_waiting(now)
         self._sweep_timer = self.ctx.timers.call_later(self._sweep_every(), self._sweep)
-
-    def _still_waiting(self, now: float) -> dict[tuple[str, int], tuple[Message, float]]:
-        """The pending deliveries still in their session's inflight window or queue, and
-        younger than ``expire_interval``. The others will never be acknowledged: sent at
-        QoS 0 (a QoS 1 message to a QoS 0 subscription), dropped, or their session gone."""
-        sessions = self.ctx.broker.registry.sessions
-        held: dict[str, set[int]] = {}
-        kept: dict[tuple[str, int], tuple[Message, float]] = {}
-        for key, entry in self.pending.items():
-            if now - entry[1] >= self.expire:
-                continue
-            client_id = key[0]
-            ids = held.get(client_id)
-            if ids is None:
-                session = sessions.get(client_id)
-                ids = held[client_id] = set() if session is None else {
-                    id(d[0]) for d in (*session.inflight.values(), *session.mqueue)}
-            if key[1] in ids:
-                kept[key] = entry
-        return kept
 
     def _notice(self) -> None:
         rows = self.list()

@@ -2,25 +2,26 @@
 
 An operator registers exact topic names (``mqttd ctl topic-metrics add <topic>``, or
 ``topics`` in ``[modules.topic_metrics]``), at most ``max_topics``. For each, messages are
-counted in (``message.publish``: published to it), out (``message.delivered``: handed to a
-subscriber, once per subscriber) and dropped (``message.dropped``: reached no subscriber),
-each in total and by the QoS the message was published with, with a rate over the last
-minute.
+counted in (published to it: what reaches the dispatcher, after ``message.publish``), out
+(the sessions it reached, delivered or queued) and dropped (it reached no session), each in
+total and by the QoS the message was published with, with a rate over the last minute.
 
-The hook callbacks are on their chains only while at least one topic is registered: with
-none the broker pays nothing (and keeps its shared QoS 0 encoding, which a
-``message.delivered`` callback turns off). With some, each message costs one dict lookup.
+No hook callback does it: while a topic is registered the dispatcher watches the registered
+names (``Dispatcher.watched``) and calls the module after each publish to one, with the
+number of sessions reached; every other message costs one dict lookup. With none registered,
+the dispatcher's test is one ``is None``.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..config import TopicMetricsSettings, topic_name_error
 from ..core.message import Message
-from ..core.services import ClientInfo, TimerHandle
+from ..core.services import TimerHandle
 from .base import Module, ModuleContext, ModuleError
 
 __all__ = ["KINDS", "TopicMetrics", "TopicStats"]
@@ -85,6 +86,9 @@ class TopicMetrics(Module):
         self.max_topics = settings.max_topics
         self._initial = list(settings.topics)
         self.topics: dict[str, TopicStats] = {}
+        #: What the dispatcher watches while a topic is registered: topic -> self._count.
+        self._watched: dict[str, Callable[[Message, int], None]] = {}
+        self._hooked = False
         self._timer: TimerHandle | None = None
 
     def load(self) -> None:
@@ -94,15 +98,14 @@ class TopicMetrics(Module):
 
     def unload(self) -> None:
         super().unload()
+        self._hooks_off()
         self.topics.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._watched.clear()
 
     def info(self) -> dict[str, Any]:
-        # "hooked": whether its callbacks are on the chains (only while a topic is registered).
+        # "hooked": whether the dispatcher calls it (only while a topic is registered).
         return {"topics": len(self.topics), "max_topics": self.max_topics,
-                "hooked": bool(self._hooks)}
+                "hooked": self._hooked}
 
     # --- registration ------------------------------------------------------------------
 
@@ -119,6 +122,7 @@ class TopicMetrics(Module):
                               "(max_topics)")
         stats = TopicStats(topic, time.monotonic())
         self.topics[topic] = stats
+        self._watched[topic] = self._count
         if len(self.topics) == 1:
             self._hooks_on()
         return stats
@@ -127,6 +131,7 @@ class TopicMetrics(Module):
         """Unregister ``topic``; False if it was not registered."""
         if self.topics.pop(topic, None) is None:
             return False
+        self._watched.pop(topic, None)
         if not self.topics:
             self._hooks_off()
         return True
@@ -137,14 +142,15 @@ class TopicMetrics(Module):
         return [stats.row(now) for stats in self.topics.values()]
 
     def _hooks_on(self) -> None:
-        # Lowest priority: counted after other modules (rewrite, delayed) had their say.
-        self.hook("message.publish", self._published, -1000)
-        self.hook("message.delivered", self._delivered, -1000)
-        self.hook("message.dropped", self._dropped, -1000)
+        self._hooked = True
+        self.ctx.broker.dispatcher.watched = self._watched
         self._timer = self.ctx.timers.call_later(SAMPLE_EVERY, self._tick)
 
     def _hooks_off(self) -> None:
-        super().unload()
+        self._hooked = False
+        dispatcher = self.ctx.broker.dispatcher
+        if dispatcher.watched is self._watched:
+            dispatcher.watched = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -157,17 +163,13 @@ class TopicMetrics(Module):
 
     # --- hooks (on the chains only while a topic is registered) ------------------------
 
-    def _published(self, msg: Message) -> None:
+    def _count(self, msg: Message, n: int) -> None:
         stats = self.topics.get(msg.topic)
         if stats is not None:
-            stats.counts["in"][msg.qos] += 1
-
-    def _delivered(self, client: ClientInfo, msg: Message) -> None:
-        stats = self.topics.get(msg.topic)
-        if stats is not None:
-            stats.counts["out"][msg.qos] += 1
-
-    def _dropped(self, msg: Message, reason: str) -> None:
-        stats = self.topics.get(msg.topic)
-        if stats is not None:
-            stats.counts["dropped"][msg.qos] += 1
+            counts = stats.counts
+            qos = msg.qos
+            counts["in"][qos] += 1
+            if n > 0:
+                counts["out"][qos] += n
+            else:
+                counts["dropped"][qos] += 1
