@@ -116,6 +116,9 @@ class Callback(NamedTuple):
     action: Callable[..., Any]
     priority: int
     seq: int
+    #: ``client.publish`` only: the topic prefixes it can act on (None: any topic). The
+    #: channel skips the chain for a topic none of its callbacks' prefixes starts.
+    prefixes: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -167,7 +170,7 @@ class Hooks:
     delivery_slow: tuple[Callback, ...]
 
     __slots__ = ("_chains", "_seq", "_failed", "failures", "on_failure", "slow_threshold",
-                 *_ATTRS)
+                 "client_publish_prefixes", *_ATTRS)
 
     def __init__(self) -> None:
         self._chains: dict[str, tuple[Callback, ...]] = {}
@@ -181,13 +184,21 @@ class Hooks:
         #: ``delivery.slow`` runs for QoS 1/2 deliveries acknowledged this many seconds or
         #: more after their PUBLISH was sent (set by whoever hooks it: slow_subs).
         self.slow_threshold = 0.0
+        #: The prefixes of every ``client.publish`` callback, or None when one acts on any
+        #: topic: the channel runs that chain only for topics starting with one of them.
+        self.client_publish_prefixes: tuple[str, ...] | None = None
         for attr in _ATTRS:
             setattr(self, attr, _EMPTY)
 
     # --- registration ---------------------------------------------------------------
 
-    def add(self, point: str, callback: Callable[..., Any], priority: int = 0) -> None:
+    def add(self, point: str, callback: Callable[..., Any], priority: int = 0, *,
+            prefixes: tuple[str, ...] | None = None) -> None:
         """Add ``callback`` to ``point``'s chain (highest priority runs first).
+
+        ``prefixes`` (``client.publish`` only): the callback acts only on topics starting
+        with one of them, so the chain is not run for other topics while every callback on
+        it says so (``client_publish_prefixes``).
 
         A callback may be added to a point once: adding it again raises
         ValueError (EMQX's ``{error, already_exists}``). Points not in
@@ -203,7 +214,8 @@ class Hooks:
         if any(c.action == callback for c in chain):
             raise ValueError(f"callback {callback!r} is already on {point}")
         self._seq += 1
-        entry = Callback(callback, priority, self._seq)
+        entry = Callback(callback, priority, self._seq,
+                         None if prefixes is None or "" in prefixes else tuple(prefixes))
         # Highest priority first; equal priorities in insertion order (seq ascending).
         self._set(point, tuple(sorted((*chain, entry), key=lambda c: (-c.priority, c.seq))))
 
@@ -231,6 +243,10 @@ class Hooks:
             self._chains.pop(point, None)
         if point in HOOK_POINTS:
             setattr(self, _attr(point), chain)
+        if point == "client.publish":
+            guarded = all(c.prefixes is not None for c in chain)
+            self.client_publish_prefixes = tuple(
+                p for c in chain for p in c.prefixes or ()) if guarded else None
 
     def callbacks(self, point: str) -> list[Callback]:
         """``point``'s chain in run order."""

@@ -14,6 +14,9 @@ from support.clients import Clients
 from support.ctlrun import ctl_json, ok
 from support.process import BrokerProcess, checked_broker, run_mqttd
 
+from mqttd.hooks import Hooks
+from mqttd.modules.rewrite import source_prefix
+
 pytest_plugins = ["support.fixtures"]
 
 NOT_AUTHORIZED = 0x87
@@ -184,3 +187,36 @@ def test_bad_rules_are_refused_by_config_check_and_start(rule: str, reason: str,
     started = run_mqttd("start", "-c", str(conf), "--data-dir", str(tmp_path / "data"))
     assert started.returncode != 0, started
     assert reason in started.stderr and "Traceback" not in started.stderr, started
+
+
+@pytest.mark.parametrize("topic_filter, prefix", [
+    ("nomatch/#", "nomatch"), ("a/b/c", "a/b/c"), ("a/+/c", "a"), ("+/x", ""), ("#", ""),
+    ("a/b/#", "a/b"), ("$SYS/+/x", "$SYS"),
+])
+def test_source_prefix(topic_filter: str, prefix: str) -> None:
+    """Every topic a filter matches starts with its prefix (the chain is skipped for the
+    others), "a" included for "a/#"."""
+    assert source_prefix(topic_filter) == prefix
+
+
+def test_client_publish_chain_is_guarded_only_while_every_callback_says_so() -> None:
+    hooks = Hooks()
+    assert hooks.client_publish_prefixes is None
+
+    def first(*args: object) -> None: ...
+
+    def second(*args: object) -> None: ...
+
+    hooks.add("client.publish", first, prefixes=("a", "b/c"))
+    assert hooks.client_publish_prefixes == ("a", "b/c")
+    hooks.add("client.publish", second)  # acts on any topic
+    assert hooks.client_publish_prefixes is None
+    hooks.delete("client.publish", second)
+    hooks.add("client.publish", second, prefixes=("",))  # "" matches every topic
+    assert hooks.client_publish_prefixes is None
+    hooks.delete("client.publish", second)
+    hooks.add("client.publish", second, prefixes=("x",))
+    assert hooks.client_publish_prefixes == ("a", "b/c", "x")
+    hooks.delete("client.publish", first)
+    hooks.delete("client.publish", second)
+    assert hooks.client_publish_prefixes == () and not hooks.client_publish

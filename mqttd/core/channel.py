@@ -1178,7 +1178,9 @@ class Channel:
                 return self._close(_PROTO, "receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
         self.recv_msg += 1
         payload = p.payload
-        if self.hooks.client_publish:
+        hooks = self.hooks
+        if hooks.client_publish and (hooks.client_publish_prefixes is None
+                                     or topic.startswith(hooks.client_publish_prefixes)):
             topic, code = self._publish_hook(topic, props)
             if not code:
                 code = self._check_publish(topic, props, payload)

@@ -49,9 +49,11 @@ class Module:
         self.ctx = ctx
         self._hooks: list[tuple[str, Callable[..., Any]]] = []
 
-    def hook(self, point: str, callback: Callable[..., Any], priority: int = 0) -> None:
-        """Add ``callback`` to ``point``; removed again by :meth:`unload`."""
-        self.ctx.hooks.add(point, callback, priority)
+    def hook(self, point: str, callback: Callable[..., Any], priority: int = 0, *,
+             prefixes: tuple[str, ...] | None = None) -> None:
+        """Add ``callback`` to ``point``; removed again by :meth:`unload`. ``prefixes``: see
+        :meth:`Hooks.add <mqttd.hooks.Hooks.add>` (client.publish)."""
+        self.ctx.hooks.add(point, callback, priority, prefixes=prefixes)
         self._hooks.append((point, callback))
 
     def load(self) -> None:

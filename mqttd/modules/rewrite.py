@@ -26,7 +26,7 @@ from ..mqtt.packets import Properties, SubOpts
 from ..mqtt.topics import match, parse_shared
 from .base import Module, ModuleContext
 
-__all__ = ["CompiledRule", "Rewrite", "compile_rules", "rewrite"]
+__all__ = ["CompiledRule", "Rewrite", "compile_rules", "rewrite", "source_prefix"]
 
 #: $1..$9, ${clientid}, ${username}
 _REFS = re.compile(r"\$(\d)|\$\{(clientid|username)\}")
@@ -44,6 +44,17 @@ def compile_rules(rules: list[RewriteRule], action: str) -> tuple[CompiledRule, 
     """The rules that apply to ``action`` ("publish" or "subscribe"), in order."""
     return tuple(CompiledRule(r.source_topic, re.compile(r.re), r.dest_topic)
                  for r in rules if r.action in (action, "all"))
+
+
+def source_prefix(topic_filter: str) -> str:
+    """A prefix every topic ``topic_filter`` matches starts with: its levels before the
+    first wildcard ("a/b/#" -> "a/b", which "a/b" itself also starts with; "+/x" -> "")."""
+    levels: list[str] = []
+    for level in topic_filter.split("/"):
+        if level in ("+", "#"):
+            return "/".join(levels)
+        levels.append(level)
+    return topic_filter
 
 
 def rewrite(topic: str, rules: tuple[CompiledRule, ...], client: ClientInfo) -> str:
@@ -96,7 +107,9 @@ class Rewrite(Module):
 
     def load(self) -> None:
         if self.publish_rules:
-            self.hook("client.publish", self._publish, self.PRIORITY)
+            # Only topics a rule's filter can match run the chain (see source_prefix).
+            self.hook("client.publish", self._publish, self.PRIORITY,
+                      prefixes=tuple({source_prefix(r.source) for r in self.publish_rules}))
         if self.subscribe_rules:
             self.hook("client.subscribe", self._subscribe, self.PRIORITY)
             self.hook("client.unsubscribe", self._unsubscribe, self.PRIORITY)
