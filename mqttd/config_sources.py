@@ -135,4 +135,10 @@ def effective(loaded: Loaded, environ: Mapping[str, str] | None = None) -> list[
         if dataclasses.is_dataclass(obj) and f.name not in ("auth", "authz"):
             for key, value in _fields(obj):
                 add(f"{f.name}.{key}", value)
+    for name in type(s.modules)._fields:  # [modules.<name>], each a dataclass
+        for key, value in _fields(getattr(s.modules, name)):
+            if isinstance(value, list):  # rewrite rules, auto-subscribe topics
+                value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v)
+                         and not isinstance(v, type) else v for v in value]
+            add(f"modules.{name}.{key}", value)
     return rows

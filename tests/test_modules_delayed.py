@@ -5,6 +5,7 @@ topic, ``mqttd ctl delayed list|del`` and ``modules load|unload``."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from support import builder as B, uid
 from support.clients import Client, Clients, MosquittoSub, mosquitto_pub, props
 from support.ctlrun import ctl, ctl_json, ok
-from support.process import BrokerProcess, checked_broker
+from support.process import BrokerProcess, checked_broker, run_mqttd
 
 from mqttd.mqtt.packets import Pubrec
 
@@ -282,3 +283,37 @@ def test_pending_delayed_messages_survive_kill_9(tmp_path: Path) -> None:
             b.cleanup()
     assert code == 0, log
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_config_show_lists_modules_and_load_takes_reloaded_settings() -> None:
+    """`mqttd config show` lists [modules.*]; after `ctl conf reload` a module loaded again
+    (`modules unload` + `modules load`) runs with the file's new settings."""
+    with checked_broker(CONFIG) as b:
+        shown = {r["key"]: r for r in json.loads(run_mqttd(
+            "config", "show", "-c", str(b.config_path), "--json").stdout)}
+        assert shown["modules.delayed.enable"] == {
+            "key": "modules.delayed.enable", "value": True, "source": "file"}
+        assert shown["modules.delayed.max_delayed_messages"]["value"] == 3
+        assert shown["modules.rewrite.rules"] == {
+            "key": "modules.rewrite.rules", "value": [], "source": "default"}
+        b.config_path.write_text(b.config_path.read_text().replace(
+            "max_delayed_messages = 3", "max_delayed_messages = 1"))
+        data = ctl_json(b, "conf", "reload")
+        assert [c["key"] for c in data["applied"]] == ["modules.delayed"], data
+        assert not [r for r in data["restart"] if r["key"].startswith("modules")], data
+
+        def row() -> dict[str, Any]:
+            return next(m for m in ctl_json(b, "modules", "list") if m["name"] == "delayed")
+
+        assert row()["max_delayed_messages"] == 3  # loaded: keeps what it was loaded with
+        ok(b, "modules", "unload", "delayed")
+        ok(b, "modules", "load", "delayed")
+        assert row()["max_delayed_messages"] == 1
+        made = Clients(b)
+        try:
+            pub = made(version=5)
+            assert pub.publish("$delayed/600/r", b"1", 1) in (0, NO_MATCHING_SUBSCRIBERS)
+            assert pub.publish("$delayed/600/r", b"2", 1) == QUOTA_EXCEEDED
+        finally:
+            made.close_all()
+            _clear(b)

@@ -74,7 +74,7 @@ LISTENER_IN_PLACE = frozenset({"max_connections", "allow_anonymous", "password_f
 STORE_LIVE = ("max_size", "apply_interval", "apply_bytes")
 #: Settings fields applied here (the others need a restart when they change).
 _HANDLED = {"zones", "listeners", "auth", "authz", "flapping", "log", "log_level",
-            "sys_interval", "store"}
+            "sys_interval", "store", "modules"}
 #: Settings fields that are not sections, by the key the file gives them.
 _KEYS = {"node": "node.name", "data_dir": "node.data_dir", "log_level": "log.level",
          "sys_interval": "node.sys_interval", "trace_payload_limit": "node.trace_payload_limit",
@@ -225,6 +225,12 @@ class Conf:
             cur.sys_interval = new.sys_interval
         await self._listeners(cur, new, done, fail)
         control.refresh_anonymous()
+        for name in type(cur.modules)._fields:
+            if getattr(cur.modules, name) != getattr(new.modules, name):
+                # Modules read their section when loaded: the next load takes the new one.
+                done(f"modules.{name}", "kept for the next `ctl modules load " + name + "`"
+                     " (a loaded module keeps its settings until unloaded and loaded again)")
+        cur.modules = new.modules
         for f in dataclasses.fields(cur):
             name = f.name
             old, now = getattr(cur, name), getattr(new, name)
