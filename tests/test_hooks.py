@@ -19,8 +19,8 @@ from support.clients import Client
 from support.process import BrokerProcess, run_mqttd
 
 from mqttd.config import ConfigError, PluginSpec, parse_settings
-from mqttd.hooks import HOOK_POINTS, STOP, Hooks, Stop
 from mqttd.core.services import ClientInfo
+from mqttd.hooks import HOOK_POINTS, STOP, Hooks, Stop
 from mqttd.node import Node
 from mqttd.plugins import Plugin, PluginError, discover
 
@@ -585,5 +585,27 @@ def test_publish_and_delivered_folds() -> None:
         snap = node.metrics.snapshot()
         assert snap["messages.publish"] == 2 and snap["messages.delivered"] == 2
         assert snap["messages.dropped.no_subscribers"] == 0
+
+    asyncio.run(body())
+
+
+def test_a_delivered_callback_that_keeps_the_message_keeps_the_shared_encoding() -> None:
+    """QoS 0 subscribers share one encoded PUBLISH (the same bytes object) while a
+    message.delivered callback only looks; the callback still sees every delivery."""
+    import asyncio
+
+    from mqttd.mqtt.packets import Publish, SubOpts, Subscribe
+
+    async def body() -> None:
+        node, client = _world()
+        seen: list[str] = []
+        node.hooks.add("message.delivered", lambda ci, msg: seen.append(ci.client_id))
+        a, b = client("a"), client("b")
+        for ch in (a, b):
+            ch.handle_in(Subscribe(1, [("t/#", SubOpts(0))], {}))
+            ch.read()
+        client("p").handle_in(Publish("t/1", b"x", 0, False, False, 0, {}))
+        assert a.channel.out[0] is b.channel.out[0]
+        assert [p.payload for p in a.read()] == [b"x"] and sorted(seen) == ["a", "b"]
 
     asyncio.run(body())
