@@ -1402,8 +1402,11 @@ class Channel:
             self.metrics.inc(PACKETS_PUBACK_MISSED)
             return
         self.services.acked(self._clientinfo or self.clientinfo, entry[0])
-        if session.sent_at is not None:
-            self._completed(session, p.packet_id, entry[0])
+        sent_at = session.sent_at
+        if sent_at is not None:  # timed (delivery.slow): 0.0 if it was not
+            sent = sent_at.pop(p.packet_id, 0.0)
+            if time.monotonic() - sent >= self.hooks.slow_threshold:
+                self._completed(session, entry[0], sent)
         self.drain()
 
     def _in_pubrec(self, p: Pubrec) -> None:
@@ -1442,8 +1445,11 @@ class Channel:
             self.metrics.inc(PACKETS_PUBCOMP_MISSED)
             return
         self.services.acked(self._clientinfo or self.clientinfo, entry[0])
-        if session.sent_at is not None:
-            self._completed(session, p.packet_id, entry[0])
+        sent_at = session.sent_at
+        if sent_at is not None:  # timed (delivery.slow): 0.0 if it was not
+            sent = sent_at.pop(p.packet_id, 0.0)
+            if time.monotonic() - sent >= self.hooks.slow_threshold:
+                self._completed(session, entry[0], sent)
         self.drain()
 
     @staticmethod
@@ -1454,20 +1460,17 @@ class Channel:
             sent_at = session.sent_at = {}
         sent_at[packet_id] = time.monotonic()
 
-    def _completed(self, session: Session, packet_id: int, msg: Message) -> None:
-        """PUBACK / PUBCOMP of a timed delivery: delivery.slow if it took the threshold or
-        more (the timing stops once the hook has no callback)."""
-        sent_at = session.sent_at
-        assert sent_at is not None
-        sent = sent_at.pop(packet_id, None)
+    def _completed(self, session: Session, msg: Message, sent: float) -> None:
+        """A timed delivery's PUBACK / PUBCOMP came ``Hooks.slow_threshold`` or more after
+        it was sent (``sent`` 0.0: it was not timed): delivery.slow. Once the hook point has
+        no callback the session's timing stops."""
         hooks = self.hooks
         if not hooks.delivery_slow:
             session.sent_at = None
             return
-        if sent is not None:
+        if sent:
             latency = time.monotonic() - sent
-            if latency >= hooks.slow_threshold:
-                hooks.run("delivery.slow", self._clientinfo or self.clientinfo, msg, latency)
+            hooks.run("delivery.slow", self._clientinfo or self.clientinfo, msg, latency)
 
     # --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------
 
@@ -1761,8 +1764,11 @@ class Channel:
                 self._drop(DELIVERY_DROPPED_EXPIRED, "expired", delivery[0])
                 return None
             pub.packet_id = session.start_inflight(delivery)
-            if self.hooks.delivery_slow:
-                self._timed(session, pub.packet_id)
+            if self.hooks.delivery_slow:  # timed for slow_subs (see _completed); inline
+                sent_at = session.sent_at
+                if sent_at is None:
+                    sent_at = session.sent_at = {}
+                sent_at[pub.packet_id] = time.monotonic()
             self._send_publish(pub, delivery[0])
             if qos == 2 and session.store is not None:
                 self._hold_qos2()
