@@ -502,6 +502,8 @@ class ClusterSettings:
     heartbeat_misses: int = 3
     #: The JetStream key-value bucket holding the cluster's retained messages.
     retained_bucket: str = "mqttd_retained"
+    #: The JetStream key-value bucket holding client id -> owning node.
+    sessions_bucket: str = "mqttd_sessions"
 
 
 @dataclass(slots=True)
@@ -873,9 +875,13 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
             errors.append("cluster.heartbeat_interval: must be more than 0")
         if cluster.heartbeat_misses < 1:
             errors.append("cluster.heartbeat_misses: must be at least 1")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cluster.retained_bucket):
-            errors.append("cluster.retained_bucket: letters, digits, '-' and '_' only "
-                          f"(a JetStream bucket name), not {cluster.retained_bucket!r}")
+        for key in ("retained_bucket", "sessions_bucket"):
+            bucket = getattr(cluster, key)
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", bucket):
+                errors.append(f"cluster.{key}: letters, digits, '-' and '_' only "
+                              f"(a JetStream bucket name), not {bucket!r}")
+        if cluster.retained_bucket == cluster.sessions_bucket:
+            errors.append("cluster.sessions_bucket: must not be the retained_bucket")
     else:
         errors.append("cluster: expected a table")
     modules = _parse_modules(data.get("modules", {}), listeners, errors)

@@ -112,7 +112,7 @@ class Node:
         self.cluster: Cluster | None = None
         if settings.cluster.nats_url:
             self.cluster = Cluster(settings.cluster, settings.node, self.dispatcher,
-                                   self.metrics)
+                                   self.metrics, self.registry, self.hooks)
             self.broker.cluster = self.cluster
             self.broker.router.on_change = self.cluster.route_changed
             self.broker.router.on_group = self.cluster.group_changed

@@ -31,6 +31,8 @@ from nats.aio.subscription import Subscription
 from ..config import ClusterSettings
 from ..core.dispatch import Dispatcher
 from ..core.message import Message
+from ..core.registry import Registry
+from ..hooks import Hooks
 from ..metrics import (
     CLUSTER_DROPPED,
     CLUSTER_DUPLICATES,
@@ -41,6 +43,7 @@ from ..metrics import (
 )
 from .membership import Membership, Peer
 from .retained import RetainedSync
+from .sessions import SessionRegistry
 from .subjects import SubjectError, decode_topic, encode_filter, encode_topic
 from .wire import props_in as _props_in, props_out as _props_out
 
@@ -103,7 +106,8 @@ class Cluster:
     going out and coming in, and what it knows of the other nodes."""
 
     def __init__(self, settings: ClusterSettings, node_name: str, dispatcher: Dispatcher,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, registry: Registry | None = None,
+                 hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.node_name = node_name
         #: A tag drawn at each start: sequence numbers start again at each start.
@@ -136,6 +140,14 @@ class Cluster:
         self.retained = RetainedSync(settings.retained_bucket, dispatcher.retainer,
                                      self.origin)
         self._syncing: set[str] = set()
+        #: Client id -> owning node (None: no registry given, as in unit use).
+        self.sessions: SessionRegistry | None = None
+        if registry is not None and hooks is not None:
+            self.sessions = SessionRegistry(settings.sessions_bucket, node_name, self.node_id,
+                                            registry)
+            hooks.add("client.connected", self.sessions.connected)
+            hooks.add("session.terminated", self.sessions.ended)
+            hooks.add("session.discarded", self.sessions.ended)
         #: Counters (mqttd ctl cluster status, the stats): messages sent to other nodes,
         #: received from them (and given to the local dispatcher), duplicates dropped,
         #: messages that could not be sent; shared-group copies taken here.
@@ -294,6 +306,14 @@ class Cluster:
                           "cannot be used (%s); is JetStream enabled on the NATS server "
                           "(nats-server -js)?", self.settings.retained_bucket,
                           self.retained.error)
+            if self.sessions is not None:
+                try:
+                    await self.sessions.start(nc)
+                except Exception as err:  # noqa: BLE001 - routing works without it
+                    self.sessions.error = str(err) or type(err).__name__
+                    log.error("cluster: no session registry: the bucket %s cannot be used "
+                              "(%s); is JetStream enabled on the NATS server (nats-server "
+                              "-js)?", self.settings.sessions_bucket, self.sessions.error)
             log.info("cluster: node %s joined through NATS at %s (%d routes, %d shared "
                      "groups, %d retained messages from the cluster)", self.node_name,
                      _safe_url(url), len(routes), len(self._groups), self.retained.loaded)
@@ -314,6 +334,8 @@ class Cluster:
             for task in self._tasks:
                 task.cancel()
             await self.retained.stop()
+            if self.sessions is not None:
+                await self.sessions.stop()
             try:
                 if nc.is_connected:
                     await nc.publish(BYE, _js({"node": self.node_name, "id": self.node_id}))
@@ -538,9 +560,19 @@ class Cluster:
                          f"not replicated: {self.retained.error}" if self.retained.error
                          else "-"),
             "retained_replicated": self.retained.applied, "retained_sent": self.retained.sent,
+            **self._sessions_status(),
             "heartbeat_interval": self.settings.heartbeat_interval,
             "heartbeat_misses": self.settings.heartbeat_misses,
         }
+
+    def _sessions_status(self) -> dict[str, Any]:
+        reg = self.sessions
+        if reg is None:
+            return {}
+        return {"session_registry": "in use" if reg.kv is not None else
+                f"not in use: {reg.error}" if reg.error else "-",
+                "sessions_claimed": reg.claimed, "sessions_displaced": reg.displaced,
+                "sessions_taken_over": reg.taken_over, "session_claims_failed": reg.failed}
 
     def nodes(self) -> list[dict[str, Any]]:
         """This node and every node seen since it joined, up or down."""

@@ -690,7 +690,8 @@ async def cmd_cluster_status(ctx: Context, a: Args) -> None:
     if ctx.json:
         ctx.emit_json(row)
         return
-    shown = {k: ("-" if v in (None, "") else v) for k, v in row.items()}
+    shown = {k: ("-" if v in (None, "") else when(v) if k == "joined_at" else v)
+             for k, v in row.items()}
     ctx.kv(list(shown.items()), width=_kv_width(shown))
 
 

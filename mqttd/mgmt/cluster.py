@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .errors import Unavailable
-from .listing import Row
+from .listing import Row, iso
 
 __all__ = ["ClusterView", "ClusterArea"]
 
@@ -32,8 +32,10 @@ class ClusterArea:
 
     def status(self) -> Row:
         """Connection state, server (never credentials), subscriptions and counters."""
-        return self._cluster().status()
+        row = dict(self._cluster().status())
+        row["joined_at"] = iso(row.get("joined_at"))
+        return row
 
     def nodes(self) -> list[Row]:
         """This node and every node seen since it joined: up or down, routes, heartbeat."""
-        return self._cluster().nodes()
+        return [dict(row, since=iso(row.get("since"))) for row in self._cluster().nodes()]
