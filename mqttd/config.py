@@ -496,6 +496,8 @@ class ClusterSettings:
     nats_url: str = ""
     #: Seconds the first connection attempt may take before the node starts alone.
     connect_timeout: float = 2.0
+    #: Seconds between attempts to join while NATS was unreachable at start (0: never).
+    rejoin_interval: float = 5.0
     #: Seconds between a node's heartbeats on NATS (membership, mqttd ctl cluster nodes).
     heartbeat_interval: float = 1.0
     #: Heartbeats a node may miss before the others count it down and drop its routes.
@@ -871,6 +873,8 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
                           f"wss://), not {cluster.nats_url!r}")
         if cluster.connect_timeout <= 0:
             errors.append("cluster.connect_timeout: must be more than 0")
+        if cluster.rejoin_interval < 0:
+            errors.append("cluster.rejoin_interval: must be 0 (never) or more")
         if cluster.heartbeat_interval <= 0:
             errors.append("cluster.heartbeat_interval: must be more than 0")
         if cluster.heartbeat_misses < 1:

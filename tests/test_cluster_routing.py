@@ -341,11 +341,13 @@ def test_nats_restart_nodes_resubscribe() -> None:
         server.stop()
 
 
-def test_unreachable_nats_runs_single_node() -> None:
-    port = free_port()  # nothing listens there
-    with checked_broker(node_config("alone@127.0.0.1", f"nats://127.0.0.1:{port}")) as node:
+def test_unreachable_nats_runs_single_node_then_joins() -> None:
+    port = free_port()  # nothing listens there yet
+    config = node_config("alone@127.0.0.1", f"nats://127.0.0.1:{port}") + \
+        "rejoin_interval = 0.2\n"
+    with checked_broker(config) as node:
         wait_log(node, "cannot reach NATS at nats://127.0.0.1:")
-        assert "running as a single node" in node.log()
+        assert "running as a single node until it can join" in node.log()
         sub = Client(node, uid("s"))
         pub = Client(node, uid("p"))
         try:
@@ -354,9 +356,39 @@ def test_unreachable_nats_runs_single_node() -> None:
             sub.subscribe("alone/x", 1)
             pub.publish("alone/x", b"local", 1)
             assert sub.expect_message().payload == b"local"
+            pub.publish("alone/kept", b"retained alone", 1, retain=True)
+            # NATS comes: the node joins by itself, with its subscription and retained.
+            server = NatsServer(port=port)
+            try:
+                wait_log(node, "joined through NATS", timeout=4 * WAIT)
+                assert node.log().count("cannot reach NATS") == 1  # logged once
+                server.wait_interest("alone@127.0.0.1", "alone/x")
+                with checked_broker(node_config("other@127.0.0.1", server.url)) as other:
+                    wait_log(other, "joined through NATS")
+                    far = Client(other, uid("f"))
+                    try:
+                        far.connect()
+                        far.publish("alone/x", b"from afar", 1)
+                        assert sub.expect_message().payload == b"from afar"
+                        far.subscribe("alone/kept", 1)
+                        assert far.expect_message().payload == b"retained alone"
+                    finally:
+                        far.close()
+            finally:
+                server.stop()
         finally:
             sub.close()
             pub.close()
+
+
+def test_rejoin_interval_0_stays_single() -> None:
+    port = free_port()
+    config = node_config("never@127.0.0.1", f"nats://127.0.0.1:{port}") + \
+        "rejoin_interval = 0\n"
+    with checked_broker(config) as node:
+        wait_log(node, "cannot reach NATS at nats://127.0.0.1:")
+        log = node.log()
+        assert "running as a single node" in log and "until it can join" not in log
 
 
 def test_bad_nats_url_is_a_config_error(tmp_path: Path) -> None:

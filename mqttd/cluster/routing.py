@@ -267,17 +267,27 @@ class Cluster:
 
     async def run(self) -> None:
         """Connect, subscribe to the node's filters and groups, then send what the core
-        hands over until cancelled. An unreachable NATS at start leaves the node single
-        (logged)."""
+        hands over until cancelled. While NATS is unreachable at start the node runs single
+        (logged once) and tries again every ``rejoin_interval`` seconds (0: never)."""
         url = self.settings.nats_url
         timeout = self.settings.connect_timeout
-        try:
-            nc = await self._connect(timeout, self.node_name, True)
-        except Exception as err:  # noqa: BLE001 - any failure means the same: run alone
-            log.warning("cluster: cannot reach NATS at %s (%s): running as a single node",
-                        _safe_url(url), err or type(err).__name__)
-            self.state = "unreachable"
-            return
+        retry = self.settings.rejoin_interval
+        attempts = 0
+        while True:
+            try:
+                nc = await self._connect(timeout, self.node_name, True)
+                break
+            except Exception as err:  # noqa: BLE001 - any failure means the same: run alone
+                attempts += 1
+                self.state = "unreachable"
+                if attempts == 1:
+                    log.warning("cluster: cannot reach NATS at %s (%s): running as a single "
+                                "node%s", _safe_url(url), err or type(err).__name__,
+                                f" until it can join (trying again every {retry:g} s)"
+                                if retry > 0 else "")
+                if retry <= 0:
+                    return
+            await asyncio.sleep(retry)
         try:
             qc = await self._connect(timeout, self.node_name + " (shared)", False)
         except BaseException:
@@ -293,6 +303,7 @@ class Cluster:
         self.joined_at = time.time()
         routes = sorted(self._plain)
         self._ops[:0] = [("sub", f) for f in routes] + [("qsub", g) for g in self._groups]
+        self._wake.set()  # subscribe them now, not at the next publish
         try:
             await nc.subscribe(HEARTBEAT, cb=self._heartbeat)
             await nc.subscribe(ROUTES, cb=self._routes)

@@ -31,10 +31,10 @@ def free_port() -> int:
 class NatsServer:
     """Debian's nats-server on free loopback ports (client and monitoring), stopped by PID."""
 
-    def __init__(self, jetstream: bool = True) -> None:
+    def __init__(self, jetstream: bool = True, port: int = 0) -> None:
         self.jetstream = jetstream
         self.dir = Path(tempfile.mkdtemp(prefix="mqttd-nats-"))
-        self.port = free_port()
+        self.port = port or free_port()
         self.http_port = free_port()
         self.log_path = self.dir / "nats.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (open as long as the process)
