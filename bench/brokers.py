@@ -122,6 +122,9 @@ class BrokerSpec:
     durability: str = ""
     #: mosquitto: ``persistence true`` with its file in the run's data directory.
     persistence: bool = False
+    #: mqttd: a node of a cluster ([cluster] nats_url) whose nats-server (JetStream, in the
+    #: run's directory, pinned to the load's core) the run starts and stops beside it.
+    cluster: bool = False
 
     def available(self) -> str | None:
         """None when it can run here, else why not."""
@@ -148,6 +151,10 @@ def builtin_specs() -> dict[str, BrokerSpec]:
         "mqttd-pure": BrokerSpec("mqttd-pure", "mqttd",
                                  "mqttd with MQTTD_NO_EXTENSIONS=1 (pure-Python codec and trie)",
                                  env={"MQTTD_NO_EXTENSIONS": "1"}),
+        "mqttd-cluster": BrokerSpec(
+            "mqttd-cluster", "mqttd", "mqttd as a cluster node (one, alone: local traffic) "
+            "over a nats-server with JetStream started beside it on the load's core, store "
+            'durability = "process"', durability="process", cluster=True),
         "mosquitto": BrokerSpec("mosquitto", "mosquitto",
                                 "mosquitto (Debian), default: Nagle on"),
         "mosquitto-nodelay": BrokerSpec("mosquitto-nodelay", "mosquitto",
@@ -167,12 +174,17 @@ def builtin_specs() -> dict[str, BrokerSpec]:
 
 def parse_spec(text: str, known: dict[str, BrokerSpec]) -> BrokerSpec:
     """A built-in name, ``NAME=COMMAND`` with ``{port}`` (and optionally ``{dir}``) in it, or
-    ``NAME@DIR``: mqttd from the checkout in DIR (its ``mqttd/`` with extensions built)."""
+    ``NAME@DIR``: mqttd from the checkout in DIR (its ``mqttd/`` with extensions built; a
+    NAME ending in ``-cluster`` runs it as ``mqttd-cluster`` does)."""
     if "@" in text and "=" not in text:
         name, src = text.split("@", 1)
         if not (Path(src) / "mqttd" / "__init__.py").is_file():
             raise ValueError(f"broker {name!r}: {src} holds no mqttd package")
-        return BrokerSpec(name.strip(), "mqttd", f"mqttd from {src}", src=str(Path(src).resolve()))
+        cluster = name.strip().endswith("-cluster")  # as mqttd-cluster, from that checkout
+        return BrokerSpec(name.strip(), "mqttd", f"mqttd from {src}"
+                          + (" as a cluster node (as mqttd-cluster)" if cluster else ""),
+                          src=str(Path(src).resolve()), cluster=cluster,
+                          durability="process" if cluster else "")
     if "=" in text:
         name, cmd = text.split("=", 1)
         if "{port}" not in cmd:
@@ -248,11 +260,15 @@ class BrokerProcess:
         #: emptied here, so no state is carried from an earlier run.
         self.data_dir = fresh_dir(self.dir / "data")
         env = {**os.environ, **spec.env}
+        #: The nats-server of a cluster node (mqttd-cluster), stopped with the broker.
+        self.nats: subprocess.Popen[bytes] | None = None
         if spec.kind == "mqttd":
             conf = self.dir / "mqttd.toml"
             text = MQTTD_CONFIG
             if spec.durability:
                 text += MQTTD_STORE.format(durability=spec.durability)
+            if spec.cluster:
+                text += self._start_nats(core)
             conf.write_text(text)
             # mqttd_src: a snapshot of the package taken when the sitting began (see
             # snapshot_mqttd), so edits to the tree during a run do not change what is measured.
@@ -324,8 +340,37 @@ class BrokerProcess:
                 raise RuntimeError(f"{spec.name}: the log does not say durability "
                                    f"{spec.durability} is in force (found "
                                    f"{m.group(1) if m else 'no durability line'})")
+        if spec.cluster:
+            while "joined through NATS" not in self.log():
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{spec.name} did not join its NATS:\n"
+                                       + self.log()[-3000:])
+                time.sleep(0.05)
         # Let start-up work (imports, GC of start-up garbage) settle before any sample.
         time.sleep(0.2)
+
+    def _start_nats(self, broker_core: int | None) -> str:
+        """Start a nats-server for a cluster node; the node's ``[cluster]`` table."""
+        port = free_port()
+        store = fresh_dir(self.dir / "nats")
+        load_core = None if broker_core is None else (broker_core + 1) % (os.cpu_count() or 1)
+
+        def pin() -> None:
+            if load_core is not None:
+                os.sched_setaffinity(0, {load_core})
+
+        self.nats = subprocess.Popen(  # noqa: S603 - our own arguments
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            preexec_fn=pin)  # noqa: PLW1509 - no threads here
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        return f'\n[cluster]\nnats_url = "nats://127.0.0.1:{port}"\n'
 
     def log(self) -> str:
         try:
@@ -345,6 +390,13 @@ class BrokerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
+        if self.nats is not None and self.nats.poll() is None:
+            self.nats.terminate()
+            try:
+                self.nats.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.nats.kill()
+                self.nats.wait(timeout)
         if not self._log.closed:
             self._log.close()
         return self.proc.returncode

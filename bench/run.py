@@ -1024,6 +1024,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--brokers", default=None,
                     help=f"comma-separated: mqttd, mqttd-pure, mqttd-nostore, mqttd-power, "
+                         f"mqttd-cluster, "
                          f"mosquitto, mosquitto-nodelay, mosquitto-persist, "
                          f"mosquitto-persist-nodelay, nats, "
                          f"amqtt, NAME=COMMAND with {{port}}, or NAME@DIR (mqttd from the "

@@ -46,7 +46,11 @@ def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
             checked_broker(node_config(C, nats_server.url)) as c:
         for node in (a, b, c):
             wait_log(node, "joined through NATS")
-        yield {A: a, B: b, C: c}
+        nats_server.nodes = {A: a, B: b, C: c}
+        try:
+            yield dict(nats_server.nodes)
+        finally:
+            nats_server.nodes = {}
 
 
 @pytest.fixture
@@ -136,6 +140,7 @@ def test_expiry_is_honoured_on_every_node(
     time.sleep(1.2)  # past the short one's expiry
     with checked_broker(node_config("e@127.0.0.1", nats_server.url)) as e:
         wait_log(e, "joined through NATS")
+        nats_server.nodes["e@127.0.0.1"] = e
         for name, node in ((B, nodes[B]), ("e@127.0.0.1", e)):
             sub = connect(node)
             sub.subscribe(f"{t}/#", 1)
@@ -180,6 +185,7 @@ def test_without_jetstream_routing_still_works_and_the_log_says_why() -> None:
                 wait_log(node, "retained messages are not replicated: the bucket "
                                "mqttd_retained cannot be used")
                 wait_log(node, "joined through NATS")
+            server.nodes = {"j1@127.0.0.1": j1, "j2@127.0.0.1": j2}
             assert "nats-server -js" in j1.log()
             assert ctl(j1, "--json", "cluster", "status").out.count("not replicated") == 1
             t = uid("nj")

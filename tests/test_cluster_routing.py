@@ -9,6 +9,7 @@ the same publisher has arrived.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,7 +50,11 @@ def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
             checked_broker(node_config(B, nats_server.url)) as b:
         for node in (a, b):
             wait_log(node, "joined through NATS")
-        yield {A: a, B: b}
+        nats_server.nodes = {A: a, B: b}
+        try:
+            yield dict(nats_server.nodes)
+        finally:
+            nats_server.nodes = {}
 
 
 @pytest.fixture
@@ -283,6 +288,7 @@ def test_three_nodes_each_get_one_copy(nats_server: NatsServer,
     t = uid("3")
     with checked_broker(node_config(c_name, nats_server.url)) as c_node:
         wait_log(c_node, "joined through NATS")
+        nats_server.nodes[c_name] = c_node
         subs = []
         try:
             for broker in (nodes[A], c_node):
@@ -304,6 +310,7 @@ def test_three_nodes_each_get_one_copy(nats_server: NatsServer,
         finally:
             for client in subs:
                 client.close()
+            del nats_server.nodes[c_name]
 
 
 def test_nats_restart_nodes_resubscribe() -> None:
@@ -313,6 +320,7 @@ def test_nats_restart_nodes_resubscribe() -> None:
                 checked_broker(node_config("r2@127.0.0.1", server.url)) as r2:
             for node in (r1, r2):
                 wait_log(node, "joined through NATS")
+            server.nodes = {"r1@127.0.0.1": r1, "r2@127.0.0.1": r2}
             t = uid("k")
             sub, pub = Client(r1, uid("s")), Client(r2, uid("p"))
             try:
@@ -365,6 +373,8 @@ def test_unreachable_nats_runs_single_node_then_joins() -> None:
                 server.wait_interest("alone@127.0.0.1", "alone/x")
                 with checked_broker(node_config("other@127.0.0.1", server.url)) as other:
                     wait_log(other, "joined through NATS")
+                    server.nodes = {"alone@127.0.0.1": node, "other@127.0.0.1": other}
+                    server.wait_routes()
                     far = Client(other, uid("f"))
                     try:
                         far.connect()
@@ -398,3 +408,33 @@ def test_bad_nats_url_is_a_config_error(tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "cluster.nats_url" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_what_no_other_node_wants_stays_on_its_node(
+        nats_server: NatsServer, nodes: dict[str, BrokerProcess],
+        connect: Callable[..., Client]) -> None:
+    def status() -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(ctl(nodes[A], "--json", "cluster", "status").out)
+        return data
+
+    t = uid("lo")
+    here = connect(A)
+    here.subscribe(t, 1)
+    nats_server.wait_interest(A, t)
+    pub = connect(A)
+    before = status()
+    for i in range(20):
+        pub.publish(t, str(i).encode(), 1)
+    assert [here.expect_message().payload for _ in range(20)] == \
+        [str(i).encode() for i in range(20)]
+    after = status()
+    # B has no route for it: nothing went to NATS (EMQX forwards only to matching nodes).
+    assert after["local_only"] - before["local_only"] == 20
+    assert after["forwarded"] == before["forwarded"]
+    there = connect(B)
+    there.subscribe(t, 1)
+    nats_server.wait_interest(B, t)  # and A has read B's new route
+    pub.publish(t, b"now", 1)
+    assert there.expect_message().payload == b"now"
+    assert here.expect_message().payload == b"now"
+    assert status()["forwarded"] == after["forwarded"] + 1

@@ -48,7 +48,11 @@ def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
             checked_broker(node_config(C, nats_server.url)) as c:
         for node in (a, b, c):
             wait_log(node, "joined through NATS")
-        yield {A: a, B: b, C: c}
+        nats_server.nodes = {A: a, B: b, C: c}
+        try:
+            yield dict(nats_server.nodes)
+        finally:
+            nats_server.nodes = {}
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ def test_status_nodes_and_counters() -> None:
             try:
                 for node in (a, b, c):
                     wait_log(node, "joined through NATS")
+                server.nodes = {A: a, B: b, C: c}
                 until("A to see B and C up", lambda: all(
                     nodes(a).get(n, {}).get("status") == "up" for n in (B, C)))
                 st = status(a)

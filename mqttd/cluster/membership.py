@@ -51,11 +51,16 @@ class Membership:
         #: filter -> names of the up nodes holding it; wildcard filters also in the trie.
         self._holders: dict[str, set[str]] = {}
         self._trie = Trie()
+        #: topic -> interest, forgotten whenever a route or a node's state changes (the
+        #: publish path asks once per message).
+        self._cache: dict[str, int] = {}
 
     # --- what arrives ---------------------------------------------------------------
 
     def _peer(self, name: str, node_id: str, now: float, wall: float) -> Peer:
         peer = self.peers.get(name)
+        if peer is None or peer.id != node_id or not peer.up:
+            self._cache = {}  # a node appears or comes back: not known not to want
         if peer is None or peer.id != node_id:
             if peer is not None:  # the node restarted: its old routes are gone
                 self._drop_routes(peer)
@@ -106,6 +111,7 @@ class Membership:
         for f in peer.filters:
             self._hold(f, name)
         peer.version = version
+        self._cache = {}
 
     def left(self, name: str, node_id: str) -> bool:
         """A node said it is stopping; True if it was up."""
@@ -124,6 +130,7 @@ class Membership:
         return gone
 
     def _down(self, peer: Peer, reason: str) -> None:
+        self._cache = {}
         peer.up = False
         peer.reason = reason
         self._drop_routes(peer)
@@ -132,6 +139,7 @@ class Membership:
     # --- the union of routes ----------------------------------------------------------
 
     def _hold(self, topic_filter: str, name: str) -> None:
+        self._cache = {}
         holders = self._holders.get(topic_filter)
         if holders is None:
             holders = self._holders[topic_filter] = set()
@@ -140,6 +148,7 @@ class Membership:
         holders.add(name)
 
     def _release(self, topic_filter: str, name: str) -> None:
+        self._cache = {}
         holders = self._holders.get(topic_filter)
         if holders is None:
             return
@@ -156,7 +165,17 @@ class Membership:
 
     def interest(self, topic: str) -> int:
         """The up nodes known to hold a filter matching ``topic``; a node whose routes
-        are not read yet counts as one that may (it is not known not to)."""
+        are not read yet counts as one that may (it is not known not to). Cached per
+        topic until the next change."""
+        cache = self._cache
+        n = cache.get(topic)
+        if n is None:
+            if len(cache) >= 65536:
+                cache.clear()
+            n = cache[topic] = self._interest(topic)
+        return n
+
+    def _interest(self, topic: str) -> int:
         names: set[str] = set()
         holders = self._holders
         exact = holders.get(topic)

@@ -157,6 +157,8 @@ class Cluster:
         self.failed = 0
         self.group_received = 0
         self.group_missed = 0
+        #: Messages not sent because no other node was known to want them.
+        self.local_only = 0
         self.state = "starting"
         self.joined_at = 0.0
         self._closing = False
@@ -219,6 +221,11 @@ class Cluster:
         nc = self.nc
         if nc is None or msg.topic.startswith("$SYS/"):
             return False  # each node's $SYS is its own
+        if not self.members.interest(msg.topic):
+            # No other node is known to want it (EMQX forwards only to nodes whose routes
+            # match): it stays here, and the local shared groups have it.
+            self.local_only += 1
+            return False
         if len(self._ops) >= _MAX_QUEUED:
             # NATS is not keeping up (or the connection is down and its buffer full): drop
             # rather than hold every message in memory; local delivery still happens.
@@ -564,7 +571,7 @@ class Cluster:
             "subscriptions": len(self._subs), "shared_groups": len(self._qsubs),
             "routes": len(self._interest), "routes_version": self.version,
             "nodes_up": 1 + len(self.members.up()) if nc is not None else 1,
-            "forwarded": self.sent, "received": self.received,
+            "forwarded": self.sent, "local_only": self.local_only, "received": self.received,
             "duplicates": self.duplicates, "dropped": self.failed,
             "shared_received": self.group_received, "shared_missed": self.group_missed,
             "retained": ("replicated" if self.retained.kv is not None else

@@ -17,6 +17,7 @@ from typing import Any
 from mqttd.cluster.subjects import encode_filter
 
 from . import WAIT
+from .ctlrun import ctl
 
 #: Debian's nats-server (.ci/run installs it; missing, these tests fail rather than skip).
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -33,6 +34,10 @@ class NatsServer:
 
     def __init__(self, jetstream: bool = True, port: int = 0) -> None:
         self.jetstream = jetstream
+        #: Node name -> its process, registered by a test's fixture: waiting for interest
+        #: then also waits until every running registered node has read every other's
+        #: route table (a node forwards only what another node is known to want).
+        self.nodes: dict[str, Any] = {}
         self.dir = Path(tempfile.mkdtemp(prefix="mqttd-nats-"))
         self.port = port or free_port()
         self.http_port = free_port()
@@ -90,6 +95,7 @@ class NatsServer:
     def wait_queue_subs(self, node: str, predicate: Callable[[list[tuple[str, str]]], bool],
                         what: str) -> list[tuple[str, str]]:
         self._until(lambda: predicate(self.queue_subs(node)), what)
+        self.wait_routes()
         return self.queue_subs(node)
 
     def subjects(self, node: str) -> list[str]:
@@ -110,6 +116,30 @@ class NatsServer:
         wanted = {encode_filter(f) for f in filters}
         self.wait_subjects(node, lambda s: wanted <= set(s),
                            f"{node}'s NATS interest in {filters}")
+        self.wait_routes()
+
+    def _routes_known(self) -> bool:
+        running = {n: b for n, b in self.nodes.items() if b.proc.poll() is None}
+        own: dict[str, int] = {}
+        for name, broker in running.items():
+            r = ctl(broker, "--json", "cluster", "status")
+            if r.code != 0:
+                return False
+            own[name] = json.loads(r.out)["routes_version"]
+        for name, broker in running.items():
+            r = ctl(broker, "--json", "cluster", "nodes")
+            if r.code != 0:
+                return False
+            seen = {row["node"]: row for row in json.loads(r.out)}
+            for other, version in own.items():
+                if other != name and (other not in seen or seen[other]["status"] != "up"
+                                      or seen[other]["routes_version"] != version):
+                    return False
+        return True
+
+    def wait_routes(self) -> None:
+        """Every running registered node knows every other's routes as they are now."""
+        self._until(self._routes_known, "the nodes to know each other's routes")
 
     def _terminate(self) -> None:
         if self.proc.poll() is None:
