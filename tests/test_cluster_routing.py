@@ -356,7 +356,8 @@ def test_unreachable_nats_runs_single_node_then_joins() -> None:
     with checked_broker(config) as node:
         wait_log(node, "cannot reach NATS at nats://127.0.0.1:")
         assert "running as a single node until it can join" in node.log()
-        sub = Client(node, uid("s"))
+        sub_id = uid("s")
+        sub = Client(node, sub_id, version=5)
         pub = Client(node, uid("p"))
         try:
             sub.connect()
@@ -382,6 +383,15 @@ def test_unreachable_nats_runs_single_node_then_joins() -> None:
                         assert sub.expect_message().payload == b"from afar"
                         far.subscribe("alone/kept", 1)
                         assert far.expect_message().payload == b"retained alone"
+                        # Its clients from before the join were claimed at the join: the
+                        # same client id on the other node takes this one over.
+                        twin = Client(other, sub_id, version=5)
+                        try:
+                            twin.connect()
+                            rc = sub.wait_disconnected()[0]
+                            assert int(rc.value if hasattr(rc, "value") else rc) == 0x8E
+                        finally:
+                            twin.close()
                     finally:
                         far.close()
             finally:

@@ -79,6 +79,8 @@ class SessionRegistry:
 
     def connected(self, info: ClientInfo, *_: Any) -> None:
         """client.connected: claim the client id for this node."""
+        if self._task is None:
+            return  # not joined: the sessions the node has then are claimed when it joins
         cid = info.client_id
         self._pending[cid] = self._pending.get(cid, 0) + 1
         self._push("claim", cid, time.time())
@@ -86,7 +88,7 @@ class SessionRegistry:
     def ended(self, session: Session, *_: Any) -> None:
         """session.terminated / session.discarded: give the client id up if it is ours."""
         cid = session.client_id
-        if cid in self._claims or cid in self._pending:
+        if self._task is not None and (cid in self._claims or cid in self._pending):
             self._push("release", cid, 0.0)
 
     def _push(self, kind: str, cid: str, at: float) -> None:
@@ -105,9 +107,8 @@ class SessionRegistry:
             kv = await js.create_key_value(bucket=self.bucket, history=1)
         self.kv, self.nc = kv, nc
         await nc.subscribe(TAKEOVER + self.node_id, cb=self._takeover)
-        for cid in list(self.registry.sessions):
-            if cid not in self._pending:
-                self._work.insert(0, ("adopt", cid, 0.0))
+        # What connected before the node joined: claimed unless another node holds it.
+        self._work = [("adopt", cid, 0.0) for cid in self.registry.sessions]
         self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
