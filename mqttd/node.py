@@ -112,7 +112,8 @@ class Node:
         self.cluster: Cluster | None = None
         if settings.cluster.nats_url:
             self.cluster = Cluster(settings.cluster, settings.node, self.dispatcher,
-                                   self.metrics, self.registry, self.hooks)
+                                   self.metrics, self.registry, self.hooks,
+                                   self.broker.publish_will)
             self.broker.cluster = self.cluster
             self.broker.router.on_change = self.cluster.route_changed
             self.broker.router.on_group = self.cluster.group_changed

@@ -10,6 +10,7 @@ DISCONNECT 0x8E and its node ends the session there.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -192,3 +193,64 @@ def test_status_counts_claims(nodes: dict[str, BrokerProcess],
     until("C to count its claim", lambda: json.loads(ctl(
         nodes[C], "--json", "cluster", "status").out)["sessions_claimed"]
         > before["sessions_claimed"])
+
+
+def test_a_dead_nodes_clients_wills_are_published_once_by_a_survivor() -> None:
+    server = NatsServer()
+    try:
+        with checked_broker(node_config("s1@127.0.0.1", server.url)) as s1, \
+                checked_broker(node_config("s2@127.0.0.1", server.url)) as s2:
+            doomed = BrokerProcess(node_config("doomed@127.0.0.1", server.url))
+            made: list[Client] = []
+            try:
+                for node in (s1, s2, doomed):
+                    wait_log(node, "joined through NATS")
+                server.nodes = {"s1@127.0.0.1": s1, "s2@127.0.0.1": s2,
+                                "doomed@127.0.0.1": doomed}
+                t = uid("dw")
+                watchers = []
+                for node, name in ((s1, "s1@127.0.0.1"), (s2, "s2@127.0.0.1")):
+                    w = Client(node, uid("w"), version=5)
+                    made.append(w)
+                    w.connect()
+                    w.subscribe(f"{t}/#", 1)
+                    watchers.append(w)
+                    server.wait_interest(name, f"{t}/#")
+                props = Properties(PacketTypes.PUBLISH)
+                props.UserProperty = [("why", "node died")]
+                victim = Client(doomed, uid("v"), version=5, will={
+                    "topic": f"{t}/will", "payload": b"my node died", "qos": 1,
+                    "properties": props})
+                polite = Client(doomed, uid("p"), version=5, will={
+                    "topic": f"{t}/polite", "payload": b"never sent", "qos": 1})
+                made += [victim, polite]
+                victim.connect()
+                polite.connect()
+                polite.disconnect()  # a normal DISCONNECT: its will is dropped
+                # The victim's will kept in the bucket, the polite one's gone again.
+                until("the wills to be in the registry", lambda: json.loads(ctl(
+                    doomed, "--json", "cluster", "status").out)["wills_kept"] == 1
+                    and json.loads(ctl(doomed, "--json", "cluster", "status").out)[
+                        "sessions_claimed"] >= 2)
+                doomed.stop(signal.SIGKILL)
+                for w in watchers:
+                    m = w.expect_message(timeout=4 * WAIT)
+                    assert (m.topic, m.payload) == (f"{t}/will", b"my node died")
+                    assert m.properties.UserProperty == [("why", "node died")]
+                # Exactly once: a marker published after it comes next on both.
+                marker = Client(s1, uid("m"))
+                made.append(marker)
+                marker.connect()
+                marker.publish(f"{t}/end", b"end", 1)
+                for w in watchers:
+                    assert w.expect_message().payload == b"end"
+                published = sum(json.loads(ctl(n, "--json", "cluster", "status").out)
+                                ["wills_of_dead_nodes"] for n in (s1, s2))
+                assert published == 1
+            finally:
+                for c in made:
+                    c.close()
+                doomed.stop()
+                doomed.cleanup()
+    finally:
+        server.stop()

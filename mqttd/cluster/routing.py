@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -107,7 +108,8 @@ class Cluster:
 
     def __init__(self, settings: ClusterSettings, node_name: str, dispatcher: Dispatcher,
                  metrics: Metrics, registry: Registry | None = None,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None,
+                 publish: Callable[[Message], object] | None = None) -> None:
         self.settings = settings
         self.node_name = node_name
         #: A tag drawn at each start: sequence numbers start again at each start.
@@ -144,8 +146,9 @@ class Cluster:
         self.sessions: SessionRegistry | None = None
         if registry is not None and hooks is not None:
             self.sessions = SessionRegistry(settings.sessions_bucket, node_name, self.node_id,
-                                            registry)
+                                            registry, publish)
             hooks.add("client.connected", self.sessions.connected)
+            hooks.add("client.disconnected", self.sessions.disconnected)
             hooks.add("session.terminated", self.sessions.ended)
             hooks.add("session.discarded", self.sessions.ended)
         #: Counters (mqttd ctl cluster status, the stats): messages sent to other nodes,
@@ -483,6 +486,8 @@ class Cluster:
             for peer in self.members.check(time.monotonic()):
                 log.warning("cluster: node %s is down (%s): its routes are dropped",
                             peer.name, peer.reason)
+                if self.sessions is not None:
+                    self.sessions.node_down(peer.id)
             await asyncio.sleep(interval)
 
     def _peer_message(self, m: Msg) -> dict[str, Any] | None:
@@ -590,7 +595,8 @@ class Cluster:
         return {"session_registry": "in use" if reg.kv is not None else
                 f"not in use: {reg.error}" if reg.error else "-",
                 "sessions_claimed": reg.claimed, "sessions_displaced": reg.displaced,
-                "sessions_taken_over": reg.taken_over, "session_claims_failed": reg.failed}
+                "sessions_taken_over": reg.taken_over, "session_claims_failed": reg.failed,
+                "wills_kept": reg.wills_kept, "wills_of_dead_nodes": reg.wills_published}
 
     def nodes(self) -> list[dict[str, Any]]:
         """This node and every node seen since it joined, up or down."""

@@ -14,6 +14,12 @@ that client is still on its way (that claim is the newer CONNECT and is compared
 A session that ends on its owner deletes the key (compare-and-set again: only if it is
 still that claim).
 
+Wills: a connected client's will is also kept in the bucket (key ``will.<client id>``, with
+the node's id) until its connection ends on its node, which then deals with it as a single
+node does. When a node is counted down after missed heartbeats (it died: it could not), the
+survivors publish the wills it held: each deletes the entry by compare-and-set first, so
+exactly one survivor publishes each will.
+
 The CONNACK does not wait for the claim: on a single node a second connection takes over at
 once; across nodes the old connection is closed a NATS round trip or two later.
 """
@@ -21,9 +27,11 @@ once; across nodes the old connection is closed a NATS round trip or two later.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -31,11 +39,13 @@ from nats.aio.msg import Msg
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from ..core.message import Message
 from ..core.registry import Registry
 from ..core.services import ClientInfo
 from ..core.session import Session
 from ..mqtt.reasons import ReasonCode as RC
-from .retained import topic_key
+from .retained import key_topic, topic_key
+from .wire import props_in, props_out
 
 log = logging.getLogger("mqttd.cluster")
 
@@ -43,6 +53,9 @@ __all__ = ["TAKEOVER", "SessionRegistry"]
 
 #: + the owning node's id: "a claim of mine displaced yours".
 TAKEOVER = "mqttd.c.takeover."
+
+#: The bucket's keys of wills: this prefix + the client id's key.
+WILL = "will."
 
 #: Compare-and-set attempts per claim before giving up (each failure means another node
 #: wrote between our read and our write).
@@ -52,8 +65,13 @@ _ATTEMPTS = 10
 class SessionRegistry:
     """This node's side of the cluster's session registry."""
 
-    def __init__(self, bucket: str, node_name: str, node_id: str, registry: Registry) -> None:
+    def __init__(self, bucket: str, node_name: str, node_id: str, registry: Registry,
+                 publish: Callable[[Message], object] | None = None) -> None:
         self.bucket = bucket
+        #: Publishes a dead node's client's will as this node's own (the broker's).
+        self.publish = publish
+        #: client id -> revision of the will this node keeps in the bucket for it.
+        self._wills: dict[str, int] = {}
         self.node_name = node_name
         self.node_id = node_id
         self.registry = registry
@@ -67,6 +85,7 @@ class SessionRegistry:
         self._work: list[tuple[str, str, float]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._down_tasks: set[asyncio.Task[None]] = set()
         self.error = ""
         #: Counters: claims made, other nodes' connections displaced, our connections or
         #: sessions taken over by other nodes, claims given up.
@@ -74,6 +93,13 @@ class SessionRegistry:
         self.displaced = 0
         self.taken_over = 0
         self.failed = 0
+        #: Wills of dead nodes' clients this node published.
+        self.wills_published = 0
+
+    @property
+    def wills_kept(self) -> int:
+        """Wills of this node's connected clients kept in the bucket."""
+        return len(self._wills)
 
     # --- hooks (synchronous, from the core) ---------------------------------------------
 
@@ -84,6 +110,14 @@ class SessionRegistry:
         cid = info.client_id
         self._pending[cid] = self._pending.get(cid, 0) + 1
         self._push("claim", cid, time.time())
+        channel = self.registry.channels.get(cid)
+        if channel is not None and channel.will is not None:
+            self._push("will", cid, 0.0)
+
+    def disconnected(self, info: ClientInfo, *_: Any) -> None:
+        """client.disconnected: the will is this node's business again (sent or dropped)."""
+        if self._task is not None and info.client_id in self._wills:
+            self._push("will", info.client_id, 0.0)
 
     def ended(self, session: Session, *_: Any) -> None:
         """session.terminated / session.discarded: give the client id up if it is ours."""
@@ -129,6 +163,8 @@ class SessionRegistry:
                         await self._claim(cid, at, adopt=False)
                     elif kind == "adopt":
                         await self._claim(cid, at, adopt=True)
+                    elif kind == "will":
+                        await self._sync_will(cid)
                     else:
                         await self._release(cid)
                 except Exception as err:  # noqa: BLE001 - one client, not the registry
@@ -208,6 +244,67 @@ class SessionRegistry:
             await self.kv.delete(topic_key(cid), last=rev)
         except KeyWrongLastSequenceError:
             pass  # another node claimed it since: theirs now
+
+    async def _sync_will(self, cid: str) -> None:
+        """Make the bucket say what this node holds now: the will of the client's
+        connection here, or (it has none, or is not connected here) none of ours."""
+        kv = self.kv
+        if kv is None:
+            return
+        channel = self.registry.channels.get(cid)
+        will = channel.will if channel is not None else None
+        if will is None:
+            rev = self._wills.pop(cid, None)
+            if rev is not None:
+                try:
+                    await kv.delete(WILL + topic_key(cid), last=rev)
+                except KeyWrongLastSequenceError:
+                    pass  # the client's newer connection (elsewhere) keeps its own
+            return
+        data: dict[str, Any] = {"id": self.node_id, "node": self.node_name, "topic": will.topic,
+                                "payload": base64.b64encode(will.payload).decode(),
+                                "qos": will.qos, "retain": will.retain}
+        if will.properties:
+            data["props"] = props_out(dict(will.properties), None)
+        self._wills[cid] = await kv.put(
+            WILL + topic_key(cid), json.dumps(data, separators=(",", ":")).encode())
+
+    def node_down(self, node_id: str) -> None:
+        """A node was counted down after missed heartbeats: publish the wills it held."""
+        if self.kv is not None and self.publish is not None:
+            task = asyncio.get_running_loop().create_task(self._publish_wills(node_id))
+            self._down_tasks.add(task)
+            task.add_done_callback(self._down_tasks.discard)
+
+    async def _publish_wills(self, node_id: str) -> None:
+        kv = self.kv
+        if kv is None or self.publish is None:
+            return
+        try:
+            keys = [k for k in await kv.keys() if k.startswith(WILL)]
+        except Exception as err:  # noqa: BLE001 - none (nats-py raises when empty) or away
+            log.debug("cluster: no wills to look at: %s", err)
+            return
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+                data = json.loads(entry.value or b"{}")
+                if data.get("id") != node_id:
+                    continue
+                await kv.delete(key, last=entry.revision)  # the one survivor that wins
+            except (KeyNotFoundError, KeyWrongLastSequenceError):
+                continue  # gone, or another survivor took it
+            except Exception as err:  # noqa: BLE001 - one will, not the others
+                log.warning("cluster: a will of node %s not read: %s", node_id, err)
+                continue
+            props = props_in(data["props"]) if data.get("props") else None
+            will = Message(str(data["topic"]), base64.b64decode(data["payload"]),
+                           int(data["qos"]), bool(data["retain"]), props,
+                           key_topic(key[len(WILL):]))
+            self.wills_published += 1
+            log.info("cluster: published the will of client %s of node %s, which is down",
+                     will.sender, data.get("node"))
+            self.publish(will)
 
     async def _takeover(self, m: Msg) -> None:
         try:
