@@ -316,17 +316,22 @@ def test_three_nodes_each_get_one_copy(nats_server: NatsServer,
 def test_nats_restart_nodes_resubscribe() -> None:
     server = NatsServer()
     try:
-        with checked_broker(node_config("r1@127.0.0.1", server.url)) as r1, \
-                checked_broker(node_config("r2@127.0.0.1", server.url)) as r2:
+        fast = "heartbeat_interval = 0.2\n"  # an outage far longer than 3 heartbeats
+        with checked_broker(node_config("r1@127.0.0.1", server.url) + fast) as r1, \
+                checked_broker(node_config("r2@127.0.0.1", server.url) + fast) as r2:
             for node in (r1, r2):
                 wait_log(node, "joined through NATS")
             server.nodes = {"r1@127.0.0.1": r1, "r2@127.0.0.1": r2}
             t = uid("k")
             sub, pub = Client(r1, uid("s")), Client(r2, uid("p"))
+            # A client with a will on r2: r2 is not dead, so no one may publish it.
+            willing = Client(r2, uid("w"), version=5,
+                             will={"topic": f"{t}/will", "payload": b"wrong", "qos": 1})
             try:
                 sub.connect()
                 pub.connect()
-                sub.subscribe(t, 1)
+                willing.connect()
+                sub.subscribe([(t, 1), (f"{t}/will", 1)])
                 server.wait_interest("r1@127.0.0.1", t)
                 server.restart()
                 for node in (r1, r2):
@@ -335,7 +340,9 @@ def test_nats_restart_nodes_resubscribe() -> None:
                 # The subscription was made again by the node itself.
                 server.wait_interest("r1@127.0.0.1", t)
                 pub.publish(t, b"after", 1)
-                assert sub.expect_message().payload == b"after"
+                assert sub.expect_message().payload == b"after"  # and no will before it
+                # A node cut off from NATS does not count the others down (their wills).
+                assert "is down" not in r1.log() + r2.log()
                 # The retained bucket (in the server's store dir) is followed again too.
                 pub.publish(f"{t}/r", b"kept", 1, retain=True)
                 deadline = time.monotonic() + 4 * WAIT
@@ -345,6 +352,7 @@ def test_nats_restart_nodes_resubscribe() -> None:
             finally:
                 sub.close()
                 pub.close()
+                willing.close()
     finally:
         server.stop()
 

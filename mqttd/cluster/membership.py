@@ -129,6 +129,12 @@ class Membership:
             self._down(peer, f"missed {self.misses} heartbeats")
         return gone
 
+    def heard_all(self, now: float) -> None:
+        """Count every up node as just heard (this node was cut off from NATS)."""
+        for peer in self.peers.values():
+            if peer.up:
+                peer.last_seen = now
+
     def _down(self, peer: Peer, reason: str) -> None:
         self._cache = {}
         peer.up = False

@@ -483,11 +483,13 @@ class Cluster:
                         "routes": len(self._interest), "interval": interval}))
                 except Exception as err:  # noqa: BLE001 - next beat
                     log.debug("cluster: heartbeat not sent: %s", err)
-            for peer in self.members.check(time.monotonic()):
-                log.warning("cluster: node %s is down (%s): its routes are dropped",
-                            peer.name, peer.reason)
-                if self.sessions is not None:
-                    self.sessions.node_down(peer.id)
+                # Only a node that hears NATS judges the others: cut off itself, it would
+                # count every other node down and publish their clients' wills.
+                for peer in self.members.check(time.monotonic()):
+                    log.warning("cluster: node %s is down (%s): its routes are dropped",
+                                peer.name, peer.reason)
+                    if self.sessions is not None:
+                        self.sessions.node_down(peer.id)
             await asyncio.sleep(interval)
 
     def _peer_message(self, m: Msg) -> dict[str, Any] | None:
@@ -626,6 +628,12 @@ class Cluster:
 
     async def _reconnected(self) -> None:
         log.info("cluster: connected to NATS again")
+        # Heartbeats missed while this node was cut off are not the others' fault.
+        self.members.heard_all(time.monotonic())
+        if self.sessions is not None:
+            # Others may have counted this node down meanwhile and published (and removed)
+            # its clients' wills: keep those of its clients still connected again.
+            self.sessions.resync_wills()
 
 
 def _peer_row(peer: Peer, now: float) -> dict[str, Any]:

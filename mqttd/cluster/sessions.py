@@ -269,6 +269,14 @@ class SessionRegistry:
         self._wills[cid] = await kv.put(
             WILL + topic_key(cid), json.dumps(data, separators=(",", ":")).encode())
 
+    def resync_wills(self) -> None:
+        """Write again the wills of this node's connected clients (after a NATS outage)."""
+        if self._task is None:
+            return
+        for cid, channel in self.registry.channels.items():
+            if channel.will is not None:
+                self._push("will", cid, 0.0)
+
     def node_down(self, node_id: str) -> None:
         """A node was counted down after missed heartbeats: publish the wills it held."""
         if self.kv is not None and self.publish is not None:
