@@ -435,6 +435,10 @@ def test_what_no_other_node_wants_stays_on_its_node(
         data: dict[str, Any] = json.loads(ctl(nodes[A], "--json", "cluster", "status").out)
         return data
 
+    deadline = time.monotonic() + 2 * WAIT
+    while not status()["settled"]:  # three heartbeats after its join
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     t = uid("lo")
     here = connect(A)
     here.subscribe(t, 1)

@@ -162,6 +162,9 @@ class Cluster:
         self.group_missed = 0
         #: Messages not sent because no other node was known to want them.
         self.local_only = 0
+        #: Whether this node has heard every live node's heartbeat since it joined (three
+        #: heartbeat intervals): before, a node it has not heard of yet may want anything.
+        self._settled = False
         self.state = "starting"
         self.joined_at = 0.0
         self._closing = False
@@ -224,7 +227,7 @@ class Cluster:
         nc = self.nc
         if nc is None or msg.topic.startswith("$SYS/"):
             return False  # each node's $SYS is its own
-        if not self.members.interest(msg.topic):
+        if self._settled and not self.members.interest(msg.topic):
             # No other node is known to want it (EMQX forwards only to nodes whose routes
             # match): it stays here, and the local shared groups have it.
             self.local_only += 1
@@ -339,6 +342,8 @@ class Cluster:
                      "groups, %d retained messages from the cluster)", self.node_name,
                      _safe_url(url), len(routes), len(self._groups), self.retained.loaded)
             self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
+            asyncio.get_running_loop().call_later(
+                3 * self.settings.heartbeat_interval, setattr, self, "_settled", True)
             await self._announce()
             while True:
                 await self._wake.wait()
@@ -578,6 +583,7 @@ class Cluster:
             "subscriptions": len(self._subs), "shared_groups": len(self._qsubs),
             "routes": len(self._interest), "routes_version": self.version,
             "nodes_up": 1 + len(self.members.up()) if nc is not None else 1,
+            "settled": self._settled,
             "forwarded": self.sent, "local_only": self.local_only, "received": self.received,
             "duplicates": self.duplicates, "dropped": self.failed,
             "shared_received": self.group_received, "shared_missed": self.group_missed,
