@@ -347,6 +347,9 @@ class BrokerProcess:
                     raise RuntimeError(f"{spec.name} did not join its NATS:\n"
                                        + self.log()[-3000:])
                 time.sleep(0.05)
+            # A node forwards everything for three heartbeat intervals (1 s) after it joins
+            # (docs/CLUSTER.md): measure the settled node.
+            time.sleep(3.5)
         # Let start-up work (imports, GC of start-up garbage) settle before any sample.
         time.sleep(0.2)
 
