@@ -483,8 +483,22 @@ def _pinned(core: int) -> Any:
     return lambda: os.sched_setaffinity(0, {core})
 
 
+def mqttd_bridge_config(port: int, qos: int, sets: list[str]) -> str:
+    """MQTTD_BRIDGE with ``KEY=VALUE`` settings of [bridges.remote] replaced or added."""
+    lines = MQTTD_BRIDGE.format(port=port, qos=qos).splitlines()
+    for kv in sets:
+        key, _, value = kv.partition("=")
+        at = next((i for i, line in enumerate(lines) if line.split("=")[0].strip() == key
+                   and i < lines.index("[[bridges.remote.egress]]")), None)
+        if at is None:
+            lines.insert(lines.index("[[bridges.remote.egress]]") - 1, f"{key} = {value}")
+        else:
+            lines[at] = f"{key} = {value}"
+    return "\n".join(lines) + "\n"
+
+
 def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes, src: Path,
-               workdir: Path) -> dict[str, Any]:
+               workdir: Path, sets: list[str] = []) -> dict[str, Any]:  # noqa: B006 - read only
     """One bridge run: fresh remote mosquitto and local broker, probe, publish, count."""
     busy = noise()
     remote = BrokerProcess(brokers.builtin_specs()["mosquitto"], workdir / "remote",
@@ -493,7 +507,7 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
     local = None
     try:
         if kind == "mqttd":
-            with extra_config("mqttd", MQTTD_BRIDGE.format(port=remote.port, qos=qos)):
+            with extra_config("mqttd", mqttd_bridge_config(remote.port, qos, sets)):
                 local = BrokerProcess(brokers.builtin_specs()["mqttd"], workdir / "local",
                                       rargs.broker_core, mqttd_src=src)
         else:
@@ -578,17 +592,19 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
     if brokers.builtin_specs()["mosquitto"].available():
         raise RuntimeError(str(brokers.builtin_specs()["mosquitto"].available()))
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {k: {} for k in BRIDGES}
+    kinds = args.bridges
     failed = False
     n = 0
     for rep in range(args.repeat):
-        for qos in (1, 0):
-            order = BRIDGES if rep % 2 == 0 else BRIDGES[::-1]
+        for qos in args.bridge_qos:
+            order = kinds if rep % 2 == 0 else kinds[::-1]
             for kind in order:
                 n += 1
                 t0 = time.monotonic()
                 try:
                     res = bridge_run(kind, qos, rargs, sizes, src,
-                                     run_dir / f"bridge/{n:03d}-{kind}-qos{qos}-{rep}")
+                                     run_dir / f"bridge/{n:03d}-{kind}-qos{qos}-{rep}",
+                                     args.bridge_set)
                 except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
                     res = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
                 failed |= bool(res.get("error"))
@@ -631,6 +647,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help="module variants, 'none' first (also: any one module's name, to see "
                          "what each costs)")
+    ap.add_argument("--bridges", default=",".join(BRIDGES),
+                    help="bridge part: which local brokers (mqttd,mosquitto; the ratio needs "
+                         "both)")
+    ap.add_argument("--bridge-qos", default="1,0", help="bridge part: QoS levels (1,0)")
+    ap.add_argument("--bridge-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="bridge part: a key of mqttd's [bridges.remote] set otherwise "
+                         "(e.g. max_inflight=100, pause_queued=0); repeatable")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (CI)")
     ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per run (3)")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="MINUTES",
@@ -644,6 +667,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.wait_idle is None:
         args.wait_idle = 0.0 if args.quick else 10.0
     args.parts = [p for p in args.parts.split(",") if p]
+    args.bridges = tuple(b for b in args.bridges.split(",") if b)
+    if not args.bridges or any(b not in BRIDGES for b in args.bridges):
+        ap.error(f"--bridges: some of {', '.join(BRIDGES)}")
+    try:
+        args.bridge_qos = tuple(int(q) for q in args.bridge_qos.split(","))
+    except ValueError:
+        ap.error("--bridge-qos: e.g. 1,0")
+    if not args.bridge_qos or any(q not in (0, 1) for q in args.bridge_qos):
+        ap.error("--bridge-qos: 0 and/or 1")
+    for kv in args.bridge_set:
+        key, eq, value = kv.partition("=")
+        if not eq or not key.isidentifier() or not value:
+            ap.error(f"--bridge-set {kv!r}: expected KEY=VALUE (a TOML value)")
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     bad = [p for p in args.parts if p not in ("modules", "bridge")]
     bad += [s for s in args.scenarios if s not in SCENARIOS]

@@ -321,6 +321,10 @@ class BridgeSettings:
     max_queued: int = 10_000
     #: QoS 1/2 messages sent and not yet acknowledged by the remote at most.
     max_inflight: int = 32
+    #: While connected, QoS 1/2 messages queued at which a local publisher of one more
+    #: waits (its acknowledgement held, its reading paused) until the queue is below it
+    #: again, as a zone's ``mqueue_overflow = backpressure`` does; 0: never.
+    pause_queued: int = 10_000
     egress: list[BridgeMapping] = field(default_factory=list)
     ingress: list[BridgeMapping] = field(default_factory=list)
 
@@ -1385,6 +1389,8 @@ def _parse_bridges(section: object, errors: list[str]) -> list[BridgeSettings]:
         if b.max_queued < 0 or not 0 < b.max_inflight <= 65535:
             errors.append(f"{path}max_queued/max_inflight: max_queued >= 0, max_inflight "
                           "1..65535")
+        if b.pause_queued < 0:
+            errors.append(f"{path}pause_queued: {b.pause_queued} is out of range (>= 0)")
         if (b.certfile or b.keyfile or b.cafile) and not b.tls:
             errors.append(f"{path}tls: cafile/certfile/keyfile given but tls = false")
         if bool(b.certfile) != bool(b.keyfile):

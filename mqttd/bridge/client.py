@@ -1,11 +1,16 @@
 """One bridge: an MQTT client connection to a remote broker over an asyncio protocol.
 
 Egress: :meth:`Bridge.offer` is given every message the local broker publishes (the
-manager's ``message.publish`` callback); a match of an egress filter is written at once
+manager's ``message.publish`` callback); a match of an egress filter is encoded at once
 (QoS 0) or queued (QoS 1/2) and sent within the in-flight window, so nothing waits on the
-remote and no task is created per message. The queue is bounded (``max_queued``): past it
-the oldest message is dropped and counted. Ingress: the remote's PUBLISHes are published
-locally with the broker's publish, acknowledged once the broker has taken them.
+remote and no task is created per message. What a loop turn produces goes out in one
+``transport.write`` (after the turn's reads, or from one ``call_soon``). The queue is
+bounded (``max_queued``): past it the oldest message is dropped and counted. While
+connected, a queue at ``pause_queued`` makes the local publisher of one more wait (the
+core's backpressure: ``session.OVERFULL``, its PUBACK held and its reading paused) until the
+queue is below it again, so publishers cannot outrun the remote. Ingress: the remote's
+PUBLISHes are published locally with the broker's publish, acknowledged once the broker has
+taken them.
 
 Loop prevention: messages that came in through this bridge carry the sender
 ``$bridge/<name>`` and are never sent back out by it; on MQTT 5 the ingress subscriptions
@@ -28,7 +33,9 @@ from typing import Any, cast
 from ..config import BridgeMapping, BridgeSettings
 from ..core.broker import Broker
 from ..core.message import Message
-from ..mqtt.codec import MAX_PACKET_SIZE, PacketError, Parser, encode
+from ..core.services import Delivery
+from ..core.session import OVERFULL
+from ..mqtt.codec import MAX_PACKET_SIZE, PacketError, Parser, encode, encode_publish
 from ..mqtt.packets import (
     Connack,
     Connect,
@@ -55,8 +62,16 @@ CONNECT_TIMEOUT = 10.0
 #: Bytes waiting in the socket's write buffer past which QoS 0 messages are dropped (the
 #: remote is not reading; QoS 1/2 wait in the bounded queue instead).
 WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
+#: Bytes waiting in it at which a publisher of one more QoS 0 message waits for the remote
+#: to read (unless ``pause_queued`` is 0), well before the drops above.
+PAUSE_BUFFERED = 1024 * 1024
 #: Properties that belong to one hop and are not carried to the other side.
 _HOP_PROPERTIES = ("topic_alias", "subscription_identifier")
+#: Topics whose egress route (remote topic and QoS cap, or none) is remembered; past it
+#: the memory starts again (a lookup instead of matching every mapping per message).
+ROUTE_CACHE = 4096
+#: ``_routes.get``'s answer for a topic not looked at yet.
+_UNSET: tuple[int, str] = (-1, "")
 
 
 class _Out:
@@ -97,8 +112,11 @@ class _Protocol(asyncio.Protocol):
                 self.bridge.on_packet(self, packet)
             self.bridge.fail(self, f"the remote sent a bad packet: {err}")
             return
+        bridge = self.bridge
         for packet in packets:
-            self.bridge.on_packet(self, packet)
+            bridge.on_packet(self, packet)
+        if self is bridge._proto:  # what the read's packets produced: one write
+            bridge.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.bridge.on_lost(self, exc)
@@ -133,6 +151,14 @@ class Bridge:
              "dropped_refused", "expired", "ingress_refused", "connects", "connect_failures"),
             0)
         self._proto: _Protocol | None = None
+        #: Encoded packets to write at the end of the loop turn (``flush``).
+        self._wbuf: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        #: topic -> (QoS cap, remote topic), None: no egress mapping matches.
+        self._routes: dict[str, tuple[int, str] | None] = {}
+        #: The queue depth at which publishers wait (``pause_queued`` while connected,
+        #: else never: while the remote is down the queue is the buffer).
+        self._pause_at: float = math.inf
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -164,12 +190,20 @@ class Bridge:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._proto is not None and self.connected_since:
+            self.flush()
         proto, self._proto = self._proto, None
+        self._disconnected()
         if proto is not None and proto.transport is not None:
             if self.connected_since:
                 proto.transport.write(encode(Disconnect(), self.version))
             proto.transport.close()
         self.connected_since = 0.0
+
+    def _disconnected(self) -> None:
+        """The connection is gone: what was to be written on it goes, publishers go on."""
+        self._wbuf.clear()
+        self._pause_at = math.inf
 
     async def aclose(self) -> None:
         task = self._task
@@ -244,6 +278,7 @@ class Bridge:
                 proto.transport.close()
             return
         self._proto = proto
+        self._wbuf.clear()
         s = self.settings
         props: dict[str, Any] = {}
         if self.version == 5 and s.session_expiry:
@@ -284,6 +319,7 @@ class Bridge:
         if proto is not self._proto:
             return
         self._proto = None
+        self._disconnected()
         if self.connected_since:
             self.attempts = 0
         self.connected_since = 0.0
@@ -299,8 +335,34 @@ class Bridge:
     # --- the wire -----------------------------------------------------------------------
 
     def _write(self, proto: _Protocol, packet: Any) -> None:
-        if proto.transport is not None:
+        """Encode ``packet`` for the end of this loop turn's write."""
+        if proto is self._proto:
+            self._wbuf.append(encode(packet, self.version))
+            self._flush_soon()
+        elif proto.transport is not None:  # (the CONNECT, before the connection is ours)
             proto.transport.write(encode(packet, self.version))
+
+    def _flush_soon(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flushed)
+
+    def _flushed(self) -> None:
+        self._flush_handle = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Fill the in-flight window from the queue and write everything pending at once."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            self._wbuf.clear()
+            return
+        if self.queue and len(self.inflight) < self._window:
+            self._pump()
+        wbuf = self._wbuf
+        if wbuf:
+            data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
+            wbuf.clear()
+            proto.transport.write(data)
 
     def on_packet(self, proto: _Protocol, packet: Any) -> None:
         if proto is not self._proto:
@@ -350,6 +412,7 @@ class Bridge:
                              f"0x{ack.reason_code:02X}")
             return
         self.state = "connected"
+        self._pause_at = self.settings.pause_queued or math.inf
         self.connected_since = time.time()
         self.session_present = ack.session_present
         self.attempts = 0
@@ -371,14 +434,15 @@ class Bridge:
         # queue's front (a QoS 2 message whose PUBREC came is the remote's already).
         if ack.session_present:
             for pid, out in self.inflight.items():
-                self._write(proto, Pubrel(pid) if out.pubrel else self._publish(out, pid, True))
+                self._wbuf.append(encode(Pubrel(pid), self.version) if out.pubrel
+                                  else self._encode(out, pid, True))
         else:
             pending = [o for o in self.inflight.values() if not o.pubrel]
             self.counters["acked"] += len(self.inflight) - len(pending)
             self.inflight.clear()
             self.queue.extendleft(reversed(pending))
             self._rx_qos2.clear()
-        self._pump()
+        self.flush()
         if self._keepalive:
             self._ping_timer = asyncio.get_running_loop().call_later(
                 self._keepalive, self._ping)
@@ -403,32 +467,36 @@ class Bridge:
                 self._next_id = pid
                 return pid
 
-    def _publish(self, out: _Out, pid: int, dup: bool) -> Publish:
-        if self.version != 5:
-            return Publish(out.topic, out.payload, out.qos, out.retain, dup, pid)
+    def _encode(self, out: _Out, pid: int, dup: bool) -> bytes:
         props = out.properties
-        if out.expiry:  # what is left of it, as a broker passes it on (MQTT 5.0 3.3.2.3.3)
-            props = {**props, "message_expiry_interval":
-                     max(1, math.ceil(out.expiry - time.monotonic()))}
-        return Publish(out.topic, out.payload, out.qos, out.retain, dup, pid, props)
+        if out.expiry and self.version == 5:
+            props = _left(props, out.expiry)
+        return encode_publish(out.topic, out.payload, out.qos, out.retain, dup, pid, props,
+                              self.version)
 
     def _pump(self) -> None:
-        proto = self._proto
-        if proto is None or self.state != "connected":
+        """Move queued messages into the in-flight window, encoded into the pending write."""
+        if self.state != "connected":
             return
-        queue, inflight = self.queue, self.inflight
+        queue, inflight, wbuf = self.queue, self.inflight, self._wbuf
+        window = self._window
         now = time.monotonic()
-        while queue and len(inflight) < self._window:
+        sent = expired = 0
+        while queue and len(inflight) < window:
             out = queue.popleft()
             if out.expiry and now >= out.expiry:  # expired while it waited: not sent
-                self.counters["expired"] += 1
+                expired += 1
                 continue
             pid = self._packet_id()
             inflight[pid] = out
-            self._write(proto, self._publish(out, pid, False))
-            self.counters["sent"] += 1
+            wbuf.append(self._encode(out, pid, False))
+            sent += 1
+        self.counters["sent"] += sent
+        if expired:
+            self.counters["expired"] += expired
 
     def _done(self, pid: int, reason: int) -> None:
+        """The remote acknowledged ``pid`` (the read's ``flush`` refills the window)."""
         if self.inflight.pop(pid, None) is None:
             return
         if reason >= 0x80:
@@ -436,7 +504,21 @@ class Bridge:
             log.info("bridge %s: the remote refused a message (0x%02X)", self.name, reason)
         else:
             self.counters["acked"] += 1
-        self._pump()
+
+    # --- backpressure (core.services.Backlog) ----------------------------------------------
+
+    def has_room(self) -> bool:
+        """Whether a publisher waiting for this bridge may go on."""
+        if len(self.queue) >= self._pause_at:
+            return False
+        proto = self._proto
+        return proto is None or proto.transport is None or self._pause_at == math.inf \
+            or proto.transport.get_write_buffer_size() < PAUSE_BUFFERED
+
+    def trim(self) -> list[Delivery]:
+        """A publisher's wait timed out: nothing is dropped (``max_queued`` bounds the
+        queue), the publisher just goes on."""
+        return []
 
     # --- egress -------------------------------------------------------------------------
 
@@ -444,33 +526,59 @@ class Bridge:
         """A message published locally: forward it if an egress filter matches."""
         if msg.sender == self.marker:
             return  # came in through this bridge: never sent back
-        mapping = _first(self.settings.egress, msg.topic)
-        if mapping is None:
+        topic = msg.topic
+        route = self._routes.get(topic, _UNSET)
+        if route is _UNSET:
+            route = self._route(topic)
+        if route is None:
             return
-        qos = min(msg.qos, mapping.qos)
+        cap, remote_topic = route
+        qos = msg.qos if msg.qos < cap else cap
         props = msg.properties
         if props and any(k in props for k in _HOP_PROPERTIES):
             props = {k: v for k, v in props.items() if k not in _HOP_PROPERTIES}
-        topic = mapping.prefix + msg.topic
         if qos == 0:
             proto = self._proto
-            if proto is None or self.state != "connected" or proto.transport is None \
-                    or proto.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            if proto is None or self.state != "connected" or proto.transport is None:
                 self.counters["dropped_qos0_offline"] += 1
                 return
-            proto.transport.write(encode(self._publish(
-                _Out(topic, msg.payload, 0, msg.retain, props, msg.expiry), 0, False),
-                self.version))
+            buffered = proto.transport.get_write_buffer_size()
+            if buffered >= PAUSE_BUFFERED:
+                if buffered > WRITE_BUFFER_LIMIT:
+                    self.counters["dropped_qos0_offline"] += 1
+                    return
+                if self._pause_at != math.inf:
+                    OVERFULL.append(self)  # the publisher waits for the remote to read
+            if msg.expiry and self.version == 5:
+                props = _left(props, msg.expiry)
+            self._wbuf.append(encode_publish(remote_topic, msg.payload, 0, msg.retain, False,
+                                             0, props, self.version))
             self.counters["sent"] += 1
+            if self._flush_handle is None:
+                self._flush_soon()
             return
-        self.queue.append(_Out(topic, msg.payload, qos, msg.retain, dict(props), msg.expiry))
-        if len(self.queue) > self.settings.max_queued:
-            self.queue.popleft()
+        queue = self.queue
+        queue.append(_Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry))
+        n = len(queue)
+        if n > self.settings.max_queued:
+            queue.popleft()
             n = self.counters["dropped_queue_full"] = self.counters["dropped_queue_full"] + 1
             if n == 1 or n % 1000 == 0:
                 log.warning("bridge %s: queue full (max_queued %d): oldest message dropped "
                             "(%d so far)", self.name, self.settings.max_queued, n)
-        self._pump()
+        elif n >= self._pause_at:
+            OVERFULL.append(self)  # the publisher waits for room (Channel._press)
+        if self._flush_handle is None and len(self.inflight) < self._window:
+            self._flush_soon()
+
+    def _route(self, topic: str) -> tuple[int, str] | None:
+        mapping = _first(self.settings.egress, topic)
+        route = None if mapping is None else (mapping.qos, mapping.prefix + topic)
+        routes = self._routes
+        if len(routes) >= ROUTE_CACHE:
+            routes.clear()
+        routes[topic] = route
+        return route
 
     # --- ingress ------------------------------------------------------------------------
 
@@ -519,6 +627,12 @@ class Bridge:
             "ingress": [f"{m.filter} -> {m.prefix}<topic> qos<={m.qos}" for m in s.ingress],
             **self.counters,
         }
+
+
+def _left(props: dict[str, Any], expiry: float) -> dict[str, Any]:
+    """``props`` with what is left of the Message Expiry Interval, as a broker passes it on
+    (MQTT 5.0 3.3.2.3.3)."""
+    return {**props, "message_expiry_interval": max(1, math.ceil(expiry - time.monotonic()))}
 
 
 def _first(mappings: list[BridgeMapping], topic: str) -> BridgeMapping | None:

@@ -127,6 +127,7 @@ from .message import Message
 from .services import (
     AuthResult,
     AuthStep,
+    Backlog,
     ClientInfo,
     CloseReason,
     CommitGate,
@@ -399,7 +400,7 @@ class Channel:
         #: the head of ``out`` may be written meanwhile (the rest, from the first
         #: acknowledgement held, wait for room; -1: nothing held). The connection stops
         #: reading while it is set, and ends it (``end_pressure``) on room or time-out.
-        self.pressure: set[Session] | None = None
+        self.pressure: set[Backlog] | None = None
         self.pressure_mark = -1
         #: The message whose acknowledgement a backpressure wait holds: (message, sessions
         #: it reached, packet id, the acknowledgement's bytes in ``out``).
@@ -1206,15 +1207,15 @@ class Channel:
                     self._send(Pubrec(p.packet_id))
             return
         mountpoint = zone.mountpoint
-        if qos and OVERFULL:  # left by a publish no channel waits for (a will, the API)
+        if OVERFULL:  # left by a publish no channel waits for (a will, the API)
             OVERFULL.clear()
         msg = Message(mountpoint + topic if mountpoint else topic, payload, qos, retain, props,
                       self.client_id)
         n = self.services.publish(msg)
+        # A full queue took it under backpressure (a bridge's: QoS 0 too): hold what follows.
+        held = self._press() if OVERFULL else False
         if not qos:  # QoS 0: nothing to acknowledge
             return
-        # A full queue took it under backpressure: hold what follows.
-        held = self._press() if OVERFULL else False
         if n < 0:  # the store is full and the message needed it: not accepted
             if self.version != 5:  # 3.1.1 has no way to refuse a message but closing
                 return self._close(CloseReason.INTERNAL_ERROR,
@@ -1274,10 +1275,11 @@ class Channel:
             return
         gone = 0  # copies of the held message the fallback dropped
         for session in pressure:
-            for delivery in session.trim():
+            for delivery in session.trim():  # (a bridge's trims nothing)
                 if held is not None and delivery[0] is held[0]:
                     gone += 1
-                self.services.queue_dropped(session, delivery)
+                if isinstance(session, Session):
+                    self.services.queue_dropped(session, delivery)
         if held is not None and gone >= held[1] and self.version == 5:
             self._refuse_held(held, mark)
 

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple, Protocol
 from ..mqtt.packets import SubOpts
 from .message import Message
 
-__all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "ClientInfo", "CloseReason",
+__all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "Backlog", "ClientInfo",
+           "CloseReason",
            "CommitGate", "CredentialSource", "Delivery", "EncodedCache", "EnhancedAuth",
            "SessionOwner",
            "SessionStore", "Subscriber", "TimerHandle", "Timers"]
@@ -37,6 +38,18 @@ Delivery = tuple[Message, int, bool, tuple[int, ...], object]
 #: The dispatcher's per-publish cache of QoS 0 PUBLISH bytes shared by every subscriber
 #: that gets the same form: (MQTT 5, retain flag) -> encoded packet.
 EncodedCache = dict[tuple[bool, bool], bytes]
+
+
+class Backlog(Protocol):
+    """A queue a publisher waits for when a message of its goes past the queue's limit
+    (``session.OVERFULL``): a session's under ``mqueue_overflow = backpressure``, a
+    bridge's. The publisher's acknowledgement and reading wait until it has room."""
+
+    def has_room(self) -> bool: ...
+
+    def trim(self) -> list[Delivery]:
+        """The wait timed out: what is dropped to bring the queue back to its limit."""
+        ...
 
 
 class TimerHandle(Protocol):

@@ -14,7 +14,7 @@ from collections import deque
 from typing import Final
 
 from ..mqtt.packets import Publish, SubOpts
-from .services import Delivery, SessionOwner, SessionStore, TimerHandle
+from .services import Backlog, Delivery, SessionOwner, SessionStore, TimerHandle
 
 __all__ = ["OVERFLOW_POLICIES", "OVERFULL", "WAIT_ACK", "WAIT_COMP", "AckFault", "Delivery",
            "Session"]
@@ -38,11 +38,12 @@ BACKPRESSURE: Final = 2  # queued past the limit; its publisher waits for room
 OVERFLOW_POLICIES: Final = {"drop_oldest": DROP_OLDEST, "drop_newest": DROP_NEWEST,
                             "backpressure": BACKPRESSURE}
 
-#: Sessions that took a QoS 1/2 message past their limit under ``backpressure`` since the
+#: Sessions that took a QoS 1/2 message past their limit under ``backpressure`` (and other
+#: backlogs: a bridge's queue) since the
 #: publishing channel last looked: it holds its acknowledgement until they have room. One
 #: list for the process: dispatch is synchronous on one loop, so what a publish appends is
 #: read by that publish's channel before anything else runs.
-OVERFULL: list[Session] = []
+OVERFULL: list[Backlog] = []
 
 # Module constants: an enum member looked up on its class costs ~60 ns, every ack.
 _UNKNOWN: Final = AckFault.UNKNOWN
