@@ -157,6 +157,9 @@ start_type automatic
 topic bench/# out {qos}
 """
 BRIDGES = ("mqttd", "mosquitto")
+#: Also accepted by --bridges: mqttd with the store off (what keeping the bridge's queue in
+#: the store costs).
+NOSTORE = "mqttd-nostore"
 PAYLOAD = 64
 PUB_WINDOW = 100
 
@@ -506,9 +509,9 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
     procs: list[subprocess.Popen[str]] = []
     local = None
     try:
-        if kind == "mqttd":
+        if kind != "mosquitto":  # mqttd, mqttd-nostore
             with extra_config("mqttd", mqttd_bridge_config(remote.port, qos, sets)):
-                local = BrokerProcess(brokers.builtin_specs()["mqttd"], workdir / "local",
+                local = BrokerProcess(brokers.builtin_specs()[kind], workdir / "local",
                                       rargs.broker_core, mqttd_src=src)
         else:
             with extra_config("mosquitto", MOSQUITTO_BRIDGE.format(port=remote.port, qos=qos)):
@@ -591,7 +594,7 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                  src: Path, run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
     if brokers.builtin_specs()["mosquitto"].available():
         raise RuntimeError(str(brokers.builtin_specs()["mosquitto"].available()))
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {k: {} for k in BRIDGES}
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {k: {} for k in (*BRIDGES, NOSTORE)}
     kinds = args.bridges
     failed = False
     n = 0
@@ -632,6 +635,8 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                                                       "drain_rate"),
                      "mqttd_lost": run.median_of(raw["mqttd"].get(key, []), "lost"),
                      "mosquitto_lost": run.median_of(raw["mosquitto"].get(key, []), "lost"),
+                     "mqttd_nostore": run.median_of(raw[NOSTORE].get(key, []), "rate"),
+                     "mqttd_nostore_lost": run.median_of(raw[NOSTORE].get(key, []), "lost"),
                      "verdict": "—" if ratio is None else
                      ("ok" if ratio >= BRIDGE_GOAL else "FAIL")})
     return rows, raw, failed
@@ -668,8 +673,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.wait_idle = 0.0 if args.quick else 10.0
     args.parts = [p for p in args.parts.split(",") if p]
     args.bridges = tuple(b for b in args.bridges.split(",") if b)
-    if not args.bridges or any(b not in BRIDGES for b in args.bridges):
-        ap.error(f"--bridges: some of {', '.join(BRIDGES)}")
+    if not args.bridges or any(b not in (*BRIDGES, NOSTORE) for b in args.bridges):
+        ap.error(f"--bridges: some of {', '.join((*BRIDGES, NOSTORE))}")
     try:
         args.bridge_qos = tuple(int(q) for q in args.bridge_qos.split(","))
     except ValueError:
@@ -743,6 +748,16 @@ def markdown(cmd: str, args: argparse.Namespace, sizes: run.Sizes, mod_rows: lis
                        f"{r['verdict']} | {fmt(r['mqttd_pub'])} / {fmt(r['mosquitto_pub'])} | "
                        f"{fmt(r['mqttd_drain'])} / {fmt(r['mosquitto_drain'])} | "
                        f"{fmt(r['mqttd_lost'])} / {fmt(r['mosquitto_lost'])} |")
+        out.append("")
+        for r in br_rows:
+            if r.get("mqttd_nostore"):
+                store = (f"{r['mqttd'] / r['mqttd_nostore']:.2f}× of it" if r["mqttd"]
+                         else "—")
+                out.append(f"- QoS {r['qos']}: mqttd with `[store] durability = \"off\"` "
+                           f"(its bridge's queue in memory only): "
+                           f"{fmt(r['mqttd_nostore'])} msg/s, lost "
+                           f"{fmt(r['mqttd_nostore_lost'])}; with the store (the bridge's "
+                           f"queue in it): {store}.")
         out.append("")
     return "\n".join(out) + "\n"
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import math
 import ssl
 import time
@@ -52,6 +53,7 @@ from ..mqtt.packets import (
     Subscribe,
 )
 from ..mqtt.topics import match
+from ..store.kv import KVSpace
 
 __all__ = ["Bridge"]
 
@@ -70,6 +72,9 @@ _HOP_PROPERTIES = ("topic_alias", "subscription_identifier")
 #: Topics whose egress route (remote topic and QoS cap, or none) is remembered; past it
 #: the memory starts again (a lookup instead of matching every mapping per message).
 ROUTE_CACHE = 4096
+#: The format of a stored message: marshal (version 4) of (_RECORD, remote topic, payload,
+#: QoS, retain, MQTT 5 properties, wall-clock expiry or 0).
+_RECORD = 1
 #: ``_routes.get``'s answer for a topic not looked at yet.
 _UNSET: tuple[int, str] = (-1, "")
 
@@ -77,10 +82,10 @@ _UNSET: tuple[int, str] = (-1, "")
 class _Out:
     """A QoS 1/2 message on its way to the remote."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expiry", "pubrel")
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expiry", "pubrel", "key")
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
-                 properties: dict[str, Any], expiry: float) -> None:
+                 properties: dict[str, Any], expiry: float, key: str = "") -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
@@ -90,6 +95,25 @@ class _Out:
         self.expiry = expiry
         #: QoS 2: PUBREC received, PUBREL sent (the remote has the message).
         self.pubrel = False
+        #: Its record in the store's KV space ("": not stored).
+        self.key = key
+
+    def record(self) -> bytes:
+        """What the store keeps: the expiry as a wall-clock time (monotonic restarts)."""
+        expiry = time.time() + (self.expiry - time.monotonic()) if self.expiry else 0.0
+        return marshal.dumps((_RECORD, self.topic, self.payload, self.qos, self.retain,
+                              self.properties, expiry), 4)
+
+    @classmethod
+    def from_record(cls, key: str, value: bytes) -> _Out:
+        """The message a record holds (ValueError, TypeError: not one of ours)."""
+        version, topic, payload, qos, retain, props, expiry = marshal.loads(value)
+        if version != _RECORD or not isinstance(topic, str) or qos not in (1, 2) \
+                or not isinstance(payload, bytes) or not isinstance(props, dict):
+            raise ValueError("not a bridge record")
+        if expiry:
+            expiry = time.monotonic() + (expiry - time.time())
+        return cls(topic, payload, qos, bool(retain), props, float(expiry), key)
 
 
 class _Protocol(asyncio.Protocol):
@@ -159,6 +183,10 @@ class Bridge:
         #: The queue depth at which publishers wait (``pause_queued`` while connected,
         #: else never: while the remote is down the queue is the buffer).
         self._pause_at: float = math.inf
+        #: The store's space for the queue and the window (None: durability off), and the
+        #: last key given (keys sort in queue order).
+        self._kv: KVSpace | None = None
+        self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -169,6 +197,37 @@ class Bridge:
         self._keepalive = s.keepalive
         #: Why the current connection is being ended (said when it is gone).
         self._why = ""
+
+    def restore(self, kv: KVSpace | None) -> int:
+        """Keep the queue and the window in ``kv`` from now on, and queue what it held
+        (the messages of a previous run not acknowledged by the remote); how many."""
+        self._kv = kv
+        if kv is None or not kv.records:
+            return 0
+        restored: list[_Out] = []
+        now = time.monotonic()
+        for key in sorted(kv.records):
+            try:
+                out = _Out.from_record(key, kv.records[key])
+            except (ValueError, TypeError, EOFError) as err:
+                log.warning("bridge %s: stored record %s is not a message (%s): dropped",
+                            self.name, key, err)
+                kv.delete(key)
+                continue
+            if out.expiry and out.expiry <= now:
+                self.counters["expired"] += 1
+                kv.delete(key)
+                continue
+            restored.append(out)
+        if restored:
+            self._seq = max(self._seq, int(restored[-1].key, 16))
+            self.queue.extend(restored)
+        return len(restored)
+
+    def _forget(self, out: _Out) -> None:
+        """``out`` is done with (acknowledged, refused, dropped, expired): its record goes."""
+        if out.key and self._kv is not None:
+            self._kv.delete(out.key)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -438,6 +497,9 @@ class Bridge:
                                   else self._encode(out, pid, True))
         else:
             pending = [o for o in self.inflight.values() if not o.pubrel]
+            for out in self.inflight.values():
+                if out.pubrel:
+                    self._forget(out)
             self.counters["acked"] += len(self.inflight) - len(pending)
             self.inflight.clear()
             self.queue.extendleft(reversed(pending))
@@ -486,6 +548,7 @@ class Bridge:
             out = queue.popleft()
             if out.expiry and now >= out.expiry:  # expired while it waited: not sent
                 expired += 1
+                self._forget(out)
                 continue
             pid = self._packet_id()
             inflight[pid] = out
@@ -497,8 +560,11 @@ class Bridge:
 
     def _done(self, pid: int, reason: int) -> None:
         """The remote acknowledged ``pid`` (the read's ``flush`` refills the window)."""
-        if self.inflight.pop(pid, None) is None:
+        out = self.inflight.pop(pid, None)
+        if out is None:
             return
+        if out.key:
+            self._forget(out)
         if reason >= 0x80:
             self.counters["dropped_refused"] += 1
             log.info("bridge %s: the remote refused a message (0x%02X)", self.name, reason)
@@ -558,10 +624,16 @@ class Bridge:
                 self._flush_soon()
             return
         queue = self.queue
-        queue.append(_Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry))
+        out = _Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry)
+        kv = self._kv
+        if kv is not None:  # committed before the publisher's PUBACK goes (Channel.hold)
+            self._seq = seq = self._seq + 1
+            out.key = key = f"{seq:012x}"
+            kv.put(key, out.record())
+        queue.append(out)
         n = len(queue)
         if n > self.settings.max_queued:
-            queue.popleft()
+            self._forget(queue.popleft())
             n = self.counters["dropped_queue_full"] = self.counters["dropped_queue_full"] + 1
             if n == 1 or n % 1000 == 0:
                 log.warning("bridge %s: queue full (max_queued %d): oldest message dropped "

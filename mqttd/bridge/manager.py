@@ -4,12 +4,14 @@ fed by one ``message.publish`` callback."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..config import BridgeSettings
 from ..core.broker import Broker
 from ..core.message import Message
 from ..hooks import Hooks
+from ..store.kv import KVSpace
 from .client import Bridge
 
 __all__ = ["BridgeError", "BridgeManager"]
@@ -35,8 +37,15 @@ class BridgeManager:
         self._egress = tuple(b for b in self.bridges.values() if b.settings.egress)
         self._hooked = False
 
-    def start_all(self) -> None:
-        """Start every bridge with ``enable = true`` (in the loop, at the node's start)."""
+    def start_all(self, kv: Callable[[str], KVSpace | None] | None = None) -> None:
+        """Start every bridge with ``enable = true`` (in the loop, at the node's start).
+        ``kv``: the store's spaces (``Node.kv_space``), where each bridge keeps its QoS 1/2
+        messages until the remote has them (``bridge/<name>``), and finds those a previous
+        run left."""
+        for bridge in self.bridges.values():
+            n = bridge.restore(kv(f"bridge/{bridge.name}") if kv is not None else None)
+            if n:
+                log.info("bridge %s: %d stored messages queued for the remote", bridge.name, n)
         if self._egress:
             self.hooks.add("message.publish", self._on_publish, PRIORITY)
             self._hooked = True
