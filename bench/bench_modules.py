@@ -578,6 +578,17 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
             res["error"] = (f"QoS 1: {res['published']} published, {res['received']} unique "
                             f"at the remote, {res['unacked']} unacknowledged")
         res["local_alive"] = local.alive()
+        if kind != "mosquitto" and res["local_alive"]:
+            # the bridge's own counters (dropped_qos0_offline, dropped_queue_full, ...)
+            st = subprocess.run([sys.executable, "-m", "mqttd", "ctl", "--data-dir",
+                                 str(local.data_dir), "--json", "bridges", "status", "remote"],
+                                capture_output=True, text=True, timeout=30,
+                                env={**os.environ, "PYTHONPATH": str(src)})
+            if st.returncode == 0:
+                row = json.loads(st.stdout)
+                res["bridge"] = {k: row[k] for k in (
+                    "sent", "acked", "dropped_queue_full", "dropped_qos0_offline", "queued",
+                    "inflight", "connects") if k in row}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -619,6 +630,7 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                            f"{res['backlog']:,} drained at "
                            f"{fmt(res['drain_rate'])}/s, broker core "
                            f"{res.get('broker_core_busy', 0):.0f}% busy)"
+                           + (f" bridge {res['bridge']}" if res.get("bridge") else "")
                            + (" (pytest/bench running)" if res.get("pytest_running") else ""))
                         + f" [{time.monotonic() - t0:.1f} s]")
     rows = []

@@ -344,6 +344,57 @@ def test_queue_survives_kill_9_of_the_local_broker(tmp_path: Path, version: int)
     assert "Traceback" not in log, log
 
 
+def test_publishers_wait_while_the_bridge_queue_is_at_pause_queued() -> None:
+    """The remote stops reading (mosquitto stopped with SIGSTOP): a QoS 1 publisher of
+    bridged topics gets no more acknowledgements once the bridge's queue holds
+    ``pause_queued`` messages, and the queue stays there (the publisher waits instead of the
+    queue growing); the remote going on, every message arrives and none was dropped."""
+    count, window, pause = 300, 10, 20
+    conf = ('[mqtt]\nmqueue_backpressure_timeout = "10m"\n'  # only room ends the wait
+            + bridge_config("m", 0, 4, max_inflight=window, pause_queued=pause))
+    with Mosquitto() as mosq, checked_broker(conf.replace(
+            '"127.0.0.1:0"', f'"127.0.0.1:{mosq.port}"')) as local:
+        wait_state(local, "m", "connected")
+        u = uid()
+        sub = client(_Peer(mosq.port), 4)
+        assert sub.subscribe(f"from-local/out/{u}/#", 1) == [1]
+        assert mosq.proc is not None
+        os.kill(mosq.proc.pid, signal.SIGSTOP)
+        try:
+            pub = Client(local, f"pub-{u}")
+            pub.c.max_inflight_messages_set(count)  # everything sent at once
+            pub.connect()
+            mids = [pub.c.publish(f"out/{u}/{i}", str(i).encode(), 1).mid
+                    for i in range(count)]
+
+            def acked() -> int:
+                with pub._cond:
+                    return sum(m in pub._pubacks for m in mids)
+
+            deadline = time.monotonic() + 3 * WAIT
+            while (row := ctl_json(local, "bridges", "status", "m"))["queued"] < pause:
+                assert time.monotonic() < deadline, row
+                time.sleep(0.02)
+            before = acked()
+            time.sleep(0.5)  # (the remote still stopped: nothing may move meanwhile)
+            row = ctl_json(local, "bridges", "status", "m")
+            assert (row["queued"], row["inflight"]) == (pause, window), row
+            # The message that filled the queue waits for its PUBACK, and all after it.
+            assert acked() == before <= window + pause - 1, (before, row)
+        finally:
+            os.kill(mosq.proc.pid, signal.SIGCONT)
+        got = {int(m.payload) for m in sub.expect_messages(count)}
+        assert got == set(range(count))
+        pub._wait(lambda: acked() == count, "every PUBACK", 3 * WAIT)
+        deadline = time.monotonic() + 3 * WAIT
+        while (row := ctl_json(local, "bridges", "status", "m"))["acked"] < count:
+            assert time.monotonic() < deadline, row
+            time.sleep(0.02)
+        assert row["dropped_queue_full"] == 0 and row["acked"] == count, row
+        sub.close()
+        pub.close()
+
+
 def test_unreachable_remote_says_why_and_others_work() -> None:
     dead = free_port()  # nothing listens there
     with checked_broker() as remote:
