@@ -512,8 +512,37 @@ def test_tls_to_mosquitto_with_client_certificate(tmp_path: Path) -> None:
             assert "CERTIFICATE_VERIFY_FAILED" in (row["last_error"] or ""), row
             assert row["state"] != "connected"
             row = ctl_json(local, "bridges", "status", "missing")
-            assert row["last_error"] == (f"TLS files (cafile {tmp_path / 'nope.pem'}): "
-                                         "No such file or directory"), row
+            assert row["last_error"] == (f"TLS files: cafile: cannot read "
+                                         f"{tmp_path / 'nope.pem'}: No such file or "
+                                         "directory"), row
+
+
+def test_config_check_reads_bridge_tls_files(tmp_path: Path) -> None:
+    """`mqttd config check` reads a bridge's TLS files as the bridge will: a missing file,
+    a CA file without a certificate, a certificate that is not one: each problem on its
+    own line naming the bridge, the key and the file; exit 2. Good files pass."""
+    pki = make_pki(tmp_path)
+    cert, key = pki.client("bridge")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    conf = tmp_path / "mqttd.toml"
+    conf.write_text(
+        bridge_config("missing", 1883, 4, tls="true", cafile=f'"{tmp_path / "nope.pem"}"')
+        + bridge_config("badca", 1883, 4, tls="true", cafile=f'"{junk}"')
+        + bridge_config("badcert", 1883, 4, tls="true", cafile=f'"{pki.ca_cert}"',
+                        certfile=f'"{junk}"', keyfile=f'"{key}"')
+        + bridge_config("good", 1883, 4, tls="true", cafile=f'"{pki.ca_cert}"',
+                        certfile=f'"{cert}"', keyfile=f'"{key}"'))
+    r = run_mqttd("config", "check", "-c", str(conf))
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == (f"{conf}: bridges.missing.cafile: cannot read {tmp_path / 'nope.pem'}: "
+                        "No such file or directory"), lines
+    assert lines[1].startswith(f"{conf}: bridges.badca.cafile: {junk}: no PEM certificate "
+                               "in it"), lines
+    assert lines[2].startswith(f"{conf}: bridges.badcert.certfile/keyfile: {junk} with {key}: "
+                               "not a certificate and its key"), lines
+    assert len(lines) == 3 and "Traceback" not in r.stderr, lines
 
 
 def test_refused_credentials_are_the_reason() -> None:

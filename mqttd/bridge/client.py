@@ -55,7 +55,7 @@ from ..mqtt.packets import (
 from ..mqtt.topics import match
 from ..store.kv import KVSpace
 
-__all__ = ["Bridge"]
+__all__ = ["Bridge", "TlsFilesError", "tls_context"]
 
 log = logging.getLogger("mqttd.bridge")
 
@@ -290,28 +290,12 @@ class Bridge:
         self.next_attempt_at = time.time() + delay
         self._timer = loop.call_later(delay, self._connect_soon, 0.0)
 
-    def _ssl(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls:
-            return None
-        ctx = ssl.create_default_context(cafile=s.cafile or None)
-        if not s.tls_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if s.certfile:
-            ctx.load_cert_chain(s.certfile, s.keyfile)
-        return ctx
-
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            ctx = self._ssl()
-        except (OSError, ssl.SSLError, ValueError) as err:  # read at each attempt
-            s = self.settings
-            # ssl's own errors do not name the file: say which one it is.
-            files = ", ".join(f"{k} {v}" for k, v in (("cafile", s.cafile), (
-                "certfile", s.certfile), ("keyfile", s.keyfile)) if v)
-            self._failed(f"TLS files ({files}): {getattr(err, 'strerror', None) or err}")
+            ctx = tls_context(self.settings)  # the files are read at each attempt
+        except TlsFilesError as err:
+            self._failed("TLS files: " + "; ".join(err.problems))
             if self._task is asyncio.current_task():
                 self._task = None
             return
@@ -699,6 +683,54 @@ class Bridge:
             "ingress": [f"{m.filter} -> {m.prefix}<topic> qos<={m.qos}" for m in s.ingress],
             **self.counters,
         }
+
+
+class TlsFilesError(Exception):
+    """A bridge's TLS files cannot be used: one line per problem, each naming the key and
+    the file."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _no_password() -> bytes:
+    raise ValueError("the key is encrypted (a bridge's keyfile cannot have a password)")
+
+
+def tls_context(s: BridgeSettings) -> ssl.SSLContext | None:
+    """The bridge's client TLS context (None without ``tls``); TlsFilesError says what is
+    wrong with which file (``mqttd config check`` asks too)."""
+    if not s.tls:
+        return None
+    problems = []
+    for key in ("cafile", "certfile", "keyfile"):
+        name = getattr(s, key)
+        if name:
+            try:
+                with open(name, "rb"):
+                    pass
+            except OSError as err:
+                problems.append(f"{key}: cannot read {name}: {err.strerror or err}")
+    if problems:
+        raise TlsFilesError(problems)
+    try:
+        ctx = ssl.create_default_context(cafile=s.cafile or None)
+    except (ssl.SSLError, ValueError) as err:
+        raise TlsFilesError([f"cafile: {s.cafile}: no PEM certificate in it "
+                             f"({getattr(err, 'reason', None) or err})"]) from None
+    if not s.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if s.certfile:
+        try:
+            ctx.load_cert_chain(s.certfile, s.keyfile, password=_no_password)
+        except ValueError as err:
+            raise TlsFilesError([f"keyfile: {s.keyfile}: {err}"]) from None
+        except ssl.SSLError as err:
+            raise TlsFilesError([f"certfile/keyfile: {s.certfile} with {s.keyfile}: not a "
+                                 f"certificate and its key ({err.reason or err})"]) from None
+    return ctx
 
 
 def _left(props: dict[str, Any], expiry: float) -> dict[str, Any]:

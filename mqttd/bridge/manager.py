@@ -35,6 +35,8 @@ class BridgeManager:
         self.hooks = hooks
         self.bridges = {s.name: Bridge(s, broker, node) for s in settings}
         self._egress = tuple(b for b in self.bridges.values() if b.settings.egress)
+        #: The running bridges with egress mappings (what each message is offered to).
+        self._live: tuple[Bridge, ...] = ()
         self._hooked = False
 
     def start_all(self, kv: Callable[[str], KVSpace | None] | None = None) -> None:
@@ -52,6 +54,10 @@ class BridgeManager:
         for bridge in self.bridges.values():
             if bridge.settings.enable:
                 bridge.start()
+        self._changed()
+
+    def _changed(self) -> None:
+        self._live = tuple(b for b in self._egress if b.running)
 
     async def aclose(self) -> None:
         if self._hooked:
@@ -59,11 +65,11 @@ class BridgeManager:
             self._hooked = False
         for bridge in self.bridges.values():
             await bridge.aclose()
+        self._changed()
 
     def _on_publish(self, msg: Message) -> None:
-        for bridge in self._egress:
-            if bridge.running:
-                bridge.offer(msg)
+        for bridge in self._live:
+            bridge.offer(msg)
 
     def _get(self, name: str) -> Bridge:
         bridge = self.bridges.get(name)
@@ -84,6 +90,7 @@ class BridgeManager:
         if bridge.running:
             return False
         bridge.start()
+        self._changed()
         log.info("bridge %s started", name)
         return True
 
@@ -93,5 +100,6 @@ class BridgeManager:
         if not bridge.running:
             return False
         bridge.stop()
+        self._changed()
         log.info("bridge %s stopped (%d queued messages kept)", name, len(bridge.queue))
         return True

@@ -313,6 +313,7 @@ def config_check(
     """Validate a configuration file: every problem on its own line, exit 2 if any."""
     from ..access.build import AccessError, build_access  # the broker's code, not ctl's
     from ..access.users import UserTable
+    from ..bridge.client import TlsFilesError, tls_context
     from ..transport.tls import check_listener
 
     settings = _load(config)
@@ -326,6 +327,11 @@ def config_check(
         errors += err.errors
     for listener in settings.listeners:  # and TLS files as the listener loads them
         errors += check_listener(listener)
+    for bridge in settings.bridges:  # and as each bridge loads them
+        try:
+            tls_context(bridge)
+        except TlsFilesError as err:
+            errors += [f"bridges.{bridge.name}.{line}" for line in err.problems]
     if errors:
         for line in errors:
             typer.echo(f"{config}: {line}", err=True)
