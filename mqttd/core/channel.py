@@ -148,6 +148,14 @@ _INFO: Final = logging.INFO
 _PROTOCOLS = {3: "MQTT 3.1", 4: "MQTT 3.1.1", 5: "MQTT 5"}
 
 
+def _clog_info(msg: str, args: tuple[object, ...], fields: dict[str, object]) -> None:
+    """One info line of the connection logger, without ``Logger.info``'s search of the
+    stack for its caller (~5 µs of the ~20 µs a line costs, at every connect and
+    disconnect): these lines name their client, not their source line."""
+    clog.handle(clog.makeRecord(CONNECTIONS, _INFO, "", 0, msg, args, None, None,
+                                {"fields": fields}))
+
+
 class ChannelState(enum.IntEnum):
     """Where a channel is in its life (EMQX's conn_state)."""
 
@@ -519,27 +527,27 @@ class Channel:
     def _log_connected(self, present: bool) -> None:
         proto = _PROTOCOLS.get(self.version, str(self.version))
         username = self.username  # never the password
-        clog.info("client %s connected from %s (listener %s, %s, %s, clean start %d, "
-                  "keepalive %d, %s)", self.client_id, self.peer, self.listener,
-                  self.transport, proto, self.clean_start, self.keepalive,
-                  "no username" if username is None else "username " + username,
-                  extra={"fields": {
-                      "event": "connected", "client_id": self.client_id, "peer": self.peer,
-                      "listener": self.listener, "transport": self.transport,
-                      "protocol": proto, "clean_start": self.clean_start,
-                      "keepalive": self.keepalive, "username": username,
-                      "session_present": present}})
+        _clog_info("client %s connected from %s (listener %s, %s, %s, clean start %d, "
+                   "keepalive %d, %s)", (
+                       self.client_id, self.peer, self.listener, self.transport, proto,
+                       self.clean_start, self.keepalive,
+                       "no username" if username is None else "username " + username), {
+                       "event": "connected", "client_id": self.client_id, "peer": self.peer,
+                       "listener": self.listener, "transport": self.transport,
+                       "protocol": proto, "clean_start": self.clean_start,
+                       "keepalive": self.keepalive, "username": username,
+                       "session_present": present})
 
     def _log_disconnected(self, reason: CloseReason) -> None:
         code = self.close_code
         detail = self.close_detail
         why = reason.value if code is None else "%s 0x%02X" % (reason.value, code)
-        clog.info("client %s disconnected from %s (listener %s): %s%s", self.client_id,
-                  self.peer, self.listener, why, " (%s)" % detail if detail else "",
-                  extra={"fields": {
-                      "event": "disconnected", "client_id": self.client_id, "peer": self.peer,
-                      "listener": self.listener, "reason": reason.value,
-                      "reason_code": code, "detail": detail}})
+        _clog_info("client %s disconnected from %s (listener %s): %s%s", (
+                       self.client_id, self.peer, self.listener, why,
+                       " (%s)" % detail if detail else ""), {
+                       "event": "disconnected", "client_id": self.client_id, "peer": self.peer,
+                       "listener": self.listener, "reason": reason.value,
+                       "reason_code": code, "detail": detail})
 
     def _log_refused(self, code: int, reason: str) -> None:
         # Always logged (an operator's first question), by the connection logger unless
@@ -961,8 +969,10 @@ class Channel:
                     ack_props["authentication_data"] = auth_data
         metrics = self.metrics
         metrics.inc(CLIENT_CONNACK)
+        # One view for both hooks (only built when one has a callback: $SYS presence).
+        info = self._describe() if hooks.client_connack or hooks.client_connected else None
         if hooks.client_connack:
-            ack_props = hooks.run_fold("client.connack", (self._describe(), 0), ack_props)
+            ack_props = hooks.run_fold("client.connack", (info, 0), ack_props)
         self._send(Connack(present, 0, ack_props if version == 5 else {}))
         if version == 5:
             # From here on nothing larger than the client's Maximum Packet Size is sent. The
@@ -972,7 +982,7 @@ class Channel:
         if clog.isEnabledFor(_INFO):
             self._log_connected(present)
         if hooks.client_connected:
-            hooks.run("client.connected", self._describe())
+            hooks.run("client.connected", info)
         if present:
             self._resume()
         gate = self.gate

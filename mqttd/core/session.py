@@ -50,6 +50,24 @@ _UNKNOWN: Final = AckFault.UNKNOWN
 _MISMATCH: Final = AckFault.MISMATCH
 
 
+class _NoQueue(deque["Delivery"]):
+    """The queue of a session that has never queued anything: empty and shared (an empty
+    deque costs 760 B, and most sessions never queue). Reading it is reading an empty
+    queue; adding to it is a bug (``Session.queue_for`` gives a session its own first),
+    so it fails loudly instead of losing the message."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_args: object) -> None:
+        raise TypeError("the shared empty queue cannot hold deliveries")
+
+    append = appendleft = extend = extendleft = insert = _refuse  # type: ignore[assignment]
+
+
+#: Every session's ``mqueue`` until its first queued delivery.
+NO_QUEUE: Final[deque[Delivery]] = _NoQueue()
+
+
 class Session:
     """One client's session: subscriptions, inflight window, message queue, QoS 2 state."""
 
@@ -76,7 +94,9 @@ class Session:
         #: A set beside the dict, not a state per entry: the common QoS 1 flow allocates
         #: nothing but the dict slot; None (not an empty set, 216 B) until the first PUBREC.
         self.wait_comp: set[int] | None = None
-        self.mqueue: deque[Delivery] = deque()
+        #: Deliveries waiting for the inflight window (or for the client to come back);
+        #: the shared empty NO_QUEUE until the first one (``queue_for``).
+        self.mqueue: deque[Delivery] = NO_QUEUE
         #: packet id of a QoS 2 message received from the client -> time received
         self.awaiting_rel: dict[int, float] = {}
         self.max_inflight = max_inflight
@@ -113,6 +133,14 @@ class Session:
         #: deliveries for the ``delivery.slow`` hook (slow_subs); None otherwise.
         self.sent_at: dict[int, float] | None = None
 
+    def queue_for(self) -> deque[Delivery]:
+        """The session's own queue, made on first use: what adds to ``mqueue`` takes it
+        from here."""
+        mq = self.mqueue
+        if mq is NO_QUEUE:
+            mq = self.mqueue = deque()
+        return mq
+
     def set_overflow(self, policy: str, fallback: str) -> None:
         """Apply a zone's ``mqueue_overflow`` and ``mqueue_backpressure_fallback``."""
         self.overflow = OVERFLOW_POLICIES[policy]
@@ -137,6 +165,8 @@ class Session:
             self.dropped += 1
             return delivery
         mq = self.mqueue
+        if mq is NO_QUEUE:
+            mq = self.mqueue = deque()
         dropped = None
         if self.max_mqueue_len and len(mq) >= self.max_mqueue_len:
             policy = self.overflow
@@ -290,7 +320,7 @@ class Session:
         """Forget every delivery (the session ended; its stored rows go with the session)."""
         self.inflight.clear()
         self.wait_comp = None
-        self.mqueue.clear()
+        self.mqueue = NO_QUEUE
         self.refs.clear()
 
     # --- incoming QoS 2 -----------------------------------------------------------------

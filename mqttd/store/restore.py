@@ -163,7 +163,7 @@ def _restore(restored: Restored, journal: Journal, registry: Registry, retainer:
                     session.wait_comp.add(q.packet_id)
                 report.inflight += 1
             else:
-                session.mqueue.append(delivery)
+                session.queue_for().append(delivery)
                 report.queued += 1
             session.refs[id(delivery)] = q.qseq
             if q.message is None:

@@ -17,6 +17,7 @@ pauses for as long as the budget needs to recover.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Callable, MutableSet
 from typing import Any
@@ -43,16 +44,94 @@ log = logging.getLogger("mqttd.connection")
 LINGER = 2.0
 #: Seconds between looks at the queues a backpressured publisher waits for.
 PRESSURE_POLL = 0.02
+#: Resolution of the connections' deadlines (connect timeout, keepalive): a deadline is
+#: acted on up to this much after it passed, never before.
+TICK = 0.5
+
+
+class Deadlines:
+    """Every connection's next deadline (connect timeout, keepalive) on one timer.
+
+    A timer handle per client costs ~600 B and a heap operation at every connect;
+    here a connection sits in the set of its deadline's tick (``TICK`` seconds wide), and
+    when that tick comes due it looks at its real deadline: a client heard from since
+    just moves on to a later tick. One event-loop timer serves them all.
+    """
+
+    __slots__ = ("_loop", "_buckets", "_slots", "_handle", "_armed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        #: tick number -> the connections whose deadline falls in it
+        self._buckets: dict[int, set[Connection]] = {}
+        #: The tick numbers that have (or had) a bucket, as a heap: the next one due first.
+        self._slots: list[int] = []
+        self._handle: asyncio.TimerHandle | None = None
+        #: The tick the timer is armed for (0: not armed).
+        self._armed = 0
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    def add(self, conn: Connection, when: float) -> int:
+        """Call ``conn.deadline()`` at ``when`` (loop time) or up to TICK later; returns the
+        tick to :meth:`remove` it from."""
+        slot = int(when / TICK) + 1
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = set()
+            heapq.heappush(self._slots, slot)
+            if not self._armed or slot < self._armed:
+                self._arm(slot)
+        bucket.add(conn)
+        return slot
+
+    def remove(self, conn: Connection, slot: int) -> None:
+        bucket = self._buckets.get(slot)
+        if bucket is not None:
+            bucket.discard(conn)
+            if not bucket:
+                del self._buckets[slot]  # (its heap entry is skipped when due)
+
+    def _arm(self, slot: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = slot
+        self._handle = self._loop.call_at(slot * TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._handle = None
+        self._armed = 0
+        now_slot = int(self._loop.time() / TICK)
+        slots = self._slots
+        buckets = self._buckets
+        # (A deadline not passed yet moves to a later tick than now_slot: no loop.)
+        while slots and slots[0] <= now_slot:
+            bucket = buckets.pop(heapq.heappop(slots), None)
+            if bucket is None:
+                continue
+            for conn in bucket:
+                conn._slot = 0
+                try:
+                    conn.deadline()
+                except Exception:  # one connection's bug must not stop the others' timers
+                    conn.crashed("handling its timer")
+        while slots and slots[0] not in buckets:
+            heapq.heappop(slots)
+        if slots and not self._armed:
+            self._arm(slots[0])
 
 
 class Flusher:
     """Writes every connection that has output, once per event-loop turn; and, after each
     commit of the durable store, the connections whose acknowledgements waited for it."""
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "_held")
+    __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        #: The connections' connect and keepalive deadlines (one timer for all of them).
+        self.deadlines = Deadlines(loop)
         self._pending: list[Connection] = []
         self._scheduled = False
         #: Connections with output held for the store (``Channel.hold``).
@@ -93,6 +172,15 @@ class Flusher:
 class Connection(asyncio.Protocol):
     """One client socket: bytes in → parser → channel; channel output → one write."""
 
+    # Slotted: thousands of idle clients each hold one (a __dict__ costs ~1.2 KiB).
+    __slots__ = (
+        "services", "zone", "flusher", "connections", "transport", "out", "parser",
+        "channel", "loop", "last_recv", "_timer", "_slot", "_queued", "_lost", "_closing",
+        "metrics", "watch", "listener", "_keepalive_armed", "limiter", "_paused_until",
+        "_crashed", "transport_name", "peer_address", "cert_as", "bytes_in", "bytes_mark",
+        "_stash", "_unread", "_pressure_timer", "_pressure_deadline",
+    )
+
     def __init__(self, services: ChannelServices, zone: Zone, flusher: Flusher,
                  connections: MutableSet[Connection],
                  watch: Callable[[Channel], None] | None = None, listener: str = "default"
@@ -107,7 +195,10 @@ class Connection(asyncio.Protocol):
         self.channel: Channel | None = None
         self.loop = asyncio.get_running_loop()
         self.last_recv = 0.0
+        #: The linger's abort (only while closing).
         self._timer: asyncio.TimerHandle | None = None
+        #: The tick of ``flusher.deadlines`` this connection's next deadline sits in (0: none).
+        self._slot = 0
         self._queued = False
         self._lost = False
         self._closing = False
@@ -163,8 +254,8 @@ class Connection(asyncio.Protocol):
                 channel.cert_clientid = cert_identity(cert, as_client)
         self.channel = channel
         self.connections.add(self)
-        self.last_recv = self.loop.time()
-        self._timer = self.loop.call_later(self.zone.idle_timeout, self._on_connect_timeout)
+        self.last_recv = now = self.loop.time()
+        self._slot = self.flusher.deadlines.add(self, now + self.zone.idle_timeout)
         if self.watch is not None:
             self.watch(channel)
 
@@ -359,6 +450,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._slot:
+            self.flusher.deadlines.remove(self, self._slot)
+            self._slot = 0
         if self._paused_until is not None:
             self._paused_until.cancel()
             self._paused_until = None
@@ -439,8 +533,9 @@ class Connection(asyncio.Protocol):
         pending output), discard what arrives, and abort after LINGER seconds.
         """
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._slot:
+            self.flusher.deadlines.remove(self, self._slot)
+            self._slot = 0
         if self._pressure_timer is not None:
             self._pressure_timer.cancel()
             self._pressure_timer = None
@@ -464,8 +559,17 @@ class Connection(asyncio.Protocol):
 
     # --- timers ------------------------------------------------------------------------
 
+    def deadline(self) -> None:
+        """This connection's tick in ``flusher.deadlines`` came due: the connect timeout
+        before CONNACK, the keepalive after."""
+        if self._lost or self._closing:
+            return
+        if self._keepalive_armed:
+            self._on_keepalive()
+        else:
+            self._on_connect_timeout()
+
     def _on_connect_timeout(self) -> None:
-        self._timer = None
         channel = self.channel
         if channel is not None and channel.state in (IDLE, AUTHENTICATING):
             log.info("closing %s: %s within %ss", channel.peer,
@@ -475,21 +579,20 @@ class Connection(asyncio.Protocol):
             self.flush()
 
     def _start_keepalive(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        deadlines = self.flusher.deadlines
+        if self._slot:
+            deadlines.remove(self, self._slot)
+            self._slot = 0
         channel = self.channel
         assert channel is not None
         if channel.keepalive:
-            self._timer = self.loop.call_at(self.last_recv + self._keepalive_window(),
-                                            self._on_keepalive)
+            self._slot = deadlines.add(self, self.last_recv + self._keepalive_window())
 
     def _keepalive_window(self) -> float:
         assert self.channel is not None
         return self.channel.keepalive * self.zone.keepalive_backoff * 2
 
     def _on_keepalive(self) -> None:
-        self._timer = None
         channel = self.channel
         if channel is None or channel.closing or self._lost:
             return
@@ -502,7 +605,7 @@ class Connection(asyncio.Protocol):
             channel.handle_timeout("keepalive")
             self.flush()
         else:
-            self._timer = self.loop.call_at(deadline, self._on_keepalive)
+            self._slot = self.flusher.deadlines.add(self, deadline)
 
     def shutdown(self, code: int) -> None:
         """Server shutdown: tell the client (MQTT 5) and close."""
