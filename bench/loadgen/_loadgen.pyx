@@ -281,6 +281,9 @@ cdef class Engine:
     cdef uint64_t s_recv, s_brecv, s_send, s_bsend, s_wait
     cdef uint64_t w_recv, w_brecv, w_send, w_bsend, w_wait  # ... within the measured interval
     cdef list _keep              # Python objects whose buffers the C side points into
+    cdef bytes user_prefix       # set_credentials(): CONNECT with user name and password
+    cdef bytes pass_prefix
+    cdef int cred_modulo
     cdef public int first_conn_error
 
     def __cinit__(self, int port, int max_conns=16, uint32_t dst=0x7F000001):
@@ -602,17 +605,32 @@ cdef class Engine:
             self.flush(ci)
         return 0
 
+    def set_credentials(self, bytes user_prefix, bytes pass_prefix, int modulo):
+        """Later CONNECTs carry user name ``user_prefix + str(i)`` and password
+        ``pass_prefix + str(i)``, with i the connection's index modulo ``modulo`` (so a
+        second pass of connections reuses the same users). Empty prefixes: none again."""
+        if modulo <= 0:
+            raise ValueError("modulo must be positive")
+        if len(user_prefix) > 200 or len(pass_prefix) > 200:
+            raise ValueError("credential prefixes are limited to 200 bytes")
+        self.user_prefix = user_prefix if user_prefix else None
+        self.pass_prefix = pass_prefix
+        self.cred_modulo = modulo
+
     cdef int encode_connect(self, int ci, bytes prefix, int keepalive, bint clean) except -1:
         """Append CONNECT (3.1.1, client id = prefix + index) to the output.
 
         ``clean`` false: Clean Session 0, a persistent session (the broker keeps the
-        session and its queue after the connection ends)."""
+        session and its queue after the connection ends). After ``set_credentials`` it
+        carries a user name and password too."""
         cdef conn_t *c = &self.conns[ci]
         cdef char idbuf[24]
-        cdef int idlen = 0, k, v = ci
+        cdef char credbuf[24]
+        cdef int idlen = 0, k, v = ci, credlen = 0
         cdef size_t plen = PyBytes_GET_SIZE(prefix)
-        cdef size_t cid_len, rl
+        cdef size_t cid_len, rl, ulen = 0, pwlen = 0
         cdef char *o
+        cdef bint creds = self.user_prefix is not None
         while True:
             idbuf[idlen] = <char>(48 + v % 10)
             idlen += 1
@@ -621,6 +639,17 @@ cdef class Engine:
                 break
         cid_len = plen + idlen
         rl = 10 + 2 + cid_len
+        if creds:
+            v = ci % self.cred_modulo
+            while True:
+                credbuf[credlen] = <char>(48 + v % 10)
+                credlen += 1
+                v //= 10
+                if v == 0:
+                    break
+            ulen = PyBytes_GET_SIZE(self.user_prefix) + credlen
+            pwlen = PyBytes_GET_SIZE(self.pass_prefix) + credlen
+            rl += 2 + ulen + 2 + pwlen
         self.ensure_out(c, rl + 4)
         o = c.obuf + c.otail
         o[0] = <char>0x10
@@ -634,6 +663,8 @@ cdef class Engine:
         memcpy(o, b"\x00\x04MQTT\x04\x02", 8)
         if not clean:
             o[7] = 0  # connect flags: Clean Session 0
+        if creds:
+            o[7] = <char>((<unsigned char>o[7]) | 0xC0)  # User Name and Password flags
         o[8] = <char>(keepalive >> 8)
         o[9] = <char>(keepalive & 255)
         o[10] = <char>(cid_len >> 8)
@@ -644,8 +675,25 @@ cdef class Engine:
         for k in range(idlen):
             o[k] = idbuf[idlen - 1 - k]
         o += idlen
+        if creds:
+            o = self.put_cred(o, self.user_prefix, credbuf, credlen)
+            o = self.put_cred(o, self.pass_prefix, credbuf, credlen)
         c.otail = o - c.obuf
         return 0
+
+    cdef char *put_cred(self, char *o, bytes head, char *digits, int ndigits):
+        """A length-prefixed string ``head`` + the digits (stored reversed) at ``o``."""
+        cdef size_t hlen = PyBytes_GET_SIZE(head)
+        cdef size_t n = hlen + ndigits
+        cdef int k
+        o[0] = <char>(n >> 8)
+        o[1] = <char>(n & 255)
+        o += 2
+        memcpy(o, PyBytes_AS_STRING(head), hlen)
+        o += hlen
+        for k in range(ndigits):
+            o[k] = digits[ndigits - 1 - k]
+        return o + ndigits
 
     cdef int start_connect(self, int ci, int fd, bytes prefix, int keepalive,
                            bint clean) except -1:
