@@ -167,9 +167,12 @@ class SysPublisher:
         """Whether anyone subscribes to this presence topic: QoS 1 but not retained, a
         presence message nobody matches is dropped anyway, so it is not even built (a
         connect and a disconnect otherwise cost two JSON documents and two dispatches)."""
-        return bool(self.dispatcher.router.match(self.prefix + suffix))
+        router = self.dispatcher.router
+        return router.dollar_filters > 0 and bool(router.match(self.prefix + suffix))
 
     def on_connected(self, client: ClientInfo) -> None:
+        if not self.dispatcher.router.dollar_filters:  # nobody can match: nothing to build
+            return
         suffix = f"clients/{client.client_id}/connected"
         if not self._wanted(suffix):
             return
@@ -184,6 +187,8 @@ class SysPublisher:
         self.publish(suffix, _json(info), qos=PRESENCE_QOS)
 
     def on_disconnected(self, client: ClientInfo, reason: CloseReason) -> None:
+        if not self.dispatcher.router.dollar_filters:
+            return
         suffix = f"clients/{client.client_id}/disconnected"
         if not self._wanted(suffix):
             return

@@ -116,6 +116,9 @@ class Router:
         #: Told when a shared group (filter, group) gains its first member (True) or loses
         #: its last: the cluster's NATS queue subscription for the group (None: single node).
         self.on_group: Callable[[str, str | None, bool], None] | None = None
+        #: Filters that begin with "$" (only they can match a $SYS topic [MQTT-4.7.2-1]):
+        #: while there are none, $SYS presence skips building its events at each connect.
+        self.dollar_filters = 0
 
     def match(self, topic: str) -> list[Route]:
         """Every route whose filter matches ``topic``."""
@@ -141,6 +144,8 @@ class Router:
         route = self.routes.get(topic_filter)
         if route is None:
             route = self.routes[topic_filter] = Route(topic_filter)
+            if topic_filter[:1] == "$":
+                self.dollar_filters += 1
             if is_wildcard(topic_filter):
                 self._trie.insert(topic_filter)
             self._cache = {}
@@ -149,6 +154,8 @@ class Router:
     def _maybe_drop(self, route: Route) -> None:
         if route.one is None and not route.subs and not route.groups:
             del self.routes[route.topic_filter]
+            if route.topic_filter[:1] == "$":
+                self.dollar_filters -= 1
             if is_wildcard(route.topic_filter):
                 self._trie.delete(route.topic_filter)
             self._cache = {}

@@ -61,7 +61,7 @@ class _NoQueue(deque["Delivery"]):
     def _refuse(self, *_args: object) -> None:
         raise TypeError("the shared empty queue cannot hold deliveries")
 
-    append = appendleft = extend = extendleft = insert = _refuse  # type: ignore[assignment]
+    append = appendleft = extend = extendleft = insert = _refuse
 
 
 #: Every session's ``mqueue`` until its first queued delivery.

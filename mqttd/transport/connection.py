@@ -466,6 +466,11 @@ class Connection(asyncio.Protocol):
         if channel is not None:
             channel.handle_close(CloseReason.CLOSED, "connection lost: %s" % exc if exc else
                                  "connection closed by the client")
+            # Break the cycles (transport <-> connection -> channel -> its wakeup, a method
+            # of this connection): the client's objects go at once, by reference counting,
+            # not at the collector's next full pass, when thousands have piled up.
+            channel.wakeup = None
+        self.transport = None
 
     # --- output ------------------------------------------------------------------------
 
