@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -393,6 +394,54 @@ def test_publishers_wait_while_the_bridge_queue_is_at_pause_queued() -> None:
         assert row["dropped_queue_full"] == 0 and row["acked"] == count, row
         sub.close()
         pub.close()
+
+
+def test_qos0_publisher_waits_while_the_remote_reads_nothing() -> None:
+    """QoS 0 has no acknowledgement to hold: a publisher flooding a bridged topic while the
+    remote reads nothing (mosquitto stopped with SIGSTOP) has its reading paused once 1 MB
+    waits unwritten, instead of the bridge dropping what does not fit (past 4 MB); the
+    remote going on, every message is written to it and none was dropped."""
+    total = 200_000  # 14 MB: more than the sockets' buffers and the bridge's 4 MB
+    conf = ('[mqtt]\nmqueue_backpressure_timeout = "10m"\n'
+            '[bridges.m]\naddress = "127.0.0.1:{port}"\n'
+            '[[bridges.m.egress]]\nfilter = "out/#"\nqos = 0\n')
+    with Mosquitto() as mosq, checked_broker(conf.format(port=mosq.port)) as local:
+        wait_state(local, "m", "connected")
+        assert mosq.proc is not None
+        os.kill(mosq.proc.pid, signal.SIGSTOP)
+        try:
+            raw = socket.create_connection(("127.0.0.1", local.port), timeout=30)
+            raw.sendall(bytes.fromhex("100e00044d5154540402003c00027071"))  # CONNECT "pq"
+            assert raw.recv(4) == bytes.fromhex("20020000")
+            body = b"\x00\x05out/x" + b"p" * 64
+            batch = (b"\x30" + bytes([len(body)]) + body) * 1000
+            done = threading.Event()
+
+            def flood() -> None:
+                for _ in range(total // 1000):
+                    raw.sendall(batch)  # blocks while mqttd does not read
+                done.set()
+
+            t = threading.Thread(target=flood, daemon=True)
+            t.start()
+            # Until the bridge stops taking messages (the remote reads nothing).
+            last, deadline = -1, time.monotonic() + 6 * WAIT
+            while (sent := ctl_json(local, "bridges", "status", "m")["sent"]) != last:
+                assert time.monotonic() < deadline and not done.is_set(), sent
+                last = sent
+                time.sleep(0.5)
+            assert 0 < sent < total
+        finally:
+            os.kill(mosq.proc.pid, signal.SIGCONT)
+        t.join(6 * WAIT)
+        assert done.is_set()
+        deadline = time.monotonic() + 6 * WAIT
+        while (row := ctl_json(local, "bridges", "status", "m"))["sent"] < total:
+            assert time.monotonic() < deadline, row
+            time.sleep(0.05)
+        assert row["dropped_qos0_offline"] == 0 and row["sent"] == total, row
+        raw.sendall(b"\xe0\x00")
+        raw.close()
 
 
 def test_unreachable_remote_says_why_and_others_work() -> None:

@@ -67,6 +67,10 @@ WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
 #: Bytes waiting in it at which a publisher of one more QoS 0 message waits for the remote
 #: to read (unless ``pause_queued`` is 0), well before the drops above.
 PAUSE_BUFFERED = 1024 * 1024
+#: Encoded QoS 0 PUBLISHes that are written at once rather than at the end of the loop
+#: turn: one turn can bring megabytes from publishers (libuv reads a socket up to 32
+#: times per wake-up), and the socket's buffer must show them to the checks above.
+WRITE_BATCH = 256
 #: Properties that belong to one hop and are not carried to the other side.
 _HOP_PROPERTIES = ("topic_alias", "subscription_identifier")
 #: Topics whose egress route (remote topic and QoS cap, or none) is remembered; past it
@@ -601,10 +605,13 @@ class Bridge:
                     OVERFULL.append(self)  # the publisher waits for the remote to read
             if msg.expiry and self.version == 5:
                 props = _left(props, msg.expiry)
-            self._wbuf.append(encode_publish(remote_topic, msg.payload, 0, msg.retain, False,
-                                             0, props, self.version))
+            wbuf = self._wbuf
+            wbuf.append(encode_publish(remote_topic, msg.payload, 0, msg.retain, False, 0,
+                                       props, self.version))
             self.counters["sent"] += 1
-            if self._flush_handle is None:
+            if len(wbuf) >= WRITE_BATCH:
+                self.flush()
+            elif self._flush_handle is None:
                 self._flush_soon()
             return
         queue = self.queue
