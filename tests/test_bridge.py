@@ -609,14 +609,45 @@ def test_refused_credentials_are_the_reason() -> None:
         assert "pw-9f3c1e" not in local.log()  # the password is never logged
 
 
-def test_conf_reload_says_a_changed_bridge_needs_a_restart() -> None:
+def test_conf_reload_applies_bridges() -> None:
+    """`mqttd ctl conf reload` with [bridges] changed: a removed bridge goes, an added one
+    starts, a changed one reconnects with its new settings (here another remote and a new
+    prefix) and keeps its queue (what it queued while its old remote was unreachable
+    reaches the new one, under the topic it was mapped to when taken)."""
     dead = free_port()
-    with checked_broker(bridge_config("b", dead, 4)) as local:
-        local.config_path.write_text(local.config_path.read_text().replace(
-            "reconnect_max = 0.5", "reconnect_max = 2"))
+    with checked_broker() as remote, checked_broker(
+            bridge_config("b", dead, 4) + bridge_config("gone", dead, 4)) as local:
+        u = uid()
+        pub = client(local, 4)
+        assert pub.publish(f"out/{u}/queued", b"queued", 1) == 0  # b's remote: unreachable
+        assert ctl_json(local, "bridges", "status", "b")["queued"] == 1
+        sub = client(remote, 4)
+        assert sub.subscribe(f"+/out/{u}/#", 1) == [1]
+        text = local.config_path.read_text()
+        local.config_path.write_text(  # (the listener as it was)
+            bridge_config("b", remote.port, 4).replace('"from-local/"', '"v2/"')
+            + bridge_config("added", remote.port, 5).replace('"out/#"', '"other/#"')
+            + text[text.index("[listeners.default]"):])
         data = ctl_json(local, "conf", "reload")
-        assert {"key": "bridges", "why": "read at start"} in data["restart"], data
-        assert ctl_json(local, "bridges", "status", "b")["state"] != "stopped"
+        applied = {r["key"]: r["change"] for r in data["applied"]}
+        assert applied["bridges.b"].startswith("changed"), data
+        assert applied["bridges.added"] == "added", data
+        # (the message went to both bridges: "gone" keeps its copy in the store)
+        assert applied["bridges.gone"] == ("removed (1 messages not sent, kept in the "
+                                           "store)"), data
+        assert not data["restart"] and len(applied) == 3, data
+        assert sorted(r["name"] for r in ctl_json(local, "bridges", "list")) == ["added", "b"]
+        wait_state(local, "b", "connected")
+        wait_state(local, "added", "connected")
+        # Queued before: mapped when taken (the old prefix); taken after: the new one.
+        msg = sub.expect_message()
+        assert (msg.topic, msg.payload) == (f"from-local/out/{u}/queued", b"queued")
+        assert pub.publish(f"out/{u}/new", b"new", 1) == 0
+        msg = sub.expect_message()
+        assert (msg.topic, msg.payload) == (f"v2/out/{u}/new", b"new")
+        sub.assert_no_message()
+        for c in (pub, sub):
+            c.close()
 
 
 def test_try_private_refused_by_mqttd_says_so() -> None:

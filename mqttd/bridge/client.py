@@ -228,6 +228,26 @@ class Bridge:
             self.queue.extend(restored)
         return len(restored)
 
+    @property
+    def stored(self) -> bool:
+        """Whether its queue is kept in the durable store."""
+        return self._kv is not None
+
+    def take_over(self, old: Bridge) -> None:
+        """Carry on from ``old`` (stopped; the same bridge before a reload changed its
+        settings): its queue, what it had in flight (sent again), its store space and
+        counters."""
+        pending = [o for o in old.inflight.values() if not o.pubrel]
+        for out in old.inflight.values():
+            if out.pubrel:  # the remote has it
+                old._forget(out)
+        self.queue.extend(pending)
+        self.queue.extend(old.queue)
+        old.queue.clear()
+        old.inflight.clear()
+        self._kv, self._seq = old._kv, old._seq
+        self.counters.update(old.counters)
+
     def _forget(self, out: _Out) -> None:
         """``out`` is done with (acknowledged, refused, dropped, expired): its record goes."""
         if out.key and self._kv is not None:

@@ -4,7 +4,7 @@ fed by one ``message.publish`` callback."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import BridgeSettings
@@ -33,7 +33,10 @@ class BridgeManager:
     def __init__(self, settings: list[BridgeSettings], hooks: Hooks, broker: Broker,
                  node: str) -> None:
         self.hooks = hooks
+        self.broker = broker
+        self.node = node
         self.bridges = {s.name: Bridge(s, broker, node) for s in settings}
+        self._kv: Callable[[str], KVSpace | None] | None = None
         self._egress = tuple(b for b in self.bridges.values() if b.settings.egress)
         #: The running bridges with egress mappings (what each message is offered to).
         self._live: tuple[Bridge, ...] = ()
@@ -44,20 +47,60 @@ class BridgeManager:
         ``kv``: the store's spaces (``Node.kv_space``), where each bridge keeps its QoS 1/2
         messages until the remote has them (``bridge/<name>``), and finds those a previous
         run left."""
+        self._kv = kv
         for bridge in self.bridges.values():
-            n = bridge.restore(kv(f"bridge/{bridge.name}") if kv is not None else None)
-            if n:
-                log.info("bridge %s: %d stored messages queued for the remote", bridge.name, n)
-        if self._egress:
-            self.hooks.add("message.publish", self._on_publish, PRIORITY)
-            self._hooked = True
-        for bridge in self.bridges.values():
+            self._restore(bridge)
             if bridge.settings.enable:
                 bridge.start()
         self._changed()
 
     def _changed(self) -> None:
+        self._egress = tuple(b for b in self.bridges.values() if b.settings.egress)
         self._live = tuple(b for b in self._egress if b.running)
+        if self._egress and not self._hooked:
+            self.hooks.add("message.publish", self._on_publish, PRIORITY)
+            self._hooked = True
+
+    def _restore(self, bridge: Bridge) -> None:
+        kv = self._kv
+        n = bridge.restore(kv(f"bridge/{bridge.name}") if kv is not None else None)
+        if n:
+            log.info("bridge %s: %d stored messages queued for the remote", bridge.name, n)
+
+    def reload(self, settings: Sequence[BridgeSettings]) -> list[tuple[str, str]]:
+        """Apply a reloaded ``[bridges]`` (``mqttd ctl conf reload``): a removed bridge stops
+        (what it had not sent stays in the store, for a bridge of that name added again); an
+        added one starts as at start; a changed one is replaced by one on the new settings
+        that takes over its queue and what it had in flight (sent again), and runs if
+        ``enable``. Returns (bridge, what was done) for each change."""
+        changes: list[tuple[str, str]] = []
+        wanted = {s.name: s for s in settings}
+        for name in [n for n in self.bridges if n not in wanted]:
+            bridge = self.bridges.pop(name)
+            bridge.stop()
+            left = len(bridge.queue) + len(bridge.inflight)
+            changes.append((name, "removed" + (f" ({left} messages not sent" + (
+                ", kept in the store)" if bridge.stored else ", dropped)") if left else "")))
+        for name, s in wanted.items():
+            old = self.bridges.get(name)
+            if old is not None and old.settings == s:
+                continue
+            bridge = self.bridges[name] = Bridge(s, self.broker, self.node)
+            if old is None:
+                self._restore(bridge)
+                what = "added"
+            else:
+                old.stop()
+                bridge.take_over(old)
+                what = "changed (reconnected with the new settings)"
+            if s.enable:
+                bridge.start()
+            changes.append((name, what + ("" if s.enable else ", not started (enable = "
+                                                               "false)")))
+        self._changed()
+        for name, what in changes:
+            log.info("bridge %s: %s", name, what)
+        return changes
 
     async def aclose(self) -> None:
         if self._hooked:
@@ -65,7 +108,7 @@ class BridgeManager:
             self._hooked = False
         for bridge in self.bridges.values():
             await bridge.aclose()
-        self._changed()
+        self._live = ()
 
     def _on_publish(self, msg: Message) -> None:
         for bridge in self._live:

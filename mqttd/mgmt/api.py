@@ -96,7 +96,8 @@ class Management:
         self.banned = Banned(access)
         self.acl = Acl(access, broker.registry)
         #: The configuration reload (mqttd ctl conf reload, SIGHUP).
-        self.conf = Conf(settings, control, self.acl, access, store)
+        self.conf = Conf(settings, control, self.acl, access, store,
+                         lambda: self.bridges.manager)
         #: ``store`` returns the durable store's journal once the node has started, None
         #: when durability is off.
         self.store = Store(store)

@@ -4,10 +4,14 @@ it in, typed here by what management calls."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import Failed, NotFound, Unavailable
 from .listing import Row
+
+if TYPE_CHECKING:
+    from ..config import BridgeSettings
 
 __all__ = ["BridgeControl", "Bridges"]
 
@@ -19,6 +23,7 @@ class BridgeControl(Protocol):
     def status(self, name: str) -> dict[str, Any]: ...
     def start(self, name: str) -> bool: ...
     def stop(self, name: str) -> bool: ...
+    def reload(self, settings: Sequence[BridgeSettings]) -> Sequence[tuple[str, str]]: ...
 
 
 class Bridges:

@@ -25,6 +25,8 @@ changes, one log line each, and the rest is reported as needing a restart:
   also reloads its certificate and key (a renewed certificate in the same file);
 - ``[store]``: ``max_size``, ``apply_interval`` and ``apply_bytes`` change; ``durability``
   and ``file`` need a restart;
+- ``[bridges]``: added bridges start, removed ones stop, a changed one reconnects with its
+  new settings and keeps its queue (``BridgeManager.reload``);
 - anything else needs a restart, named by its key.
 """
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from ..access.build import Access
     from ..store.journal import Journal
     from .access import Acl
+    from .bridges import BridgeControl
     from .control import ServerControl
 
 __all__ = ["LISTENER_IN_PLACE", "LISTENER_TLS", "ZONE_LIVE", "ZONE_RESTART", "Conf",
@@ -74,7 +77,7 @@ LISTENER_IN_PLACE = frozenset({"max_connections", "allow_anonymous", "password_f
 STORE_LIVE = ("max_size", "apply_interval", "apply_bytes")
 #: Settings fields applied here (the others need a restart when they change).
 _HANDLED = {"zones", "listeners", "auth", "authz", "flapping", "log", "log_level",
-            "sys_interval", "store", "modules"}
+            "sys_interval", "store", "modules", "bridges"}
 #: Settings fields that are not sections, by the key the file gives them.
 _KEYS = {"node": "node.name", "data_dir": "node.data_dir", "log_level": "log.level",
          "sys_interval": "node.sys_interval", "trace_payload_limit": "node.trace_payload_limit",
@@ -106,7 +109,8 @@ class Conf:
 
     def __init__(self, settings: Settings, control: ServerControl, acl: Acl,
                  access: Callable[[], Access | None],
-                 store: Callable[[], Journal | None]) -> None:
+                 store: Callable[[], Journal | None],
+                 bridges: Callable[[], BridgeControl | None] = lambda: None) -> None:
         #: The settings in force (changed in place by a reload: everything that holds them
         #: sees the new values).
         self.settings = settings
@@ -114,6 +118,7 @@ class Conf:
         self.acl = acl
         self.access = access
         self.store = store
+        self.bridges = bridges
         self._lock = asyncio.Lock()
 
     async def reload(self, by: str, *, reopen_logs: bool = True) -> Row:
@@ -224,6 +229,14 @@ class Conf:
                  + (" ($SYS topics off)" if not new.sys_interval else ""))
             cur.sys_interval = new.sys_interval
         await self._listeners(cur, new, done, fail)
+        if new.bridges != cur.bridges:
+            manager = self.bridges()
+            if manager is None:
+                later("bridges", "read at start")
+            else:
+                for name, change in manager.reload(new.bridges):
+                    done(f"bridges.{name}", change)
+                cur.bridges = new.bridges
         control.refresh_anonymous()
         for name in type(cur.modules)._fields:
             if getattr(cur.modules, name) != getattr(new.modules, name):
