@@ -61,6 +61,9 @@ _WINDOW = 4096
 #: (4 KiB by default), or the server closes the whole connection.
 _MAX_SUBJECT = 3584
 
+#: The first byte of what an mqttd node publishes on a topic's subject (a format version).
+_MAGIC = b"\x01"
+
 #: Messages waiting for the sender at most; more are dropped (counted in ``cluster.dropped``).
 _MAX_QUEUED = 100_000
 
@@ -133,11 +136,13 @@ class Cluster:
         self._subs: dict[str, Subscription | None] = {}
         self._qsubs: dict[str, Subscription | None] = {}
         #: Work for the sender, in order: ("sub", filter), ("unsub", filter),
-        #: ("qsub", name), ("qunsub", name), ("pub", subject, payload, headers).
+        #: ("qsub", name), ("qunsub", name), ("pub", subject, framed payload).
         self._ops: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
         self._seq = 0
         self._seen: dict[str, _Seen] = {}
+        #: topic -> its subject (the encoding walks every character).
+        self._subjects: dict[str, str] = {}
         self.members = Membership(settings.heartbeat_interval, settings.heartbeat_misses)
         self.retained = RetainedSync(settings.retained_bucket, dispatcher.retainer,
                                      self.origin)
@@ -237,7 +242,11 @@ class Cluster:
             # rather than hold every message in memory; local delivery still happens.
             self._dropped()
             return False
-        subject = encode_topic(msg.topic)
+        subject = self._subjects.get(msg.topic)
+        if subject is None:
+            if len(self._subjects) >= 65536:
+                self._subjects.clear()
+            subject = self._subjects[msg.topic] = encode_topic(msg.topic)
         if len(subject) > _MAX_SUBJECT and len(subject.encode()) > _MAX_SUBJECT:
             self._dropped()
             log.warning("cluster: topic %.64s... is too long to cross nodes", msg.topic)
@@ -245,17 +254,19 @@ class Cluster:
         qc = self.qc
         shared = nc.is_connected and qc is not None and qc.is_connected
         self._seq += 1
-        meta: list[Any] = [msg.qos, msg.retain, msg.sender]
-        headers = {"Mqttd-Origin": self.origin, "Mqttd-Seq": str(self._seq),
-                   "Mqttd-Meta": json.dumps(meta, separators=(",", ":"))}
-        if not shared:
-            headers["Mqttd-Shared"] = "local"  # the local members had it: groups ignore it
+        props = None
         if msg.properties or msg.expiry:
             # The expiry left, not the one published: the receiver counts from now.
             remaining = msg.remaining_expiry(time.monotonic()) \
                 if msg.expiry else None
-            headers["Mqttd-Props"] = _props_out(dict(msg.properties), remaining)
-        self._ops.append(("pub", subject, msg.payload, headers))
+            props = _props_out(dict(msg.properties), remaining)
+        # What crosses besides the payload, in front of it (NATS headers cost a header
+        # block built and parsed line by line per message): origin, sequence, QoS, retain,
+        # sender, properties, and whether the local shared groups already had it.
+        meta = json.dumps([self.origin, self._seq, msg.qos, msg.retain, msg.sender, props,
+                           not shared], separators=(",", ":")).encode()
+        data = _MAGIC + len(meta).to_bytes(2, "big") + meta + msg.payload
+        self._ops.append(("pub", subject, data))
         self._wake.set()
         return shared
 
@@ -375,7 +386,7 @@ class Cluster:
         kind = op[0]
         try:
             if kind == "pub":
-                await nc.publish(op[1], op[2], headers=op[3])
+                await nc.publish(op[1], op[2])
                 self.sent += 1
                 self.metrics.inc(MESSAGES_FORWARD)
             elif kind == "sub":
@@ -413,24 +424,26 @@ class Cluster:
 
     # --- messages from other nodes --------------------------------------------------------
 
-    def _parse(self, m: Msg) -> tuple[str, int, Message, dict[str, str]] | None:
-        headers = m.headers or {}
+    def _parse(self, m: Msg) -> tuple[str, int, Message, bool] | None:
+        """(origin, sequence, the message, whether the origin's shared groups had it)."""
+        data = m.data
         try:
-            origin = headers["Mqttd-Origin"]
-            seq = int(headers["Mqttd-Seq"])
-            qos, retain, sender = json.loads(headers["Mqttd-Meta"])
-            props = _props_in(headers["Mqttd-Props"]) if "Mqttd-Props" in headers else None
-            topic = decode_topic(m.subject)
+            if data[:1] != _MAGIC:
+                raise ValueError("no mqttd frame")
+            end = 3 + int.from_bytes(data[1:3], "big")
+            origin, seq, qos, retain, sender, props, local = json.loads(data[3:end])
+            msg = Message(decode_topic(m.subject), data[end:], int(qos), bool(retain),
+                          _props_in(props) if props else None, sender)
         except (KeyError, ValueError, TypeError, SubjectError) as err:
             log.warning("cluster: a message on %s is not an mqttd node's: %s", m.subject, err)
             return None
-        return origin, seq, Message(topic, m.data, qos, bool(retain), props, sender), headers
+        return str(origin), int(seq), msg, bool(local)
 
     async def _received(self, m: Msg) -> None:
         parsed = self._parse(m)
         if parsed is None:
             return
-        origin, seq, msg, _headers = parsed
+        origin, seq, msg, _local = parsed
         seen = self._seen.get(origin)
         if seen is None:
             seen = self._seen[origin] = _Seen()
@@ -449,8 +462,8 @@ class Cluster:
     def _group_callback(self, topic_filter: str, group: str | None) -> Any:
         async def received(m: Msg) -> None:
             parsed = self._parse(m)
-            if parsed is None or parsed[3].get("Mqttd-Shared") == "local":
-                return
+            if parsed is None or parsed[3]:
+                return  # the origin's own members had it (NATS was away there)
             if self.dispatcher.publish_group(parsed[2], topic_filter, group):
                 self.group_received += 1
                 self.metrics.inc(CLUSTER_SHARED_RECEIVED)
