@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from ..config import Settings, Zone
 from ..hooks import Hooks
@@ -107,12 +108,14 @@ class Broker:
         chain = self.authenticator
         if chain is None:
             return self._settle(client, password, _UNDECIDED)
-
-        def finish(result: AuthResult) -> None:
-            done(self._settle(client, password, result))
-
-        result = chain.authenticate(client, password, finish, wanted)
+        # (a partial, not a closure: most answers come back at once, every CONNECT)
+        result = chain.authenticate(client, password,
+                                    partial(self._settled, client, password, done), wanted)
         return None if result is None else self._settle(client, password, result)
+
+    def _settled(self, client: ClientInfo, password: bytes | None,
+                 done: Callable[[AuthResult], None], result: AuthResult) -> None:
+        done(self._settle(client, password, result))
 
     def enhanced_auth(self, method: str, client: ClientInfo, *, reauth: bool = False
                       ) -> EnhancedAuth | None:

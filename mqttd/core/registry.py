@@ -262,9 +262,8 @@ class Registry:
             store.delete_session(session.client_id)
             self._unstore(session)
         dispatcher.unsubscribe_all(session)
-        pending = session.pending()
-        if pending:
-            dispatcher.redispatch_shared(session, pending)
+        if session.inflight or session.mqueue:
+            dispatcher.redispatch_shared(session, session.pending())
         session.clear()
         if why == "discarded":
             self._event(SESSION_DISCARDED, "session.discarded", session)

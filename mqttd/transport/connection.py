@@ -137,6 +137,10 @@ class Flusher:
         #: Connections with output held for the store (``Channel.hold``).
         self._held: set[Connection] = set()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def hold(self, conn: Connection) -> None:
         self._held.add(conn)
 
@@ -193,7 +197,7 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.parser = Parser(max_packet_size=zone.max_packet_size)
         self.channel: Channel | None = None
-        self.loop = asyncio.get_running_loop()
+        self.loop = flusher.loop  # (asyncio.get_running_loop() costs ~1 µs a connect)
         self.last_recv = 0.0
         #: The linger's abort (only while closing).
         self._timer: asyncio.TimerHandle | None = None
