@@ -24,7 +24,7 @@ from .message import Message
 from .retainer import Retainer
 from .router import Route, Router, SharedGroup
 from .services import EncodedCache
-from .session import Delivery, Session
+from .session import NO_MAP, Delivery, Session
 
 #: The shared (options, 0) entries, by the options' fields (at most 36 of them).
 _ENTRIES: dict[tuple[int, bool, bool, int], tuple[SubOpts, int]] = {}
@@ -65,8 +65,11 @@ class Dispatcher:
             self.router.add(real, group, True, session, entry)
         else:
             self.router.add(topic_filter, None, False, session, entry)
-        is_new = topic_filter not in session.subscriptions
-        session.subscriptions[topic_filter] = entry
+        subscriptions = session.subscriptions
+        if subscriptions is NO_MAP:  # the session's first subscription
+            subscriptions = session.subscriptions = {}
+        is_new = topic_filter not in subscriptions
+        subscriptions[topic_filter] = entry
         opts = entry[0]
         if session.store is not None:
             session.store.save_subscription(session.client_id, topic_filter, opts, subid)

@@ -142,6 +142,7 @@ class Registry:
         """A session gets an expiry (new, or taken over / resumed with one): write what it
         holds, so that the store has all of it from here on."""
         session.store = store
+        session.own_maps()
         cid = session.client_id
         for topic_filter, (opts, subid) in session.subscriptions.items():
             store.save_subscription(cid, topic_filter, opts, subid)

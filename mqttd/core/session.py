@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
-from typing import Final
+from typing import Final, cast
 
 from ..mqtt.packets import Publish, SubOpts
 from .services import Backlog, Delivery, SessionOwner, SessionStore, TimerHandle
@@ -68,6 +68,27 @@ class _NoQueue(deque["Delivery"]):
 NO_QUEUE: Final[deque[Delivery]] = _NoQueue()
 
 
+class _NoMap(dict[object, object]):
+    """Likewise the subscriptions, inflight window, awaiting-PUBREL ids and stored
+    references of a session that has had none yet (64 B each): read as an empty dict,
+    written to never (``Session.own_maps``, or an ``is NO_MAP`` test, gives a session
+    its own first)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_args: object, **_kwargs: object) -> None:
+        raise TypeError("the shared empty mapping cannot hold entries")
+
+    __setitem__ = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+
+NO_MAP: Final[dict[object, object]] = _NoMap()
+_NO_SUBS: Final = cast("dict[str, tuple[SubOpts, int]]", NO_MAP)
+_NO_INFLIGHT: Final = cast("dict[int, Delivery]", NO_MAP)
+_NO_REL: Final = cast("dict[int, float]", NO_MAP)
+_NO_REFS: Final = cast("dict[int, int]", NO_MAP)
+
+
 class Session:
     """One client's session: subscriptions, inflight window, message queue, QoS 2 state."""
 
@@ -87,9 +108,9 @@ class Session:
         self.expiry_interval = expiry_interval
         self.created_at = time.time()
         #: topic filter as subscribed (with any $share/ prefix) -> (options, subscription id)
-        self.subscriptions: dict[str, tuple[SubOpts, int]] = {}
+        self.subscriptions: dict[str, tuple[SubOpts, int]] = _NO_SUBS
         #: packet id -> the delivery in flight under it; insertion order is send order
-        self.inflight: dict[int, Delivery] = {}
+        self.inflight: dict[int, Delivery] = _NO_INFLIGHT
         #: Packet ids of QoS 2 deliveries whose PUBREC arrived (PUBREL sent): WAIT_COMP.
         #: A set beside the dict, not a state per entry: the common QoS 1 flow allocates
         #: nothing but the dict slot; None (not an empty set, 216 B) until the first PUBREC.
@@ -98,7 +119,7 @@ class Session:
         #: the shared empty NO_QUEUE until the first one (``queue_for``).
         self.mqueue: deque[Delivery] = NO_QUEUE
         #: packet id of a QoS 2 message received from the client -> time received
-        self.awaiting_rel: dict[int, float] = {}
+        self.awaiting_rel: dict[int, float] = _NO_REL
         self.max_inflight = max_inflight
         self.max_mqueue_len = max_mqueue_len
         self.mqueue_store_qos0 = mqueue_store_qos0
@@ -119,7 +140,7 @@ class Session:
         #: id(delivery) -> its qseq in the store, for each stored QoS 1/2 delivery the
         #: session holds (queued or in flight): the tuple itself is the key's owner, alive
         #: for as long as the session holds it.
-        self.refs: dict[int, int] = {}
+        self.refs: dict[int, int] = _NO_REFS
         self._qseq = 0
         #: The name of the zone the session was last connected through.
         self.zone = "default"
@@ -132,6 +153,18 @@ class Session:
         #: packet id -> monotonic time its PUBLISH was sent, while the channel times
         #: deliveries for the ``delivery.slow`` hook (slow_subs); None otherwise.
         self.sent_at: dict[int, float] | None = None
+
+    def own_maps(self) -> None:
+        """Give the session dicts of its own where it still has the shared empty ones
+        (before writing to them from outside: a restore, the store taking it on)."""
+        if self.subscriptions is NO_MAP:
+            self.subscriptions = {}
+        if self.inflight is NO_MAP:
+            self.inflight = {}
+        if self.awaiting_rel is NO_MAP:
+            self.awaiting_rel = {}
+        if self.refs is NO_MAP:
+            self.refs = {}
 
     def queue_for(self) -> deque[Delivery]:
         """The session's own queue, made on first use: what adds to ``mqueue`` takes it
@@ -194,6 +227,8 @@ class Session:
                 self.forget(dropped)
             if delivery[1]:
                 self._qseq = qseq = self._qseq + 1
+                if self.refs is NO_MAP:
+                    self.refs = {}
                 self.refs[id(delivery)] = qseq
                 store.add_delivery(self.client_id, qseq, delivery, 0)
         return dropped
@@ -228,6 +263,8 @@ class Session:
 
     def start_inflight(self, delivery: Delivery) -> int:
         pid = self.next_packet_id()
+        if self.inflight is NO_MAP:
+            self.inflight = {}
         self.inflight[pid] = delivery
         store = self.store
         if store is not None:
@@ -239,6 +276,8 @@ class Session:
                     store.set_inflight(self.client_id, qseq, pid)
             else:
                 self._qseq = qseq = self._qseq + 1
+                if self.refs is NO_MAP:
+                    self.refs = {}
                 self.refs[id(delivery)] = qseq
                 store.add_delivery(self.client_id, qseq, delivery, pid)
         return pid
@@ -330,6 +369,8 @@ class Session:
         is already awaiting PUBREL."""
         if packet_id in self.awaiting_rel:
             return False
+        if self.awaiting_rel is NO_MAP:
+            self.awaiting_rel = {}
         self.awaiting_rel[packet_id] = now
         if self.store is not None:
             self.store.await_rel(self.client_id, packet_id)

@@ -132,6 +132,7 @@ def _restore(restored: Restored, journal: Journal, registry: Registry, retainer:
                           mqueue_store_qos0=zone.mqueue_store_qos0,
                           await_rel_timeout=zone.await_rel_timeout)
         session.zone = zone.name
+        session.own_maps()
         session.set_overflow(zone.mqueue_overflow, zone.mqueue_backpressure_fallback)
         session.created_at = row.created_at
         session.persistent = True
