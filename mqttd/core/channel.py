@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from ..config import Zone
 from ..hooks import Hooks
@@ -139,7 +139,7 @@ from .services import (
     TimerHandle,
     Timers,
 )
-from .session import OVERFULL, AckFault, Delivery, Session
+from .session import NO_MAP, OVERFULL, AckFault, Delivery, Session
 
 log = logging.getLogger("mqttd.channel")
 #: One info line per connect, refusal and disconnect ([log] connection_messages): per
@@ -213,6 +213,8 @@ SUBSCRIBE_SLICE = 1000
 #: in order); past this the connection is closed (MQTT 5: DISCONNECT 0x97).
 MAX_HELD_SUBSCRIBING = 10_000
 _PROTO = CloseReason.PROTOCOL_ERROR
+_NO_ALIAS_IN: Final = cast("dict[int, str]", NO_MAP)
+_NO_ALIAS_OUT: Final = cast("dict[str, int]", NO_MAP)
 # Module constants: an enum member looked up on its class costs ~60 ns, every ack.
 _UNKNOWN: Final = AckFault.UNKNOWN
 _MISMATCH: Final = AckFault.MISMATCH
@@ -369,8 +371,9 @@ class Channel:
         self.will: Message | None = None
         self.will_delay = 0
         self.keepalive = 0
-        self.alias_in: dict[int, str] = {}
-        self.alias_out: dict[str, int] = {}
+        # Topic aliases both ways: the shared empty NO_MAP until the first (64 B each).
+        self.alias_in: dict[int, str] = _NO_ALIAS_IN
+        self.alias_out: dict[str, int] = _NO_ALIAS_OUT
         self.alias_out_max = 0
         self.client_max_packet = 0
         self.receive_maximum = 0
@@ -1202,6 +1205,8 @@ class Channel:
                 if alias == 0 or alias > zone.max_topic_alias:
                     return self._close(_PROTO, "topic alias out of range", RC.TOPIC_ALIAS_INVALID)
                 if topic:
+                    if self.alias_in is NO_MAP:
+                        self.alias_in = {}
                     self.alias_in[alias] = topic
                 else:
                     topic = self.alias_in.get(alias, "")
@@ -1860,6 +1865,8 @@ class Channel:
                 pub.properties = dict(pub.properties, topic_alias=alias)
                 pub.topic = ""
             elif len(self.alias_out) < self.alias_out_max:
+                if self.alias_out is NO_MAP:
+                    self.alias_out = {}
                 new_alias = pub.topic
                 alias = self.alias_out[new_alias] = len(self.alias_out) + 1
                 pub.properties = dict(pub.properties, topic_alias=alias)
