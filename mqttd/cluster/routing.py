@@ -141,8 +141,9 @@ class Cluster:
         self._wake = asyncio.Event()
         self._seq = 0
         self._seen: dict[str, _Seen] = {}
-        #: topic -> its subject (the encoding walks every character).
+        #: topic -> its subject and back (the encoding walks every character).
         self._subjects: dict[str, str] = {}
+        self._topics: dict[str, str] = {}
         self.members = Membership(settings.heartbeat_interval, settings.heartbeat_misses)
         self.retained = RetainedSync(settings.retained_bucket, dispatcher.retainer,
                                      self.origin)
@@ -432,7 +433,13 @@ class Cluster:
                 raise ValueError("no mqttd frame")
             end = 3 + int.from_bytes(data[1:3], "big")
             origin, seq, qos, retain, sender, props, local = json.loads(data[3:end])
-            msg = Message(decode_topic(m.subject), data[end:], int(qos), bool(retain),
+            subject = m.subject
+            topic = self._topics.get(subject)
+            if topic is None:
+                if len(self._topics) >= 65536:
+                    self._topics.clear()
+                topic = self._topics[subject] = decode_topic(subject)
+            msg = Message(topic, data[end:], int(qos), bool(retain),
                           _props_in(props) if props else None, sender)
         except (KeyError, ValueError, TypeError, SubjectError) as err:
             log.warning("cluster: a message on %s is not an mqttd node's: %s", m.subject, err)
