@@ -212,6 +212,9 @@ def test_huge_subscribe_is_left_undecoded_and_decodes_as_the_whole(
             _codec_py.decode_filters(*args)
         with pytest.raises(ValueError):
             _codec.decode_filters(*args)
+    for decode in (_codec_py.decode_filters, _codec.decode_filters):
+        with pytest.raises(TypeError, match="data must be bytes"):
+            decode(bytearray(body), 0, level, 1)
 
 
 #: One bad entry each, by level: what the whole-packet parse says of it must be what the

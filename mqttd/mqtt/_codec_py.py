@@ -390,6 +390,8 @@ def decode_filters(data: bytes, pos: int, version: int, count: int
     """Up to ``count`` SUBSCRIBE entries of ``data`` (a :attr:`Subscribe.rest`) from ``pos``,
     and the position after them (``len(data)`` at the end). Raises the :class:`PacketError`
     the parser would have raised for a bad entry."""
+    if type(data) is not bytes:
+        raise TypeError("data must be bytes")
     if count < 0 or pos < 0 or pos > len(data):
         raise ValueError("bad position or count")
     r = _Reader(data, pos, len(data))
