@@ -70,6 +70,8 @@ class Pinger(threading.Thread):
         super().__init__(daemon=True)
         self.client = connected(broker, "pinger", 4)
         self.rtts: list[float] = []
+        #: time.perf_counter() when each PINGRESP came
+        self.answered: list[float] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -80,14 +82,19 @@ class Pinger(threading.Thread):
                 t0 = time.perf_counter()
                 c.send(B.pingreq())
                 c.expect(Pingresp)
-                self.rtts.append(time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                self.rtts.append(t1 - t0)
+                self.answered.append(t1)
                 time.sleep(0.002)
 
 
-#: The worst PINGREQ round trip another client may see while a 100,000-filter SUBSCRIBE is
-#: applied: unsliced ~380 ms (this test fails so); applied in slices but parsed in one piece
-#: ~50 ms; decoded in slices too ~13 ms (what is left: a young-generation GC). A generous bound.
-MAX_PAUSE = 0.1
+#: PINGRESPs the other client must get while the huge SUBSCRIBE is being applied (between
+#: sending it and its SUBACK). Applied in one piece, the loop stands still for the whole
+#: packet (~380 ms) and at most the ping already waiting is answered inside that window;
+#: in slices the loop turns between them, and pings every ~2 ms are answered all along.
+#: How long the worst pause is (13 ms here) is measured, not asserted: printed below and
+#: recorded in bench/RESULTS.md.
+MIN_INTERLEAVED = 10
 
 
 def test_huge_subscribe_in_slices_while_others_are_served() -> None:
@@ -101,9 +108,11 @@ def test_huge_subscribe_in_slices_while_others_are_served() -> None:
             before = len(pinger.rtts)
             # Sent after the SUBSCRIBE, answered only after its SUBACK, in order: a ping,
             # an UNSUBSCRIBE of one of its filters, a PUBLISH to another (it comes back).
+            sent = time.perf_counter()
             c.send(big, B.pingreq(), B.unsubscribe(2, ["dev/0"], properties=b"\x00"),
                    B.publish("dev/1", b"back", properties=b"\x00"))
             ack = c.expect(Suback, timeout=60)
+            acked = time.perf_counter()
             c.expect(Pingresp)
             assert c.expect(Unsuback).reason_codes == [0]
             echoed = c.expect(Publish)
@@ -117,7 +126,11 @@ def test_huge_subscribe_in_slices_while_others_are_served() -> None:
         worst = max(during)
         print(f"\n{n} filters: {len(during)} pings during, worst {worst * 1000:.1f} ms, "
               f"median {sorted(during)[len(during) // 2] * 1000:.2f} ms")
-        assert worst < MAX_PAUSE, f"a client waited {worst * 1000:.1f} ms for PINGRESP"
+        interleaved = sum(1 for t in pinger.answered if sent < t < acked)
+        print(f"{interleaved} PINGRESPs while it was applied ({(acked - sent) * 1000:.0f} ms)")
+        assert interleaved >= MIN_INTERLEAVED, (
+            f"only {interleaved} PINGRESPs reached another client while the SUBSCRIBE was "
+            f"applied ({(acked - sent) * 1000:.0f} ms): the loop did not turn between slices")
 
 
 def test_sliced_subscribe_of_a_stored_session_survives_a_kill() -> None:
