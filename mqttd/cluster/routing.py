@@ -513,6 +513,7 @@ class Cluster:
                 for peer in self.members.check(time.monotonic()):
                     log.warning("cluster: node %s is down (%s): its routes are dropped",
                                 peer.name, peer.reason)
+                    self._seen.pop(f"{peer.name}#{peer.id}", None)  # its dedup window
                     if self.sessions is not None:
                         self.sessions.node_down(peer.id)
             await asyncio.sleep(interval)
@@ -580,6 +581,7 @@ class Cluster:
         data = self._peer_message(m)
         if data is not None and self.members.left(data["node"], data["id"]):
             log.info("cluster: node %s left", data["node"])
+            self._seen.pop(f"{data['node']}#{data['id']}", None)
 
     async def _sync_asked(self, m: Msg) -> None:
         await m.respond(_js({"node": self.node_name, "id": self.node_id, "v": self.version,
