@@ -89,9 +89,9 @@ class Deadlines:
     def remove(self, conn: Connection, slot: int) -> None:
         bucket = self._buckets.get(slot)
         if bucket is not None:
+            # An empty bucket stays until its tick: deleted, the next client with a deadline
+            # in it would make it again and push its tick again, once per connect.
             bucket.discard(conn)
-            if not bucket:
-                del self._buckets[slot]  # (its heap entry is skipped when due)
 
     def _arm(self, slot: int) -> None:
         if self._handle is not None:
