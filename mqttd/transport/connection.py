@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import Zone
 from ..core.channel import AUTHENTICATING, CONNECTED, IDLE, Channel, ChannelServices
+from ..core.pubpath import build as _build_publish_path
 from ..core.services import CloseReason
 from ..metrics import (
     BYTES_RECEIVED,
@@ -39,6 +40,10 @@ from .limiter import ConnLimiter
 from .tls import cert_identity
 
 log = logging.getLogger("mqttd.connection")
+
+#: The PUBLISH fast path (mqttd/core/pubpath.py): takes the common QoS 0/1 PUBLISH, or
+#: declines (False, nothing changed) and the channel's state machine handles the packet.
+_take_publish = _build_publish_path()
 
 #: Seconds a closing connection keeps draining the client's input before it is aborted.
 LINGER = 2.0
@@ -322,7 +327,8 @@ class Connection(asyncio.Protocol):
         n = 0
         for packet in packets:
             n += 1
-            handle(packet)
+            if not _take_publish(channel, packet):  # the common PUBLISH, compiled
+                handle(packet)
             if channel.closing:
                 break
             if channel.pressure is not None:

@@ -1,0 +1,222 @@
+"""The PUBLISH fast path, pure-Python reference (the compiled twin is
+``mqttd/_speedups/_pubpath.pyx``; the facade is ``mqttd/core/pubpath.py``).
+
+``PublishPathPy.take(channel, packet)`` does for the common PUBLISH what
+``Channel.handle_in`` → ``_in_publish`` → ``_check_publish`` → ``Broker.check_acl`` →
+``Broker.publish`` → ``Dispatcher.publish`` → ``Channel.deliver`` do, in one call: a QoS 0
+or 1 PUBLISH, not retained, without properties (so no alias), to a topic not starting with
+``$``, from a connected client that is not traced, held, pressed or mounted, on a Broker
+with no authorization to ask, no client.publish / message.publish / client.check_acl
+callbacks, no cluster, no topic trace, no topic metrics for the topic, and a store that is
+not full. Anything else returns False *before changing anything*, and the caller hands the
+packet to ``Channel.handle_in``, the readable state machine, which stays the reference.
+
+Inside, whatever the fast path does not inline it hands to the same Python code the slow
+path runs, at the same point: several matching filters or shared groups go to
+``Dispatcher.publish``, a QoS 1/2 delivery or any QoS 0 one with something special (paused,
+authorization on delivery, message.delivered callbacks, aliases, a mountpoint, a trace, a
+packet-size limit it passes) to ``Channel.deliver``, an offline session to
+``Session.enqueue``, backpressure to ``Channel._press``, the durable store's hold rule to
+``Channel._hold``. The counters move as the slow path moves them. tests/test_pubpath.py
+checks py ≡ c ≡ ``handle_in`` on random traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..hooks import Hooks
+    from ..mqtt.packets import Properties
+    from .broker import Broker
+    from .channel import Channel
+    from .dispatch import Dispatcher
+    from .message import Message
+    from .router import Route
+    from .services import Backlog
+
+#: ``encode_publish``'s signature (mqttd/mqtt/codec.py).
+EncodePublish = Callable[[str, bytes, int, bool, bool, int, "Properties", int], bytes]
+
+#: ``encoded`` keys of the QoS 0 bytes shared by subscribers (MQTT 5 or not, retain False):
+#: the ones ``Channel.deliver`` uses.
+_K4 = (False, False)
+_K5 = (True, False)
+
+
+class PublishPathPy:
+    """The fast path, configured once with what it must not import (core's classes and
+    counters: this module sits beside them, the compiled twin below them)."""
+
+    __slots__ = ("broker_cls", "channel_cls", "message_cls", "overfull", "connected",
+                 "publish_type", "encode_publish", "qos_recv", "acl_ignore",
+                 "messages_publish", "messages_delivered", "dropped_no_subscribers",
+                 "qos0_sent", "puback_sent")
+
+    def __init__(self, broker_cls: type[Broker], channel_cls: type[Channel],
+                 message_cls: type[Message], overfull: list[Backlog], connected: object,
+                 publish_type: int, encode_publish: EncodePublish,
+                 counters: dict[str, int], slotted: dict[str, type] | None = None) -> None:
+        # ``slotted``: core's slotted classes by name, whose slots the compiled twin reads
+        # at offsets found here (attribute access is all the reference needs).
+        self.broker_cls = broker_cls
+        self.channel_cls = channel_cls
+        self.message_cls = message_cls
+        self.overfull = overfull
+        self.connected = connected
+        self.publish_type = publish_type
+        self.encode_publish = encode_publish
+        self.qos_recv = (counters["qos0_received"], counters["qos1_received"])
+        self.acl_ignore = counters["acl_ignore"]
+        self.messages_publish = counters["messages_publish"]
+        self.messages_delivered = counters["messages_delivered"]
+        self.dropped_no_subscribers = counters["dropped_no_subscribers"]
+        self.qos0_sent = counters["qos0_sent"]
+        self.puback_sent = counters["puback_sent"]
+
+    def take(self, channel: Channel, p: Any) -> bool:  # type: ignore[explicit-any]
+        # ``p``: any packet (its packet_type is tested first, as Channel.handle_in does)
+        """Handle ``p`` if it is the common PUBLISH (True); else change nothing (False)."""
+        # --- may we? (no side effect before every test has passed) ---
+        if p.packet_type != self.publish_type:
+            return False
+        qos = p.qos
+        if qos > 1 or p.retain or p.properties:
+            return False
+        if (channel.closing or channel._held is not None or channel.tracer is not None
+                or channel.state != self.connected or channel.pressure is not None
+                or channel.mountpoint):
+            return False
+        topic = p.topic
+        if not isinstance(topic, str) or topic[:1] == "$":
+            return False
+        zone = channel.zone
+        if qos > zone.max_qos_allowed:
+            return False
+        max_levels = zone.max_topic_levels
+        if max_levels and topic.count("/") >= max_levels:
+            return False
+        broker = channel.services
+        if type(broker) is not self.broker_cls:
+            return False
+        hooks = channel.hooks
+        if (hooks.client_publish or hooks.client_check_acl or hooks.message_publish
+                or broker.cluster is not None or broker.topic_traces):
+            return False
+        if broker.authorizer is not None and not (
+                channel._clientinfo or channel.clientinfo).superuser:
+            return False
+        gate = channel.gate
+        if qos and gate is not None and gate.full:  # the store may refuse it: slow path
+            return False
+        dispatcher = broker.dispatcher
+        watched = dispatcher.watched
+        if watched is not None and topic in watched:
+            return False
+
+        # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
+        metrics = channel.metrics
+        channel.recv_pkt += 1
+        issued = gate.issued if qos and gate is not None else 0
+        metrics.inc(self.qos_recv[qos])
+        channel.recv_msg += 1
+        metrics.inc(self.acl_ignore)
+        overfull = self.overfull
+        if overfull:  # left by a publish no channel waits for (a will, the API)
+            overfull.clear()
+        msg = self.message_cls(topic, p.payload, qos, False, p.properties, channel.client_id)
+
+        # --- Broker.publish, Dispatcher.publish ---
+        broker.metrics.inc(self.messages_publish)
+        routes = dispatcher.router.match(topic)
+        if not routes:
+            dispatcher.dropped_no_subscribers += 1
+            dispatcher.metrics.inc(self.dropped_no_subscribers)
+            if hooks.message_dropped:
+                hooks.run("message.dropped", msg, "no_subscribers")
+            n = 0
+        elif len(routes) != 1 or routes[0].groups:
+            n = dispatcher.publish(msg)
+        else:
+            n = self._dispatch(routes[0], msg, dispatcher, hooks)
+
+        # --- back in Channel._in_publish: backpressure, PUBACK ---
+        held = channel._press() if overfull else False
+        if not qos:
+            return True
+        packet_id = p.packet_id
+        if n or channel.version != 5:
+            ack = bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF))
+        else:  # 0x10 No matching subscribers
+            ack = bytes((0x40, 3, packet_id >> 8, packet_id & 0xFF, 0x10))
+        out = channel.out
+        limit = channel.client_max_packet
+        if limit and len(ack) > limit:  # as Channel._send: never more than the client takes
+            channel.dropped += 1
+        else:
+            out.append(ack)
+            channel.send_pkt += 1
+            metrics.inc(self.puback_sent)
+        if held and out:
+            channel._held_ack = (msg, n, packet_id, out[-1])
+        # --- Channel.handle_in: the acknowledgement waits for what the store took ---
+        if gate is not None and out and (gate.issued != issued
+                                         or channel._stored_pending(gate)):
+            channel._hold(gate)
+        return True
+
+    def _dispatch(self, route: Route, msg: Message, dispatcher: Dispatcher, hooks: Hooks
+                  ) -> int:
+        """Dispatcher.publish's one-route case without shared groups; QoS 0 deliveries to a
+        plain channel inlined from Channel.deliver with one encoding shared."""
+        sender = msg.sender
+        mqos = msg.qos
+        encoded: dict[tuple[bool, bool], bytes] = {}
+        n = 0
+        one = route.one
+        delivered_hook = hooks.message_delivered
+        channel_cls = self.channel_cls
+        for session, (opts, subid) in (((one, route.entry),) if one is not None
+                                       else route.subs.items()):
+            if opts.no_local and sender == session.client_id:
+                dispatcher._no_local(session, msg)
+                continue
+            qos = opts.qos
+            if qos > mqos and not session.upgrade_qos:
+                qos = mqos
+            delivery = (msg, qos, False, (subid,) if subid else (), None)
+            n += 1
+            ch = session.channel
+            if ch is None:
+                dropped = session.enqueue(delivery)
+                if dropped is not None:
+                    dispatcher.queue_dropped(session, dropped)
+                continue
+            if (qos or subid or delivered_hook or type(ch) is not channel_cls or ch.closing
+                    or ch.acl_deliver is not None or ch.paused or ch.alias_out_max
+                    or ch.tracer is not None or ch.mountpoint):
+                ch.deliver(delivery, encoded)
+                continue
+            # Channel.deliver's shared QoS 0 bytes (the message has no expiry: no properties)
+            v5 = ch.version == 5
+            key = _K5 if v5 else _K4
+            data = encoded.get(key)
+            if data is None:
+                data = encoded[key] = self.encode_publish(
+                    msg.topic, msg.payload, 0, False, False, 0, msg.properties, ch.version)
+            limit = ch.client_max_packet
+            if limit and len(data) > limit:
+                ch.deliver(delivery, encoded)  # dropped and counted there
+                continue
+            out = ch.out
+            was_empty = not out
+            out.append(data)
+            ch.send_pkt += 1
+            ch.send_msg += 1
+            ch.metrics.inc(self.qos0_sent)
+            if was_empty and ch.wakeup is not None:
+                ch.wakeup()
+        if n:
+            dispatcher.metrics.inc(self.messages_delivered, n)
+        return n

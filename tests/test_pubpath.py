@@ -1,0 +1,210 @@
+"""The PUBLISH fast path (mqttd/core/pubpath.py): the pure reference and the compiled twin
+against the channel's state machine.
+
+Three brokers get the same random traffic: one through ``Channel.handle_in`` alone (the
+state machine, the reference behaviour), one through ``PublishPathPy.take`` first, one
+through the compiled ``PublishPath.take`` first. Every byte each client is sent, every
+counter, every hook call and each session's state must be the same in all three, with
+hooks, pauses, offline sessions, No Local, shared groups, properties, retain and $-topics
+coming and going (so the fast path both takes and declines).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from core_util import Probe, World
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from mqttd import _accel
+from mqttd.core import pubpath
+from mqttd.core._pubpath_py import PublishPathPy
+from mqttd.core.session import NO_QUEUE
+from mqttd.mqtt.packets import Disconnect, Puback, Publish, Pubrel, SubOpts, Subscribe, Unsubscribe
+
+_NO_C_REASON = "MQTTD_NO_EXTENSIONS is set: the compiled fast path is not built"
+
+TOPICS = ["a/b", "a/c", "x", "$SYS/x", "$delayed/1/a/b", "a/b/c/d/e/f", "q"]
+FILTERS = ["a/#", "a/b", "+/b", "#", "x", "$share/g/a/b", "$share/g/x", "q"]
+#: (client id, MQTT version, clean start) of the clients every world connects.
+CLIENTS = [("c0", 4, True), ("c1", 5, True), ("c2", 4, False), ("c3", 5, False)]
+HOOK_POINTS = ["message.delivered", "message.dropped", "message.publish", "client.publish",
+               "delivery.dropped", "client.check_acl", "message.acked"]
+
+
+def _compiled() -> type:
+    # Imported directly, not through the facade, so a missing build fails loudly.
+    return importlib.import_module("mqttd._speedups._pubpath").PublishPath  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module", params=["py", "c"])
+def impl(request: pytest.FixtureRequest) -> type:
+    """The fast path under test: ``PublishPathPy`` or the compiled ``PublishPath``."""
+    if request.param == "py":
+        return PublishPathPy
+    if _accel.NO_EXTENSIONS:
+        pytest.skip(_NO_C_REASON)
+    return _compiled()
+
+
+def test_facade_uses_compiled_path() -> None:
+    if _accel.NO_EXTENSIONS:
+        assert pubpath.PublishPath is PublishPathPy
+    else:
+        assert pubpath.PublishPath is _compiled()
+
+
+class Run:
+    """One broker, its clients and what they were sent, driven through ``take``."""
+
+    def __init__(self, take: Callable[[Any, Any], bool] | None, max_levels: int) -> None:
+        self.world = World(max_topic_levels=max_levels, max_mqueue_len=3)
+        self.take = take
+        self.log: list[tuple[Any, ...]] = []
+        self.probes: list[Probe] = []
+        self.next_id: list[int] = []
+        for cid, version, clean in CLIENTS:
+            probe = self.world.client(cid, version, clean=clean,
+                                      expiry=None if clean else 300)
+            probe.out()
+            self.probes.append(probe)
+            self.next_id.append(0)
+        self.sent: list[list[bytes]] = [[] for _ in CLIENTS]
+        self.callbacks: dict[str, Callable[..., Any]] = {}
+
+    def feed(self, i: int, packet: Any) -> None:
+        channel = self.probes[i].channel
+        if self.take is None or not self.take(channel, packet):
+            channel.handle_in(packet)
+        self.collect()
+
+    def collect(self) -> None:
+        for i, probe in enumerate(self.probes):
+            out = probe.channel.out
+            if out:
+                self.sent[i].append(b"".join(out))
+                out.clear()
+
+    def hook(self, point: str, on: bool) -> None:
+        hooks = self.world.hooks
+        if on and point not in self.callbacks:
+            def record(*args: Any) -> None:
+                self.log.append((point, *(repr(a) for a in args[-1:])))
+            self.callbacks[point] = record
+            hooks.add(point, record)
+        elif not on and point in self.callbacks:
+            hooks.delete(point, self.callbacks.pop(point))
+
+    def state(self) -> dict[str, Any]:
+        sessions = {}
+        for probe in self.probes:
+            ch = probe.channel
+            s = ch.session
+            sessions[ch.client_id] = (
+                ch.recv_pkt, ch.send_pkt, ch.recv_msg, ch.send_msg, ch.dropped, ch.closing,
+                None if s is None else (sorted(s.inflight), len(s.mqueue) if s.mqueue
+                                        is not NO_QUEUE else 0, s.dropped,
+                                        sorted(s.awaiting_rel)))
+        return {"metrics": self.world.metrics.snapshot(), "sessions": sessions,
+                "sent": self.sent, "log": self.log,
+                "retained": sorted(m.topic for m in self.world.broker.retained("#"))}
+
+
+_client = st.integers(0, len(CLIENTS) - 1)
+OPS = st.one_of(
+    st.tuples(st.just("sub"), _client, st.sampled_from(FILTERS), st.integers(0, 2),
+              st.booleans()),
+    st.tuples(st.just("unsub"), _client, st.sampled_from(FILTERS)),
+    st.tuples(st.just("pub"), _client, st.sampled_from(TOPICS), st.integers(0, 2),
+              st.booleans(), st.sampled_from([None, "user", "content"])),
+    st.tuples(st.just("pub"), _client, st.sampled_from(TOPICS[:3]), st.integers(0, 1),
+              st.just(False), st.just(None)),
+    st.tuples(st.just("ack"), _client),
+    st.tuples(st.just("pause"), _client, st.booleans()),
+    st.tuples(st.just("hook"), st.sampled_from(HOOK_POINTS), st.booleans()),
+    st.tuples(st.just("close"), _client),
+)
+
+
+def _apply(run: Run, op: tuple[Any, ...]) -> None:
+    kind = op[0]
+    if kind == "sub":
+        _, i, topic_filter, qos, no_local = op
+        run.next_id[i] += 1
+        run.feed(i, Subscribe(run.next_id[i] % 65535 + 1,
+                              [(topic_filter, SubOpts(qos, no_local=no_local))]))
+    elif kind == "unsub":
+        _, i, topic_filter = op
+        run.next_id[i] += 1
+        run.feed(i, Unsubscribe(run.next_id[i] % 65535 + 1, [topic_filter]))
+    elif kind == "pub":
+        _, i, topic, qos, retain, props = op
+        properties: dict[str, Any] = {}
+        if props == "user" and CLIENTS[i][1] == 5:
+            properties["user_property"] = [("k", "v")]
+        elif props == "content" and CLIENTS[i][1] == 5:
+            properties["content_type"] = "text/plain"
+        packet_id = 0
+        if qos:
+            run.next_id[i] += 1
+            packet_id = run.next_id[i] % 65535 + 1
+        run.feed(i, Publish(topic, b"payload-%d" % len(run.log), qos, retain, False, packet_id,
+                            properties))
+        if qos == 2:
+            run.feed(i, Pubrel(packet_id))
+    elif kind == "ack":
+        _, i = op
+        session = run.probes[i].channel.session
+        if session is not None:
+            for packet_id, entry in sorted(session.inflight.items()):
+                if entry[1] == 1:  # WAIT_ACK of a QoS 1 delivery
+                    run.feed(i, Puback(packet_id))
+    elif kind == "pause":
+        _, i, paused = op
+        channel = run.probes[i].channel
+        if not channel.closing:
+            channel.set_paused(paused)
+            run.collect()
+    elif kind == "hook":
+        run.hook(op[1], op[2])
+    elif kind == "close":
+        _, i = op
+        run.feed(i, Disconnect())
+    else:  # pragma: no cover
+        raise AssertionError(op)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(OPS, min_size=1, max_size=40), max_levels=st.sampled_from([0, 3]))
+def test_fast_path_matches_state_machine(impl: type, ops: list[tuple[Any, ...]],
+                                         max_levels: int) -> None:
+    slow = Run(None, max_levels)
+    fast = Run(pubpath.build(impl), max_levels)
+    for op in ops:
+        _apply(slow, op)
+        _apply(fast, op)
+    assert fast.state() == slow.state()
+
+
+def test_fast_path_takes_the_common_publish(impl: type) -> None:
+    """Not only equal: the plain QoS 0/1 PUBLISH is the fast path's, the others are not."""
+    run = Run(pubpath.build(impl), 0)
+    take = run.take
+    assert take is not None
+    run.feed(1, Subscribe(1, [("a/#", SubOpts(1))]))
+    publisher = run.probes[0].channel
+    assert take(publisher, Publish("a/b", b"x", 0))
+    assert take(publisher, Publish("a/b", b"x", 1, False, False, 7))
+    assert not take(publisher, Publish("a/b", b"x", 2, False, False, 8))
+    assert not take(publisher, Publish("a/b", b"x", 0, True))
+    assert not take(publisher, Publish("$SYS/a", b"x", 0))
+    assert not take(publisher, Puback(3))
+    run.collect()
+    # c0 (3.1.1) got its PUBACK, c1 (MQTT 5) both messages: one QoS 0, one QoS 1.
+    assert run.sent[0] == [bytes((0x40, 2, 0, 7))]
+    assert run.sent[1][1] == (bytes((0x30, 7, 0, 3)) + b"a/b\0x"
+                              + bytes((0x32, 9, 0, 3)) + b"a/b\0\1\0x")
