@@ -324,7 +324,7 @@ class BridgeSettings:
     #: While connected, QoS 1/2 messages queued at which a local publisher of one more
     #: waits (its acknowledgement held, its reading paused) until the queue is below it
     #: again, as a zone's ``mqueue_overflow = backpressure`` does; 0: never.
-    pause_queued: int = 10_000
+    pause_queued: int = 2_000
     egress: list[BridgeMapping] = field(default_factory=list)
     ingress: list[BridgeMapping] = field(default_factory=list)
 
