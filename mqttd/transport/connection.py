@@ -186,7 +186,8 @@ class Connection(asyncio.Protocol):
         "services", "zone", "flusher", "connections", "transport", "out", "parser",
         "channel", "loop", "last_recv", "_timer", "_slot", "_queued", "_lost", "_closing",
         "metrics", "watch", "listener", "_keepalive_armed", "limiter", "_paused_until",
-        "_crashed", "transport_name", "peer_address", "cert_as", "bytes_in", "bytes_mark",
+        "_crashed", "transport_name", "peer_address", "cert_as", "sockport", "bytes_in",
+        "bytes_mark",
         "_stash", "_unread", "_pressure_timer", "_pressure_deadline",
     )
 
@@ -228,6 +229,8 @@ class Connection(asyncio.Protocol):
         self.transport_name = "tcp"
         self.peer_address: tuple[str, int] | None = None
         self.cert_as: tuple[str, str] | None = None
+        #: The local port, when the listener knows it (0: asked of the socket).
+        self.sockport = 0
         #: Bytes received, and the count at the start of overload protection's window
         #: (mqttd.overload measures the heaviest publishers with them).
         self.bytes_in = 0
@@ -249,9 +252,12 @@ class Connection(asyncio.Protocol):
         peer_s = "%s:%s" % (peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
         channel = Channel(self.services, self.zone, peer_s, self.out)
         channel.wakeup = self._wakeup
-        sockname = transport.get_extra_info("sockname")
-        if isinstance(sockname, tuple):
-            channel.sockport = sockname[1]
+        if self.sockport:  # (an accepted socket's local port is its listener's: no syscall)
+            channel.sockport = self.sockport
+        else:
+            sockname = transport.get_extra_info("sockname")
+            if isinstance(sockname, tuple):
+                channel.sockport = sockname[1]
         channel.listener = self.listener
         channel.transport = self.transport_name
         if self.cert_as is not None:

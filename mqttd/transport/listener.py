@@ -371,6 +371,7 @@ class MqttListener:
                           self.watcher(), config.name)
         conn.transport_name = config.type
         conn.peer_address = peer
+        conn.sockport = self.address[1]
         conn.cert_as = self._cert_as
         return conn
 
