@@ -223,9 +223,12 @@ class Bridge:
                 kv.delete(key)
                 continue
             restored.append(out)
-        if restored:
-            self._seq = max(self._seq, int(restored[-1].key, 16))
-            self.queue.extend(restored)
+        for key in kv.records:  # new keys after every stored one (ours are hex numbers)
+            try:
+                self._seq = max(self._seq, int(key, 16))
+            except ValueError:
+                pass
+        self.queue.extend(restored)
         return len(restored)
 
     @property
@@ -274,7 +277,7 @@ class Bridge:
             self._task.cancel()
             self._task = None
         if self._proto is not None and self.connected_since:
-            self.flush()
+            self.flush(pump=False)  # what is pending, not more of the queue
         proto, self._proto = self._proto, None
         self._disconnected()
         if proto is not None and proto.transport is not None:
@@ -417,13 +420,14 @@ class Bridge:
         self._flush_handle = None
         self.flush()
 
-    def flush(self) -> None:
-        """Fill the in-flight window from the queue and write everything pending at once."""
+    def flush(self, pump: bool = True) -> None:
+        """Fill the in-flight window from the queue (``pump``) and write everything pending
+        at once."""
         proto = self._proto
         if proto is None or proto.transport is None:
             self._wbuf.clear()
             return
-        if self.queue and len(self.inflight) < self._window:
+        if pump and self.queue and len(self.inflight) < self._window:
             self._pump()
         wbuf = self._wbuf
         if wbuf:
