@@ -21,14 +21,7 @@ __all__ = ["Metrics"]
 
 @cython.final
 cdef class Metrics:
-    """Named monotonic counters, incremented by index."""
-
-    cdef int64_t* _c
-    cdef Py_ssize_t _n
-    cdef Py_ssize_t _cap
-    cdef list _names
-    cdef dict _index
-    cdef dict _derived
+    """Named monotonic counters, incremented by index (fields in _metrics.pxd)."""
 
     def __cinit__(self):
         self._c = NULL
@@ -49,7 +42,7 @@ cdef class Metrics:
                 raise ValueError(f"derived metric {name}: an index is out of range")
             self._derived[name] = parts
 
-    cdef inline int64_t _sum(self, tuple parts):
+    cdef int64_t _sum(self, tuple parts):
         cdef int64_t total = 0
         cdef object i
         for i in parts:
@@ -60,7 +53,7 @@ cdef class Metrics:
         PyMem_Free(self._c)
         self._c = NULL
 
-    cdef inline Py_ssize_t _check(self, Py_ssize_t idx) except -1:
+    cdef Py_ssize_t _check(self, Py_ssize_t idx) except -1:
         if idx < 0:
             idx += self._n
         if idx < 0 or idx >= self._n:

@@ -12,6 +12,150 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
+
+from mqttd._speedups._metrics cimport Metrics
+
+cdef extern from *:
+    """
+    #include "structmember.h"
+
+    /* Borrowed slot value of o at offset off, NULL if unset. */
+    static CYTHON_INLINE PyObject *pp_get(PyObject *o, Py_ssize_t off) {
+        return *(PyObject **)((char *)o + off);
+    }
+    /* Replace the slot value (a new reference is taken to v). */
+    static CYTHON_INLINE void pp_put(PyObject *o, Py_ssize_t off, PyObject *v) {
+        PyObject **slot = (PyObject **)((char *)o + off);
+        PyObject *old = *slot;
+        Py_INCREF(v);
+        *slot = v;
+        Py_XDECREF(old);
+    }
+    static CYTHON_INLINE PyObject *pp_type(PyObject *o) { return (PyObject *)Py_TYPE(o); }
+    /* Truth of the slot value, with no reference taken: 0 or 1; -1 on error;
+       -2 when o is not exactly tp or the slot is unset (the caller uses getattr). */
+    static CYTHON_INLINE int pp_test(PyObject *o, PyObject *tp, Py_ssize_t off) {
+        PyObject *v;
+        if ((PyObject *)Py_TYPE(o) != tp) return -2;
+        v = *(PyObject **)((char *)o + off);
+        if (v == NULL) return -2;
+        if (v == Py_None || v == Py_False) return 0;
+        if (v == Py_True) return 1;
+        return PyObject_IsTrue(v);
+    }
+    /* Whether the slot value is None: 0 or 1; -2 as pp_test. */
+    static CYTHON_INLINE int pp_none(PyObject *o, PyObject *tp, Py_ssize_t off) {
+        PyObject *v;
+        if ((PyObject *)Py_TYPE(o) != tp) return -2;
+        v = *(PyObject **)((char *)o + off);
+        if (v == NULL) return -2;
+        return v == Py_None;
+    }
+    /* Offset of the writable object slot that member descriptor descr gives
+       instances of tp, or -1 if it is not exactly that. */
+    static Py_ssize_t pp_slot_offset(PyObject *descr, PyObject *tp) {
+        PyMemberDef *m;
+        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) return -1;
+        if ((PyObject *)PyDescr_TYPE(descr) != tp) return -1;
+        m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
+        if (m->offset < (Py_ssize_t)sizeof(PyObject)
+                || m->offset + (Py_ssize_t)sizeof(PyObject *) > ((PyTypeObject *)tp)->tp_basicsize)
+            return -1;
+        return m->offset;
+    }
+    """
+    PyObject* pp_get(PyObject* o, Py_ssize_t off)
+    void pp_put(PyObject* o, Py_ssize_t off, PyObject* v)
+    PyObject* pp_type(PyObject* o)
+    PyObject** _PyObject_GetDictPtr(object o)
+    int pp_test(PyObject* o, PyObject* tp, Py_ssize_t off) except -1
+    int pp_none(PyObject* o, PyObject* tp, Py_ssize_t off)
+    Py_ssize_t pp_slot_offset(PyObject* descr, PyObject* tp)
+
+
+# Attributes of core's slotted classes are read (and a few counters written) straight
+# from their slots when the object is exactly the class the offsets were found on: a
+# pointer read instead of a type lookup and a descriptor call, ~40 times per message.
+# Anything else (a subclass, a stand-in, an unset slot) goes through getattr/setattr.
+cdef struct Slot:
+    PyObject* tp
+    Py_ssize_t off
+
+
+cdef Slot _slot(cls, str name) except *:
+    cdef Slot s
+    descr = cls.__dict__.get(name)
+    s.tp = <PyObject*>cls
+    s.off = pp_slot_offset(<PyObject*>descr, <PyObject*>cls)
+    if s.off < 0:
+        s.tp = NULL  # never matches: getattr
+    return s
+
+
+cdef inline object _g(object o, Slot s, str name):
+    cdef PyObject* v
+    if pp_type(<PyObject*>o) == s.tp:
+        v = pp_get(<PyObject*>o, s.off)
+        if v != NULL:
+            return <object>v
+    return getattr(o, name)
+
+
+cdef inline object _d(object o, str name, bint plain):
+    """``o.name`` for an object of a class that defines none of the names it is asked
+    (``plain``, checked once): straight from the instance's dict."""
+    cdef PyObject** dp
+    cdef PyObject* v
+    if plain:
+        dp = _PyObject_GetDictPtr(o)
+        if dp != NULL and dp[0] != NULL:
+            v = PyDict_GetItem(<object>dp[0], name)
+            if v != NULL:
+                return <object>v
+    return getattr(o, name)
+
+
+cdef bint _plain(cls, names) except -1:
+    """Whether no class in ``cls``'s MRO defines any of ``names`` (a property, a slot, a
+    class attribute): then an instance's attribute of that name is its dict's entry."""
+    for klass in cls.__mro__:
+        for name in names:
+            if name in klass.__dict__:
+                return False
+    return True
+
+
+cdef inline bint _t(object o, Slot s, str name) except -1:
+    """Truth of ``o.name`` (no reference taken when read from the slot)."""
+    cdef int r = pp_test(<PyObject*>o, s.tp, s.off)
+    if r == -2:
+        return bool(getattr(o, name))
+    return r
+
+
+cdef inline bint _none(object o, Slot s, str name) except -1:
+    """``o.name is None`` (no reference taken when read from the slot)."""
+    cdef int r = pp_none(<PyObject*>o, s.tp, s.off)
+    if r == -2:
+        return getattr(o, name) is None
+    return r
+
+
+cdef inline void _inc(object metrics, Py_ssize_t idx, int64_t n=1) except *:
+    """``metrics.inc(idx, n)``: the compiled counters' C array when it is them."""
+    if type(metrics) is Metrics and 0 <= idx < (<Metrics>metrics)._n:
+        (<Metrics>metrics)._c[idx] += n
+    else:
+        metrics.inc(idx, n)
+
+
+cdef inline void _s(object o, Slot s, str name, object value) except *:
+    if pp_type(<PyObject*>o) == s.tp and pp_get(<PyObject*>o, s.off) != NULL:
+        pp_put(<PyObject*>o, s.off, <PyObject*>value)
+    else:
+        setattr(o, name, value)
 
 __all__ = ["PublishPath"]
 
@@ -27,11 +171,28 @@ cdef class PublishPath:
     cdef object broker_cls, channel_cls, message_cls, connected, encode_publish
     cdef list overfull
     cdef int publish_type
-    cdef object qos0_received, qos1_received, acl_ignore, messages_publish
-    cdef object messages_delivered, dropped_no_subscribers, qos0_sent, puback_sent
+    cdef Py_ssize_t qos0_received, qos1_received, acl_ignore, messages_publish
+    cdef Py_ssize_t messages_delivered, dropped_no_subscribers, qos0_sent, puback_sent
+    # Channel
+    cdef Slot c_closing, c_held, c_tracer, c_state, c_pressure, c_mountpoint, c_zone
+    cdef Slot c_services, c_hooks, c_gate, c_metrics, c_recv_pkt, c_recv_msg, c_client_id
+    cdef Slot c_out, c_client_max_packet, c_version, c_send_pkt, c_send_msg, c_dropped
+    cdef Slot c_acl_deliver, c_paused, c_alias_out_max, c_wakeup, c_clientinfo
+    # Publish, Zone, Hooks, Route, Session, SubOpts, Message
+    cdef Slot p_qos, p_retain, p_properties, p_topic, p_payload, p_packet_id
+    cdef Slot z_max_qos_allowed, z_max_topic_levels
+    cdef Slot h_client_publish, h_client_check_acl, h_message_publish, h_message_dropped
+    cdef Slot h_message_delivered
+    cdef Slot r_one, r_entry, r_subs, r_groups
+    cdef Slot s_channel, s_client_id, s_upgrade_qos
+    cdef Slot o_qos, o_no_local
+    cdef Slot m_sender, m_qos, m_topic, m_payload, m_properties
+    cdef object publish_cls
+    cdef bint broker_plain, dispatcher_plain, router_plain
+    cdef tuple classes  # keeps the classes whose offsets the Slots hold
 
     def __init__(self, broker_cls, channel_cls, message_cls, list overfull, connected,
-                 int publish_type, encode_publish, dict counters):
+                 int publish_type, encode_publish, dict counters, dict slotted=None):
         self.broker_cls = broker_cls
         self.channel_cls = channel_cls
         self.message_cls = message_cls
@@ -47,6 +208,73 @@ cdef class PublishPath:
         self.dropped_no_subscribers = counters["dropped_no_subscribers"]
         self.qos0_sent = counters["qos0_sent"]
         self.puback_sent = counters["puback_sent"]
+        c = channel_cls
+        self.c_closing = _slot(c, "closing")
+        self.c_held = _slot(c, "_held")
+        self.c_tracer = _slot(c, "tracer")
+        self.c_state = _slot(c, "state")
+        self.c_pressure = _slot(c, "pressure")
+        self.c_mountpoint = _slot(c, "mountpoint")
+        self.c_zone = _slot(c, "zone")
+        self.c_services = _slot(c, "services")
+        self.c_hooks = _slot(c, "hooks")
+        self.c_gate = _slot(c, "gate")
+        self.c_metrics = _slot(c, "metrics")
+        self.c_recv_pkt = _slot(c, "recv_pkt")
+        self.c_recv_msg = _slot(c, "recv_msg")
+        self.c_client_id = _slot(c, "client_id")
+        self.c_out = _slot(c, "out")
+        self.c_client_max_packet = _slot(c, "client_max_packet")
+        self.c_version = _slot(c, "version")
+        self.c_send_pkt = _slot(c, "send_pkt")
+        self.c_send_msg = _slot(c, "send_msg")
+        self.c_dropped = _slot(c, "dropped")
+        self.c_acl_deliver = _slot(c, "acl_deliver")
+        self.c_paused = _slot(c, "paused")
+        self.c_alias_out_max = _slot(c, "alias_out_max")
+        self.c_wakeup = _slot(c, "wakeup")
+        self.c_clientinfo = _slot(c, "_clientinfo")
+        slotted = slotted or {}
+        self.broker_plain = _plain(broker_cls, (
+            "cluster", "topic_traces", "authorizer", "dispatcher", "metrics"))
+        self.dispatcher_plain = _plain(slotted.get("Dispatcher", object), (
+            "watched", "router", "metrics"))
+        self.router_plain = _plain(slotted.get("Router", object), ("_cache",))
+        self.classes = (channel_cls, message_cls, *slotted.values())
+        c = self.publish_cls = slotted.get("Publish", object)
+        self.p_qos = _slot(c, "qos")
+        self.p_retain = _slot(c, "retain")
+        self.p_properties = _slot(c, "properties")
+        self.p_topic = _slot(c, "topic")
+        self.p_payload = _slot(c, "payload")
+        self.p_packet_id = _slot(c, "packet_id")
+        c = slotted.get("Zone", object)
+        self.z_max_qos_allowed = _slot(c, "max_qos_allowed")
+        self.z_max_topic_levels = _slot(c, "max_topic_levels")
+        c = slotted.get("Hooks", object)
+        self.h_client_publish = _slot(c, "client_publish")
+        self.h_client_check_acl = _slot(c, "client_check_acl")
+        self.h_message_publish = _slot(c, "message_publish")
+        self.h_message_dropped = _slot(c, "message_dropped")
+        self.h_message_delivered = _slot(c, "message_delivered")
+        c = slotted.get("Route", object)
+        self.r_one = _slot(c, "one")
+        self.r_entry = _slot(c, "entry")
+        self.r_subs = _slot(c, "subs")
+        self.r_groups = _slot(c, "groups")
+        c = slotted.get("Session", object)
+        self.s_channel = _slot(c, "channel")
+        self.s_client_id = _slot(c, "client_id")
+        self.s_upgrade_qos = _slot(c, "upgrade_qos")
+        c = slotted.get("SubOpts", object)
+        self.o_qos = _slot(c, "qos")
+        self.o_no_local = _slot(c, "no_local")
+        c = message_cls
+        self.m_sender = _slot(c, "sender")
+        self.m_qos = _slot(c, "qos")
+        self.m_topic = _slot(c, "topic")
+        self.m_payload = _slot(c, "payload")
+        self.m_properties = _slot(c, "properties")
 
     def take(self, channel, p):
         """Handle ``p`` if it is the common PUBLISH (True); else change nothing (False)."""
@@ -54,67 +282,79 @@ cdef class PublishPath:
         cdef Py_ssize_t n, max_levels, limit
         cdef unsigned int packet_id
         cdef char ack[5]
+        cdef PyObject* found
         # --- may we? (no side effect before every test has passed) ---
-        if p.packet_type != self.publish_type:
+        if type(p) is not self.publish_cls and p.packet_type != self.publish_type:
             return False
-        qos = p.qos
-        if qos > 1 or p.retain or p.properties:
+        qos = _g(p, self.p_qos, "qos")
+        if qos > 1 or _t(p, self.p_retain, "retain") or _t(p, self.p_properties, "properties"):
             return False
-        if (channel.closing or channel._held is not None or channel.tracer is not None
-                or channel.state != self.connected or channel.pressure is not None
-                or channel.mountpoint):
+        if (_t(channel, self.c_closing, "closing")
+                or not _none(channel, self.c_held, "_held")
+                or not _none(channel, self.c_tracer, "tracer")
+                or _g(channel, self.c_state, "state") != self.connected
+                or not _none(channel, self.c_pressure, "pressure")
+                or _t(channel, self.c_mountpoint, "mountpoint")):
             return False
-        topic = p.topic
+        topic = _g(p, self.p_topic, "topic")
         if not isinstance(topic, str):
             return False
         if (<str>topic).startswith("$"):
             return False
-        zone = channel.zone
-        if qos > zone.max_qos_allowed:
+        zone = _g(channel, self.c_zone, "zone")
+        if qos > _g(zone, self.z_max_qos_allowed, "max_qos_allowed"):
             return False
-        max_levels = zone.max_topic_levels
+        max_levels = _g(zone, self.z_max_topic_levels, "max_topic_levels")
         if max_levels and (<str>topic).count("/") >= max_levels:
             return False
-        broker = channel.services
+        broker = _g(channel, self.c_services, "services")
         if type(broker) is not self.broker_cls:
             return False
-        hooks = channel.hooks
-        if (hooks.client_publish or hooks.client_check_acl or hooks.message_publish
-                or broker.cluster is not None or broker.topic_traces):
+        hooks = _g(channel, self.c_hooks, "hooks")
+        if (_t(hooks, self.h_client_publish, "client_publish")
+                or _t(hooks, self.h_client_check_acl, "client_check_acl")
+                or _t(hooks, self.h_message_publish, "message_publish")
+                or _d(broker, "cluster", self.broker_plain) is not None
+                or _d(broker, "topic_traces", self.broker_plain)):
             return False
-        if broker.authorizer is not None and not (
-                channel._clientinfo or channel.clientinfo).superuser:
+        if _d(broker, "authorizer", self.broker_plain) is not None and not (
+                _g(channel, self.c_clientinfo, "_clientinfo") or channel.clientinfo).superuser:
             return False
-        gate = channel.gate
+        gate = _g(channel, self.c_gate, "gate")
         if qos and gate is not None and gate.full:  # the store may refuse it: slow path
             return False
-        dispatcher = broker.dispatcher
-        watched = dispatcher.watched
+        dispatcher = _d(broker, "dispatcher", self.broker_plain)
+        watched = _d(dispatcher, "watched", self.dispatcher_plain)
         if watched is not None and topic in watched:
             return False
 
         # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
-        metrics = channel.metrics
-        channel.recv_pkt += 1
+        metrics = _g(channel, self.c_metrics, "metrics")
+        _s(channel, self.c_recv_pkt, "recv_pkt", _g(channel, self.c_recv_pkt, "recv_pkt") + 1)
         issued = gate.issued if qos and gate is not None else 0
-        metrics.inc(self.qos1_received if qos else self.qos0_received)
-        channel.recv_msg += 1
-        metrics.inc(self.acl_ignore)
+        _inc(metrics, self.qos1_received if qos else self.qos0_received)
+        _s(channel, self.c_recv_msg, "recv_msg", _g(channel, self.c_recv_msg, "recv_msg") + 1)
+        _inc(metrics, self.acl_ignore)
         overfull = self.overfull
         if overfull:  # left by a publish no channel waits for (a will, the API)
             overfull.clear()
-        msg = self.message_cls(topic, p.payload, qos, False, p.properties, channel.client_id)
+        msg = self.message_cls(topic, _g(p, self.p_payload, "payload"), qos, False,
+                               _g(p, self.p_properties, "properties"),
+                               _g(channel, self.c_client_id, "client_id"))
 
         # --- Broker.publish, Dispatcher.publish ---
-        broker.metrics.inc(self.messages_publish)
-        routes = dispatcher.router.match(topic)
+        _inc(_d(broker, "metrics", self.broker_plain), self.messages_publish)
+        router = _d(dispatcher, "router", self.dispatcher_plain)
+        cache = _d(router, "_cache", self.router_plain)  # Router.match's first step, without its call
+        found = PyDict_GetItem(cache, topic) if type(cache) is dict else NULL
+        routes = <object>found if found is not NULL else router.match(topic)
         if not routes:
             dispatcher.dropped_no_subscribers += 1
-            dispatcher.metrics.inc(self.dropped_no_subscribers)
-            if hooks.message_dropped:
+            _inc(_d(dispatcher, "metrics", self.dispatcher_plain), self.dropped_no_subscribers)
+            if _t(hooks, self.h_message_dropped, "message_dropped"):
                 hooks.run("message.dropped", msg, "no_subscribers")
             n = 0
-        elif len(routes) != 1 or routes[0].groups:
+        elif len(routes) != 1 or _t(routes[0], self.r_groups, "groups"):
             n = dispatcher.publish(msg)
         else:
             n = self._dispatch(routes[0], msg, dispatcher, hooks)
@@ -123,25 +363,26 @@ cdef class PublishPath:
         held = channel._press() if overfull else False
         if not qos:
             return True
-        packet_id = p.packet_id
+        packet_id = _g(p, self.p_packet_id, "packet_id")
         ack[0] = <char>0x40
         ack[2] = <char>(packet_id >> 8)
         ack[3] = <char>(packet_id & 0xFF)
-        if n or channel.version != 5:
+        if n or _g(channel, self.c_version, "version") != 5:
             ack[1] = 2
             data = PyBytes_FromStringAndSize(ack, 4)
         else:  # 0x10 No matching subscribers
             ack[1] = 3
             ack[4] = 0x10
             data = PyBytes_FromStringAndSize(ack, 5)
-        out = channel.out
-        limit = channel.client_max_packet
+        out = _g(channel, self.c_out, "out")
+        limit = _g(channel, self.c_client_max_packet, "client_max_packet")
         if limit and len(data) > limit:  # as Channel._send: never more than the client takes
-            channel.dropped += 1
+            _s(channel, self.c_dropped, "dropped", _g(channel, self.c_dropped, "dropped") + 1)
         else:
             out.append(data)
-            channel.send_pkt += 1
-            metrics.inc(self.puback_sent)
+            _s(channel, self.c_send_pkt, "send_pkt",
+               _g(channel, self.c_send_pkt, "send_pkt") + 1)
+            _inc(metrics, self.puback_sent)
         if held and out:
             channel._held_ack = (msg, n, packet_id, out[len(out) - 1])
         # --- Channel.handle_in: the acknowledgement waits for what the store took ---
@@ -151,61 +392,84 @@ cdef class PublishPath:
         return True
 
     cdef Py_ssize_t _dispatch(self, route, msg, dispatcher, hooks) except -1:
-        cdef Py_ssize_t n = 0, limit
-        cdef int qos, mqos
+        cdef Py_ssize_t n = 0
+        cdef int mqos
         cdef dict encoded = {}
+        cdef dict subs
+        sender = _g(msg, self.m_sender, "sender")
+        mqos = _g(msg, self.m_qos, "qos")
+        one = _g(route, self.r_one, "one")
+        delivered_hook = _t(hooks, self.h_message_delivered, "message_delivered")
+        # A route's single subscriber is kept without a dict (see Route).
+        if one is not None:
+            n = self._to(one, _g(route, self.r_entry, "entry"), msg, sender, mqos,
+                         delivered_hook, encoded, dispatcher)
+        else:
+            subs = _g(route, self.r_subs, "subs")
+            for session, entry in subs.items():
+                n += self._to(session, entry, msg, sender, mqos, delivered_hook, encoded,
+                              dispatcher)
+        if n:
+            _inc(_d(dispatcher, "metrics", self.dispatcher_plain), self.messages_delivered, n)
+        return n
+
+    cdef int _to(self, session, entry, msg, sender, int mqos, bint delivered_hook,
+                 dict encoded, dispatcher) except -1:
+        """One subscriber of the route: 1 if it counts as reached, 0 (No Local) if not."""
+        cdef int qos
+        cdef Py_ssize_t limit
         cdef tuple key
         cdef PyObject* found
-        sender = msg.sender
-        mqos = msg.qos
-        one = route.one
-        delivered_hook = hooks.message_delivered
-        channel_cls = self.channel_cls
-        qos0_sent = self.qos0_sent
-        for session, entry in (((one, route.entry),) if one is not None
-                               else route.subs.items()):
+        if type(entry) is tuple and len(<tuple>entry) == 2:
+            opts = (<tuple>entry)[0]
+            subid = (<tuple>entry)[1]
+        else:
             opts, subid = entry
-            if opts.no_local and sender == session.client_id:
-                dispatcher._no_local(session, msg)
-                continue
-            qos = opts.qos
-            if qos > mqos and not session.upgrade_qos:
-                qos = mqos
-            delivery = (msg, qos, False, (subid,) if subid else _NO_SUBIDS, None)
-            n += 1
-            ch = session.channel
-            if ch is None:
-                dropped = session.enqueue(delivery)
-                if dropped is not None:
-                    dispatcher.queue_dropped(session, dropped)
-                continue
-            if (qos or subid or delivered_hook or type(ch) is not channel_cls or ch.closing
-                    or ch.acl_deliver is not None or ch.paused or ch.alias_out_max
-                    or ch.tracer is not None or ch.mountpoint):
-                ch.deliver(delivery, encoded)
-                continue
-            # Channel.deliver's shared QoS 0 bytes (the message has no expiry: no properties)
-            version = ch.version
-            key = _K5 if version == 5 else _K4
-            found = PyDict_GetItem(encoded, key)
-            if found is NULL:
-                data = self.encode_publish(msg.topic, msg.payload, 0, False, False, 0,
-                                           msg.properties, version)
-                encoded[key] = data
-            else:
-                data = <object>found
-            limit = ch.client_max_packet
-            if limit and len(data) > limit:
-                ch.deliver(delivery, encoded)  # dropped and counted there
-                continue
-            out = ch.out
-            was_empty = not out
-            out.append(data)
-            ch.send_pkt += 1
-            ch.send_msg += 1
-            ch.metrics.inc(qos0_sent)
-            if was_empty and ch.wakeup is not None:
-                ch.wakeup()
-        if n:
-            dispatcher.metrics.inc(self.messages_delivered, n)
-        return n
+        if (_t(opts, self.o_no_local, "no_local")
+                and sender == _g(session, self.s_client_id, "client_id")):
+            dispatcher._no_local(session, msg)
+            return 0
+        qos = _g(opts, self.o_qos, "qos")
+        if qos > mqos and not _t(session, self.s_upgrade_qos, "upgrade_qos"):
+            qos = mqos
+        delivery = (msg, qos, False, (subid,) if subid else _NO_SUBIDS, None)
+        ch = _g(session, self.s_channel, "channel")
+        if ch is None:
+            dropped = session.enqueue(delivery)
+            if dropped is not None:
+                dispatcher.queue_dropped(session, dropped)
+            return 1
+        if (qos or subid or delivered_hook or type(ch) is not self.channel_cls
+                or _t(ch, self.c_closing, "closing")
+                or not _none(ch, self.c_acl_deliver, "acl_deliver")
+                or _t(ch, self.c_paused, "paused")
+                or _t(ch, self.c_alias_out_max, "alias_out_max")
+                or not _none(ch, self.c_tracer, "tracer")
+                or _t(ch, self.c_mountpoint, "mountpoint")):
+            ch.deliver(delivery, encoded)
+            return 1
+        # Channel.deliver's shared QoS 0 bytes (the message has no expiry: no properties)
+        version = _g(ch, self.c_version, "version")
+        key = _K5 if version == 5 else _K4
+        found = PyDict_GetItem(encoded, key)
+        if found is NULL:
+            data = self.encode_publish(_g(msg, self.m_topic, "topic"),
+                                       _g(msg, self.m_payload, "payload"), 0, False,
+                                       False, 0, _g(msg, self.m_properties, "properties"),
+                                       version)
+            encoded[key] = data
+        else:
+            data = <object>found
+        limit = _g(ch, self.c_client_max_packet, "client_max_packet")
+        if limit and len(data) > limit:
+            ch.deliver(delivery, encoded)  # dropped and counted there
+            return 1
+        out = _g(ch, self.c_out, "out")
+        was_empty = not out
+        out.append(data)
+        _s(ch, self.c_send_pkt, "send_pkt", _g(ch, self.c_send_pkt, "send_pkt") + 1)
+        _s(ch, self.c_send_msg, "send_msg", _g(ch, self.c_send_msg, "send_msg") + 1)
+        _inc(_g(ch, self.c_metrics, "metrics"), self.qos0_sent)
+        if was_empty and not _none(ch, self.c_wakeup, "wakeup"):
+            ch.wakeup()
+        return 1

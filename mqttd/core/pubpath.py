@@ -29,8 +29,9 @@ from ..mqtt.packets import PUBLISH, Publish, SubOpts
 from ._pubpath_py import PublishPathPy
 from .broker import Broker
 from .channel import CONNECTED, Channel
+from .dispatch import Dispatcher
 from .message import Message
-from .router import Route
+from .router import Route, Router
 from .session import OVERFULL, Session
 
 __all__ = ["PublishPath", "PublishPathPy", "build"]
@@ -54,14 +55,16 @@ COUNTERS: dict[str, int] = {
     "puback_sent": PACKETS_PUBACK_SENT,
 }
 
-#: The slotted classes whose attributes the compiled twin reads from their slots.
+#: Core's classes whose attributes the compiled twin reads from their slots (or, for the
+#: Dispatcher and Router, which have none, from the instance's dict).
 SLOTTED: dict[str, type] = {"Publish": Publish, "Zone": Zone, "Hooks": Hooks, "Route": Route,
-                            "Session": Session, "SubOpts": SubOpts}
+                            "Session": Session, "SubOpts": SubOpts, "Dispatcher": Dispatcher,
+                            "Router": Router}
 
 
 def build(impl: type = PublishPath) -> Callable[[Any, Any], bool]:  # type: ignore[explicit-any]
     """A configured fast path's ``take`` (``impl``: PublishPathPy or PublishPathC)."""
     path = impl(Broker, Channel, Message, OVERFULL, CONNECTED, PUBLISH, encode_publish,
-                COUNTERS)
+                COUNTERS, SLOTTED)
     take: Callable[[Any, Any], bool] = path.take  # type: ignore[explicit-any]
     return take
