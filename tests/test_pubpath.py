@@ -12,6 +12,7 @@ coming and going (so the fast path both takes and declines).
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from mqttd import _accel
 from mqttd.core import pubpath
 from mqttd.core._pubpath_py import PublishPathPy
+from mqttd.core.message import Message
 from mqttd.core.session import NO_QUEUE
 from mqttd.mqtt.packets import Disconnect, Puback, Publish, Pubrel, SubOpts, Subscribe, Unsubscribe
 
@@ -208,3 +210,23 @@ def test_fast_path_takes_the_common_publish(impl: type) -> None:
     assert run.sent[0] == [bytes((0x40, 2, 0, 7))]
     assert run.sent[1][1] == (bytes((0x30, 7, 0, 3)) + b"a/b\0x"
                               + bytes((0x32, 9, 0, 3)) + b"a/b\0\1\0x")
+
+
+def test_fast_path_message_is_what_message_init_makes(impl: type) -> None:
+    """The compiled twin fills a Message's slots itself: the same values as Message(...)
+    (the timestamp from the same clock: between two time.time() readings around it)."""
+    run = Run(pubpath.build(impl), 0)
+    got: list[Message] = []
+    run.world.hooks.add("message.delivered", lambda _client, msg: got.append(msg))
+    run.feed(1, Subscribe(1, [("a/#", SubOpts(0))]))
+    before = time.time()
+    assert run.take is not None and run.take(run.probes[0].channel,
+                                             Publish("a/b", b"x", 1, False, False, 9))
+    after = time.time()
+    ref = Message("a/b", b"x", 1, False, {}, "c0")
+    assert len(got) == 1 and type(got[0]) is Message
+    for name in Message.__slots__:
+        if name != "timestamp":
+            assert getattr(got[0], name) == getattr(ref, name), name
+    # 1 µs either side: the two clocks' float roundings may differ by an ulp (~0.24 µs).
+    assert before - 1e-6 <= got[0].timestamp <= after + 1e-6

@@ -13,6 +13,21 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
+from libc.time cimport time_t
+
+
+cdef extern from "<time.h>" nogil:
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp)
+    int CLOCK_REALTIME
+
+#: Message's slots, in order, as its __init__ fills them (checked at configuration: a
+#: Message with other slots is built by calling the class).
+cdef tuple _MESSAGE_SLOTS = ("topic", "payload", "qos", "retain", "properties", "sender",
+                             "timestamp", "expiry")
+cdef object _ZERO = 0.0
 
 from mqttd._speedups._metrics cimport Metrics
 
@@ -33,6 +48,15 @@ cdef extern from *:
         Py_XDECREF(old);
     }
     static CYTHON_INLINE PyObject *pp_type(PyObject *o) { return (PyObject *)Py_TYPE(o); }
+    /* A new, zeroed (and GC-tracked) instance of the slotted class tp. */
+    static CYTHON_INLINE PyObject *pp_alloc(PyObject *tp) {
+        return ((PyTypeObject *)tp)->tp_alloc((PyTypeObject *)tp, 0);
+    }
+    /* Store v (a new reference is taken) in the empty slot at offset off. */
+    static CYTHON_INLINE void pp_fill(PyObject *o, Py_ssize_t off, PyObject *v) {
+        Py_INCREF(v);
+        *(PyObject **)((char *)o + off) = v;
+    }
     /* Truth of the slot value, with no reference taken: 0 or 1; -1 on error;
        -2 when o is not exactly tp or the slot is unset (the caller uses getattr). */
     static CYTHON_INLINE int pp_test(PyObject *o, PyObject *tp, Py_ssize_t off) {
@@ -70,6 +94,8 @@ cdef extern from *:
     void pp_put(PyObject* o, Py_ssize_t off, PyObject* v)
     PyObject* pp_type(PyObject* o)
     PyObject** _PyObject_GetDictPtr(object o)
+    object pp_alloc(PyObject* tp)
+    void pp_fill(object o, Py_ssize_t off, object v)
     int pp_test(PyObject* o, PyObject* tp, Py_ssize_t off) except -1
     int pp_none(PyObject* o, PyObject* tp, Py_ssize_t off)
     Py_ssize_t pp_slot_offset(PyObject* descr, PyObject* tp)
@@ -187,6 +213,8 @@ cdef class PublishPath:
     cdef Slot s_channel, s_client_id, s_upgrade_qos
     cdef Slot o_qos, o_no_local
     cdef Slot m_sender, m_qos, m_topic, m_payload, m_properties
+    cdef Slot m_retain, m_timestamp, m_expiry
+    cdef bint message_fill  # build a Message by filling its slots (see _message)
     cdef object publish_cls
     cdef bint broker_plain, dispatcher_plain, router_plain
     cdef tuple classes  # keeps the classes whose offsets the Slots hold
@@ -275,6 +303,11 @@ cdef class PublishPath:
         self.m_topic = _slot(c, "topic")
         self.m_payload = _slot(c, "payload")
         self.m_properties = _slot(c, "properties")
+        self.m_retain = _slot(c, "retain")
+        self.m_timestamp = _slot(c, "timestamp")
+        self.m_expiry = _slot(c, "expiry")
+        self.message_fill = (getattr(c, "__slots__", None) == _MESSAGE_SLOTS and all(
+            _slot(c, name).tp != NULL for name in _MESSAGE_SLOTS))
 
     def take(self, channel, p):
         """Handle ``p`` if it is the common PUBLISH (True); else change nothing (False)."""
@@ -338,9 +371,9 @@ cdef class PublishPath:
         overfull = self.overfull
         if overfull:  # left by a publish no channel waits for (a will, the API)
             overfull.clear()
-        msg = self.message_cls(topic, _g(p, self.p_payload, "payload"), qos, False,
-                               _g(p, self.p_properties, "properties"),
-                               _g(channel, self.c_client_id, "client_id"))
+        msg = self._message(topic, _g(p, self.p_payload, "payload"), qos,
+                            _g(p, self.p_properties, "properties"),
+                            _g(channel, self.c_client_id, "client_id"))
 
         # --- Broker.publish, Dispatcher.publish ---
         _inc(_d(broker, "metrics", self.broker_plain), self.messages_publish)
@@ -390,6 +423,25 @@ cdef class PublishPath:
                                          or channel._stored_pending(gate)):
             channel._hold(gate)
         return True
+
+    cdef object _message(self, topic, payload, int qos, properties, sender):
+        """``Message(topic, payload, qos, False, properties, sender)`` for empty
+        ``properties``: what Message.__init__ sets (timestamp from the same clock as
+        time.time(), no expiry), written into a new instance's slots."""
+        cdef timespec ts
+        if not self.message_fill or properties:
+            return self.message_cls(topic, payload, qos, False, properties, sender)
+        msg = pp_alloc(<PyObject*>self.message_cls)
+        pp_fill(msg, self.m_topic.off, topic)
+        pp_fill(msg, self.m_payload.off, payload)
+        pp_fill(msg, self.m_qos.off, qos)
+        pp_fill(msg, self.m_retain.off, False)
+        pp_fill(msg, self.m_properties.off, properties)
+        pp_fill(msg, self.m_sender.off, sender)
+        clock_gettime(CLOCK_REALTIME, &ts)
+        pp_fill(msg, self.m_timestamp.off, ts.tv_sec + ts.tv_nsec * 1e-9)
+        pp_fill(msg, self.m_expiry.off, _ZERO)
+        return msg
 
     cdef Py_ssize_t _dispatch(self, route, msg, dispatcher, hooks) except -1:
         cdef Py_ssize_t n = 0

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""In-process cost of one PUBLISH from parse to the subscriber's output (issue 17).
+
+    python bench/bench_pubpath.py [--messages 150000] [--rounds 3]
+
+A broker core (tests/core_util.py's World: real Broker, Channel, Session, no sockets)
+with one 3.1.1 subscriber on ``bench/#`` and a publisher; 1,500 64-byte PUBLISHes to
+4 topics are parsed with the compiled parser and handed to the channel, QoS 0 and QoS 1
+(the subscriber acknowledges each batch). Three ways: ``handle_in`` alone (the state
+machine), the pure fast path first (``PublishPathPy``), the compiled one first. CPU
+time of this process per message, best of ``--rounds``. Not a broker benchmark (no
+I/O, no event loop): it isolates what the fast path changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from core_util import World  # noqa: E402
+
+from mqttd import _accel  # noqa: E402
+from mqttd.core import pubpath  # noqa: E402
+from mqttd.mqtt.codec import Parser, encode  # noqa: E402
+from mqttd.mqtt.packets import Puback, Publish  # noqa: E402
+
+BATCH = 1500
+
+
+def run(qos: int, take: Callable[[Any, Any], bool] | None, messages: int) -> float:
+    """CPU µs per message."""
+    w = World()
+    sub = w.subscriber("sub", "bench/#", qos=qos, version=4)
+    pub = w.client("pub", version=4)
+    data = b"".join(encode(Publish(f"bench/{i % 4}", b"x" * 64, qos, False, False,
+                                   i + 1 if qos else 0), 4) for i in range(BATCH))
+    parser = Parser(version=4)
+    channel, subch = pub.channel, sub.channel
+    handle = channel.handle_in
+    done = 0
+    t0 = time.process_time()
+    while done < messages:
+        for packet in parser.feed(data):
+            if take is None or not take(channel, packet):
+                handle(packet)
+        channel.out.clear()
+        if qos:
+            session = subch.session
+            for packet_id in list(session.inflight):
+                subch.handle_in(Puback(packet_id))
+        subch.out.clear()
+        done += BATCH
+    return (time.process_time() - t0) / done * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=150_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    ways: list[tuple[str, Callable[[Any, Any], bool] | None]] = [
+        ("handle_in", None), ("fast path, py", pubpath.build(pubpath.PublishPathPy))]
+    if _accel.use_c("pubpath"):
+        ways.append(("fast path, c", pubpath.build(pubpath.PublishPath)))
+    print(f"speedups: {_accel.LOADED}")
+    for qos in (0, 1):
+        for name, take in ways:
+            best = min(run(qos, take, args.messages) for _ in range(args.rounds))
+            print(f"QoS {qos}  {name:14s} {best:6.3f} µs/msg")
+
+
+if __name__ == "__main__":
+    main()
