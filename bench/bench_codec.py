@@ -46,8 +46,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -59,8 +60,21 @@ from rich.table import Table  # noqa: E402
 from mqttd import _accel  # noqa: E402
 from mqttd.mqtt import codec  # noqa: E402
 from mqttd.mqtt.packets import (  # noqa: E402
-    Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish, Pubrec, Pubrel,
-    Suback, SubOpts, Subscribe, Unsuback, Will,
+    Connack,
+    Connect,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    SubOpts,
+    Subscribe,
+    Unsuback,
+    Will,
 )
 
 perf_counter_ns = time.perf_counter_ns
@@ -347,7 +361,8 @@ class Bench:
         self.cases: list[dict[str, Any]] = []
         self.mismatches: list[str] = []
 
-    # each case: {"section", "name", "version", "bytes", "packets" (per iteration), "py": {...}, "c": {...}}
+    # each case: {"section", "name", "version", "bytes", "packets" (per iteration),
+    #             "py": {...}, "c": {...}}
     def _case(self, section: str, name: str, version: int | None, nbytes: int, packets: int,
               runners: dict[str, Callable[[int], int]]) -> dict[str, Any]:
         case: dict[str, Any] = {"section": section, "name": name, "version": version,
@@ -542,8 +557,8 @@ def render(console: Console, cases: list[dict[str, Any]], gls: list[dict[str, An
     console.print("[dim]pure/compiled columns: median time per packet; ratio = pure / compiled "
                   "(speedup); floor rows: time / construction floor (pure / compiled).[/dim]")
     for g in gls:
-        console.print(goal_line(g), soft_wrap=True, style={"PASS": "bold green", "FAIL": "bold red"}.get(
-            g["verdict"], "bold yellow"), highlight=False)
+        style = {"PASS": "bold green", "FAIL": "bold red"}.get(g["verdict"], "bold yellow")
+        console.print(goal_line(g), soft_wrap=True, style=style, highlight=False)
 
 
 def goal_line(g: dict[str, Any]) -> str:
@@ -595,7 +610,7 @@ def merge_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def merge_goals(per_run: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Each goal's ratios are taken within one run; report their median over the runs."""
     out = []
-    for gs in zip(*per_run):
+    for gs in zip(*per_run, strict=True):  # every run has the same goals
         g = dict(gs[0])
         g["detail"] = {k: statistics.median(x["detail"][k] for x in gs) for k in g["detail"]}
         vals = [x["value"] for x in gs if x["value"] is not None]

@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mqttd.mqtt import topics
 from mqttd._accel import NO_EXTENSIONS
 from mqttd.core._trie_py import TriePy
+from mqttd.mqtt import topics
 
 ROOTS = ["sensors", "devices", "home", "factory", "vehicles", "fleet", "grid", "farm"]
 SITES = [f"site{i}" for i in range(200)]
