@@ -704,10 +704,10 @@ def test_kv_through_the_journal(reopen: Reopen, tmp_path: Path) -> None:
         space.delete("late")  # a later batch: the put is committed, not yet applied
         kv.space("other").put("1", b"o")
         await _committed(journal)
-        journal._start_apply()
+        journal._start_apply(now=True)
         for _ in range(400):
             await asyncio.sleep(0.005)
-            if not journal._applying and not journal._unapplied:
+            if not journal._applying and not journal._unapplied and journal._sealed is None:
                 break
         assert journal.ops_applied == 2  # kept and other/1; "late" neither put nor deleted
         space.put("after", b"a")  # only in the operation log: replayed at the restart

@@ -18,7 +18,7 @@ from mqttd.core.session import Session
 from mqttd.hooks import Hooks
 from mqttd.metrics import Metrics
 from mqttd.mqtt.packets import SubOpts
-from mqttd.store.base import MSG_PUT, Q_DEL, Q_PUT, Backend
+from mqttd.store.base import MSG_PUT, Q_DEL, Q_PUT, Backend, Restored
 from mqttd.store.journal import Journal, coalesce, replay
 from mqttd.store.memory import MemoryBackend, MemoryState
 from mqttd.store.oplog import OpLog
@@ -78,10 +78,10 @@ def _journal(backend: Backend, tmp_path: Any, last_msg_id: int = 0) -> Journal:
 async def _applied(journal: Journal) -> None:
     """Let the writer apply every committed batch to the backend."""
     await _settle(journal)
-    journal._start_apply()
+    journal._start_apply(now=True)
     for _ in range(400):
         await asyncio.sleep(0.005)
-        if not journal._applying and not journal._unapplied:
+        if not journal._applying and not journal._unapplied and journal._sealed is None:
             return
     raise AssertionError("the journal did not apply")
 
@@ -425,3 +425,94 @@ def test_a_session_connected_at_the_crash_is_stored_as_disconnected_at_the_resta
                                             "default")])
     puts = [op for op in journal._ops if op is not None and op[0] == SESSION_PUT]
     assert puts and puts[-1][1] == "c" and abs(puts[-1][4] - _time.time()) < 5
+
+
+async def _rows(journal: Journal) -> dict[str, list[int]]:
+    """Queue rows per client as the backend has them (qseqs), read on the writer."""
+    restored = await journal._on_writer(journal.backend.reload)
+    assert isinstance(restored, Restored)
+    return {s.client_id: sorted(r.qseq for r in s.queue) for s in restored.sessions}
+
+
+@pytest.mark.parametrize("ending", ["closed", "killed"])
+def test_a_delivery_acknowledged_after_its_commit_never_reaches_the_backend(
+        reopen: Any, tmp_path: Any, ending: str) -> None:
+    """Acknowledged after its batch was committed (logged) but before the writer took the
+    batch: the put is cancelled on the loop, the writer gets neither it nor its delete,
+    and the log (a replay after kill -9) has both. One acknowledged after the writer took
+    its batch is deleted from the backend."""
+    async def write() -> None:
+        backend = reopen()
+        journal = _journal(backend, tmp_path)
+        journal.start(asyncio.get_running_loop())
+        env = Env(journal)
+        owner = Owner("c1")
+        session = env.open(owner)
+        env.dispatcher.subscribe(session, "t", SubOpts(1), 0)
+        env.registry.detach(owner)
+        for i in range(4):
+            env.dispatcher.publish(_msg("t", b"%d" % i))
+        await _settle(journal)  # committed: in the log, not yet with the writer
+        first = session.mqueue.popleft()
+        pid = session.start_inflight(first)
+        assert session.ack(pid, 1) is first
+        applied = journal.ops_applied
+        await _settle(journal)
+        await _applied(journal)  # the other three rows (and the session) reach the backend
+        # The session's row (opened, then detached: two puts), its subscription and the
+        # three rows left; neither the acknowledged row's put nor its delete.
+        assert journal.ops_applied - applied == 2 + 1 + 3
+        assert await _rows(journal) == {"c1": [2, 3, 4]}
+        second = session.mqueue.popleft()
+        pid = session.start_inflight(second)
+        assert session.ack(pid, 1) is second  # the writer has its row: a real delete
+        await _settle(journal)
+        if ending == "closed":
+            await journal.aclose()
+            assert not journal.oplog.segments()
+
+    asyncio.run(write())
+    backend = reopen()
+    restored, _ = replay(_oplog(tmp_path), backend, backend.open())
+    assert {s.client_id: sorted(r.qseq for r in s.queue) for s in restored.sessions} == \
+        {"c1": [3, 4]}
+    backend.close()
+
+
+@pytest.mark.parametrize("ending", ["closed", "killed"])
+def test_a_delete_only_the_log_gets_goes_before_a_new_row_under_its_key(
+        reopen: Any, tmp_path: Any, ending: str) -> None:
+    """In one loop turn a committed row is acknowledged (its delete goes only to the log),
+    its session ends and begins anew, and the new session's first row has the same key
+    (qseq 1): the new row survives both the writer and a replay of the log."""
+    async def write() -> None:
+        backend = reopen()
+        journal = _journal(backend, tmp_path)
+        journal.start(asyncio.get_running_loop())
+        env = Env(journal)
+        owner = Owner("c1")
+        session = env.open(owner)
+        env.dispatcher.subscribe(session, "t", SubOpts(1), 0)
+        delivery = (_msg("t", b"old"), 1, False, (), None)
+        pid = session.start_inflight(delivery)
+        await _settle(journal)  # committed: in the log, not yet with the writer
+        assert session.ack(pid, 1) is delivery
+        env.registry.discard(session, "discarded")
+        owner2 = Owner("c1")
+        again = env.open(owner2)
+        assert again is not session
+        env.dispatcher.subscribe(again, "t", SubOpts(1), 0)
+        env.registry.detach(owner2)
+        env.dispatcher.publish(_msg("t", b"new"))
+        assert sorted(again.refs.values()) == [1]
+        await _settle(journal)
+        if ending == "closed":
+            await journal.aclose()
+            assert not journal.oplog.segments()
+
+    asyncio.run(write())
+    backend = reopen()
+    restored, _ = replay(_oplog(tmp_path), backend, backend.open())
+    assert {s.client_id: sorted(r.qseq for r in s.queue) for s in restored.sessions} == \
+        {"c1": [1]}
+    backend.close()

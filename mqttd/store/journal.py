@@ -174,18 +174,25 @@ class Journal:
         #: Set when closing while the store is full: the writer gives up the application it
         #: retries.
         self._give_up = threading.Event()
-        #: (client id, qseq) -> index in _ops of its Q_PUT; msg id -> index of its MSG_PUT;
+        #: (client id, qseq) -> (the batch holding its Q_PUT, index in it), while that
+        #: batch is being gathered or committed but not yet handed to the writer: a delete
+        #: meanwhile cancels the put there, and the writer never sees either.
+        self._q_pending: dict[tuple[object, object], tuple[list[Op | None], int]] = {}
+        #: Deletes of rows whose put was cancelled in a committed batch: they go into the
+        #: log (a replay must see them) but not to the writer.
+        self._log_only: list[Op] = []
+        #: Numbers the batches: a message's entry knows the batch of its ops by it.
+        self._gen = 0
         #: (client id, packet id) -> index of REL_PUT; topic -> index of RET_PUT. Only for
         #: the batch being gathered.
-        self._q_pending: dict[tuple[str, int], int] = {}
-        #: msg id -> [index of its MSG_PUT or -1, index of its first (inline) Q_PUT or -1]
-        self._msg_pending: dict[int, list[int]] = {}
         self._rel_pending: dict[tuple[str, int], int] = {}
         self._ret_pending: dict[str, int] = {}
         #: (space, key) -> index of its KV_PUT.
         self._kv_pending: dict[tuple[str, str], int] = {}
         #: Every stored message -> [msg id, number of queue rows referencing it, 1 if its one
-        #: copy is inline in a queue row (no msgs row) else 0].
+        #: copy is inline in a queue row (no msgs row) else 0, the batch number (_gen) the
+        #: next two indices are in, index of its first (inline) Q_PUT or -1, index of its
+        #: MSG_PUT or -1].
         self._msgs: dict[Message, list[int]] = {}
         self._last_id = last_msg_id
         #: A batch the log could not take (full): retried, with what comes meanwhile.
@@ -196,9 +203,15 @@ class Journal:
         #: The log and the database's live pages are past ``max_size``.
         self._over_size = False
         self._retry_delay = RETRY_FIRST
-        #: Committed batches not yet applied to the backend, and whether an application
-        #: runs (one at a time); the database's used bytes after the last one.
-        self._unapplied: list[list[Op]] = []
+        #: Committed batches not yet applied to the backend (None: cancelled since), and
+        #: whether an application runs (one at a time); the database's used bytes after
+        #: the last one.
+        self._unapplied: list[list[Op | None]] = []
+        #: Committed batches whose log segments are closed (up to the segment given),
+        #: handed to the writer at the next application: the lag lets the deletes of rows
+        #: acknowledged soon after cancel their puts on the loop (no straddling pair of
+        #: insert and delete reaches SQLite).
+        self._sealed: tuple[list[list[Op | None]], int] | None = None
         self._applying = False
         self._apply_timer: asyncio.TimerHandle | None = None
         self.db_used = 0
@@ -250,9 +263,10 @@ class Journal:
         assert self._idle is not None
         try:
             deadline = time.monotonic() + (5.0 if self.gate.full else timeout)
-            while self._failed is not None or self._applying or self._unapplied:
+            while (self._failed is not None or self._applying or self._unapplied
+                   or self._sealed is not None):
                 if not self._applying and self._failed is None:
-                    self._start_apply()
+                    self._start_apply(now=True)
                 self._idle.clear()
                 await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - time.monotonic()))
         except TimeoutError:
@@ -318,10 +332,10 @@ class Journal:
             # have one holder: one insert and one delete each, no msgs row). The hot path
             # of durable QoS 1: _append and the helpers inlined.
             self._last_id = mid = self._last_id + 1
-            self._msgs[msg] = [mid, 1, 1]
             group = delivery[4]
             ops = self._ops
             idx = len(ops)
+            self._msgs[msg] = [mid, 1, 1, self._gen, idx, -1]
             ops.append((Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
                         None if group is None else _share_name(group), packet_id,
                         (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties),
@@ -330,8 +344,7 @@ class Journal:
             self.gate.issued += 1
             if not self._scheduled:
                 self._schedule()
-            self._q_pending[(client_id, qseq)] = idx
-            self._msg_pending[mid] = [-1, idx]
+            self._q_pending[(client_id, qseq)] = (ops, idx)
             return
         entry[1] += 1
         mid = entry[0]
@@ -340,27 +353,28 @@ class Journal:
             put_idx = self._append(
                 (MSG_PUT, mid, (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties),
                  msg.sender, msg.timestamp, wall_expiry(msg)))
-            pending = self._msg_pending.get(mid)
-            if pending is not None:
-                pending[0] = put_idx
+            if entry[3] == self._gen:
+                entry[5] = put_idx
                 ops = self._ops
-                first = ops[pending[1]]
+                first = ops[entry[4]]
                 if first is not None and len(first) == 13:
                     # Still in this batch (a fan-out): it references the row instead, so
                     # the message is stored once.
-                    ops[pending[1]] = first[:9]
+                    ops[entry[4]] = first[:9]
             else:
-                self._msg_pending[mid] = [put_idx, -1]
-        self._q_pending[(client_id, qseq)] = self._append(
+                entry[3:] = [self._gen, -1, put_idx]
+        self._q_pending[(client_id, qseq)] = (self._ops, self._append(
             (Q_PUT, client_id, qseq, mid, delivery[1], delivery[2], delivery[3],
-             _share_name(delivery[4]), packet_id))
+             _share_name(delivery[4]), packet_id)))
 
     def set_inflight(self, client_id: str, qseq: int, packet_id: int) -> None:
-        idx = self._q_pending.get((client_id, qseq))
-        if idx is not None:  # still in the batch being gathered: give it its packet id
-            op = self._ops[idx]
+        where = self._q_pending.get((client_id, qseq))
+        if where is not None and where[0] is self._ops:
+            # Still in the batch being gathered: give it its packet id.
+            ops, idx = where
+            op = ops[idx]
             assert op is not None
-            self._ops[idx] = op[:8] + (packet_id,) + op[9:]
+            ops[idx] = op[:8] + (packet_id,) + op[9:]
             return
         self._append((Q_PID, client_id, qseq, packet_id))
 
@@ -368,12 +382,20 @@ class Journal:
         self._append((Q_REL, client_id, qseq))
 
     def remove_delivery(self, client_id: str, qseq: int, msg: Message) -> None:
-        idx = self._q_pending.pop((client_id, qseq), None)
-        if idx is not None:  # never handed to the writer: nothing to delete
-            self._ops[idx] = None
-            self.ops_cancelled += 1
-        else:
+        where = self._q_pending.pop((client_id, qseq), None)
+        if where is None:
             self._append((Q_DEL, client_id, qseq))
+        else:
+            batch, idx = where
+            batch[idx] = None
+            self.ops_cancelled += 1
+            if batch is not self._ops:
+                # Committed, not yet applied: the writer never sees the row, but the log
+                # has its put, so it gets the delete too.
+                self._log_only.append((Q_DEL, client_id, qseq))
+                self.gate.issued += 1
+                if not self._scheduled:
+                    self._schedule()
         entry = self._msgs.get(msg)
         if entry is None:
             return
@@ -381,13 +403,11 @@ class Journal:
         if entry[1] > 0:
             return
         del self._msgs[msg]
-        mid = entry[0]
-        pending = self._msg_pending.pop(mid, None)
-        if pending is not None and pending[0] >= 0:  # its row was never committed
-            self._ops[pending[0]] = None
+        if entry[3] == self._gen and entry[5] >= 0:  # its row was never committed
+            self._ops[entry[5]] = None
             self.ops_cancelled += 1
         elif not entry[2]:  # an inline copy goes with its queue row
-            self._append((MSG_DEL, mid))
+            self._append((MSG_DEL, entry[0]))
 
     def await_rel(self, client_id: str, packet_id: int) -> None:
         self._rel_pending[(client_id, packet_id)] = self._append(
@@ -426,7 +446,7 @@ class Journal:
     def adopt(self, msg: Message, msg_id: int, refs: int, inline: bool = False) -> None:
         """A restored message with ``refs`` queue rows referencing it (``inline``: its one
         copy is in its queue row)."""
-        self._msgs[msg] = [msg_id, refs, 1 if inline else 0]
+        self._msgs[msg] = [msg_id, refs, 1 if inline else 0, -1, -1, -1]
 
     def forget_row(self, client_id: str, qseq: int) -> None:
         """A restored queue row that cannot be used (its message is unreadable)."""
@@ -510,29 +530,50 @@ class Journal:
     def _handoff(self) -> None:
         """End of the loop turn: commit the batch gathered in it."""
         self._scheduled = False
-        if not self._ops or self._loop is None:
+        if not (self._ops or self._log_only) or self._loop is None:
             return
         ops = self._ops
         self._ops = []
-        self._q_pending.clear()
-        self._msg_pending.clear()
+        self._gen += 1
         self._rel_pending.clear()
         self._ret_pending.clear()
         self._kv_pending.clear()
         gate = self.gate
         gate.taken = seq = gate.issued
         real = [op for op in ops if op is not None]
+        extra = self._log_only
+        if extra:
+            # First: each deletes a row an earlier batch put (a later op of this batch may
+            # put a row under the same key again: a session that ended and began anew).
+            self._log_only = []
+            real = extra + real
         if self._failed is not None:  # full: it joins the batch being retried
+            self._unpend(ops)
             _merge_failed(self._failed, real)
             return
-        self._commit(real, seq)
+        self._commit(real, seq, ops)
 
-    def _commit(self, ops: list[Op], seq: int) -> None:
+    def _unpend(self, batch: list[Op | None]) -> None:
+        """``batch`` is not going to the writer as it is (the log did not take it): its
+        rows are no longer cancelled in it."""
+        for op in batch:
+            if op is not None and op[0] == Q_PUT:
+                key = (op[1], op[2])
+                where = self._q_pending.get(key)
+                if where is not None and where[0] is batch:
+                    del self._q_pending[key]
+
+    def _commit(self, ops: list[Op], seq: int, batch: list[Op | None] | None = None
+                ) -> None:
+        """Log ``ops``; the writer gets ``batch`` (``ops`` without the log-only deletes,
+        with None where ops were cancelled) or ``ops``."""
         start = time.perf_counter()
         if ops:
             try:
-                self._log(ops, seq)
+                self._log(ops, seq, batch)
             except Exception as err:  # never dropped: retried, and said (ALARM)
+                if batch is not None:
+                    self._unpend(batch)
                 self._failed = list(ops)
                 self._full(err if isinstance(err, StoreError) else StoreError(
                     f"{self.oplog.prefix}*: cannot log a batch: {err!r}"))
@@ -542,21 +583,27 @@ class Journal:
             return
         self._committed(seq, time.perf_counter() - start, len(ops))
 
-    def _log(self, ops: list[Op], seq: int) -> None:
+    def _log(self, ops: list[Op], seq: int, batch: list[Op | None] | None = None) -> None:
         """Append to the log, then count it unapplied."""
         if self._closed:
             log.debug("store: %d operations after the store closed: not written", len(ops))
+            if batch is not None:
+                self._unpend(batch)
             return
         self.oplog.append(ops, seq)
-        if not self._unapplied:
-            loop = self._loop
-            if self._apply_timer is None and loop is not None:
-                self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
-        self._unapplied.append(ops)
+        self._unapplied.append(list(ops) if batch is None else batch)
+        self._arm()
         if self.max_size:
             self._check_size()
-        if self.oplog.size > self.apply_bytes and not self._applying:
+        if self.oplog.current_size > self.apply_bytes and not self._applying:
             self._start_apply()
+
+    def _arm(self) -> None:
+        """An application within apply_interval while batches wait for one."""
+        loop = self._loop
+        if self._apply_timer is None and loop is not None and (
+                self._unapplied or self._sealed is not None):
+            self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
 
     def _check_size(self) -> None:
         """The size limit is checked after a commit, never by failing one: what was
@@ -576,7 +623,7 @@ class Journal:
                 log.error("ALARM store: %s; QoS 1/2 messages that need storing are refused "
                           "(0x97) until the store has room again", self.last_error)
             if not self._applying:
-                self._start_apply()  # applied, the log shrinks
+                self._start_apply(now=True)  # applied, the log shrinks
         elif self._over_size and size < self.max_size * 0.9:
             # Below 90% again (not just below the limit: no alarm at every message).
             self._over_size = False
@@ -669,7 +716,7 @@ class Journal:
                 self._log(freeing, self.gate.committed)
                 self._failed = ops = rest
                 if not self._applying:
-                    self._start_apply()
+                    self._start_apply(now=True)
             except StoreError:
                 pass
         try:
@@ -694,18 +741,44 @@ class Journal:
 
     def _apply_due(self) -> None:
         self._apply_timer = None
-        if self._unapplied and not self._applying:
+        if not self._applying:
             self._start_apply()
-        elif self._unapplied:
-            loop = self._loop
-            if loop is not None:
-                self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
+        self._arm()
 
-    def _start_apply(self) -> None:
-        """Hand every committed batch to the writer thread (the log moves to a new
-        segment: the ones before are deleted once the backend has them)."""
-        if self._applying or not self._unapplied:
+    def _start_apply(self, now: bool = False) -> None:
+        """Hand the sealed batches to the writer thread, and seal the committed ones (the
+        log moves to a new segment; the ones before are deleted once the backend has
+        them): a batch reaches the writer one application after it was sealed, or in this
+        one (``now``: closing, an operator's view, a full store)."""
+        if self._applying:
             return
+        if now and self._unapplied:
+            self._seal()
+        sealed = self._sealed
+        if sealed is not None:
+            self._sealed = None
+            batches, upto = sealed
+            pending = self._q_pending
+            live: list[Op] = []
+            for batch in batches:
+                ops = [op for op in batch if op is not None]
+                for op in ops:
+                    if op[0] == Q_PUT:  # the writer has it now: a delete must say so
+                        key = (op[1], op[2])
+                        where = pending.get(key)
+                        if where is not None and where[0] is batch:
+                            del pending[key]
+                live += ops
+            self._applying = True
+            if self._idle is not None:
+                self._idle.clear()
+            self._jobs.put((_APPLY, live, upto))
+        if self._unapplied:
+            self._seal()
+        self._arm()
+
+    def _seal(self) -> None:
+        """Close the log segment: the committed batches join the sealed ones."""
         try:
             if self._sync_thread is not None:
                 with self._fd_lock:
@@ -715,16 +788,11 @@ class Journal:
                 upto = self.oplog.rotate()
         except (StoreError, OSError) as err:  # the log stays as it is; tried again later
             log.error("store: cannot start a new operation log segment: %s", err)
-            loop = self._loop
-            if self._apply_timer is None and loop is not None:
-                self._apply_timer = loop.call_later(self.apply_interval, self._apply_due)
             return
-        batches = self._unapplied
+        sealed = self._sealed
+        self._sealed = (self._unapplied if sealed is None else sealed[0] + self._unapplied,
+                        upto)
         self._unapplied = []
-        self._applying = True
-        if self._idle is not None:
-            self._idle.clear()
-        self._jobs.put((_APPLY, batches, upto))
 
     def _applied(self, upto: int, n: int, used: int) -> None:
         """On the loop: the backend has the log up to segment ``upto``."""
@@ -735,8 +803,10 @@ class Journal:
         self.oplog.applied(upto)
         if self.max_size:
             self._check_size()
-        if self._unapplied and (self.oplog.size > self.apply_bytes or self._failed is not None):
-            self._start_apply()
+        urgent = self._failed is not None or self._over_size
+        if (self._unapplied or self._sealed is not None) and (
+                urgent or self.oplog.current_size > self.apply_bytes):
+            self._start_apply(now=urgent)
         if self._idle is not None:
             self._idle.set()
 
@@ -775,9 +845,16 @@ class Journal:
                     self._call(_set_result, job[1], None)
                 return
 
-    def _apply(self, batches: list[list[Op]], upto: int) -> None:
-        """Write the committed batches into the backend, retrying until it takes them."""
-        ops = coalesce(batches)
+    def _apply(self, live: list[Op], upto: int) -> None:
+        """Write the committed operations into the backend, retrying until it takes them."""
+        ops = coalesce([live])
+        if not ops:
+            # Everything cancelled (every row stored was deleted again): no transaction.
+            # The segments may go without the backend recording them: what they hold
+            # leaves nothing behind (a delete in a later segment of a row put in them
+            # deletes nothing at a replay).
+            self._call(self._applied, upto, 0, self.db_used)
+            return
         ops.append((APPLIED, upto))
         delay = RETRY_FIRST
         while True:
@@ -815,9 +892,10 @@ class Journal:
         the backend counts is current)."""
         self._handoff()
         deadline = time.monotonic() + timeout
-        while (self._unapplied or self._applying) and time.monotonic() < deadline:
+        while (self._unapplied or self._applying or self._sealed is not None) \
+                and time.monotonic() < deadline:
             if not self._applying:
-                self._start_apply()
+                self._start_apply(now=True)
             if self._idle is None:
                 return
             self._idle.clear()

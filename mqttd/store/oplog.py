@@ -175,6 +175,11 @@ class OpLog:
         self.size += len(record)
         return len(record)
 
+    @property
+    def current_size(self) -> int:
+        """Bytes in the segment being appended to."""
+        return self._sizes.get(self.segment, 0)
+
     def fdatasync(self) -> None:
         """Make what was appended survive a power loss (``power``; any thread)."""
         fd = self._fd
