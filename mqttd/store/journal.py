@@ -12,16 +12,21 @@ thread ``fdatasync``s the log first, one sync for every batch appended meanwhile
 commit without a timer).
 
 A batch not yet committed is still editable: a delivery acknowledged before its batch
-was committed cancels its insert (and its message's, when no other queue holds it). A
+was committed cancels its insert (and its message's, when no other queue holds it). One
+acknowledged after the commit but before the writer took the batch cancels its insert
+there, and its delete goes only into the log (a replay needs it). A
 message first stored in the batch and held by one session only goes into that session's
 queue row (inline) instead of a msgs row of its own; it gets a msgs row when a second
 session takes it, so a message is stored once for any number of sessions.
 
-Every ``[store] apply_interval`` (1 s), or when the log passes ``apply_bytes`` (8 MB),
-the writer thread applies the committed batches to the SQLite backend in one
-transaction, after cancelling what was inserted and deleted in between (``coalesce``: a
-subscriber that keeps up leaves nothing for SQLite to do), with the number of the last
-log segment it covered; the log segments it covered are then deleted. At start the log
+Every ``[store] apply_interval`` (1 s), or when the log segment being written passes
+``apply_bytes`` (8 MB), the committed batches are sealed (the log moves to a new
+segment) and the ones sealed the time before go to the writer thread, which applies them
+to the SQLite backend in one transaction after cancelling what was inserted and deleted
+in between (``coalesce``), with the number of the last log segment it covered; the log
+segments it covered are then deleted. The lag lets a subscriber that keeps up
+acknowledge its rows on the loop first: the writer then gets nothing, and opens no
+transaction. At start the log
 is replayed into the backend first (``replay``).
 
 A commit that does not fit (disk full, or the store's ``max_size``: log and database
@@ -396,13 +401,13 @@ class Journal:
                 self.gate.issued += 1
                 if not self._scheduled:
                     self._schedule()
-        entry = self._msgs.get(msg)
+        entry = self._msgs.pop(msg, None)
         if entry is None:
             return
         entry[1] -= 1
-        if entry[1] > 0:
+        if entry[1] > 0:  # other rows still hold it (one dict operation for the common case)
+            self._msgs[msg] = entry
             return
-        del self._msgs[msg]
         if entry[3] == self._gen and entry[5] >= 0:  # its row was never committed
             self._ops[entry[5]] = None
             self.ops_cancelled += 1
@@ -540,7 +545,7 @@ class Journal:
         self._kv_pending.clear()
         gate = self.gate
         gate.taken = seq = gate.issued
-        real = [op for op in ops if op is not None]
+        real: list[Op] = list(filter(None, ops))  # (an op is a non-empty tuple)
         extra = self._log_only
         if extra:
             # First: each deletes a row an earlier batch put (a later op of this batch may
@@ -761,7 +766,7 @@ class Journal:
             pending = self._q_pending
             live: list[Op] = []
             for batch in batches:
-                ops = [op for op in batch if op is not None]
+                ops: list[Op] = list(filter(None, batch))
                 for op in ops:
                     if op[0] == Q_PUT:  # the writer has it now: a delete must say so
                         key = (op[1], op[2])

@@ -152,16 +152,21 @@ class OpLog:
         """Write one record; returns its size. Raises StoreFull when the disk is full (the
         segment is cut back to where it was: no partial record stays) or StoreError."""
         payload = marshal.dumps(ops, _MARSHAL_VERSION)
-        record = _HEADER.pack(len(payload), zlib.crc32(payload), seq) + payload
+        header = _HEADER.pack(len(payload), zlib.crc32(payload), seq)
+        size = len(header) + len(payload)
         fd = self._fd
         before = self._sizes[self.segment]
         try:
-            written = os.write(fd, record)
-            while written < len(record):  # a short write: the disk is filling up
-                n = os.write(fd, record[written:])
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                written += n
+            # Header and payload in one call without joining them (a copy of every
+            # message's payload less).
+            written = os.writev(fd, (header, payload))
+            if written < size:  # a short write: the disk is filling up
+                rest = (header + payload)[written:]
+                while rest:
+                    n = os.write(fd, rest)
+                    if n <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    rest = rest[n:]
         except OSError as err:
             try:
                 os.ftruncate(fd, before)
@@ -171,9 +176,9 @@ class OpLog:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFull(f"{path}: full: {err.strerror}") from None
             raise StoreError(f"{path}: cannot write: {err.strerror or err}") from None
-        self._sizes[self.segment] = before + len(record)
-        self.size += len(record)
-        return len(record)
+        self._sizes[self.segment] = before + size
+        self.size += size
+        return size
 
     @property
     def current_size(self) -> int:
