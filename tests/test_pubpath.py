@@ -25,7 +25,17 @@ from mqttd.core import pubpath
 from mqttd.core._pubpath_py import PublishPathPy
 from mqttd.core.message import Message
 from mqttd.core.session import NO_QUEUE
-from mqttd.mqtt.packets import Disconnect, Puback, Publish, Pubrel, SubOpts, Subscribe, Unsubscribe
+from mqttd.mqtt.packets import (
+    Connect,
+    Disconnect,
+    Pingreq,
+    Puback,
+    Publish,
+    Pubrel,
+    SubOpts,
+    Subscribe,
+    Unsubscribe,
+)
 
 _NO_C_REASON = "MQTTD_NO_EXTENSIONS is set: the compiled fast path is not built"
 
@@ -230,3 +240,51 @@ def test_fast_path_message_is_what_message_init_makes(impl: type) -> None:
             assert getattr(got[0], name) == getattr(ref, name), name
     # 1 µs either side: the two clocks' float roundings may differ by an ulp (~0.24 µs).
     assert before - 1e-6 <= got[0].timestamp <= after + 1e-6
+
+
+_READ = st.lists(st.one_of(
+    st.tuples(st.just("pub"), st.sampled_from(TOPICS), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("ping")), st.tuples(st.just("sub"), st.sampled_from(FILTERS)),
+    st.tuples(st.just("end"), st.sampled_from(["disconnect", "connect"]))), max_size=30)
+
+
+def _packets(read: list[tuple[Any, ...]]) -> list[Any]:
+    packets: list[Any] = []
+    for i, item in enumerate(read):
+        if item[0] == "pub":
+            packets.append(Publish(item[1], b"r%d" % i, item[2], item[3], False,
+                                   i + 1 if item[2] else 0))
+        elif item[0] == "ping":
+            packets.append(Pingreq())
+        elif item[0] == "sub":
+            packets.append(Subscribe(i + 1, [(item[1], SubOpts(1))]))
+        elif item[1] == "disconnect":
+            packets.append(Disconnect())
+        else:  # a second CONNECT: a protocol error that closes the channel
+            packets.append(Connect("MQTT", 4, True, 60, "again", None, None, None, {}))
+    return packets
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(reads=st.lists(_READ, min_size=1, max_size=4))
+def test_run_applies_a_read_as_the_connection_loop_did(impl: type,
+                                                       reads: list[list[tuple[Any, ...]]]) -> None:
+    """``run`` applies a read's packets in order up to one that closes the channel: as the
+    loop over ``handle_in`` it replaced, with the same count applied."""
+    slow = Run(None, 0)
+    fast = Run(None, 0)
+    run = pubpath.build_run(impl)
+    for read in reads:
+        packets = _packets(read)
+        channel = slow.probes[0].channel
+        n = 0
+        for packet in packets:
+            n += 1
+            channel.handle_in(packet)
+            if channel.closing or channel.pressure is not None:
+                break
+        assert run(fast.probes[0].channel, _packets(read)) == n
+        slow.collect()
+        fast.collect()
+    assert fast.state() == slow.state()

@@ -311,6 +311,9 @@ cdef class PublishPath:
 
     def take(self, channel, p):
         """Handle ``p`` if it is the common PUBLISH (True); else change nothing (False)."""
+        return self._take(channel, p)
+
+    cdef bint _take(self, channel, p) except -1:
         cdef int qos
         cdef Py_ssize_t n, max_levels, limit
         cdef unsigned int packet_id
@@ -423,6 +426,19 @@ cdef class PublishPath:
                                          or channel._stored_pending(gate)):
             channel._hold(gate)
         return True
+
+    def run(self, channel, list packets):
+        """Apply one read's ``packets`` in order (see the reference); how many were applied."""
+        cdef Py_ssize_t n = 0
+        handle = channel.handle_in
+        for packet in packets:
+            n += 1
+            if not self._take(channel, packet):
+                handle(packet)
+            if (_t(channel, self.c_closing, "closing")
+                    or not _none(channel, self.c_pressure, "pressure")):
+                break
+        return n
 
     cdef object _message(self, topic, payload, int qos, properties, sender):
         """``Message(topic, payload, qos, False, properties, sender)`` for empty

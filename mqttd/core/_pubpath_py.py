@@ -166,6 +166,21 @@ class PublishPathPy:
             channel._hold(gate)
         return True
 
+    def run(self, channel: Channel, packets: list[Any]) -> int:  # type: ignore[explicit-any]
+        """Apply one read's ``packets`` to ``channel`` in order, each through :meth:`take`
+        or else ``Channel.handle_in``, stopping after the one that closes the channel or
+        puts it under backpressure; returns how many were applied (Connection._received's
+        loop, in the compiled twin without a Python frame per packet)."""
+        handle = channel.handle_in
+        n = 0
+        for packet in packets:
+            n += 1
+            if not self.take(channel, packet):
+                handle(packet)
+            if channel.closing or channel.pressure is not None:
+                break
+        return n
+
     def _dispatch(self, route: Route, msg: Message, dispatcher: Dispatcher, hooks: Hooks
                   ) -> int:
         """Dispatcher.publish's one-route case without shared groups; QoS 0 deliveries to a

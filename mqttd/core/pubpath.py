@@ -34,7 +34,7 @@ from .message import Message
 from .router import Route, Router
 from .session import OVERFULL, Session
 
-__all__ = ["PublishPath", "PublishPathPy", "build"]
+__all__ = ["PublishPath", "PublishPathPy", "build", "build_run"]
 
 if use_c("pubpath"):
     from .._speedups._pubpath import PublishPath as PublishPathC
@@ -60,6 +60,15 @@ COUNTERS: dict[str, int] = {
 SLOTTED: dict[str, type] = {"Publish": Publish, "Zone": Zone, "Hooks": Hooks, "Route": Route,
                             "Session": Session, "SubOpts": SubOpts, "Dispatcher": Dispatcher,
                             "Router": Router}
+
+
+def build_run(impl: type = PublishPath  # type: ignore[explicit-any]
+              ) -> Callable[[Any, list[Any]], int]:
+    """A configured fast path's ``run(channel, packets) -> int`` (see PublishPathPy.run)."""
+    path = impl(Broker, Channel, Message, OVERFULL, CONNECTED, PUBLISH, encode_publish,
+                COUNTERS, SLOTTED)
+    run: Callable[[Any, list[Any]], int] = path.run  # type: ignore[explicit-any]
+    return run
 
 
 def build(impl: type = PublishPath) -> Callable[[Any, Any], bool]:  # type: ignore[explicit-any]

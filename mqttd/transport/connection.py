@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import Zone
 from ..core.channel import AUTHENTICATING, CONNECTED, IDLE, Channel, ChannelServices
-from ..core.pubpath import build as _build_publish_path
+from ..core.pubpath import build_run as _build_packet_run
 from ..core.services import CloseReason
 from ..metrics import (
     BYTES_RECEIVED,
@@ -41,9 +41,9 @@ from .tls import cert_identity
 
 log = logging.getLogger("mqttd.connection")
 
-#: The PUBLISH fast path (mqttd/core/pubpath.py): takes the common QoS 0/1 PUBLISH, or
-#: declines (False, nothing changed) and the channel's state machine handles the packet.
-_take_publish = _build_publish_path()
+#: The PUBLISH fast path (mqttd/core/pubpath.py): applies one read's packets, the common
+#: QoS 0/1 PUBLISH itself and every other packet through the channel's state machine.
+_apply_packets = _build_packet_run()
 
 #: Seconds a closing connection keeps draining the client's input before it is aborted.
 LINGER = 2.0
@@ -329,19 +329,11 @@ class Connection(asyncio.Protocol):
         except PacketError as err:
             packets = err.packets
             error = err
-        handle = channel.handle_in
-        n = 0
-        for packet in packets:
-            n += 1
-            if not _take_publish(channel, packet):  # the common PUBLISH, compiled
-                handle(packet)
-            if channel.closing:
-                break
-            if channel.pressure is not None:
-                # Backpressure: what else this read brought waits with the socket.
-                if n < len(packets):
-                    self._stash = packets[n:]
-                break
+        # Each packet in order (the common PUBLISH through the fast path), up to one that
+        # closes the channel or puts it under backpressure.
+        n = _apply_packets(channel, packets)
+        if n < len(packets) and not channel.closing and channel.pressure is not None:
+            self._stash = packets[n:]  # backpressure: the rest waits with the socket
         if n:
             metrics.inc(PACKETS_RECEIVED, n)
         if error is not None and not channel.closing:
