@@ -42,6 +42,7 @@ from ..metrics import (
     MESSAGES_FORWARD,
     Metrics,
 )
+from .control import ClusterControl
 from .membership import Membership, Peer
 from .retained import RetainedSync
 from .sessions import SessionRegistry
@@ -148,6 +149,9 @@ class Cluster:
         self.retained = RetainedSync(settings.retained_bucket, dispatcher.retainer,
                                      self.origin)
         self._syncing: set[str] = set()
+        #: Cluster-wide mqttd ctl requests: answering the others, asking them all.
+        self.control = ClusterControl(node_name, self.node_id, self.members, registry,
+                                      dispatcher.router, settings.ctl_timeout)
         #: Client id -> owning node (None: no registry given, as in unit use).
         self.sessions: SessionRegistry | None = None
         if registry is not None and hooks is not None:
@@ -334,6 +338,7 @@ class Cluster:
             await nc.subscribe(ROUTES, cb=self._routes)
             await nc.subscribe(BYE, cb=self._bye)
             await nc.subscribe(SYNC + self.node_id, cb=self._sync_asked)
+            await self.control.start(nc)
             try:
                 await self.retained.start(nc)
             except Exception as err:  # noqa: BLE001 - routing works without it
@@ -371,6 +376,7 @@ class Cluster:
             self.state = "stopped"
             for task in self._tasks:
                 task.cancel()
+            self.control.stop()
             await self.retained.stop()
             if self.sessions is not None:
                 await self.sessions.stop()
@@ -638,6 +644,10 @@ class Cluster:
         for peer in sorted(self.members.peers.values(), key=lambda p: p.name):
             rows.append(_peer_row(peer, now))
         return rows
+
+    async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]:
+        """A control request answered by every other node up (:mod:`.control`)."""
+        return await self.control.ask(op, arg)
 
     def counters(self) -> dict[str, int]:
         """The nodes up (this one included) as a stat (``cluster.nodes``)."""

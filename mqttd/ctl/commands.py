@@ -17,14 +17,17 @@ one is shown as management words it, an invalid argument as a usage error
 from __future__ import annotations
 
 import base64
+import itertools
+import json
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from ..mgmt.apikeys import ApiKeys
+from ..mgmt.cluster import Gathered
 from ..mgmt.conf import reload_text
 from ..mgmt.errors import Conflict, Failed, NotFound, Unavailable
-from ..mgmt.listing import Row, same
+from ..mgmt.listing import Listing, Row, same
 from ..trace.format import format_bytes, format_properties
 from ..trace.sinks import LiveSink
 from .context import Col, Context
@@ -39,6 +42,7 @@ NOT_FOUND = "not_found"
 _PROTO = {3: "3.1", 4: "3.1.1", 5: "5.0"}
 #: Keys of client and session rows shown as local times.
 _TIME_KEYS = ("created_at", "connected_at", "disconnected_at")
+T = TypeVar("T")
 
 
 # --- formatting helpers ---------------------------------------------------------------------
@@ -221,27 +225,50 @@ CLIENT_COLUMNS = [
 
 async def cmd_clients_list(ctx: Context, a: Args) -> None:
     clients = ctx.mgmt.clients.all()
-    await ctx.table(CLIENT_COLUMNS, clients.items, clients.row, footer=_plural("client"))
+    if a.opts["local"] or not ctx.mgmt.cluster.active:
+        await ctx.table(CLIENT_COLUMNS, clients.items, clients.row, footer=_plural("client"))
+        return
+    gathered = await ctx.mgmt.cluster.gather("clients")
+    await _cluster_table(ctx, gathered, "clients", CLUSTER_CLIENT_COLUMNS, clients.items,
+                         clients.row, None, "client")
 
 
 async def cmd_clients_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
     try:
         row = ctx.mgmt.clients.get(client_id)
+        if ctx.mgmt.cluster.active and not a.opts["local"]:
+            row = dict(row, node=ctx.mgmt.node_name)
     except NotFound as err:
-        hint = ""
+        if ctx.mgmt.cluster.active and not a.opts["local"]:
+            gathered = await ctx.mgmt.cluster.gather("client", client_id)
+            if gathered.rows:
+                _show(ctx, gathered.rows[0])
+                return
+            message = err.message + _unasked(gathered)
+        else:
+            message = err.message
         if ctx.mgmt.sessions.exists(client_id):
-            hint = f" (its session is held offline: mqttd ctl sessions show {client_id})"
-        raise CtlError(err.message + hint, reason=NOT_FOUND) from None
+            message += f" (its session is held offline: mqttd ctl sessions show {client_id})"
+        raise CtlError(message, reason=NOT_FOUND) from None
     _show(ctx, row)
 
 
 async def cmd_clients_kick(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
+    cluster = ctx.mgmt.cluster.active and not a.opts["local"]
     try:
         data = ctx.mgmt.clients.kick(client_id)
+        if cluster:
+            data = dict(data, node=ctx.mgmt.node_name)
     except NotFound as err:
-        raise _not_found(err) from None
+        if not cluster:
+            raise _not_found(err) from None
+        # Not here: every other node kicks it if it holds it (one does, at most).
+        gathered = await ctx.mgmt.cluster.gather("kick", client_id)
+        if not gathered.rows:
+            raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
+        data = gathered.rows[0]
     ctx.result("ok", data)
 
 
@@ -288,16 +315,89 @@ def _route_line(row: Row) -> str:
 
 async def cmd_routes_list(ctx: Context, a: Args) -> None:
     routes = ctx.mgmt.routes.all()
-    await ctx.table([], routes.items, routes.row, line=_route_line, footer=_plural("route"))
+    if a.opts["local"] or not ctx.mgmt.cluster.active:
+        await ctx.table([], routes.items, routes.row, line=_route_line,
+                        footer=_plural("route"))
+        return
+    gathered = await ctx.mgmt.cluster.gather("routes")
+    await _cluster_table(ctx, gathered, "routes", [], routes.items, routes.row, _route_line,
+                         "route")
 
 
 async def cmd_routes_show(ctx: Context, a: Args) -> None:
     (topic,) = a.pos
+    cluster = ctx.mgmt.cluster.active and not a.opts["local"]
     try:
         routes = ctx.mgmt.routes.lookup(topic)
     except NotFound as err:
-        raise _not_found(err) from None
-    await ctx.table([], routes.items, routes.row, line=_route_line, footer=_plural("route"))
+        if not cluster:
+            raise _not_found(err) from None
+        routes = Listing([], ctx.mgmt.routes.all().row)
+        missing: NotFound | None = err
+    else:
+        missing = None
+    if not cluster:
+        await ctx.table([], routes.items, routes.row, line=_route_line,
+                        footer=_plural("route"))
+        return
+    gathered = await ctx.mgmt.cluster.gather("routes", topic)
+    if missing is not None and not gathered.rows:
+        raise CtlError(missing.message + _unasked(gathered), reason=NOT_FOUND)
+    await _cluster_table(ctx, gathered, "routes", [], routes.items, routes.row, _route_line,
+                         "route")
+
+
+# --- the whole cluster ------------------------------------------------------------------------
+
+#: ``clients list`` on a cluster: which node holds each client, after its id.
+CLUSTER_CLIENT_COLUMNS = CLIENT_COLUMNS[:1] + [Col("node", "Node")] + CLIENT_COLUMNS[1:]
+
+
+def _unasked(gathered: Gathered) -> str:
+    """What a "not found" on a cluster cannot rule out: the nodes that did not answer."""
+    silent = gathered.silent
+    if not silent:
+        return ""
+    return " (no answer from " + ", ".join(f"{n['node']}: {n['reason']}" for n in silent) \
+        + ")"
+
+
+async def _cluster_table(ctx: Context, gathered: Gathered, key: str, columns: list[Col],
+                         items: Iterable[T], row: Callable[[T], Row | None],
+                         line: Callable[[Row], str] | None, word: str) -> None:
+    """A listing of every node: this node's rows (marked with its name), then the others'
+    (marked by the asking side), and which nodes have no rows in it and why.
+
+    --json: ``{"nodes": [{"node", "answered", "reason"}...], "<key>": [rows...]}``; text:
+    the table, a footer counting the nodes that answered, and one line on stderr per node
+    that did not."""
+    me = ctx.mgmt.node_name
+    nodes = [{"node": me, "answered": True, "reason": ""}] + gathered.nodes
+
+    def mine(item: T) -> Row | None:
+        r = row(item)
+        return None if r is None else dict(r, node=me)
+
+    everything: Iterable[tuple[bool, Any]] = itertools.chain(
+        ((True, item) for item in items), ((False, r) for r in gathered.rows))
+
+    def either(pair: tuple[bool, Any]) -> Row | None:
+        return mine(pair[1]) if pair[0] else pair[1]
+
+    answered = sum(1 for n in nodes if n["answered"])
+    if ctx.json:
+        ctx.frame({"t": "out", "s": '{\n  "nodes": ' + json.dumps(nodes, ensure_ascii=False)
+                   + f',\n  "{key}": '})
+        await ctx.table(columns, everything, either, line=line)
+        ctx.out("}")
+        return
+
+    def footer(n: int) -> str:
+        return f"{_plural(word)(n)} on {answered} of {len(nodes)} nodes"
+
+    for n in gathered.silent:
+        ctx.err(f"mqttd ctl: node {n['node']}: {n['reason']}; its {word}s are not listed")
+    await ctx.table(columns, everything, either, line=line, footer=footer)
 
 
 # --- subscriptions --------------------------------------------------------------------------
@@ -1012,9 +1112,12 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("broker", cmd_broker, "Show broker version, uptime and description"),
     ("broker stats", cmd_broker_stats, "Show broker statistics of clients, topics, subscribers"),
     ("broker metrics", cmd_broker_metrics, "Show broker metrics"),
-    ("clients list", cmd_clients_list, "List all clients"),
-    ("clients show <ClientId>", cmd_clients_show, "Show a client"),
-    ("clients kick <ClientId>", cmd_clients_kick, "Kick out a client (MQTT 5: DISCONNECT 0x98)"),
+    ("clients list [--local]", cmd_clients_list,
+     "List all clients (in a cluster: of every node; --local: of this node)"),
+    ("clients show <ClientId> [--local]", cmd_clients_show,
+     "Show a client (in a cluster: on whichever node holds it)"),
+    ("clients kick <ClientId> [--local]", cmd_clients_kick,
+     "Kick out a client (MQTT 5: DISCONNECT 0x98; in a cluster: on its node)"),
     ("sessions list [persistent|transient]", cmd_sessions_list,
      "List all sessions, or only persistent/transient ones"),
     ("sessions show <ClientId>", cmd_sessions_show, "Show a session"),
@@ -1038,8 +1141,9 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("apikey add <Name>", cmd_apikey_add,
      "Make an HTTP API key and print it (once: only its digest is kept)"),
     ("apikey del <Name>", cmd_apikey_del, "Delete an HTTP API key"),
-    ("routes list", cmd_routes_list, "List all routes"),
-    ("routes show <Topic>", cmd_routes_show,
+    ("routes list [--local]", cmd_routes_list,
+     "List all routes (in a cluster: of every node; --local: of this node)"),
+    ("routes show <Topic> [--local]", cmd_routes_show,
      "Show the routes a message to <Topic> takes (a filter: that route)"),
     ("subscriptions list", cmd_subscriptions_list, "List all subscriptions"),
     ("subscriptions show <ClientId>", cmd_subscriptions_show, "Show subscriptions of a client"),

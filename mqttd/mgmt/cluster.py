@@ -4,12 +4,13 @@ process layer hands it in, typed here by what management calls."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import Unavailable
 from .listing import Row, iso
 
-__all__ = ["ClusterView", "ClusterArea"]
+__all__ = ["ClusterView", "ClusterArea", "Gathered"]
 
 
 class ClusterView(Protocol):
@@ -17,6 +18,21 @@ class ClusterView(Protocol):
 
     def status(self) -> dict[str, Any]: ...
     def nodes(self) -> list[dict[str, Any]]: ...
+    async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class Gathered:
+    """The other nodes' answers to a cluster-wide request: their rows, each with its
+    ``node``, and one entry per other node known (``node``, ``answered``, ``reason``)."""
+
+    rows: list[Row] = field(default_factory=list)
+    nodes: list[Row] = field(default_factory=list)
+
+    @property
+    def silent(self) -> list[Row]:
+        """The nodes whose rows are missing, and why."""
+        return [n for n in self.nodes if not n["answered"]]
 
 
 class ClusterArea:
@@ -24,6 +40,18 @@ class ClusterArea:
 
     def __init__(self, cluster: ClusterView | None) -> None:
         self.cluster = cluster
+
+    @property
+    def active(self) -> bool:
+        """Whether this node is configured as part of a cluster (commands then answer for
+        every node unless asked for --local)."""
+        return self.cluster is not None
+
+    async def gather(self, op: str, arg: str | None = None) -> Gathered:
+        """Ask every other node up (``clients``, ``client <id>``, ``kick <id>``, ``routes
+        [<topic>]``); at most ``[cluster] ctl_timeout`` seconds."""
+        answer = await self._cluster().ask(op, arg)
+        return Gathered(list(answer["rows"]), list(answer["nodes"]))
 
     def _cluster(self) -> ClusterView:
         if self.cluster is None:

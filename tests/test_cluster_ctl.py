@@ -1,0 +1,248 @@
+"""Operations across the cluster (docs/CLUSTER.md, "Operations across the cluster";
+docs/CTL.md): ``mqttd ctl clients list|show|kick`` and ``routes list|show`` answered for
+every node by scatter-gather over NATS request/reply. Real ``mqttd start`` nodes on a real
+nats-server, real paho clients, the real ``mqttd ctl`` against each node's control socket.
+
+What a node knows of the others arrives asynchronously (heartbeats every 0.2 s here): a test
+asks again until the node says what is expected, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support import WAIT, uid
+from support.clients import Client
+from support.ctlrun import ctl
+from support.natsserver import NatsServer
+from support.process import BrokerProcess, checked_broker, wait_log
+
+A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
+
+
+def node_config(name: str, url: str, misses: int = 3) -> str:
+    return (f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
+            f'heartbeat_interval = 0.2\nheartbeat_misses = {misses}\nctl_timeout = 1.0\n')
+
+
+def until(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 2 * WAIT
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def js(node: BrokerProcess, *args: str) -> Any:
+    r = ctl(node, "--json", *args)
+    assert r.code == 0, r
+    return json.loads(r.out)
+
+
+def up(node: BrokerProcess, *names: str) -> bool:
+    rows = {r["node"]: r for r in js(node, "cluster", "nodes")}
+    return all(rows.get(n, {}).get("status") == "up" for n in names)
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+    with checked_broker(node_config(A, nats_server.url)) as a, \
+            checked_broker(node_config(B, nats_server.url)) as b, \
+            checked_broker(node_config(C, nats_server.url)) as c:
+        for node in (a, b, c):
+            wait_log(node, "joined through NATS")
+        for node in (a, b, c):
+            until("every node to see the others up", lambda n=node: up(n, A, B, C))
+        nats_server.nodes = {A: a, B: b, C: c}
+        try:
+            yield {A: a, B: b, C: c}
+        finally:
+            nats_server.nodes = {}
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def make(node: BrokerProcess, client_id: str, **kw: Any) -> Client:
+        c = Client(node, client_id, **kw)
+        made.append(c)
+        c.connect()
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
+
+
+def test_clients_listed_from_any_node_with_their_node(
+        nodes: dict[str, BrokerProcess], clients: Callable[..., Client]) -> None:
+    ids = {A: uid("la"), B: uid("lb"), C: uid("lc")}
+    for name, cid in ids.items():
+        clients(nodes[name], cid, username=f"user-{cid}", password="hunter2-secret")
+    for asking in nodes.values():
+        data = js(asking, "clients", "list")
+        assert {n["node"]: n["answered"] for n in data["nodes"]} == {A: True, B: True,
+                                                                      C: True}
+        where = {r["clientid"]: r["node"] for r in data["clients"]}
+        for name, cid in ids.items():
+            assert where[cid] == name
+        row = next(r for r in data["clients"] if r["clientid"] == ids[C])
+        assert row["username"] == f"user-{ids[C]}"
+        assert row["connected"] is True and row["proto_ver"] == 4
+        text = ctl(asking, "clients", "list")
+        assert text.code == 0, text
+        assert "Node" in text.out.splitlines()[0]
+        line = next(ln for ln in text.out.splitlines() if ids[B] in ln)
+        assert B in line
+        assert text.out.splitlines()[-1].endswith("on 3 of 3 nodes")
+        assert text.err == ""
+        assert "hunter2" not in text.out + json.dumps(data)
+
+    # --local: this node's clients only, today's shape (an array, no node column).
+    local = js(nodes[A], "clients", "list", "--local")
+    assert isinstance(local, list)
+    assert {r["clientid"] for r in local} >= {ids[A]}
+    assert not {ids[B], ids[C]} & {r["clientid"] for r in local}
+    text = ctl(nodes[A], "clients", "list", "--local")
+    assert "Node" not in text.out.splitlines()[0]
+
+
+def test_show_and_kick_a_client_on_another_node(
+        nodes: dict[str, BrokerProcess], clients: Callable[..., Client]) -> None:
+    cid = uid("remote")
+    c = clients(nodes[B], cid, version=5)
+    row = js(nodes[A], "clients", "show", cid)
+    assert row["clientid"] == cid and row["node"] == B and row["proto_ver"] == 5
+    text = ctl(nodes[C], "clients", "show", cid)
+    assert text.code == 0 and cid in text.out and B in text.out
+    # --local on a node that does not hold it: not found, as on a single node.
+    r = ctl(nodes[A], "clients", "show", cid, "--local")
+    assert r.code == 1 and "not found" in r.err.lower(), r
+
+    r = ctl(nodes[A], "--json", "clients", "kick", cid)
+    assert r.code == 0, r
+    assert json.loads(r.out) == {"clientid": cid, "kicked": True, "node": B}
+    rc, _props = c.wait_disconnected()
+    assert rc.value == 0x98  # Administrative action, from node B
+    until("the client to be gone everywhere",
+          lambda: all(cid not in {x["clientid"] for x in js(n, "clients", "list")["clients"]}
+                      for n in nodes.values()))
+    r = ctl(nodes[A], "clients", "kick", cid)
+    assert r.code == 1 and "not found" in r.err.lower() and "Traceback" not in r.err
+
+    # A client on the asking node itself: kicked here, its node said.
+    here = uid("here")
+    h = clients(nodes[C], here, version=5)
+    assert js(nodes[C], "clients", "kick", here) == {"clientid": here, "kicked": True,
+                                                     "node": C}
+    assert h.wait_disconnected()[0].value == 0x98
+
+
+def test_routes_merged(nodes: dict[str, BrokerProcess],
+                       clients: Callable[..., Client]) -> None:
+    t = uid("rt")
+    sa = clients(nodes[A], uid("sa"))
+    sa.subscribe(f"{t}/a/#", 1)
+    sb = clients(nodes[B], uid("sb"))
+    sb.subscribe(f"{t}/b/+", 1)
+    sb.subscribe(f"$share/g/{t}/s", 1)
+
+    def routes() -> dict[tuple[str, str], dict[str, Any]]:
+        data = js(nodes[C], "routes", "list")
+        assert all(n["answered"] for n in data["nodes"])
+        return {(r["topic"], r["node"]): r for r in data["routes"]}
+
+    got = routes()
+    assert got[(f"{t}/a/#", A)]["subscribers"] == 1
+    assert got[(f"{t}/b/+", B)]["subscribers"] == 1
+    assert got[(f"{t}/s", B)]["shared"] == {"g": 1}
+    assert not [k for k in got if k[0].startswith(t) and k[1] == C]
+    text = ctl(nodes[C], "routes", "list")
+    assert f"{t}/a/# -> {A}" in text.out.splitlines()
+    assert f"{t}/b/+ -> {B}" in text.out.splitlines()
+    # routes show: the routes a topic takes, on every node.
+    shown = js(nodes[A], "routes", "show", f"{t}/b/x")
+    assert [(r["topic"], r["node"]) for r in shown["routes"]] == [(f"{t}/b/+", B)]
+    r = ctl(nodes[A], "routes", "show", f"{t}/none")
+    assert r.code == 1 and "not found" in r.err.lower()
+    assert not [x for x in js(nodes[C], "routes", "list", "--local") if x["topic"]
+                .startswith(t)]
+
+
+def test_a_node_killed_does_not_answer_and_the_rest_is_listed() -> None:
+    server = NatsServer()
+    made: list[Client] = []
+    try:
+        # Many misses: the killed node stays "up" for the others while the listing asks it.
+        with checked_broker(node_config(A, server.url, misses=100)) as a, \
+                checked_broker(node_config(B, server.url, misses=100)) as b:
+            c = BrokerProcess(node_config(C, server.url, misses=100))
+            try:
+                for node in (a, b, c):
+                    wait_log(node, "joined through NATS")
+                until("A to see B and C", lambda: up(a, B, C))
+                ids = {}
+                for name, node in ((A, a), (B, b), (C, c)):
+                    ids[name] = uid("k")
+                    client = Client(node, ids[name])
+                    made.append(client)
+                    client.connect()
+                data = js(a, "clients", "list")
+                assert {r["clientid"] for r in data["clients"]} >= set(ids.values())
+                c.stop(signal.SIGKILL)
+                # It never hangs: the ctl itself gives up (exit 1) after --timeout.
+                data = js(a, "--timeout", "5", "clients", "list")
+                silent = {n["node"]: n for n in data["nodes"] if not n["answered"]}
+                assert list(silent) == [C]
+                assert silent[C]["reason"] == "no answer within 1 s"
+                where = {r["clientid"]: r["node"] for r in data["clients"]}
+                assert where[ids[A]] == A and where[ids[B]] == B and ids[C] not in where
+                text = ctl(a, "clients", "list")
+                assert text.code == 0
+                assert f"node {C}: no answer within 1 s" in text.err
+                assert text.out.splitlines()[-1].endswith("on 2 of 3 nodes")
+                # A client looked for everywhere: not found, and the silent node named.
+                r = ctl(a, "clients", "show", ids[C])
+                assert r.code == 1 and C in r.err and "no answer" in r.err
+                routes = js(b, "routes", "list")
+                assert [n["node"] for n in routes["nodes"] if not n["answered"]] == [C]
+            finally:
+                for client in made:
+                    client.close()
+                c.stop()
+                c.cleanup()
+    finally:
+        server.stop()
+
+
+def test_without_a_cluster_commands_are_as_before() -> None:
+    with checked_broker("") as single:
+        cid = uid("single")
+        client = Client(single, cid)
+        try:
+            client.connect()
+            data = js(single, "clients", "list")
+            assert isinstance(data, list) and [r["clientid"] for r in data] == [cid]
+            assert "node" not in data[0]
+            assert js(single, "clients", "list", "--local") == data
+            assert js(single, "clients", "kick", cid) == {"clientid": cid, "kicked": True}
+            assert isinstance(js(single, "routes", "list"), list)
+        finally:
+            client.close()
