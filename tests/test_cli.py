@@ -154,9 +154,9 @@ def test_errors_have_one_form_and_a_json_object_under_json(
     # a usage error carries the usage lines, as text and in JSON
     r = ctl(broker, "clients", "bogus")
     lines = r.err.splitlines()
-    assert lines[1] == "Usage:" and lines[2].split("#")[0].strip() == "clients list", r.err
+    assert lines[1] == "Usage:" and lines[2].split("#")[0].strip() == "clients list [--local]", r.err
     error = json.loads(ctl(broker, "--json", "clients", "bogus").out)["error"]
-    assert error["usage"][0].split("#")[0].strip() == "clients list" and error["code"] == 2
+    assert error["usage"][0].split("#")[0].strip() == "clients list [--local]" and error["code"] == 2
 
 
 # --- mqttd ctl: what it prints --------------------------------------------------------------------

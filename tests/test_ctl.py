@@ -179,7 +179,7 @@ def test_help_is_the_registry(tmp_path: Path, broker: BrokerProcess) -> None:
     assert lines[0].startswith("trace client <ClientId> [--file <File>]")
     data = ctl_json(broker, "help")
     usages = [d["usage"] for d in data]
-    assert "clients list" in usages and "stop" in usages
+    assert "clients list [--local]" in usages and "stop" in usages
     # every usage line of the help is accepted by the parser (the same text is the grammar)
     table = build_table()
     for cmd in table.commands():
