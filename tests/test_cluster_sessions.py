@@ -79,7 +79,7 @@ def until(what: str, check: Callable[[], bool]) -> None:
 
 
 def connected_on(node: BrokerProcess, cid: str) -> bool:
-    return ctl(node, "clients", "show", cid).code == 0
+    return ctl(node, "clients", "show", cid, "--local").code == 0  # on that node itself
 
 
 def has_session(node: BrokerProcess, cid: str) -> bool:
