@@ -117,6 +117,7 @@ class Node:
             self.broker.cluster = self.cluster
             self.broker.router.on_change = self.cluster.route_changed
             self.broker.router.on_group = self.cluster.group_changed
+            self.cluster.control.traces = self.trace  # client traces asked by other nodes
         #: The access chains, built at start (their files are read then).
         self.access: Access | None = None
         #: The durable store's journal, opened at start (None: durability off).

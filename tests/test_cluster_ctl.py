@@ -10,7 +10,10 @@ asks again until the node says what is expected, bounded in count and time.
 from __future__ import annotations
 
 import json
+import queue
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +23,7 @@ from support import WAIT, uid
 from support.clients import Client
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
-from support.process import BrokerProcess, checked_broker, wait_log
+from support.process import MQTTD, BrokerProcess, checked_broker, wait_log
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 
@@ -246,3 +249,118 @@ def test_without_a_cluster_commands_are_as_before() -> None:
             assert isinstance(js(single, "routes", "list"), list)
         finally:
             client.close()
+
+
+class LiveTrace:
+    """A running ``mqttd ctl trace client ...`` process, its stdout read line by line."""
+
+    def __init__(self, node: BrokerProcess, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*MQTTD, "ctl", "--data-dir", str(node.data_dir), "trace", "client", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.proc.stderr is not None
+        self.banner = self.proc.stderr.readline()  # printed once the trace is in place
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def until(self, text: str) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"{text!r} not traced:\n" + "\n".join(got)) from None
+            if line is None:
+                raise AssertionError(f"trace ended before {text!r}:\n" + "\n".join(got))
+            got.append(line)
+            if text in line:
+                return got
+
+    def interrupt(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(WAIT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        rest = self.proc.stderr.read()
+        self.proc.stderr.close()
+        self.proc.stdout.close()
+        return code, rest
+
+
+def traces_on(node: BrokerProcess) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = js(node, "trace", "list")
+    return rows
+
+
+def test_trace_a_client_on_another_node(nodes: dict[str, BrokerProcess],
+                                        clients: Callable[..., Client]) -> None:
+    cid = uid("traced")
+    c = clients(nodes[B], cid, version=5, username="alice", password="hunter2-secret")
+    live = LiveTrace(nodes[A], cid)
+    try:
+        assert live.banner.startswith(f"Tracing client {cid} on {A}, "), live.banner
+        assert B in live.banner and C in live.banner
+        # The other nodes run it for A's ctl (listed there as live).
+        assert [t["target"] for t in traces_on(nodes[B]) if t["type"] == "clientid"] == [cid]
+        c.subscribe("trc/#", 1)
+        c.publish("trc/x", b"hello from b", qos=1)
+        lines = live.until("SEND PUBLISH(Q1")
+        assert all(line.startswith(f"[{B}] ") for line in lines), lines
+        assert any("RECV SUBSCRIBE" in line for line in lines)
+        assert "hunter2" not in "\n".join(lines)
+        # A reconnect on another node is traced there.
+        c.disconnect()
+        again = clients(nodes[C], cid, version=5)
+        again.publish("trc/y", b"now on c", qos=0)
+        lines = live.until("Topic=trc/y")
+        assert lines[-1].startswith(f"[{C}] ")
+        code, _rest = live.interrupt()
+        assert code == 0
+    finally:
+        if live.proc.poll() is None:
+            live.interrupt()
+    # Ctrl-C ends it on every node.
+    for node in nodes.values():
+        until("the trace to end everywhere", lambda n=node: not [
+            t for t in traces_on(n) if t["target"] == cid])
+
+    # --local: this node only.
+    local = LiveTrace(nodes[A], cid, "--local")
+    try:
+        assert local.banner.startswith(f"Tracing client {cid} (not connected"), local.banner
+        assert not [t for t in traces_on(nodes[B]) if t["target"] == cid]
+    finally:
+        local.interrupt()
+
+
+def test_a_trace_whose_asking_node_dies_ends(nodes: dict[str, BrokerProcess]) -> None:
+    """The lease: a node tracing for a node that went away stops by itself."""
+    server_url = json.loads(ctl(nodes[A], "--json", "cluster", "status").out)["server"]
+    d = BrokerProcess(node_config("d@127.0.0.1", server_url, misses=100))
+    try:
+        wait_log(d, "joined through NATS")
+        until("D to see A up", lambda: up(d, A))
+        cid = uid("lease")
+        live = LiveTrace(d, cid)
+        assert A in live.banner, live.banner
+        until("A to run the trace", lambda: [t for t in traces_on(nodes[A])
+                                             if t["target"] == cid] != [])
+        d.stop(signal.SIGKILL)
+        live.interrupt()
+        until("A to end the orphaned trace", lambda: not [
+            t for t in traces_on(nodes[A]) if t["target"] == cid])
+        wait_log(nodes[A], f"trace of client {cid} stopped")
+    finally:
+        d.stop()
+        d.cleanup()

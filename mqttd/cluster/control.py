@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -30,6 +31,7 @@ from ..mgmt.clients import Clients
 from ..mgmt.errors import NotFound
 from ..mgmt.listing import Row
 from ..mgmt.routes import Routes
+from ..trace.manager import Trace, TraceManager
 from .membership import Membership
 
 log = logging.getLogger("mqttd.cluster")
@@ -38,8 +40,15 @@ __all__ = ["CTL", "ClusterControl", "OPS"]
 
 #: + a node's start tag: where that node answers control requests.
 CTL = "mqttd.c.ctl."
-#: What a node answers: every client, one client, kick one, every route (or a topic's).
-OPS = ("clients", "client", "kick", "routes")
+#: What a node answers: every client, one client, kick one, every route (or a topic's);
+#: start a client trace streamed to the asker, keep it going, stop it.
+OPS = ("clients", "client", "kick", "routes", "trace", "trace_keep", "trace_stop")
+#: A remote trace ends unless its asker says it still wants it this often (seconds)...
+TRACE_KEEP = 1.0
+#: ...within this many seconds (the asker's node died, or lost NATS).
+TRACE_LEASE = 5.0
+#: Trace lines waiting to be sent to the asker at most; more are dropped and counted.
+_TRACE_QUEUE = 10_000
 #: An answer's part is sent once its rows reach this many bytes (NATS's default maximum
 #: payload is 1 MiB).
 _PART_BYTES = 256 * 1024
@@ -65,6 +74,10 @@ class ClusterControl:
         self.clients = Clients(registry) if registry is not None else None
         self.routes = Routes(router, node_name)
         self.timeout = timeout
+        #: The node's traces (handed in by the node; None: remote traces are refused).
+        self.traces: TraceManager | None = None
+        #: Traces this node runs for other nodes' mqttd ctl: token -> (trace, sink, lease).
+        self._remote: dict[str, tuple[Trace, _NatsSink, asyncio.TimerHandle]] = {}
         self.nc: NatsClient | None = None
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,13 +91,17 @@ class ClusterControl:
     def stop(self) -> None:
         self.nc = None
         self._sub = None
+        for token in list(self._remote):
+            self._end_remote(token, "the node traced is leaving the cluster")
         for task in list(self._tasks):
             task.cancel()
 
     # --- answering ------------------------------------------------------------------------
 
-    def _rows(self, op: str, arg: str | None) -> Iterable[Row]:
+    def _rows(self, op: str, arg: str | None, req: dict[str, Any]) -> Iterable[Row]:
         """This node's rows for a request (NotFound: none)."""
+        if op.startswith("trace"):
+            return self._trace_op(op, arg, req)
         if op == "routes":
             listing = self.routes.all() if arg is None else self.routes.lookup(arg)
             return listing.rows()
@@ -117,7 +134,7 @@ class ClusterControl:
                 op, arg = req["op"], req.get("arg")
                 if op not in OPS:
                     raise ValueError(f"unknown request {op!r}")
-                rows: Iterable[Row] = self._rows(op, arg)
+                rows: Iterable[Row] = self._rows(op, arg, req)
             except NotFound:
                 rows = []
             except (ValueError, KeyError, TypeError) as err:
@@ -143,9 +160,87 @@ class ClusterControl:
             log.warning("cluster: a control request from another node failed: %s",
                         err or type(err).__name__)
 
+    # --- traces for other nodes -------------------------------------------------------------
+
+    def _trace_op(self, op: str, arg: str | None, req: dict[str, Any]) -> list[Row]:
+        token = str(req.get("token", ""))
+        if op == "trace_keep":
+            held = self._remote.get(token)
+            if held is None:
+                return []  # ended here: the asker is told so
+            held[2].cancel()
+            self._remote[token] = (held[0], held[1], self._lease(token))
+            return [{"kept": True}]
+        if op == "trace_stop":
+            self._end_remote(token, None)
+            return [{"stopped": True}]
+        nc, traces = self.nc, self.traces
+        if nc is None or traces is None or not arg or not token or token in self._remote:
+            raise ValueError("cannot trace here")
+        limit = req.get("payload_limit")
+        sink = _NatsSink(nc, str(req["inbox"]), bool(req.get("json")))
+        sink.head["id"] = self.node_id
+        sink.destination = f"mqttd ctl on {req.get('from', 'another node')}"
+        trace = traces.start_client(str(arg), sink, int(limit) if limit is not None else None)
+        self._remote[token] = (trace, sink, self._lease(token))
+        return [{"started": True, "connected": str(arg) in traces.registry.channels}]
+
+    def _lease(self, token: str) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(
+            TRACE_LEASE, self._end_remote, token, "the asking node stopped asking")
+
+    def _end_remote(self, token: str, reason: str | None) -> None:
+        held = self._remote.pop(token, None)
+        if held is None:
+            return
+        trace, sink, lease = held
+        lease.cancel()
+        if self.traces is not None:
+            self.traces.stop(trace, reason)
+        sink.close(reason)
+
+    async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
+                    write: Callable[[str, str, dict[str, Any]], None],
+                    ended: Callable[[str, str | None], None]) -> RemoteTrace:
+        """Trace ``client_id`` on every other node up: ``write(node, line, event)`` for each
+        line, ``ended(node, reason)`` when a node's trace ends by itself. Stop it with
+        :meth:`RemoteTrace.stop`."""
+        nc = self.nc
+        handle = RemoteTrace(self)
+        if nc is None or not nc.is_connected:
+            handle.nodes = (await self.ask("trace", client_id))["nodes"]  # says why not
+            return handle
+        names = {p.id: p.name for p in self.members.up()}
+
+        async def line(m: Msg) -> None:
+            try:
+                data = json.loads(m.data)
+                name = names.get(data["id"])
+                if name is None:
+                    return
+                if "end" in data:
+                    handle.live.discard(data["id"])
+                    ended(name, data["end"])
+                else:
+                    write(name, str(data["s"]), dict(data["e"]))
+            except (ValueError, KeyError, TypeError):
+                return
+
+        handle.inbox = nc.new_inbox()
+        handle.sub = await nc.subscribe(handle.inbox, cb=line)
+        answer = await self.ask("trace", client_id, {
+            "token": handle.token, "inbox": handle.inbox, "json": json_mode,
+            "payload_limit": payload_limit})
+        handle.nodes = answer["nodes"]
+        handle.live = {pid for pid, name in names.items() if any(
+            n["node"] == name and n["answered"] for n in handle.nodes)}
+        handle.keeper = asyncio.get_running_loop().create_task(handle.keep())
+        return handle
+
     # --- asking ---------------------------------------------------------------------------
 
-    async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]:
+    async def ask(self, op: str, arg: str | None = None, extra: dict[str, Any] | None = None,
+                  only: set[str] | None = None) -> dict[str, Any]:
         """Ask every other node counted up; wait at most ``timeout`` seconds.
 
         Returns ``{"rows": [...], "nodes": [...]}``: the other nodes' rows (each with its
@@ -156,7 +251,7 @@ class ClusterControl:
             if not peer.up:
                 nodes.append({"node": peer.name, "answered": False,
                               "reason": f"down ({peer.reason})"})
-        up = {p.id: p.name for p in self.members.up()}
+        up = {p.id: p.name for p in self.members.up() if only is None or p.id in only}
         nc = self.nc
         if nc is None or not nc.is_connected:
             for name in sorted(up.values()):
@@ -197,7 +292,8 @@ class ClusterControl:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, cb=received)
         try:
-            request = json.dumps({"op": op, "arg": arg, "from": self.node_name}).encode()
+            request = json.dumps(dict(extra or {}, op=op, arg=arg,
+                                      **{"from": self.node_name})).encode()
             for node_id in up:
                 await nc.publish(CTL + node_id, request, reply=inbox)
             await asyncio.wait_for(done.wait(), self.timeout)
@@ -221,6 +317,101 @@ class ClusterControl:
                 nodes.append({"node": name, "answered": True, "reason": ""})
         nodes.sort(key=lambda n: str(n["node"]))
         return {"rows": rows, "nodes": nodes}
+
+
+class RemoteTrace:
+    """A client trace running on the other nodes for this node's mqttd ctl."""
+
+    def __init__(self, control: ClusterControl) -> None:
+        self.control = control
+        self.token = os.urandom(8).hex()
+        self.inbox = ""
+        self.sub: Subscription | None = None
+        self.keeper: asyncio.Task[None] | None = None
+        #: One entry per other node known: {"node", "answered", "reason"}.
+        self.nodes: list[dict[str, Any]] = []
+        #: The start tags of the nodes whose trace runs.
+        self.live: set[str] = set()
+
+    async def keep(self) -> None:
+        """Tell the nodes tracing that this node still wants their lines."""
+        while self.live:
+            await asyncio.sleep(TRACE_KEEP)
+            nc = self.control.nc
+            if nc is None:
+                return
+            request = json.dumps({"op": "trace_keep", "token": self.token}).encode()
+            for node_id in list(self.live):
+                try:
+                    await nc.publish(CTL + node_id, request)
+                except Exception:  # noqa: BLE001,S110 - its lease runs out there
+                    pass
+
+    async def stop(self) -> None:
+        if self.keeper is not None:
+            self.keeper.cancel()
+        nc = self.control.nc
+        if nc is not None and self.live:
+            request = json.dumps({"op": "trace_stop", "token": self.token}).encode()
+            for node_id in self.live:
+                try:
+                    await nc.publish(CTL + node_id, request)
+                except Exception:  # noqa: BLE001,S110 - its lease runs out there
+                    pass
+        self.live = set()
+        if self.sub is not None:
+            try:
+                await self.sub.unsubscribe()
+            except Exception:  # noqa: BLE001,S110 - the connection went away meanwhile
+                pass
+            self.sub = None
+
+
+class _NatsSink:
+    """A trace's lines sent to the asking node's inbox (in order, by one task; past
+    ``_TRACE_QUEUE`` lines waiting, lines are dropped and the next one says how many)."""
+
+    live = True
+
+    def __init__(self, nc: NatsClient, inbox: str, json_mode: bool) -> None:
+        self.nc = nc
+        self.inbox = inbox
+        self.json = json_mode
+        self.destination = "mqttd ctl on another node"
+        self.head = {"id": ""}
+        self._queue: list[bytes] = []
+        self._wake = asyncio.Event()
+        self.dropped = 0
+        self._task = asyncio.get_running_loop().create_task(self._send())
+
+    def write(self, text: str, event: dict[str, Any]) -> None:
+        if len(self._queue) >= _TRACE_QUEUE:
+            self.dropped += 1
+            return
+        if self.dropped:
+            text = f"[{self.dropped} trace lines dropped: NATS is not keeping up]\n{text}"
+            self.dropped = 0
+        self._queue.append(json.dumps({"id": self.head["id"], "s": text, "e": event},
+                                      default=_default, ensure_ascii=False).encode())
+        self._wake.set()
+
+    def close(self, reason: str | None) -> None:
+        self._queue.append(json.dumps({"id": self.head["id"], "end": reason}).encode())
+        self._queue.append(b"")  # the end: the task stops after sending what is queued
+        self._wake.set()
+
+    async def _send(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            queued, self._queue = self._queue, []
+            for data in queued:
+                if not data:
+                    return
+                try:
+                    await self.nc.publish(self.inbox, data)
+                except Exception:  # noqa: BLE001 - the asker's lease ends this trace
+                    return
 
 
 def _part(head: dict[str, Any], rows: list[bytes], last: bool) -> bytes:

@@ -42,7 +42,7 @@ from ..metrics import (
     MESSAGES_FORWARD,
     Metrics,
 )
-from .control import ClusterControl
+from .control import ClusterControl, RemoteTrace
 from .membership import Membership, Peer
 from .retained import RetainedSync
 from .sessions import SessionRegistry
@@ -648,6 +648,12 @@ class Cluster:
     async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]:
         """A control request answered by every other node up (:mod:`.control`)."""
         return await self.control.ask(op, arg)
+
+    async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
+                    write: Callable[[str, str, dict[str, Any]], None],
+                    ended: Callable[[str, str | None], None]) -> RemoteTrace:
+        """A client trace on every other node up, streamed here (:mod:`.control`)."""
+        return await self.control.trace(client_id, payload_limit, json_mode, write, ended)
 
     def counters(self) -> dict[str, int]:
         """The nodes up (this one included) as a stat (``cluster.nodes``)."""

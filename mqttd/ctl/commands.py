@@ -550,7 +550,7 @@ def _trace_line(info: Row) -> str:
 
 
 async def _trace(ctx: Context, kind: str, target: str, file: str | None,
-                 limit_text: str | None) -> None:
+                 limit_text: str | None, local: bool = True) -> None:
     traces = ctx.mgmt.trace
     limit = _int(limit_text, "--payload-limit", "trace")
     who = f"{kind} {target}"
@@ -565,7 +565,32 @@ async def _trace(ctx: Context, kind: str, target: str, file: str | None,
         ctx.result(f"trace {who} successfully", data)
         return
     live = LiveSink(ctx)
-    if kind == "clientid":
+    remote = None
+    if kind == "clientid" and not local and ctx.mgmt.cluster.active:
+        # Every node up traces it (it is on one at most, and may connect to any): each
+        # line says its node.
+        me = ctx.mgmt.node_name
+
+        def write(node: str, line: str, event: dict[str, Any]) -> None:
+            try:
+                live.write(f"[{node}] {line}", dict(event, node=node))
+            except ConnectionError:
+                pass  # the ctl went away: until_closed ends the trace
+
+        def ended(node: str, reason: str | None) -> None:
+            ctx.err(f"[{node}] {reason or 'trace ended'}")
+
+        trace = traces.start(kind, target, _NodeSink(live, me), limit)
+        remote = await ctx.mgmt.cluster.trace(target, limit, ctx.json, write, ended)
+        where = [me] + [n["node"] for n in remote.nodes if n["answered"]]
+        peer = traces.client_peer(target)
+        ctx.err(f"Tracing client {target} on {', '.join(where)}"
+                + (f" (connected here from {peer})" if peer is not None else "")
+                + "; Ctrl-C to stop.")
+        for n in remote.nodes:
+            if not n["answered"]:
+                ctx.err(f"mqttd ctl: node {n['node']}: {n['reason']}; not traced there")
+    elif kind == "clientid":
         peer = traces.client_peer(target)
         state = (f"connected from {peer}" if peer is not None else
                  "not connected: tracing starts when it connects")
@@ -579,14 +604,33 @@ async def _trace(ctx: Context, kind: str, target: str, file: str | None,
         gone = await ctx.until_closed(live.ended)
     finally:
         traces.stop(trace)
+        if remote is not None:
+            await remote.stop()
     if not gone:
         reason = live.ended.result()
         if reason:
             ctx.err(reason)
 
 
+class _NodeSink:
+    """This node's lines of a cluster-wide trace, marked with its name like the others'."""
+
+    def __init__(self, live: LiveSink, node: str) -> None:
+        self.live = live
+        self.node = node
+        self.json = live.json
+        self.destination = live.destination
+
+    def write(self, text: str, event: dict[str, Any]) -> None:
+        self.live.write(f"[{self.node}] {text}", dict(event, node=self.node))
+
+    def close(self, reason: str | None) -> None:
+        self.live.close(reason)
+
+
 async def cmd_trace_client(ctx: Context, a: Args) -> None:
-    await _trace(ctx, "clientid", a.pos[0], a.opts.get("file"), a.opts.get("payload-limit"))
+    await _trace(ctx, "clientid", a.pos[0], a.opts.get("file"), a.opts.get("payload-limit"),
+                 bool(a.opts.get("local")))
 
 
 async def cmd_trace_topic(ctx: Context, a: Args) -> None:
@@ -1165,8 +1209,9 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("listeners restart <Name>", cmd_listeners_restart, "Restart a listener"),
     ("listeners reload <Name>", cmd_listeners_reload,
      "Reload a TLS listener's certificate and key (live connections stay)"),
-    ("trace client <ClientId> [--file <File>] [--payload-limit <Bytes>]", cmd_trace_client,
-     "Trace a client's packets: live until Ctrl-C, or to a file"),
+    ("trace client <ClientId> [--file <File>] [--payload-limit <Bytes>] [--local]",
+     cmd_trace_client, "Trace a client's packets: live until Ctrl-C (in a cluster: on every "
+     "node, --local: this one), or to a file (this node)"),
     ("trace topic <Topic> [--file <File>] [--payload-limit <Bytes>]", cmd_trace_topic,
      "Trace messages published to a topic filter"),
     ("trace start client <ClientId> <File>", cmd_trace_start_client,

@@ -4,13 +4,23 @@ process layer hands it in, typed here by what management calls."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import Unavailable
 from .listing import Row, iso
 
-__all__ = ["ClusterView", "ClusterArea", "Gathered"]
+__all__ = ["ClusterView", "ClusterArea", "Gathered", "RemoteTraceView"]
+
+
+class RemoteTraceView(Protocol):
+    """A client trace running on the other nodes (:class:`mqttd.cluster.control.RemoteTrace`):
+    which nodes run it (``nodes``: {"node", "answered", "reason"}), and how to end it."""
+
+    nodes: list[dict[str, Any]]
+
+    async def stop(self) -> None: ...
 
 
 class ClusterView(Protocol):
@@ -19,6 +29,9 @@ class ClusterView(Protocol):
     def status(self) -> dict[str, Any]: ...
     def nodes(self) -> list[dict[str, Any]]: ...
     async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]: ...
+    async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
+                    write: Callable[[str, str, dict[str, Any]], None],
+                    ended: Callable[[str, str | None], None]) -> RemoteTraceView: ...
 
 
 @dataclass(slots=True)
@@ -52,6 +65,13 @@ class ClusterArea:
         [<topic>]``); at most ``[cluster] ctl_timeout`` seconds."""
         answer = await self._cluster().ask(op, arg)
         return Gathered(list(answer["rows"]), list(answer["nodes"]))
+
+    async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
+                    write: Callable[[str, str, dict[str, Any]], None],
+                    ended: Callable[[str, str | None], None]) -> RemoteTraceView:
+        """Trace ``client_id`` on every other node up: ``write(node, line, event)`` per
+        line, ``ended(node, reason)`` when a node's trace ends without being stopped."""
+        return await self._cluster().trace(client_id, payload_limit, json_mode, write, ended)
 
     def _cluster(self) -> ClusterView:
         if self.cluster is None:
