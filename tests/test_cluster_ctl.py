@@ -364,3 +364,19 @@ def test_a_trace_whose_asking_node_dies_ends(nodes: dict[str, BrokerProcess]) ->
     finally:
         d.stop()
         d.cleanup()
+
+
+def test_a_long_answer_comes_in_parts(nodes: dict[str, BrokerProcess],
+                                      clients: Callable[..., Client]) -> None:
+    """More routes than one NATS message of an answer holds (parts of 256 KiB): all listed."""
+    t = uid("many")
+    filters = [f"{t}/{'x' * 60}/{i}/#" for i in range(5000)]
+    sub = clients(nodes[B], uid("many"))
+    for i in range(0, len(filters), 500):
+        sub.subscribe([(f, 0) for f in filters[i:i + 500]])
+    data = js(nodes[A], "routes", "list")
+    assert all(n["answered"] for n in data["nodes"])
+    got = sorted(r["topic"] for r in data["routes"] if r["topic"].startswith(t))
+    assert got == sorted(filters)
+    assert {r["node"] for r in data["routes"] if r["topic"].startswith(t)} == {B}
+    assert len(json.dumps([r for r in data["routes"] if r["node"] == B])) > 2 * 256 * 1024
