@@ -158,12 +158,21 @@ def run_once(lg: Any, spec: brokers.BrokerSpec, args: argparse.Namespace, workdi
         marks["hold_end"] = time.monotonic()
         r["rss_held"] = brokers.rss_bytes(broker.pid)
         r["lost_while_held"] = engine.stats()["connections_lost"]
+        spy = None
+        if args.profile_leave:  # where the leave phase's time goes (collapsed stacks)
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(broker.pid), "--rate", "1000",
+                 "--nonblocking", "--format", "raw", "--duration", str(int(args.settle)),
+                 "-o", str(workdir / "leave.txt")], stdout=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attached before the clients leave
         marks["leave"] = time.monotonic()
         engine.close_all()
         engine = None
         time.sleep(args.settle)
         marks["leave_end"] = time.monotonic()
         r["rss_after"] = brokers.rss_bytes(broker.pid)
+        if spy is not None:
+            spy.wait(30)
         if not broker.alive():
             r["error"] = "the broker exited"
     finally:
@@ -298,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-core", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (CI)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile-leave", action="store_true",
+                    help="py-spy record the broker during the leave phase (out/.../leave.txt)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:

@@ -94,6 +94,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._flusher = Flusher(loop)
+        # A new connection for a client id whose close is still queued finishes it first.
+        self.node.registry.finish_close = self._flusher.finish_close
         # Measured before any client: the store, logs and the control socket are open.
         self._fd_guard: FdGuard | None = None
         log.info("mqttd %s starting, speedups: %s", __version__,
@@ -171,6 +173,9 @@ class Server:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        await asyncio.sleep(0)  # the aborts' connection_lost
+        if self._flusher is not None:
+            self._flusher.finish_closes()  # wills and sessions before the store closes
         await self.node.stop()
         if self._stopped is not None:
             self._stopped.set()

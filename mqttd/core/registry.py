@@ -74,6 +74,9 @@ class Registry:
         self.awaiting_rel_expired = 0
         #: The durable store (None: durability off). Sessions with an expiry are kept in it.
         self.store: SessionStore | None = None
+        #: The transport's hook: runs a channel's close that it deferred (a mass departure
+        #: is worked off in slices), True if one was pending.
+        self.finish_close: Callable[[SessionOwner], bool] | None = None
 
     def open_session(self, channel: SessionOwner, zone: Zone, clean_start: bool, expiry: int,
                      *, max_inflight: int) -> tuple[Session, bool]:
@@ -82,6 +85,9 @@ class Registry:
         if self._sweep_handle is None:
             self._start_sweep()
         old = self.channels.get(client_id)
+        if old is not None and old is not channel and self.finish_close is not None \
+                and self.finish_close(old):
+            old = self.channels.get(client_id)  # closed as it would have been already
         taken_will = None
         if old is not None and old is not channel:
             # The old connection's will waits for the outcome (see the module docstring).

@@ -17,15 +17,16 @@ pauses for as long as the budget needs to recover.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import logging
 from collections.abc import Callable, MutableSet
-from typing import Any
+from typing import Any, cast
 
 from ..config import Zone
 from ..core.channel import AUTHENTICATING, CONNECTED, IDLE, Channel, ChannelServices
 from ..core.pubpath import build_run as _build_packet_run
-from ..core.services import CloseReason
+from ..core.services import CloseReason, SessionOwner
 from ..metrics import (
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -47,6 +48,8 @@ _apply_packets = _build_packet_run()
 
 #: Seconds a closing connection keeps draining the client's input before it is aborted.
 LINGER = 2.0
+#: Channel closes run per loop turn when many clients leave at once (~20 us each: ~5 ms).
+CLOSE_SLICE = 256
 #: Seconds between looks at the queues a backpressured publisher waits for.
 PRESSURE_POLL = 0.02
 #: Resolution of the connections' deadlines (connect timeout, keepalive): a deadline is
@@ -131,7 +134,8 @@ class Flusher:
     """Writes every connection that has output, once per event-loop turn; and, after each
     commit of the durable store, the connections whose acknowledgements waited for it."""
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines")
+    __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines", "_closes",
+                 "_close_order", "_closing_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -141,6 +145,55 @@ class Flusher:
         self._scheduled = False
         #: Connections with output held for the store (``Channel.hold``).
         self._held: set[Connection] = set()
+        #: Channels whose close (will, session, hooks, $SYS, log line) is still to run ->
+        #: (reason, detail); a mass departure is worked off CLOSE_SLICE per loop turn.
+        self._closes: dict[Channel, tuple[CloseReason, str]] = {}
+        self._close_order: collections.deque[Channel] = collections.deque()
+        self._closing_scheduled = False
+
+    def close_later(self, channel: Channel, reason: CloseReason, detail: str) -> None:
+        """Run ``channel.handle_close`` in a later loop turn, in order, CLOSE_SLICE at a
+        time: 19,000 clients leaving at once cost ~20 us each, 0.4 s in one turn."""
+        if channel in self._closes:
+            return
+        self._closes[channel] = (reason, detail)
+        self._close_order.append(channel)
+        if not self._closing_scheduled:
+            self._closing_scheduled = True
+            self._loop.call_soon(self._run_closes)
+
+    def finish_close(self, channel: SessionOwner) -> bool:
+        """Run the channel's pending close now (a new connection for its client id must
+        find it closed, as without the deferral); False if none was pending."""
+        args = self._closes.pop(cast("Channel", channel), None)
+        if args is None:
+            return False
+        cast("Channel", channel).handle_close(*args)
+        return True
+
+    def finish_closes(self) -> None:
+        """Run every pending close (the server stops)."""
+        while self._close_order:
+            self._run_closes(len(self._close_order))
+
+    def _run_closes(self, limit: int = 0) -> None:
+        self._closing_scheduled = False
+        order = self._close_order
+        closes = self._closes
+        n = limit or CLOSE_SLICE
+        while order and n:
+            channel = order.popleft()
+            args = closes.pop(channel, None)
+            if args is None:
+                continue  # finished early (finish_close)
+            n -= 1
+            try:
+                channel.handle_close(*args)
+            except Exception:
+                log.exception("closing client %s failed", channel.client_id)
+        if order and not self._closing_scheduled:
+            self._closing_scheduled = True
+            self._loop.call_soon(self._run_closes)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -472,8 +525,8 @@ class Connection(asyncio.Protocol):
         self.connections.discard(self)
         channel = self.channel
         if channel is not None:
-            channel.handle_close(CloseReason.CLOSED, "connection lost: %s" % exc if exc else
-                                 "connection closed by the client")
+            self.flusher.close_later(channel, CloseReason.CLOSED, "connection lost: %s" % exc
+                                     if exc else "connection closed by the client")
             # Break the cycles (transport <-> connection -> channel -> its wakeup, a method
             # of this connection): the client's objects go at once, by reference counting,
             # not at the collector's next full pass, when thousands have piled up.
@@ -533,8 +586,8 @@ class Connection(asyncio.Protocol):
         if channel is not None and channel.closing and not self._closing and not held:
             # The channel is finished now, not when the peer gets round to closing its
             # side (the linger can take seconds; a dead peer never does): its will and
-            # its session's expiry start at once.
-            channel.handle_close()
+            # its session's expiry start at once (in a later turn, a slice at a time).
+            self.flusher.close_later(channel, CloseReason.CLOSED, "")
             self._close_lingering(transport)
 
     def _close_lingering(self, transport: Any) -> None:

@@ -1,0 +1,91 @@
+"""Many clients leaving at once against a real daemon (issue 17, pauses): their closes (wills,
+sessions, ``client.disconnected``, ``$SYS`` presence, the log line) are worked off a slice per
+event-loop turn, so another client keeps being served in between, and every will and every
+``$SYS`` disconnect event still arrives, with the right reason."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import socket
+
+from support import builder as B
+from support.process import checked_broker
+from support.raw import RawClient
+
+from mqttd.mqtt.packets import Connack, Pingresp, Publish, Suback
+
+N = 2_000
+NODE = "mqttd@127.0.0.1"
+SYS_GONE = f"$SYS/brokers/{NODE}/clients/+/disconnected"
+#: PINGRESPs that must reach the watcher between the first and the last departure it sees
+#: (all the closes in one turn would give none: the PINGREQ was sent after every close).
+MIN_INTERLEAVED = 4
+
+
+def _room_for(n: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 2 * n + 500))  # our sockets; the broker inherits the limit
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def test_mass_disconnect_is_sliced_and_every_will_and_event_arrives() -> None:
+    _room_for(N)
+    with checked_broker() as broker:
+        watcher = RawClient(broker, version=4, timeout=30)
+        watcher.send(B.connect("watcher", level=4))
+        assert watcher.expect(Connack).reason_code == 0
+        watcher.send(B.subscribe(1, [("gone/#", 0), (SYS_GONE, 0)]))
+        assert watcher.expect(Suback).reason_codes == [0, 0]
+        leavers = []
+        try:
+            for i in range(N):
+                s = socket.create_connection(("127.0.0.1", broker.port), timeout=30)
+                s.sendall(B.connect(f"leaver-{i}", level=4, will_topic=f"gone/{i}",
+                                    will_payload=b"bye"))
+                leavers.append(s)
+            for s in leavers:
+                assert s.recv(4)[:1] == b"\x20"  # CONNACK
+            # Every departure (and the PINGREQ after them) waits in the kernel while the
+            # broker is stopped: it finds them all in one poll when it goes on.
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                for i, s in enumerate(leavers):
+                    if i % 2 == 0:
+                        s.sendall(B.disconnect())  # a normal DISCONNECT: no will
+                    s.close()  # odd ones just drop: their wills go out
+                watcher.send(B.pingreq())
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            stream: list[str] = []
+            wills: set[str] = set()
+            reasons: dict[str, str] = {}
+            while len(wills) < N // 2 or len(reasons) < N:
+                p = watcher.recv(timeout=60)
+                if isinstance(p, Pingresp):
+                    stream.append("ping")
+                    watcher.send(B.pingreq())
+                    continue
+                assert isinstance(p, Publish), p
+                if p.topic.startswith("gone/"):
+                    wills.add(p.topic)
+                else:
+                    info = json.loads(p.payload)
+                    reasons[info["clientid"]] = info["reason"]
+                stream.append("gone")
+        finally:
+            for s in leavers:
+                s.close()
+        assert wills == {f"gone/{i}" for i in range(1, N, 2)}
+        assert reasons == {f"leaver-{i}": "normal" if i % 2 == 0 else "closed"
+                           for i in range(N)}
+        first, last = stream.index("gone"), len(stream) - 1 - stream[::-1].index("gone")
+        interleaved = stream[first:last].count("ping")
+        print(f"\n{N} departures: {interleaved} PINGRESPs between the first and the last")
+        assert interleaved >= MIN_INTERLEAVED, (
+            f"only {interleaved} PINGRESPs reached another client while {N} clients' closes "
+            "were processed: the loop did not turn between slices")
+        watcher.send(B.disconnect())
+        watcher.close()
