@@ -135,6 +135,7 @@ def test_clients_listed_from_any_node_with_their_node(
 def test_show_and_kick_a_client_on_another_node(
         nodes: dict[str, BrokerProcess], clients: Callable[..., Client]) -> None:
     cid = uid("remote")
+    claimed = js(nodes[B], "cluster", "status")["sessions_claimed"]
     c = clients(nodes[B], cid, version=5)
     row = js(nodes[A], "clients", "show", cid)
     assert row["clientid"] == cid and row["node"] == B and row["proto_ver"] == 5
@@ -144,8 +145,14 @@ def test_show_and_kick_a_client_on_another_node(
     r = ctl(nodes[A], "clients", "show", cid, "--local")
     assert r.code == 1 and "not found" in r.err.lower(), r
 
+    # The session registry names B: B alone is asked to kick.
+    until("the registry to name B", lambda: js(nodes[B], "cluster", "status")[
+        "sessions_claimed"] > claimed)
+    before = {n: js(node, "cluster", "status")["ctl_answered"] for n, node in nodes.items()}
     r = ctl(nodes[A], "--json", "clients", "kick", cid)
     assert r.code == 0, r
+    after = {n: js(node, "cluster", "status")["ctl_answered"] for n, node in nodes.items()}
+    assert after[B] == before[B] + 1 and after[C] == before[C]
     assert json.loads(r.out) == {"clientid": cid, "kicked": True, "node": B}
     rc, _props = c.wait_disconnected()
     assert rc.value == 0x98  # Administrative action, from node B

@@ -620,6 +620,7 @@ class Cluster:
                          else "-"),
             "retained_replicated": self.retained.applied, "retained_sent": self.retained.sent,
             **self._sessions_status(),
+            "ctl_answered": self.control.answered,
             "heartbeat_interval": self.settings.heartbeat_interval,
             "heartbeat_misses": self.settings.heartbeat_misses,
         }
@@ -646,7 +647,15 @@ class Cluster:
         return rows
 
     async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]:
-        """A control request answered by every other node up (:mod:`.control`)."""
+        """A control request answered by every other node up (:mod:`.control`); one about
+        a client (show, kick) goes first to the node the session registry names alone."""
+        if op in ("client", "kick") and arg and self.sessions is not None:
+            owner = await self.sessions.owner(arg)
+            if owner is not None and owner != self.node_id and any(
+                    p.id == owner for p in self.members.up()):
+                answer = await self.control.ask(op, arg, only={owner})
+                if answer["rows"]:
+                    return answer
         return await self.control.ask(op, arg)
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,

@@ -216,6 +216,19 @@ class SessionRegistry:
             return
         raise RuntimeError(f"gave up after {_ATTEMPTS} concurrent writes")
 
+    async def owner(self, cid: str) -> str | None:
+        """The start tag of the node the registry says holds ``cid`` (None: none, or the
+        registry cannot tell within a second)."""
+        kv = self.kv
+        if kv is None:
+            return None
+        try:
+            entry = await asyncio.wait_for(kv.get(topic_key(cid)), 1.0)
+            owner = json.loads(entry.value or b"{}").get("id")
+        except Exception:  # noqa: BLE001 - not known: every node is asked instead
+            return None
+        return str(owner) if owner else None
+
     def _lost(self, cid: str, node: str) -> None:
         """The client connected to ``node`` after it connected here: this connection is the
         one taken over (unless a newer one here has a claim on its way)."""
