@@ -43,6 +43,9 @@ class StartError(Exception):
 class Server:
     """An mqttd node serving its configured TCP listeners."""
 
+    #: Listeners with SO_REUSEPORT (a worker of `mqttd start --workers N`: see workers.py).
+    reuse_port = False
+
     def __init__(self, settings: Settings | None = None, *, reset_store: bool = False,
                  loader: Callable[[], Settings] | None = None,
                  config_file: str | None = None) -> None:
@@ -149,6 +152,7 @@ class Server:
                           # while a client trace waits for its client, new channels are shown
                           lambda: trace.watch if trace.clients else None, self._fd_guard,
                           self.overload.refuse_new if self.settings.overload.enable else None)
+        tcp.reuse_port = self.reuse_port
         try:
             await tcp.start(port)
         except ListenerError as err:
@@ -425,7 +429,8 @@ def tune_gc() -> None:
 
 def run(settings: Settings, *, use_uvloop: bool = True,
         on_ready: Callable[[], None] | None = None, reset_store: bool = False,
-        loader: Callable[[], Settings] | None = None, config_file: str | None = None) -> Any:
+        loader: Callable[[], Settings] | None = None, config_file: str | None = None,
+        reuse_port: bool = False) -> Any:
     """Run the broker in this process until it is told to stop.
 
     This is the process entry point (the command line), so it also tunes the process's
@@ -433,6 +438,7 @@ def run(settings: Settings, *, use_uvloop: bool = True,
     another program (the tests) leaves that program's collector alone.
     """
     server = Server(settings, reset_store=reset_store, loader=loader, config_file=config_file)
+    server.reuse_port = reuse_port
 
     def ready() -> None:
         tune_gc()

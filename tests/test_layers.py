@@ -32,7 +32,7 @@ RANK = {
     "mgmt": 4,
     "ctl": 5, "http": 5, "bridge": 5, "cluster": 5,
     "node": 6,
-    "server": 7,
+    "server": 7, "workers": 7,
     "cli": 8, "__main__": 9,
 }
 

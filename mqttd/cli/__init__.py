@@ -98,6 +98,11 @@ def start(
                                      help="Move the store file aside (renamed, kept) and start "
                                           "with an empty store: for a store that cannot be "
                                           "read."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=256, metavar="N",
+                                help="Worker processes, each a cluster node on the same ports "
+                                     "(SO_REUSEPORT), under a supervisor; over [cluster] "
+                                     "nats_url, else a nats-server it starts  [default: 1: "
+                                     "one process]."),
 ) -> None:
     """Run the broker until SIGINT, SIGTERM or `mqttd stop` (foreground unless --daemon)."""
     if log_level is not None and log_level.lower() not in LOG_LEVELS:
@@ -108,8 +113,11 @@ def start(
     # takes over once the file is read.
     logsetup.configure_early((log_level or "info").lower())
     from ..ctl.protocol import LOG_NAME
+    from ..workers import apply_worker, worker_spec
 
-    daemon_child = _READY_ENV in os.environ
+    spec = worker_spec()  # set when this process is a worker of `mqttd start --workers N`
+    # (A worker is told to say "ready" as a daemon is, but logs where its supervisor does.)
+    daemon_child = _READY_ENV in os.environ and spec is None
     # The environment it was started with: a reload reads the same MQTTD_* settings.
     environ = dict(os.environ)
 
@@ -141,6 +149,14 @@ def start(
             settings.log.file = LOG_NAME
         return settings
 
+    if spec is not None:
+        base_settings_for_start = settings_for_start
+
+        def settings_for_start(settings: Settings) -> Settings:
+            settings = base_settings_for_start(settings)
+            apply_worker(settings, spec)
+            return settings
+
     def reload_settings() -> Settings:
         return settings_for_start(load_settings(config, environ))
 
@@ -152,7 +168,7 @@ def start(
         raise typer.Exit(2) from None
     if daemon:
         raise typer.Exit(_daemonize(config, bind, port, settings, log_level, log_format,
-                                    log_file, no_uvloop, reset_store))
+                                    log_file, no_uvloop, reset_store, workers))
     try:
         _configure_log(settings)
     except ValueError as err:
@@ -172,9 +188,19 @@ def start(
             except OSError:
                 pass
 
+    if workers > 1 and spec is None:
+        from ..workers import WorkersError, supervise
+
+        argv = _start_args(config, bind, port, log_level, log_format, log_file, no_uvloop,
+                           reset_store)
+        try:
+            raise typer.Exit(supervise(settings, workers, argv, on_ready))
+        except (WorkersError, ControlSocketError) as err:
+            _log.error("%s", err)
+            raise typer.Exit(1) from None
     try:
         run(settings, use_uvloop=not no_uvloop, on_ready=on_ready, reset_store=reset_store,
-            loader=reload_settings,
+            loader=reload_settings, reuse_port=spec is not None,
             config_file=os.path.abspath(config) if config is not None else None)
     except (StartError, ControlSocketError) as err:
         _log.error("%s", err)
@@ -212,25 +238,12 @@ _READY_ENV = "MQTTD_READY_FD"
 DAEMON_START_TIMEOUT = 30.0
 
 
-def _daemonize(config: str | None, bind: str | None, port: int | None, settings: Settings,
-               log_level: str | None, log_format: str | None, log_file: str | None,
-               no_uvloop: bool, reset_store: bool = False) -> int:
-    """Start ``mqttd start`` detached (new session, stdin closed, output to the log file),
-    wait until it listens or fails; returns the exit code for this process."""
-    from ..ctl.protocol import LOG_NAME, PID_NAME
-
-    data_dir = os.path.abspath(os.path.expanduser(settings.data_dir))
-    try:
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    except OSError as err:
-        typer.echo(f"mqttd: cannot create data directory {data_dir}: {err.strerror}", err=True)
-        return 1
-    # Where the child's output goes (before its logging is set up, and anything it prints),
-    # and where its log lines go: the same file unless [log] file names another.
-    output_path = os.path.join(data_dir, LOG_NAME)
-    log_path = logsetup.log_path(settings.log.file, data_dir) if settings.log.file \
-        else output_path
-    cmd = [sys.executable, "-m", "mqttd", "start", "--data-dir", data_dir]
+def _start_args(config: str | None, bind: str | None, port: int | None,
+                log_level: str | None, log_format: str | None, log_file: str | None,
+                no_uvloop: bool, reset_store: bool) -> list[str]:
+    """``mqttd start``'s options again, for a child process (no --data-dir, --daemon,
+    --workers)."""
+    cmd: list[str] = []
     if config is not None:
         cmd += ["--config", os.path.abspath(config)]
     if bind is not None:
@@ -247,6 +260,32 @@ def _daemonize(config: str | None, bind: str | None, port: int | None, settings:
         cmd.append("--no-uvloop")
     if reset_store:
         cmd.append("--reset-store")
+    return cmd
+
+
+def _daemonize(config: str | None, bind: str | None, port: int | None, settings: Settings,
+               log_level: str | None, log_format: str | None, log_file: str | None,
+               no_uvloop: bool, reset_store: bool = False, workers: int = 1) -> int:
+    """Start ``mqttd start`` detached (new session, stdin closed, output to the log file),
+    wait until it listens or fails; returns the exit code for this process."""
+    from ..ctl.protocol import LOG_NAME, PID_NAME
+
+    data_dir = os.path.abspath(os.path.expanduser(settings.data_dir))
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    except OSError as err:
+        typer.echo(f"mqttd: cannot create data directory {data_dir}: {err.strerror}", err=True)
+        return 1
+    # Where the child's output goes (before its logging is set up, and anything it prints),
+    # and where its log lines go: the same file unless [log] file names another.
+    output_path = os.path.join(data_dir, LOG_NAME)
+    log_path = logsetup.log_path(settings.log.file, data_dir) if settings.log.file \
+        else output_path
+    cmd = [sys.executable, "-m", "mqttd", "start", "--data-dir", data_dir,
+           *_start_args(config, bind, port, log_level, log_format, log_file, no_uvloop,
+                        reset_store)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     # The child must import this very mqttd, whatever its working directory.
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)

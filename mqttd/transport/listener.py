@@ -191,6 +191,10 @@ class MqttListener:
     """A configured listener: its socket, its transport, its limits and its live
     connections."""
 
+    #: SO_REUSEPORT on the socket: several worker processes (`mqttd start --workers N`)
+    #: listen on one port and the kernel spreads the connections among them.
+    reuse_port = False
+
     def __init__(self, config: Listener, zone: Zone, services: ChannelServices,
                  flusher: Flusher, everyone: set[Connection],
                  watcher: Callable[[], Callable[[Channel], None] | None],
@@ -248,13 +252,14 @@ class MqttListener:
         loop = asyncio.get_running_loop()
         try:
             if self.tls or config.proxy_protocol:
-                self._sock = sock = _bind(config.bind, port, config.backlog)
+                self._sock = sock = _bind(config.bind, port, config.backlog, self.reuse_port)
                 self._accepting = loop.create_task(self._accept_loop(sock))
                 host, bound = sock.getsockname()[:2]
             else:
                 self.server = await loop.create_server(self._accept, config.bind, port,
                                                        backlog=config.backlog,
-                                                       reuse_address=True)
+                                                       reuse_address=True,
+                                                       reuse_port=self.reuse_port or None)
                 host, bound = self.server.sockets[0].getsockname()[:2]
         except OSError as err:
             raise ListenerError(
@@ -471,14 +476,16 @@ class MqttListener:
                         "%gs; counted in metrics)", self.config.name, why, REFUSED_LOG_EVERY)
 
 
-def _bind(host: str, port: int, backlog: int) -> socket.socket:
+def _bind(host: str, port: int, backlog: int, reuse_port: bool = False) -> socket.socket:
     """A non-blocking listening socket on (host, port), as the event loop's server binds
-    (SO_REUSEADDR, the first address the name resolves to)."""
+    (SO_REUSEADDR, SO_REUSEPORT if asked, the first address the name resolves to)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
