@@ -1,0 +1,188 @@
+"""`mqttd start --workers 2` end to end: a real supervisor, two real worker processes
+sharing one port-0 listener (SO_REUSEPORT), the nats-server the supervisor starts, real
+paho clients; which worker holds a client is read from that worker's own control socket."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttd.cli.ctl import main as ctl_main
+from support import WAIT
+from support.clients import Client
+from support.process import BrokerProcess, run_mqttd, wait_log
+
+
+def ctl_json(data_dir: Path, *args: str) -> Any:
+    """``mqttd ctl --data-dir DIR --json ARGS`` in this process; the parsed answer."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = ctl_main(["--data-dir", str(data_dir), "--json", *args])
+    assert code == 0, (code, out.getvalue(), err.getvalue())
+    return json.loads(out.getvalue())
+
+
+def until(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 2 * WAIT
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def worker_pid(broker: BrokerProcess, index: int) -> int:
+    return int(ctl_json(broker.data_dir / f"w{index}", "status")["pid"])
+
+
+def clients_of(broker: BrokerProcess, index: int) -> set[str]:
+    return {row["clientid"] for row in ctl_json(broker.data_dir / f"w{index}", "clients",
+                                                 "list")}
+
+
+@pytest.fixture
+def workers() -> Iterator[BrokerProcess]:
+    broker = BrokerProcess(extra_args=["--workers", "2"], timeout=2 * WAIT)
+    try:
+        wait_log(broker, "workers ready", timeout=2 * WAIT)
+        yield broker
+    finally:
+        broker.stop(timeout=40.0)
+        log = broker.log()
+        broker.cleanup()
+        assert "Traceback" not in log, log
+
+
+def one_on_each(broker: BrokerProcess, prefix: str) -> tuple[Client, Client, list[Client]]:
+    """Connect clients until one is on worker 1 and one on worker 2 (the kernel's choice);
+    (the one on w1, the one on w2, every client connected)."""
+    made: list[Client] = []
+    on: dict[int, tuple[str, Client]] = {}
+    for i in range(40):
+        cid = f"{prefix}{i}"
+        c = Client(broker, cid, version=5)
+        c.connect()
+        made.append(c)
+        on.setdefault(1 if cid in clients_of(broker, 1) else 2, (cid, c))
+        if len(on) == 2:
+            break
+    assert len(on) == 2, "40 connections all landed on one worker"
+    assert on[2][0] in clients_of(broker, 2)
+    return on[1][1], on[2][1], made
+
+
+def routes_known(broker: BrokerProcess, at: int, of: int, count: int) -> bool:
+    rows = ctl_json(broker.data_dir / f"w{at}", "cluster", "nodes")
+    return any(r["node"].endswith(f"-w{of}") and r["status"] == "up" and r["routes"] >= count
+               for r in rows)
+
+
+def exchange(broker: BrokerProcess, sub: Client, pub: Client, sub_worker: int,
+             pub_worker: int, topic: str) -> None:
+    """QoS 0 and 1 from ``pub`` reach ``sub`` across workers."""
+    sub.subscribe(f"{topic}/#", qos=1)
+    until("the route reaching the other worker",
+          lambda: routes_known(broker, pub_worker, sub_worker, 1))
+    pub.publish(f"{topic}/q0", b"zero", qos=0)
+    m = sub.expect_message()
+    assert (m.topic, m.payload, m.qos) == (f"{topic}/q0", b"zero", 0)
+    pub.publish(f"{topic}/q1", b"one", qos=1)
+    m = sub.expect_message()
+    assert (m.topic, m.payload, m.qos) == (f"{topic}/q1", b"one", 1)
+
+
+def test_two_workers_one_port_one_broker(workers: BrokerProcess) -> None:
+    a, b, made = one_on_each(workers, "e2e-")
+    try:
+        exchange(workers, a, b, 1, 2, "w2to1")
+        exchange(workers, b, a, 2, 1, "w1to2")
+        # A retained message published on worker 2 is seen by a new subscriber on worker 1.
+        b.publish("keep/it", b"retained", qos=1, retain=True)
+        until("the retained message on worker 1",
+              lambda: any(r.get("topic") == "keep/it"
+                          for r in ctl_json(workers.data_dir / "w1", "retained", "list")))
+        a.subscribe("keep/#", qos=1)
+        m = a.expect_message()
+        assert (m.topic, m.payload, m.retain) == ("keep/it", b"retained", True)
+        # `mqttd ctl` at the data directory answers (through a worker) for the cluster.
+        nodes = {r["node"] for r in ctl_json(workers.data_dir, "cluster", "nodes")}
+        assert {n[-3:] for n in nodes} == {"-w1", "-w2"}
+    finally:
+        for c in made:
+            c.close()
+
+
+def test_kill_9_of_a_worker_is_restarted(workers: BrokerProcess) -> None:
+    a, b, made = one_on_each(workers, "k9-")
+    try:
+        old = worker_pid(workers, 1)
+        start = len(workers.log())
+        os.kill(old, signal.SIGKILL)
+        wait_log(workers, f"worker w1 (pid {old}) exited with signal 9; restarting", start=start)
+        a.wait_disconnected()
+        wait_log(workers, "worker w1 started (pid", start=start)
+        until("worker 1 back", lambda: os.path.exists(workers.data_dir / "w1" / "mqttd.sock")
+              and _pid_or_none(workers, 1) not in (None, old))
+        # The dropped client comes back (on whichever worker) and works with b.
+        a.close()
+        a2 = Client(workers, "k9-back", version=5)
+        a2.connect()
+        made.append(a2)
+        # and a new connection can land on the restarted worker again.
+        back, other, more = one_on_each(workers, "k9-again-")
+        made += more
+        exchange(workers, back, other, 1, 2, "after")
+    finally:
+        for c in made:
+            c.close()
+
+
+def _pid_or_none(broker: BrokerProcess, index: int) -> int | None:
+    try:
+        return worker_pid(broker, index)
+    except AssertionError:
+        return None
+
+
+def test_sigterm_stops_every_process(workers: BrokerProcess) -> None:
+    pids = [worker_pid(workers, 1), worker_pid(workers, 2)]
+    nats = re.search(r"nats-server started \(pid (\d+)\)", workers.log())
+    assert nats is not None
+    pids.append(int(nats.group(1)))
+    assert all(alive(p) for p in pids)
+    assert workers.stop(signal.SIGTERM, timeout=40.0) == 0
+    assert [p for p in pids if alive(p)] == []
+    assert not (workers.data_dir / "mqttd.pid").exists()
+    assert not (workers.data_dir / "mqttd.sock").exists()
+    assert "mqttd supervisor stopped" in workers.log()
+
+
+def test_without_nats_server_a_readable_error() -> None:
+    path = os.pathsep.join(d for d in (os.path.dirname(sys.executable), "/usr/bin", "/bin")
+                           if not os.path.exists(os.path.join(d, "nats-server")))
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_mqttd("start", "--workers", "2", "--port", "0", "--data-dir",
+                      str(Path(tmp) / "data"), env={"PATH": path})
+    assert r.returncode == 1, r
+    assert "nats-server not found on PATH" in r.stderr, r.stderr
+    assert "[cluster] nats_url" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
