@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from mqttd.cli.ctl import main as ctl_main
 from support import WAIT
 from support.clients import Client
 from support.process import BrokerProcess, run_mqttd, wait_log
+
+from mqttd.cli.ctl import main as ctl_main
 
 
 def ctl_json(data_dir: Path, *args: str) -> Any:
