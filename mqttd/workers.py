@@ -166,20 +166,25 @@ class WorkerSupervisor:
 
     def _hold_ports(self) -> None:
         for listener in self.settings.listeners:
-            if listener.port != 0:
-                continue
-            infos = socket.getaddrinfo(listener.bind, 0, type=socket.SOCK_STREAM,
+            infos = socket.getaddrinfo(listener.bind, listener.port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
             family, _, _, _, address = infos[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if listener.port == 0:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # Without SO_REUSEPORT for a configured port: a port another mqttd's workers
+            # listen on (with SO_REUSEPORT, as ours would) is refused here, not shared.
             try:
                 sock.bind(address)
             except OSError as err:
                 sock.close()
-                raise WorkersError(f"cannot bind {listener.bind}:0 (listener "
-                                   f"{listener.name}): {err.strerror or err}") from None
+                raise WorkersError(f"cannot listen on {listener.bind}:{listener.port} "
+                                   f"(listener {listener.name}): {err.strerror or err}"
+                                   ) from None
+            if listener.port != 0:
+                sock.close()
+                continue
             self._holders.append(sock)
             self.ports[listener.name] = int(sock.getsockname()[1])
 
@@ -298,9 +303,9 @@ class WorkerSupervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         try:
             await self._start_ctl()
+            self._hold_ports()
             if not self.nats_url:
                 self._start_nats()
-            self._hold_ports()
             for worker in self.workers:
                 self._spawn(worker)
             await self._wait_ready()

@@ -56,7 +56,7 @@ def worker_pid(broker: BrokerProcess, index: int) -> int:
 
 def clients_of(broker: BrokerProcess, index: int) -> set[str]:
     return {row["clientid"] for row in ctl_json(broker.data_dir / f"w{index}", "clients",
-                                                 "list")}
+                                                 "list", "--local")}
 
 
 @pytest.fixture
@@ -185,4 +185,15 @@ def test_without_nats_server_a_readable_error() -> None:
     assert r.returncode == 1, r
     assert "nats-server not found on PATH" in r.stderr, r.stderr
     assert "[cluster] nats_url" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_port_in_use_is_refused_not_shared(workers: BrokerProcess) -> None:
+    """Another `--workers` start on a port that workers listen on (SO_REUSEPORT) fails
+    instead of joining the kernel's group as a second, separate broker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_mqttd("start", "--workers", "2", "--port", str(workers.port), "--data-dir",
+                      str(Path(tmp) / "data"))
+    assert r.returncode == 1, r
+    assert f"cannot listen on 127.0.0.1:{workers.port} (listener default)" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
