@@ -126,6 +126,10 @@ def test_two_workers_one_port_one_broker(workers: BrokerProcess) -> None:
         # `mqttd ctl` at the data directory answers (through a worker) for the cluster.
         nodes = {r["node"] for r in ctl_json(workers.data_dir, "cluster", "nodes")}
         assert {n[-3:] for n in nodes} == {"-w1", "-w2"}
+        listed = ctl_json(workers.data_dir, "clients", "list")["clients"]
+        where = {r["clientid"]: r["node"][-3:] for r in listed}
+        assert where[a.c._client_id.decode()] == "-w1"
+        assert where[b.c._client_id.decode()] == "-w2"
     finally:
         for c in made:
             c.close()
