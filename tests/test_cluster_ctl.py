@@ -271,9 +271,18 @@ class LiveTrace:
             [*MQTTD, "ctl", "--data-dir", str(node.data_dir), "trace", "client", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.threads = [threading.Thread(target=self._read, daemon=True)]
+        self.threads[0].start()
         assert self.proc.stderr is not None
         self.banner = self.proc.stderr.readline()  # printed once the trace is in place
+        self.errors: list[str] = []
+        self.threads.append(threading.Thread(target=self._read_err, daemon=True))
+        self.threads[1].start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -304,10 +313,11 @@ class LiveTrace:
                 self.proc.kill()
                 self.proc.wait(WAIT)
         assert self.proc.stderr is not None and self.proc.stdout is not None
-        rest = self.proc.stderr.read()
+        for thread in self.threads:  # both pipes are at their end once it exited
+            thread.join(WAIT)
         self.proc.stderr.close()
         self.proc.stdout.close()
-        return code, rest
+        return code, "".join(self.errors)
 
 
 def traces_on(node: BrokerProcess) -> list[dict[str, Any]]:
@@ -337,6 +347,11 @@ def test_trace_a_client_on_another_node(nodes: dict[str, BrokerProcess],
         again.publish("trc/y", b"now on c", qos=0)
         lines = live.until("Topic=trc/y")
         assert lines[-1].startswith(f"[{C}] ")
+        # Stopped on one node there: that node says so; the others go on.
+        assert js(nodes[B], "trace", "stop", "client", cid)["stopped"] == 1
+        until("A's ctl to say B's part ended", lambda: any(
+            line.startswith(f"[{B}] trace stopped") for line in live.errors))
+        assert [t["target"] for t in traces_on(nodes[C]) if t["type"] == "clientid"] == [cid]
         code, _rest = live.interrupt()
         assert code == 0
     finally:

@@ -166,8 +166,9 @@ class ClusterControl:
         token = str(req.get("token", ""))
         if op == "trace_keep":
             held = self._remote.get(token)
-            if held is None:
-                return []  # ended here: the asker is told so
+            if held is None or held[1].closed:  # ended here (trace stop): forget it
+                self._end_remote(token, None)
+                return []
             held[2].cancel()
             self._remote[token] = (held[0], held[1], self._lease(token))
             return [{"kept": True}]
@@ -196,7 +197,7 @@ class ClusterControl:
         trace, sink, lease = held
         lease.cancel()
         if self.traces is not None:
-            self.traces.stop(trace, reason)
+            self.traces.stop(trace, reason)  # closes the sink (unless stopped already)
         sink.close(reason)
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
@@ -382,6 +383,7 @@ class _NatsSink:
         self._queue: list[bytes] = []
         self._wake = asyncio.Event()
         self.dropped = 0
+        self.closed = False
         self._task = asyncio.get_running_loop().create_task(self._send())
 
     def write(self, text: str, event: dict[str, Any]) -> None:
@@ -396,6 +398,9 @@ class _NatsSink:
         self._wake.set()
 
     def close(self, reason: str | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self._queue.append(json.dumps({"id": self.head["id"], "end": reason}).encode())
         self._queue.append(b"")  # the end: the task stops after sending what is queued
         self._wake.set()
