@@ -22,7 +22,7 @@ import pytest
 from support import WAIT, uid
 from support.clients import Client
 from support.ctlrun import ctl
-from support.natsserver import NatsServer
+from support.natsserver import NatsServer, free_port
 from support.process import MQTTD, BrokerProcess, checked_broker, wait_log
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
@@ -407,3 +407,22 @@ def test_a_long_answer_comes_in_parts(nodes: dict[str, BrokerProcess],
     assert got == sorted(filters)
     assert {r["node"] for r in data["routes"] if r["topic"].startswith(t)} == {B}
     assert len(json.dumps([r for r in data["routes"] if r["node"] == B])) > 2 * 256 * 1024
+
+
+def test_a_node_cut_off_from_nats_says_it_answers_alone() -> None:
+    port = free_port()
+    with checked_broker(node_config("alone@127.0.0.1", f"nats://127.0.0.1:{port}")) as n:
+        wait_log(n, "running as a single node")
+        cid = uid("alone")
+        c = Client(n, cid)
+        try:
+            c.connect()
+            data = js(n, "clients", "list")
+            assert [r["clientid"] for r in data["clients"]] == [cid]
+            assert data["note"] == "this node is not connected to NATS: no other node was asked"
+            text = ctl(n, "clients", "list")
+            assert text.code == 0 and "not connected to NATS" in text.err
+            r = ctl(n, "clients", "kick", "nobody-here")
+            assert r.code == 1 and "not connected to NATS" in r.err
+        finally:
+            c.close()

@@ -258,7 +258,8 @@ class ClusterControl:
             for name in sorted(up.values()):
                 nodes.append({"node": name, "answered": False,
                               "reason": "not asked: this node is not connected to NATS"})
-            return {"rows": [], "nodes": nodes}
+            return {"rows": [], "nodes": nodes,
+                    "note": "this node is not connected to NATS: no other node was asked"}
         rows: list[Row] = []
         parts: dict[str, list[Row]] = {}
         errors: dict[str, str] = {}

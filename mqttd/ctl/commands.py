@@ -356,6 +356,8 @@ CLUSTER_CLIENT_COLUMNS = CLIENT_COLUMNS[:1] + [Col("node", "Node")] + CLIENT_COL
 def _unasked(gathered: Gathered) -> str:
     """What a "not found" on a cluster cannot rule out: the nodes that did not answer."""
     silent = gathered.silent
+    if gathered.note is not None:
+        return f" on this node ({gathered.note})"
     if not silent:
         return ""
     return " (no answer from " + ", ".join(f"{n['node']}: {n['reason']}" for n in silent) \
@@ -386,8 +388,10 @@ async def _cluster_table(ctx: Context, gathered: Gathered, key: str, columns: li
 
     answered = sum(1 for n in nodes if n["answered"])
     if ctx.json:
+        note = "" if gathered.note is None else \
+            ',\n  "note": ' + json.dumps(gathered.note, ensure_ascii=False)
         ctx.frame({"t": "out", "s": '{\n  "nodes": ' + json.dumps(nodes, ensure_ascii=False)
-                   + f',\n  "{key}": '})
+                   + note + f',\n  "{key}": '})
         await ctx.table(columns, everything, either, line=line)
         ctx.out("}")
         return
@@ -395,6 +399,8 @@ async def _cluster_table(ctx: Context, gathered: Gathered, key: str, columns: li
     def footer(n: int) -> str:
         return f"{_plural(word)(n)} on {answered} of {len(nodes)} nodes"
 
+    if gathered.note is not None:
+        ctx.err(f"mqttd ctl: {gathered.note}; only this node's {word}s are listed")
     for n in gathered.silent:
         ctx.err(f"mqttd ctl: node {n['node']}: {n['reason']}; its {word}s are not listed")
     await ctx.table(columns, everything, either, line=line, footer=footer)

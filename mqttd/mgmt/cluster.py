@@ -41,6 +41,8 @@ class Gathered:
 
     rows: list[Row] = field(default_factory=list)
     nodes: list[Row] = field(default_factory=list)
+    #: Why the answer may be incomplete beyond the nodes listed (None: it is not).
+    note: str | None = None
 
     @property
     def silent(self) -> list[Row]:
@@ -64,7 +66,7 @@ class ClusterArea:
         """Ask every other node up (``clients``, ``client <id>``, ``kick <id>``, ``routes
         [<topic>]``); at most ``[cluster] ctl_timeout`` seconds."""
         answer = await self._cluster().ask(op, arg)
-        return Gathered(list(answer["rows"]), list(answer["nodes"]))
+        return Gathered(list(answer["rows"]), list(answer["nodes"]), answer.get("note"))
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
                     write: Callable[[str, str, dict[str, Any]], None],
