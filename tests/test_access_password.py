@@ -726,3 +726,35 @@ def test_reload_disconnects_users_removed_or_changed_in_the_file(tmp_path: Path)
         conns["keep"].subscribe("still/here", 0)
         for c in conns.values():
             c.close()
+
+
+def _nice_of_tasks(pid: int) -> list[int]:
+    """The niceness of each thread of process ``pid`` (field 19 of /proc/PID/task/TID/stat)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat_line = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # the command name (field 2) may hold spaces: count from after its ')'
+        out.append(int(stat_line.rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+def test_hashing_threads_yield_to_the_event_loop(tmp_path: Path) -> None:
+    """Where the loop and the hashing threads share a core (a broker pinned to one), a hash
+    must not keep the loop waiting for its time slice: the hashing threads run niced (10),
+    the loop's thread does not. (bench/bench_auth.py measures what it does to the worst
+    PING during a saturating CONNECT storm.)"""
+    path = tmp_path / "passwd"
+    assert mqttd_passwd("-c", "-b", str(path), "u", "right").returncode == 0
+    config = f'[auth]\npassword_file = "{path}"\nhash_threads = 3\n'
+    with checked_broker(config) as b:
+        with RawClient(b) as c:  # one check through the threads: they are running
+            c.send(B.connect(f"nice-{uid()}", username="u", password=b"right"))
+            assert c.expect(Connack).reason_code == 0
+        nices = _nice_of_tasks(b.proc.pid)
+        assert nices.count(10) == 3, nices
+        main_thread = int(Path(f"/proc/{b.proc.pid}/stat").read_text()
+                           .rsplit(")", 1)[1].split()[16])
+        assert main_thread == 0, nices

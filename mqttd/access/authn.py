@@ -454,6 +454,10 @@ class _Abandoned(Exception):
 ABANDONED = _Abandoned()
 
 
+#: Niceness of the hashing threads (Linux: per thread), relative to the default 0.
+HASH_NICE = 10
+
+
 class HashWorkers:
     """Threads that run blocking checks (password hashing) off the event loop.
 
@@ -481,6 +485,13 @@ class HashWorkers:
         self._queue.put((check, client, password, answered, wanted))
 
     def _work(self) -> None:
+        # Below the event loop's thread in the scheduler: where they share a core, a
+        # hash never keeps the loop (every connected client's traffic) waiting for its
+        # time slice; hashing only gets what the loop leaves.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICE)
+        except (AttributeError, OSError):  # not Linux, or not allowed: same priority
+            pass
         get = self._queue.get
         loop = self._loop
         while True:
