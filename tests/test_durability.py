@@ -167,7 +167,11 @@ class Flood:
     def run(self, on_ack: Callable[[int], None] | None = None, timeout: float = 60.0) -> None:
         start = time.monotonic()
         deadline = start + timeout
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)
+        except ConnectionRefusedError:  # killed before the flood began: nothing acked
+            self.gone = True
+            return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._run(sock, on_ack, deadline)
@@ -178,12 +182,19 @@ class Flood:
     def _run(self, sock: socket.socket, on_ack: Callable[[int], None] | None,
              deadline: float) -> None:
         parser = ParserPy(version=4)
-        sock.sendall(B.connect(uid("flood-"), level=4))
         got: list[Any] = []
-        while not got:
-            data = sock.recv(4096)
-            assert data, "the broker closed before CONNACK"
-            got = parser.feed(data)
+        try:
+            sock.sendall(B.connect(uid("flood-"), level=4))
+            while not got:
+                data = sock.recv(4096)
+                if not data:
+                    raise ConnectionResetError
+                got = parser.feed(data)
+        except (ConnectionResetError, BrokenPipeError):
+            # A kill point under a millisecond can kill the broker before its CONNACK:
+            # then nothing was acknowledged, which the test's checks hold for trivially.
+            self.gone = True
+            return
         assert isinstance(got[0], Connack) and got[0].reason_code == 0, got
         payloads, topic, qos, window = self.payloads, self.topic, self.qos, self.window
         n = len(payloads)
