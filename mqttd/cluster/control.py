@@ -29,7 +29,7 @@ from ..core.registry import Registry
 from ..core.router import Router
 from ..mgmt.clients import Clients
 from ..mgmt.errors import NotFound
-from ..mgmt.listing import Row
+from ..mgmt.listing import Row, json_default
 from ..mgmt.routes import Routes
 from ..trace.manager import Trace, TraceManager
 from .membership import Membership
@@ -52,15 +52,6 @@ _TRACE_QUEUE = 10_000
 #: An answer's part is sent once its rows reach this many bytes (NATS's default maximum
 #: payload is 1 MiB).
 _PART_BYTES = 256 * 1024
-
-
-def _default(value: Any) -> Any:
-    """What json cannot encode by itself, as the ctl's --json shows it."""
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
 
 
 class ClusterControl:
@@ -145,7 +136,7 @@ class ClusterControl:
             size = 0
             deadline = time.monotonic() + 0.004
             for row in rows:
-                encoded = json.dumps(row, default=_default, ensure_ascii=False).encode()
+                encoded = json.dumps(row, default=json_default, ensure_ascii=False).encode()
                 part.append(encoded)
                 size += len(encoded)
                 if size >= _PART_BYTES:
@@ -395,7 +386,7 @@ class _NatsSink:
             text = f"[{self.dropped} trace lines dropped: NATS is not keeping up]\n{text}"
             self.dropped = 0
         self._queue.append(json.dumps({"id": self.head["id"], "s": text, "e": event},
-                                      default=_default, ensure_ascii=False).encode())
+                                      default=json_default, ensure_ascii=False).encode())
         self._wake.set()
 
     def close(self, reason: str | None) -> None:

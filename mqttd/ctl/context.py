@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..mgmt.listing import SLICE_SECONDS
+from ..mgmt.listing import SLICE_SECONDS, json_default
 from . import protocol as P
 
 if TYPE_CHECKING:
@@ -61,15 +61,6 @@ def human(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    return str(value)
-
-
-def json_default(value: Any) -> Any:
-    """What ``json.dumps`` cannot encode by itself: bytes as text, sets and tuples as lists."""
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
     return str(value)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from ..mgmt.errors import Conflict, Failed, InvalidArgument, MgmtError, NotFound, Unavailable
-from ..mgmt.listing import SLICE_SECONDS, Listing, Row
+from ..mgmt.listing import SLICE_SECONDS, Listing, Row, json_default
 
 __all__ = ["MAX_LIMIT", "PAGE_ROWS", "PAGE_SECONDS", "ApiError", "Filter", "dumps",
            "error_response", "json_body", "json_response", "listing_response",
@@ -60,18 +60,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def _default(value: Any) -> Any:
-    """What ``json.dumps`` cannot encode itself, as ``mqttd ctl --json`` encodes it."""
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
 def dumps(value: Any) -> str:
     """Compact JSON, non-ASCII kept as is (the response is UTF-8)."""
-    return json.dumps(value, default=_default, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":"))
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

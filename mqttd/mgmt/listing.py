@@ -17,11 +17,22 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["SLICE_SECONDS", "Listing", "Row", "iso", "same", "scan"]
+__all__ = ["SLICE_SECONDS", "Listing", "Row", "iso", "json_default", "same", "scan"]
 
 #: A row as front ends show it and ``--json`` prints it. Values are JSON-ready except
 #: bytes, sets and tuples, which front ends encode; ``Any`` because rows mix kinds.
 Row = dict[str, Any]
+
+def json_default(value: Any) -> Any:
+    """What ``json.dumps`` cannot encode in a row by itself (every front end encodes rows
+    this way: ctl --json, the HTTP API, cluster-wide answers): bytes as text, sets and
+    tuples as lists, anything else as its str()."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
 
 #: Longest a scan (or a front end's page) runs before it lets the loop serve others.
 SLICE_SECONDS = 0.004
