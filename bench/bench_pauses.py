@@ -195,7 +195,8 @@ def run_once(lg: Any, spec: brokers.BrokerSpec, args: argparse.Namespace, workdi
 
 # --- the sitting ----------------------------------------------------------------------------
 
-def med(runs: list[dict[str, Any]], *path: str) -> float | None:
+def _values(runs: list[dict[str, Any]], path: tuple[str, ...]) -> list[float]:
+    """The number at ``path`` (keys into nested dicts) in each run that has one."""
     vals = []
     for r in runs:
         v: Any = r
@@ -203,17 +204,16 @@ def med(runs: list[dict[str, Any]], *path: str) -> float | None:
             v = v.get(p) if isinstance(v, dict) else None
         if isinstance(v, (int, float)):
             vals.append(float(v))
+    return vals
+
+
+def med(runs: list[dict[str, Any]], *path: str) -> float | None:
+    vals = _values(runs, path)
     return statistics.median(vals) if vals else None
 
 
 def worst(runs: list[dict[str, Any]], *path: str) -> float | None:
-    vals = []
-    for r in runs:
-        v: Any = r
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)):
-            vals.append(float(v))
+    vals = _values(runs, path)
     return max(vals) if vals else None
 
 
