@@ -271,6 +271,12 @@ class Server:
         ``on_ready`` is called once every listener and the control socket are up.
         """
         self._shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # Before start(), not after: a SIGTERM that comes while the start finishes (the
+        # listeners are already logged, so a supervisor or a test may send it) asks for the
+        # graceful stop once started, instead of killing the process half started.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop, "signal received")
         try:
             await self.start()
         except BaseException:
@@ -278,9 +284,6 @@ class Server:
                 await self.ctl.close()
             self.mgmt.close()
             raise
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop, "signal received")
         # Never the default action (end the process at once, leaving the pid file and the
         # socket behind): a logrotate `kill -HUP` must not take the broker down.
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)

@@ -3,12 +3,15 @@ control files and SIGUSR1 checkpoints the store; neither ends the process."""
 
 from __future__ import annotations
 
+import re
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 from support import uid
 from support.clients import Client
-from support.process import BrokerProcess, wait_log
+from support.process import MQTTD, BrokerProcess, wait_log
 
 from mqttd.access.password_file import hash_password
 
@@ -76,3 +79,31 @@ def test_sigusr1_with_durability_off_says_so() -> None:
     finally:
         b.stop()
         b.cleanup()
+
+
+def test_sigterm_right_after_the_listeners_came_up_stops_gracefully(tmp_path: Path) -> None:
+    """A supervisor (or a test) may send SIGTERM as soon as the listeners are logged, while
+    the start is still finishing: the broker must still stop gracefully (exit 0, its stop
+    logged), not die of the signal's default action. Before the handlers were installed
+    ahead of the start, about 3 in 20 such starts died with -15."""
+    for i in range(8):
+        data = tmp_path / f"d{i}"
+        log_path = tmp_path / f"log{i}"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen([*MQTTD, "start", "--port", "0", "--data-dir", str(data),
+                                     "--log-level", "debug"], stdout=out, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 30
+                while not re.search(r"listener \S+ on", log_path.read_text()):
+                    assert proc.poll() is None and time.monotonic() < deadline, \
+                        log_path.read_text()
+                    time.sleep(0.001)
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        text = log_path.read_text()
+        assert code == 0, text
+        assert "signal received, shutting down" in text, text
