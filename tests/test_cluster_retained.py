@@ -46,6 +46,13 @@ def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
             checked_broker(node_config(C, nats_server.url)) as c:
         for node in (a, b, c):
             wait_log(node, "joined through NATS")
+        # Settled: three heartbeats after its join a node knows the others' routes (before,
+        # it takes any other node to want anything, and a publish gets 0x00, not 0x10).
+        deadline = time.monotonic() + 2 * WAIT
+        for node in (a, b, c):
+            while not json.loads(ctl(node, "--json", "cluster", "status").out)["settled"]:
+                assert time.monotonic() < deadline, "a node did not settle"
+                time.sleep(0.05)
         nats_server.nodes = {A: a, B: b, C: c}
         try:
             yield dict(nats_server.nodes)
