@@ -67,7 +67,7 @@ HOOK_POINTS: dict[str, tuple[str, str, str]] = {
     "client.unsubscribe": ("fold", "clientinfo, properties", "[topic_filter]"),
     "client.publish": ("fold", "clientinfo, properties",
                        "topic name (before authorization; an int >= 0x80 refuses it)"),
-    "client.publish.dollar": ("fold", "clientinfo",
+    "client.publish.dollar": ("fold", "clientinfo (None: a will or management's publish)",
                               "Message of a client's authorized PUBLISH to a $-topic (None: "
                               "taken, not published; an int >= 0x80 refuses it)"),
     "session.created": ("run", "session", ""),

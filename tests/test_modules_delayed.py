@@ -17,8 +17,10 @@ from paho.mqtt.packettypes import PacketTypes
 from support import builder as B, uid
 from support.clients import Client, Clients, MosquittoSub, mosquitto_pub, props
 from support.ctlrun import ctl, ctl_json, ok
+from support.httpapi import HttpApi
 from support.process import BrokerProcess, checked_broker, run_mqttd
 
+from mqttd.http.api import PREFIX
 from mqttd.mqtt.packets import Pubrec
 
 pytest_plugins = ["support.fixtures"]
@@ -186,6 +188,74 @@ def test_the_real_topic_must_be_authorized(tmp_path: Path) -> None:
             assert pub.publish(f"$delayed/0/open/{u}", b"yes", 1) in (
                 0, NO_MATCHING_SUBSCRIBERS)
             assert sub.expect_message().payload == b"yes"
+            # A will's real topic likewise (checked when it is sent, its client gone).
+            assert sub.subscribe(f"closed/{u}", 1) == [0x87]
+            for where in ("closed", "open"):
+                left = Client(b, f"will-{where}-{u}", version=5, will={
+                    "topic": f"$delayed/0/{where}/{u}", "payload": where, "qos": 1})
+                left.connect()
+                left.drop()
+                left.close()
+            assert sub.expect_message().payload == b"open"
+            assert f"will of will-closed-{u} to $delayed/0/closed/{u} refused (0x87)" in b.log()
+            sub.assert_no_message()
+        finally:
+            made.close_all()
+
+
+HTTP_CONFIG = CONFIG + """
+[http]
+enabled = true
+port = 0
+"""
+
+
+def test_http_api_publish_and_wills_are_delayed_too() -> None:
+    """A ``$delayed/`` message published with the HTTP API's publish or left as a will is
+    delayed like a client's PUBLISH (never delivered to ``$delayed/...`` subscribers); a bad
+    one is refused over HTTP with the reason; with the module unloaded, ``$delayed/...`` is
+    an ordinary topic for them too."""
+    with checked_broker(HTTP_CONFIG) as b:
+        made = Clients(b)
+        try:
+            api = HttpApi(b, str(ctl_json(b, "apikey", "add", "delayed")["key"]))
+            u = uid()
+            watcher = made(version=5)
+            assert watcher.subscribe([(f"h/{u}/#", 1), ("$delayed/#", 1)]) == [1, 1]
+            # Through the API: pending (listed, from nobody), then published when due.
+            data = api.ok("POST", PREFIX + "/publish",
+                          {"topic": f"$delayed/600/h/{u}/later", "payload": "x", "qos": 1})
+            assert (data["taken"], data["delivered"]) == (True, 0), data
+            assert [(r["topic"], r["delay"], r["from"]) for r in
+                    ctl_json(b, "delayed", "list")] == [(f"h/{u}/later", 600, None)]
+            _clear(b)
+            api.ok("POST", PREFIX + "/publish",
+                   {"topic": f"$delayed/0/h/{u}/api", "payload": "from api", "qos": 1})
+            msg = watcher.expect_message()
+            assert (msg.topic, msg.payload, msg.qos) == (f"h/{u}/api", b"from api", 1)
+            for bad in ("$delayed/abc/t", "$delayed/4294968/t", "$delayed/1/$SYS/x"):
+                r = api.call("POST", PREFIX + "/publish", {"topic": bad, "payload": "no"})
+                assert r.status == 400 and b"0x90" in r.body, (bad, r.status, r.body)
+            # A will, sent at an abnormal disconnect: delayed (a pending one is listed with
+            # its client), then published to its real topic.
+            for delay, payload in ((600, b"pending will"), (0, b"will")):
+                left = Client(b, f"will-{delay}-{u}", version=5, will={
+                    "topic": f"$delayed/{delay}/h/{u}/will", "payload": payload, "qos": 1})
+                left.connect()
+                left.drop()
+                left.close()
+            msg = watcher.expect_message()
+            assert (msg.topic, msg.payload) == (f"h/{u}/will", b"will")
+            assert [(r["topic"], r["delay"], r["from"]) for r in
+                    ctl_json(b, "delayed", "list")] == [(f"h/{u}/will", 600, f"will-600-{u}")]
+            _clear(b)
+            # Unloaded: an ordinary topic, for the API as for a client.
+            ok(b, "modules", "unload", "delayed")
+            api.ok("POST", PREFIX + "/publish",
+                   {"topic": f"$delayed/0/h/{u}/plain", "payload": "plain", "qos": 1})
+            msg = watcher.expect_message()
+            assert (msg.topic, msg.payload) == (f"$delayed/0/h/{u}/plain", b"plain")
+            watcher.assert_no_message()
         finally:
             made.close_all()
 

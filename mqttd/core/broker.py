@@ -254,7 +254,29 @@ class Broker:
 
     def publish_will(self, msg: Message) -> None:
         log.debug("publishing will of %s to %s", msg.sender, msg.topic)
-        self.publish(msg)
+        taken = self.take_dollar(msg)
+        if isinstance(taken, Message):
+            self.publish(taken)
+        elif taken is not None:
+            log.info("will of %s to %s refused (0x%02X): not sent", msg.sender, msg.topic,
+                     taken)
+
+    def take_dollar(self, msg: Message) -> Message | int | None:
+        """client.publish.dollar for a message no client's PUBLISH carried (a will,
+        management's publish), so that ``$delayed/`` delays it as it does a client's: the
+        callbacks get ``None`` for the clientinfo. Returns the message to publish, None if
+        a callback took it, or the reason code (>= 0x80) it was refused with."""
+        hooks = self.hooks
+        if msg.topic[:1] != "$" or not hooks.client_publish_dollar:
+            return msg
+        result = hooks.run_fold("client.publish.dollar", (None,), msg)
+        if isinstance(result, int):
+            return result if result >= 0x80 else RC.UNSPECIFIED_ERROR
+        if result is None or isinstance(result, Message):
+            return result
+        log.warning("a client.publish.dollar callback gave %r for %s: not a message", result,
+                    msg.topic)
+        return RC.UNSPECIFIED_ERROR
 
     def retained(self, topic_filter: str) -> list[Message]:
         return self.retainer.match(topic_filter)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.message import Message
 from ..mqtt.properties import BOOLEAN, BY_NAME, PUBLISH, UTF8, UTF8_PAIR
+from ..mqtt.reasons import ReasonCode as RC
 from ..mqtt.topics import has_disallowed_chars, topic_name_error
-from .errors import Failed, InvalidArgument
+from .errors import Conflict, Failed, InvalidArgument
 from .listing import Row
 
 if TYPE_CHECKING:
@@ -114,6 +115,13 @@ def decode_payload(payload: Any, encoding: Any) -> bytes:
     raise AssertionError(encoding)
 
 
+def _reason_name(code: int) -> str:
+    try:
+        return RC(code).name.lower().replace("_", " ")
+    except ValueError:
+        return "refused"
+
+
 class Publisher:
     """Publish messages into the node's broker."""
 
@@ -133,7 +141,21 @@ class Publisher:
         if topic.startswith("$SYS/"):
             raise InvalidArgument(f"topic {topic!r}: $SYS/ topics are the broker's own")
         msg = Message(topic, payload, qos, retain, props or None, None)
-        n = self.broker.publish(msg)
+        # A $-topic goes through client.publish.dollar first, as a client's PUBLISH does:
+        # with the delayed module loaded, "$delayed/<s>/<topic>" is delayed.
+        taken = self.broker.take_dollar(msg)
+        if taken is None:
+            log.debug("message to %s (QoS %d) published by %s: taken by client.publish."
+                      "dollar (delayed)", topic, qos, by)
+            return {"topic": topic, "qos": qos, "retain": retain,
+                    "payload_size": len(payload), "delivered": 0, "taken": True}
+        if isinstance(taken, int):
+            if taken == RC.QUOTA_EXCEEDED:
+                raise Conflict(f"topic {topic!r}: refused, quota exceeded (0x97; e.g. "
+                             "max_delayed_messages pending already)", "quota_exceeded")
+            raise InvalidArgument(f"topic {topic!r}: refused with reason code 0x{taken:02X} "
+                                  f"({_reason_name(taken)})")
+        n = self.broker.publish(taken)
         if n < 0:
             raise Failed("the store is full: QoS 1/2 messages that need storing are refused "
                          "until it has room", "store_full")

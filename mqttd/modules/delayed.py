@@ -9,9 +9,10 @@ past ``max_delayed_messages`` with 0x97 (quota exceeded); and the client must al
 to publish to the topic itself (the core checked ``$delayed/...``, as EMQX does), so
 ``$delayed/`` cannot carry a message where its sender may not publish. Otherwise the message
 is taken (it reaches no ``$delayed/`` subscriber, and is acknowledged as reaching nobody,
-0x10) and a timer publishes it, from the same sender, when its time comes. Messages that do
-not come from a client's PUBLISH (management, wills) are not delayed: they go to
-``$delayed/...`` as they are.
+0x10) and a timer publishes it, from the same sender, when its time comes. Wills and management's
+publish (the HTTP API, ``ctl``) go through the same chain (``Broker.take_dollar``, the
+clientinfo None) and are delayed alike; a will's real topic is authorized with its client
+id alone (its client is gone), management's is not (the operator's).
 
 With the durable store on, each pending message is also a record of the store's ``delayed``
 space (``store/kv.py``): put when it is taken (during the PUBLISH, so that its PUBACK waits
@@ -171,9 +172,9 @@ class Delayed(Module):
 
     # --- hooks -------------------------------------------------------------------------
 
-    def _take(self, client: ClientInfo, msg: Message) -> Any:
+    def _take(self, client: ClientInfo | None, msg: Message) -> Any:
         """client.publish.dollar: keep a $delayed/ message for later (it is published no
-        further), or refuse it."""
+        further), or refuse it. ``client`` is None for a will or management's publish."""
         topic = msg.topic
         mount = ""
         if not topic.startswith(PREFIX):
@@ -186,8 +187,8 @@ class Delayed(Module):
         parsed = parse_delayed(topic)
         if parsed is None:
             self.ctx.metrics.inc(self._invalid)
-            log.debug("client %s: %r is not $delayed/<0..%d>/<topic>", client.client_id,
-                      topic, MAX_DELAY)
+            log.debug("%s: %r is not $delayed/<0..%d>/<topic>",
+                      f"client {msg.sender}" if msg.sender else "management", topic, MAX_DELAY)
             return Stop(RC.TOPIC_NAME_INVALID)
         if (self.max and len(self.pending) >= self.max) or (
                 self.stored is not None and self.stored.full):
@@ -195,9 +196,15 @@ class Delayed(Module):
             self.ctx.metrics.inc(self._full)
             return Stop(RC.QUOTA_EXCEEDED)
         delay, target = parsed
-        code = self.ctx.broker.check_acl(client, "publish", target)
-        if code:
-            return Stop(code)
+        if client is None and msg.sender is not None:
+            # A will: its client is gone, and with it the credentials its $delayed/ topic
+            # was authorized with at CONNACK; the real topic is checked with its client id
+            # alone (a rule that needs the username refuses it: never more than allowed).
+            client = ClientInfo(msg.sender, None, "")
+        if client is not None:  # (management's publish is the operator's: not checked)
+            code = self.ctx.broker.check_acl(client, "publish", target)
+            if code:
+                return Stop(code)
         now = time.time()
         entry = Pending(self._next_id, Message(mount + target, msg.payload, msg.qos,
                                                msg.retain, msg.properties, msg.sender),
