@@ -118,6 +118,8 @@ class Node:
             self.broker.router.on_change = self.cluster.route_changed
             self.broker.router.on_group = self.cluster.group_changed
             self.cluster.control.traces = self.trace  # client traces asked by other nodes
+            self.sys.nodes = lambda c=self.cluster: [  # $SYS/brokers: every node up
+                r["node"] for r in c.nodes() if r["status"] == "up"]
         #: The access chains, built at start (their files are read then).
         self.access: Access | None = None
         #: The durable store's journal, opened at start (None: durability off).

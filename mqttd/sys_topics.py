@@ -4,7 +4,8 @@ Every ``sys_interval`` seconds (node setting, default 10 as mosquitto's; 0 turns
 off) the node publishes two trees. EMQX's, under ``$SYS/brokers/<node>/``:
 
 * ``version`` and ``sysdescr`` (retained), and ``$SYS/brokers`` itself
-  (retained: the node names, comma-joined);
+  (retained: the node names, comma-joined: in a cluster, every node up, this one
+  included, as EMQX's);
 * ``uptime`` (``"1 days, 2 hours, 3 minutes, 4 seconds"``: leading zero units
   left out, as EMQX prints it) and ``datetime`` (local ``YYYY-MM-DD HH:MM:SS``);
 * ``stats/<stat>``, one message per stat with its dots kept
@@ -41,6 +42,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import SYSDESCR, __version__
@@ -134,6 +136,8 @@ class SysPublisher:
         self._loads: dict[str, float] = {}
         self._load_base: dict[str, int] = {}
         self._load_at: float | None = None
+        #: The names of the cluster's nodes up, this one included (None: a single node).
+        self.nodes: Callable[[], list[str]] | None = None
 
     # --- presence -------------------------------------------------------------------
 
@@ -209,7 +213,8 @@ class SysPublisher:
         publish = self.publish
         publish("version", __version__.encode(), retain=True)
         publish("sysdescr", SYSDESCR.encode(), retain=True)
-        self.dispatcher.publish(Message("$SYS/brokers", self.node_name.encode(), 0, True))
+        names = sorted(self.nodes()) if self.nodes is not None else [self.node_name]
+        self.dispatcher.publish(Message("$SYS/brokers", ",".join(names).encode(), 0, True))
         publish("uptime", format_uptime(time.time() - self.started_at).encode())
         publish("datetime", time.strftime("%Y-%m-%d %H:%M:%S").encode())
         for name, value in self.stats.snapshot().items():

@@ -1,6 +1,7 @@
 """Operations across the cluster (docs/CLUSTER.md, "Operations across the cluster"):
-``mqttd ctl clients list|show|kick`` and ``routes list|show`` answered by every node, by
-scatter-gather over NATS request/reply.
+``mqttd ctl clients``, ``sessions``, ``subscriptions`` and ``routes`` listings (and the
+HTTP API's), ``clients show|kick``, ``sessions show``, ``trace client|topic`` answered by
+every node, by scatter-gather over NATS request/reply.
 
 Each node answers requests on ``mqttd.c.ctl.<its start tag>``. The asking node sends one
 request to every node it counts up, with a fresh inbox as the reply subject, and collects
@@ -8,7 +9,8 @@ what comes back for at most ``[cluster] ctl_timeout`` seconds. An answer may com
 several parts (a large listing would not fit in one NATS message): a node counts as
 answered once its last part is in, and the rows of a node that did not finish in time are
 left out, the node named. Rows are management's own (``mgmt.clients``, ``mgmt.routes``),
-so they carry what a local listing carries and nothing more (never a password).
+``mgmt.sessions``, ``mgmt.subscriptions``), so they carry what a local listing carries and
+nothing more (never a password).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from nats.aio.subscription import Subscription
 from ..core.registry import Registry
 from ..core.router import Router
 from ..mgmt.clients import Clients
-from ..mgmt.errors import NotFound
+from ..mgmt.errors import MgmtError, NotFound
 from ..mgmt.listing import Row, json_default
 from ..mgmt.routes import Routes
+from ..mgmt.sessions import Sessions
+from ..mgmt.subscriptions import subscription_rows
 from ..trace.manager import Trace, TraceManager
 from .membership import Membership
 
@@ -40,9 +44,13 @@ __all__ = ["CTL", "ClusterControl", "OPS"]
 
 #: + a node's start tag: where that node answers control requests.
 CTL = "mqttd.c.ctl."
-#: What a node answers: every client, one client, kick one, every route (or a topic's);
-#: start a client trace streamed to the asker, keep it going, stop it.
-OPS = ("clients", "client", "kick", "routes", "trace", "trace_keep", "trace_stop")
+#: What a node answers: every client, one client, kick one, every route (or a topic's),
+#: every session (or of a kind), one session, every subscription, one client's; start a
+#: client or topic trace streamed to the asker, keep it going, stop it.
+OPS = ("clients", "client", "kick", "routes", "sessions", "session", "subscriptions",
+       "client_subscriptions", "trace", "trace_keep", "trace_stop")
+#: Requests about one client id: asked first of the node the session registry names.
+OWNED = ("client", "kick", "session", "client_subscriptions")
 #: A remote trace ends unless its asker says it still wants it this often (seconds)...
 TRACE_KEEP = 1.0
 #: ...within this many seconds (the asker's node died, or lost NATS).
@@ -62,7 +70,9 @@ class ClusterControl:
         self.node_name = node_name
         self.node_id = node_id
         self.members = members
+        self.registry = registry
         self.clients = Clients(registry) if registry is not None else None
+        self.sessions = Sessions(registry) if registry is not None else None
         self.routes = Routes(router, node_name)
         self.timeout = timeout
         #: The node's traces (handed in by the node; None: remote traces are refused).
@@ -96,8 +106,20 @@ class ClusterControl:
         if op == "routes":
             listing = self.routes.all() if arg is None else self.routes.lookup(arg)
             return listing.rows()
-        if self.clients is None or (op != "clients" and not arg):
+        registry = self.registry
+        if registry is None or self.clients is None or self.sessions is None:
             return []
+        if op == "sessions":
+            return self.sessions.all(arg).rows()  # InvalidArgument for a bad kind
+        if op == "subscriptions":
+            return subscription_rows(list(registry.sessions.values()))
+        if op != "clients" and not arg:
+            return []
+        if op == "session":
+            return [self.sessions.get(str(arg))]
+        if op == "client_subscriptions":
+            session = registry.sessions.get(str(arg))
+            return [] if session is None else subscription_rows([session])
         if op == "clients":
             return self.clients.all().rows()
         if op == "client":
@@ -128,7 +150,7 @@ class ClusterControl:
                 rows: Iterable[Row] = self._rows(op, arg, req)
             except NotFound:
                 rows = []
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, MgmtError) as err:
                 await nc.publish(reply, json.dumps(dict(head, last=True, rows=[],
                                                         error=str(err))).encode())
                 return
@@ -173,7 +195,12 @@ class ClusterControl:
         sink = _NatsSink(nc, str(req["inbox"]), bool(req.get("json")))
         sink.head["id"] = self.node_id
         sink.destination = f"mqttd ctl on {req.get('from', 'another node')}"
-        trace = traces.start_client(str(arg), sink, int(limit) if limit is not None else None)
+        payload_limit = int(limit) if limit is not None else None
+        if req.get("kind", "clientid") == "topic":
+            trace = traces.start_topic(str(arg), sink, payload_limit)
+            self._remote[token] = (trace, sink, self._lease(token))
+            return [{"started": True}]
+        trace = traces.start_client(str(arg), sink, payload_limit)
         self._remote[token] = (trace, sink, self._lease(token))
         return [{"started": True, "connected": str(arg) in traces.registry.channels}]
 
@@ -193,9 +220,11 @@ class ClusterControl:
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
                     write: Callable[[str, str, dict[str, Any]], None],
-                    ended: Callable[[str, str | None], None]) -> RemoteTrace:
-        """Trace ``client_id`` on every other node up: ``write(node, line, event)`` for each
-        line, ``ended(node, reason)`` when a node's trace ends by itself. Stop it with
+                    ended: Callable[[str, str | None], None],
+                    kind: str = "clientid") -> RemoteTrace:
+        """Trace ``client_id`` (``kind`` ``topic``: the messages published to a topic
+        filter) on every other node up: ``write(node, line, event)`` for each line,
+        ``ended(node, reason)`` when a node's trace ends by itself. Stop it with
         :meth:`RemoteTrace.stop`."""
         nc = self.nc
         handle = RemoteTrace(self)
@@ -222,7 +251,7 @@ class ClusterControl:
         handle.sub = await nc.subscribe(handle.inbox, cb=line)
         answer = await self.ask("trace", client_id, {
             "token": handle.token, "inbox": handle.inbox, "json": json_mode,
-            "payload_limit": payload_limit})
+            "payload_limit": payload_limit, "kind": kind})
         handle.nodes = answer["nodes"]
         handle.live = {pid for pid, name in names.items() if any(
             n["node"] == name and n["answered"] for n in handle.nodes)}
@@ -232,18 +261,20 @@ class ClusterControl:
     # --- asking ---------------------------------------------------------------------------
 
     async def ask(self, op: str, arg: str | None = None, extra: dict[str, Any] | None = None,
-                  only: set[str] | None = None) -> dict[str, Any]:
-        """Ask every other node counted up; wait at most ``timeout`` seconds.
+                  only: set[str] | None = None, node: str | None = None) -> dict[str, Any]:
+        """Ask every other node counted up (``only``: those start tags; ``node``: that node
+        name alone); wait at most ``timeout`` seconds.
 
         Returns ``{"rows": [...], "nodes": [...]}``: the other nodes' rows (each with its
         ``node``), and one entry per other node known, ``{"node", "answered", "reason"}``
         (why it has no rows: down, no answer in time, its error)."""
         nodes: list[dict[str, Any]] = []
         for peer in sorted(self.members.peers.values(), key=lambda p: p.name):
-            if not peer.up:
+            if not peer.up and (node is None or peer.name == node):
                 nodes.append({"node": peer.name, "answered": False,
                               "reason": f"down ({peer.reason})"})
-        up = {p.id: p.name for p in self.members.up() if only is None or p.id in only}
+        up = {p.id: p.name for p in self.members.up()
+              if (only is None or p.id in only) and (node is None or p.name == node)}
         nc = self.nc
         if nc is None or not nc.is_connected:
             for name in sorted(up.values()):

@@ -42,7 +42,7 @@ from ..metrics import (
     MESSAGES_FORWARD,
     Metrics,
 )
-from .control import ClusterControl, RemoteTrace
+from .control import OWNED, ClusterControl, RemoteTrace
 from .membership import Membership, Peer
 from .retained import RetainedSync
 from .sessions import SessionRegistry
@@ -646,10 +646,14 @@ class Cluster:
             rows.append(_peer_row(peer, now))
         return rows
 
-    async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]:
-        """A control request answered by every other node up (:mod:`.control`); one about
-        a client (show, kick) goes first to the node the session registry names alone."""
-        if op in ("client", "kick") and arg and self.sessions is not None:
+    async def ask(self, op: str, arg: str | None = None, node: str | None = None
+                  ) -> dict[str, Any]:
+        """A control request answered by every other node up (``node``: that one alone;
+        :mod:`.control`); one about a client id (show, kick) goes first to the node the
+        session registry names alone."""
+        if node is not None:
+            return await self.control.ask(op, arg, node=node)
+        if op in OWNED and arg and self.sessions is not None:
             owner = await self.sessions.owner(arg)
             if owner is not None and owner != self.node_id and any(
                     p.id == owner for p in self.members.up()):
@@ -660,9 +664,12 @@ class Cluster:
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
                     write: Callable[[str, str, dict[str, Any]], None],
-                    ended: Callable[[str, str | None], None]) -> RemoteTrace:
-        """A client trace on every other node up, streamed here (:mod:`.control`)."""
-        return await self.control.trace(client_id, payload_limit, json_mode, write, ended)
+                    ended: Callable[[str, str | None], None],
+                    kind: str = "clientid") -> RemoteTrace:
+        """A client (or topic) trace on every other node up, streamed here
+        (:mod:`.control`)."""
+        return await self.control.trace(client_id, payload_limit, json_mode, write, ended,
+                                        kind)
 
     def counters(self) -> dict[str, int]:
         """The nodes up (this one included) as a stat (``cluster.nodes``)."""

@@ -286,15 +286,30 @@ SESSION_COLUMNS = [
 async def cmd_sessions_list(ctx: Context, a: Args) -> None:
     (kind,) = a.pos
     sessions = ctx.mgmt.sessions.all(kind)
-    await ctx.table(SESSION_COLUMNS, sessions.items, sessions.row, footer=_plural("session"))
+    if a.opts["local"] or not ctx.mgmt.cluster.active:
+        await ctx.table(SESSION_COLUMNS, sessions.items, sessions.row,
+                        footer=_plural("session"))
+        return
+    gathered = await ctx.mgmt.cluster.gather("sessions", kind)
+    await _cluster_table(ctx, gathered, "sessions", CLUSTER_SESSION_COLUMNS, sessions.items,
+                         sessions.row, None, "session")
 
 
 async def cmd_sessions_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
+    cluster = ctx.mgmt.cluster.active and not a.opts["local"]
     try:
         row = ctx.mgmt.sessions.get(client_id)
+        if cluster:
+            row = dict(row, node=ctx.mgmt.node_name)
     except NotFound as err:
-        raise _not_found(err) from None
+        if not cluster:
+            raise _not_found(err) from None
+        # Not here: the node the registry names, else every other node (one holds it).
+        gathered = await ctx.mgmt.cluster.gather("session", client_id)
+        if not gathered.rows:
+            raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
+        row = gathered.rows[0]
     _show(ctx, row)
 
 
@@ -349,8 +364,10 @@ async def cmd_routes_show(ctx: Context, a: Args) -> None:
 
 # --- the whole cluster ------------------------------------------------------------------------
 
-#: ``clients list`` on a cluster: which node holds each client, after its id.
+#: ``clients list`` on a cluster: which node holds each client, after its id (and so for
+#: sessions and subscriptions).
 CLUSTER_CLIENT_COLUMNS = CLIENT_COLUMNS[:1] + [Col("node", "Node")] + CLIENT_COLUMNS[1:]
+CLUSTER_SESSION_COLUMNS = SESSION_COLUMNS[:1] + [Col("node", "Node")] + SESSION_COLUMNS[1:]
 
 
 def _unasked(gathered: Gathered) -> str:
@@ -416,19 +433,42 @@ SUBSCRIPTION_COLUMNS = [
 ]
 
 
+CLUSTER_SUBSCRIPTION_COLUMNS = SUBSCRIPTION_COLUMNS[:1] + [Col("node", "Node")] \
+    + SUBSCRIPTION_COLUMNS[1:]
+
+
 async def cmd_subscriptions_list(ctx: Context, a: Args) -> None:
     subs = ctx.mgmt.subscriptions.all()
-    await ctx.table(SUBSCRIPTION_COLUMNS, subs.items, subs.row,
-                    footer=_plural("subscription"))
+    if a.opts["local"] or not ctx.mgmt.cluster.active:
+        await ctx.table(SUBSCRIPTION_COLUMNS, subs.items, subs.row,
+                        footer=_plural("subscription"))
+        return
+    gathered = await ctx.mgmt.cluster.gather("subscriptions")
+    await _cluster_table(ctx, gathered, "subscriptions", CLUSTER_SUBSCRIPTION_COLUMNS,
+                         subs.items, subs.row, None, "subscription")
 
 
 async def cmd_subscriptions_show(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
+    cluster = ctx.mgmt.cluster.active and not a.opts["local"]
     try:
         subs = ctx.mgmt.subscriptions.of_client(client_id)
     except NotFound as err:
-        raise _not_found(err) from None
-    await ctx.table(SUBSCRIPTION_COLUMNS, subs.items, subs.row,
+        if not cluster:
+            raise _not_found(err) from None
+        # A session is held on one node: the one the registry names, else whichever has it.
+        gathered = await ctx.mgmt.cluster.gather("client_subscriptions", client_id)
+        if not gathered.rows:
+            raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
+        await ctx.table(CLUSTER_SUBSCRIPTION_COLUMNS, gathered.rows, same,
+                        footer=_plural("subscription"))
+        return
+    if not cluster:
+        await ctx.table(SUBSCRIPTION_COLUMNS, subs.items, subs.row,
+                        footer=_plural("subscription"))
+        return
+    me = ctx.mgmt.node_name
+    await ctx.table(CLUSTER_SUBSCRIPTION_COLUMNS, subs.items, lambda r: dict(r, node=me),
                     footer=_plural("subscription"))
 
 
@@ -572,9 +612,9 @@ async def _trace(ctx: Context, kind: str, target: str, file: str | None,
         return
     live = LiveSink(ctx)
     remote = None
-    if kind == "clientid" and not local and ctx.mgmt.cluster.active:
-        # Every node up traces it (it is on one at most, and may connect to any): each
-        # line says its node.
+    if not local and ctx.mgmt.cluster.active:
+        # Every node up traces it (a client is on one at most, and may connect to any; a
+        # topic's messages are published on every node): each line says its node.
         me = ctx.mgmt.node_name
 
         def write(node: str, line: str, event: dict[str, Any]) -> None:
@@ -587,12 +627,16 @@ async def _trace(ctx: Context, kind: str, target: str, file: str | None,
             ctx.err(f"[{node}] {reason or 'trace ended'}")
 
         trace = traces.start(kind, target, _NodeSink(live, me), limit)
-        remote = await ctx.mgmt.cluster.trace(target, limit, ctx.json, write, ended)
+        remote = await ctx.mgmt.cluster.trace(target, limit, ctx.json, write, ended, kind)
         where = [me] + [n["node"] for n in remote.nodes if n["answered"]]
-        peer = traces.client_peer(target)
-        ctx.err(f"Tracing client {target} on {', '.join(where)}"
-                + (f" (connected here from {peer})" if peer is not None else "")
-                + "; Ctrl-C to stop.")
+        if kind == "clientid":
+            peer = traces.client_peer(target)
+            ctx.err(f"Tracing client {target} on {', '.join(where)}"
+                    + (f" (connected here from {peer})" if peer is not None else "")
+                    + "; Ctrl-C to stop.")
+        else:
+            ctx.err(f"Tracing messages published to {target} on {', '.join(where)}; "
+                    "Ctrl-C to stop.")
         for n in remote.nodes:
             if not n["answered"]:
                 ctx.err(f"mqttd ctl: node {n['node']}: {n['reason']}; not traced there")
@@ -640,7 +684,8 @@ async def cmd_trace_client(ctx: Context, a: Args) -> None:
 
 
 async def cmd_trace_topic(ctx: Context, a: Args) -> None:
-    await _trace(ctx, "topic", a.pos[0], a.opts.get("file"), a.opts.get("payload-limit"))
+    await _trace(ctx, "topic", a.pos[0], a.opts.get("file"), a.opts.get("payload-limit"),
+                 bool(a.opts.get("local")))
 
 
 async def cmd_trace_start_client(ctx: Context, a: Args) -> None:
@@ -1168,9 +1213,11 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
      "Show a client (in a cluster: on whichever node holds it)"),
     ("clients kick <ClientId> [--local]", cmd_clients_kick,
      "Kick out a client (MQTT 5: DISCONNECT 0x98; in a cluster: on its node)"),
-    ("sessions list [persistent|transient]", cmd_sessions_list,
-     "List all sessions, or only persistent/transient ones"),
-    ("sessions show <ClientId>", cmd_sessions_show, "Show a session"),
+    ("sessions list [persistent|transient] [--local]", cmd_sessions_list,
+     "List all sessions, or only persistent/transient ones (in a cluster: of every node; "
+     "--local: of this node)"),
+    ("sessions show <ClientId> [--local]", cmd_sessions_show,
+     "Show a session (in a cluster: on whichever node holds it)"),
     ("sessions clean <ClientId>", cmd_sessions_clean,
      "Discard a session (kicking its client if connected)"),
     # banned
@@ -1195,8 +1242,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
      "List all routes (in a cluster: of every node; --local: of this node)"),
     ("routes show <Topic> [--local]", cmd_routes_show,
      "Show the routes a message to <Topic> takes (a filter: that route)"),
-    ("subscriptions list", cmd_subscriptions_list, "List all subscriptions"),
-    ("subscriptions show <ClientId>", cmd_subscriptions_show, "Show subscriptions of a client"),
+    ("subscriptions list [--local]", cmd_subscriptions_list,
+     "List all subscriptions (in a cluster: of every node; --local: of this node)"),
+    ("subscriptions show <ClientId> [--local]", cmd_subscriptions_show,
+     "Show subscriptions of a client (in a cluster: on whichever node holds its session)"),
     ("subscriptions add <ClientId> <Topic> <QoS>", cmd_subscriptions_add,
      "Add a subscription to a client's session"),
     ("subscriptions del <ClientId> <Topic>", cmd_subscriptions_del,
@@ -1218,8 +1267,9 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("trace client <ClientId> [--file <File>] [--payload-limit <Bytes>] [--local]",
      cmd_trace_client, "Trace a client's packets: live until Ctrl-C (in a cluster: on every "
      "node, --local: this one), or to a file (this node)"),
-    ("trace topic <Topic> [--file <File>] [--payload-limit <Bytes>]", cmd_trace_topic,
-     "Trace messages published to a topic filter"),
+    ("trace topic <Topic> [--file <File>] [--payload-limit <Bytes>] [--local]",
+     cmd_trace_topic, "Trace messages published to a topic filter: live (in a cluster: on "
+     "every node, --local: this one), or to a file (this node)"),
     ("trace start client <ClientId> <File>", cmd_trace_start_client,
      "Trace a client to a file (emqx_ctl form)"),
     ("trace start topic <Topic> <File>", cmd_trace_start_topic,

@@ -8,6 +8,8 @@ cannot drift apart. The route table also generates the OpenAPI document.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .. import __version__
+from ..mgmt.cluster import Gathered
+from ..mgmt.errors import NotFound
 from ..mgmt.listing import Listing, Row
 from ..mgmt.publish import decode_payload
 from ..mgmt.sessions import SESSION_KINDS
@@ -41,6 +45,11 @@ Handler = Callable[["Api", web.Request], Awaitable[web.StreamResponse]]
 
 #: Query parameters every listing takes.
 PAGING = ("limit", "cursor")
+#: Query parameters of the listings answered for the whole cluster: ``local`` (this node's
+#: rows alone, as on a single node) or ``node`` (one node's).
+SCOPE = ("local", "node")
+#: The header of a cluster listing naming every node and whether it answered (JSON).
+NODES_HEADER = "X-Mqttd-Nodes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +133,7 @@ class Api:
     # --- clients ----------------------------------------------------------------------------
 
     async def clients(self, request: web.Request) -> web.StreamResponse:
-        q = query_params(request, (*PAGING, "clientid_prefix", "username", "peer",
+        q = query_params(request, (*PAGING, *SCOPE, "clientid_prefix", "username", "peer",
                                    "listener"))
         tests: list[Callable[[Row], bool]] = []
         prefix = q.get("clientid_prefix")
@@ -141,7 +150,8 @@ class Api:
             listener = q["listener"]
             tests.append(lambda r: r.get("listener") == listener)
         keep: Filter = (lambda r: all(t(r) for t in tests)) if tests else None
-        return await listing_response(request, self.mgmt.clients.all, _key("clientid"), keep)
+        return await self._listing(request, q, "clients", None, self.mgmt.clients.all,
+                                   _key("clientid"), keep)
 
     async def client(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.mgmt.clients.get(request.match_info["clientid"]))
@@ -152,10 +162,10 @@ class Api:
     # --- sessions -------------------------------------------------------------------------
 
     async def sessions(self, request: web.Request) -> web.StreamResponse:
-        q = query_params(request, (*PAGING, "kind"))
+        q = query_params(request, (*PAGING, *SCOPE, "kind"))
         kind = q.get("kind")
-        return await listing_response(request, lambda: self.mgmt.sessions.all(kind),
-                                      _key("clientid"))
+        return await self._listing(request, q, "sessions", kind,
+                                   lambda: self.mgmt.sessions.all(kind), _key("clientid"))
 
     async def session(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.mgmt.sessions.get(request.match_info["clientid"]))
@@ -166,19 +176,20 @@ class Api:
     # --- subscriptions --------------------------------------------------------------------
 
     async def subscriptions(self, request: web.Request) -> web.StreamResponse:
-        q = query_params(request, (*PAGING, "clientid"))
+        q = query_params(request, (*PAGING, *SCOPE, "clientid"))
         client_id = q.get("clientid")
         subs = self.mgmt.subscriptions
         make: Callable[[], Listing[Any]] = (
             subs.all if client_id is None else (lambda: subs.of_client(client_id)))
-        return await listing_response(request, make, _key("clientid", "topic"))
+        op = "subscriptions" if client_id is None else "client_subscriptions"
+        return await self._listing(request, q, op, client_id, make, _key("clientid", "topic"))
 
     async def client_subscriptions(self, request: web.Request) -> web.StreamResponse:
-        query_params(request, PAGING)
+        q = query_params(request, (*PAGING, *SCOPE))
         client_id = request.match_info["clientid"]
-        return await listing_response(
-            request, lambda: self.mgmt.subscriptions.of_client(client_id),
-            _key("clientid", "topic"))
+        return await self._listing(
+            request, q, "client_subscriptions", client_id,
+            lambda: self.mgmt.subscriptions.of_client(client_id), _key("clientid", "topic"))
 
     async def subscribe(self, request: web.Request) -> web.StreamResponse:
         data = await json_body(request, ("topic", "qos"), ("topic",))
@@ -198,13 +209,70 @@ class Api:
     # --- routes and topics ----------------------------------------------------------------
 
     async def routes(self, request: web.Request) -> web.StreamResponse:
-        query_params(request, PAGING)
-        return await listing_response(request, self.mgmt.routes.all, _key("topic"))
+        q = query_params(request, (*PAGING, *SCOPE))
+        return await self._listing(request, q, "routes", None, self.mgmt.routes.all,
+                                   _key("topic"))
 
     async def route(self, request: web.Request) -> web.StreamResponse:
+        q = query_params(request, (*PAGING, *SCOPE))
         topic = request.match_info["topic"]
-        return await listing_response(request, lambda: self.mgmt.routes.lookup(topic),
-                                      _key("topic"))
+        return await self._listing(request, q, "routes", topic,
+                                   lambda: self.mgmt.routes.lookup(topic), _key("topic"))
+
+    # --- listings of the whole cluster ------------------------------------------------------
+
+    async def _listing(self, request: web.Request, q: dict[str, str], op: str,
+                       arg: str | None, make: Callable[[], Listing[Any]],
+                       key: Callable[[Row], Any], keep: Filter = None) -> web.StreamResponse:
+        """A listing: this node's (``make``) on a single node or with ``?local=true``; in a
+        cluster, every node's rows (``op``/``arg`` asked of the others), each with its
+        ``node``, and the :data:`NODES_HEADER` saying which nodes answered; ``?node=<name>``
+        one node's rows."""
+        scope = _scope(q, self.mgmt.cluster.active)
+        if scope is False:
+            return await listing_response(request, make, key, keep)
+        me = self.mgmt.node_name
+        node = scope if isinstance(scope, str) else None
+        if node is not None and node != me and not self.mgmt.cluster.known(node):
+            raise ApiError(404, "not_found", f"node {node!r} is not known in the cluster")
+        mine = node is None or node == me
+        missing: NotFound | None = None
+        if mine:
+            try:
+                make()  # a bad argument is answered here, before asking the others
+            except NotFound as err:
+                missing = err
+        gathered = Gathered() if node == me else await self.mgmt.cluster.gather(op, arg, node)
+        if missing is not None and not gathered.rows:
+            raise ApiError(404, missing.reason, missing.message + _unasked(gathered))
+        nodes = ([{"node": me, "answered": True, "reason": ""}] if mine else []) \
+            + gathered.nodes
+        # In node order: the nodes answer in any order, and a page's cursor counts rows.
+        remote = sorted(gathered.rows, key=lambda r: str(r.get("node")))
+        headers = {NODES_HEADER: json.dumps(nodes, separators=(",", ":"))}
+        if gathered.note is not None:
+            headers["X-Mqttd-Note"] = json.dumps(gathered.note)[1:-1]
+
+        def merged() -> Listing[tuple[bool, Any]]:
+            local: Listing[Any] = Listing([], _no_row)
+            if mine:
+                try:
+                    local = make()
+                except NotFound:
+                    pass
+            row = local.row
+
+            def either(pair: tuple[bool, Any]) -> Row | None:
+                if not pair[0]:
+                    return pair[1]  # type: ignore[no-any-return]
+                r = row(pair[1])
+                return None if r is None else dict(r, node=me)
+
+            return Listing(itertools.chain(((True, i) for i in local.items),
+                                           ((False, r) for r in remote)), either)
+
+        return await listing_response(request, merged, lambda r: [r.get("node"), key(r)],
+                                      keep, headers)
 
     # --- retained -------------------------------------------------------------------------
 
@@ -422,6 +490,37 @@ def _key(*names: str) -> Callable[[Row], Any]:
     return lambda r: [r.get(n) for n in names]
 
 
+def _no_row(item: Any) -> Row | None:
+    return None
+
+
+def _scope(q: dict[str, str], cluster: bool) -> bool | str | None:
+    """What a listing covers: False this node alone (no cluster, or ``?local=true``), None
+    every node, a name that node."""
+    local = q.get("local")
+    if local is not None and local.lower() not in ("", "true", "1", "false", "0"):
+        raise ApiError(400, "bad_request", f"local: true or false, not {local!r}")
+    if not cluster:
+        if q.get("node"):
+            raise ApiError(404, "not_found", "this node is not in a cluster ([cluster] "
+                                             "nats_url is not set): no node to ask")
+        return False
+    if local is not None and local.lower() in ("", "true", "1"):
+        return False
+    return q.get("node") or None
+
+
+def _unasked(gathered: Gathered) -> str:
+    """What a 404 in a cluster cannot rule out: the nodes that did not answer."""
+    if gathered.note is not None:
+        return f" on this node ({gathered.note})"
+    silent = gathered.silent
+    if not silent:
+        return ""
+    return " (no answer from " + ", ".join(f"{n['node']}: {n['reason']}" for n in silent) \
+        + ")"
+
+
 def _peer_matches(peername: str, peer: str) -> bool:
     if peername == peer:
         return True
@@ -452,13 +551,14 @@ ROUTES: list[Route] = [
           "log level <Level>", body=("level",), required=("level",)),
     Route("GET", "/clients", Api.clients, "Connected clients (filters: client id prefix, "
           "user name, peer host or host:port, listener)", "clients list",
-          query=(*PAGING, "clientid_prefix", "username", "peer", "listener"), listing=True),
+          query=(*PAGING, *SCOPE, "clientid_prefix", "username", "peer", "listener"),
+          listing=True),
     Route("GET", "/clients/{clientid}", Api.client, "One client", "clients show <ClientId>"),
     Route("DELETE", "/clients/{clientid}", Api.kick,
           "Kick a client (MQTT 5: DISCONNECT 0x98)", "clients kick <ClientId>"),
     Route("GET", "/clients/{clientid}/subscriptions", Api.client_subscriptions,
-          "A client's subscriptions", "subscriptions show <ClientId>", query=PAGING,
-          listing=True),
+          "A client's subscriptions", "subscriptions show <ClientId>",
+          query=(*PAGING, *SCOPE), listing=True),
     Route("POST", "/clients/{clientid}/subscriptions", Api.subscribe,
           "Subscribe a client's session to a filter", "subscriptions add <ClientId> <Topic> "
           "<QoS>", body=("topic", "qos"), required=("topic",)),
@@ -466,20 +566,21 @@ ROUTES: list[Route] = [
           "Unsubscribe a client's session (?topic=<filter>)",
           "subscriptions del <ClientId> <Topic>", query=("topic",)),
     Route("GET", "/sessions", Api.sessions, f"Sessions (kind: {_kinds()})",
-          "sessions list [persistent|transient]", query=(*PAGING, "kind"), listing=True),
+          "sessions list [persistent|transient]", query=(*PAGING, *SCOPE, "kind"),
+          listing=True),
     Route("GET", "/sessions/{clientid}", Api.session, "One session",
           "sessions show <ClientId>"),
     Route("DELETE", "/sessions/{clientid}", Api.clean_session,
           "Discard a session (kicking its client)", "sessions clean <ClientId>"),
     Route("GET", "/subscriptions", Api.subscriptions, "Every subscription (or a client's)",
-          "subscriptions list", query=(*PAGING, "clientid"), listing=True),
-    Route("GET", "/routes", Api.routes, "The routing table", "routes list", query=PAGING,
-          listing=True),
+          "subscriptions list", query=(*PAGING, *SCOPE, "clientid"), listing=True),
+    Route("GET", "/routes", Api.routes, "The routing table", "routes list",
+          query=(*PAGING, *SCOPE), listing=True),
     Route("GET", "/routes/{topic:.+}", Api.route,
           "The routes a message to a topic takes (a filter: its own route)",
-          "routes show <Topic>", query=PAGING, listing=True),
+          "routes show <Topic>", query=(*PAGING, *SCOPE), listing=True),
     Route("GET", "/topics", Api.routes, "Topics with subscribers (the routing table)",
-          "routes list", query=PAGING, listing=True),
+          "routes list", query=(*PAGING, *SCOPE), listing=True),
     Route("GET", "/retained", Api.retained, "Retained messages, without payloads",
           "retained list", query=PAGING, listing=True),
     Route("GET", "/retained/{topic:.+}", Api.retained_show,
@@ -598,6 +699,11 @@ def openapi() -> dict[str, Any]:
             op["description"] = ("Without limit the whole array is streamed; with limit, "
                                  "one page, and X-Next-Cursor / Link rel=next when more "
                                  "follow (pass it as cursor).")
+            if "local" in r.query:
+                op["description"] += (
+                    " In a cluster: every node's rows, each with its node, and the "
+                    f"{NODES_HEADER} header (JSON: node, answered, reason); local=true: "
+                    "this node's alone; node=<name>: that node's.")
         if r.body:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"type": "object", "additionalProperties": False,

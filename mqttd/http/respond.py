@@ -187,12 +187,14 @@ async def _skip(it: Iterator[Any], n: int) -> None:
 
 
 async def listing_response(request: web.Request, make: Callable[[], Listing[Any]],
-                           key: Callable[[Row], Any], keep: Filter = None) -> web.StreamResponse:
+                           key: Callable[[Row], Any], keep: Filter = None,
+                           headers: dict[str, str] | None = None) -> web.StreamResponse:
     """Answer a listing: streamed whole, or one page of ``limit`` rows from ``cursor``.
 
     ``make`` takes the snapshot (each page request takes a new one); ``key`` names a row
     uniquely (a cursor remembers the last row's key, so a page resumes after it even when
-    rows before it went away meanwhile); ``keep`` filters rows.
+    rows before it went away meanwhile); ``keep`` filters rows; ``headers`` are added to the
+    answer (a cluster listing's nodes).
     """
     limit = _limit(request.query.get("limit"))
     cursor_text = request.query.get("cursor")
@@ -201,13 +203,16 @@ async def listing_response(request: web.Request, make: Callable[[], Listing[Any]
         raise ApiError(400, "bad_request", "cursor: give limit too")
     listing = make()  # a management error here is still a proper error answer
     if limit is None:
-        return await _stream_all(request, listing, keep)
-    return await _page(request, make, listing, key, keep, limit, cursor)
+        return await _stream_all(request, listing, keep, headers or {})
+    resp = await _page(request, make, listing, key, keep, limit, cursor)
+    resp.headers.update(headers or {})
+    return resp
 
 
-async def _stream_all(request: web.Request, listing: Listing[Any], keep: Filter
-                      ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+async def _stream_all(request: web.Request, listing: Listing[Any], keep: Filter,
+                      headers: dict[str, str]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8",
+                                       **headers})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     try:

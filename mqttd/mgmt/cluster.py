@@ -28,10 +28,12 @@ class ClusterView(Protocol):
 
     def status(self) -> dict[str, Any]: ...
     def nodes(self) -> list[dict[str, Any]]: ...
-    async def ask(self, op: str, arg: str | None = None) -> dict[str, Any]: ...
+    async def ask(self, op: str, arg: str | None = None, node: str | None = None
+                  ) -> dict[str, Any]: ...
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
                     write: Callable[[str, str, dict[str, Any]], None],
-                    ended: Callable[[str, str | None], None]) -> RemoteTraceView: ...
+                    ended: Callable[[str, str | None], None],
+                    kind: str = "clientid") -> RemoteTraceView: ...
 
 
 @dataclass(slots=True)
@@ -62,18 +64,28 @@ class ClusterArea:
         every node unless asked for --local)."""
         return self.cluster is not None
 
-    async def gather(self, op: str, arg: str | None = None) -> Gathered:
-        """Ask every other node up (``clients``, ``client <id>``, ``kick <id>``, ``routes
-        [<topic>]``); at most ``[cluster] ctl_timeout`` seconds."""
-        answer = await self._cluster().ask(op, arg)
+    async def gather(self, op: str, arg: str | None = None, node: str | None = None
+                     ) -> Gathered:
+        """Ask every other node up (``node``: that one alone) (``clients``, ``client <id>``,
+        ``kick <id>``, ``routes [<topic>]``, ``sessions [<kind>]``, ``session <id>``,
+        ``subscriptions``, ``client_subscriptions <id>``); at most ``[cluster]
+        ctl_timeout`` seconds."""
+        answer = await self._cluster().ask(op, arg, node)
         return Gathered(list(answer["rows"]), list(answer["nodes"]), answer.get("note"))
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
                     write: Callable[[str, str, dict[str, Any]], None],
-                    ended: Callable[[str, str | None], None]) -> RemoteTraceView:
-        """Trace ``client_id`` on every other node up: ``write(node, line, event)`` per
-        line, ``ended(node, reason)`` when a node's trace ends without being stopped."""
-        return await self._cluster().trace(client_id, payload_limit, json_mode, write, ended)
+                    ended: Callable[[str, str | None], None],
+                    kind: str = "clientid") -> RemoteTraceView:
+        """Trace ``client_id`` (``kind`` ``topic``: a topic filter's messages) on every other
+        node up: ``write(node, line, event)`` per line, ``ended(node, reason)`` when a
+        node's trace ends without being stopped."""
+        return await self._cluster().trace(client_id, payload_limit, json_mode, write, ended,
+                                           kind)
+
+    def known(self, node: str) -> bool:
+        """Whether ``node`` is this node or one seen in the cluster (up or down)."""
+        return any(row["node"] == node for row in self._cluster().nodes())
 
     def _cluster(self) -> ClusterView:
         if self.cluster is None:
