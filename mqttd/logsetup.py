@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 __all__ = ["CONNECTIONS", "JsonFormatter", "apply", "build", "configure", "configure_early",
-           "log_path", "reopen"]
+           "log_path", "reopen", "set_node_tag"]
 
 #: The logger of the connect and disconnect lines (``[log] connection_messages``).
 CONNECTIONS = "mqttd.clients"
@@ -31,6 +31,23 @@ CONNECTIONS = "mqttd.clients"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Syslog stamps the time and host itself.
 SYSLOG_FORMAT = "mqttd[%(process)d]: %(levelname)s %(name)s: %(message)s"
+#: The node a worker of ``mqttd start --workers N`` names in each of its lines (its lines
+#: and its siblings' go to one place); "" for a single process.
+_node_tag = ""
+
+
+def set_node_tag(node: str) -> None:
+    """Name ``node`` in every line from the next :func:`configure`/:func:`build` on: the
+    text formats get ``[node]`` before the logger's name, JSON a ``node`` field."""
+    global _node_tag
+    _node_tag = node
+
+
+def _tagged(fmt: str) -> str:
+    if not _node_tag:
+        return fmt
+    # a % in a node name must not be read as a format field
+    return fmt.replace(" %(name)s", " [" + _node_tag.replace("%", "%%") + "] %(name)s", 1)
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,6 +62,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if _node_tag:
+            out["node"] = _node_tag
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
@@ -98,7 +117,7 @@ def build(*, level: str = "info", format: str = "text", file: str = "",  # noqa:
     one line naming the key): a configuration reload checks it before changing anything,
     then hands it to :func:`apply`."""
     formatter: dict[str, Any] = ({"()": JsonFormatter} if format == "json"
-                                 else {"format": TEXT_FORMAT})
+                                 else {"format": _tagged(TEXT_FORMAT)})
     handlers: dict[str, dict[str, Any]] = {}  # dictConfig's schema
     if file:
         path = log_path(file, data_dir)
@@ -132,7 +151,7 @@ def build(*, level: str = "info", format: str = "text", file: str = "",  # noqa:
         "version": 1,
         # Every module's logger exists already (created at import): keep them working.
         "disable_existing_loggers": False,
-        "formatters": {"main": formatter, "syslog": {"format": SYSLOG_FORMAT}},
+        "formatters": {"main": formatter, "syslog": {"format": _tagged(SYSLOG_FORMAT)}},
         "handlers": handlers,
         "root": {"level": level.upper(), "handlers": list(handlers)},
         "loggers": {CONNECTIONS: {"level": "NOTSET" if connection_messages else "WARNING"}},

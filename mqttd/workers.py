@@ -9,7 +9,8 @@ connections among the workers. The workers form one broker as cluster nodes over
 
 The supervisor holds ``<data_dir>/mqttd.pid`` and answers ``<data_dir>/mqttd.sock``: it
 passes each `mqttd ctl` request to the first running worker (the cluster commands answer
-for every node) and answers ``stop`` itself by stopping everything. It restarts a worker
+for every node), answers ``status`` itself (itself and every worker, each worker's own
+status asked of its socket) and ``stop`` by stopping everything. It restarts a worker
 that exits on its own (with back-off), forwards SIGTERM/SIGINT/SIGHUP, and exits once the
 workers have stopped. (Not :mod:`mqttd.supervisor`: that one restarts in-process services.)
 """
@@ -32,10 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import logsetup
+from . import __version__, logsetup
 from .config import Settings
 from .ctl import protocol as P
 from .ctl.server import bind_socket, lock_pid_file, prepare_data_dir
+from .mgmt.listing import iso
+from .mgmt.status import uptime_text
 
 log = logging.getLogger("mqttd")
 
@@ -48,6 +51,8 @@ BACKOFF_RESET = 60.0
 #: Seconds to wait for the workers (and nats-server) to be ready, and to stop.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+#: Seconds ``mqttd ctl status`` waits for each worker's own status.
+STATUS_TIMEOUT = 2.0
 
 
 class WorkersError(Exception):
@@ -99,6 +104,11 @@ class _Worker:
     ready_fd: int | None = None
     ready: bool = False
     history: list[int] = field(default_factory=list)
+    #: Times started again after exiting by itself, and how it last exited.
+    restarts: int = 0
+    last_exit: str | None = None
+    #: Wall-clock time of the last start (``started`` is monotonic).
+    started_at: float = 0.0
 
 
 class WorkerSupervisor:
@@ -126,6 +136,7 @@ class WorkerSupervisor:
         #: `mqttd ctl` connections being answered (a `stop` is answered once all stopped).
         self._handlers: set[asyncio.Task[Any]] = set()
         self._all_stopped = asyncio.Event()
+        self.started_at = time.time()
 
     # --- start ------------------------------------------------------------------------
 
@@ -207,6 +218,7 @@ class WorkerSupervisor:
         worker.ready_fd = read_fd
         worker.ready = False
         worker.started = time.monotonic()
+        worker.started_at = time.time()
         worker.restart_at = None
         log.info("worker w%d started (pid %d)", worker.index, worker.proc.pid)
 
@@ -239,13 +251,20 @@ class WorkerSupervisor:
         try:
             line = await reader.readline()
             try:
-                argv = json.loads(line).get("argv", [])
+                request = json.loads(line)
+                argv = request.get("argv", [])
             except (ValueError, AttributeError):
-                argv = []
+                request, argv = {}, []
             if argv[:1] == ["stop"]:
                 self.request_stop("mqttd ctl stop")
                 await self._all_stopped.wait()
                 await self._answer(writer, f"mqttd stopped ({self.count} workers)\n")
+                return
+            if argv == ["status"] and request.get("v") in P.SUPPORTED:
+                data = await self.status()
+                text = (json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+                        if request.get("json") else status_text(data))
+                await self._answer(writer, text)
                 return
             for worker in self.workers:
                 if worker.ready and worker.proc is not None and worker.proc.poll() is None:
@@ -268,6 +287,75 @@ class WorkerSupervisor:
         finally:
             self._handlers.discard(task)
             writer.close()
+
+    async def status(self) -> dict[str, Any]:
+        """``mqttd ctl status``: the supervisor (pid, uptime, nats-server) and every worker
+        (state, pid, restarts, uptime, last exit, and its own ``status`` as it answers it)."""
+        now = time.time()
+        up = max(0.0, now - self.started_at)
+        answers = await asyncio.gather(*(self._worker_status(w) for w in self.workers))
+        workers = []
+        for worker, (own, reason) in zip(self.workers, answers, strict=True):
+            proc = worker.proc
+            running = proc is not None and proc.poll() is None
+            state = ("running" if running and worker.ready else "starting" if running
+                     else "stopping" if self._stopping
+                     else "restarting" if worker.restart_at is not None else "stopped")
+            w_up = max(0.0, now - worker.started_at) if running else None
+            workers.append({
+                "name": f"w{worker.index}", "node": f"{self.settings.node}-w{worker.index}",
+                "state": state, "pid": proc.pid if running and proc is not None else None,
+                "restarts": worker.restarts, "last_exit": worker.last_exit,
+                "started_at": iso(worker.started_at) if running else None,
+                "uptime": uptime_text(w_up) if w_up is not None else None,
+                "uptime_seconds": round(w_up, 3) if w_up is not None else None,
+                "status": own, "reason": reason})
+        nats = self.nats
+        return {
+            "node": self.settings.node, "role": "supervisor", "version": __version__,
+            "status": "started", "pid": os.getpid(), "uptime": uptime_text(up),
+            "uptime_seconds": round(up, 3), "started_at": iso(self.started_at),
+            "data_dir": self.data_dir,
+            "nats": {"url": _safe_url(self.nats_url or ""),
+                     "pid": nats.pid if nats is not None else None,
+                     "started_here": nats is not None},
+            "workers": workers}
+
+    async def _worker_status(self, worker: _Worker) -> tuple[dict[str, Any] | None, str]:
+        """A worker's own ``mqttd ctl --json status`` through its socket, or why not."""
+        proc = worker.proc
+        if proc is None or proc.poll() is not None:
+            return None, "not running"
+        if not worker.ready:
+            return None, "starting"
+        path = os.path.join(self.data_dir, f"w{worker.index}", P.SOCKET_NAME)
+        request = {"proto": P.PROTOCOL, "v": P.VERSION, "argv": ["status"], "json": True}
+
+        async def ask() -> dict[str, Any]:
+            reader, writer = await asyncio.open_unix_connection(path, limit=P.MAX_REQUEST)
+            try:
+                writer.write(P.encode(request))
+                await writer.drain()
+                out: list[str] = []
+                while line := await reader.readline():
+                    frame = json.loads(line)
+                    if frame.get("t") == "out":
+                        out.append(str(frame.get("s", "")))
+                    elif frame.get("t") == "exit":
+                        break
+                data = json.loads("".join(out))
+                if not isinstance(data, dict):
+                    raise ValueError("not a status")
+                return data
+            finally:
+                writer.close()
+
+        try:
+            return await asyncio.wait_for(ask(), STATUS_TIMEOUT), ""
+        except TimeoutError:
+            return None, f"no answer within {STATUS_TIMEOUT:g} s"
+        except (OSError, ValueError) as err:
+            return None, f"no answer: {err}"
 
     async def _answer(self, writer: asyncio.StreamWriter, text: str, err: bool = False) -> None:
         writer.write(P.encode({"t": "hello", "v": P.VERSION, "node": self.settings.node}))
@@ -353,10 +441,12 @@ class WorkerSupervisor:
                     worker.proc = None
                     worker.ready = False
                     worker.restart_at = now + delay
+                    worker.last_exit = why
                     log.warning("worker w%d (pid %d) exited with %s; restarting it in %gs",
                                 worker.index, proc.pid, why, delay)
                 elif worker.proc is None and worker.restart_at is not None and \
                         now >= worker.restart_at:
+                    worker.restarts += 1
                     self._spawn(worker)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), 0.1)
@@ -401,6 +491,35 @@ class WorkerSupervisor:
         self._all_stopped.set()
         if self._handlers:  # a `mqttd ctl stop` is told
             await asyncio.wait(set(self._handlers), timeout=2.0)
+
+
+def status_text(data: dict[str, Any]) -> str:
+    """The supervisor's ``mqttd ctl status`` for people: itself, then a line per worker."""
+    nats = data["nats"]
+    lines = [f"Node {data['node']} {data['version']} is started (supervisor of "
+             f"{len(data['workers'])} workers)",
+             f"{'pid':<10}: {data['pid']}", f"{'uptime':<10}: {data['uptime']}",
+             f"{'nats':<10}: {nats['url']}" + (f" (nats-server pid {nats['pid']}, started by "
+                                                "the supervisor)" if nats["started_here"]
+                                                else ""),
+             f"{'data_dir':<10}: {data['data_dir']}"]
+    head = ("Worker", "Node", "State", "Pid", "Restarts", "Uptime", "Last exit")
+    rows = [head] + [
+        (w["name"], w["node"], w["state"] if not w["reason"] or w["state"] != "running"
+         else f"{w['state']} ({w['reason']})", str(w["pid"] or "-"), str(w["restarts"]),
+         w["uptime"] or "-", w["last_exit"] or "-") for w in data["workers"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines.append("")
+    for r in rows:
+        lines.append("  ".join(c.ljust(widths[i]) if i not in (3, 4) else c.rjust(widths[i])
+                               for i, c in enumerate(r)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without any user or password in it (never shown)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if sep else url
 
 
 def supervise(settings: Settings, count: int, argv: list[str],

@@ -201,3 +201,68 @@ def test_a_port_in_use_is_refused_not_shared(workers: BrokerProcess) -> None:
     assert r.returncode == 1, r
     assert f"cannot listen on 127.0.0.1:{workers.port} (listener default)" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_status_shows_the_supervisor_and_every_worker(workers: BrokerProcess) -> None:
+    data = ctl_json(workers.data_dir, "status")
+    assert data["role"] == "supervisor" and data["pid"] == workers.proc.pid
+    assert data["nats"]["started_here"] is True and alive(data["nats"]["pid"])
+    node = data["node"]
+    rows = {w["name"]: w for w in data["workers"]}
+    assert list(rows) == ["w1", "w2"]
+    for i in (1, 2):
+        w = rows[f"w{i}"]
+        assert (w["node"], w["state"], w["restarts"], w["last_exit"]) == \
+            (f"{node}-w{i}", "running", 0, None)
+        assert w["pid"] == worker_pid(workers, i)
+        # each worker's own status, as its socket answers it
+        assert w["status"]["node"] == f"{node}-w{i}" and w["status"]["pid"] == w["pid"]
+    text = ctl_text(workers.data_dir, "status")
+    assert text.splitlines()[0].endswith("is started (supervisor of 2 workers)")
+    assert f"pid       : {workers.proc.pid}" in text
+    for i in (1, 2):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"w{i} "))
+        assert f"{node}-w{i}" in line and "running" in line and str(rows[f"w{i}"]["pid"]) in line
+    # A worker killed: restarted, and the status says so.
+    old = rows["w2"]["pid"]
+    os.kill(old, signal.SIGKILL)
+
+    def restarted() -> bool:
+        w = ctl_json(workers.data_dir, "status")["workers"][1]
+        return bool(w["state"] == "running" and w["restarts"] == 1 and w["pid"] != old
+                    and w["status"] is not None)
+
+    until("worker 2 restarted in the status", restarted)
+    w2 = ctl_json(workers.data_dir, "status")["workers"][1]
+    assert w2["last_exit"] == "signal 9"
+    assert "signal 9" in next(ln for ln in ctl_text(workers.data_dir, "status").splitlines()
+                              if ln.startswith("w2 "))
+
+
+def ctl_text(data_dir: Path, *args: str) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = ctl_main(["--data-dir", str(data_dir), *args])
+    assert code == 0, (code, out.getvalue(), err.getvalue())
+    return out.getvalue()
+
+
+def test_log_lines_name_their_worker_and_sighup_reaches_each(workers: BrokerProcess) -> None:
+    node = ctl_json(workers.data_dir, "status")["node"]
+    log = workers.log()
+    for i in (1, 2):
+        assert re.search(rf"INFO \[{re.escape(node)}-w{i}\] mqttd[.\w]*: ", log), log
+    # SIGHUP to the supervisor: every worker reloads the configuration file.
+    with workers.config_path.open("a") as f:
+        f.write("max_connections = 4321\n")  # in [listeners.default], the file's last table
+    start = len(workers.log())
+    os.kill(workers.proc.pid, signal.SIGHUP)
+    for i in (1, 2):
+        until(f"worker {i} to apply the reloaded file", lambda i=i: [
+            r["max_conns"] for r in ctl_json(workers.data_dir / f"w{i}", "listeners", "list")
+        ] == [4321])
+        wait_log(workers, f"[{node}-w{i}] ", start=start)
+    after = workers.log()[start:]
+    assert "SIGHUP received: passed to the workers" in after
+    for i in (1, 2):
+        assert re.search(rf"\[{re.escape(node)}-w{i}\] [.\w]+: SIGHUP received", after), after

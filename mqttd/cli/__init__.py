@@ -166,6 +166,8 @@ def start(
         for line in err.errors:
             _log.error("%s", line)
         raise typer.Exit(2) from None
+    if spec is not None:  # a worker's lines go where its siblings' do: each names its node
+        logsetup.set_node_tag(settings.node)
     if daemon:
         raise typer.Exit(_daemonize(config, bind, port, settings, log_level, log_format,
                                     log_file, no_uvloop, reset_store, workers))
