@@ -212,7 +212,8 @@ class Node:
         access.start(self.registry, self.metrics, LoopTimers())
         self.plugins.load_all(self.settings.plugins)
         self.modules.load_enabled()
-        self.bridges.start_all(self.kv_space)
+        self.bridges.start_all(self.kv_space,
+                               self.kv.spaces if self.kv is not None else None)
         self._register_stats()
         self.sys.load_presence()
         self.supervisor.start_child("stats", self.stats.run)

@@ -345,6 +345,74 @@ def test_queue_survives_kill_9_of_the_local_broker(tmp_path: Path, version: int)
     assert "Traceback" not in log, log
 
 
+def test_removed_bridges_queue_is_kept_listed_and_purged(tmp_path: Path) -> None:
+    """Bridges removed from the configuration (restart) with messages they had not sent:
+    their stored queues are kept, said in the log and listed by ``bridges orphans``; one
+    added again (conf reload) sends them to a real mosquitto, the other is dropped by
+    ``bridges purge`` (logged with its count); after a restart nothing of it is left."""
+    dead = free_port()
+    remote = _Remote("mosquitto", tmp_path / "remote")
+    u = uid()
+    three = "".join(bridge_config(n, dead, 4) for n in ("keep", "back", "gone"))
+    brokers = [BrokerProcess(three)]
+    try:
+        pub = client(brokers[0], 4)
+        for i in range(5):  # each bridge queues each message (their remote is down)
+            assert pub.publish(f"out/{u}/{i}", str(i).encode(), 1 + i % 2) == 0
+        assert all(r["queued"] == 5 for r in ctl_json(brokers[0], "bridges", "list"))
+        pub.close()
+        assert brokers[0].stop() == 0
+        brokers.append(_restarted(brokers[0], bridge_config("keep", dead, 4)))
+        log = brokers[1].log()
+        for name in ("back", "gone"):
+            assert (f"bridge {name}: not in the configuration, but 5 messages it had not "
+                    "sent are in the store: kept") in log, log
+        assert ctl_json(brokers[1], "bridges", "orphans") == [
+            {"name": "back", "stored": 5}, {"name": "gone", "stored": 5}]
+        assert [r["name"] for r in ctl_json(brokers[1], "bridges", "list")] == ["keep"]
+        r = ctl(brokers[1], "bridges", "purge", "keep")  # configured: its queue is in use
+        assert r.code == 1 and "in the configuration" in r.err, r
+        r = ctl(brokers[1], "bridges", "purge", "nosuch")
+        assert r.code == 1 and "not found" in r.err, r
+        assert "5 messages dropped" in ok(brokers[1], "bridges", "purge", "gone")
+        assert ("bridge gone: 5 stored messages it had not sent purged"
+                in brokers[1].log())
+        assert ctl_json(brokers[1], "bridges", "orphans") == [{"name": "back", "stored": 5}]
+        # "back" added again, to a running mosquitto: its stored messages reach it.
+        sub = Client(remote, f"sub-{u}", version=4)
+        sub.connect()
+        assert sub.subscribe(f"from-local/out/{u}/#", 2) == [2]
+        config = brokers[1].config_path.read_text()
+        brokers[1].config_path.write_text(bridge_config("back", remote.port, 4) + config)
+        applied = {r["key"]: r["change"] for r in
+                   ctl_json(brokers[1], "conf", "reload")["applied"]}
+        assert applied == {"bridges.back": "added"}, applied
+        assert sorted(int(m.payload) for m in sub.expect_messages(5)) == list(range(5))
+        deadline = time.monotonic() + 3 * WAIT
+        while (row := ctl_json(brokers[1], "bridges", "status", "back"))["acked"] < 5:
+            assert time.monotonic() < deadline, row
+            time.sleep(0.02)
+        assert ctl_json(brokers[1], "bridges", "orphans") == []
+        sub.assert_no_message()
+        sub.close()
+        # Restarted with all three configured: "gone" and "back" have nothing stored.
+        assert brokers[1].stop() == 0
+        brokers.append(_restarted(brokers[1], three))
+        for name in ("back", "gone"):
+            assert ctl_json(brokers[2], "bridges", "status", name)["queued"] == 0
+        assert ctl_json(brokers[2], "bridges", "status", "keep")["queued"] == 5
+        assert ctl_json(brokers[2], "bridges", "orphans") == []
+        assert "not in the configuration" not in brokers[2].log()
+    finally:
+        remote.close()
+        code = brokers[-1].stop()
+        log = brokers[-1].log()
+        for b in brokers:
+            b.cleanup()
+    assert code == 0, log
+    assert "Traceback" not in log, log
+
+
 def test_publishers_wait_while_the_bridge_queue_is_at_pause_queued() -> None:
     """The remote stops reading (mosquitto stopped with SIGSTOP): a QoS 1 publisher of
     bridged topics gets no more acknowledgements once the bridge's queue holds
@@ -633,7 +701,8 @@ def test_conf_reload_applies_bridges() -> None:
         assert applied["bridges.added"] == "added", data
         # (the message went to both bridges: "gone" keeps its copy in the store)
         assert applied["bridges.gone"] == ("removed (1 messages not sent, kept in the "
-                                           "store)"), data
+                                           "store: 'mqttd ctl bridges purge gone' drops "
+                                           "them)"), data
         assert not data["restart"] and len(applied) == 3, data
         assert sorted(r["name"] for r in ctl_json(local, "bridges", "list")) == ["added", "b"]
         wait_state(local, "b", "connected")

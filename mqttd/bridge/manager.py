@@ -14,7 +14,7 @@ from ..hooks import Hooks
 from ..store.kv import KVSpace
 from .client import Bridge
 
-__all__ = ["BridgeError", "BridgeManager"]
+__all__ = ["BridgeError", "BridgeManager", "ConfiguredError"]
 
 log = logging.getLogger("mqttd.bridge")
 
@@ -23,8 +23,16 @@ log = logging.getLogger("mqttd.bridge")
 PRIORITY = -1000
 
 
-class BridgeError(Exception):
+class BridgeError(LookupError):
     """No such bridge."""
+
+
+class ConfiguredError(ValueError):
+    """The bridge is in the configuration: its stored queue is its own, not an orphan's."""
+
+
+#: The store's KV spaces of bridges are ``bridge/<name>``.
+SPACE = "bridge/"
 
 
 class BridgeManager:
@@ -37,22 +45,67 @@ class BridgeManager:
         self.node = node
         self.bridges = {s.name: Bridge(s, broker, node) for s in settings}
         self._kv: Callable[[str], KVSpace | None] | None = None
+        self._spaces: Callable[[], list[str]] | None = None
         self._egress = tuple(b for b in self.bridges.values() if b.settings.egress)
         #: The running bridges with egress mappings (what each message is offered to).
         self._live: tuple[Bridge, ...] = ()
         self._hooked = False
 
-    def start_all(self, kv: Callable[[str], KVSpace | None] | None = None) -> None:
+    def start_all(self, kv: Callable[[str], KVSpace | None] | None = None,
+                  spaces: Callable[[], list[str]] | None = None) -> None:
         """Start every bridge with ``enable = true`` (in the loop, at the node's start).
         ``kv``: the store's spaces (``Node.kv_space``), where each bridge keeps its QoS 1/2
         messages until the remote has them (``bridge/<name>``), and finds those a previous
-        run left."""
-        self._kv = kv
+        run left; ``spaces``: the names of the store's spaces, where the queues of bridges
+        no longer configured are found (:meth:`orphans`)."""
+        self._kv, self._spaces = kv, spaces
         for bridge in self.bridges.values():
             self._restore(bridge)
             if bridge.settings.enable:
                 bridge.start()
         self._changed()
+        for row in self.orphans():
+            log.warning("bridge %s: not in the configuration, but %d messages it had not "
+                        "sent are in the store: kept (mqttd ctl bridges orphans); a bridge "
+                        "of that name added again sends them, 'mqttd ctl bridges purge %s' "
+                        "drops them", row["name"], row["stored"], row["name"])
+
+    def orphans(self) -> list[dict[str, Any]]:
+        """The stored queues of bridges not in the configuration (removed from it, with
+        messages they had not sent): name and how many messages."""
+        kv, spaces = self._kv, self._spaces
+        if kv is None or spaces is None:
+            return []
+        rows = []
+        for space in sorted(spaces()):
+            name = space[len(SPACE):]
+            if not space.startswith(SPACE) or name in self.bridges:
+                continue
+            stored = kv(space)
+            if stored is not None and stored.records:
+                rows.append({"name": name, "stored": len(stored.records)})
+        return rows
+
+    def purge(self, name: str) -> int:
+        """Drop the stored queue of ``name``, a bridge not in the configuration; how many
+        messages were dropped (committed to the operation log when this returns).
+        ConfiguredError: ``name`` is configured; BridgeError: nothing is stored for it."""
+        if name in self.bridges:
+            raise ConfiguredError(f"bridge {name} is in the configuration: its queue is in "
+                                  "use (remove the bridge from the configuration first)")
+        row = next((r for r in self.orphans() if r["name"] == name), None)
+        stored = self._kv(SPACE + name) if row is not None and self._kv is not None else None
+        if stored is None:
+            known = ", ".join(r["name"] for r in self.orphans()) or "none"
+            raise BridgeError(f"no stored queue of a removed bridge called {name!r} "
+                              f"(orphaned queues: {known})")
+        keys = list(stored.records)
+        for key in keys:
+            stored.delete(key)
+        stored.commit_now()
+        log.warning("bridge %s: %d stored messages it had not sent purged (the bridge is not "
+                    "in the configuration)", name, len(keys))
+        return len(keys)
 
     def _changed(self) -> None:
         self._egress = tuple(b for b in self.bridges.values() if b.settings.egress)
@@ -80,7 +133,8 @@ class BridgeManager:
             bridge.stop()
             left = len(bridge.queue) + len(bridge.inflight)
             changes.append((name, "removed" + (f" ({left} messages not sent" + (
-                ", kept in the store)" if bridge.stored else ", dropped)") if left else "")))
+                f", kept in the store: 'mqttd ctl bridges purge {name}' drops them)"
+                if bridge.stored else ", dropped)") if left else "")))
         for name, s in wanted.items():
             old = self.bridges.get(name)
             if old is not None and old.settings == s:

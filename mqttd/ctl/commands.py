@@ -862,6 +862,27 @@ async def _bridge_action(ctx: Context, a: Args, action: str) -> None:
     ctx.result(f"Bridge {name} {action.replace('stop', 'stopp')}ed.", data)
 
 
+ORPHAN_COLUMNS = [Col("name", "Name"), Col("stored", "Stored messages", justify="right")]
+
+
+async def cmd_bridges_orphans(ctx: Context, a: Args) -> None:
+    await ctx.table(ORPHAN_COLUMNS, ctx.mgmt.bridges.orphans(), same,
+                    footer=_plural("orphaned queue"))
+
+
+async def cmd_bridges_purge(ctx: Context, a: Args) -> None:
+    (name,) = a.pos
+    try:
+        data = ctx.mgmt.bridges.purge(name)
+    except NotFound as err:
+        raise _not_found(err) from None
+    except Conflict as err:
+        raise CtlError(f"cannot purge bridge {name}: {err.message}", reason=err.reason
+                       ) from None
+    ctx.result(f"Stored queue of bridge {name} purged: {data['purged']} messages dropped.",
+               data)
+
+
 async def cmd_bridges_start(ctx: Context, a: Args) -> None:
     await _bridge_action(ctx, a, "start")
 
@@ -1307,6 +1328,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
     ("bridges start <Name>", cmd_bridges_start, "Start (connect) a stopped bridge"),
     ("bridges stop <Name>", cmd_bridges_stop,
      "Stop a bridge (disconnect; its queued messages are kept)"),
+    ("bridges orphans", cmd_bridges_orphans,
+     "List the stored queues of bridges removed from the configuration (messages not sent)"),
+    ("bridges purge <Name>", cmd_bridges_purge,
+     "Drop the stored queue of a bridge removed from the configuration"),
     ("conf reload", cmd_conf_reload,
      "Re-read the configuration file (and environment) the node was started with; apply "
      "what can change live, list what needs a restart (a bad file changes nothing)"),

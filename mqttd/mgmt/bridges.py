@@ -1,13 +1,13 @@
-"""Bridges (``mqttd ctl bridges list|start|stop|status``): the node's bridge manager as
-management sees it. The manager lives a layer above (mqttd/bridge); the process layer hands
-it in, typed here by what management calls."""
+"""Bridges (``mqttd ctl bridges list|start|stop|status|orphans|purge``): the node's bridge
+manager as management sees it. The manager lives a layer above (mqttd/bridge); the process
+layer hands it in, typed here by what management calls."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import Failed, NotFound, Unavailable
+from .errors import Conflict, Failed, NotFound, Unavailable
 from .listing import Row
 
 if TYPE_CHECKING:
@@ -24,6 +24,8 @@ class BridgeControl(Protocol):
     def start(self, name: str) -> bool: ...
     def stop(self, name: str) -> bool: ...
     def reload(self, settings: Sequence[BridgeSettings]) -> Sequence[tuple[str, str]]: ...
+    def orphans(self) -> Sequence[dict[str, Any]]: ...
+    def purge(self, name: str) -> int: ...
 
 
 class Bridges:
@@ -60,3 +62,18 @@ class Bridges:
         if not self._manager().stop(name):
             raise Failed(f"bridge {name} is stopped already", "already_stopped")
         return {"name": name, "stopped": True}
+
+    def orphans(self) -> list[Row]:
+        """The stored queues of bridges no longer in the configuration: name, messages."""
+        return list(self._manager().orphans())
+
+    def purge(self, name: str) -> Row:
+        """Drop the stored queue of ``name``, a bridge no longer in the configuration."""
+        manager = self._manager()
+        try:
+            n = manager.purge(name)
+        except ValueError as err:  # (the manager's ConfiguredError: a layer above)
+            raise Conflict(str(err), "configured") from None
+        except LookupError:
+            raise NotFound("stored queue of a removed bridge", name) from None
+        return {"name": name, "purged": n}
