@@ -143,8 +143,8 @@ class _Protocol(asyncio.Protocol):
         bridge = self.bridge
         for packet in packets:
             bridge.on_packet(self, packet)
-        if self is bridge._proto:  # what the read's packets produced: one write
-            bridge.flush()
+        if self is bridge._proto:  # what the turn's reads produced (the window refilled
+            bridge._flush_soon()  # after every acknowledgement of the turn): one write
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.bridge.on_lost(self, exc)
