@@ -362,3 +362,35 @@ def test_sys_names_every_node_and_publishes_the_cluster_counters(
         assert time.monotonic() < deadline, got
         m = watch.expect_message()
         got[m.topic] = m.payload.decode()
+
+
+def test_one_client_or_session_on_another_node(
+        nodes: dict[str, BrokerProcess], api: HttpApi,
+        clients: Callable[..., Client]) -> None:
+    t = uid("one")
+    ids = spread(clients, nodes, t)
+    # HTTP: a client or a session is found (and acted on) on the node that holds it.
+    row = api.get(f"/api/v1/clients/{ids[C]}")
+    assert (row["clientid"], row["node"], row["connected"]) == (ids[C], C, True)
+    assert api.get(f"/api/v1/clients/{ids[A]}")["node"] == A
+    row = api.get(f"/api/v1/sessions/{ids[B]}")
+    assert (row["clientid"], row["node"], row["connected"]) == (ids[B], B, False)
+    r = api.call("GET", f"/api/v1/sessions/{ids[B]}?local=true")
+    assert r.status == 404 and r.json["code"] == "not_found"
+    r = api.call("GET", f"/api/v1/clients/{uid('nobody')}")
+    assert r.status == 404 and r.json["code"] == "not_found"
+    assert api.ok("DELETE", f"/api/v1/clients/{ids[C]}") == \
+        {"clientid": ids[C], "kicked": True, "node": C}
+    until("C to drop the kicked client", lambda: ids[C] not in {
+        r["clientid"] for r in js(nodes[C], "clients", "list", "--local")})
+    # ctl sessions clean: the session held offline on B, discarded from A.
+    r = ctl(nodes[A], "sessions", "clean", ids[B], "--local")
+    assert r.code == 1 and "not found" in r.err.lower()
+    assert js(nodes[A], "sessions", "clean", ids[B]) == \
+        {"clientid": ids[B], "cleaned": True, "node": B}
+    assert ids[B] not in {r["clientid"] for r in js(nodes[B], "sessions", "list", "--local")}
+    r = ctl(nodes[C], "sessions", "clean", ids[B])
+    assert r.code == 1 and "not found" in r.err.lower()
+    # HTTP DELETE /sessions: the same, for the one on A asked over HTTP with its node.
+    assert api.ok("DELETE", f"/api/v1/sessions/{ids[A]}") == \
+        {"clientid": ids[A], "cleaned": True, "node": A}

@@ -45,12 +45,12 @@ __all__ = ["CTL", "ClusterControl", "OPS"]
 #: + a node's start tag: where that node answers control requests.
 CTL = "mqttd.c.ctl."
 #: What a node answers: every client, one client, kick one, every route (or a topic's),
-#: every session (or of a kind), one session, every subscription, one client's; start a
-#: client or topic trace streamed to the asker, keep it going, stop it.
-OPS = ("clients", "client", "kick", "routes", "sessions", "session", "subscriptions",
-       "client_subscriptions", "trace", "trace_keep", "trace_stop")
+#: every session (or of a kind), one session, discard one, every subscription, one
+#: client's; start a client or topic trace streamed to the asker, keep it going, stop it.
+OPS = ("clients", "client", "kick", "routes", "sessions", "session", "session_clean",
+       "subscriptions", "client_subscriptions", "trace", "trace_keep", "trace_stop")
 #: Requests about one client id: asked first of the node the session registry names.
-OWNED = ("client", "kick", "session", "client_subscriptions")
+OWNED = ("client", "kick", "session", "session_clean", "client_subscriptions")
 #: A remote trace ends unless its asker says it still wants it this often (seconds)...
 TRACE_KEEP = 1.0
 #: ...within this many seconds (the asker's node died, or lost NATS).
@@ -117,6 +117,8 @@ class ClusterControl:
             return []
         if op == "session":
             return [self.sessions.get(str(arg))]
+        if op == "session_clean":
+            return [self.sessions.clean(str(arg))]
         if op == "client_subscriptions":
             session = registry.sessions.get(str(arg))
             return [] if session is None else subscription_rows([session])

@@ -315,10 +315,19 @@ async def cmd_sessions_show(ctx: Context, a: Args) -> None:
 
 async def cmd_sessions_clean(ctx: Context, a: Args) -> None:
     (client_id,) = a.pos
+    cluster = ctx.mgmt.cluster.active and not a.opts["local"]
     try:
         data = ctx.mgmt.sessions.clean(client_id)
+        if cluster:
+            data = dict(data, node=ctx.mgmt.node_name)
     except NotFound as err:
-        raise _not_found(err) from None
+        if not cluster:
+            raise _not_found(err) from None
+        # Not here: discarded on the node that holds it (one does, at most).
+        gathered = await ctx.mgmt.cluster.gather("session_clean", client_id)
+        if not gathered.rows:
+            raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
+        data = gathered.rows[0]
     ctx.result("ok", data)
 
 
@@ -1239,8 +1248,8 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
      "--local: of this node)"),
     ("sessions show <ClientId> [--local]", cmd_sessions_show,
      "Show a session (in a cluster: on whichever node holds it)"),
-    ("sessions clean <ClientId>", cmd_sessions_clean,
-     "Discard a session (kicking its client if connected)"),
+    ("sessions clean <ClientId> [--local]", cmd_sessions_clean,
+     "Discard a session (kicking its client if connected; in a cluster: on its node)"),
     # banned
     ("banned list", cmd_banned_list, "List banned client ids, user names and addresses"),
     ("banned add clientid|username|peerhost <Value> [--reason <Reason>] [--until <Time>] "

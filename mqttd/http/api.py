@@ -154,10 +154,10 @@ class Api:
                                    _key("clientid"), keep)
 
     async def client(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.mgmt.clients.get(request.match_info["clientid"]))
+        return await self._one(request, "client", self.mgmt.clients.get)
 
     async def kick(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.mgmt.clients.kick(request.match_info["clientid"]))
+        return await self._one(request, "kick", self.mgmt.clients.kick)
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -168,10 +168,10 @@ class Api:
                                    lambda: self.mgmt.sessions.all(kind), _key("clientid"))
 
     async def session(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.mgmt.sessions.get(request.match_info["clientid"]))
+        return await self._one(request, "session", self.mgmt.sessions.get)
 
     async def clean_session(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.mgmt.sessions.clean(request.match_info["clientid"]))
+        return await self._one(request, "session_clean", self.mgmt.sessions.clean)
 
     # --- subscriptions --------------------------------------------------------------------
 
@@ -219,7 +219,29 @@ class Api:
         return await self._listing(request, q, "routes", topic,
                                    lambda: self.mgmt.routes.lookup(topic), _key("topic"))
 
-    # --- listings of the whole cluster ------------------------------------------------------
+    # --- the whole cluster ---------------------------------------------------------------
+
+    async def _one(self, request: web.Request, op: str, here: Callable[[str], Row]
+                   ) -> web.StreamResponse:
+        """A client's or session's row (or what an action on it did): on this node, and in a
+        cluster (unless ``?local=true``) on the node that holds it, the row with its
+        ``node`` (``mqttd ctl clients show|kick``, ``sessions show|clean``)."""
+        client_id = request.match_info["clientid"]
+        local = request.query.get("local")
+        if local is not None and local.lower() not in ("", "true", "1", "false", "0"):
+            raise ApiError(400, "bad_request", f"local: true or false, not {local!r}")
+        cluster = self.mgmt.cluster.active and (local is None or local.lower() in ("false",
+                                                                                   "0"))
+        try:
+            row = here(client_id)
+        except NotFound as err:
+            if not cluster:
+                raise
+            gathered = await self.mgmt.cluster.gather(op, client_id)
+            if not gathered.rows:
+                raise ApiError(404, err.reason, err.message + _unasked(gathered)) from None
+            return json_response(gathered.rows[0])
+        return json_response(dict(row, node=self.mgmt.node_name) if cluster else row)
 
     async def _listing(self, request: web.Request, q: dict[str, str], op: str,
                        arg: str | None, make: Callable[[], Listing[Any]],
@@ -553,9 +575,11 @@ ROUTES: list[Route] = [
           "user name, peer host or host:port, listener)", "clients list",
           query=(*PAGING, *SCOPE, "clientid_prefix", "username", "peer", "listener"),
           listing=True),
-    Route("GET", "/clients/{clientid}", Api.client, "One client", "clients show <ClientId>"),
+    Route("GET", "/clients/{clientid}", Api.client, "One client", "clients show <ClientId>",
+          query=("local",)),
     Route("DELETE", "/clients/{clientid}", Api.kick,
-          "Kick a client (MQTT 5: DISCONNECT 0x98)", "clients kick <ClientId>"),
+          "Kick a client (MQTT 5: DISCONNECT 0x98)", "clients kick <ClientId>",
+          query=("local",)),
     Route("GET", "/clients/{clientid}/subscriptions", Api.client_subscriptions,
           "A client's subscriptions", "subscriptions show <ClientId>",
           query=(*PAGING, *SCOPE), listing=True),
@@ -569,9 +593,10 @@ ROUTES: list[Route] = [
           "sessions list [persistent|transient]", query=(*PAGING, *SCOPE, "kind"),
           listing=True),
     Route("GET", "/sessions/{clientid}", Api.session, "One session",
-          "sessions show <ClientId>"),
+          "sessions show <ClientId>", query=("local",)),
     Route("DELETE", "/sessions/{clientid}", Api.clean_session,
-          "Discard a session (kicking its client)", "sessions clean <ClientId>"),
+          "Discard a session (kicking its client)", "sessions clean <ClientId>",
+          query=("local",)),
     Route("GET", "/subscriptions", Api.subscriptions, "Every subscription (or a client's)",
           "subscriptions list", query=(*PAGING, *SCOPE, "clientid"), listing=True),
     Route("GET", "/routes", Api.routes, "The routing table", "routes list",
