@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from support import WAIT
 from support.clients import Client
-from support.process import BrokerProcess, run_mqttd, wait_log
+from support.process import MQTTD, BrokerProcess, run_mqttd, wait_log
 
 from mqttd.cli.ctl import main as ctl_main
 
@@ -266,3 +267,42 @@ def test_log_lines_name_their_worker_and_sighup_reaches_each(workers: BrokerProc
     assert "SIGHUP received: passed to the workers" in after
     for i in (1, 2):
         assert re.search(rf"\[{re.escape(node)}-w{i}\] [.\w]+: SIGHUP received", after), after
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def test_sighup_reopens_every_workers_log_file_after_a_rotation() -> None:
+    """Each worker's own log file (a relative --log-file is in its data directory), moved
+    away as logrotate does: after SIGHUP to the supervisor every worker writes a new one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        out = open(Path(tmp) / "out.log", "wb")  # noqa: SIM115 (closed below)
+        proc = subprocess.Popen(
+            [*MQTTD, "start", "--workers", "2", "--port", "0", "--data-dir", str(data),
+             "--log-file", "node.log"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            until("the workers ready", lambda: "workers ready" in _read(data / "node.log"))
+            files = [data / f"w{i}" / "node.log" for i in (1, 2)]
+            for f in files:
+                assert "control socket" in _read(f), _read(f)
+                f.rename(f.with_suffix(".log.1"))
+            os.kill(proc.pid, signal.SIGHUP)
+            for f in files:
+                until(f"{f} written again", lambda f=f: "SIGHUP received: log file reopened"
+                      in _read(f))
+                assert "SIGHUP received: log file reopened" not in _read(f.with_suffix(".log.1"))
+            assert "SIGHUP received: passed to the workers" in _read(data / "node.log")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(40) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+        for f in [data / "node.log", *files]:
+            assert "Traceback" not in _read(f), _read(f)
