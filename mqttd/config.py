@@ -512,6 +512,8 @@ class ClusterSettings:
     sessions_bucket: str = "mqttd_sessions"
     #: Seconds a cluster-wide ``mqttd ctl`` command waits for the other nodes' answers.
     ctl_timeout: float = 2.0
+    #: Seconds a node waits for another node to hand over a session a CONNECT resumes.
+    handover_timeout: float = 5.0
 
 
 @dataclass(slots=True)
@@ -887,6 +889,9 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
             errors.append("cluster.heartbeat_misses: must be at least 1")
         if not 0 < cluster.ctl_timeout <= 60:
             errors.append("cluster.ctl_timeout: must be more than 0 and at most 60 seconds")
+        if not 0 < cluster.handover_timeout <= 60:
+            errors.append("cluster.handover_timeout: must be more than 0 and at most 60 "
+                          "seconds")
         for key in ("retained_bucket", "sessions_bucket"):
             bucket = getattr(cluster, key)
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", bucket):

@@ -33,6 +33,7 @@ from ..config import ClusterSettings
 from ..core.dispatch import Dispatcher
 from ..core.message import Message
 from ..core.registry import Registry
+from ..core.services import ClientInfo
 from ..hooks import Hooks
 from ..metrics import (
     CLUSTER_DROPPED,
@@ -156,7 +157,8 @@ class Cluster:
         self.sessions: SessionRegistry | None = None
         if registry is not None and hooks is not None:
             self.sessions = SessionRegistry(settings.sessions_bucket, node_name, self.node_id,
-                                            registry, publish)
+                                            registry, publish, settings.handover_timeout)
+            self.sessions.members = self.members
             hooks.add("client.connected", self.sessions.connected)
             hooks.add("client.disconnected", self.sessions.disconnected)
             hooks.add("session.terminated", self.sessions.ended)
@@ -274,6 +276,11 @@ class Cluster:
         self._ops.append(("pub", subject, data))
         self._wake.set()
         return shared
+
+    def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
+        """Before a CONNECT's session opens (:meth:`SessionRegistry.prepare`)."""
+        sessions = self.sessions
+        return 0 if sessions is None else sessions.prepare(info, done)
 
     def interest(self, topic: str) -> int:
         """The nodes known to want ``topic`` (this one counted when one of its shared
@@ -633,7 +640,11 @@ class Cluster:
                 f"not in use: {reg.error}" if reg.error else "-",
                 "sessions_claimed": reg.claimed, "sessions_displaced": reg.displaced,
                 "sessions_taken_over": reg.taken_over, "session_claims_failed": reg.failed,
-                "wills_kept": reg.wills_kept, "wills_of_dead_nodes": reg.wills_published}
+                "wills_kept": reg.wills_kept, "wills_of_dead_nodes": reg.wills_published,
+                "persistent_sessions": "accepted" if reg.usable else
+                "refused (0x88): the session registry cannot be reached",
+                "persistent_refused": reg.refused, "sessions_handed_out": reg.handed_out,
+                "sessions_handed_in": reg.handed_in, "handovers_failed": reg.handover_failed}
 
     def nodes(self) -> list[dict[str, Any]]:
         """This node and every node seen since it joined, up or down."""

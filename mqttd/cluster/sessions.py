@@ -44,15 +44,23 @@ from ..core.registry import Registry
 from ..core.services import ClientInfo
 from ..core.session import Session
 from ..mqtt.reasons import ReasonCode as RC
+from ..store.journal import Journal
+from ..store.restore import _resolve_shares
+from .handover import parts, session_from
+from .membership import Membership
 from .retained import key_topic, topic_key
 from .wire import props_in, props_out
 
 log = logging.getLogger("mqttd.cluster")
 
-__all__ = ["TAKEOVER", "SessionRegistry"]
+__all__ = ["HANDOVER", "TAKEOVER", "SessionRegistry"]
 
 #: + the owning node's id: "a claim of mine displaced yours".
 TAKEOVER = "mqttd.c.takeover."
+
+#: + the owning node's id: "hand me the session of this client id" (answered in parts on
+#: the request's reply subject), then "I have it (committed): drop yours".
+HANDOVER = "mqttd.c.handover."
 
 #: The bucket's keys of wills: this prefix + the client id's key.
 WILL = "will."
@@ -66,8 +74,26 @@ class SessionRegistry:
     """This node's side of the cluster's session registry."""
 
     def __init__(self, bucket: str, node_name: str, node_id: str, registry: Registry,
-                 publish: Callable[[Message], object] | None = None) -> None:
+                 publish: Callable[[Message], object] | None = None,
+                 handover_timeout: float = 5.0) -> None:
         self.bucket = bucket
+        #: The other nodes as this node sees them (set by the cluster): a session is asked
+        #: for only from a node that is up.
+        self.members: Membership | None = None
+        self.handover_timeout = handover_timeout
+        #: client id -> (session handed out, waiting for the other node's confirmation;
+        #: the timer that takes it back without one).
+        self._handing: dict[str, tuple[Session, asyncio.TimerHandle]] = {}
+        self._fetches: set[asyncio.Task[None]] = set()
+        #: Counters: sessions handed over to other nodes, taken from them, hand-overs that
+        #: did not complete, persistent-session CONNECTs refused (0x88) for want of NATS.
+        self.handed_out = 0
+        self.handed_in = 0
+        self.handover_failed = 0
+        self.refused = 0
+        self._refusing = False
+        #: (node id, client id) -> timer of a dead node's client's delayed will.
+        self._delayed: dict[tuple[str, str], asyncio.TimerHandle] = {}
         #: Publishes a dead node's client's will as this node's own (the broker's).
         self.publish = publish
         #: client id -> revision of the will this node keeps in the bucket for it.
@@ -125,6 +151,160 @@ class SessionRegistry:
         if self._task is not None and (cid in self._claims or cid in self._pending):
             self._push("release", cid, 0.0)
 
+    # --- hand-over (docs/CLUSTER.md, "Session hand-over") -------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """The registry can be written: joined, the bucket open, NATS connected."""
+        return self.kv is not None and self.nc is not None and self.nc.is_connected
+
+    def prepare(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
+        """Before a CONNECT's session opens (the broker's ``prepare_session``): a clean
+        session goes on at once; a persistent one is refused (0x88) while it cannot be
+        registered; one that resumes (clean start 0) is first asked from the node the
+        registry names, CONNACK waiting (None, then ``done``)."""
+        if info.clean_start and info.expiry_interval == 0:
+            return 0
+        if not self.usable:
+            self.refused += 1
+            if not self._refusing:
+                self._refusing = True
+                log.warning("cluster: refusing persistent-session CONNECTs (0x88 Server "
+                            "unavailable) while the session registry cannot be reached "
+                            "(%s); clean sessions are served",
+                            self.error or "not connected to NATS")
+            return int(RC.SERVER_UNAVAILABLE)
+        if self._refusing:
+            self._refusing = False
+            log.info("cluster: persistent-session CONNECTs are accepted again")
+        if info.clean_start:
+            return 0  # a new session: the claim ends any other node's (takeover)
+        task = asyncio.get_running_loop().create_task(self._fetch(info.client_id, done))
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+        return None
+
+    async def _fetch(self, cid: str, done: Callable[[int], None]) -> None:
+        try:
+            await asyncio.wait_for(self._take(cid), 2 * self.handover_timeout + 1)
+        except Exception as err:  # noqa: BLE001 - the CONNECT goes on with a new session
+            self.handover_failed += 1
+            log.warning("cluster: the session of client %s was not handed over (%s): it "
+                        "starts anew here", cid, err or type(err).__name__)
+        finally:
+            done(0)
+
+    async def _take(self, cid: str) -> None:
+        kv, nc = self.kv, self.nc
+        if kv is None or nc is None:
+            return
+        try:
+            entry = await kv.get(topic_key(cid))
+        except KeyNotFoundError:
+            return
+        owner = json.loads(entry.value or b"{}")
+        owner_id, owner_name = str(owner.get("id") or ""), str(owner.get("node"))
+        if not owner_id or owner_id == self.node_id:
+            return  # nobody else's
+        members = self.members
+        if members is None or not any(p.id == owner_id for p in members.up()):
+            log.info("cluster: client %s had a session on node %s, which is down: a new "
+                     "session here (that node keeps its copy)", cid, owner_name)
+            return
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        received: list[dict[str, Any]] = []
+        try:
+            await nc.publish(HANDOVER + owner_id, json.dumps(
+                {"client": cid, "node": self.node_name, "id": self.node_id},
+                separators=(",", ":")).encode(), reply=inbox)
+            deadline = time.monotonic() + self.handover_timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"node {owner_name} did not answer within "
+                                       f"{self.handover_timeout:g} s")
+                try:
+                    m = await sub.next_msg(timeout=left)
+                except Exception as err:  # nats-py's own timeout error
+                    raise TimeoutError(f"node {owner_name} did not answer within "
+                                       f"{self.handover_timeout:g} s") from err
+                part = json.loads(m.data)
+                if part.get("none"):
+                    return  # it has no session to hand over
+                received.append(part)
+                if part.get("end"):
+                    break
+        finally:
+            await sub.unsubscribe()
+        session, subs, shares, unreadable = session_from(received)
+        registry = self.registry
+        registry.install(session, subs)
+        if shares:
+            _resolve_shares(registry, {session: shares})
+        store = registry.store
+        # Committed here before the other node lets its copy go: a crash of this node
+        # after the confirmation restores it from this node's store.
+        if isinstance(store, Journal) and not await store.flush(self.handover_timeout):
+            raise TimeoutError("not committed to this node's store in time (the other "
+                               "node keeps its copy)")
+        await nc.request(HANDOVER + owner_id, json.dumps(
+            {"client": cid, "node": self.node_name, "id": self.node_id, "done": True},
+            separators=(",", ":")).encode(), timeout=self.handover_timeout)
+        self.handed_in += 1
+        log.info("cluster: session of client %s handed over from node %s (%d subscriptions, "
+                 "%d in flight, %d queued, %d awaiting PUBREL%s)", cid, owner_name,
+                 len(subs), len(session.inflight), len(session.mqueue),
+                 len(session.awaiting_rel),
+                 f"; {unreadable} unreadable messages skipped" if unreadable else "")
+
+    async def _handover_asked(self, m: Msg) -> None:
+        """Another node asks for a session (or confirms it has taken it)."""
+        try:
+            data = json.loads(m.data)
+            cid, node = str(data["client"]), str(data["node"])
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("cluster: a hand-over request is not an mqttd node's: %s", err)
+            return
+        if data.get("done"):
+            handing = self._handing.pop(cid, None)
+            if handing is not None:
+                session, timer = handing
+                timer.cancel()
+                self._claims.pop(cid, None)
+                self.registry.handed_over(session)
+                self.handed_out += 1
+                log.info("cluster: session of client %s handed over to node %s", cid, node)
+            await m.respond(b'{"ok":true}')
+            return
+        registry = self.registry
+        channel = registry.channels.get(cid)
+        if channel is not None:
+            # The session goes on elsewhere: as on one node, a taken-over connection's will
+            # is not sent when the session survives the takeover.
+            channel.will = None
+            registry.kick(cid, RC.SESSION_TAKEN_OVER, f"session taken over by node {node}")
+            self.taken_over += 1
+        handed = registry.hand_off(cid)
+        if handed is None:
+            await m.respond(b'{"none":true}')
+            return
+        timer = asyncio.get_running_loop().call_later(
+            2 * self.handover_timeout + 2, self._take_back, cid, node)
+        self._handing[cid] = (handed, timer)
+        for part in parts(handed):
+            await m.respond(part)
+
+    def _take_back(self, cid: str, node: str) -> None:
+        handing = self._handing.pop(cid, None)
+        if handing is None:
+            return
+        self.handover_failed += 1
+        kept = self.registry.take_back(handing[0])
+        log.warning("cluster: node %s did not confirm taking the session of client %s: "
+                    "%s", node, cid, "it stays here (offline)" if kept
+                    else "a newer session here replaces it")
+
     def _push(self, kind: str, cid: str, at: float) -> None:
         self._work.append((kind, cid, at))
         self._wake.set()
@@ -141,12 +321,21 @@ class SessionRegistry:
             kv = await js.create_key_value(bucket=self.bucket, history=1)
         self.kv, self.nc = kv, nc
         await nc.subscribe(TAKEOVER + self.node_id, cb=self._takeover)
+        await nc.subscribe(HANDOVER + self.node_id, cb=self._handover_asked)
         # What connected before the node joined: claimed unless another node holds it.
         self._work = [("adopt", cid, 0.0) for cid in self.registry.sessions]
         self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        for timer in self._delayed.values():
+            timer.cancel()
+        self._delayed.clear()
+        # Sessions handed out but not confirmed stay in this node's store (restored at the
+        # next start); their timers go with the node.
+        for _session, timer in self._handing.values():
+            timer.cancel()
+        self._handing.clear()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -277,6 +466,13 @@ class SessionRegistry:
         data: dict[str, Any] = {"id": self.node_id, "node": self.node_name, "topic": will.topic,
                                 "payload": base64.b64encode(will.payload).decode(),
                                 "qos": will.qos, "retain": will.retain}
+        # When a survivor publishes it (this node dead): after the Will Delay Interval, or
+        # when the session would end, whichever is first; at once without a session after.
+        session = self.registry.sessions.get(cid)
+        expiry = session.expiry_interval if session is not None else 0
+        delay = min(channel.will_delay, expiry) if channel is not None and expiry else 0
+        if delay:
+            data["delay"] = delay
         if will.properties:
             data["props"] = props_out(dict(will.properties), None)
         self._wills[cid] = await kv.put(
@@ -312,20 +508,69 @@ class SessionRegistry:
                 data = json.loads(entry.value or b"{}")
                 if data.get("id") != node_id:
                     continue
+                delay = float(data.get("delay") or 0)
+                if delay > 0:
+                    # A delayed will: published after its delay (counted from now), unless
+                    # the client connects again meanwhile [MQTT-3.1.3-9].
+                    if (node_id, key) not in self._delayed:
+                        self._delayed[(node_id, key)] = \
+                            asyncio.get_running_loop().call_later(
+                                delay, self._delayed_will, node_id, key)
+                    continue
                 await kv.delete(key, last=entry.revision)  # the one survivor that wins
             except (KeyNotFoundError, KeyWrongLastSequenceError):
                 continue  # gone, or another survivor took it
             except Exception as err:  # noqa: BLE001 - one will, not the others
                 log.warning("cluster: a will of node %s not read: %s", node_id, err)
                 continue
-            props = props_in(data["props"]) if data.get("props") else None
-            will = Message(str(data["topic"]), base64.b64decode(data["payload"]),
-                           int(data["qos"]), bool(data["retain"]), props,
-                           key_topic(key[len(WILL):]))
-            self.wills_published += 1
-            log.info("cluster: published the will of client %s of node %s, which is down",
-                     will.sender, data.get("node"))
-            self.publish(will)
+            self._publish_will(key, data)
+
+    def _publish_will(self, key: str, data: dict[str, Any]) -> None:
+        if self.publish is None:
+            return
+        props = props_in(data["props"]) if data.get("props") else None
+        will = Message(str(data["topic"]), base64.b64decode(data["payload"]),
+                       int(data["qos"]), bool(data["retain"]), props,
+                       key_topic(key[len(WILL):]))
+        self.wills_published += 1
+        log.info("cluster: published the will of client %s of node %s, which is down",
+                 will.sender, data.get("node"))
+        self.publish(will)
+
+    def _delayed_will(self, node_id: str, key: str) -> None:
+        self._delayed.pop((node_id, key), None)
+        task = asyncio.get_running_loop().create_task(self._send_delayed(node_id, key))
+        self._down_tasks.add(task)
+        task.add_done_callback(self._down_tasks.discard)
+
+    async def _send_delayed(self, node_id: str, key: str) -> None:
+        """A dead node's client's will whose delay has passed: published unless the client
+        has connected again since (the registry names another node for it, or a newer
+        connection replaced the will), by the one survivor whose delete wins."""
+        kv = self.kv
+        if kv is None:
+            return
+        cid = key_topic(key[len(WILL):])
+        try:
+            entry = await kv.get(key)
+            data = json.loads(entry.value or b"{}")
+            if data.get("id") != node_id:
+                return  # a newer connection's will: its node's business
+            await kv.delete(key, last=entry.revision)  # the one survivor that wins
+            try:
+                owner = json.loads((await kv.get(topic_key(cid))).value or b"{}")
+            except KeyNotFoundError:
+                owner = {}
+            if owner.get("id") not in (None, node_id) or cid in self.registry.channels:
+                log.info("cluster: the delayed will of client %s of node %s is not sent: "
+                         "the client connected again", cid, data.get("node"))
+                return
+        except (KeyNotFoundError, KeyWrongLastSequenceError):
+            return  # gone, or another survivor took it
+        except Exception as err:  # noqa: BLE001 - one will, not the others
+            log.warning("cluster: a delayed will of node %s not read: %s", node_id, err)
+            return
+        self._publish_will(key, data)
 
     async def _takeover(self, m: Msg) -> None:
         try:

@@ -322,6 +322,12 @@ class Broker:
         return self.registry.open_session(owner, zone, clean_start, expiry,
                                           max_inflight=max_inflight)
 
+    def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
+        cluster = self.cluster
+        if cluster is None:
+            return 0
+        return cluster.prepare_session(info, done)
+
     def close_session(self, owner: SessionOwner) -> None:
         self.registry.detach(owner)
         authorizer = self.authorizer

@@ -311,6 +311,12 @@ class ChannelServices(Protocol):
         """The owner's connection ended: its will and its session's expiry start."""
         ...
 
+    def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
+        """Before the session opens: 0 to go on, a CONNACK reason code to refuse, or None
+        and ``done(code)`` later on the loop (a cluster fetches the session from the node
+        that holds it)."""
+        ...
+
 _PINGRESP = encode(Pingresp(), 4)
 
 # MQTT 5 CONNACK reason -> the nearest 3.1/3.1.1 return code (None: close without CONNACK).
@@ -932,7 +938,6 @@ class Channel:
             self.client_id = identity
             self._clientinfo = None
         client_id = self.client_id
-        hooks = self.hooks
         will = p.will
         if will is not None:
             if will.qos > zone.max_qos_allowed:
@@ -972,6 +977,7 @@ class Channel:
                                     "keepalive %d is above max_keepalive" % keepalive)
             expiry = 0 if p.clean_start else zone.session_expiry_interval
             client_rm = 65535
+            client_max_packet = 0
         if expiry > zone.max_session_expiry_interval:
             expiry = zone.max_session_expiry_interval
             if version == 5:
@@ -987,6 +993,47 @@ class Channel:
         deliver_check = self.services.delivery_check(info)
         if self.will is not None and deliver_check is not None:
             self._check_will()
+        # A session elsewhere in a cluster is fetched first (or a persistent session that
+        # cannot be registered is refused): the CONNACK waits, as for authentication.
+        opened = partial(self._open_session, p, expiry, client_rm, client_max_packet,
+                         ack_props, info, deliver_check, assigned, auth_data)
+        code = self.services.prepare_session(info, partial(self._prepared, opened))
+        if code is None:
+            self.state = AUTHENTICATING
+            self._held = []
+            return None
+        if code:
+            return self._refuse(code, "server unavailable", "its session cannot be "
+                                "registered in the cluster (NATS unreachable)")
+        opened()
+
+    def _prepared(self, opened: Callable[[], None], code: int) -> None:
+        """The cluster has the session ready (``code`` 0) or refuses it: go on with the
+        CONNECT, then apply what the client sent meanwhile."""
+        if self.closing or self.state != AUTHENTICATING:
+            return  # the connection ended meanwhile
+        self.state = IDLE
+        held, self._held = self._held or [], None
+        if code:
+            self._refuse(code, "server unavailable", "its session cannot be registered "
+                         "in the cluster (NATS unreachable)")
+        else:
+            opened()
+        for packet in held:
+            if self.closing:
+                break
+            self.handle_in(packet)
+        if (self.out or self.closing) and self.wakeup is not None:
+            self.wakeup()
+
+    def _open_session(self, p: Connect, expiry: int, client_rm: int,
+                      client_max_packet: int, ack_props: Properties, info: ClientInfo,
+                      deliver_check: Callable[[ClientInfo, str, str], int] | None,
+                      assigned: str | None, auth_data: bytes | None) -> None:
+        """The end of CONNECT: open the session, CONNACK, resume."""
+        zone = self.zone
+        version = self.version
+        hooks = self.hooks
         session, present = self.services.open_session(
             self, zone, p.clean_start, expiry,
             max_inflight=min(client_rm, zone.max_inflight or 65535))

@@ -35,6 +35,7 @@ from ..metrics import (
 )
 from ..mqtt.packets import SubOpts
 from ..mqtt.reasons import ReasonCode as RC
+from ..mqtt.topics import parse_shared
 from ..stats import Stats
 from .dispatch import Dispatcher
 from .message import Message
@@ -276,6 +277,78 @@ class Registry:
             self._event(SESSION_DISCARDED, "session.discarded", session)
         else:  # "terminated", "expired", ...: the reason is part of the hook's arguments
             self._event(SESSION_TERMINATED, "session.terminated", session, why)
+
+    # --- hand-over between cluster nodes (docs/CLUSTER.md, "Session hand-over") ---------
+
+    def hand_off(self, client_id: str) -> Session | None:
+        """Take an offline session out of service for another node: no longer routed to,
+        no timers, its will (waiting out its delay) not sent (a new connection to the
+        session is on its way [MQTT-3.1.3-9]); its stored rows stay until ``handed_over``
+        (or it comes back with ``take_back``). None if there is none to hand over."""
+        session = self.sessions.get(client_id)
+        if session is None or session.channel is not None or session.expiry_interval == 0:
+            return None
+        self._cancel_expiry(session)
+        self._cancel_will(client_id)
+        del self.sessions[client_id]
+        # Out of the routes only: its subscriptions (and their stored rows) stay with it.
+        router = self.dispatcher.router
+        for topic_filter in session.subscriptions:
+            share = parse_shared(topic_filter)
+            if share is not None:
+                router.remove(share[1], share[0], True, session)
+            else:
+                router.remove(topic_filter, None, False, session)
+        return session
+
+    def handed_over(self, session: Session) -> None:
+        """The other node has the session (committed): this node's copy goes, without a
+        will and without handing its messages to shared groups (the other node has them)."""
+        store = session.store
+        if store is not None:
+            store.delete_session(session.client_id)
+            self._unstore(session)
+        session.clear()
+        self._event(SESSION_TAKEOVERED, "session.takeovered", session)
+
+    def take_back(self, session: Session) -> bool:
+        """A hand-over that did not complete: the session is this node's again, offline
+        (False if the client id has a session here again meanwhile: then that one stays
+        and this one ends)."""
+        cid = session.client_id
+        if cid in self.sessions:
+            self.discard(session, "discarded")
+            return False
+        subscriptions = [(f, opts, subid) for f, (opts, subid) in session.subscriptions.items()]
+        self.install(session, subscriptions, stored=True)
+        return True
+
+    def install(self, session: Session, subscriptions: list[tuple[str, SubOpts, int]],
+                stored: bool = False) -> None:
+        """An offline session from elsewhere (another node's hand-over) becomes this node's:
+        routed to, written to the store (unless ``stored``: its rows are there already),
+        its expiry running until a connection resumes it. A session this node held for the
+        client id is replaced (discarded)."""
+        cid = session.client_id
+        old = self.sessions.get(cid)
+        if old is not None and old is not session:
+            self.kick(cid, RC.SESSION_TAKEN_OVER, "session taken over")
+            old = self.sessions.get(cid)
+            if old is not None:
+                self.discard(old, "discarded")
+        if self._sweep_handle is None:
+            self._start_sweep()
+        self.sessions[cid] = session
+        for topic_filter, opts, subid in subscriptions:
+            self.dispatcher.subscribe(session, topic_filter, opts, subid)
+        store = self.store
+        if store is not None and not stored:
+            self._make_durable(session, store)
+            store.save_session(cid, session.expiry_interval, session.created_at, time.time(),
+                               None, 0, session.zone)
+        if session.expiry_interval != NEVER:
+            session.expire_handle = self.timers.call_later(session.expiry_interval,
+                                                           self._expire, session)
 
     def restore(self, restored: list[tuple[Session, list[tuple[str, SubOpts, int]],
                                            Message | None, int, float]]) -> None:

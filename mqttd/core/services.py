@@ -351,3 +351,8 @@ class ClusterLink(Protocol):
 
     def interest(self, topic: str) -> int:
         """The nodes known to have a subscriber matching ``topic`` (0: none known)."""
+
+    def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
+        """Before a CONNECT's session opens: 0 to go on, a CONNACK reason code to refuse
+        (0x88: a persistent session this node cannot register), or None and ``done(code)``
+        later (the session is being handed over from another node)."""
