@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,9 +23,9 @@ from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
 from support.raw import RawClient
 
-from mqttd.mqtt.packets import Connack, Disconnect, Puback, Pubcomp, Publish, Pubrec, Pubrel, Suback
+from mqttd.mqtt.packets import Connack, Disconnect, Pubcomp, Publish, Pubrec, Pubrel, Suback
 
-A, B_, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
+A, B_ = "a@127.0.0.1", "b@127.0.0.1"
 
 PERSISTENT = B.props(("session_expiry_interval", 3600))
 
@@ -76,7 +77,6 @@ def client(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
 
 
 def until(what: str, check: Callable[[], bool]) -> None:
-    import time
     deadline = time.monotonic() + 2 * WAIT
     while not check():
         if time.monotonic() > deadline:

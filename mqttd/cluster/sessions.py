@@ -8,7 +8,12 @@ it read does not replace it: its own connection is the one taken over. So the ne
 CONNECT wins (by the nodes' clocks), whatever order the claims reach the bucket in. A node
 that displaces another tells it on ``mqttd.c.takeover.<its id>`` with the revision of the
 new claim; the old node closes its connection for that client with DISCONNECT 0x8E (Session
-taken over) and ends its session there (its will goes as for any ended session). A node
+taken over) and ends any session it still holds there (its will goes as for any ended
+session). A CONNECT that resumes a session (clean start 0) has it handed over first: the
+new node asks the owner on ``mqttd.c.handover.<its id>`` before its CONNACK, installs what
+it gets, commits it to its store and confirms; only then does the old node drop its copy
+(docs/CLUSTER.md, "Session hand-over"). A persistent session is refused (0x88) while the
+bucket cannot be written. A node
 ignores a takeover older than its own latest claim, and any while a claim of its own for
 that client is still on its way (that claim is the newer CONNECT and is compared in turn).
 A session that ends on its owner deletes the key (compare-and-set again: only if it is
@@ -252,6 +257,10 @@ class SessionRegistry:
             {"client": cid, "node": self.node_name, "id": self.node_id, "done": True},
             separators=(",", ":")).encode(), timeout=self.handover_timeout)
         self.handed_in += 1
+        # Claimed now, not only at the CONNACK: should the client leave before it, the
+        # registry must still name the node that holds its session.
+        self._pending[cid] = self._pending.get(cid, 0) + 1
+        self._push("claim", cid, time.time())
         log.info("cluster: session of client %s handed over from node %s (%d subscriptions, "
                  "%d in flight, %d queued, %d awaiting PUBREL%s)", cid, owner_name,
                  len(subs), len(session.inflight), len(session.mqueue),
