@@ -85,7 +85,7 @@ def until(what: str, check: Callable[[], bool]) -> None:
 
 
 def has_session(node: BrokerProcess, cid: str) -> bool:
-    return ctl(node, "sessions", "show", cid).code == 0
+    return ctl(node, "sessions", "show", cid, "--local").code == 0
 
 
 def status(node: BrokerProcess) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def test_takeover_hands_over_in_flight_and_queued_messages(
         assert [(m.payload, m.qos, m.dup) for m in (m1, m2, m3)] == [
             (b"m1", 1, False), (b"m2", 2, False), (b"m3", 2, False)]
         until("A to hold two queued messages", lambda: json.loads(ctl(
-            nodes[A], "--json", "sessions", "show", cid).out)["mqueue_len"] == 2)
+            nodes[A], "--json", "sessions", "show", cid, "--local").out)["mqueue_len"] == 2)
 
         new = RawClient(nodes[B_], version=5)
         try:
@@ -162,7 +162,7 @@ def test_takeover_hands_over_in_flight_and_queued_messages(
             new.send(B.puback(r6.packet_id))
             assert new.sync().packets == ()
             until("A to drop its copy", lambda: not has_session(nodes[A], cid))
-            shown = json.loads(ctl(nodes[B_], "--json", "sessions", "show", cid).out)
+            shown = json.loads(ctl(nodes[B_], "--json", "sessions", "show", cid, "--local").out)
             assert (shown["inflight"], shown["mqueue_len"], shown["awaiting_rel"]) == (0, 0, 0)
             assert status(nodes[B_])["sessions_handed_in"] == before + 1
             wait_log(nodes[A], f"cluster: session of client {cid} handed over to node {B_}")

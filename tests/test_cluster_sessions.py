@@ -83,7 +83,7 @@ def connected_on(node: BrokerProcess, cid: str) -> bool:
 
 
 def has_session(node: BrokerProcess, cid: str) -> bool:
-    return ctl(node, "sessions", "show", cid).code == 0
+    return ctl(node, "sessions", "show", cid, "--local").code == 0
 
 
 def alive(c: Client) -> bool:
