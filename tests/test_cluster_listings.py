@@ -394,3 +394,36 @@ def test_one_client_or_session_on_another_node(
     # HTTP DELETE /sessions: the same, for the one on A asked over HTTP with its node.
     assert api.ok("DELETE", f"/api/v1/sessions/{ids[A]}") == \
         {"clientid": ids[A], "cleaned": True, "node": A}
+
+
+def test_http_live_trace_streams_from_every_node(
+        nodes: dict[str, BrokerProcess], api: HttpApi,
+        clients: Callable[..., Client]) -> None:
+    t = uid("sse")
+    events = api.events("/api/v1/trace/topics/" + quote(f"{t}/#", safe="") + "/stream")
+    try:
+        start = events.until("start")
+        assert {n["node"]: n["answered"] for n in start["nodes"]} == {A: True, B: True, C: True}
+        assert len(topic_traces(nodes[C], f"{t}/#")) == 1
+        for name in (B, A):
+            clients(nodes[name], uid("p")).publish(f"{t}/from-{name}", b"x", qos=1)
+            ev = events.until("trace", lambda e, name=name: e["topic"] == f"{t}/from-{name}")
+            assert ev["node"] == name
+        # One node's part stopped there: said, and the others go on.
+        assert js(nodes[C], "trace", "stop", "topic", f"{t}/#")["stopped"] == 1
+        assert events.until("node_end")["node"] == C
+        clients(nodes[B], uid("p")).publish(f"{t}/again", b"y", qos=0)
+        assert events.until("trace", lambda e: e["topic"] == f"{t}/again")["node"] == B
+    finally:
+        events.close()
+    for node in nodes.values():  # the reader gone: ended on every node
+        until("the stream's trace to end everywhere",
+              lambda n=node: not topic_traces(n, f"{t}/#"))
+    # A client trace, ?local=true: this node only, no nodes in start.
+    cid = uid("ssec")
+    local = api.events(f"/api/v1/trace/clients/{cid}/stream?local=true")
+    try:
+        assert "nodes" not in local.until("start")
+        assert not [x for x in js(nodes[B], "trace", "list") if x["target"] == cid]
+    finally:
+        local.close()

@@ -31,7 +31,7 @@ from .respond import (
     listing_response,
     query_params,
 )
-from .trace import EventStream, TraceFiles, sse
+from .trace import EventStream, NodeStream, TraceFiles, sse
 
 if TYPE_CHECKING:
     from ..mgmt.api import Management
@@ -439,8 +439,11 @@ class Api:
 
     async def _trace_stream(self, request: web.Request, kind: str, target: str
                             ) -> web.StreamResponse:
-        """A live trace as server-sent events (``mqttd ctl trace client|topic``)."""
-        q = query_params(request, ("payload_limit",))
+        """A live trace as server-sent events (``mqttd ctl trace client|topic``); in a
+        cluster (unless ``?local=true``) on every node up, each event with its ``node``."""
+        q = query_params(request, ("payload_limit", "local"))
+        cluster = _scope({"local": q["local"]} if "local" in q else {},
+                         self.mgmt.cluster.active) is not False
         limit = None
         if "payload_limit" in q:
             try:
@@ -457,18 +460,34 @@ class Api:
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         peer = traces.client_peer(target) if kind == "clientid" else None
-        trace = traces.start(kind, target, stream, limit)
+        me = self.mgmt.node_name
+        start: dict[str, Any] = {"type": kind, "target": target, "connected": peer}
+        remote = None
+        if cluster:
+            trace = traces.start(kind, target, NodeStream(stream, me), limit)
+
+            def write(node: str, line: str, event: dict[str, Any]) -> None:
+                stream.write(line, dict(event, node=node))
+
+            def ended(node: str, reason: str | None) -> None:
+                stream.note("node_end", {"node": node, "reason": reason or "trace ended"})
+
+            remote = await self.mgmt.cluster.trace(target, limit, True, write, ended, kind)
+            start["nodes"] = [{"node": me, "answered": True, "reason": ""}, *remote.nodes]
+        else:
+            trace = traces.start(kind, target, stream, limit)
+        start["payload_limit"] = trace.payload_limit
         self.streams.add(stream)
         try:
-            await resp.write(sse("start", {"type": kind, "target": target,
-                                           "payload_limit": trace.payload_limit,
-                                           "connected": peer}))
+            await resp.write(sse("start", start))
             await stream.pump(request, resp)
         except ConnectionError:
             pass  # the reader went away: the trace ends below
         finally:
             self.streams.discard(stream)
             traces.stop(trace)
+            if remote is not None:
+                await remote.stop()
         return resp
 
     async def end_streams(self, reason: str, grace: float = 1.0) -> None:
@@ -650,10 +669,10 @@ ROUTES: list[Route] = [
           "Stop every trace of a topic filter", "trace stop topic <Topic>"),
     Route("GET", "/trace/clients/{clientid}/stream", Api.trace_stream_client,
           "A client's packets, live, as server-sent events", "trace client <ClientId>",
-          query=("payload_limit",), sse=True),
+          query=("payload_limit", "local"), sse=True),
     Route("GET", "/trace/topics/{topic:.+}/stream", Api.trace_stream_topic,
           "Messages to a topic filter, live, as server-sent events", "trace topic <Topic>",
-          query=("payload_limit",), sse=True),
+          query=("payload_limit", "local"), sse=True),
     Route("GET", "/trace/files", Api.trace_files_list,
           "Trace files started over HTTP: name, size, modified, running"),
     Route("GET", "/trace/files/{name}", Api.trace_download, "Download a trace file"),

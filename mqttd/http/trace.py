@@ -15,7 +15,12 @@ Events (each ``data:`` is one JSON object):
   client's peer, or null));
 * ``trace``: one packet or message, the object a JSON Lines trace file holds;
 * ``dropped``: ``{"dropped": N, "message": ...}``, events lost to a slow reader;
+* ``node_end``: ``{"node", "reason"}``, in a cluster: one node's part ended by itself (the
+  others go on);
 * ``end``: ``{"reason": ...}``, the trace was stopped (then the response ends).
+
+In a cluster every node up runs the trace for the stream (:class:`NodeStream` marks this
+node's events, the others' arrive over NATS): each ``trace`` event has its ``node``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
     from ..mgmt.trace import Traces
 
 __all__ = ["KEEPALIVE_SECONDS", "STREAM_BUFFER_LIMIT", "TRACE_DIR", "EventStream",
-           "TraceFiles", "sse"]
+           "NodeStream", "TraceFiles", "sse"]
 
 #: Bytes of events a live stream holds for a slow reader before it drops events.
 STREAM_BUFFER_LIMIT = 1024 * 1024
@@ -93,6 +98,11 @@ class EventStream:
             self.reason = reason
             self._wake.set()
 
+    def note(self, event: str, data: Any) -> None:
+        """An event other than a trace line (``node_end``), never dropped."""
+        if not self.ended:
+            self._push(sse(event, data))
+
     def _push(self, data: bytes) -> None:
         self._buffer.append(data)
         self._size += len(data)
@@ -127,6 +137,25 @@ class EventStream:
             elif self.ended:
                 await resp.write(sse("end", {"reason": self.reason}))
                 return
+
+
+class NodeStream:
+    """This node's events of a cluster-wide stream, each marked with its ``node`` as the
+    other nodes' are."""
+
+    live = True
+
+    def __init__(self, stream: EventStream, node: str) -> None:
+        self.stream = stream
+        self.node = node
+        self.json = True
+        self.destination = stream.destination
+
+    def write(self, text: str, event: dict[str, Any]) -> None:
+        self.stream.write(text, dict(event, node=self.node))
+
+    def close(self, reason: str | None) -> None:
+        self.stream.close(reason)
 
 
 class TraceFiles:
