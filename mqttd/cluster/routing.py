@@ -640,7 +640,8 @@ class Cluster:
                 f"not in use: {reg.error}" if reg.error else "-",
                 "sessions_claimed": reg.claimed, "sessions_displaced": reg.displaced,
                 "sessions_taken_over": reg.taken_over, "session_claims_failed": reg.failed,
-                "wills_kept": reg.wills_kept, "wills_of_dead_nodes": reg.wills_published,
+                "wills_kept": reg.wills_kept, "wills_delayed": reg.wills_delayed,
+                "wills_of_dead_nodes": reg.wills_published,
                 "persistent_sessions": "accepted" if reg.usable else
                 "refused (0x88): the session registry cannot be reached",
                 "persistent_refused": reg.refused, "sessions_handed_out": reg.handed_out,

@@ -97,6 +97,8 @@ class SessionRegistry:
         self.handover_failed = 0
         self.refused = 0
         self._refusing = False
+        #: client id -> the wall-clock time the will of a client gone from here is due.
+        self._will_due: dict[str, float] = {}
         #: (node id, client id) -> timer of a dead node's client's delayed will.
         self._delayed: dict[tuple[str, str], asyncio.TimerHandle] = {}
         #: Publishes a dead node's client's will as this node's own (the broker's).
@@ -129,8 +131,14 @@ class SessionRegistry:
 
     @property
     def wills_kept(self) -> int:
-        """Wills of this node's connected clients kept in the bucket."""
+        """Wills of this node's clients kept in the bucket (connected, or gone with their
+        will waiting out its delay here)."""
         return len(self._wills)
+
+    @property
+    def wills_delayed(self) -> int:
+        """Of those, the wills of clients gone, waiting out their delay here."""
+        return len(self._will_due)
 
     # --- hooks (synchronous, from the core) ---------------------------------------------
 
@@ -146,15 +154,35 @@ class SessionRegistry:
             self._push("will", cid, 0.0)
 
     def disconnected(self, info: ClientInfo, *_: Any) -> None:
-        """client.disconnected: the will is this node's business again (sent or dropped)."""
-        if self._task is not None and info.client_id in self._wills:
-            self._push("will", info.client_id, 0.0)
+        """client.disconnected: the will is this node's business again (sent, dropped, or
+        waiting out its delay here: then kept in the bucket with the time it is due, so
+        that a survivor sends it should this node die first)."""
+        cid = info.client_id
+        if self._task is None:
+            return
+        # (Run before the registry detaches the connection: its will is still on it.)
+        channel = self.registry.channels.get(cid)
+        session = self.registry.sessions.get(cid)
+        delay = 0
+        if channel is not None and channel.will is not None and session is not None \
+                and session.expiry_interval:
+            delay = min(channel.will_delay, session.expiry_interval)
+        if delay:
+            self._will_due[cid] = time.time() + delay
+            # Looked at again once due: this node sent it then (or it was cancelled).
+            asyncio.get_running_loop().call_later(delay + 0.5, self._push, "will", cid, 0.0)
+            self._push("will", cid, 0.0)
+        elif cid in self._wills:
+            self._push("will", cid, 0.0)
 
     def ended(self, session: Session, *_: Any) -> None:
-        """session.terminated / session.discarded: give the client id up if it is ours."""
+        """session.terminated / session.discarded: give the client id up if it is ours
+        (and the bucket's copy of a will its end sent)."""
         cid = session.client_id
         if self._task is not None and (cid in self._claims or cid in self._pending):
             self._push("release", cid, 0.0)
+        if self._task is not None and cid in self._wills:
+            self._push("will", cid, 0.0)
 
     # --- hand-over (docs/CLUSTER.md, "Session hand-over") -------------------------------
 
@@ -209,8 +237,8 @@ class SessionRegistry:
             return
         owner = json.loads(entry.value or b"{}")
         owner_id, owner_name = str(owner.get("id") or ""), str(owner.get("node"))
-        if not owner_id or owner_id == self.node_id:
-            return  # nobody else's
+        if not owner_id or owner_id == self.node_id or owner_name == self.node_name:
+            return  # nobody else's (a previous start of this node restored its own)
         members = self.members
         if members is None or not any(p.id == owner_id for p in members.up()):
             log.info("cluster: client %s had a session on node %s, which is down: a new "
@@ -283,6 +311,7 @@ class SessionRegistry:
                 self._claims.pop(cid, None)
                 self.registry.handed_over(session)
                 self.handed_out += 1
+                self._push("will", cid, 0.0)
                 log.info("cluster: session of client %s handed over to node %s", cid, node)
             await m.respond(b'{"ok":true}')
             return
@@ -298,6 +327,8 @@ class SessionRegistry:
         if handed is None:
             await m.respond(b'{"none":true}')
             return
+        if cid in self._wills:
+            self._push("will", cid, 0.0)  # its delayed will is cancelled: not for survivors
         timer = asyncio.get_running_loop().call_later(
             2 * self.handover_timeout + 2, self._take_back, cid, node)
         self._handing[cid] = (handed, timer)
@@ -464,7 +495,16 @@ class SessionRegistry:
             return
         channel = self.registry.channels.get(cid)
         will = channel.will if channel is not None else None
+        due = 0.0
+        if channel is not None:
+            self._will_due.pop(cid, None)  # connected (again): its connection's will
+        else:
+            will = self.registry.pending_will(cid)
+            due = self._will_due.get(cid, 0.0) if will is not None else 0.0
+            if not due:
+                will = None
         if will is None:
+            self._will_due.pop(cid, None)
             rev = self._wills.pop(cid, None)
             if rev is not None:
                 try:
@@ -482,6 +522,8 @@ class SessionRegistry:
         delay = min(channel.will_delay, expiry) if channel is not None and expiry else 0
         if delay:
             data["delay"] = delay
+        if due:
+            data["due"] = due  # its client is gone: the wall-clock time it goes
         if will.properties:
             data["props"] = props_out(dict(will.properties), None)
         self._wills[cid] = await kv.put(
@@ -518,6 +560,8 @@ class SessionRegistry:
                 if data.get("id") != node_id:
                     continue
                 delay = float(data.get("delay") or 0)
+                if data.get("due"):  # already waiting out its delay on that node
+                    delay = max(0.0, float(data["due"]) - time.time())
                 if delay > 0:
                     # A delayed will: published after its delay (counted from now), unless
                     # the client connects again meanwhile [MQTT-3.1.3-9].

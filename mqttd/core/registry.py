@@ -237,6 +237,11 @@ class Registry:
         will.restamp()  # its Message Expiry Interval starts now, not at CONNECT
         self._publish_will(will)
 
+    def pending_will(self, client_id: str) -> Message | None:
+        """The will of the client's ended connection while it waits out its delay."""
+        entry = self._wills.get(client_id)
+        return entry[0] if entry is not None else None
+
     def _cancel_will(self, client_id: str) -> None:
         entry = self._wills.pop(client_id, None)
         if entry is not None:
