@@ -23,6 +23,7 @@ from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
 from support.raw import RawClient
 
+from mqttd.cluster.subjects import encode_filter
 from mqttd.mqtt.packets import Connack, Disconnect, Pubcomp, Publish, Pubrec, Pubrel, Suback
 
 A, B_ = "a@127.0.0.1", "b@127.0.0.1"
@@ -258,6 +259,42 @@ def test_a_handed_over_session_is_in_the_new_nodes_store() -> None:
                 b.cleanup()
     finally:
         server.stop()
+
+
+def test_a_3_1_1_session_with_a_shared_subscription_moves(
+        nats_server: NatsServer, nodes: dict[str, BrokerProcess],
+        client: Callable[..., Client]) -> None:
+    """3.1.1 clean session 0, a plain and a shared subscription: the queued messages of
+    both are handed over, and both subscriptions are B's afterwards."""
+    cid, t = uid("ho4"), uid("ho4t")
+    shared = f"$share/g{uid('')}/{t}/s"
+    first = client(A, cid, version=4, clean=False)
+    first.connect()
+    first.subscribe([(f"{t}/p", 1), (shared, 1)])
+    first.disconnect()
+    subject = encode_filter(f"{t}/s")
+    nats_server.wait_queue_subs(A, lambda subs: any(x == subject for x, _ in subs),
+                                "A's queue subscription")
+    pub = client(A, uid("pub"))
+    pub.connect()
+    pub.publish(f"{t}/p", b"plain", 1)
+    pub.publish(f"{t}/s", b"shared", 1)
+    until("A to queue both", lambda: json.loads(ctl(
+        nodes[A], "--json", "sessions", "show", cid, "--local").out)["mqueue_len"] == 2)
+    moved = client(B_, cid, version=4, clean=False)
+    moved.connect()
+    assert moved.session_present
+    got = moved.expect_messages(2)
+    assert sorted((m.topic, m.payload) for m in got) == [(f"{t}/p", b"plain"),
+                                                         (f"{t}/s", b"shared")]
+    until("A to drop its copy", lambda: not has_session(nodes[A], cid))
+    nats_server.wait_interest(B_, f"{t}/p")
+    nats_server.wait_queue_subs(B_, lambda subs: any(x == subject for x, _ in subs),
+                                "B's queue subscription")
+    pub.publish(f"{t}/p", b"plain2", 1)
+    pub.publish(f"{t}/s", b"shared2", 1)
+    got = moved.expect_messages(2)
+    assert sorted(m.payload for m in got) == [b"plain2", b"shared2"]
 
 
 def test_no_session_elsewhere_starts_anew(nodes: dict[str, BrokerProcess],

@@ -90,6 +90,8 @@ class SessionRegistry:
         #: the timer that takes it back without one).
         self._handing: dict[str, tuple[Session, asyncio.TimerHandle]] = {}
         self._fetches: set[asyncio.Task[None]] = set()
+        #: time.monotonic() of the join (the registry's start).
+        self._joined = 0.0
         #: Counters: sessions handed over to other nodes, taken from them, hand-overs that
         #: did not complete, persistent-session CONNECTs refused (0x88) for want of NATS.
         self.handed_out = 0
@@ -240,7 +242,11 @@ class SessionRegistry:
         if not owner_id or owner_id == self.node_id or owner_name == self.node_name:
             return  # nobody else's (a previous start of this node restored its own)
         members = self.members
-        if members is None or not any(p.id == owner_id for p in members.up()):
+        up = members is not None and any(p.id == owner_id for p in members.up())
+        # Until this node has heard every live node's heartbeats (three intervals after
+        # joining), a node it does not know yet may well be alive: asked all the same.
+        settled = members is None or time.monotonic() - self._joined > 3 * members.interval
+        if not up and settled:
             log.info("cluster: client %s had a session on node %s, which is down: a new "
                      "session here (that node keeps its copy)", cid, owner_name)
             return
@@ -360,6 +366,7 @@ class SessionRegistry:
         except BucketNotFoundError:
             kv = await js.create_key_value(bucket=self.bucket, history=1)
         self.kv, self.nc = kv, nc
+        self._joined = time.monotonic()
         await nc.subscribe(TAKEOVER + self.node_id, cb=self._takeover)
         await nc.subscribe(HANDOVER + self.node_id, cb=self._handover_asked)
         # What connected before the node joined: claimed unless another node holds it.
