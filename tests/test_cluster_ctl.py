@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from support import WAIT, uid
 from support.clients import Client
+from support.cluster import running_nats, running_nodes
 from support.ctlrun import ctl
 from support.natsserver import NatsServer, free_port
 from support.process import MQTTD, BrokerProcess, checked_broker, wait_log
@@ -60,27 +61,15 @@ def up(node: BrokerProcess, *names: str) -> bool:
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    try:
+    with running_nats() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    with checked_broker(node_config(A, nats_server.url)) as a, \
-            checked_broker(node_config(B, nats_server.url)) as b, \
-            checked_broker(node_config(C, nats_server.url)) as c:
-        for node in (a, b, c):
-            wait_log(node, "joined through NATS")
-        for node in (a, b, c):
-            until("every node to see the others up", lambda n=node: up(n, A, B, C))
-        nats_server.nodes = {A: a, B: b, C: c}
-        try:
-            yield {A: a, B: b, C: c}
-        finally:
-            nats_server.nodes = {}
+    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
+    with running_nodes(nats_server, configs, wait="up") as nodes:
+        yield nodes
 
 
 @pytest.fixture

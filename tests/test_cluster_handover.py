@@ -18,6 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, builder as B, uid
 from support.clients import Client
+from support.cluster import running_nats, running_nodes
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -38,29 +39,16 @@ def node_config(name: str, url: str) -> str:
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    try:
+    with running_nats() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    with checked_broker(node_config(A, nats_server.url)) as a, \
-            checked_broker(node_config(B_, nats_server.url)) as b:
-        for node in (a, b):
-            wait_log(node, "joined through NATS")
-        nats_server.nodes = {A: a, B_: b}
-        # Each node has heard the other (a hand-over is asked only of a node up).
-        for node, other in ((a, B_), (b, A)):
-            until("the nodes to see each other", lambda n=node, o=other: any(
-                r["node"] == o and r["status"] == "up"
-                for r in json.loads(ctl(n, "--json", "cluster", "nodes").out)))
-        try:
-            yield {A: a, B_: b}
-        finally:
-            nats_server.nodes = {}
+    # Each node has heard the other (a hand-over is asked only of a node up).
+    configs = {n: node_config(n, nats_server.url) for n in (A, B_)}
+    with running_nodes(nats_server, configs, wait="up") as nodes:
+        yield nodes
 
 
 @pytest.fixture

@@ -23,10 +23,11 @@ from urllib.parse import quote
 import pytest
 from support import WAIT, uid
 from support.clients import Client
+from support.cluster import running_nats, running_nodes
 from support.ctlrun import ctl
 from support.httpapi import HttpApi
 from support.natsserver import NatsServer
-from support.process import MQTTD, BrokerProcess, checked_broker, wait_log
+from support.process import MQTTD, BrokerProcess
 
 A, B, C = "la@127.0.0.1", "lb@127.0.0.1", "lc@127.0.0.1"
 
@@ -56,30 +57,17 @@ def answered(data: dict[str, Any]) -> None:
     assert {n: got.get(n) for n in (A, B, C)} == {A: True, B: True, C: True}, data["nodes"]
 
 
-def up(node: BrokerProcess, *names: str) -> bool:
-    rows = {r["node"]: r for r in js(node, "cluster", "nodes")}
-    return all(rows.get(n, {}).get("status") == "up" for n in names)
-
-
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    try:
+    with running_nats() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    with checked_broker(node_config(A, nats_server.url, http=True)) as a, \
-            checked_broker(node_config(B, nats_server.url)) as b, \
-            checked_broker(node_config(C, nats_server.url)) as c:
-        for node in (a, b, c):
-            wait_log(node, "joined through NATS")
-        for node in (a, b, c):
-            until("every node to see the others up", lambda n=node: up(n, A, B, C))
-        yield {A: a, B: b, C: c}
+    configs = {n: node_config(n, nats_server.url, http=n == A) for n in (A, B, C)}
+    with running_nodes(nats_server, configs, wait="up") as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, uid
 from support.clients import Client
+from support.cluster import running_nats, running_nodes
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -32,32 +33,17 @@ def node_config(name: str, url: str) -> str:
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    try:
+    with running_nats() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    with checked_broker(node_config(A, nats_server.url)) as a, \
-            checked_broker(node_config(B, nats_server.url)) as b, \
-            checked_broker(node_config(C, nats_server.url)) as c:
-        for node in (a, b, c):
-            wait_log(node, "joined through NATS")
-        # Settled: three heartbeats after its join a node knows the others' routes (before,
-        # it takes any other node to want anything, and a publish gets 0x00, not 0x10).
-        deadline = time.monotonic() + 2 * WAIT
-        for node in (a, b, c):
-            while not json.loads(ctl(node, "--json", "cluster", "status").out)["settled"]:
-                assert time.monotonic() < deadline, "a node did not settle"
-                time.sleep(0.05)
-        nats_server.nodes = {A: a, B: b, C: c}
-        try:
-            yield dict(nats_server.nodes)
-        finally:
-            nats_server.nodes = {}
+    # Settled: three heartbeats after its join a node knows the others' routes (before,
+    # it takes any other node to want anything, and a publish gets 0x00, not 0x10).
+    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
+    with running_nodes(nats_server, configs, wait="settled") as nodes:
+        yield nodes
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, uid
 from support.clients import Client, sub_opts
+from support.cluster import running_nats, running_nodes
 from support.ctlrun import ctl
 from support.natsserver import NatsServer, free_port
 from support.process import BrokerProcess, checked_broker, run_mqttd, wait_log
@@ -37,24 +38,15 @@ B = "b@127.0.0.1"
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    try:
+    with running_nats() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    with checked_broker(node_config(A, nats_server.url)) as a, \
-            checked_broker(node_config(B, nats_server.url)) as b:
-        for node in (a, b):
-            wait_log(node, "joined through NATS")
-        nats_server.nodes = {A: a, B: b}
-        try:
-            yield dict(nats_server.nodes)
-        finally:
-            nats_server.nodes = {}
+    configs = {n: node_config(n, nats_server.url) for n in (A, B)}
+    with running_nodes(nats_server, configs) as nodes:
+        yield nodes
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, uid
 from support.clients import Client
+from support.cluster import running_nats, running_nodes
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -35,25 +36,15 @@ def node_config(name: str, url: str) -> str:
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    try:
+    with running_nats() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    with checked_broker(node_config(A, nats_server.url)) as a, \
-            checked_broker(node_config(B, nats_server.url)) as b, \
-            checked_broker(node_config(C, nats_server.url)) as c:
-        for node in (a, b, c):
-            wait_log(node, "joined through NATS")
-        nats_server.nodes = {A: a, B: b, C: c}
-        try:
-            yield dict(nats_server.nodes)
-        finally:
-            nats_server.nodes = {}
+    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
+    with running_nodes(nats_server, configs) as nodes:
+        yield nodes
 
 
 @pytest.fixture

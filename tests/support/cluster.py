@@ -1,0 +1,104 @@
+"""The cluster tests' set-up, once: a real nats-server and real ``mqttd start`` nodes on it,
+handed to a test once they have joined (and, if asked, once every node sees the others up
+or has settled).
+
+Plain context managers, imported by each module and wrapped in that module's own fixtures
+(not a pytest plugin: fixture names shared through a plugin would change what every
+module's ``nodes`` means).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from . import WAIT
+from .ctlrun import ctl
+from .natsserver import NatsServer
+from .process import BrokerProcess, checked_broker, wait_log
+
+__all__ = ["node_config", "running_nats", "running_nodes", "until"]
+
+
+def node_config(name: str, url: str, *, heartbeat: float | None = 0.2,
+                misses: int | None = None, ctl_timeout: float | None = None,
+                extra: str = "") -> str:
+    """A node's configuration: its name, the NATS url, the cluster's tuning keys given (None:
+    the default), then ``extra`` TOML."""
+    text = f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
+    if heartbeat is not None:
+        text += f"heartbeat_interval = {heartbeat}\n"
+    if misses is not None:
+        text += f"heartbeat_misses = {misses}\n"
+    if ctl_timeout is not None:
+        text += f"ctl_timeout = {ctl_timeout}\n"
+    return text + extra
+
+
+def until(what: str, check: Callable[[], bool], timeout: float = 2 * WAIT) -> None:
+    """Wait (bounded) until ``check()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_nats() -> Iterator[NatsServer]:
+    """A nats-server with JetStream, stopped (by PID) at the end."""
+    server = NatsServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _status(node: BrokerProcess, what: str) -> object:
+    r = ctl(node, "--json", "cluster", what)
+    assert r.code == 0, r
+    return json.loads(r.out)
+
+
+def _sees_up(node: BrokerProcess, names: list[str]) -> bool:
+    rows = _status(node, "nodes")
+    assert isinstance(rows, list)
+    status = {r["node"]: r["status"] for r in rows}
+    return all(status.get(n) == "up" for n in names)
+
+
+def _settled(node: BrokerProcess) -> bool:
+    data = _status(node, "status")
+    assert isinstance(data, dict)
+    return bool(data["settled"])
+
+
+@contextlib.contextmanager
+def running_nodes(server: NatsServer, configs: dict[str, str],
+                  wait: Literal["joined", "up", "settled"] = "joined"
+                  ) -> Iterator[dict[str, BrokerProcess]]:
+    """A checked broker per ``{name: config}`` (each must stop cleanly, exit 0), handed over
+    once each logged its join; ``wait="up"``: also once every node counts every other up;
+    ``"settled"``: also once each has settled (three heartbeats after its join it knows the
+    others' routes, so a publish nobody wants gets 0x10). The nodes are registered with the
+    server (``server.nodes``) meanwhile."""
+    with contextlib.ExitStack() as stack:
+        nodes = {name: stack.enter_context(checked_broker(config))
+                 for name, config in configs.items()}
+        for node in nodes.values():
+            wait_log(node, "joined through NATS")
+        if wait in ("up", "settled"):
+            for node in nodes.values():
+                until("every node to see the others up",
+                      lambda n=node: _sees_up(n, list(nodes)))
+        if wait == "settled":
+            for node in nodes.values():
+                until("every node to settle", lambda n=node: _settled(n))
+        server.nodes = dict(nodes)
+        try:
+            yield dict(nodes)
+        finally:
+            server.nodes = {}
