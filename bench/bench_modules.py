@@ -25,7 +25,9 @@ Goal: each loaded variant ≥ 97 % of ``none`` (medians of ``--repeat``). ``--va
 none,delayed,rewrite,...`` measures modules one at a time instead (what each costs).
 
 **Bridge.** A local broker bridges egress ``bench/#`` (same topic, no prefix, MQTT 3.1.1,
-QoS 1 or 0, 20 in flight, queue up to 1,000,000) to a remote mosquitto. Publishers publish on
+QoS 1 or 0, 20 in flight, queue up to 1,000,000) to a remote mosquitto (``--bridge-window N``:
+N in flight for both, mqttd's ``max_inflight`` and mosquitto's ``max_inflight_messages``, which
+mosquitto applies to its bridges' connections too; 20 is its default). Publishers publish on
 the local broker; one subscriber on the remote's ``bench/#`` counts what arrives there,
 each message by (publisher, sequence number) in its payload, so the count is exact (unique,
 duplicates and missing apart). Compared: ``mqttd→mosquitto`` (mqttd's ``[bridges.remote]``)
@@ -138,7 +140,7 @@ MQTTD_BRIDGE = """
 address = "127.0.0.1:{port}"
 protocol_version = 4
 clean_start = true
-max_inflight = 20
+max_inflight = {window}
 max_queued = 1000000
 
 [[bridges.remote.egress]]
@@ -147,6 +149,7 @@ prefix = ""
 qos = {qos}
 """
 MOSQUITTO_BRIDGE = """
+max_inflight_messages {window}
 connection remote
 address 127.0.0.1:{port}
 bridge_protocol_version mqttv311
@@ -486,9 +489,9 @@ def _pinned(core: int) -> Any:
     return lambda: os.sched_setaffinity(0, {core})
 
 
-def mqttd_bridge_config(port: int, qos: int, sets: list[str]) -> str:
+def mqttd_bridge_config(port: int, qos: int, sets: list[str], window: int = 20) -> str:
     """MQTTD_BRIDGE with ``KEY=VALUE`` settings of [bridges.remote] replaced or added."""
-    lines = MQTTD_BRIDGE.format(port=port, qos=qos).splitlines()
+    lines = MQTTD_BRIDGE.format(port=port, qos=qos, window=window).splitlines()
     for kv in sets:
         key, _, value = kv.partition("=")
         at = next((i for i, line in enumerate(lines) if line.split("=")[0].strip() == key
@@ -501,7 +504,8 @@ def mqttd_bridge_config(port: int, qos: int, sets: list[str]) -> str:
 
 
 def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes, src: Path,
-               workdir: Path, sets: list[str] = []) -> dict[str, Any]:  # noqa: B006 - read only
+               workdir: Path, sets: list[str] = [],  # noqa: B006 - read only
+               window: int = 20) -> dict[str, Any]:
     """One bridge run: fresh remote mosquitto and local broker, probe, publish, count."""
     busy = noise()
     remote = BrokerProcess(brokers.builtin_specs()["mosquitto"], workdir / "remote",
@@ -510,11 +514,12 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
     local = None
     try:
         if kind != "mosquitto":  # mqttd, mqttd-nostore
-            with extra_config("mqttd", mqttd_bridge_config(remote.port, qos, sets)):
+            with extra_config("mqttd", mqttd_bridge_config(remote.port, qos, sets, window)):
                 local = BrokerProcess(brokers.builtin_specs()[kind], workdir / "local",
                                       rargs.broker_core, mqttd_src=src)
         else:
-            with extra_config("mosquitto", MOSQUITTO_BRIDGE.format(port=remote.port, qos=qos)):
+            with extra_config("mosquitto", MOSQUITTO_BRIDGE.format(port=remote.port, qos=qos,
+                                                                   window=window)):
                 local = BrokerProcess(brokers.builtin_specs()["mosquitto"], workdir / "local",
                                       rargs.broker_core)
         me = [sys.executable, __file__]
@@ -618,7 +623,7 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                 try:
                     res = bridge_run(kind, qos, rargs, sizes, src,
                                      run_dir / f"bridge/{n:03d}-{kind}-qos{qos}-{rep}",
-                                     args.bridge_set)
+                                     args.bridge_set, args.bridge_window)
                 except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
                     res = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
                 failed |= bool(res.get("error"))
@@ -668,6 +673,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="bridge part: which local brokers (mqttd,mosquitto; the ratio needs "
                          "both)")
     ap.add_argument("--bridge-qos", default="1,0", help="bridge part: QoS levels (1,0)")
+    ap.add_argument("--bridge-window", type=int, default=20, metavar="N",
+                    help="bridge part: messages in flight to the remote for both bridges "
+                         "(mqttd's max_inflight, mosquitto's max_inflight_messages; 20, "
+                         "mosquitto's default)")
     ap.add_argument("--bridge-set", action="append", default=[], metavar="KEY=VALUE",
                     help="bridge part: a key of mqttd's [bridges.remote] set otherwise "
                          "(e.g. max_inflight=100, pause_queued=0); repeatable")
