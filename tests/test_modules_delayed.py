@@ -207,6 +207,18 @@ HTTP_CONFIG = CONFIG + """
 [http]
 enabled = true
 port = 0
+
+[zones.mounted]
+mountpoint = "tenant/"
+
+[listeners.default]
+bind = "127.0.0.1"
+port = 0
+
+[listeners.mounted]
+bind = "127.0.0.1"
+port = 0
+zone = "mounted"
 """
 
 
@@ -249,6 +261,15 @@ def test_http_api_publish_and_wills_are_delayed_too() -> None:
             assert [(r["topic"], r["delay"], r["from"]) for r in
                     ctl_json(b, "delayed", "list")] == [(f"h/{u}/will", 600, f"will-600-{u}")]
             _clear(b)
+            # A will of a client in a zone with a mountpoint: delayed under the mountpoint.
+            assert watcher.subscribe(f"tenant/h/{u}/#", 1) == [1]
+            left = Client(b, f"will-mounted-{u}", version=5, port=b.ports["mounted"], will={
+                "topic": f"$delayed/0/h/{u}/mounted", "payload": b"mounted", "qos": 1})
+            left.connect()
+            left.drop()
+            left.close()
+            msg = watcher.expect_message()
+            assert (msg.topic, msg.payload) == (f"tenant/h/{u}/mounted", b"mounted")
             # Unloaded: an ordinary topic, for the API as for a client.
             ok(b, "modules", "unload", "delayed")
             api.ok("POST", PREFIX + "/publish",

@@ -267,8 +267,8 @@ class Broker:
         callbacks get ``None`` for the clientinfo. Returns the message to publish, None if
         a callback took it, or the reason code (>= 0x80) it was refused with."""
         hooks = self.hooks
-        if msg.topic[:1] != "$" or not hooks.client_publish_dollar:
-            return msg
+        if "$" not in msg.topic or not hooks.client_publish_dollar:
+            return msg  # ("$" anywhere: a mounted client's will is "<mountpoint>$...")
         result = hooks.run_fold("client.publish.dollar", (None,), msg)
         if isinstance(result, int):
             return result if result >= 0x80 else RC.UNSPECIFIED_ERROR
