@@ -79,6 +79,7 @@ class Server:
         self.overload = Overload(self.settings.overload, node.alarms, lambda: self.connections,
                                  node.metrics)
         self.sysmon.on_lag.append(self.overload.on_lag)
+        self.sysmon.tables.append(self._client_tables)
         #: Every operator query and action, for the control socket (and later front ends).
         self.mgmt = Management(self.settings, node.started_at, node.metrics, node.stats,
                                node.broker, node.trace, node.plugins, node.supervisor,
@@ -88,6 +89,16 @@ class Server:
         self.mgmt.modules.manager = node.modules
         self.mgmt.bridges.manager = node.bridges
         self.mgmt.cluster.cluster = node.cluster
+
+    def _client_tables(self) -> list[dict[Any, Any] | set[Any]]:
+        """The tables with an entry per client (sysmon rebuilds them after a departure)."""
+        registry = self.node.registry
+        tables: list[dict[Any, Any] | set[Any]] = [self.connections, registry.channels,
+                                                    registry.sessions]
+        tables += [tcp.connections for tcp in self.listeners.values()]
+        if self._flusher is not None:
+            tables += self._flusher.tables()
+        return tables
 
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import resource
 import socket
+import sys
 import time
 
 from support import builder as B
@@ -15,6 +16,7 @@ from support.process import BrokerProcess, checked_broker, run_mqttd
 from support.raw import RawClient
 
 from mqttd.mqtt.packets import Connack
+from mqttd.sysmon import shrink
 
 #: Clients connected at once for the collector's test: ~7 tracked objects each, so several
 #: young and middle collections run while they connect.
@@ -80,3 +82,24 @@ def test_no_full_collection_while_thousands_connect() -> None:
               "collections")
         assert young >= 2 and middle >= 1, (young, middle)  # the collector still runs ...
         assert full == 0  # ... but never over every live client's objects
+
+
+def test_shrink_rebuilds_a_table_at_the_size_of_what_it_holds() -> None:
+    class Mirrored(set[int]):  # as the listeners' LiveConnections: add does more
+        added = 0
+
+        def add(self, item: int) -> None:
+            Mirrored.added += 1
+            super().add(item)
+
+    table = {i: str(i) for i in range(20_000)}
+    live = Mirrored(range(20_000))
+    for i in range(19_990):
+        del table[i]
+        live.discard(i)
+    big_d, big_s = sys.getsizeof(table), sys.getsizeof(live)
+    shrink(table)
+    shrink(live)
+    assert table == {i: str(i) for i in range(19_990, 20_000)}
+    assert live == set(range(19_990, 20_000)) and Mirrored.added == 0
+    assert sys.getsizeof(table) < big_d // 100 and sys.getsizeof(live) < big_s // 100

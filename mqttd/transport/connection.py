@@ -169,6 +169,10 @@ class Flusher:
         self._deferred: collections.deque[tuple[Connection, bool]] = collections.deque()
         self._deferred_scheduled = False
 
+    def tables(self) -> list[dict[Any, Any] | set[Any]]:
+        """The tables that had an entry per client (for ``sysmon.shrink``)."""
+        return [self._closes, self._held]
+
     def admit(self) -> bool:
         """May a read (or an end of input) be handled in this loop turn? False once the
         turn's reads took READ_BUDGET: the caller puts it off (``defer``)."""
