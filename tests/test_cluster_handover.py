@@ -289,9 +289,15 @@ def test_no_session_elsewhere_starts_anew(nodes: dict[str, BrokerProcess],
                                           client: Callable[..., Client]) -> None:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 60
-    c = client(B_, uid("hnew"), clean=False, properties=props)
+    cid = uid("hnew")
+    c = client(B_, cid, clean=False, properties=props)
     c.connect()
     assert not c.session_present
+    c.disconnect()
+    # Back to the same node: its own session, present.
+    again = client(B_, cid, clean=False, properties=props)
+    again.connect()
+    assert again.session_present
 
 
 def test_persistent_sessions_are_refused_while_nats_is_away() -> None:

@@ -214,6 +214,11 @@ class SessionRegistry:
             log.info("cluster: persistent-session CONNECTs are accepted again")
         if info.clean_start:
             return 0  # a new session: the claim ends any other node's (takeover)
+        cid = info.client_id
+        if cid in self._claims and cid in self.registry.sessions:
+            # Ours by this node's latest claim, which no takeover has displaced since (that
+            # would have ended the session here): no registry round trip before CONNACK.
+            return 0
         task = asyncio.get_running_loop().create_task(self._fetch(info.client_id, done))
         self._fetches.add(task)
         task.add_done_callback(self._fetches.discard)
