@@ -37,6 +37,7 @@ from .metrics import (
     WORKERS_RESTARTED,
     Metrics,
 )
+from .mgmt.subscriptions import Subscriptions
 from .modules.base import ModuleContext
 from .modules.manager import ModuleManager
 from .plugins import PluginContext, PluginManager
@@ -118,6 +119,7 @@ class Node:
             self.broker.router.on_change = self.cluster.route_changed
             self.broker.router.on_group = self.cluster.group_changed
             self.cluster.control.traces = self.trace  # client traces asked by other nodes
+            self.cluster.control.subscriptions = Subscriptions(self.registry, self.dispatcher)
             self.sys.nodes = lambda c=self.cluster: [  # $SYS/brokers: every node up
                 r["node"] for r in c.nodes() if r["status"] == "up"]
         #: The access chains, built at start (their files are read then).

@@ -415,3 +415,37 @@ def test_http_live_trace_streams_from_every_node(
         assert not [x for x in js(nodes[B], "trace", "list") if x["target"] == cid]
     finally:
         local.close()
+
+
+def test_subscriptions_added_and_deleted_on_the_sessions_node(
+        nodes: dict[str, BrokerProcess], api: HttpApi,
+        clients: Callable[..., Client]) -> None:
+    t = uid("sadd")
+    ids = spread(clients, nodes, t)
+    # ctl on A, the session connected on C: subscribed there, and it gets the messages.
+    assert js(nodes[A], "subscriptions", "add", ids[C], f"{t}/added", "1") == \
+        {"clientid": ids[C], "topic": f"{t}/added", "qos": 1, "new": True, "node": C}
+    assert f"{t}/added" in {r["topic"] for r in js(nodes[C], "subscriptions", "show",
+                                                   ids[C], "--local")}
+    r = ctl(nodes[A], "subscriptions", "add", ids[C], f"{t}/x", "1", "--local")
+    assert r.code == 1 and "not found" in r.err.lower()
+    # HTTP on A, the session held offline on B.
+    row = api.ok("POST", f"/api/v1/clients/{ids[B]}/subscriptions", {"topic": f"{t}/h", "qos": 2})
+    assert row == {"clientid": ids[B], "topic": f"{t}/h", "qos": 2, "new": True, "node": B}
+    held = {r["topic"]: r["qos"] for r in js(nodes[B], "subscriptions", "show", ids[B],
+                                             "--local")}
+    assert held[f"{t}/h"] == 2
+    gone = api.call("DELETE", f"/api/v1/clients/{ids[B]}/subscriptions?topic="
+                    + quote(f"{t}/h", safe=""))
+    assert gone.status == 200 and gone.json == \
+        {"clientid": ids[B], "topic": f"{t}/h", "deleted": True, "node": B}
+    assert js(nodes[C], "subscriptions", "del", ids[C], f"{t}/added") == \
+        {"clientid": ids[C], "topic": f"{t}/added", "deleted": True, "node": C}  # its own
+    # What does not exist: a clear "not found", the node that has the session named.
+    r = ctl(nodes[A], "subscriptions", "del", ids[B], f"{t}/never")
+    assert r.code == 1 and f"subscription '{t}/never' not found" in r.err, r
+    r = api.call("POST", f"/api/v1/clients/{uid('nobody')}/subscriptions",
+                 {"topic": f"{t}/n"})
+    assert r.status == 404 and r.json["code"] == "not_found"
+    r = api.call("POST", f"/api/v1/clients/{ids[B]}/subscriptions", {"topic": f"{t}/#/bad"})
+    assert r.status == 400

@@ -34,7 +34,7 @@ from ..mgmt.errors import MgmtError, NotFound
 from ..mgmt.listing import Row, json_default
 from ..mgmt.routes import Routes
 from ..mgmt.sessions import Sessions
-from ..mgmt.subscriptions import subscription_rows
+from ..mgmt.subscriptions import Subscriptions, subscription_rows
 from ..trace.manager import Trace, TraceManager
 from .membership import Membership
 
@@ -46,11 +46,14 @@ __all__ = ["CTL", "ClusterControl", "OPS"]
 CTL = "mqttd.c.ctl."
 #: What a node answers: every client, one client, kick one, every route (or a topic's),
 #: every session (or of a kind), one session, discard one, every subscription, one
-#: client's; start a client or topic trace streamed to the asker, keep it going, stop it.
+#: client's, add one to a session, delete one; start a client or topic trace streamed to
+#: the asker, keep it going, stop it.
 OPS = ("clients", "client", "kick", "routes", "sessions", "session", "session_clean",
-       "subscriptions", "client_subscriptions", "trace", "trace_keep", "trace_stop")
+       "subscriptions", "client_subscriptions", "subscribe", "unsubscribe", "trace",
+       "trace_keep", "trace_stop")
 #: Requests about one client id: asked first of the node the session registry names.
-OWNED = ("client", "kick", "session", "session_clean", "client_subscriptions")
+OWNED = ("client", "kick", "session", "session_clean", "client_subscriptions", "subscribe",
+         "unsubscribe")
 #: A remote trace ends unless its asker says it still wants it this often (seconds)...
 TRACE_KEEP = 1.0
 #: ...within this many seconds (the asker's node died, or lost NATS).
@@ -73,6 +76,9 @@ class ClusterControl:
         self.registry = registry
         self.clients = Clients(registry) if registry is not None else None
         self.sessions = Sessions(registry) if registry is not None else None
+        #: The node's subscriptions as management changes them (handed in by the node;
+        #: None: adding or deleting one for another node is refused).
+        self.subscriptions: Subscriptions | None = None
         self.routes = Routes(router, node_name)
         self.timeout = timeout
         #: The node's traces (handed in by the node; None: remote traces are refused).
@@ -119,6 +125,19 @@ class ClusterControl:
             return [self.sessions.get(str(arg))]
         if op == "session_clean":
             return [self.sessions.clean(str(arg))]
+        if op in ("subscribe", "unsubscribe"):
+            subs = self.subscriptions
+            if subs is None:
+                raise ValueError("subscriptions cannot be changed here")
+            if registry.sessions.get(str(arg)) is None:
+                return []  # not here: another node may hold it
+            if op == "unsubscribe":
+                try:
+                    return [subs.delete(str(arg), str(req["topic"]))]
+                except NotFound as err:  # the session is here: say what is missing
+                    raise ValueError(err.message) from None
+            return [subs.add(str(arg), str(req["topic"]), int(req["qos"]),
+                             by=f"mqttd ctl on {req.get('from', 'another node')}")]
         if op == "client_subscriptions":
             session = registry.sessions.get(str(arg))
             return [] if session is None else subscription_rows([session])

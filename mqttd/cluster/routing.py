@@ -658,21 +658,21 @@ class Cluster:
             rows.append(_peer_row(peer, now))
         return rows
 
-    async def ask(self, op: str, arg: str | None = None, node: str | None = None
-                  ) -> dict[str, Any]:
-        """A control request answered by every other node up (``node``: that one alone;
-        :mod:`.control`); one about a client id (show, kick) goes first to the node the
-        session registry names alone."""
+    async def ask(self, op: str, arg: str | None = None, node: str | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A control request (``extra``: its other fields) answered by every other node up
+        (``node``: that one alone; :mod:`.control`); one about a client id (show, kick) goes
+        first to the node the session registry names alone."""
         if node is not None:
-            return await self.control.ask(op, arg, node=node)
+            return await self.control.ask(op, arg, extra, node=node)
         if op in OWNED and arg and self.sessions is not None:
             owner = await self.sessions.owner(arg)
             if owner is not None and owner != self.node_id and any(
                     p.id == owner for p in self.members.up()):
-                answer = await self.control.ask(op, arg, only={owner})
+                answer = await self.control.ask(op, arg, extra, only={owner})
                 if answer["rows"]:
                     return answer
-        return await self.control.ask(op, arg)
+        return await self.control.ask(op, arg, extra)
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
                     write: Callable[[str, str, dict[str, Any]], None],

@@ -485,20 +485,41 @@ async def cmd_subscriptions_add(ctx: Context, a: Args) -> None:
     client_id, topic_filter, qos_text = a.pos
     if qos_text not in ("0", "1", "2"):
         raise UsageError("QoS should be 0, 1, 2", "subscriptions")
+    cluster = ctx.mgmt.cluster.active and not a.opts["local"]
     try:
         data = ctx.mgmt.subscriptions.add(client_id, topic_filter, int(qos_text), by=BY)
+        if cluster:
+            data = dict(data, node=ctx.mgmt.node_name)
     except NotFound as err:
-        raise _not_found(err) from None
+        if not cluster:
+            raise _not_found(err) from None
+        data = await _on_its_node(ctx, err, "subscribe", client_id,
+                                  {"topic": topic_filter, "qos": int(qos_text)})
     ctx.result("ok", data)
 
 
 async def cmd_subscriptions_del(ctx: Context, a: Args) -> None:
     client_id, topic_filter = a.pos
+    cluster = ctx.mgmt.cluster.active and not a.opts["local"]
     try:
         data = ctx.mgmt.subscriptions.delete(client_id, topic_filter)
+        if cluster:
+            data = dict(data, node=ctx.mgmt.node_name)
     except NotFound as err:
-        raise _not_found(err) from None
+        if not cluster or err.what != "session":
+            raise _not_found(err) from None
+        data = await _on_its_node(ctx, err, "unsubscribe", client_id, {"topic": topic_filter})
     ctx.result("ok", data)
+
+
+async def _on_its_node(ctx: Context, err: NotFound, op: str, client_id: str,
+                       extra: dict[str, Any]) -> Row:
+    """A change to a session this node does not hold, made on the node that holds it (its
+    answer, with its node); the local "not found" if no node that answered holds it."""
+    gathered = await ctx.mgmt.cluster.gather(op, client_id, extra=extra)
+    if not gathered.rows:
+        raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
+    return gathered.rows[0]
 
 
 # --- retained -------------------------------------------------------------------------------
@@ -1276,10 +1297,10 @@ COMMANDS: list[tuple[str, Handler[Context], str]] = [
      "List all subscriptions (in a cluster: of every node; --local: of this node)"),
     ("subscriptions show <ClientId> [--local]", cmd_subscriptions_show,
      "Show subscriptions of a client (in a cluster: on whichever node holds its session)"),
-    ("subscriptions add <ClientId> <Topic> <QoS>", cmd_subscriptions_add,
-     "Add a subscription to a client's session"),
-    ("subscriptions del <ClientId> <Topic>", cmd_subscriptions_del,
-     "Delete a subscription from a client's session"),
+    ("subscriptions add <ClientId> <Topic> <QoS> [--local]", cmd_subscriptions_add,
+     "Add a subscription to a client's session (in a cluster: on the node holding it)"),
+    ("subscriptions del <ClientId> <Topic> [--local]", cmd_subscriptions_del,
+     "Delete a subscription from a client's session (in a cluster: on its node)"),
     ("retained list", cmd_retained_list, "List retained messages"),
     ("retained show <Topic> [--payload-limit <Bytes>]", cmd_retained_show,
      "Show the retained message(s) of a topic or filter"),

@@ -194,17 +194,20 @@ class Api:
     async def subscribe(self, request: web.Request) -> web.StreamResponse:
         data = await json_body(request, ("topic", "qos"), ("topic",))
         qos = _int_field(data, "qos", 0)
-        row = self.mgmt.subscriptions.add(request.match_info["clientid"],
-                                          _str_field(data, "topic"), qos, by=_who(request))
-        return json_response(row)
+        topic = _str_field(data, "topic")
+        return await self._one(
+            request, "subscribe",
+            lambda cid: self.mgmt.subscriptions.add(cid, topic, qos, by=_who(request)),
+            {"topic": topic, "qos": qos})
 
     async def unsubscribe(self, request: web.Request) -> web.StreamResponse:
-        q = query_params(request, ("topic",))
+        q = query_params(request, ("topic", "local"))
         if "topic" not in q:
             raise ApiError(400, "bad_request", "topic: the query parameter is required "
                                                "(the filter, percent-encoded)")
-        return json_response(self.mgmt.subscriptions.delete(request.match_info["clientid"],
-                                                            q["topic"]))
+        return await self._one(
+            request, "unsubscribe",
+            lambda cid: self.mgmt.subscriptions.delete(cid, q["topic"]), {"topic": q["topic"]})
 
     # --- routes and topics ----------------------------------------------------------------
 
@@ -221,11 +224,12 @@ class Api:
 
     # --- the whole cluster ---------------------------------------------------------------
 
-    async def _one(self, request: web.Request, op: str, here: Callable[[str], Row]
-                   ) -> web.StreamResponse:
+    async def _one(self, request: web.Request, op: str, here: Callable[[str], Row],
+                   extra: dict[str, Any] | None = None) -> web.StreamResponse:
         """A client's or session's row (or what an action on it did): on this node, and in a
         cluster (unless ``?local=true``) on the node that holds it, the row with its
-        ``node`` (``mqttd ctl clients show|kick``, ``sessions show|clean``)."""
+        ``node`` (``mqttd ctl clients show|kick``, ``sessions show|clean``, ``subscriptions
+        add|del``)."""
         client_id = request.match_info["clientid"]
         local = request.query.get("local")
         if local is not None and local.lower() not in ("", "true", "1", "false", "0"):
@@ -235,9 +239,9 @@ class Api:
         try:
             row = here(client_id)
         except NotFound as err:
-            if not cluster:
+            if not cluster or err.what not in ("client", "session"):
                 raise
-            gathered = await self.mgmt.cluster.gather(op, client_id)
+            gathered = await self.mgmt.cluster.gather(op, client_id, extra=extra)
             if not gathered.rows:
                 raise ApiError(404, err.reason, err.message + _unasked(gathered)) from None
             return json_response(gathered.rows[0])
@@ -604,10 +608,10 @@ ROUTES: list[Route] = [
           query=(*PAGING, *SCOPE), listing=True),
     Route("POST", "/clients/{clientid}/subscriptions", Api.subscribe,
           "Subscribe a client's session to a filter", "subscriptions add <ClientId> <Topic> "
-          "<QoS>", body=("topic", "qos"), required=("topic",)),
+          "<QoS>", query=("local",), body=("topic", "qos"), required=("topic",)),
     Route("DELETE", "/clients/{clientid}/subscriptions", Api.unsubscribe,
           "Unsubscribe a client's session (?topic=<filter>)",
-          "subscriptions del <ClientId> <Topic>", query=("topic",)),
+          "subscriptions del <ClientId> <Topic>", query=("topic", "local")),
     Route("GET", "/sessions", Api.sessions, f"Sessions (kind: {_kinds()})",
           "sessions list [persistent|transient]", query=(*PAGING, *SCOPE, "kind"),
           listing=True),

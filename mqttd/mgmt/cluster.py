@@ -28,8 +28,8 @@ class ClusterView(Protocol):
 
     def status(self) -> dict[str, Any]: ...
     def nodes(self) -> list[dict[str, Any]]: ...
-    async def ask(self, op: str, arg: str | None = None, node: str | None = None
-                  ) -> dict[str, Any]: ...
+    async def ask(self, op: str, arg: str | None = None, node: str | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]: ...
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
                     write: Callable[[str, str, dict[str, Any]], None],
                     ended: Callable[[str, str | None], None],
@@ -64,13 +64,14 @@ class ClusterArea:
         every node unless asked for --local)."""
         return self.cluster is not None
 
-    async def gather(self, op: str, arg: str | None = None, node: str | None = None
-                     ) -> Gathered:
+    async def gather(self, op: str, arg: str | None = None, node: str | None = None,
+                     extra: dict[str, Any] | None = None) -> Gathered:
         """Ask every other node up (``node``: that one alone) (``clients``, ``client <id>``,
         ``kick <id>``, ``routes [<topic>]``, ``sessions [<kind>]``, ``session <id>``,
-        ``subscriptions``, ``client_subscriptions <id>``); at most ``[cluster]
+        ``subscriptions``, ``client_subscriptions <id>``, ``subscribe <id>`` and
+        ``unsubscribe <id>`` with ``extra`` ``topic`` and ``qos``); at most ``[cluster]
         ctl_timeout`` seconds."""
-        answer = await self._cluster().ask(op, arg, node)
+        answer = await self._cluster().ask(op, arg, node, extra)
         return Gathered(list(answer["rows"]), list(answer["nodes"]), answer.get("note"))
 
     async def trace(self, client_id: str, payload_limit: int | None, json_mode: bool,
