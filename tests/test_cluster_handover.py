@@ -249,6 +249,30 @@ def test_a_handed_over_session_is_in_the_new_nodes_store() -> None:
         server.stop()
 
 
+def test_a_session_larger_than_one_nats_message_moves_in_parts(
+        nodes: dict[str, BrokerProcess], client: Callable[..., Client]) -> None:
+    """300 queued messages of 4 KiB (1.2 MB, above NATS's 1 MiB maximum payload): the
+    answer comes in parts, every message arrives, in order."""
+    cid, t = uid("hobig"), uid("hobigt")
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    first = client(A, cid, clean=False, properties=props)
+    first.connect()
+    first.subscribe(t, 1)
+    first.disconnect()
+    pub = client(A, uid("pub"))
+    pub.connect()
+    sent = [b"%04d" % i + b"x" * 4092 for i in range(300)]
+    for payload in sent:
+        pub.publish(t, payload, 1)
+    moved = client(B_, cid, clean=False, properties=props)
+    moved.connect()
+    assert moved.session_present
+    got = moved.expect_messages(len(sent))
+    assert [m.payload for m in got] == sent
+    until("A to drop its copy", lambda: not has_session(nodes[A], cid))
+
+
 def test_a_3_1_1_session_with_a_shared_subscription_moves(
         nats_server: NatsServer, nodes: dict[str, BrokerProcess],
         client: Callable[..., Client]) -> None:
