@@ -229,8 +229,8 @@ class SessionRegistry:
             await asyncio.wait_for(self._take(cid), 2 * self.handover_timeout + 1)
         except Exception as err:  # noqa: BLE001 - the CONNECT goes on with a new session
             self.handover_failed += 1
-            log.warning("cluster: the session of client %s was not handed over (%s): it "
-                        "starts anew here", cid, err or type(err).__name__)
+            log.warning("cluster: the session of client %s was not handed over (%s): "
+                        "the CONNECT goes on without it", cid, err or type(err).__name__)
         finally:
             done(0)
 
