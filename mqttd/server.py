@@ -95,7 +95,6 @@ class Server:
         registry = self.node.registry
         tables: list[dict[Any, Any] | set[Any]] = [self.connections, registry.channels,
                                                     registry.sessions]
-        tables += [tcp.connections for tcp in self.listeners.values()]
         if self._flusher is not None:
             tables += self._flusher.tables()
         return tables
