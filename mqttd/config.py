@@ -66,6 +66,10 @@ class Zone:
     mqueue_overflow: str = "drop_oldest"
     mqueue_backpressure_timeout: float = 5.0
     mqueue_backpressure_fallback: str = "drop_oldest"
+    #: Flow control: a connected client's QoS 1/2 messages queued (its window full) at which
+    #: the publisher of one more waits, as under backpressure, until the queue is below it
+    #: (at most mqueue_backpressure_timeout; nothing is dropped for it); 0: never.
+    mqueue_flow_limit: int = 500
     #: Seconds a new connection has to send CONNECT.
     idle_timeout: float = 10.0
     allow_anonymous: bool = True
@@ -594,6 +598,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_session_expiry_interval": (0, 0xFFFFFFFF),
     "max_mqueue_len": (0, 2 ** 31),
     "mqueue_backpressure_timeout": (0.01, 3600),
+    "mqueue_flow_limit": (0, 2 ** 31),
     "idle_timeout": (0.1, 3600),
     "rate_limit_messages_in": (0, 2 ** 31),
     "rate_limit_bytes_in": (0, 2 ** 40),

@@ -131,6 +131,8 @@ class Registry:
         session.zone = zone.name
         session.upgrade_qos = zone.upgrade_qos
         session.set_overflow(zone.mqueue_overflow, zone.mqueue_backpressure_fallback)
+        session.flow_limit = zone.mqueue_flow_limit
+        session.flow_stalled = False
         session.channel = channel
         self.channels[client_id] = channel
         store = self.store

@@ -98,7 +98,7 @@ class Session:
         "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
         "await_rel_timeout", "store", "refs", "_qseq", "zone", "upgrade_qos", "overflow",
-        "overflow_fallback", "sent_at",
+        "overflow_fallback", "sent_at", "flow_limit", "flow_stalled",
     )
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
@@ -153,6 +153,12 @@ class Session:
         #: packet id -> monotonic time its PUBLISH was sent, while the channel times
         #: deliveries for the ``delivery.slow`` hook (slow_subs); None otherwise.
         self.sent_at: dict[int, float] | None = None
+        #: That zone's mqueue_flow_limit: while connected, a QoS 1/2 message queued past it
+        #: holds its publisher (as OVERFULL does) until the queue is below it again (0: off).
+        self.flow_limit = 0
+        #: A publisher's wait for this queue timed out (the client does not take what it
+        #: is sent): publishers are not held for it again until its queue is below the limit.
+        self.flow_stalled = False
 
     def own_maps(self) -> None:
         """Give the session dicts of its own where it still has the shared empty ones
@@ -200,6 +206,18 @@ class Session:
         mq = self.mqueue
         if mq is NO_QUEUE:
             mq = self.mqueue = deque()
+        flow = self.flow_limit
+        if flow:
+            # Flow control: a connected client's window is full and its queue past the
+            # limit: the QoS 1/2 publisher waits (its PUBACK, its reading) for the queue to
+            # go down, so publishers go at the pace the subscriber takes messages instead of
+            # outrunning it (the loop's turns then stay short: the window is refilled often).
+            if len(mq) >= flow:
+                if (not self.flow_stalled and delivery[1] and delivery[0].qos
+                        and self.channel is not None):
+                    OVERFULL.append(self)
+            elif self.flow_stalled:
+                self.flow_stalled = False
         dropped = None
         if self.max_mqueue_len and len(mq) >= self.max_mqueue_len:
             policy = self.overflow
@@ -234,12 +252,18 @@ class Session:
         return dropped
 
     def has_room(self) -> bool:
-        return not self.max_mqueue_len or len(self.mqueue) < self.max_mqueue_len
+        n = len(self.mqueue)
+        if self.flow_limit and n >= self.flow_limit and not self.flow_stalled \
+                and self.channel is not None:
+            return False
+        return not self.max_mqueue_len or n < self.max_mqueue_len
 
     def trim(self) -> list[Delivery]:
         """A backpressured publisher waited too long: bring the queue back to its limit by
         the fallback policy; returns the deliveries dropped (counted in ``dropped``)."""
         mq = self.mqueue
+        if self.flow_limit and len(mq) >= self.flow_limit:
+            self.flow_stalled = True  # not taking its messages: hold no publisher again yet
         limit = self.max_mqueue_len
         dropped: list[Delivery] = []
         if not limit:

@@ -145,7 +145,7 @@ class Flusher:
 
     __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines", "_closes",
                  "_close_order", "_closing_scheduled", "_turn_reads", "_turn_start",
-                 "_deferring", "_deferred", "_deferred_scheduled")
+                 "_deferring", "_deferred", "_deferred_scheduled", "_pressed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -168,10 +168,14 @@ class Flusher:
         #: Connections whose read (False) or end of input (True) was put off, in order.
         self._deferred: collections.deque[tuple[Connection, bool]] = collections.deque()
         self._deferred_scheduled = False
+        #: Connections waiting under backpressure or flow control (Channel.pressure), in the
+        #: order they started: looked at after every turn's writes, since what frees a queue
+        #: (a subscriber's PUBACK refilling its window) writes in that turn.
+        self._pressed: dict[Connection, None] = {}
 
     def tables(self) -> list[dict[Any, Any] | set[Any]]:
         """The tables that had an entry per client (for ``sysmon.shrink``)."""
-        return [self._closes, self._held]
+        return [self._closes, self._held, self._pressed]
 
     def admit(self) -> bool:
         """May a read (or an end of input) be handled in this loop turn? False once the
@@ -287,6 +291,12 @@ class Flusher:
             self._scheduled = True
             self._loop.call_soon(self._run)
 
+    def press(self, conn: Connection) -> None:
+        self._pressed[conn] = None
+
+    def release(self, conn: Connection) -> None:
+        self._pressed.pop(conn, None)
+
     def _run(self) -> None:
         pending = self._pending
         self._pending = []
@@ -296,6 +306,11 @@ class Flusher:
                 conn.flush()
             except Exception:  # one connection's bug must not cost the others their write
                 conn.crashed("writing")
+        if self._pressed:
+            # A publisher waits no longer than the turn that made room for it (not for the
+            # next PRESSURE_POLL): under flow control that is every turn of a busy subscriber.
+            for conn in list(self._pressed):
+                conn.recheck_pressure()
 
 
 class Connection(asyncio.Protocol):
@@ -520,9 +535,22 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
         self._pressure_deadline = self.loop.time() + self.zone.mqueue_backpressure_timeout
         self._pressure_timer = self.loop.call_later(PRESSURE_POLL, self._check_pressure)
+        self.flusher.press(self)
+
+    def recheck_pressure(self) -> None:
+        """The flusher's look after a turn's writes: end the wait now if there is room."""
+        channel = self.channel
+        timer = self._pressure_timer
+        if timer is None or channel is None or self._lost:
+            self.flusher.release(self)
+            return
+        if channel.closing or channel.pressure is None or channel.pressure_room():
+            timer.cancel()
+            self._check_pressure()
 
     def _check_pressure(self) -> None:
         self._pressure_timer = None
+        self.flusher.release(self)
         channel = self.channel
         if self._lost or channel is None or channel.pressure is None:
             return
@@ -554,18 +582,11 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _handle_stash(self, channel: Channel, packets: list[Any]) -> None:
-        """Handle the packets a backpressure wait left from its read, stopping again if
-        one of them has to wait."""
-        n = 0
-        for packet in packets:
-            n += 1
-            channel.handle_in(packet)
-            if channel.closing:
-                break
-            if channel.pressure is not None:
-                if n < len(packets):
-                    self._stash = packets[n:]
-                break
+        """Handle the packets a backpressure wait left from its read (the common PUBLISH
+        through the fast path, as a read's), stopping again if one of them has to wait."""
+        n = _apply_packets(channel, packets)
+        if n < len(packets) and not channel.closing and channel.pressure is not None:
+            self._stash = packets[n:]
         self.metrics.inc(PACKETS_RECEIVED, n)
         self.flush()
 
@@ -634,6 +655,7 @@ class Connection(asyncio.Protocol):
         if self._pressure_timer is not None:
             self._pressure_timer.cancel()
             self._pressure_timer = None
+        self.flusher.release(self)
         self._stash = None
         self._unread = b""
         self.connections.discard(self)
@@ -730,6 +752,7 @@ class Connection(asyncio.Protocol):
         if self._pressure_timer is not None:
             self._pressure_timer.cancel()
             self._pressure_timer = None
+            self.flusher.release(self)
             if self._paused_until is None:
                 transport.resume_reading()
         if self._paused_until is not None:  # drain what the client sends while we linger
