@@ -72,8 +72,11 @@ def test_facade_uses_compiled_path() -> None:
 class Run:
     """One broker, its clients and what they were sent, driven through ``take``."""
 
-    def __init__(self, take: Callable[[Any, Any], bool] | None, max_levels: int) -> None:
-        self.world = World(max_topic_levels=max_levels, max_mqueue_len=3)
+    def __init__(self, take: Callable[[Any, Any], bool] | None, max_levels: int,
+                 max_inflight: int = 32) -> None:
+        # (max_inflight 2: windows fill, so PUBACKs refill them from the queue.)
+        self.world = World(max_topic_levels=max_levels, max_mqueue_len=3,
+                           max_inflight=max_inflight)
         self.take = take
         self.log: list[tuple[Any, ...]] = []
         self.probes: list[Probe] = []
@@ -191,11 +194,12 @@ def _apply(run: Run, op: tuple[Any, ...]) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(OPS, min_size=1, max_size=40), max_levels=st.sampled_from([0, 3]))
+@given(ops=st.lists(OPS, min_size=1, max_size=40), max_levels=st.sampled_from([0, 3]),
+       max_inflight=st.sampled_from([32, 2]))
 def test_fast_path_matches_state_machine(impl: type, ops: list[tuple[Any, ...]],
-                                         max_levels: int) -> None:
-    slow = Run(None, max_levels)
-    fast = Run(pubpath.build(impl), max_levels)
+                                         max_levels: int, max_inflight: int) -> None:
+    slow = Run(None, max_levels, max_inflight)
+    fast = Run(pubpath.build(impl), max_levels, max_inflight)
     for op in ops:
         _apply(slow, op)
         _apply(fast, op)
@@ -220,6 +224,32 @@ def test_fast_path_takes_the_common_publish(impl: type) -> None:
     assert run.sent[0] == [bytes((0x40, 2, 0, 7))]
     assert run.sent[1][1] == (bytes((0x30, 7, 0, 3)) + b"a/b\0x"
                               + bytes((0x32, 9, 0, 3)) + b"a/b\0\1\0x")
+
+
+def test_fast_path_takes_the_puback_and_refills_the_window(impl: type) -> None:
+    """A subscriber's PUBACK of a QoS 1 delivery is the fast path's too, with the refill of
+    the window from the queue: the same bytes as the state machine sends, the next packet
+    id, and the PUBACK of an unknown packet id left to the state machine."""
+    runs = [Run(None, 0, 2), Run(pubpath.build(impl), 0, 2)]
+    for run in runs:
+        run.feed(1, Subscribe(1, [("a/#", SubOpts(1))]))
+        for k in range(5):
+            run.feed(0, Publish("a/b", b"m%d" % k, 1, False, False, k + 1))
+    slow, fast = runs
+    take = fast.take
+    assert take is not None
+    subscriber = fast.probes[1].channel
+    assert sorted(subscriber.session.inflight) == [1, 2]
+    assert not take(subscriber, Puback(9))  # unknown: the state machine counts it
+    subscriber.handle_in(Puback(9))
+    slow.feed(1, Puback(9))
+    fast.collect()
+    assert take(subscriber, Puback(1))
+    slow.feed(1, Puback(1))
+    fast.collect()
+    assert sorted(subscriber.session.inflight) == [2, 3]
+    assert fast.sent[1][-1] == bytes((0x32, 10, 0, 3)) + b"a/b\0\3\0m2"  # (MQTT 5)
+    assert fast.state() == slow.state()
 
 
 def test_fast_path_message_is_what_message_init_makes(impl: type) -> None:

@@ -16,8 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support import WAIT, uid
-from support import builder as B
+from support import WAIT, builder as B, uid
 from support.process import BrokerProcess, checked_broker
 from support.raw import RawClient
 

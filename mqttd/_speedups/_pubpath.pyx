@@ -185,6 +185,9 @@ cdef inline void _s(object o, Slot s, str name, object value) except *:
 
 __all__ = ["PublishPath"]
 
+#: The PUBACK packet type (MQTT's, fixed), taken too (see the reference).
+cdef int _PUBACK = 4
+
 cdef tuple _K4 = (False, False)
 cdef tuple _K5 = (True, False)
 cdef tuple _NO_SUBIDS = ()
@@ -199,6 +202,7 @@ cdef class PublishPath:
     cdef int publish_type
     cdef Py_ssize_t qos0_received, qos1_received, acl_ignore, messages_publish
     cdef Py_ssize_t messages_delivered, dropped_no_subscribers, qos0_sent, puback_sent
+    cdef Py_ssize_t puback_received, messages_acked, qos1_sent
     # Channel
     cdef Slot c_closing, c_held, c_tracer, c_state, c_pressure, c_mountpoint, c_zone
     cdef Slot c_services, c_hooks, c_gate, c_metrics, c_recv_pkt, c_recv_msg, c_client_id
@@ -236,6 +240,9 @@ cdef class PublishPath:
         self.dropped_no_subscribers = counters["dropped_no_subscribers"]
         self.qos0_sent = counters["qos0_sent"]
         self.puback_sent = counters["puback_sent"]
+        self.puback_received = counters["puback_received"]
+        self.messages_acked = counters["messages_acked"]
+        self.qos1_sent = counters["qos1_sent"]
         c = channel_cls
         self.c_closing = _slot(c, "closing")
         self.c_held = _slot(c, "_held")
@@ -321,6 +328,8 @@ cdef class PublishPath:
         cdef PyObject* found
         # --- may we? (no side effect before every test has passed) ---
         if type(p) is not self.publish_cls and p.packet_type != self.publish_type:
+            if p.packet_type == _PUBACK:
+                return self._puback(channel, p)
             return False
         qos = _g(p, self.p_qos, "qos")
         if qos > 1 or _t(p, self.p_retain, "retain") or _t(p, self.p_properties, "properties"):
@@ -439,6 +448,80 @@ cdef class PublishPath:
                     or not _none(channel, self.c_pressure, "pressure")):
                 break
         return n
+
+    cdef bint _puback(self, channel, p) except -1:
+        """The PUBACK of a QoS 1 delivery in flight and the refill it allows (see the
+        reference's ``_puback``)."""
+        cdef Py_ssize_t max_inflight
+        cdef int version
+        if (_t(channel, self.c_closing, "closing")
+                or not _none(channel, self.c_held, "_held")
+                or not _none(channel, self.c_tracer, "tracer")
+                or _g(channel, self.c_state, "state") != self.connected
+                or not _none(channel, self.c_gate, "gate")
+                or _none(channel, self.c_clientinfo, "_clientinfo")):
+            return False
+        session = channel.session
+        if session is None or session.store is not None or session.sent_at is not None:
+            return False
+        broker = _g(channel, self.c_services, "services")
+        hooks = _g(channel, self.c_hooks, "hooks")
+        if type(broker) is not self.broker_cls or hooks.message_acked:
+            return False
+        packet_id = p.packet_id
+        inflight = session.inflight
+        entry = inflight.get(packet_id)
+        if entry is None or entry[1] != 1:
+            return False
+        wait_comp = session.wait_comp
+        if wait_comp is not None and packet_id in wait_comp:
+            return False
+        # --- Channel.handle_in, Session.ack, Broker.acked ---
+        _s(channel, self.c_recv_pkt, "recv_pkt", _g(channel, self.c_recv_pkt, "recv_pkt") + 1)
+        metrics = _g(channel, self.c_metrics, "metrics")
+        _inc(metrics, self.puback_received)
+        del inflight[packet_id]
+        session.delivered += 1
+        _inc(_d(broker, "metrics", self.broker_plain), self.messages_acked)
+        # --- Channel.drain ---
+        if _t(channel, self.c_paused, "paused"):
+            return True
+        mq = session.mqueue
+        if not mq:
+            return True
+        if (not _none(channel, self.c_acl_deliver, "acl_deliver")
+                or _t(channel, self.c_alias_out_max, "alias_out_max")
+                or _t(channel, self.c_mountpoint, "mountpoint")
+                or _t(channel, self.c_client_max_packet, "client_max_packet")
+                or hooks.delivery_slow):
+            channel.drain()
+            return True
+        out = _g(channel, self.c_out, "out")
+        was_empty = not out
+        version = _g(channel, self.c_version, "version")
+        max_inflight = session.max_inflight
+        while mq and len(inflight) < max_inflight:
+            delivery = mq[0]
+            msg = delivery[0]
+            if delivery[1] != 1 or delivery[3] or _t(msg, self.m_expiry, "expiry"):
+                break
+            mq.popleft()
+            pid = session.next_packet_id()
+            inflight[pid] = delivery
+            out.append(self.encode_publish(_g(msg, self.m_topic, "topic"),
+                                           _g(msg, self.m_payload, "payload"), 1, delivery[2],
+                                           False, pid, _g(msg, self.m_properties, "properties"),
+                                           version))
+            _s(channel, self.c_send_pkt, "send_pkt",
+               _g(channel, self.c_send_pkt, "send_pkt") + 1)
+            _s(channel, self.c_send_msg, "send_msg",
+               _g(channel, self.c_send_msg, "send_msg") + 1)
+            _inc(metrics, self.qos1_sent)
+        if mq and len(inflight) < max_inflight:
+            channel.drain()  # the rest as drain does it (QoS 0/2, expiry, identifiers)
+        if was_empty and out and not _none(channel, self.c_wakeup, "wakeup"):
+            channel.wakeup()
+        return True
 
     cdef object _message(self, topic, payload, int qos, properties, sender):
         """``Message(topic, payload, qos, False, properties, sender)`` for empty

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 #: ``encode_publish``'s signature (mqttd/mqtt/codec.py).
 EncodePublish = Callable[[str, bytes, int, bool, bool, int, "Properties", int], bytes]
 
+#: The PUBACK packet type (MQTT's, fixed): a subscriber's acknowledgement of a QoS 1
+#: delivery, which the fast path takes too (with the refill of the window it opens).
+_PUBACK = 4
+
 #: ``encoded`` keys of the QoS 0 bytes shared by subscribers (MQTT 5 or not, retain False):
 #: the ones ``Channel.deliver`` uses.
 _K4 = (False, False)
@@ -52,7 +56,8 @@ class PublishPathPy:
     __slots__ = ("broker_cls", "channel_cls", "message_cls", "overfull", "connected",
                  "publish_type", "encode_publish", "qos_recv", "acl_ignore",
                  "messages_publish", "messages_delivered", "dropped_no_subscribers",
-                 "qos0_sent", "puback_sent")
+                 "qos0_sent", "puback_sent", "puback_received", "messages_acked",
+                 "qos1_sent")
 
     def __init__(self, broker_cls: type[Broker], channel_cls: type[Channel],
                  message_cls: type[Message], overfull: list[Backlog], connected: object,
@@ -74,12 +79,17 @@ class PublishPathPy:
         self.dropped_no_subscribers = counters["dropped_no_subscribers"]
         self.qos0_sent = counters["qos0_sent"]
         self.puback_sent = counters["puback_sent"]
+        self.puback_received = counters["puback_received"]
+        self.messages_acked = counters["messages_acked"]
+        self.qos1_sent = counters["qos1_sent"]
 
     def take(self, channel: Channel, p: Any) -> bool:  # type: ignore[explicit-any]
         # ``p``: any packet (its packet_type is tested first, as Channel.handle_in does)
         """Handle ``p`` if it is the common PUBLISH (True); else change nothing (False)."""
         # --- may we? (no side effect before every test has passed) ---
         if p.packet_type != self.publish_type:
+            if p.packet_type == _PUBACK:
+                return self._puback(channel, p)
             return False
         qos = p.qos
         if qos > 1 or p.retain or p.properties:
@@ -180,6 +190,73 @@ class PublishPathPy:
             if channel.closing or channel.pressure is not None:
                 break
         return n
+
+    def _puback(self, channel: Channel, p: Any) -> bool:  # type: ignore[explicit-any]
+        """What ``Channel.handle_in`` → ``_in_puback`` → ``Session.ack`` → ``Broker.acked``
+        → ``Channel.drain`` do for the PUBACK of a QoS 1 delivery in flight, from a
+        connected client that is not traced or held, with no durable store, no
+        message.acked callback and no delivery timing; anything else: False, nothing
+        changed."""
+        if (channel.closing or channel._held is not None or channel.tracer is not None
+                or channel.state != self.connected or channel.gate is not None
+                or channel._clientinfo is None):
+            return False
+        session = channel.session
+        if session is None or session.store is not None or session.sent_at is not None:
+            return False
+        broker = channel.services
+        if type(broker) is not self.broker_cls or channel.hooks.message_acked:
+            return False
+        packet_id = p.packet_id
+        inflight = session.inflight
+        entry = inflight.get(packet_id)
+        if entry is None or entry[1] != 1:
+            return False
+        wait_comp = session.wait_comp
+        if wait_comp is not None and packet_id in wait_comp:
+            return False
+        # --- Channel.handle_in, Session.ack, Broker.acked ---
+        channel.recv_pkt += 1
+        metrics = channel.metrics
+        metrics.inc(self.puback_received)
+        del inflight[packet_id]
+        session.delivered += 1
+        broker.metrics.inc(self.messages_acked)
+        # --- Channel.drain ---
+        if channel.paused:
+            return True
+        mq = session.mqueue
+        if not mq:
+            return True
+        if (channel.acl_deliver is not None or channel.alias_out_max or channel.mountpoint
+                or channel.client_max_packet or channel.hooks.delivery_slow):
+            channel.drain()
+            return True
+        out = channel.out
+        was_empty = not out
+        version = channel.version
+        max_inflight = session.max_inflight
+        # The common queued delivery: QoS 1, no subscription identifier, no expiry (so the
+        # message's own properties): its PUBLISH straight from the message, as drain's
+        # build_publish → start_inflight → _send_publish make it.
+        while mq and len(inflight) < max_inflight:
+            delivery = mq[0]
+            msg = delivery[0]
+            if delivery[1] != 1 or delivery[3] or msg.expiry:
+                break
+            mq.popleft()
+            pid = session.next_packet_id()
+            inflight[pid] = delivery
+            out.append(self.encode_publish(msg.topic, msg.payload, 1, delivery[2], False, pid,
+                                           msg.properties, version))
+            channel.send_pkt += 1
+            channel.send_msg += 1
+            metrics.inc(self.qos1_sent)
+        if mq and len(inflight) < max_inflight:
+            channel.drain()  # the rest as drain does it (QoS 0/2, expiry, identifiers)
+        if was_empty and out and channel.wakeup is not None:
+            channel.wakeup()
+        return True
 
     def _dispatch(self, route: Route, msg: Message, dispatcher: Dispatcher, hooks: Hooks
                   ) -> int:

@@ -16,12 +16,15 @@ from ..config import Zone
 from ..hooks import Hooks
 from ..metrics import (
     CLIENT_ACL_IGNORE,
+    MESSAGES_ACKED,
     MESSAGES_DELIVERED,
     MESSAGES_DROPPED_NO_SUBSCRIBERS,
     MESSAGES_PUBLISH,
     MESSAGES_QOS0_RECEIVED,
     MESSAGES_QOS0_SENT,
     MESSAGES_QOS1_RECEIVED,
+    MESSAGES_QOS1_SENT,
+    PACKETS_PUBACK_RECEIVED,
     PACKETS_PUBACK_SENT,
 )
 from ..mqtt.codec import encode_publish
@@ -53,6 +56,9 @@ COUNTERS: dict[str, int] = {
     "dropped_no_subscribers": MESSAGES_DROPPED_NO_SUBSCRIBERS,
     "qos0_sent": MESSAGES_QOS0_SENT,
     "puback_sent": PACKETS_PUBACK_SENT,
+    "puback_received": PACKETS_PUBACK_RECEIVED,
+    "messages_acked": MESSAGES_ACKED,
+    "qos1_sent": MESSAGES_QOS1_SENT,
 }
 
 #: Core's classes whose attributes the compiled twin reads from their slots (or, for the
