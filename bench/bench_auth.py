@@ -9,7 +9,8 @@ handshakes in flight and saturates either broker (an asyncio client could not): 
 users ÷ the time to the last CONNACK; the broker's CPU per CONNECT covers connect and
 disconnect. A second pass with the same users measures what mqttd's cache of successful
 checks saves (mosquitto has none). Meanwhile one more client (a separate process) sends
-PINGREQ every 5 ms: its worst round trip is the longest the broker's event loop stood still.
+PINGREQ every 5 ms from the load core with SCHED_FIFO (so its own wait for the core is not
+counted): its worst round trip is the longest the broker's event loop stood still.
 
 Brokers run pinned to ``--broker-core``, the load (this process) to ``--load-core``.
 
@@ -40,9 +41,16 @@ SOURCES = [0x7F000001 + i for i in range(1, 9)]  # 127.0.0.2 .. 127.0.0.9
 #: Seconds after the DISCONNECTs before the broker's CPU is read (it closes them meanwhile).
 SETTLE = 0.5
 
-#: The PINGREQ client: its own process, since the generator holds the GIL while it runs.
+#: The PINGREQ client: its own process, since the generator holds the GIL while it runs;
+#: on the load core with SCHED_FIFO (as bench_pauses.py's), so what it measures is the
+#: broker's pauses, not its own wait behind the load generator for the core.
 PINGER = r"""
-import socket, sys, time, select
+import os, socket, sys, time, select
+try:
+    os.sched_setaffinity(0, {int(sys.argv[3])})
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+except (OSError, AttributeError):
+    pass  # not root: the figure carries the generator's scheduling noise
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 s.sendall(bytes.fromhex(sys.argv[2]))
 assert len(s.recv(4)) == 4
@@ -147,12 +155,13 @@ def start_broker(kind: str, workdir: Path, passwd: Path, core: int, hash_threads
     raise RuntimeError(f"{kind} did not listen")
 
 
-def storm(lg: Any, pid: int, port: int, users: int, concurrency: int, tag: str
-          ) -> tuple[float, int, float, float]:
+def storm(lg: Any, pid: int, port: int, users: int, concurrency: int, tag: str,
+          load_core: int) -> tuple[float, int, float, float]:
     """(connects per second, refused, worst PING round trip in ms, broker CPU seconds) for
     one pass of ``users`` clients (user i with password pw-i)."""
     pinger = subprocess.Popen([sys.executable, "-c", PINGER, str(port),
-                               connect_packet("pinger-" + tag, "user0", "pw-0").hex()],
+                               connect_packet("pinger-" + tag, "user0", "pw-0").hex(),
+                               str(load_core)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert pinger.stdout is not None and pinger.stdin is not None
@@ -215,8 +224,10 @@ def main() -> int:
                 proc, port = start_broker(kind, Path(tmp) / f"{kind}-{rep}", passwd,
                                           args.broker_core, args.hash_threads)
                 try:
-                    cold = storm(lg, proc.pid, port, args.users, args.concurrency, "a")
-                    warm = storm(lg, proc.pid, port, args.users, args.concurrency, "b")
+                    cold = storm(lg, proc.pid, port, args.users, args.concurrency, "a",
+                                 args.load_core)
+                    warm = storm(lg, proc.pid, port, args.users, args.concurrency, "b",
+                                 args.load_core)
                 finally:
                     proc.terminate()
                     proc.wait(10)
