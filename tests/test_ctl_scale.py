@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -24,14 +23,12 @@ from support import WAIT, builder as B
 from support.process import BrokerProcess, broker_fixture, run_mqttd
 from support.raw import RawClient
 
-from mqttd.core.channel import CONNECTED, Channel
 from mqttd.config import Settings
+from mqttd.core.channel import CONNECTED, Channel
+from mqttd.core.session import Session
+from mqttd.ctl.context import PAGE_ROWS
 from mqttd.mqtt.packets import Connack, Pingresp, SubOpts
 from mqttd.server import Server
-from mqttd.core.session import Session
-
-from mqttd.ctl.context import PAGE_ROWS
-
 
 broker = broker_fixture('[node]\nlog_level = "info"\n', extra_args=["--log-level", "info"])
 
