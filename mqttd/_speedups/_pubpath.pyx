@@ -590,6 +590,16 @@ cdef class PublishPath:
             if dropped is not None:
                 dispatcher.queue_dropped(session, dropped)
             return 1
+        if (qos == 1 and not subid and not delivered_hook and type(ch) is self.channel_cls
+                and not _t(ch, self.c_closing, "closing")
+                and _none(ch, self.c_acl_deliver, "acl_deliver")
+                and (_t(ch, self.c_paused, "paused")
+                     or len(session.inflight) >= session.max_inflight)):
+            # Channel.deliver's QoS 1 to a full window (a flood's usual case): queued
+            dropped = session.enqueue(delivery)
+            if dropped is not None:
+                dispatcher.queue_dropped(session, dropped)
+            return 1
         if (qos or subid or delivered_hook or type(ch) is not self.channel_cls
                 or _t(ch, self.c_closing, "closing")
                 or not _none(ch, self.c_acl_deliver, "acl_deliver")

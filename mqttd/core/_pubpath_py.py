@@ -285,6 +285,14 @@ class PublishPathPy:
                 if dropped is not None:
                     dispatcher.queue_dropped(session, dropped)
                 continue
+            if (qos == 1 and not subid and not delivered_hook and type(ch) is channel_cls
+                    and not ch.closing and ch.acl_deliver is None
+                    and (ch.paused or len(session.inflight) >= session.max_inflight)):
+                # Channel.deliver's QoS 1 to a full window (a flood's usual case): queued
+                dropped = session.enqueue(delivery)
+                if dropped is not None:
+                    dispatcher.queue_dropped(session, dropped)
+                continue
             if (qos or subid or delivered_hook or type(ch) is not channel_cls or ch.closing
                     or ch.acl_deliver is not None or ch.paused or ch.alias_out_max
                     or ch.tracer is not None or ch.mountpoint):
