@@ -56,7 +56,7 @@ CLOSE_SLICE = 256
 #: closes, handled per turn). When 19,000 clients leave at once, libuv hands every ready
 #: socket to one turn: their DISCONNECTs, closes and EOFs were 0.1-0.2 s in which no other
 #: client was answered.
-READ_BUDGET = 0.002
+READ_BUDGET = 0.001
 #: The first byte of a DISCONNECT packet.
 _DISCONNECT = 0xE0
 #: Seconds between looks at the queues a backpressured publisher waits for.
