@@ -12,7 +12,8 @@ run.
 The stats are EMQX's (the seeds' table): connections, channels, sessions,
 sessions.persistent, topics, suboptions, subscribers, subscriptions,
 subscriptions.shared, routes and retained, each ``.count`` and ``.max``; and mqttd's
-publishers.held (publishers waiting under mqueue_overflow = "backpressure").
+publishers.held (publishers waiting under mqueue_overflow = "backpressure" or flow control,
+mqueue_flow_limit).
 """
 
 from __future__ import annotations
