@@ -137,6 +137,11 @@ OPS = st.one_of(
               st.booleans(), st.sampled_from([None, "user", "content"])),
     st.tuples(st.just("pub"), _client, st.sampled_from(TOPICS[:3]), st.integers(0, 1),
               st.just(False), st.just(None)),
+    # QoS 0 frames the compiled twin writes itself: Remaining Length of 1 to 4 bytes,
+    # non-ASCII topics (a size picks the payload's length).
+    st.tuples(st.just("pub"), _client, st.sampled_from(["a/b", "\u00e9/b", "a/\u20ac", "x"]),
+              st.just(0), st.just(False), st.just(None),
+              st.sampled_from([0, 121, 122, 123, 124, 16376, 16377, 16378, 2097145, 2097146])),
     st.tuples(st.just("ack"), _client),
     st.tuples(st.just("pause"), _client, st.booleans()),
     st.tuples(st.just("hook"), st.sampled_from(HOOK_POINTS), st.booleans()),
@@ -156,7 +161,7 @@ def _apply(run: Run, op: tuple[Any, ...]) -> None:
         run.next_id[i] += 1
         run.feed(i, Unsubscribe(run.next_id[i] % 65535 + 1, [topic_filter]))
     elif kind == "pub":
-        _, i, topic, qos, retain, props = op
+        _, i, topic, qos, retain, props, *size = op
         properties: dict[str, Any] = {}
         if props == "user" and CLIENTS[i][1] == 5:
             properties["user_property"] = [("k", "v")]
@@ -166,8 +171,8 @@ def _apply(run: Run, op: tuple[Any, ...]) -> None:
         if qos:
             run.next_id[i] += 1
             packet_id = run.next_id[i] % 65535 + 1
-        run.feed(i, Publish(topic, b"payload-%d" % len(run.log), qos, retain, False, packet_id,
-                            properties))
+        payload = b"payload-%d" % len(run.log) if not size else b"s" * size[0]
+        run.feed(i, Publish(topic, payload, qos, retain, False, packet_id, properties))
         if qos == 2:
             run.feed(i, Pubrel(packet_id))
     elif kind == "ack":

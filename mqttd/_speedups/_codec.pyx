@@ -85,6 +85,11 @@ cdef extern from *:
         if (s != NULL && n) memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
         return s;
     }
+    /* Whether s (a str mq_ascii made) holds exactly the n bytes at p. */
+    static CYTHON_INLINE int mq_same_ascii(PyObject *s, const unsigned char *p, Py_ssize_t n) {
+        return PyUnicode_GET_LENGTH(s) == n
+            && (n == 0 || memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0);
+    }
     /* 1 and *out = value if o is a bool or an exact int in [0, hi]; else 0, no error. */
     static CYTHON_INLINE int mq_small(PyObject *o, long hi, long *out) {
         long v;
@@ -124,6 +129,7 @@ cdef extern from *:
     PyObject* mq_get(PyObject* o, Py_ssize_t off)
     Py_ssize_t mq_slot_offset(object descr, object tp)
     object mq_ascii(const unsigned char* p, Py_ssize_t n)
+    int mq_same_ascii(PyObject* s, const unsigned char* p, Py_ssize_t n)
     int mq_small(PyObject* o, long hi, long* out)
     int mq_truth(PyObject* o)
     const char* mq_utf8(PyObject* o, Py_ssize_t* n)
@@ -158,6 +164,8 @@ cdef enum:
     MAX_VARINT = 268_435_455
     # A buffer that grew past this is freed once it is empty again.
     KEEP_BUFFER = 64 * 1024
+    # Longest topic the parser keeps to reuse (see Parser._topic).
+    _TOPIC_CACHE_MAX = 256
 
     # Property wire types (mqttd.properties); 0 = unknown identifier.
     W_BYTE = 1
@@ -690,6 +698,10 @@ cdef class Parser:
     cdef object _max_obj
     cdef bint _busy
     cdef public int version
+    # The last PUBLISH's topic when it was plain ASCII without wildcards: a client mostly
+    # publishes to the same few topics, and the same str object again skips its checks,
+    # its allocation and (cached in the str) its hash in the router's and other lookups.
+    cdef object _topic
 
     def __cinit__(self):
         self._buf = NULL
@@ -699,6 +711,7 @@ cdef class Parser:
         self._max_obj = MAX_PACKET_SIZE
         self._busy = False
         self.version = 0
+        self._topic = None
 
     def __init__(self, max_packet_size=MAX_PACKET_SIZE, int version=0):
         self.max_packet_size = max_packet_size
@@ -1012,9 +1025,17 @@ cdef class Parser:
         cdef int qos = (flags >> 1) & 0x03, wild = 0
         cdef long packet_id = 0
         cdef dict props
-        topic = r_topic(r, &wild)
-        if wild:
-            _protocol("topic name contains a wildcard")
+        cdef Py_ssize_t tn = r_u16(r)
+        cdef Py_ssize_t tp = r_need(r, tn)
+        last = self._topic
+        if last is not None and mq_same_ascii(<PyObject*>last, r.d + tp, tn):
+            topic = last  # (checked when it was first seen)
+        else:
+            topic = _decode_str(r.d + tp, tn, True, &wild)
+            if wild:
+                _protocol("topic name contains a wildcard")
+            if tn <= _TOPIC_CACHE_MAX and PyUnicode_GET_LENGTH(topic) == tn:
+                self._topic = topic  # (ASCII: as many characters as bytes)
         if qos:
             packet_id = r_u16(r)
             if not packet_id:

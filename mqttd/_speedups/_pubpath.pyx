@@ -9,9 +9,11 @@ imports nothing of mqttd: the facade hands it core's classes and counter indices
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memcpy
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
 from libc.time cimport time_t
 
@@ -48,6 +50,15 @@ cdef extern from *:
         Py_XDECREF(old);
     }
     static CYTHON_INLINE PyObject *pp_type(PyObject *o) { return (PyObject *)Py_TYPE(o); }
+    /* UTF-8 of an exact str of at most 65535 encoded bytes; NULL (no error) otherwise. */
+    static CYTHON_INLINE const char *pp_utf8(PyObject *o, Py_ssize_t *n) {
+        const char *s;
+        if (o == NULL || !PyUnicode_CheckExact(o)) return NULL;
+        s = PyUnicode_AsUTF8AndSize(o, n);
+        if (s == NULL) { PyErr_Clear(); return NULL; }
+        if (*n > 0xFFFF) return NULL;
+        return s;
+    }
     /* A new, zeroed (and GC-tracked) instance of the slotted class tp. */
     static CYTHON_INLINE PyObject *pp_alloc(PyObject *tp) {
         return ((PyTypeObject *)tp)->tp_alloc((PyTypeObject *)tp, 0);
@@ -93,6 +104,7 @@ cdef extern from *:
     PyObject* pp_get(PyObject* o, Py_ssize_t off)
     void pp_put(PyObject* o, Py_ssize_t off, PyObject* v)
     PyObject* pp_type(PyObject* o)
+    const char* pp_utf8(PyObject* o, Py_ssize_t* n)
     PyObject** _PyObject_GetDictPtr(object o)
     object pp_alloc(PyObject* tp)
     void pp_fill(object o, Py_ssize_t off, object v)
@@ -187,6 +199,18 @@ __all__ = ["PublishPath"]
 
 #: The PUBACK packet type (MQTT's, fixed), taken too (see the reference).
 cdef int _PUBACK = 4
+
+#: What a Message is made of, borrowed from the PUBLISH being taken; the Message itself is
+#: built only when something keeps or hands it on (``PublishPath._msg``): a QoS 0 message
+#: to plain online subscribers is written as its shared frame and never needs one.
+cdef struct Pending:
+    PyObject* topic
+    PyObject* payload
+    PyObject* properties
+    PyObject* sender
+    PyObject* msg  # owned once built (released by _take)
+    int qos
+
 
 cdef tuple _K4 = (False, False)
 cdef tuple _K5 = (True, False)
@@ -322,10 +346,8 @@ cdef class PublishPath:
 
     cdef bint _take(self, channel, p) except -1:
         cdef int qos
-        cdef Py_ssize_t n, max_levels, limit
-        cdef unsigned int packet_id
-        cdef char ack[5]
-        cdef PyObject* found
+        cdef Py_ssize_t max_levels
+        cdef Pending b
         # --- may we? (no side effect before every test has passed) ---
         if type(p) is not self.publish_cls and p.packet_type != self.publish_type:
             if p.packet_type == _PUBACK:
@@ -383,9 +405,29 @@ cdef class PublishPath:
         overfull = self.overfull
         if overfull:  # left by a publish no channel waits for (a will, the API)
             overfull.clear()
-        msg = self._message(topic, _g(p, self.p_payload, "payload"), qos,
-                            _g(p, self.p_properties, "properties"),
-                            _g(channel, self.c_client_id, "client_id"))
+        payload = _g(p, self.p_payload, "payload")
+        properties = _g(p, self.p_properties, "properties")
+        sender = _g(channel, self.c_client_id, "client_id")
+        b.topic = <PyObject*>topic
+        b.payload = <PyObject*>payload
+        b.properties = <PyObject*>properties
+        b.sender = <PyObject*>sender
+        b.qos = qos
+        b.msg = NULL
+        try:
+            return self._publish(channel, p, &b, broker, dispatcher, hooks, gate, metrics,
+                                 overfull, issued, qos)
+        finally:
+            Py_XDECREF(b.msg)
+
+    cdef bint _publish(self, channel, p, Pending* b, broker, dispatcher, hooks, gate, metrics,
+                       list overfull, issued, int qos) except -1:
+        """The rest of _take, from Broker.publish on (the Message built only if needed)."""
+        cdef Py_ssize_t n, limit
+        cdef unsigned int packet_id
+        cdef char ack[5]
+        cdef PyObject* found
+        topic = <object>b.topic
 
         # --- Broker.publish, Dispatcher.publish ---
         _inc(_d(broker, "metrics", self.broker_plain), self.messages_publish)
@@ -397,12 +439,12 @@ cdef class PublishPath:
             dispatcher.dropped_no_subscribers += 1
             _inc(_d(dispatcher, "metrics", self.dispatcher_plain), self.dropped_no_subscribers)
             if _t(hooks, self.h_message_dropped, "message_dropped"):
-                hooks.run("message.dropped", msg, "no_subscribers")
+                hooks.run("message.dropped", self._msg(b), "no_subscribers")
             n = 0
         elif len(routes) != 1 or _t(routes[0], self.r_groups, "groups"):
-            n = dispatcher.publish(msg)
+            n = dispatcher.publish(self._msg(b))
         else:
-            n = self._dispatch(routes[0], msg, dispatcher, hooks)
+            n = self._dispatch(routes[0], b, dispatcher, hooks)
 
         # --- back in Channel._in_publish: backpressure, PUBACK ---
         held = channel._press() if overfull else False
@@ -429,7 +471,7 @@ cdef class PublishPath:
                _g(channel, self.c_send_pkt, "send_pkt") + 1)
             _inc(metrics, self.puback_sent)
         if held and out:
-            channel._held_ack = (msg, n, packet_id, out[len(out) - 1])
+            channel._held_ack = (self._msg(b), n, packet_id, out[len(out) - 1])
         # --- Channel.handle_in: the acknowledgement waits for what the store took ---
         if gate is not None and out and (gate.issued != issued
                                          or channel._stored_pending(gate)):
@@ -542,31 +584,83 @@ cdef class PublishPath:
         pp_fill(msg, self.m_expiry.off, _ZERO)
         return msg
 
-    cdef Py_ssize_t _dispatch(self, route, msg, dispatcher, hooks) except -1:
+    cdef object _msg(self, Pending* b):
+        """The Message of the PUBLISH being taken, built at the first need."""
+        if b.msg == NULL:
+            msg = self._message(<object>b.topic, <object>b.payload, b.qos,
+                                <object>b.properties, <object>b.sender)
+            Py_INCREF(msg)
+            b.msg = <PyObject*>msg
+        return <object>b.msg
+
+    cdef object _frame0(self, Pending* b, bint v5):
+        """encode_publish(topic, payload, 0, False, False, 0, properties, version) written
+        here without the call, for a str topic, bytes payload and no properties (v5: an
+        empty property block); None for anything else (the caller calls it)."""
+        cdef Py_ssize_t tn, pn, rem, hdr, i
+        cdef const char* t
+        cdef char* o
+        if type(<object>b.properties) is not dict or <dict>b.properties:
+            return None
+        payload = <object>b.payload
+        t = pp_utf8(b.topic, &tn)
+        if t == NULL or type(payload) is not bytes:
+            return None
+        pn = len(<bytes>payload)
+        rem = 2 + tn + v5 + pn
+        if rem > 268435455:
+            return None
+        hdr = 2 if rem < 0x80 else 3 if rem < 0x4000 else 4 if rem < 0x200000 else 5
+        data = PyBytes_FromStringAndSize(NULL, hdr + rem)
+        o = PyBytes_AS_STRING(data)
+        o[0] = <char>0x30
+        i = 1
+        while True:
+            o[i] = <char>(rem & 0x7F)
+            rem >>= 7
+            if rem:
+                o[i] = <char>(o[i] | 0x80)
+                i += 1
+            else:
+                break
+        i = hdr
+        o[i] = <char>(tn >> 8)
+        o[i + 1] = <char>(tn & 0xFF)
+        memcpy(o + i + 2, t, tn)
+        i += 2 + tn
+        if v5:
+            o[i] = 0
+            i += 1
+        memcpy(o + i, PyBytes_AS_STRING(payload), pn)
+        return data
+
+    cdef Py_ssize_t _dispatch(self, route, Pending* b, dispatcher, hooks) except -1:
         cdef Py_ssize_t n = 0
         cdef int mqos
-        cdef dict encoded = {}
+        cdef dict encoded = None  # (one subscriber: nothing to share)
         cdef dict subs
-        sender = _g(msg, self.m_sender, "sender")
-        mqos = _g(msg, self.m_qos, "qos")
+        sender = <object>b.sender
+        mqos = b.qos
         one = _g(route, self.r_one, "one")
         delivered_hook = _t(hooks, self.h_message_delivered, "message_delivered")
         # A route's single subscriber is kept without a dict (see Route).
         if one is not None:
-            n = self._to(one, _g(route, self.r_entry, "entry"), msg, sender, mqos,
+            n = self._to(one, _g(route, self.r_entry, "entry"), b, sender, mqos,
                          delivered_hook, encoded, dispatcher)
         else:
+            encoded = {}
             subs = _g(route, self.r_subs, "subs")
             for session, entry in subs.items():
-                n += self._to(session, entry, msg, sender, mqos, delivered_hook, encoded,
+                n += self._to(session, entry, b, sender, mqos, delivered_hook, encoded,
                               dispatcher)
         if n:
             _inc(_d(dispatcher, "metrics", self.dispatcher_plain), self.messages_delivered, n)
         return n
 
-    cdef int _to(self, session, entry, msg, sender, int mqos, bint delivered_hook,
+    cdef int _to(self, session, entry, Pending* b, sender, int mqos, bint delivered_hook,
                  dict encoded, dispatcher) except -1:
-        """One subscriber of the route: 1 if it counts as reached, 0 (No Local) if not."""
+        """One subscriber of the route: 1 if it counts as reached, 0 (No Local) if not.
+        ``encoded``: the frames shared by the route's subscribers, None when it has one."""
         cdef int qos
         cdef Py_ssize_t limit
         cdef tuple key
@@ -578,15 +672,15 @@ cdef class PublishPath:
             opts, subid = entry
         if (_t(opts, self.o_no_local, "no_local")
                 and sender == _g(session, self.s_client_id, "client_id")):
-            dispatcher._no_local(session, msg)
+            dispatcher._no_local(session, self._msg(b))
             return 0
         qos = _g(opts, self.o_qos, "qos")
         if qos > mqos and not _t(session, self.s_upgrade_qos, "upgrade_qos"):
             qos = mqos
-        delivery = (msg, qos, False, (subid,) if subid else _NO_SUBIDS, None)
         ch = _g(session, self.s_channel, "channel")
         if ch is None:
-            dropped = session.enqueue(delivery)
+            dropped = session.enqueue((self._msg(b), qos, False,
+                                       (subid,) if subid else _NO_SUBIDS, None))
             if dropped is not None:
                 dispatcher.queue_dropped(session, dropped)
             return 1
@@ -596,7 +690,7 @@ cdef class PublishPath:
                 and (_t(ch, self.c_paused, "paused")
                      or len(session.inflight) >= session.max_inflight)):
             # Channel.deliver's QoS 1 to a full window (a flood's usual case): queued
-            dropped = session.enqueue(delivery)
+            dropped = session.enqueue((self._msg(b), 1, False, _NO_SUBIDS, None))
             if dropped is not None:
                 dispatcher.queue_dropped(session, dropped)
             return 1
@@ -607,23 +701,28 @@ cdef class PublishPath:
                 or _t(ch, self.c_alias_out_max, "alias_out_max")
                 or not _none(ch, self.c_tracer, "tracer")
                 or _t(ch, self.c_mountpoint, "mountpoint")):
-            ch.deliver(delivery, encoded)
+            ch.deliver((self._msg(b), qos, False, (subid,) if subid else _NO_SUBIDS, None),
+                       {} if encoded is None else encoded)
             return 1
-        # Channel.deliver's shared QoS 0 bytes (the message has no expiry: no properties)
+        # Channel.deliver's shared QoS 0 bytes (the message has no expiry: no properties);
+        # the delivery tuple the reference builds is only needed where it is handed on.
         version = _g(ch, self.c_version, "version")
-        key = _K5 if version == 5 else _K4
-        found = PyDict_GetItem(encoded, key)
+        v5 = version == 5
+        key = _K5 if v5 else _K4
+        found = PyDict_GetItem(encoded, key) if encoded is not None else NULL
         if found is NULL:
-            data = self.encode_publish(_g(msg, self.m_topic, "topic"),
-                                       _g(msg, self.m_payload, "payload"), 0, False,
-                                       False, 0, _g(msg, self.m_properties, "properties"),
-                                       version)
-            encoded[key] = data
+            data = self._frame0(b, v5)
+            if data is None:
+                data = self.encode_publish(<object>b.topic, <object>b.payload, 0, False,
+                                           False, 0, <object>b.properties, version)
+            if encoded is not None:
+                encoded[key] = data
         else:
             data = <object>found
         limit = _g(ch, self.c_client_max_packet, "client_max_packet")
         if limit and len(data) > limit:
-            ch.deliver(delivery, encoded)  # dropped and counted there
+            ch.deliver((self._msg(b), qos, False, _NO_SUBIDS, None),
+                       {} if encoded is None else encoded)  # dropped, counted there
             return 1
         out = _g(ch, self.c_out, "out")
         was_empty = not out
