@@ -323,3 +323,28 @@ def test_run_applies_a_read_as_the_connection_loop_did(impl: type,
         slow.collect()
         fast.collect()
     assert fast.state() == slow.state()
+
+
+def test_counters_move_and_a_value_held_elsewhere_does_not(impl: type) -> None:
+    """The compiled twin adds to a channel's counter in place when only the channel holds
+    the int: an int someone else holds must keep its value, and the counters still move."""
+    run = Run(pubpath.build(impl), 0)
+    take = run.take
+    assert take is not None
+    run.feed(1, Subscribe(1, [("a/#", SubOpts(0))]))
+    publisher, subscriber = run.probes[0].channel, run.probes[1].channel
+    for _ in range(300):  # past the small ints CPython shares
+        assert take(publisher, Publish("a/b", b"x", 0))
+    held = (publisher.recv_pkt, publisher.recv_msg, subscriber.send_pkt, subscriber.send_msg)
+    copy = tuple(int(str(v)) for v in held)
+    for _ in range(3):
+        assert take(publisher, Publish("a/b", b"x", 0))
+    assert held == copy
+    assert (publisher.recv_pkt, publisher.recv_msg, subscriber.send_pkt,
+            subscriber.send_msg) == tuple(v + 3 for v in copy)
+    del held
+    where = id(publisher.recv_pkt)
+    assert take(publisher, Publish("a/b", b"x", 0))
+    if impl is not PublishPathPy:  # in place: the same int object, one more
+        assert id(publisher.recv_pkt) == where
+    assert publisher.recv_pkt == copy[0] + 4

@@ -50,6 +50,25 @@ cdef extern from *:
         Py_XDECREF(old);
     }
     static CYTHON_INLINE PyObject *pp_type(PyObject *o) { return (PyObject *)Py_TYPE(o); }
+    /* Add 1 to the int in the slot in place when nothing but the slot holds it (refcount
+       1: no one can see it change) and it stays one 30-bit digit: 1; else 0 (the caller
+       stores a new int). A per-message counter otherwise costs an int's allocation and
+       free each time it moves past 256. CPython 3.11's int layout only. */
+    static CYTHON_INLINE int pp_bump(PyObject *o, Py_ssize_t off) {
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+        PyObject *v = *(PyObject **)((char *)o + off);
+        digit d;
+        if (v == NULL || !PyLong_CheckExact(v) || Py_REFCNT(v) != 1 || Py_SIZE(v) != 1)
+            return 0;
+        d = ((PyLongObject *)v)->ob_digit[0];
+        if (d >= PyLong_MASK) return 0;
+        ((PyLongObject *)v)->ob_digit[0] = d + 1;
+        return 1;
+    #else
+        (void)o; (void)off;
+        return 0;
+    #endif
+    }
     /* UTF-8 of an exact str of at most 65535 encoded bytes; NULL (no error) otherwise. */
     static CYTHON_INLINE const char *pp_utf8(PyObject *o, Py_ssize_t *n) {
         const char *s;
@@ -104,6 +123,7 @@ cdef extern from *:
     PyObject* pp_get(PyObject* o, Py_ssize_t off)
     void pp_put(PyObject* o, Py_ssize_t off, PyObject* v)
     PyObject* pp_type(PyObject* o)
+    int pp_bump(PyObject* o, Py_ssize_t off)
     const char* pp_utf8(PyObject* o, Py_ssize_t* n)
     PyObject** _PyObject_GetDictPtr(object o)
     object pp_alloc(PyObject* tp)
@@ -194,6 +214,12 @@ cdef inline void _s(object o, Slot s, str name, object value) except *:
         pp_put(<PyObject*>o, s.off, <PyObject*>value)
     else:
         setattr(o, name, value)
+
+cdef inline void _bump(object o, Slot s, str name) except *:
+    """``o.name += 1`` for a counter slot (in place when no one else holds the int)."""
+    if pp_type(<PyObject*>o) == s.tp and pp_bump(<PyObject*>o, s.off):
+        return
+    _s(o, s, name, _g(o, s, name) + 1)
 
 __all__ = ["PublishPath"]
 
@@ -397,10 +423,10 @@ cdef class PublishPath:
 
         # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
         metrics = _g(channel, self.c_metrics, "metrics")
-        _s(channel, self.c_recv_pkt, "recv_pkt", _g(channel, self.c_recv_pkt, "recv_pkt") + 1)
+        _bump(channel, self.c_recv_pkt, "recv_pkt")
         issued = gate.issued if qos and gate is not None else 0
         _inc(metrics, self.qos1_received if qos else self.qos0_received)
-        _s(channel, self.c_recv_msg, "recv_msg", _g(channel, self.c_recv_msg, "recv_msg") + 1)
+        _bump(channel, self.c_recv_msg, "recv_msg")
         _inc(metrics, self.acl_ignore)
         overfull = self.overfull
         if overfull:  # left by a publish no channel waits for (a will, the API)
@@ -464,11 +490,10 @@ cdef class PublishPath:
         out = _g(channel, self.c_out, "out")
         limit = _g(channel, self.c_client_max_packet, "client_max_packet")
         if limit and len(data) > limit:  # as Channel._send: never more than the client takes
-            _s(channel, self.c_dropped, "dropped", _g(channel, self.c_dropped, "dropped") + 1)
+            _bump(channel, self.c_dropped, "dropped")
         else:
             out.append(data)
-            _s(channel, self.c_send_pkt, "send_pkt",
-               _g(channel, self.c_send_pkt, "send_pkt") + 1)
+            _bump(channel, self.c_send_pkt, "send_pkt")
             _inc(metrics, self.puback_sent)
         if held and out:
             channel._held_ack = (self._msg(b), n, packet_id, out[len(out) - 1])
@@ -519,7 +544,7 @@ cdef class PublishPath:
         if wait_comp is not None and packet_id in wait_comp:
             return False
         # --- Channel.handle_in, Session.ack, Broker.acked ---
-        _s(channel, self.c_recv_pkt, "recv_pkt", _g(channel, self.c_recv_pkt, "recv_pkt") + 1)
+        _bump(channel, self.c_recv_pkt, "recv_pkt")
         metrics = _g(channel, self.c_metrics, "metrics")
         _inc(metrics, self.puback_received)
         del inflight[packet_id]
@@ -554,10 +579,8 @@ cdef class PublishPath:
                                            _g(msg, self.m_payload, "payload"), 1, delivery[2],
                                            False, pid, _g(msg, self.m_properties, "properties"),
                                            version))
-            _s(channel, self.c_send_pkt, "send_pkt",
-               _g(channel, self.c_send_pkt, "send_pkt") + 1)
-            _s(channel, self.c_send_msg, "send_msg",
-               _g(channel, self.c_send_msg, "send_msg") + 1)
+            _bump(channel, self.c_send_pkt, "send_pkt")
+            _bump(channel, self.c_send_msg, "send_msg")
             _inc(metrics, self.qos1_sent)
         if mq and len(inflight) < max_inflight:
             channel.drain()  # the rest as drain does it (QoS 0/2, expiry, identifiers)
@@ -727,8 +750,8 @@ cdef class PublishPath:
         out = _g(ch, self.c_out, "out")
         was_empty = not out
         out.append(data)
-        _s(ch, self.c_send_pkt, "send_pkt", _g(ch, self.c_send_pkt, "send_pkt") + 1)
-        _s(ch, self.c_send_msg, "send_msg", _g(ch, self.c_send_msg, "send_msg") + 1)
+        _bump(ch, self.c_send_pkt, "send_pkt")
+        _bump(ch, self.c_send_msg, "send_msg")
         _inc(_g(ch, self.c_metrics, "metrics"), self.qos0_sent)
         if was_empty and not _none(ch, self.c_wakeup, "wakeup"):
             ch.wakeup()
