@@ -5,7 +5,7 @@ Why a log in front of SQLite: an acknowledged message must be on disk before its
 but most stored deliveries are acknowledged by their subscriber soon after (a queue
 row's life is often milliseconds). Writing each into SQLite's B-trees costs ~2 µs per
 row change (insert and delete: ~4 µs a message, measured with the store's own ops);
-appending the batch to a log costs ~0.4 µs a message (``marshal`` + ``crc32`` + one
+appending the batch to a log costs ~0.4 µs a message (encoding, ``crc32``, one
 ``write``), and the rows that are inserted and deleted between two applications never
 reach SQLite at all. So: commit = append to the log (``process``: the write is in the
 operating system's hands, which survives kill -9; ``power``: ``fdatasync`` too); apply =
@@ -15,29 +15,29 @@ are deleted. At start, the log is replayed into SQLite first.
 
 A segment is a file ``<store>.oplog.<n>`` of records: a 16-byte header (payload length,
 CRC-32 of the payload, sequence number of the batch's last operation) and the payload,
-``marshal.dumps`` of the batch's list of operation tuples (ints, floats, strings, bytes,
-None, tuples: exactly the types ``marshal`` keeps). A record cut short or failing its CRC
-at the end of the last segment is a write the crash interrupted, never acknowledged: it
-and what follows are ignored. Anywhere else it is corruption, and the start refuses.
+the batch's list of operation tuples in format 2 (``store/records.py``: the queue rows of
+durable QoS 1 field by field, everything else ``marshal``; format 1, all ``marshal``,
+written before, is still read, so a log left by an older mqttd replays as it is). A
+record cut short or failing its CRC at the end of the last segment is a write the crash
+interrupted, never acknowledged: it and what follows are ignored. Anywhere else it is
+corruption, and the start refuses.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
-import marshal
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 
 from .base import Op, StoreError, StoreFull
+from .records import decode, encode
 
 __all__ = ["OpLog"]
 
 _HEADER = struct.Struct("<IIQ")
-#: marshal's format version for the payload (fixed: the file must stay readable).
-_MARSHAL_VERSION = 4
 #: A payload larger than this in a header is taken for corruption, not allocated.
 _MAX_RECORD = 1 << 31
 
@@ -102,12 +102,10 @@ class OpLog:
                         break
                     raise StoreError(f"{path}: corrupt operation log ({bad} at byte {off})")
                 try:
-                    ops = marshal.loads(payload)
+                    ops = decode(payload)
                 except (ValueError, EOFError, TypeError) as err:
                     raise StoreError(f"{path}: corrupt operation log (byte {off}: {err})"
                                      ) from None
-                if not isinstance(ops, list):
-                    raise StoreError(f"{path}: corrupt operation log (byte {off})")
                 yield segment, seq, ops
                 off = end
 
@@ -151,7 +149,7 @@ class OpLog:
     def append(self, ops: list[Op], seq: int) -> int:
         """Write one record; returns its size. Raises StoreFull when the disk is full (the
         segment is cut back to where it was: no partial record stays) or StoreError."""
-        payload = marshal.dumps(ops, _MARSHAL_VERSION)
+        payload = encode(ops)
         header = _HEADER.pack(len(payload), zlib.crc32(payload), seq)
         size = len(header) + len(payload)
         fd = self._fd
