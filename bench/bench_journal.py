@@ -4,7 +4,7 @@
     python bench/bench_journal.py [--messages 120000] [--batch 30] [--apply-bytes 1048576]
 
 One persistent session subscribed to ``t/#``; each loop turn stores ``--batch`` deliveries
-of a 1 KB message (``Session.start_inflight`` → ``Journal.add_delivery``) and acknowledges
+of a distinct 1 KB message (``Session.start_inflight`` → ``Journal.add_delivery``) and acknowledges
 the previous turn's (``Session.ack`` → ``Journal.remove_delivery``), as a subscriber that
 keeps up does; the real journal commits each turn to its operation log and its writer
 thread applies to a real SQLite file (``apply_bytes`` small, so that there are many
@@ -43,14 +43,17 @@ async def run(n: int, k: int, apply_bytes: int) -> None:
     env = Env(journal)
     session = env.open(Owner("sub"))
     env.dispatcher.subscribe(session, "t/#", SubOpts(1), 0)
-    payload = os.urandom(1024)
+    # Distinct payloads (a pool larger than a batch): one object for every message would let
+    # marshal (the log's format 1) write it once per batch, which no real traffic does.
+    payloads = [os.urandom(1024) for _ in range(4 * k)]
     pending: list[int] = []
     wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(n // k):
+    for i in range(n // k):
         for pid in pending:
             session.ack(pid, 1)
-        pending = [session.start_inflight((Message("t/1", payload, 1, False, None, "pub"),
-                                           1, False, (), None)) for _ in range(k)]
+        pending = [session.start_inflight((Message("t/1", payloads[(i + j) % len(payloads)],
+                                                   1, False, None, "pub"),
+                                           1, False, (), None)) for j in range(k)]
         await asyncio.sleep(0)  # the loop turn ends: the batch is committed
     for pid in pending:
         session.ack(pid, 1)

@@ -102,7 +102,7 @@ def test_switch_values(value: str | None, expected: bool) -> None:
 
 
 #: The package each accelerated component belongs to ("" = a leaf service at the top).
-_LAYER = {"codec": "mqtt", "trie": "core", "metrics": "", "pubpath": "core"}
+_LAYER = {"codec": "mqtt", "trie": "core", "metrics": "", "pubpath": "core", "records": "store"}
 
 
 @pytest.mark.parametrize("name", accel.COMPONENTS)
