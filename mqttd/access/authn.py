@@ -9,7 +9,10 @@ Providers come in three kinds, by what their check costs:
 
 * plain (``kind = "sync"``): answered on the loop, at once (a table lookup);
 * ``"blocking"``: CPU-bound work such as PBKDF2, run in a small thread pool so the event
-  loop never stalls (``hashlib`` releases the GIL while it hashes);
+  loop never stalls (``hashlib`` releases the GIL while it hashes); except a check whose
+  provider says it is cheap (``inline_cost``, seconds, at most ``INLINE_MAX``: mosquitto_passwd
+  2.0's 101 rounds are ~70 µs), run on the loop while the loop turn's inline budget
+  (``INLINE_TURN_BUDGET``) lasts: two thread hand-offs cost more than such a hash;
 * ``"async"``: a coroutine (an HTTP call), awaited on the loop.
 
 A chain of plain providers answers at once, so a CONNECT completes in the same loop turn;
@@ -30,7 +33,7 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, cast, runtime_checkable
 
 from ..config import AccessSpec, AuthSettings
 from ..core.services import AuthResult, AuthStep, ClientInfo, EnhancedAuth
@@ -154,6 +157,10 @@ class AuthChain:
         self._watched: dict[asyncio.Future[AuthResult | None], Callable[[], bool]] = {}
         self._watch_handle: asyncio.TimerHandle | None = None
         self._pending = 0
+        #: Seconds of blocking checks run on the loop in this turn (``_inline_ok``), and
+        #: whether the reset at the next turn is scheduled.
+        self._turn_spent = 0.0
+        self._turn_reset = False
         #: Checks in progress per client address (only addresses with one or more).
         self._by_address: dict[str, int] = {}
         self._busy_logged = -10.0
@@ -251,6 +258,21 @@ class AuthChain:
                     hit = self._cache.get(key)
                     if hit is not None and hit[1] > time.monotonic():
                         return hit[0]
+                if self._inline_ok(provider):
+                    started = time.perf_counter()
+                    try:
+                        answer = provider.check(client, password)
+                    except Exception as exc:  # a provider's bug refuses this client only
+                        return self._failed(i, client, exc)
+                    finally:
+                        self._turn_spent += time.perf_counter() - started
+                    if answer is None:
+                        i += 1
+                        continue
+                    result = cast("AuthResult", answer)  # blocking: a sync check
+                    if not result.code and key is not None:
+                        self._remember(key, result)
+                    return result
                 loop = asyncio.get_running_loop()
                 self._workers_for(loop).submit(
                     provider.check, client, password,  # type: ignore[arg-type]  # blocking: sync
@@ -273,6 +295,21 @@ class AuthChain:
                 return answer  # type: ignore[return-value]  # a sync provider's answer
             i += 1
         return _UNKNOWN
+
+    def _inline_ok(self, provider: Provider) -> bool:
+        """Whether ``provider``'s blocking check may run on the loop now: it says it is
+        cheap, and this loop turn's inline budget has room for it."""
+        cost = getattr(provider, "inline_cost", 0.0)
+        if not cost or cost > INLINE_MAX or self._turn_spent + cost > INLINE_TURN_BUDGET:
+            return False
+        if not self._turn_reset:
+            self._turn_reset = True
+            asyncio.get_running_loop().call_soon(self._new_turn)
+        return True
+
+    def _new_turn(self) -> None:
+        self._turn_spent = 0.0
+        self._turn_reset = False
 
     def _failed(self, i: int, client: ClientInfo, exc: BaseException) -> AuthResult:
         log.error("authentication of %s failed in %s: %s", client.client_id,
@@ -523,6 +560,13 @@ class HashWorkers:
 _IGNORED = AuthResult(0, decided=False)
 #: Providers were asked and every one ignored the client.
 _UNKNOWN = AuthResult(0, decided=False, asked=True)
+
+#: A blocking check estimated to cost at most this many seconds (``inline_cost``) may run
+#: on the loop; dearer ones always go to the hashing threads.
+INLINE_MAX = 0.0005
+#: Seconds of inline checks per loop turn at most (a storm of CONNECTs read in one turn): past
+#: it the turn's further checks go to the threads, so the loop stands still no longer.
+INLINE_TURN_BUDGET = 0.002
 
 #: Seconds between two looks at whether the clients of remote checks are still there.
 WATCH_INTERVAL = 0.25
