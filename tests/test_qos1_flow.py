@@ -180,3 +180,49 @@ def test_a_wait_that_times_out_releases_without_dropping() -> None:
             flood.assert_complete()
         finally:
             flood.close()
+
+
+def test_two_clients_flooding_each_other_are_not_held_by_each_other(broker: BrokerProcess
+                                                                     ) -> None:
+    """Two clients each subscribed to what the other publishes, both flooding at once: a
+    client with deliveries of its own queued is not held for flow control (reading it is
+    what brings their PUBACKs), so neither waits for the other (which would hold both until
+    the timeout, an hour here) and every message arrives once, in order."""
+    prefix = uid("mutual")
+    clients = [RawClient(broker) for _ in range(2)]
+    try:
+        for i, c in enumerate(clients):
+            c.connect(uid(f"peer{i}"))
+            c.send(B.subscribe(1, [(f"{prefix}/to{i}", 1)]))
+            c.expect(Suback)
+        for i, c in enumerate(clients):
+            c.send(b"".join(B.publish(f"{prefix}/to{1 - i}", b"%d" % seq, qos=1,
+                                      packet_id=seq + 1) for seq in range(PER_PUBLISHER)))
+        received: list[list[int]] = [[], []]
+        pubacks = [0, 0]
+        socks = {c.sock: i for i, c in enumerate(clients)}
+        deadline = time.monotonic() + 10 * WAIT
+        while min(map(len, received)) < PER_PUBLISHER or min(pubacks) < PER_PUBLISHER:
+            assert time.monotonic() < deadline, (
+                f"stalled: received {list(map(len, received))}, PUBACKs {pubacks}")
+            ready, _, _ = select.select(list(socks), [], [], WAIT)
+            for sock in ready:
+                i = socks[sock]
+                c = clients[i]
+                assert c._fill(0) and not c.closed, "the broker closed a connection"
+                acks = []
+                while c.packets:
+                    p = c._next()
+                    if isinstance(p, Publish):
+                        received[i].append(int(p.payload))
+                        acks.append(B.puback(p.packet_id))
+                    else:
+                        assert isinstance(p, Puback) and p.reason_code == 0, p
+                        pubacks[i] += 1
+                if acks:
+                    c.send(b"".join(acks))
+        assert received == [list(range(PER_PUBLISHER))] * 2
+        assert pubacks == [PER_PUBLISHER] * 2
+    finally:
+        for c in clients:
+            c.close()

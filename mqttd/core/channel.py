@@ -1344,7 +1344,7 @@ class Channel:
         acknowledgement (about to be sent) and everything after it waits for room. True if
         this starts a wait."""
         own = self.session
-        pressed = {s for s in OVERFULL if s is not own}  # never wait for one's own queue
+        pressed = {s for s in OVERFULL if s is not own and not self._flow_exempt(s)}
         OVERFULL.clear()
         if not pressed:
             return False
@@ -1359,7 +1359,18 @@ class Channel:
     def pressure_room(self) -> bool:
         """Whether every queue this client waits for has room again."""
         pressure = self.pressure
-        return pressure is None or all(s.has_room() for s in pressure)
+        return pressure is None or all(s.has_room() or self._flow_exempt(s) for s in pressure)
+
+    def _flow_exempt(self, backlog: Backlog) -> bool:
+        """Flow control (``mqueue_flow_limit``) does not hold a client with deliveries of its
+        own queued (its window full): reading it is what brings their PUBACKs, and two such
+        clients publishing to each other would each wait for the other. Its own queue is
+        never waited for at all; past a queue's hard limit (backpressure), anyone waits."""
+        own = self.session
+        if backlog is own:
+            return True
+        return (own is not None and bool(own.mqueue) and isinstance(backlog, Session)
+                and not backlog.past_limit())
 
     def end_pressure(self, expired: bool) -> None:
         """Stop waiting; ``expired``: the wait timed out and each queue still past its limit

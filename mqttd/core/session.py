@@ -258,6 +258,10 @@ class Session:
             return False
         return not self.max_mqueue_len or n < self.max_mqueue_len
 
+    def past_limit(self) -> bool:
+        """Whether the queue holds more than ``max_mqueue_len`` (backpressure let it)."""
+        return bool(self.max_mqueue_len) and len(self.mqueue) > self.max_mqueue_len
+
     def trim(self) -> list[Delivery]:
         """A backpressured publisher waited too long: bring the queue back to its limit by
         the fallback policy; returns the deliveries dropped (counted in ``dropped``)."""
