@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Issue 15's cluster benchmark: fan-in across two mqttd nodes against the same on one node.
+"""Issue 15's cluster benchmark: fan-in and fan-out across two mqttd nodes against one node.
 
     python bench/bench_cluster.py [--repeat 3] [--duration S] [--quick] [--write-results]
 
-Four raw-socket publishers (bench/bench_modules.py's clients: 64-byte payloads, QoS 1 with
-100 in flight each, QoS 0 as fast as the broker reads) publish ``bench/in/<i>``; one
-subscriber on ``bench/#`` counts exactly what arrives (unique, duplicates and gaps apart, by
+Fan-in: four raw-socket publishers (bench/bench_modules.py's clients: 64-byte payloads, QoS
+1 with 100 in flight each, QoS 0 as fast as the broker reads) publish ``bench/in/<i>``; one
+subscriber on ``bench/#`` counts exactly what arrives. Fan-out: one publisher, four such
+subscribers (their counts summed). Each subscriber counts (unique, duplicates and gaps apart, by
 (publisher, sequence number) in each payload). Compared, alternating within each repetition:
 
 * ``mqttd``: one node, publishers and subscriber on it (no cluster);
@@ -19,8 +20,9 @@ nats-server to the load core (this machine has two: NATS's work and the clients'
 The rate is the unique messages the subscriber got within the measured interval, after a
 warm-up; a probe message published until it reaches the subscriber first makes sure the
 route is in place (a cluster node forwards only what another node is known to want).
-Cross-node delivery is at most once (core NATS): ``lost`` says what was published and never
-arrived.
+``lost`` says what was published and never arrived (cross-node QoS 1 is confirmed by the
+receiving node before the PUBACK; flow control between nodes holds publishers instead of
+dropping).
 
 ``--quick``: tiny counts, one repetition (a smoke run of the harness, not a measurement).
 """
@@ -83,8 +85,13 @@ def cluster_node(name: str, url: str, workdir: Path, core: int, src: Path) -> Br
     return node
 
 
+#: (publishers, subscribers) of each scenario: fan-in 4 -> 1, fan-out 1 -> 4.
+SCENARIOS = {"fanin": (4, 1), "fanout": (1, 4)}
+
+
 def one_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes, src: Path,
-            workdir: Path) -> dict[str, Any]:
+            workdir: Path, scenario: str = "fanin") -> dict[str, Any]:
+    npub, nsub = SCENARIOS[scenario]
     busy = bm.noise()
     procs: list[subprocess.Popen[Any]] = []
     nodes: list[BrokerProcess] = []
@@ -105,35 +112,42 @@ def one_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes, sr
             pub_port = sub_port = nodes[0].port
         me = [sys.executable, str(HERE / "bench_modules.py")]
         drain = "0.5" if sizes.duration < 1 else "2.0"
-        sub = subprocess.Popen(me + ["--subscriber", str(sub_port), str(qos), drain],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                               preexec_fn=bm._pinned(rargs.load_core))  # noqa: PLW1509
-        procs.append(sub)
-        assert sub.stdout is not None and sub.stdin is not None
-        if sub.stdout.readline().strip() != "ready":
-            raise RuntimeError("the subscriber did not start")
+        subs = []
+        for j in range(nsub):
+            sub = subprocess.Popen(me + ["--subscriber", str(sub_port), str(qos), drain,
+                                         f"bench-remote-sub-{j}"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                   preexec_fn=bm._pinned(rargs.load_core))  # noqa: PLW1509
+            procs.append(sub)
+            subs.append(sub)
+            assert sub.stdout is not None and sub.stdin is not None
+            if sub.stdout.readline().strip() != "ready":
+                raise RuntimeError("the subscriber did not start")
         probe = bm.mqtt_connect(pub_port, "bench-probe")
         deadline = time.monotonic() + 15
         pid = 0
-        while True:
+        waiting = {s.stdout: s for s in subs}
+        while waiting:
             pid += 1
             probe.sendall(bm._publish(b"bench/probe", 1, pid, b"probe"))
             bm._recv_exact(probe, 4)
-            r, _, _ = select.select([sub.stdout], [], [], 0.2)
-            if r:
-                if sub.stdout.readline().strip() != "probe":
+            r, _, _ = select.select(list(waiting), [], [], 0.2)
+            for out in r:
+                if out.readline().strip() != "probe":
                     raise RuntimeError("the subscriber failed")
-                break
-            if time.monotonic() > deadline:
+                del waiting[out]
+            if waiting and time.monotonic() > deadline:
                 raise RuntimeError(f"no probe reached the subscriber ({kind}) within 15 s")
         probe.sendall(b"\xe0\x00")
         probe.close()
         start = time.monotonic() + 0.5
         mark0 = start + sizes.warmup
         mark1 = mark0 + sizes.duration
-        sub.stdin.write(f"{mark0!r},{mark1!r}\n")
-        sub.stdin.flush()
-        pub = subprocess.Popen(me + ["--publisher", str(pub_port), str(qos), "4", "--at",
+        for sub in subs:
+            assert sub.stdin is not None
+            sub.stdin.write(f"{mark0!r},{mark1!r}\n")
+            sub.stdin.flush()
+        pub = subprocess.Popen(me + ["--publisher", str(pub_port), str(qos), str(npub), "--at",
                                      f"{start!r},{mark1!r}"],
                                stdout=subprocess.PIPE, text=True,
                                preexec_fn=bm._pinned(rargs.load_core))  # noqa: PLW1509
@@ -143,12 +157,17 @@ def one_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes, sr
         time.sleep(max(0.0, mark1 - time.monotonic()))
         c1 = brokers.core_times().get(rargs.broker_core)
         pout, _ = pub.communicate(timeout=90)
-        sout, _ = sub.communicate(timeout=120)
-        if pub.returncode or sub.returncode:
-            raise RuntimeError(f"publisher exited with {pub.returncode}, subscriber with "
-                               f"{sub.returncode}")
-        res: dict[str, Any] = {**json.loads(pout.strip().splitlines()[-1]),
-                               **json.loads(sout.strip().splitlines()[-1])}
+        souts = [sub.communicate(timeout=120)[0] for sub in subs]
+        if pub.returncode or any(sub.returncode for sub in subs):
+            raise RuntimeError(f"publisher exited with {pub.returncode}, subscribers with "
+                               f"{[sub.returncode for sub in subs]}")
+        res: dict[str, Any] = json.loads(pout.strip().splitlines()[-1])
+        got = [json.loads(out.strip().splitlines()[-1]) for out in souts]
+        # Fan-out: the rate is what all subscribers got together; each should get all.
+        res["rate"] = sum(g["rate"] for g in got)
+        res["received"] = sum(g["received"] for g in got)
+        res["duplicates"] = sum(g["duplicates"] for g in got)
+        res["published"] *= nsub
         if c0 and c1 and c1[1] > c0[1]:
             res["broker_core_busy"] = (c1[0] - c0[0]) / (c1[1] - c0[1]) * 100
         res["lost"] = res["published"] - res["received"]
@@ -182,22 +201,24 @@ def fmt(v: float | None, spec: str = ",.0f") -> str:
 
 def markdown(cmd: str, args: argparse.Namespace, sizes: run.Sizes, rows: list[dict[str, Any]],
              noisy: int, total: int, quiet_note: str) -> str:
-    out = ["## Cluster: fan-in across two nodes (bench/bench_cluster.py, issue 15)\n",
+    out = ["## Cluster: fan-in and fan-out across two nodes (bench/bench_cluster.py, issue 15)\n",
            f"`{cmd}` on {run.cpu_model()}, mqttd {run.git_rev()}, {run.mosquitto_version()}; "
            f"medians of {args.repeat}, {sizes.duration:g} s measured per run; {noisy} of "
            f"{total} runs started while other pytest processes or benchmarks ran "
            f"({quiet_note}).\n",
-           "4 raw-socket publishers → 1 subscriber on `bench/#` (64-byte payloads). `mqttd`: one "
-           "node, no cluster; `cluster`: publishers on node A, subscriber on node B (every "
+           "fan-in: 4 raw-socket publishers → 1 subscriber on `bench/#`; fan-out: 1 publisher → "
+           "4 subscribers on `bench/#` (64-byte payloads). `mqttd`: one "
+           "node, no cluster; `cluster`: publishers on node A, subscribers on node B (every "
            "message crosses NATS), both nodes on the broker core, nats-server with the "
            "clients on the load core; `mosquitto`: one mosquitto. msg/s = unique messages "
-           "the subscriber got in the measured interval; lost = published, never received "
-           "(cross-node delivery is at most once):\n",
-           "| QoS | mqttd (msg/s) | cluster A→B (msg/s) | mosquitto (msg/s) | cluster / mqttd | "
-           "mqttd / mosquitto | cluster / mosquitto | lost (cluster) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "the subscribers got in the measured interval (summed); lost = published × "
+           "subscribers, never received (QoS 1 across nodes is confirmed before the PUBACK; "
+           "flow control between nodes):\n",
+           "| scenario | QoS | mqttd (msg/s) | cluster A→B (msg/s) | mosquitto (msg/s) | "
+           "cluster / mqttd | mqttd / mosquitto | cluster / mosquitto | lost (cluster) |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['qos']} | {fmt(r['mqttd'])} | {fmt(r['cluster'])} | "
+        out.append(f"| {r['scenario']} | {r['qos']} | {fmt(r['mqttd'])} | {fmt(r['cluster'])} | "
                    f"{fmt(r['mosquitto'])} | {fmt(r['cluster_vs_mqttd'], '.2f')} | "
                    f"{fmt(r['mqttd_vs_mosquitto'], '.2f')} | "
                    f"{fmt(r['cluster_vs_mosquitto'], '.2f')} | {fmt(r['cluster_lost'])} |")
@@ -249,18 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     n = 0
     for rep in range(args.repeat):
-        for qos in (0, 1):
+        for scenario, qos in [(sc, q) for sc in SCENARIOS for q in (0, 1)]:
             for kind in (KINDS if rep % 2 == 0 else KINDS[::-1]):
                 n += 1
                 t0 = time.monotonic()
                 try:
                     res = one_run(kind, qos, rargs, sizes, src,
-                                  run_dir / f"{n:03d}-{kind}-qos{qos}-{rep}")
+                                  run_dir / f"{n:03d}-{kind}-{scenario}-qos{qos}-{rep}",
+                                  scenario)
                 except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
                     res = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
                 failed |= bool(res.get("error"))
-                raw[kind].setdefault(f"qos{qos}", []).append(res)
-                run.log(f"{kind:9} QoS {qos} #{rep}: "
+                raw[kind].setdefault(f"{scenario}-qos{qos}", []).append(res)
+                run.log(f"{kind:9} {scenario} QoS {qos} #{rep}: "
                         + (res["error"] if res.get("error") else
                            f"{res['rate']:,.0f} msg/s (published {res['pub_rate']:,.0f}/s, "
                            f"lost {res['lost']:,}, broker core "
@@ -268,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                            + (" (pytest/bench running)" if res.get("pytest_running") else ""))
                         + f" [{time.monotonic() - t0:.1f} s]")
     rows = []
-    for qos in (0, 1):
-        key = f"qos{qos}"
+    for scenario, qos in [(sc, q) for sc in SCENARIOS for q in (0, 1)]:
+        key = f"{scenario}-qos{qos}"
         med = {k: run.median_of(raw[k].get(key, []), "rate") for k in KINDS}
-        rows.append({"qos": qos, **med, "cluster_vs_mqttd": _ratio(med, "cluster", "mqttd"),
+        rows.append({"scenario": scenario, "qos": qos, **med,
+                     "cluster_vs_mqttd": _ratio(med, "cluster", "mqttd"),
                      "mqttd_vs_mosquitto": _ratio(med, "mqttd", "mosquitto"),
                      "cluster_vs_mosquitto": _ratio(med, "cluster", "mosquitto"),
                      "cluster_lost": run.median_of(raw["cluster"].get(key, []), "lost")})

@@ -388,13 +388,13 @@ def publisher(port: int, qos: int, npub: int, start: float, stop: float) -> int:
     return 0
 
 
-def subscriber(port: int, qos: int, drain: float) -> int:
+def subscriber(port: int, qos: int, drain: float, client_id: str = "bench-remote-sub") -> int:
     """Subscribe to ``bench/#`` on the remote; print ``ready``, ``probe`` when a message on
     ``bench/probe`` comes, read the marks (``mark0,mark1``, monotonic) from stdin, then count
     ``bench/in/`` messages exactly until ``drain`` seconds pass with none after ``mark1`` (or
     60 s). Prints a JSON summary."""
     mark0 = mark1 = float("inf")
-    s = mqtt_connect(port, "bench-remote-sub")
+    s = mqtt_connect(port, client_id)
     flt = b"bench/#"
     body = b"\x00\x01" + len(flt).to_bytes(2, "big") + flt + bytes([qos])
     s.sendall(b"\x82" + _varint(len(body)) + body)
@@ -810,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         start, stop = _at(argv)
         return publisher(int(argv[1]), int(argv[2]), int(argv[3]), start, stop)
     if argv[:1] == ["--subscriber"]:
-        return subscriber(int(argv[1]), int(argv[2]), float(argv[3]))
+        return subscriber(int(argv[1]), int(argv[2]), float(argv[3]), *argv[4:5])
     args = parse_args(argv)
     rargs = run.parse_args(["--quick"] if args.quick else [])
     try:

@@ -518,6 +518,12 @@ class ClusterSettings:
     ctl_timeout: float = 2.0
     #: Seconds a node waits for another node to hand over a session a CONNECT resumes.
     handover_timeout: float = 5.0
+    #: Seconds a QoS 1/2 publisher's acknowledgement waits for the other nodes its message
+    #: was forwarded to to confirm it; past it the publisher hears 0x80 (3.1.1: closed).
+    forward_timeout: float = 10.0
+    #: Forwarded messages awaiting the other nodes' confirmation past which this node's
+    #: publishers wait (flow control between nodes), as under backpressure.
+    forward_window: int = 20000
 
 
 @dataclass(slots=True)
@@ -897,6 +903,11 @@ def parse_settings(data: dict[str, Any], base: Settings | None = None) -> Settin
         if not 0 < cluster.handover_timeout <= 60:
             errors.append("cluster.handover_timeout: must be more than 0 and at most 60 "
                           "seconds")
+        if not 0 < cluster.forward_timeout <= 3600:
+            errors.append("cluster.forward_timeout: must be more than 0 and at most 3600 "
+                          "seconds")
+        if cluster.forward_window < 1:
+            errors.append("cluster.forward_window: must be at least 1")
         for key in ("retained_bucket", "sessions_bucket"):
             bucket = getattr(cluster, key)
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", bucket):

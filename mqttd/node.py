@@ -116,6 +116,7 @@ class Node:
                                    self.metrics, self.registry, self.hooks,
                                    self.broker.publish_will)
             self.broker.cluster = self.cluster
+            self.broker.remote_gate = self.cluster.gate
             self.broker.router.on_change = self.cluster.route_changed
             self.broker.router.on_group = self.cluster.group_changed
             self.cluster.control.traces = self.trace  # client traces asked by other nodes

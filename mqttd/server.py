@@ -126,8 +126,21 @@ class Server:
             raise StartError(f"cannot open the store: {err}. Move it aside with "
                              "`mqttd start --reset-store` (it is kept, renamed), or restore "
                              "a backup of it") from None
+        cluster = self.node.cluster
+        if cluster is not None:
+            # Held acknowledgements go once the other nodes confirmed (docs/CLUSTER.md).
+            cluster.acked = self._flusher.committed
         if self.node.journal is not None:
-            self.node.journal.on_commit = self._flusher.committed
+            if cluster is not None:  # this node confirms others' messages once committed
+                cluster.commit_gate = self.node.journal.gate
+                flusher_committed = self._flusher.committed
+
+                def committed() -> None:
+                    flusher_committed()
+                    cluster.store_committed()
+                self.node.journal.on_commit = committed
+            else:
+                self.node.journal.on_commit = self._flusher.committed
         # Every listener's TLS files first: all their problems at once, nothing bound yet.
         problems = [e for lst in self.settings.listeners for e in check_listener(lst)]
         if problems:

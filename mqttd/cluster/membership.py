@@ -27,6 +27,9 @@ class Peer:
     #: The version of its routes held here; -1 until its table has been read.
     version: int = -1
     filters: set[str] = field(default_factory=set)
+    #: Those of its filters with plain subscribers (not only shared groups): a message
+    #: matching one reaches that node for sure, which then confirms it (forward_timeout).
+    plain: set[str] = field(default_factory=set)
     #: time.monotonic() of its last heartbeat (or any message from it).
     last_seen: float = 0.0
     #: Wall-clock time it was first seen in this start of it.
@@ -54,6 +57,10 @@ class Membership:
         #: topic -> interest, forgotten whenever a route or a node's state changes (the
         #: publish path asks once per message).
         self._cache: dict[str, int] = {}
+        #: topic -> names of the up nodes with a matching plain filter (``confirming``),
+        #: valid while ``_cache`` is the dict it was built for.
+        self._confirming: dict[str, frozenset[str]] = {}
+        self._confirming_for: dict[str, int] = self._cache
 
     # --- what arrives ---------------------------------------------------------------
 
@@ -80,7 +87,9 @@ class Membership:
         return peer.version != version
 
     def delta(self, name: str, node_id: str, version: int, added: list[str],
-              removed: list[str], now: float, wall: float) -> bool:
+              removed: list[str], now: float, wall: float,
+              plain_added: tuple[str, ...] | list[str] = (),
+              plain_removed: tuple[str, ...] | list[str] = ()) -> bool:
         """A change of a node's routes; True when its routes must be read (again)."""
         peer = self._peer(name, node_id, now, wall)
         if not peer.synced:
@@ -97,17 +106,22 @@ class Membership:
             if f in peer.filters:
                 peer.filters.discard(f)
                 self._release(f, name)
+        if plain_added or plain_removed:
+            peer.plain.update(plain_added)
+            peer.plain.difference_update(plain_removed)
+            self._cache = {}
         peer.version = version
         return False
 
     def table(self, name: str, node_id: str, version: int, filters: list[str], now: float,
-              wall: float) -> None:
+              wall: float, plain: list[str] | None = None) -> None:
         """A node's whole route table (the answer to a resynchronisation)."""
         peer = self._peer(name, node_id, now, wall)
         if peer.synced and version < peer.version:
             return  # older than what deltas brought since
         self._drop_routes(peer)
         peer.filters = set(filters)
+        peer.plain = set(filters if plain is None else plain)
         for f in peer.filters:
             self._hold(f, name)
         peer.version = version
@@ -168,6 +182,7 @@ class Membership:
         for f in peer.filters:
             self._release(f, peer.name)
         peer.filters = set()
+        peer.plain = set()
 
     def interest(self, topic: str) -> int:
         """The up nodes known to hold a filter matching ``topic``; a node whose routes
@@ -191,6 +206,28 @@ class Membership:
             names |= holders[f]
         unknown = sum(1 for p in self.peers.values() if p.up and not p.synced)
         return len(names) + unknown
+
+    def confirming(self, topic: str) -> frozenset[str]:
+        """The up nodes whose routes are read and hold a plain filter matching ``topic``:
+        each gets a message on it and confirms it (docs/CLUSTER.md). Cached per topic."""
+        if self._confirming_for is not self._cache:
+            self._confirming = {}
+            self._confirming_for = self._cache
+        cache = self._confirming
+        names = cache.get(topic)
+        if names is None:
+            if len(cache) >= 65536:
+                cache.clear()
+            found: set[str] = set()
+            holders = self._holders
+            peers = self.peers
+            for f in [topic, *self._trie.match(topic)]:
+                for name in holders.get(f, ()):
+                    peer = peers[name]
+                    if peer.up and f in peer.plain:
+                        found.add(name)
+            names = cache[topic] = frozenset(found)
+        return names
 
     def up(self) -> list[Peer]:
         return [p for p in self.peers.values() if p.up]

@@ -33,7 +33,8 @@ from ..config import ClusterSettings
 from ..core.dispatch import Dispatcher
 from ..core.message import Message
 from ..core.registry import Registry
-from ..core.services import ClientInfo
+from ..core.services import ClientInfo, CommitGate, Delivery, RemoteGate
+from ..core.session import OVERFULL
 from ..hooks import Hooks
 from ..metrics import (
     CLUSTER_DROPPED,
@@ -74,6 +75,10 @@ HEARTBEAT = "mqttd.c.hb"
 ROUTES = "mqttd.c.routes"
 BYE = "mqttd.c.bye"
 SYNC = "mqttd.c.sync."  # + the node's id: its whole route table, on request
+ACK = "mqttd.c.ack."  # + the origin's id: the nodes' confirmations of its messages
+
+#: Seconds between looks for forwarded messages whose confirmation is overdue.
+_EXPIRY_TICK = 0.05
 
 
 def queue_name(topic_filter: str, group: str | None) -> str:
@@ -181,6 +186,27 @@ class Cluster:
         self.joined_at = 0.0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        # --- confirmations (docs/CLUSTER.md, "Acknowledged messages across nodes") ---
+        #: What the channels hold QoS 1/2 acknowledgements on (Broker.remote_gate), and
+        #: in it the forwarded messages awaiting other nodes, by sequence number
+        #: (ascending: inserted in order) -> [deadline, QoS, names still to confirm, topic].
+        self.gate = RemoteGate()
+        self._awaiting = self.gate.waiting
+        #: Called when messages stopped waiting (the server's flusher writes what it held).
+        self.acked: Callable[[], None] | None = None
+        #: The receiving side: this node's store gate (None: durability off), and the
+        #: confirmations to send, by origin id: sequence numbers, and those waiting for
+        #: the store to commit [(store seq, origin id, seq)].
+        self.commit_gate: CommitGate | None = None
+        self._to_confirm: dict[str, list[int]] = {}
+        self._after_commit: list[tuple[int, str, int]] = []
+        self._confirm_soon = False
+        #: Filters with local plain subscribers changed since the last delta.
+        self._plain_dirty: set[str] = set()
+        #: Counters: forwarded messages confirmed late (given up: their QoS 1/2 publishers
+        #: heard 0x80), confirmations sent.
+        self.confirm_timeouts = 0
+        self.confirms_sent = 0
 
     def _dropped(self) -> None:
         self.failed += 1
@@ -209,6 +235,7 @@ class Cluster:
             self._plain.add(topic_filter)
         else:
             self._plain.discard(topic_filter)
+        self._plain_dirty.add(topic_filter)
         self._hold(topic_filter, 1 if added else -1)
         if self.nc is None:
             return  # not (yet) connected: the routes are read when the connection opens
@@ -249,6 +276,8 @@ class Cluster:
             # rather than hold every message in memory; local delivery still happens.
             self._dropped()
             return False
+        if len(self._ops) >= _MAX_QUEUED // 2:
+            OVERFULL.append(self)  # flow control: NATS is not taking it fast enough
         subject = self._subjects.get(msg.topic)
         if subject is None:
             if len(self._subjects) >= 65536:
@@ -275,12 +304,179 @@ class Cluster:
         data = _MAGIC + len(meta).to_bytes(2, "big") + meta + msg.payload
         self._ops.append(("pub", subject, data))
         self._wake.set()
+        confirming = self.members.confirming(msg.topic)
+        if confirming:
+            # Each node with a plain subscriber confirms it once it has queued (and where
+            # needed committed) it; a QoS 1/2 publisher's acknowledgement waits for that.
+            awaiting = self._awaiting
+            awaiting[self._seq] = [time.monotonic() + self.settings.forward_timeout,
+                                   msg.qos, set(confirming), msg.topic]
+            if msg.qos:
+                self.gate.issued = self._seq
+            if len(awaiting) >= self.settings.forward_window:
+                OVERFULL.append(self)  # flow control: the publisher waits (has_room)
         return shared
 
     def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
         """Before a CONNECT's session opens (:meth:`SessionRegistry.prepare`)."""
         sessions = self.sessions
         return 0 if sessions is None else sessions.prepare(info, done)
+    # --- flow control and confirmations (the publishing side) --------------------------
+
+    def has_room(self) -> bool:
+        """Whether a publisher held for the other nodes may go on (core.services.Backlog):
+        the messages awaiting confirmation are back under half the window."""
+        return len(self._awaiting) < self.settings.forward_window // 2 + 1 \
+            and len(self._ops) < _MAX_QUEUED // 2
+
+    def trim(self) -> list[Delivery]:
+        """A publisher's wait timed out: nothing is dropped here, it goes on."""
+        return []
+
+    def _settle(self) -> None:
+        """Messages stopped waiting: let the acknowledgements held for them go."""
+        if self.acked is not None:
+            self.acked()
+
+    def _give_up(self, seq: int, entry: list[Any]) -> None:
+        self.confirm_timeouts += 1
+        if entry[1]:
+            failed = self.gate.failed
+            if len(failed) >= 100_000:  # of publishers gone before hearing it
+                floor = self._seq - 100_000
+                self.gate.failed = failed = {s for s in failed if s > floor}
+            failed.add(seq)
+
+    async def _expire(self) -> None:
+        """Give up on forwarded messages not confirmed within forward_timeout."""
+        awaiting = self._awaiting
+        while True:
+            await asyncio.sleep(_EXPIRY_TICK)
+            if not awaiting:
+                continue
+            now = time.monotonic()
+            expired = []
+            for seq, entry in awaiting.items():  # in order of their deadlines
+                if entry[0] > now:
+                    break
+                expired.append(seq)
+            if expired:
+                for seq in expired:
+                    self._give_up(seq, awaiting.pop(seq))
+                log.warning("cluster: %d forwarded messages not confirmed within %g s by "
+                            "another node", len(expired), self.settings.forward_timeout)
+                self._settle()
+
+    def _node_gone(self, name: str) -> None:
+        """Node ``name`` is down or left: what it had not confirmed never will be."""
+        awaiting = self._awaiting
+        gone = []
+        for seq, entry in awaiting.items():
+            names = entry[2]
+            if name in names:
+                names.discard(name)
+                if not names:
+                    gone.append(seq)
+        for seq in gone:
+            self._give_up(seq, awaiting.pop(seq))
+        if gone:
+            log.warning("cluster: %d forwarded messages not confirmed by node %s, which "
+                        "is gone", len(gone), name)
+            self._settle()
+
+    def _recheck(self, name: str) -> None:
+        """Node ``name`` dropped plain routes: a message awaiting it for a topic it no
+        longer has a plain subscriber for will not be confirmed (NATS no longer delivers
+        it there, and the node's NATS client drops what arrives for a subscription it
+        removed); nobody there wanted it any more, so it waits no longer for that node."""
+        awaiting = self._awaiting
+        if not awaiting:
+            return
+        done = []
+        confirming = self.members.confirming
+        for seq, entry in awaiting.items():
+            names = entry[2]
+            if name in names and name not in confirming(entry[3]):
+                names.discard(name)
+                if not names:
+                    done.append(seq)
+        for seq in done:
+            del awaiting[seq]
+        if done:
+            self._settle()
+
+    async def _confirmed(self, m: Msg) -> None:
+        """Another node confirms messages of this node: [name, [[first, last], ...]]."""
+        try:
+            name, ranges = json.loads(m.data)
+        except (ValueError, TypeError) as err:
+            log.warning("cluster: a confirmation is not an mqttd node's: %s", err)
+            return
+        awaiting = self._awaiting
+        n = len(awaiting)
+        for first, last in ranges:
+            if last - first > len(awaiting):
+                seqs: Any = [s for s in awaiting if first <= s <= last]
+            else:
+                seqs = range(first, last + 1)
+            for seq in seqs:
+                entry = awaiting.get(seq)
+                if entry is not None:
+                    names = entry[2]
+                    names.discard(name)
+                    if not names:
+                        del awaiting[seq]
+        if len(awaiting) != n:
+            self._settle()
+
+    # --- confirmations (the receiving side) ------------------------------------------
+
+    def _confirm(self, origin: str, seq: int) -> None:
+        node_id = origin.rpartition("#")[2]
+        seqs = self._to_confirm.get(node_id)
+        if seqs is None:
+            seqs = self._to_confirm[node_id] = []
+        seqs.append(seq)
+        if not self._confirm_soon:
+            self._confirm_soon = True
+            asyncio.get_running_loop().call_soon(self._send_confirms)
+
+    def store_committed(self) -> None:
+        """The store committed (the server calls it): confirm what waited for it."""
+        waiting = self._after_commit
+        if not waiting:
+            return
+        gate = self.commit_gate
+        committed = gate.committed if gate is not None else 0
+        i = 0
+        for i, (needed, origin, seq) in enumerate(waiting):  # noqa: B007
+            if needed > committed:
+                break
+            self._confirm(origin, seq)
+        else:
+            i = len(waiting)
+        del waiting[:i]
+
+    def _send_confirms(self) -> None:
+        """One confirmation per origin per loop turn, the sequence numbers as ranges."""
+        self._confirm_soon = False
+        pending, self._to_confirm = self._to_confirm, {}
+        if self.nc is None:
+            return
+        for node_id, seqs in pending.items():
+            seqs.sort()
+            ranges: list[list[int]] = []
+            for seq in seqs:
+                if ranges and seq <= ranges[-1][1] + 1:
+                    if seq > ranges[-1][1]:
+                        ranges[-1][1] = seq
+                else:
+                    ranges.append([seq, seq])
+            self._ops.append(("ack", ACK + node_id,
+                              json.dumps([self.node_name, ranges],
+                                         separators=(",", ":")).encode()))
+            self.confirms_sent += 1
+        self._wake.set()
 
     def interest(self, topic: str) -> int:
         """The nodes known to want ``topic`` (this one counted when one of its shared
@@ -345,6 +541,7 @@ class Cluster:
             await nc.subscribe(ROUTES, cb=self._routes)
             await nc.subscribe(BYE, cb=self._bye)
             await nc.subscribe(SYNC + self.node_id, cb=self._sync_asked)
+            await nc.subscribe(ACK + self.node_id, cb=self._confirmed)
             await self.control.start(nc)
             try:
                 await self.retained.start(nc)
@@ -366,6 +563,7 @@ class Cluster:
                      "groups, %d retained messages from the cluster)", self.node_name,
                      _safe_url(url), len(routes), len(self._groups), self.retained.loaded)
             self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
+            self._tasks.append(asyncio.get_running_loop().create_task(self._expire()))
             asyncio.get_running_loop().call_later(
                 3 * self.settings.heartbeat_interval, setattr, self, "_settled", True)
             await self._announce()
@@ -375,7 +573,7 @@ class Cluster:
                 ops, self._ops = self._ops, []
                 for op in ops:
                     await self._apply(nc, qc, op)
-                if self._dirty:
+                if self._dirty or self._plain_dirty:
                     await self._announce()
         finally:
             self.nc = self.qc = None
@@ -403,6 +601,8 @@ class Cluster:
                 await nc.publish(op[1], op[2])
                 self.sent += 1
                 self.metrics.inc(MESSAGES_FORWARD)
+            elif kind == "ack":
+                await nc.publish(op[1], op[2])
             elif kind == "sub":
                 topic_filter = op[1]
                 if topic_filter not in self._plain or topic_filter in self._subs:
@@ -477,7 +677,18 @@ class Cluster:
         # retained messages come through the replicated bucket, and a message from
         # another node is never forwarded again. Shared groups get theirs through their
         # queue subscriptions.
+        gate = self.commit_gate
+        if gate is None:
+            self.dispatcher.publish(msg, store_retained=False, groups=False)
+            self._confirm(origin, seq)
+            return
+        issued = gate.issued
         self.dispatcher.publish(msg, store_retained=False, groups=False)
+        if gate.issued != issued or self._after_commit:
+            # Queued for a durable session: confirmed once on disk (in order).
+            self._after_commit.append((gate.issued, origin, seq))
+        else:
+            self._confirm(origin, seq)
 
     def _group_callback(self, topic_filter: str, group: str | None) -> Any:
         async def received(m: Msg) -> None:
@@ -497,16 +708,20 @@ class Cluster:
         """Tell the other nodes how this node's routes changed (one delta)."""
         nc = self.nc
         dirty, self._dirty = self._dirty, set()
+        pdirty, self._plain_dirty = self._plain_dirty, set()
         if nc is None:
             return
         added = [f for f in dirty if f in self._interest]
         removed = [f for f in dirty if f not in self._interest]
-        if not added and not removed:
+        padded = [f for f in pdirty if f in self._plain]
+        premoved = [f for f in pdirty if f not in self._plain]
+        if not added and not removed and not padded and not premoved:
             return
         self.version += 1
         try:
             await nc.publish(ROUTES, _js({"node": self.node_name, "id": self.node_id,
-                                          "v": self.version, "add": added, "del": removed}))
+                                          "v": self.version, "add": added, "del": removed,
+                                          "padd": padded, "pdel": premoved}))
         except Exception as err:  # noqa: BLE001 - the next heartbeat makes them ask again
             log.debug("cluster: route delta not sent: %s", err)
 
@@ -527,6 +742,7 @@ class Cluster:
                     log.warning("cluster: node %s is down (%s): its routes are dropped",
                                 peer.name, peer.reason)
                     self._seen.pop(f"{peer.name}#{peer.id}", None)  # its dedup window
+                    self._node_gone(peer.name)
                     if self.sessions is not None:
                         self.sessions.node_down(peer.id)
             await asyncio.sleep(interval)
@@ -560,7 +776,8 @@ class Cluster:
                 2.0, self.settings.heartbeat_interval))
             data = json.loads(reply.data)
             self.members.table(name, node_id, int(data["v"]), list(data["filters"]),
-                               time.monotonic(), time.time())
+                               time.monotonic(), time.time(), data.get("plain"))
+            self._recheck(name)
         except Exception as err:  # noqa: BLE001 - the next heartbeat asks again
             log.debug("cluster: routes of %s not read: %s", name, err)
         finally:
@@ -587,18 +804,22 @@ class Cluster:
             return
         if self.members.delta(data["node"], data["id"], int(data.get("v", 0)),
                               list(data.get("add", [])), list(data.get("del", [])),
-                              time.monotonic(), time.time()):
+                              time.monotonic(), time.time(), list(data.get("padd", [])),
+                              list(data.get("pdel", []))):
             self._resync(data["node"], data["id"])
+        elif data.get("pdel"):
+            self._recheck(data["node"])
 
     async def _bye(self, m: Msg) -> None:
         data = self._peer_message(m)
         if data is not None and self.members.left(data["node"], data["id"]):
             log.info("cluster: node %s left", data["node"])
             self._seen.pop(f"{data['node']}#{data['id']}", None)
+            self._node_gone(data["node"])
 
     async def _sync_asked(self, m: Msg) -> None:
         await m.respond(_js({"node": self.node_name, "id": self.node_id, "v": self.version,
-                             "filters": list(self._interest)}))
+                             "filters": list(self._interest), "plain": list(self._plain)}))
 
     # --- what ctl shows -------------------------------------------------------------------
 
@@ -622,6 +843,8 @@ class Cluster:
             "forwarded": self.sent, "local_only": self.local_only, "received": self.received,
             "duplicates": self.duplicates, "dropped": self.failed,
             "shared_received": self.group_received, "shared_missed": self.group_missed,
+            "awaiting_confirmation": len(self._awaiting),
+            "confirm_timeouts": self.confirm_timeouts, "confirms_sent": self.confirms_sent,
             "retained": ("replicated" if self.retained.kv is not None else
                          f"not replicated: {self.retained.error}" if self.retained.error
                          else "-"),

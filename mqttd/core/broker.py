@@ -43,6 +43,7 @@ from .services import (
     ClusterLink,
     CommitGate,
     EnhancedAuth,
+    RemoteGate,
     SessionOwner,
     SessionStore,
     Timers,
@@ -87,6 +88,9 @@ class Broker:
         self.anonymous: dict[str, bool] = {}
         #: The durable store's progress (None: durability off); see ``use_store``.
         self.gate: CommitGate | None = None
+        #: In a cluster, the other nodes' confirmations of forwarded QoS 1/2 messages
+        #: (their publishers' acknowledgements wait for them; docs/CLUSTER.md).
+        self.remote_gate: RemoteGate | None = None
         #: This node's link to the cluster (None: a single node): told of every message
         #: published here (docs/CLUSTER.md).
         self.cluster: ClusterLink | None = None

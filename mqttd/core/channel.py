@@ -135,6 +135,7 @@ from .services import (
     CredentialSource,
     EncodedCache,
     EnhancedAuth,
+    RemoteGate,
     SessionOwner,
     TimerHandle,
     Timers,
@@ -248,6 +249,8 @@ class ChannelServices(Protocol):
     hooks: Hooks
     #: The durable store's progress (None: durability off): acknowledgements wait for it.
     gate: CommitGate | None
+    #: The other nodes' confirmations of forwarded messages (None: a single node).
+    remote_gate: RemoteGate | None
     timers: Timers
 
     def authenticate(self, client: ClientInfo, password: bytes | None,
@@ -356,7 +359,7 @@ class Channel:
         "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
         "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
         "auth_method", "_auth", "gate", "hold", "transport", "cert_username", "cert_clientid",
-        "cert_user", "close_code", "auth_credential", "_auth_timer", "pressure",
+        "cert_user", "close_code", "rgate", "auth_credential", "_auth_timer", "pressure",
         "pressure_mark", "_held_ack",
     )
 
@@ -445,6 +448,10 @@ class Channel:
         #: reaches seq (an acknowledgement of something stored). None while nothing is held.
         self.gate = services.gate
         self.hold: list[list[int]] | None = None
+        #: In a cluster: the other nodes' confirmations. A QoS 1/2 PUBLISH forwarded to
+        #: nodes that must confirm it adds its own mark [seq, n, packet id, QoS] to ``hold``
+        #: (4 long, a store mark 2), released once seq is no longer in ``rgate.waiting``.
+        self.rgate = services.remote_gate
         #: Backpressure (zone key mqueue_overflow): the sessions whose queue this client's
         #: messages went past its limit, None while there are none; and how many packets at
         #: the head of ``out`` may be written meanwhile (the rest, from the first
@@ -627,7 +634,9 @@ class Channel:
         if self.state == CONNECTED:
             gate = self.gate
             if ptype == PUBLISH:
-                if gate is None or not packet.qos:  # QoS 0: no acknowledgement to hold
+                if self.rgate is not None and packet.qos:
+                    self._in_publish_clustered(packet)
+                elif gate is None or not packet.qos:  # QoS 0: no acknowledgement to hold
                     self._in_publish(packet)
                 else:
                     # Its PUBACK/PUBREC may go only once what it stored is committed.
@@ -726,12 +735,56 @@ class Channel:
         if hold is None:
             self.hold = [[gate.issued, len(self.out)]]
             return
-        if hold and hold[-1][0] > gate.taken:
+        if hold and len(hold[-1]) == 2 and hold[-1][0] > gate.taken:
             last = hold[-1]
             last[0] = gate.issued
             last[1] = len(self.out)
         else:
             hold.append([gate.issued, len(self.out)])
+
+    def _in_publish_clustered(  # type: ignore[explicit-any]  # as handle_in
+            self, packet: Any) -> None:
+        """A QoS 1/2 PUBLISH on a cluster node: its PUBACK/PUBREC waits for the store's
+        commit and for every other node it was forwarded to (docs/CLUSTER.md)."""
+        gate = self.gate
+        rgate = self.rgate
+        assert rgate is not None
+        issued = gate.issued if gate is not None else 0
+        rissued = rgate.issued
+        self._in_publish(packet)
+        if not self.out:
+            return
+        if gate is not None and (gate.issued != issued or self._stored_pending(gate)):
+            self._hold(gate)
+        if rgate.issued != rissued:
+            mark = [rgate.issued, len(self.out), packet.packet_id, packet.qos]
+            if self.hold is None:
+                self.hold = [mark]
+            else:
+                self.hold.append(mark)
+
+    def _remote_failed(self, mark: list[int]) -> None:
+        """A remote node did not confirm the message of ``mark`` in time: its
+        acknowledgement (the packet before the mark) says so, MQTT 5 0x80; a 3.1.1 client,
+        which has no way to hear it, gets none and is disconnected (it sends the message
+        again when it resumes its session)."""
+        out = self.out
+        i = mark[1] - 1
+        if not 0 <= i < len(out):
+            return
+        packet_id = mark[2]
+        self.metrics.inc(PACKETS_PUBLISH_DROPPED)
+        if self.version == 5:
+            if mark[3] == 1:
+                out[i] = encode(Puback(packet_id, RC.UNSPECIFIED_ERROR), 5)
+            else:  # an error PUBREC ends the QoS 2 flow: no PUBREL will come
+                out[i] = encode(Pubrec(packet_id, RC.UNSPECIFIED_ERROR), 5)
+                if self.session is not None:
+                    self.session.release(packet_id)
+        else:
+            out[i] = b""
+            self._close(CloseReason.INTERNAL_ERROR,
+                        "another node did not confirm a message of the client in time")
 
     def _stored_pending(self, gate: CommitGate) -> bool:
         """Whether this client's session is stored and anything is not committed yet: its
@@ -759,10 +812,21 @@ class Channel:
             n = len(self.out)
         else:
             gate = self.gate
-            assert gate is not None
-            committed = gate.committed
+            committed = gate.committed if gate is not None else 0
+            rgate = self.rgate
             n = 0
-            while hold and hold[0][0] <= committed:
+            while hold:
+                mark = hold[0]
+                if len(mark) == 2:
+                    if mark[0] > committed:
+                        break
+                else:  # a remote mark (_in_publish_clustered)
+                    assert rgate is not None
+                    if mark[0] in rgate.waiting:
+                        break
+                    if rgate.failed and mark[0] in rgate.failed:
+                        rgate.failed.discard(mark[0])
+                        self._remote_failed(mark)
                 n = hold.pop(0)[1]
             if not hold:
                 self.hold = None

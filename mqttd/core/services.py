@@ -26,7 +26,7 @@ from .message import Message
 __all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "Backlog", "ClientInfo",
            "CloseReason",
            "CommitGate", "CredentialSource", "Delivery", "EncodedCache", "EnhancedAuth",
-           "SessionOwner",
+           "RemoteGate", "SessionOwner",
            "SessionStore", "Subscriber", "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
@@ -290,6 +290,21 @@ class CommitGate:
         #: The last write did not fit (disk full or the store's size limit): QoS 1/2
         #: messages that need storing are refused until a write succeeds again.
         self.full = False
+
+
+class RemoteGate:
+    """The other nodes' answers to this node's forwarded messages (a cluster's,
+    docs/CLUSTER.md): ``issued`` numbers the last QoS 1/2 message that waits for some other
+    node; a number is in ``waiting`` until every node it waits for has confirmed it, or it
+    was given up on (then in ``failed`` too, and its publisher hears of it). Each message
+    waits alone: a publisher waits only for the nodes its own messages went to."""
+
+    __slots__ = ("issued", "waiting", "failed")
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.waiting: dict[int, list[Any]] = {}  # type: ignore[explicit-any]  # the cluster's
+        self.failed: set[int] = set()
 
 
 class SessionStore(Protocol):

@@ -1,0 +1,267 @@
+"""The acknowledged-message rule across nodes (docs/CLUSTER.md, "Acknowledged messages
+across nodes"): a QoS 1/2 publisher's PUBACK/PUBREC waits until every other node with a
+plain subscriber for it has confirmed it (queued, and committed where its durability
+needs), and flow control between nodes. Real nats-server with JetStream, real mqttd nodes,
+real paho clients.
+
+No sleeps: a held acknowledgement is observed through ``mqttd ctl cluster status``
+(``awaiting_confirmation``) before it is checked not to have arrived; a SIGSTOPped node is
+the "node that does not answer".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from support import WAIT, uid
+from support.clients import Client, props
+from support.ctlrun import ctl
+from support.natsserver import NatsServer
+from support.process import BrokerProcess, assert_clean_log, checked_broker, wait_log
+
+A = "a@127.0.0.1"
+B = "b@127.0.0.1"
+
+
+def node_config(name: str, url: str, extra: str = "", zone: str = "") -> str:
+    return (f'[node]\nname = "{name}"\n\n[mqtt]\n{zone}\n[cluster]\nnats_url = "{url}"\n'
+            f"{extra}")
+
+
+def status(node: BrokerProcess) -> dict[str, object]:
+    r = ctl(node, "--json", "cluster", "status")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert isinstance(data, dict)
+    return data
+
+
+def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _pair(nats_server: NatsServer, extra: str, zone: str = ""
+          ) -> Iterator[dict[str, BrokerProcess]]:
+    with checked_broker(node_config(A, nats_server.url, extra, zone)) as a, \
+            checked_broker(node_config(B, nats_server.url, extra, zone)) as b:
+        for node in (a, b):
+            wait_log(node, "joined through NATS")
+        nats_server.nodes = {A: a, B: b}
+        try:
+            yield {A: a, B: b}
+        finally:
+            nats_server.nodes = {}
+
+
+@pytest.fixture
+def patient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+    """Nodes that wait a minute for a confirmation, and never count a stopped node down
+    during a test."""
+    yield from _pair(nats_server, "forward_timeout = 60\nheartbeat_misses = 600\n")
+
+
+@pytest.fixture
+def impatient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+    yield from _pair(nats_server, "forward_timeout = 1\nheartbeat_misses = 600\n")
+
+
+def _clients(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def connect(node: str, version: int = 5, client_id: str | None = None,
+                **kwargs: object) -> Client:
+        c = Client(nodes[node], client_id or uid("c"), version=version, **kwargs)  # type: ignore[arg-type]
+        made.append(c)
+        c.connect()
+        return c
+
+    yield connect
+    for c in made:
+        c.close()
+
+
+def _publish_nowait(pub: Client, topic: str, payload: bytes, qos: int) -> int:
+    info = pub.c.publish(topic, payload, qos)
+    assert info.rc == 0, info.rc
+    return int(info.mid)
+
+
+def _ack(pub: Client, mid: int) -> int:
+    pub._wait(lambda: mid in pub._pubacks, f"ack of publish {mid}")
+    with pub._cond:
+        rc, _ = pub._pubacks.pop(mid)
+    return int(rc.value) if hasattr(rc, "value") else int(rc)
+
+
+def test_puback_waits_for_the_remote_node(nats_server: NatsServer,
+                                          patient: dict[str, BrokerProcess]) -> None:
+    for connect in _clients(patient):
+        t = uid("w")
+        sub = connect(B)
+        sub.subscribe(t, 1)
+        nats_server.wait_interest(B, t)
+        pub = connect(A)
+        assert pub.publish(t, b"first", 1) == 0  # both up: confirmed at once
+        assert sub.expect_message().payload == b"first"
+        b = patient[B]
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            mid1 = _publish_nowait(pub, t, b"q1", 1)
+            mid2 = _publish_nowait(pub, t, b"q2", 2)
+            until(lambda: status(patient[A])["awaiting_confirmation"] == 2,
+                  "A to hold both messages for B")
+            # Held while B cannot answer: neither acknowledgement has come.
+            with pub._cond:
+                assert mid1 not in pub._pubacks and mid2 not in pub._pubacks
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        assert _ack(pub, mid1) == 0
+        assert _ack(pub, mid2) == 0
+        got = sorted(m.payload for m in sub.expect_messages(2))
+        assert got == [b"q1", b"q2"]
+        assert status(patient[A])["awaiting_confirmation"] == 0
+
+
+def test_no_confirmation_in_time_is_0x80_or_a_disconnect(
+        nats_server: NatsServer, impatient: dict[str, BrokerProcess]) -> None:
+    for connect in _clients(impatient):
+        t = uid("t")
+        sub = connect(B)
+        sub.subscribe(t, 1)
+        nats_server.wait_interest(B, t)
+        pub5 = connect(A)
+        pub3 = connect(A, version=4)
+        local = connect(A)  # a subscriber on the publisher's node gets it all the same
+        local.subscribe(t, 1)
+        b = impatient[B]
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            assert pub5.publish(t, b"v5-q1", 1) == 0x80
+            # QoS 2: PUBREC 0x80 ends the flow. paho ignores a PUBREC's reason and sends
+            # PUBREL anyway; its id is unknown by then, so what paho reports is PUBCOMP's
+            # 0x92 (Packet Identifier not found), proof that the PUBREC was an error.
+            assert pub5.publish(t, b"v5-q2", 2) == 0x92
+            # 3.1.1 has no reason codes: no acknowledgement, the connection is closed.
+            mid = _publish_nowait(pub3, t, b"v3-q1", 1)
+            pub3.wait_disconnected()
+            with pub3._cond:
+                assert mid not in pub3._pubacks
+            assert status(impatient[A])["confirm_timeouts"] == 3
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        got = sorted(m.payload for m in local.expect_messages(3))
+        assert got == [b"v3-q1", b"v5-q1", b"v5-q2"]
+        # Once B answers again, acknowledgements are successes again.
+        assert pub5.publish(t, b"after", 1) == 0
+    log = impatient[A].log()
+    assert "forwarded messages not confirmed within 1 s by another node" in log
+
+
+def test_kill_9_after_puback_keeps_the_message(nats_server: NatsServer) -> None:
+    """The receiving node confirms once its store committed: killed right after the
+    publisher's PUBACKs, it has every message for its persistent subscriber at restart."""
+    config_b = node_config(B, nats_server.url)
+    b = BrokerProcess(config_b)
+    b2: BrokerProcess | None = None
+    try:
+        with checked_broker(node_config(A, nats_server.url)) as a:
+            for node in (a, b):
+                wait_log(node, "joined through NATS")
+            nats_server.nodes = {A: a, B: b}
+            t = uid("k")
+            sid = uid("persistent")
+            expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
+            sub = Client(b, sid, version=5, clean=False, properties=expiry)
+            sub.connect()
+            sub.subscribe(t, 1)
+            sub.close()  # offline: what comes for it is queued in B's store
+            nats_server.wait_interest(B, t)
+            pub = Client(a, uid("p"), version=5)
+            pub.connect()
+            try:
+                sent = [f"m{i}".encode() for i in range(50)]
+                for payload in sent:
+                    assert pub.publish(t, payload, 1) == 0
+                b.stop(signal.SIGKILL)
+                nats_server.nodes = {A: a}
+                b2 = BrokerProcess(config_b, extra_args=["--data-dir", str(b.data_dir)])
+                wait_log(b2, "joined through NATS")
+                sub2 = Client(b2, sid, version=5, clean=False, properties=expiry)
+                sub2.connect()
+                try:
+                    assert sub2.session_present
+                    got = {m.payload for m in sub2.expect_messages(len(sent))}
+                    assert got == set(sent)
+                finally:
+                    sub2.close()
+            finally:
+                pub.close()
+            nats_server.nodes = {}
+    finally:
+        if b2 is not None:
+            assert b2.stop() == 0
+            assert_clean_log(b2)
+            b2.cleanup()
+        b.stop(signal.SIGKILL)
+        b.cleanup()
+
+
+@pytest.fixture
+def small_window(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+    yield from _pair(nats_server, "forward_window = 64\n", "max_mqueue_len = 0\n")
+
+
+def test_flood_across_nodes_loses_nothing(nats_server: NatsServer,
+                                          small_window: dict[str, BrokerProcess]) -> None:
+    """A flood far past the window between nodes: the publishers wait (flow control)
+    instead of anything being dropped; every message is counted at the subscriber."""
+    for connect in _clients(small_window):
+        t = uid("f")
+        sub = connect(B)
+        sub.subscribe(f"{t}/#", 1)
+        nats_server.wait_interest(B, f"{t}/#")
+        pub0 = connect(A)
+        n0 = 20000
+        for i in range(n0):
+            pub0.c.publish(f"{t}/q0", str(i).encode(), 0)
+        pubs = [connect(A) for _ in range(4)]
+        n1 = 1000
+        mids = [[_publish_nowait(p, f"{t}/q1/{k}", str(i).encode(), 1) for i in range(n1)]
+                for k, p in enumerate(pubs)]
+        for p, ms in zip(pubs, mids, strict=True):
+            assert [_ack(p, m) for m in ms] == [0] * n1
+        pub0.publish(f"{t}/q0", b"end", 1)
+        q0: set[bytes] = set()
+        q1: dict[str, set[bytes]] = {}
+        deadline = time.monotonic() + 120
+        while (len(q0) < n0 + 1 or sum(len(v) for v in q1.values()) < 4 * n1) \
+                and time.monotonic() < deadline:
+            m = sub.expect_message()
+            if m.topic == f"{t}/q0":
+                q0.add(m.payload)
+            else:
+                q1.setdefault(m.topic, set()).add(m.payload)
+        assert len(q0) == n0 + 1
+        assert {k: len(v) for k, v in q1.items()} == {f"{t}/q1/{k}": n1 for k in range(4)}
+        st = status(small_window[A])
+        assert st["dropped"] == 0 and st["confirm_timeouts"] == 0
+        assert status(small_window[B])["dropped"] == 0
