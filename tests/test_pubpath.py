@@ -348,3 +348,30 @@ def test_counters_move_and_a_value_held_elsewhere_does_not(impl: type) -> None:
     if impl is not PublishPathPy:  # in place: the same int object, one more
         assert id(publisher.recv_pkt) == where
     assert publisher.recv_pkt == copy[0] + 4
+
+
+def test_declines_as_soon_as_the_broker_or_dispatcher_changes(impl: type) -> None:
+    """The compiled twin keeps the Broker's and Dispatcher's attributes while their dicts
+    are unchanged: an attribute set (or set back) between two messages counts at once."""
+    run = Run(pubpath.build(impl), 0)
+    take = run.take
+    assert take is not None
+    run.feed(1, Subscribe(1, [("a/#", SubOpts(0))]))
+    publisher = run.probes[0].channel
+    broker, dispatcher = run.world.broker, run.world.dispatcher
+    assert take(publisher, Publish("a/b", b"x", 0))
+    for obj, name, value in ((broker, "topic_traces", {"a/b": object()}),
+                             (broker, "cluster", object()),
+                             (dispatcher, "watched", {"a/b": print})):
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        assert not take(publisher, Publish("a/b", b"x", 0)), name
+        setattr(obj, name, old)
+        assert take(publisher, Publish("a/b", b"x", 0)), name
+    # The router's cache: a new subscriber is reached by the next message.
+    run.feed(3, Subscribe(1, [("a/b", SubOpts(0))]))
+    run.collect()
+    before = len(run.sent[3])
+    assert take(publisher, Publish("a/b", b"y", 0))
+    run.collect()
+    assert run.sent[3][before:] == [bytes((0x30, 7, 0, 3)) + b"a/b\0y"]  # (c3: MQTT 5)

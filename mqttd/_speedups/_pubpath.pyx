@@ -50,6 +50,19 @@ cdef extern from *:
         Py_XDECREF(old);
     }
     static CYTHON_INLINE PyObject *pp_type(PyObject *o) { return (PyObject *)Py_TYPE(o); }
+    /* The instance dict of o (borrowed) and its version tag (PEP 509, CPython 3.11: it
+       changes whenever the dict does); 0 when there is no dict or no tag to trust. */
+    static CYTHON_INLINE unsigned long long pp_dict_tag(PyObject *o, PyObject **dict) {
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+        PyObject **dp = _PyObject_GetDictPtr(o);
+        if (dp == NULL || *dp == NULL) return 0;
+        *dict = *dp;
+        return (unsigned long long)((PyDictObject *)*dp)->ma_version_tag;
+    #else
+        (void)o; (void)dict;
+        return 0;
+    #endif
+    }
     /* Add 1 to the int in the slot in place when nothing but the slot holds it (refcount
        1: no one can see it change) and it stays one 30-bit digit: 1; else 0 (the caller
        stores a new int). A per-message counter otherwise costs an int's allocation and
@@ -123,6 +136,7 @@ cdef extern from *:
     PyObject* pp_get(PyObject* o, Py_ssize_t off)
     void pp_put(PyObject* o, Py_ssize_t off, PyObject* v)
     PyObject* pp_type(PyObject* o)
+    unsigned long long pp_dict_tag(PyObject* o, PyObject** dict)
     int pp_bump(PyObject* o, Py_ssize_t off)
     const char* pp_utf8(PyObject* o, Py_ssize_t* n)
     PyObject** _PyObject_GetDictPtr(object o)
@@ -221,6 +235,66 @@ cdef inline void _bump(object o, Slot s, str name) except *:
         return
     _s(o, s, name, _g(o, s, name) + 1)
 
+cdef object _ABSENT = object()
+
+
+@cython.final
+cdef class _Attrs:
+    """Attributes of one plain object (the Broker, the Dispatcher, the Router: they have no
+    slots), read from its instance dict and kept while that dict's version tag says it has
+    not changed since: one comparison instead of a dict lookup per attribute and message.
+    Anything else (another object, no tag, a name not in the dict) reads as ``_d`` does."""
+
+    cdef object obj       # the object the values are of (held: its id cannot be reused)
+    cdef object dict      # its instance dict when read (held, compared by identity)
+    cdef unsigned long long tag
+    cdef tuple names
+    cdef list values
+    cdef bint plain
+
+    def __init__(self, tuple names, bint plain):
+        self.names = names
+        self.plain = plain
+        self.tag = 0
+
+    cdef inline object get(self, o, Py_ssize_t i):
+        cdef PyObject* d = NULL
+        cdef unsigned long long tag
+        if self.plain:
+            tag = pp_dict_tag(<PyObject*>o, &d)
+            if tag != 0 and tag == self.tag and o is self.obj and d == <PyObject*>self.dict:
+                v = self.values[i]
+                if v is not _ABSENT:
+                    return v
+                return getattr(o, self.names[i])
+            if tag != 0:
+                self._read(o, <object>d, tag)
+                v = self.values[i]
+                if v is not _ABSENT:
+                    return v
+        return getattr(o, self.names[i])
+
+    cdef int _read(self, o, dict d, unsigned long long tag) except -1:
+        cdef PyObject* v
+        values = []
+        for name in self.names:
+            v = PyDict_GetItem(d, name)
+            values.append(<object>v if v is not NULL else _ABSENT)
+        self.values = values
+        self.obj = o
+        self.dict = d
+        self.tag = tag
+        return 0
+
+
+# _Attrs indices.
+cdef enum:
+    B_CLUSTER, B_TRACES, B_AUTHORIZER, B_DISPATCHER, B_METRICS
+    D_WATCHED = 0
+    D_ROUTER = 1
+    D_METRICS = 2
+    R_CACHE = 0
+
 __all__ = ["PublishPath"]
 
 #: The PUBACK packet type (MQTT's, fixed), taken too (see the reference).
@@ -272,6 +346,7 @@ cdef class PublishPath:
     cdef object publish_cls
     cdef bint broker_plain, dispatcher_plain, router_plain
     cdef tuple classes  # keeps the classes whose offsets the Slots hold
+    cdef _Attrs ba, da, ra  # the Broker's, Dispatcher's and Router's attributes
 
     def __init__(self, broker_cls, channel_cls, message_cls, list overfull, connected,
                  int publish_type, encode_publish, dict counters, dict slotted=None):
@@ -325,6 +400,10 @@ cdef class PublishPath:
         self.dispatcher_plain = _plain(slotted.get("Dispatcher", object), (
             "watched", "router", "metrics"))
         self.router_plain = _plain(slotted.get("Router", object), ("_cache",))
+        self.ba = _Attrs(("cluster", "topic_traces", "authorizer", "dispatcher", "metrics"),
+                         self.broker_plain)
+        self.da = _Attrs(("watched", "router", "metrics"), self.dispatcher_plain)
+        self.ra = _Attrs(("_cache",), self.router_plain)
         self.classes = (channel_cls, message_cls, *slotted.values())
         c = self.publish_cls = slotted.get("Publish", object)
         self.p_qos = _slot(c, "qos")
@@ -407,17 +486,17 @@ cdef class PublishPath:
         if (_t(hooks, self.h_client_publish, "client_publish")
                 or _t(hooks, self.h_client_check_acl, "client_check_acl")
                 or _t(hooks, self.h_message_publish, "message_publish")
-                or _d(broker, "cluster", self.broker_plain) is not None
-                or _d(broker, "topic_traces", self.broker_plain)):
+                or self.ba.get(broker, B_CLUSTER) is not None
+                or self.ba.get(broker, B_TRACES)):
             return False
-        if _d(broker, "authorizer", self.broker_plain) is not None and not (
+        if self.ba.get(broker, B_AUTHORIZER) is not None and not (
                 _g(channel, self.c_clientinfo, "_clientinfo") or channel.clientinfo).superuser:
             return False
         gate = _g(channel, self.c_gate, "gate")
         if qos and gate is not None and gate.full:  # the store may refuse it: slow path
             return False
-        dispatcher = _d(broker, "dispatcher", self.broker_plain)
-        watched = _d(dispatcher, "watched", self.dispatcher_plain)
+        dispatcher = self.ba.get(broker, B_DISPATCHER)
+        watched = self.da.get(dispatcher, D_WATCHED)
         if watched is not None and topic in watched:
             return False
 
@@ -456,14 +535,14 @@ cdef class PublishPath:
         topic = <object>b.topic
 
         # --- Broker.publish, Dispatcher.publish ---
-        _inc(_d(broker, "metrics", self.broker_plain), self.messages_publish)
-        router = _d(dispatcher, "router", self.dispatcher_plain)
-        cache = _d(router, "_cache", self.router_plain)  # Router.match's first step, without its call
+        _inc(self.ba.get(broker, B_METRICS), self.messages_publish)
+        router = self.da.get(dispatcher, D_ROUTER)
+        cache = self.ra.get(router, R_CACHE)  # Router.match's first step, without its call
         found = PyDict_GetItem(cache, topic) if type(cache) is dict else NULL
         routes = <object>found if found is not NULL else router.match(topic)
         if not routes:
             dispatcher.dropped_no_subscribers += 1
-            _inc(_d(dispatcher, "metrics", self.dispatcher_plain), self.dropped_no_subscribers)
+            _inc(self.da.get(dispatcher, D_METRICS), self.dropped_no_subscribers)
             if _t(hooks, self.h_message_dropped, "message_dropped"):
                 hooks.run("message.dropped", self._msg(b), "no_subscribers")
             n = 0
@@ -549,7 +628,7 @@ cdef class PublishPath:
         _inc(metrics, self.puback_received)
         del inflight[packet_id]
         session.delivered += 1
-        _inc(_d(broker, "metrics", self.broker_plain), self.messages_acked)
+        _inc(self.ba.get(broker, B_METRICS), self.messages_acked)
         # --- Channel.drain ---
         if _t(channel, self.c_paused, "paused"):
             return True
@@ -677,7 +756,7 @@ cdef class PublishPath:
                 n += self._to(session, entry, b, sender, mqos, delivered_hook, encoded,
                               dispatcher)
         if n:
-            _inc(_d(dispatcher, "metrics", self.dispatcher_plain), self.messages_delivered, n)
+            _inc(self.da.get(dispatcher, D_METRICS), self.messages_delivered, n)
         return n
 
     cdef int _to(self, session, entry, Pending* b, sender, int mqos, bint delivered_hook,
