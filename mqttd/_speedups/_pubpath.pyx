@@ -139,7 +139,6 @@ cdef extern from *:
     unsigned long long pp_dict_tag(PyObject* o, PyObject** dict)
     int pp_bump(PyObject* o, Py_ssize_t off)
     const char* pp_utf8(PyObject* o, Py_ssize_t* n)
-    PyObject** _PyObject_GetDictPtr(object o)
     object pp_alloc(PyObject* tp)
     void pp_fill(object o, Py_ssize_t off, object v)
     int pp_test(PyObject* o, PyObject* tp, Py_ssize_t off) except -1
@@ -172,20 +171,6 @@ cdef inline object _g(object o, Slot s, str name):
         v = pp_get(<PyObject*>o, s.off)
         if v != NULL:
             return <object>v
-    return getattr(o, name)
-
-
-cdef inline object _d(object o, str name, bint plain):
-    """``o.name`` for an object of a class that defines none of the names it is asked
-    (``plain``, checked once): straight from the instance's dict."""
-    cdef PyObject** dp
-    cdef PyObject* v
-    if plain:
-        dp = _PyObject_GetDictPtr(o)
-        if dp != NULL and dp[0] != NULL:
-            v = PyDict_GetItem(<object>dp[0], name)
-            if v != NULL:
-                return <object>v
     return getattr(o, name)
 
 
