@@ -332,6 +332,8 @@ cdef class PublishPath:
     cdef bint broker_plain, dispatcher_plain, router_plain
     cdef tuple classes  # keeps the classes whose offsets the Slots hold
     cdef _Attrs ba, da, ra  # the Broker's, Dispatcher's and Router's attributes
+    cdef object last_topic  # the last topic whose '/'s were counted, and their count
+    cdef Py_ssize_t last_levels
 
     def __init__(self, broker_cls, channel_cls, message_cls, list overfull, connected,
                  int publish_type, encode_publish, dict counters, dict slotted=None):
@@ -462,8 +464,12 @@ cdef class PublishPath:
         if qos > _g(zone, self.z_max_qos_allowed, "max_qos_allowed"):
             return False
         max_levels = _g(zone, self.z_max_topic_levels, "max_topic_levels")
-        if max_levels and (<str>topic).count("/") >= max_levels:
-            return False
+        if max_levels:
+            if topic is not self.last_topic:  # (the parser hands out a repeated topic again)
+                self.last_levels = (<str>topic).count("/")
+                self.last_topic = topic
+            if self.last_levels >= max_levels:
+                return False
         broker = _g(channel, self.c_services, "services")
         if type(broker) is not self.broker_cls:
             return False
