@@ -375,3 +375,22 @@ def test_declines_as_soon_as_the_broker_or_dispatcher_changes(impl: type) -> Non
     assert take(publisher, Publish("a/b", b"y", 0))
     run.collect()
     assert run.sent[3][before:] == [bytes((0x30, 7, 0, 3)) + b"a/b\0y"]  # (c3: MQTT 5)
+
+
+def _set_traces(broker: Any, value: Any) -> None:
+    broker.topic_traces = value  # (a plain attribute store: the interpreter specializes it)
+
+
+def test_declines_after_attribute_stores_the_interpreter_specialized(impl: type) -> None:
+    """The same through a store run often enough to be specialized (CPython writes such a
+    store into the dict directly; its version tag must move all the same)."""
+    run = Run(pubpath.build(impl), 0)
+    take = run.take
+    assert take is not None
+    run.feed(1, Subscribe(1, [("a/#", SubOpts(0))]))
+    publisher, broker = run.probes[0].channel, run.world.broker
+    traced = {"a/b": object()}
+    for i in range(200):
+        _set_traces(broker, traced if i % 2 else {})
+        assert take(publisher, Publish("a/b", b"x", 0)) is not bool(i % 2), i
+    _set_traces(broker, {})
