@@ -105,8 +105,8 @@ def _publish_nowait(pub: Client, topic: str, payload: bytes, qos: int) -> int:
     return int(info.mid)
 
 
-def _ack(pub: Client, mid: int) -> int:
-    pub._wait(lambda: mid in pub._pubacks, f"ack of publish {mid}")
+def _ack(pub: Client, mid: int, timeout: float = WAIT) -> int:
+    pub._wait(lambda: mid in pub._pubacks, f"ack of publish {mid}", timeout)
     with pub._cond:
         rc, _ = pub._pubacks.pop(mid)
     return int(rc.value) if hasattr(rc, "value") else int(rc)
@@ -265,3 +265,30 @@ def test_flood_across_nodes_loses_nothing(nats_server: NatsServer,
         st = status(small_window[A])
         assert st["dropped"] == 0 and st["confirm_timeouts"] == 0
         assert status(small_window[B])["dropped"] == 0
+
+
+@pytest.fixture
+def watchful(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+    """Nodes that wait a minute for a confirmation but count a silent node down after
+    three missed heartbeats (the defaults)."""
+    yield from _pair(nats_server, "forward_timeout = 60\n")
+
+
+def test_a_node_counted_down_fails_what_it_did_not_confirm(
+        nats_server: NatsServer, watchful: dict[str, BrokerProcess]) -> None:
+    for connect in _clients(watchful):
+        t = uid("d")
+        sub = connect(B)
+        sub.subscribe(t, 1)
+        nats_server.wait_interest(B, t)
+        pub = connect(A)
+        b = watchful[B]
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            mid = _publish_nowait(pub, t, b"lost?", 1)
+            # Well before forward_timeout: B is counted down after 3 missed heartbeats.
+            assert _ack(pub, mid, timeout=45) == 0x80
+            wait_log(watchful[A], "which is gone")
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        assert status(watchful[A])["confirm_timeouts"] == 1

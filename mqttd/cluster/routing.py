@@ -794,6 +794,9 @@ class Cluster:
         known = self.members.peers.get(name)
         if known is None or known.id != node_id or not known.up:
             log.info("cluster: node %s is up", name)
+        if known is not None and known.id != node_id:
+            # Restarted: what its former start had not confirmed, it never will.
+            self._node_gone(name)
         if self.members.heartbeat(name, node_id, int(data.get("v", 0)), time.monotonic(),
                                   time.time()):
             self._resync(name, node_id)
