@@ -231,6 +231,33 @@ def test_fast_path_takes_the_common_publish(impl: type) -> None:
                               + bytes((0x32, 9, 0, 3)) + b"a/b\0\1\0x")
 
 
+def test_a_prefixed_client_publish_callback_leaves_other_topics_to_it(impl: type) -> None:
+    """A client.publish callback for some prefixes only (a topic rewrite rule's) turns the
+    fast path off for those topics alone, as the channel skips the chain for the others; one
+    for every topic turns it off for all."""
+    run = Run(pubpath.build(impl), 0)
+    take = run.take
+    assert take is not None
+    run.feed(1, Subscribe(1, [("#", SubOpts(1))]))
+    publisher = run.probes[0].channel
+    hooks = run.world.hooks
+    seen: list[str] = []
+
+    def rewrite(client: Any, props: Any, topic: str) -> None:
+        seen.append(topic)
+
+    hooks.add("client.publish", rewrite, prefixes=("nomatch/",))
+    assert take(publisher, Publish("a/b", b"x", 0))
+    assert not take(publisher, Publish("nomatch/b", b"x", 0))
+    run.feed(0, Publish("nomatch/b", b"x", 0))  # the slow path runs the callback
+    assert seen == ["nomatch/b"]
+    hooks.delete("client.publish", rewrite)
+    hooks.add("client.publish", rewrite)
+    assert not take(publisher, Publish("a/b", b"x", 0))
+    hooks.delete("client.publish", rewrite)
+    assert take(publisher, Publish("a/b", b"x", 0))
+
+
 def test_fast_path_takes_the_puback_and_refills_the_window(impl: type) -> None:
     """A subscriber's PUBACK of a QoS 1 delivery is the fast path's too, with the refill of
     the window from the queue: the same bytes as the state machine sends, the next packet

@@ -321,6 +321,7 @@ cdef class PublishPath:
     cdef Slot p_qos, p_retain, p_properties, p_topic, p_payload, p_packet_id
     cdef Slot z_max_qos_allowed, z_max_topic_levels
     cdef Slot h_client_publish, h_client_check_acl, h_message_publish, h_message_dropped
+    cdef Slot h_client_publish_prefixes
     cdef Slot h_message_delivered
     cdef Slot r_one, r_entry, r_subs, r_groups
     cdef Slot s_channel, s_client_id, s_upgrade_qos
@@ -404,6 +405,7 @@ cdef class PublishPath:
         self.z_max_topic_levels = _slot(c, "max_topic_levels")
         c = slotted.get("Hooks", object)
         self.h_client_publish = _slot(c, "client_publish")
+        self.h_client_publish_prefixes = _slot(c, "client_publish_prefixes")
         self.h_client_check_acl = _slot(c, "client_check_acl")
         self.h_message_publish = _slot(c, "message_publish")
         self.h_message_dropped = _slot(c, "message_dropped")
@@ -474,8 +476,13 @@ cdef class PublishPath:
         if type(broker) is not self.broker_cls:
             return False
         hooks = _g(channel, self.c_hooks, "hooks")
-        if (_t(hooks, self.h_client_publish, "client_publish")
-                or _t(hooks, self.h_client_check_acl, "client_check_acl")
+        if _t(hooks, self.h_client_publish, "client_publish"):
+            # (As the channel: callbacks that act only on some prefixes, e.g. a topic
+            # rewrite rule, leave the other topics to the fast path.)
+            prefixes = _g(hooks, self.h_client_publish_prefixes, "client_publish_prefixes")
+            if prefixes is None or (<str>topic).startswith(prefixes):
+                return False
+        if (_t(hooks, self.h_client_check_acl, "client_check_acl")
                 or _t(hooks, self.h_message_publish, "message_publish")
                 or self.ba.get(broker, B_CLUSTER) is not None
                 or self.ba.get(broker, B_TRACES)):

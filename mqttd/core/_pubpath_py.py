@@ -6,10 +6,12 @@
 ``Broker.publish`` → ``Dispatcher.publish`` → ``Channel.deliver`` do, in one call: a QoS 0
 or 1 PUBLISH, not retained, without properties (so no alias), to a topic not starting with
 ``$``, from a connected client that is not traced, held, pressed or mounted, on a Broker
-with no authorization to ask, no client.publish / message.publish / client.check_acl
-callbacks, no cluster, no topic trace, no topic metrics for the topic, and a store that is
-not full. Anything else returns False *before changing anything*, and the caller hands the
-packet to ``Channel.handle_in``, the readable state machine, which stays the reference.
+with no authorization to ask, no client.publish callback for the topic (one registered for
+some prefixes only, a topic rewrite rule's, leaves the other topics here), no message.publish /
+client.check_acl callbacks, no cluster, no topic trace, no topic metrics for the topic, and a
+store that is not full. Anything else returns False *before changing anything*, and the
+caller hands the packet to ``Channel.handle_in``, the readable state machine, which stays the
+reference.
 
 Inside, whatever the fast path does not inline it hands to the same Python code the slow
 path runs, at the same point: several matching filters or shared groups go to
@@ -111,7 +113,10 @@ class PublishPathPy:
         if type(broker) is not self.broker_cls:
             return False
         hooks = channel.hooks
-        if (hooks.client_publish or hooks.client_check_acl or hooks.message_publish
+        if hooks.client_publish and (hooks.client_publish_prefixes is None
+                                     or topic.startswith(hooks.client_publish_prefixes)):
+            return False  # (prefixed callbacks, e.g. a rewrite rule's, leave other topics)
+        if (hooks.client_check_acl or hooks.message_publish
                 or broker.cluster is not None or broker.topic_traces):
             return False
         if broker.authorizer is not None and not (
