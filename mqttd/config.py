@@ -67,7 +67,7 @@ class Zone:
     mqueue_backpressure_timeout: float = 5.0
     mqueue_backpressure_fallback: str = "drop_oldest"
     #: Flow control: a connected client's QoS 1/2 messages queued (its window full) at which
-    #: the publisher of one more waits, as under backpressure, until the queue is below it
+    #: the publisher of one more waits, as under backpressure, until the queue is half of it
     #: (at most mqueue_backpressure_timeout; nothing is dropped for it); 0: never.
     mqueue_flow_limit: int = 500
     #: Seconds a new connection has to send CONNECT.

@@ -154,7 +154,7 @@ class Session:
         #: deliveries for the ``delivery.slow`` hook (slow_subs); None otherwise.
         self.sent_at: dict[int, float] | None = None
         #: That zone's mqueue_flow_limit: while connected, a QoS 1/2 message queued past it
-        #: holds its publisher (as OVERFULL does) until the queue is below it again (0: off).
+        #: holds its publisher (as OVERFULL does) until the queue is down to half of it (0: off).
         self.flow_limit = 0
         #: A publisher's wait for this queue timed out (the client does not take what it
         #: is sent): publishers are not held for it again until its queue is below the limit.
@@ -253,7 +253,11 @@ class Session:
 
     def has_room(self) -> bool:
         n = len(self.mqueue)
-        if self.flow_limit and n >= self.flow_limit and not self.flow_stalled \
+        # Flow control lets its publishers go once the queue is down to half its limit, not
+        # at the first message under it: a release admits many messages, not one per turn
+        # (each wait costs a pause and a resume of reading), and half a limit is still
+        # many windows for the subscriber.
+        if self.flow_limit and n >= (self.flow_limit + 1) // 2 and not self.flow_stalled \
                 and self.channel is not None:
             return False
         return not self.max_mqueue_len or n < self.max_mqueue_len
