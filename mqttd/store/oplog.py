@@ -5,7 +5,7 @@ Why a log in front of SQLite: an acknowledged message must be on disk before its
 but most stored deliveries are acknowledged by their subscriber soon after (a queue
 row's life is often milliseconds). Writing each into SQLite's B-trees costs ~2 µs per
 row change (insert and delete: ~4 µs a message, measured with the store's own ops);
-appending the batch to a log costs ~0.4 µs a message (encoding, ``crc32``, one
+appending the batch to a log costs ~0.3 µs a message (encoding, ``crc32``, one
 ``write``), and the rows that are inserted and deleted between two applications never
 reach SQLite at all. So: commit = append to the log (``process``: the write is in the
 operating system's hands, which survives kill -9; ``power``: ``fdatasync`` too); apply =
