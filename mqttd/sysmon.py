@@ -60,6 +60,17 @@ TRIM_DROP = 2_000
 TRIM_EVERY = 30.0
 TRIM_MAX_LAG = 0.01
 
+#: The daemon turns CPython's automatic full collections off (server.tune_gc: one with many
+#: clients stops the loop for tens to hundreds of ms), so reference cycles that reached the
+#: oldest generation would never be freed. sysmon runs the full collection instead, when
+#: the oldest generation has had GC_FULL_AFTER middle collections' worth of survivors added
+#: (CPython's own default), the loop is quiet and the client count settled, at most every
+#: GC_FULL_EVERY seconds and at least every GC_FULL_LATEST seconds (a broker never quiet
+#: still gets its garbage freed).
+GC_FULL_AFTER = 10
+GC_FULL_EVERY = 60.0
+GC_FULL_LATEST = 3600.0
+
 
 def shrink(table: dict[Any, Any] | set[Any]) -> None:
     """Rebuild ``table`` at the size of what it holds now. CPython's dicts and sets never
@@ -175,6 +186,13 @@ class SystemMonitor:
         #: Trims done, and how long the last one stopped the loop (seconds).
         self.trims = 0
         self.last_trim = 0.0
+        #: Full collections run by the monitor, and how long the last one took (seconds).
+        self.full_gcs = 0
+        self.last_full_gc = 0.0
+        self.full_gc_every = GC_FULL_EVERY
+        self.full_gc_latest = GC_FULL_LATEST
+        self._full_gc_at = 0.0
+        self._gc_last_count = -1
         high = settings.process_memory_high
         if not high:
             total = memory_total()
@@ -217,7 +235,8 @@ class SystemMonitor:
         self.lag = lag = max(0.0, now - self._expected)
         self._schedule()
         for check in (self._check_lag, self._check_gc, self._check_memory,
-                      self._check_connections, self._check_store, self._check_trim):
+                      self._check_connections, self._check_store, self._check_trim,
+                      self._check_full_gc):
             try:
                 check()
             except Exception:  # one broken check must not stop the others, or the timer
@@ -359,6 +378,29 @@ class SystemMonitor:
         log.info("sysmon: %d clients left, memory given back to the OS: RSS %s -> %s "
                  "(tables rebuilt and malloc_trim in %.1f ms)", left, _mib(before or 0),
                  _mib(after or 0), _ms(took))
+
+    def _check_full_gc(self) -> None:
+        """Collect the oldest generation ourselves (see GC_FULL_AFTER) while automatic full
+        collections are off; nothing while they are on (an embedding program's own GC)."""
+        if gc.get_threshold()[2] <= 100 or gc.get_count()[2] < GC_FULL_AFTER:
+            return
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        since = now - self._full_gc_at
+        if since < self.full_gc_every:
+            return
+        count = sum(c for _name, c, _max in self.listeners())
+        settled, self._gc_last_count = count == self._gc_last_count, count
+        if since < self.full_gc_latest and (self.lag > TRIM_MAX_LAG or not settled):
+            return
+        t0 = time.perf_counter()
+        freed = gc.collect(2)
+        self.last_full_gc = took = time.perf_counter() - t0
+        self.full_gcs += 1
+        self._full_gc_at = now
+        log.debug("sysmon: full garbage collection freed %d objects in %.1f ms", freed,
+                  _ms(took))
 
     def _check_store(self) -> None:
         journal = self.store()
