@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,23 @@ class AlarmWatcher:
         a watermark may flap meanwhile: it is the state that counts here)."""
         while self.state.get(name, False) is not active:
             self._read(timeout)
+
+    def settle(self, b: BrokerProcess) -> None:
+        """Wait until no alarm is active (a loaded machine can lag the loop past a low
+        watermark while the broker starts), then read every message that said so: a
+        sentinel published through the same broker arrives after them."""
+        deadline = time.monotonic() + WAIT * 4
+        while (active := ctl_json(b, "alarms", "list")) != []:
+            assert time.monotonic() < deadline, active
+            time.sleep(0.2)
+        self.client.subscribe("alarm-watcher/sentinel", 0)
+        self.client.publish("alarm-watcher/sentinel", b"s")
+        while True:
+            msg = self.client.expect_message(WAIT * 3)
+            if msg.topic == "alarm-watcher/sentinel":
+                return
+            data = json.loads(msg.payload)
+            self.state[data["name"]] = data["activated"]
 
     def close(self) -> None:
         self.client.close()
