@@ -6,7 +6,9 @@ state machine, the reference behaviour), one through ``PublishPathPy.take`` firs
 through the compiled ``PublishPath.take`` first. Every byte each client is sent, every
 counter, every hook call and each session's state must be the same in all three, with
 hooks, pauses, offline sessions, No Local, shared groups, properties, retain and $-topics
-coming and going (so the fast path both takes and declines).
+coming and going (so the fast path both takes and declines). The same on a cluster node
+(a real ``Cluster`` wired as the node wires it, without a NATS connection): the fast path
+takes what stays on the node and declines what goes to other nodes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ import pytest
 from core_util import Probe, World
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from nats.aio.client import Client as NatsClient
+
 from mqttd import _accel
+from mqttd.cluster.routing import Cluster
+from mqttd.config import ClusterSettings
 from mqttd.core import pubpath
 from mqttd.core._pubpath_py import PublishPathPy
 from mqttd.core.message import Message
@@ -69,14 +75,42 @@ def test_facade_uses_compiled_path() -> None:
         assert pubpath.PublishPath is _compiled()
 
 
+#: Another node's routes, for a cluster node that knows them: "+/b" (a shared group's
+#: only: nothing to confirm) and "x" (a plain subscriber's: it confirms what it gets).
+PEER_FILTERS = ["+/b", "x"]
+PEER_PLAIN = ["x"]
+
+
+def join(world: World, state: str) -> Cluster:
+    """A real cluster link on ``world``'s broker, wired as mqttd/node.py wires it, with no
+    NATS connection. ``"alone"``: NATS was never reached (everything stays on the node);
+    ``"settled"``: joined, its connection to NATS down (a real nats-py client, not
+    connected: what goes out is queued), settled, knowing another node's routes
+    (PEER_FILTERS); ``"joining"``: the same before it has settled (everything goes out)."""
+    cluster = Cluster(ClusterSettings(nats_url="nats://127.0.0.1:1"), "a", world.dispatcher,
+                      world.metrics)
+    broker = world.broker
+    broker.cluster = cluster
+    broker.remote_gate = cluster.gate
+    broker.router.on_change = cluster.route_changed
+    broker.router.on_group = cluster.group_changed
+    if state != "alone":
+        cluster.nc = NatsClient()
+        cluster.members.table("b", "b1", 1, PEER_FILTERS, time.monotonic(), time.time(),
+                              plain=PEER_PLAIN)
+        cluster._settled = state == "settled"  # (what run() sets three heartbeats in)
+    return cluster
+
+
 class Run:
     """One broker, its clients and what they were sent, driven through ``take``."""
 
     def __init__(self, take: Callable[[Any, Any], bool] | None, max_levels: int,
-                 max_inflight: int = 32) -> None:
+                 max_inflight: int = 32, cluster: str | None = None) -> None:
         # (max_inflight 2: windows fill, so PUBACKs refill them from the queue.)
         self.world = World(max_topic_levels=max_levels, max_mqueue_len=3,
                            max_inflight=max_inflight)
+        self.cluster = join(self.world, cluster) if cluster is not None else None
         self.take = take
         self.log: list[tuple[Any, ...]] = []
         self.probes: list[Probe] = []
@@ -123,9 +157,16 @@ class Run:
                 None if s is None else (sorted(s.inflight), len(s.mqueue) if s.mqueue
                                         is not NO_QUEUE else 0, s.dropped,
                                         sorted(s.awaiting_rel)))
+        c = self.cluster
         return {"metrics": self.world.metrics.snapshot(), "sessions": sessions,
                 "sent": self.sent, "log": self.log,
-                "retained": sorted(m.topic for m in self.world.broker.retained("#"))}
+                "retained": sorted(m.topic for m in self.world.broker.retained("#")),
+                # What the cluster counted and queued for NATS (the frames carry the
+                # node's random id: kinds and subjects), and the holds for confirmations.
+                "cluster": None if c is None else (
+                    c.local_only, c.failed, [op[:2] for op in c._ops],
+                    sorted((seq, e[1], sorted(e[2]), e[3]) for seq, e in c._awaiting.items()),
+                    [p.channel.hold for p in self.probes])}
 
 
 _client = st.integers(0, len(CLIENTS) - 1)
@@ -200,11 +241,13 @@ def _apply(run: Run, op: tuple[Any, ...]) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(OPS, min_size=1, max_size=40), max_levels=st.sampled_from([0, 3]),
-       max_inflight=st.sampled_from([32, 2]))
+       max_inflight=st.sampled_from([32, 2]),
+       cluster=st.sampled_from([None, None, "alone", "settled", "joining"]))
 def test_fast_path_matches_state_machine(impl: type, ops: list[tuple[Any, ...]],
-                                         max_levels: int, max_inflight: int) -> None:
-    slow = Run(None, max_levels, max_inflight)
-    fast = Run(pubpath.build(impl), max_levels, max_inflight)
+                                         max_levels: int, max_inflight: int,
+                                         cluster: str | None) -> None:
+    slow = Run(None, max_levels, max_inflight, cluster)
+    fast = Run(pubpath.build(impl), max_levels, max_inflight, cluster)
     for op in ops:
         _apply(slow, op)
         _apply(fast, op)
@@ -387,8 +430,11 @@ def test_declines_as_soon_as_the_broker_or_dispatcher_changes(impl: type) -> Non
     publisher = run.probes[0].channel
     broker, dispatcher = run.world.broker, run.world.dispatcher
     assert take(publisher, Publish("a/b", b"x", 0))
+    forwarding = Cluster(ClusterSettings(nats_url="nats://127.0.0.1:1"), "a", dispatcher,
+                         run.world.metrics)
+    forwarding.nc = NatsClient()  # joined, not settled: everything goes to NATS
     for obj, name, value in ((broker, "topic_traces", {"a/b": object()}),
-                             (broker, "cluster", object()),
+                             (broker, "cluster", forwarding),
                              (dispatcher, "watched", {"a/b": print})):
         old = getattr(obj, name)
         setattr(obj, name, value)
@@ -421,3 +467,38 @@ def test_declines_after_attribute_stores_the_interpreter_specialized(impl: type)
         _set_traces(broker, traced if i % 2 else {})
         assert take(publisher, Publish("a/b", b"x", 0)) is not bool(i % 2), i
     _set_traces(broker, {})
+
+
+def test_cluster_node_takes_what_stays_local(impl: type) -> None:
+    """On a cluster node the fast path takes a message no other node is known to want (and
+    counts it as Cluster.forward does) and one while NATS is not there (not counted, as
+    forward), and declines one another node's route matches (Broker.publish forwards it);
+    the node's shared group gets its copy of a local message, as through handle_in."""
+    runs = {}
+    for state in ("settled", "alone"):
+        run = runs[state] = Run(pubpath.build(impl), 0, cluster=state)
+        run.feed(1, Subscribe(1, [("a/#", SubOpts(0)), ("x", SubOpts(0))]))
+        run.feed(3, Subscribe(2, [("$share/g/a/c", SubOpts(0))]))
+        run.collect()
+    settled, alone = runs["settled"], runs["alone"]
+    assert settled.cluster is not None and alone.cluster is not None
+    take = settled.take
+    assert take is not None
+    publisher = settled.probes[0].channel
+    queued = list(settled.cluster._ops)  # the subscriptions' (NATS is down)
+    assert take(publisher, Publish("a/c", b"1", 0))
+    assert take(publisher, Publish("a/c", b"2", 1, False, False, 5))
+    assert settled.cluster.local_only == 2 and settled.cluster._ops == queued
+    assert not take(publisher, Publish("a/b", b"3", 0))  # node b holds "+/b"
+    assert not take(publisher, Publish("x", b"4", 1, False, False, 6))
+    assert settled.cluster.local_only == 2
+    settled.collect()
+    # c1 (MQTT 5) got both, c3 (the group's only member) both: as a single node's dispatch.
+    assert settled.sent[1][-1] == (bytes((0x30, 7, 0, 3)) + b"a/c\0" + b"1"
+                                   + bytes((0x30, 7, 0, 3)) + b"a/c\0" + b"2")
+    assert settled.sent[3][-1] == settled.sent[1][-1]
+    take = alone.take
+    assert take is not None
+    for topic in ("a/b", "x", "a/c"):
+        assert take(alone.probes[0].channel, Publish(topic, b"y", 0)), topic
+    assert alone.cluster.local_only == 0 and not alone.cluster._ops  # (forward's too)

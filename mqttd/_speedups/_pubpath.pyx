@@ -484,7 +484,6 @@ cdef class PublishPath:
                 return False
         if (_t(hooks, self.h_client_check_acl, "client_check_acl")
                 or _t(hooks, self.h_message_publish, "message_publish")
-                or self.ba.get(broker, B_CLUSTER) is not None
                 or self.ba.get(broker, B_TRACES)):
             return False
         if self.ba.get(broker, B_AUTHORIZER) is not None and not (
@@ -497,6 +496,9 @@ cdef class PublishPath:
         watched = self.da.get(dispatcher, D_WATCHED)
         if watched is not None and topic in watched:
             return False
+        cluster = self.ba.get(broker, B_CLUSTER)  # (a single node: this one test)
+        if cluster is not None and not cluster.stays_local(topic):
+            return False  # it goes to other nodes: Broker.publish forwards it
 
         # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
         metrics = _g(channel, self.c_metrics, "metrics")
@@ -534,6 +536,9 @@ cdef class PublishPath:
 
         # --- Broker.publish, Dispatcher.publish ---
         _inc(self.ba.get(broker, B_METRICS), self.messages_publish)
+        cluster = self.ba.get(broker, B_CLUSTER)
+        if cluster is not None:
+            cluster.kept_local()  # as forward counts it; the dispatch is then a single node's
         router = self.da.get(dispatcher, D_ROUTER)
         cache = self.ra.get(router, R_CACHE)  # Router.match's first step, without its call
         found = PyDict_GetItem(cache, topic) if type(cache) is dict else NULL

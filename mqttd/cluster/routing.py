@@ -266,9 +266,7 @@ class Cluster:
         nc = self.nc
         if nc is None or msg.topic.startswith("$SYS/"):
             return False  # each node's $SYS is its own
-        if self._settled and not self.members.interest(msg.topic):
-            # No other node is known to want it (EMQX forwards only to nodes whose routes
-            # match): it stays here, and the local shared groups have it.
+        if self.stays_local(msg.topic):
             self.local_only += 1
             return False
         if len(self._ops) >= _MAX_QUEUED:
@@ -316,6 +314,20 @@ class Cluster:
             if len(awaiting) >= self.settings.forward_window:
                 OVERFULL.append(self)  # flow control: the publisher waits (has_room)
         return shared
+
+    def stays_local(self, topic: str) -> bool:
+        """Whether :meth:`forward` keeps a message to ``topic`` (neither retained nor
+        ``$SYS``) on this node: NATS is not there, or the node has settled and no other
+        node is known to want it (EMQX forwards only to nodes whose routes match); the
+        local shared groups then have it. Changes nothing: the PUBLISH fast path asks it
+        before taking a message, then counts as forward does (:meth:`kept_local`)."""
+        return self.nc is None or (self._settled and not self.members.interest(topic))
+
+    def kept_local(self) -> None:
+        """Count a message :meth:`stays_local` kept here, as :meth:`forward` counts it
+        (not while NATS is not there)."""
+        if self.nc is not None:
+            self.local_only += 1
 
     def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
         """Before a CONNECT's session opens (:meth:`SessionRegistry.prepare`)."""

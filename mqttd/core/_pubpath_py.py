@@ -8,10 +8,13 @@ or 1 PUBLISH, not retained, without properties (so no alias), to a topic not sta
 ``$``, from a connected client that is not traced, held, pressed or mounted, on a Broker
 with no authorization to ask, no client.publish callback for the topic (one registered for
 some prefixes only, a topic rewrite rule's, leaves the other topics here), no message.publish /
-client.check_acl callbacks, no cluster, no topic trace, no topic metrics for the topic, and a
-store that is not full. Anything else returns False *before changing anything*, and the
-caller hands the packet to ``Channel.handle_in``, the readable state machine, which stays the
-reference.
+client.check_acl callbacks, no topic trace, no topic metrics for the topic, and a store that
+is not full; on a cluster node, only a message that stays on the node (NATS is not there, or
+no other node is known to want it: ``ClusterLink.stays_local``, what ``Broker.publish``'s
+``cluster.forward`` decides; the local shared groups then get their copy as here, and the
+fast path counts it as forward does). Anything else returns False *before changing
+anything*, and the caller hands the packet to ``Channel.handle_in``, the readable state
+machine, which stays the reference.
 
 Inside, whatever the fast path does not inline it hands to the same Python code the slow
 path runs, at the same point: several matching filters or shared groups go to
@@ -116,8 +119,7 @@ class PublishPathPy:
         if hooks.client_publish and (hooks.client_publish_prefixes is None
                                      or topic.startswith(hooks.client_publish_prefixes)):
             return False  # (prefixed callbacks, e.g. a rewrite rule's, leave other topics)
-        if (hooks.client_check_acl or hooks.message_publish
-                or broker.cluster is not None or broker.topic_traces):
+        if hooks.client_check_acl or hooks.message_publish or broker.topic_traces:
             return False
         if broker.authorizer is not None and not (
                 channel._clientinfo or channel.clientinfo).superuser:
@@ -129,6 +131,9 @@ class PublishPathPy:
         watched = dispatcher.watched
         if watched is not None and topic in watched:
             return False
+        cluster = broker.cluster  # (a single node: this one test)
+        if cluster is not None and not cluster.stays_local(topic):
+            return False  # it goes to other nodes: Broker.publish forwards it
 
         # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
         metrics = channel.metrics
@@ -144,6 +149,8 @@ class PublishPathPy:
 
         # --- Broker.publish, Dispatcher.publish ---
         broker.metrics.inc(self.messages_publish)
+        if cluster is not None:
+            cluster.kept_local()  # as forward counts it; the dispatch is then a single node's
         routes = dispatcher.router.match(topic)
         if not routes:
             dispatcher.dropped_no_subscribers += 1

@@ -367,6 +367,13 @@ class ClusterLink(Protocol):
     def interest(self, topic: str) -> int:
         """The nodes known to have a subscriber matching ``topic`` (0: none known)."""
 
+    def stays_local(self, topic: str) -> bool:
+        """Whether :meth:`forward` would keep a (plain, not retained) message to ``topic``
+        on this node, its local shared groups included; changes nothing."""
+
+    def kept_local(self) -> None:
+        """Count a message :meth:`stays_local` kept, as :meth:`forward` would."""
+
     def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
         """Before a CONNECT's session opens: 0 to go on, a CONNACK reason code to refuse
         (0x88: a persistent session this node cannot register), or None and ``done(code)``
