@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from core_util import Probe, World
 from hypothesis import HealthCheck, given, settings, strategies as st
-
 from nats.aio.client import Client as NatsClient
 
 from mqttd import _accel
