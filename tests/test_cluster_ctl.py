@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes
+from support.cluster import running_nats, running_nodes, until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer, free_port
 from support.process import MQTTD, BrokerProcess, checked_broker, wait_log
@@ -32,14 +32,6 @@ A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 def node_config(name: str, url: str, misses: int = 3) -> str:
     return (f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
             f'heartbeat_interval = 0.2\nheartbeat_misses = {misses}\nctl_timeout = 1.0\n')
-
-
-def until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 2 * WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def js(node: BrokerProcess, *args: str) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, builder as B, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes
+from support.cluster import running_nats, running_nodes, until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -63,14 +62,6 @@ def client(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
     yield _client
     for c in made:
         c.close()
-
-
-def until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 2 * WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def has_session(node: BrokerProcess, cid: str) -> bool:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes
+from support.cluster import running_nats, running_nodes, until
 from support.ctlrun import ctl
 from support.httpapi import HttpApi
 from support.natsserver import NatsServer
@@ -36,14 +36,6 @@ def node_config(name: str, url: str, http: bool = False) -> str:
     return (f'[node]\nname = "{name}"\nsys_interval = 1\n\n[cluster]\nnats_url = "{url}"\n'
             'heartbeat_interval = 0.2\nheartbeat_misses = 3\nctl_timeout = 1.0\n'
             + ('\n[http]\nenabled = true\nport = 0\n' if http else ""))
-
-
-def until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 2 * WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def js(node: BrokerProcess, *args: str) -> Any:

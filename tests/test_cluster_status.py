@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from collections.abc import Callable
 from typing import Any
 
-from support import WAIT, uid
+from support import uid
 from support.clients import Client
+from support.cluster import until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer, free_port
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -39,14 +38,6 @@ def nodes(node: BrokerProcess) -> dict[str, dict[str, Any]]:
     r = ctl(node, "--json", "cluster", "nodes")
     assert r.code == 0, r
     return {row["node"]: row for row in json.loads(r.out)}
-
-
-def until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 2 * WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_status_nodes_and_counters() -> None:

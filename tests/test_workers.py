@@ -13,14 +13,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import WAIT
 from support.clients import Client
+from support.cluster import until
 from support.process import MQTTD, BrokerProcess, run_mqttd, wait_log
 
 from mqttd.cli.ctl import main as ctl_main
@@ -33,14 +33,6 @@ def ctl_json(data_dir: Path, *args: str) -> Any:
         code = ctl_main(["--data-dir", str(data_dir), "--json", *args])
     assert code == 0, (code, out.getvalue(), err.getvalue())
     return json.loads(out.getvalue())
-
-
-def until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 2 * WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
