@@ -10,21 +10,17 @@ asks again until the node says what is expected, bounded in count and time.
 from __future__ import annotations
 
 import json
-import queue
 import signal
-import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support import WAIT, uid
+from support import uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes, until
+from support.cluster import LiveTrace, running_nats, running_nodes, until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer, free_port
-from support.process import MQTTD, BrokerProcess, checked_broker, wait_log
+from support.process import BrokerProcess, checked_broker, wait_log
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 
@@ -244,63 +240,6 @@ def test_without_a_cluster_commands_are_as_before() -> None:
             client.close()
 
 
-class LiveTrace:
-    """A running ``mqttd ctl trace client ...`` process, its stdout read line by line."""
-
-    def __init__(self, node: BrokerProcess, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*MQTTD, "ctl", "--data-dir", str(node.data_dir), "trace", "client", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.threads = [threading.Thread(target=self._read, daemon=True)]
-        self.threads[0].start()
-        assert self.proc.stderr is not None
-        self.banner = self.proc.stderr.readline()  # printed once the trace is in place
-        self.errors: list[str] = []
-        self.threads.append(threading.Thread(target=self._read_err, daemon=True))
-        self.threads[1].start()
-
-    def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.errors.append(line)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def until(self, text: str) -> list[str]:
-        got: list[str] = []
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{text!r} not traced:\n" + "\n".join(got)) from None
-            if line is None:
-                raise AssertionError(f"trace ended before {text!r}:\n" + "\n".join(got))
-            got.append(line)
-            if text in line:
-                return got
-
-    def interrupt(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(WAIT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-        assert self.proc.stderr is not None and self.proc.stdout is not None
-        for thread in self.threads:  # both pipes are at their end once it exited
-            thread.join(WAIT)
-        self.proc.stderr.close()
-        self.proc.stdout.close()
-        return code, "".join(self.errors)
-
-
 def traces_on(node: BrokerProcess) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = js(node, "trace", "list")
     return rows
@@ -310,7 +249,7 @@ def test_trace_a_client_on_another_node(nodes: dict[str, BrokerProcess],
                                         clients: Callable[..., Client]) -> None:
     cid = uid("traced")
     c = clients(nodes[B], cid, version=5, username="alice", password="hunter2-secret")
-    live = LiveTrace(nodes[A], cid)
+    live = LiveTrace(nodes[A], "client", cid)
     try:
         assert live.banner.startswith(f"Tracing client {cid} on {A}, "), live.banner
         assert B in live.banner and C in live.banner
@@ -344,7 +283,7 @@ def test_trace_a_client_on_another_node(nodes: dict[str, BrokerProcess],
             t for t in traces_on(n) if t["target"] == cid])
 
     # --local: this node only.
-    local = LiveTrace(nodes[A], cid, "--local")
+    local = LiveTrace(nodes[A], "client", cid, "--local")
     try:
         assert local.banner.startswith(f"Tracing client {cid} (not connected"), local.banner
         assert not [t for t in traces_on(nodes[B]) if t["target"] == cid]
@@ -360,7 +299,7 @@ def test_a_trace_whose_asking_node_dies_ends(nodes: dict[str, BrokerProcess]) ->
         wait_log(d, "joined through NATS")
         until("D to see A up", lambda: up(d, A))
         cid = uid("lease")
-        live = LiveTrace(d, cid)
+        live = LiveTrace(d, "client", cid)
         assert A in live.banner, live.banner
         until("A to run the trace", lambda: [t for t in traces_on(nodes[A])
                                              if t["target"] == cid] != [])

@@ -11,10 +11,6 @@ real HTTP client.
 from __future__ import annotations
 
 import json
-import queue
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,11 +19,11 @@ from urllib.parse import quote
 import pytest
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes, until
+from support.cluster import LiveTrace, running_nats, running_nodes, until
 from support.ctlrun import ctl
 from support.httpapi import HttpApi
 from support.natsserver import NatsServer
-from support.process import MQTTD, BrokerProcess
+from support.process import BrokerProcess
 
 A, B, C = "la@127.0.0.1", "lb@127.0.0.1", "lc@127.0.0.1"
 
@@ -167,55 +163,6 @@ def test_subscriptions_listed_and_shown_from_any_node(
     assert r.code == 1 and "not found" in r.err.lower()
 
 
-class LiveTopicTrace:
-    """A running ``mqttd ctl trace topic ...``, its stdout and stderr read line by line."""
-
-    def __init__(self, node: BrokerProcess, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*MQTTD, "ctl", "--data-dir", str(node.data_dir), "trace", "topic", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None and self.proc.stdout is not None
-        self.banner = self.proc.stderr.readline()  # printed once the trace is in place
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def until(self, text: str) -> list[str]:
-        got: list[str] = []
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{text!r} not traced:\n" + "\n".join(got)) from None
-            if line is None:
-                raise AssertionError(f"trace ended before {text!r}:\n" + "\n".join(got))
-            got.append(line)
-            if text in line:
-                return got
-
-    def interrupt(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(WAIT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-        self.thread.join(WAIT)
-        assert self.proc.stderr is not None and self.proc.stdout is not None
-        self.proc.stderr.close()
-        self.proc.stdout.close()
-        return code
-
-
 def topic_traces(node: BrokerProcess, target: str) -> list[dict[str, Any]]:
     return [t for t in js(node, "trace", "list") if t["type"] == "topic"
             and t["target"] == target]
@@ -224,7 +171,7 @@ def topic_traces(node: BrokerProcess, target: str) -> list[dict[str, Any]]:
 def test_trace_topic_on_every_node(nodes: dict[str, BrokerProcess],
                                    clients: Callable[..., Client]) -> None:
     t = uid("trt")
-    live = LiveTopicTrace(nodes[A], f"{t}/#")
+    live = LiveTrace(nodes[A], "topic", f"{t}/#")
     try:
         assert live.banner.startswith(f"Tracing messages published to {t}/# on {A}, "), \
             live.banner
@@ -235,12 +182,12 @@ def test_trace_topic_on_every_node(nodes: dict[str, BrokerProcess],
             clients(nodes[name], uid("p")).publish(f"{t}/from-{name}", b"x", qos=1)
             lines = live.until(f"{t}/from-{name}")
             assert lines[-1].startswith(f"[{name}] "), lines
-        assert live.interrupt() == 0
+        assert live.interrupt()[0] == 0
     finally:
         live.interrupt()
     for node in nodes.values():  # Ctrl-C ends it on every node
         until("the trace to end everywhere", lambda n=node: not topic_traces(n, f"{t}/#"))
-    local = LiveTopicTrace(nodes[A], f"{t}/#", "--local")
+    local = LiveTrace(nodes[A], "topic", f"{t}/#", "--local")
     try:
         assert local.banner.startswith(f"Tracing messages published to {t}/#; "), local.banner
         assert not topic_traces(nodes[B], f"{t}/#")

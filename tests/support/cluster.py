@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
+import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -18,9 +22,9 @@ from typing import Literal
 from . import WAIT
 from .ctlrun import ctl
 from .natsserver import NatsServer
-from .process import BrokerProcess, checked_broker, wait_log
+from .process import MQTTD, BrokerProcess, checked_broker, wait_log
 
-__all__ = ["node_config", "running_nats", "running_nodes", "until"]
+__all__ = ["LiveTrace", "node_config", "running_nats", "running_nodes", "until"]
 
 
 def node_config(name: str, url: str, *, heartbeat: float | None = 0.2,
@@ -102,3 +106,61 @@ def running_nodes(server: NatsServer, configs: dict[str, str],
             yield dict(nodes)
         finally:
             server.nodes = {}
+
+
+class LiveTrace:
+    """A running ``mqttd ctl trace client|topic ...`` process, its stdout read line by line
+    (its stderr kept: the banner, then anything else it says)."""
+
+    def __init__(self, node: BrokerProcess, kind: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*MQTTD, "ctl", "--data-dir", str(node.data_dir), "trace", kind, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.threads = [threading.Thread(target=self._read, daemon=True)]
+        self.threads[0].start()
+        assert self.proc.stderr is not None
+        self.banner = self.proc.stderr.readline()  # printed once the trace is in place
+        self.errors: list[str] = []
+        self.threads.append(threading.Thread(target=self._read_err, daemon=True))
+        self.threads[1].start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def until(self, text: str) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"{text!r} not traced:\n" + "\n".join(got)) from None
+            if line is None:
+                raise AssertionError(f"trace ended before {text!r}:\n" + "\n".join(got))
+            got.append(line)
+            if text in line:
+                return got
+
+    def interrupt(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(WAIT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        for thread in self.threads:  # both pipes are at their end once it exited
+            thread.join(WAIT)
+        self.proc.stderr.close()
+        self.proc.stdout.close()
+        return code, "".join(self.errors)
