@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from core_util import Recorder, forbid_event_loop
 
+from mqttd.core import router as router_mod
 from mqttd.core.router import Router, SharedGroup
 from mqttd.core.session import Session
 from mqttd.mqtt.packets import SubOpts
@@ -121,6 +122,49 @@ def test_shared_group_keeps_its_filter_routed_until_the_last_member_leaves():
     assert filters(r.match("a/b")) == ["a/+"]
     assert r.remove("a/+", "g", True, s2)
     assert r.match("a/b") == [] and r.count_routes() == 0
+
+
+def test_a_full_cache_admits_nothing_until_enough_misses_then_starts_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clearing a full cache at once meant more distinct topics than it holds, published in
+    # turn, never hit and refilled it for nothing.
+    monkeypatch.setattr(router_mod, "_CACHE_LIMIT", 4)
+    monkeypatch.setattr(router_mod, "_CACHE_REFRESH", 5)
+    r = Router()
+    r.add("t/+", None, False, Session("s"), E)
+    kept = [r.match(f"t/{i}") for i in range(4)]
+    assert all(r.match(f"t/{i}") is kept[i] for i in range(4))  # the cache is full
+    # Three misses while full: nothing admitted, nothing evicted.
+    assert r.match("t/x") is not r.match("t/x")
+    assert filters(r.match("t/x")) == ["t/+"]
+    assert all(r.match(f"t/{i}") is kept[i] for i in range(4))
+    r.match("t/y")
+    assert r.match("t/0") is kept[0]
+    r.match("t/z")  # the fifth miss: the cache starts over
+    assert r.match("t/0") is not kept[0]
+    assert r.match("t/x") is r.match("t/x")
+
+
+def test_the_misses_count_again_from_zero_after_an_invalidation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_mod, "_CACHE_LIMIT", 2)
+    monkeypatch.setattr(router_mod, "_CACHE_REFRESH", 2)
+    r = Router()
+    r.add("t/+", None, False, Session("s"), E)
+    r.match("t/0"), r.match("t/1"), r.match("t/x")  # full, one miss counted
+    r.add("u", None, False, Session("s2"), E)  # a new filter: the cache starts over
+    first = [r.match("t/0"), r.match("t/1")]
+    r.match("t/x")  # one miss since the invalidation, not two: no refresh yet
+    assert r.match("t/0") is first[0] and r.match("t/1") is first[1]
+
+
+def test_match_uncached_gives_what_match_gives_and_admits_it():
+    r = Router()
+    r.add("a/+", None, False, Session("s1"), E)
+    r.add("a/b", None, False, Session("s2"), E)
+    found = r.match_uncached("a/b")
+    assert filters(found) == ["a/+", "a/b"]
+    assert r.match("a/b") is found
 
 
 def test_sys_topics_are_not_cached():

@@ -1,4 +1,4 @@
-"""The subscription trie, pure and compiled, against the brute-force matcher in mqttd.mqtt.topics."""
+"""The subscription trie, pure and compiled, against the brute-force matcher (mqttd.mqtt.topics)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import importlib
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mqttd import _accel
-from mqttd.mqtt import topics
 from mqttd.core import trie as trie_facade
 from mqttd.core._trie_py import TriePy
+from mqttd.mqtt import topics
 
 _NO_C_REASON = "MQTTD_NO_EXTENSIONS is set: the compiled trie is not in use"
 
@@ -203,6 +202,37 @@ def test_rejects_non_str(trie_cls: type, bad: Any) -> None:
         t.match(bad)
 
 
+def test_lookup_gives_the_table_values_of_the_matches_then_the_exact_entry(
+        trie_cls: type) -> None:
+    t = trie_cls()
+    for f in ("a/+", "a/#", "#", "+/c"):
+        t.insert(f)
+    table = {"a/+": 1, "a/#": 2, "#": 3, "+/c": 4, "a/b": 5, "x/y": None}
+    got = t.lookup("a/b", table)
+    assert got[-1] == 5 and sorted(got[:-1]) == [1, 2, 3]  # the exact entry last
+    assert sorted(t.lookup("b/c", table)) == [3, 4]
+    assert t.lookup("x/y", table) == [3]  # an exact entry of None counts as none
+    assert t.lookup("$SYS/c", table) == []
+    assert trie_cls().lookup("a/b", table) == [5]
+
+
+def test_lookup_refuses_a_match_missing_from_the_table_and_a_non_dict(trie_cls: type) -> None:
+    t = trie_cls()
+    t.insert("a/+")
+    with pytest.raises(KeyError):
+        t.lookup("a/b", {"a/#": 1})
+
+    class Table(dict[str, int]):
+        def __missing__(self, key: str) -> int:
+            return 0
+
+    for bad in (Table(), [], None):
+        with pytest.raises(TypeError):
+            t.lookup("a/b", bad)
+    with pytest.raises(TypeError):
+        t.lookup(b"a/b", {})
+
+
 def test_str_subclass_filter(trie_cls: type) -> None:
     class Filter(str):
         pass
@@ -325,10 +355,15 @@ class TrieMachine(RuleBasedStateMachine):
     @rule(topic=TOPICS)
     def match(self, topic: str) -> None:
         expected = _brute(self.model, topic)
+        # A table as the router's: every stored filter, and some topics' exact entries.
+        table = {f: ("value", f) for f in self.model}
+        table.setdefault(topic, ("exact", topic))
         for t in self.tries:
             got = t.match(topic)
             assert len(got) == len(set(got)), got
             assert set(got) == expected
+            looked = t.lookup(topic, table)
+            assert looked == [table[f] for f in got] + [table[topic]]
 
     @invariant()
     def matches_agree_on_probes(self) -> None:

@@ -542,7 +542,7 @@ cdef class PublishPath:
         router = self.da.get(dispatcher, D_ROUTER)
         cache = self.ra.get(router, R_CACHE)  # Router.match's first step, without its call
         found = PyDict_GetItem(cache, topic) if type(cache) is dict else NULL
-        routes = <object>found if found is not NULL else router.match(topic)
+        routes = <object>found if found is not NULL else router.match_uncached(topic)
         if not routes:
             dispatcher.dropped_no_subscribers += 1
             _inc(self.da.get(dispatcher, D_METRICS), self.dropped_no_subscribers)

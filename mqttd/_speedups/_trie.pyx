@@ -273,11 +273,38 @@ cdef class Trie:
 
     def match(self, topic) -> list:
         """Every stored filter matching the topic name ``topic``, each once, in no set order."""
+        cdef list out = []
+        self._match(_exact_str(topic, "topic"), out)
+        return out
+
+    def lookup(self, topic, table) -> list:
+        """``table``'s value for every stored filter matching ``topic`` (KeyError if one has
+        none), then ``table``'s value for ``topic`` itself if it has one that is not None:
+        the router's routes, its wildcard filters here and its exact ones in ``table``."""
         cdef str name = _exact_str(topic, "topic")
+        cdef list out = []
+        cdef Py_ssize_t i
+        cdef PyObject* value
+        if type(table) is not dict:  # (a subclass's __missing__ would not be asked)
+            raise TypeError(f"table must be dict, not {type(table).__name__}")
+        self._match(name, out)
+        # The filters become their values only after the walk: a lookup in a dict with
+        # keys of other types could run Python code, which the walk must not.
+        for i in range(len(out)):
+            value = PyDict_GetItem(table, out[i])
+            if value is NULL:
+                raise KeyError(out[i])
+            out[i] = <object>value
+        value = PyDict_GetItem(table, name)
+        if value is not NULL and <object>value is not None:
+            PyList_Append(out, <object>value)
+        return out
+
+    cdef int _match(self, str name, list out) except -1:
+        """Append every stored filter matching the topic name ``name`` to ``out``."""
         cdef list levels = name.split("/")
         cdef Py_ssize_t n = len(levels)
         cdef Py_ssize_t d
-        cdef list out = []
         cdef _Node root = self._root
         cdef _Node node
         cdef _Node pound
@@ -318,7 +345,7 @@ cdef class Trie:
                     _push(&stack, <PyObject*>node.plus)
         finally:
             _stack_release(&stack)
-        return out
+        return 0
 
     def __len__(self):
         return self._root.count

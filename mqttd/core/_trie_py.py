@@ -27,8 +27,11 @@ the size is the root's ``count``, and ``filters()`` collects the filters from th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
 
 __all__ = ["TriePy"]
+
+_V = TypeVar("_V")
 
 
 class _Node:
@@ -197,6 +200,18 @@ class TriePy:
                     stack.append(child)
             if node.plus is not None:
                 stack.append(node.plus)
+        return out
+
+    def lookup(self, topic: str, table: dict[str, _V]) -> list[_V]:
+        """``table``'s value for every stored filter matching ``topic`` (KeyError if one has
+        none), then ``table``'s value for ``topic`` itself if it has one that is not None:
+        the router's routes, its wildcard filters here and its exact ones in ``table``."""
+        if type(table) is not dict:  # (a subclass's __missing__ would not be asked)
+            raise TypeError(f"table must be dict, not {type(table).__name__}")
+        out = [table[f] for f in self.match(topic)]
+        exact = table.get(topic)
+        if exact is not None:
+            out.append(exact)
         return out
 
     def __len__(self) -> int:

@@ -5,6 +5,11 @@ subscribers and its shared-subscription groups. Exact filters are found with
 one dict lookup; wildcard filters live in the trie. ``match(topic)`` is cached
 per topic; the cache holds Route objects, so it is invalidated only when a
 filter gains its first or loses its last subscriber, not on every subscribe.
+
+A full cache admits nothing more (no eviction) until ``_CACHE_REFRESH`` further
+misses have passed, then starts over: clearing it whenever it filled meant that
+more distinct topics than it holds, published in turn, never hit and paid for
+the refill (100,000 topics: 1.8 instead of 1.2 µs a message in process).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
     from .session import Session
 
 _CACHE_LIMIT = 65536
+#: Misses a full cache lets pass before it starts over (so a topic population that moved
+#: on is cached again; the refill adds an insert per eight misses).
+_CACHE_REFRESH = 8 * _CACHE_LIMIT
 
 #: What a subscriber entry holds: (SubOpts, subscription identifier or 0).
 SubEntry = tuple[SubOpts, int]
@@ -106,6 +114,8 @@ class Router:
         self.routes: dict[str, Route] = {}
         self._trie = Trie()
         self._cache: dict[str, list[Route]] = {}
+        #: Misses since the cache filled (see _CACHE_REFRESH).
+        self._cache_misses = 0
         #: Subscriptions held, plain and shared (kept as they change, for the stats).
         self._plain = 0
         self._shared = 0
@@ -125,20 +135,28 @@ class Router:
         cached = self._cache.get(topic)
         if cached is not None:
             return cached
-        routes = self.routes
-        found = [routes[f] for f in self._trie.match(topic)]
-        exact = routes.get(topic)
-        if exact is not None:
-            found.append(exact)
+        return self.match_uncached(topic)
+
+    def match_uncached(self, topic: str) -> list[Route]:
+        """``match`` for a topic its caller already looked up in ``_cache`` and missed (the
+        fast path does: one lookup in that large dict costs a cache miss of the CPU)."""
+        found = self._trie.lookup(topic, self.routes)
         if topic.startswith("$SYS/"):
             # Not cached: presence topics name a client each (one entry per connect would
             # crowd out the real topics), and the periodic ones are published once a round.
             return found
         cache = self._cache
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[topic] = found
+        if len(cache) < _CACHE_LIMIT:
+            cache[topic] = found
+        else:
+            self._cache_misses += 1
+            if self._cache_misses >= _CACHE_REFRESH:
+                self._clear_cache()
         return found
+
+    def _clear_cache(self) -> None:
+        self._cache = {}
+        self._cache_misses = 0
 
     def _route(self, topic_filter: str) -> Route:
         route = self.routes.get(topic_filter)
@@ -148,7 +166,7 @@ class Router:
                 self.dollar_filters += 1
             if is_wildcard(topic_filter):
                 self._trie.insert(topic_filter)
-            self._cache = {}
+            self._clear_cache()
         return route
 
     def _maybe_drop(self, route: Route) -> None:
@@ -158,7 +176,7 @@ class Router:
                 self.dollar_filters -= 1
             if is_wildcard(route.topic_filter):
                 self._trie.delete(route.topic_filter)
-            self._cache = {}
+            self._clear_cache()
 
     def add(self, topic_filter: str, group: str | None, shared: bool, session: Session,
             entry: SubEntry) -> None:
