@@ -37,6 +37,11 @@ _MQTTD_LISTENING = re.compile(r"listener \S+ on [0-9.]+:(\d+)")
 _MQTTD_DURABILITY = re.compile(r"durability (off|process|power)(?: \(|:)")
 
 MQTTD_CONFIG = """\
+# mosquitto runs with connection_messages false (MOSQUITTO_CONFIG): the same here, or
+# mqttd alone pays a formatted log line and a write() per connect and per disconnect
+[log]
+connection_messages = false
+
 [mqtt]
 # as mosquitto's max_inflight_messages default, which the reference uses
 max_inflight = 20
