@@ -56,7 +56,9 @@ class Server:
         self.config_file = config_file
         self.node = Node(self.settings)
         self.node.reset_store = reset_store
-        self.connections: set[Connection] = set()
+        #: Every live connection (the keys; a dict, not a set: at 10,000 clients a set's
+        #: table is ~105 B per entry after its 4x growth, a dict's ~30 B).
+        self.connections: dict[Connection, None] = {}
         #: Every listener started once, by name (running or stopped by the operator).
         self.listeners: dict[str, MqttListener] = {}
         self._stopped: asyncio.Event | None = None

@@ -125,6 +125,7 @@ from ..mqtt.topics import (
     parse_shared,
 )
 from .message import Message
+from .rare import Rare
 from .services import (
     AuthResult,
     AuthStep,
@@ -351,17 +352,47 @@ class Channel:
     """One client connection's MQTT state: CONNECT, QoS flows, subscriptions, will."""
 
     __slots__ = (
-        "services", "zone", "peer", "out", "wakeup", "state", "version", "client_id",
-        "username", "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
-        "client_max_packet", "receive_maximum", "closing", "close_reason", "close_detail",
-        "paused", "normal_disconnect", "connected_at", "created_at", "clean_start",
-        "proto_name", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
-        "will_delay", "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener",
-        "superuser", "auth_acl", "_held", "_held_bytes", "acl_deliver",
-        "auth_method", "_auth", "gate", "hold", "transport", "cert_username", "cert_clientid",
-        "cert_user", "close_code", "rgate", "auth_credential", "_auth_timer", "pressure",
-        "pressure_mark", "_held_ack",
+        "services", "zone", "peer", "out", "wakeup", "state", "version", "client_id", "username",
+        "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
+        "client_max_packet", "receive_maximum", "closing", "paused", "connected_at", "created_at",
+        "clean_start", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
+        "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener", "_held",
+        "acl_deliver", "gate", "hold", "transport", "rgate", "pressure", "pressure_mark", "_rare",
     )
+
+    # Fields most clients never change, off the slots (core/rare.py): ~140 B less per
+    # client. None of them is read per packet.
+    will_delay = Rare(0)
+    #: Why the connection ends (set with ``closing``), and a readable detail for the log.
+    close_reason = Rare[CloseReason | None](None)
+    close_detail = Rare("")
+    #: The reason code the close carried (a protocol error's, a kick's), for the log.
+    close_code = Rare[int | None](None)
+    normal_disconnect = Rare(False)
+    #: The user name and client id a verified client certificate gives (a TLS listener's
+    #: peer_cert_as_username / peer_cert_as_clientid), set by the connection; they
+    #: replace what the CONNECT says. ``cert_user``: the user name is such a name.
+    cert_username = Rare[str | None](None)
+    cert_clientid = Rare[str | None](None)
+    cert_user = Rare(False)
+    #: What authentication granted (ClientInfo carries it to authorization).
+    superuser = Rare(False)
+    auth_acl = Rare[object](None)
+    #: What the client's password was checked against (AuthResult.credential).
+    auth_credential = Rare[tuple[CredentialSource, object] | None](None)
+    #: Disconnects the client when its proof expires (AuthResult.expires_at).
+    _auth_timer = Rare[TimerHandle | None](None)
+    #: MQTT 5 enhanced authentication: the method the CONNECT named (every AUTH must
+    #: name it too), and the exchange under way (at CONNECT or re-authenticating).
+    auth_method = Rare[str | None](None)
+    _auth = Rare["_Exchange | None"](None)
+    #: The size of what ``_held`` holds.
+    _held_bytes = Rare(0)
+    #: The message whose acknowledgement a backpressure wait holds: (message, sessions
+    #: it reached, packet id, the acknowledgement's bytes in ``out``).
+    _held_ack = Rare[tuple[Message, int, int, bytes] | None](None)
+    #: The CONNECT's protocol name ("MQIsdp" for MQTT 3.1): see ``proto_name``.
+    _proto_name = Rare("MQTT")
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
                  out: list[bytes] | None = None) -> None:
@@ -372,13 +403,14 @@ class Channel:
         self.out: list[bytes] = out if out is not None else []
         #: Called when output appears outside handle_in (a delivery from another client).
         self.wakeup: Callable[[], None] | None = None
+        #: The rare fields set (see the ``Rare`` declarations above), None until one is.
+        self._rare: dict[str, object] | None = None
         self.state = IDLE
         self.version = 0
         self.client_id = ""
         self.username: str | None = None
         self.session: Session | None = None
         self.will: Message | None = None
-        self.will_delay = 0
         self.keepalive = 0
         # Topic aliases both ways: the shared empty NO_MAP until the first (64 B each).
         self.alias_in: dict[int, str] = _NO_ALIAS_IN
@@ -387,17 +419,10 @@ class Channel:
         self.client_max_packet = 0
         self.receive_maximum = 0
         self.closing = False
-        #: Why the connection ends (set with ``closing``), and a readable detail for the log.
-        self.close_reason: CloseReason | None = None
-        self.close_detail = ""
-        #: The reason code the close carried (a protocol error's, a kick's), for the log.
-        self.close_code: int | None = None
         self.paused = False
-        self.normal_disconnect = False
         self.created_at = time.time()
         self.connected_at = 0.0
         self.clean_start = True
-        self.proto_name = ""
         self.recv_pkt = 0
         self.send_pkt = 0
         self.recv_msg = 0
@@ -417,19 +442,6 @@ class Channel:
         self.listener = "default"
         #: Its transport: "tcp", "ssl", "ws" or "wss" (set by the connection).
         self.transport = "tcp"
-        #: The user name and client id a verified client certificate gives (a TLS listener's
-        #: peer_cert_as_username / peer_cert_as_clientid), set by the connection; they
-        #: replace what the CONNECT says. ``cert_user``: the user name is such a name.
-        self.cert_username: str | None = None
-        self.cert_clientid: str | None = None
-        self.cert_user = False
-        #: What authentication granted (ClientInfo carries it to authorization).
-        self.superuser = False
-        self.auth_acl: object = None
-        #: What the client's password was checked against (AuthResult.credential).
-        self.auth_credential: tuple[CredentialSource, object] | None = None
-        #: Disconnects the client when its proof expires (AuthResult.expires_at).
-        self._auth_timer: TimerHandle | None = None
         #: Set at CONNACK when deliveries to this client must pass authorization (an
         #: authorization chain exists and the client is no superuser); None costs
         #: ``deliver`` one test.
@@ -437,12 +449,7 @@ class Channel:
         #: Packets received while authentication runs, applied after CONNACK; or while a
         #: sliced SUBSCRIBE runs, applied after its SUBACK.
         self._held: list[Any] | None = None  # type: ignore[explicit-any]  # any packet
-        self._held_bytes = 0
         self._clientinfo: ClientInfo | None = None
-        #: MQTT 5 enhanced authentication: the method the CONNECT named (every AUTH must
-        #: name it too), and the exchange under way (at CONNECT or re-authenticating).
-        self.auth_method: str | None = None
-        self._auth: _Exchange | None = None
         #: The durable store's progress, and the output held back for it: [seq, n] marks
         #: saying the first n packets of ``out`` may be written once ``gate.committed``
         #: reaches seq (an acknowledgement of something stored). None while nothing is held.
@@ -459,9 +466,15 @@ class Channel:
         #: reading while it is set, and ends it (``end_pressure``) on room or time-out.
         self.pressure: set[Backlog] | None = None
         self.pressure_mark = -1
-        #: The message whose acknowledgement a backpressure wait holds: (message, sessions
-        #: it reached, packet id, the acknowledgement's bytes in ``out``).
-        self._held_ack: tuple[Message, int, int, bytes] | None = None
+
+    @property
+    def proto_name(self) -> str:
+        """The protocol name the CONNECT gave ("" before it)."""
+        return self._proto_name if self.version else ""
+
+    @proto_name.setter
+    def proto_name(self, name: str) -> None:
+        self._proto_name = name
 
     @property
     def clientinfo(self) -> ClientInfo:

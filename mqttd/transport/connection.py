@@ -27,6 +27,7 @@ from typing import Any, cast
 from ..config import Zone
 from ..core.channel import AUTHENTICATING, CONNECTED, IDLE, Channel, ChannelServices
 from ..core.pubpath import build_run as _build_packet_run
+from ..core.rare import Rare
 from ..core.services import CloseReason, SessionOwner
 from ..metrics import (
     BYTES_RECEIVED,
@@ -318,18 +319,35 @@ class Connection(asyncio.Protocol):
 
     # Slotted: thousands of idle clients each hold one (a __dict__ costs ~1.2 KiB).
     __slots__ = (
-        "services", "zone", "flusher", "connections", "transport", "out", "parser",
-        "channel", "loop", "last_recv", "_slot", "_queued", "_lost", "_closing",
-        "metrics", "watch", "listener", "_keepalive_armed", "limiter", "_paused_until",
-        "_crashed", "transport_name", "peer_address", "cert_as", "sockport", "bytes_in",
-        "bytes_mark",
-        "_stash", "_unread", "_pressure_timer", "_pressure_deadline", "_deferred",
+        "services", "zone", "flusher", "connections", "transport", "out", "parser", "channel",
+        "loop", "last_recv", "_slot", "_queued", "_lost", "_closing", "metrics", "listener",
+        "_keepalive_armed", "limiter", "_paused_until", "sockport", "bytes_in", "bytes_mark",
+        "_pressure_timer", "_deferred", "_rare",
     )
+
+    # Fields most connections never change, off the slots (core/rare.py); none is read
+    # per read. Set by the listener before the socket arrives: its transport's name, the
+    # client address a PROXY header gave (None: the socket's), and which names a verified
+    # client certificate gives (peer_cert_as_username, peer_cert_as_clientid).
+    transport_name = Rare("tcp")
+    peer_address = Rare[tuple[str, int] | None](None)
+    cert_as = Rare[tuple[str, str] | None](None)
+    #: Told of the new channel (a client trace waiting for its CONNECT), or None.
+    watch = Rare[Callable[[Channel], None] | None](None)
+    _crashed = Rare(False)
+    #: Backpressure (Channel.pressure): packets parsed but not handled yet, and when the
+    #: wait gives up.
+    _stash = Rare[list[Any] | None](None)
+    _pressure_deadline = Rare(0.0)
+    #: Bytes that arrived during the wait anyway (a WebSocket read's later frames).
+    _unread = Rare(b"")
 
     def __init__(self, services: ChannelServices, zone: Zone, flusher: Flusher,
                  connections: MutableSet[Connection],
                  watch: Callable[[Channel], None] | None = None, listener: str = "default"
                  ) -> None:
+        #: The rare fields set (see the ``Rare`` declarations above), None until one is.
+        self._rare: dict[str, object] | None = None
         self.services = services
         self.zone = zone
         self.flusher = flusher
@@ -347,7 +365,6 @@ class Connection(asyncio.Protocol):
         self._lost = False
         self._closing = False
         self.metrics = services.metrics
-        #: Told of the new channel (a client trace waiting for its CONNECT), or None.
         self.watch = watch
         self.listener = listener
         #: The keepalive timer runs (armed at the first flush after CONNACK).
@@ -356,26 +373,14 @@ class Connection(asyncio.Protocol):
         self.limiter = ConnLimiter.for_zone(zone)
         #: The timer that resumes reading after a rate-limit pause.
         self._paused_until: asyncio.TimerHandle | None = None
-        self._crashed = False
-        #: Set by the listener before the socket arrives: its transport's name, the client
-        #: address a PROXY header gave (None: the socket's), and which names a verified
-        #: client certificate gives (peer_cert_as_username, peer_cert_as_clientid).
-        self.transport_name = "tcp"
-        self.peer_address: tuple[str, int] | None = None
-        self.cert_as: tuple[str, str] | None = None
         #: The local port, when the listener knows it (0: asked of the socket).
         self.sockport = 0
         #: Bytes received, and the count at the start of overload protection's window
         #: (mqttd.overload measures the heaviest publishers with them).
         self.bytes_in = 0
         self.bytes_mark = 0
-        #: Backpressure (Channel.pressure): packets parsed but not handled yet, the poll
-        #: timer and when the wait gives up.
-        self._stash: list[Any] | None = None
-        #: Bytes that arrived during the wait anyway (a WebSocket read's later frames).
-        self._unread = b""
+        #: Backpressure: the timer polling for room (Channel.pressure).
         self._pressure_timer: asyncio.TimerHandle | None = None
-        self._pressure_deadline = 0.0
         #: A read put off to a later loop turn (Flusher.admit), its socket paused meanwhile.
         self._deferred: bytes | None = None
 

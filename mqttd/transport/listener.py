@@ -164,9 +164,9 @@ def connect_level(buf: bytes) -> int | None:
 
 
 class LiveConnections(MutableSet[Connection]):
-    """One listener's live connections: they are in the server-wide set, and here only
+    """One listener's live connections: they are in the server-wide table, and here only
     counted (a set of its own cost every client a second table entry, ~50 B at 10,000
-    clients); iterating (stopping the listener) picks them out of the server-wide set.
+    clients); iterating (stopping the listener) picks them out of the server-wide table.
 
     ``pending`` counts sockets accepted (a Connection made) whose connection_made
     has not run yet: asyncio accepts a whole backlog burst in one turn, before any
@@ -175,7 +175,7 @@ class LiveConnections(MutableSet[Connection]):
 
     __slots__ = ("everyone", "pending", "_count")
 
-    def __init__(self, everyone: set[Connection]) -> None:
+    def __init__(self, everyone: dict[Connection, None]) -> None:
         self.everyone = everyone
         self.pending = 0
         self._count = 0
@@ -194,13 +194,13 @@ class LiveConnections(MutableSet[Connection]):
             self.pending -= 1
         everyone = self.everyone
         n = len(everyone)
-        everyone.add(conn)
+        everyone[conn] = None
         self._count += len(everyone) - n
 
     def discard(self, conn: Connection) -> None:
         everyone = self.everyone
         n = len(everyone)
-        everyone.discard(conn)
+        everyone.pop(conn, None)
         self._count -= n - len(everyone)
 
 
@@ -213,7 +213,7 @@ class MqttListener:
     reuse_port = False
 
     def __init__(self, config: Listener, zone: Zone, services: ChannelServices,
-                 flusher: Flusher, everyone: set[Connection],
+                 flusher: Flusher, everyone: dict[Connection, None],
                  watcher: Callable[[], Callable[[Channel], None] | None],
                  fd_guard: FdGuard | None = None,
                  overloaded: Callable[[], bool] | None = None) -> None:
