@@ -20,6 +20,7 @@ from mqttd.metrics import Metrics
 from mqttd.mqtt.packets import SubOpts
 from mqttd.store.base import MSG_PUT, Q_DEL, Q_PUT, Backend, Restored
 from mqttd.store.journal import Journal, coalesce, replay
+from mqttd.store.kv import KVStore
 from mqttd.store.memory import MemoryBackend, MemoryState
 from mqttd.store.oplog import OpLog
 from mqttd.store.restore import restore
@@ -515,4 +516,44 @@ def test_a_delete_only_the_log_gets_goes_before_a_new_row_under_its_key(
     restored, _ = replay(_oplog(tmp_path), backend, backend.open())
     assert {s.client_id: sorted(r.qseq for r in s.queue) for s in restored.sessions} == \
         {"c1": [1]}
+    backend.close()
+
+
+@pytest.mark.parametrize("ending", ["closed", "killed"])
+def test_a_record_deleted_after_its_commit_never_reaches_the_backend(
+        reopen: Any, tmp_path: Any, ending: str) -> None:
+    """A module's record (a bridge's queued message) put new and deleted after its batch
+    was committed but before the writer took it: as a queue row, the put is cancelled on
+    the loop, the writer gets neither, the log (a replay after kill -9) has both. A record
+    that existed before its last put, or that the writer has, is deleted in the backend."""
+    async def write() -> None:
+        backend = reopen()
+        journal = _journal(backend, tmp_path)
+        journal.start(asyncio.get_running_loop())
+        space = KVStore(journal, {}).space("bridge/b")
+        for key in ("1", "2", "3", "4"):
+            space.put(key, b"v" + key.encode())
+        await _applied(journal)  # the writer has them
+        space.put("5", b"v5")
+        space.put("2", b"replaced")  # not new: its delete must reach the backend
+        await _settle(journal)  # committed: in the log, not yet with the writer
+        cancelled = journal.ops_cancelled
+        assert space.delete("5")
+        assert space.delete("2")
+        assert journal.ops_cancelled - cancelled == 1  # "5"'s put, in its committed batch
+        applied = journal.ops_applied
+        await _settle(journal)
+        await _applied(journal)
+        # "2"'s delete only: "5" neither put nor deleted, "2"'s put folded into its delete.
+        assert journal.ops_applied - applied == 1
+        assert space.delete("3")  # the writer has it: a real delete
+        await _settle(journal)
+        if ending == "closed":
+            await journal.aclose()
+            assert not journal.oplog.segments()
+
+    asyncio.run(write())
+    backend = reopen()
+    restored, _ = replay(_oplog(tmp_path), backend, backend.open())
+    assert restored.kv == {"bridge/b": {"1": b"v1", "4": b"v4"}}
     backend.close()

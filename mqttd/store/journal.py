@@ -192,8 +192,11 @@ class Journal:
         #: the batch being gathered.
         self._rel_pending: dict[tuple[str, int], int] = {}
         self._ret_pending: dict[str, int] = {}
-        #: (space, key) -> index of its KV_PUT.
-        self._kv_pending: dict[tuple[str, str], int] = {}
+        #: (space, key) -> (the batch holding its last KV_PUT, index in it), while that
+        #: batch is being gathered or committed but not yet handed to the writer (as
+        #: ``_q_pending``): a delete of a record put new cancels the put there, and the
+        #: writer never sees either (a bridge's queue record lives a round trip).
+        self._kv_pending: dict[tuple[object, object], tuple[list[Op | None], int]] = {}
         #: Every stored message -> [msg id, number of queue rows referencing it, 1 if its one
         #: copy is inline in a queue row (no msgs row) else 0, the batch number (_gen) the
         #: next two indices are in, index of its first (inline) Q_PUT or -1, index of its
@@ -482,23 +485,36 @@ class Journal:
         backend leaves nothing for it to do (the op then carries a fifth item, True,
         which ``coalesce`` reads and drops)."""
         k = (space, key)
-        idx = self._kv_pending.get(k)
-        if idx is not None:  # replaced within the batch: only the last one is written
-            prev = self._ops[idx]
-            self._ops[idx] = None
+        where = self._kv_pending.get(k)
+        if where is not None and where[0] is self._ops:
+            # Replaced within the batch: only the last one is written.
+            prev = self._ops[where[1]]
+            self._ops[where[1]] = None
             self.ops_cancelled += 1
             new = new or (prev is not None and len(prev) == 5)
-        self._kv_pending[k] = self._append(
-            (KV_PUT, space, key, value, True) if new else (KV_PUT, space, key, value))
+        self._kv_pending[k] = (self._ops, self._append(
+            (KV_PUT, space, key, value, True) if new else (KV_PUT, space, key, value)))
 
     def kv_del(self, space: str, key: str) -> None:
         """Delete a record (nothing if there is none)."""
-        idx = self._kv_pending.pop((space, key), None)
-        if idx is not None:
-            prev = self._ops[idx]
-            self._ops[idx] = None
-            self.ops_cancelled += 1
-            if prev is not None and len(prev) == 5:  # put and deleted in this batch
+        where = self._kv_pending.pop((space, key), None)
+        if where is not None:
+            batch, idx = where
+            prev = batch[idx]
+            if batch is self._ops:
+                batch[idx] = None
+                self.ops_cancelled += 1
+                if prev is not None and len(prev) == 5:  # put and deleted in this batch
+                    return
+            elif prev is not None and len(prev) == 5:
+                # Put new in a committed batch the writer does not have yet: cancelled
+                # there; the log has the put, so it gets the delete too (as a queue row's).
+                batch[idx] = None
+                self.ops_cancelled += 1
+                self._log_only.append((KV_DEL, space, key))
+                self.gate.issued += 1
+                if not self._scheduled:
+                    self._schedule()
                 return
         self._append((KV_DEL, space, key))
 
@@ -542,7 +558,6 @@ class Journal:
         self._gen += 1
         self._rel_pending.clear()
         self._ret_pending.clear()
-        self._kv_pending.clear()
         gate = self.gate
         gate.taken = seq = gate.issued
         real: list[Op] = list(filter(None, ops))  # (an op is a non-empty tuple)
@@ -562,11 +577,14 @@ class Journal:
         """``batch`` is not going to the writer as it is (the log did not take it): its
         rows are no longer cancelled in it."""
         for op in batch:
-            if op is not None and op[0] == Q_PUT:
-                key = (op[1], op[2])
-                where = self._q_pending.get(key)
-                if where is not None and where[0] is batch:
-                    del self._q_pending[key]
+            if op is not None:
+                code = op[0]
+                if code == Q_PUT or code == KV_PUT:
+                    pending = self._q_pending if code == Q_PUT else self._kv_pending
+                    key = (op[1], op[2])
+                    where = pending.get(key)
+                    if where is not None and where[0] is batch:
+                        del pending[key]
 
     def _commit(self, ops: list[Op], seq: int, batch: list[Op | None] | None = None
                 ) -> None:
@@ -763,12 +781,14 @@ class Journal:
         if sealed is not None:
             self._sealed = None
             batches, upto = sealed
-            pending = self._q_pending
+            q_pending, kv_pending = self._q_pending, self._kv_pending
             live: list[Op] = []
             for batch in batches:
                 ops: list[Op] = list(filter(None, batch))
                 for op in ops:
-                    if op[0] == Q_PUT:  # the writer has it now: a delete must say so
+                    code = op[0]
+                    if code == Q_PUT or code == KV_PUT:  # the writer has it now: a delete
+                        pending = q_pending if code == Q_PUT else kv_pending  # must say so
                         key = (op[1], op[2])
                         where = pending.get(key)
                         if where is not None and where[0] is batch:
