@@ -14,7 +14,7 @@ import os
 _FALSE = {"", "0", "false", "no", "off"}
 
 #: Components with a Cython fast path in ``mqttd/_speedups/_<name>.pyx``.
-COMPONENTS: tuple[str, ...] = ("codec", "trie", "metrics", "pubpath", "records")
+COMPONENTS: tuple[str, ...] = ("codec", "trie", "metrics", "pubpath", "records", "kdf")
 
 
 def _flag(value: str | None) -> bool:

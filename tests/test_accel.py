@@ -102,7 +102,8 @@ def test_switch_values(value: str | None, expected: bool) -> None:
 
 
 #: The package each accelerated component belongs to ("" = a leaf service at the top).
-_LAYER = {"codec": "mqtt", "trie": "core", "metrics": "", "pubpath": "core", "records": "store"}
+_LAYER = {"codec": "mqtt", "trie": "core", "metrics": "", "pubpath": "core", "records": "store",
+          "kdf": "access"}
 
 
 @pytest.mark.parametrize("name", accel.COMPONENTS)

@@ -11,7 +11,7 @@ Providers come in three kinds, by what their check costs:
 * ``"blocking"``: CPU-bound work such as PBKDF2, run in a small thread pool so the event
   loop never stalls (``hashlib`` releases the GIL while it hashes); except a check whose
   provider says it is cheap (``inline_cost``, seconds, at most ``INLINE_MAX``: mosquitto_passwd
-  2.0's 101 rounds are ~70 µs), run on the loop while the loop turn's inline budget
+  2.0's 101 rounds are ~40-60 µs), run on the loop while the loop turn's inline budget
   (``INLINE_TURN_BUDGET``) lasts: two thread hand-offs cost more than such a hash;
 * ``"async"``: a coroutine (an HTTP call), awaited on the loop.
 
