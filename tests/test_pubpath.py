@@ -101,6 +101,17 @@ def join(world: World, state: str) -> Cluster:
     return cluster
 
 
+def peer_route(cluster: Cluster, topic_filter: str, added: bool, plain: bool = True) -> None:
+    """Node b's route delta, as ``mqttd.c.routes`` brings it: ``topic_filter`` added (with
+    a plain subscriber, or a shared group's only) or removed."""
+    peer = cluster.members.peers["b"]
+    change = [topic_filter]
+    cluster.members.delta("b", "b1", peer.version + 1, change if added else [],
+                          [] if added else change, time.monotonic(), time.time(),
+                          plain_added=change if added and plain else [],
+                          plain_removed=[] if added else change)
+
+
 class Run:
     """One broker, its clients and what they were sent, driven through ``take``."""
 
@@ -186,6 +197,9 @@ OPS = st.one_of(
     st.tuples(st.just("pause"), _client, st.booleans()),
     st.tuples(st.just("hook"), st.sampled_from(HOOK_POINTS), st.booleans()),
     st.tuples(st.just("close"), _client),
+    # Another node's route comes or goes (a cluster node's fast path must see it at once).
+    st.tuples(st.just("peer"), st.sampled_from(["a/c", "a/#", "q", "+/b"]), st.booleans(),
+              st.booleans()),
 )
 
 
@@ -233,6 +247,10 @@ def _apply(run: Run, op: tuple[Any, ...]) -> None:
     elif kind == "close":
         _, i = op
         run.feed(i, Disconnect())
+    elif kind == "peer":
+        _, topic_filter, added, plain = op
+        if run.cluster is not None and run.cluster.nc is not None:
+            peer_route(run.cluster, topic_filter, added, plain)
     else:  # pragma: no cover
         raise AssertionError(op)
 
@@ -501,3 +519,31 @@ def test_cluster_node_takes_what_stays_local(impl: type) -> None:
     for topic in ("a/b", "x", "a/c"):
         assert take(alone.probes[0].channel, Publish(topic, b"y", 0)), topic
     assert alone.cluster.local_only == 0 and not alone.cluster._ops  # (forward's too)
+
+
+def test_cluster_node_sees_another_nodes_route_at_once(impl: type) -> None:
+    """A topic the fast path takes as local (remembered in the cluster's lane) goes to the
+    other node from the moment that node's route for it arrives, and stays here again once
+    the route is gone; the lane forgets everything when NATS goes (then nothing counts)."""
+    run = Run(pubpath.build(impl), 0, cluster="settled")
+    cluster = run.cluster
+    take = run.take
+    assert cluster is not None and take is not None
+    run.feed(1, Subscribe(1, [("a/#", SubOpts(0))]))
+    publisher = run.probes[0].channel
+    queued = len(cluster._ops)
+    assert take(publisher, Publish("a/c", b"1", 0))
+    assert take(publisher, Publish("a/c", b"2", 0))
+    assert cluster.lane.topics == {"a/c": True} and cluster.local_only == 2
+    peer_route(cluster, "a/#", True)
+    assert not cluster.lane.topics
+    assert not take(publisher, Publish("a/c", b"3", 0))
+    run.feed(0, Publish("a/c", b"3", 0))  # the slow path forwards it
+    assert [op[0] for op in cluster._ops[queued:]] == ["pub"] and cluster.local_only == 2
+    peer_route(cluster, "a/#", False)
+    assert take(publisher, Publish("a/c", b"4", 0))
+    assert cluster.local_only == 3 and "a/c" in cluster.lane.topics
+    cluster.members.check(time.monotonic() + 3600)  # node b counted down: forgotten too
+    assert not cluster.lane.topics
+    run.collect()
+    assert run.sent[1][-1].endswith(b"a/c\0" + b"4")

@@ -326,6 +326,7 @@ cdef class PublishPath:
     cdef Slot r_one, r_entry, r_subs, r_groups
     cdef Slot s_channel, s_client_id, s_upgrade_qos
     cdef Slot o_qos, o_no_local
+    cdef Slot l_topics, l_kept
     cdef Slot m_sender, m_qos, m_topic, m_payload, m_properties
     cdef Slot m_retain, m_timestamp, m_expiry
     cdef bint message_fill  # build a Message by filling its slots (see _message)
@@ -422,6 +423,9 @@ cdef class PublishPath:
         c = slotted.get("SubOpts", object)
         self.o_qos = _slot(c, "qos")
         self.o_no_local = _slot(c, "no_local")
+        c = slotted.get("LocalLane", object)
+        self.l_topics = _slot(c, "topics")
+        self.l_kept = _slot(c, "kept")
         c = message_cls
         self.m_sender = _slot(c, "sender")
         self.m_qos = _slot(c, "qos")
@@ -497,8 +501,13 @@ cdef class PublishPath:
         if watched is not None and topic in watched:
             return False
         cluster = self.ba.get(broker, B_CLUSTER)  # (a single node: this one test)
-        if cluster is not None and not cluster.stays_local(topic):
-            return False  # it goes to other nodes: Broker.publish forwards it
+        if cluster is not None:  # the last test: what passes it is taken
+            lane = cluster.lane
+            topics = _g(lane, self.l_topics, "topics")
+            if type(topics) is dict and PyDict_GetItem(topics, topic) is not NULL:
+                _bump(lane, self.l_kept, "kept")  # known to stay here: counted as forward
+            elif not cluster.keep_local(topic):  # (which counts it when it stays)
+                return False  # it goes to other nodes: Broker.publish forwards it
 
         # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
         metrics = _g(channel, self.c_metrics, "metrics")
@@ -535,10 +544,7 @@ cdef class PublishPath:
         topic = <object>b.topic
 
         # --- Broker.publish, Dispatcher.publish ---
-        _inc(self.ba.get(broker, B_METRICS), self.messages_publish)
-        cluster = self.ba.get(broker, B_CLUSTER)
-        if cluster is not None:
-            cluster.kept_local()  # as forward counts it; the dispatch is then a single node's
+        _inc(self.ba.get(broker, B_METRICS), self.messages_publish)  # (a cluster's: a single's)
         router = self.da.get(dispatcher, D_ROUTER)
         cache = self.ra.get(router, R_CACHE)  # Router.match's first step, without its call
         found = PyDict_GetItem(cache, topic) if type(cache) is dict else NULL

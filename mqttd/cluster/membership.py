@@ -61,13 +61,16 @@ class Membership:
         #: valid while ``_cache`` is the dict it was built for.
         self._confirming: dict[str, frozenset[str]] = {}
         self._confirming_for: dict[str, int] = self._cache
+        #: Topics no node is known to want (filled by the cluster, for the PUBLISH fast
+        #: path: ``core.services.LocalLane``), emptied in place with ``_cache``.
+        self.quiet: dict[str, bool] = {}
 
     # --- what arrives ---------------------------------------------------------------
 
     def _peer(self, name: str, node_id: str, now: float, wall: float) -> Peer:
         peer = self.peers.get(name)
         if peer is None or peer.id != node_id or not peer.up:
-            self._cache = {}  # a node appears or comes back: not known not to want
+            self._forget()  # a node appears or comes back: not known not to want
         if peer is None or peer.id != node_id:
             if peer is not None:  # the node restarted: its old routes are gone
                 self._drop_routes(peer)
@@ -109,7 +112,7 @@ class Membership:
         if plain_added or plain_removed:
             peer.plain.update(plain_added)
             peer.plain.difference_update(plain_removed)
-            self._cache = {}
+            self._forget()
         peer.version = version
         return False
 
@@ -125,7 +128,7 @@ class Membership:
         for f in peer.filters:
             self._hold(f, name)
         peer.version = version
-        self._cache = {}
+        self._forget()
 
     def left(self, name: str, node_id: str) -> bool:
         """A node said it is stopping; True if it was up."""
@@ -150,7 +153,7 @@ class Membership:
                 peer.last_seen = now
 
     def _down(self, peer: Peer, reason: str) -> None:
-        self._cache = {}
+        self._forget()
         peer.up = False
         peer.reason = reason
         self._drop_routes(peer)
@@ -158,8 +161,13 @@ class Membership:
 
     # --- the union of routes ----------------------------------------------------------
 
-    def _hold(self, topic_filter: str, name: str) -> None:
+    def _forget(self) -> None:
+        """What some node wants may have changed: forget every topic's answer."""
         self._cache = {}
+        self.quiet.clear()
+
+    def _hold(self, topic_filter: str, name: str) -> None:
+        self._forget()
         holders = self._holders.get(topic_filter)
         if holders is None:
             holders = self._holders[topic_filter] = set()
@@ -168,7 +176,7 @@ class Membership:
         holders.add(name)
 
     def _release(self, topic_filter: str, name: str) -> None:
-        self._cache = {}
+        self._forget()
         holders = self._holders.get(topic_filter)
         if holders is None:
             return

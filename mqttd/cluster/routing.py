@@ -33,7 +33,7 @@ from ..config import ClusterSettings
 from ..core.dispatch import Dispatcher
 from ..core.message import Message
 from ..core.registry import Registry
-from ..core.services import ClientInfo, CommitGate, Delivery, RemoteGate
+from ..core.services import ClientInfo, CommitGate, Delivery, LocalLane, RemoteGate
 from ..core.session import OVERFULL
 from ..hooks import Hooks
 from ..metrics import (
@@ -177,8 +177,11 @@ class Cluster:
         self.failed = 0
         self.group_received = 0
         self.group_missed = 0
-        #: Messages not sent because no other node was known to want them.
-        self.local_only = 0
+        #: The topics no other node is known to want (the membership's, emptied at every
+        #: change of routes or nodes, and here when the connection or ``_settled``
+        #: changes) and the messages not sent for it (``local_only``): what the PUBLISH
+        #: fast path tests and counts without a call (core.services.LocalLane).
+        self.lane = LocalLane(self.members.quiet)
         #: Whether this node has heard every live node's heartbeat since it joined (three
         #: heartbeat intervals): before, a node it has not heard of yet may want anything.
         self._settled = False
@@ -266,8 +269,7 @@ class Cluster:
         nc = self.nc
         if nc is None or msg.topic.startswith("$SYS/"):
             return False  # each node's $SYS is its own
-        if self.stays_local(msg.topic):
-            self.local_only += 1
+        if self.keep_local(msg.topic):
             return False
         if len(self._ops) >= _MAX_QUEUED:
             # NATS is not keeping up (or the connection is down and its buffer full): drop
@@ -315,19 +317,34 @@ class Cluster:
                 OVERFULL.append(self)  # flow control: the publisher waits (has_room)
         return shared
 
-    def stays_local(self, topic: str) -> bool:
-        """Whether :meth:`forward` keeps a message to ``topic`` (neither retained nor
-        ``$SYS``) on this node: NATS is not there, or the node has settled and no other
-        node is known to want it (EMQX forwards only to nodes whose routes match); the
-        local shared groups then have it. Changes nothing: the PUBLISH fast path asks it
-        before taking a message, then counts as forward does (:meth:`kept_local`)."""
-        return self.nc is None or (self._settled and not self.members.interest(topic))
+    def keep_local(self, topic: str) -> bool:
+        """Whether a message to ``topic`` (neither retained nor ``$SYS``) stays on this
+        node: NATS is not there, or the node has settled and no other node is known to
+        want it (EMQX forwards only to nodes whose routes match); the local shared groups
+        then have it. When it stays while NATS is there it is counted (``local_only``)
+        and its topic remembered in ``lane`` (the PUBLISH fast path then takes the next
+        message to it without asking) until what this node knows changes."""
+        if self.nc is None:
+            return True
+        if not self._settled or self.members.interest(topic):
+            return False
+        lane = self.lane
+        topics = lane.topics
+        if len(topics) >= 65536:
+            topics.clear()
+        topics[topic] = True
+        lane.kept += 1
+        return True
 
-    def kept_local(self) -> None:
-        """Count a message :meth:`stays_local` kept here, as :meth:`forward` counts it
-        (not while NATS is not there)."""
-        if self.nc is not None:
-            self.local_only += 1
+    @property
+    def local_only(self) -> int:
+        """Messages not sent because no other node was known to want them."""
+        return self.lane.kept
+
+    def _settle_in(self) -> None:
+        """Three heartbeat intervals after joining: every live node has been heard."""
+        self._settled = True
+        self.lane.topics.clear()
 
     def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
         """Before a CONNECT's session opens (:meth:`SessionRegistry.prepare`)."""
@@ -577,7 +594,7 @@ class Cluster:
             self._tasks.append(asyncio.get_running_loop().create_task(self._beat()))
             self._tasks.append(asyncio.get_running_loop().create_task(self._expire()))
             asyncio.get_running_loop().call_later(
-                3 * self.settings.heartbeat_interval, setattr, self, "_settled", True)
+                3 * self.settings.heartbeat_interval, self._settle_in)
             await self._announce()
             while True:
                 await self._wake.wait()
@@ -589,6 +606,7 @@ class Cluster:
                     await self._announce()
         finally:
             self.nc = self.qc = None
+            self.lane.topics.clear()  # all stays here now, uncounted
             self._closing = True
             self.state = "stopped"
             for task in self._tasks:

@@ -10,11 +10,11 @@ with no authorization to ask, no client.publish callback for the topic (one regi
 some prefixes only, a topic rewrite rule's, leaves the other topics here), no message.publish /
 client.check_acl callbacks, no topic trace, no topic metrics for the topic, and a store that
 is not full; on a cluster node, only a message that stays on the node (NATS is not there, or
-no other node is known to want it: ``ClusterLink.stays_local``, what ``Broker.publish``'s
-``cluster.forward`` decides; the local shared groups then get their copy as here, and the
-fast path counts it as forward does). Anything else returns False *before changing
-anything*, and the caller hands the packet to ``Channel.handle_in``, the readable state
-machine, which stays the reference.
+no other node is known to want it: a topic in ``ClusterLink.lane`` (a dict lookup, counted
+in its slot), else ``ClusterLink.keep_local``, what ``Broker.publish``'s ``cluster.forward``
+decides; the local shared groups then get their copy as here, counted as forward counts).
+Anything else returns False *before changing anything*, and the caller hands the packet to
+``Channel.handle_in``, the readable state machine, which stays the reference.
 
 Inside, whatever the fast path does not inline it hands to the same Python code the slow
 path runs, at the same point: several matching filters or shared groups go to
@@ -132,8 +132,12 @@ class PublishPathPy:
         if watched is not None and topic in watched:
             return False
         cluster = broker.cluster  # (a single node: this one test)
-        if cluster is not None and not cluster.stays_local(topic):
-            return False  # it goes to other nodes: Broker.publish forwards it
+        if cluster is not None:  # the last test: what passes it is taken
+            lane = cluster.lane
+            if topic in lane.topics:  # known to stay here: counted as forward counts it
+                lane.kept += 1
+            elif not cluster.keep_local(topic):  # (which counts it when it stays)
+                return False  # it goes to other nodes: Broker.publish forwards it
 
         # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
         metrics = channel.metrics
@@ -148,9 +152,7 @@ class PublishPathPy:
         msg = self.message_cls(topic, p.payload, qos, False, p.properties, channel.client_id)
 
         # --- Broker.publish, Dispatcher.publish ---
-        broker.metrics.inc(self.messages_publish)
-        if cluster is not None:
-            cluster.kept_local()  # as forward counts it; the dispatch is then a single node's
+        broker.metrics.inc(self.messages_publish)  # (on a cluster node, a single node's)
         router = dispatcher.router
         routes = router._cache.get(topic)  # Router.match's first step, without its call
         if routes is None:

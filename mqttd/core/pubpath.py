@@ -35,6 +35,7 @@ from .channel import CONNECTED, Channel
 from .dispatch import Dispatcher
 from .message import Message
 from .router import Route, Router
+from .services import LocalLane
 from .session import OVERFULL, Session
 
 __all__ = ["PublishPath", "PublishPathPy", "build", "build_run"]
@@ -65,7 +66,7 @@ COUNTERS: dict[str, int] = {
 #: Dispatcher and Router, which have none, from the instance's dict).
 SLOTTED: dict[str, type] = {"Publish": Publish, "Zone": Zone, "Hooks": Hooks, "Route": Route,
                             "Session": Session, "SubOpts": SubOpts, "Dispatcher": Dispatcher,
-                            "Router": Router}
+                            "Router": Router, "LocalLane": LocalLane}
 
 
 def build_run(impl: type = PublishPath  # type: ignore[explicit-any]

@@ -26,7 +26,7 @@ from .message import Message
 __all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "Backlog", "ClientInfo",
            "CloseReason",
            "CommitGate", "CredentialSource", "Delivery", "EncodedCache", "EnhancedAuth",
-           "RemoteGate", "SessionOwner",
+           "LocalLane", "RemoteGate", "SessionOwner",
            "SessionStore", "Subscriber", "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
@@ -307,6 +307,20 @@ class RemoteGate:
         self.failed: set[int] = set()
 
 
+class LocalLane:
+    """The topics a cluster node keeps to itself (docs/CLUSTER.md, "One message's way"):
+    ``topics`` holds each topic the cluster has found no other node to want since the
+    last change of what it knows (emptied at every route, node or connection change), and
+    ``kept`` counts the messages kept here. The PUBLISH fast path tests a topic with a
+    dict lookup and counts with a slot increment: no call into the cluster per message."""
+
+    __slots__ = ("topics", "kept")
+
+    def __init__(self, topics: dict[str, bool] | None = None) -> None:
+        self.topics: dict[str, bool] = {} if topics is None else topics
+        self.kept = 0
+
+
 class SessionStore(Protocol):
     """What the core tells the durable store (``mqttd/store``) as durable state changes.
 
@@ -367,12 +381,14 @@ class ClusterLink(Protocol):
     def interest(self, topic: str) -> int:
         """The nodes known to have a subscriber matching ``topic`` (0: none known)."""
 
-    def stays_local(self, topic: str) -> bool:
-        """Whether :meth:`forward` would keep a (plain, not retained) message to ``topic``
-        on this node, its local shared groups included; changes nothing."""
+    #: The topics known to stay on this node, and their count (the fast path's test).
+    lane: LocalLane
 
-    def kept_local(self) -> None:
-        """Count a message :meth:`stays_local` kept, as :meth:`forward` would."""
+    def keep_local(self, topic: str) -> bool:
+        """Whether :meth:`forward` would keep a (plain, not retained) message to ``topic``
+        on this node, its local shared groups included; when so, counts it as forward does
+        (the caller takes the message) and, while NATS is there, remembers the topic in
+        ``lane`` until what the node knows changes."""
 
     def prepare_session(self, info: ClientInfo, done: Callable[[int], None]) -> int | None:
         """Before a CONNECT's session opens: 0 to go on, a CONNACK reason code to refuse
