@@ -4,7 +4,7 @@ The class does no I/O: these tests feed it what NATS would bring, in the orders 
 
 from __future__ import annotations
 
-from mqttd.cluster.membership import Membership
+from mqttd.cluster.membership import Membership, group_token
 
 B, C = "b@127.0.0.1", "c@127.0.0.1"
 
@@ -93,3 +93,24 @@ def test_a_node_cut_off_counts_the_others_as_just_heard_when_back() -> None:
     synced(m, B, "1", ["a"], now=0.0)
     m.heard_all(10.0)
     assert m.check(11.0) == []
+
+
+def test_shared_groups_are_waited_for_by_their_token_and_forgotten_topics_with_them() -> None:
+    """A node's shared group matching a topic is something a forwarded message waits for
+    (whichever node NATS picks confirms it for the group); the topics known to stay local
+    (``quiet``, the PUBLISH fast path's) are forgotten at every change."""
+    m = Membership(1.0, 3)
+    m.heartbeat(B, "1", 1, 0.0, 0.0)
+    m.table(B, "1", 1, ["a/+", "x"], 0.0, 0.0, plain=["x"], groups={"q1": "a/+"})
+    assert m.confirming("a/b") == {group_token("q1")}
+    assert m.confirming("x") == {B}
+    m.quiet["z"] = True
+    assert not m.delta(B, "1", 2, ["z/#"], [], 0.0, 0.0, groups_added=[("q2", "z/#")])
+    assert not m.quiet
+    assert m.confirming("z/1") == {group_token("q2")} and m.group_held("q2")
+    assert not m.delta(B, "1", 3, [], ["z/#"], 0.0, 0.0, groups_removed=["q2"])
+    assert m.confirming("z/1") == frozenset() and not m.group_held("q2")
+    m.quiet["z"] = True
+    assert m.check(10.0) == [m.peers[B]]  # down: nothing waited for, the topics forgotten
+    assert m.confirming("a/b") == frozenset() and not m.quiet and not m.group_held("q1")
+    assert m.peers[B].groups == {"q1": "a/+"}  # what NATS may have picked it for

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from ..core.trie import Trie
 from ..mqtt.topics import is_wildcard
 
-__all__ = ["Membership", "Peer"]
+__all__ = ["Membership", "Peer", "group_token"]
+
+
+def group_token(queue: str) -> str:
+    """What a forwarded message waits for from whichever node NATS picks for the shared
+    group ``queue`` (beside node names, in the same set: a NUL never starts a node name)."""
+    return "\0" + queue
 
 
 @dataclass(slots=True)
@@ -30,6 +36,10 @@ class Peer:
     #: Those of its filters with plain subscribers (not only shared groups): a message
     #: matching one reaches that node for sure, which then confirms it (forward_timeout).
     plain: set[str] = field(default_factory=set)
+    #: Its shared groups, NATS queue name -> filter: when NATS picks this node for a
+    #: group's copy, the node confirms it for the group (``group_token``). Left as they
+    #: were when the node goes down (what it may have been picked for, then).
+    groups: dict[str, str] = field(default_factory=dict)
     #: time.monotonic() of its last heartbeat (or any message from it).
     last_seen: float = 0.0
     #: Wall-clock time it was first seen in this start of it.
@@ -92,7 +102,9 @@ class Membership:
     def delta(self, name: str, node_id: str, version: int, added: list[str],
               removed: list[str], now: float, wall: float,
               plain_added: tuple[str, ...] | list[str] = (),
-              plain_removed: tuple[str, ...] | list[str] = ()) -> bool:
+              plain_removed: tuple[str, ...] | list[str] = (),
+              groups_added: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+              groups_removed: tuple[str, ...] | list[str] = ()) -> bool:
         """A change of a node's routes; True when its routes must be read (again)."""
         peer = self._peer(name, node_id, now, wall)
         if not peer.synced:
@@ -109,15 +121,19 @@ class Membership:
             if f in peer.filters:
                 peer.filters.discard(f)
                 self._release(f, name)
-        if plain_added or plain_removed:
+        if plain_added or plain_removed or groups_added or groups_removed:
             peer.plain.update(plain_added)
             peer.plain.difference_update(plain_removed)
+            for queue in groups_removed:
+                peer.groups.pop(queue, None)
+            peer.groups.update(groups_added)
             self._forget()
         peer.version = version
         return False
 
     def table(self, name: str, node_id: str, version: int, filters: list[str], now: float,
-              wall: float, plain: list[str] | None = None) -> None:
+              wall: float, plain: list[str] | None = None,
+              groups: dict[str, str] | None = None) -> None:
         """A node's whole route table (the answer to a resynchronisation)."""
         peer = self._peer(name, node_id, now, wall)
         if peer.synced and version < peer.version:
@@ -125,6 +141,7 @@ class Membership:
         self._drop_routes(peer)
         peer.filters = set(filters)
         peer.plain = set(filters if plain is None else plain)
+        peer.groups = dict(groups or {})
         for f in peer.filters:
             self._hold(f, name)
         peer.version = version
@@ -217,7 +234,9 @@ class Membership:
 
     def confirming(self, topic: str) -> frozenset[str]:
         """The up nodes whose routes are read and hold a plain filter matching ``topic``:
-        each gets a message on it and confirms it (docs/CLUSTER.md). Cached per topic."""
+        each gets a message on it and confirms it (docs/CLUSTER.md); and the
+        ``group_token`` of each of their shared groups matching it: the node NATS picks for
+        the group confirms it. Cached per topic."""
         if self._confirming_for is not self._cache:
             self._confirming = {}
             self._confirming_for = self._cache
@@ -232,10 +251,18 @@ class Membership:
             for f in [topic, *self._trie.match(topic)]:
                 for name in holders.get(f, ()):
                     peer = peers[name]
-                    if peer.up and f in peer.plain:
-                        found.add(name)
+                    if peer.up:
+                        if f in peer.plain:
+                            found.add(name)
+                        if peer.groups:
+                            found.update(group_token(q) for q, gf in peer.groups.items()
+                                         if gf == f)
             names = cache[topic] = frozenset(found)
         return names
+
+    def group_held(self, queue: str) -> bool:
+        """Whether an up node whose routes are read holds the shared group ``queue``."""
+        return any(p.up and p.synced and queue in p.groups for p in self.peers.values())
 
     def up(self) -> list[Peer]:
         return [p for p in self.peers.values() if p.up]

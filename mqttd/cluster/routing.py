@@ -45,7 +45,7 @@ from ..metrics import (
     Metrics,
 )
 from .control import OWNED, ClusterControl, RemoteTrace
-from .membership import Membership, Peer
+from .membership import Membership, Peer, group_token
 from .retained import RetainedSync
 from .sessions import SessionRegistry
 from .subjects import SubjectError, decode_topic, encode_filter, encode_topic
@@ -201,8 +201,19 @@ class Cluster:
         #: confirmations to send, by origin id: sequence numbers, and those waiting for
         #: the store to commit [(store seq, origin id, seq)].
         self.commit_gate: CommitGate | None = None
-        self._to_confirm: dict[str, list[int]] = {}
-        self._after_commit: list[tuple[int, str, int]] = []
+        #: by origin id: [plain sequence numbers, {queue name: sequence numbers of the
+        #: group's copies taken}, {queue name: those no member was left to take}].
+        self._to_confirm: dict[str, tuple[list[int], dict[str, list[int]],
+                                          dict[str, list[int]]]] = {}
+        self._after_commit: list[tuple[int, str, int, str | None]] = []
+        #: This node's shared groups whose queue subscription NATS has (flushed): what the
+        #: node waits for when it publishes (NATS may pick it), as the others' groups it
+        #: learns of; topic -> their tokens, until they change.
+        self._qlive: set[str] = set()
+        self._own_tokens: dict[str, frozenset[str]] = {}
+        self._qflush = False
+        #: Shared groups changed since the last delta (queue names).
+        self._group_dirty: set[str] = set()
         self._confirm_soon = False
         #: Filters with local plain subscribers changed since the last delta.
         self._plain_dirty: set[str] = set()
@@ -253,6 +264,11 @@ class Cluster:
             self._groups[name] = (topic_filter, group)
         else:
             self._groups.pop(name, None)
+            if name in self._qlive:
+                self._qlive.discard(name)
+                self._own_tokens = {}
+                self._recheck(None)  # its copies NATS has not picked this node for yet
+        self._group_dirty.add(name)
         self._hold(topic_filter, 1 if added else -1)
         if self.nc is None:
             return
@@ -305,6 +321,13 @@ class Cluster:
         self._ops.append(("pub", subject, data))
         self._wake.set()
         confirming = self.members.confirming(msg.topic)
+        if shared:
+            if self._qlive:
+                own = self._own_groups(msg.topic)
+                if own:
+                    confirming = confirming | own
+        elif confirming:  # the groups' copies do not cross (the frame says so)
+            confirming = frozenset(n for n in confirming if n[:1] != "\0")
         if confirming:
             # Each node with a plain subscriber confirms it once it has queued (and where
             # needed committed) it; a QoS 1/2 publisher's acknowledgement waits for that.
@@ -316,6 +339,23 @@ class Cluster:
             if len(awaiting) >= self.settings.forward_window:
                 OVERFULL.append(self)  # flow control: the publisher waits (has_room)
         return shared
+
+    def _own_groups(self, topic: str) -> frozenset[str]:
+        """The tokens of this node's shared groups (in NATS) matching ``topic``: NATS may
+        pick this node for their copy, which it then confirms to itself."""
+        tokens = self._own_tokens.get(topic)
+        if tokens is None:
+            live = self._qlive
+            found = set()
+            for route in self.dispatcher.router.match(topic):
+                for group in route.groups:
+                    name = queue_name(route.topic_filter, group)
+                    if name in live:
+                        found.add(group_token(name))
+            if len(self._own_tokens) >= 65536:
+                self._own_tokens = {}
+            tokens = self._own_tokens[topic] = frozenset(found)
+        return tokens
 
     def keep_local(self, topic: str) -> bool:
         """Whether a message to ``topic`` (neither retained nor ``$SYS``) stays on this
@@ -400,12 +440,13 @@ class Cluster:
         """Node ``name`` is down or left: what it had not confirmed never will be."""
         awaiting = self._awaiting
         gone = []
+        peer = self.members.peers.get(name)
+        # The copies of its shared groups NATS may have picked it for (what it held then).
+        tokens = {group_token(q) for q in peer.groups} if peer is not None else set()
         for seq, entry in awaiting.items():
             names = entry[2]
-            if name in names:
-                names.discard(name)
-                if not names:
-                    gone.append(seq)
+            if name in names or (tokens and not tokens.isdisjoint(names)):
+                gone.append(seq)
         for seq in gone:
             self._give_up(seq, awaiting.pop(seq))
         if gone:
@@ -413,11 +454,13 @@ class Cluster:
                         "is gone", len(gone), name)
             self._settle()
 
-    def _recheck(self, name: str) -> None:
+    def _recheck(self, name: str | None) -> None:
         """Node ``name`` dropped plain routes: a message awaiting it for a topic it no
         longer has a plain subscriber for will not be confirmed (NATS no longer delivers
         it there, and the node's NATS client drops what arrives for a subscription it
-        removed); nobody there wanted it any more, so it waits no longer for that node."""
+        removed); nobody there wanted it any more, so it waits no longer for that node.
+        Likewise a shared group no node holds any more (``name`` None: this node's own
+        last member of a group left)."""
         awaiting = self._awaiting
         if not awaiting:
             return
@@ -425,47 +468,79 @@ class Cluster:
         confirming = self.members.confirming
         for seq, entry in awaiting.items():
             names = entry[2]
-            if name in names and name not in confirming(entry[3]):
+            if name is not None and name in names and name not in confirming(entry[3]):
                 names.discard(name)
-                if not names:
-                    done.append(seq)
+            for token in [n for n in names if n[:1] == "\0"]:
+                queue = token[1:]
+                if queue not in self._qlive and not self.members.group_held(queue):
+                    names.discard(token)  # the group has no member left anywhere
+            if not names:
+                done.append(seq)
         for seq in done:
             del awaiting[seq]
         if done:
             self._settle()
 
     async def _confirmed(self, m: Msg) -> None:
-        """Another node confirms messages of this node: [name, [[first, last], ...]]."""
+        """Another node confirms messages of this node: [name, [[first, last], ...]], and
+        (when it has any) its shared groups' copies, {queue: ranges} taken and
+        {queue: ranges} that found no member left there."""
         try:
-            name, ranges = json.loads(m.data)
+            name, ranges, *rest = json.loads(m.data)
+            groups = rest[0] if rest else {}
+            missed = rest[1] if len(rest) > 1 else {}
+            if not isinstance(groups, dict) or not isinstance(missed, dict):
+                raise TypeError("groups are not an object")
         except (ValueError, TypeError) as err:
             log.warning("cluster: a confirmation is not an mqttd node's: %s", err)
             return
+        self._apply_confirms(name, ranges, groups, missed)
+
+    def _apply_confirms(self, name: str, ranges: list[list[int]],
+                        groups: dict[str, list[list[int]]],
+                        missed: dict[str, list[list[int]]]) -> None:
         awaiting = self._awaiting
         n = len(awaiting)
-        for first, last in ranges:
-            if last - first > len(awaiting):
-                seqs: Any = [s for s in awaiting if first <= s <= last]
-            else:
-                seqs = range(first, last + 1)
-            for seq in seqs:
-                entry = awaiting.get(seq)
-                if entry is not None:
+        failed = 0
+        for token, spans, lost in [(name, ranges, False)] + [
+                (group_token(q), r, False) for q, r in groups.items()] + [
+                (group_token(q), r, True) for q, r in missed.items()]:
+            for first, last in spans:
+                if last - first > len(awaiting):
+                    seqs: Any = [s for s in awaiting if first <= s <= last]
+                else:
+                    seqs = range(first, last + 1)
+                for seq in seqs:
+                    entry = awaiting.get(seq)
+                    if entry is None:
+                        continue
                     names = entry[2]
-                    names.discard(name)
+                    if lost:
+                        if token in names:  # the member NATS picked had left: at most once
+                            failed += 1
+                            self._give_up(seq, awaiting.pop(seq))
+                        continue
+                    names.discard(token)
                     if not names:
                         del awaiting[seq]
+        if failed:
+            log.warning("cluster: %d forwarded messages reached node %s for a shared group "
+                        "whose members there had left", failed, name)
         if len(awaiting) != n:
             self._settle()
 
     # --- confirmations (the receiving side) ------------------------------------------
 
-    def _confirm(self, origin: str, seq: int) -> None:
+    def _confirm(self, origin: str, seq: int, group: str | None = None,
+                 lost: bool = False) -> None:
         node_id = origin.rpartition("#")[2]
-        seqs = self._to_confirm.get(node_id)
-        if seqs is None:
-            seqs = self._to_confirm[node_id] = []
-        seqs.append(seq)
+        pending = self._to_confirm.get(node_id)
+        if pending is None:
+            pending = self._to_confirm[node_id] = ([], {}, {})
+        if group is None:
+            pending[0].append(seq)
+        else:
+            (pending[2] if lost else pending[1]).setdefault(group, []).append(seq)
         if not self._confirm_soon:
             self._confirm_soon = True
             asyncio.get_running_loop().call_soon(self._send_confirms)
@@ -478,32 +553,33 @@ class Cluster:
         gate = self.commit_gate
         committed = gate.committed if gate is not None else 0
         i = 0
-        for i, (needed, origin, seq) in enumerate(waiting):  # noqa: B007
+        for i, (needed, origin, seq, group) in enumerate(waiting):  # noqa: B007
             if needed > committed:
                 break
-            self._confirm(origin, seq)
+            self._confirm(origin, seq, group)
         else:
             i = len(waiting)
         del waiting[:i]
 
     def _send_confirms(self) -> None:
-        """One confirmation per origin per loop turn, the sequence numbers as ranges."""
+        """One confirmation per origin per loop turn, the sequence numbers as ranges (to
+        this node itself, for its own shared groups' copies, without NATS)."""
         self._confirm_soon = False
         pending, self._to_confirm = self._to_confirm, {}
         if self.nc is None:
             return
-        for node_id, seqs in pending.items():
-            seqs.sort()
-            ranges: list[list[int]] = []
-            for seq in seqs:
-                if ranges and seq <= ranges[-1][1] + 1:
-                    if seq > ranges[-1][1]:
-                        ranges[-1][1] = seq
-                else:
-                    ranges.append([seq, seq])
+        for node_id, (seqs, groups, missed) in pending.items():
+            ranges = _ranges(seqs)
+            granges = {q: _ranges(g) for q, g in groups.items()}
+            mranges = {q: _ranges(g) for q, g in missed.items()}
+            if node_id == self.node_id:
+                self._apply_confirms(self.node_name, ranges, granges, mranges)
+                continue
+            body: list[Any] = [self.node_name, ranges]
+            if granges or mranges:
+                body += [granges, mranges]
             self._ops.append(("ack", ACK + node_id,
-                              json.dumps([self.node_name, ranges],
-                                         separators=(",", ":")).encode()))
+                              json.dumps(body, separators=(",", ":")).encode()))
             self.confirms_sent += 1
         self._wake.set()
 
@@ -602,7 +678,9 @@ class Cluster:
                 ops, self._ops = self._ops, []
                 for op in ops:
                     await self._apply(nc, qc, op)
-                if self._dirty or self._plain_dirty:
+                if self._qflush:
+                    await self._groups_in_nats(qc)
+                if self._dirty or self._plain_dirty or self._group_dirty:
                     await self._announce()
         finally:
             self.nc = self.qc = None
@@ -623,6 +701,22 @@ class Cluster:
                 pass
             await qc.close()
             await nc.close()
+
+    async def _groups_in_nats(self, qc: NatsClient) -> None:
+        """After new queue subscriptions: once NATS has them (a round trip on their
+        connection), the groups are announced and waited for (another node learning of a
+        group before NATS would pick its node would wait for a copy nobody gets)."""
+        self._qflush = False
+        try:
+            await qc.flush(timeout=max(2, int(self.settings.heartbeat_interval) + 1))
+        except Exception as err:  # noqa: BLE001 - not waited for until the next flush
+            log.debug("cluster: shared groups not flushed to NATS: %s", err)
+            self._qflush = True
+            return
+        live = {q for q, sub in self._qsubs.items() if sub is not None and q in self._groups}
+        if live != self._qlive:
+            self._qlive = live
+            self._own_tokens = {}
 
     async def _apply(self, nc: NatsClient, qc: NatsClient, op: tuple[Any, ...]) -> None:
         kind = op[0]
@@ -655,6 +749,7 @@ class Cluster:
                 self._qsubs[name] = None
                 self._qsubs[name] = await qc.subscribe(
                     subject, queue=name, cb=self._group_callback(held[0], held[1]))
+                self._qflush = True
             else:  # qunsub
                 if op[1] in self._groups:
                     return
@@ -716,20 +811,32 @@ class Cluster:
         self.dispatcher.publish(msg, store_retained=False, groups=False)
         if gate.issued != issued or self._after_commit:
             # Queued for a durable session: confirmed once on disk (in order).
-            self._after_commit.append((gate.issued, origin, seq))
+            self._after_commit.append((gate.issued, origin, seq, None))
         else:
             self._confirm(origin, seq)
 
     def _group_callback(self, topic_filter: str, group: str | None) -> Any:
+        queue = queue_name(topic_filter, group)
+
         async def received(m: Msg) -> None:
             parsed = self._parse(m)
             if parsed is None or parsed[3]:
                 return  # the origin's own members had it (NATS was away there)
-            if self.dispatcher.publish_group(parsed[2], topic_filter, group):
+            origin, seq, msg, _local = parsed
+            gate = self.commit_gate
+            issued = gate.issued if gate is not None else 0
+            if self.dispatcher.publish_group(msg, topic_filter, group):
                 self.group_received += 1
                 self.metrics.inc(CLUSTER_SHARED_RECEIVED)
+                # Confirmed for the group as a plain copy is: once queued, once on disk
+                # when it went to a durable session.
+                if gate is not None and (gate.issued != issued or self._after_commit):
+                    self._after_commit.append((gate.issued, origin, seq, queue))
+                else:
+                    self._confirm(origin, seq, queue)
             else:  # its last member left while NATS chose this node: at most once
                 self.group_missed += 1
+                self._confirm(origin, seq, queue, lost=True)  # the publisher hears 0x80
         return received
 
     # --- membership -------------------------------------------------------------------
@@ -739,19 +846,23 @@ class Cluster:
         nc = self.nc
         dirty, self._dirty = self._dirty, set()
         pdirty, self._plain_dirty = self._plain_dirty, set()
+        gdirty, self._group_dirty = self._group_dirty, set()
         if nc is None:
             return
         added = [f for f in dirty if f in self._interest]
         removed = [f for f in dirty if f not in self._interest]
         padded = [f for f in pdirty if f in self._plain]
         premoved = [f for f in pdirty if f not in self._plain]
-        if not added and not removed and not padded and not premoved:
+        gadded = {q: self._groups[q][0] for q in gdirty if q in self._groups}
+        gremoved = [q for q in gdirty if q not in self._groups]
+        if not (added or removed or padded or premoved or gadded or gremoved):
             return
         self.version += 1
         try:
             await nc.publish(ROUTES, _js({"node": self.node_name, "id": self.node_id,
                                           "v": self.version, "add": added, "del": removed,
-                                          "padd": padded, "pdel": premoved}))
+                                          "padd": padded, "pdel": premoved,
+                                          "gadd": gadded, "gdel": gremoved}))
         except Exception as err:  # noqa: BLE001 - the next heartbeat makes them ask again
             log.debug("cluster: route delta not sent: %s", err)
 
@@ -806,7 +917,8 @@ class Cluster:
                 2.0, self.settings.heartbeat_interval))
             data = json.loads(reply.data)
             self.members.table(name, node_id, int(data["v"]), list(data["filters"]),
-                               time.monotonic(), time.time(), data.get("plain"))
+                               time.monotonic(), time.time(), data.get("plain"),
+                               data.get("groups"))
             self._recheck(name)
         except Exception as err:  # noqa: BLE001 - the next heartbeat asks again
             log.debug("cluster: routes of %s not read: %s", name, err)
@@ -835,12 +947,15 @@ class Cluster:
         data = self._peer_message(m)
         if data is None:
             return
+        gadd = data.get("gadd") or {}
         if self.members.delta(data["node"], data["id"], int(data.get("v", 0)),
                               list(data.get("add", [])), list(data.get("del", [])),
                               time.monotonic(), time.time(), list(data.get("padd", [])),
-                              list(data.get("pdel", []))):
+                              list(data.get("pdel", [])),
+                              list(gadd.items()) if isinstance(gadd, dict) else [],
+                              list(data.get("gdel") or [])):
             self._resync(data["node"], data["id"])
-        elif data.get("pdel"):
+        elif data.get("pdel") or data.get("gdel"):
             self._recheck(data["node"])
 
     async def _bye(self, m: Msg) -> None:
@@ -852,7 +967,8 @@ class Cluster:
 
     async def _sync_asked(self, m: Msg) -> None:
         await m.respond(_js({"node": self.node_name, "id": self.node_id, "v": self.version,
-                             "filters": list(self._interest), "plain": list(self._plain)}))
+                             "filters": list(self._interest), "plain": list(self._plain),
+                             "groups": {q: g[0] for q, g in self._groups.items()}}))
 
     # --- what ctl shows -------------------------------------------------------------------
 
@@ -969,6 +1085,19 @@ def _peer_row(peer: Peer, now: float) -> dict[str, Any]:
             "status": "up" if peer.up else "down", "routes": len(peer.filters),
             "routes_version": peer.version, "since": peer.since,
             "last_heartbeat_ago": round(now - peer.last_seen, 3), "reason": peer.reason}
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    """Sequence numbers as sorted [first, last] ranges."""
+    seqs.sort()
+    ranges: list[list[int]] = []
+    for seq in seqs:
+        if ranges and seq <= ranges[-1][1] + 1:
+            if seq > ranges[-1][1]:
+                ranges[-1][1] = seq
+        else:
+            ranges.append([seq, seq])
+    return ranges
 
 
 def _filter_subject(topic_filter: str) -> str:
