@@ -179,6 +179,8 @@ class BannedTable:
 
     def admit(self, client: ClientInfo) -> AuthResult | None:
         """CONNACK 0x8A for a banned client, else None."""
+        if not (self._clientid or self._username or self._peerhost):
+            return None  # (nothing banned, the usual case: no peer address to work out)
         ban = self.match(client.client_id, client.username, client.peerhost)
         if ban is None:
             return None
