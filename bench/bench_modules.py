@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -503,6 +504,14 @@ def mqttd_bridge_config(port: int, qos: int, sets: list[str], window: int = 20) 
     return "\n".join(lines) + "\n"
 
 
+def bridge_spec(kind: str) -> BrokerSpec:
+    """A local broker of the bridge part: a built-in one, or ``NAME@DIR`` (mqttd from the
+    checkout in DIR, its store on as ``mqttd``'s: e.g. the commit before a change)."""
+    if "@" in kind:
+        return dataclasses.replace(brokers.parse_spec(kind, {}), durability="process")
+    return brokers.builtin_specs()[kind]
+
+
 def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes, src: Path,
                workdir: Path, sets: list[str] = [],  # noqa: B006 - read only
                window: int = 20) -> dict[str, Any]:
@@ -513,9 +522,9 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
     procs: list[subprocess.Popen[str]] = []
     local = None
     try:
-        if kind != "mosquitto":  # mqttd, mqttd-nostore
+        if kind != "mosquitto":  # mqttd, mqttd-nostore, NAME@DIR
             with extra_config("mqttd", mqttd_bridge_config(remote.port, qos, sets, window)):
-                local = BrokerProcess(brokers.builtin_specs()[kind], workdir / "local",
+                local = BrokerProcess(bridge_spec(kind), workdir / "local",
                                       rargs.broker_core, mqttd_src=src)
         else:
             with extra_config("mosquitto", MOSQUITTO_BRIDGE.format(port=remote.port, qos=qos,
@@ -610,8 +619,9 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                  src: Path, run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
     if brokers.builtin_specs()["mosquitto"].available():
         raise RuntimeError(str(brokers.builtin_specs()["mosquitto"].available()))
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {k: {} for k in (*BRIDGES, NOSTORE)}
     kinds = args.bridges
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {
+        k: {} for k in (*BRIDGES, NOSTORE, *kinds)}
     failed = False
     n = 0
     for rep in range(args.repeat):
@@ -654,6 +664,8 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                      "mosquitto_lost": run.median_of(raw["mosquitto"].get(key, []), "lost"),
                      "mqttd_nostore": run.median_of(raw[NOSTORE].get(key, []), "rate"),
                      "mqttd_nostore_lost": run.median_of(raw[NOSTORE].get(key, []), "lost"),
+                     "others": {k: run.median_of(raw[k].get(key, []), "rate")
+                                for k in kinds if "@" in k},
                      "verdict": "—" if ratio is None else
                      ("ok" if ratio >= BRIDGE_GOAL else "FAIL")})
     return rows, raw, failed
@@ -670,7 +682,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="module variants, 'none' first (also: any one module's name, to see "
                          "what each costs)")
     ap.add_argument("--bridges", default=",".join(BRIDGES),
-                    help="bridge part: which local brokers (mqttd,mosquitto; the ratio needs "
+                    help="bridge part: which local brokers (mqttd,mosquitto,mqttd-nostore, "
+                         "NAME@DIR: mqttd from that checkout; the ratio needs "
                          "both)")
     ap.add_argument("--bridge-qos", default="1,0", help="bridge part: QoS levels (1,0)")
     ap.add_argument("--bridge-window", type=int, default=20, metavar="N",
@@ -694,8 +707,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.wait_idle = 0.0 if args.quick else 10.0
     args.parts = [p for p in args.parts.split(",") if p]
     args.bridges = tuple(b for b in args.bridges.split(",") if b)
-    if not args.bridges or any(b not in (*BRIDGES, NOSTORE) for b in args.bridges):
-        ap.error(f"--bridges: some of {', '.join((*BRIDGES, NOSTORE))}")
+    for b in args.bridges:
+        if "@" in b:
+            try:
+                bridge_spec(b)
+            except ValueError as err:
+                ap.error(f"--bridges: {err}")
+    if not args.bridges or any(b not in (*BRIDGES, NOSTORE) and "@" not in b
+                               for b in args.bridges):
+        ap.error(f"--bridges: some of {', '.join((*BRIDGES, NOSTORE))}, or NAME@DIR (mqttd "
+                 "from the checkout in DIR, its store on)")
     try:
         args.bridge_qos = tuple(int(q) for q in args.bridge_qos.split(","))
     except ValueError:
@@ -779,6 +800,10 @@ def markdown(cmd: str, args: argparse.Namespace, sizes: run.Sizes, mod_rows: lis
                            f"{fmt(r['mqttd_nostore'])} msg/s, lost "
                            f"{fmt(r['mqttd_nostore_lost'])}; with the store (the bridge's "
                            f"queue in it): {store}.")
+            for name, rate in (r.get("others") or {}).items():
+                q = r["mosquitto"]
+                out.append(f"- QoS {r['qos']}: {name} (store on): {fmt(rate)} msg/s"
+                           + (f", {rate / q:.2f}× mosquitto→mosquitto" if rate and q else ""))
         out.append("")
     return "\n".join(out) + "\n"
 
