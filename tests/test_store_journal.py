@@ -18,8 +18,8 @@ from mqttd.core.session import Session
 from mqttd.hooks import Hooks
 from mqttd.metrics import Metrics
 from mqttd.mqtt.packets import SubOpts
-from mqttd.store.base import MSG_PUT, Q_DEL, Q_PUT, Backend, Restored
-from mqttd.store.journal import Journal, coalesce, replay
+from mqttd.store.base import KV_DEL, KV_DELS, KV_PUT, MSG_PUT, Q_DEL, Q_PUT, Backend, Restored
+from mqttd.store.journal import Journal, coalesce, replay, split_freeing
 from mqttd.store.kv import KVStore
 from mqttd.store.memory import MemoryBackend, MemoryState
 from mqttd.store.oplog import OpLog
@@ -519,9 +519,10 @@ def test_a_delete_only_the_log_gets_goes_before_a_new_row_under_its_key(
     backend.close()
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["delete", "delete_many"])
 @pytest.mark.parametrize("ending", ["closed", "killed"])
 def test_a_record_deleted_after_its_commit_never_reaches_the_backend(
-        reopen: Any, tmp_path: Any, ending: str) -> None:
+        reopen: Any, tmp_path: Any, ending: str, many: bool) -> None:
     """A module's record (a bridge's queued message) put new and deleted after its batch
     was committed but before the writer took it: as a queue row, the put is cancelled on
     the loop, the writer gets neither, the log (a replay after kill -9) has both. A record
@@ -538,8 +539,11 @@ def test_a_record_deleted_after_its_commit_never_reaches_the_backend(
         space.put("2", b"replaced")  # not new: its delete must reach the backend
         await _settle(journal)  # committed: in the log, not yet with the writer
         cancelled = journal.ops_cancelled
-        assert space.delete("5")
-        assert space.delete("2")
+        if many:  # (a bridge's acknowledged messages: one op of the log, KV_DELS)
+            space.delete_many(["5", "2", "no such key"])
+        else:
+            assert space.delete("5")
+            assert space.delete("2")
         assert journal.ops_cancelled - cancelled == 1  # "5"'s put, in its committed batch
         applied = journal.ops_applied
         await _settle(journal)
@@ -557,3 +561,17 @@ def test_a_record_deleted_after_its_commit_never_reaches_the_backend(
     restored, _ = replay(_oplog(tmp_path), backend, backend.open())
     assert restored.kv == {"bridge/b": {"1": b"v1", "4": b"v4"}}
     backend.close()
+
+
+def test_coalesce_expands_a_multiple_record_delete() -> None:
+    """KV_DELS (only the log holds it) reaches the backend as the KV_DELs it stands for:
+    none for a key put new within the batches, one for every other key."""
+    new = (KV_PUT, "s", "a", b"1", True)
+    old = (KV_PUT, "s", "b", b"2")
+    assert coalesce([[new, old], [(KV_DELS, "s", ("a", "b", "c"))]]) == [
+        (KV_DEL, "s", "b"), (KV_DEL, "s", "c")]
+    assert coalesce([[(KV_DELS, "s", ("a",))], [new]]) == [(KV_DEL, "s", "a"), new[:4]]
+    # While full, deletes go first unless an earlier op creates a key they delete.
+    freeing, rest = split_freeing([old, (KV_DELS, "s", ("x", "y")), (KV_DELS, "s", ("b",))])
+    assert freeing == [(KV_DELS, "s", ("x", "y"))]
+    assert rest == [old, (KV_DELS, "s", ("b",))]

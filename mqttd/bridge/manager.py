@@ -100,8 +100,7 @@ class BridgeManager:
             raise BridgeError(f"no stored queue of a removed bridge called {name!r} "
                               f"(orphaned queues: {known})")
         keys = list(stored.records)
-        for key in keys:
-            stored.delete(key)
+        stored.delete_many(keys)
         stored.commit_now()
         log.warning("bridge %s: %d stored messages it had not sent purged (the bridge is not "
                     "in the configuration)", name, len(keys))

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
-    "APPLIED", "BAN_DEL", "BAN_PUT", "KV_DEL", "KV_PUT", "MSG_DEL", "MSG_PUT", "Q_DEL", "Q_PID",
-    "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
+    "APPLIED", "BAN_DEL", "BAN_PUT", "KV_DEL", "KV_DELS", "KV_PUT", "MSG_DEL", "MSG_PUT", "Q_DEL",
+    "Q_PID", "Q_PUT", "Q_REL", "REL_DEL", "REL_PUT",
     "RET_CLEAR", "RET_DEL", "RET_PUT", "SCHEMA_VERSION", "SESSION_DEL", "SESSION_PUT", "SUB_DEL",
     "SUB_PUT", "USER_DEL", "USER_PUT", "Backend", "Op", "QueueRow", "Restored", "SessionRow",
     "StoreError", "StoreFull", "StoredMessage",
@@ -98,6 +98,10 @@ BAN_DEL = 20
 KV_PUT = 21
 #: (KV_DEL, space, key)
 KV_DEL = 22
+#: (KV_DELS, space, keys) — KV_DEL of each key of the tuple ``keys``: what a loop turn
+#: deletes of one space in one operation of the log (a bridge's acknowledged messages).
+#: Only the log holds it: ``coalesce`` gives the backend KV_DELs.
+KV_DELS = 23
 
 Op = tuple[object, ...]
 

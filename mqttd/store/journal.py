@@ -58,6 +58,7 @@ from .base import (
     BAN_DEL,
     BAN_PUT,
     KV_DEL,
+    KV_DELS,
     KV_PUT,
     MSG_DEL,
     MSG_PUT,
@@ -517,6 +518,49 @@ class Journal:
                     self._schedule()
                 return
         self._append((KV_DEL, space, key))
+
+    def kv_put_new(self, space: str, key: str, value: bytes) -> None:
+        """``kv_put`` of a key nothing is stored under (nor pending in this batch): the
+        bridge's per-message path, without the lookups."""
+        ops = self._ops
+        self._kv_pending[(space, key)] = (ops, len(ops))
+        ops.append((KV_PUT, space, key, value, True))
+        self.gate.issued += 1
+        if not self._scheduled:
+            self._schedule()
+
+    def kv_del_many(self, space: str, keys: list[str]) -> None:
+        """``kv_del`` of every key of ``keys``, in one operation each for the log and the
+        writer (KV_DELS): what was put new and is not with the writer yet is cancelled."""
+        pending = self._kv_pending
+        ops = self._ops
+        logged: list[str] = []  # the log has their puts, the writer will not
+        rest: list[str] = []
+        cancelled = 0
+        for key in keys:
+            where = pending.pop((space, key), None)
+            if where is not None:
+                batch, idx = where
+                prev = batch[idx]
+                if prev is not None and len(prev) == 5:  # put new: cancelled
+                    batch[idx] = None
+                    cancelled += 1
+                    if batch is not ops:
+                        logged.append(key)
+                    continue
+                if batch is ops:  # replaced in this batch: the delete alone stays
+                    batch[idx] = None
+                    cancelled += 1
+            rest.append(key)
+        self.ops_cancelled += cancelled
+        if logged:
+            self._log_only.append((KV_DELS, space, tuple(logged)))
+            self.gate.issued += 1
+            if not self._scheduled:
+                self._schedule()
+        if rest:
+            self._append((KV_DELS, space, tuple(rest)) if len(rest) > 1
+                         else (KV_DEL, space, rest[0]))
 
     def commit_now(self) -> None:
         """Commit what was issued so far now rather than at the end of the loop turn (an
@@ -1024,6 +1068,18 @@ def coalesce(batches: list[list[Op]]) -> list[Op]:
                     out[prev[0]] = None
                     if prev[1]:  # never reached the backend: nothing to delete
                         continue
+            elif code == KV_DELS:  # the backend gets KV_DELs
+                space = op[1]
+                keys = op[2]
+                assert isinstance(keys, tuple)
+                for key in keys:
+                    prev = kv_put.pop((space, key), None)
+                    if prev is not None:
+                        out[prev[0]] = None
+                        if prev[1]:
+                            continue
+                    out.append((KV_DEL, space, key))
+                continue
             out.append(op)
     return [_encoded(op) for op in out if op is not None]
 
@@ -1100,6 +1156,10 @@ def split_freeing(ops: list[Op]) -> tuple[list[Op], list[Op]]:
             movable = ("t", op[1]) not in created
         elif code == KV_DEL:
             movable = ("k", op[1], op[2]) not in created
+        elif code == KV_DELS:
+            keys = op[2]
+            assert isinstance(keys, tuple)
+            movable = not any(("k", op[1], key) in created for key in keys)
         elif code == RET_CLEAR:
             movable = not retained_put
         elif code == SESSION_DEL or code == SESSION_PUT:

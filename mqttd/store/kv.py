@@ -38,6 +38,18 @@ class KVSpace:
         records[key] = value
         self._journal.kv_put(self.space, key, value, new)
 
+    def put_new(self, key: str, value: bytes) -> None:
+        """``put`` of a key the space does not hold (the caller makes its keys unique)."""
+        self.records[key] = value
+        self._journal.kv_put_new(self.space, key, value)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete the records ``keys`` (those there are) in one operation of the store."""
+        records = self.records
+        there = [key for key in keys if records.pop(key, None) is not None]
+        if there:
+            self._journal.kv_del_many(self.space, there)
+
     def delete(self, key: str) -> bool:
         """Delete the record ``key``; False if there is none."""
         if self.records.pop(key, None) is None:
