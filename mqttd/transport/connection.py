@@ -66,6 +66,11 @@ PRESSURE_POLL = 0.02
 #: acted on up to this much after it passed, never before.
 TICK = 0.5
 
+#: A parser per max_packet_size shared by the connections that have no packet half read:
+#: a connection owns one only while a packet of its is incomplete (96 B per idle client).
+#: Feeds never interleave (each runs to its end before any packet is handled).
+_SHARED_PARSERS: dict[int, Parser] = {}
+
 
 class Deadlines:
     """Every connection's next deadline (connect timeout, keepalive) on one timer.
@@ -354,7 +359,8 @@ class Connection(asyncio.Protocol):
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
-        self.parser = Parser(max_packet_size=zone.max_packet_size)
+        #: Its own parser while a packet is incomplete, else None (a shared one reads).
+        self.parser: Parser | None = None
         self.channel: Channel | None = None
         self.loop = flusher.loop  # (asyncio.get_running_loop() costs ~1 µs a connect)
         self.last_recv = 0.0
@@ -492,7 +498,8 @@ class Connection(asyncio.Protocol):
             return
         self.last_recv = self.loop.time()
         was_idle = channel.state == IDLE
-        if was_idle and data and not self.parser.buffered and data[0] & 0xF0 != 0x10:
+        parser = self.parser
+        if was_idle and data and parser is None and data[0] & 0xF0 != 0x10:
             # The stream's first packet is not a CONNECT: refuse it on its first byte,
             # before buffering whatever body its header announces (CVE-2023-0809).
             log.info("closing %s: first packet is not CONNECT", channel.peer)
@@ -500,11 +507,27 @@ class Connection(asyncio.Protocol):
             self.flush()
             return
         error = None
+        if parser is None:
+            size = self.zone.max_packet_size
+            parser = _SHARED_PARSERS.get(size)
+            if parser is None:
+                parser = _SHARED_PARSERS[size] = Parser(max_packet_size=size)
+            parser.version = channel.version  # (a CONNECT read sets the channel's)
+            shared = True
+        else:
+            shared = False
         try:
-            packets = self.parser.feed(data)
+            packets = parser.feed(data)
         except PacketError as err:
             packets = err.packets
             error = err
+        if parser.buffered:
+            if shared:  # a packet half read: this connection keeps the parser
+                self.parser = parser
+                size = self.zone.max_packet_size
+                _SHARED_PARSERS[size] = Parser(max_packet_size=size)
+        elif not shared:
+            self.parser = None
         # Each packet in order (the common PUBLISH through the fast path), up to one that
         # closes the channel or puts it under backpressure.
         n = _apply_packets(channel, packets)
@@ -517,7 +540,7 @@ class Connection(asyncio.Protocol):
             log.log(logging.DEBUG if channel.state == CONNECTED else logging.INFO,
                     "closing %s (%s): %s", channel.client_id or channel.peer,
                     "0x%02X" % error.reason_code, error.message)
-            channel.handle_frame_error(error, self.parser.version)
+            channel.handle_frame_error(error, parser.version)
         self.flush()
         limiter = self.limiter
         if limiter is not None and not channel.closing:
