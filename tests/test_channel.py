@@ -620,3 +620,50 @@ def test_session_hooks_get_their_documented_arguments():
         ("session.terminated", "a", "terminated"),
     ]
     assert w.node.hooks.failures == 0
+
+
+# --- per-client memory: rarely set fields (core/rare.py) --------------------------------------
+
+def test_rare_fields_read_as_their_default_until_set():
+    from mqttd.core.rare import Rare
+
+    class Holder:
+        __slots__ = ("_rare",)
+        count = Rare(0)
+        name = Rare[str | None](None)
+
+        def __init__(self) -> None:
+            self._rare: dict[str, object] | None = None
+
+    h = Holder()
+    assert (h.count, h.name) == (0, None)
+    h.count = 0  # the default: nothing is made
+    h.name = None
+    assert h._rare is None
+    h.count = 3
+    assert h._rare == {"count": 3} and (h.count, h.name) == (3, None)
+    h.name = "x"
+    h.count = 0
+    assert (h.count, h.name) == (0, "x")
+    assert Holder().count == 0 and Holder()._rare is None  # per object, not per class
+
+
+@in_loop
+@pytest.mark.parametrize("version", [3, 4, 5])
+def test_a_plain_client_sets_no_rare_field(version):
+    w = World()
+    p = Probe(w.node, w.zone, version)
+    assert p.channel.proto_name == ""
+    name = "MQIsdp" if version == 3 else "MQTT"
+    out = p.send(Connect(name, version, True, 60, "plain", None, None, None, {}))
+    assert out[0].reason_code == 0
+    ch = p.channel
+    if version == 3:  # MQTT 3.1's protocol name is the rare one
+        assert ch._rare is not None and ch._rare["_proto_name"] == "MQIsdp"
+    else:
+        assert ch._rare is None
+    assert (ch.proto_name, ch.will_delay, ch.superuser, ch.auth_method, ch.close_reason) == (
+        name, 0, False, None, None)
+    p.send(Disconnect())
+    assert ch.normal_disconnect and ch.close_reason is not None
+    assert ch._rare is not None
