@@ -9,8 +9,8 @@ Why: a password file CONNECT (mosquitto_passwd's 101 rounds) spent ~60 µs in
 ``hashlib.pbkdf2_hmac``, OpenSSL 3's ``PKCS5_PBKDF2_HMAC``, which goes through the EVP
 provider layer and sets its HMAC up again for every round. Here the HMAC key's inner and
 outer SHA-512 states are computed once and copied (a plain struct) for each round: a round
-is the two compressions it must cost and little else. OpenSSL's low-level SHA-512 (its
-assembly) does the compressions; its low-level API is deprecated in 3.0 but exported, and
+is the two compressions it must cost and little else (each one ``SHA512_Transform`` of a
+block padded once). OpenSSL's low-level SHA-512 (its assembly) does the compressions; its low-level API is deprecated in 3.0 but exported, and
 the EVP interface would bring back the per-round overhead this avoids. The GIL is released
 while hashing, as hashlib does (the chain's hashing threads run dearer files in parallel).
 """
@@ -20,16 +20,30 @@ from libc.string cimport memcpy, memset
 
 
 cdef extern from "openssl/sha.h" nogil:
+    ctypedef unsigned long long SHA_LONG64
     ctypedef struct SHA512_CTX:
-        pass
+        SHA_LONG64 h[8]  # the chaining state (public in sha.h)
     int SHA512_Init(SHA512_CTX *c)
     int SHA512_Update(SHA512_CTX *c, const void *data, size_t length)
     int SHA512_Final(unsigned char *md, SHA512_CTX *c)
+    void SHA512_Transform(SHA512_CTX *c, const unsigned char *data)
 
 
 cdef enum:
     BLOCK = 128   # SHA-512's block
     DIGEST = 64   # and digest size
+
+
+cdef inline void _store_be(unsigned char *p, SHA_LONG64 v) noexcept nogil:
+    # (compiled to one byte swap and store on little-endian machines)
+    p[0] = <unsigned char>(v >> 56)
+    p[1] = <unsigned char>(v >> 48)
+    p[2] = <unsigned char>(v >> 40)
+    p[3] = <unsigned char>(v >> 32)
+    p[4] = <unsigned char>(v >> 24)
+    p[5] = <unsigned char>(v >> 16)
+    p[6] = <unsigned char>(v >> 8)
+    p[7] = <unsigned char>v
 
 
 cdef void _derive(const unsigned char *pw, size_t pwlen, const unsigned char *salt,
@@ -40,6 +54,7 @@ cdef void _derive(const unsigned char *pw, size_t pwlen, const unsigned char *sa
     cdef unsigned char u[DIGEST]
     cdef unsigned char t[DIGEST]
     cdef unsigned char counter[4]
+    cdef unsigned char blk[BLOCK]
     cdef SHA512_CTX inner, outer, c
     cdef size_t i, n, done = 0
     cdef unsigned long r, block = 1
@@ -72,16 +87,27 @@ cdef void _derive(const unsigned char *pw, size_t pwlen, const unsigned char *sa
         SHA512_Update(&c, u, DIGEST)
         SHA512_Final(u, &c)
         memcpy(t, u, DIGEST)
+        # U_j = HMAC(P, U_{j-1}); T ^= U_j. Both hashes of a round take a 64-byte message
+        # after their 128-byte key block: one block each, always padded the same (0x80,
+        # zeros, the length 192 bytes in bits), so each is one SHA512_Transform from the
+        # key's state, whose output words are the next message (no Update/Final).
+        memcpy(blk, u, DIGEST)
+        blk[DIGEST] = 0x80
+        memset(blk + DIGEST + 1, 0, BLOCK - DIGEST - 1)
+        blk[BLOCK - 2] = (((BLOCK + DIGEST) * 8) >> 8) & 0xFF
+        blk[BLOCK - 1] = ((BLOCK + DIGEST) * 8) & 0xFF
         r = 1
-        while r < iterations:  # U_j = HMAC(P, U_{j-1}); T ^= U_j
-            memcpy(&c, &inner, sizeof(SHA512_CTX))
-            SHA512_Update(&c, u, DIGEST)
-            SHA512_Final(u, &c)
-            memcpy(&c, &outer, sizeof(SHA512_CTX))
-            SHA512_Update(&c, u, DIGEST)
-            SHA512_Final(u, &c)
+        while r < iterations:
+            memcpy(c.h, inner.h, DIGEST)
+            SHA512_Transform(&c, blk)
+            for i in range(8):
+                _store_be(blk + 8 * i, c.h[i])
+            memcpy(c.h, outer.h, DIGEST)
+            SHA512_Transform(&c, blk)
+            for i in range(8):
+                _store_be(blk + 8 * i, c.h[i])
             for i in range(DIGEST):
-                t[i] ^= u[i]
+                t[i] ^= blk[i]
             r += 1
         n = dklen - done
         if n > DIGEST:
@@ -92,6 +118,7 @@ cdef void _derive(const unsigned char *pw, size_t pwlen, const unsigned char *sa
     # the key material does not stay on the stack
     memset(key, 0, BLOCK)
     memset(pad, 0, BLOCK)
+    memset(blk, 0, BLOCK)
     memset(&inner, 0, sizeof(SHA512_CTX))
     memset(&outer, 0, sizeof(SHA512_CTX))
     memset(&c, 0, sizeof(SHA512_CTX))

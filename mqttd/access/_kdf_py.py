@@ -1,6 +1,6 @@
 """PBKDF2-HMAC-SHA512, the reference: ``hashlib`` (OpenSSL's PKCS5_PBKDF2_HMAC).
 
-The compiled twin (``mqttd/_speedups/_kdf.pyx``) gives the same bytes for ~half the CPU;
+The compiled twin (``mqttd/_speedups/_kdf.pyx``) gives the same bytes for ~60 % of the CPU;
 this one is what ``MQTTD_NO_EXTENSIONS`` or a build without OpenSSL's headers runs.
 """
 

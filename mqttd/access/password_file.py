@@ -17,7 +17,7 @@ file does not list is ignored, so the next provider or ``allow_anonymous`` decid
 PBKDF2 is deliberately slow, so the provider is ``"blocking"``: the chain runs it in its
 hashing threads (``kdf.pbkdf2_sha512`` releases the GIL while it hashes), not on the event
 loop; unless the file's slowest hash is cheap (``inline_cost``: mosquitto_passwd 2.0's 101
-rounds, ~40 µs compiled, ~60 µs through hashlib),
+rounds, ~34 µs compiled, ~57 µs through hashlib),
 which the chain runs on the loop within a per-turn budget (two thread hand-offs cost more).
 """
 
