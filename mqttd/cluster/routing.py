@@ -214,6 +214,12 @@ class Cluster:
         self._qflush = False
         #: Shared groups changed since the last delta (queue names).
         self._group_dirty: set[str] = set()
+        #: Route changes the other nodes are to acknowledge (SUBACKs wait for them): in
+        #: ``_awaiting`` under negative numbers (never a message's), the one not announced
+        #: yet (0: none) and, once announced, the route-table version each stands for.
+        self._route_key = 0
+        self._route_unannounced = 0
+        self._route_versions: dict[int, int] = {}
         self._confirm_soon = False
         #: Filters with local plain subscribers changed since the last delta.
         self._plain_dirty: set[str] = set()
@@ -255,6 +261,8 @@ class Cluster:
             return  # not (yet) connected: the routes are read when the connection opens
         self._ops.append(("sub" if added else "unsub", topic_filter))
         self._wake.set()
+        if added:
+            self._route_wait()
 
     def group_changed(self, topic_filter: str, group: str | None, added: bool) -> None:
         """The router's hook: the shared group ``group`` on ``topic_filter`` gained its
@@ -274,6 +282,28 @@ class Cluster:
             return
         self._ops.append(("qsub" if added else "qunsub", name))
         self._wake.set()
+        if added:
+            self._route_wait()
+
+    def _route_wait(self) -> None:
+        """A route was added: the SUBACKs of this turn wait until every other node up has
+        applied the delta that announces it (``RemoteGate.routes``), at most as long as a
+        silent node takes to be counted down (heartbeat_misses heartbeats; forward_timeout at
+        most). One wait per delta, however many routes it carries."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return
+        if self._route_unannounced:
+            return  # the next delta carries this route too
+        names = {p.name for p in self.members.up()}
+        if not names:
+            return
+        self._route_key -= 1
+        key = self._route_unannounced = self.gate.routes = self._route_key
+        settings = self.settings
+        timeout = min(settings.heartbeat_interval * settings.heartbeat_misses,
+                      settings.forward_timeout)
+        self._awaiting[key] = [time.monotonic() + timeout, 0, names, ""]
 
     def forward(self, msg: Message) -> bool:
         """The broker's hook: send ``msg`` to the nodes that want it (NATS drops it when
@@ -429,12 +459,29 @@ class Cluster:
                 if entry[0] > now:
                     break
                 expired.append(seq)
+            # Route changes wait less than messages: one may be behind a message's entry.
+            for key in (*self._route_versions, self._route_unannounced):
+                wait = awaiting.get(key) if key else None
+                if wait is not None and wait[0] <= now and key not in expired:
+                    expired.append(key)
             if expired:
+                messages = 0
                 for seq in expired:
-                    self._give_up(seq, awaiting.pop(seq))
-                log.warning("cluster: %d forwarded messages not confirmed within %g s by "
-                            "another node", len(expired), self.settings.forward_timeout)
+                    entry = awaiting.pop(seq)
+                    if seq < 0:  # a route change: its SUBACKs go (it was announced)
+                        self._route_done(seq)
+                    else:
+                        messages += 1
+                        self._give_up(seq, entry)
+                if messages:
+                    log.warning("cluster: %d forwarded messages not confirmed within %g s "
+                                "by another node", messages, self.settings.forward_timeout)
                 self._settle()
+
+    def _route_done(self, key: int) -> None:
+        self._route_versions.pop(key, None)
+        if self._route_unannounced == key:
+            self._route_unannounced = 0
 
     def _node_gone(self, name: str) -> None:
         """Node ``name`` is down or left: what it had not confirmed never will be."""
@@ -443,10 +490,21 @@ class Cluster:
         peer = self.members.peers.get(name)
         # The copies of its shared groups NATS may have picked it for (what it held then).
         tokens = {group_token(q) for q in peer.groups} if peer is not None else set()
+        routes = []
         for seq, entry in awaiting.items():
             names = entry[2]
-            if name in names or (tokens and not tokens.isdisjoint(names)):
+            if seq < 0:  # a route change: it waits no longer for that node
+                if name in names:
+                    names.discard(name)
+                    if not names:
+                        routes.append(seq)
+            elif name in names or (tokens and not tokens.isdisjoint(names)):
                 gone.append(seq)
+        for seq in routes:
+            del awaiting[seq]
+            self._route_done(seq)
+        if routes and not gone:
+            self._settle()
         for seq in gone:
             self._give_up(seq, awaiting.pop(seq))
         if gone:
@@ -467,6 +525,8 @@ class Cluster:
         done = []
         confirming = self.members.confirming
         for seq, entry in awaiting.items():
+            if seq < 0:
+                continue  # a route change's wait
             names = entry[2]
             if name is not None and name in names and name not in confirming(entry[3]):
                 names.discard(name)
@@ -489,12 +549,33 @@ class Cluster:
             name, ranges, *rest = json.loads(m.data)
             groups = rest[0] if rest else {}
             missed = rest[1] if len(rest) > 1 else {}
+            version = int(rest[2]) if len(rest) > 2 else 0
             if not isinstance(groups, dict) or not isinstance(missed, dict):
                 raise TypeError("groups are not an object")
         except (ValueError, TypeError) as err:
             log.warning("cluster: a confirmation is not an mqttd node's: %s", err)
             return
+        if version:
+            self._routes_applied(name, version)
         self._apply_confirms(name, ranges, groups, missed)
+
+    def _routes_applied(self, name: str, version: int) -> None:
+        """Node ``name`` has applied this node's routes up to ``version``."""
+        awaiting = self._awaiting
+        done = []
+        for key, v in self._route_versions.items():
+            if v <= version:
+                entry = awaiting.get(key)
+                if entry is None:
+                    continue
+                entry[2].discard(name)
+                if not entry[2]:
+                    done.append(key)
+        for key in done:
+            del awaiting[key]
+            self._route_done(key)
+        if done:
+            self._settle()
 
     def _apply_confirms(self, name: str, ranges: list[list[int]],
                         groups: dict[str, list[list[int]]],
@@ -855,7 +936,9 @@ class Cluster:
         premoved = [f for f in pdirty if f not in self._plain]
         gadded = {q: self._groups[q][0] for q in gdirty if q in self._groups}
         gremoved = [q for q in gdirty if q not in self._groups]
+        key, self._route_unannounced = self._route_unannounced, 0
         if not (added or removed or padded or premoved or gadded or gremoved):
+            self._route_release(key)  # added and gone again: nothing to wait for
             return
         self.version += 1
         try:
@@ -865,6 +948,15 @@ class Cluster:
                                           "gadd": gadded, "gdel": gremoved}))
         except Exception as err:  # noqa: BLE001 - the next heartbeat makes them ask again
             log.debug("cluster: route delta not sent: %s", err)
+            self._route_release(key)
+            return
+        if key and key in self._awaiting:
+            self._route_versions[key] = self.version
+
+    def _route_release(self, key: int) -> None:
+        if key and self._awaiting.pop(key, None) is not None:
+            self._route_done(key)
+            self._settle()
 
     async def _beat(self) -> None:
         interval = self.settings.heartbeat_interval
@@ -920,6 +1012,7 @@ class Cluster:
                                time.monotonic(), time.time(), data.get("plain"),
                                data.get("groups"))
             self._recheck(name)
+            self._ack_routes(name, node_id)
         except Exception as err:  # noqa: BLE001 - the next heartbeat asks again
             log.debug("cluster: routes of %s not read: %s", name, err)
         finally:
@@ -948,15 +1041,29 @@ class Cluster:
         if data is None:
             return
         gadd = data.get("gadd") or {}
-        if self.members.delta(data["node"], data["id"], int(data.get("v", 0)),
+        version = int(data.get("v", 0))
+        if self.members.delta(data["node"], data["id"], version,
                               list(data.get("add", [])), list(data.get("del", [])),
                               time.monotonic(), time.time(), list(data.get("padd", [])),
                               list(data.get("pdel", [])),
                               list(gadd.items()) if isinstance(gadd, dict) else [],
                               list(data.get("gdel") or [])):
             self._resync(data["node"], data["id"])
-        elif data.get("pdel") or data.get("gdel"):
+            return
+        if data.get("pdel") or data.get("gdel"):
             self._recheck(data["node"])
+        if data.get("add") or data.get("padd") or data.get("gadd"):
+            self._ack_routes(data["node"], data["id"])  # (its SUBACKs may wait for it)
+
+    def _ack_routes(self, name: str, node_id: str) -> None:
+        """Tell node ``name`` which version of its routes this node holds now (its SUBACKs
+        wait for every node's)."""
+        peer = self.members.peers.get(name)
+        if peer is None or peer.id != node_id or not peer.synced:
+            return
+        self._ops.append(("ack", ACK + node_id, json.dumps(
+            [self.node_name, [], {}, {}, peer.version], separators=(",", ":")).encode()))
+        self._wake.set()
 
     async def _bye(self, m: Msg) -> None:
         data = self._peer_message(m)

@@ -1797,6 +1797,15 @@ class Channel:
             if work.denied:
                 metrics.inc(PACKETS_SUBSCRIBE_AUTH_ERROR)
         self._send(Suback(work.packet_id, work.codes))
+        rgate = self.rgate
+        if rgate is not None and rgate.routes in rgate.waiting:
+            # A cluster node: the SUBACK waits until the other nodes have the route
+            # (docs/CLUSTER.md), released as a forwarded message's acknowledgement is.
+            mark = [rgate.routes, len(self.out), 0, 0]
+            if self.hold is None:
+                self.hold = [mark]
+            else:
+                self.hold.append(mark)
         for found, opts, sid in work.retained:
             self._send_retained(found, opts, sid)
 

@@ -297,12 +297,17 @@ class RemoteGate:
     docs/CLUSTER.md): ``issued`` numbers the last QoS 1/2 message that waits for some other
     node; a number is in ``waiting`` until every node it waits for has confirmed it, or it
     was given up on (then in ``failed`` too, and its publisher hears of it). Each message
-    waits alone: a publisher waits only for the nodes its own messages went to."""
+    waits alone: a publisher waits only for the nodes its own messages went to.
 
-    __slots__ = ("issued", "waiting", "failed")
+    ``routes`` is the (negative) number in ``waiting`` of this node's latest route change
+    the other nodes have not all acknowledged yet (0: none): a SUBACK waits for it, so that
+    a message published on another node after the SUBACK finds the route there."""
+
+    __slots__ = ("issued", "waiting", "failed", "routes")
 
     def __init__(self) -> None:
         self.issued = 0
+        self.routes = 0
         self.waiting: dict[int, list[Any]] = {}  # type: ignore[explicit-any]  # the cluster's
         self.failed: set[int] = set()
 

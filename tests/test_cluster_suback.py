@@ -1,0 +1,95 @@
+"""A subscription's route across nodes before its SUBACK (docs/CLUSTER.md, "What is
+guaranteed"): a cluster node sends the SUBACK of a subscription that adds a route (a filter's
+first plain subscriber, a shared group's first member there) once every other node up has
+applied the route-table delta announcing it, so a message published on another node after
+the SUBACK reaches the subscriber; a node that does not answer delays it at most until it
+would be counted down. Real nats-server, real mqttd nodes, real paho clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+from support import uid
+from support.clients import Client
+from support.cluster import node_config, running_nats, running_nodes, until
+from support.ctlrun import ctl
+from support.natsserver import NatsServer
+from support.process import BrokerProcess
+
+A = "a@127.0.0.1"
+B = "b@127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    with running_nats() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+    # Settled: A keeps to itself (and answers 0x10 for) what it knows no other node wants.
+    configs = {n: node_config(n, nats_server.url, heartbeat=None) for n in (A, B)}
+    with running_nodes(nats_server, configs, wait="settled") as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def connect(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
+    made: list[Client] = []
+
+    def _connect(node: str) -> Client:
+        c = Client(nodes[node], uid("c"), version=5)
+        made.append(c)
+        c.connect()
+        return c
+
+    yield _connect
+    for c in made:
+        c.close()
+
+
+def _knows(node: BrokerProcess, other: str) -> bool:
+    r = ctl(node, "--json", "cluster", "nodes")
+    assert r.code == 0, r.err
+    row = next((r for r in json.loads(r.out) if r["node"] == other), None)
+    return row is not None and row["status"] == "up" and int(row["routes_version"]) >= 0
+
+
+def test_a_message_published_on_another_node_after_the_suback_arrives(
+        connect: Callable[..., Client]) -> None:
+    pub, sub = connect(A), connect(B)
+    for i in range(20):
+        t = uid("r")
+        shared = i % 2 == 1
+        sub.subscribe(f"$share/g/{t}" if shared else t, 1)  # back at the SUBACK
+        payload = f"m{i}".encode()
+        # 0x10 would say A did not know B's route yet (and kept the message).
+        assert pub.publish(t, payload, 1) == 0, (i, shared)
+        assert sub.expect_message().payload == payload
+
+
+def test_a_stopped_node_does_not_keep_the_suback(
+        nodes: dict[str, BrokerProcess], connect: Callable[..., Client]) -> None:
+    sub = connect(B)
+    a = nodes[A]
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        sub.subscribe(uid("s"), 1)  # (held at most until A would be counted down)
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    # Each may have counted the other down meanwhile: back once both are up again and
+    # each has read the other's routes.
+    for node, other in ((nodes[A], B), (nodes[B], A)):
+        until(f"{other} up again with its routes read",
+              lambda n=node, o=other: _knows(n, o))
+    pub = connect(A)
+    t = uid("after")
+    sub.subscribe(t, 1)
+    assert pub.publish(t, b"x", 1) == 0
+    assert sub.expect_message().payload == b"x"
