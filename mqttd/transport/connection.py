@@ -520,7 +520,9 @@ class Connection(asyncio.Protocol):
             packets = parser.feed(data)
         except PacketError as err:
             packets = err.packets
-            error = err
+            # Kept past the except block: without its traceback, which holds this frame
+            # (and through it the connection, channel and session) in a reference cycle.
+            error = err.with_traceback(None)
         if parser.buffered:
             if shared:  # a packet half read: this connection keeps the parser
                 self.parser = parser
