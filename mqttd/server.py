@@ -436,15 +436,21 @@ class _ServerControl:
 #: Almost nothing on the message path forms cycles (reference counting frees it), so rarer
 #: young collections cost nothing.
 GC_THRESHOLD0 = 10_000
+#: Middle-generation threshold: middle collections do not start by themselves either. One
+#: scans every young survivor since the last, and while thousands of clients connect those
+#: are the clients' own objects (connection, channel, session, parser, transport): ~100,000
+#: of them, 23-25 ms of a stopped loop each time with 19,000 clients (issue 17). Survivors of
+#: young collections stay in the middle generation, which nothing scans until sysmon's full
+#: collection (``sysmon.GC_FULL_AFTER``); cycles that die young are still freed by the young
+#: collections, and the broker's own objects form none (tests/test_gc_cycles.py).
+GC_THRESHOLD1 = 1_000_000_000
 #: Old-generation threshold: full collections do not start by themselves. CPython's own rule
 #: (the old generation grew by a quarter) starts one over every live client's objects each
 #: time the population has grown enough (up to 400 ms with 100,000 clients, issue 17),
 #: however little garbage there is. The broker does not leave cycles to the collector: a
 #: closed connection breaks its own (connection <-> channel, the transport; the registry
-#: detaches the session), so its objects go by reference counting; young and middle
-#: collections still collect the cycles that die young (exceptions and their tracebacks).
-#: (A lower middle threshold was tried: middle collections then ran 5 times as often while
-#: 19,000 clients connected, 12-55 ms each, each over most of the same objects.)
+#: detaches the session), so its objects go by reference counting; young collections still
+#: collect the cycles that die young (exceptions and their tracebacks), sysmon the rest.
 GC_THRESHOLD2 = 1_000_000_000
 
 
@@ -457,14 +463,14 @@ def tune_gc() -> None:
     gc.callbacks): without this, 6-9 full collections per 3 s run took 17-28 ms each
     (the event loop stops that long; ~7 % of the core went to the collector in all).
     Frozen, a full collection scans only what was created after start (~50 µs there);
-    with the higher threshold no collection ran at all during the measured runs. Full
-    collections then never start by themselves (``GC_THRESHOLD2``): with many clients
-    connected one would stop the loop for tens to hundreds of milliseconds.
+    with the higher threshold no collection ran at all during the measured runs. Middle
+    and full collections then never start by themselves (``GC_THRESHOLD1``,
+    ``GC_THRESHOLD2``): with many clients connected (or connecting) one would stop the loop
+    for tens to hundreds of milliseconds; sysmon runs the full one when the loop is quiet.
     """
     gc.collect()
     gc.freeze()
-    _, g1, _ = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD0, g1, GC_THRESHOLD2)
+    gc.set_threshold(GC_THRESHOLD0, GC_THRESHOLD1, GC_THRESHOLD2)
 
 
 def run(settings: Settings, *, use_uvloop: bool = True,

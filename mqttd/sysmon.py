@@ -60,14 +60,15 @@ TRIM_DROP = 2_000
 TRIM_EVERY = 30.0
 TRIM_MAX_LAG = 0.01
 
-#: The daemon turns CPython's automatic full collections off (server.tune_gc: one with many
-#: clients stops the loop for tens to hundreds of ms), so reference cycles that reached the
-#: oldest generation would never be freed. sysmon runs the full collection instead, when
-#: the oldest generation has had GC_FULL_AFTER middle collections' worth of survivors added
-#: (CPython's own default), the loop is quiet and the client count settled, at most every
-#: GC_FULL_EVERY seconds and at least every GC_FULL_LATEST seconds (a broker never quiet
-#: still gets its garbage freed).
+#: The daemon turns CPython's automatic middle and full collections off (server.tune_gc: one
+#: with many clients stops the loop for tens to hundreds of ms), so reference cycles that
+#: survived a young collection would never be freed. sysmon runs the full collection
+#: instead, once GC_FULL_AFTER middle collections' worth of survivors were added since the
+#: last (CPython's default: ten middle ones, each after GC_MIDDLE_EVERY young ones), the
+#: loop is quiet and the client count settled, at most every GC_FULL_EVERY seconds and at
+#: least every GC_FULL_LATEST seconds (a broker never quiet still gets its garbage freed).
 GC_FULL_AFTER = 10
+GC_MIDDLE_EVERY = 10
 GC_FULL_EVERY = 60.0
 GC_FULL_LATEST = 3600.0
 
@@ -382,7 +383,12 @@ class SystemMonitor:
     def _check_full_gc(self) -> None:
         """Collect the oldest generation ourselves (see GC_FULL_AFTER) while automatic full
         collections are off; nothing while they are on (an embedding program's own GC)."""
-        if gc.get_threshold()[2] <= 100 or gc.get_count()[2] < GC_FULL_AFTER:
+        if gc.get_threshold()[2] <= 100:
+            return
+        # Young collections since the last middle or full one, middle ones since the last
+        # full one (the daemon runs no middle ones: the first alone grows).
+        _, young, middle = gc.get_count()
+        if middle * GC_MIDDLE_EVERY + young < GC_FULL_AFTER * GC_MIDDLE_EVERY:
             return
         loop = self._loop
         assert loop is not None
