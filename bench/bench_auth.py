@@ -137,7 +137,12 @@ def start_broker(kind: str, workdir: Path, passwd: Path, core: int, hash_threads
                         'max_pending_per_address = 0\n\n'
                         f'[mqtt]\nallow_anonymous = false\n\n'
                         f'[listeners.default]\nbind = "127.0.0.1"\nport = {port}\n')
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # NAME@DIR: the mqttd of another checkout (its extensions built), for a before/after
+        # comparison in one sitting; plain "mqttd" is this checkout's.
+        src = kind.split("@", 1)[1] if "@" in kind else str(ROOT)
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH"))
+                                             if p)}
         proc = subprocess.Popen([sys.executable, "-m", "mqttd", "start", "-c", str(conf),
                                  "--data-dir", str(workdir / "data"), "--log-level", "warning"],
                                 stdout=log, stderr=log, env=env, preexec_fn=pin)  # noqa: PLW1509
@@ -199,7 +204,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--broker-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
-    ap.add_argument("--brokers", default="mqttd,mosquitto")
+    ap.add_argument("--brokers", default="mqttd,mosquitto",
+                    help="comma-separated: mqttd, mosquitto, NAME@DIR (mqttd from checkout DIR)")
     ap.add_argument("--hash-threads", type=int, default=2, help="mqttd's [auth] hash_threads")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (CI)")
     ap.add_argument("--json", metavar="FILE")
@@ -221,7 +227,8 @@ def main() -> int:
         write_password_file(passwd, args.users, args.iterations)
         for rep in range(args.repeat):
             for kind in brokers:
-                proc, port = start_broker(kind, Path(tmp) / f"{kind}-{rep}", passwd,
+                name = kind.split("@", 1)[0]
+                proc, port = start_broker(kind, Path(tmp) / f"{name}-{rep}", passwd,
                                           args.broker_core, args.hash_threads)
                 try:
                     cold = storm(lg, proc.pid, port, args.users, args.concurrency, "a",
@@ -232,10 +239,10 @@ def main() -> int:
                     proc.terminate()
                     proc.wait(10)
                 if cold[1] or warm[1]:
-                    print(f"error: {kind} refused {cold[1]} + {warm[1]} good clients",
+                    print(f"error: {name} refused {cold[1]} + {warm[1]} good clients",
                           file=sys.stderr)
                     return 1
-                r = results.setdefault(kind, {"cold": [], "warm": [], "stall_ms": [],
+                r = results.setdefault(name, {"cold": [], "warm": [], "stall_ms": [],
                                               "cpu_us_per_connect": []})
                 # Broker CPU per CONNECT (and its DISCONNECT), first pass, in µs.
                 cpu_us = cold[3] / args.users * 1e6
@@ -243,7 +250,7 @@ def main() -> int:
                 r["cold"].append(cold[0])
                 r["warm"].append(warm[0])
                 r["stall_ms"].append(max(cold[2], warm[2]))
-                print(f"  {kind:<10} #{rep + 1}: first pass {cold[0]:,.0f} conn/s (broker CPU "
+                print(f"  {name:<10} #{rep + 1}: first pass {cold[0]:,.0f} conn/s (broker CPU "
                       f"{cpu_us:.0f} µs per CONNECT+DISCONNECT), second "
                       f"{warm[0]:,.0f} conn/s, worst PING {max(cold[2], warm[2]):.1f} ms")
     print(f"\n{args.users} users, PBKDF2-SHA512 {args.iterations:,} iterations, "
@@ -256,16 +263,18 @@ def main() -> int:
         print(f"| {kind} | {statistics.median(r['cold']):,.0f} | "
               f"{statistics.median(per):.0f} µs | "
               f"{statistics.median(r['warm']):,.0f} | {statistics.median(r['stall_ms']):.1f} ms |")
-    if "mqttd" in results and "mosquitto" in results:
-        m, q = results["mqttd"], results["mosquitto"]
+    for kind in [k for k in results if k != "mosquitto"]:
+        if "mosquitto" not in results:
+            break
+        m, q = results[kind], results["mosquitto"]
         # The rate is the goal's figure (the generator saturates the broker); the CPU each
         # CONNECT costs says how much of the broker's core it took.
         mine = statistics.median(m["cpu_us_per_connect"])
         if mine > 0:  # a tiny run (--quick) may see no clock tick of CPU at all
             capacity = statistics.median(q["cpu_us_per_connect"]) / mine
-            print(f"\nCPU per CONNECT, mosquitto ÷ mqttd: {capacity:.2f}× (the capacity "
+            print(f"\nCPU per CONNECT, mosquitto ÷ {kind}: {capacity:.2f}× (the capacity "
                   "ratio when a broker is the bottleneck)")
-        print(f"\nmqttd ÷ mosquitto: first pass "
+        print(f"\n{kind} ÷ mosquitto: first pass "
               f"{statistics.median(m['cold']) / statistics.median(q['cold']):.2f}×, second pass "
               f"{statistics.median(m['warm']) / statistics.median(q['warm']):.2f}×")
     if args.json:
