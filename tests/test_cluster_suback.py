@@ -3,7 +3,8 @@ guaranteed"): a cluster node sends the SUBACK of a subscription that adds a rout
 first plain subscriber, a shared group's first member there) once every other node up has
 applied the route-table delta announcing it, so a message published on another node after
 the SUBACK reaches the subscriber; a node that does not answer delays it at most until it
-would be counted down. Real nats-server, real mqttd nodes, real paho clients.
+would be counted down; a session handed over from another node gets its CONNACK likewise.
+Real nats-server, real mqttd nodes, real paho clients.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import signal
 from collections.abc import Callable, Iterator
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
 from support import uid
-from support.clients import Client
+from support.clients import Client, props
 from support.cluster import node_config, running_nats, running_nodes, until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
@@ -93,3 +95,26 @@ def test_a_stopped_node_does_not_keep_the_suback(
     sub.subscribe(t, 1)
     assert pub.publish(t, b"x", 1) == 0
     assert sub.expect_message().payload == b"x"
+
+
+def test_a_session_handed_over_gets_what_is_published_after_its_connack(
+        nodes: dict[str, BrokerProcess], connect: Callable[..., Client]) -> None:
+    """A session resumed on B from A: its CONNACK waits as a SUBACK does until A has B's
+    routes for it, so a message published on A right after the CONNACK reaches it."""
+    pub = connect(A)
+    expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
+    for i in range(30):
+        cid, t = uid("moving"), uid("mt")
+        first = Client(nodes[A], cid, version=5, clean=False, properties=expiry)
+        first.connect()
+        first.subscribe(t, 1)
+        first.close()
+        moved = Client(nodes[B], cid, version=5, clean=False, properties=expiry)
+        moved.connect()
+        try:
+            assert moved.session_present
+            payload = f"after{i}".encode()
+            assert pub.publish(t, payload, 1) == 0, i  # 0x10: A did not know B's route
+            assert moved.expect_message().payload == payload
+        finally:
+            moved.close()

@@ -776,6 +776,17 @@ class Channel:
             else:
                 self.hold.append(mark)
 
+    def _hold_for_routes(self, key: int) -> None:
+        """A cluster node: the packet just queued (a SUBACK, a handed-over session's
+        CONNACK) waits until the other nodes have this node's new routes (docs/CLUSTER.md),
+        released as a forwarded message's acknowledgement is (``key`` leaves
+        ``rgate.waiting``; never failed)."""
+        mark = [key, len(self.out), 0, 0]
+        if self.hold is None:
+            self.hold = [mark]
+        else:
+            self.hold.append(mark)
+
     def _remote_failed(self, mark: list[int]) -> None:
         """A remote node did not confirm the message of ``mark`` in time: its
         acknowledgement (the packet before the mark) says so, MQTT 5 0x80; a 3.1.1 client,
@@ -1144,6 +1155,9 @@ class Channel:
         if hooks.client_connack:
             ack_props = hooks.run_fold("client.connack", (info, 0), ack_props)
         self._send(Connack(present, 0, ack_props if version == 5 else {}))
+        rgate = self.rgate
+        if present and rgate is not None and rgate.routes in rgate.waiting:
+            self._hold_for_routes(rgate.routes)  # (a session handed over from another node)
         if version == 5:
             # From here on nothing larger than the client's Maximum Packet Size is sent. The
             # CONNACK itself is exempt: without it the client cannot go on at all.
@@ -1799,13 +1813,7 @@ class Channel:
         self._send(Suback(work.packet_id, work.codes))
         rgate = self.rgate
         if rgate is not None and rgate.routes in rgate.waiting:
-            # A cluster node: the SUBACK waits until the other nodes have the route
-            # (docs/CLUSTER.md), released as a forwarded message's acknowledgement is.
-            mark = [rgate.routes, len(self.out), 0, 0]
-            if self.hold is None:
-                self.hold = [mark]
-            else:
-                self.hold.append(mark)
+            self._hold_for_routes(rgate.routes)
         for found, opts, sid in work.retained:
             self._send_retained(found, opts, sid)
 
