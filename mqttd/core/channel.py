@@ -927,7 +927,8 @@ class Channel:
     def _in_connect(self, p: Connect) -> None:
         zone = self.zone
         self.version = version = p.proto_level
-        self.proto_name = p.proto_name
+        if p.proto_name != "MQTT":  # (the default: no descriptor call for most clients)
+            self.proto_name = p.proto_name
         self.clean_start = p.clean_start
         self.metrics.inc(CLIENT_CONNECT)
         props = p.properties
@@ -1011,9 +1012,11 @@ class Channel:
             # connected clients could not see this one yet.
             return self._refuse(RC.BAD_USER_NAME_OR_PASSWORD, _PUBLIC_REFUSALS[0x86],
                                 "its credentials were revoked while they were checked")
-        self.superuser = result.superuser
-        self.auth_acl = result.acl
-        self.auth_credential = result.credential
+        if result.superuser or result.acl is not None or result.credential is not None \
+                or self._rare is not None:  # (else all three are at their defaults)
+            self.superuser = result.superuser
+            self.auth_acl = result.acl
+            self.auth_credential = result.credential
         if result.expires_at is not None:
             self._auth_timer = self.services.timers.call_later(
                 max(0.0, result.expires_at - time.time()), self._auth_expired)

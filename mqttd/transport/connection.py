@@ -371,7 +371,8 @@ class Connection(asyncio.Protocol):
         self._lost = False
         self._closing = False
         self.metrics = services.metrics
-        self.watch = watch
+        if watch is not None:
+            self.watch = watch
         self.listener = listener
         #: The keepalive timer runs (armed at the first flush after CONNACK).
         self._keepalive_armed = False

@@ -391,10 +391,14 @@ class MqttListener:
         config = self.config
         conn = Connection(self.services, self.zone, self.flusher, self.connections,
                           self.watcher(), config.name)
-        conn.transport_name = config.type
-        conn.peer_address = peer
+        # (Rare fields: written only when not their default, no descriptor call otherwise)
+        if config.type != "tcp":
+            conn.transport_name = config.type
+        if peer is not None:
+            conn.peer_address = peer
         conn.sockport = self.address[1]
-        conn.cert_as = self._cert_as
+        if self._cert_as is not None:
+            conn.cert_as = self._cert_as
         return conn
 
     async def _accept_loop(self, sock: socket.socket) -> None:
