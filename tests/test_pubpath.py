@@ -30,6 +30,9 @@ from mqttd.core import pubpath
 from mqttd.core._pubpath_py import PublishPathPy
 from mqttd.core.message import Message
 from mqttd.core.session import NO_QUEUE
+from mqttd.store.journal import Journal
+from mqttd.store.memory import MemoryBackend
+from mqttd.store.oplog import OpLog
 from mqttd.mqtt.packets import (
     Connect,
     Disconnect,
@@ -342,6 +345,74 @@ def test_fast_path_takes_the_puback_and_refills_the_window(impl: type) -> None:
     assert sorted(subscriber.session.inflight) == [2, 3]
     assert fast.sent[1][-1] == bytes((0x32, 10, 0, 3)) + b"a/b\0\3\0m2"  # (MQTT 5)
     assert fast.state() == slow.state()
+
+
+def _plain(value: Any) -> Any:
+    """An operation's field as compared across two brokers (objects and times by type)."""
+    if value is None or isinstance(value, (int, str, bytes)):
+        return value
+    return type(value).__name__
+
+
+def _durable_run(take: Callable[[Any, Any], bool] | None, tmp_path: Any
+                 ) -> tuple[Any, ...]:
+    """A broker with durability (a real Journal, not started: what the core tells it is
+    gathered in its batch), a persistent 3.1.1 subscriber and a clean MQTT 5 one (window
+    2), a publisher of 6 QoS 1 messages, then the subscribers' PUBACKs (one unknown):
+    everything sent, the sessions, the counters and the store's operations."""
+    world = World(max_inflight=2, max_mqueue_len=20)
+    journal = Journal(MemoryBackend(), "process", OpLog(str(tmp_path / "mqttd.db")))
+    world.broker.use_store(journal)
+    stored = world.subscriber("s", "a/#", version=4, clean=False, expiry=300)
+    clean = world.subscriber("k", "a/#", version=5)
+    publisher = world.client("p", version=5)
+    sent: list[list[bytes]] = [[], [], []]
+    probes = [stored, clean, publisher]
+
+    def feed(probe: Probe, packet: Any) -> None:
+        if take is None or not take(probe.channel, packet):
+            probe.channel.handle_in(packet)
+        for i, pr in enumerate(probes):
+            if pr.channel.out:
+                sent[i].append(b"".join(pr.channel.out))
+                pr.channel.out.clear()
+
+    for k in range(6):
+        feed(publisher, Publish("a/b", b"m%d" % k, 1, False, False, k + 1))
+    for packet_id in (1, 9, 2, 3, 4, 5, 6, 7):
+        for probe in (stored, clean):
+            feed(probe, Puback(packet_id))
+    sessions = [(sorted(p.channel.session.inflight), len(p.channel.session.mqueue),
+                 sorted(p.channel.session.refs.values()), p.channel.session.delivered,
+                 p.channel.recv_pkt, p.channel.send_pkt, p.channel.hold) for p in probes]
+    ops = [None if op is None else tuple(_plain(v) for v in op) for op in journal._ops]
+    return (sent, sessions, world.metrics.snapshot(), ops, journal.gate.issued)
+
+
+def test_fast_path_takes_the_puback_of_a_durable_broker(impl: type, tmp_path: Any) -> None:
+    """With durability on, the subscriber's PUBACK and its refill are the fast path's too:
+    for a stored session the stored delivery is forgotten and the refill's packet id kept
+    as the state machine does it (the same operations for the store, in the same order),
+    for a clean session on the same broker nothing is stored; the same bytes, sessions and
+    counters; the publisher's PUBACKs still wait for the commit (``hold``)."""
+    take = pubpath.build(impl)
+    acked: list[bool] = []
+
+    def counted(channel: Any, packet: Any) -> bool:
+        taken = take(channel, packet)
+        if isinstance(packet, Puback):
+            acked.append(taken)
+        return taken
+
+    slow = _durable_run(None, tmp_path / "slow")
+    fast = _durable_run(counted, tmp_path / "fast")
+    assert fast == slow
+    sent, sessions, _metrics, ops, _issued = fast
+    assert sum(acked) == 12 and len(acked) == 16  # (ids 9 and 7: unknown, declined)
+    # Each acknowledged delivery's stored row went (its put cancelled in the open batch),
+    # the publisher's PUBACKs wait for the commit, every message reached both.
+    assert ops.count(None) == 6 and sessions[2][6]
+    assert sessions[0][3] == sessions[1][3] == 6
 
 
 def test_fast_path_message_is_what_message_init_makes(impl: type) -> None:

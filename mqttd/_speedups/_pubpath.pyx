@@ -609,15 +609,15 @@ cdef class PublishPath:
         reference's ``_puback``)."""
         cdef Py_ssize_t max_inflight
         cdef int version
+        cdef bint stored
         if (_t(channel, self.c_closing, "closing")
                 or not _none(channel, self.c_held, "_held")
                 or not _none(channel, self.c_tracer, "tracer")
                 or _g(channel, self.c_state, "state") != self.connected
-                or not _none(channel, self.c_gate, "gate")
                 or _none(channel, self.c_clientinfo, "_clientinfo")):
             return False
         session = channel.session
-        if session is None or session.store is not None or session.sent_at is not None:
+        if session is None or session.sent_at is not None:
             return False
         broker = _g(channel, self.c_services, "services")
         hooks = _g(channel, self.c_hooks, "hooks")
@@ -637,6 +637,9 @@ cdef class PublishPath:
         _inc(metrics, self.puback_received)
         del inflight[packet_id]
         session.delivered += 1
+        stored = session.store is not None
+        if stored:
+            session.forget(entry)
         _inc(self.ba.get(broker, B_METRICS), self.messages_acked)
         # --- Channel.drain ---
         if _t(channel, self.c_paused, "paused"):
@@ -661,8 +664,11 @@ cdef class PublishPath:
             if delivery[1] != 1 or delivery[3] or _t(msg, self.m_expiry, "expiry"):
                 break
             mq.popleft()
-            pid = session.next_packet_id()
-            inflight[pid] = delivery
+            if stored:
+                pid = session.start_inflight(delivery)
+            else:
+                pid = session.next_packet_id()
+                inflight[pid] = delivery
             out.append(self.encode_publish(_g(msg, self.m_topic, "topic"),
                                            _g(msg, self.m_payload, "payload"), 1, delivery[2],
                                            False, pid, _g(msg, self.m_properties, "properties"),

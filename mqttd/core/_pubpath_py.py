@@ -211,15 +211,16 @@ class PublishPathPy:
     def _puback(self, channel: Channel, p: Any) -> bool:  # type: ignore[explicit-any]
         """What ``Channel.handle_in`` → ``_in_puback`` → ``Session.ack`` → ``Broker.acked``
         → ``Channel.drain`` do for the PUBACK of a QoS 1 delivery in flight, from a
-        connected client that is not traced or held, with no durable store, no
-        message.acked callback and no delivery timing; anything else: False, nothing
-        changed."""
+        connected client that is not traced or held, with no message.acked callback and
+        no delivery timing; anything else: False, nothing changed. A durable store changes
+        nothing here but its calls (a PUBACK's output is never held for a commit): the
+        stored delivery goes (``Session.forget``) and a refill is stored as drain's
+        ``start_inflight`` stores it."""
         if (channel.closing or channel._held is not None or channel.tracer is not None
-                or channel.state != self.connected or channel.gate is not None
-                or channel._clientinfo is None):
+                or channel.state != self.connected or channel._clientinfo is None):
             return False
         session = channel.session
-        if session is None or session.store is not None or session.sent_at is not None:
+        if session is None or session.sent_at is not None:
             return False
         broker = channel.services
         if type(broker) is not self.broker_cls or channel.hooks.message_acked:
@@ -238,6 +239,9 @@ class PublishPathPy:
         metrics.inc(self.puback_received)
         del inflight[packet_id]
         session.delivered += 1
+        stored = session.store is not None
+        if stored:
+            session.forget(entry)
         broker.metrics.inc(self.messages_acked)
         # --- Channel.drain ---
         if channel.paused:
@@ -262,8 +266,11 @@ class PublishPathPy:
             if delivery[1] != 1 or delivery[3] or msg.expiry:
                 break
             mq.popleft()
-            pid = session.next_packet_id()
-            inflight[pid] = delivery
+            if stored:
+                pid = session.start_inflight(delivery)
+            else:
+                pid = session.next_packet_id()
+                inflight[pid] = delivery
             out.append(self.encode_publish(msg.topic, msg.payload, 1, delivery[2], False, pid,
                                            msg.properties, version))
             channel.send_pkt += 1
