@@ -30,9 +30,6 @@ from mqttd.core import pubpath
 from mqttd.core._pubpath_py import PublishPathPy
 from mqttd.core.message import Message
 from mqttd.core.session import NO_QUEUE
-from mqttd.store.journal import Journal
-from mqttd.store.memory import MemoryBackend
-from mqttd.store.oplog import OpLog
 from mqttd.mqtt.packets import (
     Connect,
     Disconnect,
@@ -44,6 +41,9 @@ from mqttd.mqtt.packets import (
     Subscribe,
     Unsubscribe,
 )
+from mqttd.store.journal import Journal
+from mqttd.store.memory import MemoryBackend
+from mqttd.store.oplog import OpLog
 
 _NO_C_REASON = "MQTTD_NO_EXTENSIONS is set: the compiled fast path is not built"
 
