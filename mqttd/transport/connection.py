@@ -58,6 +58,11 @@ CLOSE_SLICE = 256
 #: socket to one turn: their DISCONNECTs, closes and EOFs were 0.1-0.2 s in which no other
 #: client was answered.
 READ_BUDGET = 0.001
+#: Packets of one client handled per loop turn (EMQX's active_n): a read of more (a
+#: publisher's flood, a backlog read after a wait) is worked off this many per turn, its
+#: socket paused meanwhile, so that the other clients' reads of the turn (a subscriber's
+#: PUBACKs, which refill its window) are not answered after all of it.
+PACKET_BUDGET = 64
 #: The first byte of a DISCONNECT packet.
 _DISCONNECT = 0xE0
 #: Seconds between looks at the queues a backpressured publisher waits for.
@@ -151,7 +156,8 @@ class Flusher:
 
     __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines", "_closes",
                  "_close_order", "_closing_scheduled", "_turn_reads", "_turn_start",
-                 "_deferring", "_deferred", "_deferred_scheduled", "_pressed")
+                 "_deferring", "_deferred", "_deferred_scheduled", "_pressed",
+                 "_later", "_later_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -178,6 +184,9 @@ class Flusher:
         #: order they started: looked at after every turn's writes, since what frees a queue
         #: (a subscriber's PUBACK refilling its window) writes in that turn.
         self._pressed: dict[Connection, None] = {}
+        #: Connections with packets left over their PACKET_BUDGET, for the next turn.
+        self._later: list[Connection] = []
+        self._later_scheduled = False
 
     def tables(self) -> list[dict[Any, Any] | set[Any]]:
         """The tables that had an entry per client (for ``sysmon.shrink``)."""
@@ -209,6 +218,20 @@ class Flusher:
         if not self._deferred_scheduled:
             self._deferred_scheduled = True
             self._loop.call_soon(self._run_deferred)
+
+    def later(self, conn: Connection) -> None:
+        """Go on with ``conn``'s packets past its PACKET_BUDGET in the next loop turn."""
+        self._later.append(conn)
+        if not self._later_scheduled:
+            self._later_scheduled = True
+            self._loop.call_soon(self._run_later)
+
+    def _run_later(self) -> None:
+        self._later_scheduled = False
+        conns = self._later
+        self._later = []
+        for conn in conns:
+            conn.take_later()
 
     def _run_deferred(self) -> None:
         self._deferred_scheduled = False
@@ -327,7 +350,7 @@ class Connection(asyncio.Protocol):
         "services", "zone", "flusher", "connections", "transport", "out", "parser", "channel",
         "loop", "last_recv", "_slot", "_queued", "_lost", "_closing", "metrics", "listener",
         "_keepalive_armed", "limiter", "_paused_until", "sockport", "bytes_in", "bytes_mark",
-        "_pressure_timer", "_deferred", "_rare",
+        "_pressure_timer", "_deferred", "_rare", "_later",
     )
 
     # Fields most connections never change, off the slots (core/rare.py); none is read
@@ -390,6 +413,9 @@ class Connection(asyncio.Protocol):
         self._pressure_timer: asyncio.TimerHandle | None = None
         #: A read put off to a later loop turn (Flusher.admit), its socket paused meanwhile.
         self._deferred: bytes | None = None
+        #: ``_stash`` holds packets past PACKET_BUDGET (not a backpressure wait's), to be
+        #: handled in the next turns (Flusher.later), the socket paused meanwhile.
+        self._later = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -460,7 +486,7 @@ class Connection(asyncio.Protocol):
             return
         transport = self.transport
         if transport is not None and not self._lost and self._paused_until is None \
-                and self._pressure_timer is None:
+                and self._pressure_timer is None and not self._later:
             transport.resume_reading()
 
     def crashed(self, doing: str) -> None:
@@ -487,9 +513,9 @@ class Connection(asyncio.Protocol):
     def _received(self, data: bytes) -> None:
         channel = self.channel
         assert channel is not None
-        if channel.pressure is not None:
-            # A backpressure wait: reading is paused, but a WebSocket read's later frames
-            # still come; they wait too, in order.
+        if channel.pressure is not None or self._later:
+            # A backpressure wait, or packets left over the budget: reading is paused, but a
+            # WebSocket read's later frames still come; they wait too, in order.
             self._unread += data
             return
         metrics = self.metrics
@@ -532,10 +558,16 @@ class Connection(asyncio.Protocol):
         elif not shared:
             self.parser = None
         # Each packet in order (the common PUBLISH through the fast path), up to one that
-        # closes the channel or puts it under backpressure.
-        n = _apply_packets(channel, packets)
-        if n < len(packets) and not channel.closing and channel.pressure is not None:
-            self._stash = packets[n:]  # backpressure: the rest waits with the socket
+        # closes the channel or puts it under backpressure; past PACKET_BUDGET of a
+        # connected client's (not rate-limited, not ending in a malformed packet), the rest
+        # in the next turns.
+        if len(packets) > PACKET_BUDGET and error is None and self.limiter is None \
+                and channel.state == CONNECTED:
+            n = self._apply(channel, packets)
+        else:
+            n = _apply_packets(channel, packets)
+            if n < len(packets) and not channel.closing and channel.pressure is not None:
+                self._stash = packets[n:]  # backpressure: the rest waits with the socket
         if n:
             metrics.inc(PACKETS_RECEIVED, n)
         if error is not None and not channel.closing:
@@ -599,7 +631,8 @@ class Connection(asyncio.Protocol):
             self._stash = None
             if stash and not channel.closing:
                 self._handle_stash(channel, stash)
-            if self._unread and channel.pressure is None and not channel.closing:
+            if self._unread and channel.pressure is None and not channel.closing \
+                    and not self._later:
                 data = self._unread
                 self._unread = b""
                 self._received(data)
@@ -607,7 +640,7 @@ class Connection(asyncio.Protocol):
             self.crashed("handling its input")
             return
         if channel.pressure is None and self._paused_until is None and not self._closing \
-                and self.transport is not None:
+                and self.transport is not None and not self._later:
             # The client was not idle, we were not reading: its keepalive counts from now.
             self.last_recv = self.loop.time()
             self.transport.resume_reading()
@@ -615,11 +648,60 @@ class Connection(asyncio.Protocol):
     def _handle_stash(self, channel: Channel, packets: list[Any]) -> None:
         """Handle the packets a backpressure wait left from its read (the common PUBLISH
         through the fast path, as a read's), stopping again if one of them has to wait."""
-        n = _apply_packets(channel, packets)
-        if n < len(packets) and not channel.closing and channel.pressure is not None:
-            self._stash = packets[n:]
+        n = self._apply(channel, packets)
         self.metrics.inc(PACKETS_RECEIVED, n)
         self.flush()
+
+    def _apply(self, channel: Channel, packets: list[Any]) -> int:
+        """Apply up to PACKET_BUDGET of ``packets``; what is left waits in ``_stash``, for
+        room (backpressure) or for the next turn (``_later``, the socket paused)."""
+        if len(packets) <= PACKET_BUDGET:
+            n = _apply_packets(channel, packets)
+        else:
+            n = _apply_packets(channel, packets[:PACKET_BUDGET])
+        if n < len(packets) and not channel.closing:
+            if channel.pressure is not None:
+                self._stash = packets[n:]
+            elif n == PACKET_BUDGET and channel.state == CONNECTED:
+                self._stash = packets[n:]
+                if not self._later:
+                    self._later = True
+                    transport = self.transport
+                    if transport is not None and self._paused_until is None \
+                            and self._pressure_timer is None:
+                        transport.pause_reading()
+                self.flusher.later(self)
+        return n
+
+    def take_later(self) -> None:
+        """The next turn of the packets left over PACKET_BUDGET (Flusher.later); once they
+        are all handled, the bytes that came meanwhile and reading go on."""
+        channel = self.channel
+        if not self._later or channel is None:
+            return
+        self._later = False
+        stash = self._stash
+        self._stash = None
+        if self._lost or channel.closing:
+            return
+        try:
+            if stash:
+                self._handle_stash(channel, stash)
+            if self._later or channel.pressure is not None or channel.closing:
+                return  # (more next turn; or a wait, which resumes reading when it ends)
+            if self._unread:
+                data = self._unread
+                self._unread = b""
+                self._received(data)
+                if self._later or channel.pressure is not None or channel.closing:
+                    return
+        except Exception:
+            self.crashed("handling its input")
+            return
+        transport = self.transport
+        if transport is not None and self._paused_until is None and not self._closing \
+                and self._pressure_timer is None:
+            transport.resume_reading()
 
     # --- rate limit ----------------------------------------------------------------------
 
@@ -643,8 +725,9 @@ class Connection(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._paused_until = None
-        if self._lost or self.transport is None or self._pressure_timer is not None:
-            return  # (a backpressure wait resumes reading when it ends)
+        if self._lost or self.transport is None or self._pressure_timer is not None \
+                or self._later:
+            return  # (a backpressure wait, or the packets over the budget, resume it)
         # The client was not idle, we were not reading: its keepalive counts from now.
         self.last_recv = self.loop.time()
         self.transport.resume_reading()
@@ -677,6 +760,20 @@ class Connection(asyncio.Protocol):
                 self._received(data)
             except Exception:
                 log.exception("handling the last input of a lost connection failed")
+        if self._later:
+            # Packets left over the budget: handled now, as a put-off read is (a DISCONNECT
+            # among them still counts); nothing is written any more.
+            self._later = False
+            stash = self._stash
+            self._stash = None
+            channel = self.channel
+            if stash and channel is not None and not channel.closing \
+                    and channel.pressure is None:
+                try:
+                    n = _apply_packets(channel, stash)
+                    self.metrics.inc(PACKETS_RECEIVED, n)
+                except Exception:
+                    log.exception("handling the last input of a lost connection failed")
         if self._slot:
             self.flusher.deadlines.remove(self, self._slot)
             self._slot = 0
