@@ -1,8 +1,10 @@
-"""A read of more than PACKET_BUDGET packets (mqttd/transport/connection.py) is worked off
-that many per loop turn, its socket paused meanwhile, against a real daemon: every packet of
-the read is still handled once, in order, with what came after it; a DISCONNECT at its end
-still counts (no will); flow control still holds and releases such a publisher; and the
-other clients are served meanwhile.
+"""While flow control holds some publisher, a read of more than PACKET_BUDGET packets
+(mqttd/transport/connection.py) is worked off that many per loop turn, its socket paused
+meanwhile. Against a real daemon in which a publisher is held for the whole module (its
+subscriber never acknowledges): every packet of such a read is still handled once, in
+order, with what came after it; a DISCONNECT at its end still counts (no will); flow
+control still holds and releases a flooding publisher; and other clients are served
+meanwhile.
 
 Raw-socket clients (tests/support/raw.py); every assertion is about what arrived and in
 which order, never about time.
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from support import WAIT, builder as B, uid
+from support.ctlrun import ctl_json
 from support.process import BrokerProcess, checked_broker
 from support.raw import RawClient
 
@@ -27,12 +30,34 @@ pytest_plugins = ["support.fixtures"]
 COUNT = 20 * PACKET_BUDGET + 7
 
 
+WINDOW = 10  # max_inflight
+LIMIT = 50  # mqueue_flow_limit
+CONFIG = (f"[mqtt]\nmax_inflight = {WINDOW}\nmax_mqueue_len = 0\nmqueue_flow_limit = {LIMIT}\n"
+          'mqueue_backpressure_timeout = "1h"\n')
+
+
 @pytest.fixture(scope="module")
 def broker() -> Iterator[BrokerProcess]:
-    # A window and queue that take the whole flood: no flow control in these tests.
-    with checked_broker("[mqtt]\nmax_inflight = 65535\nmax_mqueue_len = 0\n"
-                        "mqueue_flow_limit = 0\n") as b:
-        yield b
+    """A daemon in which one publisher is held by flow control throughout: its subscriber
+    takes its window and never acknowledges, the queue reaches the limit, and the publisher
+    of the next message waits (its PUBACK held) for as long as the module runs."""
+    with checked_broker(CONFIG) as b:
+        sub = _subscriber(b, "hold/#", 1)
+        pub = RawClient(b)
+        try:
+            pub.connect(uid("held"))
+            n = WINDOW + LIMIT + 1
+            pub.send(b"".join(B.publish("hold/x", b"h", qos=1, packet_id=i + 1)
+                              for i in range(n)))
+            _take(pub, n - 1, Puback)  # the last one's is held
+            deadline = time.monotonic() + 4 * WAIT
+            while ctl_json(b, "broker", "metrics")["metrics"]["publishers.held"] < 1:
+                assert time.monotonic() < deadline, "the publisher was not held"
+                time.sleep(0.05)
+            yield b
+        finally:
+            pub.close()
+            sub.close()
 
 
 def _subscriber(broker: BrokerProcess, topic_filter: str, qos: int) -> RawClient:
@@ -62,7 +87,7 @@ def test_a_flood_in_one_write_is_handled_whole_and_in_order(broker: BrokerProces
     in order; at QoS 1 the publisher gets every PUBACK, in order, then its PINGRESP (the
     packets after the budget's are handled in later turns, before anything read after)."""
     topic = uid("budget")
-    sub = _subscriber(broker, topic, qos)
+    sub = _subscriber(broker, topic, 0)  # (delivered at QoS 0: no window to refill here)
     try:
         with RawClient(broker) as pub:
             pub.connect(uid("pub"))
@@ -75,8 +100,6 @@ def test_a_flood_in_one_write_is_handled_whole_and_in_order(broker: BrokerProces
             pub.expect(Pingresp)
             got = _take(sub, COUNT, Publish)
             assert [p.payload for p in got] == [b"%d" % i for i in range(COUNT)]
-            if qos:
-                sub.send(b"".join(B.puback(p.packet_id) for p in got))
     finally:
         sub.close()
 
@@ -128,45 +151,43 @@ def test_other_clients_are_answered_while_a_flood_is_worked_off(broker: BrokerPr
         sub.close()
 
 
-def test_flow_control_still_holds_and_releases_a_flooding_publisher() -> None:
-    """With flow control (window 10, limit 50), one publisher's 2,000 QoS 1 messages in
-    one write: the subscriber, acknowledging as it goes, gets all of them once and in order,
-    the publisher every PUBACK; it was held (at most window + limit + 1 PUBACKs ahead of the
-    subscriber's)."""
-    config = ("[mqtt]\nmax_inflight = 10\nmax_mqueue_len = 1000000\nmqueue_flow_limit = 50\n"
-              'mqueue_backpressure_timeout = "1h"\n')
+def test_flow_control_still_holds_and_releases_a_flooding_publisher(broker: BrokerProcess
+                                                                     ) -> None:
+    """Flow control (window 10, limit 50) with one publisher's 2,000 QoS 1 messages in one
+    write: the subscriber, acknowledging as it goes, gets all of them once and in order, the
+    publisher every PUBACK; it was held (at most window + limit + 1 PUBACKs ahead of the
+    messages the subscriber got)."""
     total = 2000
-    with checked_broker(config) as b:
-        topic = uid("budget-flow")
-        sub = _subscriber(b, topic, 1)
-        pub = RawClient(b)
-        try:
-            pub.connect(uid("pub"))
-            pub.send(b"".join(B.publish(topic, b"%d" % i, qos=1, packet_id=i + 1)
-                              for i in range(total)))
-            received: list[bytes] = []
-            pubacks = 0
-            ahead = 0
-            deadline = time.monotonic() + 20 * WAIT
-            while len(received) < total or pubacks < total:
-                assert time.monotonic() < deadline, (len(received), pubacks)
-                if sub._fill(0.01) or sub.packets:
-                    batch = []
-                    while sub.packets:
-                        p = sub._next()
-                        assert isinstance(p, Publish), p
-                        received.append(p.payload)
-                        batch.append(p.packet_id)
-                    if batch:
-                        sub.send(b"".join(B.puback(pid) for pid in batch))
-                if pub._fill(0.01) or pub.packets:
-                    while pub.packets:
-                        p = pub._next()
-                        assert isinstance(p, Puback), p
-                        pubacks += 1
-                ahead = max(ahead, pubacks - len(received))
-            assert received == [b"%d" % i for i in range(total)]
-            assert ahead <= 10 + 50 + 1, ahead
-        finally:
-            sub.close()
-            pub.close()
+    topic = uid("budget-flow")
+    sub = _subscriber(broker, topic, 1)
+    pub = RawClient(broker)
+    try:
+        pub.connect(uid("pub"))
+        pub.send(b"".join(B.publish(topic, b"%d" % i, qos=1, packet_id=i + 1)
+                          for i in range(total)))
+        received: list[bytes] = []
+        pubacks = 0
+        ahead = 0
+        deadline = time.monotonic() + 20 * WAIT
+        while len(received) < total or pubacks < total:
+            assert time.monotonic() < deadline, (len(received), pubacks)
+            if sub._fill(0.01) or sub.packets:
+                batch = []
+                while sub.packets:
+                    p = sub._next()
+                    assert isinstance(p, Publish), p
+                    received.append(p.payload)
+                    batch.append(p.packet_id)
+                if batch:
+                    sub.send(b"".join(B.puback(pid) for pid in batch))
+            if pub._fill(0.01) or pub.packets:
+                while pub.packets:
+                    p = pub._next()
+                    assert isinstance(p, Puback), p
+                    pubacks += 1
+            ahead = max(ahead, pubacks - len(received))
+        assert received == [b"%d" % i for i in range(total)]
+        assert ahead <= WINDOW + LIMIT + 1, ahead
+    finally:
+        sub.close()
+        pub.close()

@@ -58,10 +58,12 @@ CLOSE_SLICE = 256
 #: socket to one turn: their DISCONNECTs, closes and EOFs were 0.1-0.2 s in which no other
 #: client was answered.
 READ_BUDGET = 0.001
-#: Packets of one client handled per loop turn (EMQX's active_n): a read of more (a
-#: publisher's flood, a backlog read after a wait) is worked off this many per turn, its
-#: socket paused meanwhile, so that the other clients' reads of the turn (a subscriber's
-#: PUBACKs, which refill its window) are not answered after all of it.
+#: Packets of one client handled per loop turn (EMQX's active_n) while flow control or
+#: backpressure holds some publisher: a read of more (a flood, a backlog read after a
+#: wait) is worked off this many per turn, its socket paused meanwhile, so that the reads
+#: that release the holds (a subscriber's PUBACKs, which refill its window) are not
+#: answered after all of it. (Not otherwise: a QoS 0 flood's reads stay whole, and loop
+#: lag still tells overload protection of a flood.)
 PACKET_BUDGET = 64
 #: The first byte of a DISCONNECT packet.
 _DISCONNECT = 0xE0
@@ -157,7 +159,7 @@ class Flusher:
     __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines", "_closes",
                  "_close_order", "_closing_scheduled", "_turn_reads", "_turn_start",
                  "_deferring", "_deferred", "_deferred_scheduled", "_pressed",
-                 "_later", "_later_scheduled")
+                 "_later", "_later_scheduled", "_waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -184,13 +186,16 @@ class Flusher:
         #: order they started: looked at after every turn's writes, since what frees a queue
         #: (a subscriber's PUBACK refilling its window) writes in that turn.
         self._pressed: dict[Connection, None] = {}
+        #: Every connection under such a wait (those in ``_pressed`` and those left to their
+        #: PRESSURE_POLL): while there are any, reads keep to PACKET_BUDGET.
+        self._waiting: dict[Connection, None] = {}
         #: Connections with packets left over their PACKET_BUDGET, for the next turn.
         self._later: list[Connection] = []
         self._later_scheduled = False
 
     def tables(self) -> list[dict[Any, Any] | set[Any]]:
         """The tables that had an entry per client (for ``sysmon.shrink``)."""
-        return [self._closes, self._held, self._pressed]
+        return [self._closes, self._held, self._pressed, self._waiting]
 
     def admit(self) -> bool:
         """May a read (or an end of input) be handled in this loop turn? False once the
@@ -320,11 +325,21 @@ class Flusher:
             self._scheduled = True
             self._loop.call_soon(self._run)
 
+    def holding(self) -> bool:
+        """Whether some connection waits under backpressure or flow control."""
+        return bool(self._waiting)
+
     def press(self, conn: Connection) -> None:
         self._pressed[conn] = None
+        self._waiting[conn] = None
+
+    def still_waiting(self, conn: Connection) -> None:
+        """``conn``'s wait goes on, looked at every PRESSURE_POLL from now."""
+        self._waiting[conn] = None
 
     def release(self, conn: Connection) -> None:
         self._pressed.pop(conn, None)
+        self._waiting.pop(conn, None)
 
     def _run(self) -> None:
         pending = self._pending
@@ -558,11 +573,11 @@ class Connection(asyncio.Protocol):
         elif not shared:
             self.parser = None
         # Each packet in order (the common PUBLISH through the fast path), up to one that
-        # closes the channel or puts it under backpressure; past PACKET_BUDGET of a
-        # connected client's (not rate-limited, not ending in a malformed packet), the rest
-        # in the next turns.
+        # closes the channel or puts it under backpressure; while someone is held, past
+        # PACKET_BUDGET of a connected client's (not rate-limited, not ending in a
+        # malformed packet), the rest in the next turns.
         if len(packets) > PACKET_BUDGET and error is None and self.limiter is None \
-                and channel.state == CONNECTED:
+                and channel.state == CONNECTED and self.flusher.holding():
             n = self._apply(channel, packets)
         else:
             n = _apply_packets(channel, packets)
@@ -625,6 +640,7 @@ class Connection(asyncio.Protocol):
             else:
                 self._pressure_timer = self.loop.call_later(PRESSURE_POLL,
                                                             self._check_pressure)
+                self.flusher.still_waiting(self)
                 return
             self.flush()
             stash = self._stash
@@ -653,9 +669,10 @@ class Connection(asyncio.Protocol):
         self.flush()
 
     def _apply(self, channel: Channel, packets: list[Any]) -> int:
-        """Apply up to PACKET_BUDGET of ``packets``; what is left waits in ``_stash``, for
-        room (backpressure) or for the next turn (``_later``, the socket paused)."""
-        if len(packets) <= PACKET_BUDGET:
+        """Apply ``packets`` (up to PACKET_BUDGET while someone is held); what is left
+        waits in ``_stash``, for room (backpressure) or for the next turn (``_later``, the
+        socket paused)."""
+        if len(packets) <= PACKET_BUDGET or not self.flusher.holding():
             n = _apply_packets(channel, packets)
         else:
             n = _apply_packets(channel, packets[:PACKET_BUDGET])
