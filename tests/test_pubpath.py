@@ -415,6 +415,37 @@ def test_fast_path_takes_the_puback_of_a_durable_broker(impl: type, tmp_path: An
     assert sessions[0][3] == sessions[1][3] == 6
 
 
+@pytest.mark.parametrize("threshold", [0.0, 3600.0])
+def test_fast_path_takes_the_puback_of_a_timed_delivery(impl: type, threshold: float) -> None:
+    """With a delivery.slow callback (slow_subs) every QoS 1 delivery is timed: the fast
+    path still takes its PUBACK, reports it as slow as the state machine does (threshold 0:
+    every one; an hour: none), and times what it sends to refill the window."""
+    runs = [Run(None, 0, 2), Run(pubpath.build(impl), 0, 2)]
+    reports: list[list[bytes]] = []
+    for run in runs:
+        got: list[bytes] = []
+        reports.append(got)
+        run.world.hooks.add("delivery.slow",
+                            lambda _client, msg, _latency, got=got: got.append(msg.payload))
+        run.world.hooks.slow_threshold = threshold
+        run.feed(1, Subscribe(1, [("a/#", SubOpts(1))]))
+        for k in range(5):
+            run.feed(0, Publish("a/b", b"m%d" % k, 1, False, False, k + 1))
+    slow, fast = runs
+    take = fast.take
+    assert take is not None
+    subscriber = fast.probes[1].channel
+    assert sorted(subscriber.session.sent_at or ()) == [1, 2]
+    for pid in (1, 2, 3):
+        assert take(subscriber, Puback(pid))
+        slow.feed(1, Puback(pid))
+        fast.collect()
+    for run in runs:
+        assert sorted(run.probes[1].channel.session.sent_at or ()) == [4, 5]
+    assert fast.state() == slow.state()
+    assert reports[0] == reports[1] == ([b"m0", b"m1", b"m2"] if threshold == 0 else [])
+
+
 def test_fast_path_message_is_what_message_init_makes(impl: type) -> None:
     """The compiled twin fills a Message's slots itself: the same values as Message(...)
     (the timestamp from the same clock: between two time.time() readings around it)."""

@@ -31,6 +31,10 @@ cdef tuple _MESSAGE_SLOTS = ("topic", "payload", "qos", "retain", "properties", 
                              "timestamp", "expiry")
 cdef object _ZERO = 0.0
 
+import time
+#: Channel's clock for delivery timing (delivery.slow).
+cdef object _monotonic = time.monotonic
+
 from mqttd._speedups._metrics cimport Metrics
 
 cdef extern from *:
@@ -617,7 +621,7 @@ cdef class PublishPath:
                 or _none(channel, self.c_clientinfo, "_clientinfo")):
             return False
         session = channel.session
-        if session is None or session.sent_at is not None:
+        if session is None:
             return False
         broker = _g(channel, self.c_services, "services")
         hooks = _g(channel, self.c_hooks, "hooks")
@@ -641,6 +645,11 @@ cdef class PublishPath:
         if stored:
             session.forget(entry)
         _inc(self.ba.get(broker, B_METRICS), self.messages_acked)
+        sent_at = session.sent_at
+        if sent_at is not None:  # timed (delivery.slow): as _in_puback
+            sent = sent_at.pop(packet_id, 0.0)
+            if _monotonic() - sent >= hooks.slow_threshold:
+                channel._completed(session, entry[0], sent)
         # --- Channel.drain ---
         if _t(channel, self.c_paused, "paused"):
             return True
@@ -650,10 +659,15 @@ cdef class PublishPath:
         if (not _none(channel, self.c_acl_deliver, "acl_deliver")
                 or _t(channel, self.c_alias_out_max, "alias_out_max")
                 or _t(channel, self.c_mountpoint, "mountpoint")
-                or _t(channel, self.c_client_max_packet, "client_max_packet")
-                or hooks.delivery_slow):
+                or _t(channel, self.c_client_max_packet, "client_max_packet")):
             channel.drain()
             return True
+        if hooks.delivery_slow:  # each PUBLISH sent is timed, as drain does it
+            sent_at = session.sent_at
+            if sent_at is None:
+                sent_at = session.sent_at = {}
+        else:
+            sent_at = None
         out = _g(channel, self.c_out, "out")
         was_empty = not out
         version = _g(channel, self.c_version, "version")
@@ -669,6 +683,8 @@ cdef class PublishPath:
             else:
                 pid = session.next_packet_id()
                 inflight[pid] = delivery
+            if sent_at is not None:
+                sent_at[pid] = _monotonic()
             out.append(self.encode_publish(_g(msg, self.m_topic, "topic"),
                                            _g(msg, self.m_payload, "payload"), 1, delivery[2],
                                            False, pid, _g(msg, self.m_properties, "properties"),

@@ -28,6 +28,7 @@ checks py ≡ c ≡ ``handle_in`` on random traffic.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -211,19 +212,20 @@ class PublishPathPy:
     def _puback(self, channel: Channel, p: Any) -> bool:  # type: ignore[explicit-any]
         """What ``Channel.handle_in`` → ``_in_puback`` → ``Session.ack`` → ``Broker.acked``
         → ``Channel.drain`` do for the PUBACK of a QoS 1 delivery in flight, from a
-        connected client that is not traced or held, with no message.acked callback and
-        no delivery timing; anything else: False, nothing changed. A durable store changes
-        nothing here but its calls (a PUBACK's output is never held for a commit): the
-        stored delivery goes (``Session.forget``) and a refill is stored as drain's
-        ``start_inflight`` stores it."""
+        connected client that is not traced or held, with no message.acked callback
+        (timed deliveries, for delivery.slow, included); anything else: False, nothing
+        changed. A durable store changes nothing here but its calls (a PUBACK's output is
+        never held for a commit): the stored delivery goes (``Session.forget``) and a
+        refill is stored as drain's ``start_inflight`` stores it."""
         if (channel.closing or channel._held is not None or channel.tracer is not None
                 or channel.state != self.connected or channel._clientinfo is None):
             return False
         session = channel.session
-        if session is None or session.sent_at is not None:
+        if session is None:
             return False
         broker = channel.services
-        if type(broker) is not self.broker_cls or channel.hooks.message_acked:
+        hooks = channel.hooks
+        if type(broker) is not self.broker_cls or hooks.message_acked:
             return False
         packet_id = p.packet_id
         inflight = session.inflight
@@ -243,6 +245,11 @@ class PublishPathPy:
         if stored:
             session.forget(entry)
         broker.metrics.inc(self.messages_acked)
+        sent_at = session.sent_at
+        if sent_at is not None:  # timed (delivery.slow): as _in_puback
+            sent = sent_at.pop(packet_id, 0.0)
+            if time.monotonic() - sent >= hooks.slow_threshold:
+                channel._completed(session, entry[0], sent)
         # --- Channel.drain ---
         if channel.paused:
             return True
@@ -250,9 +257,15 @@ class PublishPathPy:
         if not mq:
             return True
         if (channel.acl_deliver is not None or channel.alias_out_max or channel.mountpoint
-                or channel.client_max_packet or channel.hooks.delivery_slow):
+                or channel.client_max_packet):
             channel.drain()
             return True
+        if hooks.delivery_slow:  # each PUBLISH sent is timed, as drain does it
+            sent_at = session.sent_at
+            if sent_at is None:
+                sent_at = session.sent_at = {}
+        else:
+            sent_at = None
         out = channel.out
         was_empty = not out
         version = channel.version
@@ -271,6 +284,8 @@ class PublishPathPy:
             else:
                 pid = session.next_packet_id()
                 inflight[pid] = delivery
+            if sent_at is not None:
+                sent_at[pid] = time.monotonic()
             out.append(self.encode_publish(msg.topic, msg.payload, 1, delivery[2], False, pid,
                                            msg.properties, version))
             channel.send_pkt += 1
