@@ -354,24 +354,29 @@ def _plain(value: Any) -> Any:
     return type(value).__name__
 
 
-def _durable_run(take: Callable[[Any, Any], bool] | None, tmp_path: Any
-                 ) -> tuple[Any, ...]:
+def _durable_run(take: Callable[[Any, Any], bool] | None, tmp_path: Any,
+                 stored_publisher: bool = False) -> tuple[Any, ...]:
     """A broker with durability (a real Journal, not started: what the core tells it is
     gathered in its batch), a persistent 3.1.1 subscriber and a clean MQTT 5 one (window
-    2), a publisher of 6 QoS 1 messages, then the subscribers' PUBACKs (one unknown):
-    everything sent, the sessions, the counters and the store's operations."""
+    2), a publisher of 6 QoS 1 messages (and 2 no one subscribed to, which store nothing:
+    a stored publisher's PUBACK still waits, for what its session stored before), then the
+    subscribers' PUBACKs (one unknown): everything sent, the sessions, the counters and the
+    store's operations."""
     world = World(max_inflight=2, max_mqueue_len=20)
     journal = Journal(MemoryBackend(), "process", OpLog(str(tmp_path / "mqttd.db")))
     world.broker.use_store(journal)
     stored = world.subscriber("s", "a/#", version=4, clean=False, expiry=300)
     clean = world.subscriber("k", "a/#", version=5)
-    publisher = world.client("p", version=5)
+    publisher = (world.client("p", version=5, clean=False, expiry=300) if stored_publisher
+                 else world.client("p", version=5))
     sent: list[list[bytes]] = [[], [], []]
     probes = [stored, clean, publisher]
 
-    def feed(probe: Probe, packet: Any) -> None:
+    def feed(probe: Probe, packet: Any, collect: bool = True) -> None:
         if take is None or not take(probe.channel, packet):
             probe.channel.handle_in(packet)
+        if not collect:
+            return
         for i, pr in enumerate(probes):
             if pr.channel.out:
                 sent[i].append(b"".join(pr.channel.out))
@@ -379,6 +384,9 @@ def _durable_run(take: Callable[[Any, Any], bool] | None, tmp_path: Any
 
     for k in range(6):
         feed(publisher, Publish("a/b", b"m%d" % k, 1, False, False, k + 1))
+    # (One read's worth: the second PUBACK joins the first in the output, and in the hold.)
+    feed(publisher, Publish("z/none", b"n0", 1, False, False, 7), collect=False)
+    feed(publisher, Publish("z/none", b"n1", 1, False, False, 8))
     for packet_id in (1, 9, 2, 3, 4, 5, 6, 7):
         for probe in (stored, clean):
             feed(probe, Puback(packet_id))
@@ -389,7 +397,9 @@ def _durable_run(take: Callable[[Any, Any], bool] | None, tmp_path: Any
     return (sent, sessions, world.metrics.snapshot(), ops, journal.gate.issued)
 
 
-def test_fast_path_takes_the_puback_of_a_durable_broker(impl: type, tmp_path: Any) -> None:
+@pytest.mark.parametrize("stored_publisher", [False, True])
+def test_fast_path_takes_the_puback_of_a_durable_broker(impl: type, tmp_path: Any,
+                                                        stored_publisher: bool) -> None:
     """With durability on, the subscriber's PUBACK and its refill are the fast path's too:
     for a stored session the stored delivery is forgotten and the refill's packet id kept
     as the state machine does it (the same operations for the store, in the same order),
@@ -404,8 +414,8 @@ def test_fast_path_takes_the_puback_of_a_durable_broker(impl: type, tmp_path: An
             acked.append(taken)
         return taken
 
-    slow = _durable_run(None, tmp_path / "slow")
-    fast = _durable_run(counted, tmp_path / "fast")
+    slow = _durable_run(None, tmp_path / "slow", stored_publisher)
+    fast = _durable_run(counted, tmp_path / "fast", stored_publisher)
     assert fast == slow
     sent, sessions, _metrics, ops, _issued = fast
     assert sum(acked) == 12 and len(acked) == 16  # (ids 9 and 7: unknown, declined)

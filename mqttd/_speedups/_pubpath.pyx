@@ -590,9 +590,16 @@ cdef class PublishPath:
         if held and out:
             channel._held_ack = (self._msg(b), n, packet_id, out[len(out) - 1])
         # --- Channel.handle_in: the acknowledgement waits for what the store took ---
-        if gate is not None and out and (gate.issued != issued
-                                         or channel._stored_pending(gate)):
-            channel._hold(gate)
+        if gate is not None and out:
+            if gate.issued != issued:
+                channel._hold(gate)
+            elif gate.committed != issued:
+                # Channel._stored_pending inlined (a Python call per QoS 1 message, ~3 % of
+                # fan-in QoS 1 on a broker with durability on): the client's own session is
+                # stored and something is not committed yet.
+                session = channel.session
+                if session is not None and session.store is not None:
+                    channel._hold(gate)
         return True
 
     def run(self, channel, list packets):
