@@ -65,8 +65,9 @@ READ_BUDGET = 0.001
 #: answered after all of it. (Not otherwise: a QoS 0 flood's reads stay whole, and loop
 #: lag still tells overload protection of a flood.)
 PACKET_BUDGET = 64
-#: The first byte of a DISCONNECT packet.
+#: The first byte of a DISCONNECT packet, and of a CONNECT packet.
 _DISCONNECT = 0xE0
+_CONNECT = 0x10
 #: Seconds between looks at the queues a backpressured publisher waits for.
 PRESSURE_POLL = 0.02
 #: Resolution of the connections' deadlines (connect timeout, keepalive): a deadline is
@@ -467,10 +468,12 @@ class Connection(asyncio.Protocol):
         if self._deferred is not None:  # (TLS, WebSocket: more of the read put off)
             self._deferred += data
             return
-        if not self.flusher.admit() and data[0] == _DISCONNECT:
-            # This loop turn has read enough, and this client is leaving: its DISCONNECT
-            # (and close) waits for a later turn, its socket paused; a client that stays
-            # (a PINGREQ, a PUBLISH) is served now, not behind thousands leaving.
+        if not self.flusher.admit() and (data[0] == _DISCONNECT or data[0] == _CONNECT):
+            # This loop turn has read enough, and this client is leaving (or arriving): its
+            # DISCONNECT and close (its CONNECT: ~80 us, with its session, CONNACK and log
+            # line) wait for a later turn, its socket paused; a client that is connected
+            # (a PINGREQ, a PUBLISH) is served now, not behind thousands leaving or 256
+            # arriving at once.
             self._deferred = data
             if self.transport is not None and self._paused_until is None \
                     and self._pressure_timer is None:
@@ -770,13 +773,16 @@ class Connection(asyncio.Protocol):
         self._lost = True
         if self._deferred is not None:
             # A read still put off (the socket was lost meanwhile): its DISCONNECT, if it
-            # holds one, still counts (no will); nothing is written any more.
+            # holds one, still counts (no will); nothing is written any more. A CONNECT
+            # put off goes unread, as if it had still been in the socket.
             data = self._deferred
             self._deferred = None
-            try:
-                self._received(data)
-            except Exception:
-                log.exception("handling the last input of a lost connection failed")
+            channel = self.channel
+            if not (data[0] == _CONNECT and channel is not None and channel.state == IDLE):
+                try:
+                    self._received(data)
+                except Exception:
+                    log.exception("handling the last input of a lost connection failed")
         if self._later:
             # Packets left over the budget: handled now, as a put-off read is (a DISCONNECT
             # among them still counts); nothing is written any more.
