@@ -45,6 +45,9 @@ class Dispatcher:
         #: after each publish to it with the sessions reached (0: dropped). None while there
         #: are none: every other message pays one test, and no hook callback.
         self.watched: dict[str, Callable[[Message, int], None]] | None = None
+        #: Told (session, +1) at a session's first subscription and (session, -1) when its
+        #: last one goes: the registry's count of subscribers for the stats.
+        self.on_subscribers: Callable[[Session, int], None] | None = None
 
     # --- subscriptions ---------------------------------------------------------------
 
@@ -70,6 +73,8 @@ class Dispatcher:
             subscriptions = session.subscriptions = {}
         is_new = topic_filter not in subscriptions
         subscriptions[topic_filter] = entry
+        if is_new and len(subscriptions) == 1 and self.on_subscribers is not None:
+            self.on_subscribers(session, 1)
         opts = entry[0]
         if session.store is not None:
             session.store.save_subscription(session.client_id, topic_filter, opts, subid)
@@ -78,6 +83,8 @@ class Dispatcher:
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
+        if not session.subscriptions and self.on_subscribers is not None:
+            self.on_subscribers(session, -1)
         if session.store is not None:
             session.store.delete_subscription(session.client_id, topic_filter)
         share = parse_shared(topic_filter)
