@@ -59,8 +59,20 @@ NOFILE = 262_144
 
 # --- the pinger (a process of its own) --------------------------------------------------
 
-def pinger(port: int, out: str, core: int) -> int:
-    """Ping until SIGTERM; then write [(sent_at, rtt), ...] (monotonic seconds) to ``out``."""
+def _sched(fd: int) -> tuple[int, int]:
+    """(ns run, ns waited for a CPU) of a thread so far: /proc/PID/schedstat's first two."""
+    try:
+        run, wait = os.pread(fd, 64, 0).split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def pinger(port: int, out: str, core: int, broker_pid: int = 0) -> int:
+    """Ping until SIGTERM; then write [(sent_at, rtt, run, waited), ...] (monotonic seconds) to
+    ``out``: ``run``/``waited`` are the seconds the broker's main thread ran / stood runnable
+    but waiting for a CPU (preempted) during that round trip, from its schedstat, so a slow
+    round trip can be told apart: the broker's own work, or the broker not given its core."""
     try:
         os.sched_setaffinity(0, {core})
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
@@ -83,10 +95,16 @@ def pinger(port: int, out: str, core: int) -> int:
         print("pinger: no CONNACK", file=sys.stderr)
         return 1
     s.setblocking(False)
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float, float]] = []
+    try:
+        sched_fd = os.open(f"/proc/{broker_pid}/task/{broker_pid}/schedstat", os.O_RDONLY) \
+            if broker_pid else -1
+    except OSError:
+        sched_fd = -1
     poller = select.poll()
     poller.register(s, select.POLLIN)
     while not stop and len(samples) < 2_000_000:
+        run0, wait0 = _sched(sched_fd) if sched_fd >= 0 else (0, 0)
         t0 = time.monotonic()
         try:
             s.send(b"\xc0\x00")
@@ -105,7 +123,8 @@ def pinger(port: int, out: str, core: int) -> int:
                 got += chunk
         t1 = time.monotonic()
         if len(got) >= 2:
-            samples.append((t0, t1 - t0))
+            run1, wait1 = _sched(sched_fd) if sched_fd >= 0 else (run0, wait0)
+            samples.append((t0, t1 - t0, (run1 - run0) / 1e9, (wait1 - wait0) / 1e9))
         rest = PING_EVERY - (time.monotonic() - t0)
         if rest > 0:
             time.sleep(rest)
@@ -115,11 +134,17 @@ def pinger(port: int, out: str, core: int) -> int:
 
 # --- one run ----------------------------------------------------------------------------
 
-def phase_stats(samples: list[tuple[float, float]], t0: float, t1: float) -> dict[str, Any]:
-    rtts = sorted(r * 1000 for t, r in samples if t0 <= t < t1)
+def phase_stats(samples: list[list[float]], t0: float, t1: float) -> dict[str, Any]:
+    rtts = sorted(x[1] * 1000 for x in samples if t0 <= x[0] < t1)
     if not rtts:
         return {"pings": 0}
+    # The slowest round trips with what the broker's main thread did meanwhile: ran (its own
+    # work) or waited for a CPU (preempted): [ms into the phase, rtt, run, waited] in ms.
+    slow = sorted((x for x in samples if t0 <= x[0] < t1 and len(x) >= 4),
+                  key=lambda x: -x[1])[:8]
     return {"pings": len(rtts), "worst_ms": rtts[-1],
+            "slowest": [[round((x[0] - t0) * 1000), round(x[1] * 1000, 1),
+                         round(x[2] * 1000, 1), round(x[3] * 1000, 1)] for x in slow],
             "p999_ms": rtts[min(len(rtts) - 1, int(len(rtts) * 0.999))],
             "p50_ms": statistics.median(rtts),
             "over_20ms": sum(1 for r in rtts if r > STALL_MS)}
@@ -131,7 +156,7 @@ def run_once(lg: Any, spec: brokers.BrokerSpec, args: argparse.Namespace, workdi
     pings = workdir / "pings.json"
     pinger_proc = subprocess.Popen(
         [sys.executable, __file__, "--pinger", str(broker.port), str(pings),
-         str(args.load_core)], stdin=subprocess.DEVNULL)
+         str(args.load_core), str(broker.pid)], stdin=subprocess.DEVNULL)
     r: dict[str, Any] = {"broker": spec.name}
     marks: dict[str, float] = {}
     engine = None
@@ -295,7 +320,7 @@ def busy_pytest() -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--pinger"]:
-        return pinger(int(argv[1]), argv[2], int(argv[3]))
+        return pinger(int(argv[1]), argv[2], int(argv[3]), int(argv[4]) if len(argv) > 4 else 0)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--brokers", default="mqttd,mosquitto")
     ap.add_argument("--storm", type=int, default=20_000)
@@ -357,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                   f" ms, hold worst {f_ms(r.get('hold', {}).get('worst_ms'))} ms, leave worst "
                   f"{f_ms(r.get('leave', {}).get('worst_ms'))} ms, held {r.get('held', 0):,}"
                   + (f" ERROR {r['error']}" if "error" in r else ""), flush=True)
+            print("  storm's slowest pings [ms in, rtt, broker ran, broker waited for a CPU]:",
+                  r.get("storm", {}).get("slowest"), flush=True)
     rev = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False).stdout.strip()
     total = args.repeat * len(chosen)
