@@ -631,8 +631,10 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                 n += 1
                 t0 = time.monotonic()
                 try:
+                    # (NAME of NAME@DIR: the control socket's path stays under 108 bytes)
+                    name = kind.split("@")[0]
                     res = bridge_run(kind, qos, rargs, sizes, src,
-                                     run_dir / f"bridge/{n:03d}-{kind}-qos{qos}-{rep}",
+                                     run_dir / f"bridge/{n:03d}-{name}-qos{qos}-{rep}",
                                      args.bridge_set, args.bridge_window)
                 except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
                     res = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
