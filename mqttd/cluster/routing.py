@@ -44,6 +44,7 @@ from ..metrics import (
     MESSAGES_FORWARD,
     Metrics,
 )
+from ..mqtt.topics import match as topic_match, parse_shared
 from .control import OWNED, ClusterControl, RemoteTrace
 from .membership import Membership, Peer, group_token
 from .retained import RetainedSync
@@ -76,6 +77,13 @@ ROUTES = "mqttd.c.routes"
 BYE = "mqttd.c.bye"
 SYNC = "mqttd.c.sync."  # + the node's id: its whole route table, on request
 ACK = "mqttd.c.ack."  # + the origin's id: the nodes' confirmations of its messages
+#: + the new node's id: messages the old node got for a session it handed over, while the
+#: others may not have the new node's routes for it yet (docs/CLUSTER.md, "Messages
+#: published while the session moves").
+RELAY = "mqttd.c.relay."
+#: + the old node's id: the new node's confirmations of relayed messages, and "the others
+#: have my routes for the session now: drop yours".
+RELAYED = "mqttd.c.relayed."
 
 #: Seconds between looks for forwarded messages whose confirmation is overdue.
 _EXPIRY_TICK = 0.05
@@ -164,6 +172,7 @@ class Cluster:
             self.sessions = SessionRegistry(settings.sessions_bucket, node_name, self.node_id,
                                             registry, publish, settings.handover_timeout)
             self.sessions.members = self.members
+            self.sessions.relays = self
             hooks.add("client.connected", self.sessions.connected)
             hooks.add("client.disconnected", self.sessions.disconnected)
             hooks.add("session.terminated", self.sessions.ended)
@@ -227,6 +236,26 @@ class Cluster:
         #: heard 0x80), confirmations sent.
         self.confirm_timeouts = 0
         self.confirms_sent = 0
+        # --- a session moving to another node (docs/CLUSTER.md, "Messages published while
+        # the session moves"): on the old node, client id -> [new node's id, its name, the
+        # session's plain filters, the timer that ends the relay]; filter -> relays keeping
+        # it routed, and those the router dropped meanwhile; (origin, seq) -> confirmations
+        # still needed (this node's and the new node's) before this node confirms.
+        self._relays: dict[str, list[Any]] = {}
+        self._relay_hold: dict[str, int] = {}
+        self._relay_dropped: set[str] = set()
+        self._held: dict[tuple[str, int], int] = {}
+        # On the new node: client id -> relayed messages that came before its session was
+        # installed; relay confirmations to send, by old node id; client ids to release
+        # (old node id) once the route change with key waits no longer.
+        self._incoming: set[str] = set()
+        self._relay_acks: dict[str, list[list[Any]]] = {}
+        self._release_at: dict[int, list[tuple[str, str]]] = {}
+        #: client id -> this node's last sequence number when its session was installed:
+        #: its own messages up to it missed the session here (relayed back, delivered).
+        self._installed_at: dict[str, int] = {}
+        self._parked: list[tuple[str, int, Message, str, list[str]]] = []
+        self._registry = registry
 
     def _dropped(self) -> None:
         self.failed += 1
@@ -251,6 +280,14 @@ class Cluster:
     def route_changed(self, topic_filter: str, added: bool) -> None:
         """The router's hook: ``topic_filter`` gained its first local plain subscriber
         (added) or lost its last."""
+        if topic_filter in self._relay_hold:
+            # A session handed over keeps it routed here until the new node's routes are
+            # everywhere (``relay_end``).
+            if added:
+                self._relay_dropped.discard(topic_filter)
+            else:
+                self._relay_dropped.add(topic_filter)
+            return
         if added:
             self._plain.add(topic_filter)
         else:
@@ -351,6 +388,10 @@ class Cluster:
         self._ops.append(("pub", subject, data))
         self._wake.set()
         confirming = self.members.confirming(msg.topic)
+        if self._relays:
+            to = self._relay(self.origin, self._seq, msg)
+            if to:
+                confirming = confirming | to  # the new node confirms it as its own
         if shared:
             if self._qlive:
                 own = self._own_groups(msg.topic)
@@ -396,7 +437,7 @@ class Cluster:
         message to it without asking) until what this node knows changes."""
         if self.nc is None:
             return True
-        if not self._settled or self.members.interest(topic):
+        if not self._settled or self._relays or self.members.interest(topic):
             return False
         lane = self.lane
         topics = lane.topics
@@ -480,6 +521,9 @@ class Cluster:
 
     def _route_done(self, key: int) -> None:
         self._route_versions.pop(key, None)
+        if self._release_at:
+            for node_id, cid in self._release_at.pop(key, ()):
+                self._release(node_id, cid)
         if self._route_unannounced == key:
             self._route_unannounced = 0
 
@@ -614,6 +658,20 @@ class Cluster:
 
     def _confirm(self, origin: str, seq: int, group: str | None = None,
                  lost: bool = False) -> None:
+        if group is not None and group[:1] == "\x01":  # a relayed message, to the old node
+            self._relay_acks.setdefault(group[1:], []).append([origin, seq])
+            if not self._confirm_soon:
+                self._confirm_soon = True
+                asyncio.get_running_loop().call_soon(self._send_confirms)
+            return
+        held = self._held
+        if held and group is None:
+            n = held.get((origin, seq))
+            if n is not None:
+                if n > 1:
+                    held[(origin, seq)] = n - 1
+                    return
+                del held[(origin, seq)]
         node_id = origin.rpartition("#")[2]
         pending = self._to_confirm.get(node_id)
         if pending is None:
@@ -649,6 +707,11 @@ class Cluster:
         pending, self._to_confirm = self._to_confirm, {}
         if self.nc is None:
             return
+        if self._relay_acks:
+            acks, self._relay_acks = self._relay_acks, {}
+            for node_id, pairs in acks.items():
+                self._ops.append(("ack", RELAYED + node_id, json.dumps(
+                    {"acks": pairs}, separators=(",", ":")).encode()))
         for node_id, (seqs, groups, missed) in pending.items():
             ranges = _ranges(seqs)
             granges = {q: _ranges(g) for q, g in groups.items()}
@@ -670,7 +733,212 @@ class Cluster:
         n = self.members.interest(topic)
         if self._groups and any(r.groups for r in self.dispatcher.router.match(topic)):
             n += 1
+        if self._relays and any(topic_match(f, topic) for r in self._relays.values()
+                                for f in r[2]):
+            n += 1  # relayed to the node a session moves to
         return n
+
+    # --- a session moving to another node (docs/CLUSTER.md) ------------------------------
+
+    def relay_start(self, cid: str, to_id: str, to_name: str, filters: list[str]) -> None:
+        """The old node, before it takes the session of ``cid`` out of its routes for node
+        ``to_name``: its plain filters stay routed here, and what matches them is relayed
+        there, until that node says every other node has its routes for the session (or
+        the hand-over fails, or times out)."""
+        if self.nc is None:
+            return
+        self.relay_end(cid)
+        plain = [f for f in filters if parse_shared(f) is None]
+        for f in plain:
+            self._relay_hold[f] = self._relay_hold.get(f, 0) + 1
+        timer = asyncio.get_running_loop().call_later(
+            2 * self.settings.handover_timeout + 2, self.relay_end, cid)
+        self._relays[cid] = [to_id, to_name, plain, timer]
+        self.lane.topics.clear()  # local publishes must come here to be relayed
+
+    def relay_committed(self, cid: str) -> None:
+        """The new node has committed the session: it waits for its routes at most
+        handover_timeout more."""
+        relay = self._relays.get(cid)
+        if relay is not None:
+            relay[3].cancel()
+            relay[3] = asyncio.get_running_loop().call_later(
+                self.settings.handover_timeout, self.relay_end, cid)
+
+    def relay_end(self, cid: str) -> None:
+        """Stop relaying for ``cid`` and drop the routes only it kept."""
+        relay = self._relays.pop(cid, None)
+        if relay is None:
+            return
+        relay[3].cancel()
+        for f in relay[2]:
+            n = self._relay_hold[f] - 1
+            if n:
+                self._relay_hold[f] = n
+                continue
+            del self._relay_hold[f]
+            if f in self._relay_dropped:
+                self._relay_dropped.discard(f)
+                self.route_changed(f, False)
+
+    def _relay(self, origin: str, seq: int, msg: Message) -> frozenset[str]:
+        """Send ``msg`` to the nodes taking over sessions it matches; their names."""
+        to: dict[str, tuple[str, list[str]]] = {}
+        topic = msg.topic
+        for cid, (to_id, to_name, filters, _timer) in self._relays.items():
+            if any(topic_match(f, topic) for f in filters):
+                to.setdefault(to_name, (to_id, []))[1].append(cid)
+        if not to:
+            return frozenset()
+        props = None
+        if msg.properties or msg.expiry:
+            remaining = msg.remaining_expiry(time.monotonic()) if msg.expiry else None
+            props = _props_out(dict(msg.properties), remaining)
+        for to_id, cids in to.values():
+            meta = json.dumps([origin, seq, msg.qos, msg.retain, msg.sender, props, topic,
+                               cids, self.node_id], separators=(",", ":")).encode()
+            self._ops.append(("ack", RELAY + to_id,
+                              _MAGIC + len(meta).to_bytes(2, "big") + meta + msg.payload))
+        self._wake.set()
+        return frozenset(to)
+
+    def incoming(self, cid: str) -> None:
+        """The new node asks for the session of ``cid``: relayed messages for it wait
+        until it is installed."""
+        self._incoming.add(cid)
+
+    def installed(self, cid: str, owner_id: str, ok: bool) -> None:
+        """The session of ``cid`` is installed here (``ok``) or will not be: the relayed
+        messages parked for it go to the dispatcher (or are dropped, unconfirmed); the
+        old node is told to stop relaying once every other node has this node's routes
+        (when the CONNACK goes)."""
+        self._incoming.discard(cid)
+        if ok:
+            self._installed_at[cid] = self._seq
+            asyncio.get_running_loop().call_later(
+                2 * self.settings.handover_timeout + 2, self._installed_at.pop, cid, None)
+        parked, self._parked = self._parked, []
+        for frame in parked:
+            if cid in frame[4] and not ok:
+                continue
+            if self._incoming.intersection(frame[4]):
+                self._parked.append(frame)
+            else:
+                self._relay_in(*frame)
+        if not ok:
+            return
+        key = self.gate.routes
+        if key and key in self._awaiting:
+            self._release_at.setdefault(key, []).append((owner_id, cid))
+        else:
+            self._release(owner_id, cid)
+
+    def _release(self, node_id: str, cid: str) -> None:
+        self._ops.append(("ack", RELAYED + node_id, json.dumps(
+            {"end": cid, "id": self.node_id}, separators=(",", ":")).encode()))
+        self._wake.set()
+
+    async def _relayed(self, m: Msg) -> None:
+        """The new node: a message the old node got for a session moving here."""
+        data = m.data
+        try:
+            if data[:1] != _MAGIC:
+                raise ValueError("no mqttd frame")
+            end = 3 + int.from_bytes(data[1:3], "big")
+            origin, seq, qos, retain, sender, props, topic, cids, from_id = \
+                json.loads(data[3:end])
+            msg = Message(str(topic), data[end:], int(qos), bool(retain),
+                          _props_in(props) if props else None, sender)
+            frame = (str(origin), int(seq), msg, str(from_id), [str(c) for c in cids])
+        except (KeyError, ValueError, TypeError) as err:
+            log.warning("cluster: a relayed message is not an mqttd node's: %s", err)
+            return
+        if self._incoming.intersection(frame[4]):
+            self._parked.append(frame)
+            return
+        registry = self._registry
+        if registry is not None and not all(c in registry.sessions for c in frame[4]):
+            return  # the hand-over failed: not confirmed (the old node took it back)
+        self._relay_in(*frame)
+
+    def _relay_in(self, origin: str, seq: int, msg: Message, from_id: str,
+                  cids: list[str]) -> None:
+        """Deliver a relayed message here unless it came directly too ((origin, seq)
+        seen), and confirm it to its origin (as this node's copy) and to the old node
+        (which then confirms its own), once queued or committed as any copy. One of this
+        node's own messages went to its local subscribers when published: it goes only to
+        the sessions moving here that were not installed yet then."""
+        gate = self.commit_gate
+        issued = gate.issued if gate is not None else 0
+        first = False
+        if origin == self.origin:
+            for cid in cids:
+                if seq <= self._installed_at.get(cid, -1):
+                    self._deliver_to(cid, msg)
+        else:
+            seen = self._seen.get(origin)
+            if seen is None:
+                seen = self._seen[origin] = _Seen()
+            first = seen.first_time(seq)
+        if first:
+            self.received += 1
+            self.metrics.inc(CLUSTER_RECEIVED)
+            self.dispatcher.publish(msg, store_retained=False, groups=False)
+        marker = "\x01" + from_id
+        if gate is not None and (gate.issued != issued or self._after_commit):
+            if first:
+                self._after_commit.append((gate.issued, origin, seq, None))
+            self._after_commit.append((gate.issued, origin, seq, marker))
+        else:
+            if first:
+                self._confirm(origin, seq)
+            self._confirm(origin, seq, marker)
+
+    def _deliver_to(self, cid: str, msg: Message) -> None:
+        """``msg`` to the session of ``cid`` only, as the dispatcher would."""
+        registry = self._registry
+        session = registry.sessions.get(cid) if registry is not None else None
+        if session is None:
+            return
+        qos, retain, subids, hit = 0, False, [], False
+        for f, (opts, subid) in session.subscriptions.items():
+            if parse_shared(f) is not None or not topic_match(f, msg.topic):
+                continue
+            if opts.no_local and msg.sender == cid:
+                continue
+            hit = True
+            q = opts.qos if opts.qos < msg.qos or session.upgrade_qos else msg.qos
+            qos = max(qos, q)
+            retain = retain or (msg.retain and opts.retain_as_published)
+            if subid:
+                subids.append(subid)
+        if not hit:
+            return
+        delivery = (msg, qos, retain, tuple(subids), None)
+        channel = session.channel
+        if channel is not None:
+            channel.deliver(delivery, None)
+        else:
+            dropped = session.enqueue(delivery)
+            if dropped is not None:
+                self.dispatcher.queue_dropped(session, dropped)
+
+    async def _relay_answer(self, m: Msg) -> None:
+        """The old node: the new node confirms relayed messages, or ends the relay."""
+        try:
+            data = json.loads(m.data)
+            acks = data.get("acks") or []
+            end = data.get("end")
+        except (ValueError, AttributeError) as err:
+            log.warning("cluster: a relay answer is not an mqttd node's: %s", err)
+            return
+        for origin, seq in acks:
+            if (origin, seq) in self._held:
+                self._confirm(origin, seq)
+        if end is not None:
+            relay = self._relays.get(str(end))
+            if relay is not None and relay[0] == data.get("id"):
+                self.relay_end(str(end))
 
     # --- the connection -----------------------------------------------------------------
 
@@ -728,6 +996,8 @@ class Cluster:
             await nc.subscribe(BYE, cb=self._bye)
             await nc.subscribe(SYNC + self.node_id, cb=self._sync_asked)
             await nc.subscribe(ACK + self.node_id, cb=self._confirmed)
+            await nc.subscribe(RELAY + self.node_id, cb=self._relayed)
+            await nc.subscribe(RELAYED + self.node_id, cb=self._relay_answer)
             await self.control.start(nc)
             try:
                 await self.retained.start(nc)
@@ -879,6 +1149,11 @@ class Cluster:
             return
         self.received += 1
         self.metrics.inc(CLUSTER_RECEIVED)
+        if self._relays and self._relay(origin, seq, msg):
+            # Confirmed to the origin once both this node and the new node have it.
+            self._held[(origin, seq)] = 2
+            asyncio.get_running_loop().call_later(
+                self.settings.forward_timeout + 1, self._held.pop, (origin, seq), None)
         # Straight to the dispatcher: the message.publish hook ran on its origin node,
         # retained messages come through the replicated bucket, and a message from
         # another node is never forwarded again. Shared groups get theirs through their

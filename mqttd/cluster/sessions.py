@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -75,6 +75,17 @@ WILL = "will."
 _ATTEMPTS = 10
 
 
+class Relaying(Protocol):
+    """The cluster's relay of messages for a session on its way to another node
+    (docs/CLUSTER.md, "Messages published while the session moves")."""
+
+    def relay_start(self, cid: str, to_id: str, to_name: str, filters: list[str]) -> None: ...
+    def relay_committed(self, cid: str) -> None: ...
+    def relay_end(self, cid: str) -> None: ...
+    def incoming(self, cid: str) -> None: ...
+    def installed(self, cid: str, owner_id: str, ok: bool) -> None: ...
+
+
 class SessionRegistry:
     """This node's side of the cluster's session registry."""
 
@@ -86,6 +97,8 @@ class SessionRegistry:
         #: for only from a node that is up.
         self.members: Membership | None = None
         self.handover_timeout = handover_timeout
+        #: The cluster (set by it): the old node relays what it gets for a session moving.
+        self.relays: Relaying | None = None
         #: client id -> (session handed out, waiting for the other node's confirmation;
         #: the timer that takes it back without one).
         self._handing: dict[str, tuple[Session, asyncio.TimerHandle]] = {}
@@ -255,6 +268,24 @@ class SessionRegistry:
             log.info("cluster: client %s had a session on node %s, which is down: a new "
                      "session here (that node keeps its copy)", cid, owner_name)
             return
+        relays = self.relays
+        if relays is not None:
+            relays.incoming(cid)
+        installed = False
+
+        def on_install() -> None:
+            nonlocal installed
+            installed = True
+            if relays is not None:
+                relays.installed(cid, owner_id, True)
+        try:
+            await self._take_from(cid, nc, owner_id, owner_name, on_install)
+        finally:
+            if relays is not None and not installed:
+                relays.installed(cid, owner_id, False)
+
+    async def _take_from(self, cid: str, nc: NatsClient, owner_id: str, owner_name: str,
+                         on_install: Callable[[], object]) -> None:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         received: list[dict[str, Any]] = []
@@ -286,6 +317,7 @@ class SessionRegistry:
         registry.install(session, subs)
         if shares:
             _resolve_shares(registry, {session: shares})
+        on_install()  # (relayed messages parked for it are delivered now)
         store = registry.store
         # Committed here before the other node lets its copy go: a crash of this node
         # after the confirmation restores it from this node's store.
@@ -319,6 +351,8 @@ class SessionRegistry:
             if handing is not None:
                 session, timer = handing
                 timer.cancel()
+                if self.relays is not None:
+                    self.relays.relay_committed(cid)
                 self._claims.pop(cid, None)
                 self.registry.handed_over(session)
                 self.handed_out += 1
@@ -334,8 +368,16 @@ class SessionRegistry:
             channel.will = None
             registry.kick(cid, RC.SESSION_TAKEN_OVER, f"session taken over by node {node}")
             self.taken_over += 1
+        relays = self.relays
+        held = registry.sessions.get(cid)
+        if relays is not None and held is not None:
+            # Its routes stay here, and what matches them goes to the new node, until the
+            # other nodes have the new node's routes (docs/CLUSTER.md).
+            relays.relay_start(cid, str(data.get("id", "")), node, list(held.subscriptions))
         handed = registry.hand_off(cid)
         if handed is None:
+            if relays is not None:
+                relays.relay_end(cid)
             await m.respond(b'{"none":true}')
             return
         if cid in self._wills:
@@ -352,6 +394,8 @@ class SessionRegistry:
             return
         self.handover_failed += 1
         kept = self.registry.take_back(handing[0])
+        if self.relays is not None:
+            self.relays.relay_end(cid)
         log.warning("cluster: node %s did not confirm taking the session of client %s: "
                     "%s", node, cid, "it stays here (offline)" if kept
                     else "a newer session here replaces it")
