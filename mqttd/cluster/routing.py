@@ -245,9 +245,10 @@ class Cluster:
         self._relay_hold: dict[str, int] = {}
         self._relay_dropped: set[str] = set()
         self._held: dict[tuple[str, int], int] = {}
-        # On the new node: client id -> relayed messages that came before its session was
-        # installed; relay confirmations to send, by old node id; client ids to release
-        # (old node id) once the route change with key waits no longer.
+        # On the new node: the client ids whose sessions are on their way here (relayed
+        # messages for them are parked until installed); relay confirmations to send, by old
+        # node id; by route-change key, the (old node id, client id) to release once it
+        # waits no longer.
         self._incoming: set[str] = set()
         self._relay_acks: dict[str, list[list[Any]]] = {}
         self._release_at: dict[int, list[tuple[str, str]]] = {}
