@@ -62,9 +62,26 @@ class Publisher(threading.Thread):
 
 def test_every_acknowledged_message_reaches_the_session_across_takeovers(
         nodes: dict[str, BrokerProcess]) -> None:
+    _takeovers(nodes, other_on_b=False)
+
+
+def test_a_plain_subscriber_on_the_new_node_does_not_hide_messages_from_the_session(
+        nodes: dict[str, BrokerProcess]) -> None:
+    """Node B has another subscriber to the same filter all along, so every node sends B
+    each message directly: one that reaches B before the session is installed there goes
+    to that subscriber only, and the copy A relays must still reach the session."""
+    _takeovers(nodes, other_on_b=True)
+
+
+def _takeovers(nodes: dict[str, BrokerProcess], other_on_b: bool) -> None:
     cid, t = uid("moving"), uid("relay")
     expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
     clients: list[Client] = []
+    other: Client | None = None
+    if other_on_b:
+        other = Client(nodes[B], uid("other"), version=5)
+        other.connect()
+        other.subscribe(t, 1)
     first = Client(nodes[A], cid, version=5, clean=False, properties=expiry)
     clients.append(first)
     first.connect()
@@ -107,15 +124,47 @@ def test_every_acknowledged_message_reaches_the_session_across_takeovers(
                 got.add(c.messages.get_nowait().payload.decode())
         return acked <= got
 
+    others: list[str] = []
+    dups: list[bool] = []
+
+    def drain_other() -> bool:
+        assert other is not None
+        while not other.messages.empty():
+            m = other.messages.get_nowait()
+            others.append(m.payload.decode())
+            dups.append(bool(m.dup))
+        return acked <= set(others)
+
+    def order(m: str) -> tuple[str, int]:
+        return m[0], int(m[1:])
+
     try:
         until("every acknowledged message at the session", drain)
+        if other is not None:
+            until("every acknowledged message at the other subscriber on B", drain_other)
     except AssertionError:
-        missing = sorted(acked - got, key=lambda m: (m[0], int(m[1:])))
+        if other is not None:
+            drain_other()
+        missing = sorted(acked - got, key=order)
+        missed = sorted(acked - set(others), key=order) if other is not None else []
         raise AssertionError(f"{len(missing)} of {len(acked)} acknowledged messages "
-                             f"never reached the session: {missing[:40]}") from None
+                             f"never reached the session: {missing[:40]}; "
+                             f"{len(missed)} never reached the other subscriber on B: "
+                             f"{missed[:40]}") from None
     finally:
-        for c in [*clients, *(p.client for p in pubs)]:
+        for c in [*clients, *(p.client for p in pubs), *([other] if other else [])]:
             c.close()
+    if other is not None:
+        # Each message once at the other subscriber, a second copy only as a QoS 1
+        # redelivery (DUP set), and nothing no publisher sent.
+        assert set(others) <= set(codes), sorted(set(others) - set(codes))[:20]
+        seen: set[str] = set()
+        again = []
+        for m, dup in zip(others, dups, strict=True):
+            if m in seen and not dup:
+                again.append(m)
+            seen.add(m)
+        assert not again, f"{len(again)} copies twice at the other subscriber: {again[:20]}"
     # The session had a route somewhere at every moment (no 0x10), and every copy was
     # confirmed (no 0x80).
     assert set(codes.values()) == {0}, sorted((m, rc) for m, rc in codes.items() if rc)

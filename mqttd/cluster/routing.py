@@ -252,9 +252,12 @@ class Cluster:
         self._incoming: set[str] = set()
         self._relay_acks: dict[str, list[list[Any]]] = {}
         self._release_at: dict[int, list[tuple[str, str]]] = {}
-        #: client id -> this node's last sequence number when its session was installed:
-        #: its own messages up to it missed the session here (relayed back, delivered).
-        self._installed_at: dict[str, int] = {}
+        #: client id -> (this node's last sequence number when its session was installed:
+        #: its own messages up to it missed the session here (relayed back, delivered);
+        #: the (origin, seq) of messages matching the session that came here directly
+        #: since (the dispatcher gave them to it: a relayed copy is not delivered again)).
+        #: Kept while a relay to it may still arrive; a newer install replaces it.
+        self._moved_in: dict[str, tuple[int, set[tuple[str, int]]]] = {}
         self._parked: list[tuple[str, int, Message, str, list[str]]] = []
         self._registry = registry
 
@@ -815,9 +818,10 @@ class Cluster:
         (when the CONNACK goes)."""
         self._incoming.discard(cid)
         if ok:
-            self._installed_at[cid] = self._seq
+            entry: tuple[int, set[tuple[str, int]]] = (self._seq, set())
+            self._moved_in[cid] = entry
             asyncio.get_running_loop().call_later(
-                2 * self.settings.handover_timeout + 2, self._installed_at.pop, cid, None)
+                2 * self.settings.handover_timeout + 2, self._moved_in_end, cid, entry)
         parked, self._parked = self._parked, []
         for frame in parked:
             if cid in frame[4] and not ok:
@@ -864,36 +868,43 @@ class Cluster:
 
     def _relay_in(self, origin: str, seq: int, msg: Message, from_id: str,
                   cids: list[str]) -> None:
-        """Deliver a relayed message here unless it came directly too ((origin, seq)
-        seen), and confirm it to its origin (as this node's copy) and to the old node
-        (which then confirms its own), once queued or committed as any copy. One of this
-        node's own messages went to its local subscribers when published: it goes only to
-        the sessions moving here that were not installed yet then."""
+        """Deliver a relayed message to the sessions moving here it is for, and to no
+        other subscriber here (each gets, or got, its own direct copy), and confirm it to
+        the old node (which then confirms its own) once queued or committed as any copy.
+        A session does not get it again if it came here directly after its install (the
+        dispatcher gave it then); one of this node's own messages went to the local
+        subscribers when published: the session gets it if it was not installed yet then."""
         gate = self.commit_gate
         issued = gate.issued if gate is not None else 0
-        first = False
-        if origin == self.origin:
-            for cid in cids:
-                if seq <= self._installed_at.get(cid, -1):
+        key = (origin, seq)
+        for cid in cids:
+            entry = self._moved_in.get(cid)
+            if origin == self.origin:
+                if entry is not None and seq <= entry[0]:
                     self._deliver_to(cid, msg)
-        else:
-            seen = self._seen.get(origin)
-            if seen is None:
-                seen = self._seen[origin] = _Seen()
-            first = seen.first_time(seq)
-        if first:
-            self.received += 1
-            self.metrics.inc(CLUSTER_RECEIVED)
-            self.dispatcher.publish(msg, store_retained=False, groups=False)
+            elif entry is None or key not in entry[1]:
+                self._deliver_to(cid, msg)
         marker = "\x01" + from_id
         if gate is not None and (gate.issued != issued or self._after_commit):
-            if first:
-                self._after_commit.append((gate.issued, origin, seq, None))
             self._after_commit.append((gate.issued, origin, seq, marker))
         else:
-            if first:
-                self._confirm(origin, seq)
             self._confirm(origin, seq, marker)
+
+    def _moved_in_end(self, cid: str, entry: tuple[int, set[tuple[str, int]]]) -> None:
+        if self._moved_in.get(cid) is entry:
+            del self._moved_in[cid]
+
+    def _note_direct(self, origin: str, seq: int, topic: str) -> None:
+        """A message that came here directly reaches the sessions installed here lately
+        through the dispatcher: remember it for those it matches (their relayed copy is
+        then not delivered again)."""
+        registry = self._registry
+        for cid, (_seq, keys) in self._moved_in.items():
+            session = registry.sessions.get(cid) if registry is not None else None
+            if session is not None and any(
+                    parse_shared(f) is None and topic_match(f, topic)
+                    for f in session.subscriptions):
+                keys.add((origin, seq))
 
     def _deliver_to(self, cid: str, msg: Message) -> None:
         """``msg`` to the session of ``cid`` only, as the dispatcher would."""
@@ -1150,6 +1161,8 @@ class Cluster:
             return
         self.received += 1
         self.metrics.inc(CLUSTER_RECEIVED)
+        if self._moved_in:
+            self._note_direct(origin, seq, msg.topic)
         if self._relays and self._relay(origin, seq, msg):
             # Confirmed to the origin once both this node and the new node have it.
             self._held[(origin, seq)] = 2
