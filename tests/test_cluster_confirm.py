@@ -21,6 +21,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from support import WAIT, uid
 from support.clients import Client, props
+from support.cluster import clients, publish_nowait, running_nats, wait_ack
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, assert_clean_log, checked_broker, wait_log
@@ -52,11 +53,8 @@ def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> No
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    try:
+    with running_nats() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _pair(nats_server: NatsServer, extra: str, zone: str = ""
@@ -84,37 +82,9 @@ def impatient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
     yield from _pair(nats_server, "forward_timeout = 1\nheartbeat_misses = 600\n")
 
 
-def _clients(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def connect(node: str, version: int = 5, client_id: str | None = None,
-                **kwargs: object) -> Client:
-        c = Client(nodes[node], client_id or uid("c"), version=version, **kwargs)  # type: ignore[arg-type]
-        made.append(c)
-        c.connect()
-        return c
-
-    yield connect
-    for c in made:
-        c.close()
-
-
-def _publish_nowait(pub: Client, topic: str, payload: bytes, qos: int) -> int:
-    info = pub.c.publish(topic, payload, qos)
-    assert info.rc == 0, info.rc
-    return int(info.mid)
-
-
-def _ack(pub: Client, mid: int, timeout: float = WAIT) -> int:
-    pub._wait(lambda: mid in pub._pubacks, f"ack of publish {mid}", timeout)
-    with pub._cond:
-        rc, _ = pub._pubacks.pop(mid)
-    return int(rc.value) if hasattr(rc, "value") else int(rc)
-
-
 def test_puback_waits_for_the_remote_node(nats_server: NatsServer,
                                           patient: dict[str, BrokerProcess]) -> None:
-    for connect in _clients(patient):
+    for connect in clients(patient):
         t = uid("w")
         sub = connect(B)
         sub.subscribe(t, 1)
@@ -125,8 +95,8 @@ def test_puback_waits_for_the_remote_node(nats_server: NatsServer,
         b = patient[B]
         os.kill(b.proc.pid, signal.SIGSTOP)
         try:
-            mid1 = _publish_nowait(pub, t, b"q1", 1)
-            mid2 = _publish_nowait(pub, t, b"q2", 2)
+            mid1 = publish_nowait(pub, t, b"q1", 1)
+            mid2 = publish_nowait(pub, t, b"q2", 2)
             until(lambda: status(patient[A])["awaiting_confirmation"] == 2,
                   "A to hold both messages for B")
             # Held while B cannot answer: neither acknowledgement has come.
@@ -134,8 +104,8 @@ def test_puback_waits_for_the_remote_node(nats_server: NatsServer,
                 assert mid1 not in pub._pubacks and mid2 not in pub._pubacks
         finally:
             os.kill(b.proc.pid, signal.SIGCONT)
-        assert _ack(pub, mid1) == 0
-        assert _ack(pub, mid2) == 0
+        assert wait_ack(pub, mid1) == 0
+        assert wait_ack(pub, mid2) == 0
         got = sorted(m.payload for m in sub.expect_messages(2))
         assert got == [b"q1", b"q2"]
         assert status(patient[A])["awaiting_confirmation"] == 0
@@ -143,7 +113,7 @@ def test_puback_waits_for_the_remote_node(nats_server: NatsServer,
 
 def test_no_confirmation_in_time_is_0x80_or_a_disconnect(
         nats_server: NatsServer, impatient: dict[str, BrokerProcess]) -> None:
-    for connect in _clients(impatient):
+    for connect in clients(impatient):
         t = uid("t")
         sub = connect(B)
         sub.subscribe(t, 1)
@@ -161,7 +131,7 @@ def test_no_confirmation_in_time_is_0x80_or_a_disconnect(
             # 0x92 (Packet Identifier not found), proof that the PUBREC was an error.
             assert pub5.publish(t, b"v5-q2", 2) == 0x92
             # 3.1.1 has no reason codes: no acknowledgement, the connection is closed.
-            mid = _publish_nowait(pub3, t, b"v3-q1", 1)
+            mid = publish_nowait(pub3, t, b"v3-q1", 1)
             pub3.wait_disconnected()
             with pub3._cond:
                 assert mid not in pub3._pubacks
@@ -234,7 +204,7 @@ def test_flood_across_nodes_loses_nothing(nats_server: NatsServer,
                                           small_window: dict[str, BrokerProcess]) -> None:
     """A flood far past the window between nodes: the publishers wait (flow control)
     instead of anything being dropped; every message is counted at the subscriber."""
-    for connect in _clients(small_window):
+    for connect in clients(small_window):
         t = uid("f")
         sub = connect(B)
         sub.subscribe(f"{t}/#", 1)
@@ -245,10 +215,10 @@ def test_flood_across_nodes_loses_nothing(nats_server: NatsServer,
             pub0.c.publish(f"{t}/q0", str(i).encode(), 0)
         pubs = [connect(A) for _ in range(4)]
         n1 = 1000
-        mids = [[_publish_nowait(p, f"{t}/q1/{k}", str(i).encode(), 1) for i in range(n1)]
+        mids = [[publish_nowait(p, f"{t}/q1/{k}", str(i).encode(), 1) for i in range(n1)]
                 for k, p in enumerate(pubs)]
         for p, ms in zip(pubs, mids, strict=True):
-            assert [_ack(p, m) for m in ms] == [0] * n1
+            assert [wait_ack(p, m) for m in ms] == [0] * n1
         pub0.publish(f"{t}/q0", b"end", 1)
         q0: set[bytes] = set()
         q1: dict[str, set[bytes]] = {}
@@ -276,7 +246,7 @@ def watchful(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
 
 def test_a_node_counted_down_fails_what_it_did_not_confirm(
         nats_server: NatsServer, watchful: dict[str, BrokerProcess]) -> None:
-    for connect in _clients(watchful):
+    for connect in clients(watchful):
         t = uid("d")
         sub = connect(B)
         sub.subscribe(t, 1)
@@ -285,9 +255,9 @@ def test_a_node_counted_down_fails_what_it_did_not_confirm(
         b = watchful[B]
         os.kill(b.proc.pid, signal.SIGSTOP)
         try:
-            mid = _publish_nowait(pub, t, b"lost?", 1)
+            mid = publish_nowait(pub, t, b"lost?", 1)
             # Well before forward_timeout: B is counted down after 3 missed heartbeats.
-            assert _ack(pub, mid, timeout=45) == 0x80
+            assert wait_ack(pub, mid, timeout=45) == 0x80
             wait_log(watchful[A], "which is gone")
         finally:
             os.kill(b.proc.pid, signal.SIGCONT)

@@ -15,13 +15,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
-from support import WAIT, uid
+from support import uid
 from support.clients import Client, props
-from support.cluster import node_config, running_nats, running_nodes, until
+from support.cluster import (
+    clients,
+    node_config,
+    publish_nowait,
+    running_nats,
+    running_nodes,
+    until,
+    wait_ack,
+)
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, assert_clean_log, checked_broker, wait_log
@@ -76,34 +84,6 @@ def impatient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
     yield from _pair(nats_server, "forward_timeout = 1\nheartbeat_misses = 600\n")
 
 
-def _clients(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def connect(node: str, version: int = 5, client_id: str | None = None,
-                **kwargs: object) -> Client:
-        c = Client(nodes[node], client_id or uid("c"), version=version, **kwargs)  # type: ignore[arg-type]
-        made.append(c)
-        c.connect()
-        return c
-
-    yield connect
-    for c in made:
-        c.close()
-
-
-def _publish_nowait(pub: Client, topic: str, payload: bytes, qos: int) -> int:
-    info = pub.c.publish(topic, payload, qos)
-    assert info.rc == 0, info.rc
-    return int(info.mid)
-
-
-def _ack(pub: Client, mid: int, timeout: float = WAIT) -> int:
-    pub._wait(lambda: mid in pub._pubacks, f"ack of publish {mid}", timeout)
-    with pub._cond:
-        rc, _ = pub._pubacks.pop(mid)
-    return int(rc.value) if hasattr(rc, "value") else int(rc)
-
-
 def _group_on(nats_server: NatsServer, nodes: dict[str, BrokerProcess], member: Client,
               node: str, group_filter: str, known_by: str) -> None:
     """``member`` joins ``$share/g/<group_filter>`` on ``node``; back once NATS has the
@@ -118,7 +98,7 @@ def _group_on(nats_server: NatsServer, nodes: dict[str, BrokerProcess], member: 
 
 def test_puback_waits_for_the_node_picked_for_a_shared_group(
         nats_server: NatsServer, patient: dict[str, BrokerProcess]) -> None:
-    for connect in _clients(patient):
+    for connect in clients(patient):
         t = uid("g")
         member = connect(B)
         _group_on(nats_server, patient, member, B, t, A)
@@ -128,23 +108,23 @@ def test_puback_waits_for_the_node_picked_for_a_shared_group(
         b = patient[B]
         os.kill(b.proc.pid, signal.SIGSTOP)
         try:
-            mid1 = _publish_nowait(pub, t, b"q1", 1)
-            mid2 = _publish_nowait(pub, t, b"q2", 1)
+            mid1 = publish_nowait(pub, t, b"q1", 1)
+            mid2 = publish_nowait(pub, t, b"q2", 1)
             until("A to hold both messages for B's group member",
                   lambda: status(patient[A])["awaiting_confirmation"] == 2)
             with pub._cond:  # held while B cannot take them
                 assert mid1 not in pub._pubacks and mid2 not in pub._pubacks
         finally:
             os.kill(b.proc.pid, signal.SIGCONT)
-        assert _ack(pub, mid1) == 0
-        assert _ack(pub, mid2) == 0
+        assert wait_ack(pub, mid1) == 0
+        assert wait_ack(pub, mid2) == 0
         assert sorted(m.payload for m in member.expect_messages(2)) == [b"q1", b"q2"]
         assert status(patient[A])["awaiting_confirmation"] == 0
 
 
 def test_a_group_copy_not_confirmed_in_time_is_0x80(
         nats_server: NatsServer, impatient: dict[str, BrokerProcess]) -> None:
-    for connect in _clients(impatient):
+    for connect in clients(impatient):
         t = uid("t")
         member = connect(B)
         _group_on(nats_server, impatient, member, B, t, A)
@@ -164,15 +144,15 @@ def test_groups_on_both_nodes_each_message_once_every_ack_a_success(
     """Members on the publisher's node and on the other: NATS picks either node per
     message; the publishing node confirms the copies it is picked for to itself (no
     confirmation would mean 0x80 within a second here)."""
-    for connect in _clients(impatient):
+    for connect in clients(impatient):
         t = uid("both")
         here, there = connect(A), connect(B)
         _group_on(nats_server, impatient, there, B, t, A)
         _group_on(nats_server, impatient, here, A, t, B)
         pub = connect(A)
         sent = [f"m{i}".encode() for i in range(40)]
-        mids = [_publish_nowait(pub, t, p, 1) for p in sent]
-        assert [_ack(pub, m) for m in mids] == [0] * len(sent)
+        mids = [publish_nowait(pub, t, p, 1) for p in sent]
+        assert [wait_ack(pub, m) for m in mids] == [0] * len(sent)
         got: list[bytes] = []
         n = len(sent)
         until("every message at one member",

@@ -19,12 +19,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from . import WAIT
+from . import WAIT, uid
+from .clients import Client
 from .ctlrun import ctl
 from .natsserver import NatsServer
 from .process import MQTTD, BrokerProcess, checked_broker, wait_log
 
-__all__ = ["LiveTrace", "node_config", "running_nats", "running_nodes", "until"]
+__all__ = ["LiveTrace", "clients", "node_config", "publish_nowait", "running_nats", "running_nodes",
+           "until", "wait_ack"]
 
 
 def node_config(name: str, url: str, *, heartbeat: float | None = 0.2,
@@ -49,6 +51,38 @@ def until(what: str, check: Callable[[], bool], timeout: float = 2 * WAIT) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def clients(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
+    """``for connect in clients(nodes):`` gives ``connect(node, version=5, client_id=None,
+    **kwargs)``, a connected paho client on that node; every one is closed at the end."""
+    made: list[Client] = []
+
+    def connect(node: str, version: int = 5, client_id: str | None = None,
+                **kwargs: object) -> Client:
+        c = Client(nodes[node], client_id or uid("c"), version=version, **kwargs)  # type: ignore[arg-type]
+        made.append(c)
+        c.connect()
+        return c
+
+    yield connect
+    for c in made:
+        c.close()
+
+
+def publish_nowait(pub: Client, topic: str, payload: bytes, qos: int) -> int:
+    """Send a PUBLISH without waiting for its acknowledgement; its message id."""
+    info = pub.c.publish(topic, payload, qos)
+    assert info.rc == 0, info.rc
+    return int(info.mid)
+
+
+def wait_ack(pub: Client, mid: int, timeout: float = WAIT) -> int:
+    """The reason code of message ``mid``'s PUBACK/PUBREC, once it came (bounded)."""
+    pub._wait(lambda: mid in pub._pubacks, f"ack of publish {mid}", timeout)
+    with pub._cond:
+        rc, _ = pub._pubacks.pop(mid)
+    return int(rc.value) if hasattr(rc, "value") else int(rc)
 
 
 @contextlib.contextmanager
