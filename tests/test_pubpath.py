@@ -137,6 +137,11 @@ class Run:
         self.sent: list[list[bytes]] = [[] for _ in CLIENTS]
         self.callbacks: dict[str, Callable[..., Any]] = {}
 
+    def egress(self, msg: Message) -> None:
+        """Broker.egress, as a bridge has it: what it is given, in order."""
+        self.log.append(("egress", msg.topic, msg.payload, msg.qos, msg.retain,
+                         msg.properties, msg.sender, msg.expiry))
+
     def feed(self, i: int, packet: Any) -> None:
         channel = self.probes[i].channel
         if self.take is None or not self.take(channel, packet):
@@ -199,6 +204,8 @@ OPS = st.one_of(
     st.tuples(st.just("ack"), _client),
     st.tuples(st.just("pause"), _client, st.booleans()),
     st.tuples(st.just("hook"), st.sampled_from(HOOK_POINTS), st.booleans()),
+    # The bridges' egress slot (Broker.egress) set or cleared.
+    st.tuples(st.just("egress"), st.booleans()),
     st.tuples(st.just("close"), _client),
     # Another node's route comes or goes (a cluster node's fast path must see it at once).
     st.tuples(st.just("peer"), st.sampled_from(["a/c", "a/#", "q", "+/b"]), st.booleans(),
@@ -247,6 +254,8 @@ def _apply(run: Run, op: tuple[Any, ...]) -> None:
             run.collect()
     elif kind == "hook":
         run.hook(op[1], op[2])
+    elif kind == "egress":
+        run.world.broker.egress = run.egress if op[1] else None
     elif kind == "close":
         _, i = op
         run.feed(i, Disconnect())
@@ -454,6 +463,27 @@ def test_fast_path_takes_the_puback_of_a_timed_delivery(impl: type, threshold: f
         assert sorted(run.probes[1].channel.session.sent_at or ()) == [4, 5]
     assert fast.state() == slow.state()
     assert reports[0] == reports[1] == ([b"m0", b"m1", b"m2"] if threshold == 0 else [])
+
+
+def test_fast_path_gives_the_bridges_egress_the_message(impl: type) -> None:
+    """Broker.egress (the bridges) does not turn the fast path off: it is given the message
+    there, as Broker.publish gives it, also when no session subscribes."""
+    run = Run(pubpath.build(impl), 0)
+    got: list[Message] = []
+    run.world.broker.egress = got.append
+    run.feed(1, Subscribe(1, [("a/#", SubOpts(1))]))
+    publisher = run.probes[0].channel
+    assert run.take is not None
+    assert run.take(publisher, Publish("a/b", b"x", 1, False, False, 9))
+    assert run.take(publisher, Publish("z", b"y", 0))
+    ref = [Message("a/b", b"x", 1, False, {}, "c0"), Message("z", b"y", 0, False, {}, "c0")]
+    assert [type(m) for m in got] == [Message, Message]
+    for name in Message.__slots__:
+        if name != "timestamp":
+            assert [getattr(m, name) for m in got] == [getattr(m, name) for m in ref], name
+    run.collect()
+    assert run.sent[0] == [bytes((0x40, 2, 0, 9))]
+    assert run.sent[1][1] == bytes((0x32, 9, 0, 3)) + b"a/b\0\1\0x"
 
 
 def test_fast_path_message_is_what_message_init_makes(impl: type) -> None:

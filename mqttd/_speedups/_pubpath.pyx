@@ -278,7 +278,7 @@ cdef class _Attrs:
 
 # _Attrs indices.
 cdef enum:
-    B_CLUSTER, B_TRACES, B_AUTHORIZER, B_DISPATCHER, B_METRICS
+    B_CLUSTER, B_TRACES, B_AUTHORIZER, B_DISPATCHER, B_METRICS, B_EGRESS
     D_WATCHED = 0
     D_ROUTER = 1
     D_METRICS = 2
@@ -389,11 +389,12 @@ cdef class PublishPath:
         self.c_clientinfo = _slot(c, "_clientinfo")
         slotted = slotted or {}
         self.broker_plain = _plain(broker_cls, (
-            "cluster", "topic_traces", "authorizer", "dispatcher", "metrics"))
+            "cluster", "topic_traces", "authorizer", "dispatcher", "metrics", "egress"))
         self.dispatcher_plain = _plain(slotted.get("Dispatcher", object), (
             "watched", "router", "metrics"))
         self.router_plain = _plain(slotted.get("Router", object), ("_cache",))
-        self.ba = _Attrs(("cluster", "topic_traces", "authorizer", "dispatcher", "metrics"),
+        self.ba = _Attrs(("cluster", "topic_traces", "authorizer", "dispatcher", "metrics",
+                          "egress"),
                          self.broker_plain)
         self.da = _Attrs(("watched", "router", "metrics"), self.dispatcher_plain)
         self.ra = _Attrs(("_cache",), self.router_plain)
@@ -549,6 +550,9 @@ cdef class PublishPath:
 
         # --- Broker.publish, Dispatcher.publish ---
         _inc(self.ba.get(broker, B_METRICS), self.messages_publish)  # (a cluster's: a single's)
+        egress = self.ba.get(broker, B_EGRESS)
+        if egress is not None:  # the bridges, where Broker.publish gives it them
+            egress(self._msg(b))
         router = self.da.get(dispatcher, D_ROUTER)
         cache = self.ra.get(router, R_CACHE)  # Router.match's first step, without its call
         found = PyDict_GetItem(cache, topic) if type(cache) is dict else NULL

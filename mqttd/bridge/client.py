@@ -1,11 +1,11 @@
 """One bridge: an MQTT client connection to a remote broker over an asyncio protocol.
 
-Egress: :meth:`Bridge.offer` is given every message the local broker publishes (the
-manager's ``message.publish`` callback); a match of an egress filter is encoded at once
-(QoS 0) or queued (QoS 1/2) and sent within the in-flight window, so nothing waits on the
-remote and no task is created per message. What a loop turn produces goes out in one
-``transport.write`` (after the turn's reads, or from one ``call_soon``). The queue is
-bounded (``max_queued``): past it the oldest message is dropped and counted. While
+Egress: :meth:`Bridge.offer` is given every message the local broker publishes (through
+``Broker.egress``, which the PUBLISH fast path calls too); a match of an egress filter is
+encoded at once (QoS 0) or queued (QoS 1/2) and sent within the in-flight window, so
+nothing waits on the remote and no task is created per message. What a loop turn produces
+goes out in one ``transport.write`` (after the turn's reads, or from one ``call_soon``). The
+queue is bounded (``max_queued``): past it the oldest message is dropped and counted. While
 connected, a queue at ``pause_queued`` makes the local publisher of one more wait (the
 core's backpressure: ``session.OVERFULL``, its PUBACK held and its reading paused) until the
 queue is below it again, so publishers cannot outrun the remote. Ingress: the remote's

@@ -22,7 +22,8 @@ path runs, at the same point: several matching filters or shared groups go to
 authorization on delivery, message.delivered callbacks, aliases, a mountpoint, a trace, a
 packet-size limit it passes) to ``Channel.deliver``, an offline session to
 ``Session.enqueue``, backpressure to ``Channel._press``, the durable store's hold rule to
-``Channel._hold``. The counters move as the slow path moves them. tests/test_pubpath.py
+``Channel._hold``, the bridges' egress (``Broker.egress``, where ``Broker.publish`` calls
+it). The counters move as the slow path moves them. tests/test_pubpath.py
 checks py ≡ c ≡ ``handle_in`` on random traffic.
 """
 
@@ -154,6 +155,9 @@ class PublishPathPy:
 
         # --- Broker.publish, Dispatcher.publish ---
         broker.metrics.inc(self.messages_publish)  # (on a cluster node, a single node's)
+        egress = broker.egress
+        if egress is not None:  # the bridges, where Broker.publish gives it them
+            egress(msg)
         router = dispatcher.router
         routes = router._cache.get(topic)  # Router.match's first step, without its call
         if routes is None:

@@ -94,6 +94,11 @@ class Broker:
         #: This node's link to the cluster (None: a single node): told of every message
         #: published here (docs/CLUSTER.md).
         self.cluster: ClusterLink | None = None
+        #: The bridges' egress (mqttd/bridge): given every message published here, after
+        #: the message.publish callbacks (one that stops a message stops it for the bridges
+        #: too); None: no bridge sends anything. A slot rather than a callback, so that the
+        #: PUBLISH fast path (core/pubpath.py) stays on for bridged topics and calls it too.
+        self.egress: Callable[[Message], None] | None = None
 
     def use_store(self, store: SessionStore) -> None:
         """Keep sessions with an expiry and retained messages in ``store`` from now on
@@ -237,6 +242,8 @@ class Broker:
                 log.debug("a message.publish callback stopped the message to %s", msg.topic)
                 return 0
             msg = result
+        if (egress := self.egress) is not None:
+            egress(msg)
         if msg.qos and (gate := self.gate) is not None and gate.full \
                 and self.dispatcher.needs_store(msg):
             log.debug("store full: refusing a QoS %d message to %s", msg.qos, msg.topic)
