@@ -34,7 +34,7 @@ from ..core.dispatch import Dispatcher
 from ..core.message import Message
 from ..core.registry import Registry
 from ..core.services import ClientInfo, CommitGate, Delivery, LocalLane, RemoteGate
-from ..core.session import OVERFULL
+from ..core.session import OVERFULL, Session
 from ..hooks import Hooks
 from ..metrics import (
     CLUSTER_DROPPED,
@@ -67,6 +67,10 @@ _MAX_SUBJECT = 3584
 
 #: The first byte of what an mqttd node publishes on a topic's subject (a format version).
 _MAGIC = b"\x01"
+
+#: A session moved in here: (this node's sequence number at its install, the keys that came
+#: here directly since, the keys it got relayed) (see Cluster._moved_in).
+_MovedIn = tuple[int, set[tuple[str, int]], set[tuple[str, int]]]
 
 #: Messages waiting for the sender at most; more are dropped (counted in ``cluster.dropped``).
 _MAX_QUEUED = 100_000
@@ -255,9 +259,10 @@ class Cluster:
         #: client id -> (this node's last sequence number when its session was installed:
         #: its own messages up to it missed the session here (relayed back, delivered);
         #: the (origin, seq) of messages matching the session that came here directly
-        #: since (the dispatcher gave them to it: a relayed copy is not delivered again)).
+        #: since (the dispatcher gave them to it: a relayed copy is not delivered again);
+        #: those delivered to it relayed (a direct copy coming later skips the session)).
         #: Kept while a relay to it may still arrive; a newer install replaces it.
-        self._moved_in: dict[str, tuple[int, set[tuple[str, int]]]] = {}
+        self._moved_in: dict[str, _MovedIn] = {}
         self._parked: list[tuple[str, int, Message, str, list[str]]] = []
         self._registry = registry
 
@@ -818,7 +823,7 @@ class Cluster:
         (when the CONNACK goes)."""
         self._incoming.discard(cid)
         if ok:
-            entry: tuple[int, set[tuple[str, int]]] = (self._seq, set())
+            entry: _MovedIn = (self._seq, set(), set())
             self._moved_in[cid] = entry
             asyncio.get_running_loop().call_later(
                 2 * self.settings.handover_timeout + 2, self._moved_in_end, cid, entry)
@@ -882,29 +887,44 @@ class Cluster:
             if origin == self.origin:
                 if entry is not None and seq <= entry[0]:
                     self._deliver_to(cid, msg)
-            elif entry is None or key not in entry[1]:
+            elif entry is None:
                 self._deliver_to(cid, msg)
+            elif key not in entry[1]:
+                self._deliver_to(cid, msg)
+                entry[2].add(key)  # its direct copy, if it comes now, skips the session
         marker = "\x01" + from_id
         if gate is not None and (gate.issued != issued or self._after_commit):
             self._after_commit.append((gate.issued, origin, seq, marker))
         else:
             self._confirm(origin, seq, marker)
 
-    def _moved_in_end(self, cid: str, entry: tuple[int, set[tuple[str, int]]]) -> None:
+    def _moved_in_end(self, cid: str, entry: _MovedIn) -> None:
         if self._moved_in.get(cid) is entry:
             del self._moved_in[cid]
 
-    def _note_direct(self, origin: str, seq: int, topic: str) -> None:
+    def _note_direct(self, origin: str, seq: int, topic: str) -> set[Session] | None:
         """A message that came here directly reaches the sessions installed here lately
         through the dispatcher: remember it for those it matches (their relayed copy is
-        then not delivered again)."""
+        then not delivered again). The sessions that already got it relayed are returned:
+        the dispatcher leaves them out of this copy (no duplicate, QoS 2 stays once)."""
         registry = self._registry
-        for cid, (_seq, keys) in self._moved_in.items():
-            session = registry.sessions.get(cid) if registry is not None else None
-            if session is not None and any(
-                    parse_shared(f) is None and topic_match(f, topic)
-                    for f in session.subscriptions):
-                keys.add((origin, seq))
+        if registry is None:
+            return None
+        key = (origin, seq)
+        skip: set[Session] | None = None
+        for cid, (_seq, direct, relayed) in self._moved_in.items():
+            session = registry.sessions.get(cid)
+            if session is None:
+                continue
+            if key in relayed:
+                relayed.discard(key)  # the one direct copy (the dedup window drops others)
+                if skip is None:
+                    skip = set()
+                skip.add(session)
+            elif any(parse_shared(f) is None and topic_match(f, topic)
+                     for f in session.subscriptions):
+                direct.add(key)
+        return skip
 
     def _deliver_to(self, cid: str, msg: Message) -> None:
         """``msg`` to the session of ``cid`` only, as the dispatcher would."""
@@ -1161,8 +1181,7 @@ class Cluster:
             return
         self.received += 1
         self.metrics.inc(CLUSTER_RECEIVED)
-        if self._moved_in:
-            self._note_direct(origin, seq, msg.topic)
+        skip = self._note_direct(origin, seq, msg.topic) if self._moved_in else None
         if self._relays and self._relay(origin, seq, msg):
             # Confirmed to the origin once both this node and the new node have it.
             self._held[(origin, seq)] = 2
@@ -1174,16 +1193,22 @@ class Cluster:
         # queue subscriptions.
         gate = self.commit_gate
         if gate is None:
-            self.dispatcher.publish(msg, store_retained=False, groups=False)
+            self._dispatch(msg, skip)
             self._confirm(origin, seq)
             return
         issued = gate.issued
-        self.dispatcher.publish(msg, store_retained=False, groups=False)
+        self._dispatch(msg, skip)
         if gate.issued != issued or self._after_commit:
             # Queued for a durable session: confirmed once on disk (in order).
             self._after_commit.append((gate.issued, origin, seq, None))
         else:
             self._confirm(origin, seq)
+
+    def _dispatch(self, msg: Message, skip: set[Session] | None) -> None:
+        if skip:
+            self.dispatcher.publish_except(msg, skip)
+        else:
+            self.dispatcher.publish(msg, store_retained=False, groups=False)
 
     def _group_callback(self, topic_filter: str, group: str | None) -> Any:
         queue = queue_name(topic_filter, group)

@@ -206,6 +206,34 @@ class Dispatcher:
             self.metrics.inc(MESSAGES_DELIVERED, n)
         return n
 
+    def publish_except(self, msg: Message, skip: set[Session]) -> int:
+        """As ``publish(msg, store_retained=False, groups=False)`` (a message from another
+        node), but not to the sessions in ``skip`` (a cluster node's session that already
+        got this message relayed by its old node). Rare: off the delivery path."""
+        merged: dict[Session, tuple[int, bool, list[int]]] = {}
+        for route in self.router.match(msg.topic):
+            for session, (opts, subid) in route.plain().items():
+                if session in skip:
+                    continue
+                if opts.no_local and msg.sender == session.client_id:
+                    self._no_local(session, msg)
+                    continue
+                qos = opts.qos if opts.qos < msg.qos or session.upgrade_qos else msg.qos
+                retain = msg.retain and opts.retain_as_published
+                m = merged.get(session)
+                if m is None:
+                    merged[session] = (qos, retain, [subid] if subid else [])
+                else:
+                    if subid:
+                        m[2].append(subid)
+                    merged[session] = (max(qos, m[0]), m[1] or retain, m[2])
+        encoded: EncodedCache | None = {}
+        for session, (qos, retain, subids) in merged.items():
+            _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
+        if merged:
+            self.metrics.inc(MESSAGES_DELIVERED, len(merged))
+        return len(merged)
+
     def publish_group(self, msg: Message, topic_filter: str, group: str | None) -> int:
         """Deliver ``msg`` to one member of this node's shared group ``group`` on
         ``topic_filter`` (the group's copy NATS chose this node for); 1 if one took it."""
