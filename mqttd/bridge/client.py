@@ -144,8 +144,22 @@ class _Protocol(asyncio.Protocol):
             self.bridge.fail(self, f"the remote sent a bad packet: {err}")
             return
         bridge = self.bridge
+        inflight, acked = bridge.inflight, bridge._acked
+        n = 0
         for packet in packets:
-            bridge.on_packet(self, packet)
+            # The common packet, a PUBACK of an egress message, without on_packet's and
+            # _done's frames (as they handle it).
+            if type(packet) is Puback and packet.reason_code < 0x80 and self is bridge._proto:
+                bridge._ping_due = False
+                out = inflight.pop(packet.packet_id, None)
+                if out is not None:
+                    n += 1
+                    if out.key:
+                        acked.append(out.key)
+            else:
+                bridge.on_packet(self, packet)
+        if n:
+            bridge.counters["acked"] += n
         if bridge._acked:
             bridge._forget_acked()
         if self is bridge._proto:  # what the turn's reads produced (the window refilled
@@ -569,6 +583,7 @@ class Bridge:
             return
         queue, inflight, wbuf = self.queue, self.inflight, self._wbuf
         window = self._window
+        version = self.version
         now = time.monotonic()
         sent = expired = 0
         while queue and len(inflight) < window:
@@ -577,9 +592,14 @@ class Bridge:
                 expired += 1
                 self._forget(out)
                 continue
-            pid = self._packet_id()
+            pid = self._next_id % 65535 + 1  # _packet_id inlined: the next free id
+            while pid in inflight:
+                pid = pid % 65535 + 1
+            self._next_id = pid
             inflight[pid] = out
-            wbuf.append(self._encode(out, pid, False))
+            wbuf.append(self._encode(out, pid, False) if out.expiry and version == 5 else
+                        encode_publish(out.topic, out.payload, out.qos, out.retain, False, pid,
+                                       out.properties, version))
             sent += 1
         self.counters["sent"] += sent
         if expired:
@@ -654,12 +674,15 @@ class Bridge:
                 self._flush_soon()
             return
         queue = self.queue
-        out = _Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry)
         kv = self._kv
         if kv is not None:  # committed before the publisher's PUBACK goes (Channel.hold)
             self._seq = seq = self._seq + 1
-            out.key = key = f"{seq:012x}"
-            kv.put_new(key, out.record())
+            key = f"{seq:012x}"
+            out = _Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry, key)
+            kv.put_new(key, out.record() if msg.expiry else marshal.dumps(
+                (_RECORD, remote_topic, msg.payload, qos, msg.retain, props, 0.0), 2))
+        else:
+            out = _Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry)
         queue.append(out)
         n = len(queue)
         if n > self.settings.max_queued:
