@@ -138,7 +138,7 @@ class Run:
 
     scenario: str   # fanin-qos0 | fanin-qos1 | handshakes
     transport: str  # tcp | ssl | ws | wss
-    broker: str     # mqttd | mqttd-nostore | mosquitto
+    broker: str     # mqttd | mqttd-nostore | mosquitto (| mqttd@NAME, mqttd-nostore@NAME: --trees)
 
     @property
     def key(self) -> str:
@@ -295,6 +295,8 @@ class Broker:
         env = dict(os.environ)
         self.port = 0
         self.probe_port = 0
+        # mqttd@NAME / mqttd-nostore@NAME (--trees): the same broker from another checkout.
+        base = name.split("@", 1)[0]
         if name.startswith("mqttd"):
             conf = workdir / "mqttd.toml"
             conf.write_text(MQTTD_CONFIG.format(
@@ -302,7 +304,7 @@ class Broker:
                 tls=MQTTD_TLS.format(cert=certs["cert"], key=certs["key"], cipher=CIPHER)
                 if tls else "",
                 ws=f'path = "{WS_PATH}"\n' if ws else "",
-                durability="off" if name == "mqttd-nostore" else "process"))
+                durability="off" if base == "mqttd-nostore" else "process"))
             if src is not None:
                 env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
             args = [sys.executable, "-m", "mqttd", "start", "-c", str(conf),
@@ -349,7 +351,7 @@ class Broker:
                                    + self.log()[-2000:])
             time.sleep(0.03)
         if name.startswith("mqttd"):
-            want = "off" if name == "mqttd-nostore" else "process"
+            want = "off" if base == "mqttd-nostore" else "process"
             m = brokers._MQTTD_DURABILITY.search(self.log())
             if m is None or m.group(1) != want:
                 self.stop()
@@ -1253,8 +1255,16 @@ async def sitting(args: argparse.Namespace, sizes: Sizes, run_dir: Path, src: Pa
     failed = False
     n = 0
     only = [k for k in args.only.split(",") if k]
-    plan = [r for r in PLAN if (not only or any(rkey(r).startswith(k) for k in only))
+    trees = dict(t.split("@", 1) for t in args.trees.split(",") if t)
+    full: list[Run] = []
+    for r in PLAN:  # each --trees checkout runs right after this tree's mqttd broker
+        full.append(r)
+        if r.broker in ("mqttd", "mqttd-nostore"):
+            full += [Run(r.scenario, r.transport, f"{r.broker}@{name}") for name in trees]
+    plan = [r for r in full if (not only or any(rkey(r).startswith(k) for k in only))
             and not (args.quick and r.broker == "mosquitto-nodelay")]
+    snaps = {name: brokers.snapshot_mqttd(run_dir / f"src-{name}", Path(d))
+             for name, d in trees.items()}
     for rep in range(args.repeat):
         for run in plan:
             n += 1
@@ -1265,7 +1275,8 @@ async def sitting(args: argparse.Namespace, sizes: Sizes, run_dir: Path, src: Pa
             try:
                 broker = Broker(run.broker, run.transport,
                                 run_dir / f"{n:03d}-{run.broker}-{run.transport}-{run.scenario}",
-                                certs, args.broker_core, src)
+                                certs, args.broker_core,
+                                snaps[run.broker.split("@")[1]] if "@" in run.broker else src)
                 time.sleep(sizes.settle)  # start-up work settles before any sample
                 tag = f"bt{n}"
                 if run.scenario == "handshakes":
@@ -1304,6 +1315,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", metavar="KEYS",
                     help="comma-separated: run only the plan entries whose "
                          "TRANSPORT/SCENARIO/BROKER starts with one of these (e.g. ssl/fanin)")
+    ap.add_argument("--trees", default="", metavar="NAME@DIR,...",
+                    help="also run mqttd from each checkout DIR (its extensions built) as "
+                         "mqttd@NAME and mqttd-nostore@NAME, beside this tree's (before/after "
+                         "in one sitting)")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="MINUTES",
                     help="first wait until no pytest runs, at most this long "
                          "(default 20; --quick 0)")
@@ -1312,6 +1327,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="replace (or append) this harness's section of bench/RESULTS.md")
     ap.add_argument("--fail-on-goals", action="store_true", help="exit 2 when a goal fails")
     args = ap.parse_args(argv)
+    for t in (t for t in args.trees.split(",") if t):
+        name, _, d = t.partition("@")
+        if not name or "@" in name or not (Path(d) / "mqttd" / "__init__.py").is_file():
+            ap.error(f"--trees: {t!r} is not NAME@DIR with DIR a checkout of mqttd")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.wait_idle is None:

@@ -410,7 +410,7 @@ class BrokerProcess:
         return self.proc.returncode
 
 
-def snapshot_mqttd(dest: Path) -> Path:
+def snapshot_mqttd(dest: Path, root: Path = ROOT) -> Path:
     """Copy the mqttd package (with its built extensions) to ``dest``/mqttd; returns ``dest``.
 
     The work tree may be edited by others while a sitting runs; every mqttd
@@ -421,7 +421,7 @@ def snapshot_mqttd(dest: Path) -> Path:
     target = dest / "mqttd"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(ROOT / "mqttd", target,
+    shutil.copytree(root / "mqttd", target,
                     ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
     return dest
 

@@ -13,6 +13,16 @@ The upgrade must arrive within the zone's ``idle_timeout``, at the listener's ``
 naming the subprotocol ``mqtt`` (or the pre-standard ``mqttv3.1``); anything else is
 answered with an HTTP error (400, 403, 404, 426) and closed, and counted in
 ``connections.refused.websocket``. A text frame closes the connection with 1003.
+
+Once open, the frames on the measured hot path skip the state machine's per-frame work: a
+complete, final, masked binary frame within the size limit is unmasked here (the library's C
+``apply_mask``) and its payload handed to the connection (all such frames of one read in one
+call), and each flush goes out as one binary frame framed here (client-bound frames are not
+masked). Every other frame (control frames, text, fragments, reserved bits or opcodes, an
+unmasked or oversized frame) goes to the state machine, whole, at a frame boundary: small
+ones one at a time, after which the fast path carries on if the connection is still open with
+no fragmented message under way; anything else hands the rest of the stream to the library for
+good. Not with per-message deflate, nor when bytes followed the upgrade request in its read.
 """
 
 from __future__ import annotations
@@ -30,6 +40,11 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 
 from ..metrics import CONNECTIONS_REFUSED_WEBSOCKET
+
+try:  # the library's C unmasking, as its own frame parser uses (pure Python if not built)
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 
 if TYPE_CHECKING:
     from ..config import Listener, Zone
@@ -54,6 +69,13 @@ CLOSE_TIMEOUT = 2.0
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _TEXT = Opcode.TEXT
+_OPEN = State.OPEN
+
+#: First header byte of a final binary frame with no reserved bits: the fast path's frames.
+_FIN_BINARY = 0x82
+#: Frames not taken by the fast path up to this payload size (every valid control frame) are
+#: handed to the state machine one by one and the fast path goes on after them.
+_SMALL = 125
 
 
 class Pending(Protocol):
@@ -141,6 +163,11 @@ class WsFront(asyncio.Protocol):
         self._refused = False
         self._started = False
         self._peername: object = None
+        #: Frames are parsed here (see the module docstring), not by the state machine.
+        self._fast = False
+        #: The start of a frame not complete yet (fast path only).
+        self._rest = bytearray()
+        self._max = listener.zone.max_packet_size
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -152,6 +179,9 @@ class WsFront(asyncio.Protocol):
         self._timer = loop.call_later(self.listener.zone.idle_timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._fast:
+            self._fast_in(data)
+            return
         ws = self.ws
         if self.conn is None and not self._started:
             # An upgrade is a GET: anything else (an MQTT client on a WebSocket port, a TLS
@@ -165,6 +195,19 @@ class WsFront(asyncio.Protocol):
                                    b"Content-Length: 0\r\n\r\n")
                     self.raw.close()
                 return
+        upgrading = self.conn is None
+        self._library(data)
+        # The fast path starts only at a known frame boundary: the read that completed the
+        # upgrade request ended with it (a client that sent frames before the 101 stays
+        # with the library).
+        if upgrading and self.conn is not None and not ws.extensions \
+                and ws.state is _OPEN and not ws.reader.buffer \
+                and data.find(b"\r\n\r\n") == len(data) - 4:
+            self._fast = True
+
+    def _library(self, data: bytes | bytearray) -> None:
+        """Feed the state machine and take its events."""
+        ws = self.ws
         ws.receive_data(data)
         conn = self.conn
         for event in ws.events_received():
@@ -185,7 +228,74 @@ class WsFront(asyncio.Protocol):
                 conn = self.conn
         self._write_out()
 
+    def _fast_in(self, data: bytes) -> None:
+        """Take complete final masked binary frames here (see the module docstring)."""
+        rest = self._rest
+        if rest:
+            rest += data
+            buf: bytes | bytearray = rest
+        else:
+            buf = data
+        end = len(buf)
+        pos = 0
+        payloads: list[bytes] = []
+        conn = self.conn
+        assert conn is not None
+        while end - pos >= 2:
+            b1 = buf[pos + 1]
+            size = b1 & 0x7F
+            head = pos + 2
+            if size >= 126:
+                if size == 126:
+                    head += 2
+                else:
+                    head += 8
+                if head > end:
+                    break
+                size = int.from_bytes(buf[pos + 2:head], "big")
+            if buf[pos] != _FIN_BINARY or b1 < 0x80 or size > self._max:
+                # Not ours: the state machine takes it, whole, at this frame boundary.
+                if payloads:
+                    conn.data_received(b"".join(payloads))
+                    payloads = []
+                if size <= _SMALL:
+                    stop = head + (4 if b1 >= 0x80 else 0) + size
+                    if stop > end:
+                        break
+                    self._library(buf[pos:stop])
+                    pos = stop
+                    ws = self.ws
+                    if ws.state is _OPEN and ws.current_size is None and ws.parser_exc is None:
+                        continue
+                self._leave(buf[pos:])
+                return
+            stop = head + 4 + size
+            if stop > end:
+                break
+            if size:
+                payloads.append(apply_mask(buf[head + 4:stop], buf[head:head + 4]))
+            pos = stop
+        if payloads:
+            conn.data_received(payloads[0] if len(payloads) == 1 else b"".join(payloads))
+        if pos == 0 and rest:
+            return  # still one incomplete frame, already in self._rest
+        if pos < end:
+            self._rest = bytearray(buf[pos:])
+        elif rest:
+            self._rest = bytearray()
+        if self.ws.state is not _OPEN:  # the connection closed: the library ends it
+            self._leave(bytes(self._rest))
+
+    def _leave(self, data: bytes | bytearray) -> None:
+        """Hand the rest of the stream, from a frame boundary, to the state machine."""
+        self._fast = False
+        self._rest = bytearray()
+        if data:
+            self._library(data)
+
     def eof_received(self) -> bool:
+        if self._fast:
+            self._leave(bytes(self._rest))
         self.ws.receive_eof()
         self._write_out()
         return False
@@ -259,7 +369,18 @@ class WsFront(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """One binary frame with what the connection flushed (dropped once closing)."""
         ws = self.ws
-        if ws.state is State.OPEN:
+        if ws.state is _OPEN:
+            raw = self.raw
+            if self._fast and raw is not None:
+                # Server frames are not masked: a header and the payload.
+                size = len(data)
+                if size < 126:
+                    raw.write(bytes((_FIN_BINARY, size)) + data)
+                elif size < 65536:
+                    raw.write(b"\x82\x7e" + size.to_bytes(2, "big") + data)
+                else:
+                    raw.write(b"\x82\x7f" + size.to_bytes(8, "big") + data)
+                return
             ws.send_binary(data)
             self._write_out()
 
