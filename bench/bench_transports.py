@@ -1273,8 +1273,10 @@ async def sitting(args: argparse.Namespace, sizes: Sizes, run_dir: Path, src: Pa
             res: dict[str, Any]
             broker = None
             try:
+                # (short: mqttd's control socket path in it must stay under 108 bytes)
+                short = run.broker.replace("mqttd-nostore", "ns").replace("@", "-")
                 broker = Broker(run.broker, run.transport,
-                                run_dir / f"{n:03d}-{run.broker}-{run.transport}-{run.scenario}",
+                                run_dir / f"{n:03d}-{short}-{run.transport}-{run.scenario}",
                                 certs, args.broker_core,
                                 snaps[run.broker.split("@")[1]] if "@" in run.broker else src)
                 time.sleep(sizes.settle)  # start-up work settles before any sample
