@@ -162,6 +162,8 @@ class AuthChain:
         self._turn_reset = False
         #: Checks in progress per client address (only addresses with one or more).
         self._by_address: dict[str, int] = {}
+        #: The per-address bound (0: none, and no per-address counts are kept at all).
+        self._per_address = settings.max_pending_per_address
         self._busy_logged = -10.0
         self._address_logged = -10.0
         #: Queued checks skipped because their client had gone (``wanted``).
@@ -191,10 +193,16 @@ class AuthChain:
             # work without end: past this many checks in progress, refuse at once.
             self._warn_busy()
             return _BUSY
+        per_address = self._per_address
+        if not per_address:  # no bound: no address to work out, no count to keep
+            self._pending += 1
+            result = self._step(0, client, password, done, wanted)
+            if result is not None:
+                self._pending -= 1  # answered without waiting: ``done`` not called
+            return result
         host = client.peerhost
-        per_address = self.settings.max_pending_per_address
         held = self._by_address.get(host, 0)
-        if per_address and held >= per_address:
+        if held >= per_address:
             # One address must not take every place in the bound above from the others.
             self._warn_address(host, held)
             return _BUSY_ADDRESS
@@ -202,7 +210,8 @@ class AuthChain:
         self._by_address[host] = held + 1
         result = self._step(0, client, password, self._releasing(host, done), wanted)
         if result is not None:
-            self._release(host)  # answered without waiting: returned, ``done`` not called
+            self._pending -= 1  # answered without waiting: returned, ``done`` not called
+            self._unhold(host)
         return result
 
     def _releasing(self, host: str, done: Callable[[AuthResult], None]
@@ -219,9 +228,11 @@ class AuthChain:
         else:
             self._by_address.pop(host, None)
 
-    def _release(self, host: str) -> None:
+    def _release(self, client: ClientInfo) -> None:
+        """A check that never calls its ``done`` ended: free its places."""
         self._pending -= 1
-        self._unhold(host)
+        if self._per_address:
+            self._unhold(client.peerhost)
 
     def _warn_address(self, host: str, held: int) -> None:
         now = time.monotonic()
@@ -348,7 +359,7 @@ class AuthChain:
         self._tasks.discard(future)
         self._watched.pop(future, None)
         if future.cancelled():
-            self._release(client.peerhost)
+            self._release(client)
             return  # closing, or its client left: nobody waits for the answer any more
         exc = future.exception()
         self._answered(i, client, password, done, None if exc else future.result(), exc,
@@ -360,7 +371,7 @@ class AuthChain:
                   wanted: Callable[[], bool] | None = None) -> None:
         """Provider ``i`` answered (on the loop's thread)."""
         if exc is ABANDONED:  # the client left before its check started: nobody waits
-            self._release(client.peerhost)
+            self._release(client)
             self.abandoned += 1
             return
         if exc is not None:
