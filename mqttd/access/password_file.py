@@ -51,6 +51,8 @@ DEFAULT_ITERATIONS = 210_000
 #: Sizes mosquitto insists on (it drops an entry whose salt or hash has another length).
 SALT_BYTES = 12
 HASH_BYTES = 64
+#: Success answers kept for reuse at most (``PasswordFile._granted``).
+GRANTED_MAX = 10_000
 #: mosquitto reads the iteration count into a C int.
 MAX_ITERATIONS = 2**31 - 1
 
@@ -211,6 +213,10 @@ class PasswordFile:
         #: What one check costs at most (the file's slowest hash), estimated: the chain
         #: runs cheap checks on the loop (authn.INLINE_MAX), the rest in its threads.
         self.inline_cost = _hash_cost(self._decoy)
+        #: The success answer per user, made once (AuthResult is frozen, so shared): a
+        #: frozen dataclass's __init__ costs ~1 µs a CONNECT. Keyed by user name, used only
+        #: if it names the user's entry now (a changed line gets a new answer).
+        self._granted: dict[str, AuthResult] = {}
         self._warn_permissions()
 
     def check(self, client: ClientInfo, password: bytes | None) -> AuthResult | None:
@@ -231,7 +237,13 @@ class PasswordFile:
         log.debug("%s: hashed the password of %r ($%s$): %s", self.path, username,
                   entry.scheme, "match" if ok else "no match")
         if ok:
-            return AuthResult(credential=(self, entry))
+            granted = self._granted.get(username)
+            if granted is None or granted.credential is None \
+                    or granted.credential[1] is not entry:
+                if len(self._granted) >= GRANTED_MAX:  # bounded whatever the file's size
+                    self._granted.clear()
+                granted = self._granted[username] = AuthResult(credential=(self, entry))
+            return granted
         return AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="wrong password")
 
     def entry(self, username: str) -> object:
@@ -241,6 +253,7 @@ class PasswordFile:
     def reload(self) -> None:
         users = read_password_file(self.path)  # AccessError: the old table stays
         self._users, self._decoy = users, self._make_decoy(users)
+        self._granted = {}
         self.inline_cost = _hash_cost(self._decoy)
         log.info("%s: reloaded, %d users", self.path, len(users))
 

@@ -496,9 +496,16 @@ class Channel:
         if expiry < 0:
             session = self.session
             expiry = session.expiry_interval if session is not None else 0
+        version = self.version
+        rare = self._rare
+        if rare is None:  # the four Rare fields at their defaults: no descriptor calls
+            return ClientInfo(
+                self.client_id, self.username, self.peer, self.sockport,
+                "MQTT" if version else "", version, self.clean_start, self.keepalive,
+                self.zone.name, self.mountpoint, expiry, self.connected_at, self.listener)
         return ClientInfo(
             self.client_id, self.username, self.peer, self.sockport, self.proto_name,
-            self.version, self.clean_start, self.keepalive, self.zone.name,
+            version, self.clean_start, self.keepalive, self.zone.name,
             self.mountpoint, expiry, self.connected_at, self.listener, self.superuser,
             self.auth_acl, self.cert_user)
 
@@ -933,13 +940,14 @@ class Channel:
         self.metrics.inc(CLIENT_CONNECT)
         props = p.properties
         hooks = self.hooks
-        if self.cert_username is not None:
-            # The listener proved this name with the client's certificate: the CONNECT's
-            # own User Name cannot override it (mosquitto's use_identity_as_username).
-            p.username = self.cert_username
-            self.cert_user = True
-        if self.cert_clientid is not None:
-            p.client_id = self.cert_clientid
+        if self._rare is not None:  # (else no certificate named the client: no lookups)
+            if self.cert_username is not None:
+                # The listener proved this name with the client's certificate: the
+                # CONNECT's own User Name cannot override it (use_identity_as_username).
+                p.username = self.cert_username
+                self.cert_user = True
+            if self.cert_clientid is not None:
+                p.client_id = self.cert_clientid
         self.username = p.username
         if hooks.client_connect:
             self.client_id = p.client_id
@@ -1005,8 +1013,9 @@ class Channel:
             return self._refuse(result.code, _PUBLIC_REFUSALS.get(result.code, reason),
                                 reason)
         credential = result.credential
-        if credential is not None and (self.username is None
-                                       or credential[0].entry(self.username) != credential[1]):
+        if credential is not None and (self.username is None or (
+                (now := credential[0].entry(self.username)) is not credential[1]
+                and now != credential[1])):  # (the same object: no dataclass __eq__ call)
             # The user was removed or changed (a reload, ctl users) while its check ran off
             # the loop (or since the success was cached): the revocation's sweep of
             # connected clients could not see this one yet.
