@@ -504,10 +504,10 @@ class Channel:
                 "MQTT" if version else "", version, self.clean_start, self.keepalive,
                 self.zone.name, self.mountpoint, expiry, self.connected_at, self.listener)
         return ClientInfo(
-            self.client_id, self.username, self.peer, self.sockport, self.proto_name,
-            version, self.clean_start, self.keepalive, self.zone.name,
-            self.mountpoint, expiry, self.connected_at, self.listener, self.superuser,
-            self.auth_acl, self.cert_user)
+            self.client_id, self.username, self.peer, self.sockport,
+            self._proto_name if version else "", version, self.clean_start, self.keepalive,
+            self.zone.name, self.mountpoint, expiry, self.connected_at, self.listener,
+            self.superuser, self.auth_acl, self.cert_user)
 
     # --- output ----------------------------------------------------------------------
 
