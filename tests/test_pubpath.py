@@ -689,3 +689,51 @@ def test_cluster_node_sees_another_nodes_route_at_once(impl: type) -> None:
     assert not cluster.lane.topics
     run.collect()
     assert run.sent[1][-1].endswith(b"a/c\0" + b"4")
+
+
+def _flow_run(take: Callable[[Any, Any], bool] | None, upgrade: bool,
+              stalled: bool) -> tuple[Any, ...]:
+    """A subscriber with a full window (2) and a queue under flow control (limit 3, hard
+    limit 6, drop_oldest), ``stalled`` twice as a backpressure timeout leaves it (trim), a
+    QoS 0 and QoS 1 publisher (``upgrade``: QoS 0 delivered at 1), and a second publisher
+    once the first is held: after each PUBLISH, the queue, its counters, who is held, and
+    everything sent."""
+    world = World(max_inflight=2, max_mqueue_len=6, mqueue_flow_limit=3, upgrade_qos=upgrade)
+    sub = world.subscriber("s", "a/#", version=5)
+    pubs = [world.client("p", version=5), world.client("q", version=4)]
+    session = sub.channel.session
+    probes = [sub, *pubs]
+    steps = []
+    for k in range(16):
+        probe = pubs[k // 8]
+        if stalled and k in (4, 7):  # the queue under its flow limit, then at it
+            session.flow_stalled = True
+        qos = 0 if k % 3 == 2 else 1
+        packet = Publish("a/b", b"m%d" % k, qos, False, False, k + 1 if qos else 0)
+        if take is None or not take(probe.channel, packet):
+            probe.channel.handle_in(packet)
+        steps.append((len(session.mqueue), session.enqueued, session.dropped,
+                      session.flow_stalled, [p.channel.pressure is not None for p in pubs],
+                      [b"".join(p.channel.out) for p in probes]))
+        for p in probes:
+            p.channel.out.clear()
+    return steps, world.metrics.snapshot()
+
+
+@pytest.mark.parametrize("upgrade", [False, True])
+@pytest.mark.parametrize("stalled", [False, True])
+def test_fast_path_queues_to_a_full_window_as_session_enqueue(impl: type, upgrade: bool,
+                                                              stalled: bool) -> None:
+    """The compiled twin queues a QoS 1 delivery to a full window itself (not through
+    Session.enqueue): flow control holds the publisher (not for a QoS 0 message delivered
+    at 1, nor while the queue is stalled), the hard limit drops the oldest, as the state
+    machine does."""
+    slow = _flow_run(None, upgrade, stalled)
+    fast = _flow_run(pubpath.build(impl), upgrade, stalled)
+    assert fast == slow
+    steps = slow[0]
+    assert steps[4][3] is False  # (a queue under the limit un-stalls)
+    assert steps[7][3] == stalled
+    if not upgrade:  # (with it the queue is at the limit, the publisher held, sooner)
+        assert any(step[4][0] for step in steps) == (not stalled)
+    assert steps[-1][2] > 0  # (the hard limit dropped)

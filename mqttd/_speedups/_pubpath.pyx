@@ -32,6 +32,7 @@ cdef tuple _MESSAGE_SLOTS = ("topic", "payload", "qos", "retain", "properties", 
 cdef object _ZERO = 0.0
 
 import time
+from collections import deque as _deque
 #: Channel's clock for delivery timing (delivery.slow).
 cdef object _monotonic = time.monotonic
 
@@ -329,6 +330,7 @@ cdef class PublishPath:
     cdef Slot h_message_delivered
     cdef Slot r_one, r_entry, r_subs, r_groups
     cdef Slot s_channel, s_client_id, s_upgrade_qos
+    cdef Slot s_mqueue, s_store, s_max_mqueue_len, s_flow_limit, s_flow_stalled, s_enqueued
     cdef Slot o_qos, o_no_local
     cdef Slot l_topics, l_kept
     cdef Slot m_sender, m_qos, m_topic, m_payload, m_properties
@@ -425,6 +427,12 @@ cdef class PublishPath:
         self.s_channel = _slot(c, "channel")
         self.s_client_id = _slot(c, "client_id")
         self.s_upgrade_qos = _slot(c, "upgrade_qos")
+        self.s_mqueue = _slot(c, "mqueue")
+        self.s_store = _slot(c, "store")
+        self.s_max_mqueue_len = _slot(c, "max_mqueue_len")
+        self.s_flow_limit = _slot(c, "flow_limit")
+        self.s_flow_stalled = _slot(c, "flow_stalled")
+        self.s_enqueued = _slot(c, "enqueued")
         c = slotted.get("SubOpts", object)
         self.o_qos = _slot(c, "qos")
         self.o_no_local = _slot(c, "no_local")
@@ -709,6 +717,30 @@ cdef class PublishPath:
             channel.wakeup()
         return True
 
+    cdef object _queue1(self, session, tuple delivery, int mqos):
+        """``session.enqueue(delivery)`` of a QoS 1 delivery (message QoS ``mqos``) in its
+        usual case, a queue in use, under its limit, no store, without the call (it was
+        2-3 % of a QoS 1 flood's time); anything else goes through Session.enqueue."""
+        cdef Py_ssize_t n
+        mq = _g(session, self.s_mqueue, "mqueue")
+        if type(mq) is not _deque or not _none(session, self.s_store, "store"):
+            return session.enqueue(delivery)
+        n = len(mq)
+        limit = _g(session, self.s_max_mqueue_len, "max_mqueue_len")
+        if limit and n >= limit:
+            return session.enqueue(delivery)  # (the overflow policies)
+        flow = _g(session, self.s_flow_limit, "flow_limit")
+        if flow:
+            if n >= flow:  # flow control: the publisher waits (Session.enqueue's reasons)
+                if (mqos and not _t(session, self.s_flow_stalled, "flow_stalled")
+                        and not _none(session, self.s_channel, "channel")):
+                    self.overfull.append(session)
+            elif _t(session, self.s_flow_stalled, "flow_stalled"):
+                _s(session, self.s_flow_stalled, "flow_stalled", False)
+        mq.append(delivery)
+        _bump(session, self.s_enqueued, "enqueued")
+        return None
+
     cdef object _message(self, topic, payload, int qos, properties, sender):
         """``Message(topic, payload, qos, False, properties, sender)`` for empty
         ``properties``: what Message.__init__ sets (timestamp from the same clock as
@@ -834,7 +866,7 @@ cdef class PublishPath:
                 and (_t(ch, self.c_paused, "paused")
                      or len(session.inflight) >= session.max_inflight)):
             # Channel.deliver's QoS 1 to a full window (a flood's usual case): queued
-            dropped = session.enqueue((self._msg(b), 1, False, _NO_SUBIDS, None))
+            dropped = self._queue1(session, (self._msg(b), 1, False, _NO_SUBIDS, None), mqos)
             if dropped is not None:
                 dispatcher.queue_dropped(session, dropped)
             return 1
