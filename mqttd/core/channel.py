@@ -1464,7 +1464,14 @@ class Channel:
     def pressure_room(self) -> bool:
         """Whether every queue this client waits for has room again."""
         pressure = self.pressure
-        return pressure is None or all(s.has_room() or self._flow_exempt(s) for s in pressure)
+        if pressure is None:
+            return True
+        # (A loop, not all() over a generator: the flusher asks this of every held
+        # publisher after every turn's writes.)
+        for s in pressure:
+            if not s.has_room() and not self._flow_exempt(s):
+                return False
+        return True
 
     def _flow_exempt(self, backlog: Backlog) -> bool:
         """Flow control (``mqueue_flow_limit``) does not hold a client with deliveries of its
