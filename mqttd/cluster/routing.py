@@ -351,23 +351,24 @@ class Cluster:
                       settings.forward_timeout)
         self._awaiting[key] = [time.monotonic() + timeout, 0, names, ""]
 
-    def forward(self, msg: Message) -> bool:
+    def forward(self, msg: Message) -> int:
         """The broker's hook: send ``msg`` to the nodes that want it (NATS drops it when
-        none does). True when its shared groups' copy goes through NATS (which then picks
-        one node per group, this one included); False when the local members must have it
-        (NATS is not there, or the message stays on this node)."""
+        none does). 2 when it went out with its shared groups' copy (NATS then picks one
+        node per group, this one included); 1 when it went out without it (the connection
+        is down: into the NATS client's reconnect buffer) and 0 when it did not go out; the
+        local members must have it then."""
         if msg.retain:
             self.retained.changed(msg.topic)
         nc = self.nc
         if nc is None or msg.topic.startswith("$SYS/"):
-            return False  # each node's $SYS is its own
+            return 0  # each node's $SYS is its own
         if self.keep_local(msg.topic):
-            return False
+            return 0
         if len(self._ops) >= _MAX_QUEUED:
             # NATS is not keeping up (or the connection is down and its buffer full): drop
             # rather than hold every message in memory; local delivery still happens.
             self._dropped()
-            return False
+            return 0
         if len(self._ops) >= _MAX_QUEUED // 2:
             OVERFULL.append(self)  # flow control: NATS is not taking it fast enough
         subject = self._subjects.get(msg.topic)
@@ -378,7 +379,7 @@ class Cluster:
         if len(subject) > _MAX_SUBJECT and len(subject.encode()) > _MAX_SUBJECT:
             self._dropped()
             log.warning("cluster: topic %.64s... is too long to cross nodes", msg.topic)
-            return False
+            return 0
         qc = self.qc
         shared = nc.is_connected and qc is not None and qc.is_connected
         self._seq += 1
@@ -418,7 +419,7 @@ class Cluster:
                 self.gate.issued = self._seq
             if len(awaiting) >= self.settings.forward_window:
                 OVERFULL.append(self)  # flow control: the publisher waits (has_room)
-        return shared
+        return 2 if shared else 1
 
     def _own_groups(self, topic: str) -> frozenset[str]:
         """The tokens of this node's shared groups (in NATS) matching ``topic``: NATS may

@@ -256,8 +256,10 @@ class Broker:
             # In a cluster NATS picks the member of each shared group (docs/CLUSTER.md);
             # a message that cannot go out is the local members' alone.
             forwarded = cluster.forward(msg)
-            n = self.dispatcher.publish(msg, True, not forwarded)
-            if not n and forwarded:  # 0x10 only when no node is known to want it
+            n = self.dispatcher.publish(msg, True, forwarded < 2)
+            # 0x10 only when no node is known to want it: also when it went out into the
+            # reconnect buffer while NATS is away (held for the confirmation all the same).
+            if not n and forwarded:
                 n = cluster.interest(msg.topic)
         if self.topic_traces and self.trace_publish is not None:
             self.trace_publish(msg, n)

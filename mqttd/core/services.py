@@ -379,9 +379,10 @@ class SessionStore(Protocol):
 class ClusterLink(Protocol):
     """What the broker asks of the node's cluster link (mqttd/cluster, docs/CLUSTER.md)."""
 
-    def forward(self, msg: Message) -> bool:
-        """Send a message published on this node to the other nodes; True when it went
-        out with its shared groups' copy (NATS then picks each group's member)."""
+    def forward(self, msg: Message) -> int:
+        """Send a message published on this node to the other nodes; 2 when it went out
+        with its shared groups' copy (NATS then picks each group's member), 1 when it went
+        out without it (NATS is away: the reconnect buffer), 0 when it stays here."""
 
     def interest(self, topic: str) -> int:
         """The nodes known to have a subscriber matching ``topic`` (0: none known)."""
