@@ -40,7 +40,7 @@ from ..stats import Stats
 from .dispatch import Dispatcher
 from .message import Message
 from .services import CloseReason, SessionOwner, SessionStore, TimerHandle, Timers
-from .session import Session
+from .session import OVERFLOW_POLICIES, Limits, Session
 
 log = logging.getLogger("mqttd.registry")
 
@@ -130,17 +130,16 @@ class Registry:
         else:  # a resumed session takes the limits of the zone it is connected through now
             session.expiry_interval = expiry
             session.max_inflight = max_inflight
-            session.max_mqueue_len = zone.max_mqueue_len
-            session.mqueue_store_qos0 = zone.mqueue_store_qos0
-            session.await_rel_timeout = zone.await_rel_timeout
         persistent = expiry > 0
         if persistent != session.persistent:
             self.persistent_count += 1 if persistent else -1
             session.persistent = persistent
-        session.zone = zone.name
+        # Every zone-derived limit at once: one shared object per zone (session.Limits).
+        session.limits = Limits.of(zone.name, zone.max_mqueue_len, zone.mqueue_store_qos0,
+                                   zone.await_rel_timeout, OVERFLOW_POLICIES[zone.mqueue_overflow],
+                                   OVERFLOW_POLICIES[zone.mqueue_backpressure_fallback],
+                                   zone.mqueue_flow_limit)
         session.upgrade_qos = zone.upgrade_qos
-        session.set_overflow(zone.mqueue_overflow, zone.mqueue_backpressure_fallback)
-        session.flow_limit = zone.mqueue_flow_limit
         session.flow_stalled = False
         session.channel = channel
         self.channels[client_id] = channel

@@ -89,17 +89,129 @@ _NO_REL: Final = cast("dict[int, float]", NO_MAP)
 _NO_REFS: Final = cast("dict[int, int]", NO_MAP)
 
 
+class Limits:
+    """What a session takes from the zone it is connected through and reads only when
+    queueing or sweeping: one shared object per distinct set of values (``Limits.of``), so
+    a session holds one slot for them, not seven (48 B less per session). Never changed
+    in place: setting one on a session gives it another shared object."""
+
+    __slots__ = ("zone", "max_mqueue_len", "mqueue_store_qos0", "await_rel_timeout",
+                 "overflow", "overflow_fallback", "flow_limit")
+
+    zone: str
+    max_mqueue_len: int
+    mqueue_store_qos0: bool
+    await_rel_timeout: float
+    overflow: int
+    overflow_fallback: int
+    flow_limit: int
+
+    @staticmethod
+    def of(zone: str, max_mqueue_len: int, mqueue_store_qos0: bool, await_rel_timeout: float,
+           overflow: int, overflow_fallback: int, flow_limit: int) -> Limits:
+        """The shared object with these values (made on first use)."""
+        key = (zone, max_mqueue_len, mqueue_store_qos0, await_rel_timeout, overflow,
+               overflow_fallback, flow_limit)
+        found = _LIMITS.get(key)
+        if found is None:
+            found = Limits()
+            for name, value in zip(Limits.__slots__, key, strict=True):
+                object.__setattr__(found, name, value)
+            if len(_LIMITS) < 1024:  # distinct zone configurations: a handful
+                _LIMITS[key] = found
+        return found
+
+    def replace(self, name: str, value: object) -> Limits:
+        """The shared object with ``name`` set to ``value`` and the rest as here."""
+        values = {n: getattr(self, n) for n in Limits.__slots__}
+        values[name] = value
+        return Limits.of(**values)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Limits are shared between sessions: use replace()")
+
+
+_LIMITS: dict[tuple[str, int, bool, float, int, int, int], Limits] = {}
+
+
 class Session:
     """One client's session: subscriptions, inflight window, message queue, QoS 2 state."""
 
     __slots__ = (
         "client_id", "expiry_interval", "created_at", "subscriptions", "inflight", "mqueue",
-        "wait_comp", "awaiting_rel", "max_inflight", "max_mqueue_len", "mqueue_store_qos0",
-        "_next_pid",
+        "wait_comp", "awaiting_rel", "max_inflight", "limits", "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
-        "await_rel_timeout", "store", "refs", "_qseq", "zone", "upgrade_qos", "overflow",
-        "overflow_fallback", "sent_at", "flow_limit", "flow_stalled",
+        "store", "refs", "_qseq", "upgrade_qos", "sent_at", "flow_stalled",
     )
+
+    #: The zone-derived limits, shared (``Limits``); the properties below read them, and
+    #: setting one swaps the object.
+    limits: Limits
+
+    @property
+    def zone(self) -> str:
+        """The name of the zone the session was last connected through."""
+        return self.limits.zone
+
+    @zone.setter
+    def zone(self, value: str) -> None:
+        self.limits = self.limits.replace("zone", value)
+
+    @property
+    def max_mqueue_len(self) -> int:
+        """That zone's max_mqueue_len (0: no limit)."""
+        return self.limits.max_mqueue_len
+
+    @max_mqueue_len.setter
+    def max_mqueue_len(self, value: int) -> None:
+        self.limits = self.limits.replace("max_mqueue_len", value)
+
+    @property
+    def mqueue_store_qos0(self) -> bool:
+        """That zone's mqueue_store_qos0."""
+        return self.limits.mqueue_store_qos0
+
+    @mqueue_store_qos0.setter
+    def mqueue_store_qos0(self, value: bool) -> None:
+        self.limits = self.limits.replace("mqueue_store_qos0", value)
+
+    @property
+    def await_rel_timeout(self) -> float:
+        """Seconds an incoming QoS 2 packet id may wait for PUBREL (0 = forever); the
+        registry's sweep applies it, so a client that never sends PUBREL cannot pin ids."""
+        return self.limits.await_rel_timeout
+
+    @await_rel_timeout.setter
+    def await_rel_timeout(self, value: float) -> None:
+        self.limits = self.limits.replace("await_rel_timeout", value)
+
+    @property
+    def overflow(self) -> int:
+        """That zone's mqueue_overflow (DROP_OLDEST, ...)."""
+        return self.limits.overflow
+
+    @overflow.setter
+    def overflow(self, value: int) -> None:
+        self.limits = self.limits.replace("overflow", value)
+
+    @property
+    def overflow_fallback(self) -> int:
+        """That zone's mqueue_backpressure_fallback."""
+        return self.limits.overflow_fallback
+
+    @overflow_fallback.setter
+    def overflow_fallback(self, value: int) -> None:
+        self.limits = self.limits.replace("overflow_fallback", value)
+
+    @property
+    def flow_limit(self) -> int:
+        """That zone's mqueue_flow_limit: while connected, a QoS 1/2 message queued past it
+        holds its publisher (as OVERFULL does) until the queue is down to half of it (0: off)."""
+        return self.limits.flow_limit
+
+    @flow_limit.setter
+    def flow_limit(self, value: int) -> None:
+        self.limits = self.limits.replace("flow_limit", value)
 
     def __init__(self, client_id: str, *, expiry_interval: int = 0, max_inflight: int = 32,
                  max_mqueue_len: int = 1000, mqueue_store_qos0: bool = True,
@@ -121,8 +233,8 @@ class Session:
         #: packet id of a QoS 2 message received from the client -> time received
         self.awaiting_rel: dict[int, float] = _NO_REL
         self.max_inflight = max_inflight
-        self.max_mqueue_len = max_mqueue_len
-        self.mqueue_store_qos0 = mqueue_store_qos0
+        self.limits = Limits.of("default", max_mqueue_len, mqueue_store_qos0, await_rel_timeout,
+                                DROP_OLDEST, DROP_OLDEST, 0)
         self._next_pid = 1
         #: The connected channel, or None while offline.
         self.channel: SessionOwner | None = None
@@ -131,9 +243,6 @@ class Session:
         self.enqueued = 0
         self.dropped = 0
         self.expire_handle: TimerHandle | None = None
-        #: Seconds an incoming QoS 2 packet id may wait for PUBREL (0 = forever); the
-        #: registry's sweep applies it, so a client that never sends PUBREL cannot pin ids.
-        self.await_rel_timeout = await_rel_timeout
         #: The durable store while the session has an expiry (the registry sets it), else
         #: None: a clean session pays one ``is None`` test per change.
         self.store: SessionStore | None = None
@@ -142,20 +251,12 @@ class Session:
         #: for as long as the session holds it.
         self.refs: dict[int, int] = _NO_REFS
         self._qseq = 0
-        #: The name of the zone the session was last connected through.
-        self.zone = "default"
         #: That zone's upgrade_qos: deliveries at the subscription's QoS, not the lower of
         #: the subscription's and the message's (the dispatcher asks only when they differ).
         self.upgrade_qos = False
-        #: That zone's mqueue_overflow and mqueue_backpressure_fallback (DROP_OLDEST, ...).
-        self.overflow = DROP_OLDEST
-        self.overflow_fallback = DROP_OLDEST
         #: packet id -> monotonic time its PUBLISH was sent, while the channel times
         #: deliveries for the ``delivery.slow`` hook (slow_subs); None otherwise.
         self.sent_at: dict[int, float] | None = None
-        #: That zone's mqueue_flow_limit: while connected, a QoS 1/2 message queued past it
-        #: holds its publisher (as OVERFULL does) until the queue is down to half of it (0: off).
-        self.flow_limit = 0
         #: A publisher's wait for this queue timed out (the client does not take what it
         #: is sent): publishers are not held for it again until its queue is below the limit.
         self.flow_stalled = False
@@ -182,8 +283,10 @@ class Session:
 
     def set_overflow(self, policy: str, fallback: str) -> None:
         """Apply a zone's ``mqueue_overflow`` and ``mqueue_backpressure_fallback``."""
-        self.overflow = OVERFLOW_POLICIES[policy]
-        self.overflow_fallback = OVERFLOW_POLICIES[fallback]
+        lim = self.limits
+        self.limits = Limits.of(lim.zone, lim.max_mqueue_len, lim.mqueue_store_qos0,
+                                lim.await_rel_timeout, OVERFLOW_POLICIES[policy],
+                                OVERFLOW_POLICIES[fallback], lim.flow_limit)
 
     # --- outgoing ---------------------------------------------------------------------
 
@@ -200,13 +303,14 @@ class Session:
 
     def enqueue(self, delivery: Delivery) -> Delivery | None:
         """Queue a delivery; returns the delivery dropped to make room (or refused), if any."""
-        if delivery[1] == 0 and not self.mqueue_store_qos0:
+        lim = self.limits
+        if delivery[1] == 0 and not lim.mqueue_store_qos0:
             self.dropped += 1
             return delivery
         mq = self.mqueue
         if mq is NO_QUEUE:
             mq = self.mqueue = deque()
-        flow = self.flow_limit
+        flow = lim.flow_limit
         if flow:
             # Flow control: a connected client's window is full and its queue past the
             # limit: the QoS 1/2 publisher waits (its PUBACK, its reading) for the queue to
@@ -219,18 +323,19 @@ class Session:
             elif self.flow_stalled:
                 self.flow_stalled = False
         dropped = None
-        if self.max_mqueue_len and len(mq) >= self.max_mqueue_len:
-            policy = self.overflow
+        limit = lim.max_mqueue_len
+        if limit and len(mq) >= limit:
+            policy = lim.overflow
             if policy == BACKPRESSURE:
                 # Past the limit by at most one message per waiting publisher (each stops
                 # reading at its first such message); the cap bounds memory should
                 # thousands wait, or should a publisher with no acknowledgement to hold
                 # (QoS 0 sent, a will, the HTTP API) fill it.
                 if (delivery[1] and delivery[0].qos
-                        and len(mq) < 2 * self.max_mqueue_len + 256):
+                        and len(mq) < 2 * limit + 256):
                     OVERFULL.append(self)
                 else:
-                    policy = self.overflow_fallback
+                    policy = lim.overflow_fallback
             if policy == DROP_NEWEST:
                 self.dropped += 1
                 return delivery  # refused, as mosquitto does
@@ -257,10 +362,13 @@ class Session:
         # at the first message under it: a release admits many messages, not one per turn
         # (each wait costs a pause and a resume of reading), and half a limit is still
         # many windows for the subscriber.
-        if self.flow_limit and n >= (self.flow_limit + 1) // 2 and not self.flow_stalled \
+        lim = self.limits
+        flow = lim.flow_limit
+        if flow and n >= (flow + 1) // 2 and not self.flow_stalled \
                 and self.channel is not None:
             return False
-        return not self.max_mqueue_len or n < self.max_mqueue_len
+        limit = lim.max_mqueue_len
+        return not limit or n < limit
 
     def past_limit(self) -> bool:
         """Whether the queue holds more than ``max_mqueue_len`` (backpressure let it)."""
