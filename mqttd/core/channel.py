@@ -348,6 +348,34 @@ _QOS_SENT = (MESSAGES_QOS0_SENT, MESSAGES_QOS1_SENT, MESSAGES_QOS2_SENT)
 _DOLLAR = -1
 
 
+class Origin:
+    """Where a client came in: its listener's name, transport ("tcp", "ssl", "ws", "wss")
+    and local port. The same for every client of a listener, so one shared object per
+    distinct triple (``Origin.of``) stands for three per-channel slots (16 B less per
+    client). Never changed in place."""
+
+    __slots__ = ("listener", "transport", "sockport")
+
+    listener: str
+    transport: str
+    sockport: int
+
+    @staticmethod
+    def of(listener: str, transport: str, sockport: int) -> Origin:
+        key = (listener, transport, sockport)
+        found = _ORIGINS.get(key)
+        if found is None:
+            found = Origin()
+            found.listener, found.transport, found.sockport = key
+            if len(_ORIGINS) < 4096:  # listeners x their ports: a handful
+                _ORIGINS[key] = found
+        return found
+
+
+_ORIGINS: dict[tuple[str, str, int], Origin] = {}
+_DEFAULT_ORIGIN: Final = Origin.of("default", "tcp", 0)
+
+
 class Channel:
     """One client connection's MQTT state: CONNECT, QoS flows, subscriptions, will."""
 
@@ -356,8 +384,8 @@ class Channel:
         "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
         "client_max_packet", "receive_maximum", "closing", "paused", "connected_at", "created_at",
         "clean_start", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
-        "mountpoint", "metrics", "hooks", "sockport", "_clientinfo", "listener", "_held",
-        "acl_deliver", "gate", "hold", "transport", "rgate", "pressure", "pressure_mark", "_rare",
+        "mountpoint", "metrics", "hooks", "origin", "_clientinfo", "_held",
+        "acl_deliver", "gate", "hold", "rgate", "pressure", "pressure_mark", "_rare",
     )
 
     # Fields most clients never change, off the slots (core/rare.py): ~140 B less per
@@ -436,12 +464,8 @@ class Channel:
         #: The node's counters and hook chains (looked up once, used on every packet).
         self.metrics = services.metrics
         self.hooks = services.hooks
-        #: The local port the client connected to (set by the connection).
-        self.sockport = 0
-        #: The listener the client came in on (set by the connection).
-        self.listener = "default"
-        #: Its transport: "tcp", "ssl", "ws" or "wss" (set by the connection).
-        self.transport = "tcp"
+        #: Its listener, transport and local port, shared (set by the connection).
+        self.origin = _DEFAULT_ORIGIN
         #: Set at CONNACK when deliveries to this client must pass authorization (an
         #: authorization chain exists and the client is no superuser); None costs
         #: ``deliver`` one test.
@@ -466,6 +490,36 @@ class Channel:
         #: reading while it is set, and ends it (``end_pressure``) on room or time-out.
         self.pressure: set[Backlog] | None = None
         self.pressure_mark = -1
+
+    @property
+    def sockport(self) -> int:
+        """The local port the client connected to."""
+        return self.origin.sockport
+
+    @sockport.setter
+    def sockport(self, port: int) -> None:
+        o = self.origin
+        self.origin = Origin.of(o.listener, o.transport, port)
+
+    @property
+    def listener(self) -> str:
+        """The listener the client came in on."""
+        return self.origin.listener
+
+    @listener.setter
+    def listener(self, name: str) -> None:
+        o = self.origin
+        self.origin = Origin.of(name, o.transport, o.sockport)
+
+    @property
+    def transport(self) -> str:
+        """Its transport: "tcp", "ssl", "ws" or "wss"."""
+        return self.origin.transport
+
+    @transport.setter
+    def transport(self, name: str) -> None:
+        o = self.origin
+        self.origin = Origin.of(o.listener, name, o.sockport)
 
     @property
     def proto_name(self) -> str:
