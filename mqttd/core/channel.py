@@ -385,7 +385,7 @@ class Channel:
         "client_max_packet", "receive_maximum", "closing", "paused", "connected_at", "created_at",
         "clean_start", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
         "mountpoint", "metrics", "hooks", "origin", "_clientinfo", "_held",
-        "acl_deliver", "gate", "hold", "rgate", "pressure", "pressure_mark", "_rare",
+        "acl_deliver", "gate", "hold", "pressure", "pressure_mark", "_rare",
     )
 
     # Fields most clients never change, off the slots (core/rare.py): ~140 B less per
@@ -482,7 +482,7 @@ class Channel:
         #: In a cluster: the other nodes' confirmations. A QoS 1/2 PUBLISH forwarded to
         #: nodes that must confirm it adds its own mark [seq, n, packet id, QoS] to ``hold``
         #: (4 long, a store mark 2), released once seq is no longer in ``rgate.waiting``.
-        self.rgate = services.remote_gate
+        #: (``rgate`` is ``services.remote_gate``, read from there: no slot per client.)
         #: Backpressure (zone key mqueue_overflow): the sessions whose queue this client's
         #: messages went past its limit, None while there are none; and how many packets at
         #: the head of ``out`` may be written meanwhile (the rest, from the first
@@ -708,7 +708,7 @@ class Channel:
         if self.state == CONNECTED:
             gate = self.gate
             if ptype == PUBLISH:
-                if self.rgate is not None and packet.qos:
+                if self.services.remote_gate is not None and packet.qos:
                     self._in_publish_clustered(packet)
                 elif gate is None or not packet.qos:  # QoS 0: no acknowledgement to hold
                     self._in_publish(packet)
@@ -821,7 +821,7 @@ class Channel:
         """A QoS 1/2 PUBLISH on a cluster node: its PUBACK/PUBREC waits for the store's
         commit and for every other node it was forwarded to (docs/CLUSTER.md)."""
         gate = self.gate
-        rgate = self.rgate
+        rgate = self.services.remote_gate
         assert rgate is not None
         issued = gate.issued if gate is not None else 0
         rissued = rgate.issued
@@ -898,7 +898,7 @@ class Channel:
         else:
             gate = self.gate
             committed = gate.committed if gate is not None else 0
-            rgate = self.rgate
+            rgate = self.services.remote_gate
             n = 0
             while hold:
                 mark = hold[0]
@@ -1221,7 +1221,7 @@ class Channel:
         if hooks.client_connack:
             ack_props = hooks.run_fold("client.connack", (info, 0), ack_props)
         self._send(Connack(present, 0, ack_props if version == 5 else {}))
-        rgate = self.rgate
+        rgate = self.services.remote_gate
         if present and rgate is not None and rgate.routes in rgate.waiting:
             self._hold_for_routes(rgate.routes)  # (a session handed over from another node)
         if version == 5:
@@ -1884,7 +1884,7 @@ class Channel:
             if work.denied:
                 metrics.inc(PACKETS_SUBSCRIBE_AUTH_ERROR)
         self._send(Suback(work.packet_id, work.codes))
-        rgate = self.rgate
+        rgate = self.services.remote_gate
         if rgate is not None and rgate.routes in rgate.waiting:
             self._hold_for_routes(rgate.routes)
         for found, opts, sid in work.retained:
