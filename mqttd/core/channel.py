@@ -551,16 +551,17 @@ class Channel:
             session = self.session
             expiry = session.expiry_interval if session is not None else 0
         version = self.version
+        origin = self.origin  # (not the properties: no Python call)
         rare = self._rare
         if rare is None:  # the four Rare fields at their defaults: no descriptor calls
             return ClientInfo(
-                self.client_id, self.username, self.peer, self.sockport,
+                self.client_id, self.username, self.peer, origin.sockport,
                 "MQTT" if version else "", version, self.clean_start, self.keepalive,
-                self.zone.name, self.mountpoint, expiry, self.connected_at, self.listener)
+                self.zone.name, self.mountpoint, expiry, self.connected_at, origin.listener)
         return ClientInfo(
-            self.client_id, self.username, self.peer, self.sockport,
+            self.client_id, self.username, self.peer, origin.sockport,
             self._proto_name if version else "", version, self.clean_start, self.keepalive,
-            self.zone.name, self.mountpoint, expiry, self.connected_at, self.listener,
+            self.zone.name, self.mountpoint, expiry, self.connected_at, origin.listener,
             self.superuser, self.auth_acl, self.cert_user)
 
     # --- output ----------------------------------------------------------------------
