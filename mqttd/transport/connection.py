@@ -366,7 +366,7 @@ class Connection(asyncio.Protocol):
         "services", "zone", "flusher", "connections", "transport", "out", "parser", "channel",
         "loop", "last_recv", "_slot", "_queued", "_lost", "_closing", "metrics", "listener",
         "_keepalive_armed", "limiter", "_paused_until", "sockport", "bytes_in", "bytes_mark",
-        "_pressure_timer", "_deferred", "_rare", "_later",
+        "_pressure_timer", "_deferred", "_rare", "_later", "max_packet",
     )
 
     # Fields most connections never change, off the slots (core/rare.py); none is read
@@ -400,6 +400,9 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         #: Its own parser while a packet is incomplete, else None (a shared one reads).
         self.parser: Parser | None = None
+        #: The zone's max_packet_size when the socket came: a reload changes it only for
+        #: clients that connect afterwards (their CONNACK told them the limit).
+        self.max_packet = zone.max_packet_size
         self.channel: Channel | None = None
         self.loop = flusher.loop  # (asyncio.get_running_loop() costs ~1 µs a connect)
         self.last_recv = 0.0
@@ -552,7 +555,7 @@ class Connection(asyncio.Protocol):
             return
         error = None
         if parser is None:
-            size = self.zone.max_packet_size
+            size = self.max_packet
             parser = _SHARED_PARSERS.get(size)
             if parser is None:
                 parser = _SHARED_PARSERS[size] = Parser(max_packet_size=size)
@@ -570,7 +573,7 @@ class Connection(asyncio.Protocol):
         if parser.buffered:
             if shared:  # a packet half read: this connection keeps the parser
                 self.parser = parser
-                size = self.zone.max_packet_size
+                size = self.max_packet
                 _SHARED_PARSERS[size] = Parser(max_packet_size=size)
         elif not shared:
             self.parser = None
