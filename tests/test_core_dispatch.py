@@ -245,6 +245,31 @@ def test_no_local_off_delivers_back_to_the_sender():
     assert dp.metrics.get(DELIVERY_DROPPED_NO_LOCAL) == 0
 
 
+# --- publish_except (a cluster node's relayed message) -----------------------------------------
+
+@pytest.mark.parametrize("filters", [["a/b"], ["a/b", "a/+"]], ids=["one_route", "merged"])
+def test_publish_except_is_publish_without_the_skipped_sessions_groups_or_retainer(filters):
+    dp = dispatcher()
+    (kept, got), (skipped, missed), (me, mine) = online("kept"), online("skipped"), online("me")
+    member, member_rec = online("member")
+    for i, f in enumerate(filters):
+        dp.subscribe(kept, f, SubOpts(2 - i), i + 1)
+        dp.subscribe(skipped, f, SubOpts(1), 0)
+        dp.subscribe(me, f, SubOpts(1, no_local=True), 0)
+    dp.subscribe(member, "$share/g/a/b", SubOpts(1), 0)
+    m = msg(qos=1, retain=True, sender="me")
+    assert dp.publish_except(m, {skipped}) == 1
+    (delivery,) = got.got
+    # One delivery however many filters match: the message's QoS (it is the cap), every
+    # subscription identifier; groups are left to their own copy, nothing is retained.
+    assert delivery[0] is m and delivery[1] == 1 and sorted(delivery[3]) == list(
+        range(1, len(filters) + 1))
+    assert missed.got == [] and mine.got == [] and member_rec.got == []
+    assert dp.retainer.match("a/b") == []
+    assert dp.metrics.get(MESSAGES_DELIVERED) == 1
+    assert dp.metrics.get(DELIVERY_DROPPED_NO_LOCAL) == len(filters)
+
+
 # --- shared groups ----------------------------------------------------------------------------
 
 def test_shared_group_delivers_each_message_to_exactly_one_member():

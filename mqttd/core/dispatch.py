@@ -175,8 +175,28 @@ class Dispatcher:
             if n:
                 self.metrics.inc(MESSAGES_DELIVERED, n)
             return n
-        # Several filters match: one delivery per session with the highest QoS and all
-        # subscription identifiers (MQTT 5.0 section 4.8.1 / 3.3.4).
+        n = self._publish_merged(routes, msg, encoded, groups, None)
+        if n:
+            self.metrics.inc(MESSAGES_DELIVERED, n)
+        return n
+
+    def publish_except(self, msg: Message, skip: set[Session]) -> int:
+        """As ``publish(msg, store_retained=False, groups=False)`` (a message from another
+        node), but not to the sessions in ``skip`` (a cluster node's session that already
+        got this message relayed by its old node). Rare: off the delivery path."""
+        n = self._publish_merged(self.router.match(msg.topic), msg, {}, False, skip)
+        if n:
+            self.metrics.inc(MESSAGES_DELIVERED, n)
+        return n
+
+    def _publish_merged(self, routes: list[Route], msg: Message, encoded: EncodedCache | None,
+                        groups: bool, skip: set[Session] | None) -> int:
+        """Deliver ``msg`` through several matching routes (not to the sessions in ``skip``):
+        one delivery per session with the highest QoS and all subscription identifiers (MQTT
+        5.0 section 4.8.1 / 3.3.4), and a copy per shared group if ``groups``; the number of
+        sessions reached (counted by the caller)."""
+        sender = msg.sender
+        mqos = msg.qos
         #: session -> (highest qos, retain, subscription ids): a tuple, rebuilt in the rare
         #: case that one session matches twice (cheaper than a mutable record per session).
         merged: dict[Session, tuple[int, bool, list[int]]] = {}
@@ -185,6 +205,8 @@ class Dispatcher:
             one = route.one
             for session, (opts, subid) in (((one, route.entry),) if one is not None
                                            else route.subs.items()):
+                if skip is not None and session in skip:
+                    continue
                 if opts.no_local and sender == session.client_id:
                     self._no_local(session, msg)
                     continue
@@ -201,38 +223,7 @@ class Dispatcher:
                 n += self._dispatch_groups(route, msg, encoded)
         for session, (qos, retain, subids) in merged.items():
             _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
-        n += len(merged)
-        if n:
-            self.metrics.inc(MESSAGES_DELIVERED, n)
-        return n
-
-    def publish_except(self, msg: Message, skip: set[Session]) -> int:
-        """As ``publish(msg, store_retained=False, groups=False)`` (a message from another
-        node), but not to the sessions in ``skip`` (a cluster node's session that already
-        got this message relayed by its old node). Rare: off the delivery path."""
-        merged: dict[Session, tuple[int, bool, list[int]]] = {}
-        for route in self.router.match(msg.topic):
-            for session, (opts, subid) in route.plain().items():
-                if session in skip:
-                    continue
-                if opts.no_local and msg.sender == session.client_id:
-                    self._no_local(session, msg)
-                    continue
-                qos = opts.qos if opts.qos < msg.qos or session.upgrade_qos else msg.qos
-                retain = msg.retain and opts.retain_as_published
-                m = merged.get(session)
-                if m is None:
-                    merged[session] = (qos, retain, [subid] if subid else [])
-                else:
-                    if subid:
-                        m[2].append(subid)
-                    merged[session] = (max(qos, m[0]), m[1] or retain, m[2])
-        encoded: EncodedCache | None = {}
-        for session, (qos, retain, subids) in merged.items():
-            _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
-        if merged:
-            self.metrics.inc(MESSAGES_DELIVERED, len(merged))
-        return len(merged)
+        return n + len(merged)
 
     def publish_group(self, msg: Message, topic_filter: str, group: str | None) -> int:
         """Deliver ``msg`` to one member of this node's shared group ``group`` on
