@@ -6,16 +6,13 @@ keeps being answered in between, and every one of them still gets its CONNACK an
 from __future__ import annotations
 
 import json
-import resource
-import signal
 import socket
 import time
 
 from support import builder as B
-from support.process import BrokerProcess, checked_broker, run_mqttd
-from support.raw import RawClient
-
-from mqttd.mqtt.packets import Connack, Pingresp, Publish, Suback
+from support.ctlrun import ctl_json
+from support.mass import Watcher, room_for, stopped
+from support.process import BrokerProcess, checked_broker
 
 N = 2_000
 NODE = "mqttd@127.0.0.1"
@@ -25,27 +22,14 @@ SYS_CONNECTED = f"$SYS/brokers/{NODE}/clients/+/connected"
 MIN_INTERLEAVED = 4
 
 
-def _room_for(n: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, 2 * n + 500))  # our sockets; the broker inherits the limit
-    if want > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
 def _open_fds(broker: BrokerProcess) -> int:
-    r = run_mqttd("ctl", "--data-dir", str(broker.data_dir), "vm", "--json", timeout=30)
-    assert r.returncode == 0, r.stderr
-    return int(json.loads(r.stdout)["io"]["active_fds"])
+    return int(ctl_json(broker, "vm")["io"]["active_fds"])
 
 
 def test_mass_connect_is_sliced_and_every_client_is_answered() -> None:
-    _room_for(N)
+    room_for(N)
     with checked_broker() as broker:
-        watcher = RawClient(broker, version=4, timeout=30)
-        watcher.send(B.connect("watcher", level=4))
-        assert watcher.expect(Connack).reason_code == 0
-        watcher.send(B.subscribe(1, [(SYS_CONNECTED, 0)]))
-        assert watcher.expect(Suback).reason_codes == [0]
+        watcher = Watcher(broker, [SYS_CONNECTED])
         arrivals = []
         try:
             fds = _open_fds(broker)
@@ -57,38 +41,22 @@ def test_mass_connect_is_sliced_and_every_client_is_answered() -> None:
             while _open_fds(broker) < fds + N:
                 assert time.monotonic() < deadline, "the broker did not accept every client"
                 time.sleep(0.1)
-            # Every CONNECT (and the PINGREQ after them) waits in the kernel while the
-            # broker is stopped: it finds them all in one poll when it goes on.
-            broker.proc.send_signal(signal.SIGSTOP)
-            try:
+            with stopped(broker):  # every CONNECT, then the PINGREQ, found in one poll
                 for i, s in enumerate(arrivals):
                     s.sendall(B.connect(f"arrival-{i}", level=4))
-                watcher.send(B.pingreq())
-            finally:
-                broker.proc.send_signal(signal.SIGCONT)
-            stream: list[str] = []
+                watcher.ping()
             connected: set[str] = set()
-            while len(connected) < N:
-                p = watcher.recv(timeout=60)
-                if isinstance(p, Pingresp):
-                    stream.append("ping")
-                    watcher.send(B.pingreq())
-                    continue
-                assert isinstance(p, Publish), p
-                connected.add(json.loads(p.payload)["clientid"])
-                stream.append("arrival")
+            stream = watcher.watch(lambda p: connected.add(json.loads(p.payload)["clientid"]),
+                                   lambda: len(connected) >= N)
             for s in arrivals:
                 assert s.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
         finally:
             for s in arrivals:
                 s.close()
         assert connected == {f"arrival-{i}" for i in range(N)}
-        first = stream.index("arrival")
-        last = len(stream) - 1 - stream[::-1].index("arrival")
-        interleaved = stream[first:last].count("ping")
+        interleaved = Watcher.pings_between(stream)
         print(f"\n{N} arrivals: {interleaved} PINGRESPs between the first and the last")
         assert interleaved >= MIN_INTERLEAVED, (
             f"only {interleaved} PINGRESPs reached another client while {N} CONNECTs were "
             "handled: the loop did not turn between slices")
-        watcher.send(B.disconnect())
         watcher.close()

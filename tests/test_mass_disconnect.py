@@ -7,16 +7,14 @@ used back to the OS (glibc's ``malloc_trim``, logged)."""
 from __future__ import annotations
 
 import json
-import resource
-import signal
 import socket
 import time
 
 from support import builder as B
+from support.mass import Watcher, room_for, stopped
 from support.process import checked_broker, wait_log
-from support.raw import RawClient
 
-from mqttd.mqtt.packets import Connack, Pingresp, Publish, Suback
+from mqttd.mqtt.packets import Publish
 
 N = 2_000
 NODE = "mqttd@127.0.0.1"
@@ -26,22 +24,11 @@ SYS_GONE = f"$SYS/brokers/{NODE}/clients/+/disconnected"
 MIN_INTERLEAVED = 4
 
 
-def _room_for(n: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, 2 * n + 500))  # our sockets; the broker inherits the limit
-    if want > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
 def test_mass_disconnect_is_sliced_and_every_will_and_event_arrives() -> None:
-    _room_for(N)
+    room_for(N)
     # sysmon checks every 0.2 s: it sees all of them connected before they leave.
     with checked_broker("[sysmon]\ncheck_interval = 0.2\n") as broker:
-        watcher = RawClient(broker, version=4, timeout=30)
-        watcher.send(B.connect("watcher", level=4))
-        assert watcher.expect(Connack).reason_code == 0
-        watcher.send(B.subscribe(1, [("gone/#", 0), (SYS_GONE, 0)]))
-        assert watcher.expect(Suback).reason_codes == [0, 0]
+        watcher = Watcher(broker, ["gone/#", SYS_GONE])
         leavers = []
         try:
             for i in range(N):
@@ -52,41 +39,30 @@ def test_mass_disconnect_is_sliced_and_every_will_and_event_arrives() -> None:
             for s in leavers:
                 assert s.recv(4)[:1] == b"\x20"  # CONNACK
             time.sleep(1.0)  # a few sysmon checks with everyone connected (its peak)
-            # Every departure (and the PINGREQ after them) waits in the kernel while the
-            # broker is stopped: it finds them all in one poll when it goes on.
-            broker.proc.send_signal(signal.SIGSTOP)
-            try:
+            with stopped(broker):  # every departure, then the PINGREQ, found in one poll
                 for i, s in enumerate(leavers):
                     if i % 2 == 0:
                         s.sendall(B.disconnect())  # a normal DISCONNECT: no will
                     s.close()  # odd ones just drop: their wills go out
-                watcher.send(B.pingreq())
-            finally:
-                broker.proc.send_signal(signal.SIGCONT)
-            stream: list[str] = []
+                watcher.ping()
             wills: set[str] = set()
             reasons: dict[str, str] = {}
-            while len(wills) < N // 2 or len(reasons) < N:
-                p = watcher.recv(timeout=60)
-                if isinstance(p, Pingresp):
-                    stream.append("ping")
-                    watcher.send(B.pingreq())
-                    continue
-                assert isinstance(p, Publish), p
+
+            def gone(p: Publish) -> None:
                 if p.topic.startswith("gone/"):
                     wills.add(p.topic)
                 else:
                     info = json.loads(p.payload)
                     reasons[info["clientid"]] = info["reason"]
-                stream.append("gone")
+
+            stream = watcher.watch(gone, lambda: len(wills) >= N // 2 and len(reasons) >= N)
         finally:
             for s in leavers:
                 s.close()
         assert wills == {f"gone/{i}" for i in range(1, N, 2)}
         assert reasons == {f"leaver-{i}": "normal" if i % 2 == 0 else "closed"
                            for i in range(N)}
-        first, last = stream.index("gone"), len(stream) - 1 - stream[::-1].index("gone")
-        interleaved = stream[first:last].count("ping")
+        interleaved = Watcher.pings_between(stream)
         print(f"\n{N} departures: {interleaved} PINGRESPs between the first and the last")
         assert interleaved >= MIN_INTERLEAVED, (
             f"only {interleaved} PINGRESPs reached another client while {N} clients' closes "
@@ -95,5 +71,4 @@ def test_mass_disconnect_is_sliced_and_every_will_and_event_arrives() -> None:
         at = wait_log(broker, f"sysmon: {N} clients left, memory given back to the OS",
                       timeout=30)
         print(broker.log()[at:].splitlines()[0])
-        watcher.send(B.disconnect())
         watcher.close()

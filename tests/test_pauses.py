@@ -6,12 +6,12 @@ of clients connect (young and middle ones still run)."""
 from __future__ import annotations
 
 import json
-import resource
 import socket
 import sys
 import time
 
 from support import builder as B
+from support.mass import room_for
 from support.process import BrokerProcess, checked_broker, run_mqttd
 from support.raw import RawClient
 
@@ -59,10 +59,7 @@ def test_a_closing_connection_the_client_keeps_open_is_aborted_after_its_linger(
 
 
 def test_no_middle_or_full_collection_while_thousands_connect() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, 2 * STORM + 500))  # ours; the broker inherits the limit
-    if want > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    room_for(STORM)
     with checked_broker() as broker:
         before = vm(broker)["memory"]["gc_collections"]
         clients = []
