@@ -28,7 +28,7 @@ from .sdnotify import Notifier
 from .store.base import StoreError
 from .sysmon import SystemMonitor
 from .transport.connection import Connection, Flusher
-from .transport.fdguard import FdGuard
+from .transport.fdguard import FdGuard, presize_fd_table
 from .transport.listener import ListenerError, MqttListener
 from .transport.tls import TlsError, check_listener
 
@@ -147,6 +147,8 @@ class Server:
         problems = [e for lst in self.settings.listeners for e in check_listener(lst)]
         if problems:
             raise StartError("; ".join(problems))
+        # Before any client: growing it later stalls the loop (transport/fdguard.py).
+        presize_fd_table()
         self._fd_guard = FdGuard()
         for listener in self.settings.listeners:
             await self.start_listener(listener)
