@@ -143,9 +143,12 @@ def start_broker(kind: str, workdir: Path, passwd: Path, core: int, hash_threads
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH"))
                                              if p)}
+        # cwd: `python -m` puts the working directory first on sys.path, so started from a
+        # checkout's root every NAME@DIR would import that checkout's mqttd, not DIR's.
         proc = subprocess.Popen([sys.executable, "-m", "mqttd", "start", "-c", str(conf),
                                  "--data-dir", str(workdir / "data"), "--log-level", "warning"],
-                                stdout=log, stderr=log, env=env, preexec_fn=pin)  # noqa: PLW1509
+                                stdout=log, stderr=log, env=env, cwd=workdir,
+                                preexec_fn=pin)  # noqa: PLW1509
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
