@@ -43,27 +43,52 @@ SETTLE = 0.5
 
 #: The PINGREQ client: its own process, since the generator holds the GIL while it runs;
 #: on the load core with SCHED_FIFO (as bench_pauses.py's), so what it measures is the
-#: broker's pauses, not its own wait behind the load generator for the core.
+#: broker's pauses, not its own wait behind the load generator for the core. Around each
+#: round trip it reads the broker main thread's schedstat: ``net`` is the worst round trip
+#: less the time the broker stood runnable without a CPU (preempted by other work on its
+#: core), ``asleep`` the round trips over 5 ms in which it neither ran nor waited for a CPU
+#: (blocked in the kernel, or on a lock).
 PINGER = r"""
-import os, socket, sys, time, select
+import json, os, socket, sys, time, select
 try:
     os.sched_setaffinity(0, {int(sys.argv[3])})
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 except (OSError, AttributeError):
     pass  # not root: the figure carries the generator's scheduling noise
+pid = int(sys.argv[4])
+try:  # the broker's main thread: ns run and ns waited for a CPU so far
+    fd = os.open(f"/proc/{pid}/task/{pid}/schedstat", os.O_RDONLY)
+except OSError:
+    fd = -1
+def sched():
+    if fd < 0:
+        return 0, 0
+    run, wait = os.pread(fd, 64, 0).split()[:2]
+    return int(run), int(wait)
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 s.sendall(bytes.fromhex(sys.argv[2]))
 assert len(s.recv(4)) == 4
 sys.stdout.write("ready\n"); sys.stdout.flush()
-worst = 0.0
+worst = (0.0, 0.0, 0.0)
+net = 0.0
+asleep = 0
 while not select.select([sys.stdin], [], [], 0.005)[0]:
+    r0, w0 = sched()
     t = time.perf_counter()
     s.sendall(b"\xc0\x00")
     got = b""
     while len(got) < 2:
         got += s.recv(2 - len(got))
-    worst = max(worst, time.perf_counter() - t)
-print(worst * 1000)
+    rtt = time.perf_counter() - t
+    r1, w1 = sched()
+    ran, waited = (r1 - r0) / 1e9, (w1 - w0) / 1e9
+    if rtt > worst[0]:
+        worst = (rtt, ran, waited)
+    net = max(net, rtt - waited)
+    if rtt > 0.005 and ran + waited < 0.001:
+        asleep += 1
+print(json.dumps({"worst": worst[0] * 1000, "ran": worst[1] * 1000, "waited": worst[2] * 1000,
+                  "net": net * 1000, "asleep": asleep}))
 """
 
 
@@ -164,12 +189,12 @@ def start_broker(kind: str, workdir: Path, passwd: Path, core: int, hash_threads
 
 
 def storm(lg: Any, pid: int, port: int, users: int, concurrency: int, tag: str,
-          load_core: int) -> tuple[float, int, float, float]:
-    """(connects per second, refused, worst PING round trip in ms, broker CPU seconds) for
-    one pass of ``users`` clients (user i with password pw-i)."""
+          load_core: int) -> tuple[float, int, dict[str, float], float]:
+    """(connects per second, refused, the pinger's figures (PINGER), broker CPU seconds)
+    for one pass of ``users`` clients (user i with password pw-i)."""
     pinger = subprocess.Popen([sys.executable, "-c", PINGER, str(port),
                                connect_packet("pinger-" + tag, "user0", "pw-0").hex(),
-                               str(load_core)],
+                               str(load_core), str(pid)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert pinger.stdout is not None and pinger.stdin is not None
@@ -183,7 +208,9 @@ def storm(lg: Any, pid: int, port: int, users: int, concurrency: int, tag: str,
         time.sleep(SETTLE)
         cpu = cpu_seconds(pid) - c0
         pinger.stdin.close()
-        worst = float(pinger.stdout.read().strip() or "nan")
+        out = pinger.stdout.read().strip()
+        pings = json.loads(out) if out else {"worst": float("nan"), "ran": 0.0,
+                                             "waited": 0.0, "net": float("nan"), "asleep": 0}
     finally:
         if pinger.poll() is None:
             pinger.kill()
@@ -192,7 +219,7 @@ def storm(lg: Any, pid: int, port: int, users: int, concurrency: int, tag: str,
     if refused:
         print(f"  {refused} of {users} not connected (failed {failed}, first error "
               f"{e.first_conn_error}: >1000 is 1000 + the CONNACK code)", file=sys.stderr)
-    return (ok / ns * 1e9 if ns else 0.0), refused, worst, cpu
+    return (ok / ns * 1e9 if ns else 0.0), refused, pings, cpu
 
 
 def main() -> int:
@@ -246,26 +273,34 @@ def main() -> int:
                           file=sys.stderr)
                     return 1
                 r = results.setdefault(name, {"cold": [], "warm": [], "stall_ms": [],
+                                              "net_ms": [], "asleep": [],
                                               "cpu_us_per_connect": []})
                 # Broker CPU per CONNECT (and its DISCONNECT), first pass, in µs.
                 cpu_us = cold[3] / args.users * 1e6
                 r["cpu_us_per_connect"].append(cpu_us)
                 r["cold"].append(cold[0])
                 r["warm"].append(warm[0])
-                r["stall_ms"].append(max(cold[2], warm[2]))
+                w = max(cold[2], warm[2], key=lambda p: p["worst"])
+                r["stall_ms"].append(w["worst"])
+                r["net_ms"].append(max(cold[2]["net"], warm[2]["net"]))
+                r["asleep"].append(cold[2]["asleep"] + warm[2]["asleep"])
                 print(f"  {name:<10} #{rep + 1}: first pass {cold[0]:,.0f} conn/s (broker CPU "
                       f"{cpu_us:.0f} µs per CONNECT+DISCONNECT), second "
-                      f"{warm[0]:,.0f} conn/s, worst PING {max(cold[2], warm[2]):.1f} ms")
+                      f"{warm[0]:,.0f} conn/s, worst PING {w['worst']:.1f} ms (broker ran "
+                      f"{w['ran']:.1f}, waited for a CPU {w['waited']:.1f}); worst net of "
+                      f"waits {r['net_ms'][-1]:.1f} ms; {r['asleep'][-1]} PINGs > 5 ms asleep")
     print(f"\n{args.users} users, PBKDF2-SHA512 {args.iterations:,} iterations, "
           f"{args.concurrency} at a time; medians of {args.repeat}\n")
     print("| broker | first pass (conn/s) | CPU per CONNECT+DISCONNECT | "
-          "second pass (conn/s) | worst PING round trip |")
-    print("|---|---:|---:|---:|---:|")
+          "second pass (conn/s) | worst PING round trip | less waits for a CPU | "
+          "PINGs > 5 ms asleep |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for kind, r in results.items():
         per = r["cpu_us_per_connect"]
         print(f"| {kind} | {statistics.median(r['cold']):,.0f} | "
               f"{statistics.median(per):.0f} µs | "
-              f"{statistics.median(r['warm']):,.0f} | {statistics.median(r['stall_ms']):.1f} ms |")
+              f"{statistics.median(r['warm']):,.0f} | {statistics.median(r['stall_ms']):.1f} ms | "
+              f"{statistics.median(r['net_ms']):.1f} ms | {statistics.median(r['asleep']):g} |")
     for kind in [k for k in results if k != "mosquitto"]:
         if "mosquitto" not in results:
             break

@@ -147,7 +147,14 @@ def phase_stats(samples: list[list[float]], t0: float, t1: float) -> dict[str, A
                          round(x[2] * 1000, 1), round(x[3] * 1000, 1)] for x in slow],
             "p999_ms": rtts[min(len(rtts) - 1, int(len(rtts) * 0.999))],
             "p50_ms": statistics.median(rtts),
-            "over_20ms": sum(1 for r in rtts if r > STALL_MS)}
+            "over_20ms": sum(1 for r in rtts if r > STALL_MS),
+            # Net of the broker's waits for a CPU (other work on its core), and the slow
+            # round trips in which its main thread neither ran nor waited: blocked in the
+            # kernel or on a lock (e.g. accept4 growing the descriptor table, issue 17).
+            "worst_net_ms": max((x[1] - x[3]) * 1000 for x in samples if t0 <= x[0] < t1
+                                and len(x) >= 4) if len(samples[0]) >= 4 else None,
+            "asleep_over_5ms": sum(1 for x in samples if t0 <= x[0] < t1 and len(x) >= 4
+                                   and x[1] > 0.005 and x[2] + x[3] < 0.001)}
 
 
 def run_once(lg: Any, spec: brokers.BrokerSpec, args: argparse.Namespace, workdir: Path
@@ -384,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" ERROR {r['error']}" if "error" in r else ""), flush=True)
             print("  storm's slowest pings [ms in, rtt, broker ran, broker waited for a CPU]:",
                   r.get("storm", {}).get("slowest"), flush=True)
+            print("  worst net of waits for a CPU (storm / hold / leave, ms):",
+                  " / ".join(f_ms(r.get(ph, {}).get("worst_net_ms"))
+                             for ph in ("storm", "hold", "leave")),
+                  "; pings > 5 ms asleep:", " / ".join(str(r.get(ph, {}).get("asleep_over_5ms"))
+                                                       for ph in ("storm", "hold", "leave")),
+                  flush=True)
     rev = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False).stdout.strip()
     total = args.repeat * len(chosen)
