@@ -130,6 +130,15 @@ def memory_total() -> int | None:
     return None
 
 
+def fds_from_size() -> int:
+    """Open file descriptors of this process as Linux >= 6.2 gives them, the size of
+    /proc/self/fd (one stat, a few µs even with 100,000 open); 0 where it does not."""
+    try:
+        return os.stat("/proc/self/fd").st_size
+    except OSError:
+        return 0
+
+
 def count_fds() -> int | None:
     """Open file descriptors of this process (None without /proc)."""
     try:
@@ -243,8 +252,15 @@ class SystemMonitor:
             except Exception:  # one broken check must not stop the others, or the timer
                 log.exception("sysmon: %s failed", check.__name__)
         if not self._counting:
-            self._counting = True
-            loop.run_in_executor(None, count_fds).add_done_callback(self._counted)
+            fds = fds_from_size()
+            if fds:
+                # On the loop: a worker thread would take the GIL twice per check, and
+                # when it waits for a CPU on a busy core while the loop wants the GIL
+                # back, the loop sleeps that long (issue 17's storm stalls).
+                self._on_fds(fds)
+            else:  # an older kernel: the directory is listed, off the loop
+                self._counting = True
+                loop.run_in_executor(None, count_fds).add_done_callback(self._counted)
         for callback in self.on_lag:
             try:
                 callback(lag, now)
@@ -314,7 +330,9 @@ class SystemMonitor:
         self._counting = False
         if future.cancelled() or future.exception() is not None or self._handle is None:
             return
-        fds = future.result()
+        self._on_fds(future.result())
+
+    def _on_fds(self, fds: int | None) -> None:
         self.fds = fds
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_fds = soft

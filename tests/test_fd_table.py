@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 from support import WAIT, builder as B
-from support.process import BrokerProcess
+from support.process import BrokerProcess, wait_log
 
 from mqttd.transport.fdguard import presize_fd_table
 
@@ -64,3 +64,27 @@ def test_presizing_never_closes_a_descriptor_open_at_the_top() -> None:
             assert fd_slots(os.getpid()) >= top
         finally:
             os.close(top - 1)
+
+
+def python_threads(pid: int) -> list[int]:
+    """The daemon's threads that Python started (libuv's own are named libuv-worker)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(t.name) for t in tasks.iterdir()
+            if (t / "comm").read_text().strip() != "libuv-worker"]
+
+
+def test_the_monitor_counts_descriptors_on_the_loop_thread() -> None:
+    """sysmon's descriptor count is one stat of /proc/self/fd (Linux >= 6.2), made on the
+    loop: no worker thread exists to take the GIL from the loop once a check. The count is
+    seen to happen (the alarm it raises); the broker without a store runs one Python
+    thread."""
+    config = ('[sysmon]\ncheck_interval = "100ms"\nfd_high = 0.02\nfd_clear = 0.01\n'
+              '[store]\ndurability = "off"\n')
+    b = BrokerProcess(config, wrapper=["prlimit", "--nofile=256:256"])
+    try:
+        wait_log(b, "alarm high_fd_usage activated")  # a count was made (~20 of 256 open)
+        assert python_threads(b.proc.pid) == [b.proc.pid]
+        assert "Traceback" not in b.log()
+    finally:
+        assert b.stop() == 0
+        b.cleanup()
