@@ -259,32 +259,66 @@ def bench_modules(args: argparse.Namespace, rargs: argparse.Namespace, lg: Any,
             for variant in order:
                 runner.variant = variant
                 t0 = time.monotonic()
+                waited = runner.gate_waited
                 busy = busy_other_bench()
                 try:
                     res = runner.run(spec, scen, rep)
                     res["pytest_running"] = res.get("pytest_running", 0) + busy
+                    res["us_per_msg"] = cpu_per_message(res)
                 except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
                     res = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
+                res["seconds"] = time.monotonic() - t0
+                res["gate_waited"] = runner.gate_waited - waited
                 if scen in run.QOS1_SCENARIOS and not res.get("error") and (
                         res.get("lost") or res.get("duplicates") or res.get("reordered")):
                     res["error"] = (f"lost {res.get('lost')}, duplicated "
                                     f"{res.get('duplicates')}, reordered {res.get('reordered')}")
                 failed |= bool(res.get("error"))
                 raw[variant].setdefault(scen, []).append(res)
+                us = res.get("us_per_msg")
                 run.log(f"{variant:14} {scen} #{rep}: "
                         + (res["error"] if res.get("error") else f"{res['rate']:,.0f} msg/s"
+                           + (f", broker {us:.3f} µs CPU/msg" if us else "")
                            + (" (pytest/bench running)" if res.get("pytest_running") else ""))
-                        + f" [{time.monotonic() - t0:.1f} s]")
+                        + f" [{res['seconds']:.1f} s"
+                        + (f", {res['gate_waited']:.0f} s waiting for pytest"
+                           if res["gate_waited"] >= 1 else "") + "]")
     rows = []
     for scen in args.scenarios:
-        base = run.median_of(raw["none"].get(scen, []), "rate")
+        base_runs = raw["none"].get(scen, [])
+        base = run.median_of(base_runs, "rate")
+        base_us = run.median_of(base_runs, "us_per_msg")
         for variant in names[1:]:
-            v = run.median_of(raw[variant].get(scen, []), "rate")
+            runs = raw[variant].get(scen, [])
+            v = run.median_of(runs, "rate")
+            us = run.median_of(runs, "us_per_msg")
             ratio = v / base if v and base else None
             rows.append({"scenario": scen, "variant": variant, "none": base, "loaded": v,
                          "ratio": ratio, "verdict": "—" if ratio is None else
-                         ("ok" if ratio >= MODULES_GOAL else "FAIL")})
+                         ("ok" if ratio >= MODULES_GOAL else "FAIL"),
+                         "paired": paired(base_runs, runs, "rate"),
+                         "none_us": base_us, "loaded_us": us,
+                         "cpu_ratio": us / base_us if us and base_us else None,
+                         "paired_cpu": paired(base_runs, runs, "us_per_msg")})
     return rows, raw, failed
+
+
+def cpu_per_message(res: dict[str, Any]) -> float | None:
+    """The broker's CPU time (utime + stime) per message delivered in the measured interval,
+    µs: less sensitive than msg/s to what else runs on the load core."""
+    cpu, rate = res.get("broker_cpu"), res.get("rate")
+    return cpu / 100 / rate * 1e6 if cpu and rate else None
+
+
+def paired(base: list[dict[str, Any]], runs: list[dict[str, Any]], key: str
+           ) -> list[float | None]:
+    """Per repetition, a variant's figure over ``none``'s of the same repetition (the two ran
+    minutes apart at most, beside the same neighbours)."""
+    out: list[float | None] = []
+    for b, r in zip(base, runs, strict=False):
+        x, y = b.get(key), r.get(key)
+        out.append(y / x if x and y and not b.get("error") and not r.get("error") else None)
+    return out
 
 
 # --- bridge: raw-socket clients (processes of their own, on the load core) ---------------------
@@ -699,6 +733,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per run (3)")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="MINUTES",
                     help="first wait until no pytest runs, at most this long (10; --quick 0)")
+    ap.add_argument("--gate", type=float, default=None, metavar="SECONDS",
+                    help="before each run, wait up to this long for other pytest runs to end "
+                         "(bench/run.py's per-run gate; default 0 with --wait-idle 0, else 60)")
     ap.add_argument("--write-results", action="store_true",
                     help="replace (or add) this harness's section of bench/RESULTS.md")
     ap.add_argument("--json", metavar="FILE", help="raw results (default bench/out/modules-*.json)")
@@ -707,6 +744,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.quick else 5
     if args.wait_idle is None:
         args.wait_idle = 0.0 if args.quick else 10.0
+    if args.gate is None:
+        # Under the benchmark lock nothing may wait for others' runs: run.py's default gate
+        # (60 s before each run while any pytest runs) made single runs take 65 s.
+        args.gate = 0.0 if args.quick or args.wait_idle == 0 else 60.0
     args.parts = [p for p in args.parts.split(",") if p]
     args.bridges = tuple(b for b in args.bridges.split(",") if b)
     for b in args.bridges:
@@ -749,6 +790,14 @@ def fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:,.0f}"
 
 
+def ratio_text(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def us_text(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
 def markdown(cmd: str, args: argparse.Namespace, sizes: run.Sizes, mod_rows: list[dict[str, Any]],
              br_rows: list[dict[str, Any]], noisy: int, total: int, quiet_note: str) -> str:
     title = ("Idle modules and the bridge" if mod_rows and br_rows else
@@ -765,13 +814,16 @@ def markdown(cmd: str, args: argparse.Namespace, sizes: run.Sizes, mod_rows: lis
                    "retainer, topic_metrics; `idle+slow_subs`: and slow_subs, which times every "
                    "QoS 1 delivery):\n")
         out.append(f"| scenario | variant | none (msg/s) | loaded (msg/s) | ratio | goal ≥ "
-                   f"{MODULES_GOAL:.0%} |")
-        out.append("|---|---|---:|---:|---:|---|")
+                   f"{MODULES_GOAL:.0%} | paired ratios | broker µs CPU/msg (none / loaded) | "
+                   "CPU ratio | paired CPU ratios |")
+        out.append("|---|---|---:|---:|---:|---|---|---|---:|---|")
         for r in mod_rows:
             out.append(f"| {r['scenario']} | {r['variant']} | {fmt(r['none'])} | "
-                       f"{fmt(r['loaded'])} | "
-                       f"{'—' if r['ratio'] is None else format(r['ratio'], '.3f')} | "
-                       f"{r['verdict']} |")
+                       f"{fmt(r['loaded'])} | {ratio_text(r['ratio'])} | {r['verdict']} | "
+                       f"{' / '.join(ratio_text(x, 2) for x in r.get('paired', []))} | "
+                       f"{us_text(r.get('none_us'))} / {us_text(r.get('loaded_us'))} | "
+                       f"{ratio_text(r.get('cpu_ratio'))} | "
+                       f"{' / '.join(ratio_text(x, 2) for x in r.get('paired_cpu', []))} |")
         out.append("")
     if br_rows:
         out.append("Bridge egress `bench/#` to a remote mosquitto, 4 raw-socket publishers on the "
@@ -839,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--subscriber"]:
         return subscriber(int(argv[1]), int(argv[2]), float(argv[3]), *argv[4:5])
     args = parse_args(argv)
-    rargs = run.parse_args(["--quick"] if args.quick else [])
+    rargs = run.parse_args(["--quick"] if args.quick else ["--gate", str(args.gate)])
     try:
         lg = run.engine()
     except run.BuildError as err:
