@@ -25,11 +25,13 @@ from nats.aio.client import Client as NatsClient
 
 from mqttd import _accel
 from mqttd.cluster.routing import Cluster
-from mqttd.config import ClusterSettings
+from mqttd.config import ClusterSettings, Settings
 from mqttd.core import pubpath
 from mqttd.core._pubpath_py import PublishPathPy
 from mqttd.core.message import Message
 from mqttd.core.session import NO_QUEUE
+from mqttd.modules.base import ModuleContext
+from mqttd.modules.topic_metrics import TopicMetrics
 from mqttd.mqtt.packets import (
     Connect,
     Disconnect,
@@ -136,6 +138,29 @@ class Run:
             self.next_id.append(0)
         self.sent: list[list[bytes]] = [[] for _ in CLIENTS]
         self.callbacks: dict[str, Callable[..., Any]] = {}
+        # The topic metrics module (Dispatcher.watched while a topic is registered).
+        w = self.world
+        self.topic_metrics = TopicMetrics(ModuleContext(w.hooks, w.metrics, Settings(),
+                                                        w.broker, w.timers))
+        self.topic_metrics.load()
+
+    def rewrite(self, client: Any, props: Any, topic: str) -> None:
+        """A client.publish callback for the prefix "a/" only (as a topic rewrite rule's)."""
+        self.log.append(("rewrite", topic))
+
+    def prefixed(self, on: bool) -> None:
+        hooks = self.world.hooks
+        if on and not any(c.action == self.rewrite for c in hooks.callbacks("client.publish")):
+            hooks.add("client.publish", self.rewrite, prefixes=("a/",))
+        elif not on:
+            hooks.delete("client.publish", self.rewrite)
+
+    def watch(self, topic: str, on: bool) -> None:
+        tm = self.topic_metrics
+        if on and topic not in tm.topics:
+            tm.add(topic)
+        elif not on:
+            tm.delete(topic)
 
     def egress(self, msg: Message) -> None:
         """Broker.egress, as a bridge has it: what it is given, in order."""
@@ -178,6 +203,7 @@ class Run:
         c = self.cluster
         return {"metrics": self.world.metrics.snapshot(), "sessions": sessions,
                 "sent": self.sent, "log": self.log,
+                "topic_metrics": {t: st.counts for t, st in self.topic_metrics.topics.items()},
                 "retained": sorted(m.topic for m in self.world.broker.retained("#")),
                 # What the cluster counted and queued for NATS (the frames carry the
                 # node's random id: kinds and subjects), and the holds for confirmations.
@@ -204,6 +230,10 @@ OPS = st.one_of(
     st.tuples(st.just("ack"), _client),
     st.tuples(st.just("pause"), _client, st.booleans()),
     st.tuples(st.just("hook"), st.sampled_from(HOOK_POINTS), st.booleans()),
+    # Idle modules' tests the compiled twin remembers per topic: a rewrite rule's prefix,
+    # topic metrics' registered names.
+    st.tuples(st.just("prefixed"), st.booleans()),
+    st.tuples(st.just("watch"), st.sampled_from(["a/b", "x", "q"]), st.booleans()),
     # The bridges' egress slot (Broker.egress) set or cleared.
     st.tuples(st.just("egress"), st.booleans()),
     st.tuples(st.just("close"), _client),
@@ -254,6 +284,10 @@ def _apply(run: Run, op: tuple[Any, ...]) -> None:
             run.collect()
     elif kind == "hook":
         run.hook(op[1], op[2])
+    elif kind == "prefixed":
+        run.prefixed(op[1])
+    elif kind == "watch":
+        run.watch(op[1], op[2])
     elif kind == "egress":
         run.world.broker.egress = run.egress if op[1] else None
     elif kind == "close":
@@ -328,6 +362,48 @@ def test_a_prefixed_client_publish_callback_leaves_other_topics_to_it(impl: type
     assert not take(publisher, Publish("a/b", b"x", 0))
     hooks.delete("client.publish", rewrite)
     assert take(publisher, Publish("a/b", b"x", 0))
+
+
+def test_idle_modules_tests_are_remembered_only_while_they_are_unchanged(impl: type
+                                                                          ) -> None:
+    """A topic that passed a rewrite rule's prefixes and topic metrics' names (the compiled
+    twin remembers it for the connection's repeated topic str) is tested again as soon as
+    either changes: registering the topic, or a rule for its prefix, sends the very next
+    PUBLISH to the slow path, where it is counted or rewritten."""
+    run = Run(pubpath.build(impl), 0)
+    take = run.take
+    assert take is not None
+    run.feed(1, Subscribe(1, [("#", SubOpts(0))]))
+    publisher = run.probes[0].channel
+    topic = "".join(["a/", "b"])  # one str object for every PUBLISH, as the parser reuses it
+    tm = run.topic_metrics
+
+    def publish(expect_taken: bool) -> None:
+        packet = Publish(topic, b"x", 0)
+        taken = take(publisher, packet)
+        assert taken == expect_taken
+        if not taken:
+            run.feed(0, packet)
+
+    publish(True)
+    publish(True)
+    tm.add("x")  # another name: still taken
+    publish(True)
+    tm.add("a/b")
+    publish(False)
+    assert tm.topics["a/b"].counts["in"] == [1, 0, 0]
+    tm.delete("a/b")
+    publish(True)
+    hooks = run.world.hooks
+    hooks.add("client.publish", run.rewrite, prefixes=("a/",))
+    publish(False)
+    assert run.log[-1] == ("rewrite", "a/b")
+    hooks.delete("client.publish", run.rewrite)
+    hooks.add("client.publish", run.rewrite, prefixes=("b/",))
+    publish(True)
+    tm.delete("x")  # the last name: watched is None again
+    publish(True)
+    assert tm.topics == {}
 
 
 def test_fast_path_takes_the_puback_and_refills_the_window(impl: type) -> None:

@@ -43,7 +43,8 @@ class Dispatcher:
         self.hooks = hooks
         #: Exact topic names a module counts (topic metrics): topic -> callback(msg, n), run
         #: after each publish to it with the sessions reached (0: dropped). None while there
-        #: are none: every other message pays one test, and no hook callback.
+        #: are none: every other message pays one test, and no hook callback. Replaced, never
+        #: changed in place (the compiled PUBLISH path keys what it remembers on the dict).
         self.watched: dict[str, Callable[[Message, int], None]] | None = None
         #: Told (session, +1) at a session's first subscription and (session, -1) when its
         #: last one goes: the registry's count of subscribers for the stats.

@@ -100,7 +100,7 @@ class TopicMetrics(Module):
         super().unload()
         self._hooks_off()
         self.topics.clear()
-        self._watched.clear()
+        self._watched = {}
 
     def info(self) -> dict[str, Any]:
         # "hooked": whether the dispatcher calls it (only while a topic is registered).
@@ -122,7 +122,7 @@ class TopicMetrics(Module):
                               "(max_topics)")
         stats = TopicStats(topic, time.monotonic())
         self.topics[topic] = stats
-        self._watched[topic] = self._count
+        self._watch({**self._watched, topic: self._count})
         if len(self.topics) == 1:
             self._hooks_on()
         return stats
@@ -131,7 +131,7 @@ class TopicMetrics(Module):
         """Unregister ``topic``; False if it was not registered."""
         if self.topics.pop(topic, None) is None:
             return False
-        self._watched.pop(topic, None)
+        self._watch({t: cb for t, cb in self._watched.items() if t != topic})
         if not self.topics:
             self._hooks_off()
         return True
@@ -140,6 +140,13 @@ class TopicMetrics(Module):
         """Every registered topic, in the order they were added."""
         now = time.monotonic()
         return [stats.row(now) for stats in self.topics.values()]
+
+    def _watch(self, watched: dict[str, Callable[[Message, int], None]]) -> None:
+        """Replace the watched names (a new dict, never one changed in place: the compiled
+        PUBLISH path remembers that a topic passed the dict it was tested against)."""
+        if self._hooked:  # (also while Dispatcher._publish_watched holds it aside)
+            self.ctx.broker.dispatcher.watched = watched
+        self._watched = watched
 
     def _hooks_on(self) -> None:
         self._hooked = True
