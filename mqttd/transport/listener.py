@@ -8,6 +8,7 @@ and logged at most every ``REFUSED_LOG_EVERY`` seconds per listener.
 Every transport ends in the same :class:`Connection`:
 
 - ``tcp``: the event loop's server hands each socket to a Connection (nothing in between);
+  on Linux through ``ACCEPT_SOCKETS`` listening sockets bound to the one address;
 - ``ws``: to a :class:`~mqttd.transport.websocket.WsFront`, which makes the Connection
   after the upgrade;
 - ``ssl``/``wss``, and any listener with ``proxy_protocol``: the listener accepts itself,
@@ -28,6 +29,7 @@ import datetime
 import logging
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Iterator, MutableSet
 from typing import cast
 
@@ -54,6 +56,14 @@ log = logging.getLogger("mqttd")
 REFUSED_LOG_EVERY = 10.0
 #: A TLS certificate expiring within this many days is logged as a warning.
 EXPIRY_WARNING_DAYS = 14
+#: Listening sockets of a plain TCP (or ws) listener. libuv (under uvloop, since 1.45)
+#: accepts one connection per listening socket per event-loop turn, so in a connect storm
+#: every client cost a turn of its own (an epoll wait, the turn's callbacks; strace: one
+#: accept4 per epoll_pwait where mosquitto accepts ~13 per wait). Sockets bound to the one
+#: address with SO_REUSEPORT, among which the kernel spreads new connections, accept up to
+#: this many per turn. Linux only (elsewhere SO_REUSEPORT does not spread connections).
+ACCEPT_SOCKETS = 8 if sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT") \
+    else 1
 
 
 class ListenerError(Exception):
@@ -230,6 +240,8 @@ class MqttListener:
         self.watcher = watcher
         self.connections = LiveConnections(everyone)
         self.server: asyncio.base_events.Server | None = None
+        #: The servers of the listener's further sockets (ACCEPT_SOCKETS), if any.
+        self._more: list[asyncio.base_events.Server] = []
         #: The address bound (port 0 resolved), once started.
         self.address: tuple[str, int] = (config.bind, config.port)
         self._bucket = TokenBucket(config.max_conn_rate) if config.max_conn_rate > 0 else None
@@ -273,11 +285,7 @@ class MqttListener:
                 self._accepting = loop.create_task(self._accept_loop(sock))
                 host, bound = sock.getsockname()[:2]
             else:
-                self.server = await loop.create_server(self._accept, config.bind, port,
-                                                       backlog=config.backlog,
-                                                       reuse_address=True,
-                                                       reuse_port=self.reuse_port or None)
-                host, bound = self.server.sockets[0].getsockname()[:2]
+                host, bound = await self._serve(loop, port)
         except OSError as err:
             raise ListenerError(
                 f"cannot listen on {config.bind}:{port} "
@@ -289,6 +297,35 @@ class MqttListener:
         if self.tls:
             self._log_expiry()
         return self.address
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, port: int) -> tuple[str, int]:
+        """Listen for tcp/ws clients on ``port`` through ACCEPT_SOCKETS sockets where the
+        configured address is one address (else as the event loop binds a name: one
+        socket per address it resolves to); the address bound."""
+        config = self.config
+        socks = _bind_group(config.bind, port, config.backlog, self.reuse_port) \
+            if ACCEPT_SOCKETS > 1 else None
+        if socks is None:
+            self.server = await loop.create_server(self._accept, config.bind, port,
+                                                   backlog=config.backlog,
+                                                   reuse_address=True,
+                                                   reuse_port=self.reuse_port or None)
+            host, bound = self.server.sockets[0].getsockname()[:2]
+            return host, bound
+        servers: list[asyncio.base_events.Server] = []
+        try:
+            for sock in socks:
+                servers.append(await loop.create_server(self._accept, sock=sock,
+                                                        backlog=config.backlog))
+        except BaseException:
+            for server in servers:
+                server.close()
+            for sock in socks[len(servers):]:
+                sock.close()
+            raise
+        self.server, self._more = servers[0], servers[1:]
+        host, bound = socks[0].getsockname()[:2]
+        return host, bound
 
     def _log_expiry(self) -> None:
         """Say when the certificate expires; warn when that is near (renew, then reload)."""
@@ -318,6 +355,8 @@ class MqttListener:
         """Stop accepting (the live connections stay)."""
         if self.server is not None:
             self.server.close()
+        for server in self._more:
+            server.close()
         if self._accepting is not None:
             self._accepting.cancel()
         if self._sock is not None:
@@ -326,7 +365,9 @@ class MqttListener:
 
     async def wait_closed(self, timeout: float = 2.0) -> None:
         server, self.server = self.server, None
-        if server is not None:
+        servers = ([server] if server is not None else []) + self._more
+        self._more = []
+        for server in servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), timeout)
             except TimeoutError:
@@ -497,9 +538,13 @@ class MqttListener:
                         "%gs; counted in metrics)", self.config.name, why, REFUSED_LOG_EVERY)
 
 
-def _bind(host: str, port: int, backlog: int, reuse_port: bool = False) -> socket.socket:
+def _bind(host: str, port: int, backlog: int, reuse_port: bool = False,
+          group: bool = False) -> socket.socket:
     """A non-blocking listening socket on (host, port), as the event loop's server binds
-    (SO_REUSEADDR, SO_REUSEPORT if asked, the first address the name resolves to)."""
+    (SO_REUSEADDR, SO_REUSEPORT if asked, the first address the name resolves to).
+    ``group``: SO_REUSEPORT set after the bind, so the bind still fails on a port in use
+    (by anyone, a SO_REUSEPORT group included) and the listen lets further sockets of this
+    process join it (``_bind_group``)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -510,12 +555,39 @@ def _bind(host: str, port: int, backlog: int, reuse_port: bool = False) -> socke
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
+        if group and not reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def _bind_group(host: str, port: int, backlog: int, reuse_port: bool
+                ) -> list[socket.socket] | None:
+    """ACCEPT_SOCKETS listening sockets on the one address ``host`` names (port 0: the
+    port the first got), or None where ``host`` names several (both IP versions, say).
+    A port in use fails the first bind as a single socket's would (``_bind``), so a
+    second broker on the port is still refused; ``reuse_port`` (``--workers``) puts the
+    group in the workers' common one."""
+    if not host:  # every interface: the event loop binds each address family
+        return None
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    if len({info[4] for info in infos}) != 1:
+        return None
+    first = _bind(host, port, backlog, reuse_port, group=True)
+    socks = [first]
+    address, bound = first.getsockname()[:2]
+    try:
+        for _ in range(ACCEPT_SOCKETS - 1):
+            socks.append(_bind(address, bound, backlog, reuse_port=True))
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _close_quietly(sock: socket.socket) -> None:

@@ -1,0 +1,112 @@
+"""A plain TCP listener listens through several sockets bound to its one address
+(``listener.ACCEPT_SOCKETS``, SO_REUSEPORT on Linux), so that one event-loop turn accepts
+several clients: every socket belongs to the broker, clients spread over them are all
+served, a port in use still refuses a second broker, and stopping the listener frees the
+port. Through a real broker process and real sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import pytest
+from support import WAIT
+from support.process import checked_broker, run_mqttd
+
+from mqttd.transport.listener import ACCEPT_SOCKETS
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads /proc; several sockets only on Linux")
+
+def _connect(n: int) -> bytes:
+    """MQTT 3.1.1 CONNECT, clean session, keepalive 0, client id "s<n>" (by hand)."""
+    cid = b"s%d" % n
+    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
+    return b"\x10" + bytes([len(body)]) + body
+
+
+def _listening(port: int) -> set[int]:
+    """Inodes of the sockets listening on ``port`` (IPv4 and IPv6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], int(fields[9])
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    found.add(inode)
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_listener_accepts_through_several_sockets() -> None:
+    with checked_broker() as b:
+        listening = _listening(b.port)
+        assert len(listening) == ACCEPT_SOCKETS > 1
+        assert listening <= _socket_inodes(b.proc.pid)  # all of them the broker's
+        # More clients than sockets, all connected before any CONNECT is sent: the kernel
+        # queues them over the sockets, and every one is answered.
+        clients = [socket.create_connection((b.host, b.port), timeout=WAIT)
+                   for _ in range(8 * ACCEPT_SOCKETS)]
+        try:
+            for n, c in enumerate(clients):
+                c.sendall(_connect(n))
+            for c in clients:
+                assert _read_exactly(c, 4) == b"\x20\x02\x00\x00"
+        finally:
+            for c in clients:
+                c.sendall(b"\xe0\x00")
+                c.close()
+
+
+def test_port_in_use_still_refuses_a_second_broker() -> None:
+    with checked_broker() as b:
+        done = run_mqttd("start", "--bind", "127.0.0.1", "--port", str(b.port),
+                         "--data-dir", str(b.dir / "data2"), timeout=WAIT * 2)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert f"cannot listen on 127.0.0.1:{b.port}" in done.stderr
+        # ... and a plain socket cannot slip into the broker's group either.
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", b.port))
+
+
+def test_stopping_the_listener_closes_every_socket() -> None:
+    with checked_broker() as b:
+        port = b.port
+        done = run_mqttd("ctl", "--data-dir", str(b.data_dir), "listeners", "stop", "default",
+                         timeout=WAIT * 2)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        deadline = time.monotonic() + WAIT
+        while _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _listening(port)
+        with socket.socket() as free:  # the port is free again
+            free.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            free.bind(("127.0.0.1", port))
+
