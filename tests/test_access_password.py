@@ -767,3 +767,58 @@ def test_hashing_threads_yield_to_the_event_loop(tmp_path: Path) -> None:
         main_thread = int(Path(f"/proc/{b.proc.pid}/stat").read_text()
                            .rsplit(")", 1)[1].split()[16])
         assert main_thread == 0, nices
+
+
+@pytest.mark.parametrize("cache_ttl", [0, 60])
+def test_reload_renews_the_reused_success_of_each_user(tmp_path: Path, cache_ttl: int) -> None:
+    """The provider answers a user's every successful check with one shared result naming
+    the user's entry (``PasswordFile._granted``), and the chain may remember a success
+    (``cache_ttl``). After a reload neither may let in what the new file does not: a user
+    removed, or whose password changed, is refused with the old password; the changed
+    password, an unchanged line, and a line hashed again from the same password get in."""
+    path = tmp_path / "passwd"
+    users = {"keep": "k1", "drop": "d1", "change": "c1", "rehash": "r1"}
+    for n, (user, pw) in enumerate(users.items()):
+        done = mqttd_passwd(*(["-c"] if n == 0 else []), "-I", "101", "-b", str(path),
+                            user, pw)
+        assert done.returncode == 0, done.stderr
+    config = (f'[auth]\npassword_file = "{path}"\ncache_ttl = {cache_ttl}\n'
+              '[zones.default]\nallow_anonymous = false\n')
+
+    def connect(b: BrokerProcess, user: str, pw: str) -> int:
+        c = Client(b, uid(f"{user}-"), version=5, username=user, password=pw)
+        try:
+            _, rc, _ = c.connect(expect_ok=False)
+        finally:
+            c.close()
+        return int(rc.value) if hasattr(rc, "value") else int(rc)
+
+    with checked_broker(config) as b:
+        hashed = "hashed the password of"
+        for _ in range(2):  # the second time through the reused result (or the cache)
+            for user, pw in users.items():
+                assert connect(b, user, pw) == 0, user
+        before = b.log().count(hashed)
+        assert before == (8 if cache_ttl == 0 else 4)  # cached: the second ones not hashed
+        old_line = {line.split(":", 1)[0]: line for line in path.read_text().splitlines()}
+        assert mqttd_passwd("-D", str(path), "drop").returncode == 0
+        assert mqttd_passwd("-I", "101", "-b", str(path), "change", "c2").returncode == 0
+        assert mqttd_passwd("-I", "101", "-b", str(path), "rehash", "r1").returncode == 0
+        new_line = {line.split(":", 1)[0]: line for line in path.read_text().splitlines()}
+        assert new_line["keep"] == old_line["keep"]
+        assert new_line["rehash"] != old_line["rehash"]  # a new salt: another entry
+        mark = len(b.log())
+        os.kill(b.proc.pid, signal.SIGHUP)
+        wait_log(b, f"{path}: reloaded, 3 users", start=mark)
+        assert connect(b, "drop", "d1") == 0x86
+        assert connect(b, "change", "c1") == 0x86
+        assert connect(b, "change", "c2") == 0
+        assert connect(b, "keep", "k1") == 0
+        assert connect(b, "rehash", "r1") == 0
+        # Every success after the reload was hashed again against the new file (the cache
+        # was emptied; "drop" is no longer listed, so its check hashes a decoy, unlogged).
+        assert b.log().count(hashed) == before + 4
+        for _ in range(2):  # and the new results are reused as the old ones were
+            assert connect(b, "keep", "k1") == 0
+            assert connect(b, "change", "c2") == 0
+            assert connect(b, "change", "c1") == 0x86
