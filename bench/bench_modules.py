@@ -3,7 +3,8 @@
 
     python bench/bench_modules.py [--repeat 5] [--parts modules,bridge] [--quick]
                                   [--variants none,idle,idle+slow_subs] [--duration S]
-                                  [--wait-idle MINUTES] [--write-results]
+                                  [--mqttd mqttd,before@DIR] [--wait-idle MINUTES]
+                                  [--gate SECONDS] [--write-results]
 
 **Idle modules.** bench/run.py's pieces measure: a fresh mqttd per run (the package copied at
 the start of the sitting) pinned to the broker core, the Cython load generator on the other
@@ -22,7 +23,12 @@ A ``message.delivered`` callback (topic_metrics with a topic, slow_subs) stops t
 sharing one encoded QoS 0 PUBLISH between subscribers; with fan-in's one subscriber there is
 nothing to share. Each run checks the broker's log says every module of its variant loaded.
 Goal: each loaded variant ≥ 97 % of ``none`` (medians of ``--repeat``). ``--variants
-none,delayed,rewrite,...`` measures modules one at a time instead (what each costs).
+none,delayed,rewrite,...`` measures modules one at a time instead (what each costs). Beside
+msg/s each run gives the broker's CPU time (utime + stime) per message delivered, which the
+load core's neighbours move far less than msg/s; ratios are also given per repetition
+(paired). ``--mqttd mqttd,before@DIR`` runs every variant on both trees, all interleaved,
+each tree against its own ``none``. Runs never wait for other pytest runs unless ``--gate``
+says so (or ``--wait-idle`` is not 0): under the benchmark lock nothing should wait.
 
 **Bridge.** A local broker bridges egress ``bench/#`` (same topic, no prefix, MQTT 3.1.1,
 QoS 1 or 0, 20 in flight, queue up to 1,000,000) to a remote mosquitto (``--bridge-window N``:
@@ -248,16 +254,21 @@ def bench_modules(args: argparse.Namespace, rargs: argparse.Namespace, lg: Any,
     runner = ModulesRunner(rargs, lg, sizes)
     runner.run_dir = run_dir / "modules"
     runner.mqttd_src = src
-    spec = brokers.builtin_specs()["mqttd"]
-    names = list(args.variants)
+    # (tree, spec): this tree's mqttd and any NAME@DIR of --mqttd (e.g. the commit before a
+    # change), each with every variant; with one tree the rows are named by variant alone.
+    trees = [(t.split("@")[0], modules_spec(t)) for t in args.mqttd]
+    names = [f"{t}:{v}" if len(trees) > 1 else v for t, _ in trees for v in args.variants]
+    specs = {f"{t}:{v}" if len(trees) > 1 else v: (spec, v) for t, spec in trees
+             for v in args.variants}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {v: {} for v in names}
     failed = False
     for rep in range(args.repeat):
         for scen in args.scenarios:
             # rotate which variant goes first, so drift does not favour one
             order = names[rep % len(names):] + names[:rep % len(names)]
-            for variant in order:
-                runner.variant = variant
+            for name in order:
+                spec, runner.variant = specs[name]
+                variant = name
                 t0 = time.monotonic()
                 waited = runner.gate_waited
                 busy = busy_other_bench()
@@ -285,10 +296,13 @@ def bench_modules(args: argparse.Namespace, rargs: argparse.Namespace, lg: Any,
                            if res["gate_waited"] >= 1 else "") + "]")
     rows = []
     for scen in args.scenarios:
-        base_runs = raw["none"].get(scen, [])
-        base = run.median_of(base_runs, "rate")
-        base_us = run.median_of(base_runs, "us_per_msg")
-        for variant in names[1:]:
+        for variant in names:
+            none = variant.rsplit(":", 1)[0] + ":none" if ":" in variant else "none"
+            if variant == none:
+                continue
+            base_runs = raw[none].get(scen, [])
+            base = run.median_of(base_runs, "rate")
+            base_us = run.median_of(base_runs, "us_per_msg")
             runs = raw[variant].get(scen, [])
             v = run.median_of(runs, "rate")
             us = run.median_of(runs, "us_per_msg")
@@ -301,6 +315,14 @@ def bench_modules(args: argparse.Namespace, rargs: argparse.Namespace, lg: Any,
                          "cpu_ratio": us / base_us if us and base_us else None,
                          "paired_cpu": paired(base_runs, runs, "us_per_msg")})
     return rows, raw, failed
+
+
+def modules_spec(tree: str) -> BrokerSpec:
+    """``mqttd`` (this tree, the sitting's snapshot) or ``NAME@DIR`` (mqttd from the checkout
+    in DIR), both with the store on as ``mqttd``'s."""
+    if "@" in tree:
+        return dataclasses.replace(brokers.parse_spec(tree, {}), durability="process")
+    return brokers.builtin_specs()["mqttd"]
 
 
 def cpu_per_message(res: dict[str, Any]) -> float | None:
@@ -717,6 +739,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help="module variants, 'none' first (also: any one module's name, to see "
                          "what each costs)")
+    ap.add_argument("--mqttd", default="mqttd", metavar="TREES",
+                    help="modules part: which mqttd (mqttd: this tree; NAME@DIR: the checkout "
+                         "in DIR, e.g. before@/tmp/before), each with every variant, all "
+                         "interleaved; ratios against the same tree's none")
     ap.add_argument("--bridges", default=",".join(BRIDGES),
                     help="bridge part: which local brokers (mqttd,mosquitto,mqttd-nostore, "
                          "NAME@DIR: mqttd from that checkout; the ratio needs "
@@ -750,6 +776,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.gate = 0.0 if args.quick or args.wait_idle == 0 else 60.0
     args.parts = [p for p in args.parts.split(",") if p]
     args.bridges = tuple(b for b in args.bridges.split(",") if b)
+    args.mqttd = [t for t in args.mqttd.split(",") if t]
+    for t in args.mqttd:
+        if t != "mqttd":
+            try:
+                if "@" not in t:
+                    raise ValueError(f"{t!r} is neither mqttd nor NAME@DIR")
+                modules_spec(t)
+            except ValueError as err:
+                ap.error(f"--mqttd: {err}")
+    if not args.mqttd or len({t.split("@")[0] for t in args.mqttd}) != len(args.mqttd):
+        ap.error("--mqttd: one or more of mqttd, NAME@DIR, each NAME once")
     for b in args.bridges:
         if "@" in b:
             try:
