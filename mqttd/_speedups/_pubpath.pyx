@@ -11,7 +11,7 @@ imports nothing of mqttd: the facade hands it core's classes and counter indices
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
@@ -24,6 +24,7 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int clock_gettime(int clk_id, timespec* tp)
     int CLOCK_REALTIME
+    int CLOCK_MONOTONIC
 
 #: Message's slots, in order, as its __init__ fills them (checked at configuration: a
 #: Message with other slots is built by calling the class).
@@ -31,10 +32,7 @@ cdef tuple _MESSAGE_SLOTS = ("topic", "payload", "qos", "retain", "properties", 
                              "timestamp", "expiry")
 cdef object _ZERO = 0.0
 
-import time
 from collections import deque as _deque
-#: Channel's clock for delivery timing (delivery.slow).
-cdef object _monotonic = time.monotonic
 
 from mqttd._speedups._metrics cimport Metrics
 
@@ -158,6 +156,13 @@ cdef extern from *:
 cdef struct Slot:
     PyObject* tp
     Py_ssize_t off
+
+
+cdef inline double _clock() noexcept:
+    """``time.monotonic()`` (the same clock, CLOCK_MONOTONIC) without a call or a float."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 cdef Slot _slot(cls, str name) except *:
@@ -328,6 +333,7 @@ cdef class PublishPath:
     cdef Slot h_client_publish, h_client_check_acl, h_message_publish, h_message_dropped
     cdef Slot h_client_publish_prefixes
     cdef Slot h_message_delivered
+    cdef Slot h_slow_threshold, h_delivery_slow, s_sent_at
     cdef Slot r_one, r_entry, r_subs, r_groups
     cdef Slot s_channel, s_client_id, s_upgrade_qos
     cdef Slot s_mqueue, s_store, s_max_mqueue_len, s_flow_limit, s_flow_stalled, s_enqueued
@@ -424,6 +430,8 @@ cdef class PublishPath:
         self.h_message_publish = _slot(c, "message_publish")
         self.h_message_dropped = _slot(c, "message_dropped")
         self.h_message_delivered = _slot(c, "message_delivered")
+        self.h_slow_threshold = _slot(c, "slow_threshold")
+        self.h_delivery_slow = _slot(c, "delivery_slow")
         c = slotted.get("Route", object)
         self.r_one = _slot(c, "one")
         self.r_entry = _slot(c, "entry")
@@ -439,6 +447,7 @@ cdef class PublishPath:
         self.s_flow_limit = _slot(c, "flow_limit")
         self.s_flow_stalled = _slot(c, "flow_stalled")
         self.s_enqueued = _slot(c, "enqueued")
+        self.s_sent_at = _slot(c, "sent_at")
         c = slotted.get("SubOpts", object)
         self.o_qos = _slot(c, "qos")
         self.o_no_local = _slot(c, "no_local")
@@ -648,6 +657,8 @@ cdef class PublishPath:
         cdef Py_ssize_t max_inflight
         cdef int version
         cdef bint stored
+        cdef double now = -1.0, sent  # (timed deliveries: one clock read for the ack and
+        cdef PyObject* item           # the refill, as one float shared by what it sends)
         if (_t(channel, self.c_closing, "closing")
                 or not _none(channel, self.c_held, "_held")
                 or not _none(channel, self.c_tracer, "tracer")
@@ -679,10 +690,19 @@ cdef class PublishPath:
         if stored:
             session.forget(entry)
         _inc(self.ba.get(broker, B_METRICS), self.messages_acked)
-        sent_at = session.sent_at
+        sent_at = _g(session, self.s_sent_at, "sent_at")
         if sent_at is not None:  # timed (delivery.slow): as _in_puback
-            sent = sent_at.pop(packet_id, 0.0)
-            if _monotonic() - sent >= hooks.slow_threshold:
+            if type(sent_at) is dict:
+                item = PyDict_GetItem(sent_at, packet_id)
+                if item is NULL:
+                    sent = 0.0
+                else:
+                    sent = <double><object>item
+                    PyDict_DelItem(sent_at, packet_id)
+            else:
+                sent = sent_at.pop(packet_id, 0.0)
+            now = _clock()
+            if now - sent >= <double>_g(hooks, self.h_slow_threshold, "slow_threshold"):
                 channel._completed(session, entry[0], sent)
         # --- Channel.drain ---
         if _t(channel, self.c_paused, "paused"):
@@ -696,10 +716,12 @@ cdef class PublishPath:
                 or _t(channel, self.c_client_max_packet, "client_max_packet")):
             channel.drain()
             return True
-        if hooks.delivery_slow:  # each PUBLISH sent is timed, as drain does it
-            sent_at = session.sent_at
+        stamp = None
+        if _t(hooks, self.h_delivery_slow, "delivery_slow"):  # each PUBLISH sent is timed,
+            sent_at = _g(session, self.s_sent_at, "sent_at")  # as drain does it
             if sent_at is None:
                 sent_at = session.sent_at = {}
+            stamp = now if now >= 0.0 else _clock()
         else:
             sent_at = None
         out = _g(channel, self.c_out, "out")
@@ -718,7 +740,10 @@ cdef class PublishPath:
                 pid = session.next_packet_id()
                 inflight[pid] = delivery
             if sent_at is not None:
-                sent_at[pid] = _monotonic()
+                if type(sent_at) is dict:
+                    PyDict_SetItem(sent_at, pid, stamp)
+                else:
+                    sent_at[pid] = stamp
             out.append(self.encode_publish(_g(msg, self.m_topic, "topic"),
                                            _g(msg, self.m_payload, "payload"), 1, delivery[2],
                                            False, pid, _g(msg, self.m_properties, "properties"),
