@@ -19,7 +19,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Final, Protocol, cast
 
 from ..config import Zone
@@ -421,6 +420,13 @@ class Channel:
     _held_ack = Rare[tuple[Message, int, int, bytes] | None](None)
     #: The CONNECT's protocol name ("MQIsdp" for MQTT 3.1): see ``proto_name``.
     _proto_name = Rare("MQTT")
+    #: A CONNECT waiting for its authentication (``_authenticated``), or for its session in
+    #: a cluster (``_prepared``): what the rest of it needs, kept here only then, rather
+    #: than in a partial made for every CONNECT (most are answered at once).
+    _auth_args = Rare[tuple[Connect, Properties, str | None] | None](None)
+    _open_args = Rare[tuple[Connect, int, int, int, Properties, ClientInfo,
+                            Callable[[ClientInfo, str, str], int] | None, str | None,
+                            bytes | None] | None](None)
 
     def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
                  out: list[bytes] | None = None) -> None:
@@ -558,11 +564,16 @@ class Channel:
                 self.client_id, self.username, self.peer, origin.sockport,
                 "MQTT" if version else "", version, self.clean_start, self.keepalive,
                 self.zone.name, self.mountpoint, expiry, self.connected_at, origin.listener)
+        # (read from the dict, not through the four descriptors: a password-file client
+        # has one rare field set, its credential, and is described three times a connect)
+        get = rare.get
         return ClientInfo(
             self.client_id, self.username, self.peer, origin.sockport,
-            self._proto_name if version else "", version, self.clean_start, self.keepalive,
-            self.zone.name, self.mountpoint, expiry, self.connected_at, origin.listener,
-            self.superuser, self.auth_acl, self.cert_user)
+            get("_proto_name", "MQTT") if version else "",  # type: ignore[arg-type]
+            version, self.clean_start, self.keepalive, self.zone.name, self.mountpoint, expiry,
+            self.connected_at, origin.listener,
+            get("superuser", False), get("auth_acl"),  # type: ignore[arg-type]
+            get("cert_user", False))  # type: ignore[arg-type]
 
     # --- output ----------------------------------------------------------------------
 
@@ -1023,29 +1034,41 @@ class Channel:
         method = props.get("authentication_method")
         if method is not None:  # MQTT 5 enhanced authentication: an AUTH exchange decides
             return self._start_connect_auth(method, p, props, assigned)
-        # (partial and a bound method, not lambdas: closures would make every local of
-        # this method a cell, and the common answer comes back at once anyway.)
+        # (bound methods, not closures: the common answer comes back at once)
         result = self.services.authenticate(
-            self._describe(), p.password, partial(self._authenticated, p, props, assigned),
+            self._describe(), p.password, self._authenticated,
             # A client that left while its check waited in the hashing queue costs no hash.
             self._wanted)
         if result is None:  # hashing or a remote provider: CONNACK when it answers
             self.state = AUTHENTICATING
             self._held = []
+            self._auth_args = (p, props, assigned)
             return None
         return self._connect_accepted(p, props, assigned, result)
 
     def _wanted(self) -> bool:
         return not self.closing
 
-    def _authenticated(self, p: Connect, props: Properties, assigned: str | None,
-                       result: AuthResult) -> None:
+    def _take_rare(self, name: str) -> object:
+        """Remove the rare field ``name`` and return its value (None if it was not set)."""
+        rare = self._rare
+        if rare is None:
+            return None
+        value = rare.pop(name, None)
+        if not rare:
+            self._rare = None
+        return value
+
+    def _authenticated(self, result: AuthResult) -> None:
         """Authentication answered (off the loop, now back on it): finish the CONNECT, then
         apply what the client sent meanwhile."""
-        if self.closing or self.state != AUTHENTICATING:
+        args = cast("tuple[Connect, Properties, str | None] | None",
+                    self._take_rare("_auth_args"))
+        if self.closing or self.state != AUTHENTICATING or args is None:
             return  # the connection ended while authentication ran
         self.state = IDLE
         held, self._held = self._held or [], None
+        p, props, assigned = args
         self._connect_accepted(p, props, assigned, result)
         for packet in held:
             if self.closing:
@@ -1076,10 +1099,12 @@ class Channel:
             # connected clients could not see this one yet.
             return self._refuse(RC.BAD_USER_NAME_OR_PASSWORD, _PUBLIC_REFUSALS[0x86],
                                 "its credentials were revoked while they were checked")
-        if result.superuser or result.acl is not None or result.credential is not None \
-                or self._rare is not None:  # (else all three are at their defaults)
-            self.superuser = result.superuser
+        # (Only what differs from the defaults, at which a channel's one CONNECT finds them.)
+        if result.superuser:
+            self.superuser = True
+        if result.acl is not None:
             self.auth_acl = result.acl
+        if result.credential is not None:
             self.auth_credential = result.credential
         if result.expires_at is not None:
             self._auth_timer = self.services.timers.call_later(
@@ -1150,22 +1175,26 @@ class Channel:
             self._check_will()
         # A session elsewhere in a cluster is fetched first (or a persistent session that
         # cannot be registered is refused): the CONNACK waits, as for authentication.
-        opened = partial(self._open_session, p, expiry, client_rm, client_max_packet,
-                         ack_props, info, deliver_check, assigned, auth_data)
-        code = self.services.prepare_session(info, partial(self._prepared, opened))
+        code = self.services.prepare_session(info, self._prepared)
         if code is None:
             self.state = AUTHENTICATING
             self._held = []
+            self._open_args = (p, expiry, client_rm, client_max_packet, ack_props, info,
+                               deliver_check, assigned, auth_data)
             return None
         if code:
             return self._refuse(code, "server unavailable", "its session cannot be "
                                 "registered in the cluster (NATS unreachable)")
-        opened()
+        self._open_session(p, expiry, client_rm, client_max_packet, ack_props, info,
+                           deliver_check, assigned, auth_data)
 
-    def _prepared(self, opened: Callable[[], None], code: int) -> None:
+    def _prepared(self, code: int) -> None:
         """The cluster has the session ready (``code`` 0) or refuses it: go on with the
         CONNECT, then apply what the client sent meanwhile."""
-        if self.closing or self.state != AUTHENTICATING:
+        args = cast("tuple[Connect, int, int, int, Properties, ClientInfo, "
+                    "Callable[[ClientInfo, str, str], int] | None, str | None, "
+                    "bytes | None] | None", self._take_rare("_open_args"))
+        if self.closing or self.state != AUTHENTICATING or args is None:
             return  # the connection ended meanwhile
         self.state = IDLE
         held, self._held = self._held or [], None
@@ -1173,7 +1202,7 @@ class Channel:
             self._refuse(code, "server unavailable", "its session cannot be registered "
                          "in the cluster (NATS unreachable)")
         else:
-            opened()
+            self._open_session(*args)
         for packet in held:
             if self.closing:
                 break
