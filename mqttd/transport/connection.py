@@ -441,7 +441,9 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport already.
-        peer = self.peer_address or transport.get_extra_info("peername")
+        # A plain TCP client has no rare field set: none is read (a Python call each).
+        rare = self._rare is not None
+        peer = (rare and self.peer_address) or transport.get_extra_info("peername")
         peer_s = "%s:%s" % (peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
         channel = Channel(self.services, self.zone, peer_s, self.out)
         channel.wakeup = self  # (callable: a bound method would be 64 B more per client)
@@ -451,8 +453,8 @@ class Connection(asyncio.Protocol):
             if isinstance(sockname, tuple):
                 port = sockname[1]
         # One shared object per listener for the three (Origin: 16 B less per client).
-        channel.origin = Origin.of(self.listener, self.transport_name, port)
-        if self.cert_as is not None:
+        channel.origin = Origin.of(self.listener, self.transport_name if rare else "tcp", port)
+        if rare and self.cert_as is not None:
             cert = transport.get_extra_info("peercert")
             as_user, as_client = self.cert_as
             if as_user:
@@ -463,7 +465,7 @@ class Connection(asyncio.Protocol):
         self.connections.add(self)
         self.last_recv = now = self.loop.time()
         self._slot = self.flusher.deadlines.add(self, now + self.zone.idle_timeout)
-        if self.watch is not None:
+        if rare and self.watch is not None:
             self.watch(channel)
 
     def data_received(self, data: bytes) -> None:
@@ -809,8 +811,9 @@ class Connection(asyncio.Protocol):
             self._pressure_timer.cancel()
             self._pressure_timer = None
         self.flusher.release(self)
-        self._stash = None
-        self._unread = b""
+        if self._rare is not None:  # (else both are at their defaults: no descriptor calls)
+            self._stash = None
+            self._unread = b""
         self.connections.discard(self)
         channel = self.channel
         if channel is not None:
