@@ -367,9 +367,10 @@ class MqttListener:
         server, self.server = self.server, None
         servers = ([server] if server is not None else []) + self._more
         self._more = []
-        for server in servers:
+        if servers:  # (all at once: each waits for its live connections, up to ``timeout``)
             try:
-                await asyncio.wait_for(server.wait_closed(), timeout)
+                await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in servers)),
+                                       timeout)
             except TimeoutError:
                 pass
         task, self._accepting = self._accepting, None
