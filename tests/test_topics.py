@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from mqttd.mqtt.topics import (
+    _DISALLOWED,
     filter_error,
     has_disallowed_chars,
     is_wildcard,
@@ -178,6 +178,19 @@ ALLOWED = ["", "a/b", " ", "~", "\xa0", "\xff", "\ufdcf", "\ufdf0", "\ufffd", "\
 def test_disallowed_chars(char: str) -> None:
     assert has_disallowed_chars(char)
     assert has_disallowed_chars(f"a/b{char}c/d")
+
+
+def test_disallowed_chars_ascii_shortcut_agrees_with_the_full_check() -> None:
+    """ASCII strings skip the regex (isprintable): every ASCII character, alone and inside
+    a string, in a string with a non-ASCII character too (which takes the regex), is judged
+    as the full pattern judges it."""
+    for code in range(128):
+        c = chr(code)
+        full = _DISALLOWED.search(c) is not None
+        assert has_disallowed_chars(c) is full, hex(code)
+        assert has_disallowed_chars(f"a/{c}b") is full, hex(code)
+        assert has_disallowed_chars(f"\u00e9/{c}b") is full, hex(code)
+    assert not has_disallowed_chars("")
 
 
 @pytest.mark.parametrize("text", ALLOWED, ids=[repr(t) for t in ALLOWED])

@@ -25,6 +25,8 @@ QUEUE_PREFIX = "$queue/"
 
 def has_disallowed_chars(s: str) -> bool:
     """True if ``s`` holds a control character or a Unicode non-character."""
+    if s.isascii():  # (most strings: ASCII's only such characters are C0 and DEL, exactly
+        return not s.isprintable()  # what isprintable() refuses there; ~8x the regex's speed)
     return _DISALLOWED.search(s) is not None
 
 
