@@ -27,7 +27,9 @@ import logging
 import marshal
 import math
 import ssl
+import sys
 import time
+from array import array
 from collections import deque
 from typing import Any, cast
 
@@ -71,6 +73,8 @@ PAUSE_BUFFERED = 1024 * 1024
 #: turn: one turn can bring megabytes from publishers (libuv reads a socket up to 32
 #: times per wake-up), and the socket's buffer must show them to the checks above.
 WRITE_BATCH = 256
+#: Packet ids are big-endian; ``array("H")`` reads in the machine's order.
+_LITTLE = sys.byteorder == "little"
 #: Properties that belong to one hop and are not carried to the other side.
 _HOP_PROPERTIES = ("topic_alias", "subscription_identifier")
 #: Topics whose egress route (remote topic and QoS cap, or none) is remembered; past it
@@ -134,33 +138,56 @@ class _Protocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            packets = self.parser.feed(data)
-        except PacketError as err:
-            for packet in err.packets or ():
-                self.bridge.on_packet(self, packet)
-            if self.bridge._acked:
-                self.bridge._forget_acked()
-            self.bridge.fail(self, f"the remote sent a bad packet: {err}")
-            return
         bridge = self.bridge
         inflight, acked = bridge.inflight, bridge._acked
         n = 0
-        for packet in packets:
-            # The common packet, a PUBACK of an egress message, without on_packet's and
-            # _done's frames (as they handle it).
-            if type(packet) is Puback and packet.reason_code < 0x80 and self is bridge._proto:
-                bridge._ping_due = False
-                out = inflight.pop(packet.packet_id, None)
+        k = len(data) >> 2
+        pids = None
+        if not len(data) & 3 and self is bridge._proto and not self.parser.buffered \
+                and data[0::4].count(0x40) == k and data[1::4].count(2) == k:
+            # The common read: PUBACKs of success only (40 02 id id; MQTT 5 leaves out
+            # reason code 0), their packet ids read at once, no packet object each (id 0,
+            # a protocol error, goes to the parser, which says so).
+            ids = array("H", data)
+            if _LITTLE:
+                ids.byteswap()
+            pids = ids[1::2]
+            if 0 in pids:
+                pids = None
+        if pids is not None:
+            bridge._ping_due = False
+            for pid in pids:
+                out = inflight.pop(pid, None)
                 if out is not None:
                     n += 1
                     if out.key:
                         acked.append(out.key)
-            else:
-                bridge.on_packet(self, packet)
+        else:
+            try:
+                packets = self.parser.feed(data)
+            except PacketError as err:
+                for packet in err.packets or ():
+                    bridge.on_packet(self, packet)
+                if bridge._acked:
+                    bridge._forget_acked()
+                bridge.fail(self, f"the remote sent a bad packet: {err}")
+                return
+            for packet in packets:
+                # A PUBACK of an egress message without on_packet's and _done's frames
+                # (as they handle it).
+                if type(packet) is Puback and packet.reason_code < 0x80 \
+                        and self is bridge._proto:
+                    bridge._ping_due = False
+                    out = inflight.pop(packet.packet_id, None)
+                    if out is not None:
+                        n += 1
+                        if out.key:
+                            acked.append(out.key)
+                else:
+                    bridge.on_packet(self, packet)
         if n:
             bridge.counters["acked"] += n
-        if bridge._acked:
+        if acked:
             bridge._forget_acked()
         if self is bridge._proto:  # what the turn's reads produced (the window refilled
             bridge._flush_soon()  # after every acknowledgement of the turn): one write
@@ -218,6 +245,7 @@ class Bridge:
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_due = False
         self._window = s.max_inflight
+        self._max_queued = s.max_queued
         self._next_id = 0
         self._rx_qos2: set[int] = set()
         self._keepalive = s.keepalive
@@ -232,7 +260,7 @@ class Bridge:
             return 0
         restored: list[_Out] = []
         now = time.monotonic()
-        for key in sorted(kv.records):
+        for key in sorted(kv.records, key=_key_order):
             try:
                 out = _Out.from_record(key, kv.records[key])
             except (ValueError, TypeError, EOFError) as err:
@@ -246,10 +274,7 @@ class Bridge:
                 continue
             restored.append(out)
         for key in kv.records:  # new keys after every stored one (ours are hex numbers)
-            try:
-                self._seq = max(self._seq, int(key, 16))
-            except ValueError:
-                pass
+            self._seq = max(self._seq, _key_order(key)[0])
         self.queue.extend(restored)
         return len(restored)
 
@@ -675,17 +700,18 @@ class Bridge:
             return
         queue = self.queue
         kv = self._kv
+        payload, retain = msg.payload, msg.retain
         if kv is not None:  # committed before the publisher's PUBACK goes (Channel.hold)
             self._seq = seq = self._seq + 1
-            key = f"{seq:012x}"
-            out = _Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry, key)
+            key = hex(seq)  # (restore orders the keys by their number)
+            out = _Out(remote_topic, payload, qos, retain, props, msg.expiry, key)
             kv.put_new(key, out.record() if msg.expiry else marshal.dumps(
-                (_RECORD, remote_topic, msg.payload, qos, msg.retain, props, 0.0), 2))
+                (_RECORD, remote_topic, payload, qos, retain, props, 0.0), 2))
         else:
-            out = _Out(remote_topic, msg.payload, qos, msg.retain, props, msg.expiry)
+            out = _Out(remote_topic, payload, qos, retain, props, msg.expiry)
         queue.append(out)
         n = len(queue)
-        if n > self.settings.max_queued:
+        if n > self._max_queued:
             self._forget(queue.popleft())
             n = self.counters["dropped_queue_full"] = self.counters["dropped_queue_full"] + 1
             if n == 1 or n % 1000 == 0:
@@ -806,6 +832,15 @@ def _left(props: dict[str, Any], expiry: float) -> dict[str, Any]:
     """``props`` with what is left of the Message Expiry Interval, as a broker passes it on
     (MQTT 5.0 3.3.2.3.3)."""
     return {**props, "message_expiry_interval": max(1, math.ceil(expiry - time.monotonic()))}
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    """A stored message's place in the queue: its key's number (hex: ``0x1f`` now,
+    ``00000000001f`` as written before, so not in the keys' string order)."""
+    try:
+        return int(key, 16), key
+    except ValueError:
+        return -1, key  # not one of ours (its record says so)
 
 
 def _first(mappings: list[BridgeMapping], topic: str) -> BridgeMapping | None:
