@@ -546,6 +546,40 @@ def _pinned(core: int) -> Any:
     return lambda: os.sched_setaffinity(0, {core})
 
 
+def _syscalls(pid: int) -> dict[str, int]:
+    """A process's read and write system calls and context switches so far ({}: not
+    readable)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("syscr", "syscw"):
+                    out[k] = int(v)
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k.endswith("ctxt_switches"):
+                    out[k.split("_")[0][:3] + "_cs"] = int(v)  # vol_cs, non_cs
+    except OSError:
+        return {}
+    return out
+
+
+def _per_msg(res: dict[str, Any]) -> str:
+    """Each broker's CPU µs, reads, writes and context switches per message delivered."""
+    rate = res.get("rate") or 0
+    if not rate:
+        return ""
+    parts = []
+    for who in ("local", "remote"):
+        cpu = res.get(f"{who}_cpu", 0) / 100 / rate * 1e6
+        calls = "/".join(f"{res.get(f'{who}_{k}', 0) / rate:.2f}"
+                         for k in ("syscr", "syscw", "vol_cs", "non_cs"))
+        parts.append(f"{who} {cpu:.1f} µs, rd/wr/vcs/ics {calls}")
+    return "; per message: " + "; ".join(parts)
+
+
 def mqttd_bridge_config(port: int, qos: int, sets: list[str], window: int = 20) -> str:
     """MQTTD_BRIDGE with ``KEY=VALUE`` settings of [bridges.remote] replaced or added."""
     lines = MQTTD_BRIDGE.format(port=port, qos=qos, window=window).splitlines()
@@ -626,11 +660,16 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
         procs.append(pub)
         # broker-core CPU over the measured interval
         time.sleep(max(0.0, mark0 - time.monotonic()))
-        c0 = brokers.core_times().get(rargs.broker_core)
-        cpu0 = [brokers.cpu_ticks(b.pid) for b in (local, remote)]
+        # (and every other process of the run: what bounds the bridge, issue 16)
+        k0 = brokers.core_times()
+        cpu0 = [brokers.cpu_ticks(p) for p in (local.pid, remote.pid, pub.pid, sub.pid)]
+        io0 = [_syscalls(b.pid) for b in (local, remote)]
         time.sleep(max(0.0, mark1 - time.monotonic()))
-        c1 = brokers.core_times().get(rargs.broker_core)
-        cpu1 = [brokers.cpu_ticks(b.pid) for b in (local, remote)]
+        k1 = brokers.core_times()
+        cpu1 = [brokers.cpu_ticks(p) for p in (local.pid, remote.pid, pub.pid, sub.pid)]
+        io1 = [_syscalls(b.pid) for b in (local, remote)]
+        c0, c1 = k0.get(rargs.broker_core), k1.get(rargs.broker_core)
+        l0, l1 = k0.get(rargs.load_core), k1.get(rargs.load_core)
         pout, _ = pub.communicate(timeout=90)
         sout, _ = sub.communicate(timeout=120)
         if pub.returncode or sub.returncode:
@@ -641,8 +680,18 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
         wall = sizes.duration
         res["local_cpu"] = (cpu1[0] - cpu0[0]) / brokers.CLK_TCK / wall * 100
         res["remote_cpu"] = (cpu1[1] - cpu0[1]) / brokers.CLK_TCK / wall * 100
+        res["pub_cpu"] = (cpu1[2] - cpu0[2]) / brokers.CLK_TCK / wall * 100
+        res["sub_cpu"] = (cpu1[3] - cpu0[3]) / brokers.CLK_TCK / wall * 100
         if c0 and c1 and c1[1] > c0[1]:
             res["broker_core_busy"] = (c1[0] - c0[0]) / (c1[1] - c0[1]) * 100
+        # reads, writes and context switches per second of each broker (how much one
+        # wake-up, one read, one write carries)
+        for who, a, b in zip(("local", "remote"), io0, io1, strict=True):
+            if a and b:
+                for k, v in b.items():
+                    res[f"{who}_{k}"] = (v - a[k]) / wall
+        if l0 and l1 and l1[1] > l0[1]:
+            res["load_core_busy"] = (l1[0] - l0[0]) / (l1[1] - l0[1]) * 100
         res["lost"] = res["published"] - res["received"]
         if qos and (res["lost"] or res["unacked"]):
             res["error"] = (f"QoS 1: {res['published']} published, {res['received']} unique "
@@ -702,7 +751,12 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                            f"{res['pub_rate']:,.0f}/s, lost {res['lost']:,}, backlog "
                            f"{res['backlog']:,} drained at "
                            f"{fmt(res['drain_rate'])}/s, broker core "
-                           f"{res.get('broker_core_busy', 0):.0f}% busy)"
+                           f"{res.get('broker_core_busy', 0):.0f}% busy: local "
+                           f"{res.get('local_cpu', 0):.0f}%, remote "
+                           f"{res.get('remote_cpu', 0):.0f}%; load core "
+                           f"{res.get('load_core_busy', 0):.0f}%: publishers "
+                           f"{res.get('pub_cpu', 0):.0f}%, subscriber "
+                           f"{res.get('sub_cpu', 0):.0f}%{_per_msg(res)})"
                            + (f" bridge {res['bridge']}" if res.get("bridge") else "")
                            + (" (pytest/bench running)" if res.get("pytest_running") else ""))
                         + f" [{time.monotonic() - t0:.1f} s]")
