@@ -692,6 +692,9 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
                     res[f"{who}_{k}"] = (v - a[k]) / wall
         if l0 and l1 and l1[1] > l0[1]:
             res["load_core_busy"] = (l1[0] - l0[0]) / (l1[1] - l0[1]) * 100
+        if res.get("rate"):  # the broker core's CPU per message delivered (issue 16)
+            res["local_us"] = res["local_cpu"] / 100 / res["rate"] * 1e6
+            res["remote_us"] = res["remote_cpu"] / 100 / res["rate"] * 1e6
         res["lost"] = res["published"] - res["received"]
         if qos and (res["lost"] or res["unacked"]):
             res["error"] = (f"QoS 1: {res['published']} published, {res['received']} unique "
@@ -778,6 +781,9 @@ def bench_bridge(args: argparse.Namespace, rargs: argparse.Namespace, sizes: run
                      "mqttd_nostore_lost": run.median_of(raw[NOSTORE].get(key, []), "lost"),
                      "others": {k: run.median_of(raw[k].get(key, []), "rate")
                                 for k in kinds if "@" in k},
+                     "cpu_us": {k: (run.median_of(raw[k].get(key, []), "local_us"),
+                                    run.median_of(raw[k].get(key, []), "remote_us"))
+                                for k in kinds},
                      "verdict": "—" if ratio is None else
                      ("ok" if ratio >= BRIDGE_GOAL else "FAIL")})
     return rows, raw, failed
@@ -949,6 +955,13 @@ def markdown(cmd: str, args: argparse.Namespace, sizes: run.Sizes, mod_rows: lis
                 q = r["mosquitto"]
                 out.append(f"- QoS {r['qos']}: {name} (store on): {fmt(rate)} msg/s"
                            + (f", {rate / q:.2f}× mosquitto→mosquitto" if rate and q else ""))
+            cpu = {k: v for k, v in (r.get("cpu_us") or {}).items() if v[0] and v[1]}
+            if cpu:  # what the shared broker core spends per message: the figure that
+                # other processes' share of that core does not move
+                out.append(f"- QoS {r['qos']}: broker-core CPU per message delivered, local + "
+                           "remote (µs, medians): " + "; ".join(
+                               f"{k}: {lo:.1f} + {re:.1f} = {lo + re:.1f}"
+                               for k, (lo, re) in cpu.items()))
         out.append("")
     return "\n".join(out) + "\n"
 
