@@ -73,6 +73,8 @@ PAUSE_BUFFERED = 1024 * 1024
 #: turn: one turn can bring megabytes from publishers (libuv reads a socket up to 32
 #: times per wake-up), and the socket's buffer must show them to the checks above.
 WRITE_BATCH = 256
+#: Seconds the records of acknowledged messages wait at most for a commit to join.
+FORGET_WITHIN = 0.01
 #: Packet ids are big-endian; ``array("H")`` reads in the machine's order.
 _LITTLE = sys.byteorder == "little"
 #: Properties that belong to one hop and are not carried to the other side.
@@ -168,8 +170,7 @@ class _Protocol(asyncio.Protocol):
             except PacketError as err:
                 for packet in err.packets or ():
                     bridge.on_packet(self, packet)
-                if bridge._acked:
-                    bridge._forget_acked()
+                bridge._forget_acked(now=True)
                 bridge.fail(self, f"the remote sent a bad packet: {err}")
                 return
             for packet in packets:
@@ -186,8 +187,8 @@ class _Protocol(asyncio.Protocol):
                 else:
                     bridge.on_packet(self, packet)
         if n:
-            bridge.counters["acked"] += n
-        if acked:
+            bridge._acked_n += n
+        if acked or n:
             bridge._forget_acked()
         if self is bridge._proto:  # what the turn's reads produced (the window refilled
             bridge._flush_soon()  # after every acknowledgement of the turn): one write
@@ -240,6 +241,9 @@ class Bridge:
         #: Keys of the messages the remote acknowledged in this read: deleted from the
         #: store together at its end (one operation of the store's log for all of them).
         self._acked: list[str] = []
+        #: Acknowledgements not counted yet (``_forget_acked`` counts them with the deletes).
+        self._acked_n = 0
+        self._forget_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -303,12 +307,31 @@ class Bridge:
         if out.key and self._kv is not None:
             self._kv.delete(out.key)
 
-    def _forget_acked(self) -> None:
-        """The records of what the remote acknowledged in this read go, together."""
+    def _forget_acked(self, now: bool = False) -> None:
+        """The records of what the remote acknowledged go, together, and are counted as
+        acknowledged. With the store they join a commit of the loop turn that happens
+        anyway (new messages) or wait for more of them (a window's worth, or
+        ``FORGET_WITHIN``): a read of a few PUBACKs does not cost a commit of its own. A
+        record left by a crash meanwhile is sent again (at least once, as for what is in
+        flight); the ``acked`` count is never ahead of the store."""
         acked = self._acked
-        if self._kv is not None:
-            self._kv.delete_many(acked)
-        acked.clear()
+        kv = self._kv
+        if kv is not None and acked and not now and len(acked) < self._window \
+                and not kv.committing:
+            if self._forget_timer is None:
+                self._forget_timer = asyncio.get_running_loop().call_later(
+                    FORGET_WITHIN, self._forget_acked, True)
+            return
+        if self._forget_timer is not None:
+            self._forget_timer.cancel()
+            self._forget_timer = None
+        if acked:
+            if kv is not None:
+                kv.delete_many(acked)
+            acked.clear()
+        if self._acked_n:
+            self.counters["acked"] += self._acked_n
+            self._acked_n = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -327,6 +350,7 @@ class Bridge:
         """Disconnect and stop retrying; queued messages are kept for the next start."""
         self.state = "stopped"
         self._cancel_timers()
+        self._forget_acked(now=True)
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -443,6 +467,7 @@ class Bridge:
         if proto is not self._proto:
             return
         self._proto = None
+        self._forget_acked(now=True)
         self._disconnected()
         if self.connected_since:
             self.attempts = 0
@@ -477,6 +502,8 @@ class Bridge:
     def flush(self, pump: bool = True) -> None:
         """Fill the in-flight window from the queue (``pump``) and write everything pending
         at once."""
+        if self._acked:  # (the turn may commit now: new messages came after the read)
+            self._forget_acked()
         proto = self._proto
         if proto is None or proto.transport is None:
             self._wbuf.clear()
@@ -636,12 +663,12 @@ class Bridge:
         if out is None:
             return
         if out.key:
-            self._acked.append(out.key)  # deleted at the end of the read (_forget_acked)
+            self._acked.append(out.key)  # deleted after the read (_forget_acked)
         if reason >= 0x80:
             self.counters["dropped_refused"] += 1
             log.info("bridge %s: the remote refused a message (0x%02X)", self.name, reason)
         else:
-            self.counters["acked"] += 1
+            self._acked_n += 1  # counted with the deletes
 
     # --- backpressure (core.services.Backlog) ----------------------------------------------
 

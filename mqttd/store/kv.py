@@ -58,6 +58,11 @@ class KVSpace:
         return True
 
     @property
+    def committing(self) -> bool:
+        """A commit is due at the end of this loop turn: a change made now joins it."""
+        return self._journal._scheduled
+
+    @property
     def full(self) -> bool:
         """The store refuses what needs storing (disk full or its size limit): QoS 1/2
         messages are refused meanwhile (0x97), and so should a new record be."""
