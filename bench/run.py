@@ -1060,7 +1060,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "long (default 20; --quick 0)")
     ap.add_argument("--gate", type=float, default=None, metavar="SECONDS",
                     help="before each run, wait up to this long for running pytest processes to "
-                         "end (default 60; --quick 0)")
+                         "end (default 60; 0 with --quick or --wait-idle 0: under the lock a "
+                         "wait holds everyone's queue, and the run is measured beside the pytest "
+                         "anyway once the wait runs out)")
     ap.add_argument("--gate-budget", type=float, default=15.0, metavar="MINUTES",
                     help="total time the per-run waits may take (default 15)")
     ap.add_argument("--json", metavar="FILE", help="raw results (default bench/out/run-*.json)")
@@ -1082,7 +1084,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.wait_idle is None:
         args.wait_idle = 0.0 if args.quick else 20.0
     if args.gate is None:
-        args.gate = 0.0 if args.quick else 60.0
+        args.gate = 0.0 if args.quick or args.wait_idle == 0 else 60.0
     return args
 
 
