@@ -50,6 +50,7 @@ reordered); 2 with ``--fail-on-goals`` when a goal is missed.
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as _dt
 import json
 import os
@@ -161,6 +162,25 @@ METRICS = [
     Metric("latency-5k", "p99_us", "latency 5k/s p99", "µs", False, ("ratio", 2.0)),
     Metric("latency-20k", "p50_us", "latency 20k/s p50", "µs", False, ("ratio", 1.5)),
     Metric("latency-20k", "p99_us", "latency 20k/s p99", "µs", False, ("ratio", 2.0)),
+    # Diagnostics, no goal (the goal stays the raw p99): see sched_attribution().
+    Metric("latency-5k", "p99_net_us", "latency 5k/s p99 less the broker's CPU waits", "µs",
+           False, None),
+    Metric("latency-5k", "tail_wait_pct", "latency 5k/s tail (≥ p99): broker waiting for a CPU",
+           "%", False, None),
+    Metric("latency-5k", "tail_run_pct", "latency 5k/s tail (≥ p99): broker running", "%",
+           False, None),
+    Metric("latency-5k", "wait_pct",
+           "latency 5k/s: broker threads waiting for a CPU (% of the run)",
+           "%", False, None),
+    Metric("latency-20k", "p99_net_us", "latency 20k/s p99 less the broker's CPU waits", "µs",
+           False, None),
+    Metric("latency-20k", "tail_wait_pct",
+           "latency 20k/s tail (≥ p99): broker waiting for a CPU", "%", False, None),
+    Metric("latency-20k", "tail_run_pct", "latency 20k/s tail (≥ p99): broker running", "%",
+           False, None),
+    Metric("latency-20k", "wait_pct",
+           "latency 20k/s: broker threads waiting for a CPU (% of the run)",
+           "%", False, None),
     Metric("idle-10k", "connect_rate", "idle: connect rate", "conn/s", True, ("min", 10_000)),
     Metric("idle-10k", "rss_kib", "idle: RSS per connection", "KiB", False, ("max", 5.0)),
     # The issue's goal is durability "process" against mosquitto with persistence; "power"
@@ -319,11 +339,29 @@ class Runner:
             if not complete or refused:
                 raise RuntimeError("subscribing failed")
             cpu = self.sampler(broker)
-            r = e.run_latency(rate, sz.lat_duration, sz.lat_warmup, sz.drain, cpu)
+            sched_fd = open_schedstat(broker)
+            threads0 = (time.monotonic_ns(), threads_wait(broker.pid))
+            try:
+                r = e.run_latency(rate, sz.lat_duration, sz.lat_warmup, sz.drain, cpu,
+                                  sched_fd=sched_fd, sched_self=bool(self.args.lat_dump))
+            finally:
+                if sched_fd >= 0:
+                    os.close(sched_fd)
+            t1, w1 = time.monotonic_ns(), threads_wait(broker.pid)
+            r["wait_pct"] = (w1 - threads0[1]) / (t1 - threads0[0]) * 100
             r.update(cpu.result())
-            lat = sorted(e.latencies())
+            samples = e.latency_samples()
+            sched = e.sched_samples()
+            lat = sorted(x for _t, x in samples)
         finally:
             e.close_all()
+        if sched:
+            r.update(sched_attribution(samples, sched))
+        if self.args.lat_dump:
+            d = Path(self.args.lat_dump)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{self.counter:03d}-{broker.spec.name}-{rate:g}.json").write_text(
+                json.dumps({"latency": samples, "sched": sched}))
         r["target_rate"] = rate
         r["rate"] = r["window_unique"] / r["window_ns"] * 1e9 if r["window_ns"] else 0.0
         r["samples"] = len(lat)
@@ -480,6 +518,73 @@ def pct(sorted_values: list[int], p: float) -> float:
         return float("nan")
     k = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values) + 0.5) - 1))
     return float(sorted_values[k])
+
+
+def open_schedstat(broker: BrokerProcess) -> int:
+    """The broker's main thread's /proc schedstat, opened (-1: none to read).
+
+    mqttd and mosquitto do their work on the main thread; nats-server's Go runtime moves it
+    between threads, so it gets no per-message figure.
+    """
+    if broker.spec.kind not in ("mqttd", "mosquitto"):
+        return -1
+    try:
+        return os.open(f"/proc/{broker.pid}/task/{broker.pid}/schedstat", os.O_RDONLY)
+    except OSError:
+        return -1
+
+
+def threads_wait(pid: int) -> int:
+    """ns all of a process's threads have stood runnable without a CPU (schedstat's wait)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def sched_attribution(samples: list[tuple[int, int]], sched: list[tuple[int, ...]]
+                      ) -> dict[str, Any]:
+    """What the broker's thread did while each message was on its way.
+
+    ``samples``: (send time, latency) ns; ``sched``: (time, run ns, wait ns, ...) of the
+    broker's thread, read before each tick's send and right after a slow message arrived. A
+    message's interval is widened to the nearest samples around it (the send's own, the
+    arrival's for a slow one), so its waits are counted in full. Every message stays in:
+    p99_net_us is the p99 of latency less the broker's waits for a CPU within it (other work
+    on its core), the figure pauses3's pingers report; tail_* split the messages at or over
+    the raw p99 into broker waiting / running / neither (asleep: the message in the kernel or
+    the generator).
+    """
+    times = [s[0] for s in sched]
+    net: list[int] = []
+    tail: list[tuple[int, int, int]] = []
+    lats = sorted(x for _t, x in samples)
+    p99 = pct(lats, 99) if lats else 0.0
+    for ts, lat in samples:
+        i = bisect.bisect_right(times, ts) - 1
+        j = bisect.bisect_left(times, ts + lat)
+        if i < 0 or j >= len(times):
+            wait = run = 0  # no sample around it: counted as is
+        else:
+            wait = min(lat, sched[j][2] - sched[i][2])
+            run = min(lat - wait, sched[j][1] - sched[i][1])
+        net.append(lat - wait)
+        if lat >= p99:
+            tail.append((lat, wait, run))
+    net.sort()
+    total = sum(t[0] for t in tail) or 1
+    return {"p99_net_us": pct(net, 99) / 1000 if net else None,
+            "tail_wait_pct": sum(t[1] for t in tail) / total * 100,
+            "tail_run_pct": sum(t[2] for t in tail) / total * 100,
+            "tail_n": len(tail), "sched_samples": len(sched)}
 
 
 def dir_bytes(path: Path) -> int:
@@ -741,6 +846,8 @@ def fmt(v: float | None, unit: str) -> str:
         return f"{v:,.0f}"
     if unit == "KiB":
         return f"{v:.1f}"
+    if unit == "%":
+        return f"{v:.0f}"
     return f"{v:g}"
 
 
@@ -1051,6 +1158,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="experimental: SO_RCVLOWAT on QoS 0 subscribers of throughput runs "
                          "(fewer wake-ups of the generator; changes when the generator's "
                          "kernel ACKs, so off by default)")
+    ap.add_argument("--lat-dump", metavar="DIR",
+                    help="latency scenarios: write each run's (send time, latency) pairs and the "
+                         "broker thread's schedstat samples to DIR as JSON (for diagnosis)")
     ap.add_argument("--profile", metavar="DIR",
                     help="attach py-spy to every mqttd broker for the measured interval and "
                          "write its samples and a summary to DIR (not a measurement run: "
@@ -1250,6 +1360,9 @@ def progress_line(name: str, scen: str, rep: int, res: dict[str, Any], secs: flo
         parts.append(f"p50 {res.get('p50_us') or 0:,.0f} µs p99 {res.get('p99_us') or 0:,.0f} µs"
                      f" at {res.get('rate', 0):,.0f}/s" + (" SATURATED" if res.get("saturated")
                                                             else ""))
+        if res.get("p99_net_us") is not None:
+            parts.append(f"less CPU waits {res['p99_net_us']:,.0f} µs, tail: waiting "
+                         f"{res['tail_wait_pct']:.0f}% running {res['tail_run_pct']:.0f}%")
     elif scen == "idle-10k":
         parts.append(f"{res.get('connect_rate', 0):,.0f} conn/s, "
                      f"{res.get('rss_kib', 0):.2f} KiB/conn")

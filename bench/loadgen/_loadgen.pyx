@@ -36,6 +36,7 @@ cdef extern from *:
     #include <string.h>
     #include <time.h>
     #include <unistd.h>
+    #include <fcntl.h>
     #include <sys/prctl.h>
     #include <sys/socket.h>
     #include <netinet/in.h>
@@ -81,6 +82,25 @@ cdef extern from *:
     static int lg_rcvlowat(int fd, int n) {
         return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &n, sizeof n);
     }
+    /* A thread's schedstat: "run_ns wait_ns timeslices"; run and wait in *out (0 on failure). */
+    static int lg_schedstat(int fd, uint64_t *run, uint64_t *wait) {
+        char b[96];
+        ssize_t n = pread(fd, b, sizeof b - 1, 0);
+        uint64_t v[2] = {0, 0};
+        int k = 0;
+        ssize_t i;
+        if (n <= 0) return -1;
+        for (i = 0; i < n && k < 2; i++) {
+            if (b[i] >= '0' && b[i] <= '9') v[k] = v[k] * 10 + (uint64_t)(b[i] - '0');
+            else if (b[i] == ' ') k++;
+            else break;
+        }
+        *run = v[0]; *wait = v[1];
+        return 0;
+    }
+    static int open_self_schedstat(void) {
+        return open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    }
     static int lg_so_error(int fd) {
         int e = 0; socklen_t l = sizeof e;
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0) return errno;
@@ -95,6 +115,8 @@ cdef extern from *:
     int lg_timerslack_1ns()
     int lg_open(uint32_t src, uint32_t dst, int port, int *err)
     int lg_so_error(int fd)
+    int lg_schedstat(int fd, uint64_t *run, uint64_t *wait)
+    int open_self_schedstat()
     int lg_rcvlowat(int fd, int n)
 
 cdef extern from "<unistd.h>":
@@ -269,7 +291,16 @@ cdef class Engine:
     cdef uint64_t proto_errors
     cdef uint64_t last_progress
     cdef int64_t *lat
+    cdef int64_t *lat_ts     # send time of each latency in lat
     cdef uint64_t nlat
+    # run_latency(sched_fd=...): the broker thread's schedstat sampled before every tick's send
+    # and right after receiving a message slower than sched_slow_ns: (time, run, wait) triples
+    cdef int sched_fd
+    cdef int self_fd         # with sched_self: the generator thread's own, in the same samples
+    cdef uint64_t sched_slow_ns
+    cdef uint64_t *sched
+    cdef uint64_t nsched
+    cdef uint64_t sched_cap
     cdef uint64_t lat_cap
     cdef uint64_t lat_from
     cdef uint64_t lat_until
@@ -293,6 +324,8 @@ cdef class Engine:
         self.port = port
         self.dst = dst
         self.tick_fd = -1
+        self.sched_fd = -1
+        self.self_fd = -1
         self.capconns = max_conns if max_conns > 0 else 16
         self.conns = <conn_t *>calloc(self.capconns, sizeof(conn_t))
         self.events = <epoll_event *>malloc(MAX_EVENTS * sizeof(epoll_event))
@@ -327,6 +360,8 @@ cdef class Engine:
         free(self.lowat_conns)
         free(self.events)
         free(self.lat)
+        free(self.lat_ts)
+        free(self.sched)
         if self.tick_fd >= 0:
             close(self.tick_fd)
         if self.ep >= 0:
@@ -493,8 +528,28 @@ cdef class Engine:
         if self.lat != NULL and ts >= self.lat_from and ts < self.lat_until \
                 and self.nlat < self.lat_cap:
             self.lat[self.nlat] = <int64_t>(now - ts)
+            self.lat_ts[self.nlat] = <int64_t>ts
             self.nlat += 1
+            if self.sched_fd >= 0 and now - ts > self.sched_slow_ns:
+                self.sched_sample()
         return 0
+
+    cdef void sched_sample(self):
+        """Append (time, run, wait[, own run, own wait]) of the broker thread (and the
+        generator's); the time is taken after the reads."""
+        cdef uint64_t run = 0, wait = 0, orun = 0, owait = 0
+        cdef uint64_t *p
+        if self.nsched >= self.sched_cap or lg_schedstat(self.sched_fd, &run, &wait) < 0:
+            return
+        if self.self_fd >= 0:
+            lg_schedstat(self.self_fd, &orun, &owait)
+        p = &self.sched[5 * self.nsched]
+        p[0] = lg_now()
+        p[1] = run
+        p[2] = wait
+        p[3] = orun
+        p[4] = owait
+        self.nsched += 1
 
     cdef int handle(self, int ci, unsigned char b0, const char *body, size_t rl,
                     uint64_t now) except -1:
@@ -1230,11 +1285,16 @@ cdef class Engine:
         self.w_wait = self.n_wait - self.s_wait
 
     def run_latency(self, double rate, double duration, double warmup, double drain, mark,
-                    double stall=1.0):
+                    double stall=1.0, int sched_fd=-1, double sched_slow_us=200.0,
+                    bint sched_self=False):
         """Open loop: every publisher sends one message each 1/``rate`` s, stamped at send.
 
         Latencies of messages sent within the measured interval are kept
-        (``latencies()``).
+        (``latencies()``, with their send times: ``latency_samples()``). With ``sched_fd``
+        (an open /proc/PID/task/TID/schedstat of the broker's thread) that thread's run and
+        wait times are read before every tick's sends and after each message slower than
+        ``sched_slow_us`` is received (``sched_samples()``): what the broker did meanwhile;
+        ``sched_self`` reads the generator thread's own too (diagnosis: twice the reads).
         """
         cdef uint64_t interval = <uint64_t>(1e9 / rate)
         cdef uint64_t t0 = lg_now(), now, expirations = 0, k
@@ -1254,7 +1314,23 @@ cdef class Engine:
         self.lat = <int64_t *>malloc(self.lat_cap * sizeof(int64_t))
         if self.lat == NULL:
             raise MemoryError()
+        free(self.lat_ts)
+        self.lat_ts = <int64_t *>malloc(self.lat_cap * sizeof(int64_t))
+        if self.lat_ts == NULL:
+            raise MemoryError()
         self.nlat = 0
+        free(self.sched)
+        self.sched = NULL
+        self.nsched = 0
+        self.sched_fd = sched_fd
+        self.sched_slow_ns = <uint64_t>(sched_slow_us * 1000)
+        if sched_fd >= 0:
+            self.sched_cap = <uint64_t>(rate * (warmup + duration + drain + stall + 1) * 2) + 4096
+            self.sched = <uint64_t *>malloc(self.sched_cap * 5 * sizeof(uint64_t))
+            if self.sched == NULL:
+                raise MemoryError()
+            if sched_self:
+                self.self_fd = open_self_schedstat()
         self.lat_from = t_warm
         self.lat_until = t_stop
         tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
@@ -1313,6 +1389,8 @@ cdef class Engine:
                             late += expirations - 1
                         if expirations > 10000:
                             expirations = 10000
+                        if self.sched_fd >= 0:
+                            self.sched_sample()
                         for k in range(expirations):
                             for pi in range(self.npubs):
                                 if self.conns[self.pubs[pi].conn].state != ST_READY:
@@ -1328,6 +1406,10 @@ cdef class Engine:
         finally:
             epoll_ctl(self.ep, EPOLL_CTL_DEL, tfd, NULL)
             close(tfd)
+            self.sched_fd = -1  # the caller's descriptor: not read after this call
+            if self.self_fd >= 0:
+                close(self.self_fd)
+                self.self_fd = -1
         res = self._result(t_mark0, t_mark1, d0, d1, r0, r1, timed_out)
         res["timer_late"] = int(late)
         return res
@@ -1374,3 +1456,14 @@ cdef class Engine:
         """Latencies (ns) of the messages sent in the measured interval of run_latency()."""
         cdef uint64_t i
         return [self.lat[i] for i in range(self.nlat)]
+
+    def latency_samples(self) -> list:
+        """(send time, latency) in ns of the messages of ``latencies()``, in arrival order."""
+        cdef uint64_t i
+        return [(self.lat_ts[i], self.lat[i]) for i in range(self.nlat)]
+
+    def sched_samples(self) -> list:
+        """(time, run ns, wait ns, own run ns, own wait ns) of the broker thread (and the
+        generator's, 0 without sched_self) read by run_latency(sched_fd=...)."""
+        cdef uint64_t i
+        return [tuple(self.sched[5 * i + k] for k in range(5)) for i in range(self.nsched)]
