@@ -138,8 +138,7 @@ class Registry:
         session.limits = Limits.of(zone.name, zone.max_mqueue_len, zone.mqueue_store_qos0,
                                    zone.await_rel_timeout, OVERFLOW_POLICIES[zone.mqueue_overflow],
                                    OVERFLOW_POLICIES[zone.mqueue_backpressure_fallback],
-                                   zone.mqueue_flow_limit)
-        session.upgrade_qos = zone.upgrade_qos
+                                   zone.mqueue_flow_limit, zone.upgrade_qos)
         session.flow_stalled = False
         session.channel = channel
         self.channels[client_id] = channel

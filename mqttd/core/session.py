@@ -91,12 +91,13 @@ _NO_REFS: Final = cast("dict[int, int]", NO_MAP)
 
 class Limits:
     """What a session takes from the zone it is connected through and reads only when
-    queueing or sweeping: one shared object per distinct set of values (``Limits.of``), so
-    a session holds one slot for them, not seven (48 B less per session). Never changed
+    queueing or sweeping (or a delivery's QoS, ``upgrade_qos``, when the subscription's is
+    above the message's): one shared object per distinct set of values (``Limits.of``), so
+    a session holds one slot for them, not eight (56 B less per session). Never changed
     in place: setting one on a session gives it another shared object."""
 
     __slots__ = ("zone", "max_mqueue_len", "mqueue_store_qos0", "await_rel_timeout",
-                 "overflow", "overflow_fallback", "flow_limit")
+                 "overflow", "overflow_fallback", "flow_limit", "upgrade_qos")
 
     zone: str
     max_mqueue_len: int
@@ -105,13 +106,15 @@ class Limits:
     overflow: int
     overflow_fallback: int
     flow_limit: int
+    upgrade_qos: bool
 
     @staticmethod
     def of(zone: str, max_mqueue_len: int, mqueue_store_qos0: bool, await_rel_timeout: float,
-           overflow: int, overflow_fallback: int, flow_limit: int) -> Limits:
+           overflow: int, overflow_fallback: int, flow_limit: int, upgrade_qos: bool = False
+           ) -> Limits:
         """The shared object with these values (made on first use)."""
         key = (zone, max_mqueue_len, mqueue_store_qos0, await_rel_timeout, overflow,
-               overflow_fallback, flow_limit)
+               overflow_fallback, flow_limit, upgrade_qos)
         found = _LIMITS.get(key)
         if found is None:
             found = Limits()
@@ -131,7 +134,7 @@ class Limits:
         raise AttributeError("Limits are shared between sessions: use replace()")
 
 
-_LIMITS: dict[tuple[str, int, bool, float, int, int, int], Limits] = {}
+_LIMITS: dict[tuple[str, int, bool, float, int, int, int, bool], Limits] = {}
 
 
 class Session:
@@ -141,7 +144,7 @@ class Session:
         "client_id", "expiry_interval", "created_at", "subscriptions", "inflight", "mqueue",
         "wait_comp", "awaiting_rel", "max_inflight", "limits", "_next_pid",
         "channel", "persistent", "delivered", "enqueued", "dropped", "expire_handle",
-        "store", "refs", "_qseq", "upgrade_qos", "sent_at", "flow_stalled",
+        "store", "refs", "_qseq", "sent_at", "flow_stalled",
     )
 
     #: The zone-derived limits, shared (``Limits``); the properties below read them, and
@@ -204,6 +207,16 @@ class Session:
         self.limits = self.limits.replace("overflow_fallback", value)
 
     @property
+    def upgrade_qos(self) -> bool:
+        """That zone's upgrade_qos: deliveries at the subscription's QoS, not the lower of
+        the subscription's and the message's (the dispatcher asks only when they differ)."""
+        return self.limits.upgrade_qos
+
+    @upgrade_qos.setter
+    def upgrade_qos(self, value: bool) -> None:
+        self.limits = self.limits.replace("upgrade_qos", value)
+
+    @property
     def flow_limit(self) -> int:
         """That zone's mqueue_flow_limit: while connected, a QoS 1/2 message queued past it
         holds its publisher (as OVERFULL does) until the queue is down to half of it (0: off)."""
@@ -251,9 +264,6 @@ class Session:
         #: for as long as the session holds it.
         self.refs: dict[int, int] = _NO_REFS
         self._qseq = 0
-        #: That zone's upgrade_qos: deliveries at the subscription's QoS, not the lower of
-        #: the subscription's and the message's (the dispatcher asks only when they differ).
-        self.upgrade_qos = False
         #: packet id -> monotonic time its PUBLISH was sent, while the channel times
         #: deliveries for the ``delivery.slow`` hook (slow_subs); None otherwise.
         self.sent_at: dict[int, float] | None = None
@@ -286,7 +296,7 @@ class Session:
         lim = self.limits
         self.limits = Limits.of(lim.zone, lim.max_mqueue_len, lim.mqueue_store_qos0,
                                 lim.await_rel_timeout, OVERFLOW_POLICIES[policy],
-                                OVERFLOW_POLICIES[fallback], lim.flow_limit)
+                                OVERFLOW_POLICIES[fallback], lim.flow_limit, lim.upgrade_qos)
 
     # --- outgoing ---------------------------------------------------------------------
 
