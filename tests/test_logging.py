@@ -108,6 +108,27 @@ def test_connect_refusal_and_every_disconnect_reason_get_one_info_line(tmp_path:
         assert PASSWORD not in b.log()
 
 
+def test_connect_and_close_lines_name_the_clients_own_address(tmp_path: Path) -> None:
+    # The address is made when a line asks for it (not kept per idle client): the close
+    # lines, written after the socket is gone, still name the client's own port.
+    with checked_broker("", extra_args=["--log-level", "info"]) as b:
+        start = log_size(b)
+        for how in ("disconnect", "drop"):
+            cid = uid("addr-")
+            r = RawClient(b, 4)
+            try:
+                r.connect(cid, keepalive=0)
+                peer = "127.0.0.1:%d" % r.sock.getsockname()[1]
+                line = _line(b, f"client {cid} connected", start)
+                assert f"client {cid} connected from {peer} (" in line, line
+                if how == "disconnect":
+                    r.send(B.disconnect())
+            finally:
+                r.close()
+            line = _line(b, f"client {cid} disconnected", start)
+            assert f"client {cid} disconnected from {peer} (" in line, line
+
+
 def test_connection_messages_off_keeps_only_refusals(tmp_path: Path) -> None:
     config = (f'[auth]\npassword_file = "{_passwd(tmp_path)}"\n'
               "[zones.default]\nallow_anonymous = true\n"

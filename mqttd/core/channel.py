@@ -135,6 +135,7 @@ from .services import (
     CredentialSource,
     EncodedCache,
     EnhancedAuth,
+    PeerSource,
     RemoteGate,
     SessionOwner,
     TimerHandle,
@@ -219,6 +220,21 @@ _NO_ALIAS_OUT: Final = cast("dict[str, int]", NO_MAP)
 # Module constants: an enum member looked up on its class costs ~60 ns, every ack.
 _UNKNOWN: Final = AckFault.UNKNOWN
 _MISMATCH: Final = AckFault.MISMATCH
+
+
+class _Aliases:
+    """A client's MQTT 5 topic aliases both ways: one slot on the channel for the two
+    maps, each the shared empty NO_MAP until its first alias."""
+
+    __slots__ = ("inbound", "outbound")
+
+    def __init__(self) -> None:
+        self.inbound: dict[int, str] = _NO_ALIAS_IN  # alias -> topic (the client's)
+        self.outbound: dict[str, int] = _NO_ALIAS_OUT  # topic -> alias (ours)
+
+
+#: Every channel's until its first alias (never changed: a channel makes its own first).
+_NO_ALIASES: Final = _Aliases()
 
 
 class _SubscribeWork:
@@ -347,6 +363,22 @@ _QOS_SENT = (MESSAGES_QOS0_SENT, MESSAGES_QOS1_SENT, MESSAGES_QOS2_SENT)
 _DOLLAR = -1
 
 
+_LAST_CREATED = [0.0]
+
+
+def _created_time() -> float:
+    """``time.time()`` for a new channel's ``created_at``, as the float the last one got
+    when that is less than a millisecond old: the channels of a connect burst share one
+    (32 B per idle client otherwise). ``connected_at`` stays exact (the retainer module
+    tells two connections of one client id apart by it)."""
+    now = time.time()
+    last = _LAST_CREATED[0]
+    if 0.0 <= now - last < 0.001:
+        return last
+    _LAST_CREATED[0] = now
+    return now
+
+
 class Origin:
     """Where a client came in: its listener's name, transport ("tcp", "ssl", "ws", "wss")
     and local port. The same for every client of a listener, so one shared object per
@@ -379,12 +411,12 @@ class Channel:
     """One client connection's MQTT state: CONNECT, QoS flows, subscriptions, will."""
 
     __slots__ = (
-        "services", "zone", "peer", "out", "wakeup", "state", "version", "client_id", "username",
-        "session", "will", "keepalive", "alias_in", "alias_out", "alias_out_max",
+        "services", "zone", "_peer", "out", "wakeup", "state", "version", "client_id", "username",
+        "session", "will", "keepalive", "aliases", "alias_out_max",
         "client_max_packet", "receive_maximum", "closing", "paused", "connected_at", "created_at",
         "clean_start", "recv_pkt", "send_pkt", "recv_msg", "send_msg", "dropped", "tracer",
         "mountpoint", "metrics", "hooks", "origin", "_clientinfo", "_held",
-        "acl_deliver", "gate", "hold", "pressure", "pressure_mark", "_rare",
+        "acl_deliver", "gate", "hold", "pressure", "_rare",
     )
 
     # Fields most clients never change, off the slots (core/rare.py): ~140 B less per
@@ -427,12 +459,16 @@ class Channel:
     _open_args = Rare[tuple[Connect, int, int, int, Properties, ClientInfo,
                             Callable[[ClientInfo, str, str], int] | None, str | None,
                             bytes | None] | None](None)
+    #: Backpressure: how many packets at the head of ``out`` may be written meanwhile
+    #: (-1 exactly while ``pressure`` is None; read only then).
+    pressure_mark = Rare(-1)
 
-    def __init__(self, services: ChannelServices, zone: Zone, peer: str = "",
+    def __init__(self, services: ChannelServices, zone: Zone, peer: str | PeerSource = "",
                  out: list[bytes] | None = None) -> None:
         self.services = services
         self.zone = zone
-        self.peer = peer
+        #: The client's address ("host:port"), or what gives it when asked (``peer``).
+        self._peer = peer
         #: Encoded packets waiting to be written; the connection owns the writing.
         self.out: list[bytes] = out if out is not None else []
         #: Called when output appears outside handle_in (a delivery from another client).
@@ -446,15 +482,14 @@ class Channel:
         self.session: Session | None = None
         self.will: Message | None = None
         self.keepalive = 0
-        # Topic aliases both ways: the shared empty NO_MAP until the first (64 B each).
-        self.alias_in: dict[int, str] = _NO_ALIAS_IN
-        self.alias_out: dict[str, int] = _NO_ALIAS_OUT
+        # Topic aliases both ways: one shared empty pair until the first.
+        self.aliases = _NO_ALIASES
         self.alias_out_max = 0
         self.client_max_packet = 0
         self.receive_maximum = 0
         self.closing = False
         self.paused = False
-        self.created_at = time.time()
+        self.created_at = _created_time()
         self.connected_at = 0.0
         self.clean_start = True
         self.recv_pkt = 0
@@ -490,12 +525,32 @@ class Channel:
         #: (4 long, a store mark 2), released once seq is no longer in ``rgate.waiting``.
         #: (``rgate`` is ``services.remote_gate``, read from there: no slot per client.)
         #: Backpressure (zone key mqueue_overflow): the sessions whose queue this client's
-        #: messages went past its limit, None while there are none; and how many packets at
-        #: the head of ``out`` may be written meanwhile (the rest, from the first
-        #: acknowledgement held, wait for room; -1: nothing held). The connection stops
-        #: reading while it is set, and ends it (``end_pressure``) on room or time-out.
+        #: messages went past its limit, None while there are none; and (``pressure_mark``)
+        #: how many packets at the head of ``out`` may be written meanwhile (the rest, from
+        #: the first acknowledgement held, wait for room). The connection stops reading
+        #: while it is set, and ends it (``end_pressure``) on room or time-out.
         self.pressure: set[Backlog] | None = None
-        self.pressure_mark = -1
+
+    @property
+    def alias_in(self) -> dict[int, str]:
+        """Topic aliases the client set: alias -> topic."""
+        return self.aliases.inbound
+
+    @property
+    def alias_out(self) -> dict[str, int]:
+        """Topic aliases sent to the client: topic -> alias."""
+        return self.aliases.outbound
+
+    @property
+    def peer(self) -> str:
+        """The client's address, "host:port" (made when asked for a plain TCP client:
+        64 B less per idle client; read by log lines and views only)."""
+        peer = self._peer
+        return peer if type(peer) is str else peer.peername()  # type: ignore[union-attr]
+
+    @peer.setter
+    def peer(self, peer: str) -> None:
+        self._peer = peer
 
     @property
     def sockport(self) -> int:
@@ -928,8 +983,8 @@ class Channel:
             if not hold:
                 self.hold = None
                 n = len(self.out)
-        cap = self.pressure_mark
-        if cap >= 0:
+        if self.pressure is not None:  # (then pressure_mark >= 0)
+            cap = self.pressure_mark
             if n > cap:
                 n = cap
             self.pressure_mark = cap - n
@@ -1440,12 +1495,15 @@ class Channel:
                 alias = props["topic_alias"]
                 if alias == 0 or alias > zone.max_topic_alias:
                     return self._close(_PROTO, "topic alias out of range", RC.TOPIC_ALIAS_INVALID)
+                aliases = self.aliases
                 if topic:
-                    if self.alias_in is NO_MAP:
-                        self.alias_in = {}
-                    self.alias_in[alias] = topic
+                    if aliases.inbound is NO_MAP:
+                        if aliases is _NO_ALIASES:
+                            aliases = self.aliases = _Aliases()
+                        aliases.inbound = {}
+                    aliases.inbound[alias] = topic
                 else:
-                    topic = self.alias_in.get(alias, "")
+                    topic = aliases.inbound.get(alias, "")
                     if not topic:
                         return self._close(_PROTO, "unknown topic alias", RC.PROTOCOL_ERROR)
                 props = dict(props)
@@ -2117,15 +2175,18 @@ class Channel:
             pub.topic = pub.topic[len(mountpoint):]
         new_alias = None
         if self.alias_out_max and self.version == 5:
-            alias = self.alias_out.get(pub.topic)
+            aliases = self.aliases
+            alias = aliases.outbound.get(pub.topic)
             if alias is not None:
                 pub.properties = dict(pub.properties, topic_alias=alias)
                 pub.topic = ""
-            elif len(self.alias_out) < self.alias_out_max:
-                if self.alias_out is NO_MAP:
-                    self.alias_out = {}
+            elif len(aliases.outbound) < self.alias_out_max:
+                if aliases.outbound is NO_MAP:
+                    if aliases is _NO_ALIASES:
+                        aliases = self.aliases = _Aliases()
+                    aliases.outbound = {}
                 new_alias = pub.topic
-                alias = self.alias_out[new_alias] = len(self.alias_out) + 1
+                alias = aliases.outbound[new_alias] = len(aliases.outbound) + 1
                 pub.properties = dict(pub.properties, topic_alias=alias)
         before = len(self.out)
         self._send(pub)
@@ -2136,7 +2197,7 @@ class Channel:
         self._drop(DELIVERY_DROPPED_TOO_LARGE, "too_large", msg)
         if new_alias is not None:
             # The client never saw this mapping: using it later would be a protocol error.
-            del self.alias_out[new_alias]
+            del self.aliases.outbound[new_alias]
         if pub.qos:
             # Too large for the client: behave as if it was delivered [MQTT-3.1.2-25].
             assert self.session is not None

@@ -26,7 +26,7 @@ from .message import Message
 __all__ = ["AuthResult", "AuthStep", "Authenticator", "Authorizer", "Backlog", "ClientInfo",
            "CloseReason",
            "CommitGate", "CredentialSource", "Delivery", "EncodedCache", "EnhancedAuth",
-           "LocalLane", "RemoteGate", "SessionOwner",
+           "LocalLane", "PeerSource", "RemoteGate", "SessionOwner",
            "SessionStore", "Subscriber", "TimerHandle", "Timers"]
 
 #: A pending delivery to a session: (message, qos, retain flag, subscription ids, shared
@@ -50,6 +50,13 @@ class Backlog(Protocol):
     def trim(self) -> list[Delivery]:
         """The wait timed out: what is dropped to bring the queue back to its limit."""
         ...
+
+
+class PeerSource(Protocol):
+    """Where a channel's peer address comes from when it is asked for (the connection,
+    which formats its socket's address then: no string kept per idle client)."""
+
+    def peername(self) -> str: ...
 
 
 class TimerHandle(Protocol):

@@ -35,6 +35,7 @@ from ..metrics import (
     CONNECTIONS_CRASHED,
     CONNECTIONS_RATE_LIMITED,
     PACKETS_RECEIVED,
+    Metrics,
 )
 from ..mqtt.codec import Parser
 from ..mqtt.errors import PacketError
@@ -160,10 +161,10 @@ class Flusher:
     __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines", "_closes",
                  "_close_order", "_closing_scheduled", "_turn_reads", "_turn_start",
                  "_deferring", "_deferred", "_deferred_scheduled", "_pressed",
-                 "_later", "_later_scheduled", "_waiting")
+                 "_later", "_later_scheduled", "_waiting", "_now", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = self.loop = loop
         #: The connections' connect and keepalive deadlines (one timer for all of them).
         self.deadlines = Deadlines(loop)
         self._pending: list[Connection] = []
@@ -193,10 +194,22 @@ class Flusher:
         #: Connections with packets left over their PACKET_BUDGET, for the next turn.
         self._later: list[Connection] = []
         self._later_scheduled = False
+        #: The last ``now()``: the float the connections heard from in this turn share.
+        self._now = 0.0
 
     def tables(self) -> list[dict[Any, Any] | set[Any]]:
         """The tables that had an entry per client (for ``sysmon.shrink``)."""
         return [self._closes, self._held, self._pressed, self._waiting]
+
+    def now(self) -> float:
+        """``loop.time()``, as the same float object while the clock reads the same:
+        uvloop's clock moves once per loop turn, so the connections heard from in one turn
+        share one ``last_recv`` float (32 B per idle client otherwise)."""
+        now = self._loop.time()
+        if now == self._now:
+            return self._now
+        self._now = now
+        return now
 
     def admit(self) -> bool:
         """May a read (or an end of input) be handled in this loop turn? False once the
@@ -301,10 +314,6 @@ class Flusher:
             self._closing_scheduled = True
             self._loop.call_soon(self._run_closes)
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
     def hold(self, conn: Connection) -> None:
         self._held.add(conn)
 
@@ -363,17 +372,16 @@ class Connection(asyncio.Protocol):
 
     # Slotted: thousands of idle clients each hold one (a __dict__ costs ~1.2 KiB).
     __slots__ = (
-        "services", "zone", "flusher", "connections", "transport", "out", "parser", "channel",
-        "loop", "last_recv", "_slot", "_queued", "_lost", "_closing", "metrics", "listener",
-        "_keepalive_armed", "limiter", "_paused_until", "sockport", "bytes_in", "bytes_mark",
+        "flusher", "connections", "transport", "parser", "channel",
+        "last_recv", "_slot", "_queued", "_lost", "_closing",
+        "_keepalive_armed", "limiter", "_paused_until", "bytes_in", "bytes_mark",
         "_pressure_timer", "_deferred", "_rare", "_later", "max_packet",
     )
 
     # Fields most connections never change, off the slots (core/rare.py); none is read
-    # per read. Set by the listener before the socket arrives: its transport's name, the
-    # client address a PROXY header gave (None: the socket's), and which names a verified
-    # client certificate gives (peer_cert_as_username, peer_cert_as_clientid).
-    transport_name = Rare("tcp")
+    # per read. Set by the listener before the socket arrives: the client address a PROXY
+    # header gave (None: the socket's), and which names a verified client certificate
+    # gives (peer_cert_as_username, peer_cert_as_clientid).
     peer_address = Rare[tuple[str, int] | None](None)
     cert_as = Rare[tuple[str, str] | None](None)
     #: Told of the new channel (a client trace waiting for its CONNECT), or None.
@@ -388,23 +396,25 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, services: ChannelServices, zone: Zone, flusher: Flusher,
                  connections: MutableSet[Connection],
-                 watch: Callable[[Channel], None] | None = None, listener: str = "default"
+                 watch: Callable[[Channel], None] | None = None, origin: Origin | None = None
                  ) -> None:
         #: The rare fields set (see the ``Rare`` declarations above), None until one is.
         self._rare: dict[str, object] | None = None
-        self.services = services
-        self.zone = zone
+        #: Its client's MQTT state, made with it (the services, the zone and the origin are
+        #: read from there: no slots here). Its peer address is asked of this connection
+        #: when needed (``peername``), not kept as a string per idle client.
+        channel = self.channel = Channel(services, zone, self)
+        channel.wakeup = self  # (callable: a bound method would be 64 B more per client)
+        if origin is not None:
+            channel.origin = origin
         self.flusher = flusher
         self.connections = connections
         self.transport: asyncio.Transport | None = None
-        self.out: list[bytes] = []
         #: Its own parser while a packet is incomplete, else None (a shared one reads).
         self.parser: Parser | None = None
         #: The zone's max_packet_size when the socket came: a reload changes it only for
         #: clients that connect afterwards (their CONNACK told them the limit).
         self.max_packet = zone.max_packet_size
-        self.channel: Channel | None = None
-        self.loop = flusher.loop  # (asyncio.get_running_loop() costs ~1 µs a connect)
         self.last_recv = 0.0
         #: The tick of ``flusher.deadlines`` this connection's next deadline (connect
         #: timeout, keepalive, the end of a closing connection's linger) sits in (0: none).
@@ -412,18 +422,14 @@ class Connection(asyncio.Protocol):
         self._queued = False
         self._lost = False
         self._closing = False
-        self.metrics = services.metrics
         if watch is not None:
             self.watch = watch
-        self.listener = listener
         #: The keepalive timer runs (armed at the first flush after CONNACK).
         self._keepalive_armed = False
         #: Inbound rate limits (None when the zone sets none: zero cost).
         self.limiter = ConnLimiter.for_zone(zone)
         #: The timer that resumes reading after a rate-limit pause.
         self._paused_until: asyncio.TimerHandle | None = None
-        #: The local port, when the listener knows it (0: asked of the socket).
-        self.sockport = 0
         #: Bytes received, and the count at the start of overload protection's window
         #: (mqttd.overload measures the heaviest publishers with them).
         self.bytes_in = 0
@@ -436,24 +442,46 @@ class Connection(asyncio.Protocol):
         #: handled in the next turns (Flusher.later), the socket paused meanwhile.
         self._later = False
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (the flusher's: no slot per connection)."""
+        return self.flusher.loop
+
+    @property
+    def zone(self) -> Zone:
+        """The zone of its listener (its channel's)."""
+        return self.channel.zone
+
+    @property
+    def metrics(self) -> Metrics:
+        """The node's counters (its channel's)."""
+        return self.channel.metrics
+
+    @property
+    def transport_name(self) -> str:
+        """Its transport: "tcp", "ssl", "ws" or "wss"."""
+        return self.channel.origin.transport
+
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport already.
+        channel = self.channel
+        origin = channel.origin
         # A plain TCP client has no rare field set: none is read (a Python call each).
         rare = self._rare is not None
-        peer = (rare and self.peer_address) or transport.get_extra_info("peername")
-        peer_s = "%s:%s" % (peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
-        channel = Channel(self.services, self.zone, peer_s, self.out)
-        channel.wakeup = self  # (callable: a bound method would be 64 B more per client)
-        port = self.sockport  # (an accepted socket's local port is its listener's: no syscall)
-        if not port:
+        # A plain TCP socket's peer address stays readable from the transport until the
+        # end (uvloop keeps it in C, asyncio in its extra info): the channel asks this
+        # connection for it when a log line or a view needs it. TLS and WebSocket
+        # transports lose it at close: their string is made now.
+        if origin.transport != "tcp":
+            channel.peer = self.peername()
+        # (An accepted socket's local port is its listener's, set with the origin: no syscall.)
+        if not origin.sockport:
             sockname = transport.get_extra_info("sockname")
             if isinstance(sockname, tuple):
-                port = sockname[1]
-        # One shared object per listener for the three (Origin: 16 B less per client).
-        channel.origin = Origin.of(self.listener, self.transport_name if rare else "tcp", port)
+                channel.origin = Origin.of(origin.listener, origin.transport, sockname[1])
         if rare and self.cert_as is not None:
             cert = transport.get_extra_info("peercert")
             as_user, as_client = self.cert_as
@@ -461,12 +489,18 @@ class Connection(asyncio.Protocol):
                 channel.cert_username = cert_identity(cert, as_user)
             if as_client:
                 channel.cert_clientid = cert_identity(cert, as_client)
-        self.channel = channel
         self.connections.add(self)
-        self.last_recv = now = self.loop.time()
+        self.last_recv = now = self.flusher.now()
         self._slot = self.flusher.deadlines.add(self, now + self.zone.idle_timeout)
         if rare and self.watch is not None:
             self.watch(channel)
+
+    def peername(self) -> str:
+        """The client's address as "host:port" (the PROXY header's, else the socket's)."""
+        peer = self.peer_address if self._rare is not None else None
+        if peer is None and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+        return "%s:%s" % (peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
 
     def data_received(self, data: bytes) -> None:
         if self._deferred is not None:  # (TLS, WebSocket: more of the read put off)
@@ -521,14 +555,14 @@ class Connection(asyncio.Protocol):
         who = (channel.client_id or channel.peer) if channel is not None else "?"
         log.exception("connection of %s crashed while %s; closing it", who, doing)
         self.metrics.inc(CONNECTIONS_CRASHED)
-        self.out.clear()
         if channel is not None:
+            channel.out.clear()
             channel.hold = None
             try:
                 channel.handle_close(CloseReason.INTERNAL_ERROR, "internal error")
             except Exception:
                 log.exception("closing the crashed connection of %s failed", who)
-            self.out.clear()
+            channel.out.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -540,12 +574,18 @@ class Connection(asyncio.Protocol):
             # WebSocket read's later frames still come; they wait too, in order.
             self._unread += data
             return
-        metrics = self.metrics
+        metrics = channel.metrics
         metrics.inc(BYTES_RECEIVED, len(data))
         self.bytes_in += len(data)
         if channel.closing:
             return
-        self.last_recv = self.loop.time()
+        flusher = self.flusher
+        now = flusher.loop.time()  # (Flusher.now, inline: this runs per read)
+        if now == flusher._now:
+            now = flusher._now
+        else:
+            flusher._now = now
+        self.last_recv = now
         was_idle = channel.state == IDLE
         parser = self.parser
         if was_idle and data and parser is None and data[0] & 0xF0 != 0x10:
@@ -665,7 +705,7 @@ class Connection(asyncio.Protocol):
         if channel.pressure is None and self._paused_until is None and not self._closing \
                 and self.transport is not None and not self._later:
             # The client was not idle, we were not reading: its keepalive counts from now.
-            self.last_recv = self.loop.time()
+            self.last_recv = self.flusher.now()
             self.transport.resume_reading()
 
     def _handle_stash(self, channel: Channel, packets: list[Any]) -> None:
@@ -753,7 +793,7 @@ class Connection(asyncio.Protocol):
                 or self._later:
             return  # (a backpressure wait, or the packets over the budget, resume it)
         # The client was not idle, we were not reading: its keepalive counts from now.
-        self.last_recv = self.loop.time()
+        self.last_recv = self.flusher.now()
         self.transport.resume_reading()
 
     def eof_received(self) -> bool:
@@ -823,6 +863,8 @@ class Connection(asyncio.Protocol):
             # this connection): the client's objects go at once, by reference counting,
             # not at the collector's next full pass, when thousands have piled up.
             channel.wakeup = None
+            if channel.origin.transport == "tcp":  # its peer is asked of this connection, which
+                channel.peer = self.peername()  # lets go of the transport: kept now
         self.transport = None
 
     # --- output ------------------------------------------------------------------------
@@ -837,15 +879,17 @@ class Connection(asyncio.Protocol):
         """Write everything pending in one call; close if the channel has ended."""
         self._queued = False
         transport = self.transport
-        if transport is None or self._lost:
-            self.out.clear()
-            return
-        out = self.out
         channel = self.channel
+        if channel is None:  # (no socket yet: nothing to write)
+            return
+        out = channel.out  # (the channel's output list: the only one, no slot here)
+        if transport is None or self._lost:
+            out.clear()
+            return
         held = False
         if out:
             n = len(out)
-            if channel is not None and (channel.hold is not None or channel.pressure_mark >= 0):
+            if channel.hold is not None or channel.pressure is not None:
                 if channel.closing and channel.pressure is not None:
                     channel.end_pressure(False)  # the acknowledgements go with the close
                 # Acknowledgements of what the store has not committed yet wait for it;
@@ -865,7 +909,7 @@ class Connection(asyncio.Protocol):
                 data = b""
             if data:
                 transport.write(data)
-                self.metrics.inc(BYTES_SENT, len(data))
+                channel.metrics.inc(BYTES_SENT, len(data))
         if channel is not None and channel.pressure is not None \
                 and self._pressure_timer is None and not channel.closing:
             # Here, not after a read only: packets held through authentication are

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, MutableSet
 from typing import cast
 
 from ..config import Listener, Zone
-from ..core.channel import Channel, ChannelServices
+from ..core.channel import Channel, ChannelServices, Origin
 from ..metrics import (
     CONNECTIONS_REFUSED_MAX_CONN_RATE,
     CONNECTIONS_REFUSED_MAX_CONNECTIONS,
@@ -432,13 +432,10 @@ class MqttListener:
         """A Connection of this listener (its slot is already counted as pending)."""
         config = self.config
         conn = Connection(self.services, self.zone, self.flusher, self.connections,
-                          self.watcher(), config.name)
+                          self.watcher(), Origin.of(config.name, config.type, self.address[1]))
         # (Rare fields: written only when not their default, no descriptor call otherwise)
-        if config.type != "tcp":
-            conn.transport_name = config.type
         if peer is not None:
             conn.peer_address = peer
-        conn.sockport = self.address[1]
         if self._cert_as is not None:
             conn.cert_as = self._cert_as
         return conn
