@@ -362,6 +362,25 @@ def test_outbound_topic_alias_map():
 
 
 @in_loop
+def test_alias_maps_are_each_channels_own():
+    # Both directions start as one shared empty pair: the first alias either way gives the
+    # channel its own maps; no other channel sees them.
+    w = World(max_topic_alias=2)
+    sub = w.subscriber("sub", "#", 0, topic_alias_maximum=2)
+    other = w.subscriber("other", "#", 0, topic_alias_maximum=2)
+    pub = w.client("pub")
+    quiet = w.client("quiet")
+    pub.send(Publish("a", b"1", properties={"topic_alias": 1}))
+    assert (pub.channel.alias_in, pub.channel.alias_out) == ({1: "a"}, {})
+    assert sub.channel.alias_out == {"a": 1} and other.channel.alias_out == {"a": 1}
+    assert sub.channel.aliases is not other.channel.aliases
+    assert (quiet.channel.alias_in, quiet.channel.alias_out) == ({}, {})
+    assert (sub.channel.alias_in, w.client("late").channel.alias_out) == ({}, {})
+    [p] = sub.out()
+    assert (p.topic, p.properties["topic_alias"]) == ("a", 1)
+
+
+@in_loop
 def test_too_large_packet_is_dropped_counted_and_spends_no_alias():
     w = World()
     sub = w.subscriber("sub", "t", 1, topic_alias_maximum=5, maximum_packet_size=60)

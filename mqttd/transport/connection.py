@@ -194,7 +194,7 @@ class Flusher:
         #: Connections with packets left over their PACKET_BUDGET, for the next turn.
         self._later: list[Connection] = []
         self._later_scheduled = False
-        #: The last ``now()``: the float the connections heard from in this turn share.
+        #: The last ``now()``: the float the connections heard from meanwhile share.
         self._now = 0.0
 
     def tables(self) -> list[dict[Any, Any] | set[Any]]:
@@ -203,7 +203,7 @@ class Flusher:
 
     def now(self) -> float:
         """``loop.time()``, as the same float object while the clock reads the same:
-        uvloop's clock moves once per loop turn, so the connections heard from in one turn
+        uvloop's clock counts whole milliseconds, so the connections heard from within one
         share one ``last_recv`` float (32 B per idle client otherwise)."""
         now = self._loop.time()
         if now == self._now:
@@ -645,7 +645,7 @@ class Connection(asyncio.Protocol):
             for packet in packets[:n]:
                 if packet.packet_type == PUBLISH:
                     messages += 1
-            pause = limiter.check(messages, len(data), self.loop.time())
+            pause = limiter.check(messages, len(data), self.flusher.loop.time())
             if pause > 0:
                 self._pause_reading(pause)
 
@@ -712,7 +712,7 @@ class Connection(asyncio.Protocol):
         """Handle the packets a backpressure wait left from its read (the common PUBLISH
         through the fast path, as a read's), stopping again if one of them has to wait."""
         n = self._apply(channel, packets)
-        self.metrics.inc(PACKETS_RECEIVED, n)
+        channel.metrics.inc(PACKETS_RECEIVED, n)
         self.flush()
 
     def _apply(self, channel: Channel, packets: list[Any]) -> int:
