@@ -28,6 +28,7 @@ from mqttd.cluster.routing import Cluster
 from mqttd.config import ClusterSettings, Settings
 from mqttd.core import pubpath
 from mqttd.core._pubpath_py import PublishPathPy
+from mqttd.core.channel import NO_OUT
 from mqttd.core.message import Message
 from mqttd.core.session import NO_QUEUE
 from mqttd.modules.base import ModuleContext
@@ -179,6 +180,9 @@ class Run:
             if out:
                 self.sent[i].append(b"".join(out))
                 out.clear()
+                # As the connection does after a complete write: the channel holds no list
+                # until its next packet (both twins must make it one, as the channel does).
+                probe.channel.out = NO_OUT
 
     def hook(self, point: str, on: bool) -> None:
         hooks = self.world.hooks

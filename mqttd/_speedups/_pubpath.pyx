@@ -12,6 +12,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_CheckExact
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
@@ -616,6 +617,9 @@ cdef class PublishPath:
             ack[4] = 0x10
             data = PyBytes_FromStringAndSize(ack, 5)
         out = _g(channel, self.c_out, "out")
+        if not PyList_CheckExact(out):  # an idle channel's shared empty NO_OUT: its own now
+            out = []
+            _s(channel, self.c_out, "out", out)
         limit = _g(channel, self.c_client_max_packet, "client_max_packet")
         if limit and len(data) > limit:  # as Channel._send: never more than the client takes
             _bump(channel, self.c_dropped, "dropped")
@@ -726,6 +730,9 @@ cdef class PublishPath:
             sent_at = None
         out = _g(channel, self.c_out, "out")
         was_empty = not out
+        if not PyList_CheckExact(out):  # (NO_OUT)
+            out = []
+            _s(channel, self.c_out, "out", out)
         version = _g(channel, self.c_version, "version")
         max_inflight = session.max_inflight
         while mq and len(inflight) < max_inflight:
@@ -942,6 +949,9 @@ cdef class PublishPath:
             return 1
         out = _g(ch, self.c_out, "out")
         was_empty = not out
+        if not PyList_CheckExact(out):  # (NO_OUT)
+            out = []
+            _s(ch, self.c_out, "out", out)
         out.append(data)
         _bump(ch, self.c_send_pkt, "send_pkt")
         _bump(ch, self.c_send_msg, "send_msg")

@@ -183,6 +183,8 @@ class PublishPathPy:
         else:  # 0x10 No matching subscribers
             ack = bytes((0x40, 3, packet_id >> 8, packet_id & 0xFF, 0x10))
         out = channel.out
+        if type(out) is not list:  # an idle channel's shared empty NO_OUT: its own list now
+            out = channel.out = []
         limit = channel.client_max_packet
         if limit and len(ack) > limit:  # as Channel._send: never more than the client takes
             channel.dropped += 1
@@ -272,6 +274,8 @@ class PublishPathPy:
             sent_at = None
         out = channel.out
         was_empty = not out
+        if type(out) is not list:  # (NO_OUT)
+            out = channel.out = []
         version = channel.version
         max_inflight = session.max_inflight
         # The common queued delivery: QoS 1, no subscription identifier, no expiry (so the
@@ -354,6 +358,8 @@ class PublishPathPy:
                 continue
             out = ch.out
             was_empty = not out
+            if type(out) is not list:  # (NO_OUT)
+                out = ch.out = []
             out.append(data)
             ch.send_pkt += 1
             ch.send_msg += 1

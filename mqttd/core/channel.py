@@ -222,6 +222,24 @@ _UNKNOWN: Final = AckFault.UNKNOWN
 _MISMATCH: Final = AckFault.MISMATCH
 
 
+class _NoOut(list[bytes]):
+    """Every channel's ``out`` while it has nothing to write (the connection puts it back
+    after each complete write): read as an empty list, written to never. A channel about
+    to add a packet gives itself a list first (an exact-type test in both pubpath twins),
+    so an idle client holds none (64 B)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_args: object) -> None:
+        raise TypeError("the shared empty output list cannot hold packets")
+
+    append = extend = insert = __setitem__ = __iadd__ = _refuse  # type: ignore[assignment]
+
+
+#: An idle channel's output list (see ``_NoOut``).
+NO_OUT: Final[list[bytes]] = _NoOut()
+
+
 class _Aliases:
     """A client's MQTT 5 topic aliases both ways: one slot on the channel for the two
     maps, each the shared empty NO_MAP until its first alias."""
@@ -469,8 +487,9 @@ class Channel:
         self.zone = zone
         #: The client's address ("host:port"), or what gives it when asked (``peer``).
         self._peer = peer
-        #: Encoded packets waiting to be written; the connection owns the writing.
-        self.out: list[bytes] = out if out is not None else []
+        #: Encoded packets waiting to be written; the connection owns the writing. The
+        #: shared empty NO_OUT while there are none (``_output`` gives the channel a list).
+        self.out: list[bytes] = out if out is not None else NO_OUT
         #: Called when output appears outside handle_in (a delivery from another client).
         self.wakeup: Callable[[], None] | None = None
         #: The rare fields set (see the ``Rare`` declarations above), None until one is.
@@ -638,13 +657,23 @@ class Channel:
             # [MQTT-3.1.2-24]: never send a client more than it accepts.
             self.dropped += 1
             return
-        self.out.append(data)
+        out = self.out
+        if out is NO_OUT:
+            out = self.out = []
+        out.append(data)
         self.send_pkt += 1
         idx = _SENT[packet.packet_type]
         if idx >= 0:
             self.metrics.inc(idx)
         if self.tracer is not None:
             self.tracer("SEND", packet)
+
+    def _output(self) -> list[bytes]:
+        """The output list, the channel's own (not the shared empty NO_OUT)."""
+        out = self.out
+        if out is NO_OUT:
+            out = self.out = []
+        return out
 
     def _send_with_reason(self, packet: Connack | Disconnect, reason: str) -> None:
         """Send an MQTT 5 CONNACK/DISCONNECT carrying ``reason`` as its Reason String, or
@@ -655,7 +684,7 @@ class Channel:
         if self.client_max_packet and len(data) > self.client_max_packet:
             del packet.properties["reason_string"]
             data = encode(packet, 5)
-        self.out.append(data)
+        self._output().append(data)
         self.send_pkt += 1
         self.metrics.inc(_SENT[packet.packet_type])
         if self.tracer is not None:
@@ -803,7 +832,7 @@ class Channel:
             elif ptype == PUBCOMP:
                 self._in_pubcomp(packet)
             elif ptype == PINGREQ:
-                self.out.append(_PINGRESP)
+                self._output().append(_PINGRESP)
                 self.send_pkt += 1
                 self.metrics.inc(PACKETS_PINGRESP_SENT)
                 if self.tracer is not None:
@@ -2087,6 +2116,8 @@ class Channel:
                 return False
         out = self.out
         was_empty = not out
+        if out is NO_OUT:  # (a delivery nearly always adds a packet)
+            out = self.out = []
         session = self.session
         assert session is not None
         if self.hooks.message_delivered:

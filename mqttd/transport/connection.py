@@ -25,7 +25,15 @@ from time import perf_counter
 from typing import Any, cast
 
 from ..config import Zone
-from ..core.channel import AUTHENTICATING, CONNECTED, IDLE, Channel, ChannelServices, Origin
+from ..core.channel import (
+    AUTHENTICATING,
+    CONNECTED,
+    IDLE,
+    NO_OUT,
+    Channel,
+    ChannelServices,
+    Origin,
+)
 from ..core.pubpath import build_run as _build_packet_run
 from ..core.rare import Rare
 from ..core.services import CloseReason, SessionOwner
@@ -902,6 +910,7 @@ class Connection(asyncio.Protocol):
             if n == len(out):
                 data = out[0] if n == 1 else b"".join(out)
                 out.clear()
+                channel.out = NO_OUT  # (an idle client holds no list: the next packet makes one)
             elif n:
                 data = b"".join(out[:n])
                 del out[:n]
