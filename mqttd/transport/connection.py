@@ -697,11 +697,15 @@ class Connection(asyncio.Protocol):
                                                             self._check_pressure)
                 self.flusher.still_waiting(self)
                 return
-            self.flush()
             stash = self._stash
             self._stash = None
             if stash and not channel.closing:
+                # The acknowledgements the wait held go out in one write with those of the
+                # stash's packets (one write per release, not two: under flow control a
+                # publisher is let go every few of the subscriber's round trips).
                 self._handle_stash(channel, stash)
+            else:
+                self.flush()
             if self._unread and channel.pressure is None and not channel.closing \
                     and not self._later:
                 data = self._unread
