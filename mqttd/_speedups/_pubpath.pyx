@@ -338,6 +338,7 @@ cdef class PublishPath:
     cdef Slot r_one, r_entry, r_subs, r_groups
     cdef Slot s_channel, s_client_id, s_upgrade_qos
     cdef Slot s_mqueue, s_store, s_max_mqueue_len, s_flow_limit, s_flow_stalled, s_enqueued
+    cdef Slot s_next_pid
     cdef Slot o_qos, o_no_local
     cdef Slot l_topics, l_kept
     cdef Slot m_sender, m_qos, m_topic, m_payload, m_properties
@@ -449,6 +450,7 @@ cdef class PublishPath:
         self.s_flow_stalled = _slot(c, "flow_stalled")
         self.s_enqueued = _slot(c, "enqueued")
         self.s_sent_at = _slot(c, "sent_at")
+        self.s_next_pid = _slot(c, "_next_pid")
         c = slotted.get("SubOpts", object)
         self.o_qos = _slot(c, "qos")
         self.o_no_local = _slot(c, "no_local")
@@ -744,7 +746,12 @@ cdef class PublishPath:
             if stored:
                 pid = session.start_inflight(delivery)
             else:
-                pid = session.next_packet_id()
+                # Session.next_packet_id without the call (one per message refilled)
+                npid = _g(session, self.s_next_pid, "_next_pid")
+                while npid in inflight:
+                    npid = npid + 1 if npid < 0xFFFF else 1
+                pid = npid
+                _s(session, self.s_next_pid, "_next_pid", npid + 1 if npid < 0xFFFF else 1)
                 inflight[pid] = delivery
             if sent_at is not None:
                 if type(sent_at) is dict:
