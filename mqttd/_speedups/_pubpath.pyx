@@ -337,8 +337,8 @@ cdef class PublishPath:
     cdef Slot h_slow_threshold, h_delivery_slow, s_sent_at
     cdef Slot r_one, r_entry, r_subs, r_groups
     cdef Slot s_channel, s_client_id, s_upgrade_qos
-    cdef Slot s_mqueue, s_store, s_max_mqueue_len, s_flow_limit, s_flow_stalled, s_enqueued
-    cdef Slot s_next_pid
+    cdef Slot s_mqueue, s_store, s_flow_stalled, s_enqueued
+    cdef Slot s_next_pid, s_limits, q_max_mqueue_len, q_flow_limit
     cdef Slot o_qos, o_no_local
     cdef Slot l_topics, l_kept
     cdef Slot m_sender, m_qos, m_topic, m_payload, m_properties
@@ -445,12 +445,14 @@ cdef class PublishPath:
         self.s_upgrade_qos = _slot(c, "upgrade_qos")
         self.s_mqueue = _slot(c, "mqueue")
         self.s_store = _slot(c, "store")
-        self.s_max_mqueue_len = _slot(c, "max_mqueue_len")
-        self.s_flow_limit = _slot(c, "flow_limit")
         self.s_flow_stalled = _slot(c, "flow_stalled")
         self.s_enqueued = _slot(c, "enqueued")
         self.s_sent_at = _slot(c, "sent_at")
         self.s_next_pid = _slot(c, "_next_pid")
+        self.s_limits = _slot(c, "limits")
+        c = slotted.get("Limits", object)  # (Session.max_mqueue_len, flow_limit: properties)
+        self.q_max_mqueue_len = _slot(c, "max_mqueue_len")
+        self.q_flow_limit = _slot(c, "flow_limit")
         c = slotted.get("SubOpts", object)
         self.o_qos = _slot(c, "qos")
         self.o_no_local = _slot(c, "no_local")
@@ -780,10 +782,11 @@ cdef class PublishPath:
         if type(mq) is not _deque or not _none(session, self.s_store, "store"):
             return session.enqueue(delivery)
         n = len(mq)
-        limit = _g(session, self.s_max_mqueue_len, "max_mqueue_len")
+        lim = _g(session, self.s_limits, "limits")
+        limit = _g(lim, self.q_max_mqueue_len, "max_mqueue_len")
         if limit and n >= limit:
             return session.enqueue(delivery)  # (the overflow policies)
-        flow = _g(session, self.s_flow_limit, "flow_limit")
+        flow = _g(lim, self.q_flow_limit, "flow_limit")
         if flow:
             if n >= flow:  # flow control: the publisher waits (Session.enqueue's reasons)
                 if (mqos and not _t(session, self.s_flow_stalled, "flow_stalled")

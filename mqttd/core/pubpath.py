@@ -36,7 +36,7 @@ from .dispatch import Dispatcher
 from .message import Message
 from .router import Route, Router
 from .services import LocalLane
-from .session import OVERFULL, Session
+from .session import OVERFULL, Limits, Session
 
 __all__ = ["PublishPath", "PublishPathPy", "build", "build_run"]
 
@@ -65,8 +65,8 @@ COUNTERS: dict[str, int] = {
 #: Core's classes whose attributes the compiled twin reads from their slots (or, for the
 #: Dispatcher and Router, which have none, from the instance's dict).
 SLOTTED: dict[str, type] = {"Publish": Publish, "Zone": Zone, "Hooks": Hooks, "Route": Route,
-                            "Session": Session, "SubOpts": SubOpts, "Dispatcher": Dispatcher,
-                            "Router": Router, "LocalLane": LocalLane}
+                            "Session": Session, "Limits": Limits, "SubOpts": SubOpts,
+                            "Dispatcher": Dispatcher, "Router": Router, "LocalLane": LocalLane}
 
 
 def build_run(impl: type = PublishPath  # type: ignore[explicit-any]
