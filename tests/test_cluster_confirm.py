@@ -11,75 +11,41 @@ the "node that does not answer".
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from typing import Any
 
-import pytest
-from paho.mqtt.packettypes import PacketTypes
-from support import WAIT, uid
-from support.clients import Client, props
-from support.cluster import clients, publish_nowait, running_nats, wait_ack
-from support.ctlrun import ctl
+from support import uid
+from support.clients import Client
+from support.cluster import (
+    check_kill_9_after_puback,
+    clients,
+    nats_fixture,
+    node_config,
+    nodes_fixture,
+    publish_nowait,
+    status,
+    until,
+    wait_ack,
+)
 from support.natsserver import NatsServer
-from support.process import BrokerProcess, assert_clean_log, checked_broker, wait_log
+from support.process import BrokerProcess, stopped, wait_log
 
 A = "a@127.0.0.1"
 B = "b@127.0.0.1"
 
-
-def node_config(name: str, url: str, extra: str = "", zone: str = "") -> str:
-    return (f'[node]\nname = "{name}"\n\n[mqtt]\n{zone}\n[cluster]\nnats_url = "{url}"\n'
-            f"{extra}")
+nats_server = nats_fixture()
 
 
-def status(node: BrokerProcess) -> dict[str, object]:
-    r = ctl(node, "--json", "cluster", "status")
-    assert r.code == 0, r.err
-    data = json.loads(r.out)
-    assert isinstance(data, dict)
-    return data
+def pair(extra: str) -> Any:
+    """A fixture of nodes A and B (the default heartbeat, then ``extra`` TOML) for one
+    test, handed over once both joined."""
+    return nodes_fixture((A, B), scope="function", heartbeat=None, extra=extra)
 
 
-def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-def _pair(nats_server: NatsServer, extra: str, zone: str = ""
-          ) -> Iterator[dict[str, BrokerProcess]]:
-    with checked_broker(node_config(A, nats_server.url, extra, zone)) as a, \
-            checked_broker(node_config(B, nats_server.url, extra, zone)) as b:
-        for node in (a, b):
-            wait_log(node, "joined through NATS")
-        nats_server.nodes = {A: a, B: b}
-        try:
-            yield {A: a, B: b}
-        finally:
-            nats_server.nodes = {}
-
-
-@pytest.fixture
-def patient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    """Nodes that wait a minute for a confirmation, and never count a stopped node down
-    during a test."""
-    yield from _pair(nats_server, "forward_timeout = 60\nheartbeat_misses = 600\n")
-
-
-@pytest.fixture
-def impatient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    yield from _pair(nats_server, "forward_timeout = 1\nheartbeat_misses = 600\n")
+#: Nodes that wait a minute for a confirmation, and never count a stopped node down
+#: during a test.
+patient = pair("forward_timeout = 60\nheartbeat_misses = 600\n")
+impatient = pair("forward_timeout = 1\nheartbeat_misses = 600\n")
 
 
 def test_puback_waits_for_the_remote_node(nats_server: NatsServer,
@@ -93,17 +59,14 @@ def test_puback_waits_for_the_remote_node(nats_server: NatsServer,
         assert pub.publish(t, b"first", 1) == 0  # both up: confirmed at once
         assert sub.expect_message().payload == b"first"
         b = patient[B]
-        os.kill(b.proc.pid, signal.SIGSTOP)
-        try:
+        with stopped(b.proc):
             mid1 = publish_nowait(pub, t, b"q1", 1)
             mid2 = publish_nowait(pub, t, b"q2", 2)
-            until(lambda: status(patient[A])["awaiting_confirmation"] == 2,
-                  "A to hold both messages for B")
+            until("A to hold both messages for B",
+                  lambda: status(patient[A])["awaiting_confirmation"] == 2)
             # Held while B cannot answer: neither acknowledgement has come.
             with pub._cond:
                 assert mid1 not in pub._pubacks and mid2 not in pub._pubacks
-        finally:
-            os.kill(b.proc.pid, signal.SIGCONT)
         assert wait_ack(pub, mid1) == 0
         assert wait_ack(pub, mid2) == 0
         got = sorted(m.payload for m in sub.expect_messages(2))
@@ -123,8 +86,7 @@ def test_no_confirmation_in_time_is_0x80_or_a_disconnect(
         local = connect(A)  # a subscriber on the publisher's node gets it all the same
         local.subscribe(t, 1)
         b = impatient[B]
-        os.kill(b.proc.pid, signal.SIGSTOP)
-        try:
+        with stopped(b.proc):
             assert pub5.publish(t, b"v5-q1", 1) == 0x80
             # QoS 2: PUBREC 0x80 ends the flow. paho ignores a PUBREC's reason and sends
             # PUBREL anyway; its id is unknown by then, so what paho reports is PUBCOMP's
@@ -136,8 +98,6 @@ def test_no_confirmation_in_time_is_0x80_or_a_disconnect(
             with pub3._cond:
                 assert mid not in pub3._pubacks
             assert status(impatient[A])["confirm_timeouts"] == 3
-        finally:
-            os.kill(b.proc.pid, signal.SIGCONT)
         got = sorted(m.payload for m in local.expect_messages(3))
         assert got == [b"v3-q1", b"v5-q1", b"v5-q2"]
         # Once B answers again, acknowledgements are successes again.
@@ -149,55 +109,15 @@ def test_no_confirmation_in_time_is_0x80_or_a_disconnect(
 def test_kill_9_after_puback_keeps_the_message(nats_server: NatsServer) -> None:
     """The receiving node confirms once its store committed: killed right after the
     publisher's PUBACKs, it has every message for its persistent subscriber at restart."""
-    config_b = node_config(B, nats_server.url)
-    b = BrokerProcess(config_b)
-    b2: BrokerProcess | None = None
-    try:
-        with checked_broker(node_config(A, nats_server.url)) as a:
-            for node in (a, b):
-                wait_log(node, "joined through NATS")
-            nats_server.nodes = {A: a, B: b}
-            t = uid("k")
-            sid = uid("persistent")
-            expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
-            sub = Client(b, sid, version=5, clean=False, properties=expiry)
-            sub.connect()
-            sub.subscribe(t, 1)
-            sub.close()  # offline: what comes for it is queued in B's store
-            nats_server.wait_interest(B, t)
-            pub = Client(a, uid("p"), version=5)
-            pub.connect()
-            try:
-                sent = [f"m{i}".encode() for i in range(50)]
-                for payload in sent:
-                    assert pub.publish(t, payload, 1) == 0
-                b.stop(signal.SIGKILL)
-                nats_server.nodes = {A: a}
-                b2 = BrokerProcess(config_b, extra_args=["--data-dir", str(b.data_dir)])
-                wait_log(b2, "joined through NATS")
-                sub2 = Client(b2, sid, version=5, clean=False, properties=expiry)
-                sub2.connect()
-                try:
-                    assert sub2.session_present
-                    got = {m.payload for m in sub2.expect_messages(len(sent))}
-                    assert got == set(sent)
-                finally:
-                    sub2.close()
-            finally:
-                pub.close()
-            nats_server.nodes = {}
-    finally:
-        if b2 is not None:
-            assert b2.stop() == 0
-            assert_clean_log(b2)
-            b2.cleanup()
-        b.stop(signal.SIGKILL)
-        b.cleanup()
+    def subscribe(nodes: dict[str, BrokerProcess], sub: Client, t: str) -> None:
+        sub.subscribe(t, 1)
+        nats_server.wait_interest(B, t)
+
+    configs = {n: node_config(n, nats_server.url, heartbeat=None) for n in (A, B)}
+    check_kill_9_after_puback(nats_server, configs, subscribe)
 
 
-@pytest.fixture
-def small_window(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    yield from _pair(nats_server, "forward_window = 64\n", "max_mqueue_len = 0\n")
+small_window = pair("forward_window = 64\n\n[mqtt]\nmax_mqueue_len = 0\n")
 
 
 def test_flood_across_nodes_loses_nothing(nats_server: NatsServer,
@@ -237,11 +157,9 @@ def test_flood_across_nodes_loses_nothing(nats_server: NatsServer,
         assert status(small_window[B])["dropped"] == 0
 
 
-@pytest.fixture
-def watchful(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    """Nodes that wait a minute for a confirmation but count a silent node down after
-    three missed heartbeats (the defaults)."""
-    yield from _pair(nats_server, "forward_timeout = 60\n")
+#: Nodes that wait a minute for a confirmation but count a silent node down after three
+#: missed heartbeats (the defaults).
+watchful = pair("forward_timeout = 60\n")
 
 
 def test_a_node_counted_down_fails_what_it_did_not_confirm(
@@ -253,12 +171,9 @@ def test_a_node_counted_down_fails_what_it_did_not_confirm(
         nats_server.wait_interest(B, t)
         pub = connect(A)
         b = watchful[B]
-        os.kill(b.proc.pid, signal.SIGSTOP)
-        try:
+        with stopped(b.proc):
             mid = publish_nowait(pub, t, b"lost?", 1)
             # Well before forward_timeout: B is counted down after 3 missed heartbeats.
             assert wait_ack(pub, mid, timeout=45) == 0x80
             wait_log(watchful[A], "which is gone")
-        finally:
-            os.kill(b.proc.pid, signal.SIGCONT)
         assert status(watchful[A])["confirm_timeouts"] == 1

@@ -12,27 +12,24 @@ the node that does not answer; a node learning the other's group is observed thr
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-from collections.abc import Iterator
+from typing import Any
 
-import pytest
-from paho.mqtt.packettypes import PacketTypes
 from support import uid
-from support.clients import Client, props
+from support.clients import Client
 from support.cluster import (
+    check_kill_9_after_puback,
     clients,
+    nats_fixture,
     node_config,
+    nodes_fixture,
     publish_nowait,
-    running_nats,
-    running_nodes,
+    status,
     until,
     wait_ack,
 )
-from support.ctlrun import ctl
+from support.ctlrun import ctl_json
 from support.natsserver import NatsServer
-from support.process import BrokerProcess, assert_clean_log, checked_broker, wait_log
+from support.process import BrokerProcess, stopped
 
 from mqttd.cluster.subjects import encode_filter
 
@@ -40,48 +37,26 @@ A = "a@127.0.0.1"
 B = "b@127.0.0.1"
 
 
-def _ctl(node: BrokerProcess, what: str) -> object:
-    r = ctl(node, "--json", "cluster", what)
-    assert r.code == 0, r.err
-    return json.loads(r.out)
-
-
-def status(node: BrokerProcess) -> dict[str, object]:
-    data = _ctl(node, "status")
-    assert isinstance(data, dict)
-    return data
-
-
 def routes_known(node: BrokerProcess, other: str) -> int:
     """How many routes of node ``other`` ``node`` holds (-1: not seen)."""
-    rows = _ctl(node, "nodes")
-    assert isinstance(rows, list)
+    rows = ctl_json(node, "cluster", "nodes")
     return next((int(r["routes"]) for r in rows if r["node"] == other), -1)
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
+nats_server = nats_fixture()
 
 
-def _pair(nats_server: NatsServer, extra: str) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url, heartbeat=None, extra=extra)
-               for n in (A, B)}
-    with running_nodes(nats_server, configs, wait="settled") as nodes:
-        yield nodes
+def pair(extra: str) -> Any:
+    """A fixture of nodes A and B (the default heartbeat, then ``extra`` TOML) for one
+    test, handed over once both settled (each knows the other's groups)."""
+    return nodes_fixture((A, B), wait="settled", scope="function", heartbeat=None,
+                         extra=extra)
 
 
-@pytest.fixture
-def patient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    """Nodes that wait a minute for a confirmation and never count a stopped node down
-    during a test."""
-    yield from _pair(nats_server, "forward_timeout = 60\nheartbeat_misses = 600\n")
-
-
-@pytest.fixture
-def impatient(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    yield from _pair(nats_server, "forward_timeout = 1\nheartbeat_misses = 600\n")
+#: Nodes that wait a minute for a confirmation and never count a stopped node down
+#: during a test.
+patient = pair("forward_timeout = 60\nheartbeat_misses = 600\n")
+impatient = pair("forward_timeout = 1\nheartbeat_misses = 600\n")
 
 
 def _group_on(nats_server: NatsServer, nodes: dict[str, BrokerProcess], member: Client,
@@ -106,16 +81,13 @@ def test_puback_waits_for_the_node_picked_for_a_shared_group(
         assert pub.publish(t, b"first", 1) == 0  # both up: confirmed at once
         assert member.expect_message().payload == b"first"
         b = patient[B]
-        os.kill(b.proc.pid, signal.SIGSTOP)
-        try:
+        with stopped(b.proc):
             mid1 = publish_nowait(pub, t, b"q1", 1)
             mid2 = publish_nowait(pub, t, b"q2", 1)
             until("A to hold both messages for B's group member",
                   lambda: status(patient[A])["awaiting_confirmation"] == 2)
             with pub._cond:  # held while B cannot take them
                 assert mid1 not in pub._pubacks and mid2 not in pub._pubacks
-        finally:
-            os.kill(b.proc.pid, signal.SIGCONT)
         assert wait_ack(pub, mid1) == 0
         assert wait_ack(pub, mid2) == 0
         assert sorted(m.payload for m in member.expect_messages(2)) == [b"q1", b"q2"]
@@ -130,12 +102,9 @@ def test_a_group_copy_not_confirmed_in_time_is_0x80(
         _group_on(nats_server, impatient, member, B, t, A)
         pub = connect(A)
         b = impatient[B]
-        os.kill(b.proc.pid, signal.SIGSTOP)
-        try:
+        with stopped(b.proc):
             assert pub.publish(t, b"v5-q1", 1) == 0x80
             assert status(impatient[A])["confirm_timeouts"] == 1
-        finally:
-            os.kill(b.proc.pid, signal.SIGCONT)
         assert pub.publish(t, b"after", 1) == 0  # B answers again: a success again
 
 
@@ -173,46 +142,8 @@ def test_kill_9_after_puback_keeps_a_group_members_message(nats_server: NatsServ
     """The node picked for the group confirms once its store committed: killed right after
     the publisher's PUBACKs, it has every message for its offline, persistent member at
     restart."""
-    config_b = node_config(B, nats_server.url, heartbeat=None)
-    b = BrokerProcess(config_b)
-    b2: BrokerProcess | None = None
-    try:
-        with checked_broker(node_config(A, nats_server.url, heartbeat=None)) as a:
-            for node in (a, b):
-                wait_log(node, "joined through NATS")
-            nats_server.nodes = {A: a, B: b}
-            t = uid("k")
-            sid = uid("persistent")
-            expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
-            member = Client(b, sid, version=5, clean=False, properties=expiry)
-            member.connect()
-            _group_on(nats_server, {A: a, B: b}, member, B, t, A)
-            member.close()  # offline: what the group gets on B is queued in B's store
-            pub = Client(a, uid("p"), version=5)
-            pub.connect()
-            try:
-                sent = [f"m{i}".encode() for i in range(50)]
-                for payload in sent:
-                    assert pub.publish(t, payload, 1) == 0
-                b.stop(signal.SIGKILL)
-                nats_server.nodes = {A: a}
-                b2 = BrokerProcess(config_b, extra_args=["--data-dir", str(b.data_dir)])
-                wait_log(b2, "joined through NATS")
-                member2 = Client(b2, sid, version=5, clean=False, properties=expiry)
-                member2.connect()
-                try:
-                    assert member2.session_present
-                    got = {m.payload for m in member2.expect_messages(len(sent))}
-                    assert got == set(sent)
-                finally:
-                    member2.close()
-            finally:
-                pub.close()
-            nats_server.nodes = {}
-    finally:
-        if b2 is not None:
-            assert b2.stop() == 0
-            assert_clean_log(b2)
-            b2.cleanup()
-        b.stop(signal.SIGKILL)
-        b.cleanup()
+    def subscribe(nodes: dict[str, BrokerProcess], member: Client, t: str) -> None:
+        _group_on(nats_server, nodes, member, B, t, A)
+
+    configs = {n: node_config(n, nats_server.url, heartbeat=None) for n in (A, B)}
+    check_kill_9_after_puback(nats_server, configs, subscribe)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from support import uid
 from support.clients import Client
-from support.cluster import LiveTrace, running_nats, running_nodes, until
+from support.cluster import LiveTrace, clients_fixture, nats_fixture, nodes_fixture, until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer, free_port
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -47,34 +46,9 @@ def up(node: BrokerProcess, *names: str) -> bool:
     return all(rows.get(n, {}).get("status") == "up" for n in names)
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
-    with running_nodes(nats_server, configs, wait="up") as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def make(node: BrokerProcess, client_id: str, **kw: Any) -> Client:
-        c = Client(node, client_id, **kw)
-        made.append(c)
-        c.connect()
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
+nats_server = nats_fixture()
+nodes = nodes_fixture((A, B, C), wait="up", config=node_config)
+clients = clients_fixture(version=4)
 
 
 def test_clients_listed_from_any_node_with_their_node(

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, builder as B, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes, until
+from support.cluster import clients_fixture, nats_fixture, node_config, nodes_fixture, until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -31,37 +30,11 @@ A, B_ = "a@127.0.0.1", "b@127.0.0.1"
 PERSISTENT = B.props(("session_expiry_interval", 3600))
 
 
-def node_config(name: str, url: str) -> str:
-    return (f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
-            'heartbeat_interval = 0.2\n')
-
-
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    # Each node has heard the other (a hand-over is asked only of a node up).
-    configs = {n: node_config(n, nats_server.url) for n in (A, B_)}
-    with running_nodes(nats_server, configs, wait="up") as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def client(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def _client(node: str, client_id: str, **kwargs: Any) -> Client:
-        c = Client(nodes[node], client_id, version=kwargs.pop("version", 5), **kwargs)
-        made.append(c)
-        return c
-
-    yield _client
-    for c in made:
-        c.close()
+nats_server = nats_fixture()
+# Each node has heard the other (a hand-over is asked only of a node up).
+nodes = nodes_fixture((A, B_), wait="up")
+#: ``client(node, client_id, **kwargs)``: a client not yet connected.
+client = clients_fixture(connect=False)
 
 
 def has_session(node: BrokerProcess, cid: str) -> bool:

@@ -8,14 +8,11 @@ on and whenever during the takeover. Real nats-server, three real mqttd nodes, p
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from support import uid
 from support.clients import Client, props
-from support.cluster import node_config, running_nats, running_nodes, until
-from support.natsserver import NatsServer
+from support.cluster import nats_fixture, nodes_fixture, until
 from support.process import BrokerProcess
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
@@ -24,17 +21,8 @@ A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 MOVES = 12
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
-    with running_nodes(nats_server, configs, wait="up") as nodes:
-        yield nodes
+nats_server = nats_fixture()
+nodes = nodes_fixture((A, B, C), wait="up")
 
 
 class Publisher(threading.Thread):

@@ -12,26 +12,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import LiveTrace, running_nats, running_nodes, until
+from support.cluster import LiveTrace, clients_fixture, nats_fixture, nodes_fixture, until
 from support.ctlrun import ctl
 from support.httpapi import HttpApi
-from support.natsserver import NatsServer
 from support.process import BrokerProcess
 
 A, B, C = "la@127.0.0.1", "lb@127.0.0.1", "lc@127.0.0.1"
 
 
-def node_config(name: str, url: str, http: bool = False) -> str:
+def node_config(name: str, url: str) -> str:
+    """Node A serves the HTTP API too."""
     return (f'[node]\nname = "{name}"\nsys_interval = 1\n\n[cluster]\nnats_url = "{url}"\n'
             'heartbeat_interval = 0.2\nheartbeat_misses = 3\nctl_timeout = 1.0\n'
-            + ('\n[http]\nenabled = true\nport = 0\n' if http else ""))
+            + ('\n[http]\nenabled = true\nport = 0\n' if name == A else ""))
 
 
 def js(node: BrokerProcess, *args: str) -> Any:
@@ -45,17 +45,8 @@ def answered(data: dict[str, Any]) -> None:
     assert {n: got.get(n) for n in (A, B, C)} == {A: True, B: True, C: True}, data["nodes"]
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url, http=n == A) for n in (A, B, C)}
-    with running_nodes(nats_server, configs, wait="up") as nodes:
-        yield nodes
+nats_server = nats_fixture()
+nodes = nodes_fixture((A, B, C), wait="up", config=node_config)
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +55,7 @@ def api(nodes: dict[str, BrokerProcess]) -> HttpApi:
     return HttpApi(nodes[A], key=str(key))
 
 
-@pytest.fixture
-def clients() -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def make(node: BrokerProcess, client_id: str, **kw: Any) -> Client:
-        c = Client(node, client_id, **kw)
-        made.append(c)
-        c.connect()
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
+clients = clients_fixture(version=4)
 
 
 def spread(clients: Callable[..., Client], nodes: dict[str, BrokerProcess], t: str

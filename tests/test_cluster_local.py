@@ -9,13 +9,11 @@ nodes on a real nats-server; the common PUBLISH here is the compiled fast path's
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from support import uid
 from support.clients import Client
-from support.cluster import node_config, running_nats, running_nodes
+from support.cluster import nats_fixture, nodes_fixture
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess
@@ -24,17 +22,8 @@ A = "a@127.0.0.1"
 B = "b@127.0.0.1"
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url) for n in (A, B)}
-    with running_nodes(nats_server, configs, wait="settled") as nodes:
-        yield nodes
+nats_server = nats_fixture()
+nodes = nodes_fixture((A, B), wait="settled")
 
 
 def _status(node: BrokerProcess) -> dict[str, Any]:

@@ -14,13 +14,11 @@ again. Real nats-server, two real mqttd nodes, paho clients.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from support import WAIT, uid
 from support.clients import Client, props
-from support.cluster import node_config, publish_nowait, running_nats, running_nodes, until
+from support.cluster import nats_fixture, nodes_fixture, publish_nowait, until
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, log_size, wait_log
 
@@ -36,21 +34,12 @@ WINDOW = 20
 FORWARD_TIMEOUT = 3.0
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    # heartbeat_misses: the two nodes get back on NATS up to a reconnect wait (2 s) apart,
-    # and one must not count the other down meanwhile (docs/CLUSTER.md: a node cut off
-    # while the others hear NATS is dead to them, its routes gone; not this test's case).
-    extra = f"forward_timeout = {FORWARD_TIMEOUT}\n"
-    configs = {n: node_config(n, nats_server.url, misses=50, extra=extra) for n in (A, B)}
-    with running_nodes(nats_server, configs, wait="settled") as nodes:
-        yield nodes
+nats_server = nats_fixture()
+# heartbeat_misses: the two nodes get back on NATS up to a reconnect wait (2 s) apart,
+# and one must not count the other down meanwhile (docs/CLUSTER.md: a node cut off
+# while the others hear NATS is dead to them, its routes gone; not this test's case).
+nodes = nodes_fixture((A, B), wait="settled", misses=50,
+                      extra=f"forward_timeout = {FORWARD_TIMEOUT}\n")
 
 
 class Publisher(threading.Thread):

@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes
+from support.cluster import clients_fixture, nats_fixture, node_config, nodes_fixture
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -26,39 +25,11 @@ from support.process import BrokerProcess, checked_broker, wait_log
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 
 
-def node_config(name: str, url: str) -> str:
-    return (f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
-            'heartbeat_interval = 0.2\n')
-
-
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    # Settled: three heartbeats after its join a node knows the others' routes (before,
-    # it takes any other node to want anything, and a publish gets 0x00, not 0x10).
-    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
-    with running_nodes(nats_server, configs, wait="settled") as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def connect(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def _connect(node: BrokerProcess | str, version: int = 5) -> Client:
-        c = Client(nodes[node] if isinstance(node, str) else node, uid("c"), version=version)
-        made.append(c)
-        c.connect()
-        return c
-
-    yield _connect
-    for c in made:
-        c.close()
+nats_server = nats_fixture()
+# Settled: three heartbeats after its join a node knows the others' routes (before,
+# it takes any other node to want anything, and a publish gets 0x00, not 0x10).
+nodes = nodes_fixture((A, B, C), wait="settled")
+connect = clients_fixture()
 
 
 def held(node: BrokerProcess, topic: str) -> bytes | None:

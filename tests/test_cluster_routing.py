@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, uid
 from support.clients import Client, sub_opts
-from support.cluster import running_nats, running_nodes
+from support.cluster import clients_fixture, nats_fixture, nodes_fixture
 from support.ctlrun import ctl
 from support.natsserver import NatsServer, free_port
 from support.process import BrokerProcess, checked_broker, run_mqttd, wait_log
@@ -36,32 +35,9 @@ A = "a@127.0.0.1"
 B = "b@127.0.0.1"
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url) for n in (A, B)}
-    with running_nodes(nats_server, configs) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def connect(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def _connect(node: str, version: int = 4, client_id: str | None = None) -> Client:
-        c = Client(nodes[node], client_id or uid("c"), version=version)
-        made.append(c)
-        c.connect()
-        return c
-
-    yield _connect
-    for c in made:
-        c.close()
+nats_server = nats_fixture()
+nodes = nodes_fixture((A, B), config=node_config)
+connect = clients_fixture(version=4)
 
 
 def _until_marker(sub: Client, marker: bytes) -> list[Any]:

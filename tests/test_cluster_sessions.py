@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes, until
+from support.cluster import clients_fixture, nats_fixture, node_config, nodes_fixture, until
 from support.ctlrun import ctl
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
@@ -28,36 +26,10 @@ from support.process import BrokerProcess, checked_broker, wait_log
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 
 
-def node_config(name: str, url: str) -> str:
-    return (f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
-            'heartbeat_interval = 0.2\n')
-
-
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
-    with running_nodes(nats_server, configs) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def client(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def _client(node: str, client_id: str, **kwargs: Any) -> Client:
-        c = Client(nodes[node], client_id, version=kwargs.pop("version", 5), **kwargs)
-        made.append(c)
-        return c
-
-    yield _client
-    for c in made:
-        c.close()
+nats_server = nats_fixture()
+nodes = nodes_fixture((A, B, C))
+#: ``client(node, client_id, **kwargs)``: a client not yet connected.
+client = clients_fixture(connect=False)
 
 
 def connected_on(node: BrokerProcess, cid: str) -> bool:

@@ -12,52 +12,22 @@ from __future__ import annotations
 import queue
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import running_nats, running_nodes
+from support.cluster import clients_fixture, nats_fixture, nodes_fixture
 from support.natsserver import NatsServer
-from support.process import BrokerProcess
 
 from mqttd.cluster.subjects import encode_filter
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 
 
-def node_config(name: str, url: str) -> str:
-    return (f'[node]\nname = "{name}"\n\n[cluster]\nnats_url = "{url}"\n'
-            'heartbeat_interval = 0.2\n')
-
-
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    configs = {n: node_config(n, nats_server.url) for n in (A, B, C)}
-    with running_nodes(nats_server, configs) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def connect(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def _connect(node: str, version: int = 5, client_id: str | None = None) -> Client:
-        c = Client(nodes[node], client_id or uid("c"), version=version)
-        made.append(c)
-        c.connect()
-        return c
-
-    yield _connect
-    for c in made:
-        c.close()
+nats_server = nats_fixture()
+nodes = nodes_fixture((A, B, C))
+connect = clients_fixture()
 
 
 def _collect(members: list[Client], n: int) -> list[tuple[int, Any]]:

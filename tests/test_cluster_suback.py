@@ -10,50 +10,23 @@ Real nats-server, real mqttd nodes, real paho clients.
 from __future__ import annotations
 
 import json
-import os
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from support import uid
 from support.clients import Client, props
-from support.cluster import node_config, running_nats, running_nodes, until
+from support.cluster import clients_fixture, nats_fixture, nodes_fixture, until
 from support.ctlrun import ctl
-from support.natsserver import NatsServer
-from support.process import BrokerProcess
+from support.process import BrokerProcess, stopped
 
 A = "a@127.0.0.1"
 B = "b@127.0.0.1"
 
 
-@pytest.fixture(scope="module")
-def nats_server() -> Iterator[NatsServer]:
-    with running_nats() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
-    # Settled: A keeps to itself (and answers 0x10 for) what it knows no other node wants.
-    configs = {n: node_config(n, nats_server.url, heartbeat=None) for n in (A, B)}
-    with running_nodes(nats_server, configs, wait="settled") as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def connect(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def _connect(node: str) -> Client:
-        c = Client(nodes[node], uid("c"), version=5)
-        made.append(c)
-        c.connect()
-        return c
-
-    yield _connect
-    for c in made:
-        c.close()
+nats_server = nats_fixture()
+# Settled: A keeps to itself (and answers 0x10 for) what it knows no other node wants.
+nodes = nodes_fixture((A, B), wait="settled", heartbeat=None)
+connect = clients_fixture()
 
 
 def _knows(node: BrokerProcess, other: str) -> bool:
@@ -80,11 +53,8 @@ def test_a_stopped_node_does_not_keep_the_suback(
         nodes: dict[str, BrokerProcess], connect: Callable[..., Client]) -> None:
     sub = connect(B)
     a = nodes[A]
-    os.kill(a.proc.pid, signal.SIGSTOP)
-    try:
+    with stopped(a.proc):
         sub.subscribe(uid("s"), 1)  # (held at most until A would be counted down)
-    finally:
-        os.kill(a.proc.pid, signal.SIGCONT)
     # Each may have counted the other down meanwhile: back once both are up again and
     # each has read the other's routes.
     for node, other in ((nodes[A], B), (nodes[B], A)):

@@ -11,8 +11,8 @@ import time
 
 from support import builder as B
 from support.ctlrun import ctl_json
-from support.mass import Watcher, room_for, stopped
-from support.process import BrokerProcess, checked_broker
+from support.mass import Watcher, room_for
+from support.process import BrokerProcess, checked_broker, stopped
 
 N = 2_000
 NODE = "mqttd@127.0.0.1"
@@ -41,7 +41,7 @@ def test_mass_connect_is_sliced_and_every_client_is_answered() -> None:
             while _open_fds(broker) < fds + N:
                 assert time.monotonic() < deadline, "the broker did not accept every client"
                 time.sleep(0.1)
-            with stopped(broker):  # every CONNECT, then the PINGREQ, found in one poll
+            with stopped(broker.proc):  # every CONNECT, then the PINGREQ, found in one poll
                 for i, s in enumerate(arrivals):
                     s.sendall(B.connect(f"arrival-{i}", level=4))
                 watcher.ping()

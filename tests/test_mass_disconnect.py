@@ -11,8 +11,8 @@ import socket
 import time
 
 from support import builder as B
-from support.mass import Watcher, room_for, stopped
-from support.process import checked_broker, wait_log
+from support.mass import Watcher, room_for
+from support.process import checked_broker, stopped, wait_log
 
 from mqttd.mqtt.packets import Publish
 
@@ -39,7 +39,7 @@ def test_mass_disconnect_is_sliced_and_every_will_and_event_arrives() -> None:
             for s in leavers:
                 assert s.recv(4)[:1] == b"\x20"  # CONNACK
             time.sleep(1.0)  # a few sysmon checks with everyone connected (its peak)
-            with stopped(broker):  # every departure, then the PINGREQ, found in one poll
+            with stopped(broker.proc):  # every departure, then the PINGREQ, found in one poll
                 for i, s in enumerate(leavers):
                     if i % 2 == 0:
                         s.sendall(B.disconnect())  # a normal DISCONNECT: no will

@@ -2,9 +2,10 @@
 handed to a test once they have joined (and, if asked, once every node sees the others up
 or has settled).
 
-Plain context managers, imported by each module and wrapped in that module's own fixtures
-(not a pytest plugin: fixture names shared through a plugin would change what every
-module's ``nodes`` means).
+Plain context managers, and fixture factories around them that a module assigns to its own
+names (``nats_server = nats_fixture()``, ``nodes = nodes_fixture((A, B), wait="up")``, as
+``support.process.broker_fixture``), not a pytest plugin: fixture names shared through a
+plugin would change what every module's ``nodes`` means.
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
 
 from . import WAIT, uid
-from .clients import Client
+from .clients import Client, props
 from .ctlrun import ctl
 from .natsserver import NatsServer
-from .process import MQTTD, BrokerProcess, checked_broker, wait_log
+from .process import MQTTD, BrokerProcess, assert_clean_log, checked_broker, wait_log
 
-__all__ = ["LiveTrace", "clients", "node_config", "publish_nowait", "running_nats", "running_nodes",
-           "until", "wait_ack"]
+__all__ = ["LiveTrace", "check_kill_9_after_puback", "clients", "clients_fixture",
+           "nats_fixture", "node_config", "nodes_fixture", "publish_nowait", "running_nats",
+           "running_nodes", "status", "until", "wait_ack"]
+
+#: When :func:`running_nodes` hands its nodes over (see there).
+Wait = Literal["joined", "up", "settled"]
 
 
 def node_config(name: str, url: str, *, heartbeat: float | None = 0.2,
@@ -53,21 +61,39 @@ def until(what: str, check: Callable[[], bool], timeout: float = 2 * WAIT) -> No
         time.sleep(0.05)
 
 
-def clients(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
-    """``for connect in clients(nodes):`` gives ``connect(node, version=5, client_id=None,
-    **kwargs)``, a connected paho client on that node; every one is closed at the end."""
+def clients(nodes: dict[str, BrokerProcess], *, version: int = 5, connect: bool = True
+            ) -> Iterator[Callable[..., Client]]:
+    """``for make in clients(nodes):`` gives ``make(node, client_id=None, *, version=version,
+    connect=connect, **kwargs)``, a paho client (connected unless ``connect`` is False) on
+    ``node``, a node's name or a :class:`BrokerProcess`; every one is closed at the end."""
     made: list[Client] = []
+    default_version, default_connect = version, connect
 
-    def connect(node: str, version: int = 5, client_id: str | None = None,
-                **kwargs: object) -> Client:
-        c = Client(nodes[node], client_id or uid("c"), version=version, **kwargs)  # type: ignore[arg-type]
+    def make(node: str | BrokerProcess, client_id: str | None = None, *,
+             version: int = default_version, connect: bool = default_connect,
+             **kwargs: object) -> Client:
+        broker = nodes[node] if isinstance(node, str) else node
+        c = Client(broker, uid("c") if client_id is None else client_id, version=version,
+                   **kwargs)  # type: ignore[arg-type]
         made.append(c)
-        c.connect()
+        if connect:
+            c.connect()
         return c
 
-    yield connect
+    yield make
     for c in made:
         c.close()
+
+
+def clients_fixture(*, version: int = 5, connect: bool = True) -> Any:
+    """A fixture of :func:`clients` on the module's ``nodes`` (every client closed after the
+    test). Assign it to the name tests ask for: ``connect = clients_fixture()``."""
+
+    @pytest.fixture
+    def _clients(nodes: dict[str, BrokerProcess]) -> Iterator[Callable[..., Client]]:
+        yield from clients(nodes, version=version, connect=connect)
+
+    return _clients
 
 
 def publish_nowait(pub: Client, topic: str, payload: bytes, qos: int) -> int:
@@ -109,14 +135,18 @@ def _sees_up(node: BrokerProcess, names: list[str]) -> bool:
 
 
 def _settled(node: BrokerProcess) -> bool:
+    return bool(status(node)["settled"])
+
+
+def status(node: BrokerProcess) -> dict[str, Any]:
+    """``mqttd ctl cluster status`` of ``node`` (its JSON)."""
     data = _status(node, "status")
     assert isinstance(data, dict)
-    return bool(data["settled"])
+    return data
 
 
 @contextlib.contextmanager
-def running_nodes(server: NatsServer, configs: dict[str, str],
-                  wait: Literal["joined", "up", "settled"] = "joined"
+def running_nodes(server: NatsServer, configs: dict[str, str], wait: Wait = "joined"
                   ) -> Iterator[dict[str, BrokerProcess]]:
     """A checked broker per ``{name: config}`` (each must stop cleanly, exit 0), handed over
     once each logged its join; ``wait="up"``: also once every node counts every other up;
@@ -140,6 +170,87 @@ def running_nodes(server: NatsServer, configs: dict[str, str],
             yield dict(nodes)
         finally:
             server.nodes = {}
+
+
+def nats_fixture() -> Any:
+    """A module's ``nats_server`` fixture: one :func:`running_nats` for the module. Assign it
+    to that name: ``nats_server = nats_fixture()``."""
+
+    @pytest.fixture(scope="module")
+    def _nats_server() -> Iterator[NatsServer]:
+        with running_nats() as server:
+            yield server
+
+    return _nats_server
+
+
+def nodes_fixture(names: tuple[str, ...], *, wait: Wait = "joined", scope: str = "module",
+                  config: Callable[..., str] = node_config, **options: Any) -> Any:
+    """A fixture of :func:`running_nodes` on the module's ``nats_server``: a node per name,
+    configured by ``config(name, url, **options)`` (:func:`node_config` unless given), handed
+    over as ``wait`` says. Assign it to the name tests ask for: ``nodes = nodes_fixture((A,
+    B), wait="settled", heartbeat=None)``."""
+
+    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    def _nodes(nats_server: NatsServer) -> Iterator[dict[str, BrokerProcess]]:
+        configs = {n: config(n, nats_server.url, **options) for n in names}
+        with running_nodes(nats_server, configs, wait=wait) as nodes:
+            yield nodes
+
+    return _nodes
+
+
+def check_kill_9_after_puback(nats_server: NatsServer, configs: dict[str, str],
+                              subscribe: Callable[[dict[str, BrokerProcess], Client, str], None]
+                              ) -> None:
+    """The acknowledged-message rule through a kill -9: nodes ``configs`` = {A: ..., B: ...};
+    a persistent session on B subscribes with ``subscribe(nodes, client, topic)`` (back once
+    A knows) and goes offline; a publisher on A gets the PUBACKs of 50 QoS 1 messages; B,
+    killed right after and restarted on its data directory, has every one for the session."""
+    (a_name, config_a), (b_name, config_b) = configs.items()
+    b = BrokerProcess(config_b)
+    b2: BrokerProcess | None = None
+    try:
+        with checked_broker(config_a) as a:
+            nodes = {a_name: a, b_name: b}
+            for node in (a, b):
+                wait_log(node, "joined through NATS")
+            nats_server.nodes = dict(nodes)
+            t = uid("k")
+            sid = uid("persistent")
+            expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=3600)
+            sub = Client(b, sid, version=5, clean=False, properties=expiry)
+            sub.connect()
+            subscribe(nodes, sub, t)
+            sub.close()  # offline: what comes for it is queued in B's store
+            pub = Client(a, uid("p"), version=5)
+            pub.connect()
+            try:
+                sent = [f"m{i}".encode() for i in range(50)]
+                for payload in sent:
+                    assert pub.publish(t, payload, 1) == 0
+                b.stop(signal.SIGKILL)
+                nats_server.nodes = {a_name: a}
+                b2 = BrokerProcess(config_b, extra_args=["--data-dir", str(b.data_dir)])
+                wait_log(b2, "joined through NATS")
+                sub2 = Client(b2, sid, version=5, clean=False, properties=expiry)
+                sub2.connect()
+                try:
+                    assert sub2.session_present
+                    got = {m.payload for m in sub2.expect_messages(len(sent))}
+                    assert got == set(sent)
+                finally:
+                    sub2.close()
+            finally:
+                pub.close()
+            nats_server.nodes = {}
+    finally:
+        if b2 is not None:
+            assert b2.stop() == 0
+            assert_clean_log(b2)
+            b2.cleanup()
+        b.stop(signal.SIGKILL)
+        b.cleanup()
 
 
 class LiveTrace:

@@ -5,9 +5,7 @@ client while it worked them off."""
 from __future__ import annotations
 
 import resource
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from mqttd.mqtt.packets import Connack, Pingresp, Publish, Suback
 
@@ -15,7 +13,7 @@ from . import builder as B
 from .process import BrokerProcess
 from .raw import RawClient
 
-__all__ = ["Watcher", "room_for", "stopped"]
+__all__ = ["Watcher", "room_for"]
 
 
 def room_for(n: int) -> None:
@@ -25,18 +23,6 @@ def room_for(n: int) -> None:
     want = min(hard, max(soft, 2 * n + 500))
     if want > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-@contextmanager
-def stopped(broker: BrokerProcess) -> Iterator[None]:
-    """The broker SIGSTOPped for the block: what is sent meanwhile waits in the kernel, and
-    the broker finds all of it in one poll when it goes on (SIGCONT, even if the block
-    fails)."""
-    broker.proc.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        broker.proc.send_signal(signal.SIGCONT)
 
 
 class Watcher:

@@ -145,6 +145,18 @@ def broker_fixture(config: str = "", *, scope: str = "module",
     return _broker
 
 
+@contextmanager
+def stopped(proc: subprocess.Popen[Any]) -> Iterator[None]:
+    """The process SIGSTOPped for the block (a broker or peer that does not answer; what is
+    sent to it meanwhile waits in the kernel, found in one poll when it goes on), SIGCONT
+    after it, even if the block fails."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
 def wait_log(broker: BrokerProcess, text: str, timeout: float = WAIT, start: int = 0) -> int:
     """Wait until the broker's log holds ``text`` after offset ``start``; returns the offset
     just past it. (A log line is the only outward sign of some timer-driven work.)"""
