@@ -12,17 +12,15 @@ user-based rules need here.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from core_util import Probe, World
 from support import WAIT, builder as B, uid
 from support.clients import Clients, MosquittoSub, PacketTypes, props
+from support.ctlrun import Result, ctl, ctl_json
 from support.process import BrokerProcess, checked_broker, log_size, run_mqttd, wait_log
 
 from mqttd.access.acl_file import MAX_ERRORS, AclFile, _matches, contains, parse_acl
@@ -30,7 +28,6 @@ from mqttd.access.authn import AccessError, AuthChain
 from mqttd.access.authz import AuthzChain
 from mqttd.access.build import build_access
 from mqttd.access.password_file import hash_password
-from mqttd.cli.ctl import main as ctl_main
 from mqttd.config import AuthSettings, AuthzSettings, Settings, parse_settings
 from mqttd.core.message import Message
 from mqttd.core.services import AuthResult, ClientInfo
@@ -619,26 +616,6 @@ topic readwrite #
 pattern readwrite clients/%c/#
 pattern read users/${username}/inbox
 """
-
-
-class Result(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-def ctl(broker: BrokerProcess, *args: str) -> Result:
-    """``mqttd ctl --data-dir <its dir> <args>``, run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", str(broker.data_dir), *args])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def ctl_json(broker: BrokerProcess, *args: str) -> Any:
-    r = ctl(broker, "--json", *args)
-    assert r.code == 0, r
-    return json.loads(r.out)
 
 
 def acl_broker(path: Path, text: str, extra: str = "") -> Any:
