@@ -11,7 +11,6 @@ client that reconnects too fast is banned for ``ban_time`` and admitted again af
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import stat
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from support import WAIT, uid
 from support.clients import Client, prop
+from support.ctlrun import ctl, ctl_json, ok
 from support.process import BrokerProcess, broker_fixture, checked_broker, run_mqttd, wait_log
 from support.raw import RawClient
 
@@ -30,7 +30,6 @@ from mqttd.access import flapping as flapping_mod
 from mqttd.access.authn import AccessError
 from mqttd.access.banned import BannedTable, normalize
 from mqttd.access.flapping import Flapping
-from mqttd.cli.ctl import main as ctl_main
 from mqttd.config import FlappingSettings
 from mqttd.core.services import ClientInfo
 from mqttd.mqtt.packets import Disconnect
@@ -282,32 +281,6 @@ def test_flapping_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 broker = broker_fixture()
 STORE_OFF = '[store]\ndurability = "off"\n'
-
-
-class Result:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self) -> str:
-        return f"Result({self.code}, {self.out!r}, {self.err!r})"
-
-
-def ctl(b: BrokerProcess, *args: str) -> Result:
-    """``mqttd ctl --data-dir <the broker's> <args>`` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", str(b.data_dir), *args])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def ok(b: BrokerProcess, *args: str) -> str:
-    r = ctl(b, *args)
-    assert r.code == 0, r
-    return r.out
-
-
-def ctl_json(b: BrokerProcess, *args: str) -> Any:
-    return json.loads(ok(b, "--json", *args))
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ durability off bans still live in ``banned.json``.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import signal
 import time
@@ -20,26 +19,16 @@ from collections.abc import Callable
 from typing import Any
 
 from support import WAIT, uid
+from support.ctlrun import ctl_json, ok
 from support.process import BrokerProcess, log_size, wait_log
 from support.raw import RawClient
-
-from mqttd.cli.ctl import main as ctl_main
 
 BANNED = 0x8A
 OFF = '[store]\ndurability = "off"\n'
 
 
-def ctl(b: BrokerProcess, *args: str) -> str:
-    """``mqttd ctl --data-dir <the broker's> <args>`` in this process; must succeed."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", str(b.data_dir), *args])
-    assert code == 0, (code, out.getvalue(), err.getvalue())
-    return out.getvalue()
-
-
 def bans(b: BrokerProcess) -> list[tuple[str, str, str]]:
-    rows = json.loads(ctl(b, "--json", "banned", "list"))
+    rows = ctl_json(b, "banned", "list")
     return sorted((r["as"], r["who"], r["reason"]) for r in rows)
 
 
@@ -98,12 +87,12 @@ def brokers(config: str = "") -> Any:
 def test_bans_survive_kill_9_in_the_store() -> None:
     with brokers() as chain:
         first = chain.start()
-        ctl(first, "banned", "add", "clientid", "kept", "--reason", "r1")
-        ctl(first, "banned", "add", "username", "mallory", "--reason", "r2")
-        ctl(first, "banned", "add", "peerhost", "192.0.2.0/24", "--duration", "1h")
-        ctl(first, "banned", "add", "clientid", "lifted")
-        ctl(first, "banned", "del", "clientid", "lifted")
-        ctl(first, "banned", "add", "clientid", "brief", "--duration", "1")
+        ok(first, "banned", "add", "clientid", "kept", "--reason", "r1")
+        ok(first, "banned", "add", "username", "mallory", "--reason", "r2")
+        ok(first, "banned", "add", "peerhost", "192.0.2.0/24", "--duration", "1h")
+        ok(first, "banned", "add", "clientid", "lifted")
+        ok(first, "banned", "del", "clientid", "lifted")
+        ok(first, "banned", "add", "clientid", "brief", "--duration", "1")
         first.stop(signal.SIGKILL)  # at once after the last answer
         assert not (chain.data_dir / "banned.json").exists()
         time.sleep(1.0)  # the 1 s ban ends while no broker runs
@@ -115,7 +104,7 @@ def test_bans_survive_kill_9_in_the_store() -> None:
         assert connack(second, "lifted") == 0
         assert connack(second, "brief") == 0
         # a lift after a restart holds across the next kill -9 too
-        ctl(second, "banned", "del", "username", "mallory")
+        ok(second, "banned", "del", "username", "mallory")
         second.stop(signal.SIGKILL)
         third = chain.start()
         assert bans(third) == [("clientid", "kept", "r1"), ("peerhost", "192.0.2.0/24", "")]
@@ -126,8 +115,8 @@ def test_bans_survive_kill_9_in_the_store() -> None:
 def test_a_banned_json_from_before_is_moved_into_the_store_once() -> None:
     with brokers(OFF) as chain:
         old = chain.start()
-        ctl(old, "banned", "add", "clientid", "legacy", "--reason", "from the file")
-        ctl(old, "banned", "add", "peerhost", "198.51.100.7")
+        ok(old, "banned", "add", "clientid", "legacy", "--reason", "from the file")
+        ok(old, "banned", "add", "peerhost", "198.51.100.7")
         assert old.stop() == 0
         path = chain.data_dir / "banned.json"
         assert len(json.loads(path.read_text())["banned"]) == 2
@@ -137,7 +126,7 @@ def test_a_banned_json_from_before_is_moved_into_the_store_once() -> None:
         wait_until(lambda: (chain.data_dir / "banned.json.migrated").exists())
         assert not path.exists()
         assert connack(new, "legacy") == BANNED
-        ctl(new, "banned", "add", "clientid", "newer")
+        ok(new, "banned", "add", "clientid", "newer")
         new.stop(signal.SIGKILL)
         again = chain.start()
         assert "bans moved from" not in again.log()
@@ -151,7 +140,7 @@ def test_with_durability_off_bans_live_in_banned_json() -> None:
     with brokers(OFF) as chain:
         b = chain.start()
         start = log_size(b)
-        ctl(b, "banned", "add", "clientid", "filed")
+        ok(b, "banned", "add", "clientid", "filed")
         rows = json.loads((chain.data_dir / "banned.json").read_text())["banned"]
         assert [r["who"] for r in rows] == ["filed"]
         assert connack(b, "filed") == BANNED

@@ -6,21 +6,20 @@ text or hex. Real processes and a real daemon."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from support import WAIT, uid
 from support.clients import Client
+from support.ctlrun import ctl
 from support.process import BrokerProcess, broker_fixture, run_mqttd
 
 from mqttd import SYSDESCR, __version__
-from mqttd.cli.ctl import main as ctl_main
 from mqttd.ctl.commands import build_table
 
 pytest_plugins = ["support.fixtures"]
@@ -28,21 +27,6 @@ pytest_plugins = ["support.fixtures"]
 # Every module with a listing loaded, so that every `<noun> list` has something to list.
 broker = broker_fixture('[modules.delayed]\nenable = true\n[modules.topic_metrics]\n'
                         'enable = true\n[modules.slow_subs]\nenable = true\n')
-
-
-class Result(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-def ctl(where: BrokerProcess | Path, *args: str) -> Result:
-    """``mqttd ctl --data-dir <dir> <args>`` in this process."""
-    d = where.data_dir if isinstance(where, BrokerProcess) else where
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", str(d), *args])
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def mqttd(*args: str) -> subprocess.CompletedProcess[str]:

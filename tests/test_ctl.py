@@ -9,8 +9,6 @@ stopped by PID.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -21,46 +19,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from support import WAIT, uid
 from support.clients import Clients, mosquitto_pub
+from support.ctlrun import ctl, ctl_json, ok
 from support.process import BrokerProcess, assert_clean_log, broker_fixture, run_mqttd
 
-from mqttd.cli.ctl import main as ctl_main
 from mqttd.ctl import protocol as P
 from mqttd.ctl.commands import build_table
 
 
-class Result(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
 def data_dir(broker: BrokerProcess) -> str:
     return str(broker.dir / "data")
-
-
-def ctl(where: BrokerProcess | str, *args: str) -> Result:
-    """Run ``mqttd ctl --data-dir <dir> <args>`` in this process."""
-    d = data_dir(where) if isinstance(where, BrokerProcess) else where
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", d, *args])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def ok(where: BrokerProcess | str, *args: str) -> str:
-    """stdout of a command that must succeed."""
-    r = ctl(where, *args)
-    assert r.code == 0, r
-    return r.out
-
-
-def ctl_json(where: BrokerProcess | str, *args: str) -> Any:
-    return json.loads(ok(where, "--json", *args))
 
 
 #: The real ``python -m mqttd <args>``, output captured.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from mqttd.cli.ctl import main as ctl_main
@@ -21,21 +22,23 @@ class Result(NamedTuple):
     err: str
 
 
-def ctl(broker: BrokerProcess, *args: str) -> Result:
-    """``mqttd ctl --data-dir <the broker's> <args>``: exit code, stdout, stderr."""
+def ctl(where: BrokerProcess | str | Path, *args: str) -> Result:
+    """``mqttd ctl --data-dir <the broker's, or the directory given> <args>``: exit code,
+    stdout, stderr."""
+    data_dir = where.data_dir if isinstance(where, BrokerProcess) else where
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", str(broker.data_dir), *args])
+        code = ctl_main(["--data-dir", str(data_dir), *args])
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def ok(broker: BrokerProcess, *args: str) -> str:
+def ok(where: BrokerProcess | str | Path, *args: str) -> str:
     """stdout of a command that must succeed."""
-    r = ctl(broker, *args)
+    r = ctl(where, *args)
     assert r.code == 0, r
     return r.out
 
 
-def ctl_json(broker: BrokerProcess, *args: str) -> Any:
+def ctl_json(where: BrokerProcess | str | Path, *args: str) -> Any:
     """The parsed ``--json`` answer of a command that must succeed."""
-    return json.loads(ok(broker, "--json", *args))
+    return json.loads(ok(where, "--json", *args))
