@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from support import builder as B, uid
 from support.certs import make_pki
+from support.httpserver import ThreadedHttpServer
 from support.process import BrokerProcess, checked_broker, log_size, run_mqttd, wait_log
 
 from mqttd.mqtt.packets import Connack
@@ -36,33 +37,21 @@ PASSED = {0, 0x10}
 TIMEOUT = 1.0
 
 
-class AuthServer:
+class AuthServer(ThreadedHttpServer):
     """The authentication server: aiohttp on its own loop and thread; ``requests`` keeps
     what each request carried (method, path, query, headers, body)."""
 
+    NAME = "the auth server"
+
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.ssl_context = ssl_context
         self.requests: list[dict[str, Any]] = []
-        self.loop = asyncio.new_event_loop()
         self.release: asyncio.Event | None = None
         self.waiting = threading.Event()
-        started = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
-        self.thread.start()
-        assert started.wait(10), "the auth server did not start"
+        super().__init__(ssl_context)
 
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
+    def routes(self, app: web.Application) -> None:
         self.release = asyncio.Event()
-        app = web.Application()
         app.router.add_route("*", "/auth/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
-        self.loop.run_until_complete(site.start())
-        self.port = self.runner.addresses[0][1]
-        started.set()
-        self.loop.run_forever()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -108,14 +97,6 @@ class AuthServer:
             assert self.release is not None
             self.release.set()
         self.loop.call_soon_threadsafe(go)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await self.runner.cleanup()
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from support import builder as B, uid
+from support.httpserver import ThreadedHttpServer
 from support.process import BrokerProcess, checked_broker
 
 from mqttd.mqtt.packets import Connack
@@ -28,32 +29,21 @@ pytest_plugins = ["support.fixtures"]
 TIMEOUT = 30.0
 
 
-class HoldingServer:
+class HoldingServer(ThreadedHttpServer):
     """Answers ``allow`` at once to user ``allow``; holds every other request until its
     connection closes (then records how long it was held) or ``release`` is set."""
+
+    NAME = "the auth server"
 
     def __init__(self) -> None:
         self.arrived = threading.Event()
         self.closed = threading.Event()
         self.held_for: list[float] = []
         self.release = False
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
-        self.thread.start()
-        assert started.wait(10), "the auth server did not start"
+        super().__init__()
 
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/auth", self.handle)
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = self.runner.addresses[0][1]
-        started.set()
-        self.loop.run_forever()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -72,12 +62,6 @@ class HoldingServer:
                 return web.json_response({"result": "allow"})
             await asyncio.sleep(0.02)
         return web.json_response({"result": "allow"})
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

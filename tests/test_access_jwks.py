@@ -13,8 +13,6 @@ token; bad options fail ``mqttd config check`` with one line each.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from support import WAIT, uid
 from support.clients import Clients
+from support.httpserver import ThreadedHttpServer
 from support.process import BrokerProcess, checked_broker, log_size, run_mqttd, wait_log
 
 pytest_plugins = ["support.fixtures"]
@@ -49,40 +48,23 @@ def jwk(key: Any, kid: str) -> dict[str, Any]:
     return data
 
 
-class JwksServer:
+class JwksServer(ThreadedHttpServer):
     """aiohttp serving ``self.keys`` as a JWKS at /jwks; ``fetches`` counts requests."""
+
+    NAME = "the JWKS server"
 
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
-        self.thread.start()
-        assert started.wait(10), "the JWKS server did not start"
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}/jwks"
 
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/jwks", self.handle)
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = self.runner.addresses[0][1]
-        started.set()
-        self.loop.run_forever()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.fetches += 1
         return web.json_response({"keys": list(self.keys)})
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from typing import Any
 
 from support import uid
 from support.clients import Client
-from support.cluster import LiveTrace, clients_fixture, nats_fixture, nodes_fixture, until
-from support.ctlrun import ctl
+from support.cluster import clients_fixture, nats_fixture, nodes_fixture, until
+from support.ctlrun import ctl, ctl_json
+from support.livetrace import LiveTrace
 from support.natsserver import NatsServer, free_port
 from support.process import BrokerProcess, checked_broker, wait_log
 
@@ -29,12 +30,6 @@ def node_config(name: str, url: str, misses: int = 3) -> str:
             f'heartbeat_interval = 0.2\nheartbeat_misses = {misses}\nctl_timeout = 1.0\n')
 
 
-def js(node: BrokerProcess, *args: str) -> Any:
-    r = ctl(node, "--json", *args)
-    assert r.code == 0, r
-    return json.loads(r.out)
-
-
 def answered(data: dict[str, Any]) -> None:
     """A, B and C answered (a node another test started and killed may be listed down)."""
     got = {n["node"]: n["answered"] for n in data["nodes"]}
@@ -42,7 +37,7 @@ def answered(data: dict[str, Any]) -> None:
 
 
 def up(node: BrokerProcess, *names: str) -> bool:
-    rows = {r["node"]: r for r in js(node, "cluster", "nodes")}
+    rows = {r["node"]: r for r in ctl_json(node, "cluster", "nodes")}
     return all(rows.get(n, {}).get("status") == "up" for n in names)
 
 
@@ -57,7 +52,7 @@ def test_clients_listed_from_any_node_with_their_node(
     for name, cid in ids.items():
         clients(nodes[name], cid, username=f"user-{cid}", password="hunter2-secret")
     for asking in nodes.values():
-        data = js(asking, "clients", "list")
+        data = ctl_json(asking, "clients", "list")
         answered(data)
         where = {r["clientid"]: r["node"] for r in data["clients"]}
         for name, cid in ids.items():
@@ -75,7 +70,7 @@ def test_clients_listed_from_any_node_with_their_node(
         assert "hunter2" not in text.out + json.dumps(data)
 
     # --local: this node's clients only, today's shape (an array, no node column).
-    local = js(nodes[A], "clients", "list", "--local")
+    local = ctl_json(nodes[A], "clients", "list", "--local")
     assert isinstance(local, list)
     assert {r["clientid"] for r in local} >= {ids[A]}
     assert not {ids[B], ids[C]} & {r["clientid"] for r in local}
@@ -86,9 +81,9 @@ def test_clients_listed_from_any_node_with_their_node(
 def test_show_and_kick_a_client_on_another_node(
         nodes: dict[str, BrokerProcess], clients: Callable[..., Client]) -> None:
     cid = uid("remote")
-    claimed = js(nodes[B], "cluster", "status")["sessions_claimed"]
+    claimed = ctl_json(nodes[B], "cluster", "status")["sessions_claimed"]
     c = clients(nodes[B], cid, version=5)
-    row = js(nodes[A], "clients", "show", cid)
+    row = ctl_json(nodes[A], "clients", "show", cid)
     assert row["clientid"] == cid and row["node"] == B and row["proto_ver"] == 5
     text = ctl(nodes[C], "clients", "show", cid)
     assert text.code == 0 and cid in text.out and B in text.out
@@ -97,18 +92,18 @@ def test_show_and_kick_a_client_on_another_node(
     assert r.code == 1 and "not found" in r.err.lower(), r
 
     # The session registry names B: B alone is asked to kick.
-    until("the registry to name B", lambda: js(nodes[B], "cluster", "status")[
+    until("the registry to name B", lambda: ctl_json(nodes[B], "cluster", "status")[
         "sessions_claimed"] > claimed)
-    before = {n: js(node, "cluster", "status")["ctl_answered"] for n, node in nodes.items()}
+    before = {n: ctl_json(node, "cluster", "status")["ctl_answered"] for n, node in nodes.items()}
     r = ctl(nodes[A], "--json", "clients", "kick", cid)
     assert r.code == 0, r
-    after = {n: js(node, "cluster", "status")["ctl_answered"] for n, node in nodes.items()}
+    after = {n: ctl_json(node, "cluster", "status")["ctl_answered"] for n, node in nodes.items()}
     assert after[B] == before[B] + 1 and after[C] == before[C]
     assert json.loads(r.out) == {"clientid": cid, "kicked": True, "node": B}
     rc, _props = c.wait_disconnected()
     assert rc.value == 0x98  # Administrative action, from node B
     until("the client to be gone everywhere",
-          lambda: all(cid not in {x["clientid"] for x in js(n, "clients", "list")["clients"]}
+          lambda: all(cid not in {x["clientid"] for x in ctl_json(n, "clients", "list")["clients"]}
                       for n in nodes.values()))
     r = ctl(nodes[A], "clients", "kick", cid)
     assert r.code == 1 and "not found" in r.err.lower() and "Traceback" not in r.err
@@ -116,7 +111,7 @@ def test_show_and_kick_a_client_on_another_node(
     # A client on the asking node itself: kicked here, its node said.
     here = uid("here")
     h = clients(nodes[C], here, version=5)
-    assert js(nodes[C], "clients", "kick", here) == {"clientid": here, "kicked": True,
+    assert ctl_json(nodes[C], "clients", "kick", here) == {"clientid": here, "kicked": True,
                                                      "node": C}
     assert h.wait_disconnected()[0].value == 0x98
 
@@ -131,7 +126,7 @@ def test_routes_merged(nodes: dict[str, BrokerProcess],
     sb.subscribe(f"$share/g/{t}/s", 1)
 
     def routes() -> dict[tuple[str, str], dict[str, Any]]:
-        data = js(nodes[C], "routes", "list")
+        data = ctl_json(nodes[C], "routes", "list")
         answered(data)
         return {(r["topic"], r["node"]): r for r in data["routes"]}
 
@@ -144,11 +139,11 @@ def test_routes_merged(nodes: dict[str, BrokerProcess],
     assert f"{t}/a/# -> {A}" in text.out.splitlines()
     assert f"{t}/b/+ -> {B}" in text.out.splitlines()
     # routes show: the routes a topic takes, on every node.
-    shown = js(nodes[A], "routes", "show", f"{t}/b/x")
+    shown = ctl_json(nodes[A], "routes", "show", f"{t}/b/x")
     assert [(r["topic"], r["node"]) for r in shown["routes"]] == [(f"{t}/b/+", B)]
     r = ctl(nodes[A], "routes", "show", f"{t}/none")
     assert r.code == 1 and "not found" in r.err.lower()
-    assert not [x for x in js(nodes[C], "routes", "list", "--local") if x["topic"]
+    assert not [x for x in ctl_json(nodes[C], "routes", "list", "--local") if x["topic"]
                 .startswith(t)]
 
 
@@ -170,11 +165,11 @@ def test_a_node_killed_does_not_answer_and_the_rest_is_listed() -> None:
                     client = Client(node, ids[name])
                     made.append(client)
                     client.connect()
-                data = js(a, "clients", "list")
+                data = ctl_json(a, "clients", "list")
                 assert {r["clientid"] for r in data["clients"]} >= set(ids.values())
                 c.stop(signal.SIGKILL)
                 # It never hangs: the ctl itself gives up (exit 1) after --timeout.
-                data = js(a, "--timeout", "5", "clients", "list")
+                data = ctl_json(a, "--timeout", "5", "clients", "list")
                 silent = {n["node"]: n for n in data["nodes"] if not n["answered"]}
                 assert list(silent) == [C]
                 assert silent[C]["reason"] == "no answer within 1 s"
@@ -187,7 +182,7 @@ def test_a_node_killed_does_not_answer_and_the_rest_is_listed() -> None:
                 # A client looked for everywhere: not found, and the silent node named.
                 r = ctl(a, "clients", "show", ids[C])
                 assert r.code == 1 and C in r.err and "no answer" in r.err
-                routes = js(b, "routes", "list")
+                routes = ctl_json(b, "routes", "list")
                 assert [n["node"] for n in routes["nodes"] if not n["answered"]] == [C]
             finally:
                 for client in made:
@@ -204,18 +199,18 @@ def test_without_a_cluster_commands_are_as_before() -> None:
         client = Client(single, cid)
         try:
             client.connect()
-            data = js(single, "clients", "list")
+            data = ctl_json(single, "clients", "list")
             assert isinstance(data, list) and [r["clientid"] for r in data] == [cid]
             assert "node" not in data[0]
-            assert js(single, "clients", "list", "--local") == data
-            assert js(single, "clients", "kick", cid) == {"clientid": cid, "kicked": True}
-            assert isinstance(js(single, "routes", "list"), list)
+            assert ctl_json(single, "clients", "list", "--local") == data
+            assert ctl_json(single, "clients", "kick", cid) == {"clientid": cid, "kicked": True}
+            assert isinstance(ctl_json(single, "routes", "list"), list)
         finally:
             client.close()
 
 
 def traces_on(node: BrokerProcess) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = js(node, "trace", "list")
+    rows: list[dict[str, Any]] = ctl_json(node, "trace", "list")
     return rows
 
 
@@ -242,7 +237,7 @@ def test_trace_a_client_on_another_node(nodes: dict[str, BrokerProcess],
         lines = live.until("Topic=trc/y")
         assert lines[-1].startswith(f"[{C}] ")
         # Stopped on one node there: that node says so; the others go on.
-        assert js(nodes[B], "trace", "stop", "client", cid)["stopped"] == 1
+        assert ctl_json(nodes[B], "trace", "stop", "client", cid)["stopped"] == 1
         until("A's ctl to say B's part ended", lambda: any(
             line.startswith(f"[{B}] trace stopped") for line in live.errors))
         assert [t["target"] for t in traces_on(nodes[C]) if t["type"] == "clientid"] == [cid]
@@ -295,7 +290,7 @@ def test_a_long_answer_comes_in_parts(nodes: dict[str, BrokerProcess],
     sub = clients(nodes[B], uid("many"))
     for i in range(0, len(filters), 500):
         sub.subscribe([(f, 0) for f in filters[i:i + 500]])
-    data = js(nodes[A], "routes", "list")
+    data = ctl_json(nodes[A], "routes", "list")
     answered(data)
     got = sorted(r["topic"] for r in data["routes"] if r["topic"].startswith(t))
     assert got == sorted(filters)
@@ -311,7 +306,7 @@ def test_a_node_cut_off_from_nats_says_it_answers_alone() -> None:
         c = Client(n, cid)
         try:
             c.connect()
-            data = js(n, "clients", "list")
+            data = ctl_json(n, "clients", "list")
             assert [r["clientid"] for r in data["clients"]] == [cid]
             assert data["note"] == "this node is not connected to NATS: no other node was asked"
             text = ctl(n, "clients", "list")

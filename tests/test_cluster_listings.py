@@ -19,9 +19,10 @@ from urllib.parse import quote
 import pytest
 from support import WAIT, uid
 from support.clients import Client
-from support.cluster import LiveTrace, clients_fixture, nats_fixture, nodes_fixture, until
-from support.ctlrun import ctl
+from support.cluster import clients_fixture, nats_fixture, nodes_fixture, until
+from support.ctlrun import ctl, ctl_json
 from support.httpapi import HttpApi
+from support.livetrace import LiveTrace
 from support.process import BrokerProcess
 
 A, B, C = "la@127.0.0.1", "lb@127.0.0.1", "lc@127.0.0.1"
@@ -32,12 +33,6 @@ def node_config(name: str, url: str) -> str:
     return (f'[node]\nname = "{name}"\nsys_interval = 1\n\n[cluster]\nnats_url = "{url}"\n'
             'heartbeat_interval = 0.2\nheartbeat_misses = 3\nctl_timeout = 1.0\n'
             + ('\n[http]\nenabled = true\nport = 0\n' if name == A else ""))
-
-
-def js(node: BrokerProcess, *args: str) -> Any:
-    r = ctl(node, "--json", *args)
-    assert r.code == 0, r
-    return json.loads(r.out)
 
 
 def answered(data: dict[str, Any]) -> None:
@@ -51,7 +46,7 @@ nodes = nodes_fixture((A, B, C), wait="up", config=node_config)
 
 @pytest.fixture(scope="module")
 def api(nodes: dict[str, BrokerProcess]) -> HttpApi:
-    key = js(nodes[A], "apikey", "add", "listings")["key"]
+    key = ctl_json(nodes[A], "apikey", "add", "listings")["key"]
     return HttpApi(nodes[A], key=str(key))
 
 
@@ -71,7 +66,7 @@ def spread(clients: Callable[..., Client], nodes: dict[str, BrokerProcess], t: s
     clients(nodes[C], ids[C]).subscribe(f"{t}/c/+", 2)
     until("B to hold the session offline", lambda: any(
         r["clientid"] == ids[B] and not r["connected"]
-        for r in js(nodes[B], "sessions", "list", "--local")))
+        for r in ctl_json(nodes[B], "sessions", "list", "--local")))
     return ids
 
 
@@ -79,7 +74,7 @@ def test_sessions_listed_and_shown_from_any_node(
         nodes: dict[str, BrokerProcess], clients: Callable[..., Client]) -> None:
     ids = spread(clients, nodes, uid("ses"))
     for asking in nodes.values():
-        data = js(asking, "sessions", "list")
+        data = ctl_json(asking, "sessions", "list")
         answered(data)
         where = {r["clientid"]: r for r in data["sessions"]}
         for name, cid in ids.items():
@@ -92,19 +87,19 @@ def test_sessions_listed_and_shown_from_any_node(
         assert B in next(ln for ln in text.out.splitlines() if ids[B] in ln)
         assert text.out.splitlines()[-1].endswith("on 3 of 3 nodes")
     # A kind narrows every node's listing.
-    persistent = js(nodes[C], "sessions", "list", "persistent")
+    persistent = ctl_json(nodes[C], "sessions", "list", "persistent")
     assert ids[B] in {r["clientid"] for r in persistent["sessions"]}
     assert not {ids[A], ids[C]} & {r["clientid"] for r in persistent["sessions"]}
     bad = ctl(nodes[A], "sessions", "list", "neither")
     assert bad.code != 0 and "neither" in bad.err
     # --local: this node's sessions alone, as on a single node (an array, no node).
-    local = js(nodes[A], "sessions", "list", "--local")
+    local = ctl_json(nodes[A], "sessions", "list", "--local")
     assert isinstance(local, list) and ids[A] in {r["clientid"] for r in local}
     assert not {ids[B], ids[C]} & {r["clientid"] for r in local}
     # show: on whichever node holds it.
-    row = js(nodes[A], "sessions", "show", ids[B])
+    row = ctl_json(nodes[A], "sessions", "show", ids[B])
     assert row["clientid"] == ids[B] and row["node"] == B and row["connected"] is False
-    assert js(nodes[C], "sessions", "show", ids[C])["node"] == C
+    assert ctl_json(nodes[C], "sessions", "show", ids[C])["node"] == C
     r = ctl(nodes[A], "sessions", "show", ids[B], "--local")
     assert r.code == 1 and "not found" in r.err.lower()
     r = ctl(nodes[A], "sessions", "show", uid("nobody"))
@@ -115,7 +110,7 @@ def test_subscriptions_listed_and_shown_from_any_node(
         nodes: dict[str, BrokerProcess], clients: Callable[..., Client]) -> None:
     t = uid("subs")
     ids = spread(clients, nodes, t)
-    data = js(nodes[B], "subscriptions", "list")
+    data = ctl_json(nodes[B], "subscriptions", "list")
     answered(data)
     mine = sorted((r["node"], r["clientid"], r["topic"], r["qos"]) for r in data["subscriptions"]
                   if r["topic"].startswith(t))
@@ -124,13 +119,13 @@ def test_subscriptions_listed_and_shown_from_any_node(
     text = ctl(nodes[B], "subscriptions", "list")
     assert text.code == 0 and "Node" in text.out.splitlines()[0]
     assert text.out.splitlines()[-1].endswith("on 3 of 3 nodes")
-    local = js(nodes[B], "subscriptions", "list", "--local")
+    local = ctl_json(nodes[B], "subscriptions", "list", "--local")
     assert {r["clientid"] for r in local if r["topic"].startswith(t)} == {ids[B]}
     # show: the session's node answers (held offline on B, asked from A and C).
     for asking in (nodes[A], nodes[C]):
-        rows = js(asking, "subscriptions", "show", ids[B])
+        rows = ctl_json(asking, "subscriptions", "show", ids[B])
         assert sorted((r["node"], r["topic"]) for r in rows) == [(B, f"{t}/b/#"), (B, f"{t}/bb")]
-    rows = js(nodes[C], "subscriptions", "show", ids[C])
+    rows = ctl_json(nodes[C], "subscriptions", "show", ids[C])
     assert [(r["node"], r["topic"]) for r in rows] == [(C, f"{t}/c/+")]
     text = ctl(nodes[A], "subscriptions", "show", ids[C])
     assert text.code == 0 and C in text.out and f"{t}/c/+" in text.out
@@ -141,7 +136,7 @@ def test_subscriptions_listed_and_shown_from_any_node(
 
 
 def topic_traces(node: BrokerProcess, target: str) -> list[dict[str, Any]]:
-    return [t for t in js(node, "trace", "list") if t["type"] == "topic"
+    return [t for t in ctl_json(node, "trace", "list") if t["type"] == "topic"
             and t["target"] == target]
 
 
@@ -189,7 +184,7 @@ def test_http_listings_answer_for_the_whole_cluster(
     assert {(r["node"], r["clientid"]) for r in reply.json if r["clientid"] in mine} == \
         {(n, cid) for n, cid in ids.items()}
     # The same rows as mqttd ctl --json's.
-    by_ctl = js(nodes[A], "sessions", "list")["sessions"]
+    by_ctl = ctl_json(nodes[A], "sessions", "list")["sessions"]
     assert {(r["node"], r["clientid"]) for r in by_ctl if r["clientid"] in mine} == \
         {(r["node"], r["clientid"]) for r in reply.json if r["clientid"] in mine}
     clients_rows = api.get("/api/v1/clients")
@@ -251,7 +246,7 @@ def test_sys_names_every_node_and_publishes_the_cluster_counters(
     sub.subscribe(f"{t}/#", 0)
     until("B to know A's route", lambda: any(
         r["topic"] == f"{t}/#" and r["node"] == A
-        for r in js(nodes[B], "routes", "list")["routes"]))
+        for r in ctl_json(nodes[B], "routes", "list")["routes"]))
     clients(nodes[B], uid("spub")).publish(f"{t}/x", b"over", qos=1)
     assert sub.expect_message().payload == b"over"
     watch = clients(nodes[A], uid("swatch"))
@@ -286,13 +281,13 @@ def test_one_client_or_session_on_another_node(
     assert api.ok("DELETE", f"/api/v1/clients/{ids[C]}") == \
         {"clientid": ids[C], "kicked": True, "node": C}
     until("C to drop the kicked client", lambda: ids[C] not in {
-        r["clientid"] for r in js(nodes[C], "clients", "list", "--local")})
+        r["clientid"] for r in ctl_json(nodes[C], "clients", "list", "--local")})
     # ctl sessions clean: the session held offline on B, discarded from A.
     r = ctl(nodes[A], "sessions", "clean", ids[B], "--local")
     assert r.code == 1 and "not found" in r.err.lower()
-    assert js(nodes[A], "sessions", "clean", ids[B]) == \
+    assert ctl_json(nodes[A], "sessions", "clean", ids[B]) == \
         {"clientid": ids[B], "cleaned": True, "node": B}
-    assert ids[B] not in {r["clientid"] for r in js(nodes[B], "sessions", "list", "--local")}
+    assert ids[B] not in {r["clientid"] for r in ctl_json(nodes[B], "sessions", "list", "--local")}
     r = ctl(nodes[C], "sessions", "clean", ids[B])
     assert r.code == 1 and "not found" in r.err.lower()
     # HTTP DELETE /sessions: the same, for the one on A asked over HTTP with its node.
@@ -314,7 +309,7 @@ def test_http_live_trace_streams_from_every_node(
             ev = events.until("trace", lambda e, name=name: e["topic"] == f"{t}/from-{name}")
             assert ev["node"] == name
         # One node's part stopped there: said, and the others go on.
-        assert js(nodes[C], "trace", "stop", "topic", f"{t}/#")["stopped"] == 1
+        assert ctl_json(nodes[C], "trace", "stop", "topic", f"{t}/#")["stopped"] == 1
         assert events.until("node_end")["node"] == C
         clients(nodes[B], uid("p")).publish(f"{t}/again", b"y", qos=0)
         assert events.until("trace", lambda e: e["topic"] == f"{t}/again")["node"] == B
@@ -328,7 +323,7 @@ def test_http_live_trace_streams_from_every_node(
     local = api.events(f"/api/v1/trace/clients/{cid}/stream?local=true")
     try:
         assert "nodes" not in local.until("start")
-        assert not [x for x in js(nodes[B], "trace", "list") if x["target"] == cid]
+        assert not [x for x in ctl_json(nodes[B], "trace", "list") if x["target"] == cid]
     finally:
         local.close()
 
@@ -339,23 +334,23 @@ def test_subscriptions_added_and_deleted_on_the_sessions_node(
     t = uid("sadd")
     ids = spread(clients, nodes, t)
     # ctl on A, the session connected on C: subscribed there, and it gets the messages.
-    assert js(nodes[A], "subscriptions", "add", ids[C], f"{t}/added", "1") == \
+    assert ctl_json(nodes[A], "subscriptions", "add", ids[C], f"{t}/added", "1") == \
         {"clientid": ids[C], "topic": f"{t}/added", "qos": 1, "new": True, "node": C}
-    assert f"{t}/added" in {r["topic"] for r in js(nodes[C], "subscriptions", "show",
+    assert f"{t}/added" in {r["topic"] for r in ctl_json(nodes[C], "subscriptions", "show",
                                                    ids[C], "--local")}
     r = ctl(nodes[A], "subscriptions", "add", ids[C], f"{t}/x", "1", "--local")
     assert r.code == 1 and "not found" in r.err.lower()
     # HTTP on A, the session held offline on B.
     row = api.ok("POST", f"/api/v1/clients/{ids[B]}/subscriptions", {"topic": f"{t}/h", "qos": 2})
     assert row == {"clientid": ids[B], "topic": f"{t}/h", "qos": 2, "new": True, "node": B}
-    held = {r["topic"]: r["qos"] for r in js(nodes[B], "subscriptions", "show", ids[B],
+    held = {r["topic"]: r["qos"] for r in ctl_json(nodes[B], "subscriptions", "show", ids[B],
                                              "--local")}
     assert held[f"{t}/h"] == 2
     gone = api.call("DELETE", f"/api/v1/clients/{ids[B]}/subscriptions?topic="
                     + quote(f"{t}/h", safe=""))
     assert gone.status == 200 and gone.json == \
         {"clientid": ids[B], "topic": f"{t}/h", "deleted": True, "node": B}
-    assert js(nodes[C], "subscriptions", "del", ids[C], f"{t}/added") == \
+    assert ctl_json(nodes[C], "subscriptions", "del", ids[C], f"{t}/added") == \
         {"clientid": ids[C], "topic": f"{t}/added", "deleted": True, "node": C}  # its own
     # What does not exist: a clear "not found", the node that has the session named.
     r = ctl(nodes[A], "subscriptions", "del", ids[B], f"{t}/never")

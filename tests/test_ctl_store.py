@@ -9,21 +9,18 @@ after the writes handed over before it, so no wait is needed between them.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
 import signal
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
 from support import WAIT, uid
 from support.clients import Client, Clients, props
+from support.ctlrun import ctl
 from support.process import BrokerProcess, broker_fixture
-
-from mqttd.cli.ctl import main as ctl_main
 
 pytest_plugins = ["support.fixtures"]
 
@@ -38,20 +35,8 @@ STATUS_KEYS = {"path", "size", "rows", "durability", "schema", "page_size", "fre
                "applications", "ops_applied"}
 
 
-class Result(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-def ctl(b: BrokerProcess, *args: str) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", str(b.data_dir), *args])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
 def ok(b: BrokerProcess, *args: str) -> str:
+    """stdout of a command that must succeed and say nothing on stderr."""
     r = ctl(b, *args)
     assert r.code == 0, r
     assert r.err == "", r

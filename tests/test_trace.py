@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +12,14 @@ from typing import Any
 import pytest
 from support import WAIT, uid
 from support.clients import Client, mosquitto_pub
-from support.process import MQTTD, BrokerProcess, assert_clean_log, broker_fixture
-from test_ctl import ctl, ctl_json, data_dir, ok, wait_until
+from support.ctlrun import ctl, ctl_json, ok
+from support.livetrace import LiveTrace
+from support.process import BrokerProcess, assert_clean_log, broker_fixture
+from test_ctl import wait_until
 
-from mqttd.core.channel import Channel
 from mqttd.config import Settings
+from mqttd.core.channel import Channel
 from mqttd.core.message import Message
-from mqttd.node import Node
 from mqttd.mqtt.packets import (
     Auth,
     Connack,
@@ -39,6 +36,7 @@ from mqttd.mqtt.packets import (
     Unsubscribe,
     Will,
 )
+from mqttd.node import Node
 from mqttd.trace.format import format_bytes, format_packet, format_properties
 from mqttd.trace.manager import ChannelTracer, ConnectProbe
 
@@ -184,60 +182,6 @@ def test_topic_trace_matches_wildcards() -> None:
 # --- against a real daemon ------------------------------------------------------------------
 
 broker = broker_fixture()
-
-
-class LiveTrace:
-    """A running ``mqttd ctl trace ...`` process, its stdout read line by line."""
-
-    def __init__(self, broker: BrokerProcess, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*MQTTD, "ctl", "--data-dir", data_dir(broker), "trace", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        assert self.proc.stderr is not None
-        self.banner = self.proc.stderr.readline()  # printed once the trace is in place
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def until(self, text: str) -> list[str]:
-        """Lines up to and including the first one containing ``text``."""
-        got = []
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{text!r} not traced:\n" + "\n".join(self.seen)) from None
-            if line is None:
-                raise AssertionError(f"trace ended before {text!r}:\n" + "\n".join(self.seen))
-            self.seen.append(line)
-            got.append(line)
-            if text in line:
-                return got
-
-    def interrupt(self) -> tuple[int, str]:
-        """Ctrl-C; returns (exit code, the rest of stderr)."""
-        self.proc.send_signal(signal.SIGINT)
-        return self.finish()
-
-    def finish(self) -> tuple[int, str]:
-        try:
-            code = self.proc.wait(WAIT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-        assert self.proc.stderr is not None and self.proc.stdout is not None
-        rest = self.proc.stderr.read()
-        self.proc.stderr.close()
-        self.proc.stdout.close()
-        return code, rest
 
 
 def test_live_client_trace_starts_at_connect(broker: BrokerProcess) -> None:

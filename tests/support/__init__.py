@@ -14,6 +14,8 @@
   one, a mismatched key, an encrypted key, an unrelated CA) and server renewal for reloads;
 * ``wsclient``: a raw WebSocket client for frame-level tests; ``browser``: MQTT.js in a
   headless Chromium; ``mosquitto``: Debian's mosquitto as the reference these were proven on;
+* ``httpserver``: a real aiohttp service (an auth server, a JWKS endpoint) on a thread of
+  its own beside the broker;
 * ``mass``: for thousands of clients at once: room for their sockets, and a watcher that
   sees whether another client was answered in the middle of the mass;
 * ``fixtures``: the pytest plugin (``pytest_plugins = ["support.fixtures"]``) with the

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -27,9 +24,9 @@ from . import WAIT, uid
 from .clients import Client, props
 from .ctlrun import ctl
 from .natsserver import NatsServer
-from .process import MQTTD, BrokerProcess, assert_clean_log, checked_broker, wait_log
+from .process import BrokerProcess, assert_clean_log, checked_broker, wait_log
 
-__all__ = ["LiveTrace", "check_kill_9_after_puback", "clients", "clients_fixture",
+__all__ = ["check_kill_9_after_puback", "clients", "clients_fixture",
            "nats_fixture", "node_config", "nodes_fixture", "publish_nowait", "running_nats",
            "running_nodes", "status", "until", "wait_ack"]
 
@@ -251,61 +248,3 @@ def check_kill_9_after_puback(nats_server: NatsServer, configs: dict[str, str],
             b2.cleanup()
         b.stop(signal.SIGKILL)
         b.cleanup()
-
-
-class LiveTrace:
-    """A running ``mqttd ctl trace client|topic ...`` process, its stdout read line by line
-    (its stderr kept: the banner, then anything else it says)."""
-
-    def __init__(self, node: BrokerProcess, kind: str, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*MQTTD, "ctl", "--data-dir", str(node.data_dir), "trace", kind, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.threads = [threading.Thread(target=self._read, daemon=True)]
-        self.threads[0].start()
-        assert self.proc.stderr is not None
-        self.banner = self.proc.stderr.readline()  # printed once the trace is in place
-        self.errors: list[str] = []
-        self.threads.append(threading.Thread(target=self._read_err, daemon=True))
-        self.threads[1].start()
-
-    def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.errors.append(line)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def until(self, text: str) -> list[str]:
-        got: list[str] = []
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{text!r} not traced:\n" + "\n".join(got)) from None
-            if line is None:
-                raise AssertionError(f"trace ended before {text!r}:\n" + "\n".join(got))
-            got.append(line)
-            if text in line:
-                return got
-
-    def interrupt(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(WAIT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-        assert self.proc.stderr is not None and self.proc.stdout is not None
-        for thread in self.threads:  # both pipes are at their end once it exited
-            thread.join(WAIT)
-        self.proc.stderr.close()
-        self.proc.stdout.close()
-        return code, "".join(self.errors)
