@@ -19,7 +19,7 @@ import pytest
 from support import WAIT, uid
 from support.clients import Clients, PacketTypes, props
 from support.httpapi import HttpApi, ctl, ctl_json, http_port
-from support.process import BrokerProcess, checked_broker
+from support.process import BrokerProcess, broker_fixture, checked_broker
 
 from mqttd.http.api import PREFIX, ROUTES
 
@@ -43,10 +43,7 @@ port = 0
 CALLED: set[tuple[str, str]] = set()
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(CONFIG) as b:
-        yield b
+broker = broker_fixture(CONFIG)
 
 
 @pytest.fixture(scope="module")

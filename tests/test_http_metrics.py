@@ -6,7 +6,6 @@ load stops."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import uid
 from support.clients import Clients
 from support.httpapi import HttpApi, ctl_json
-from support.process import BrokerProcess, checked_broker
+from support.process import BrokerProcess, broker_fixture, checked_broker
 
 from mqttd.http.prometheus import metric_name
 
@@ -35,10 +34,7 @@ port = 0
 """
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(CONFIG) as b:
-        yield b
+broker = broker_fixture(CONFIG)
 
 
 @pytest.fixture(scope="module")

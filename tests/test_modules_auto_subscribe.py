@@ -5,13 +5,10 @@ maximum QoS, unsafe client ids skipped, and run-time unload."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from support import uid
 from support.clients import Clients, mosquitto_pub
 from support.ctlrun import ctl_json, ok
-from support.process import BrokerProcess, checked_broker
+from support.process import BrokerProcess, broker_fixture
 
 pytest_plugins = ["support.fixtures"]
 
@@ -49,10 +46,7 @@ zone = "mounted"
 """
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(CONFIG) as b:
-        yield b
+broker = broker_fixture(CONFIG)
 
 
 def _topics(broker: BrokerProcess, cid: str) -> dict[str, int]:

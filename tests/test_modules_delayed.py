@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from support import builder as B, uid
 from support.clients import Client, Clients, MosquittoSub, mosquitto_pub, props
 from support.ctlrun import ctl, ctl_json, ok
 from support.httpapi import HttpApi
-from support.process import BrokerProcess, checked_broker, run_mqttd
+from support.process import BrokerProcess, broker_fixture, checked_broker, run_mqttd
 
 from mqttd.http.api import PREFIX
 from mqttd.mqtt.packets import Pubrec
@@ -37,10 +36,7 @@ max_delayed_messages = 3
 """
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(CONFIG) as b:
-        yield b
+broker = broker_fixture(CONFIG)
 
 
 def _clear(broker: BrokerProcess) -> None:

@@ -11,7 +11,7 @@ import pytest
 from support import uid
 from support.clients import Clients, MosquittoSub, mosquitto_pub, prop
 from support.ctlrun import ctl_json, ok
-from support.process import BrokerProcess, checked_broker
+from support.process import BrokerProcess, broker_fixture
 
 pytest_plugins = ["support.fixtures"]
 
@@ -41,10 +41,7 @@ zone = "upgraded"
 """
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(CONFIG) as b:
-        yield b
+broker = broker_fixture(CONFIG)
 
 
 @pytest.fixture

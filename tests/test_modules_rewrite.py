@@ -5,14 +5,13 @@ unload, and bad rules refused by ``mqttd config check`` and ``mqttd start``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import uid
 from support.clients import Clients
 from support.ctlrun import ctl_json, ok
-from support.process import BrokerProcess, checked_broker, run_mqttd
+from support.process import BrokerProcess, broker_fixture, checked_broker, run_mqttd
 
 from mqttd.hooks import Hooks
 from mqttd.modules.rewrite import source_prefix
@@ -58,10 +57,7 @@ dest_topic = "users/${username}/$1"
 """
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(RULES) as b:
-        yield b
+broker = broker_fixture(RULES)
 
 
 def test_publish_rule_with_groups(clients: Clients, broker: BrokerProcess) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from support import builder as B, uid
 from support.clients import Clients
 from support.ctlrun import ctl, ctl_json, ok
-from support.process import BrokerProcess, checked_broker, run_mqttd
+from support.process import BrokerProcess, broker_fixture, checked_broker, run_mqttd
 from support.raw import RawClient
 
 from mqttd.mqtt.packets import Pingresp, Publish, Pubrel, Suback
@@ -32,10 +31,7 @@ notice_interval = 1
 """
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(CONFIG) as b:
-        yield b
+broker = broker_fixture(CONFIG)
 
 
 def _subscriber(raws: Any, broker: BrokerProcess, client_id: str, topic: str, qos: int

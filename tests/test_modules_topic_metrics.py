@@ -5,14 +5,13 @@ add|del|list`` with bad input, and bad configuration refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import uid
 from support.clients import Clients
 from support.ctlrun import ctl, ctl_json, ok
-from support.process import BrokerProcess, checked_broker, run_mqttd
+from support.process import BrokerProcess, broker_fixture, run_mqttd
 
 pytest_plugins = ["support.fixtures"]
 
@@ -24,10 +23,7 @@ topics = ["init/one"]
 """
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[BrokerProcess]:
-    with checked_broker(CONFIG) as b:
-        yield b
+broker = broker_fixture(CONFIG)
 
 
 def _metrics(broker: BrokerProcess, topic: str) -> dict[str, float]:

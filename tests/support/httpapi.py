@@ -6,17 +6,14 @@ compare with."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
-import io
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from mqttd.cli.ctl import main as ctl_main
-
 from . import WAIT
+from .ctlrun import ctl, ctl_json  # to compare with (re-exported)
 from .process import BrokerProcess, wait_log
 
 __all__ = ["EventReader", "HttpApi", "Reply", "ctl", "ctl_json", "http_port"]
@@ -30,20 +27,6 @@ def http_port(broker: BrokerProcess) -> int:
     m = _HTTP_ON.search(broker.log())
     assert m is not None, broker.log()
     return int(m.group(2))
-
-
-def ctl(broker: BrokerProcess, *args: str) -> tuple[int, str, str]:
-    """``mqttd ctl --data-dir <dir> <args>`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl_main(["--data-dir", str(broker.data_dir), *args])
-    return code, out.getvalue(), err.getvalue()
-
-
-def ctl_json(broker: BrokerProcess, *args: str) -> Any:
-    code, out, err = ctl(broker, "--json", *args)
-    assert code == 0, (args, code, out, err)
-    return json.loads(out)
 
 
 @dataclass
