@@ -265,10 +265,7 @@ async def cmd_clients_kick(ctx: Context, a: Args) -> None:
         if not cluster:
             raise _not_found(err) from None
         # Not here: every other node kicks it if it holds it (one does, at most).
-        gathered = await ctx.mgmt.cluster.gather("kick", client_id)
-        if not gathered.rows:
-            raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
-        data = gathered.rows[0]
+        data = await _on_its_node(ctx, err, "kick", client_id)
     ctx.result("ok", data)
 
 
@@ -306,10 +303,7 @@ async def cmd_sessions_show(ctx: Context, a: Args) -> None:
         if not cluster:
             raise _not_found(err) from None
         # Not here: the node the registry names, else every other node (one holds it).
-        gathered = await ctx.mgmt.cluster.gather("session", client_id)
-        if not gathered.rows:
-            raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
-        row = gathered.rows[0]
+        row = await _on_its_node(ctx, err, "session", client_id)
     _show(ctx, row)
 
 
@@ -324,10 +318,7 @@ async def cmd_sessions_clean(ctx: Context, a: Args) -> None:
         if not cluster:
             raise _not_found(err) from None
         # Not here: discarded on the node that holds it (one does, at most).
-        gathered = await ctx.mgmt.cluster.gather("session_clean", client_id)
-        if not gathered.rows:
-            raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
-        data = gathered.rows[0]
+        data = await _on_its_node(ctx, err, "session_clean", client_id)
     ctx.result("ok", data)
 
 
@@ -513,9 +504,10 @@ async def cmd_subscriptions_del(ctx: Context, a: Args) -> None:
 
 
 async def _on_its_node(ctx: Context, err: NotFound, op: str, client_id: str,
-                       extra: dict[str, Any]) -> Row:
-    """A change to a session this node does not hold, made on the node that holds it (its
-    answer, with its node); the local "not found" if no node that answered holds it."""
+                       extra: dict[str, Any] | None = None) -> Row:
+    """A client or session this node does not hold, asked of (or changed on) the node that
+    holds it: its answer, with its node; the local "not found" if no node that answered
+    holds it."""
     gathered = await ctx.mgmt.cluster.gather(op, client_id, extra=extra)
     if not gathered.rows:
         raise CtlError(err.message + _unasked(gathered), reason=NOT_FOUND) from None
