@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     # bench/run.py's own arguments, for its runner (cores, window, gates)
-    rargs = run.parse_args(["--quick"] if args.quick else [])
+    # (with --wait-idle 0, under the lock, no run waits for other pytest runs either: run.py's
+    # per-run gate would wait up to 60 s before each)
+    rargs = run.parse_args(["--quick"] if args.quick else
+                           ["--gate", "0"] if args.wait_idle == 0 else [])
     try:
         lg = run.engine()
     except run.BuildError as err:
