@@ -16,6 +16,7 @@ import asyncio.events
 import contextlib
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -159,6 +160,7 @@ class Owner(Recorder):
         self.client_id = client_id
         self.will = will
         self.will_delay = will_delay
+        self.connected_at = time.time()
         self.kicks: list[tuple[int, CloseReason, str]] = []
 
     def kick(self, code: int, reason: CloseReason, detail: str) -> None:

@@ -5,6 +5,7 @@ whose retained messages are never kept; deletion always works; run-time unload."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -128,6 +129,24 @@ def test_listener_with_retain_off(clients: Clients, broker: BrokerProcess, clean
     again.publish(f"l/{u}/again", b"kept", 1, retain=True)
     assert sub.expect_message().topic == f"l/{u}/again"
     assert _kept(broker) == [f"l/{u}/again", f"l/{u}/on"]
+
+
+def test_a_client_of_a_retain_off_listener_is_forgotten_when_it_leaves(
+        clients: Clients, broker: BrokerProcess) -> None:
+    """The module keeps a client of a ``disabled_listeners`` listener only while it is
+    connected (a new session's connection: the CONNECT's time and the session's agree)."""
+    base = _counter(broker, "clients_on_disabled_listeners")
+    port = broker.ports["noretain"]
+    offs = [clients(version=v, port=port) for v in (5, 4, 5)]
+    assert _counter(broker, "clients_on_disabled_listeners") == base + 3
+    for c in offs[:2]:
+        c.disconnect()
+    offs[2].drop()  # the socket only
+    deadline = time.monotonic() + 10
+    while _counter(broker, "clients_on_disabled_listeners") != base \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _counter(broker, "clients_on_disabled_listeners") == base
 
 
 def test_unload_lifts_the_limits(clients: Clients, broker: BrokerProcess, clean: None) -> None:

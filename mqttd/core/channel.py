@@ -1306,8 +1306,6 @@ class Channel:
             self, zone, p.clean_start, expiry,
             max_inflight=min(client_rm, zone.max_inflight or 65535))
         self.session = session
-        if not present:  # (made just now: one float for both times, 24 B less per client)
-            self.connected_at = session.created_at
         self.state = CONNECTED
         self._clientinfo = None  # keepalive, expiry and connected_at are settled now
         self.acl_deliver = deliver_check

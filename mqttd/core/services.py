@@ -161,6 +161,9 @@ class SessionOwner(Subscriber, Protocol):
     client_id: str
     will: Message | None
     will_delay: int
+    #: When its CONNECT was accepted (epoch seconds): a session made for it takes this as
+    #: its creation time, so hooks see one time before and after the session opens.
+    connected_at: float
 
     def kick(self, code: int, reason: CloseReason, detail: str) -> None:
         """Close from the server side (takeover, operator kick, shutdown)."""

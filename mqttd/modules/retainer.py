@@ -61,6 +61,7 @@ class RetainerLimits(Module):
                 "max_payload_size": self.settings.max_payload_size,
                 "msg_expiry_interval": self.settings.msg_expiry_interval,
                 "disabled_listeners": sorted(self.off_listeners),
+                "clients_on_disabled_listeners": len(self._off_clients),
                 "refused_payload_too_large": metrics.get(self._too_large),
                 "refused_max_messages": metrics.get(self._full),
                 "refused_listener": metrics.get(self._listener)}
