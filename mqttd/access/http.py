@@ -26,7 +26,6 @@ connections to the server alive between checks; ``close()`` closes it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -44,6 +43,7 @@ from ..core.services import AuthResult, ClientInfo
 from ..mqtt.reasons import ReasonCode as RC
 from .authn import register_provider
 from .client_acl import AclError, parse_acl
+from .httpclient import close_session, open_session
 from .options import Options
 
 log = logging.getLogger("mqttd.access")
@@ -147,12 +147,8 @@ class HttpProvider:
                               for k, v in body.items()}
         else:
             kwargs["data"] = json.dumps(body)
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.pool_size,
-                                               ssl=self.ssl if self.ssl is not None else True),
-                timeout=aiohttp.ClientTimeout(total=self.timeout))
+        session = self._session = open_session(self._session, self.pool_size, self.ssl,
+                                               self.timeout)
         try:
             # No redirects: the credentials would follow to wherever the server points.
             async with session.request(self.method.upper(), url, allow_redirects=False,
@@ -248,13 +244,7 @@ class HttpProvider:
         """Close the client session (its pooled connections): a task on the running loop,
         which the chain's ``aclose()`` awaits."""
         session, self._session = self._session, None
-        if session is None or session.closed:
-            return None
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None  # the loop is gone, and its connections with it
-        return loop.create_task(session.close())
+        return close_session(session)
 
 
 def _parse(media: str, raw: bytes) -> dict[str, Any] | None:

@@ -29,6 +29,8 @@ import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from .httpclient import close_session, open_session
+
 log = logging.getLogger("mqttd.access")
 
 __all__ = ["JwksKeys"]
@@ -120,12 +122,7 @@ class JwksKeys:
             self._warn(f"failed: {type(task.exception()).__name__}")
 
     async def _fetch(self) -> None:
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=2, ssl=self.ssl if self.ssl is not None
-                                               else True),
-                timeout=aiohttp.ClientTimeout(total=self.timeout))
+        session = self._session = open_session(self._session, 2, self.ssl, self.timeout)
         self.fetches += 1
         try:
             async with session.get(self.url, allow_redirects=False) as resp:
@@ -216,10 +213,4 @@ class JwksKeys:
             self._fetching.cancel()
             self._fetching = None
         session, self._session = self._session, None
-        if session is None or session.closed:
-            return None
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        return loop.create_task(session.close())
+        return close_session(session)
