@@ -15,6 +15,13 @@ from .process import MQTTD, BrokerProcess
 __all__ = ["LiveTrace"]
 
 
+def _ctrl_c_default() -> None:
+    """SIGINT as a terminal's Ctrl-C would find it: a shell starting the test run in the
+    background (``pytest &``) leaves SIGINT ignored, the child inherits that, and
+    :meth:`LiveTrace.interrupt` would then not reach the trace at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class LiveTrace:
     """``mqttd ctl trace <kind> <args>`` against ``broker``, handed over once it printed its
     banner (the trace is in place). ``seen``: every stdout line so far; ``errors``: what it
@@ -23,7 +30,8 @@ class LiveTrace:
     def __init__(self, broker: BrokerProcess, kind: str, *args: str) -> None:
         self.proc = subprocess.Popen(
             [*MQTTD, "ctl", "--data-dir", str(broker.data_dir), "trace", kind, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_ctrl_c_default)  # noqa: PLW1509 - no threads touch it
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         self.errors: list[str] = []
