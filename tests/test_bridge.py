@@ -6,6 +6,7 @@ the local broker acknowledged arrives); an unreachable remote retried with its r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -23,6 +24,11 @@ from support.clients import Client, PacketTypes, props
 from support.ctlrun import ctl, ctl_json, ok
 from support.mosquitto import MOSQUITTO, Mosquitto, free_port
 from support.process import BrokerProcess, checked_broker, run_mqttd
+
+from mqttd.store.journal import Journal, replay
+from mqttd.store.kv import KVStore
+from mqttd.store.oplog import OpLog
+from mqttd.store.sqlite import SqliteBackend
 
 pytest_plugins = ["support.fixtures"]
 
@@ -285,6 +291,70 @@ def _restarted(previous: BrokerProcess, config: str) -> BrokerProcess:
     b = BrokerProcess(config, extra_args=["--data-dir", str(previous.data_dir)])
     b.data_dir = previous.data_dir  # (its control socket is there)
     return b
+
+
+async def _as_earlier_version(data_dir: Path, space: str) -> int:
+    """Store the records of ``space`` under keys as mqttd wrote them before 0106331 (the
+    number zero-padded to 12 hex digits), through the store's own classes; how many."""
+    path = str(data_dir / "mqttd.db")
+    backend = SqliteBackend(path)
+    restored = backend.open()
+    oplog = OpLog(path)
+    restored, _ = replay(oplog, backend, restored)
+    journal = Journal(backend, "process", oplog, restored.last_msg_id)
+    journal.start(asyncio.get_running_loop())
+    kv = KVStore(journal, restored.kv).space(space)
+    records = dict(kv.records)
+    for key, value in records.items():
+        kv.delete(key)
+        kv.put(f"{int(key, 16):012x}", value)
+    await journal.aclose()
+    return len(records)
+
+
+def test_queue_stored_by_an_earlier_version_keeps_its_order(tmp_path: Path) -> None:
+    """A queue stored under the earlier keys (zero-padded hex) is sent first and in its
+    order, and what this version queues after it follows it, across restarts."""
+    remote = _Remote("mosquitto", tmp_path / "remote", started=False)
+    u = uid()
+    brokers = [BrokerProcess(bridge_config("r", remote.port, 4))]
+    try:
+        wait_state(brokers[0], "r", "waiting")
+        pub = client(brokers[0], 4)
+        for i in range(10):
+            assert pub.publish(f"out/{u}", str(i).encode(), 1) in (0, 0x10)
+        pub.close()
+        brokers[0].stop()
+        assert asyncio.run(_as_earlier_version(brokers[0].data_dir, "bridge/r")) == 10
+        brokers.append(_restarted(brokers[-1], bridge_config("r", remote.port, 4)))
+        assert "bridge r: 10 stored messages queued for the remote" in brokers[1].log()
+        wait_state(brokers[1], "r", "waiting")
+        pub = client(brokers[1], 4)
+        for i in range(10, 30):  # keys after the earlier ones: hex(seq), 0xb to 0x1e
+            # (in string order 0x10 would come before 0xb)
+            assert pub.publish(f"out/{u}", str(i).encode(), 1) in (0, 0x10)
+        pub.close()
+        brokers[1].stop(signal.SIGKILL)
+        # Started again, the bridge off until the remote's subscriber is there.
+        brokers.append(_restarted(brokers[-1], bridge_config("r", remote.port, 4,
+                                                             enable="false")))
+        assert "bridge r: 30 stored messages queued for the remote" in brokers[2].log()
+        remote.start()
+        sub = Client(remote, f"sub-{u}", version=4)
+        sub.connect()
+        assert sub.subscribe(f"from-local/out/{u}", 1) == [1]
+        ok(brokers[2], "bridges", "start", "r")
+        got = [int(m.payload) for m in sub.expect_messages(30)]
+        assert got == list(range(30))  # one topic and QoS: the order MQTT promises
+        sub.close()
+    finally:
+        remote.close()
+        code = brokers[-1].stop()
+        log = brokers[-1].log()
+        for b in brokers:
+            b.cleanup()
+    assert code == 0, log
+    assert "Traceback" not in log, log
 
 
 @pytest.mark.parametrize("version", [4, 5])
