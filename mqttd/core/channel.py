@@ -712,9 +712,16 @@ class Channel:
         if code is not None and self.version == 5 and self.state == CONNECTED:
             self._send_with_reason(Disconnect(code), detail)
         self.closing = True
-        self.close_reason = reason
-        self.close_detail = detail
-        self.close_code = code
+        # The three Rare fields written in the dict directly (no descriptor calls: this
+        # runs for every client leaving); close_code only when it is not the default.
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = {"close_reason": reason, "close_detail": detail}
+        else:
+            rare["close_reason"] = reason
+            rare["close_detail"] = detail
+        if code is not None or "close_code" in rare:
+            rare["close_code"] = code
 
     def handle_close(self, reason: CloseReason = CloseReason.CLOSED, detail: str = "") -> None:
         """The connection is over (or about to be: closing, lingering): end the client's
@@ -728,8 +735,9 @@ class Channel:
             self.closing = True
             self.close_reason = reason
             self.close_detail = detail
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
+        rare = self._rare  # (the Rare fields read from the dict: no descriptor calls)
+        if rare is not None and rare.get("_auth_timer") is not None:
+            self._auth_timer.cancel()  # type: ignore[union-attr]  # not None: just read
             self._auth_timer = None
         if self.pressure is not None:
             self.end_pressure(False)  # counted as ended by the close
@@ -737,7 +745,8 @@ class Channel:
             self.state = DISCONNECTED
             return
         self.state = DISCONNECTED
-        reason = self.close_reason or CloseReason.CLOSED
+        reason = (rare.get("close_reason") if rare is not None else None) \
+            or CloseReason.CLOSED  # type: ignore[assignment]  # a CloseReason when set
         if clog.isEnabledFor(_INFO):
             self._log_disconnected(reason)
         self.metrics.inc(CLIENT_DISCONNECTED)
@@ -2087,8 +2096,12 @@ class Channel:
             # Only a normal disconnection (0x00) deletes the will [MQTT-3.1.2-8]; 0x04 asks
             # for it explicitly and any error code leaves it to be published.
             self.will = None
-        self.normal_disconnect = True
         self._close(CloseReason.NORMAL, "client disconnected")
+        rare = self._rare  # (Rare normal_disconnect written in the dict: no descriptor call)
+        if rare is None:
+            self._rare = {"normal_disconnect": True}
+        else:
+            rare["normal_disconnect"] = True
 
     # --- delivery to this client -------------------------------------------------------
 

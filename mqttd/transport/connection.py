@@ -583,8 +583,9 @@ class Connection(asyncio.Protocol):
             self._unread += data
             return
         metrics = channel.metrics
-        metrics.inc(BYTES_RECEIVED, len(data))
-        self.bytes_in += len(data)
+        nbytes = len(data)
+        metrics.inc(BYTES_RECEIVED, nbytes)
+        self.bytes_in += nbytes
         if channel.closing:
             return
         flusher = self.flusher
@@ -862,7 +863,9 @@ class Connection(asyncio.Protocol):
         if self._pressure_timer is not None:
             self._pressure_timer.cancel()
             self._pressure_timer = None
-        self.flusher.release(self)
+        flusher = self.flusher
+        if flusher._pressed or flusher._waiting:  # (empty but under backpressure: no call)
+            flusher.release(self)
         if self._rare is not None:  # (else both are at their defaults: no descriptor calls)
             self._stash = None
             self._unread = b""
@@ -938,7 +941,8 @@ class Connection(asyncio.Protocol):
             # side (the linger can take seconds; a dead peer never does): its will and
             # its session's expiry start at once (in a later turn, a slice at a time).
             self.flusher.close_later(channel, CloseReason.CLOSED, "")
-            if channel.normal_disconnect:
+            rare = channel._rare  # (the Rare field read from the dict: no descriptor call)
+            if rare is not None and rare.get("normal_disconnect"):
                 # The client said goodbye and sends nothing after its DISCONNECT
                 # [MQTT-3.14.4-1]: close now (FIN after what is pending), no half-close, no
                 # linger, no EOF to wait for (an event per socket when thousands leave).

@@ -209,9 +209,9 @@ class LiveConnections(MutableSet[Connection]):
 
     def discard(self, conn: Connection) -> None:
         everyone = self.everyone
-        n = len(everyone)
-        everyone.pop(conn, None)
-        self._count -= n - len(everyone)
+        if conn in everyone:  # (no len() calls: every client's leave)
+            del everyone[conn]
+            self._count -= 1
 
 
 class MqttListener:
