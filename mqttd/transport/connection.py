@@ -872,8 +872,10 @@ class Connection(asyncio.Protocol):
         self.connections.discard(self)
         channel = self.channel
         if channel is not None:
-            self.flusher.close_later(channel, CloseReason.CLOSED, "connection lost: %s" % exc
-                                     if exc else "connection closed by the client")
+            if not self._closing:  # (else flush asked for the close already, the channel
+                # closing: this one's reason would not apply; a DISCONNECT's leave)
+                flusher.close_later(channel, CloseReason.CLOSED, "connection lost: %s" % exc
+                                    if exc else "connection closed by the client")
             # Break the cycles (transport <-> connection -> channel -> its wakeup, which is
             # this connection): the client's objects go at once, by reference counting,
             # not at the collector's next full pass, when thousands have piled up.
