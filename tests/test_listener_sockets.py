@@ -12,20 +12,14 @@ import sys
 import time
 
 import pytest
-from support import WAIT
+from support import WAIT, builder as B
 from support.process import checked_broker, run_mqttd
+from support.raw import recv_exact
 
 from mqttd.transport.listener import ACCEPT_SOCKETS
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc; several sockets only on Linux")
-
-def _connect(n: int) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session, keepalive 0, client id "s<n>" (by hand)."""
-    cid = b"s%d" % n
-    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
-    return b"\x10" + bytes([len(body)]) + body
-
 
 def _listening(port: int) -> set[int]:
     """Inodes of the sockets listening on ``port`` (IPv4 and IPv6)."""
@@ -53,16 +47,6 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
-    got = b""
-    while len(got) < n:
-        chunk = sock.recv(n - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 def test_listener_accepts_through_several_sockets() -> None:
     with checked_broker() as b:
         listening = _listening(b.port)
@@ -74,9 +58,9 @@ def test_listener_accepts_through_several_sockets() -> None:
                    for _ in range(8 * ACCEPT_SOCKETS)]
         try:
             for n, c in enumerate(clients):
-                c.sendall(_connect(n))
+                c.sendall(B.connect(f"s{n}"))
             for c in clients:
-                assert _read_exactly(c, 4) == b"\x20\x02\x00\x00"
+                assert recv_exact(c, 4) == b"\x20\x02\x00\x00"
         finally:
             for c in clients:
                 c.sendall(b"\xe0\x00")

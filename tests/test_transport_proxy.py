@@ -21,6 +21,7 @@ from support import WAIT, builder as b, uid
 from support.certs import Pki, make_pki
 from support.clients import Client
 from support.process import BrokerProcess, assert_clean_log, checked_broker, run_mqttd
+from support.raw import recv_exact
 
 from mqttd.transport.proxy import ProxyError, parse
 
@@ -93,16 +94,6 @@ def ctl_json(broker: BrokerProcess, *args: str) -> Any:
 def metric(broker: BrokerProcess) -> int:
     metrics = ctl_json(broker, "broker", "metrics")["metrics"]
     return int(metrics["connections.refused.proxy_protocol"])
-
-
-def recv_exact(s: socket.socket | ssl.SSLSocket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def proxied(broker: BrokerProcess, header: bytes, cid: str) -> socket.socket:

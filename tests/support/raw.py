@@ -58,6 +58,17 @@ PINGREQ = B.pingreq()
 FOREVER = float("inf")
 
 
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes off a blocking socket, or fewer if the broker closed first."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class Closed(Exception):
     """The broker closed the connection."""
 
