@@ -14,6 +14,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +287,27 @@ def test_remote_restarted_while_messages_flow(tmp_path: Path, kind: str, qos: in
         remote.close()
 
 
+@contextmanager
+def _generations(remote: _Remote, config: str) -> Iterator[list[BrokerProcess]]:
+    """The local broker's processes on one data directory, the first started on ``config``
+    (a test appends the next ones, ``_restarted``). At the end the remote is closed, the
+    last one stopped, every one's files removed; the last must have exited 0 with no
+    traceback in its log."""
+    brokers: list[BrokerProcess] = []
+    try:
+        brokers.append(BrokerProcess(config))
+        yield brokers
+    finally:
+        remote.close()
+        if brokers:
+            code = brokers[-1].stop()
+            log = brokers[-1].log()
+            for b in brokers:
+                b.cleanup()
+    assert code == 0, log
+    assert "Traceback" not in log, log
+
+
 def _restarted(previous: BrokerProcess, config: str) -> BrokerProcess:
     """A broker on ``previous``'s data directory (``previous`` has stopped)."""
     assert previous.proc.poll() is not None
@@ -317,8 +340,7 @@ def test_queue_stored_by_an_earlier_version_keeps_its_order(tmp_path: Path) -> N
     order, and what this version queues after it follows it, across restarts."""
     remote = _Remote("mosquitto", tmp_path / "remote", started=False)
     u = uid()
-    brokers = [BrokerProcess(bridge_config("r", remote.port, 4))]
-    try:
+    with _generations(remote, bridge_config("r", remote.port, 4)) as brokers:
         wait_state(brokers[0], "r", "waiting")
         pub = client(brokers[0], 4)
         for i in range(10):
@@ -347,14 +369,6 @@ def test_queue_stored_by_an_earlier_version_keeps_its_order(tmp_path: Path) -> N
         got = [int(m.payload) for m in sub.expect_messages(30)]
         assert got == list(range(30))  # one topic and QoS: the order MQTT promises
         sub.close()
-    finally:
-        remote.close()
-        code = brokers[-1].stop()
-        log = brokers[-1].log()
-        for b in brokers:
-            b.cleanup()
-    assert code == 0, log
-    assert "Traceback" not in log, log
 
 
 @pytest.mark.parametrize("version", [4, 5])
@@ -367,8 +381,7 @@ def test_queue_survives_kill_9_of_the_local_broker(tmp_path: Path, version: int)
     total = 120
     remote = _Remote("mosquitto", tmp_path / "remote", started=False)
     u = uid()
-    brokers = [BrokerProcess(bridge_config("r", remote.port, version))]
-    try:
+    with _generations(remote, bridge_config("r", remote.port, version)) as brokers:
         row = wait_state(brokers[0], "r", "waiting")
         assert row["last_error"], row
         pub = client(brokers[0], version)
@@ -408,14 +421,6 @@ def test_queue_survives_kill_9_of_the_local_broker(tmp_path: Path, version: int)
         sub.assert_no_message()
         sub.close()
         pub.close()
-    finally:
-        remote.close()
-        code = brokers[-1].stop()
-        log = brokers[-1].log()
-        for b in brokers:
-            b.cleanup()
-    assert code == 0, log
-    assert "Traceback" not in log, log
 
 
 def test_removed_bridges_queue_is_kept_listed_and_purged(tmp_path: Path) -> None:
@@ -427,8 +432,7 @@ def test_removed_bridges_queue_is_kept_listed_and_purged(tmp_path: Path) -> None
     remote = _Remote("mosquitto", tmp_path / "remote")
     u = uid()
     three = "".join(bridge_config(n, dead, 4) for n in ("keep", "back", "gone"))
-    brokers = [BrokerProcess(three)]
-    try:
+    with _generations(remote, three) as brokers:
         pub = client(brokers[0], 4)
         for i in range(5):  # each bridge queues each message (their remote is down)
             assert pub.publish(f"out/{u}/{i}", str(i).encode(), 1 + i % 2) == 0
@@ -476,14 +480,6 @@ def test_removed_bridges_queue_is_kept_listed_and_purged(tmp_path: Path) -> None
         assert ctl_json(brokers[2], "bridges", "status", "keep")["queued"] == 5
         assert ctl_json(brokers[2], "bridges", "orphans") == []
         assert "not in the configuration" not in brokers[2].log()
-    finally:
-        remote.close()
-        code = brokers[-1].stop()
-        log = brokers[-1].log()
-        for b in brokers:
-            b.cleanup()
-    assert code == 0, log
-    assert "Traceback" not in log, log
 
 
 def test_publishers_wait_while_the_bridge_queue_is_at_pause_queued() -> None:
