@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -110,10 +111,11 @@ def test_connect_refusal_and_every_disconnect_reason_get_one_info_line(tmp_path:
 
 def test_connect_and_close_lines_name_the_clients_own_address(tmp_path: Path) -> None:
     # The address is made when a line asks for it (not kept per idle client): the close
-    # lines, written after the socket is gone, still name the client's own port.
+    # lines, written after the socket is gone, still name the client's own port, also
+    # after a reset (RST), when the kernel no longer gives a socket's peer (ENOTCONN).
     with checked_broker("", extra_args=["--log-level", "info"]) as b:
         start = log_size(b)
-        for how in ("disconnect", "drop"):
+        for how in ("disconnect", "drop", "reset"):
             cid = uid("addr-")
             r = RawClient(b, 4)
             try:
@@ -123,10 +125,14 @@ def test_connect_and_close_lines_name_the_clients_own_address(tmp_path: Path) ->
                 assert f"client {cid} connected from {peer} (" in line, line
                 if how == "disconnect":
                     r.send(B.disconnect())
+                elif how == "reset":  # (SO_LINGER 0: the close sends RST, not FIN)
+                    r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      struct.pack("ii", 1, 0))
             finally:
                 r.close()
             line = _line(b, f"client {cid} disconnected", start)
             assert f"client {cid} disconnected from {peer} (" in line, line
+            assert ("connection lost" in line) == (how == "reset"), line
 
 
 def test_connection_messages_off_keeps_only_refusals(tmp_path: Path) -> None:
