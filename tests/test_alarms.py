@@ -42,15 +42,21 @@ class AlarmWatcher:
         self.client.connect()
         self.client.subscribe(f"$SYS/brokers/{NODE}/alarms/#", 0)
         self.state: dict[str, bool] = {}
+        #: Every alarm message read, in order: (event, its JSON).
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._sentinel = False
 
-    def _read(self, timeout: float) -> tuple[str, dict[str, Any]]:
-        msg = self.client.expect_message(timeout)
+    def _record(self, msg: Any) -> tuple[str, dict[str, Any]]:
         data = json.loads(msg.payload)
         event = msg.topic.rsplit("/", 1)[1]
         assert msg.topic == f"$SYS/brokers/{NODE}/alarms/{event}", msg.topic
         assert data["activated"] is (event == "activate"), data
         self.state[data["name"]] = data["activated"]
+        self.events.append((event, data))
         return event, data
+
+    def _read(self, timeout: float) -> tuple[str, dict[str, Any]]:
+        return self._record(self.client.expect_message(timeout))
 
     def next(self, event: str, name: str, timeout: float = WAIT * 3) -> dict[str, Any]:
         """The next message about ``name`` (others skipped), which must be ``event``."""
@@ -74,14 +80,20 @@ class AlarmWatcher:
         while (active := ctl_json(b, "alarms", "list")) != []:
             assert time.monotonic() < deadline, active
             time.sleep(0.2)
-        self.client.subscribe("alarm-watcher/sentinel", 0)
+        self.sync()
+
+    def sync(self) -> None:
+        """Read every alarm message the broker published before now: a sentinel published
+        through the same broker to this client arrives after them."""
+        if not self._sentinel:
+            self.client.subscribe("alarm-watcher/sentinel", 0)
+            self._sentinel = True
         self.client.publish("alarm-watcher/sentinel", b"s")
         while True:
             msg = self.client.expect_message(WAIT * 3)
             if msg.topic == "alarm-watcher/sentinel":
                 return
-            data = json.loads(msg.payload)
-            self.state[data["name"]] = data["activated"]
+            self._record(msg)
 
     def close(self) -> None:
         self.client.close()

@@ -1,5 +1,6 @@
 """Overload protection against a real daemon: real publishers flood it until its event loop
-lags past a (very low) threshold; it raises ``loop_lag`` and ``overload``, refuses new clients
+lags past a threshold (20 ms: the flood's lag crosses it, a loaded machine's alone does not
+hold it); it raises ``loop_lag`` and ``overload``, refuses new clients
 with a CONNACK they can read (MQTT 5: 0x89, 3.1.1: 0x03), pauses the heaviest publishers, keeps
 answering ``mqttd ctl``, and recovers by itself once the flood stops."""
 
@@ -8,20 +9,28 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 
 from support import WAIT, builder as B
 from support.process import BrokerProcess, checked_broker, run_mqttd, wait_log
-from test_alarms import ctl_json, watching
+from test_alarms import AlarmWatcher, ctl_json, watching
 
+#: The flood lags the loop ~85 ms per check here (100s of ms with CPU hogs beside it); an
+#: idle broker on the same machine under load lags up to ~4 ms, its wake-up waiting for a
+#: core. The watermarks sit between: at 5 ms high / 2 ms clear the machine alone held
+#: loop_lag and overload on (lag hovering between the two, so neither cleared) and raised
+#: them again after the flood. long_gc is off: a slow collection on a loaded machine holds
+#: its alarm for long_gc_clear (60 s), and it is not what this test is about.
 CONFIG = """
 [sysmon]
 check_interval = "200ms"
-loop_lag_high = "5ms"
-loop_lag_clear = "2ms"
+loop_lag_high = "20ms"
+loop_lag_clear = "8ms"
+long_gc = "0s"
 [overload_protection]
-lag = "5ms"
+lag = "20ms"
 lag_for = "400ms"
-recover_lag = "2ms"
+recover_lag = "8ms"
 recover_for = "600ms"
 pause_publishers = 2
 pause_time = "300ms"
@@ -86,21 +95,64 @@ def connack(b: BrokerProcess, level: int) -> bytes:
             return b""
 
 
+def last(watcher: AlarmWatcher, name: str) -> tuple[int, dict[str, Any]]:
+    """The index in ``watcher.events`` and the JSON of the last message about ``name``."""
+    for i in range(len(watcher.events) - 1, -1, -1):
+        if watcher.events[i][1]["name"] == name:
+            return i, watcher.events[i][1]
+    raise AssertionError(f"no {name} message")
+
+
+def overload_events(watcher: AlarmWatcher) -> list[tuple[str, dict[str, Any]]]:
+    return [(e, d) for e, d in watcher.events if d["name"] == "overload"]
+
+
+def quiet(b: BrokerProcess, watcher: AlarmWatcher) -> tuple[bytes, dict[str, Any], list[str],
+                                                             list[str], str]:
+    """A new client's CONNACK, the metrics, the active alarms, the history and the log, all
+    read while the overload alarm stayed cleared: between two sentinels that found it
+    inactive, no overload message was published. (A loaded machine's own lag may rightly
+    raise the alarm again after the flood: then this waits for that episode to clear too
+    and reads again, a bounded number of times.)"""
+    for _ in range(20):
+        watcher.until("overload", False, timeout=WAIT * 4)
+        watcher.sync()
+        seen = len(overload_events(watcher))
+        if watcher.state.get("overload"):
+            continue
+        answer = connack(b, 5)
+        metrics = ctl_json(b, "broker", "metrics")["metrics"]
+        active = [a["name"] for a in ctl_json(b, "alarms", "list")]
+        history = [a["name"] for a in ctl_json(b, "alarms", "list", "--history")]
+        log = b.log()
+        watcher.sync()
+        if len(overload_events(watcher)) == seen:
+            return answer, metrics, active, history, log
+    raise AssertionError(overload_events(watcher))
+
+
 def test_overload_sheds_in_order_keeps_ctl_answering_and_recovers() -> None:
     with checked_broker(CONFIG) as b, watching(b) as watcher:
-        watcher.settle(b)  # no alarm left from the start (5 ms is a low watermark)
+        watcher.settle(b)  # no alarm left from the start (the machine may lag too)
         flood = Flood(b, PUBLISHERS)
         try:
-            lag = watcher.next("activate", "loop_lag", timeout=FLOOD_SECONDS)
-            assert lag["details"]["lag_ms"] >= 5
-            over = watcher.next("activate", "overload", timeout=FLOOD_SECONDS)
-            assert watcher.state["loop_lag"] is True  # lagging for lag_for before this
+            # (The machine's own lag may have raised either alarm since settle: the state
+            # counts, not the next message.)
+            watcher.until("loop_lag", True, timeout=FLOOD_SECONDS)
+            assert last(watcher, "loop_lag")[1]["details"]["lag_ms"] >= 20
+            watcher.until("overload", True, timeout=FLOOD_SECONDS)
+            at, over = last(watcher, "overload")
+            # Lagging for lag_for before this: loop_lag (same watermark, same check) is on.
+            assert [d["activated"] for _, d in watcher.events[:at]
+                    if d["name"] == "loop_lag"][-1] is True
             assert over["details"]["level"] == 1
             assert "refusing new connections" in over["message"]
             # Step 1: new clients get a CONNACK they can read. The flood goes on, but the
-            # protection may already have let go in between: try a bounded number of times.
+            # protection may let go in between (all publishers paused): try a bounded
+            # number of times, each while the alarm says it is on.
             answers5, answers4 = set(), set()
             for _ in range(40):
+                watcher.until("overload", True, timeout=FLOOD_SECONDS)
                 answers5.add(connack(b, 5))
                 answers4.add(connack(b, 4))
                 if bytes((0x20, 3, 0, 0x89, 0)) in answers5 and b"\x20\x02\x00\x03" in answers4:
@@ -114,21 +166,28 @@ def test_overload_sheds_in_order_keeps_ctl_answering_and_recovers() -> None:
             assert "pausing the 2 heaviest publishers" in b.log()
         finally:
             flood.close()
-        down = watcher.next("deactivate", "overload", timeout=WAIT * 4)
-        assert "accepting connections again" in down["message"]
-        assert down["details"]["refused"] >= 2 and down["details"]["paused"] >= 1
-        # The same counts in the metrics (one episode: the alarm activated once, below).
-        metrics = ctl_json(b, "broker", "metrics")["metrics"]
-        assert (metrics["connections.refused.overload"], metrics["connections.paused.overload"]
-                ) == (down["details"]["refused"], down["details"]["paused"])
-        watcher.until("loop_lag", False, timeout=WAIT * 4)
-        # Recovered: a new client gets in.
-        assert connack(b, 5)[3:4] == b"\x00"
-        assert "overload" not in [a["name"] for a in ctl_json(b, "alarms", "list")]
-        history = [a["name"] for a in ctl_json(b, "alarms", "list", "--history")]
+        # Recovered: the alarm clears by itself and a new client gets in.
+        answer, metrics, active, history, log = quiet(b, watcher)
+        assert answer[3:4] == b"\x00", answer
+        assert "overload" not in active
         assert "overload" in history and "loop_lag" in history
-        log = b.log()
-        assert log.count("alarm overload activated") == 1
+        # Each episode is one activation at step 1 (step 2 only updates it) and one
+        # recovery, announced once each in the log and on $SYS.
+        events = overload_events(watcher)
+        # (An episode of the machine's own lag may have begun before the watcher subscribed.)
+        pairs = events[1:] if events and events[0][0] == "deactivate" else events
+        assert [e for e, _ in pairs] == ["activate", "deactivate"] * (len(pairs) // 2), events
+        assert all(d["details"]["level"] == 1 for e, d in events if e == "activate"), events
+        downs = [d for e, d in events if e == "deactivate"]
+        assert all("accepting connections again" in d["message"] for d in downs), downs
+        assert log.count("alarm overload activated") == len(downs)
+        assert log.count("alarm overload deactivated") == len(downs)
+        # What each episode says it shed adds up to the counters, and it shed for real.
+        refused = sum(d["details"]["refused"] for d in downs)
+        paused = sum(d["details"]["paused"] for d in downs)
+        assert refused >= 2 and paused >= 1, downs
+        assert (metrics["connections.refused.overload"],
+                metrics["connections.paused.overload"]) == (refused, paused)
         assert "refusing connections over overload protection" in log
         assert sum(flood.sent) > 0
 
@@ -136,9 +195,13 @@ def test_overload_sheds_in_order_keeps_ctl_answering_and_recovers() -> None:
 def test_overload_protection_off_refuses_nobody() -> None:
     config = CONFIG.replace("[overload_protection]\n", "[overload_protection]\nenable = false\n")
     with checked_broker(config) as b, watching(b) as watcher:
+        # A loaded machine may lag the starting broker past the watermark before the watcher
+        # subscribed (the flood would then hold the alarm on and no message come).
+        watcher.settle(b)
         flood = Flood(b, PUBLISHERS)
         try:
-            watcher.next("activate", "loop_lag", timeout=FLOOD_SECONDS)
+            # (It may have been raised by the machine's own lag since: the state counts.)
+            watcher.until("loop_lag", True, timeout=FLOOD_SECONDS)
             assert connack(b, 5)[3:4] == b"\x00"
         finally:
             flood.close()
