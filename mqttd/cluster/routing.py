@@ -947,14 +947,7 @@ class Cluster:
                 subids.append(subid)
         if not hit:
             return
-        delivery = (msg, qos, retain, tuple(subids), None)
-        channel = session.channel
-        if channel is not None:
-            channel.deliver(delivery, None)
-        else:
-            dropped = session.enqueue(delivery)
-            if dropped is not None:
-                self.dispatcher.queue_dropped(session, dropped)
+        self.dispatcher.deliver(session, (msg, qos, retain, tuple(subids), None), None)
 
     async def _relay_answer(self, m: Msg) -> None:
         """The old node: the new node confirms relayed messages, or ends the relay."""

@@ -148,7 +148,7 @@ class Dispatcher:
         encoded: EncodedCache | None = {}
         if len(routes) == 1:
             # The common case (one matching filter), once per message: locals, and
-            # _deliver inlined (one Python call less per subscriber).
+            # deliver() inlined (one Python call less per subscriber).
             route = routes[0]
             n = 0
             # A route's single subscriber is kept without a dict (see Route).
@@ -223,7 +223,7 @@ class Dispatcher:
             if route.groups and groups:
                 n += self._dispatch_groups(route, msg, encoded)
         for session, (qos, retain, subids) in merged.items():
-            _deliver(session, (msg, qos, retain, tuple(subids), None), encoded, self)
+            self.deliver(session, (msg, qos, retain, tuple(subids), None), encoded)
         return n + len(merged)
 
     def publish_group(self, msg: Message, topic_filter: str, group: str | None) -> int:
@@ -256,6 +256,17 @@ class Dispatcher:
         self.metrics.inc(DELIVERY_DROPPED_NO_LOCAL)
         if self.hooks.delivery_dropped:
             self.hooks.run("delivery.dropped", session, msg, "no_local")
+
+    def deliver(self, session: Session, delivery: Delivery,
+                encoded: EncodedCache | None) -> None:
+        """``delivery`` to ``session``: its channel when connected, else its queue."""
+        channel = session.channel
+        if channel is not None:
+            channel.deliver(delivery, encoded)
+        else:
+            dropped = session.enqueue(delivery)
+            if dropped is not None:
+                self.queue_dropped(session, dropped)
 
     def queue_dropped(self, session: Session, delivery: Delivery) -> None:
         """An offline session's full queue pushed ``delivery`` out (or refused a QoS 0)."""
@@ -311,14 +322,3 @@ class Dispatcher:
         if n:
             self.metrics.inc(MESSAGES_DELIVERED, n)
         return n
-
-
-def _deliver(session: Session, delivery: Delivery, encoded: EncodedCache | None,
-             dispatcher: Dispatcher) -> None:
-    channel = session.channel
-    if channel is not None:
-        channel.deliver(delivery, encoded)
-    else:
-        dropped = session.enqueue(delivery)
-        if dropped is not None:
-            dispatcher.queue_dropped(session, dropped)
