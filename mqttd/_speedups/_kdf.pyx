@@ -16,6 +16,7 @@ while hashing, as hashlib does (the chain's hashing threads run dearer files in 
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
 
 
@@ -29,9 +30,17 @@ cdef extern from "openssl/sha.h" nogil:
     void SHA512_Transform(SHA512_CTX *c, const unsigned char *data)
 
 
+cdef extern from "sha512x.h" nogil:
+    void mqttd_pbkdf2_rounds_x4(const uint64_t *ist, const uint64_t *ost, uint64_t *u,
+                                uint64_t *t, unsigned long rounds)
+    void mqttd_pbkdf2_rounds_x8(const uint64_t *ist, const uint64_t *ost, uint64_t *u,
+                                uint64_t *t, unsigned long rounds)
+
+
 cdef enum:
     BLOCK = 128   # SHA-512's block
     DIGEST = 64   # and digest size
+    LANES = 8     # passwords hashed side by side at most (sha512x.h)
 
 
 cdef inline void _store_be(unsigned char *p, SHA_LONG64 v) noexcept nogil:
@@ -144,3 +153,133 @@ def pbkdf2_sha512(bytes password, bytes salt, long long iterations, long long dk
     with nogil:
         _derive(pw, pwlen, s, saltlen, it, out, n)
     return result
+
+
+cdef void _first(const unsigned char *pw, size_t pwlen, const unsigned char *salt,
+                 size_t saltlen, SHA512_CTX *inner, SHA512_CTX *outer,
+                 unsigned char *u) noexcept nogil:
+    """The HMAC key's inner and outer states and U1 = HMAC(P, S || INT(1)): what each lane
+    starts from (_derive's set-up for the first output block)."""
+    cdef unsigned char key[BLOCK]
+    cdef unsigned char pad[BLOCK]
+    cdef unsigned char counter[4]
+    cdef SHA512_CTX c
+    cdef size_t i
+    memset(key, 0, BLOCK)
+    if pwlen > BLOCK:
+        SHA512_Init(&c)
+        SHA512_Update(&c, pw, pwlen)
+        SHA512_Final(key, &c)
+    else:
+        memcpy(key, pw, pwlen)
+    for i in range(BLOCK):
+        pad[i] = key[i] ^ 0x36
+    SHA512_Init(inner)
+    SHA512_Update(inner, pad, BLOCK)
+    for i in range(BLOCK):
+        pad[i] = key[i] ^ 0x5C
+    SHA512_Init(outer)
+    SHA512_Update(outer, pad, BLOCK)
+    counter[0] = 0
+    counter[1] = 0
+    counter[2] = 0
+    counter[3] = 1
+    memcpy(&c, inner, sizeof(SHA512_CTX))
+    SHA512_Update(&c, salt, saltlen)
+    SHA512_Update(&c, counter, 4)
+    SHA512_Final(u, &c)
+    memcpy(&c, outer, sizeof(SHA512_CTX))
+    SHA512_Update(&c, u, DIGEST)
+    SHA512_Final(u, &c)
+    memset(key, 0, BLOCK)
+    memset(pad, 0, BLOCK)
+    memset(&c, 0, sizeof(SHA512_CTX))
+
+
+cdef inline uint64_t _load_be(const unsigned char *p) noexcept nogil:
+    return ((<uint64_t>p[0] << 56) | (<uint64_t>p[1] << 48) | (<uint64_t>p[2] << 40)
+            | (<uint64_t>p[3] << 32) | (<uint64_t>p[4] << 24) | (<uint64_t>p[5] << 16)
+            | (<uint64_t>p[6] << 8) | <uint64_t>p[7])
+
+
+cdef void _derive_lanes(const unsigned char **pw, size_t *pwlen, const unsigned char **salt,
+                        size_t *saltlen, size_t n, unsigned long iterations,
+                        unsigned char **out) noexcept nogil:
+    """PBKDF2 (64-byte output) of ``n`` (2..8) passwords with one iteration count, their
+    rounds side by side in one vector (4 lanes for up to 4 passwords, else 8); unused lanes
+    compute on zeros and are dropped."""
+    cdef uint64_t ist[8 * LANES]
+    cdef uint64_t ost[8 * LANES]
+    cdef uint64_t u[8 * LANES]
+    cdef uint64_t t[8 * LANES]
+    cdef unsigned char first[DIGEST]
+    cdef SHA512_CTX inner, outer
+    cdef size_t lanes = 4 if n <= 4 else LANES
+    cdef size_t l, j
+    memset(ist, 0, sizeof(ist))
+    memset(ost, 0, sizeof(ost))
+    memset(u, 0, sizeof(u))
+    for l in range(n):
+        _first(pw[l], pwlen[l], salt[l], saltlen[l], &inner, &outer, first)
+        for j in range(8):
+            ist[j * lanes + l] = inner.h[j]
+            ost[j * lanes + l] = outer.h[j]
+            u[j * lanes + l] = _load_be(first + 8 * j)
+    memcpy(t, u, sizeof(t))
+    if iterations > 1:
+        if lanes == 4:
+            mqttd_pbkdf2_rounds_x4(ist, ost, u, t, iterations - 1)
+        else:
+            mqttd_pbkdf2_rounds_x8(ist, ost, u, t, iterations - 1)
+    for l in range(n):
+        for j in range(8):
+            _store_be(out[l] + 8 * j, t[j * lanes + l])
+    memset(ist, 0, sizeof(ist))
+    memset(ost, 0, sizeof(ost))
+    memset(&inner, 0, sizeof(SHA512_CTX))
+    memset(&outer, 0, sizeof(SHA512_CTX))
+
+
+def pbkdf2_sha512_many(list passwords, list salts, long long iterations):
+    """``[pbkdf2_sha512(p, s, iterations) for p, s in zip(passwords, salts)]`` (64-byte
+    keys), the same bytes, computed up to eight at a time side by side (``sha512x.h``): a
+    storm of CONNECTs read in one loop turn is hashed in about a third of the time."""
+    if iterations < 1:
+        raise ValueError("iteration value must be greater than 0.")
+    if iterations > 0xFFFFFFFF:
+        raise OverflowError("iteration value is too great.")
+    # Tuples: the bytes the pointers point into stay alive while the GIL is released, even
+    # if another thread changes the caller's lists meanwhile.
+    cdef tuple pws = tuple(passwords), salt_t = tuple(salts)
+    cdef Py_ssize_t total = len(pws)
+    if len(salt_t) != total:
+        raise ValueError("as many salts as passwords")
+    cdef list results = []
+    cdef const unsigned char *pw[LANES]
+    cdef size_t pwlen[LANES]
+    cdef const unsigned char *sp[LANES]
+    cdef size_t saltlen[LANES]
+    cdef unsigned char *out[LANES]
+    cdef unsigned long it = <unsigned long>iterations
+    cdef Py_ssize_t start = 0, k
+    cdef size_t n
+    cdef bytes p, s, r
+    while start < total:
+        n = <size_t>min(total - start, LANES)
+        for k in range(<Py_ssize_t>n):
+            p = pws[start + k]  # (TypeError for anything but bytes)
+            s = salt_t[start + k]
+            r = PyBytes_FromStringAndSize(NULL, DIGEST)
+            results.append(r)
+            pw[k] = <const unsigned char *>PyBytes_AS_STRING(p)
+            pwlen[k] = len(p)
+            sp[k] = <const unsigned char *>PyBytes_AS_STRING(s)
+            saltlen[k] = len(s)
+            out[k] = <unsigned char *>PyBytes_AS_STRING(r)
+        with nogil:
+            if n == 1:  # one alone: the scalar loop costs less than a 4-lane vector
+                _derive(pw[0], pwlen[0], sp[0], saltlen[0], it, out[0], DIGEST)
+            else:
+                _derive_lanes(pw, pwlen, sp, saltlen, n, it, out)
+        start += <Py_ssize_t>n
+    return results
