@@ -170,3 +170,34 @@ def test_a_connect_storm_is_hashed_in_batches_with_the_right_verdicts(tmp_path: 
                     raw.close()
             assert codes == expected
         assert _hash_threads(b) == 0
+
+
+def test_the_hashing_threads_take_queued_checks_together(tmp_path: Path) -> None:
+    """A dear file (never hashed on the loop): checks queued while a thread hashes are taken
+    up to eight at a time and hashed side by side; each still gets its own verdict, once."""
+    provider = PasswordFile(str(_file(tmp_path, 20_000)))
+    assert provider.inline_cost > INLINE_MAX
+
+    async def run() -> tuple[list[int], int]:
+        chain = AuthChain(AuthSettings(max_pending_per_address=0, hash_threads=1), [provider])
+        answers: dict[int, list[int]] = {}
+        asked = [chain.authenticate(
+            ClientInfo(f"c{k}", "u", "127.0.0.1:1"), b"right" if k % 3 else b"wrong",
+            lambda r, k=k: answers.setdefault(k, []).append(r.code)) for k in range(20)]
+        assert asked == [None] * 20
+        for _ in range(2000):  # bounded: 20 hashes of 20,000 rounds
+            if len(answers) == 20:
+                break
+            await asyncio.sleep(0.005)
+        workers = chain._workers
+        assert workers is not None
+        together = workers.together
+        chain.close()
+        assert all(len(codes) == 1 for codes in answers.values())
+        return [answers[k][0] for k in range(20)], together
+
+    codes, together = asyncio.run(run())
+    assert codes == [0x86 if k % 3 == 0 else 0 for k in range(20)]
+    # The first job may be taken alone; the rest queued meanwhile (all 20 are queued in
+    # microseconds, a hash takes milliseconds) go in batches.
+    assert together >= 8

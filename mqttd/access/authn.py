@@ -308,7 +308,8 @@ class AuthChain:
                 self._workers_for(loop).submit(
                     provider.check, client, password,  # type: ignore[arg-type]  # blocking: sync
                     functools.partial(self._answered, i, client, password, done,
-                                      epoch=self._epoch, wanted=wanted), wanted)
+                                      epoch=self._epoch, wanted=wanted), wanted,
+                    self._many[i])
                 return None
             try:
                 answer = provider.check(client, password)
@@ -556,11 +557,13 @@ class AuthChain:
 _Batched = tuple[int, ClientInfo, "bytes | None", Callable[[AuthResult], None],
                  "Callable[[], bool] | None", int]
 
-#: A blocking check for the hashing threads: the check, its arguments, where the answer goes.
+#: A blocking check for the hashing threads: the check, its arguments, where the answer goes,
+#: whether it is still wanted, and the provider's check_many (or None).
 _Check = Callable[[ClientInfo, bytes | None], "AuthResult | None"]
+_Many = Callable[[list[ClientInfo], list[bytes | None]], list["AuthResult | None"]]
 _Job = tuple[_Check, ClientInfo, bytes | None,
              Callable[[AuthResult | None, BaseException | None], None],
-             "Callable[[], bool] | None"]
+             "Callable[[], bool] | None", "_Many | None"]
 
 
 class _Abandoned(Exception):
@@ -586,6 +589,8 @@ class HashWorkers:
     def __init__(self, threads: int, loop: asyncio.AbstractEventLoop) -> None:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._loop = loop
+        #: Checks run together with others (a statistic: batches of two or more).
+        self.together = 0
         self._threads = [threading.Thread(target=self._work, name=f"mqttd-auth-{n}",
                                           daemon=True) for n in range(threads)]
         for thread in self._threads:
@@ -594,11 +599,13 @@ class HashWorkers:
     def submit(self, check: _Check, client: ClientInfo,
                password: bytes | None,
                answered: Callable[[AuthResult | None, BaseException | None], None],
-               wanted: Callable[[], bool] | None = None) -> None:
+               wanted: Callable[[], bool] | None = None, many: _Many | None = None) -> None:
         """Run ``check(client, password)`` in a thread; ``answered(result, error)`` on the
         loop's thread (error ABANDONED, without the check, if ``wanted()`` is False by
-        the time a thread takes the job)."""
-        self._queue.put((check, client, password, answered, wanted))
+        the time a thread takes the job). With ``many`` (the provider's ``check_many``), a
+        thread takes up to ``THREAD_BATCH`` such jobs queued meanwhile and checks them
+        together (their hashes side by side)."""
+        self._queue.put((check, client, password, answered, wanted, many))
 
     def _work(self) -> None:
         # Below the event loop's thread in the scheduler: where they share a core, a
@@ -609,25 +616,64 @@ class HashWorkers:
         except (AttributeError, OSError):  # not Linux, or not allowed: same priority
             pass
         get = self._queue.get
-        loop = self._loop
+        get_nowait = self._queue.get_nowait
         while True:
             job = get()
             if job is None:
                 return
-            check, client, password, answered, wanted = job
-            result: AuthResult | None = None
-            error: BaseException | None = None
-            if wanted is not None and not wanted():
-                error = ABANDONED  # a PBKDF2 nobody waits for is not computed
-            else:
-                try:
-                    result = check(client, password)
-                except Exception as exc:  # handed to the loop, which logs it and refuses
-                    error = exc
-            try:
-                loop.call_soon_threadsafe(answered, result, error)
-            except RuntimeError:  # the loop is closed: the broker is gone
+            jobs = [job]
+            stop = False
+            if job[5] is not None:  # batchable: take what else waits, up to a batch
+                while len(jobs) < THREAD_BATCH:
+                    try:
+                        more = get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True  # closing: after these
+                        break
+                    jobs.append(more)
+            if not self._run(jobs) or stop:
                 return
+
+    def _run(self, jobs: list[_Job]) -> bool:
+        """Check ``jobs`` and hand each answer to the loop; False once the loop is gone."""
+        answers: list[tuple[_Job, AuthResult | None, BaseException | None]] = []
+        together: dict[_Many, list[_Job]] = {}
+        for job in jobs:
+            check, client, password, _, wanted, many = job
+            if wanted is not None and not wanted():
+                answers.append((job, None, ABANDONED))  # a PBKDF2 nobody waits for
+            elif many is not None:
+                together.setdefault(many, []).append(job)
+            else:
+                answers.append(self._one(job))
+        for many, group in together.items():
+            if len(group) == 1:
+                answers.append(self._one(group[0]))
+                continue
+            self.together += len(group)
+            try:
+                results = many([job[1] for job in group], [job[2] for job in group])
+            except Exception as exc:  # handed to the loop, which logs it and refuses
+                answers += [(job, None, exc) for job in group]
+            else:
+                answers += [(job, result, None)
+                            for job, result in zip(group, results, strict=True)]
+        loop = self._loop
+        for job, result, error in answers:
+            try:
+                loop.call_soon_threadsafe(job[3], result, error)
+            except RuntimeError:  # the loop is closed: the broker is gone
+                return False
+        return True
+
+    @staticmethod
+    def _one(job: _Job) -> tuple[_Job, AuthResult | None, BaseException | None]:
+        try:
+            return job, job[0](job[1], job[2]), None
+        except Exception as exc:  # handed to the loop, which logs it and refuses
+            return job, None, exc
 
     def close(self) -> None:
         """Stop the threads once the jobs queued before are done (not waited for)."""
@@ -650,6 +696,9 @@ INLINE_TURN_BUDGET = 0.002
 
 #: Checks ``AuthChain._run_batch`` answers in one callback at most (two vectors of eight).
 BATCH_MAX = 16
+#: Queued checks a hashing thread takes at once at most (one vector of eight): a dear hash
+#: (210,000 rounds, ~70 ms) makes a queue in a storm, and eight side by side cost ~3 alone.
+THREAD_BATCH = 8
 
 #: Seconds between two looks at whether the clients of remote checks are still there.
 WATCH_INTERVAL = 0.25
