@@ -13,6 +13,10 @@ from support.clients import Client
 from support.process import BrokerProcess
 from test_ctl_store import ctl, ok
 
+from mqttd.access.password_file import hash_password
+from mqttd.access.users import BuiltinUsers, UserTable
+from mqttd.core.services import ClientInfo
+
 pytest_plugins = ["support.fixtures"]
 
 CONFIG = """
@@ -182,3 +186,31 @@ def test_clients_of_a_user_whose_password_changes_or_who_is_deleted_are_disconne
     finally:
         b.stop()
         b.cleanup()
+
+
+def test_checks_asked_together_get_the_verdicts_of_checks_asked_alone() -> None:
+    """The provider's check_many (what a hashing thread calls with the checks queued
+    together): the verdicts of check, for right and wrong passwords at two iteration
+    counts, a superuser, no password, unknown users, no user name, no table."""
+    provider = BuiltinUsers()
+    provider.table = UserTable({
+        "a": (hash_password(b"pa", 60).encode(), False),
+        "b": (hash_password(b"pb", 60).encode(), True),
+        "c": (hash_password(b"pc", 30).encode(), False)})
+    asked = [("a", b"pa"), ("b", b"pb"), ("c", b"pc"), ("a", b"pb"), ("c", None),
+             ("nobody", b"x"), ("nobody", None), (None, None), ("b", b"pb"), ("c", b"")]
+    clients = [ClientInfo(f"c{k}", user, "127.0.0.1:1") for k, (user, _) in enumerate(asked)]
+    passwords = [pw for _, pw in asked]
+
+    def verdict(r: Any) -> tuple[int, bool, bool] | None:
+        return None if r is None else (r.code, r.superuser, r.credential is not None)
+
+    alone = [verdict(provider.check(c, p)) for c, p in zip(clients, passwords, strict=True)]
+    assert alone == [(0, False, True), (0, True, True), (0, False, True), (0x86, False, False),
+                     (0x86, False, False), None, None, None, (0, True, True),
+                     (0x86, False, False)]
+    for n in (2, 5, len(asked)):
+        assert [verdict(r) for r in provider.check_many(clients[:n], passwords[:n])] \
+            == alone[:n]
+    provider.table = None
+    assert provider.check_many(clients[:2], passwords[:2]) == [None, None]

@@ -33,6 +33,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from ..config import AccessSpec
 from ..core.services import AuthResult, ClientInfo
@@ -44,7 +45,7 @@ from .lines import read_lines
 log = logging.getLogger("mqttd.access")
 
 __all__ = ["DEFAULT_ITERATIONS", "PasswordFile", "PasswordHash", "hash_password",
-           "parse_hash", "read_password_file"]
+           "parse_hash", "read_password_file", "verify_many"]
 
 #: PBKDF2 iterations ``mqttd passwd`` uses unless told (mosquitto 2.1's default; OWASP's
 #: figure for PBKDF2-HMAC-SHA512).
@@ -95,6 +96,24 @@ class _Decoy(PasswordHash):
     thread checks against the old one."""
 
     __slots__ = ()
+
+
+def verify_many(hashes: list[PasswordHash], passwords: list[bytes]) -> list[bool]:
+    """``[h.verify(p) for h, p in zip(hashes, passwords)]``, the PBKDF2 ones of each
+    iteration count computed side by side (``kdf.pbkdf2_sha512_many``)."""
+    oks = [False] * len(hashes)
+    rounds: dict[int, list[int]] = {}  # iteration count -> the hashes with it
+    for k, h in enumerate(hashes):
+        if h.scheme == _PBKDF2:
+            rounds.setdefault(h.iterations, []).append(k)
+        else:  # one salted SHA-512: nothing to gain from company
+            oks[k] = h.verify(passwords[k])
+    for iterations, ks in rounds.items():
+        digests = pbkdf2_sha512_many([passwords[k] for k in ks], [hashes[k].salt for k in ks],
+                                     iterations)
+        for k, digest in zip(ks, digests, strict=True):
+            oks[k] = hmac.compare_digest(digest, hashes[k].digest)
+    return oks
 
 
 #: Seconds one PBKDF2-SHA512 iteration takes here (measured once, on first use).
@@ -238,27 +257,14 @@ class PasswordFile:
     def check_many(self, clients: list[ClientInfo], passwords: list[bytes | None]
                    ) -> list[AuthResult | None]:
         """``check`` of each client, the PBKDF2 hashes of those that need one computed side
-        by side (``kdf.pbkdf2_sha512_many``, per iteration count): what the chain asks for
-        the checks of one loop turn."""
-        results: list[AuthResult | None] = []
-        rounds: dict[int, list[tuple[int, PasswordHash, bytes]]] = {}  # by iteration count
-        for k, (client, password) in enumerate(zip(clients, passwords, strict=True)):
-            entry = self._lookup(client, password)
-            if not isinstance(entry, PasswordHash):
-                results.append(entry)
-                continue
-            assert password is not None  # (_lookup answered a check without one)
-            if entry.scheme == _PBKDF2:
-                results.append(None)  # (its verdict below)
-                rounds.setdefault(entry.iterations, []).append((k, entry, password))
-            else:  # one salted SHA-512: nothing to gain from company
-                results.append(self._verdict(client, entry, entry.verify(password)))
-        for iterations, jobs in rounds.items():
-            digests = pbkdf2_sha512_many([job[2] for job in jobs],
-                                         [job[1].salt for job in jobs], iterations)
-            for (k, entry, _), digest in zip(jobs, digests, strict=True):
-                results[k] = self._verdict(clients[k], entry,
-                                           hmac.compare_digest(digest, entry.digest))
+        by side (``verify_many``): what the chain asks for the checks of one loop turn."""
+        looked = [self._lookup(c, p) for c, p in zip(clients, passwords, strict=True)]
+        hashed = [k for k, entry in enumerate(looked) if isinstance(entry, PasswordHash)]
+        oks = verify_many([looked[k] for k in hashed],  # type: ignore[misc]  # PasswordHash
+                          [passwords[k] for k in hashed])  # type: ignore[misc]  # not None
+        results = cast("list[AuthResult | None]", looked)
+        for k, ok in zip(hashed, oks, strict=True):
+            results[k] = self._verdict(clients[k], looked[k], ok)  # type: ignore[arg-type]
         return results
 
     def _lookup(self, client: ClientInfo, password: bytes | None

@@ -30,6 +30,7 @@ from .password_file import (
     PasswordHash,
     hash_password,
     parse_hash,
+    verify_many,
 )
 
 log = logging.getLogger("mqttd.access")
@@ -111,21 +112,35 @@ class BuiltinUsers:
                                    os.urandom(HASH_BYTES))
 
     def check(self, client: ClientInfo, password: bytes | None) -> AuthResult | None:
-        username = client.username
+        return self.check_many([client], [password])[0]
+
+    def check_many(self, clients: list[ClientInfo], passwords: list[bytes | None]
+                   ) -> list[AuthResult | None]:
+        """``check`` of each client, their hashes side by side (the hashing threads hand
+        over the checks queued together)."""
         table = self.table
-        if username is None or table is None:
-            return None
-        entry = table.get(username)
-        if entry is None:
-            if password is not None:
-                self._decoy.verify(password)  # a refusal costs what a check costs
-            return None
-        if password is None:
-            return AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="no password")
-        password_hash, superuser = entry
-        if password_hash.verify(password):
-            return AuthResult(superuser=superuser, credential=(self, entry))
-        return AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="wrong password")
+        results: list[AuthResult | None] = []
+        hashed: list[tuple[int, PasswordHash, bytes, tuple[PasswordHash, bool] | None]] = []
+        for k, (client, password) in enumerate(zip(clients, passwords, strict=True)):
+            username = client.username
+            entry = None if username is None or table is None else table.get(username)
+            results.append(None)
+            if username is None or table is None:
+                continue
+            if entry is None:
+                if password is not None:  # a refusal costs what a check costs
+                    hashed.append((k, self._decoy, password, None))
+            elif password is None:
+                results[k] = AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="no password")
+            else:
+                hashed.append((k, entry[0], password, entry))
+        oks = verify_many([job[1] for job in hashed], [job[2] for job in hashed])
+        for (k, _, _, entry), ok in zip(hashed, oks, strict=True):
+            if entry is None:
+                continue  # the decoy's: ignored
+            results[k] = AuthResult(superuser=entry[1], credential=(self, entry)) if ok \
+                else AuthResult(RC.BAD_USER_NAME_OR_PASSWORD, reason="wrong password")
+        return results
 
     def entry(self, username: str) -> object:
         """The user's entry now (hash and superuser flag): a client that proved itself
