@@ -838,3 +838,126 @@ def test_message_expiry_while_queued(tmp_path: Path) -> None:
             pub.close()
     finally:
         remote.close()
+
+
+class _ScriptedRemote:
+    """A remote broker played by the test over a raw socket (MQTT 3.1.1): it accepts the
+    bridge, answers its CONNECT and acknowledges exactly what the test says."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.buf = b""
+
+    def accept(self) -> None:
+        self.listener.settimeout(3 * WAIT)
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(3 * WAIT)
+        kind, _ = self.packet()
+        assert kind >> 4 == 1, kind  # CONNECT
+        self.conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+
+    def packet(self) -> tuple[int, bytes]:
+        """The next packet the bridge sent: its first byte and its body."""
+        assert self.conn is not None
+        while True:
+            if len(self.buf) >= 2:
+                length, mult, i = 0, 1, 1
+                while i < len(self.buf):
+                    b = self.buf[i]
+                    length += (b & 0x7F) * mult
+                    mult *= 128
+                    i += 1
+                    if not b & 0x80:
+                        break
+                else:
+                    i = 0
+                if i and len(self.buf) >= i + length:
+                    kind, body = self.buf[0], self.buf[i:i + length]
+                    self.buf = self.buf[i + length:]
+                    return kind, body
+            data = self.conn.recv(65536)
+            assert data, "the bridge closed its connection"
+            self.buf += data
+
+    def publish(self) -> tuple[int, bytes]:
+        """The next PUBLISH (QoS 1): its packet id and payload."""
+        kind, body = self.packet()
+        assert kind >> 4 == 3 and (kind >> 1) & 3 == 1, kind
+        tl = int.from_bytes(body[:2], "big")
+        return int.from_bytes(body[2 + tl:4 + tl], "big"), body[4 + tl:]
+
+    def puback(self, *pids: int) -> None:
+        assert self.conn is not None
+        self.conn.sendall(b"".join(b"\x40\x02" + p.to_bytes(2, "big") for p in pids))
+
+    def close(self) -> None:
+        for s in (self.conn, self.listener):
+            if s is not None:
+                s.close()
+
+
+@pytest.mark.parametrize("window", [16, 8])
+def test_a_small_refill_of_a_full_window_waits_a_bounded_time(window: int) -> None:
+    """With more queued than the window has room for, an acknowledgement that frees less
+    than a batch of the window (an eighth of ``max_inflight``) does not send one message at
+    once: the refill waits for more acknowledgements (counted as ``held``), at most a
+    millisecond (HOLD_WITHIN), so it still goes out with nothing more from the remote; one
+    freeing a batch refills at once; once the queue is shorter than the room, nothing
+    waits; nor with a window under 16 (no batch). The window is never exceeded and every
+    message arrives once, in order (at least once; with no reconnect in between, exactly
+    once)."""
+    count = 40
+    holds = window >= 16  # a batch: 2 messages of 16
+    remote = _ScriptedRemote()
+    conf = "\n".join([
+        "[bridges.s]", f'address = "127.0.0.1:{remote.port}"', "protocol_version = 4",
+        f"max_inflight = {window}", "reconnect_min = 0.1", "reconnect_max = 0.5",
+        "[[bridges.s.egress]]", 'filter = "out/#"', "qos = 1", ""])
+    try:
+        with checked_broker(conf) as local:
+            remote.accept()
+            wait_state(local, "s", "connected")
+            u = uid()
+            pub = client(local, 4)
+            for i in range(count):
+                assert pub.publish(f"out/{u}", str(i).encode(), 1) == 0
+            got: list[tuple[int, bytes]] = [remote.publish() for _ in range(window)]
+            row = ctl_json(local, "bridges", "status", "s")
+            assert (row["inflight"], row["queued"]) == (window, count - window), row
+            # One acknowledgement: a refill of one, smaller than a batch, held; the hold
+            # ends by itself (nothing more comes from the remote until it is here).
+            remote.puback(got[0][0])
+            got.append(remote.publish())
+            row = ctl_json(local, "bridges", "status", "s")
+            assert (row["inflight"], row["queued"]) == (window, count - window - 1), row
+            assert row["held"] == holds, row
+            # A batch acknowledged: refilled (the window full again, no more than that).
+            remote.puback(*(pid for pid, _ in got[1:4]))
+            got.extend(remote.publish() for _ in range(3))
+            row = ctl_json(local, "bridges", "status", "s")
+            assert (row["inflight"], row["queued"]) == (window, count - window - 4), row
+            # The rest, acknowledged one at a time as each arrives: every refill is
+            # smaller than a batch until the queue is shorter than the room.
+            acked = 4
+            while len(got) < count:
+                remote.puback(got[acked][0])
+                acked += 1
+                got.append(remote.publish())
+            remote.puback(*(pid for pid, _ in got[acked:]))
+            assert [p for _, p in got] == [str(i).encode() for i in range(count)]
+            pids = [pid for pid, _ in got]
+            assert all(pids[i] not in pids[i + 1:i + window] for i in range(count)), pids
+            deadline = time.monotonic() + 3 * WAIT
+            while (row := ctl_json(local, "bridges", "status", "s"))["acked"] < count:
+                assert time.monotonic() < deadline, row
+                time.sleep(0.02)
+            assert (row["sent"], row["acked"], row["queued"], row["inflight"]) == (
+                count, count, 0, 0), row
+            # Held: the first single acknowledgement and each one after the batch while two
+            # or more were queued (the three of the batch came in one read: one write).
+            assert row["held"] == (count - window - 4 if holds else 0), row
+            pub.close()
+    finally:
+        remote.close()

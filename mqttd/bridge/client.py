@@ -4,7 +4,9 @@ Egress: :meth:`Bridge.offer` is given every message the local broker publishes (
 ``Broker.egress``, which the PUBLISH fast path calls too); a match of an egress filter is
 encoded at once (QoS 0) or queued (QoS 1/2) and sent within the in-flight window, so
 nothing waits on the remote and no task is created per message. What a loop turn produces
-goes out in one ``transport.write`` (after the turn's reads, or from one ``call_soon``). The
+goes out in one ``transport.write`` (after the turn's reads, or from one ``call_soon``); a
+bridge that is behind refills its window by batches, a small refill waiting at most 1 ms
+(``flush``). The
 queue is bounded (``max_queued``): past it the oldest message is dropped and counted. While
 connected, a queue at ``pause_queued`` makes the local publisher of one more wait (the
 core's backpressure: ``session.OVERFULL``, its PUBACK held and its reading paused) until the
@@ -75,6 +77,11 @@ PAUSE_BUFFERED = 1024 * 1024
 WRITE_BATCH = 256
 #: Seconds the records of acknowledged messages wait at most for a commit to join.
 FORGET_WITHIN = 0.01
+#: Seconds a refill of the in-flight window smaller than a batch (an eighth of the window;
+#: a window under 16 never waits) waits at most for more acknowledgements, while more
+#: messages are queued than there is room for (``flush``). Not less: uvloop's timers count
+#: whole milliseconds (a shorter delay is the next loop turn).
+HOLD_WITHIN = 0.001
 #: Packet ids are big-endian; ``array("H")`` reads in the machine's order.
 _LITTLE = sys.byteorder == "little"
 #: Properties that belong to one hop and are not carried to the other side.
@@ -223,12 +230,15 @@ class Bridge:
         self.inflight: dict[int, _Out] = {}
         self.counters = dict.fromkeys(
             ("sent", "acked", "received", "dropped_queue_full", "dropped_qos0_offline",
-             "dropped_refused", "expired", "ingress_refused", "connects", "connect_failures"),
+             "dropped_refused", "expired", "ingress_refused", "connects", "connect_failures",
+             "held"),
             0)
         self._proto: _Protocol | None = None
         #: Encoded packets to write at the end of the loop turn (``flush``).
         self._wbuf: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
+        #: A refill waiting for more acknowledgements (``flush``).
+        self._hold: asyncio.TimerHandle | None = None
         #: topic -> (QoS cap, remote topic), None: no egress mapping matches.
         self._routes: dict[str, tuple[int, str] | None] = {}
         #: The queue depth at which publishers wait (``pause_queued`` while connected,
@@ -368,6 +378,9 @@ class Bridge:
         """The connection is gone: what was to be written on it goes, publishers go on."""
         self._wbuf.clear()
         self._pause_at = math.inf
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
 
     async def aclose(self) -> None:
         task = self._task
@@ -499,9 +512,23 @@ class Bridge:
         self._flush_handle = None
         self.flush()
 
-    def flush(self, pump: bool = True) -> None:
+    def _held(self) -> None:
+        self._hold = None
+        self.flush(hold=False)
+
+    def flush(self, pump: bool = True, hold: bool = True) -> None:
         """Fill the in-flight window from the queue (``pump``) and write everything pending
-        at once."""
+        at once.
+
+        While more messages are queued than the window has room for, a refill of less than
+        a batch (an eighth of the window; one under 16 never waits) waits up to
+        ``HOLD_WITHIN`` for more acknowledgements (``hold``: it may; the timer's call may
+        not), unless something else is to be written anyway. Without it a remote on the
+        same machine wakes this loop with every few PUBACKs it writes, and each wake-up
+        takes the CPU from it (bench/RESULTS.md, issue 16); with Nagle's algorithm at the
+        remote (mosquitto's default) its next PUBACKs wait for our ACK, which rides on the
+        refill, so the bound is what keeps the bridge going. Never waits with fewer queued
+        than there is room for (a bridge that is not behind sends at once)."""
         if self._acked:  # (the turn may commit now: new messages came after the read)
             self._forget_acked()
         proto = self._proto
@@ -509,6 +536,17 @@ class Bridge:
             self._wbuf.clear()
             return
         if pump and self.queue and len(self.inflight) < self._window:
+            free = self._window - len(self.inflight)
+            if hold and free < self._window >> 3 and len(self.queue) > free \
+                    and not self._wbuf:
+                if self._hold is None:
+                    self.counters["held"] += 1
+                    self._hold = asyncio.get_running_loop().call_later(
+                        HOLD_WITHIN, self._held)
+                return
+            if self._hold is not None:
+                self._hold.cancel()
+                self._hold = None
             self._pump()
         wbuf = self._wbuf
         if wbuf:
