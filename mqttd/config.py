@@ -106,6 +106,10 @@ class Listener:
     #: (counted). EMQX's listener key of the same name.
     max_conn_rate: float = 0.0
     backlog: int = 1024
+    #: Listening sockets of a tcp/ws listener on one address (Linux: a SO_REUSEPORT group,
+    #: one client accepted per socket per loop turn); 1: one socket without SO_REUSEPORT,
+    #: which no other process can join.
+    accept_sockets: int = 8
     #: Whether clients no authentication provider vouched for get in on this listener;
     #: None: the zone's ``allow_anonymous`` on loopback, and *no* elsewhere (a listener
     #: beyond loopback with no provider refuses to start unless this says true).
@@ -612,6 +616,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_connections": (1, 2 ** 31),
     "max_conn_rate": (0, 2 ** 31),
     "backlog": (1, 65535),
+    "accept_sockets": (1, 64),
     "sys_interval": (0, 86400),
     "trace_payload_limit": (0, 2 ** 20),
     "hash_threads": (1, 64),

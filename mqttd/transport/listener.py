@@ -8,7 +8,7 @@ and logged at most every ``REFUSED_LOG_EVERY`` seconds per listener.
 Every transport ends in the same :class:`Connection`:
 
 - ``tcp``: the event loop's server hands each socket to a Connection (nothing in between);
-  on Linux through ``ACCEPT_SOCKETS`` listening sockets bound to the one address;
+  on Linux through ``accept_sockets`` listening sockets bound to the one address;
 - ``ws``: to a :class:`~mqttd.transport.websocket.WsFront`, which makes the Connection
   after the upgrade;
 - ``ssl``/``wss``, and any listener with ``proxy_protocol``: the listener accepts itself,
@@ -61,8 +61,9 @@ EXPIRY_WARNING_DAYS = 14
 #: every client cost a turn of its own (an epoll wait, the turn's callbacks; strace: one
 #: accept4 per epoll_pwait where mosquitto accepts ~13 per wait). Sockets bound to the one
 #: address with SO_REUSEPORT, among which the kernel spreads new connections, accept up to
-#: this many per turn. Linux only (elsewhere SO_REUSEPORT does not spread connections).
-ACCEPT_SOCKETS = 8 if sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT") \
+#: that many per turn: the listener's ``accept_sockets`` (default 8), at most this. Linux
+#: only (elsewhere SO_REUSEPORT does not spread connections).
+ACCEPT_SOCKETS = 64 if sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT") \
     else 1
 
 
@@ -240,7 +241,7 @@ class MqttListener:
         self.watcher = watcher
         self.connections = LiveConnections(everyone)
         self.server: asyncio.base_events.Server | None = None
-        #: The servers of the listener's further sockets (ACCEPT_SOCKETS), if any.
+        #: The servers of the listener's further sockets (``accept_sockets``), if any.
         self._more: list[asyncio.base_events.Server] = []
         #: The address bound (port 0 resolved), once started.
         self.address: tuple[str, int] = (config.bind, config.port)
@@ -299,12 +300,13 @@ class MqttListener:
         return self.address
 
     async def _serve(self, loop: asyncio.AbstractEventLoop, port: int) -> tuple[str, int]:
-        """Listen for tcp/ws clients on ``port`` through ACCEPT_SOCKETS sockets where the
+        """Listen for tcp/ws clients on ``port`` through ``accept_sockets`` sockets where the
         configured address is one address (else as the event loop binds a name: one
         socket per address it resolves to); the address bound."""
         config = self.config
-        socks = _bind_group(config.bind, port, config.backlog, self.reuse_port) \
-            if ACCEPT_SOCKETS > 1 else None
+        count = min(config.accept_sockets, ACCEPT_SOCKETS)
+        socks = _bind_group(config.bind, port, config.backlog, self.reuse_port, count) \
+            if count > 1 else None
         if socks is None:
             self.server = await loop.create_server(self._accept, config.bind, port,
                                                    backlog=config.backlog,
@@ -563,9 +565,9 @@ def _bind(host: str, port: int, backlog: int, reuse_port: bool = False,
     return sock
 
 
-def _bind_group(host: str, port: int, backlog: int, reuse_port: bool
+def _bind_group(host: str, port: int, backlog: int, reuse_port: bool, count: int
                 ) -> list[socket.socket] | None:
-    """ACCEPT_SOCKETS listening sockets on the one address ``host`` names (port 0: the
+    """``count`` listening sockets on the one address ``host`` names (port 0: the
     port the first got), or None where ``host`` names several (both IP versions, say).
     A port in use fails the first bind as a single socket's would (``_bind``), so a
     second broker on the port is still refused; ``reuse_port`` (``--workers``) puts the
@@ -579,7 +581,7 @@ def _bind_group(host: str, port: int, backlog: int, reuse_port: bool
     socks = [first]
     address, bound = first.getsockname()[:2]
     try:
-        for _ in range(ACCEPT_SOCKETS - 1):
+        for _ in range(count - 1):
             socks.append(_bind(address, bound, backlog, reuse_port=True))
     except BaseException:
         for sock in socks:
