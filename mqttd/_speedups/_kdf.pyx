@@ -55,46 +55,65 @@ cdef inline void _store_be(unsigned char *p, SHA_LONG64 v) noexcept nogil:
     p[7] = <unsigned char>v
 
 
-cdef void _derive(const unsigned char *pw, size_t pwlen, const unsigned char *salt,
-                  size_t saltlen, unsigned long iterations, unsigned char *out,
-                  size_t dklen) noexcept nogil:
+cdef void _key_states(const unsigned char *pw, size_t pwlen, SHA512_CTX *inner,
+                      SHA512_CTX *outer) noexcept nogil:
+    """HMAC's inner and outer SHA-512 states after the key block (computed once a check)."""
     cdef unsigned char key[BLOCK]
     cdef unsigned char pad[BLOCK]
-    cdef unsigned char u[DIGEST]
-    cdef unsigned char t[DIGEST]
-    cdef unsigned char counter[4]
-    cdef unsigned char blk[BLOCK]
-    cdef SHA512_CTX inner, outer, c
-    cdef size_t i, n, done = 0
-    cdef unsigned long r, block = 1
+    cdef SHA512_CTX c
+    cdef size_t i
     memset(key, 0, BLOCK)
     if pwlen > BLOCK:  # HMAC: a key longer than a block is hashed first
         SHA512_Init(&c)
         SHA512_Update(&c, pw, pwlen)
         SHA512_Final(key, &c)
+        memset(&c, 0, sizeof(SHA512_CTX))
     else:
         memcpy(key, pw, pwlen)
     for i in range(BLOCK):
         pad[i] = key[i] ^ 0x36
-    SHA512_Init(&inner)
-    SHA512_Update(&inner, pad, BLOCK)
+    SHA512_Init(inner)
+    SHA512_Update(inner, pad, BLOCK)
     for i in range(BLOCK):
         pad[i] = key[i] ^ 0x5C
-    SHA512_Init(&outer)
-    SHA512_Update(&outer, pad, BLOCK)
+    SHA512_Init(outer)
+    SHA512_Update(outer, pad, BLOCK)
+    # the key material does not stay on the stack
+    memset(key, 0, BLOCK)
+    memset(pad, 0, BLOCK)
+
+
+cdef void _u1(const SHA512_CTX *inner, const SHA512_CTX *outer, const unsigned char *salt,
+              size_t saltlen, unsigned long block, unsigned char *u) noexcept nogil:
+    """U1 = HMAC(P, S || INT(block)), the first round of output block ``block``."""
+    cdef unsigned char counter[4]
+    cdef SHA512_CTX c
+    counter[0] = (block >> 24) & 0xFF
+    counter[1] = (block >> 16) & 0xFF
+    counter[2] = (block >> 8) & 0xFF
+    counter[3] = block & 0xFF
+    memcpy(&c, inner, sizeof(SHA512_CTX))
+    SHA512_Update(&c, salt, saltlen)
+    SHA512_Update(&c, counter, 4)
+    SHA512_Final(u, &c)
+    memcpy(&c, outer, sizeof(SHA512_CTX))
+    SHA512_Update(&c, u, DIGEST)
+    SHA512_Final(u, &c)
+    memset(&c, 0, sizeof(SHA512_CTX))
+
+
+cdef void _derive(const unsigned char *pw, size_t pwlen, const unsigned char *salt,
+                  size_t saltlen, unsigned long iterations, unsigned char *out,
+                  size_t dklen) noexcept nogil:
+    cdef unsigned char u[DIGEST]
+    cdef unsigned char t[DIGEST]
+    cdef unsigned char blk[BLOCK]
+    cdef SHA512_CTX inner, outer, c
+    cdef size_t i, n, done = 0
+    cdef unsigned long r, block = 1
+    _key_states(pw, pwlen, &inner, &outer)
     while done < dklen:
-        counter[0] = (block >> 24) & 0xFF
-        counter[1] = (block >> 16) & 0xFF
-        counter[2] = (block >> 8) & 0xFF
-        counter[3] = block & 0xFF
-        # U1 = HMAC(P, S || INT(block))
-        memcpy(&c, &inner, sizeof(SHA512_CTX))
-        SHA512_Update(&c, salt, saltlen)
-        SHA512_Update(&c, counter, 4)
-        SHA512_Final(u, &c)
-        memcpy(&c, &outer, sizeof(SHA512_CTX))
-        SHA512_Update(&c, u, DIGEST)
-        SHA512_Final(u, &c)
+        _u1(&inner, &outer, salt, saltlen, block, u)
         memcpy(t, u, DIGEST)
         # U_j = HMAC(P, U_{j-1}); T ^= U_j. Both hashes of a round take a 64-byte message
         # after their 128-byte key block: one block each, always padded the same (0x80,
@@ -125,8 +144,6 @@ cdef void _derive(const unsigned char *pw, size_t pwlen, const unsigned char *sa
         done += n
         block += 1
     # the key material does not stay on the stack
-    memset(key, 0, BLOCK)
-    memset(pad, 0, BLOCK)
     memset(blk, 0, BLOCK)
     memset(&inner, 0, sizeof(SHA512_CTX))
     memset(&outer, 0, sizeof(SHA512_CTX))
@@ -155,47 +172,6 @@ def pbkdf2_sha512(bytes password, bytes salt, long long iterations, long long dk
     return result
 
 
-cdef void _first(const unsigned char *pw, size_t pwlen, const unsigned char *salt,
-                 size_t saltlen, SHA512_CTX *inner, SHA512_CTX *outer,
-                 unsigned char *u) noexcept nogil:
-    """The HMAC key's inner and outer states and U1 = HMAC(P, S || INT(1)): what each lane
-    starts from (_derive's set-up for the first output block)."""
-    cdef unsigned char key[BLOCK]
-    cdef unsigned char pad[BLOCK]
-    cdef unsigned char counter[4]
-    cdef SHA512_CTX c
-    cdef size_t i
-    memset(key, 0, BLOCK)
-    if pwlen > BLOCK:
-        SHA512_Init(&c)
-        SHA512_Update(&c, pw, pwlen)
-        SHA512_Final(key, &c)
-    else:
-        memcpy(key, pw, pwlen)
-    for i in range(BLOCK):
-        pad[i] = key[i] ^ 0x36
-    SHA512_Init(inner)
-    SHA512_Update(inner, pad, BLOCK)
-    for i in range(BLOCK):
-        pad[i] = key[i] ^ 0x5C
-    SHA512_Init(outer)
-    SHA512_Update(outer, pad, BLOCK)
-    counter[0] = 0
-    counter[1] = 0
-    counter[2] = 0
-    counter[3] = 1
-    memcpy(&c, inner, sizeof(SHA512_CTX))
-    SHA512_Update(&c, salt, saltlen)
-    SHA512_Update(&c, counter, 4)
-    SHA512_Final(u, &c)
-    memcpy(&c, outer, sizeof(SHA512_CTX))
-    SHA512_Update(&c, u, DIGEST)
-    SHA512_Final(u, &c)
-    memset(key, 0, BLOCK)
-    memset(pad, 0, BLOCK)
-    memset(&c, 0, sizeof(SHA512_CTX))
-
-
 cdef inline uint64_t _load_be(const unsigned char *p) noexcept nogil:
     return ((<uint64_t>p[0] << 56) | (<uint64_t>p[1] << 48) | (<uint64_t>p[2] << 40)
             | (<uint64_t>p[3] << 32) | (<uint64_t>p[4] << 24) | (<uint64_t>p[5] << 16)
@@ -220,7 +196,8 @@ cdef void _derive_lanes(const unsigned char **pw, size_t *pwlen, const unsigned 
     memset(ost, 0, sizeof(ost))
     memset(u, 0, sizeof(u))
     for l in range(n):
-        _first(pw[l], pwlen[l], salt[l], saltlen[l], &inner, &outer, first)
+        _key_states(pw[l], pwlen[l], &inner, &outer)
+        _u1(&inner, &outer, salt[l], saltlen[l], 1, first)
         for j in range(8):
             ist[j * lanes + l] = inner.h[j]
             ost[j * lanes + l] = outer.h[j]
