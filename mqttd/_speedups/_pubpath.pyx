@@ -314,6 +314,55 @@ cdef tuple _NO_SUBIDS = ()
 
 
 @cython.final
+cdef object _frame(PyObject* topic, PyObject* payload, PyObject* properties, bint v5,
+                   unsigned int packet_id):
+    """encode_publish(topic, payload, qos, False, False, packet_id, properties, version)
+    without the call (QoS 1 when ``packet_id``, else 0), for a str topic, bytes payload and
+    no properties (v5: an empty property block); None for anything else (the caller calls
+    encode_publish)."""
+    cdef Py_ssize_t tn, pn, rem, hdr, i
+    cdef const char* t
+    cdef char* o
+    if type(<object>properties) is not dict or <dict>properties:
+        return None
+    if type(<object>payload) is not bytes:
+        return None
+    t = pp_utf8(topic, &tn)
+    if t == NULL:
+        return None
+    pn = len(<bytes>payload)
+    rem = 2 + tn + (2 if packet_id else 0) + v5 + pn
+    if rem > 268435455:
+        return None
+    hdr = 2 if rem < 0x80 else 3 if rem < 0x4000 else 4 if rem < 0x200000 else 5
+    data = PyBytes_FromStringAndSize(NULL, hdr + rem)
+    o = PyBytes_AS_STRING(data)
+    o[0] = <char>(0x32 if packet_id else 0x30)
+    i = 1
+    while True:
+        o[i] = <char>(rem & 0x7F)
+        rem >>= 7
+        if rem:
+            o[i] = <char>(o[i] | 0x80)
+            i += 1
+        else:
+            break
+    i = hdr
+    o[i] = <char>(tn >> 8)
+    o[i + 1] = <char>(tn & 0xFF)
+    memcpy(o + i + 2, t, tn)
+    i += 2 + tn
+    if packet_id:
+        o[i] = <char>(packet_id >> 8)
+        o[i + 1] = <char>(packet_id & 0xFF)
+        i += 2
+    if v5:
+        o[i] = 0
+        i += 1
+    memcpy(o + i, PyBytes_AS_STRING(<object>payload), pn)
+    return data
+
+
 cdef class PublishPath:
     """The fast path, configured once (see the reference)."""
 
@@ -327,18 +376,21 @@ cdef class PublishPath:
     cdef Slot c_closing, c_held, c_tracer, c_state, c_pressure, c_mountpoint, c_zone
     cdef Slot c_services, c_hooks, c_gate, c_metrics, c_recv_pkt, c_recv_msg, c_client_id
     cdef Slot c_out, c_client_max_packet, c_version, c_send_pkt, c_send_msg, c_dropped
-    cdef Slot c_acl_deliver, c_paused, c_alias_out_max, c_wakeup, c_clientinfo
+    cdef Slot c_acl_deliver, c_paused, c_alias_out_max, c_wakeup, c_clientinfo, c_session
     # Publish, Zone, Hooks, Route, Session, SubOpts, Message
     cdef Slot p_qos, p_retain, p_properties, p_topic, p_payload, p_packet_id
     cdef Slot z_max_qos_allowed, z_max_topic_levels
     cdef Slot h_client_publish, h_client_check_acl, h_message_publish, h_message_dropped
     cdef Slot h_client_publish_prefixes
-    cdef Slot h_message_delivered
+    cdef Slot h_message_delivered, h_message_acked
     cdef Slot h_slow_threshold, h_delivery_slow, s_sent_at
     cdef Slot r_one, r_entry, r_subs, r_groups
     cdef Slot s_channel, s_client_id, s_upgrade_qos
     cdef Slot s_mqueue, s_store, s_flow_stalled, s_enqueued
     cdef Slot s_next_pid, s_limits, q_max_mqueue_len, q_flow_limit
+    cdef Slot s_inflight, s_wait_comp, s_delivered, s_max_inflight
+    cdef Slot a_packet_id  # a PUBACK's
+    cdef Slot g_issued, g_committed, g_full  # the store's CommitGate
     cdef Slot o_qos, o_no_local
     cdef Slot l_topics, l_kept
     cdef Slot m_sender, m_qos, m_topic, m_payload, m_properties
@@ -403,6 +455,7 @@ cdef class PublishPath:
         self.c_alias_out_max = _slot(c, "alias_out_max")
         self.c_wakeup = _slot(c, "wakeup")
         self.c_clientinfo = _slot(c, "_clientinfo")
+        self.c_session = _slot(c, "session")
         slotted = slotted or {}
         self.broker_plain = _plain(broker_cls, (
             "cluster", "topic_traces", "authorizer", "dispatcher", "metrics", "egress"))
@@ -432,6 +485,7 @@ cdef class PublishPath:
         self.h_message_publish = _slot(c, "message_publish")
         self.h_message_dropped = _slot(c, "message_dropped")
         self.h_message_delivered = _slot(c, "message_delivered")
+        self.h_message_acked = _slot(c, "message_acked")
         self.h_slow_threshold = _slot(c, "slow_threshold")
         self.h_delivery_slow = _slot(c, "delivery_slow")
         c = slotted.get("Route", object)
@@ -450,6 +504,16 @@ cdef class PublishPath:
         self.s_sent_at = _slot(c, "sent_at")
         self.s_next_pid = _slot(c, "_next_pid")
         self.s_limits = _slot(c, "limits")
+        self.s_inflight = _slot(c, "inflight")
+        self.s_wait_comp = _slot(c, "wait_comp")
+        self.s_delivered = _slot(c, "delivered")
+        self.s_max_inflight = _slot(c, "max_inflight")
+        c = slotted.get("Puback", object)
+        self.a_packet_id = _slot(c, "packet_id")
+        c = slotted.get("CommitGate", object)
+        self.g_issued = _slot(c, "issued")
+        self.g_committed = _slot(c, "committed")
+        self.g_full = _slot(c, "full")
         c = slotted.get("Limits", object)  # (Session.max_mqueue_len, flow_limit: properties)
         self.q_max_mqueue_len = _slot(c, "max_mqueue_len")
         self.q_flow_limit = _slot(c, "flow_limit")
@@ -540,7 +604,8 @@ cdef class PublishPath:
                 _g(channel, self.c_clientinfo, "_clientinfo") or channel.clientinfo).superuser:
             return False
         gate = _g(channel, self.c_gate, "gate")
-        if qos and gate is not None and gate.full:  # the store may refuse it: slow path
+        if qos and gate is not None and _t(gate, self.g_full, "full"):  # (the store may
+            # refuse it: slow path)
             return False
         cluster = self.ba.get(broker, B_CLUSTER)  # (a single node: this one test)
         if cluster is not None:  # the last test: what passes it is taken
@@ -554,7 +619,7 @@ cdef class PublishPath:
         # --- Channel.handle_in, _in_publish, _check_publish, Broker.check_acl ---
         metrics = _g(channel, self.c_metrics, "metrics")
         _bump(channel, self.c_recv_pkt, "recv_pkt")
-        issued = gate.issued if qos and gate is not None else 0
+        issued = _g(gate, self.g_issued, "issued") if qos and gate is not None else 0
         _inc(metrics, self.qos1_received if qos else self.qos0_received)
         _bump(channel, self.c_recv_msg, "recv_msg")
         _inc(metrics, self.acl_ignore)
@@ -635,14 +700,14 @@ cdef class PublishPath:
             channel._held_ack = (self._msg(b), n, packet_id, out[len(out) - 1])
         # --- Channel.handle_in: the acknowledgement waits for what the store took ---
         if gate is not None and out:
-            if gate.issued != issued:
+            if _g(gate, self.g_issued, "issued") != issued:
                 channel._hold(gate)
-            elif gate.committed != issued:
+            elif _g(gate, self.g_committed, "committed") != issued:
                 # Channel._stored_pending inlined (a Python call per QoS 1 message, ~3 % of
                 # fan-in QoS 1 on a broker with durability on): the client's own session is
                 # stored and something is not committed yet.
-                session = channel.session
-                if session is not None and session.store is not None:
+                session = _g(channel, self.c_session, "session")
+                if session is not None and not _none(session, self.s_store, "store"):
                     channel._hold(gate)
         return True
 
@@ -673,19 +738,24 @@ cdef class PublishPath:
                 or _g(channel, self.c_state, "state") != self.connected
                 or _none(channel, self.c_clientinfo, "_clientinfo")):
             return False
-        session = channel.session
+        session = _g(channel, self.c_session, "session")
         if session is None:
             return False
         broker = _g(channel, self.c_services, "services")
         hooks = _g(channel, self.c_hooks, "hooks")
-        if type(broker) is not self.broker_cls or hooks.message_acked:
+        if type(broker) is not self.broker_cls or _t(hooks, self.h_message_acked,
+                                                      "message_acked"):
             return False
-        packet_id = p.packet_id
-        inflight = session.inflight
-        entry = inflight.get(packet_id)
+        packet_id = _g(p, self.a_packet_id, "packet_id")
+        inflight = _g(session, self.s_inflight, "inflight")
+        if type(inflight) is dict:
+            item = PyDict_GetItem(inflight, packet_id)
+            entry = <object>item if item is not NULL else None
+        else:
+            entry = inflight.get(packet_id)
         if entry is None or entry[1] != 1:
             return False
-        wait_comp = session.wait_comp
+        wait_comp = _g(session, self.s_wait_comp, "wait_comp")
         if wait_comp is not None and packet_id in wait_comp:
             return False
         # --- Channel.handle_in, Session.ack, Broker.acked ---
@@ -693,8 +763,8 @@ cdef class PublishPath:
         metrics = _g(channel, self.c_metrics, "metrics")
         _inc(metrics, self.puback_received)
         del inflight[packet_id]
-        session.delivered += 1
-        stored = session.store is not None
+        _bump(session, self.s_delivered, "delivered")
+        stored = not _none(session, self.s_store, "store")
         if stored:
             session.forget(entry)
         _inc(self.ba.get(broker, B_METRICS), self.messages_acked)
@@ -715,7 +785,7 @@ cdef class PublishPath:
         # --- Channel.drain ---
         if _t(channel, self.c_paused, "paused"):
             return True
-        mq = session.mqueue
+        mq = _g(session, self.s_mqueue, "mqueue")
         if not mq:
             return True
         if (not _none(channel, self.c_acl_deliver, "acl_deliver")
@@ -738,7 +808,7 @@ cdef class PublishPath:
             out = []
             _s(channel, self.c_out, "out", out)
         version = _g(channel, self.c_version, "version")
-        max_inflight = session.max_inflight
+        max_inflight = _g(session, self.s_max_inflight, "max_inflight")
         while mq and len(inflight) < max_inflight:
             delivery = mq[0]
             msg = delivery[0]
@@ -760,10 +830,17 @@ cdef class PublishPath:
                     PyDict_SetItem(sent_at, pid, stamp)
                 else:
                     sent_at[pid] = stamp
-            out.append(self.encode_publish(_g(msg, self.m_topic, "topic"),
-                                           _g(msg, self.m_payload, "payload"), 1, delivery[2],
-                                           False, pid, _g(msg, self.m_properties, "properties"),
-                                           version))
+            topic = _g(msg, self.m_topic, "topic")
+            payload = _g(msg, self.m_payload, "payload")
+            properties = _g(msg, self.m_properties, "properties")
+            data = None
+            if delivery[2] is False and 0 < <long>pid <= 0xFFFF:  # (the usual frame, here)
+                data = _frame(<PyObject*>topic, <PyObject*>payload, <PyObject*>properties,
+                              version == 5, <unsigned int>pid)
+            if data is None:
+                data = self.encode_publish(topic, payload, 1, delivery[2], False, pid,
+                                           properties, version)
+            out.append(data)
             _bump(channel, self.c_send_pkt, "send_pkt")
             _bump(channel, self.c_send_msg, "send_msg")
             _inc(metrics, self.qos1_sent)
@@ -830,42 +907,7 @@ cdef class PublishPath:
         """encode_publish(topic, payload, 0, False, False, 0, properties, version) written
         here without the call, for a str topic, bytes payload and no properties (v5: an
         empty property block); None for anything else (the caller calls it)."""
-        cdef Py_ssize_t tn, pn, rem, hdr, i
-        cdef const char* t
-        cdef char* o
-        if type(<object>b.properties) is not dict or <dict>b.properties:
-            return None
-        payload = <object>b.payload
-        t = pp_utf8(b.topic, &tn)
-        if t == NULL or type(payload) is not bytes:
-            return None
-        pn = len(<bytes>payload)
-        rem = 2 + tn + v5 + pn
-        if rem > 268435455:
-            return None
-        hdr = 2 if rem < 0x80 else 3 if rem < 0x4000 else 4 if rem < 0x200000 else 5
-        data = PyBytes_FromStringAndSize(NULL, hdr + rem)
-        o = PyBytes_AS_STRING(data)
-        o[0] = <char>0x30
-        i = 1
-        while True:
-            o[i] = <char>(rem & 0x7F)
-            rem >>= 7
-            if rem:
-                o[i] = <char>(o[i] | 0x80)
-                i += 1
-            else:
-                break
-        i = hdr
-        o[i] = <char>(tn >> 8)
-        o[i + 1] = <char>(tn & 0xFF)
-        memcpy(o + i + 2, t, tn)
-        i += 2 + tn
-        if v5:
-            o[i] = 0
-            i += 1
-        memcpy(o + i, PyBytes_AS_STRING(payload), pn)
-        return data
+        return _frame(b.topic, b.payload, b.properties, v5, 0)
 
     cdef Py_ssize_t _dispatch(self, route, Pending* b, dispatcher, hooks) except -1:
         cdef Py_ssize_t n = 0
@@ -921,7 +963,8 @@ cdef class PublishPath:
                 and not _t(ch, self.c_closing, "closing")
                 and _none(ch, self.c_acl_deliver, "acl_deliver")
                 and (_t(ch, self.c_paused, "paused")
-                     or len(session.inflight) >= session.max_inflight)):
+                     or len(_g(session, self.s_inflight, "inflight"))
+                     >= <Py_ssize_t>_g(session, self.s_max_inflight, "max_inflight"))):
             # Channel.deliver's QoS 1 to a full window (a flood's usual case): queued
             dropped = self._queue1(session, (self._msg(b), 1, False, _NO_SUBIDS, None), mqos)
             if dropped is not None:

@@ -28,14 +28,14 @@ from ..metrics import (
     PACKETS_PUBACK_SENT,
 )
 from ..mqtt.codec import encode_publish
-from ..mqtt.packets import PUBLISH, Publish, SubOpts
+from ..mqtt.packets import PUBLISH, Puback, Publish, SubOpts
 from ._pubpath_py import PublishPathPy
 from .broker import Broker
 from .channel import CONNECTED, Channel
 from .dispatch import Dispatcher
 from .message import Message
 from .router import Route, Router
-from .services import LocalLane
+from .services import CommitGate, LocalLane
 from .session import OVERFULL, Limits, Session
 
 __all__ = ["PublishPath", "PublishPathPy", "build", "build_run"]
@@ -66,7 +66,8 @@ COUNTERS: dict[str, int] = {
 #: Dispatcher and Router, which have none, from the instance's dict).
 SLOTTED: dict[str, type] = {"Publish": Publish, "Zone": Zone, "Hooks": Hooks, "Route": Route,
                             "Session": Session, "Limits": Limits, "SubOpts": SubOpts,
-                            "Dispatcher": Dispatcher, "Router": Router, "LocalLane": LocalLane}
+                            "Dispatcher": Dispatcher, "Router": Router, "LocalLane": LocalLane,
+                            "Puback": Puback, "CommitGate": CommitGate}
 
 
 def build_run(impl: type = PublishPath  # type: ignore[explicit-any]

@@ -226,7 +226,10 @@ class Flusher:
         self._turn_reads = n + 1
         if n == 0:
             self._turn_start = perf_counter()
-            self._loop.call_soon(self._end_turn)  # (runs after this turn's I/O callbacks)
+            if not self._scheduled:  # (_run, after this turn's I/O callbacks, ends the turn;
+                # one call_soon per turn for it and the writes)
+                self._scheduled = True
+                self._loop.call_soon(self._run)
             return True
         if self._deferring:
             return False
@@ -234,10 +237,6 @@ class Flusher:
             self._deferring = True
             return False
         return True
-
-    def _end_turn(self) -> None:
-        self._turn_reads = 0
-        self._deferring = False
 
     def defer(self, conn: Connection, eof: bool) -> None:
         """Handle ``conn``'s put-off read (or end of input) in a later slice."""
@@ -343,6 +342,13 @@ class Flusher:
             self._scheduled = True
             self._loop.call_soon(self._run)
 
+    def schedule(self) -> None:
+        """Run the end of this turn (the look at waiting connections) with no write asked:
+        a read wrote its own output, which may have made room for them."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
     def holding(self) -> bool:
         """Whether some connection waits under backpressure or flow control."""
         return bool(self._waiting)
@@ -360,6 +366,10 @@ class Flusher:
         self._waiting.pop(conn, None)
 
     def _run(self) -> None:
+        """The end of a loop turn: its reads' budget starts over, every connection with
+        output writes it, and the connections waiting for room are looked at."""
+        self._turn_reads = 0
+        self._deferring = False
         pending = self._pending
         self._pending = []
         self._scheduled = False
@@ -372,6 +382,11 @@ class Flusher:
             # A publisher waits no longer than the turn that made room for it (not for the
             # next PRESSURE_POLL): under flow control that is every turn of a busy subscriber.
             for conn in list(self._pressed):
+                channel = conn.channel
+                if channel is not None and conn._pressure_timer is not None \
+                        and not conn._lost and not channel.closing \
+                        and not channel.pressure_room():
+                    continue  # (still no room: recheck_pressure's test, without its call)
                 conn.recheck_pressure()
 
 
@@ -632,6 +647,10 @@ class Connection(asyncio.Protocol):
         # closes the channel or puts it under backpressure; while someone is held, past
         # PACKET_BUDGET of a connected client's (not rate-limited, not ending in a
         # malformed packet), the rest in the next turns.
+        # What they queue for this client is written by the flush below: marked queued,
+        # its wakeup (a subscriber's refill) asks the flusher for no write of its own,
+        # which found nothing left to write (a call_soon and two calls per read).
+        self._queued = True
         if len(packets) > PACKET_BUDGET and error is None and self.limiter is None \
                 and channel.state == CONNECTED and self.flusher.holding():
             n = self._apply(channel, packets)
@@ -648,6 +667,8 @@ class Connection(asyncio.Protocol):
                     "0x%02X" % error.reason_code, error.message)
             channel.handle_frame_error(error, parser.version)
         self.flush()
+        if flusher._pressed and not flusher._scheduled:
+            flusher.schedule()  # (the look at the waiting publishers after the turn's writes)
         limiter = self.limiter
         if limiter is not None and not channel.closing:
             messages = 0
@@ -724,9 +745,13 @@ class Connection(asyncio.Protocol):
     def _handle_stash(self, channel: Channel, packets: list[Any]) -> None:
         """Handle the packets a backpressure wait left from its read (the common PUBLISH
         through the fast path, as a read's), stopping again if one of them has to wait."""
+        self._queued = True  # (written just below: see _received)
         n = self._apply(channel, packets)
         channel.metrics.inc(PACKETS_RECEIVED, n)
         self.flush()
+        flusher = self.flusher
+        if flusher._pressed and not flusher._scheduled:
+            flusher.schedule()
 
     def _apply(self, channel: Channel, packets: list[Any]) -> int:
         """Apply ``packets`` (up to PACKET_BUDGET while someone is held); what is left
