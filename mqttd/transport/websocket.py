@@ -110,7 +110,18 @@ class WsTransport:
         self._peer = peer
 
     def write(self, data: bytes) -> None:
-        self._front.send(data)
+        front = self._front
+        if front._fast and front.ws.state is _OPEN:
+            # WsFront.send's fast path without its call (once per flush): a server frame
+            # is not masked, a header and the payload.
+            size = len(data)
+            if size < 126:
+                self._raw.write(bytes((_FIN_BINARY, size)) + data)
+                return
+            if size < 65536:
+                self._raw.write(b"\x82\x7e" + size.to_bytes(2, "big") + data)
+                return
+        front.send(data)
 
     def can_write_eof(self) -> bool:
         return False  # closing is the close handshake, not a TCP half-close
@@ -231,6 +242,24 @@ class WsFront(asyncio.Protocol):
     def _fast_in(self, data: bytes) -> None:
         """Take complete final masked binary frames here (see the module docstring)."""
         rest = self._rest
+        end = len(data)
+        if not rest and end > 6 and data[0] == _FIN_BINARY:
+            # The usual read: exactly one such frame (a client writes a frame per write),
+            # its payload handed on without the loop below.
+            b1 = data[1]
+            if b1 < 0xFE:
+                head = 6
+                size = b1 - 0x80
+            else:
+                head = 8
+                size = (data[2] << 8 | data[3]) if b1 == 0xFE and end > 8 else -1
+            if size == end - head and size <= self._max:
+                conn = self.conn
+                assert conn is not None
+                conn.data_received(apply_mask(data[head:], data[head - 4:head]))
+                if self.ws.state is not _OPEN:  # the connection closed: the library ends it
+                    self._leave(b"")
+                return
         if rest:
             rest += data
             buf: bytes | bytearray = rest
