@@ -219,6 +219,23 @@ class Hooks:
         # Highest priority first; equal priorities in insertion order (seq ascending).
         self._set(point, tuple(sorted((*chain, entry), key=lambda c: (-c.priority, c.seq))))
 
+    def reserve(self, callback: Callable[..., Any], priority: int = 0) -> Callback:
+        """A registration for ``callback`` on no chain yet, its place in the run order
+        taken now: :meth:`attach` puts it on a chain (and :meth:`delete` takes it off) as
+        often as its owner likes, and it runs where an :meth:`add` now would have put it."""
+        if not callable(callback):
+            raise TypeError(f"hook callback is not callable: {callback!r}")
+        self._seq += 1
+        return Callback(callback, priority, self._seq)
+
+    def attach(self, point: str, entry: Callback) -> None:
+        """Put a registration from :meth:`reserve` on ``point``'s chain, in its order;
+        ValueError if its callback is already there."""
+        chain = self._chains.get(point, _EMPTY)
+        if any(c.action == entry.action for c in chain):
+            raise ValueError(f"callback {entry.action!r} is already on {point}")
+        self._set(point, tuple(sorted((*chain, entry), key=lambda c: (-c.priority, c.seq))))
+
     def put(self, point: str, callback: Callable[..., Any], priority: int = 0) -> None:
         """Like :meth:`add`, but adding a callback already there is not an error."""
         try:

@@ -49,7 +49,7 @@ from . import SYSDESCR, __version__
 from .core.dispatch import Dispatcher
 from .core.message import Message
 from .core.services import ClientInfo, CloseReason
-from .hooks import Hooks
+from .hooks import Callback, Hooks
 from .metrics import Metrics
 from .stats import Stats
 
@@ -128,6 +128,9 @@ class SysPublisher:
         self.metrics = metrics
         self.started_at = started_at
         self.prefix = f"$SYS/brokers/{node_name}/"
+        #: The presence hooks' registrations (None: presence not loaded), and whether they
+        #: are on their chains now (only while a "$" filter exists).
+        self._presence: tuple[Callback, Callback] | None = None
         self._hooked = False
         #: The last payload published per mosquitto topic (only changes are published).
         self._last: dict[str, bytes] = {}
@@ -142,18 +145,42 @@ class SysPublisher:
     # --- presence -------------------------------------------------------------------
 
     def load_presence(self) -> None:
-        """Start publishing presence events (hooks on client.connected/disconnected)."""
-        if not self._hooked:
+        """Start publishing presence events (hooks on client.connected/disconnected).
+
+        The two hooks are on their chains only while some filter begins with "$" (only
+        such a filter can match a presence topic [MQTT-4.7.2-1]): the router tells when
+        the first comes and the last goes. Without one, a connect and a leave run no
+        presence hook and build no ClientInfo for it. Their place in the chains' order is
+        taken here, as if they were on them all along.
+        """
+        if self._presence is None:
             hooks = self.hooks
-            hooks.add("client.connected", self.on_connected)
-            hooks.add("client.disconnected", self.on_disconnected)
-            self._hooked = True
+            self._presence = (hooks.reserve(self.on_connected),
+                              hooks.reserve(self.on_disconnected))
+            router = self.dispatcher.router
+            router.on_dollar = self._dollar_filters
+            if router.dollar_filters:
+                self._dollar_filters(True)
 
     def unload_presence(self) -> None:
-        if self._hooked:
-            self.hooks.delete("client.connected", self.on_connected)
-            self.hooks.delete("client.disconnected", self.on_disconnected)
-            self._hooked = False
+        if self._presence is not None:
+            self.dispatcher.router.on_dollar = None
+            self._dollar_filters(False)
+            self._presence = None
+
+    def _dollar_filters(self, present: bool) -> None:
+        """The router's first "$" filter came (``present``) or its last went."""
+        if self._presence is None or present == self._hooked:
+            return
+        connected, disconnected = self._presence
+        hooks = self.hooks
+        if present:
+            hooks.attach("client.connected", connected)
+            hooks.attach("client.disconnected", disconnected)
+        else:
+            hooks.delete("client.connected", self.on_connected)
+            hooks.delete("client.disconnected", self.on_disconnected)
+        self._hooked = present
 
     @staticmethod
     def _client(client: ClientInfo) -> dict[str, Any]:

@@ -223,6 +223,67 @@ def test_chain_changed_while_running_does_not_affect_the_run() -> None:
     assert calls == ["first", "late"]
 
 
+def test_a_reserved_callback_runs_where_it_was_reserved() -> None:
+    """reserve() takes a place in the run order; attach() puts the callback there, however
+    late, and delete() takes it off again."""
+    hooks = Hooks()
+    calls: list[str] = []
+    early = hooks.reserve(lambda: calls.append("reserved"))
+    hooks.add("client.connected", lambda: calls.append("later"))
+    hooks.add("client.connected", lambda: calls.append("high"), priority=5)
+    hooks.attach("client.connected", early)
+    hooks.run("client.connected")
+    assert calls == ["high", "reserved", "later"]
+    with pytest.raises(ValueError):
+        hooks.attach("client.connected", early)
+    assert hooks.delete("client.connected", early.action)
+    calls.clear()
+    hooks.run("client.connected")
+    assert calls == ["high", "later"]
+    hooks.attach("client.connected", early)
+    calls.clear()
+    hooks.run("client.connected")
+    assert calls == ["high", "reserved", "later"]
+
+
+def test_presence_hooks_are_on_only_while_a_dollar_filter_exists() -> None:
+    """$SYS presence: with no filter beginning with "$" a connect and a leave run none of
+    its hooks; the first such filter puts them on in the order they were loaded in, the
+    last one's going takes them off, and unloading leaves them off."""
+    from mqttd.core.session import Session
+    from mqttd.mqtt.packets import SubOpts
+
+    node = Node()
+    hooks, sys_ = node.hooks, node.sys
+    sys_.load_presence()
+    other = lambda info: None  # noqa: E731 - added after presence loaded, same priority
+    hooks.add("client.connected", other)
+    assert [c.action for c in hooks.callbacks("client.connected")] == [other]
+    assert not hooks.client_disconnected
+    a, b = Session("a"), Session("b")
+    node.dispatcher.subscribe(a, "plain/#", SubOpts(), 0)
+    assert not hooks.client_disconnected
+    node.dispatcher.subscribe(a, "$SYS/#", SubOpts(), 0)
+    assert [c.action for c in hooks.callbacks("client.connected")] == [
+        sys_.on_connected, other]
+    assert [c.action for c in hooks.client_disconnected] == [sys_.on_disconnected]
+    node.dispatcher.subscribe(b, "$SYS/brokers/+/clients/#", SubOpts(), 0)
+    node.dispatcher.unsubscribe(a, "$SYS/#")
+    assert [c.action for c in hooks.client_disconnected] == [sys_.on_disconnected]
+    node.dispatcher.unsubscribe(b, "$SYS/brokers/+/clients/#")
+    assert [c.action for c in hooks.callbacks("client.connected")] == [other]
+    assert not hooks.client_disconnected
+    node.dispatcher.subscribe(b, "$share/g/$SYS/brokers/+/clients/#", SubOpts(), 0)
+    assert [c.action for c in hooks.client_disconnected] == [sys_.on_disconnected]
+    sys_.unload_presence()
+    assert not hooks.client_disconnected
+    node.dispatcher.unsubscribe(b, "$share/g/$SYS/brokers/+/clients/#")
+    node.dispatcher.subscribe(a, "$SYS/#", SubOpts(), 0)
+    assert not hooks.client_disconnected  # unloaded: stays off
+    sys_.load_presence()  # loaded while a "$" filter exists: on at once
+    assert [c.action for c in hooks.client_disconnected] == [sys_.on_disconnected]
+
+
 def test_node_counts_failed_hooks() -> None:
     node = Node()
     node.hooks.add("client.connected", lambda ch: 1 / 0)

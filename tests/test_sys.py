@@ -159,6 +159,50 @@ def test_presence_events(broker: BrokerProcess) -> None:
         watcher.close()
 
 
+def test_presence_follows_its_subscribers_coming_and_going() -> None:
+    """Presence is published exactly while someone subscribes to it: after the last "$"
+    filter went (its hooks came off) and a new one came (they came back on), each
+    subscriber gets every event from its SUBACK on, and an event with no subscriber
+    reaches the next one not at all."""
+    b = BrokerProcess()
+    try:
+        def cycle(watcher: Client, cid: str) -> list[tuple[str, str]]:
+            c = Client(b, cid, version=4)
+            c.connect()
+            c.disconnect()
+            got = [watcher.expect_message(), watcher.expect_message()]
+            return [(m.topic, json.loads(m.payload).get("reason", "")) for m in got]
+
+        for round_ in range(3):
+            w = Client(b, uid("watch-"), version=5)
+            w.connect()
+            topic = ["$SYS/brokers/+/clients/#", PREFIX + "clients/+/#",
+                     "$share/g/" + PREFIX + "clients/#"][round_]
+            w.subscribe(topic, 1)
+            cid = uid("pres-")
+            events = cycle(w, cid)
+            assert events == [(PREFIX + f"clients/{cid}/connected", ""),
+                              (PREFIX + f"clients/{cid}/disconnected", "normal")], events
+            if round_ == 0:
+                w.disconnect()  # leaves with its filter: the hooks come off
+            else:
+                w.unsubscribe(topic)
+                w.disconnect()
+            # Nobody subscribes now: these events go nowhere (not to the next watcher).
+            quiet = Client(b, uid("unseen-"), version=4)
+            quiet.connect()
+            quiet.disconnect()
+        w = Client(b, uid("watch-"), version=5)
+        w.connect()
+        w.subscribe(PREFIX + "clients/#", 1)
+        cid = uid("last-")
+        assert cycle(w, cid)[0][0] == PREFIX + f"clients/{cid}/connected"  # not "unseen-"
+        w.disconnect()
+    finally:
+        assert b.stop() == 0
+        assert "Traceback" not in b.log(), b.log()
+
+
 def _expiry(seconds: int) -> Any:
     from paho.mqtt.packettypes import PacketTypes
     from support.clients import props

@@ -861,7 +861,18 @@ class Channel:
                             RC.PROTOCOL_ERROR)
         elif self.state == IDLE:
             if ptype == CONNECT:
-                self._in_connect(packet)
+                lazy = self._peer
+                if type(lazy) is str:
+                    self._in_connect(packet)
+                else:
+                    # A plain TCP client's address string made once for the CONNECT's two
+                    # client views (authentication's, CONNACK's: a getpeername() each),
+                    # then let go of (64 B less per idle client).
+                    self._peer = lazy.peername()  # type: ignore[union-attr]
+                    try:
+                        self._in_connect(packet)
+                    finally:
+                        self._peer = lazy
             else:
                 self._close(_PROTO, "first packet is not CONNECT")
         elif self.state == AUTHENTICATING:

@@ -129,6 +129,10 @@ class Router:
         #: Filters that begin with "$" (only they can match a $SYS topic [MQTT-4.7.2-1]):
         #: while there are none, $SYS presence skips building its events at each connect.
         self.dollar_filters = 0
+        #: Told when the first "$" filter comes (True) and when the last goes (False):
+        #: $SYS presence keeps its hooks on only while one exists, so no connect or leave
+        #: runs them (or builds the ClientInfo they take) for nobody.
+        self.on_dollar: Callable[[bool], None] | None = None
 
     def match(self, topic: str) -> list[Route]:
         """Every route whose filter matches ``topic``."""
@@ -164,6 +168,8 @@ class Router:
             route = self.routes[topic_filter] = Route(topic_filter)
             if topic_filter[:1] == "$":
                 self.dollar_filters += 1
+                if self.dollar_filters == 1 and self.on_dollar is not None:
+                    self.on_dollar(True)
             if is_wildcard(topic_filter):
                 self._trie.insert(topic_filter)
             self._clear_cache()
@@ -174,6 +180,8 @@ class Router:
             del self.routes[route.topic_filter]
             if route.topic_filter[:1] == "$":
                 self.dollar_filters -= 1
+                if not self.dollar_filters and self.on_dollar is not None:
+                    self.on_dollar(False)
             if is_wildcard(route.topic_filter):
                 self._trie.delete(route.topic_filter)
             self._clear_cache()
