@@ -72,14 +72,17 @@ class FdGuard:
         #: Descriptors open besides client connections (listening sockets, the control
         #: socket, the store, logs, the event loop's own), measured at start.
         self.base = max(_open_fds(), 0)
+        #: Below this many live connections a new one is far from the limit: the listener
+        #: asks no further (no call per accept; ``exhausted``'s own first test).
+        self.quiet_below = self.limit - 2 * self.reserve - self.base
         #: The last real count, and how many connections were live then.
         self.used = self.base
 
     def exhausted(self, live: int) -> bool:
         """Whether a new client would eat into the reserve (``live``: connections now)."""
-        budget = self.limit - self.reserve
-        if self.base + live < budget - self.reserve:
+        if live < self.quiet_below:
             return False  # far from the limit: no syscall
+        budget = self.limit - self.reserve
         used = _open_fds()
         if used < 0:
             used = self.base + live

@@ -390,12 +390,13 @@ class MqttListener:
         """0, or the MQTT 5 reason code a new socket is refused with (counted and logged)."""
         live = self.connections
         config = self.config
-        if len(live) + live.pending >= config.max_connections:
+        if live._count + live.pending >= config.max_connections:  # (len(live): a call)
             self._refuse(CONNECTIONS_REFUSED_MAX_CONNECTIONS,
                          f"max_connections ({config.max_connections})")
             return RC.QUOTA_EXCEEDED
         guard = self.fd_guard
-        if guard is not None and guard.exhausted(len(live.everyone) + live.pending):
+        if guard is not None and (n := len(live.everyone) + live.pending) \
+                >= guard.quiet_below and guard.exhausted(n):  # (far from it: no call)
             self._refuse(CONNECTIONS_REFUSED_MAX_FDS,
                          f"the file descriptor limit ({guard.used} of {guard.limit} open, "
                          f"{guard.reserve} kept for the control socket and the store; raise "
@@ -425,7 +426,7 @@ class MqttListener:
                 return _Refused(self, code, guard.reserve // 2 if guard is not None else 0)
             return _Refused(self, code)
         self.connections.pending += 1
-        return self._protocol(None)
+        return WsFront(self, None) if self.websocket else self.connection(None)
 
     def _protocol(self, peer: tuple[str, int] | None) -> asyncio.Protocol:
         return WsFront(self, peer) if self.websocket else self.connection(peer)
