@@ -710,7 +710,7 @@ def bridge_run(kind: str, qos: int, rargs: argparse.Namespace, sizes: run.Sizes,
                 row = json.loads(st.stdout)
                 res["bridge"] = {k: row[k] for k in (
                     "sent", "acked", "dropped_queue_full", "dropped_qos0_offline", "queued",
-                    "inflight", "connects") if k in row}
+                    "inflight", "connects", "held") if k in row}
     finally:
         for p in procs:
             if p.poll() is None:
