@@ -10,7 +10,9 @@ users ÷ the time to the last CONNACK; the broker's CPU per CONNECT covers conne
 disconnect. A second pass with the same users measures what mqttd's cache of successful
 checks saves (mosquitto has none). Meanwhile one more client (a separate process) sends
 PINGREQ every 5 ms from the load core with SCHED_FIFO (so its own wait for the core is not
-counted): its worst round trip is the longest the broker's event loop stood still.
+counted): its worst round trip is the longest the broker's event loop stood still, given
+for the whole pass and apart for its two phases (while the clients connect, the storm
+with hashing; while they leave).
 
 Brokers run pinned to ``--broker-core``, the load (this process) to ``--load-core``.
 
@@ -72,7 +74,14 @@ sys.stdout.write("ready\n"); sys.stdout.flush()
 worst = (0.0, 0.0, 0.0)
 net = 0.0
 asleep = 0
-while not select.select([sys.stdin], [], [], 0.005)[0]:
+phase = 0  # 0 while the clients connect, 1 once the generator said "leave" (DISCONNECTs)
+by_phase = [0.0, 0.0]
+while True:
+    if select.select([sys.stdin], [], [], 0.005)[0]:
+        if sys.stdin.readline() == "leave\n":
+            phase = 1
+            continue
+        break
     r0, w0 = sched()
     t = time.perf_counter()
     s.sendall(b"\xc0\x00")
@@ -84,11 +93,13 @@ while not select.select([sys.stdin], [], [], 0.005)[0]:
     ran, waited = (r1 - r0) / 1e9, (w1 - w0) / 1e9
     if rtt > worst[0]:
         worst = (rtt, ran, waited)
+    by_phase[phase] = max(by_phase[phase], rtt)
     net = max(net, rtt - waited)
     if rtt > 0.005 and ran + waited < 0.001:
         asleep += 1
 print(json.dumps({"worst": worst[0] * 1000, "ran": worst[1] * 1000, "waited": worst[2] * 1000,
-                  "net": net * 1000, "asleep": asleep}))
+                  "net": net * 1000, "asleep": asleep, "connecting": by_phase[0] * 1000,
+                  "leaving": by_phase[1] * 1000}))
 """
 
 
@@ -204,12 +215,16 @@ def storm(lg: Any, pid: int, port: int, users: int, concurrency: int, tag: str,
         c0 = cpu_seconds(pid)
         _first, ok, failed, ns = e.connect(users, SOURCES, concurrency, tag.encode() + b"-", 60,
                                            60.0)
+        pinger.stdin.write("leave\n")  # the PINGs from here on are the leave's
+        pinger.stdin.flush()
         e.close_all()
         time.sleep(SETTLE)
         cpu = cpu_seconds(pid) - c0
         pinger.stdin.close()
         out = pinger.stdout.read().strip()
         pings = json.loads(out) if out else {"worst": float("nan"), "ran": 0.0,
+                                             "connecting": float("nan"),
+                                             "leaving": float("nan"),
                                              "waited": 0.0, "net": float("nan"), "asleep": 0}
     finally:
         if pinger.poll() is None:
@@ -273,6 +288,7 @@ def main() -> int:
                           file=sys.stderr)
                     return 1
                 r = results.setdefault(name, {"cold": [], "warm": [], "stall_ms": [],
+                                              "connecting_ms": [], "leaving_ms": [],
                                               "net_ms": [], "asleep": [],
                                               "cpu_us_per_connect": []})
                 # Broker CPU per CONNECT (and its DISCONNECT), first pass, in µs.
@@ -282,24 +298,30 @@ def main() -> int:
                 r["warm"].append(warm[0])
                 w = max(cold[2], warm[2], key=lambda p: p["worst"])
                 r["stall_ms"].append(w["worst"])
+                r["connecting_ms"].append(max(cold[2]["connecting"], warm[2]["connecting"]))
+                r["leaving_ms"].append(max(cold[2]["leaving"], warm[2]["leaving"]))
                 r["net_ms"].append(max(cold[2]["net"], warm[2]["net"]))
                 r["asleep"].append(cold[2]["asleep"] + warm[2]["asleep"])
                 print(f"  {name:<10} #{rep + 1}: first pass {cold[0]:,.0f} conn/s (broker CPU "
                       f"{cpu_us:.0f} µs per CONNECT+DISCONNECT), second "
-                      f"{warm[0]:,.0f} conn/s, worst PING {w['worst']:.1f} ms (broker ran "
+                      f"{warm[0]:,.0f} conn/s, worst PING {w['worst']:.1f} ms (connecting "
+                      f"{r['connecting_ms'][-1]:.1f}, leaving {r['leaving_ms'][-1]:.1f}; "
+                      f"broker ran "
                       f"{w['ran']:.1f}, waited for a CPU {w['waited']:.1f}); worst net of "
                       f"waits {r['net_ms'][-1]:.1f} ms; {r['asleep'][-1]} PINGs > 5 ms asleep")
     print(f"\n{args.users} users, PBKDF2-SHA512 {args.iterations:,} iterations, "
           f"{args.concurrency} at a time; medians of {args.repeat}\n")
     print("| broker | first pass (conn/s) | CPU per CONNECT+DISCONNECT | "
-          "second pass (conn/s) | worst PING round trip | less waits for a CPU | "
-          "PINGs > 5 ms asleep |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "second pass (conn/s) | worst PING round trip | while connecting | while leaving | "
+          "less waits for a CPU | PINGs > 5 ms asleep |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind, r in results.items():
         per = r["cpu_us_per_connect"]
         print(f"| {kind} | {statistics.median(r['cold']):,.0f} | "
               f"{statistics.median(per):.0f} µs | "
               f"{statistics.median(r['warm']):,.0f} | {statistics.median(r['stall_ms']):.1f} ms | "
+              f"{statistics.median(r['connecting_ms']):.1f} ms | "
+              f"{statistics.median(r['leaving_ms']):.1f} ms | "
               f"{statistics.median(r['net_ms']):.1f} ms | {statistics.median(r['asleep']):g} |")
     for kind in [k for k in results if k != "mosquitto"]:
         if "mosquitto" not in results:
