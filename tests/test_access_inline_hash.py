@@ -18,7 +18,14 @@ from support import builder as B, uid
 from support.process import BrokerProcess, checked_broker
 from support.raw import RawClient
 
-from mqttd.access.authn import BATCH_MAX, HASH_NICE, INLINE_MAX, INLINE_TURN_BUDGET, AuthChain
+from mqttd.access.authn import (
+    BATCH_MAX,
+    BATCH_QUEUED,
+    HASH_NICE,
+    INLINE_MAX,
+    INLINE_TURN_BUDGET,
+    AuthChain,
+)
 from mqttd.access.password_file import PasswordFile, hash_password
 from mqttd.config import AuthSettings
 from mqttd.core.services import AuthResult, ClientInfo
@@ -102,7 +109,7 @@ def test_checks_past_the_turns_budget_go_to_the_threads(tmp_path: Path) -> None:
     inline, batches, next_turn, asked = asyncio.run(run())
     # As many as fit the budget (at least one), in batches of at most BATCH_MAX (one
     # callback each, the loop free in between); the rest (most) through the threads.
-    assert 1 <= inline <= INLINE_TURN_BUDGET / provider.inline_cost + 1
+    assert 1 <= inline <= min(INLINE_TURN_BUDGET / provider.inline_cost + 1, BATCH_QUEUED)
     assert batches == -(-inline // BATCH_MAX) and asked - inline > 0
     assert next_turn == 1
 
@@ -201,3 +208,63 @@ def test_the_hashing_threads_take_queued_checks_together(tmp_path: Path) -> None
     # The first job may be taken alone; the rest queued meanwhile (all 20 are queued in
     # microseconds, a hash takes milliseconds) go in batches.
     assert together >= 8
+
+
+def test_checks_queued_cheap_go_to_the_threads_if_a_reload_made_the_file_dear(
+        tmp_path: Path) -> None:
+    """Checks queued for the end of the turn (a cheap file), then the file reloaded with a
+    dear hash before that: the loop does not run those hashes, the threads do, against
+    the new file, and each client gets its verdict once."""
+    path = _file(tmp_path, 101)
+    provider = PasswordFile(str(path))
+
+    async def run() -> tuple[list[int], int, bool]:
+        chain = AuthChain(AuthSettings(max_pending_per_address=0), [provider])
+        answers: dict[int, list[int]] = {}
+        asked = [chain.authenticate(
+            ClientInfo(f"c{k}", "u", "127.0.0.1:1"), b"right" if k else b"wrong",
+            lambda r, k=k: answers.setdefault(k, []).append(r.code)) for k in range(3)]
+        assert asked == [None] * 3
+        path.write_text(f"u:{hash_password(b'right', 20_000).encode()}\n")
+        provider.reload()  # (in the same callback: before the turn's batch runs)
+        assert provider.inline_cost > INLINE_MAX
+        for _ in range(2000):  # bounded: 3 hashes of 20,000 rounds in a thread
+            if len(answers) == 3:
+                break
+            await asyncio.sleep(0.005)
+        threads = chain._workers is not None
+        on_loop = chain.on_loop
+        chain.close()
+        assert all(len(codes) == 1 for codes in answers.values())
+        return [answers[k][0] for k in range(3)], on_loop, threads
+
+    codes, on_loop, threads = asyncio.run(run())
+    assert codes == [0x86, 0, 0]
+    assert on_loop == 0 and threads
+
+
+def test_a_failing_answer_does_not_cost_the_rest_of_its_batch_theirs(tmp_path: Path) -> None:
+    """One client's continuation raising (a bug past the chain) is logged; the checks
+    answered in the same batch after it still get their verdicts."""
+    provider = PasswordFile(str(_file(tmp_path, 101)))
+
+    async def run() -> dict[int, int]:
+        chain = AuthChain(AuthSettings(max_pending_per_address=0), [provider])
+        answers: dict[int, int] = {}
+
+        def done(k: int, result: AuthResult) -> None:
+            answers[k] = result.code
+            if k == 0:
+                raise RuntimeError("a bug in the first client's continuation")
+
+        for k in range(4):
+            assert chain.authenticate(ClientInfo(f"c{k}", "u", "127.0.0.1:1"), b"right",
+                                      lambda r, k=k: done(k, r)) is None
+        for _ in range(200):  # bounded: one batch, the next loop turn
+            if len(answers) == 4:
+                break
+            await asyncio.sleep(0.005)
+        chain.close()
+        return answers
+
+    assert asyncio.run(run()) == {0: 0, 1: 0, 2: 0, 3: 0}

@@ -31,6 +31,7 @@ cdef extern from "openssl/sha.h" nogil:
 
 
 cdef extern from "sha512x.h" nogil:
+    enum: MQTTD_X_FAST  # 1 where the side-by-side rounds are built for the CPU (x86-64)
     void mqttd_pbkdf2_rounds_x4(const uint64_t *ist, const uint64_t *ost, uint64_t *u,
                                 uint64_t *t, unsigned long rounds)
     void mqttd_pbkdf2_rounds_x8(const uint64_t *ist, const uint64_t *ost, uint64_t *u,
@@ -254,8 +255,9 @@ def pbkdf2_sha512_many(list passwords, list salts, long long iterations):
             saltlen[k] = len(s)
             out[k] = <unsigned char *>PyBytes_AS_STRING(r)
         with nogil:
-            if n == 1:  # one alone: the scalar loop costs less than a 4-lane vector
-                _derive(pw[0], pwlen[0], sp[0], saltlen[0], it, out[0], DIGEST)
+            if n == 1 or not MQTTD_X_FAST:  # one alone: the scalar loop costs less
+                for k in range(<Py_ssize_t>n):
+                    _derive(pw[k], pwlen[k], sp[k], saltlen[k], it, out[k], DIGEST)
             else:
                 _derive_lanes(pw, pwlen, sp, saltlen, n, it, out)
         start += <Py_ssize_t>n

@@ -23,10 +23,18 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* The clones need GCC 12 (an "arch=" clone) and glibc's ifunc. Elsewhere (clang, musl,
+ * other CPUs) the vectors would be lowered to 128-bit code with no 64-bit rotate, likely
+ * slower than one hash after another with OpenSSL's SHA-512 (aarch64 has instructions for
+ * it): MQTTD_X_FAST 0 tells _kdf.pyx to hash one by one there (and on x86-64 built with
+ * -DMQTTD_X_SCALAR, which is how that path was checked: same bytes as hashlib). */
+#if !defined(MQTTD_X_SCALAR) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 \
+    && defined(__GLIBC__)
 #define MQTTD_X_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define MQTTD_X_FAST 1
 #else
 #define MQTTD_X_CLONES
+#define MQTTD_X_FAST 0
 #endif
 
 static const uint64_t mqttd_x_K[80] = {

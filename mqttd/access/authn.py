@@ -283,8 +283,11 @@ class AuthChain:
                     hit = self._cache.get(key)
                     if hit is not None and hit[1] > time.monotonic():
                         return hit[0]
-                if self._inline_ok(provider):
-                    if self._many[i] is not None:
+                many = self._many[i]
+                # (a batch queue already BATCH_QUEUED long: the threads, not a longer queue)
+                if (many is None or len(self._batch) < BATCH_QUEUED) \
+                        and self._inline_ok(provider):
+                    if many is not None:
                         # Answered at the end of the turn, with the turn's other checks:
                         # their hashes side by side cost a third of one after another.
                         self._batch.append((i, client, password, done, wanted, self._epoch))
@@ -371,19 +374,34 @@ class AuthChain:
         for i, jobs in by_provider.items():
             many = self._many[i]
             assert many is not None  # (only such providers' checks are batched)
+            provider = self.providers[i]
+            if getattr(provider, "inline_cost", 0.0) > INLINE_MAX:
+                # Reloaded since these were queued, and dear now: the threads hash them.
+                workers = self._workers_for(asyncio.get_running_loop())
+                for _, client, password, done, wanted, epoch in jobs:
+                    workers.submit(provider.check, client, password,  # type: ignore[arg-type]
+                                   functools.partial(self._answered, i, client, password,
+                                                     done, epoch=epoch, wanted=wanted),
+                                   wanted, many)
+                continue
             self.on_loop += len(jobs)
             self.batches += 1
+            answers: list[AuthResult | None] | None = None
+            error: Exception | None = None
             try:
                 answers = many([job[1] for job in jobs], [job[2] for job in jobs])
+                if len(answers) != len(jobs):
+                    raise RuntimeError(f"check_many answered {len(answers)} of {len(jobs)}")
             except Exception as exc:  # a provider's bug refuses these clients only
-                for _, client, password, done, wanted, epoch in jobs:
-                    self._answered(i, client, password, done, None, exc, epoch=epoch,
-                                   wanted=wanted)
-                continue
-            for job, answer in zip(jobs, answers, strict=True):
-                _, client, password, done, wanted, epoch = job
-                self._answered(i, client, password, done, answer, None, epoch=epoch,
-                               wanted=wanted)
+                answers, error = None, exc
+            for k, (_, client, password, done, wanted, epoch) in enumerate(jobs):
+                try:  # (one answer's failure must not leave the others unanswered)
+                    self._answered(i, client, password, done,
+                                   None if answers is None else answers[k], error,
+                                   epoch=epoch, wanted=wanted)
+                except Exception:
+                    log.exception("answering the authentication of %s failed",
+                                  client.client_id)
 
     def _failed(self, i: int, client: ClientInfo, exc: BaseException) -> AuthResult:
         log.error("authentication of %s failed in %s: %s", client.client_id,
@@ -652,14 +670,13 @@ class HashWorkers:
             if len(group) == 1:
                 answers.append(self._one(group[0]))
                 continue
-            self.together += len(group)
+            self.together += len(group)  # (a statistic: two threads may race on it)
             try:
                 results = many([job[1] for job in group], [job[2] for job in group])
-            except Exception as exc:  # handed to the loop, which logs it and refuses
-                answers += [(job, None, exc) for job in group]
-            else:
                 answers += [(job, result, None)
                             for job, result in zip(group, results, strict=True)]
+            except Exception as exc:  # handed to the loop, which logs it and refuses
+                answers += [(job, None, exc) for job in group]
         loop = self._loop
         for job, result, error in answers:
             try:
@@ -696,6 +713,9 @@ INLINE_TURN_BUDGET = 0.002
 
 #: Checks ``AuthChain._run_batch`` answers in one callback at most (two vectors of eight).
 BATCH_MAX = 16
+#: Checks waiting for ``_run_batch`` at most: past it a cheap check goes to the threads
+#: (the turn's budget lets in more than a callback answers; the queue must not grow).
+BATCH_QUEUED = 2 * BATCH_MAX
 #: Queued checks a hashing thread takes at once at most (one vector of eight): a dear hash
 #: (210,000 rounds, ~70 ms) makes a queue in a storm, and eight side by side cost ~3 alone.
 THREAD_BATCH = 8
