@@ -124,6 +124,36 @@ def test_shared_group_keeps_its_filter_routed_until_the_last_member_leaves():
     assert r.match("a/b") == [] and r.count_routes() == 0
 
 
+def test_a_walked_route_is_copied_on_write_never_changed_in_place():
+    # A delivery walks Route.subs / Route.groups in place (Route.walking): what it walks
+    # stays as it was, whatever a callback subscribes or unsubscribes meanwhile.
+    r = Router()
+    a, b, c, d = (Session(n) for n in "abcd")
+    r.add("t", None, False, a, E)
+    r.add("t", None, False, b, E)
+    r.add("t", None, False, c, E)
+    r.add("t", "g", True, a, E)
+    r.add("t", "h", True, b, E)
+    route = r.routes["t"]
+    subs, groups = route.subs, route.groups
+    route.walking = True
+    r.add("t", None, False, d, E)          # a new subscriber
+    r.remove("t", None, False, a)          # one leaves
+    r.add("t", "k", True, c, E)            # a new group
+    r.remove("t", "h", True, b)            # a group ends
+    assert list(subs) == [a, b, c] and list(groups) == ["g", "h"]  # the walk's, unchanged
+    assert list(route.subs) == [b, c, d] and list(route.groups) == ["g", "k"]
+    assert r.count_subscriptions() == (5, 2)
+    r.remove("t", None, False, b)
+    r.remove("t", None, False, c)          # back to one: the fields, no dict
+    assert route.one is d and not route.subs
+    route.walking = False
+    r.add("t", None, False, a, E)          # two again: a dict of their own
+    subs = route.subs
+    r.add("t", None, False, b, E)          # not walked: changed in place
+    assert route.subs is subs and list(subs) == [d, a, b]
+
+
 def test_a_full_cache_admits_nothing_until_enough_misses_then_starts_over(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Clearing a full cache at once meant more distinct topics than it holds, published in

@@ -384,7 +384,7 @@ cdef class PublishPath:
     cdef Slot h_client_publish_prefixes
     cdef Slot h_message_delivered, h_message_acked
     cdef Slot h_slow_threshold, h_delivery_slow, s_sent_at
-    cdef Slot r_one, r_entry, r_subs, r_groups
+    cdef Slot r_one, r_entry, r_subs, r_groups, r_walking
     cdef Slot s_channel, s_client_id, s_upgrade_qos
     cdef Slot s_mqueue, s_store, s_flow_stalled, s_enqueued
     cdef Slot s_next_pid, s_limits, q_max_mqueue_len, q_flow_limit
@@ -493,6 +493,7 @@ cdef class PublishPath:
         self.r_entry = _slot(c, "entry")
         self.r_subs = _slot(c, "subs")
         self.r_groups = _slot(c, "groups")
+        self.r_walking = _slot(c, "walking")
         c = slotted.get("Session", object)
         self.s_channel = _slot(c, "channel")
         self.s_client_id = _slot(c, "client_id")
@@ -918,16 +919,22 @@ cdef class PublishPath:
         mqos = b.qos
         one = _g(route, self.r_one, "one")
         delivered_hook = _t(hooks, self.h_message_delivered, "message_delivered")
-        # A route's single subscriber is kept without a dict (see Route).
+        # A route's single subscriber is kept without a dict (see Route); a dict is walked
+        # in place, the route marked meanwhile (a callback's changes copied: Route.walking).
         if one is not None:
             n = self._to(one, _g(route, self.r_entry, "entry"), b, sender, mqos,
                          delivered_hook, encoded, dispatcher)
         else:
             encoded = {}
             subs = _g(route, self.r_subs, "subs")
-            for session, entry in subs.items():
-                n += self._to(session, entry, b, sender, mqos, delivered_hook, encoded,
-                              dispatcher)
+            walking = _g(route, self.r_walking, "walking")
+            _s(route, self.r_walking, "walking", True)
+            try:
+                for session, entry in subs.items():
+                    n += self._to(session, entry, b, sender, mqos, delivered_hook, encoded,
+                                  dispatcher)
+            finally:
+                _s(route, self.r_walking, "walking", walking)
         if n:
             _inc(self.da.get(dispatcher, D_METRICS), self.messages_delivered, n)
         return n

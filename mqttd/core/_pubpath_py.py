@@ -30,7 +30,7 @@ checks py ≡ c ≡ ``handle_in`` on random traffic.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from .channel import Channel
     from .dispatch import Dispatcher
     from .message import Message
-    from .router import Route
+    from .router import Route, SubEntry
     from .services import Backlog
+    from .session import Session
 
 #: ``encode_publish``'s signature (mqttd/mqtt/codec.py).
 EncodePublish = Callable[[str, bytes, int, bool, bool, int, "Properties", int], bytes]
@@ -316,56 +317,68 @@ class PublishPathPy:
         one = route.one
         delivered_hook = hooks.message_delivered
         channel_cls = self.channel_cls
-        for session, (opts, subid) in (((one, route.entry),) if one is not None
-                                       else route.subs.items()):
-            if opts.no_local and sender == session.client_id:
-                dispatcher._no_local(session, msg)
-                continue
-            qos = opts.qos
-            if qos > mqos and not session.upgrade_qos:
-                qos = mqos
-            delivery = (msg, qos, False, (subid,) if subid else (), None)
-            n += 1
-            ch = session.channel
-            if ch is None:
-                dropped = session.enqueue(delivery)
-                if dropped is not None:
-                    dispatcher.queue_dropped(session, dropped)
-                continue
-            if (qos == 1 and not subid and not delivered_hook and type(ch) is channel_cls
-                    and not ch.closing and ch.acl_deliver is None
-                    and (ch.paused or len(session.inflight) >= session.max_inflight)):
-                # Channel.deliver's QoS 1 to a full window (a flood's usual case): queued
-                dropped = session.enqueue(delivery)
-                if dropped is not None:
-                    dispatcher.queue_dropped(session, dropped)
-                continue
-            if (qos or subid or delivered_hook or type(ch) is not channel_cls or ch.closing
-                    or ch.acl_deliver is not None or ch.paused or ch.alias_out_max
-                    or ch.tracer is not None or ch.mountpoint):
-                ch.deliver(delivery, encoded)
-                continue
-            # Channel.deliver's shared QoS 0 bytes (the message has no expiry: no properties)
-            v5 = ch.version == 5
-            key = _K5 if v5 else _K4
-            data = encoded.get(key)
-            if data is None:
-                data = encoded[key] = self.encode_publish(
-                    msg.topic, msg.payload, 0, False, False, 0, msg.properties, ch.version)
-            limit = ch.client_max_packet
-            if limit and len(data) > limit:
-                ch.deliver(delivery, encoded)  # dropped and counted there
-                continue
-            out = ch.out
-            was_empty = not out
-            if type(out) is not list:  # (NO_OUT)
-                out = ch.out = []
-            out.append(data)
-            ch.send_pkt += 1
-            ch.send_msg += 1
-            ch.metrics.inc(self.qos0_sent)
-            if was_empty and ch.wakeup is not None:
-                ch.wakeup()
+        # A route's single subscriber is kept without a dict (see Route); a dict is walked
+        # in place, the route marked meanwhile (a callback's changes copied: Route.walking).
+        if one is not None:
+            walk: Iterable[tuple[Session, SubEntry]] = ((one, route.entry),)
+            walking = None
+        else:
+            walk = route.subs.items()
+            walking = route.walking
+            route.walking = True
+        try:
+            for session, (opts, subid) in walk:
+                if opts.no_local and sender == session.client_id:
+                    dispatcher._no_local(session, msg)
+                    continue
+                qos = opts.qos
+                if qos > mqos and not session.upgrade_qos:
+                    qos = mqos
+                delivery = (msg, qos, False, (subid,) if subid else (), None)
+                n += 1
+                ch = session.channel
+                if ch is None:
+                    dropped = session.enqueue(delivery)
+                    if dropped is not None:
+                        dispatcher.queue_dropped(session, dropped)
+                    continue
+                if (qos == 1 and not subid and not delivered_hook and type(ch) is channel_cls
+                        and not ch.closing and ch.acl_deliver is None
+                        and (ch.paused or len(session.inflight) >= session.max_inflight)):
+                    # Channel.deliver's QoS 1 to a full window (a flood's usual case): queued
+                    dropped = session.enqueue(delivery)
+                    if dropped is not None:
+                        dispatcher.queue_dropped(session, dropped)
+                    continue
+                if (qos or subid or delivered_hook or type(ch) is not channel_cls or ch.closing
+                        or ch.acl_deliver is not None or ch.paused or ch.alias_out_max
+                        or ch.tracer is not None or ch.mountpoint):
+                    ch.deliver(delivery, encoded)
+                    continue
+                # Channel.deliver's shared QoS 0 bytes (the message has no expiry: no properties)
+                v5 = ch.version == 5
+                key = _K5 if v5 else _K4
+                data = encoded.get(key)
+                if data is None:
+                    data = encoded[key] = self.encode_publish(
+                        msg.topic, msg.payload, 0, False, False, 0, msg.properties, ch.version)
+                limit = ch.client_max_packet
+                if limit and len(data) > limit:
+                    ch.deliver(delivery, encoded)  # dropped and counted there
+                    continue
+                out = ch.out
+                was_empty = not out
+                if type(out) is not list:  # (NO_OUT)
+                    out = ch.out = []
+                out.append(data)
+                ch.send_pkt += 1
+                ch.send_msg += 1
+                ch.metrics.inc(self.qos0_sent)
+                if was_empty and ch.wakeup is not None:
+                    ch.wakeup()
+        finally:
+            if walking is not None:
+                route.walking = walking
         if n:
             dispatcher.metrics.inc(self.messages_delivered, n)
         return n

@@ -151,28 +151,36 @@ class Dispatcher:
             # deliver() inlined (one Python call less per subscriber).
             route = routes[0]
             n = 0
-            # A route's single subscriber is kept without a dict (see Route).
+            # A route's single subscriber is kept without a dict (see Route). Its dicts
+            # are walked in place, as they are now: a callback that subscribes or
+            # unsubscribes meanwhile has them copied on write (Route.walking).
             one = route.one
-            for session, (opts, subid) in (((one, route.entry),) if one is not None
-                                           else route.subs.items()):
-                if opts.no_local and sender == session.client_id:
-                    self._no_local(session, msg)
-                    continue
-                qos = opts.qos
-                if qos > mqos and not session.upgrade_qos:
-                    qos = mqos
-                delivery = (msg, qos, mretain and opts.retain_as_published,
-                            (subid,) if subid else (), None)
-                channel = session.channel
-                if channel is not None:
-                    channel.deliver(delivery, encoded)
-                else:
-                    dropped = session.enqueue(delivery)
-                    if dropped is not None:
-                        self.queue_dropped(session, dropped)
-                n += 1
-            if route.groups and groups:
-                n += self._dispatch_groups(route, msg, encoded)
+            route_groups = route.groups if groups else None
+            walking = route.walking
+            route.walking = True
+            try:
+                for session, (opts, subid) in (((one, route.entry),) if one is not None
+                                               else route.subs.items()):
+                    if opts.no_local and sender == session.client_id:
+                        self._no_local(session, msg)
+                        continue
+                    qos = opts.qos
+                    if qos > mqos and not session.upgrade_qos:
+                        qos = mqos
+                    delivery = (msg, qos, mretain and opts.retain_as_published,
+                                (subid,) if subid else (), None)
+                    channel = session.channel
+                    if channel is not None:
+                        channel.deliver(delivery, encoded)
+                    else:
+                        dropped = session.enqueue(delivery)
+                        if dropped is not None:
+                            self.queue_dropped(session, dropped)
+                    n += 1
+                if route_groups:
+                    n += self._dispatch_groups(route_groups, msg, encoded)
+            finally:
+                route.walking = walking
             if n:
                 self.metrics.inc(MESSAGES_DELIVERED, n)
             return n
@@ -202,26 +210,36 @@ class Dispatcher:
         #: case that one session matches twice (cheaper than a mutable record per session).
         merged: dict[Session, tuple[int, bool, list[int]]] = {}
         n = 0
+        # Every route's subscribers as they are now, walked in place while callbacks run
+        # (No Local's, the groups' deliveries): changes meanwhile are copies (Route.walking).
+        walks = [(route, route.walking, route.one, route.entry, route.subs, route.groups)
+                 for route in routes]
         for route in routes:
-            one = route.one
-            for session, (opts, subid) in (((one, route.entry),) if one is not None
-                                           else route.subs.items()):
-                if skip is not None and session in skip:
-                    continue
-                if opts.no_local and sender == session.client_id:
-                    self._no_local(session, msg)
-                    continue
-                qos = opts.qos if opts.qos < mqos or session.upgrade_qos else mqos
-                retain = msg.retain and opts.retain_as_published
-                m = merged.get(session)
-                if m is None:
-                    merged[session] = (qos, retain, [subid] if subid else [])
-                else:
-                    if subid:
-                        m[2].append(subid)
-                    merged[session] = (qos if qos > m[0] else m[0], m[1] or retain, m[2])
-            if route.groups and groups:
-                n += self._dispatch_groups(route, msg, encoded)
+            route.walking = True
+        try:
+            for _route, _walking, one, entry, subs, route_groups in walks:
+                for session, (opts, subid) in (((one, entry),) if one is not None
+                                               else subs.items()):
+                    if skip is not None and session in skip:
+                        continue
+                    if opts.no_local and sender == session.client_id:
+                        self._no_local(session, msg)
+                        continue
+                    qos = opts.qos if opts.qos < mqos or session.upgrade_qos else mqos
+                    retain = msg.retain and opts.retain_as_published
+                    m = merged.get(session)
+                    if m is None:
+                        merged[session] = (qos, retain, [subid] if subid else [])
+                    else:
+                        if subid:
+                            m[2].append(subid)
+                        merged[session] = (qos if qos > m[0] else m[0], m[1] or retain,
+                                           m[2])
+                if route_groups and groups:
+                    n += self._dispatch_groups(route_groups, msg, encoded)
+        finally:
+            for walk in walks:
+                walk[0].walking = walk[1]
         for session, (qos, retain, subids) in merged.items():
             self.deliver(session, (msg, qos, retain, tuple(subids), None), encoded)
         return n + len(merged)
@@ -279,10 +297,12 @@ class Dispatcher:
         if self.hooks.delivery_dropped:
             self.hooks.run("delivery.dropped", session, delivery[0], reason)
 
-    def _dispatch_groups(self, route: Route, msg: Message, encoded: EncodedCache | None
-                         ) -> int:
+    def _dispatch_groups(self, route_groups: dict[str | None, SharedGroup], msg: Message,
+                         encoded: EncodedCache | None) -> int:
+        """A copy of ``msg`` to one member of each of a route's groups (``route_groups``,
+        its ``groups`` dict when the delivery began: see Route.walking)."""
         n = 0
-        for group in route.groups.values():
+        for group in route_groups.values():
             n += self._to_member(group, msg, encoded, None)
         return n
 

@@ -84,9 +84,17 @@ class Route:
     costs otherwise). A second subscriber moves both into a dict of their own; back at
     one, the route returns to the two fields. Readers iterate the plain subscribers as
     ``((one, entry),) if one is not None else subs.items()`` (see :meth:`plain`).
+
+    A delivery walks ``subs`` and ``groups`` in place (no copy per message), and a hook
+    callback it runs may subscribe or unsubscribe. So the walker sets ``walking`` (saving
+    and restoring the value it found: walks nest when a callback publishes) and, while it
+    is set, :class:`Router` replaces these dicts by changed copies instead of changing
+    them: the walk goes on over the subscribers as they were when it began. A subscriber
+    added meanwhile does not get that message; one removed meanwhile gets it if the walk
+    had not passed it yet; nobody gets it twice.
     """
 
-    __slots__ = ("topic_filter", "subs", "groups", "one", "entry")
+    __slots__ = ("topic_filter", "subs", "groups", "one", "entry", "walking")
 
     def __init__(self, topic_filter: str) -> None:
         self.topic_filter = topic_filter
@@ -96,6 +104,8 @@ class Route:
         # Most routes never have a shared group: they share one empty dict (64 B saved
         # per route) until ``Router.add`` gives them their own. Nothing else writes to it.
         self.groups: dict[str | None, SharedGroup] = _NO_GROUPS
+        #: A delivery is walking ``subs``/``groups``: the Router copies them on write.
+        self.walking = False
 
     def plain(self) -> dict[Session, SubEntry]:
         """The plain subscribers and their entries (a copy: not for the delivery path)."""
@@ -195,6 +205,8 @@ class Router:
             if g is None:
                 if route.groups is _NO_GROUPS:
                     route.groups = {}
+                elif route.walking:  # copy on write (see Route)
+                    route.groups = dict(route.groups)
                 g = route.groups[group] = SharedGroup(group, topic_filter)
                 if self.on_group is not None:
                     self.on_group(topic_filter, group, True)
@@ -219,6 +231,8 @@ class Router:
             else:
                 if session not in route.subs:
                     self._plain += 1
+                if route.walking:  # copy on write (see Route)
+                    route.subs = dict(route.subs)
                 route.subs[session] = entry
 
     def remove(self, topic_filter: str, group: str | None, shared: bool, session: Session
@@ -232,6 +246,8 @@ class Router:
                 return False
             self._shared -= 1
             if not g.members:
+                if route.walking:  # copy on write (see Route)
+                    route.groups = dict(route.groups)
                 del route.groups[group]
                 if self.on_group is not None:
                     self.on_group(topic_filter, group, False)
@@ -241,9 +257,12 @@ class Router:
             self._plain -= 1
             if self.on_change is not None:
                 self.on_change(topic_filter, False)
-        elif route.one is not None or route.subs.pop(session, None) is None:
+        elif route.one is not None or session not in route.subs:
             return False
         else:
+            if route.walking:  # copy on write (see Route)
+                route.subs = dict(route.subs)
+            del route.subs[session]
             self._plain -= 1
             if len(route.subs) == 1:  # back to one: the dict goes
                 ((route.one, route.entry),) = route.subs.items()
