@@ -12,6 +12,8 @@ which order, never about time.
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections.abc import Iterator
 
@@ -22,7 +24,7 @@ from support.process import BrokerProcess, checked_broker
 from support.raw import RawClient
 
 from mqttd.mqtt.packets import Pingresp, Puback, Publish, Suback
-from mqttd.transport.connection import PACKET_BUDGET
+from mqttd.transport.connection import PACKET_BUDGET, SLICE_CARRY
 
 pytest_plugins = ["support.fixtures"]
 
@@ -98,6 +100,43 @@ def test_a_flood_in_one_write_is_handled_whole_and_in_order(broker: BrokerProces
                 acks = _take(pub, COUNT, Puback)
                 assert [a.packet_id for a in acks] == [i + 1 for i in range(COUNT)]
             pub.expect(Pingresp)
+            got = _take(sub, COUNT, Publish)
+            assert [p.payload for p in got] == [b"%d" % i for i in range(COUNT)]
+    finally:
+        sub.close()
+
+
+def _data_segments_in(client: RawClient) -> int:
+    """Segments with data the kernel counted coming in on ``client``'s socket (TCP_INFO's
+    tcpi_data_segs_in, offset 152 in linux/tcp.h's struct tcp_info): on loopback with Nagle
+    off, one per write of the broker's, or fewer (autocorking may merge writes)."""
+    info = client.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    assert len(info) >= 156, "this kernel's tcp_info has no tcpi_data_segs_in"
+    count: int = struct.unpack_from("I", info, 152)[0]
+    return count
+
+
+def test_a_flood_s_pubacks_are_carried_across_its_slices(broker: BrokerProcess) -> None:
+    """COUNT QoS 1 PUBLISHes and a PINGREQ in one write, worked off PACKET_BUDGET a turn:
+    every PUBACK arrives once and in order, then the PINGRESP, in fewer writes than the
+    flood has slices (each slice's PUBACKs wait for the next slice's, up to SLICE_CARRY,
+    not one write per slice: every write wakes the client)."""
+    topic = uid("budget-carry")
+    sub = _subscriber(broker, topic, 0)
+    slices = -(-COUNT // PACKET_BUDGET)
+    try:
+        with RawClient(broker) as pub:
+            pub.connect(uid("pub"))
+            before = _data_segments_in(pub)
+            pub.send(b"".join(B.publish(topic, b"%d" % i, qos=1, packet_id=i + 1)
+                              for i in range(COUNT)) + B.pingreq())
+            acks = _take(pub, COUNT, Puback)
+            assert [a.packet_id for a in acks] == [i + 1 for i in range(COUNT)]
+            pub.expect(Pingresp)
+            writes = _data_segments_in(pub) - before
+            # One write per SLICE_CARRY packets and one at the flood's end, per read of the
+            # broker's (the flood may come in a few): well under one per slice.
+            assert 1 <= writes <= slices // 2, (writes, slices, SLICE_CARRY)
             got = _take(sub, COUNT, Publish)
             assert [p.payload for p in got] == [b"%d" % i for i in range(COUNT)]
     finally:
