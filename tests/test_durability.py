@@ -500,11 +500,17 @@ def sample(items: list[bytes] | set[bytes], k: int = 10) -> list[bytes]:
 
 KILL_LOOPS = 24
 FLOOD = 10_000
+#: The kill loops' time limit (the suite's is 120 s). They are bounded by their count and
+#: each wait inside by its own limit (the flood 60 s, a restart 15 s, a drain 30-60 s), so
+#: this only ends a hang. QoS 1 with two holders took 44-49 s on a quiet machine (~2 s a
+#: loop; QoS 2: 36 s) and 4-9 s a loop, past 120 s, on a loaded CI: 600 s is ~12x quiet.
+KILL_LOOP_TIMEOUT = 600
 #: Messages per write of the flood (chosen per loop): how much the broker reads at a time,
 #: so how its group commits fall.
 CHUNKS = (10, 100, 1000)
 
 
+@pytest.mark.timeout(KILL_LOOP_TIMEOUT)
 @pytest.mark.parametrize("holders", [2, 1])
 def test_kill9_loop_qos1_every_puback_is_delivered(chain, holders):
     """24 times (12 with one holder): 10,000 QoS 1 messages flooded at two offline
@@ -568,6 +574,7 @@ KILL_LOOPS_QOS2 = 20
 FLOOD_QOS2 = 5_000
 
 
+@pytest.mark.timeout(KILL_LOOP_TIMEOUT)
 def test_kill9_loop_qos2_every_pubrec_is_delivered_exactly_once(chain):
     """20 times: 5,000 QoS 2 messages flooded at an online MQTT 5 subscriber with Receive
     Maximum 5 (so some are in flight and most queued at the kill) and an offline 3.1.1

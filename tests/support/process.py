@@ -65,21 +65,32 @@ class BrokerProcess:
         self.host = "127.0.0.1"
         self.ports: dict[str, int] = {}
         names = set(tomllib.loads(text).get("listeners", {}))
+        try:
+            self._wait_listening(names, timeout)
+        except BaseException:
+            # Whatever ends the wait (the broker's exit, the deadline, the test's timeout)
+            # ends the process: no one holds this object, and a broker left running would
+            # outlive its test (its Popen's ResourceWarning then fails another one).
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+            raise
+        self.port = self.ports.get("default", next(iter(self.ports.values())))
+
+    def _wait_listening(self, names: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             for name, _host, port in _LISTENING.findall(self.log()):
                 self.ports[name] = int(port)
             if self.ports and names <= set(self.ports):
-                break
+                return
             if self.proc.poll() is not None:
-                self._log.close()
                 raise RuntimeError(f"mqttd exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError(f"listeners {sorted(names - set(self.ports))} did not start:"
                                    f"\n{self.log()}")
             time.sleep(0.02)
-        self.port = self.ports.get("default", next(iter(self.ports.values())))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
