@@ -13,6 +13,7 @@ import json
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -20,8 +21,12 @@ from support import WAIT, uid
 from support.clients import Client
 from support.cluster import clients_fixture, nats_fixture, node_config, nodes_fixture, until
 from support.ctlrun import ctl
+from support.natslink import HeldLink
 from support.natsserver import NatsServer
 from support.process import BrokerProcess, checked_broker, wait_log
+
+from mqttd.cluster.retained import topic_key
+from mqttd.cluster.sessions import TAKEOVER
 
 A, B, C = "a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"
 
@@ -32,12 +37,22 @@ nodes = nodes_fixture((A, B, C))
 client = clients_fixture(connect=False)
 
 
+#: Every ``mqttd ctl`` call here waits at most this long for its answer (its own default is
+#: 60 s: polled by until(), one slow answer would outlast until()'s bound and the test's).
+CTL = ("--timeout", str(WAIT))
+
+
 def connected_on(node: BrokerProcess, cid: str) -> bool:
-    return ctl(node, "clients", "show", cid, "--local").code == 0  # on that node itself
+    return ctl(node, *CTL, "clients", "show", cid, "--local").code == 0  # on that node itself
 
 
 def has_session(node: BrokerProcess, cid: str) -> bool:
-    return ctl(node, "sessions", "show", cid, "--local").code == 0
+    return ctl(node, *CTL, "sessions", "show", cid, "--local").code == 0
+
+
+def status(node: BrokerProcess) -> dict[str, Any]:
+    """``mqttd ctl cluster status`` of that node."""
+    return dict(json.loads(ctl(node, *CTL, "--json", "cluster", "status").out))
 
 
 def alive(c: Client) -> bool:
@@ -109,7 +124,7 @@ def test_an_offline_session_on_the_old_node_ends(
 def _race(nodes: dict[str, BrokerProcess], client: Callable[..., Client]) -> None:
     cid = uid("tc")
     one, two = client(A, cid), client(B, cid)
-    go = threading.Barrier(2)
+    go = threading.Barrier(2, timeout=WAIT)
 
     def connect(c: Client) -> None:
         go.wait()
@@ -209,3 +224,40 @@ def test_a_dead_nodes_clients_wills_are_published_once_by_a_survivor() -> None:
                 doomed.cleanup()
     finally:
         server.stop()
+
+
+def test_a_takeover_read_with_the_answer_to_the_claim_it_displaced(
+        nats_server: NatsServer) -> None:
+    """A's claim is written, but A has not read the answer yet when B's newer claim replaces
+    it and B's takeover reaches A: A reads both at once (the link holds what the server
+    sends A, then gives it all in one write). The takeover must still end A's connection."""
+    cid = uid("th")
+    link = HeldLink(nats_server.port)
+    made: list[Client] = []
+    key = f"PUB $KV.mqttd_sessions.{topic_key(cid)} ".encode()
+    try:
+        with checked_broker(node_config("ha@127.0.0.1", link.url, heartbeat=None)) as a, \
+                checked_broker(node_config("hb@127.0.0.1", nats_server.url,
+                                           heartbeat=None)) as b:
+            for node in (a, b):
+                wait_log(node, "joined through NATS")
+            link.hold_after(key)
+            old = Client(a, cid, version=5)
+            new = Client(b, cid, version=5)
+            made += [old, new]
+            old.connect()
+            link.wait_held()  # A's claim is in the bucket; A has not read the answer
+            displaced = status(b)["sessions_displaced"]
+            new.connect()
+            # B's newer claim replaced A's, and B's takeover waits for A behind the answer.
+            link.wait_held(f"MSG {TAKEOVER}".encode())
+            assert status(b)["sessions_displaced"] == displaced + 1
+            link.release()
+            rc, _props = old.wait_disconnected()
+            assert int(rc.value if hasattr(rc, "value") else rc) == 0x8E
+            until("A to let the client go", lambda: not connected_on(a, cid))
+            assert alive(new) and connected_on(b, cid)
+    finally:
+        for c in made:
+            c.close()
+        link.close()

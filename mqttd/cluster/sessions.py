@@ -14,8 +14,10 @@ new node asks the owner on ``mqttd.c.handover.<its id>`` before its CONNACK, ins
 it gets, commits it to its store and confirms; only then does the old node drop its copy
 (docs/CLUSTER.md, "Session hand-over"). A persistent session is refused (0x88) while the
 bucket cannot be written. A node
-ignores a takeover older than its own latest claim, and any while a claim of its own for
-that client is still on its way (that claim is the newer CONNECT and is compared in turn).
+ignores a takeover older than its own latest claim. One that comes while a claim of its own
+for that client is on its way waits until no claim of it is pending (that claim may already
+be in the bucket, displaced, its answer unread): it then ends the connection here unless the
+node's latest claim was written after it.
 A session that ends on its owner deletes the key (compare-and-set again: only if it is
 still that claim).
 
@@ -129,6 +131,9 @@ class SessionRegistry:
         self._claims: dict[str, int] = {}
         #: client id -> claims of it queued or on their way.
         self._pending: dict[str, int] = {}
+        #: client id -> (revision, node) of the newest takeover that came while a claim of
+        #: this node's for it was pending: looked at once no claim of it is pending.
+        self._deferred: dict[str, tuple[int, str]] = {}
         #: Work in order: ("claim" | "release" | "adopt", client id, CONNECT time).
         self._work: list[tuple[str, str, float]] = []
         self._wake = asyncio.Event()
@@ -463,6 +468,7 @@ class SessionRegistry:
                             self._pending[cid] = left
                         else:
                             self._pending.pop(cid, None)
+                            self._settle(cid)
 
     async def _claim(self, cid: str, at: float, adopt: bool) -> None:
         kv = self.kv
@@ -689,8 +695,27 @@ class SessionRegistry:
             log.warning("cluster: a takeover message is not an mqttd node's: %s", err)
             return
         if self._pending.get(cid):
-            return  # our own newer claim is on its way: it displaces theirs
+            # A claim of ours is on its way: decided once it is done, by its revision (it
+            # may already be in the bucket, displaced by theirs, its answer not read yet).
+            seen = self._deferred.get(cid)
+            if seen is None or seen[0] < rev:
+                self._deferred[cid] = (rev, node)
+            return
         mine = self._claims.get(cid)
         if mine is not None and mine >= rev:
             return  # older than our latest claim
+        self._end_here(cid, node)
+
+    def _settle(self, cid: str) -> None:
+        """No claim of ours for ``cid`` is pending any more: a takeover that came meanwhile
+        ends the connection here unless our latest claim was written after it (then that
+        claim displaced theirs, having compared the CONNECT times). A claim that lost or
+        failed leaves no revision here: the takeover stands."""
+        deferred = self._deferred.pop(cid, None)
+        if deferred is None:
+            return
+        rev, node = deferred
+        mine = self._claims.get(cid)
+        if mine is not None and mine >= rev:
+            return
         self._end_here(cid, node)
