@@ -35,6 +35,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 from libc.string cimport memcmp, memcpy
 
 import dataclasses
@@ -615,6 +616,25 @@ cdef inline object _int(long v):
     return v
 
 
+#: The ints of packet identifiers (1..65535), made at their first use and kept: a QoS 1
+#: PUBLISH and its PUBACK each carry one, an int CPython would allocate and free per
+#: packet (ints are immutable: who holds one cannot tell it is shared).
+cdef PyObject* _PIDS[65536]
+
+
+cdef inline object _pid(long v):
+    cdef PyObject* o
+    if 0 < v <= 0xFFFF:
+        o = _PIDS[v]
+        if o == NULL:
+            x = <object>v  # (an int: typed, or Cython would keep it a C long)
+            Py_INCREF(x)
+            _PIDS[v] = <PyObject*>x
+            return x
+        return <object>o
+    return v
+
+
 cdef inline object _bool(long v):
     return True if v else False
 
@@ -1051,7 +1071,7 @@ cdef class Parser:
                 _protocol("empty topic name")
         payload = r_rest(r)
         q = _int(qos)
-        pid = _int(packet_id)
+        pid = _pid(packet_id)
         v[0] = <PyObject*>topic
         v[1] = <PyObject*>payload
         v[2] = <PyObject*>q
@@ -1079,7 +1099,7 @@ cdef class Parser:
         r_done(r)
         if props is None:
             props = {}
-        pid = _int(packet_id)
+        pid = _pid(packet_id)
         c = _int(code)
         v[0] = <PyObject*>pid
         v[1] = <PyObject*>c

@@ -13,6 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_CheckExact
+from cpython.long cimport PyLong_AsLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t
@@ -40,6 +41,10 @@ from mqttd._speedups._metrics cimport Metrics
 cdef extern from *:
     """
     #include "structmember.h"
+
+    /* collections.deque, set at import (NULL until then: no deque fast path). */
+    static PyTypeObject *pp_deque_type = NULL;
+    static void pp_set_deque(PyObject *t) { Py_INCREF(t); pp_deque_type = (PyTypeObject *)t; }
 
     /* Borrowed slot value of o at offset off, NULL if unset. */
     static CYTHON_INLINE PyObject *pp_get(PyObject *o, Py_ssize_t off) {
@@ -104,6 +109,25 @@ cdef extern from *:
         Py_INCREF(v);
         *(PyObject **)((char *)o + off) = v;
     }
+    /* PyObject_IsTrue(v) without its call for the exact builtins the fast path tests
+       per message (ints, floats, strs, tuples, lists, dicts, deques: their own truth, read
+       as their nb_bool / sq_length / mp_length would); anything else calls it. */
+    static CYTHON_INLINE int pp_true(PyObject *v) {
+        PyTypeObject *t;
+        if (v == Py_None || v == Py_False) return 0;
+        if (v == Py_True) return 1;
+        t = Py_TYPE(v);
+        if (t == &PyLong_Type) return Py_SIZE(v) != 0;
+        if (t == &PyUnicode_Type) return PyUnicode_GET_LENGTH(v) != 0;
+        if (t == &PyTuple_Type || t == &PyList_Type) return Py_SIZE(v) != 0;
+        if (t == &PyDict_Type) return PyDict_GET_SIZE(v) != 0;
+        if (t == &PyFloat_Type) return PyFloat_AS_DOUBLE(v) != 0.0;
+        if (t == pp_deque_type && t->tp_as_sequence && t->tp_as_sequence->sq_length) {
+            Py_ssize_t n = t->tp_as_sequence->sq_length(v);
+            return n < 0 ? -1 : n != 0;
+        }
+        return PyObject_IsTrue(v);
+    }
     /* Truth of the slot value, with no reference taken: 0 or 1; -1 on error;
        -2 when o is not exactly tp or the slot is unset (the caller uses getattr). */
     static CYTHON_INLINE int pp_test(PyObject *o, PyObject *tp, Py_ssize_t off) {
@@ -111,9 +135,7 @@ cdef extern from *:
         if ((PyObject *)Py_TYPE(o) != tp) return -2;
         v = *(PyObject **)((char *)o + off);
         if (v == NULL) return -2;
-        if (v == Py_None || v == Py_False) return 0;
-        if (v == Py_True) return 1;
-        return PyObject_IsTrue(v);
+        return pp_true(v);
     }
     /* Whether the slot value is None: 0 or 1; -2 as pp_test. */
     static CYTHON_INLINE int pp_none(PyObject *o, PyObject *tp, Py_ssize_t off) {
@@ -146,8 +168,55 @@ cdef extern from *:
     object pp_alloc(PyObject* tp)
     void pp_fill(object o, Py_ssize_t off, object v)
     int pp_test(PyObject* o, PyObject* tp, Py_ssize_t off) except -1
+    int pp_true(PyObject* v) except -1
+    void pp_set_deque(PyObject* t)
     int pp_none(PyObject* o, PyObject* tp, Py_ssize_t off)
     Py_ssize_t pp_slot_offset(PyObject* descr, PyObject* tp)
+
+
+pp_set_deque(<PyObject*>_deque)
+cdef object _popleft = _deque.popleft  # (called unbound: no method lookup per message)
+cdef object _append = _deque.append
+
+
+#: The ints of packet identifiers (1..65535), made at their first use and kept: a refill
+#: takes the next identifier per message, an int CPython would allocate and free each
+#: time (ints are immutable: who holds one cannot tell it is shared).
+cdef PyObject* _PIDS[65536]
+
+
+cdef inline object _after(object npid):
+    """``npid + 1 if npid < 0xFFFF else 1`` (Session.next_packet_id's step), its int
+    taken from _PIDS."""
+    cdef long v
+    cdef int overflow = 0
+    cdef PyObject* o
+    if type(npid) is int:
+        v = PyLong_AsLongAndOverflow(npid, &overflow)
+    if type(npid) is not int or overflow:
+        return npid + 1 if npid < 0xFFFF else 1
+    v = v + 1 if v < 0xFFFF else 1
+    if 0 < v <= 0xFFFF:
+        o = _PIDS[v]
+        if o == NULL:
+            x = <object>v  # (an int: typed, or Cython would keep it a C long)
+            Py_INCREF(x)
+            _PIDS[v] = <PyObject*>x
+            return x
+        return <object>o
+    return v
+
+
+cdef inline bint _off(object state, object connected) except -1:
+    """``state != connected``, the identity first (the usual: the same enum member)."""
+    if state is connected:
+        return False
+    return state != connected
+
+
+cdef inline bint _truth(object o) except -1:
+    """``bool(o)``, without PyObject_IsTrue's call for the exact builtins (pp_true)."""
+    return pp_true(<PyObject*>o)
 
 
 # Attributes of core's slotted classes are read (and a few counters written) straight
@@ -193,6 +262,16 @@ cdef bint _plain(cls, names) except -1:
             if name in klass.__dict__:
                 return False
     return True
+
+
+cdef object _plain_packet_type(cls):
+    """The ``packet_type`` every instance of ``cls`` reads: its class attribute, when no
+    class in its MRO makes it a slot or a descriptor (None otherwise)."""
+    for klass in cls.__mro__:
+        if "packet_type" in klass.__dict__:
+            v = klass.__dict__["packet_type"]
+            return v if type(v) is int else None
+    return None
 
 
 cdef inline bint _t(object o, Slot s, str name) except -1:
@@ -397,6 +476,7 @@ cdef class PublishPath:
     cdef Slot m_retain, m_timestamp, m_expiry
     cdef bint message_fill  # build a Message by filling its slots (see _message)
     cdef object publish_cls
+    cdef object puback_cls  # Puback when its packet_type is PUBACK's (read once), else None
     cdef bint broker_plain, dispatcher_plain, router_plain
     cdef tuple classes  # keeps the classes whose offsets the Slots hold
     cdef _Attrs ba, da, ra  # the Broker's, Dispatcher's and Router's attributes
@@ -511,6 +591,8 @@ cdef class PublishPath:
         self.s_max_inflight = _slot(c, "max_inflight")
         c = slotted.get("Puback", object)
         self.a_packet_id = _slot(c, "packet_id")
+        self.puback_cls = c if (c is not object and publish_type != _PUBACK
+                                and _plain_packet_type(c) == _PUBACK) else None
         c = slotted.get("CommitGate", object)
         self.g_issued = _slot(c, "issued")
         self.g_committed = _slot(c, "committed")
@@ -545,17 +627,20 @@ cdef class PublishPath:
         cdef Py_ssize_t max_levels
         cdef Pending b
         # --- may we? (no side effect before every test has passed) ---
-        if type(p) is not self.publish_cls and p.packet_type != self.publish_type:
-            if p.packet_type == _PUBACK:
+        if type(p) is not self.publish_cls:
+            if type(p) is self.puback_cls:  # (its class's packet_type, without the lookup)
                 return self._puback(channel, p)
-            return False
+            if p.packet_type != self.publish_type:
+                if p.packet_type == _PUBACK:
+                    return self._puback(channel, p)
+                return False
         qos = _g(p, self.p_qos, "qos")
         if qos > 1 or _t(p, self.p_retain, "retain") or _t(p, self.p_properties, "properties"):
             return False
         if (_t(channel, self.c_closing, "closing")
                 or not _none(channel, self.c_held, "_held")
                 or not _none(channel, self.c_tracer, "tracer")
-                or _g(channel, self.c_state, "state") != self.connected
+                or _off(_g(channel, self.c_state, "state"), self.connected)
                 or not _none(channel, self.c_pressure, "pressure")
                 or _t(channel, self.c_mountpoint, "mountpoint")):
             return False
@@ -660,7 +745,7 @@ cdef class PublishPath:
         cache = self.ra.get(router, R_CACHE)  # Router.match's first step, without its call
         found = PyDict_GetItem(cache, topic) if type(cache) is dict else NULL
         routes = <object>found if found is not NULL else router.match_uncached(topic)
-        if not routes:
+        if not _truth(routes):
             dispatcher.dropped_no_subscribers += 1
             _inc(self.da.get(dispatcher, D_METRICS), self.dropped_no_subscribers)
             if _t(hooks, self.h_message_dropped, "message_dropped"):
@@ -697,10 +782,10 @@ cdef class PublishPath:
             out.append(data)
             _bump(channel, self.c_send_pkt, "send_pkt")
             _inc(metrics, self.puback_sent)
-        if held and out:
+        if held and _truth(out):
             channel._held_ack = (self._msg(b), n, packet_id, out[len(out) - 1])
         # --- Channel.handle_in: the acknowledgement waits for what the store took ---
-        if gate is not None and out:
+        if gate is not None and _truth(out):
             if _g(gate, self.g_issued, "issued") != issued:
                 channel._hold(gate)
             elif _g(gate, self.g_committed, "committed") != issued:
@@ -736,7 +821,7 @@ cdef class PublishPath:
         if (_t(channel, self.c_closing, "closing")
                 or not _none(channel, self.c_held, "_held")
                 or not _none(channel, self.c_tracer, "tracer")
-                or _g(channel, self.c_state, "state") != self.connected
+                or _off(_g(channel, self.c_state, "state"), self.connected)
                 or _none(channel, self.c_clientinfo, "_clientinfo")):
             return False
         session = _g(channel, self.c_session, "session")
@@ -787,7 +872,7 @@ cdef class PublishPath:
         if _t(channel, self.c_paused, "paused"):
             return True
         mq = _g(session, self.s_mqueue, "mqueue")
-        if not mq:
+        if not _truth(mq):
             return True
         if (not _none(channel, self.c_acl_deliver, "acl_deliver")
                 or _t(channel, self.c_alias_out_max, "alias_out_max")
@@ -804,27 +889,30 @@ cdef class PublishPath:
         else:
             sent_at = None
         out = _g(channel, self.c_out, "out")
-        was_empty = not out
+        was_empty = not _truth(out)
         if not PyList_CheckExact(out):  # (NO_OUT)
             out = []
             _s(channel, self.c_out, "out", out)
         version = _g(channel, self.c_version, "version")
         max_inflight = _g(session, self.s_max_inflight, "max_inflight")
-        while mq and len(inflight) < max_inflight:
+        while _truth(mq) and len(inflight) < max_inflight:
             delivery = mq[0]
             msg = delivery[0]
-            if delivery[1] != 1 or delivery[3] or _t(msg, self.m_expiry, "expiry"):
+            if delivery[1] != 1 or _truth(delivery[3]) or _t(msg, self.m_expiry, "expiry"):
                 break
-            mq.popleft()
+            if type(mq) is _deque:
+                _popleft(mq)
+            else:
+                mq.popleft()
             if stored:
                 pid = session.start_inflight(delivery)
             else:
                 # Session.next_packet_id without the call (one per message refilled)
                 npid = _g(session, self.s_next_pid, "_next_pid")
                 while npid in inflight:
-                    npid = npid + 1 if npid < 0xFFFF else 1
+                    npid = _after(npid)
                 pid = npid
-                _s(session, self.s_next_pid, "_next_pid", npid + 1 if npid < 0xFFFF else 1)
+                _s(session, self.s_next_pid, "_next_pid", _after(npid))
                 inflight[pid] = delivery
             if sent_at is not None:
                 if type(sent_at) is dict:
@@ -845,9 +933,9 @@ cdef class PublishPath:
             _bump(channel, self.c_send_pkt, "send_pkt")
             _bump(channel, self.c_send_msg, "send_msg")
             _inc(metrics, self.qos1_sent)
-        if mq and len(inflight) < max_inflight:
+        if _truth(mq) and len(inflight) < max_inflight:
             channel.drain()  # the rest as drain does it (QoS 0/2, expiry, identifiers)
-        if was_empty and out and not _none(channel, self.c_wakeup, "wakeup"):
+        if was_empty and _truth(out) and not _none(channel, self.c_wakeup, "wakeup"):
             channel.wakeup()
         return True
 
@@ -872,7 +960,7 @@ cdef class PublishPath:
                     self.overfull.append(session)
             elif _t(session, self.s_flow_stalled, "flow_stalled"):
                 _s(session, self.s_flow_stalled, "flow_stalled", False)
-        mq.append(delivery)
+        _append(mq, delivery)  # (mq is a deque here: no method lookup)
         _bump(session, self.s_enqueued, "enqueued")
         return None
 
@@ -1008,7 +1096,7 @@ cdef class PublishPath:
                        {} if encoded is None else encoded)  # dropped, counted there
             return 1
         out = _g(ch, self.c_out, "out")
-        was_empty = not out
+        was_empty = not _truth(out)
         if not PyList_CheckExact(out):  # (NO_OUT)
             out = []
             _s(ch, self.c_out, "out", out)
