@@ -15,6 +15,11 @@ from .process import BrokerProcess
 
 __all__ = ["Result", "ctl", "ctl_json", "ok"]
 
+#: The answer a test waits for at most unless it passes its own ``--timeout`` (ctl's own
+#: default is 60 s): a daemon that does not answer fails the test with ctl's message, well
+#: inside pytest's time limit, instead of holding a polling ``until`` far past its own.
+TEST_TIMEOUT = "20"
+
 
 class Result(NamedTuple):
     code: int
@@ -26,6 +31,8 @@ def ctl(where: BrokerProcess | str | Path, *args: str) -> Result:
     """``mqttd ctl --data-dir <the broker's, or the directory given> <args>``: exit code,
     stdout, stderr."""
     data_dir = where.data_dir if isinstance(where, BrokerProcess) else where
+    if "--timeout" not in args:
+        args = ("--timeout", TEST_TIMEOUT, *args)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = ctl_main(["--data-dir", str(data_dir), *args])
