@@ -117,7 +117,11 @@ cdef extern from *:
         if (v == Py_None || v == Py_False) return 0;
         if (v == Py_True) return 1;
         t = Py_TYPE(v);
-        if (t == &PyLong_Type) return Py_SIZE(v) != 0;
+    #if PY_VERSION_HEX < 0x030C0000
+        if (t == &PyLong_Type) return Py_SIZE(v) != 0;  /* (3.12 changed the int layout) */
+    #else
+        if (t == &PyLong_Type) return PyLong_Type.tp_as_number->nb_bool(v);
+    #endif
         if (t == &PyUnicode_Type) return PyUnicode_GET_LENGTH(v) != 0;
         if (t == &PyTuple_Type || t == &PyList_Type) return Py_SIZE(v) != 0;
         if (t == &PyDict_Type) return PyDict_GET_SIZE(v) != 0;
