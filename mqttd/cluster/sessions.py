@@ -448,6 +448,7 @@ class SessionRegistry:
             self._wake.clear()
             while self._work:
                 kind, cid, at = self._work.pop(0)
+                settle = False
                 try:
                     if kind == "claim":
                         await self._claim(cid, at, adopt=False)
@@ -468,7 +469,14 @@ class SessionRegistry:
                             self._pending[cid] = left
                         else:
                             self._pending.pop(cid, None)
-                            self._settle(cid)
+                            settle = True
+                # Not in the finally: a stop (the task cancelled) kicks nobody, and a failure
+                # to end a connection here costs that client, not the task that serves them all.
+                if settle:
+                    try:
+                        self._settle(cid)
+                    except Exception:
+                        log.exception("cluster: session registry: settling %s failed", cid)
 
     async def _claim(self, cid: str, at: float, adopt: bool) -> None:
         kv = self.kv
