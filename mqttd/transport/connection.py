@@ -445,6 +445,10 @@ class Connection(asyncio.Protocol):
     #: Backpressure (Channel.pressure): packets parsed but not handled yet, and when the
     #: wait gives up.
     _stash = Rare[list[Any] | None](None)
+    #: How many output entries a slice carried (its acknowledgements, unwritten: see
+    #: _handle_stash); more than that at the next slice is a delivery to this client, which
+    #: found the list non-empty and so did not wake the flusher: written then.
+    _carried = Rare(0)
     _pressure_deadline = Rare(0.0)
     #: Bytes that arrived during the wait anyway (a WebSocket read's later frames).
     _unread = Rare(b"")
@@ -706,6 +710,7 @@ class Connection(asyncio.Protocol):
         if self._later and channel.hold is None and channel.pressure is None \
                 and len(channel.out) < SLICE_CARRY and not channel.closing:
             self._queued = False  # (the first slice's acknowledgements: see _handle_stash)
+            self._carried = len(channel.out)
         else:
             self.flush()
         if flusher._pressed and not flusher._scheduled:
@@ -812,9 +817,11 @@ class Connection(asyncio.Protocol):
         if self._later and channel.hold is None and channel.pressure is None \
                 and len(channel.out) < SLICE_CARRY and not channel.closing:
             # More slices next turn: this one's acknowledgements go in their write (one
-            # wake-up of the client per SLICE_CARRY packets, not per PACKET_BUDGET). Not
-            # marked queued: a delivery to this client still asks the flusher for a write.
+            # wake-up of the client per SLICE_CARRY packets, not per PACKET_BUDGET). A
+            # delivery to this client meanwhile finds the list non-empty and asks for no
+            # write: the next slice sees the list longer than carried and writes it first.
             self._queued = False
+            self._carried = len(channel.out)
         else:
             self.flush()
         flusher = self.flusher
@@ -852,6 +859,11 @@ class Connection(asyncio.Protocol):
         self._later = False
         stash = self._stash
         self._stash = None
+        carried = self._carried
+        if carried:
+            self._carried = 0
+            if len(channel.out) > carried and not self._lost:
+                self.flush()  # (a delivery came in behind the carried acknowledgements)
         if self._lost or channel.closing:
             if channel.out:
                 self.flush()  # (what the slices carried: see _handle_stash)
