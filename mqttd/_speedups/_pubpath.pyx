@@ -183,10 +183,7 @@ cdef object _popleft = _deque.popleft  # (called unbound: no method lookup per m
 cdef object _append = _deque.append
 
 
-#: The ints of packet identifiers (1..65535), made at their first use and kept: a refill
-#: takes the next identifier per message, an int CPython would allocate and free each
-#: time (ints are immutable: who holds one cannot tell it is shared).
-cdef PyObject* _PIDS[65536]
+include "_pids.pxi"
 
 
 cdef inline object _after(object npid):
@@ -194,21 +191,11 @@ cdef inline object _after(object npid):
     taken from _PIDS."""
     cdef long v
     cdef int overflow = 0
-    cdef PyObject* o
     if type(npid) is int:
         v = PyLong_AsLongAndOverflow(npid, &overflow)
     if type(npid) is not int or overflow:
         return npid + 1 if npid < 0xFFFF else 1
-    v = v + 1 if v < 0xFFFF else 1
-    if 0 < v <= 0xFFFF:
-        o = _PIDS[v]
-        if o == NULL:
-            x = <object>v  # (an int: typed, or Cython would keep it a C long)
-            Py_INCREF(x)
-            _PIDS[v] = <PyObject*>x
-            return x
-        return <object>o
-    return v
+    return _pid(v + 1 if v < 0xFFFF else 1)
 
 
 cdef inline bint _off(object state, object connected) except -1:
