@@ -446,7 +446,7 @@ class Connection(asyncio.Protocol):
     #: wait gives up.
     _stash = Rare[list[Any] | None](None)
     #: How many output entries a slice carried (its acknowledgements, unwritten: see
-    #: _handle_stash); more than that at the next slice is a delivery to this client, which
+    #: _carry); more than that at the next slice is a delivery to this client, which
     #: found the list non-empty and so did not wake the flusher: written then.
     _carried = Rare(0)
     _pressure_deadline = Rare(0.0)
@@ -707,11 +707,7 @@ class Connection(asyncio.Protocol):
                     "closing %s (%s): %s", channel.client_id or channel.peer,
                     "0x%02X" % error.reason_code, error.message)
             channel.handle_frame_error(error, parser.version)
-        if self._later and channel.hold is None and channel.pressure is None \
-                and len(channel.out) < SLICE_CARRY and not channel.closing:
-            self._queued = False  # (the first slice's acknowledgements: see _handle_stash)
-            self._carried = len(channel.out)
-        else:
+        if not (self._later and self._carry(channel)):  # (the first slice's: see _carry)
             self.flush()
         if flusher._pressed and not flusher._scheduled:
             flusher.schedule()  # (the look at the waiting publishers after the turn's writes)
@@ -814,19 +810,26 @@ class Connection(asyncio.Protocol):
         self._queued = True  # (written just below: see _received)
         n = self._apply(channel, packets)
         channel.metrics.inc(PACKETS_RECEIVED, n)
-        if self._later and channel.hold is None and channel.pressure is None \
-                and len(channel.out) < SLICE_CARRY and not channel.closing:
-            # More slices next turn: this one's acknowledgements go in their write (one
-            # wake-up of the client per SLICE_CARRY packets, not per PACKET_BUDGET). A
-            # delivery to this client meanwhile finds the list non-empty and asks for no
-            # write: the next slice sees the list longer than carried and writes it first.
-            self._queued = False
-            self._carried = len(channel.out)
-        else:
+        if not (self._later and self._carry(channel)):
             self.flush()
         flusher = self.flusher
         if flusher._pressed and not flusher._scheduled:
             flusher.schedule()
+
+    def _carry(self, channel: Channel) -> bool:
+        """More slices come next turn: leave this one's output (its acknowledgements) for
+        their write, one wake-up of the client per SLICE_CARRY packets, not per
+        PACKET_BUDGET; False when it must be written now. A delivery to this client
+        meanwhile finds the list non-empty and asks for no write: the next slice sees the
+        list longer than carried and writes it first (take_later)."""
+        if channel.hold is not None or channel.pressure is not None or channel.closing:
+            return False
+        n = len(channel.out)
+        if n >= SLICE_CARRY:
+            return False
+        self._queued = False
+        self._carried = n
+        return True
 
     def _apply(self, channel: Channel, packets: list[Any]) -> int:
         """Apply ``packets`` (up to PACKET_BUDGET while someone is held); what is left
@@ -866,7 +869,7 @@ class Connection(asyncio.Protocol):
                 self.flush()  # (a delivery came in behind the carried acknowledgements)
         if self._lost or channel.closing:
             if channel.out:
-                self.flush()  # (what the slices carried: see _handle_stash)
+                self.flush()  # (what the slices carried: see _carry)
             return
         try:
             if stash:
