@@ -180,16 +180,23 @@ def builtin_specs() -> dict[str, BrokerSpec]:
 def parse_spec(text: str, known: dict[str, BrokerSpec]) -> BrokerSpec:
     """A built-in name, ``NAME=COMMAND`` with ``{port}`` (and optionally ``{dir}``) in it, or
     ``NAME@DIR``: mqttd from the checkout in DIR (its ``mqttd/`` with extensions built; a
-    NAME ending in ``-cluster`` runs it as ``mqttd-cluster`` does)."""
+    NAME ending in ``-cluster`` runs it as ``mqttd-cluster`` does, one ending in
+    ``-nostore`` or ``-power`` with that store durability, as ``mqttd-nostore`` and
+    ``mqttd-power`` do)."""
     if "@" in text and "=" not in text:
         name, src = text.split("@", 1)
+        name = name.strip()
         if not (Path(src) / "mqttd" / "__init__.py").is_file():
             raise ValueError(f"broker {name!r}: {src} holds no mqttd package")
-        cluster = name.strip().endswith("-cluster")  # as mqttd-cluster, from that checkout
-        return BrokerSpec(name.strip(), "mqttd", f"mqttd from {src}"
-                          + (" as a cluster node (as mqttd-cluster)" if cluster else ""),
+        cluster = name.endswith("-cluster")  # as mqttd-cluster, from that checkout
+        durability = ("process" if cluster else "off" if name.endswith("-nostore")
+                      else "power" if name.endswith("-power") else "")
+        return BrokerSpec(name, "mqttd", f"mqttd from {src}"
+                          + (" as a cluster node (as mqttd-cluster)" if cluster else "")
+                          + (f', store durability = "{durability}"'
+                             if durability and not cluster else ""),
                           src=str(Path(src).resolve()), cluster=cluster,
-                          durability="process" if cluster else "")
+                          durability=durability)
     if "=" in text:
         name, cmd = text.split("=", 1)
         if "{port}" not in cmd:

@@ -543,6 +543,9 @@ class Settings:
     sys_interval: float = 10.0
     #: Payload bytes a trace line shows before cutting (mqttd ctl trace --payload-limit).
     trace_payload_limit: int = 256
+    #: Seconds the event loop may poll after a busy turn instead of sleeping, at most
+    #: (mqttd.transport.busypoll; 0: never; off below two CPUs).
+    busy_poll: float = 0.0001
     #: Plugins loaded at start, in order (``[plugins]`` in the file).
     plugins: list[PluginSpec] = field(default_factory=list)
     #: The built-in feature modules' settings (``[modules.<name>]``).
@@ -573,14 +576,15 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The first is a bare number's unit: "30" is 30 s, as the number 30 is.
+_DURATION_UNITS = {"s": 1, "us": 0.000001, "ms": 0.001, "m": 60, "h": 3600, "d": 86400}
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
 
 #: Keys given as durations (seconds, or a string such as "30s", "2h", "500ms"), in every
 #: section.
 _DURATIONS = {"await_rel_timeout", "idle_timeout", "session_expiry_interval",
               "max_session_expiry_interval", "server_keepalive", "max_keepalive",
-              "cache_ttl", "window", "ban_time", "apply_interval", "sys_interval",
+              "cache_ttl", "window", "ban_time", "apply_interval", "sys_interval", "busy_poll",
               # [sysmon], [overload_protection]
               "check_interval", "loop_lag_high", "loop_lag_clear", "long_gc", "long_gc_clear",
               "store_latency_high", "store_latency_clear", "lag", "lag_for", "recover_lag",
@@ -618,6 +622,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "backlog": (1, 65535),
     "accept_sockets": (1, 64),
     "sys_interval": (0, 86400),
+    "busy_poll": (0, 0.01),
     "trace_payload_limit": (0, 2 ** 20),
     "hash_threads": (1, 64),
     "max_pending_per_address": (0, 1024),
@@ -670,7 +675,8 @@ _LOG_FIELDS = {f.name: f for f in dataclasses.fields(LogSettings)}
 _SYSMON_FIELDS = {f.name: f for f in dataclasses.fields(SysmonSettings)}
 _OVERLOAD_FIELDS = {f.name: f for f in dataclasses.fields(OverloadSettings)}
 _NODE_FIELDS = {"name": "node", "data_dir": "data_dir", "log_level": "log_level",
-                "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit"}
+                "sys_interval": "sys_interval", "trace_payload_limit": "trace_payload_limit",
+                "busy_poll": "busy_poll"}
 
 
 def _parse_unit(value: str, units: Mapping[str, float]) -> float | None:
@@ -682,7 +688,10 @@ def _parse_unit(value: str, units: Mapping[str, float]) -> float | None:
     unit = m.group(2).lower() or next(iter(units))
     if unit not in units:
         return None
-    return float(m.group(1)) * units[unit]
+    factor = units[unit]
+    if factor < 1:  # ("100us" is the float 0.0001, as 100 * 1e-6 is not)
+        return float(m.group(1)) / round(1 / factor)
+    return float(m.group(1)) * factor
 
 
 class EnvValue(str):

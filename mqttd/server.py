@@ -27,6 +27,7 @@ from .plugins import PluginError
 from .sdnotify import Notifier
 from .store.base import StoreError
 from .sysmon import SystemMonitor
+from .transport.busypoll import usable_cpus
 from .transport.connection import Connection, Flusher
 from .transport.fdguard import FdGuard, presize_fd_table
 from .transport.listener import ListenerError, MqttListener
@@ -101,6 +102,15 @@ class Server:
             tables += self._flusher.tables()
         return tables
 
+    @staticmethod
+    def _busy_poll(wanted: float) -> float:
+        """``node.busy_poll`` as it can apply: none with less than two CPUs (the poll
+        would take the CPU from the clients it waits for)."""
+        if wanted and usable_cpus() < 2:
+            log.info("node.busy_poll: off (less than two CPUs)")
+            return 0.0
+        return wanted
+
     def bound(self, name: str) -> tuple[str, int]:
         """The address a listener actually bound (port 0 resolved)."""
         return self.listeners[name].address
@@ -108,7 +118,8 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self._flusher = Flusher(loop)
+        self._flusher = Flusher(loop, self._busy_poll(self.settings.busy_poll))
+        self.mgmt.vm.busy = self._flusher.busy
         # A new connection for a client id whose close is still queued finishes it first.
         self.node.registry.finish_close = self._flusher.finish_close
         # Measured before any client: the store, logs and the control socket are open.
@@ -423,6 +434,13 @@ class _ServerControl:
     def refresh_anonymous(self) -> None:
         node = self._server.node
         node.broker.anonymous = node.anonymous_policy()
+
+    def set_busy_poll(self, max_wait: float) -> float:
+        flusher = self._server._flusher
+        applied = self._server._busy_poll(max_wait)
+        if flusher is not None:
+            flusher.busy.bound(applied)
+        return applied
 
     def set_sys_interval(self, interval: float) -> None:
         node = self._server.node

@@ -19,6 +19,7 @@ changes, one log line each, and the rest is reported as needing a restart:
   kept; connected clients keep their session, new connections meet the new chains);
 - ``[log]``: the handlers are replaced (else the log files are reopened);
 - ``sys_interval``: the ``$SYS`` worker restarts at the new interval;
+- ``busy_poll``: the event loop's poll window takes the new bound at once;
 - listeners: added ones start, removed ones stop, a changed TLS option reloads the TLS
   context, ``max_connections``/``allow_anonymous`` change in place, any other change is a
   stop and a start on the new settings (its clients are disconnected); every TLS listener
@@ -77,10 +78,11 @@ LISTENER_IN_PLACE = frozenset({"max_connections", "allow_anonymous", "password_f
 STORE_LIVE = ("max_size", "apply_interval", "apply_bytes")
 #: Settings fields applied here (the others need a restart when they change).
 _HANDLED = {"zones", "listeners", "auth", "authz", "flapping", "log", "log_level",
-            "sys_interval", "store", "modules", "bridges"}
+            "sys_interval", "busy_poll", "store", "modules", "bridges"}
 #: Settings fields that are not sections, by the key the file gives them.
 _KEYS = {"node": "node.name", "data_dir": "node.data_dir", "log_level": "log.level",
          "sys_interval": "node.sys_interval", "trace_payload_limit": "node.trace_payload_limit",
+         "busy_poll": "node.busy_poll",
          "overload": "overload_protection"}
 
 
@@ -223,6 +225,11 @@ class Conf:
         self._zones(cur, new, done, later)
         self._store(cur, new, done, later)
         await self._access(by, cur, new, built, done, fail)
+        if new.busy_poll != cur.busy_poll:
+            polls = control.set_busy_poll(new.busy_poll)
+            done("node.busy_poll", f"{cur.busy_poll * 1e6:g}us → {new.busy_poll * 1e6:g}us"
+                 + (" (off: below two CPUs)" if new.busy_poll and not polls else ""))
+            cur.busy_poll = new.busy_poll
         if new.sys_interval != cur.sys_interval:
             control.set_sys_interval(new.sys_interval)
             done("node.sys_interval", f"{cur.sys_interval:g}s → {new.sys_interval:g}s"

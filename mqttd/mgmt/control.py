@@ -115,3 +115,8 @@ class ServerControl(Protocol):
     def set_sys_interval(self, interval: float) -> None:
         """Publish ``$SYS`` every ``interval`` seconds from now on (0: stop)."""
         ...
+
+    def set_busy_poll(self, max_wait: float) -> float:
+        """Let the event loop poll for at most ``max_wait`` seconds after a busy turn
+        (0: never); returns what applies (0 below two CPUs)."""
+        ...

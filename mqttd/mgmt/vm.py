@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["LoopMonitor", "Vm", "count_fds", "loop_name", "proc_status"]
 
@@ -106,11 +106,17 @@ def loop_name() -> str:
     return "asyncio"
 
 
+class BusyPollView(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 class Vm:
-    """The ``vm`` report: one dict per group (cpu, memory, process, io, asyncio)."""
+    """The ``vm`` report: one dict per group (cpu, memory, process, io, asyncio, busy_poll)."""
 
     def __init__(self, monitor: LoopMonitor) -> None:
         self.monitor = monitor
+        #: The event loop's poll window (``transport.busypoll.BusyPoll``), once serving.
+        self.busy: BusyPollView | None = None
 
     async def info(self) -> dict[str, dict[str, Any]]:
         """Read everything now; counting descriptors runs in a thread (100k may be open)."""
@@ -138,4 +144,6 @@ class Vm:
             "asyncio": {"loop": loop_name(), "tasks": len(asyncio.all_tasks()),
                         "lag_ms": round(monitor.lag * 1000, 2),
                         "max_lag_1m_ms": round(monitor.max_lag() * 1000, 2)},
+            # (empty before the listeners serve)
+            "busy_poll": self.busy.snapshot() if self.busy is not None else {},
         }

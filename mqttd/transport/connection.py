@@ -50,6 +50,7 @@ from ..metrics import (
 from ..mqtt.codec import Parser
 from ..mqtt.errors import PacketError
 from ..mqtt.packets import PUBLISH
+from .busypoll import BusyPoll
 from .limiter import ConnLimiter
 from .tls import cert_identity
 
@@ -187,10 +188,12 @@ class Flusher:
     __slots__ = ("_loop", "_pending", "_scheduled", "_held", "deadlines", "_closes",
                  "_close_order", "_closing_scheduled", "_turn_reads", "_turn_start",
                  "_deferring", "_deferred", "_deferred_scheduled", "_pressed",
-                 "_later", "_later_scheduled", "_waiting", "_now", "loop")
+                 "_later", "_later_scheduled", "_waiting", "_now", "loop", "busy")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, busy_poll: float = 0.0) -> None:
         self._loop = self.loop = loop
+        #: Polls instead of sleeping after a busy turn, for an adaptive window.
+        self.busy = BusyPoll(loop, busy_poll)
         #: The connections' connect and keepalive deadlines (one timer for all of them).
         self.deadlines = Deadlines(loop)
         self._pending: list[Connection] = []
@@ -243,7 +246,8 @@ class Flusher:
         n = self._turn_reads
         self._turn_reads = n + 1
         if n == 0:
-            self._turn_start = perf_counter()
+            self._turn_start = start = perf_counter()
+            self.busy.started(start)
             if not self._scheduled:  # (_run, after this turn's I/O callbacks, ends the turn;
                 # one call_soon per turn for it and the writes)
                 self._scheduled = True
@@ -353,6 +357,7 @@ class Flusher:
                 conn.flush()
             except Exception:
                 conn.crashed("writing")
+        self.busy.ended()  # (the clients answer these writes: their answers end the gap)
 
     def add(self, conn: Connection) -> None:
         self._pending.append(conn)
@@ -400,6 +405,8 @@ class Flusher:
     def _run(self) -> None:
         """The end of a loop turn: its reads' budget starts over, every connection with
         output writes it, and the connections waiting for room are looked at."""
+        if not self._turn_reads:  # (a turn of writes only: it ends the idle gap too)
+            self.busy.started(perf_counter())
         self._turn_reads = 0
         self._deferring = False
         pending = self._pending
@@ -420,6 +427,9 @@ class Flusher:
                         and not channel.pressure_room():
                     continue  # (still no room: recheck_pressure's test, without its call)
                 conn.recheck_pressure()
+        # The idle gap starts: poll, unless acknowledgements wait for the store's commit
+        # (then its commit starts the poll: ``committed``).
+        self.busy.ended(not self._held)
 
 
 class Connection(asyncio.Protocol):
