@@ -88,6 +88,7 @@ if str(HERE) not in sys.path:
 import brokers  # noqa: E402
 from run import (  # noqa: E402
     busy_other_pytest,
+    cpu_idle,
     cpu_model,
     git_rev,
     mosquitto_version,
@@ -1395,7 +1396,7 @@ def main(argv: list[str] | None = None) -> int:
             "handshake_concurrency": args.handshake_concurrency,
             "broker_core": args.broker_core, "load_core": args.load_core,
             "machine": (f"{cpu_model()} ({os.cpu_count()} logical cores), "
-                        f"{platform.system()} {platform.release()}"),
+                        f"{platform.system()} {platform.release()}, {cpu_idle()}"),
             "mqttd_rev": rev, "mqttd_loaded": mqttd_loaded({"PYTHONPATH": str(src)}),
             "mosquitto": mosquitto_version(), "quiet_note": quiet,
             "noisy_runs": sum(1 for r in all_runs if r.get("pytest_running")),

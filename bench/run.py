@@ -1093,6 +1093,24 @@ def cpu_model() -> str:
     return platform.machine()
 
 
+def cpu_idle() -> str:
+    """How this machine's idle CPUs wait: the cpuidle driver and, under KVM's haltpoll, how
+    long a guest vCPU polls before it halts. A halted vCPU is woken through the host (~20 us
+    here with ``guest_halt_poll_ns`` 0): what a round trip between broker and load pays."""
+    base = Path("/sys/devices/system/cpu/cpuidle")
+    try:
+        driver = (base / "current_driver").read_text().strip()
+    except OSError:
+        return "cpuidle: unknown"
+    text = f"cpuidle {driver}"
+    try:
+        ns = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns").read_text().strip()
+        text += f", guest_halt_poll_ns {ns}"
+    except OSError:
+        pass
+    return text
+
+
 def git_rev() -> str:
     try:
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -1319,7 +1337,7 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": sizes.__dict__, "window": args.window, "gate": args.gate,
             "broker_core": args.broker_core, "load_core": args.load_core,
             "machine": (f"{cpu_model()} ({os.cpu_count()} logical cores), "
-                        f"{platform.system()} {platform.release()}, Python "
+                        f"{platform.system()} {platform.release()}, {cpu_idle()}, Python "
                         f"{platform.python_version()}"),
             "mqttd_rev": rev, "mqttd_loaded": loaded,
             "mqttd_snapshot": str(runner.mqttd_src) if runner.mqttd_src else None,
